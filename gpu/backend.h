@@ -1,0 +1,159 @@
+/* backend.h: the compute backend interface of the engine.
+ *
+ * A backend is a table of function pointers (ggml style) behind an opaque
+ * handle. Model code only ever sees device pointers returned by alloc(); it
+ * never dereferences them, so the same model code drives the CPU backend
+ * (OpenBLAS + OpenMP) and the CUDA backend (cuBLAS + kernels).
+ *
+ * Conventions
+ * - All matrices are row-major. Shapes are written as (rows, cols).
+ * - Every op is fp32 unless said otherwise. ids/targets are int32.
+ * - "dx +=" means the op accumulates into its output gradient; callers zero
+ *   gradients with memset() before a backward pass.
+ * - Ops that can fail return 0 or a negative DT_E* code; pure compute ops
+ *   return void and report device errors through sync().
+ */
+#ifndef DT_BACKEND_H
+#define DT_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct dt_backend dt_backend;
+
+typedef struct dt_backend_i {
+    const char *name;
+
+    /* ---- memory ------------------------------------------------------- */
+    /* Returns a zero-filled device buffer or NULL (out of memory). */
+    void *(*alloc)(dt_backend *be, size_t bytes);
+    void (*free)(dt_backend *be, void *p); /* free(NULL) is a no-op */
+    void (*upload)(dt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*download)(dt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*copy)(dt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*memset0)(dt_backend *be, void *p, size_t bytes);
+    /* Waits for queued work; returns 0 or DT_EDEVICE with detail in err. */
+    int (*sync)(dt_backend *be, char *err);
+
+    /* ---- GEMM ----------------------------------------------------------- */
+    /* C(M,N) = alpha * op(A) * op(B) + beta * C, row-major, with leading
+     * dimensions. op(A) is (M,K): A is (M,K) when !ta, (K,M) when ta. */
+    void (*gemm)(dt_backend *be, int ta, int tb, int M, int N, int K,
+                 float alpha, const float *A, int lda, const float *B, int ldb,
+                 float beta, float *C, int ldc);
+    /* The same for `batch` independent products at the given strides
+     * (in floats). */
+    void (*gemm_batched)(dt_backend *be, int ta, int tb, int M, int N, int K,
+                         float alpha, const float *A, int lda, long sA,
+                         const float *B, int ldb, long sB, float beta, float *C,
+                         int ldc, long sC, int batch);
+
+    /* ---- elementwise / rows --------------------------------------------- */
+    /* out(BT,C) = wte[ids] (+ wpe[t] when wpe != NULL). */
+    void (*embedding_fwd)(dt_backend *be, float *out, const int32_t *ids,
+                          const float *wte, const float *wpe, int B, int T,
+                          int C);
+    /* dwte[ids] += dout; dwpe[t] += dout (either may be NULL). */
+    void (*embedding_bwd)(dt_backend *be, float *dwte, float *dwpe,
+                          const float *dout, const int32_t *ids, int B, int T,
+                          int C);
+    /* LayerNorm over rows of inp(N,C); saves mean(N), rstd(N). b may be NULL. */
+    void (*layernorm_fwd)(dt_backend *be, float *out, float *mean, float *rstd,
+                          const float *inp, const float *w, const float *b,
+                          int N, int C, float eps);
+    /* dinp += ..; dw += ..; db += .. (dw, db may be NULL: frozen). */
+    void (*layernorm_bwd)(dt_backend *be, float *dinp, float *dw, float *db,
+                          const float *dout, const float *inp, const float *w,
+                          const float *mean, const float *rstd, int N, int C);
+    /* RMSNorm: out = inp * rstd * w, rstd = 1/sqrt(mean(inp^2) + eps). */
+    void (*rmsnorm_fwd)(dt_backend *be, float *out, float *rstd,
+                        const float *inp, const float *w, int N, int C,
+                        float eps);
+    void (*rmsnorm_bwd)(dt_backend *be, float *dinp, float *dw,
+                        const float *dout, const float *inp, const float *w,
+                        const float *rstd, int N, int C);
+    /* GELU, tanh approximation (GPT-2's gelu_new). */
+    void (*gelu_fwd)(dt_backend *be, float *out, const float *inp, long n);
+    void (*gelu_bwd)(dt_backend *be, float *dinp, const float *inp,
+                     const float *dout, long n); /* dinp += */
+    /* out = silu(gate) * up. */
+    void (*swiglu_fwd)(dt_backend *be, float *out, const float *gate,
+                       const float *up, long n);
+    /* dgate = .., dup = .. (overwritten, not accumulated). */
+    void (*swiglu_bwd)(dt_backend *be, float *dgate, float *dup,
+                       const float *dout, const float *gate, const float *up,
+                       long n);
+    /* Rotary embedding in place on x(B,T,H,D), Hugging Face's rotate_half
+     * layout (pairs i and i+D/2), positions 0..T-1. inverse=1 applies the
+     * transpose rotation (the backward pass). */
+    void (*rope)(dt_backend *be, float *x, int B, int T, int H, int D,
+                 float theta, int inverse);
+    /* y(N,C) += bias(C) broadcast over rows. */
+    void (*add_bias)(dt_backend *be, float *y, const float *bias, int N, int C);
+    /* dbias(C) += column sums of dy(N,C). */
+    void (*bias_bwd)(dt_backend *be, float *dbias, const float *dy, int N,
+                     int C);
+    /* y = a*x + y over n floats. */
+    void (*axpy)(dt_backend *be, long n, float a, const float *x, float *y);
+    /* x *= a over n floats. */
+    void (*scale)(dt_backend *be, long n, float a, float *x);
+    /* dst(rows, cols) at leading dim ldd = a * src(rows, cols) at lds. */
+    void (*copy2d)(dt_backend *be, float *dst, int ldd, const float *src,
+                   int lds, int rows, int cols, float a);
+
+    /* ---- attention ------------------------------------------------------ */
+    /* Causal self-attention with grouped-query heads.
+     * q(B,T,NH,D), k and v (B,T,NKV,D), out(B,T,NH,D); NH % NKV == 0.
+     * Saves lse(B,NH,T), the log-sum-exp of each scaled score row, so that the
+     * backward pass recomputes probabilities instead of keeping (T,T). */
+    void (*attention_fwd)(dt_backend *be, float *out, float *lse,
+                          const float *q, const float *k, const float *v,
+                          int B, int T, int NH, int NKV, int D);
+    /* dq, dk, dv are overwritten. */
+    void (*attention_bwd)(dt_backend *be, float *dq, float *dk, float *dv,
+                          const float *dout, const float *out,
+                          const float *lse, const float *q, const float *k,
+                          const float *v, int B, int T, int NH, int NKV, int D);
+
+    /* ---- loss ------------------------------------------------------------ */
+    /* Cross-entropy over logits(N,V) with targets(N) (-100 = masked).
+     * Overwrites logits with dlogits * grad_scale (masked rows get 0) and
+     * writes per-row loss into losses(N) (0 for masked rows). */
+    void (*cross_entropy)(dt_backend *be, float *logits, float *losses,
+                          const int32_t *targets, int N, int V,
+                          float grad_scale);
+    /* Sum of n floats, returned to the host (also used for losses). */
+    double (*sum)(dt_backend *be, const float *x, long n);
+    /* Sum of squares of n floats (for the global gradient norm). */
+    double (*sumsq)(dt_backend *be, const float *x, long n);
+
+    /* ---- optimizer -------------------------------------------------------- */
+    /* One AdamW step, PyTorch semantics: p -= lr*wd*p; m,v updated;
+     * p -= lr * mhat / (sqrt(vhat) + eps), with bias corrections bc1, bc2
+     * (1 - beta^t) passed in. grad is multiplied by gscale first (clipping). */
+    void (*adamw)(dt_backend *be, float *p, const float *g, float *m, float *v,
+                  long n, float lr, float b1, float b2, float eps, float wd,
+                  float bc1, float bc2, float gscale);
+
+    /* Frees the backend itself. */
+    void (*destroy)(dt_backend *be);
+} dt_backend_i;
+
+struct dt_backend {
+    dt_backend_i i;
+    void *ctx;   /* backend private state */
+    int threads; /* CPU threads (CPU backend) */
+};
+
+/* Creates the backend named by `device`: "cpu", "cuda", "cuda:N" or "auto"
+ * (CUDA when a device is usable, else CPU). NULL with detail in err. */
+dt_backend *dt_backend_new(const char *device, int threads, char *err);
+void dt_backend_free(dt_backend *be);
+
+dt_backend *dt_backend_cpu_new(int threads, char *err);
+/* Defined by backend_cuda.cu; a stub that fails clearly when built without
+ * nvcc. */
+dt_backend *dt_backend_cuda_new(int device, char *err);
+int dt_backend_cuda_available(void);
+
+#endif

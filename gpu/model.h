@@ -1,0 +1,143 @@
+/* model.h: GPT-2 and Llama-family transformers, forward and backward, with
+ * full / LoRA / Delta-LoRA training state, on any backend.
+ *
+ * Host-side weights (dt_weights) are kept in a canonical form: names without
+ * the "transformer."/"model." prefix, every linear weight as W(out, in)
+ * (PyTorch's nn.Linear layout; GPT-2's Conv1D (in, out) tensors are
+ * transposed at load and back at export), GGUF Q/K rows un-permuted to
+ * Hugging Face's rotate_half layout. The device model (dt_model) uploads them
+ * and adds LoRA factors. */
+#ifndef DT_MODEL_H
+#define DT_MODEL_H
+
+#include <stdint.h>
+#include "backend.h"
+#include "tensorfile.h"
+#include "tokenizer.h"
+
+typedef enum { DT_ARCH_GPT2 = 0, DT_ARCH_LLAMA = 1 } dt_arch;
+
+typedef struct dt_config {
+    dt_arch arch;
+    int n_layer;
+    int d_model;    /* C */
+    int n_head;     /* NH */
+    int n_kv_head;  /* NKV (GPT-2: = NH) */
+    int head_dim;   /* D */
+    int d_ff;       /* hidden size of the MLP */
+    int vocab;      /* V */
+    int max_pos;    /* GPT-2 positions; Llama: max_position_embeddings */
+    float norm_eps;
+    float rope_theta;
+    int tied;       /* lm_head shares the embedding */
+    int attn_bias;  /* Llama family: q/k/v biases present (Qwen2) */
+    int o_bias;     /* Llama family: o_proj bias present */
+    int mlp_bias;   /* Llama family: MLP biases present */
+} dt_config;
+
+/* Where the weights came from, so that export writes the same layout. */
+typedef struct dt_weights {
+    dt_config cfg;
+    dt_tensorset ts;     /* canonical names, fp32 */
+    char prefix[32];     /* "transformer.", "model." or "" as in the input */
+    dt_dtype dtype;      /* dtype to export (the input's) */
+    int from_gguf;
+    char *config_json;   /* the input's config.json text (NULL for GGUF) */
+    char src_dir[1024];  /* input directory (to copy tokenizer files) */
+} dt_weights;
+
+/* Loads a Hugging Face directory or a .gguf file. */
+int dt_weights_load(const char *path, dt_weights *w, char *err);
+void dt_weights_free(dt_weights *w);
+/* Loads the tokenizer that belongs to the model at path. */
+dt_tokenizer *dt_model_tokenizer(const char *path, char *err);
+
+/* Training methods (the paper's rows). */
+typedef enum { DT_FULL = 0, DT_LORA = 1, DT_DELTA_LORA = 2 } dt_method;
+
+/* Target module bits. Short names q,k,v,o,gate,up,down. For GPT-2, q/k/v are
+ * row slices of c_attn (the paper's setting), DT_T_CATTN is the whole c_attn
+ * (PEFT's "c_attn"), o = attn.c_proj, up = mlp.c_fc, down = mlp.c_proj. */
+enum {
+    DT_T_Q = 1 << 0, DT_T_K = 1 << 1, DT_T_V = 1 << 2, DT_T_O = 1 << 3,
+    DT_T_GATE = 1 << 4, DT_T_UP = 1 << 5, DT_T_DOWN = 1 << 6,
+    DT_T_CATTN = 1 << 7,
+};
+/* Parses "q,v" / "q_proj,v_proj" / "c_attn" for an architecture. */
+int dt_parse_targets(const char *list, dt_arch arch, unsigned *mask,
+                     char *err);
+
+typedef struct dt_lora_opts {
+    dt_method method;
+    int rank;          /* r */
+    float alpha;       /* scaling s = alpha / r */
+    unsigned targets;  /* DT_T_* bits */
+} dt_lora_opts;
+
+/* One trainable tensor with its gradient and AdamW moments (device). */
+typedef struct dt_param {
+    char name[128];    /* canonical name, e.g. "layers.0.self_attn.q_proj.lora_A" */
+    float *p, *g, *m, *v;
+    long n;
+    int64_t shape[2];
+} dt_param;
+
+/* A LoRA adapter on rows [row_off, row_off + rows) of a linear W(out, in). */
+typedef struct dt_lora {
+    int layer;
+    int lin;           /* index of the linear in its layer (model.c) */
+    int row_off, rows, in;
+    char wname[128];   /* canonical name of W */
+    char tname[16];    /* target short name: "q", "c_attn", ... */
+    dt_param *A;       /* (r, in)   */
+    dt_param *B;       /* (rows, r) */
+    float *u;          /* (BT, r) saved x·Aᵀ for backward */
+    float *catA;       /* (2r, in)   Delta-LoRA: [A ; A_old]   */
+    float *catB;       /* (rows, 2r) Delta-LoRA: [B | -B_old]  */
+} dt_lora;
+
+typedef struct dt_model dt_model;
+
+/* Uploads weights and sets up training state for B x T batches.
+ * `w` is borrowed for the lifetime of the model (export reads it). A is
+ * initialised Kaiming-uniform(a=sqrt(5)) from `seed`, B zero. */
+int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
+                 int B, int T, uint64_t seed, dt_model **out, char *err);
+void dt_model_free(dt_model *m);
+
+const dt_config *dt_model_config(const dt_model *m);
+dt_backend *dt_model_backend(const dt_model *m);
+/* Trainable tensors (LoRA A/B, or every weight for full). Borrowed. */
+dt_param *dt_model_params(dt_model *m, int *n);
+dt_lora *dt_model_loras(dt_model *m, int *n);
+float dt_model_lora_scale(const dt_model *m);
+
+/* Forward pass on host ids(B,T), targets(B,T) (-100 = masked). Returns the
+ * sum of per-token losses over unmasked targets in *loss_sum and their count
+ * in *ntok. When `grad_scale` != 0 the logits buffer is turned into dlogits *
+ * grad_scale, ready for dt_model_backward(). b and t may be smaller than the
+ * allocated B, T. */
+int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
+                     int b, int t, float grad_scale, double *loss_sum,
+                     long *ntok, char *err);
+/* Backward pass of the last forward: accumulates into the params' g. */
+int dt_model_backward(dt_model *m, char *err);
+/* Zeroes every gradient. */
+void dt_model_zero_grad(dt_model *m);
+/* Logits (b*t, V) of the last forward without grad_scale, copied to host. */
+int dt_model_logits(dt_model *m, float *host, int b, int t, char *err);
+
+/* Delta-LoRA support: snapshot A, B into catA/catB before the optimizer step,
+ * then apply W += lambda * s * (B·A - B_old·A_old) as one GEMM with inner
+ * dimension 2r after it. */
+void dt_model_delta_snapshot(dt_model *m);
+void dt_model_delta_apply(dt_model *m, float lambda);
+
+/* Downloads the merged weights (W + s·B·A for every adapter) into a new
+ * host tensorset with canonical names. */
+int dt_model_merged(dt_model *m, dt_tensorset *out, char *err);
+/* Downloads / uploads one device tensor by canonical name (weights and
+ * LoRA factors), for checkpoints. */
+int dt_model_get_weight(dt_model *m, const char *name, float **dev, long *n);
+
+#endif

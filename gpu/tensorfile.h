@@ -1,0 +1,88 @@
+/* tensorfile.h: reading and writing named tensors (safetensors, GGUF).
+ *
+ * A dt_tensorset is a list of named fp32 host tensors plus the metadata the
+ * file carried. Loading converts every supported dtype to fp32 (F32, F16,
+ * BF16 for safetensors; F32, F16, BF16, Q8_0, Q4_0, Q4_1 for GGUF). Every
+ * malformed file is a DT_EFORMAT with a message naming the file and what is
+ * wrong; nothing here may crash on hostile input. */
+#ifndef DT_TENSORFILE_H
+#define DT_TENSORFILE_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define DT_MAX_DIMS 4
+
+typedef enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 } dt_dtype;
+
+typedef struct dt_tensor {
+    char *name;              /* owned */
+    int ndim;
+    int64_t shape[DT_MAX_DIMS]; /* as stored in the file, outermost first */
+    int64_t numel;
+    float *data;             /* owned, numel floats */
+    dt_dtype src_dtype;      /* dtype in the source file (F32 for quantized) */
+} dt_tensor;
+
+/* GGUF metadata, kept as a flat list of key -> value. Arrays of strings (the
+ * tokenizer vocabulary, merges) and arrays of numbers are kept whole. */
+typedef enum {
+    DT_META_INT = 0, DT_META_FLOAT, DT_META_STR, DT_META_BOOL,
+    DT_META_STR_ARR, DT_META_INT_ARR, DT_META_FLOAT_ARR
+} dt_meta_type;
+
+typedef struct dt_meta {
+    char *key;
+    dt_meta_type type;
+    int64_t i;        /* INT, BOOL */
+    double f;         /* FLOAT */
+    char *s;          /* STR */
+    char **sarr;      /* STR_ARR */
+    int64_t *iarr;    /* INT_ARR */
+    double *farr;     /* FLOAT_ARR */
+    int64_t n;        /* array length */
+} dt_meta;
+
+typedef struct dt_tensorset {
+    dt_tensor *t;
+    int n, cap;
+    dt_meta *meta;
+    int nmeta, capmeta;
+} dt_tensorset;
+
+void dt_tensorset_init(dt_tensorset *ts);
+void dt_tensorset_free(dt_tensorset *ts); /* frees contents, not ts */
+/* Borrowed pointer or NULL. */
+dt_tensor *dt_tensorset_find(dt_tensorset *ts, const char *name);
+const dt_meta *dt_tensorset_meta(const dt_tensorset *ts, const char *key);
+/* Adds a tensor; steals `data` (malloc'd, numel floats). */
+int dt_tensorset_add(dt_tensorset *ts, const char *name, int ndim,
+                     const int64_t *shape, float *data, dt_dtype src_dtype,
+                     char *err);
+
+/* Appends the tensors of one .safetensors file to ts. */
+int dt_safetensors_load(const char *path, dt_tensorset *ts, char *err);
+
+/* Loads a Hugging Face model directory's weights: model.safetensors, or the
+ * shards listed by model.safetensors.index.json. */
+int dt_hf_weights_load(const char *dir, dt_tensorset *ts, char *err);
+
+/* Writes tensors as one .safetensors file in the given dtype, atomically.
+ * `names` optionally renames (NULL: use t->name); metadata_json is an
+ * optional JSON object text for "__metadata__" (string values only). */
+typedef struct dt_st_entry {
+    const char *name;
+    int ndim;
+    const int64_t *shape;
+    const float *data;
+    dt_dtype dtype;
+} dt_st_entry;
+int dt_safetensors_write(const char *path, const dt_st_entry *entries, int n,
+                         const char *metadata_json, char *err);
+
+/* Loads a GGUF file: all tensors dequantized to fp32 with shape given
+ * outermost first (GGUF stores innermost first: it is reversed here), and all
+ * metadata key/values. */
+int dt_gguf_load(const char *path, dt_tensorset *ts, char *err);
+
+#endif
