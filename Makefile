@@ -25,23 +25,35 @@ LDLIBS   += -lopenblas -ljansson -lm -lpthread
 
 # ---- the engine (gpu/) --------------------------------------------------
 ENGINE_SRC := gpu/dt.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c \
-              gpu/gguf.c gpu/tokenizer.c gpu/dataset.c gpu/modelio.c \
-              gpu/model.c gpu/train.c gpu/export.c
+              gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
+              gpu/model.c gpu/model_pass.c gpu/train.c gpu/export.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 
-# The CUDA backend compiles wherever nvcc exists (-Werror); the ASan build
-# and machines without nvcc link a stub that reports "built without CUDA".
+# The CUDA backend compiles wherever nvcc and cuBLAS exist (-Werror). cuBLAS
+# comes from the CUDA toolkit or, where the toolkit lacks it, from PyPI's
+# nvidia-cublas wheel unpacked by scripts/install-deps into .cache/cublas.
+# The ASan build and machines without them link a stub that reports "built
+# without CUDA".
+CUBLAS_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) $(CURDIR)/.cache/cublas/nvidia/cu13,\
+                 $(if $(wildcard $(d)/include/cublas_v2.h),$(d))))
+CUDA_SRC := gpu/backend_cuda.cu gpu/cuda_attention.cu
 ifeq ($(NVCC),)
   CUDA_OBJ := $(BUILD)/gpu/backend_cuda_stub.o
   $(info note: nvcc not found: building without the CUDA backend)
+else ifeq ($(CUBLAS_HOME),)
+  CUDA_OBJ := $(BUILD)/gpu/backend_cuda_stub.o
+  $(info note: cuBLAS not found (run scripts/install-deps): building without the CUDA backend)
 else ifneq ($(SAN),)
   CUDA_OBJ := $(BUILD)/gpu/backend_cuda_stub.o
 else
-  CUDA_OBJ := $(BUILD)/gpu/backend_cuda.o
-  LDFLAGS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64
-  LDLIBS   += -lcublas -lcudart
+  CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+  CUBLAS_LIB := $(firstword $(wildcard $(CUBLAS_HOME)/lib64 $(CUBLAS_HOME)/lib))
+  LDFLAGS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 \
+              -L$(CUBLAS_LIB) -Wl,-rpath,$(CUBLAS_LIB)
+  LDLIBS   += $(if $(wildcard $(CUBLAS_LIB)/libcublas.so),-lcublas,-l:libcublas.so.13) \
+              -lcudart -lstdc++
 endif
-NVCCFLAGS ?= -O2 -std=c++17 -I. -Igpu \
+NVCCFLAGS ?= -O2 -std=c++17 -I. -Igpu -I$(CUBLAS_HOME)/include \
   -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
   -gencode arch=compute_90,code=compute_90 \
   -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
@@ -64,7 +76,7 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/gpu/backend_cuda.o: gpu/backend_cuda.cu gpu/backend.h gpu/dt_math.h gpu/dt.h
+$(BUILD)/gpu/%.o: gpu/%.cu gpu/cuda_internal.cuh gpu/backend.h gpu/dt_math.h gpu/dt.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 

@@ -84,5 +84,7 @@ int dt_safetensors_write(const char *path, const dt_st_entry *entries, int n,
  * outermost first (GGUF stores innermost first: it is reversed here), and all
  * metadata key/values. */
 int dt_gguf_load(const char *path, dt_tensorset *ts, char *err);
+/* Same, metadata only (no tensor is read): for the tokenizer. */
+int dt_gguf_load_meta(const char *path, dt_tensorset *ts, char *err);
 
 #endif

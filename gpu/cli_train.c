@@ -1,0 +1,385 @@
+/* cli_train.c: the engine's subcommands of `deltatune`: train, tokenize,
+ * generate. Each returns a process exit status (0 ok, 1 error, 2 usage,
+ * 130 interrupted) and prints errors to stderr as "deltatune train: ...". */
+#include "cli_train.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dt.h"
+#include "model.h"
+#include "train.h"
+
+static volatile int g_stop;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_stop = 1;
+}
+
+static const char train_usage[] =
+"usage: deltatune train --model PATH --data FILE --out DIR [options]\n"
+"\n"
+"Fine-tunes a GPT-2 or Llama-family model (Hugging Face directory or .gguf)\n"
+"on a JSONL file and writes DIR/merged/ (a Hugging Face directory),\n"
+"DIR/adapter/ (PEFT, for --method lora) and DIR/checkpoints/.\n"
+"\n"
+"  --model PATH            base model: HF directory or .gguf file\n"
+"  --data FILE             training JSONL ({text} | {prompt,completion} |\n"
+"                          {messages} | {input_ids[,labels]})\n"
+"  --valid FILE            validation JSONL (loss reported)\n"
+"  --out DIR               output directory\n"
+"  --method M              delta_lora (default) | lora | full\n"
+"  --rank R                LoRA rank r (default 8)\n"
+"  --alpha A               LoRA alpha; scaling is alpha/r (default 16)\n"
+"  --lambda L              Delta-LoRA update ratio (default 0.5)\n"
+"  --start-step K          Delta-LoRA: W moves after step K (default: 10%% of\n"
+"                          the total steps; a warning if K >= total)\n"
+"  --target-modules LIST   q,k,v,o,gate,up,down or module names (q_proj,\n"
+"                          c_attn, ...); 'all' (default q,v)\n"
+"  --lr X                  peak learning rate (default 2e-4)\n"
+"  --lr-scheduler S        linear (default) | cosine | constant\n"
+"  --warmup-steps N        linear warmup steps (default 0)\n"
+"  --weight-decay X        AdamW decoupled weight decay (default 0)\n"
+"  --max-grad-norm X       global-norm clipping, 0 = off (default 1.0)\n"
+"  --batch-size B          rows per micro-batch (default 4)\n"
+"  --grad-accum G          micro-batches per optimizer step (default 1)\n"
+"  --seq-len T             max predicted tokens per row (default 256)\n"
+"  --epochs E | --steps N  training length (default 1 epoch)\n"
+"  --seed S                seed for data order and LoRA init (default 42)\n"
+"  --threads N             CPU threads (default: all cores)\n"
+"  --device D              cpu (default) | cuda[:N] | auto\n"
+"  --eval-interval N       validation every N steps (default: at the end)\n"
+"  --checkpoint-interval N checkpoint every N steps (default: at the end)\n"
+"  --init-adapter DIR      start A and B from a PEFT LoRA adapter\n"
+"  --resume                continue from the newest complete checkpoint\n"
+"  --json                  JSON lines progress (default when not a terminal)\n"
+"\n"
+"Ctrl-C writes a checkpoint and exits; rerun with --resume to continue.\n";
+
+static int parse_f(const char *s, float *out, const char *flag)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || !isfinite(v)) {
+        fprintf(stderr, "deltatune train: %s: not a number: \"%s\"\n", flag, s);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static int parse_i(const char *s, int *out, const char *flag)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || v < -1 || v > 1000000000) {
+        fprintf(stderr, "deltatune train: %s: not a valid integer: \"%s\"\n", flag, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int dt_cmd_train(int argc, char **argv)
+{
+    enum { O_MODEL = 256, O_DATA, O_VALID, O_OUT, O_METHOD, O_RANK, O_ALPHA,
+           O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP,
+           O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
+           O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_HELP };
+    static const struct option opts[] = {
+        {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
+        {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
+        {"alpha", 1, 0, O_ALPHA}, {"lambda", 1, 0, O_LAMBDA},
+        {"start-step", 1, 0, O_K}, {"target-modules", 1, 0, O_TARGETS},
+        {"lr", 1, 0, O_LR}, {"lr-scheduler", 1, 0, O_SCHED},
+        {"warmup-steps", 1, 0, O_WARMUP}, {"weight-decay", 1, 0, O_WD},
+        {"max-grad-norm", 1, 0, O_CLIP}, {"batch-size", 1, 0, O_BATCH},
+        {"grad-accum", 1, 0, O_ACCUM}, {"seq-len", 1, 0, O_SEQ},
+        {"epochs", 1, 0, O_EPOCHS}, {"steps", 1, 0, O_STEPS}, {"seed", 1, 0, O_SEED},
+        {"threads", 1, 0, O_THREADS}, {"device", 1, 0, O_DEVICE},
+        {"eval-interval", 1, 0, O_EVAL}, {"checkpoint-interval", 1, 0, O_CKPT},
+        {"init-adapter", 1, 0, O_INIT}, {"resume", 0, 0, O_RESUME},
+        {"json", 0, 0, O_JSON}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    dt_train_opts o;
+    dt_train_defaults(&o);
+    o.json = !isatty(STDERR_FILENO);
+    int c, bad = 0, seed = 42, epochs_set = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_MODEL: o.model = optarg; break;
+        case O_DATA: o.data = optarg; break;
+        case O_VALID: o.valid = optarg; break;
+        case O_OUT: o.out = optarg; break;
+        case O_METHOD:
+            if (!strcmp(optarg, "delta_lora")) o.method = DT_DELTA_LORA;
+            else if (!strcmp(optarg, "lora")) o.method = DT_LORA;
+            else if (!strcmp(optarg, "full")) o.method = DT_FULL;
+            else {
+                fprintf(stderr, "deltatune train: --method: \"%s\" is not one of "
+                        "delta_lora, lora, full\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_RANK: bad |= parse_i(optarg, &o.rank, "--rank"); break;
+        case O_ALPHA: bad |= parse_f(optarg, &o.alpha, "--alpha"); break;
+        case O_LAMBDA: bad |= parse_f(optarg, &o.lambda, "--lambda"); break;
+        case O_K: bad |= parse_i(optarg, &o.start_step, "--start-step"); break;
+        case O_TARGETS: o.targets = optarg; break;
+        case O_LR: bad |= parse_f(optarg, &o.lr, "--lr"); break;
+        case O_SCHED:
+            if (!strcmp(optarg, "linear")) o.sched = DT_SCHED_LINEAR;
+            else if (!strcmp(optarg, "cosine")) o.sched = DT_SCHED_COSINE;
+            else if (!strcmp(optarg, "constant")) o.sched = DT_SCHED_CONSTANT;
+            else {
+                fprintf(stderr, "deltatune train: --lr-scheduler: \"%s\" is not one "
+                        "of linear, cosine, constant\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_WARMUP: bad |= parse_i(optarg, &o.warmup, "--warmup-steps"); break;
+        case O_WD: bad |= parse_f(optarg, &o.weight_decay, "--weight-decay"); break;
+        case O_CLIP: bad |= parse_f(optarg, &o.max_grad_norm, "--max-grad-norm"); break;
+        case O_BATCH: bad |= parse_i(optarg, &o.batch, "--batch-size"); break;
+        case O_ACCUM: bad |= parse_i(optarg, &o.accum, "--grad-accum"); break;
+        case O_SEQ: bad |= parse_i(optarg, &o.seq_len, "--seq-len"); break;
+        case O_EPOCHS: bad |= parse_i(optarg, &o.epochs, "--epochs"); epochs_set = 1; break;
+        case O_STEPS: bad |= parse_i(optarg, &o.steps, "--steps"); break;
+        case O_SEED: bad |= parse_i(optarg, &seed, "--seed"); o.seed = (uint64_t)seed; break;
+        case O_THREADS: bad |= parse_i(optarg, &o.threads, "--threads"); break;
+        case O_DEVICE: o.device = optarg; break;
+        case O_EVAL: bad |= parse_i(optarg, &o.eval_interval, "--eval-interval"); break;
+        case O_CKPT: bad |= parse_i(optarg, &o.ckpt_interval, "--checkpoint-interval"); break;
+        case O_INIT: o.init_adapter = optarg; break;
+        case O_RESUME: o.resume = 1; break;
+        case O_JSON: o.json = 1; break;
+        case O_HELP: case 'h': fputs(train_usage, stdout); return 0;
+        default: bad = 1;
+        }
+    }
+    if (o.steps > 0 && epochs_set) {
+        fprintf(stderr, "deltatune train: give --epochs or --steps, not both\n");
+        bad = 1;
+    }
+    if (o.steps > 0)
+        o.epochs = 0;
+    if (!bad && (!o.model || !o.data || !o.out)) {
+        fprintf(stderr, "deltatune train: --model, --data and --out are required\n");
+        bad = 1;
+    }
+    if (bad || optind < argc) {
+        if (optind < argc)
+            fprintf(stderr, "deltatune train: unexpected argument \"%s\"\n", argv[optind]);
+        fprintf(stderr, "run 'deltatune train --help' for the options\n");
+        return 2;
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    o.stop = &g_stop;
+    char err[DT_ERR_LEN] = "";
+    int rc = dt_train(&o, err);
+    if (rc == DT_ECANCEL) {
+        fprintf(stderr, "\ndeltatune train: %s\n", err);
+        return 130;
+    }
+    if (rc) {
+        fprintf(stderr, "\ndeltatune train: %s\n", err[0] ? err : dt_strerror(rc));
+        return 1;
+    }
+    if (!o.json)
+        fprintf(stderr, "deltatune train: merged model written to %s/merged\n", o.out);
+    return 0;
+}
+
+/* Reads all of stdin into a new buffer. */
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, stdin);
+        n += r;
+        if (r == 0)
+            break;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+int dt_cmd_tokenize(int argc, char **argv)
+{
+    const char *model = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc)
+            model = argv[++i];
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            puts("usage: deltatune tokenize --model PATH < text\n"
+                 "Prints the token ids of stdin as a JSON array.");
+            return 0;
+        } else {
+            fprintf(stderr, "deltatune tokenize: unexpected argument \"%s\"\n", argv[i]);
+            return 2;
+        }
+    }
+    if (!model) {
+        fprintf(stderr, "deltatune tokenize: --model is required\n");
+        return 2;
+    }
+    char err[DT_ERR_LEN] = "";
+    dt_tokenizer *tok = dt_model_tokenizer(model, err);
+    if (!tok) {
+        fprintf(stderr, "deltatune tokenize: %s\n", err);
+        return 1;
+    }
+    size_t len;
+    char *text = read_stdin(&len);
+    int32_t *ids = NULL;
+    int n = 0, rc = text ? dt_tokenizer_encode(tok, text, len, 1, &ids, &n, err) : DT_ENOMEM;
+    if (rc) {
+        fprintf(stderr, "deltatune tokenize: %s\n", err[0] ? err : dt_strerror(rc));
+    } else {
+        putchar('[');
+        for (int i = 0; i < n; i++)
+            printf(i ? ", %d" : "%d", ids[i]);
+        puts("]");
+    }
+    free(ids);
+    free(text);
+    dt_tokenizer_free(tok);
+    return rc ? 1 : 0;
+}
+
+/* xorshift for sampling */
+static double urand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (double)(*s >> 11) / 9007199254740992.0;
+}
+
+int dt_cmd_generate(int argc, char **argv)
+{
+    const char *model = NULL, *prompt = NULL, *device = "cpu";
+    int max_tokens = 32, threads = 0, seed = 0;
+    float temperature = 0.0f;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            puts("usage: deltatune generate --model PATH --prompt TEXT [--max-tokens N]\n"
+                 "                          [--temperature T] [--seed S] [--device D]\n"
+                 "Greedy decoding unless --temperature > 0; stops at EOS.");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, "deltatune generate: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--seed")) seed = atoi(v);
+        else if (!strcmp(a, "--temperature")) temperature = (float)atof(v);
+        else {
+            fprintf(stderr, "deltatune generate: unknown option %s\n", a);
+            return 2;
+        }
+    }
+    if (!model || !prompt || max_tokens < 1 || max_tokens > 4096 || temperature < 0) {
+        fprintf(stderr, "deltatune generate: need --model, --prompt, 1 <= --max-tokens "
+                "<= 4096, --temperature >= 0\n");
+        return 2;
+    }
+    char err[DT_ERR_LEN] = "";
+    dt_backend *be = NULL;
+    dt_weights w;
+    dt_tokenizer *tok = NULL;
+    dt_model *m = NULL;
+    int32_t *ids = NULL, *prompt_ids = NULL;
+    float *logits = NULL;
+    int n = 0, rc = 1;
+    memset(&w, 0, sizeof w);
+    if (!(be = dt_backend_new(device, threads, err)) || dt_weights_load(model, &w, err) ||
+        !(tok = dt_model_tokenizer(model, err)) ||
+        dt_tokenizer_encode(tok, prompt, strlen(prompt), 1, &prompt_ids, &n, err))
+        goto done;
+    int T = n + max_tokens;
+    if (w.cfg.arch == DT_ARCH_GPT2 && T > w.cfg.max_pos)
+        T = w.cfg.max_pos;
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0};
+    if (n < 1 || n >= T) {
+        snprintf(err, sizeof err, "the prompt has %d tokens; the model takes %d", n, T);
+        goto done;
+    }
+    ids = malloc((size_t)T * sizeof *ids);
+    logits = malloc((size_t)T * w.cfg.vocab * sizeof *logits);
+    if (!ids || !logits || dt_model_new(be, &w, &lo, 1, T, 0, &m, err))
+        goto done;
+    memcpy(ids, prompt_ids, (size_t)n * sizeof *ids);
+    uint64_t rs = 0x9E3779B97F4A7C15ull ^ (uint64_t)seed;
+    int32_t eos = dt_tokenizer_eos(tok);
+    int start = n;
+    while (n < T) {
+        /* No KV cache: the whole prefix is recomputed per token (fine for
+         * demos; training is what this engine is for). */
+        if (dt_model_forward(m, ids, NULL, 1, n, 0.0f, NULL, NULL, err) ||
+            dt_model_logits(m, logits, 1, n, err))
+            goto done;
+        const float *row = logits + (size_t)(n - 1) * w.cfg.vocab;
+        int best = 0;
+        for (int j = 1; j < w.cfg.vocab; j++)
+            if (row[j] > row[best])
+                best = j;
+        if (temperature > 0) {
+            double sum = 0, r;
+            for (int j = 0; j < w.cfg.vocab; j++)
+                sum += exp((row[j] - row[best]) / temperature);
+            r = urand(&rs) * sum;
+            for (int j = 0; j < w.cfg.vocab; j++) {
+                r -= exp((row[j] - row[best]) / temperature);
+                if (r <= 0) {
+                    best = j;
+                    break;
+                }
+            }
+        }
+        if (best == eos)
+            break;
+        ids[n++] = best;
+    }
+    char *text = dt_tokenizer_decode(tok, ids + start, n - start);
+    printf("%s%s\n", prompt, text ? text : "");
+    free(text);
+    rc = 0;
+done:
+    if (rc)
+        fprintf(stderr, "deltatune generate: %s\n", err);
+    free(ids);
+    free(prompt_ids);
+    free(logits);
+    dt_model_free(m);
+    dt_tokenizer_free(tok);
+    dt_weights_free(&w);
+    dt_backend_free(be);
+    return rc;
+}

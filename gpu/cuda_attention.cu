@@ -1,0 +1,221 @@
+/* cuda_attention.cu: causal grouped-query attention for the CUDA backend,
+ * forward and backward, on cuBLAS strided-batched GEMMs plus row kernels.
+ *
+ * The straightforward version: scores go to a (NH, T, T) workspace per batch
+ * row, so memory grows with T^2 and masked entries are still multiplied.
+ * lse(B,NH,T) is saved so the backward pass recomputes P instead of keeping
+ * it. No atomics: dK and dV of a kv head are summed over its query heads
+ * inside one GEMM, so results are bitwise repeatable. */
+#include "cuda_internal.cuh"
+
+/* =========================================================================
+ * kernels
+ * ========================================================================= */
+
+/* (B,T,H,D) <-> (B,H,T,D); to_heads=1 goes left to right. */
+static __global__ void k_permute_bthd(float *dst, const float *src, int T,
+                                      int H, int D, int to_heads, long n)
+{
+    GRID_STRIDE(i, n) {
+        int d = (int)(i % D);
+        long r = i / D;
+        int h = (int)(r % H);
+        long bt = r / H;
+        int t = (int)(bt % T);
+        long b = bt / T;
+        long j = ((b * H + h) * T + t) * D + d;
+        if (to_heads)
+            dst[j] = src[i];
+        else
+            dst[i] = src[j];
+    }
+}
+
+/* Causal softmax over the rows of S (rows, T) in place, one warp per row;
+ * row i is query position i % T. Saves lse = max + log(sum). */
+static __global__ void k_attn_softmax(float *S, float *lse, long rows, int T)
+{
+    long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows)
+        return;
+    int t = (int)(row % T);
+    float *s = S + row * T;
+    float m = -INFINITY, sum = 0.0f;
+    for (int j = lane; j <= t; j += 32)
+        m = fmaxf(m, s[j]);
+    m = warp_max(m);
+    for (int j = lane; j <= t; j += 32)
+        sum += expf(s[j] - m);
+    sum = warp_sum(sum);
+    for (int j = lane; j < T; j += 32)
+        s[j] = j <= t ? expf(s[j] - m) / sum : 0.0f;
+    if (lane == 0)
+        lse[row] = m + logf(sum);
+}
+
+/* Drow(B,NH,T) = sum_d dout * out, the softmax backward's row term. */
+static __global__ void k_attn_drow(float *drow, const float *dout,
+                                   const float *out, int T, int NH, int D,
+                                   long rows)
+{
+    long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows)
+        return;
+    int t = (int)(row % T), h = (int)((row / T) % NH);
+    long b = row / ((long)T * NH);
+    long off = ((b * T + t) * NH + h) * D;
+    float s = 0.0f;
+    for (int d = lane; d < D; d += 32)
+        s += dout[off + d] * out[off + d];
+    s = warp_sum(s);
+    if (lane == 0)
+        drow[row] = s;
+}
+
+/* Recomputes P = exp(S - lse) in place of S and dS = P (dP - Drow) in place
+ * of dP, causal-masked, one warp per row. */
+static __global__ void k_attn_dscore(float *S, float *dP, const float *lse,
+                                     const float *drow, long rows, int T)
+{
+    long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+    int lane = threadIdx.x & 31;
+    if (row >= rows)
+        return;
+    int t = (int)(row % T);
+    float l = lse[row], dr = drow[row];
+    float *s = S + row * T, *dp = dP + row * T;
+    for (int j = lane; j < T; j += 32) {
+        float p = j <= t ? expf(s[j] - l) : 0.0f;
+        s[j] = p;
+        dp[j] = j <= t ? p * (dp[j] - dr) : 0.0f;
+    }
+}
+
+/* =========================================================================
+ * launchers
+ * ========================================================================= */
+
+/* Attention layout. The query heads of kv group g are g*rep .. g*rep+rep-1
+ * (rep = NH/NKV). With q permuted to qp(B,NH,T,D), the queries of one group
+ * form one matrix Qg(rep*T, D), so per batch row b one strided-batched GEMM
+ * over the NKV groups computes every score S(NH*T, T) = scale Qg K_g^T,
+ * K_g = k[b, :, g, :] (ld NKV*D). In the backward pass the same stacking
+ * makes dK_g and dV_g single GEMMs with K = rep*T: the sum over the query
+ * heads of a group happens inside cuBLAS, deterministically. The score
+ * workspace is per batch row: (NH, T, T). */
+typedef struct attn_ws {
+    float *qp, *op, *dqp; /* (B,NH,T,D) each */
+    float *S, *dP;        /* (NH,T,T) each */
+    float *drow;          /* (B,NH,T) */
+} attn_ws;
+
+static int attn_ws_get(cuda_ctx *c, attn_ws *w, int B, int T, int NH, int D,
+                       int bwd)
+{
+    size_t x = (size_t)B * NH * T * D, s = (size_t)NH * T * T;
+    size_t total = bwd ? 3 * x + 2 * s + (size_t)B * NH * T : 2 * x + s;
+    float *p = (float *)ws_get(c, total * sizeof(float));
+    if (!p)
+        return -1;
+    w->qp = p;
+    w->op = p + x;
+    w->S = p + 2 * x;
+    w->dqp = bwd ? w->S + s : NULL;
+    w->dP = bwd ? w->dqp + x : NULL;
+    w->drow = bwd ? w->dP + s : NULL;
+    return 0;
+}
+
+/* Rejects shapes the GEMM layout cannot express (0 when fine). */
+static int attn_bad_shape(cuda_ctx *c, int NH, int NKV, int D)
+{
+    if (NKV > 0 && NH % NKV == 0 && D > 0)
+        return 0;
+    cuda_fail(c, DT_EINVAL, "attention", "NH must be a multiple of NKV",
+              __FILE__, __LINE__);
+    return 1;
+}
+
+static void permute(cuda_ctx *c, float *dst, const float *src, int B, int T,
+                    int H, int D, int to_heads)
+{
+    long n = (long)B * T * H * D;
+    k_permute_bthd<<<blocks_for(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+        dst, src, T, H, D, to_heads, n);
+    LAUNCHED(c);
+}
+
+void cuda_attention_fwd(dt_backend *be, float *out, float *lse,
+                               const float *q, const float *k, const float *v,
+                               int B, int T, int NH, int NKV, int D)
+{
+    cuda_ctx *c = ctx_of(be);
+    attn_ws w;
+    if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D) ||
+        attn_ws_get(c, &w, B, T, NH, D, 0) != 0)
+        return;
+    int rep = NH / NKV, ldk = NKV * D;
+    long sq = (long)rep * T * D, ss = (long)rep * T * T;
+    float scale = 1.0f / sqrtf((float)D);
+    permute(c, w.qp, q, B, T, NH, D, 1);
+    for (int b = 0; b < B && !c->err; b++) {
+        const float *kb = k + (long)b * T * ldk, *vb = v + (long)b * T * ldk;
+        float *qb = w.qp + (long)b * NH * T * D, *ob = w.op + (long)b * NH * T * D;
+        gemm_rm(c, 0, 1, rep * T, T, D, scale, qb, D, sq, kb, ldk, D, 0.0f,
+                w.S, T, ss, NKV);
+        long rows = (long)NH * T;
+        k_attn_softmax<<<row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+            w.S, lse + (long)b * NH * T, rows, T);
+        LAUNCHED(c);
+        gemm_rm(c, 0, 0, rep * T, D, T, 1.0f, w.S, T, ss, vb, ldk, D, 0.0f, ob,
+                D, sq, NKV);
+    }
+    permute(c, out, w.op, B, T, NH, D, 0);
+}
+
+void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
+                               const float *dout, const float *out,
+                               const float *lse, const float *q,
+                               const float *k, const float *v, int B, int T,
+                               int NH, int NKV, int D)
+{
+    cuda_ctx *c = ctx_of(be);
+    attn_ws w;
+    if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D) ||
+        attn_ws_get(c, &w, B, T, NH, D, 1) != 0)
+        return;
+    int rep = NH / NKV, ldk = NKV * D;
+    long sq = (long)rep * T * D, ss = (long)rep * T * T, rows = (long)NH * T;
+    float scale = 1.0f / sqrtf((float)D);
+    float *dop = w.op; /* dout in (B,NH,T,D) */
+    permute(c, w.qp, q, B, T, NH, D, 1);
+    permute(c, dop, dout, B, T, NH, D, 1);
+    long allrows = (long)B * NH * T;
+    k_attn_drow<<<row_blocks(allrows), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+        w.drow, dout, out, T, NH, D, allrows);
+    LAUNCHED(c);
+    for (int b = 0; b < B && !c->err; b++) {
+        long xo = (long)b * NH * T * D, ko = (long)b * T * ldk;
+        float *qb = w.qp + xo, *dob = dop + xo, *dqb = w.dqp + xo;
+        /* S = scale Q K^T, dP = dO V^T, then P and dS in place. */
+        gemm_rm(c, 0, 1, rep * T, T, D, scale, qb, D, sq, k + ko, ldk, D, 0.0f,
+                w.S, T, ss, NKV);
+        gemm_rm(c, 0, 1, rep * T, T, D, 1.0f, dob, D, sq, v + ko, ldk, D, 0.0f,
+                w.dP, T, ss, NKV);
+        k_attn_dscore<<<row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+            w.S, w.dP, lse + (long)b * NH * T, w.drow + (long)b * NH * T, rows,
+            T);
+        LAUNCHED(c);
+        /* dV_g = P_g^T dO_g, dQ_g = scale dS_g K_g, dK_g = scale dS_g^T Q_g. */
+        gemm_rm(c, 1, 0, T, D, rep * T, 1.0f, w.S, T, ss, dob, D, sq, 0.0f,
+                dv + ko, ldk, D, NKV);
+        gemm_rm(c, 0, 0, rep * T, D, T, scale, w.dP, T, ss, k + ko, ldk, D,
+                0.0f, dqb, D, sq, NKV);
+        gemm_rm(c, 1, 0, T, D, rep * T, scale, w.dP, T, ss, qb, D, sq, 0.0f,
+                dk + ko, ldk, D, NKV);
+    }
+    permute(c, dq, w.dqp, B, T, NH, D, 0);
+}
+

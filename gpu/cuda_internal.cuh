@@ -1,0 +1,111 @@
+/* cuda_internal.cuh: what backend_cuda.cu and cuda_attention.cu share: the
+ * backend context, the error-recording macros, launch helpers and the
+ * row-major GEMM wrapper. Internal to the CUDA backend; C++ only. */
+#ifndef DT_CUDA_INTERNAL_CUH
+#define DT_CUDA_INTERNAL_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" {
+#include "backend.h"
+#include "dt.h"
+}
+#include "dt_math.h"
+
+typedef struct cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int err;                 /* first error: DT_EDEVICE (sticky), or
+                                DT_ENOMEM / DT_EINVAL (cleared by sync) */
+    char msg[DT_ERR_LEN];    /* detail of the first error, with file:line */
+    size_t oom_bytes;        /* size of the last alloc() that failed */
+    void *ws;                /* growable workspace (device) */
+    size_t ws_bytes;
+    double *red;             /* (CUDA_RED_BLOCKS + 1) partial sums (device) */
+    int *hbuf;               /* host scratch for embedding_bwd */
+    size_t hbuf_n;           /* ints in hbuf */
+} cuda_ctx;
+
+#define CUDA_RED_BLOCKS 1024 /* fixed, so sums do not depend on the device */
+#define ROWS_PER_BLOCK 8     /* warp-per-row kernels: 8 warps of 32 */
+
+/* Record the first failure (sticky) with file:line; return 0 or -1. */
+void cuda_fail(cuda_ctx *c, int code, const char *what, const char *detail,
+               const char *file, int line);
+int cu_check(cuda_ctx *c, cudaError_t e, const char *what, const char *file,
+             int line);
+int cublas_check(cuda_ctx *c, cublasStatus_t s, const char *what,
+                 const char *file, int line);
+
+#define CU(c, call) cu_check((c), (call), #call, __FILE__, __LINE__)
+#define CUBLAS(c, call) cublas_check((c), (call), #call, __FILE__, __LINE__)
+/* After a kernel launch: catches bad launch configurations. */
+#define LAUNCHED(c) cu_check((c), cudaGetLastError(), "kernel launch", \
+                             __FILE__, __LINE__)
+
+#define EW_THREADS 256
+
+static inline cuda_ctx *ctx_of(dt_backend *be) { return (cuda_ctx *)be->ctx; }
+
+/* Blocks for a grid-stride loop over n elements. */
+static inline unsigned blocks_for(long n, int threads)
+{
+    long b = (n + threads - 1) / threads;
+    if (b > 65535L * 16)
+        b = 65535L * 16; /* grid-stride loops cover the rest */
+    return (unsigned)(b > 0 ? b : 1);
+}
+
+/* Blocks for a warp-per-row kernel. */
+static inline unsigned row_blocks(long rows)
+{
+    return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
+}
+
+/* Workspace of at least `bytes` (device), or NULL with the sticky error set.
+ * Valid until the next ws_get(); growing frees the old buffer, and cudaFree
+ * waits for the kernels that still use it. */
+void *ws_get(cuda_ctx *c, size_t bytes);
+
+/* Row-major C = alpha op(A) op(B) + beta C; batch > 1 uses the strides. */
+void gemm_rm(cuda_ctx *c, int ta, int tb, int M, int N, int K, float alpha,
+             const float *A, int lda, long sA, const float *B, int ldb,
+             long sB, float beta, float *C, int ldc, long sC, int batch);
+
+/* Attention ops of the table (cuda_attention.cu). */
+void cuda_attention_fwd(dt_backend *be, float *out, float *lse, const float *q,
+                        const float *k, const float *v, int B, int T, int NH,
+                        int NKV, int D);
+void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
+                        const float *dout, const float *out, const float *lse,
+                        const float *q, const float *k, const float *v, int B,
+                        int T, int NH, int NKV, int D);
+
+/* ---- device helpers ------------------------------------------------------ */
+
+#define GRID_STRIDE(i, n)                                                   \
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);     \
+         i += (long)gridDim.x * blockDim.x)
+
+template <typename T> static __device__ T warp_sum(T v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ inline float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#endif

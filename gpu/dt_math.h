@@ -1,0 +1,137 @@
+/* dt_math.h: per-element math shared by the CPU backend (C) and the CUDA
+ * backend (nvcc), so that both compute the same formula in the same order.
+ *
+ * Everything here is `static inline DT_HD` and uses only the float math
+ * functions CUDA provides (expf, tanhf, sqrtf, powf, sinf, cosf). */
+#ifndef DT_MATH_H
+#define DT_MATH_H
+
+#ifdef __CUDACC__
+#define DT_HD __host__ __device__
+#else
+#define DT_HD
+#include <math.h>
+#endif
+
+/* sqrt(2/pi), the constant of GPT-2's gelu_new. */
+#define DT_GELU_K 0.7978845608028654f
+#define DT_GELU_C 0.044715f
+
+/* ---- GELU (tanh approximation, GPT-2 gelu_new) --------------------------- */
+
+/* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+static inline DT_HD float dt_gelu_tanh(float x)
+{
+    float u = DT_GELU_K * (x + DT_GELU_C * x * x * x);
+    return 0.5f * x * (1.0f + tanhf(u));
+}
+
+/* d/dx of dt_gelu_tanh. */
+static inline DT_HD float dt_gelu_tanh_grad(float x)
+{
+    float u = DT_GELU_K * (x + DT_GELU_C * x * x * x);
+    float th = tanhf(u);
+    float du = DT_GELU_K * (1.0f + 3.0f * DT_GELU_C * x * x);
+    return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
+}
+
+/* ---- SiLU / SwiGLU ------------------------------------------------------- */
+
+static inline DT_HD float dt_sigmoid(float x)
+{
+    return 1.0f / (1.0f + expf(-x));
+}
+
+/* silu(x) = x * sigmoid(x) */
+static inline DT_HD float dt_silu(float x)
+{
+    return x * dt_sigmoid(x);
+}
+
+/* d/dx silu(x) = s (1 + x (1 - s)), s = sigmoid(x) */
+static inline DT_HD float dt_silu_grad(float x)
+{
+    float s = dt_sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+
+/* out = silu(gate) * up */
+static inline DT_HD float dt_swiglu(float gate, float up)
+{
+    return dt_silu(gate) * up;
+}
+
+/* Backward of dt_swiglu for one element: dgate and dup from dout. */
+static inline DT_HD void dt_swiglu_grad(float dout, float gate, float up,
+                                        float *dgate, float *dup)
+{
+    float s = dt_sigmoid(gate);
+    *dgate = dout * up * s * (1.0f + gate * (1.0f - s));
+    *dup = dout * gate * s;
+}
+
+/* ---- AdamW (PyTorch torch.optim.AdamW, foreach=False order) --------------- */
+
+/* One step on one parameter. g is multiplied by gscale first (gradient
+ * clipping); bc1 = 1 - b1^t, bc2 = 1 - b2^t. PyTorch applies decoupled weight
+ * decay as p *= 1 - lr*wd, then p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps),
+ * which equals p -= lr*(m/bc1)/(sqrt(v/bc2)+eps). */
+static inline DT_HD void dt_adamw_step(float *p, float g, float *m, float *v,
+                                       float lr, float b1, float b2, float eps,
+                                       float wd, float bc1, float bc2,
+                                       float gscale)
+{
+    g *= gscale;
+    float pp = *p * (1.0f - lr * wd);
+    float mm = b1 * *m + (1.0f - b1) * g;
+    float vv = b2 * *v + (1.0f - b2) * g * g;
+    float denom = sqrtf(vv) / sqrtf(bc2) + eps;
+    pp -= (lr / bc1) * mm / denom;
+    *p = pp;
+    *m = mm;
+    *v = vv;
+}
+
+/* ---- RoPE (Hugging Face rotate_half layout) ------------------------------ */
+
+/* inv_freq for pair index i (0 <= i < D/2), in fp32 as HF computes it:
+ * 1 / theta^((2i)/D). */
+static inline DT_HD float dt_rope_inv_freq(int i, int D, float theta)
+{
+    return 1.0f / powf(theta, (float)(2 * i) / (float)D);
+}
+
+/* cos and sin of the angle (float)t * inv_freq(i) of position t, pair i
+ * (HF computes freqs = t * inv_freq in fp32, then cos/sin of that). */
+static inline DT_HD void dt_rope_cs(int t, int i, int D, float theta, float *c,
+                                    float *s)
+{
+    float ang = (float)t * dt_rope_inv_freq(i, D, theta);
+    *c = cosf(ang);
+    *s = sinf(ang);
+}
+
+/* Rotates the pair (x0 = x[i], x1 = x[i + D/2]) by the angle whose cos/sin
+ * are c, s (by -angle when inverse): x0' = x0 c - x1 s, x1' = x1 c + x0 s,
+ * i.e. x*cos + rotate_half(x)*sin. In place. */
+static inline DT_HD void dt_rope_apply(float *x0, float *x1, float c, float s,
+                                       int inverse)
+{
+    if (inverse)
+        s = -s;
+    float a = *x0, b = *x1;
+    *x0 = a * c - b * s;
+    *x1 = b * c + a * s;
+}
+
+/* Rotates the pair (x[i], x[i + D/2]) of a head vector at position t by
+ * angle = (float)t * inv_freq (by -angle when inverse). In place. */
+static inline DT_HD void dt_rope_pair(float *x0, float *x1, int t, int i, int D,
+                                      float theta, int inverse)
+{
+    float c, s;
+    dt_rope_cs(t, i, D, theta, &c, &s);
+    dt_rope_apply(x0, x1, c, s, inverse);
+}
+
+#endif

@@ -1,0 +1,73 @@
+/* model_impl.h: the device model's private layout, shared by model.c
+ * (construction, parameters) and model_pass.c (forward, backward). */
+#ifndef DT_MODEL_IMPL_H
+#define DT_MODEL_IMPL_H
+
+#include "model.h"
+
+#define MAX_LIN 7  /* Llama: q k v o gate up down; GPT-2: c_attn o fc proj */
+#define MAX_SLICES 3
+
+enum { G_QKV = 0, G_O = 1, G_FC = 2, G_PROJ = 3 };                  /* GPT-2 */
+enum { L_Q = 0, L_K = 1, L_V = 2, L_O = 3, L_GATE = 4, L_UP = 5, L_DOWN = 6 }; /* Llama */
+
+typedef struct dt_linear {
+    float *W, *b;          /* (out, in), (out) or NULL; device */
+    dt_param *pW, *pb;     /* full fine-tuning: trainable params, else NULL */
+    int out, in;
+    dt_lora *lora[MAX_SLICES];
+    int nlora;
+} dt_linear;
+
+typedef struct dt_layer {
+    float *n1w, *n1b, *n2w, *n2b;       /* norms (b NULL for RMSNorm) */
+    dt_param *pn1w, *pn1b, *pn2w, *pn2b;
+    dt_linear lin[MAX_LIN];
+    int nlin;
+} dt_layer;
+
+/* A named device tensor (weights and LoRA factors), for checkpoints. */
+typedef struct dt_named {
+    char name[128];
+    float *p;
+    long n;
+} dt_named;
+
+struct dt_model {
+    dt_backend *be;
+    dt_weights *w;
+    dt_config c;
+    dt_lora_opts lo;
+    float s;               /* alpha / r */
+    int B, T, N;           /* allocated batch, sequence, B*T */
+    int qdim, kvdim;       /* NH*D, NKV*D */
+
+    float *wte, *wpe, *nfw, *nfb, *head; /* head == wte when tied */
+    dt_param *pwte, *pwpe, *pnfw, *pnfb, *phead;
+    dt_layer *L;
+
+    dt_param *params; int nparams, capparams;
+    dt_lora *loras; int nloras;
+    dt_named *named; int nnamed, capnamed;
+
+    /* activations, each (n_layer, N, ...) unless said otherwise */
+    int32_t *ids, *tgt;    /* (N) */
+    float *res;            /* (n_layer+1, N, C) residual stream inputs */
+    float *mid;            /* residual after attention */
+    float *n1, *n1m, *n1r; /* norm 1 out (N,C), mean (N), rstd (N) */
+    float *n2, *n2m, *n2r;
+    float *q, *k, *v;      /* (N, qdim), (N, kvdim) x2, after RoPE */
+    float *qkv;            /* GPT-2 only: (N, 3C) scratch, one layer */
+    float *att, *lse;      /* (N, qdim), (B, NH, T) */
+    float *h1, *h2, *act;  /* GPT-2: fc out, -, gelu out; Llama: gate, up, act */
+    float *nf, *nfm, *nfr; /* final norm (N,C) + stats */
+    float *logits;         /* (N, V) */
+    float *evlogits;       /* (N, V) copy kept for logits() */
+    float *losses;         /* (N) */
+    float *u;              /* per lora (N, r), inside dt_lora.u */
+    /* backward scratch */
+    float *dres, *dx, *dq, *dk, *dv, *dqkv, *datt, *dh1, *dh2, *dact, *du;
+    int last_b, last_t, have_eval;
+};
+
+#endif

@@ -1,0 +1,348 @@
+/* model_pass.c: forward and backward passes, Delta-LoRA's W update and the
+ * merged weights. Backend-agnostic: only dt_backend_i calls touch device
+ * memory. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dt.h"
+#include "model_impl.h"
+
+#define OPS (m->be->i)
+
+/* y(N,out) = acc*y + x(N,in)·Wᵀ + b, plus s·(x·Aᵀ)·Bᵀ on each adapter's rows.
+ * Saves u = x·Aᵀ per adapter for the backward pass. */
+static void lin_fwd(dt_model *m, dt_linear *L, const float *x, float *y, int N,
+                    int acc)
+{
+    dt_backend *be = m->be;
+    OPS.gemm(be, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in,
+             acc ? 1.0f : 0.0f, y, L->out);
+    if (L->b)
+        OPS.add_bias(be, y, L->b, N, L->out);
+    int r = m->lo.rank;
+    for (int i = 0; i < L->nlora; i++) {
+        dt_lora *a = L->lora[i];
+        OPS.gemm(be, 0, 1, N, r, L->in, 1.0f, x, L->in, a->A->p, L->in, 0.0f,
+                 a->u, r);
+        OPS.gemm(be, 0, 1, N, a->rows, r, m->s, a->u, r, a->B->p, r, 1.0f,
+                 y + a->row_off, L->out);
+    }
+}
+
+/* Backward of lin_fwd given dy(N,out) and its input x(N,in):
+ * dx = acc*dx + dy·W (+ adapters), and gradients of trainable tensors. */
+static void lin_bwd(dt_model *m, dt_linear *L, const float *dy, const float *x,
+                    float *dx, int N, int acc)
+{
+    dt_backend *be = m->be;
+    int r = m->lo.rank;
+    if (dx)
+        OPS.gemm(be, 0, 0, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->in,
+                 acc ? 1.0f : 0.0f, dx, L->in);
+    if (L->pW)
+        OPS.gemm(be, 1, 0, L->out, L->in, N, 1.0f, dy, L->out, x, L->in, 1.0f,
+                 L->pW->g, L->in);
+    if (L->pb)
+        OPS.bias_bwd(be, L->pb->g, dy, N, L->out);
+    for (int i = 0; i < L->nlora; i++) {
+        dt_lora *a = L->lora[i];
+        const float *dys = dy + a->row_off;
+        /* dB(rows,r) += s·dysᵀ·u ; du(N,r) = s·dys·B ; dA(r,in) += duᵀ·x */
+        OPS.gemm(be, 1, 0, a->rows, r, N, m->s, dys, L->out, a->u, r, 1.0f,
+                 a->B->g, r);
+        OPS.gemm(be, 0, 0, N, r, a->rows, m->s, dys, L->out, a->B->p, r, 0.0f,
+                 m->du, r);
+        OPS.gemm(be, 1, 0, r, L->in, N, 1.0f, m->du, r, x, L->in, 1.0f,
+                 a->A->g, L->in);
+        if (dx)
+            OPS.gemm(be, 0, 0, N, L->in, r, 1.0f, m->du, r, a->A->p, L->in,
+                     1.0f, dx, L->in);
+    }
+}
+
+static float *gptr(dt_param *p) { return p ? p->g : NULL; }
+
+/* Per-layer activation slices, at the allocated stride m->N. */
+#define AT(buf, l, width) ((buf) + (size_t)(l) * m->N * (size_t)(width))
+
+static void norm_fwd(dt_model *m, float *out, float *mean, float *rstd,
+                     const float *x, const float *w, const float *b, int N)
+{
+    if (m->c.arch == DT_ARCH_GPT2)
+        OPS.layernorm_fwd(m->be, out, mean, rstd, x, w, b, N, m->c.d_model,
+                          m->c.norm_eps);
+    else
+        OPS.rmsnorm_fwd(m->be, out, rstd, x, w, N, m->c.d_model, m->c.norm_eps);
+}
+
+static void norm_bwd(dt_model *m, float *dx, dt_param *pw, dt_param *pb,
+                     const float *dout, const float *x, const float *w,
+                     const float *mean, const float *rstd, int N)
+{
+    if (m->c.arch == DT_ARCH_GPT2)
+        OPS.layernorm_bwd(m->be, dx, gptr(pw), gptr(pb), dout, x, w, mean,
+                          rstd, N, m->c.d_model);
+    else
+        OPS.rmsnorm_bwd(m->be, dx, gptr(pw), dout, x, w, rstd, N,
+                        m->c.d_model);
+}
+
+static void layer_fwd(dt_model *m, int l, int b, int t)
+{
+    const dt_config *c = &m->c;
+    dt_backend *be = m->be;
+    dt_layer *Y = &m->L[l];
+    int N = b * t, C = c->d_model, F = c->d_ff;
+    float *x = AT(m->res, l, C), *mid = AT(m->mid, l, C);
+    float *n1 = AT(m->n1, l, C), *n2 = AT(m->n2, l, C);
+    float *q = AT(m->q, l, m->qdim), *k = AT(m->k, l, m->kvdim);
+    float *v = AT(m->v, l, m->kvdim), *att = AT(m->att, l, m->qdim);
+    float *lse = AT(m->lse, l, c->n_head);
+    float *h1 = AT(m->h1, l, F), *act = AT(m->act, l, F);
+    float *next = AT(m->res, l + 1, C);
+
+    norm_fwd(m, n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), x, Y->n1w, Y->n1b, N);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin_fwd(m, &Y->lin[G_QKV], n1, m->qkv, N, 0);
+        OPS.copy2d(be, q, C, m->qkv, 3 * C, N, C, 1.0f);
+        OPS.copy2d(be, k, C, m->qkv + C, 3 * C, N, C, 1.0f);
+        OPS.copy2d(be, v, C, m->qkv + 2 * C, 3 * C, N, C, 1.0f);
+    } else {
+        lin_fwd(m, &Y->lin[L_Q], n1, q, N, 0);
+        lin_fwd(m, &Y->lin[L_K], n1, k, N, 0);
+        lin_fwd(m, &Y->lin[L_V], n1, v, N, 0);
+        OPS.rope(be, q, b, t, c->n_head, c->head_dim, c->rope_theta, 0);
+        OPS.rope(be, k, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 0);
+    }
+    OPS.attention_fwd(be, att, lse, q, k, v, b, t, c->n_head, c->n_kv_head,
+                      c->head_dim);
+    OPS.copy(be, mid, x, (size_t)N * C * sizeof(float));
+    lin_fwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], att, mid, N, 1);
+    norm_fwd(m, n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), mid, Y->n2w, Y->n2b, N);
+    OPS.copy(be, next, mid, (size_t)N * C * sizeof(float));
+    if (c->arch == DT_ARCH_GPT2) {
+        lin_fwd(m, &Y->lin[G_FC], n2, h1, N, 0);
+        OPS.gelu_fwd(be, act, h1, (long)N * F);
+        lin_fwd(m, &Y->lin[G_PROJ], act, next, N, 1);
+    } else {
+        float *h2 = AT(m->h2, l, F);
+        lin_fwd(m, &Y->lin[L_GATE], n2, h1, N, 0);
+        lin_fwd(m, &Y->lin[L_UP], n2, h2, N, 0);
+        OPS.swiglu_fwd(be, act, h1, h2, (long)N * F);
+        lin_fwd(m, &Y->lin[L_DOWN], act, next, N, 1);
+    }
+}
+
+/* On entry m->dres holds the gradient of the layer's output; on exit, of its
+ * input. */
+static void layer_bwd(dt_model *m, int l, int b, int t)
+{
+    const dt_config *c = &m->c;
+    dt_backend *be = m->be;
+    dt_layer *Y = &m->L[l];
+    int N = b * t, C = c->d_model, F = c->d_ff;
+    float *x = AT(m->res, l, C), *mid = AT(m->mid, l, C);
+    float *n1 = AT(m->n1, l, C), *n2 = AT(m->n2, l, C);
+    float *q = AT(m->q, l, m->qdim), *k = AT(m->k, l, m->kvdim);
+    float *v = AT(m->v, l, m->kvdim), *att = AT(m->att, l, m->qdim);
+    float *lse = AT(m->lse, l, c->n_head);
+    float *h1 = AT(m->h1, l, F), *act = AT(m->act, l, F);
+
+    if (c->arch == DT_ARCH_GPT2) {
+        lin_bwd(m, &Y->lin[G_PROJ], m->dres, act, m->dact, N, 0);
+        OPS.memset0(be, m->dh1, (size_t)N * F * sizeof(float));
+        OPS.gelu_bwd(be, m->dh1, h1, m->dact, (long)N * F);
+        lin_bwd(m, &Y->lin[G_FC], m->dh1, n2, m->dx, N, 0);
+    } else {
+        float *h2 = AT(m->h2, l, F);
+        lin_bwd(m, &Y->lin[L_DOWN], m->dres, act, m->dact, N, 0);
+        OPS.swiglu_bwd(be, m->dh1, m->dh2, m->dact, h1, h2, (long)N * F);
+        lin_bwd(m, &Y->lin[L_GATE], m->dh1, n2, m->dx, N, 0);
+        lin_bwd(m, &Y->lin[L_UP], m->dh2, n2, m->dx, N, 1);
+    }
+    norm_bwd(m, m->dres, Y->pn2w, Y->pn2b, m->dx, mid, Y->n2w,
+             AT(m->n2m, l, 1), AT(m->n2r, l, 1), N);
+    lin_bwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], m->dres, att,
+            m->datt, N, 0);
+    OPS.attention_bwd(be, m->dq, m->dk, m->dv, m->datt, att, lse, q, k, v, b,
+                      t, c->n_head, c->n_kv_head, c->head_dim);
+    if (c->arch == DT_ARCH_GPT2) {
+        OPS.copy2d(be, m->dqkv, 3 * C, m->dq, C, N, C, 1.0f);
+        OPS.copy2d(be, m->dqkv + C, 3 * C, m->dk, C, N, C, 1.0f);
+        OPS.copy2d(be, m->dqkv + 2 * C, 3 * C, m->dv, C, N, C, 1.0f);
+        lin_bwd(m, &Y->lin[G_QKV], m->dqkv, n1, m->dx, N, 0);
+    } else {
+        OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, c->rope_theta, 1);
+        OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 1);
+        lin_bwd(m, &Y->lin[L_Q], m->dq, n1, m->dx, N, 0);
+        lin_bwd(m, &Y->lin[L_K], m->dk, n1, m->dx, N, 1);
+        lin_bwd(m, &Y->lin[L_V], m->dv, n1, m->dx, N, 1);
+    }
+    norm_bwd(m, m->dres, Y->pn1w, Y->pn1b, m->dx, x, Y->n1w,
+             AT(m->n1m, l, 1), AT(m->n1r, l, 1), N);
+}
+
+int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
+                     int b, int t, float grad_scale, double *loss_sum,
+                     long *ntok, char *err)
+{
+    const dt_config *c = &m->c;
+    dt_backend *be = m->be;
+    if (b < 1 || t < 1 || b > m->B || t > m->T)
+        return dt_errf(err, DT_EINVAL, "batch %d x %d exceeds the allocated %d x %d",
+                       b, t, m->B, m->T);
+    int N = b * t, C = c->d_model, V = c->vocab;
+    for (int i = 0; i < N; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)",
+                           ids[i], V);
+    OPS.upload(be, m->ids, ids, (size_t)N * sizeof(int32_t));
+    OPS.embedding_fwd(be, m->res, m->ids, m->wte, m->wpe, b, t, C);
+    for (int l = 0; l < c->n_layer; l++)
+        layer_fwd(m, l, b, t);
+    norm_fwd(m, m->nf, m->nfm, m->nfr, AT(m->res, c->n_layer, C), m->nfw,
+             m->nfb, N);
+    OPS.gemm(be, 0, 1, N, V, C, 1.0f, m->nf, C, m->head, C, 0.0f, m->logits, V);
+    m->last_b = b;
+    m->last_t = t;
+    m->have_eval = 0;
+    if (grad_scale == 0.0f) {
+        if (!m->evlogits && !(m->evlogits = OPS.alloc(be, (size_t)m->N * V * sizeof(float))))
+            return dt_errf(err, DT_ENOMEM, "out of %s memory for logits", OPS.name);
+        OPS.copy(be, m->evlogits, m->logits, (size_t)N * V * sizeof(float));
+        m->have_eval = 1;
+    }
+    long n = 0;
+    if (targets) {
+        for (int i = 0; i < N; i++) {
+            if (targets[i] != -100 && (targets[i] < 0 || targets[i] >= V))
+                return dt_errf(err, DT_EINVAL, "target id %d out of range [0, %d)",
+                               targets[i], V);
+            n += targets[i] != -100;
+        }
+        OPS.upload(be, m->tgt, targets, (size_t)N * sizeof(int32_t));
+        OPS.cross_entropy(be, m->logits, m->losses, m->tgt, N, V, grad_scale);
+        if (loss_sum)
+            *loss_sum = OPS.sum(be, m->losses, N);
+    } else if (loss_sum) {
+        *loss_sum = 0.0;
+    }
+    if (ntok)
+        *ntok = n;
+    return OPS.sync(be, err);
+}
+
+int dt_model_backward(dt_model *m, char *err)
+{
+    const dt_config *c = &m->c;
+    dt_backend *be = m->be;
+    int b = m->last_b, t = m->last_t, N = b * t, C = c->d_model, V = c->vocab;
+    if (N == 0)
+        return dt_errf(err, DT_EINVAL, "backward without a forward pass");
+    /* logits now hold dlogits (cross_entropy wrote them in place). */
+    OPS.gemm(be, 0, 0, N, C, V, 1.0f, m->logits, V, m->head, C, 0.0f, m->dx, C);
+    if (m->phead)
+        OPS.gemm(be, 1, 0, V, C, N, 1.0f, m->logits, V, m->nf, C, 1.0f,
+                 m->phead->g, C);
+    OPS.memset0(be, m->dres, (size_t)N * C * sizeof(float));
+    norm_bwd(m, m->dres, m->pnfw, m->pnfb, m->dx, AT(m->res, c->n_layer, C),
+             m->nfw, m->nfm, m->nfr, N);
+    for (int l = c->n_layer - 1; l >= 0; l--)
+        layer_bwd(m, l, b, t);
+    if (m->pwte)
+        OPS.embedding_bwd(be, m->pwte->g, m->pwpe ? m->pwpe->g : NULL, m->dres,
+                          m->ids, b, t, C);
+    return OPS.sync(be, err);
+}
+
+int dt_model_logits(dt_model *m, float *host, int b, int t, char *err)
+{
+    if (!m->have_eval || b != m->last_b || t != m->last_t)
+        return dt_errf(err, DT_EINVAL, "no logits: run a forward pass with grad_scale 0");
+    OPS.download(m->be, host, m->evlogits,
+                 (size_t)b * t * m->c.vocab * sizeof(float));
+    return OPS.sync(m->be, err);
+}
+
+void dt_model_delta_snapshot(dt_model *m)
+{
+    int r = m->lo.rank;
+    for (int i = 0; i < m->nloras; i++) {
+        dt_lora *a = &m->loras[i];
+        /* catA rows r..2r = A_old ; catB columns r..2r = -B_old */
+        OPS.copy2d(m->be, a->catA + (size_t)r * a->in, a->in, a->A->p, a->in, r,
+                   a->in, 1.0f);
+        OPS.copy2d(m->be, a->catB + r, 2 * r, a->B->p, r, a->rows, r, -1.0f);
+    }
+}
+
+void dt_model_delta_apply(dt_model *m, float lambda)
+{
+    int r = m->lo.rank;
+    for (int i = 0; i < m->nloras; i++) {
+        dt_lora *a = &m->loras[i];
+        dt_linear *L = &m->L[a->layer].lin[a->lin];
+        OPS.copy2d(m->be, a->catA, a->in, a->A->p, a->in, r, a->in, 1.0f);
+        OPS.copy2d(m->be, a->catB, 2 * r, a->B->p, r, a->rows, r, 1.0f);
+        /* W[rows] += λ·s·[B | -B_old]·[A ; A_old]: one GEMM, inner dim 2r,
+         * accumulated straight into W (beta = 1, no (out,in) temporary). */
+        OPS.gemm(m->be, 0, 0, a->rows, a->in, 2 * r, lambda * m->s, a->catB,
+                 2 * r, a->catA, a->in, 1.0f, L->W + (size_t)a->row_off * a->in,
+                 a->in);
+    }
+}
+
+int dt_model_merged(dt_model *m, dt_tensorset *out, char *err)
+{
+    dt_backend *be = m->be;
+    dt_tensorset_init(out);
+    for (int i = 0; i < m->nnamed; i++) {
+        dt_named *e = &m->named[i];
+        if (!strncmp(e->name, "lora.", 5))
+            continue;
+        dt_tensor *src = dt_tensorset_find(&m->w->ts, e->name);
+        float *h = malloc((size_t)e->n * sizeof(float));
+        if (!h || !src) {
+            free(h);
+            dt_tensorset_free(out);
+            return dt_errf(err, DT_ENOMEM, "out of memory exporting %s", e->name);
+        }
+        OPS.download(be, h, e->p, (size_t)e->n * sizeof(float));
+        int rc = dt_tensorset_add(out, e->name, src->ndim, src->shape, h,
+                                  src->src_dtype, err);
+        if (rc) {
+            dt_tensorset_free(out);
+            return rc;
+        }
+    }
+    int r = m->lo.rank;
+    for (int i = 0; i < m->nloras; i++) {
+        dt_lora *a = &m->loras[i];
+        dt_tensor *W = dt_tensorset_find(out, a->wname);
+        float *A = malloc((size_t)r * a->in * sizeof(float));
+        float *B = malloc((size_t)a->rows * r * sizeof(float));
+        if (!W || !A || !B) {
+            free(A);
+            free(B);
+            dt_tensorset_free(out);
+            return dt_errf(err, DT_ENOMEM, "out of memory merging %s", a->wname);
+        }
+        OPS.download(be, A, a->A->p, (size_t)r * a->in * sizeof(float));
+        OPS.download(be, B, a->B->p, (size_t)a->rows * r * sizeof(float));
+        /* W[off + i, :] += s · B[i, :] · A */
+        for (int row = 0; row < a->rows; row++) {
+            float *w = W->data + (size_t)(a->row_off + row) * a->in;
+            for (int kk = 0; kk < r; kk++) {
+                float bs = m->s * B[(size_t)row * r + kk];
+                const float *ar = A + (size_t)kk * a->in;
+                for (int j = 0; j < a->in; j++)
+                    w[j] += bs * ar[j];
+            }
+        }
+        free(A);
+        free(B);
+    }
+    return OPS.sync(be, err);
+}

@@ -1,0 +1,689 @@
+/* train.c: optimizer step, LR schedules, data order, checkpoints and the
+ * training loop behind `deltatune train`. */
+#include "train.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dataset.h"
+#include "dt.h"
+#include "export.h"
+
+#define OPS (be->i)
+
+void dt_optim_defaults(dt_optim *o)
+{
+    memset(o, 0, sizeof *o);
+    o->lr = 2e-4f;
+    o->b1 = 0.9f;
+    o->b2 = 0.999f;
+    o->eps = 1e-8f;
+    o->weight_decay = 0.0f;
+    o->max_grad_norm = 1.0f;
+    o->lambda = 0.5f;
+    o->start_step = 0;
+}
+
+float dt_lr_at(dt_sched s, float lr, int warmup, int total, int k)
+{
+    if (k < warmup)
+        return lr * (float)k / (float)(warmup > 0 ? warmup : 1);
+    if (s == DT_SCHED_CONSTANT)
+        return lr;
+    int span = total - warmup;
+    if (span <= 0)
+        return s == DT_SCHED_LINEAR ? 0.0f : lr;
+    double p = (double)(k - warmup) / span;
+    if (s == DT_SCHED_LINEAR)
+        return (float)(lr * fmax(0.0, 1.0 - p));
+    return (float)(lr * 0.5 * (1.0 + cos(M_PI * p)));
+}
+
+int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
+                  double *gnorm, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    double ss = 0.0;
+    for (int i = 0; i < np; i++)
+        ss += OPS.sumsq(be, ps[i].g, ps[i].n);
+    double norm = sqrt(ss);
+    if (gnorm)
+        *gnorm = norm;
+    if (!isfinite(norm))
+        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %d "
+                       "(try a lower --lr)", norm, o->t + 1);
+    /* torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), <= 1 */
+    float gscale = 1.0f;
+    if (o->max_grad_norm > 0.0f) {
+        double coef = o->max_grad_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            gscale = (float)coef;
+    }
+    int t = o->t + 1;
+    int delta = method == DT_DELTA_LORA && t > o->start_step;
+    if (delta)
+        dt_model_delta_snapshot(m);
+    float bc1 = 1.0f - powf(o->b1, (float)t), bc2 = 1.0f - powf(o->b2, (float)t);
+    for (int i = 0; i < np; i++)
+        OPS.adamw(be, ps[i].p, ps[i].g, ps[i].m, ps[i].v, ps[i].n, lr, o->b1,
+                  o->b2, o->eps, o->weight_decay, bc1, bc2, gscale);
+    if (delta)
+        dt_model_delta_apply(m, o->lambda);
+    o->t = t;
+    return OPS.sync(be, err);
+}
+
+/* ---- data order ------------------------------------------------------------ */
+
+static uint64_t mix64(uint64_t z)
+{
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* perm = the shuffled row order of epoch e (Fisher-Yates, seeded). */
+static void epoch_perm(int *perm, int n, uint64_t seed, long e)
+{
+    uint64_t s = mix64(seed ^ mix64((uint64_t)e + 1));
+    for (int i = 0; i < n; i++)
+        perm[i] = i;
+    for (int i = n - 1; i > 0; i--) {
+        s = mix64(s);
+        int j = (int)(s % (uint64_t)(i + 1));
+        int tmp = perm[i];
+        perm[i] = perm[j];
+        perm[j] = tmp;
+    }
+}
+
+typedef struct batcher {
+    const dt_dataset *ds;
+    uint64_t seed;
+    int *perm;
+    long perm_epoch;
+    int32_t *ids, *tgt; /* (B, T) host */
+    int B, T;
+} batcher;
+
+/* Fills rows [pos, pos+B) of the endless shuffled stream, padded to the
+ * longest row; returns t (positions) and the unmasked target count. */
+static int batch_at(batcher *bt, long pos, int *t_out, long *ntok)
+{
+    const dt_dataset *ds = bt->ds;
+    int t = 1;
+    int rows[1024];
+    for (int i = 0; i < bt->B; i++) {
+        long p = pos + i, e = p / ds->nrows;
+        if (e != bt->perm_epoch) {
+            epoch_perm(bt->perm, ds->nrows, bt->seed, e);
+            bt->perm_epoch = e;
+        }
+        rows[i] = bt->perm[p % ds->nrows];
+        int n = ds->rows[rows[i]].n - 1;
+        if (n > t)
+            t = n;
+    }
+    if (t > bt->T)
+        t = bt->T;
+    long cnt = 0;
+    for (int i = 0; i < bt->B; i++) {
+        const dt_row *r = &ds->rows[rows[i]];
+        int n = r->n - 1 < t ? r->n - 1 : t;
+        for (int j = 0; j < t; j++) {
+            bt->ids[i * t + j] = j < n ? r->ids[j] : 0;
+            bt->tgt[i * t + j] = j < n ? r->labels[j] : -100;
+            cnt += j < n && r->labels[j] != -100;
+        }
+    }
+    *t_out = t;
+    *ntok = cnt;
+    return 0;
+}
+
+/* Mean loss over every row of ds (no gradient). */
+static int eval_loss(dt_model *m, const dt_dataset *ds, int B, int T,
+                     double *out, char *err)
+{
+    int32_t *ids = malloc((size_t)B * T * sizeof *ids);
+    int32_t *tgt = malloc((size_t)B * T * sizeof *tgt);
+    if (!ids || !tgt) {
+        free(ids);
+        free(tgt);
+        return dt_errf(err, DT_ENOMEM, "out of memory");
+    }
+    double sum = 0.0;
+    long ntok = 0;
+    int rc = 0;
+    for (int s = 0; s < ds->nrows && !rc; s += B) {
+        int b = ds->nrows - s < B ? ds->nrows - s : B, t = 1;
+        for (int i = 0; i < b; i++)
+            if (ds->rows[s + i].n - 1 > t)
+                t = ds->rows[s + i].n - 1;
+        if (t > T)
+            t = T;
+        for (int i = 0; i < b; i++) {
+            const dt_row *r = &ds->rows[s + i];
+            int n = r->n - 1 < t ? r->n - 1 : t;
+            for (int j = 0; j < t; j++) {
+                ids[i * t + j] = j < n ? r->ids[j] : 0;
+                tgt[i * t + j] = j < n ? r->labels[j] : -100;
+            }
+        }
+        double ls;
+        long nt;
+        rc = dt_model_forward(m, ids, tgt, b, t, 0.0f, &ls, &nt, err);
+        sum += ls;
+        ntok += nt;
+    }
+    free(ids);
+    free(tgt);
+    *out = ntok ? sum / ntok : NAN;
+    return rc;
+}
+
+/* ---- checkpoints -------------------------------------------------------------- */
+
+int dt_ckpt_latest(const char *out, char *dir, size_t dirlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/checkpoints", out);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int best = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int step;
+        char done[4400];
+        struct stat st;
+        if (sscanf(e->d_name, "step-%d", &step) != 1 || step <= best)
+            continue;
+        snprintf(done, sizeof done, "%s/%s/DONE", path, e->d_name);
+        if (stat(done, &st) == 0) {
+            best = step;
+            snprintf(dir, dirlen, "%s/%s", path, e->d_name);
+        }
+    }
+    closedir(d);
+    return best;
+}
+
+/* The tensors a checkpoint holds: every trainable tensor with its AdamW
+ * moments, plus the W that Delta-LoRA moves. */
+static int ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
+                     long trained_tokens, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    int np, nl;
+    dt_param *ps = dt_model_params(m, &np);
+    dt_lora *ls = dt_model_loras(m, &nl);
+    int cap = 3 * np + nl;
+    dt_st_entry *en = calloc((size_t)cap, sizeof *en);
+    float **bufs = calloc((size_t)cap, sizeof *bufs);
+    char (*names)[160] = calloc((size_t)cap, sizeof *names);
+    int64_t (*shapes)[2] = calloc((size_t)cap, sizeof *shapes);
+    int n = 0, rc = 0;
+    if (!en || !bufs || !names || !shapes) {
+        rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+        goto done;
+    }
+    for (int i = 0; i < np; i++) {
+        const float *src[3] = {ps[i].p, ps[i].m, ps[i].v};
+        static const char *suf[3] = {"", ".adam_m", ".adam_v"};
+        for (int j = 0; j < 3; j++) {
+            snprintf(names[n], sizeof names[n], "%s%s", ps[i].name, suf[j]);
+            shapes[n][0] = ps[i].n;
+            bufs[n] = malloc((size_t)ps[i].n * sizeof(float));
+            if (!bufs[n]) {
+                rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+                goto done;
+            }
+            OPS.download(be, bufs[n], src[j], (size_t)ps[i].n * sizeof(float));
+            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+            n++;
+        }
+    }
+    if (o->method == DT_DELTA_LORA) {
+        for (int i = 0; i < nl; i++) {
+            int dup = 0;
+            for (int j = 0; j < n; j++)
+                dup |= !strcmp(names[j], ls[i].wname);
+            float *dev;
+            long cnt;
+            if (dup || dt_model_get_weight(m, ls[i].wname, &dev, &cnt))
+                continue;
+            snprintf(names[n], sizeof names[n], "%s", ls[i].wname);
+            shapes[n][0] = cnt;
+            bufs[n] = malloc((size_t)cnt * sizeof(float));
+            if (!bufs[n]) {
+                rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+                goto done;
+            }
+            OPS.download(be, bufs[n], dev, (size_t)cnt * sizeof(float));
+            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+            n++;
+        }
+    }
+    if ((rc = OPS.sync(be, err)))
+        goto done;
+    char dir[4096], tmp[4200], path[4300];
+    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08d", o->out, opt->t);
+    snprintf(tmp, sizeof tmp, "%s.partial", dir);
+    if ((rc = dt_mkdirs(tmp, err)))
+        goto done;
+    snprintf(path, sizeof path, "%s/state.safetensors", tmp);
+    if ((rc = dt_safetensors_write(path, en, n, NULL, err)))
+        goto done;
+    char js[512];
+    int len = snprintf(js, sizeof js,
+        "{\"step\": %d, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
+        "\"seed\": %llu, \"trained_tokens\": %ld}\n", opt->t, (int)o->method,
+        o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens);
+    snprintf(path, sizeof path, "%s/state.json", tmp);
+    if ((rc = dt_write_file_atomic(path, js, (size_t)len, err)))
+        goto done;
+    char cmd[8600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir); /* a stale incomplete one */
+    if (access(dir, F_OK) == 0 && system(cmd) != 0) {
+        rc = dt_errf(err, DT_EIO, "%s: cannot replace", dir);
+        goto done;
+    }
+    if (rename(tmp, dir) != 0) {
+        rc = dt_errf(err, DT_EIO, "%s: rename: %s", dir, strerror(errno));
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/DONE", dir);
+    if ((rc = dt_write_file_atomic(path, "ok\n", 3, err)))
+        goto done;
+    if (o->on_checkpoint && o->on_checkpoint(o->ud, opt->t, dir))
+        rc = dt_errf(err, DT_ECANCEL, "checkpoint %d refused by the caller", opt->t);
+done:
+    for (int i = 0; i < n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(en);
+    free(names);
+    free(shapes);
+    return rc;
+}
+
+static int ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
+                     long *trained_tokens, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    char path[4600];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    json_error_t je;
+    json_t *js = json_load_file(path, 0, &je);
+    if (!js || !json_is_integer(json_object_get(js, "step"))) {
+        json_decref(js);
+        return dt_errf(err, DT_EFORMAT, "%s: unreadable checkpoint state", path);
+    }
+    opt->t = (int)json_integer_value(json_object_get(js, "step"));
+    *trained_tokens = (long)json_integer_value(json_object_get(js, "trained_tokens"));
+    json_decref(js);
+    dt_tensorset ts;
+    dt_tensorset_init(&ts);
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    int rc = dt_safetensors_load(path, &ts, err);
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    for (int i = 0; !rc && i < ts.n; i++) {
+        dt_tensor *t = &ts.t[i];
+        float *dst = NULL;
+        long cnt = -1;
+        size_t L = strlen(t->name);
+        for (int j = 0; j < np && !dst; j++) {
+            size_t pl = strlen(ps[j].name);
+            if (L == pl + 7 && !strncmp(t->name, ps[j].name, pl)) {
+                if (!strcmp(t->name + pl, ".adam_m")) dst = ps[j].m;
+                if (!strcmp(t->name + pl, ".adam_v")) dst = ps[j].v;
+                cnt = ps[j].n;
+            }
+        }
+        if (!dst && dt_model_get_weight(m, t->name, &dst, &cnt))
+            rc = dt_errf(err, DT_EFORMAT, "%s: tensor %s does not belong to this "
+                         "model/method", path, t->name);
+        else if (cnt != t->numel)
+            rc = dt_errf(err, DT_EFORMAT, "%s: tensor %s has %lld elements, "
+                         "expected %ld", path, t->name, (long long)t->numel, cnt);
+        else
+            OPS.upload(be, dst, t->data, (size_t)cnt * sizeof(float));
+    }
+    dt_tensorset_free(&ts);
+    return rc ? rc : OPS.sync(be, err);
+}
+
+/* ---- the loop ---------------------------------------------------------------- */
+
+void dt_train_defaults(dt_train_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->device = "cpu";
+    o->method = DT_DELTA_LORA;
+    o->rank = 8;
+    o->alpha = 16.0f;
+    o->lambda = 0.5f;
+    o->start_step = -1;
+    o->targets = "q,v";
+    o->lr = 2e-4f;
+    o->sched = DT_SCHED_LINEAR;
+    o->warmup = 0;
+    o->weight_decay = 0.0f;
+    o->max_grad_norm = 1.0f;
+    o->batch = 4;
+    o->accum = 1;
+    o->seq_len = 256;
+    o->epochs = 1;
+    o->steps = 0;
+    o->seed = 42;
+    o->threads = 0;
+    o->eval_interval = 0;
+    o->ckpt_interval = 0;
+}
+
+static int load_init_adapter(dt_model *m, const dt_peft_adapter *ad, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    int nl;
+    dt_lora *ls = dt_model_loras(m, &nl);
+    for (int i = 0; i < nl; i++) {
+        char base[160], name[200];
+        snprintf(base, sizeof base, "%s", ls[i].wname);
+        char *dot = strstr(base, ".weight");
+        if (dot)
+            *dot = 0;
+        dt_param *fac[2] = {ls[i].A, ls[i].B};
+        static const char *suf[2] = {"lora_A", "lora_B"};
+        for (int j = 0; j < 2; j++) {
+            snprintf(name, sizeof name, "%s.%s", base, suf[j]);
+            dt_tensor *t = dt_tensorset_find((dt_tensorset *)&ad->ts, name);
+            if (!t)
+                return dt_errf(err, DT_EINVAL, "--init-adapter: no %s for "
+                               "target %s", name, ls[i].tname);
+            if (t->numel != fac[j]->n)
+                return dt_errf(err, DT_EINVAL, "--init-adapter: %s has %lld "
+                               "elements, expected %ld (a row slice such as GPT-2 "
+                               "q of c_attn needs an adapter on the whole module)",
+                               name, (long long)t->numel, fac[j]->n);
+            OPS.upload(be, fac[j]->p, t->data, (size_t)t->numel * sizeof(float));
+        }
+    }
+    return OPS.sync(be, err);
+}
+
+static void fmt_dur(char *buf, size_t n, double s)
+{
+    if (!isfinite(s) || s < 0)
+        snprintf(buf, n, "--");
+    else if (s >= 3600)
+        snprintf(buf, n, "%dh%02dm", (int)(s / 3600), (int)fmod(s / 60, 60));
+    else
+        snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)fmod(s, 60));
+}
+
+static void print_progress(const dt_train_opts *o, const dt_progress *p)
+{
+    if (o->json) {
+        printf("{\"type\":\"metrics\",\"step\":%d,\"total_steps\":%d,\"epoch\":%.4f,"
+               "\"train_loss\":%.6f,", p->step, p->total_steps, p->epoch, p->train_loss);
+        if (isfinite(p->valid_loss))
+            printf("\"valid_loss\":%.6f,", p->valid_loss);
+        printf("\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_second\":%.1f,"
+               "\"eta_seconds\":%.1f,\"trained_tokens\":%ld}\n", p->lr, p->grad_norm,
+               p->tokens_per_sec, p->eta_sec, p->trained_tokens);
+        fflush(stdout);
+        return;
+    }
+    char eta[32];
+    fmt_dur(eta, sizeof eta, p->eta_sec);
+    int w = 24, fill = p->total_steps ? (int)((long)w * p->step / p->total_steps) : w;
+    char bar[32];
+    for (int i = 0; i < w; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[w] = 0;
+    fprintf(stderr, "\r[%s] %d/%d loss %.4f", bar, p->step, p->total_steps, p->train_loss);
+    if (isfinite(p->valid_loss))
+        fprintf(stderr, " valid %.4f", p->valid_loss);
+    fprintf(stderr, " %.0f tok/s ETA %s   ", p->tokens_per_sec, eta);
+    if (p->step == p->total_steps || isfinite(p->valid_loss))
+        fputc('\n', stderr);
+    fflush(stderr);
+}
+
+static int load_data(const char *path, const dt_tokenizer *tok, int seq_len,
+                     dt_dataset *ds, const char *what, char *err)
+{
+    char *report = NULL;
+    int rc = dt_dataset_load(path, tok, seq_len, ds, &report, err);
+    if (rc && report && report[0])
+        fprintf(stderr, "%s: %s has problems:\n%s", what, path, report);
+    free(report);
+    return rc;
+}
+
+static int export_all(dt_model *m, const dt_train_opts *o, dt_weights *w,
+                      const dt_tokenizer *tok, char *err)
+{
+    char dir[4200];
+    dt_tensorset merged;
+    int rc = dt_model_merged(m, &merged, err);
+    if (rc)
+        return rc;
+    snprintf(dir, sizeof dir, "%s/merged", o->out);
+    rc = dt_export_hf(w, &merged, tok, dir, err);
+    dt_tensorset_free(&merged);
+    if (rc || o->method == DT_FULL)
+        return rc;
+    /* The adapter alone (for lora; for delta_lora it is only meaningful on
+     * top of the moved W, so it is written beside the merged model too). */
+    int nl;
+    dt_lora *ls = dt_model_loras(m, &nl);
+    dt_backend *be = dt_model_backend(m);
+    dt_adapter_entry *e = calloc((size_t)nl, sizeof *e);
+    float **h = calloc((size_t)nl * 2, sizeof *h);
+    if (!e || !h) {
+        free(e);
+        free(h);
+        return dt_errf(err, DT_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < nl && !rc; i++) {
+        dt_tensor *W = dt_tensorset_find(&w->ts, ls[i].wname);
+        h[2 * i] = malloc((size_t)ls[i].A->n * sizeof(float));
+        h[2 * i + 1] = malloc((size_t)ls[i].B->n * sizeof(float));
+        if (!h[2 * i] || !h[2 * i + 1] || !W) {
+            rc = dt_errf(err, DT_ENOMEM, "out of memory");
+            break;
+        }
+        OPS.download(be, h[2 * i], ls[i].A->p, (size_t)ls[i].A->n * sizeof(float));
+        OPS.download(be, h[2 * i + 1], ls[i].B->p, (size_t)ls[i].B->n * sizeof(float));
+        e[i] = (dt_adapter_entry){ls[i].wname, ls[i].row_off, ls[i].rows,
+                                  (int)W->shape[0], ls[i].in, o->rank,
+                                  h[2 * i], h[2 * i + 1]};
+    }
+    if (!rc && o->method == DT_LORA) {
+        snprintf(dir, sizeof dir, "%s/adapter", o->out);
+        rc = dt_export_peft(w, e, nl, o->alpha, o->model, dir, err);
+    }
+    for (int i = 0; i < 2 * nl; i++)
+        free(h[i]);
+    free(h);
+    free(e);
+    return rc;
+}
+
+int dt_train(const dt_train_opts *o_in, char *err)
+{
+    dt_train_opts o = *o_in;
+    dt_backend *be = NULL;
+    dt_weights w;
+    dt_tokenizer *tok = NULL;
+    dt_dataset ds = {0}, vs = {0};
+    dt_model *m = NULL;
+    dt_peft_adapter ad;
+    int have_ad = 0, rc;
+    int32_t *ids = NULL, *tgt = NULL;
+    int *perm = NULL;
+    memset(&w, 0, sizeof w);
+
+    if (!o.model || !o.data || !o.out)
+        return dt_errf(err, DT_EINVAL, "--model, --data and --out are required");
+    if (o.batch < 1 || o.batch > 1024 || o.accum < 1 || o.seq_len < 2 ||
+        o.epochs < 0 || o.steps < 0 || (o.epochs == 0 && o.steps == 0))
+        return dt_errf(err, DT_EINVAL, "need 1 <= --batch-size <= 1024, "
+                       "--grad-accum >= 1, --seq-len >= 2, --epochs or --steps > 0");
+    if (!(o.lr > 0) || o.lr > 1.0f)
+        return dt_errf(err, DT_EINVAL, "--lr must be in (0, 1], got %g", o.lr);
+    if (o.method != DT_FULL && (o.rank < 1 || o.rank > 1024 || !(o.alpha > 0)))
+        return dt_errf(err, DT_EINVAL, "--rank must be in [1, 1024] and --alpha > 0");
+    if (!(o.lambda >= 0) || o.max_grad_norm < 0 || o.weight_decay < 0 || o.warmup < 0)
+        return dt_errf(err, DT_EINVAL, "--lambda, --max-grad-norm, --weight-decay "
+                       "and --warmup-steps must be >= 0");
+    if ((rc = dt_mkdirs(o.out, err)))
+        return rc;
+    if (!(be = dt_backend_new(o.device, o.threads, err)))
+        return DT_EDEVICE;
+    if ((rc = dt_weights_load(o.model, &w, err)))
+        goto fail;
+    if (!(tok = dt_model_tokenizer(o.model, err))) {
+        rc = DT_EFORMAT;
+        goto fail;
+    }
+    if ((rc = load_data(o.data, tok, o.seq_len, &ds, "--data", err)))
+        goto fail;
+    if (o.valid && (rc = load_data(o.valid, tok, o.seq_len, &vs, "--valid", err)))
+        goto fail;
+
+    dt_lora_opts lo = {o.method, o.rank, o.alpha, 0};
+    if (o.init_adapter && o.method != DT_FULL) {
+        if ((rc = dt_peft_load(o.init_adapter, &w, &ad, err)))
+            goto fail;
+        have_ad = 1;
+        lo.rank = o.rank = ad.rank;
+        lo.alpha = o.alpha = ad.alpha;
+        o.targets = ad.targets;
+    }
+    if (o.method != DT_FULL && (rc = dt_parse_targets(o.targets, w.cfg.arch, &lo.targets, err)))
+        goto fail;
+
+    long rows_per_step = (long)o.batch * o.accum;
+    int total = o.steps ? o.steps
+                        : (int)(((long)o.epochs * ds.nrows + rows_per_step - 1) / rows_per_step);
+    int K = o.start_step >= 0 ? o.start_step : (int)(total * DT_DELTA_START_FRAC);
+    if (o.method == DT_DELTA_LORA && K >= total)
+        fprintf(stderr, "warning: --start-step %d >= total steps %d: W never moves "
+                "(this run is plain LoRA)\n", K, total);
+
+    if ((rc = dt_model_new(be, &w, &lo, o.batch, o.seq_len, o.seed, &m, err)))
+        goto fail;
+    if (have_ad && (rc = load_init_adapter(m, &ad, err)))
+        goto fail;
+
+    dt_optim opt;
+    dt_optim_defaults(&opt);
+    opt.lr = o.lr;
+    opt.weight_decay = o.weight_decay;
+    opt.max_grad_norm = o.max_grad_norm;
+    opt.lambda = o.lambda;
+    opt.start_step = K;
+    long trained = 0;
+    if (o.resume) {
+        char dir[4400];
+        if (dt_ckpt_latest(o.out, dir, sizeof dir) > 0) {
+            if ((rc = ckpt_load(m, dir, &opt, &trained, err)))
+                goto fail;
+            if (!o.json)
+                fprintf(stderr, "resuming from %s (step %d)\n", dir, opt.t);
+        }
+    }
+
+    ids = malloc((size_t)o.batch * o.seq_len * sizeof *ids);
+    tgt = malloc((size_t)o.batch * o.seq_len * sizeof *tgt);
+    perm = malloc((size_t)ds.nrows * sizeof *perm);
+    if (!ids || !tgt || !perm) {
+        rc = dt_errf(err, DT_ENOMEM, "out of memory");
+        goto fail;
+    }
+    batcher bt = {&ds, o.seed, perm, -1, ids, tgt, o.batch, o.seq_len};
+    double t0 = dt_now();
+    int first = opt.t;
+    long tok_run = 0;
+    while (opt.t < total) {
+        int step = opt.t; /* 0-based index of this step */
+        long pos = (long)step * rows_per_step;
+        /* tokens of the whole optimizer step, so the loss is their mean */
+        long nstep = 0, nt;
+        int tt;
+        for (int g = 0; g < o.accum; g++) {
+            batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            nstep += nt;
+        }
+        dt_model_zero_grad(m);
+        double loss = 0.0;
+        for (int g = 0; g < o.accum && nstep > 0; g++) {
+            double ls;
+            batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            if ((rc = dt_model_forward(m, ids, tgt, o.batch, tt, 1.0f / nstep, &ls,
+                                       &nt, err)) ||
+                (rc = dt_model_backward(m, err)))
+                goto fail;
+            loss += ls;
+        }
+        loss /= nstep > 0 ? nstep : 1;
+        if (!isfinite(loss)) {
+            rc = dt_errf(err, DT_ENAN, "loss became %g at step %d (try a lower --lr)",
+                         loss, step + 1);
+            goto fail;
+        }
+        float lr = dt_lr_at(o.sched, o.lr, o.warmup, total, step);
+        double gn;
+        if ((rc = dt_optim_step(m, &opt, o.method, lr, &gn, err)))
+            goto fail;
+        trained += nstep;
+        tok_run += nstep;
+        dt_progress p = {opt.t, total, (double)(pos + rows_per_step) / ds.nrows, loss,
+                         NAN, 0, 0, lr, gn, trained};
+        double el = dt_now() - t0;
+        p.tokens_per_sec = el > 0 ? tok_run / el : 0;
+        p.eta_sec = el / (opt.t - first) * (total - opt.t);
+        if (vs.nrows && ((o.eval_interval && opt.t % o.eval_interval == 0) || opt.t == total))
+            if ((rc = eval_loss(m, &vs, o.batch, o.seq_len, &p.valid_loss, err)))
+                goto fail;
+        int stop = o.on_progress ? o.on_progress(o.ud, &p) : (print_progress(&o, &p), 0);
+        if (o.stop && *o.stop)
+            stop = 1;
+        if ((o.ckpt_interval && opt.t % o.ckpt_interval == 0) || stop || opt.t == total)
+            if ((rc = ckpt_save(m, &o, &opt, trained, err)))
+                goto fail;
+        if (stop && opt.t < total) {
+            rc = dt_errf(err, DT_ECANCEL, "stopped at step %d/%d; checkpoint written, "
+                         "continue with --resume", opt.t, total);
+            goto fail;
+        }
+    }
+    rc = export_all(m, &o, &w, tok, err);
+fail:
+    free(ids);
+    free(tgt);
+    free(perm);
+    if (have_ad)
+        dt_peft_free(&ad);
+    dt_model_free(m);
+    dt_dataset_free(&ds);
+    dt_dataset_free(&vs);
+    dt_tokenizer_free(tok);
+    dt_weights_free(&w);
+    dt_backend_free(be);
+    return rc;
+}

@@ -1,0 +1,642 @@
+/* test_gpu_ops.c: every op of the CUDA backend against the CPU backend.
+ *
+ * Each op runs on both backends from the same random inputs (fixed seed,
+ * several shapes, some not multiples of 32) and the outputs are compared by
+ * the normalized error |cuda - cpu| / |cpu| (2-norms; the plain norm of the
+ * difference when the CPU result is all zeros). One line per comparison:
+ *   op  shape  normalized_error  tolerance  PASS/FAIL
+ * Tolerances: 1e-5 for elementwise and row ops, 1e-4 for GEMM and attention
+ * (fp32 with different summation orders); memory ops must match exactly.
+ * NaN never passes. Also: attention_bwd and embedding_bwd are bitwise
+ * repeatable on CUDA, and a 1 TB alloc returns NULL without crashing.
+ *
+ * Without a usable CUDA device the program prints "SKIPPED" and exits 0,
+ * unless DT_REQUIRE_GPU=1 (then it fails). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "dt.h"
+
+#define TOL_EW 1e-5   /* elementwise and per-row ops */
+#define TOL_MM 1e-4   /* GEMM and attention */
+
+static dt_backend *be2[2]; /* [0] CPU (reference), [1] CUDA */
+
+/* ---- helpers ----------------------------------------------------------------- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+/* Uniform in [-1, 1). */
+static float frand(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* A buffer on both backends: d[0] on the CPU, d[1] on the device. */
+typedef struct dbuf {
+    void *d[2];
+    size_t bytes;
+} dbuf;
+
+/* Runs `stmt` once per backend with `be` and `k` (0 CPU, 1 CUDA) in scope;
+ * F(x) / I(x) are buffer x's float / int pointer on that backend. */
+#define BOTH(stmt)                                                          \
+    do {                                                                    \
+        for (int k = 0; k < 2; k++) {                                       \
+            dt_backend *be = be2[k];                                        \
+            stmt;                                                           \
+        }                                                                   \
+    } while (0)
+#define F(x) ((float *)(x).d[k])
+#define I(x) ((int32_t *)(x).d[k])
+
+/* Uploads host data (bytes) to a new buffer on both backends. */
+static dbuf buf_from(const void *host, size_t bytes)
+{
+    dbuf b = {{NULL, NULL}, bytes};
+    for (int k = 0; k < 2; k++) {
+        b.d[k] = be2[k]->i.alloc(be2[k], bytes);
+        assert_non_null(b.d[k]);
+        if (host)
+            be2[k]->i.upload(be2[k], b.d[k], host, bytes);
+    }
+    return b;
+}
+
+/* n floats uniform in [-scale, scale) (same values on both backends). */
+static dbuf buf_rand(long n, float scale)
+{
+    float *h = malloc((size_t)n * sizeof *h);
+    assert_non_null(h);
+    for (long i = 0; i < n; i++)
+        h[i] = frand() * scale;
+    dbuf b = buf_from(h, (size_t)n * sizeof *h);
+    free(h);
+    return b;
+}
+
+static dbuf buf_zero(long n) { return buf_from(NULL, (size_t)n * sizeof(float)); }
+
+/* n ids in [0, V). */
+static dbuf buf_ids(long n, int V)
+{
+    int32_t *h = malloc((size_t)n * sizeof *h);
+    assert_non_null(h);
+    for (long i = 0; i < n; i++)
+        h[i] = (int32_t)((frand() * 0.5f + 0.5f) * V) % V;
+    dbuf b = buf_from(h, (size_t)n * sizeof *h);
+    free(h);
+    return b;
+}
+
+static void buf_free(dbuf *b)
+{
+    for (int k = 0; k < 2; k++)
+        be2[k]->i.free(be2[k], b->d[k]);
+    b->d[0] = b->d[1] = NULL;
+}
+
+/* Copies backend k's buffer to a new host array. */
+static float *fetch(const dbuf *b, int k)
+{
+    float *h = malloc(b->bytes ? b->bytes : 1);
+    assert_non_null(h);
+    be2[k]->i.download(be2[k], h, b->d[k], b->bytes);
+    return h;
+}
+
+static int failures;
+
+/* Normalized error of the CUDA copy against the CPU copy; prints the line
+ * and counts a failure. NaN/Inf anywhere fails. */
+static double check_err(double err, const char *op, const char *shape,
+                        double tol)
+{
+    int pass = isfinite(err) && err <= tol;
+    printf("%-18s %-30s %.3e  %.0e  %s\n", op, shape, err, tol,
+           pass ? "PASS" : "FAIL");
+    fflush(stdout);
+    if (!pass)
+        failures++;
+    return err;
+}
+
+static double check(const dbuf *b, const char *op, const char *shape,
+                    double tol)
+{
+    char err[DT_ERR_LEN] = "";
+    int rc = be2[1]->i.sync(be2[1], err);
+    if (rc != 0)
+        fail_msg("%s: CUDA sync failed: %s", op, err);
+    float *ref = fetch(b, 0), *got = fetch(b, 1);
+    long n = (long)(b->bytes / sizeof(float));
+    double dd = 0.0, rr = 0.0;
+    for (long i = 0; i < n; i++) {
+        double d = (double)got[i] - ref[i];
+        dd += d * d;
+        rr += (double)ref[i] * ref[i];
+    }
+    double e = rr > 0 ? sqrt(dd / rr) : sqrt(dd);
+    free(ref);
+    free(got);
+    return check_err(e, op, shape, tol);
+}
+
+/* Bitwise equality of two device buffers on CUDA. */
+static int same_bits(const dbuf *a, const dbuf *b)
+{
+    float *x = fetch(a, 1), *y = fetch(b, 1);
+    int same = memcmp(x, y, a->bytes) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* Ends a test: fails it if any comparison in it failed. */
+static void done(void)
+{
+    int f = failures;
+    failures = 0;
+    assert_int_equal(f, 0);
+}
+
+/* ---- memory ------------------------------------------------------------------- */
+
+static void test_memory_ops_roundtrip_exactly(void **state)
+{
+    long n = 1000 + 7;
+    dbuf a = buf_rand(n, 1.0f), b = buf_zero(n), z = buf_rand(n, 1.0f);
+    BOTH(be->i.copy(be, F(b), F(a), (size_t)n * sizeof(float)));
+    BOTH(be->i.memset0(be, F(z) + 5, 100 * sizeof(float)));
+    check(&a, "upload/download", "n=1007", 0.0);
+    check(&b, "copy", "n=1007", 0.0);
+    check(&z, "memset0", "n=1007 [5,105)", 0.0);
+    buf_free(&a);
+    buf_free(&b);
+    buf_free(&z);
+    done();
+}
+
+static void test_alloc_of_1tb_returns_null(void **state)
+{
+    dt_backend *be = be2[1];
+    void *p = be->i.alloc(be, (size_t)1 << 40);
+    assert_null(p);
+    char err[DT_ERR_LEN] = "";
+    assert_int_equal(be->i.sync(be, err), 0); /* not a device error */
+    p = be->i.alloc(be, 4096);                /* still usable */
+    assert_non_null(p);
+    be->i.free(be, p);
+    printf("%-18s %-30s %-9s  %-5s  PASS\n", "alloc", "1 TB -> NULL", "-", "-");
+}
+
+/* ---- GEMM --------------------------------------------------------------------------- */
+
+static void test_gemm_matches_cpu(void **state)
+{
+    static const int shapes[][3] = {{64, 48, 32}, {37, 91, 53}, {128, 256, 200}};
+    for (int s = 0; s < 3; s++)
+        for (int t = 0; t < 4; t++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            int ta = t & 1, tb = t >> 1;
+            int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+            dbuf A = buf_rand((long)(ta ? K : M) * lda, 1.0f);
+            dbuf B = buf_rand((long)(tb ? N : K) * ldb, 1.0f);
+            dbuf C = buf_rand((long)M * ldc, 1.0f);
+            BOTH(be->i.gemm(be, ta, tb, M, N, K, 0.7f, F(A), lda, F(B), ldb,
+                            0.3f, F(C), ldc));
+            char shape[64];
+            snprintf(shape, sizeof shape, "%dx%dx%d ta=%d tb=%d", M, N, K, ta,
+                     tb);
+            check(&C, "gemm", shape, TOL_MM);
+            buf_free(&A);
+            buf_free(&B);
+            buf_free(&C);
+        }
+    done();
+}
+
+static void test_gemm_batched_matches_cpu(void **state)
+{
+    int M = 33, N = 70, K = 45, batch = 5;
+    for (int t = 0; t < 4; t++) {
+        int ta = t & 1, tb = t >> 1;
+        int lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
+        long sA = (long)M * K + 11, sB = (long)K * N + 5, sC = (long)M * N + 7;
+        dbuf A = buf_rand(sA * batch, 1.0f), B = buf_rand(sB * batch, 1.0f);
+        dbuf C = buf_rand(sC * batch, 1.0f);
+        BOTH(be->i.gemm_batched(be, ta, tb, M, N, K, 1.0f, F(A), lda, sA, F(B),
+                                ldb, sB, 0.5f, F(C), ldc, sC, batch));
+        char shape[64];
+        snprintf(shape, sizeof shape, "5x %dx%dx%d ta=%d tb=%d", M, N, K, ta,
+                 tb);
+        check(&C, "gemm_batched", shape, TOL_MM);
+        buf_free(&A);
+        buf_free(&B);
+        buf_free(&C);
+    }
+    done();
+}
+
+/* ---- embedding ----------------------------------------------------------------------- */
+
+static void test_embedding_matches_cpu(void **state)
+{
+    static const int shapes[][4] = {{2, 37, 70, 11}, {4, 64, 128, 500}}; /* B T C V */
+    for (int s = 0; s < 2; s++) {
+        int B = shapes[s][0], T = shapes[s][1], C = shapes[s][2], V = shapes[s][3];
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d C=%d V=%d", B, T, C, V);
+        dbuf ids = buf_ids((long)B * T, V);
+        dbuf wte = buf_rand((long)V * C, 1.0f), wpe = buf_rand((long)T * C, 1.0f);
+        dbuf out = buf_zero((long)B * T * C), out2 = buf_zero((long)B * T * C);
+        BOTH(be->i.embedding_fwd(be, F(out), I(ids), F(wte), F(wpe), B, T, C));
+        BOTH(be->i.embedding_fwd(be, F(out2), I(ids), F(wte), NULL, B, T, C));
+        check(&out, "embedding_fwd", shape, TOL_EW);
+        check(&out2, "embedding_fwd/nopos", shape, TOL_EW);
+        /* Backward accumulates into random gradients; V=11 repeats ids. */
+        dbuf dout = buf_rand((long)B * T * C, 1.0f);
+        dbuf dwte = buf_rand((long)V * C, 1.0f), dwpe = buf_rand((long)T * C, 1.0f);
+        BOTH(be->i.embedding_bwd(be, F(dwte), F(dwpe), F(dout), I(ids), B, T, C));
+        check(&dwte, "embedding_bwd/wte", shape, TOL_EW);
+        check(&dwpe, "embedding_bwd/wpe", shape, TOL_EW);
+        dbuf *all[] = {&ids, &wte, &wpe, &out, &out2, &dout, &dwte, &dwpe};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            buf_free(all[i]);
+    }
+    done();
+}
+
+/* ---- normalization --------------------------------------------------------------------- */
+
+static const int norm_shapes[][2] = {{77, 200}, {64, 768}, {5, 33}};
+
+static void test_layernorm_matches_cpu(void **state)
+{
+    for (int s = 0; s < 3; s++) {
+        int N = norm_shapes[s][0], C = norm_shapes[s][1];
+        char shape[64];
+        snprintf(shape, sizeof shape, "N=%d C=%d", N, C);
+        dbuf x = buf_rand((long)N * C, 2.0f), w = buf_rand(C, 1.0f);
+        dbuf b = buf_rand(C, 1.0f), out = buf_zero((long)N * C);
+        dbuf mean = buf_zero(N), rstd = buf_zero(N);
+        BOTH(be->i.layernorm_fwd(be, F(out), F(mean), F(rstd), F(x), F(w), F(b),
+                                 N, C, 1e-5f));
+        check(&out, "layernorm_fwd", shape, TOL_EW);
+        check(&mean, "layernorm_fwd/mean", shape, TOL_EW);
+        check(&rstd, "layernorm_fwd/rstd", shape, TOL_EW);
+        dbuf out2 = buf_zero((long)N * C);
+        BOTH(be->i.layernorm_fwd(be, F(out2), NULL, NULL, F(x), F(w), NULL, N,
+                                 C, 1e-5f));
+        check(&out2, "layernorm_fwd/nob", shape, TOL_EW);
+        dbuf dout = buf_rand((long)N * C, 1.0f), dinp = buf_rand((long)N * C, 1.0f);
+        dbuf dw = buf_rand(C, 1.0f), db = buf_rand(C, 1.0f);
+        BOTH(be->i.layernorm_bwd(be, F(dinp), F(dw), F(db), F(dout), F(x), F(w),
+                                 F(mean), F(rstd), N, C));
+        check(&dinp, "layernorm_bwd/dinp", shape, TOL_EW);
+        check(&dw, "layernorm_bwd/dw", shape, TOL_EW);
+        check(&db, "layernorm_bwd/db", shape, TOL_EW);
+        dbuf *all[] = {&x, &w, &b, &out, &mean, &rstd, &out2, &dout, &dinp, &dw, &db};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            buf_free(all[i]);
+    }
+    done();
+}
+
+static void test_rmsnorm_matches_cpu(void **state)
+{
+    for (int s = 0; s < 3; s++) {
+        int N = norm_shapes[s][0], C = norm_shapes[s][1];
+        char shape[64];
+        snprintf(shape, sizeof shape, "N=%d C=%d", N, C);
+        dbuf x = buf_rand((long)N * C, 2.0f), w = buf_rand(C, 1.0f);
+        dbuf out = buf_zero((long)N * C), rstd = buf_zero(N);
+        BOTH(be->i.rmsnorm_fwd(be, F(out), F(rstd), F(x), F(w), N, C, 1e-6f));
+        check(&out, "rmsnorm_fwd", shape, TOL_EW);
+        check(&rstd, "rmsnorm_fwd/rstd", shape, TOL_EW);
+        dbuf dout = buf_rand((long)N * C, 1.0f), dinp = buf_rand((long)N * C, 1.0f);
+        dbuf dw = buf_rand(C, 1.0f);
+        BOTH(be->i.rmsnorm_bwd(be, F(dinp), F(dw), F(dout), F(x), F(w), F(rstd),
+                               N, C));
+        check(&dinp, "rmsnorm_bwd/dinp", shape, TOL_EW);
+        check(&dw, "rmsnorm_bwd/dw", shape, TOL_EW);
+        dbuf *all[] = {&x, &w, &out, &rstd, &dout, &dinp, &dw};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            buf_free(all[i]);
+    }
+    done();
+}
+
+/* ---- elementwise ---------------------------------------------------------------------------- */
+
+static void test_activations_match_cpu(void **state)
+{
+    long n = 4096 + 17;
+    const char *shape = "n=4113";
+    dbuf x = buf_rand(n, 4.0f), y = buf_rand(n, 4.0f), dout = buf_rand(n, 1.0f);
+    dbuf out = buf_zero(n), dinp = buf_rand(n, 1.0f), dg = buf_zero(n), du = buf_zero(n);
+    BOTH(be->i.gelu_fwd(be, F(out), F(x), n));
+    check(&out, "gelu_fwd", shape, TOL_EW);
+    BOTH(be->i.gelu_bwd(be, F(dinp), F(x), F(dout), n));
+    check(&dinp, "gelu_bwd", shape, TOL_EW);
+    BOTH(be->i.swiglu_fwd(be, F(out), F(x), F(y), n));
+    check(&out, "swiglu_fwd", shape, TOL_EW);
+    BOTH(be->i.swiglu_bwd(be, F(dg), F(du), F(dout), F(x), F(y), n));
+    check(&dg, "swiglu_bwd/dgate", shape, TOL_EW);
+    check(&du, "swiglu_bwd/dup", shape, TOL_EW);
+    dbuf *all[] = {&x, &y, &dout, &out, &dinp, &dg, &du};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        buf_free(all[i]);
+    done();
+}
+
+static void test_rope_matches_cpu(void **state)
+{
+    static const int shapes[][4] = {{2, 256, 8, 64}, {1, 37, 3, 96}}; /* B T H D */
+    for (int s = 0; s < 2; s++) {
+        int B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], D = shapes[s][3];
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d H=%d D=%d", B, T, H, D);
+        dbuf x = buf_rand((long)B * T * H * D, 1.0f);
+        BOTH(be->i.rope(be, F(x), B, T, H, D, 10000.0f, 0));
+        check(&x, "rope", shape, TOL_EW);
+        BOTH(be->i.rope(be, F(x), B, T, H, D, 500000.0f, 1));
+        check(&x, "rope/inverse", shape, TOL_EW);
+        buf_free(&x);
+    }
+    done();
+}
+
+static void test_blas1_and_bias_match_cpu(void **state)
+{
+    int N = 300, C = 97;
+    const char *shape = "N=300 C=97";
+    long n = (long)N * C;
+    dbuf y = buf_rand(n, 1.0f), x = buf_rand(n, 1.0f), bias = buf_rand(C, 1.0f);
+    dbuf dbias = buf_rand(C, 1.0f);
+    BOTH(be->i.add_bias(be, F(y), F(bias), N, C));
+    check(&y, "add_bias", shape, TOL_EW);
+    BOTH(be->i.bias_bwd(be, F(dbias), F(y), N, C));
+    check(&dbias, "bias_bwd", shape, TOL_EW);
+    BOTH(be->i.axpy(be, n, -0.37f, F(x), F(y)));
+    check(&y, "axpy", shape, TOL_EW);
+    BOTH(be->i.scale(be, n, 1.7f, F(y)));
+    check(&y, "scale", shape, TOL_EW);
+    /* copy2d: a 33x45 block, source ld 50, destination ld 47. */
+    dbuf src = buf_rand(33L * 50, 1.0f), dst = buf_rand(33L * 47, 1.0f);
+    BOTH(be->i.copy2d(be, F(dst), 47, F(src), 50, 33, 45, 0.5f));
+    check(&dst, "copy2d", "33x45 lds=50 ldd=47", TOL_EW);
+    dbuf *all[] = {&y, &x, &bias, &dbias, &src, &dst};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        buf_free(all[i]);
+    done();
+}
+
+static void test_adamw_matches_cpu(void **state)
+{
+    long n = 10000 + 3;
+    float *hv = malloc((size_t)n * sizeof *hv);
+    assert_non_null(hv);
+    for (long i = 0; i < n; i++)
+        hv[i] = 0.01f * (frand() + 1.0f); /* second moment >= 0 */
+    dbuf p = buf_rand(n, 1.0f), g = buf_rand(n, 1.0f), m = buf_rand(n, 0.1f);
+    dbuf v = buf_from(hv, (size_t)n * sizeof *hv);
+    free(hv);
+    for (int step = 1; step <= 3; step++) {
+        float bc1 = 1.0f - powf(0.9f, (float)step), bc2 = 1.0f - powf(0.999f, (float)step);
+        BOTH(be->i.adamw(be, F(p), F(g), F(m), F(v), n, 1e-3f, 0.9f, 0.999f,
+                         1e-8f, 0.01f, bc1, bc2, 0.8f));
+    }
+    check(&p, "adamw/p", "n=10003 x3 steps", TOL_EW);
+    check(&m, "adamw/m", "n=10003 x3 steps", TOL_EW);
+    check(&v, "adamw/v", "n=10003 x3 steps", TOL_EW);
+    buf_free(&p);
+    buf_free(&g);
+    buf_free(&m);
+    buf_free(&v);
+    done();
+}
+
+/* ---- loss and reductions ----------------------------------------------------------------------- */
+
+static void test_cross_entropy_matches_cpu(void **state)
+{
+    static const int shapes[][2] = {{50, 1000}, {8, 50257}}; /* N V */
+    for (int s = 0; s < 2; s++) {
+        int N = shapes[s][0], V = shapes[s][1];
+        char shape[64];
+        snprintf(shape, sizeof shape, "N=%d V=%d", N, V);
+        int32_t *t = malloc((size_t)N * sizeof *t);
+        assert_non_null(t);
+        for (int i = 0; i < N; i++)
+            t[i] = (int32_t)((frand() * 0.5f + 0.5f) * V) % V;
+        t[1] = -100; /* masked */
+        t[3] = V + 5; /* out of range: treated as masked */
+        t[4] = -3;
+        dbuf tg = buf_from(t, (size_t)N * sizeof *t);
+        free(t);
+        dbuf logits = buf_rand((long)N * V, 8.0f), losses = buf_rand(N, 1.0f);
+        BOTH(be->i.cross_entropy(be, F(logits), F(losses), I(tg), N, V,
+                                 1.0f / N));
+        check(&logits, "cross_entropy/dlog", shape, TOL_EW);
+        check(&losses, "cross_entropy/loss", shape, TOL_EW);
+        buf_free(&tg);
+        buf_free(&logits);
+        buf_free(&losses);
+    }
+    done();
+}
+
+static void test_sum_and_sumsq_match_cpu(void **state)
+{
+    static const long sizes[] = {1, 1000 + 3, 3000000 + 7};
+    for (int s = 0; s < 3; s++) {
+        long n = sizes[s];
+        char shape[64];
+        snprintf(shape, sizeof shape, "n=%ld", n);
+        dbuf x = buf_rand(n, 1.0f);
+        double r[2][2];
+        BOTH(r[k][0] = be->i.sum(be, F(x), n); r[k][1] = be->i.sumsq(be, F(x), n));
+        for (int q = 0; q < 2; q++) {
+            double den = fabs(r[0][q]) > 0 ? fabs(r[0][q]) : 1.0;
+            check_err(fabs(r[1][q] - r[0][q]) / den, q ? "sumsq" : "sum", shape,
+                      TOL_EW);
+        }
+        buf_free(&x);
+    }
+    done();
+}
+
+/* ---- attention ----------------------------------------------------------------------------------- */
+
+typedef struct attn_case {
+    int B, T, NH, NKV, D;
+} attn_case;
+
+static const attn_case attn_cases[] = {
+    {2, 256, 8, 2, 64}, /* GQA */
+    {1, 37, 4, 4, 64},  /* multi-head, T not a multiple of 32 */
+    {3, 100, 8, 1, 32}, /* multi-query */
+};
+
+typedef struct attn_bufs {
+    dbuf q, k, v, out, lse, dout, dq, dk, dv;
+} attn_bufs;
+
+static void attn_alloc(attn_bufs *a, const attn_case *c)
+{
+    long nq = (long)c->B * c->T * c->NH * c->D, nk = (long)c->B * c->T * c->NKV * c->D;
+    a->q = buf_rand(nq, 1.0f);
+    a->k = buf_rand(nk, 1.0f);
+    a->v = buf_rand(nk, 1.0f);
+    a->out = buf_zero(nq);
+    a->lse = buf_zero((long)c->B * c->NH * c->T);
+    a->dout = buf_rand(nq, 1.0f);
+    a->dq = buf_zero(nq);
+    a->dk = buf_zero(nk);
+    a->dv = buf_zero(nk);
+}
+
+static void attn_free(attn_bufs *a)
+{
+    dbuf *all[] = {&a->q, &a->k, &a->v, &a->out, &a->lse, &a->dout, &a->dq, &a->dk, &a->dv};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        buf_free(all[i]);
+}
+
+static void test_attention_matches_cpu(void **state)
+{
+    for (size_t s = 0; s < sizeof attn_cases / sizeof *attn_cases; s++) {
+        const attn_case *c = &attn_cases[s];
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d", c->B, c->T,
+                 c->NH, c->NKV, c->D);
+        attn_bufs a;
+        attn_alloc(&a, c);
+        BOTH(be->i.attention_fwd(be, F(a.out), F(a.lse), F(a.q), F(a.k), F(a.v),
+                                 c->B, c->T, c->NH, c->NKV, c->D));
+        check(&a.out, "attention_fwd/out", shape, TOL_MM);
+        check(&a.lse, "attention_fwd/lse", shape, TOL_MM);
+        BOTH(be->i.attention_bwd(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout),
+                                 F(a.out), F(a.lse), F(a.q), F(a.k), F(a.v),
+                                 c->B, c->T, c->NH, c->NKV, c->D));
+        check(&a.dq, "attention_bwd/dq", shape, TOL_MM);
+        check(&a.dk, "attention_bwd/dk", shape, TOL_MM);
+        check(&a.dv, "attention_bwd/dv", shape, TOL_MM);
+        attn_free(&a);
+    }
+    done();
+}
+
+/* ---- determinism ------------------------------------------------------------------------------------ */
+
+static void test_attention_bwd_is_bitwise_repeatable(void **state)
+{
+    const attn_case *c = &attn_cases[0];
+    attn_bufs a;
+    attn_alloc(&a, c);
+    dt_backend *be = be2[1];
+    int k = 1;
+    be->i.attention_fwd(be, F(a.out), F(a.lse), F(a.q), F(a.k), F(a.v), c->B,
+                        c->T, c->NH, c->NKV, c->D);
+    dbuf r[3] = {buf_zero((long)(a.dq.bytes / 4)), buf_zero((long)(a.dk.bytes / 4)),
+                 buf_zero((long)(a.dv.bytes / 4))};
+    be->i.attention_bwd(be, F(r[0]), F(r[1]), F(r[2]), F(a.dout), F(a.out),
+                        F(a.lse), F(a.q), F(a.k), F(a.v), c->B, c->T, c->NH,
+                        c->NKV, c->D);
+    be->i.attention_bwd(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout), F(a.out),
+                        F(a.lse), F(a.q), F(a.k), F(a.v), c->B, c->T, c->NH,
+                        c->NKV, c->D);
+    char err[DT_ERR_LEN] = "";
+    assert_int_equal(be->i.sync(be, err), 0);
+    int same = same_bits(&r[0], &a.dq) && same_bits(&r[1], &a.dk) &&
+               same_bits(&r[2], &a.dv);
+    check_err(same ? 0.0 : NAN, "attention_bwd/rep", "bitwise, 2 runs", 0.0);
+    for (int i = 0; i < 3; i++)
+        buf_free(&r[i]);
+    attn_free(&a);
+    done();
+}
+
+static void test_embedding_bwd_is_bitwise_repeatable(void **state)
+{
+    int B = 4, T = 64, C = 96, V = 7; /* many repeated ids */
+    dbuf ids = buf_ids((long)B * T, V), dout = buf_rand((long)B * T * C, 1.0f);
+    dbuf init = buf_rand((long)V * C, 1.0f);
+    dbuf g1 = buf_zero((long)V * C), g2 = buf_zero((long)V * C);
+    dbuf p1 = buf_zero((long)T * C), p2 = buf_zero((long)T * C);
+    dt_backend *be = be2[1];
+    int k = 1;
+    be->i.copy(be, F(g1), F(init), init.bytes);
+    be->i.copy(be, F(g2), F(init), init.bytes);
+    be->i.embedding_bwd(be, F(g1), F(p1), F(dout), I(ids), B, T, C);
+    be->i.embedding_bwd(be, F(g2), F(p2), F(dout), I(ids), B, T, C);
+    char err[DT_ERR_LEN] = "";
+    assert_int_equal(be->i.sync(be, err), 0);
+    int same = same_bits(&g1, &g2) && same_bits(&p1, &p2);
+    check_err(same ? 0.0 : NAN, "embedding_bwd/rep", "bitwise, 2 runs", 0.0);
+    dbuf *all[] = {&ids, &dout, &init, &g1, &g2, &p1, &p2};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        buf_free(all[i]);
+    done();
+}
+
+/* ---- main ------------------------------------------------------------------------------------------ */
+
+int main(void)
+{
+    char err[DT_ERR_LEN] = "";
+    const char *req = getenv("DT_REQUIRE_GPU");
+    int require = req && strcmp(req, "1") == 0;
+    be2[1] = dt_backend_cuda_new(0, err);
+    if (!be2[1]) {
+        if (require) {
+            fprintf(stderr, "test_gpu_ops: FAILED: DT_REQUIRE_GPU=1 but no CUDA device (%s)\n", err);
+            return 1;
+        }
+        printf("test_gpu_ops: SKIPPED: no CUDA device (%s)\n", err);
+        return 0;
+    }
+    be2[0] = dt_backend_cpu_new(0, err);
+    if (!be2[0]) {
+        fprintf(stderr, "test_gpu_ops: cannot create the CPU backend: %s\n", err);
+        dt_backend_free(be2[1]);
+        return 1;
+    }
+    printf("%-18s %-30s %-9s  %-5s  %s\n", "op", "shape", "norm_err", "tol",
+           "result");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_memory_ops_roundtrip_exactly),
+        cmocka_unit_test(test_alloc_of_1tb_returns_null),
+        cmocka_unit_test(test_gemm_matches_cpu),
+        cmocka_unit_test(test_gemm_batched_matches_cpu),
+        cmocka_unit_test(test_embedding_matches_cpu),
+        cmocka_unit_test(test_layernorm_matches_cpu),
+        cmocka_unit_test(test_rmsnorm_matches_cpu),
+        cmocka_unit_test(test_activations_match_cpu),
+        cmocka_unit_test(test_rope_matches_cpu),
+        cmocka_unit_test(test_blas1_and_bias_match_cpu),
+        cmocka_unit_test(test_adamw_matches_cpu),
+        cmocka_unit_test(test_cross_entropy_matches_cpu),
+        cmocka_unit_test(test_sum_and_sumsq_match_cpu),
+        cmocka_unit_test(test_attention_matches_cpu),
+        cmocka_unit_test(test_attention_bwd_is_bitwise_repeatable),
+        cmocka_unit_test(test_embedding_bwd_is_bitwise_repeatable),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    dt_backend_free(be2[0]);
+    dt_backend_free(be2[1]);
+    return rc;
+}

@@ -1,0 +1,406 @@
+/* test_tokenizer.c: byte-level BPE ids match Hugging Face `tokenizers`.
+ *
+ * Expected ids come from tests/reference/make_tokenizer_fixtures.py (GPT-2's
+ * files under ../shared/data, SmolLM2 rebuilt from its GGUF). Every source
+ * route (tokenizer.json, vocab.json + merges.txt, encoder.json + vocab.bpe,
+ * GGUF metadata, our own written tokenizer.json) must give the same ids. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "gpu/dt.h"
+#include "gpu/tensorfile.h"
+#include "gpu/tokenizer.h"
+
+#define GPT2_DIR "../shared/data/gpt2-tokenizer"
+#define SMOL_GGUF ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define FIX "tests/fixtures/tokenizer"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static int have(const char *path)
+{
+    return access(path, R_OK) == 0;
+}
+
+/* Checks every fixture case: ids equal, and decode(encode(s)) == s. */
+static void check_cases(const dt_tokenizer *tok, const char *fixture)
+{
+    json_error_t je;
+    json_t *root = json_load_file(fixture, 0, &je);
+    assert_non_null(root);
+    json_t *cases = json_object_get(root, "cases"), *c;
+    size_t i, bad = 0;
+    assert_true(json_array_size(cases) > 0);
+    json_array_foreach(cases, i, c) {
+        json_t *text = json_object_get(c, "text");
+        json_t *want = json_object_get(c, "ids");
+        int special = json_is_true(json_object_get(c, "special"));
+        int32_t *ids;
+        int n;
+        char err[DT_ERR_LEN];
+        assert_int_equal(dt_tokenizer_encode(tok, json_string_value(text),
+                                             json_string_length(text), special,
+                                             &ids, &n, err), DT_OK);
+        int same = (size_t)n == json_array_size(want);
+        for (int k = 0; same && k < n; k++)
+            same = ids[k] == json_integer_value(json_array_get(want, (size_t)k));
+        if (!same) {
+            bad++;
+            fprintf(stderr, "%s: case %zu (special=%d) \"%.40s\": %d ids, "
+                    "want %zu\n", fixture, i, special, json_string_value(text),
+                    n, json_array_size(want));
+        }
+        char *back = dt_tokenizer_decode(tok, ids, n);
+        assert_non_null(back);
+        assert_string_equal(back, json_string_value(text));
+        free(back);
+        free(ids);
+    }
+    json_decref(root);
+    assert_int_equal(bad, 0);
+}
+
+/* A temporary directory holding links named `names` to GPT-2's files. */
+static void link_dir(char *dir, const char *names[2], const char *targets[2])
+{
+    char cwd[2048], path[4096], target[4096];
+    strcpy(dir, "/tmp/dt_tok_XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        snprintf(target, sizeof target, "%s/" GPT2_DIR "/%s", cwd, targets[i]);
+        assert_int_equal(symlink(target, path), 0);
+    }
+}
+
+static void unlink_dir(const char *dir, const char *names[2])
+{
+    char path[4096];
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static void meta_add(dt_tensorset *ts, const char *key, dt_meta_type type)
+{
+    ts->meta = realloc(ts->meta, (size_t)(ts->nmeta + 1) * sizeof *ts->meta);
+    assert_non_null(ts->meta);
+    dt_meta *m = &ts->meta[ts->nmeta++];
+    memset(m, 0, sizeof *m);
+    m->key = strdup(key);
+    m->type = type;
+}
+
+static void meta_free(dt_tensorset *ts)
+{
+    for (int i = 0; i < ts->nmeta; i++) {
+        dt_meta *m = &ts->meta[i];
+        for (int64_t k = 0; m->sarr && k < m->n; k++)
+            free(m->sarr[k]);
+        free(m->key); free(m->s); free(m->sarr); free(m->iarr);
+    }
+    free(ts->meta);
+    memset(ts, 0, sizeof *ts);
+}
+
+/* GGUF-style metadata built from GPT-2's vocab.json + vocab.bpe. */
+static void gpt2_as_gguf(dt_tensorset *ts, const char *pre)
+{
+    memset(ts, 0, sizeof *ts);
+    json_error_t je;
+    json_t *vocab = json_load_file(GPT2_DIR "/vocab.json", 0, &je), *v;
+    assert_non_null(vocab);
+    const char *key;
+    meta_add(ts, "tokenizer.ggml.tokens", DT_META_STR_ARR);
+    meta_add(ts, "tokenizer.ggml.token_type", DT_META_INT_ARR);
+    dt_meta *tok = &ts->meta[0], *typ = &ts->meta[1];
+    tok->n = typ->n = (int64_t)json_object_size(vocab);
+    tok->sarr = calloc((size_t)tok->n, sizeof(char *));
+    typ->iarr = calloc((size_t)tok->n, sizeof(int64_t));
+    json_object_foreach(vocab, key, v) {
+        int64_t id = json_integer_value(v);
+        assert_true(id >= 0 && id < tok->n);
+        tok->sarr[id] = strdup(key);
+        typ->iarr[id] = strcmp(key, "<|endoftext|>") ? 1 : 3;
+    }
+    json_decref(vocab);
+    char *buf, err[DT_ERR_LEN];
+    size_t len;
+    assert_int_equal(dt_read_file(GPT2_DIR "/vocab.bpe", &buf, &len, err), 0);
+    meta_add(ts, "tokenizer.ggml.merges", DT_META_STR_ARR);
+    dt_meta *mer = &ts->meta[2];
+    mer->sarr = calloc(len / 3 + 1, sizeof(char *));
+    for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+        if (strncmp(line, "#version", 8))
+            mer->sarr[mer->n++] = strdup(line);
+    free(buf);
+    meta_add(ts, "tokenizer.ggml.pre", DT_META_STR);
+    ts->meta[3].s = strdup(pre);
+    meta_add(ts, "tokenizer.ggml.eos_token_id", DT_META_INT);
+    ts->meta[4].i = 50256;
+}
+
+/* ---- GPT-2 ------------------------------------------------------------------ */
+
+static void test_gpt2_tokenizer_json_matches_hf(void **s)
+{
+    char err[DT_ERR_LEN];
+    dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
+    if (!tok)
+        fail_msg("%s", err);
+    assert_int_equal(dt_tokenizer_vocab_size(tok), 50257);
+    check_cases(tok, FIX "/gpt2.json");
+    assert_int_equal(dt_tokenizer_bos(tok), 50256);
+    assert_int_equal(dt_tokenizer_eos(tok), 50256);
+    assert_int_equal(dt_tokenizer_token_id(tok, "<|endoftext|>"), 50256);
+    assert_int_equal(dt_tokenizer_token_id(tok, "Hello"), 15496);
+    assert_int_equal(dt_tokenizer_token_id(tok, "no-such-token-here"), -1);
+    assert_null(dt_tokenizer_chat_template(tok));
+    dt_tokenizer_free(tok);
+}
+
+static void test_gpt2_vocab_and_merges_files_match_hf(void **s)
+{
+    const char *routes[2][2][2] = {
+        { { "vocab.json", "merges.txt" }, { "vocab.json", "vocab.bpe" } },
+        { { "encoder.json", "vocab.bpe" }, { "encoder.json", "vocab.bpe" } },
+    };
+    for (int r = 0; r < 2; r++) {
+        char dir[64], err[DT_ERR_LEN];
+        link_dir(dir, routes[r][0], routes[r][1]);
+        dt_tokenizer *tok = dt_tokenizer_load_dir(dir, err);
+        if (!tok)
+            fail_msg("%s", err);
+        check_cases(tok, FIX "/gpt2.json");
+        assert_int_equal(dt_tokenizer_eos(tok), 50256);
+        dt_tokenizer_free(tok);
+        unlink_dir(dir, routes[r][0]);
+    }
+}
+
+/* ---- GGUF metadata ------------------------------------------------------------ */
+
+static void test_gguf_metadata_with_gpt2_pre_matches_hf(void **s)
+{
+    dt_tensorset ts;
+    char err[DT_ERR_LEN];
+    gpt2_as_gguf(&ts, "gpt2");
+    dt_tokenizer *tok = dt_tokenizer_from_gguf(&ts, err);
+    if (!tok)
+        fail_msg("%s", err);
+    check_cases(tok, FIX "/gpt2.json");
+    assert_int_equal(dt_tokenizer_eos(tok), 50256);
+    assert_int_equal(dt_tokenizer_bos(tok), -1);
+    dt_tokenizer_free(tok);
+    meta_free(&ts);
+}
+
+static void test_gguf_metadata_with_smollm_pre_splits_digits(void **s)
+{
+    dt_tensorset ts;
+    char err[DT_ERR_LEN];
+    gpt2_as_gguf(&ts, "smollm");
+    dt_tokenizer *tok = dt_tokenizer_from_gguf(&ts, err);
+    if (!tok)
+        fail_msg("%s", err);
+    check_cases(tok, FIX "/gpt2_digits.json");
+    dt_tokenizer_free(tok);
+    meta_free(&ts);
+}
+
+static void test_gguf_metadata_errors(void **s)
+{
+    dt_tensorset ts;
+    char err[DT_ERR_LEN];
+    gpt2_as_gguf(&ts, "qwen2");
+    assert_null(dt_tokenizer_from_gguf(&ts, err));
+    assert_non_null(strstr(err, "qwen2"));
+    free(ts.meta[3].s);
+    ts.meta[3].s = strdup("gpt2");
+    free(ts.meta[2].sarr[5]);
+    ts.meta[2].sarr[5] = strdup("Ġ nonexistent-token");  /* merge 6 */
+    assert_null(dt_tokenizer_from_gguf(&ts, err));
+    assert_non_null(strstr(err, "merge 6"));
+    ts.meta[2].key[0] = 'x';  /* no tokenizer.ggml.merges at all */
+    assert_null(dt_tokenizer_from_gguf(&ts, err));
+    assert_non_null(strstr(err, "merges"));
+    meta_free(&ts);
+}
+
+static dt_tokenizer *load_smollm2(dt_tensorset *ts)
+{
+    char err[DT_ERR_LEN];
+    memset(ts, 0, sizeof *ts);
+    dt_tensorset_init(ts);
+    if (dt_gguf_load_meta(SMOL_GGUF, ts, err) != DT_OK)
+        fail_msg("%s", err);
+    dt_tokenizer *tok = dt_tokenizer_from_gguf(ts, err);
+    if (!tok)
+        fail_msg("%s", err);
+    return tok;
+}
+
+static void test_smollm2_gguf_matches_hf(void **s)
+{
+    if (!have(SMOL_GGUF))
+        skip();  /* the model is fetched by the demo setup, not committed */
+    dt_tensorset ts;
+    dt_tokenizer *tok = load_smollm2(&ts);
+    check_cases(tok, FIX "/smollm2.json");
+    assert_int_equal(dt_tokenizer_vocab_size(tok), 49152);
+    assert_int_equal(dt_tokenizer_bos(tok), 1);
+    assert_int_equal(dt_tokenizer_eos(tok), 2);
+    assert_int_equal(dt_tokenizer_token_id(tok, "<|im_start|>"), 1);
+    assert_non_null(dt_tokenizer_chat_template(tok));
+    assert_non_null(strstr(dt_tokenizer_chat_template(tok), "<|im_start|>"));
+    dt_tokenizer_free(tok);
+    dt_tensorset_free(&ts);
+}
+
+/* The written tokenizer.json loads back (here; in Python `tokenizers` by
+ * make_tokenizer_fixtures.py --check) and encodes identically. */
+static void test_written_tokenizer_json_encodes_identically(void **s)
+{
+    char dir[] = "/tmp/dt_tokw_XXXXXX", path[128], err[DT_ERR_LEN];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    dt_tensorset ts;
+    int smol = have(SMOL_GGUF);
+    dt_tokenizer *tok;
+    if (smol) {
+        tok = load_smollm2(&ts);
+    } else {
+        gpt2_as_gguf(&ts, "smollm");
+        tok = dt_tokenizer_from_gguf(&ts, err);
+    }
+    assert_non_null(tok);
+    if (dt_tokenizer_write_json(tok, path, err) != DT_OK)
+        fail_msg("%s", err);
+    dt_tokenizer *back = dt_tokenizer_load_dir(dir, err);
+    if (!back)
+        fail_msg("%s", err);
+    assert_int_equal(dt_tokenizer_vocab_size(back), dt_tokenizer_vocab_size(tok));
+    check_cases(back, smol ? FIX "/smollm2.json" : FIX "/gpt2_digits.json");
+    dt_tokenizer_free(back);
+    dt_tokenizer_free(tok);
+    if (smol) dt_tensorset_free(&ts); else meta_free(&ts);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* ---- robustness ------------------------------------------------------------ */
+
+static void test_malformed_files_are_rejected_naming_the_file(void **s)
+{
+    static const char *dirs[][2] = {
+        { "bad_json", "tokenizer.json" }, { "bad_model", "tokenizer.json" },
+        { "bad_vocab", "tokenizer.json" }, { "bad_merge", "tokenizer.json" },
+        { "bad_id", "tokenizer.json" }, { "bad_merges_txt", "merges.txt" },
+        { "bad_vocab_json", "vocab.json" }, { "bad_added", "tokenizer.json" },
+        { "bad_merge_type", "tokenizer.json" }, { "bad_config", "tokenizer_config.json" },
+    };
+    for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+        char dir[256], err[DT_ERR_LEN] = "";
+        snprintf(dir, sizeof dir, FIX "/%s", dirs[i][0]);
+        dt_tokenizer *tok = dt_tokenizer_load_dir(dir, err);
+        char file[512];
+        snprintf(file, sizeof file, "%s/%s", dir, dirs[i][1]);
+        if (tok || strncmp(err, file, strlen(file)))
+            fail_msg("%s: got \"%s\"", file, err);
+    }
+    char err[DT_ERR_LEN];
+    assert_null(dt_tokenizer_load_dir("/nonexistent-dir", err));
+}
+
+static void test_arbitrary_bytes_round_trip(void **s)
+{
+    char err[DT_ERR_LEN];
+    dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
+    assert_non_null(tok);
+    unsigned seed = 12345;
+    char buf[4096];
+    for (int round = 0; round < 50; round++) {
+        size_t n = (size_t)(round * 80);
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            buf[i] = (char)((seed >> 16) % 255 + 1);  /* no NUL: decode is a C string */
+        }
+        int32_t *ids;
+        int k;
+        assert_int_equal(dt_tokenizer_encode(tok, buf, n, 1, &ids, &k, err), 0);
+        char *back = dt_tokenizer_decode(tok, ids, k);
+        assert_int_equal(strlen(back), n);
+        assert_memory_equal(back, buf, n);
+        free(back);
+        free(ids);
+    }
+    int32_t junk[] = { -5, 99999999, 15496 };
+    char *hello = dt_tokenizer_decode(tok, junk, 3);
+    assert_string_equal(hello, "Hello");
+    free(hello);
+    dt_tokenizer_free(tok);
+}
+
+/* Long runs without a split point must not go quadratic; and speed. */
+static void test_long_words_and_throughput(void **s)
+{
+    char err[DT_ERR_LEN];
+    dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
+    assert_non_null(tok);
+    size_t n = 1 << 20;
+    char *buf = malloc(n);
+    memset(buf, 'a', n / 2);
+    memset(buf + n / 2, ' ', n / 2);
+    int32_t *ids;
+    int k;
+    double t0 = dt_now();
+    assert_int_equal(dt_tokenizer_encode(tok, buf, n, 1, &ids, &k, err), 0);
+    double t1 = dt_now();
+    char *back = dt_tokenizer_decode(tok, ids, k);
+    assert_memory_equal(back, buf, n);
+    free(back);
+    free(ids);
+    static const char para[] = "The quick brown fox jumps over the lazy dog. "
+        "It wasn't 1999 (or 2004): researchers measured 3.14 jumps/s!\n"
+        "Café naïve 中文 and emoji 🤖 too.\t";
+    size_t m = strlen(para);
+    for (size_t i = 0; i + m <= n; i += m)
+        memcpy(buf + i, para, m);
+    size_t len = n - n % m;
+    double t2 = dt_now();
+    assert_int_equal(dt_tokenizer_encode(tok, buf, len, 1, &ids, &k, err), 0);
+    double t3 = dt_now();
+    printf("long word: %.2f s for 1 MiB; text: %.1f MB/s, %d tokens\n",
+           t1 - t0, len / 1e6 / (t3 - t2), k);
+    assert_true(t1 - t0 < 20.0);
+    free(ids);
+    free(buf);
+    dt_tokenizer_free(tok);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpt2_tokenizer_json_matches_hf),
+        cmocka_unit_test(test_gpt2_vocab_and_merges_files_match_hf),
+        cmocka_unit_test(test_gguf_metadata_with_gpt2_pre_matches_hf),
+        cmocka_unit_test(test_gguf_metadata_with_smollm_pre_splits_digits),
+        cmocka_unit_test(test_gguf_metadata_errors),
+        cmocka_unit_test(test_smollm2_gguf_matches_hf),
+        cmocka_unit_test(test_written_tokenizer_json_encodes_identically),
+        cmocka_unit_test(test_malformed_files_are_rejected_naming_the_file),
+        cmocka_unit_test(test_arbitrary_bytes_round_trip),
+        cmocka_unit_test(test_long_words_and_throughput),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,362 @@
+/* test_train.c: the training loop's contracts on a tiny GPT-2 (the reference
+ * fixture model, with the GPT-2 tokenizer from ../shared/data):
+ * interrupted + resumed == uninterrupted (byte-identical merged model),
+ * gradient accumulation, Delta-LoRA's W update rule, LoRA's frozen W, LR
+ * schedules, and bad data rejected before any step. */
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "gpu/backend.h"
+#include "gpu/dt.h"
+#include "gpu/model.h"
+#include "gpu/train.h"
+
+#define GPT2_FIX "tests/fixtures/ref/gpt2_model"
+#define GPT2_TOK "../shared/data/gpt2-tokenizer/tokenizer.json"
+
+static char g_dir[256];
+
+/* A model dir = the fixture's weights + the GPT-2 tokenizer; data rows of
+ * pre-tokenized ids below the tiny vocabulary (96). */
+static int setup(void **s)
+{
+    (void)s;
+    char cwd[1024], a[1400], b[1400];
+    snprintf(g_dir, sizeof g_dir, "/tmp/dt_train_XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(b, sizeof b, "%s/model", g_dir);
+    mkdir(b, 0755);
+    const char *files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(a, sizeof a, "%s/" GPT2_FIX "/%s", cwd, files[i]);
+        snprintf(b, sizeof b, "%s/model/%s", g_dir, files[i]);
+        assert_int_equal(symlink(a, b), 0);
+    }
+    snprintf(a, sizeof a, "%s/" GPT2_TOK, cwd);
+    snprintf(b, sizeof b, "%s/model/tokenizer.json", g_dir);
+    assert_int_equal(symlink(a, b), 0);
+    snprintf(b, sizeof b, "%s/data.jsonl", g_dir);
+    FILE *f = fopen(b, "w");
+    uint32_t r = 12345;
+    for (int row = 0; row < 24; row++) {
+        int n = 10 + row % 7;
+        fputs("{\"input_ids\": [", f);
+        for (int i = 0; i < n; i++) {
+            r = r * 1664525u + 1013904223u;
+            fprintf(f, i ? ", %u" : "%u", (r >> 8) % 96);
+        }
+        fputs("]}\n", f);
+    }
+    fclose(f);
+    return 0;
+}
+
+static int teardown(void **s)
+{
+    (void)s;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void opts(dt_train_opts *o, const char *out, char *model, char *data)
+{
+    dt_train_defaults(o);
+    snprintf(model, 300, "%s/model", g_dir);
+    snprintf(data, 300, "%s/data.jsonl", g_dir);
+    o->model = model;
+    o->data = data;
+    o->out = out;
+    o->method = DT_DELTA_LORA;
+    o->rank = 4;
+    o->alpha = 8;
+    o->start_step = 2;
+    o->targets = "q,v";
+    o->lr = 1e-2f;
+    o->batch = 3;
+    o->seq_len = 16;
+    o->steps = 6;
+    o->threads = 2;
+    o->json = 1;
+}
+
+static int stop_at_3(void *ud, const dt_progress *p)
+{
+    (void)ud;
+    return p->step == 3;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    char *buf, err[DT_ERR_LEN];
+    if (dt_read_file(path, &buf, len, err))
+        fail_msg("%s", err);
+    return buf;
+}
+
+static void test_interrupted_and_resumed_run_is_byte_identical(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out1[300], out2[300], model[300], data[300], p1[400], p2[400];
+    dt_train_opts o;
+    snprintf(out1, sizeof out1, "%s/run1", g_dir);
+    snprintf(out2, sizeof out2, "%s/run2", g_dir);
+    opts(&o, out1, model, data);
+    int rc = dt_train(&o, err);
+    if (rc)
+        fail_msg("%s", err);
+
+    opts(&o, out2, model, data);
+    o.on_progress = stop_at_3;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL);
+    snprintf(p2, sizeof p2, "%s/checkpoints/step-00000003/DONE", out2);
+    assert_int_equal(access(p2, F_OK), 0);
+    snprintf(p2, sizeof p2, "%s/merged/model.safetensors", out2);
+    assert_int_not_equal(access(p2, F_OK), 0); /* not finished: nothing exported */
+    o.on_progress = NULL;
+    o.resume = 1;
+    rc = dt_train(&o, err);
+    if (rc)
+        fail_msg("%s", err);
+
+    snprintf(p1, sizeof p1, "%s/merged/model.safetensors", out1);
+    size_t n1, n2;
+    char *a = slurp(p1, &n1), *b = slurp(p2, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(a, b, n1);
+    free(a);
+    free(b);
+}
+
+static void test_bad_data_fails_before_any_step(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300], path[400];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/bad", g_dir);
+    opts(&o, out, model, data);
+    snprintf(data, sizeof data, "%s/bad.jsonl", g_dir);
+    FILE *f = fopen(data, "w");
+    fputs("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": \"x\"}\nnot json\n", f);
+    fclose(f);
+    assert_int_equal(dt_train(&o, err), DT_EINVAL);
+    assert_non_null(strstr(err, "bad.jsonl:2"));
+    snprintf(path, sizeof path, "%s/checkpoints", out);
+    assert_int_not_equal(access(path, F_OK), 0);
+}
+
+/* Model-level helpers on the fixture weights, no tokenizer needed. */
+static dt_model *tiny(dt_backend *be, dt_weights *w, dt_method method, int B, int T)
+{
+    char err[DT_ERR_LEN];
+    if (dt_weights_load(GPT2_FIX, w, err))
+        fail_msg("%s", err);
+    dt_lora_opts lo = {method, 4, 8.0f, 0};
+    if (method != DT_FULL)
+        assert_int_equal(dt_parse_targets("q,v", DT_ARCH_GPT2, &lo.targets, err), 0);
+    dt_model *m;
+    if (dt_model_new(be, w, &lo, B, T, 7, &m, err))
+        fail_msg("%s", err);
+    /* non-zero B so that A receives gradient */
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    for (int i = 0; i < np; i++) {
+        float *h = malloc((size_t)ps[i].n * sizeof(float));
+        be->i.download(be, h, ps[i].p, (size_t)ps[i].n * sizeof(float));
+        for (long j = 0; j < ps[i].n; j++)
+            h[j] += 0.01f * (float)((j * 2654435761u) % 1000) / 1000.0f;
+        be->i.upload(be, ps[i].p, h, (size_t)ps[i].n * sizeof(float));
+        free(h);
+    }
+    return m;
+}
+
+static float *grads(dt_backend *be, dt_model *m, long *total)
+{
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    long n = 0;
+    for (int i = 0; i < np; i++)
+        n += ps[i].n;
+    float *out = malloc((size_t)n * sizeof(float)), *p = out;
+    for (int i = 0; i < np; i++, p += ps[i - 1].n)
+        be->i.download(be, p, ps[i].g, (size_t)ps[i].n * sizeof(float));
+    *total = n;
+    return out;
+}
+
+static void test_grad_accumulation_matches_one_big_batch(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN];
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    dt_weights w1, w2;
+    dt_model *big = tiny(be, &w1, DT_LORA, 2, 8), *small = tiny(be, &w2, DT_LORA, 1, 8);
+    int32_t ids[16], tgt[16];
+    for (int i = 0; i < 16; i++) {
+        ids[i] = (i * 37 + 5) % 96;
+        tgt[i] = i % 5 == 4 ? -100 : (i * 11 + 3) % 96;
+    }
+    double ls;
+    long nt;
+    dt_model_zero_grad(big);
+    assert_int_equal(dt_model_forward(big, ids, tgt, 2, 8, 1.0f / 13, &ls, &nt, err), 0);
+    assert_int_equal(nt, 13);
+    assert_int_equal(dt_model_backward(big, err), 0);
+    dt_model_zero_grad(small);
+    for (int g = 0; g < 2; g++) {
+        assert_int_equal(dt_model_forward(small, ids + 8 * g, tgt + 8 * g, 1, 8, 1.0f / 13,
+                                          &ls, &nt, err), 0);
+        assert_int_equal(dt_model_backward(small, err), 0);
+    }
+    long n1, n2;
+    float *g1 = grads(be, big, &n1), *g2 = grads(be, small, &n2);
+    assert_int_equal(n1, n2);
+    double d = 0, r = 0;
+    for (long i = 0; i < n1; i++) {
+        d += (g1[i] - g2[i]) * (double)(g1[i] - g2[i]);
+        r += g1[i] * (double)g1[i];
+    }
+    assert_true(r > 0);
+    assert_true(sqrt(d / r) < 1e-5);
+    free(g1);
+    free(g2);
+    dt_model_free(big);
+    dt_model_free(small);
+    dt_weights_free(&w1);
+    dt_weights_free(&w2);
+    dt_backend_free(be);
+}
+
+static float *download(dt_backend *be, const float *dev, long n)
+{
+    float *h = malloc((size_t)n * sizeof(float));
+    be->i.download(be, h, dev, (size_t)n * sizeof(float));
+    return h;
+}
+
+/* W moves by exactly λ·s·(B·A − B_old·A_old) on steps t > K, not before;
+ * LoRA never moves W. */
+static void check_w_rule(dt_method method)
+{
+    char err[DT_ERR_LEN];
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    dt_weights w;
+    dt_model *m = tiny(be, &w, method, 2, 8);
+    int32_t ids[16], tgt[16];
+    for (int i = 0; i < 16; i++) {
+        ids[i] = (i * 7 + 1) % 96;
+        tgt[i] = (i * 13 + 2) % 96;
+    }
+    int nl;
+    dt_lora *ls = dt_model_loras(m, &nl);
+    assert_int_equal(nl, 2 * 2); /* q and v slices, two layers */
+    dt_lora *a = &ls[0];
+    float *W;
+    long nW;
+    assert_int_equal(dt_model_get_weight(m, a->wname, &W, &nW), 0);
+    dt_optim opt;
+    dt_optim_defaults(&opt);
+    opt.lr = 1e-2f;
+    opt.start_step = 2;
+    opt.lambda = 0.5f;
+    float s = dt_model_lora_scale(m);
+    int r = a->A->shape[0], in = a->in;
+    for (int t = 1; t <= 3; t++) {
+        float *W0 = download(be, W, nW), *A0 = download(be, a->A->p, a->A->n);
+        float *B0 = download(be, a->B->p, a->B->n);
+        double ls2;
+        long nt;
+        dt_model_zero_grad(m);
+        assert_int_equal(dt_model_forward(m, ids, tgt, 2, 8, 1.0f / 16, &ls2, &nt, err), 0);
+        assert_int_equal(dt_model_backward(m, err), 0);
+        assert_int_equal(dt_optim_step(m, &opt, method, opt.lr, NULL, err), 0);
+        float *W1 = download(be, W, nW), *A1 = download(be, a->A->p, a->A->n);
+        float *B1 = download(be, a->B->p, a->B->n);
+        double maxdiff = 0, maxd = 0;
+        for (int i = 0; i < a->rows; i++)
+            for (int j = 0; j < in; j++) {
+                double d = 0;
+                for (int k = 0; k < r; k++)
+                    d += (double)B1[i * r + k] * A1[k * in + j] - (double)B0[i * r + k] * A0[k * in + j];
+                d *= 0.5 * s;
+                long idx = (long)(a->row_off + i) * in + j;
+                double got = (double)W1[idx] - W0[idx];
+                double want = method == DT_DELTA_LORA && t > 2 ? d : 0.0;
+                if (fabs(got - want) > maxdiff)
+                    maxdiff = fabs(got - want);
+                if (fabs(d) > maxd)
+                    maxd = fabs(d);
+            }
+        assert_true(maxd > 0); /* the factors moved */
+        if (method == DT_DELTA_LORA && t > 2)
+            assert_true(maxdiff < 1e-6 + 1e-3 * maxd);
+        else
+            assert_true(maxdiff == 0.0); /* W untouched, bit for bit */
+        free(W0); free(A0); free(B0); free(W1); free(A1); free(B1);
+    }
+    dt_model_free(m);
+    dt_weights_free(&w);
+    dt_backend_free(be);
+}
+
+static void test_delta_lora_moves_w_by_the_factor_delta_after_k(void **s)
+{
+    (void)s;
+    check_w_rule(DT_DELTA_LORA);
+}
+
+static void test_lora_never_moves_w(void **s)
+{
+    (void)s;
+    check_w_rule(DT_LORA);
+}
+
+static void test_lr_schedules_follow_hugging_face(void **s)
+{
+    (void)s;
+    assert_float_equal(dt_lr_at(DT_SCHED_LINEAR, 1.0f, 2, 10, 0), 0.0f, 1e-7);
+    assert_float_equal(dt_lr_at(DT_SCHED_LINEAR, 1.0f, 2, 10, 1), 0.5f, 1e-7);
+    assert_float_equal(dt_lr_at(DT_SCHED_LINEAR, 1.0f, 2, 10, 2), 1.0f, 1e-7);
+    assert_float_equal(dt_lr_at(DT_SCHED_LINEAR, 1.0f, 2, 10, 6), 0.5f, 1e-7);
+    assert_float_equal(dt_lr_at(DT_SCHED_COSINE, 1.0f, 2, 10, 6), 0.5f, 1e-6);
+    assert_float_equal(dt_lr_at(DT_SCHED_COSINE, 1.0f, 0, 10, 0), 1.0f, 1e-7);
+    assert_float_equal(dt_lr_at(DT_SCHED_CONSTANT, 3e-4f, 0, 10, 9), 3e-4f, 1e-9);
+}
+
+static void test_target_names_map_per_architecture(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN];
+    unsigned m;
+    assert_int_equal(dt_parse_targets("q_proj, v_proj", DT_ARCH_LLAMA, &m, err), 0);
+    assert_int_equal(m, DT_T_Q | DT_T_V);
+    assert_int_equal(dt_parse_targets("c_attn", DT_ARCH_GPT2, &m, err), 0);
+    assert_int_equal(m, DT_T_CATTN);
+    assert_int_equal(dt_parse_targets("gate", DT_ARCH_GPT2, &m, err), DT_EINVAL);
+    assert_non_null(strstr(err, "gate"));
+    assert_int_equal(dt_parse_targets("c_attn,q", DT_ARCH_GPT2, &m, err), DT_EINVAL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_interrupted_and_resumed_run_is_byte_identical),
+        cmocka_unit_test(test_bad_data_fails_before_any_step),
+        cmocka_unit_test(test_grad_accumulation_matches_one_big_batch),
+        cmocka_unit_test(test_delta_lora_moves_w_by_the_factor_delta_after_k),
+        cmocka_unit_test(test_lora_never_moves_w),
+        cmocka_unit_test(test_lr_schedules_follow_hugging_face),
+        cmocka_unit_test(test_target_names_map_per_architecture),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
