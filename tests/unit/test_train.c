@@ -1,5 +1,5 @@
 /* test_train.c: the training loop's contracts on a tiny GPT-2 (the reference
- * fixture model, with the GPT-2 tokenizer from ../shared/data):
+ * fixture model, with the GPT-2 tokenizer that scripts/install-deps fetches):
  * interrupted + resumed == uninterrupted (byte-identical merged model),
  * gradient accumulation, Delta-LoRA's W update rule, LoRA's frozen W, LR
  * schedules, and bad data rejected before any step. */
@@ -20,7 +20,7 @@
 #include "gpu/train.h"
 
 #define GPT2_FIX "tests/fixtures/ref/gpt2_model"
-#define GPT2_TOK "../shared/data/gpt2-tokenizer/tokenizer.json"
+#define GPT2_TOK ".cache/gpt2-tokenizer"
 
 static char g_dir[256];
 
@@ -41,9 +41,12 @@ static int setup(void **s)
         snprintf(b, sizeof b, "%s/model/%s", g_dir, files[i]);
         assert_int_equal(symlink(a, b), 0);
     }
-    snprintf(a, sizeof a, "%s/" GPT2_TOK, cwd);
-    snprintf(b, sizeof b, "%s/model/tokenizer.json", g_dir);
-    assert_int_equal(symlink(a, b), 0);
+    const char *tok[] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(a, sizeof a, "%s/" GPT2_TOK "/%s", cwd, tok[i]);
+        snprintf(b, sizeof b, "%s/model/%s", g_dir, tok[i]);
+        assert_int_equal(symlink(a, b), 0);
+    }
     snprintf(b, sizeof b, "%s/data.jsonl", g_dir);
     FILE *f = fopen(b, "w");
     uint32_t r = 12345;
