@@ -67,10 +67,16 @@ CLI     := $(BUILD)/deltatune
 
 # ---- tests --------------------------------------------------------------------
 TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
-              test_dataset test_model_ref test_train test_gpu_ops
+              test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
 all: $(LIB) $(CLI) $(TESTS)
+
+# The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
+# machine without our Debian -dev packages can build (scripts/gpu-check).
+ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer \
+                test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
+engine: $(LIB) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -106,7 +112,7 @@ asan:
 
 check-gpu:
 	@$(MAKE) --no-print-directory all
-	@DT_REQUIRE_GPU=1 $(BUILD)/tests/test_gpu_ops
+	@DT_REQUIRE_GPU=1 scripts/run-tests $(BUILD) test_gpu_ops test_gpu_train
 
 fixtures:
 	@scripts/make-venv
@@ -122,6 +128,6 @@ demo: deps all
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: all deps test asan check-gpu fixtures bench demo clean
+.PHONY: all engine deps test asan check-gpu fixtures bench demo clean
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
