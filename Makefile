@@ -5,6 +5,7 @@
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
 #   make check-gpu  CUDA-vs-CPU op and training tests (needs a GPU)
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
+#   make check-exports  exports load in transformers / peft (needs the venv)
 #   make bench      CPU benchmark against PyTorch + PEFT
 #   make demo       the main job end to end (see README)
 
@@ -118,6 +119,9 @@ fixtures:
 	@scripts/make-venv
 	@.venv/bin/python tests/reference/make_fixtures.py tests/fixtures
 
+check-exports: all
+	@scripts/check-exports
+
 bench: all
 	@scripts/make-venv
 	@.venv/bin/python bench/engine_cpu.py
@@ -128,6 +132,6 @@ demo: deps all
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: all engine deps test asan check-gpu fixtures bench demo clean
+.PHONY: check-exports all engine deps test asan check-gpu fixtures bench demo clean
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
