@@ -118,6 +118,8 @@ check-gpu:
 fixtures:
 	@scripts/make-venv
 	@.venv/bin/python tests/reference/make_fixtures.py tests/fixtures
+	@.venv/bin/python tests/reference/make_tokenizer_fixtures.py
+	@.venv/bin/python tests/reference/make_tensorfile_fixtures.py
 
 check-exports: all
 	@scripts/check-exports
