@@ -27,7 +27,7 @@ LDLIBS   += -lopenblas -ljansson -lm -lpthread
 # ---- the engine (gpu/) --------------------------------------------------
 ENGINE_SRC := gpu/dt.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c \
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
-              gpu/model.c gpu/model_pass.c gpu/train.c gpu/export.c
+              gpu/model.c gpu/model_pass.c gpu/train.c gpu/export.c gpu/cpu_tune.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend compiles wherever nvcc and cuBLAS exist (-Werror). cuBLAS
@@ -61,6 +61,21 @@ NVCCFLAGS ?= -O2 -std=c++17 -I. -Igpu -I$(CUBLAS_HOME)/include \
 
 LIB := $(BUILD)/libdtengine.a
 
+# ---- the service library (api/), shared by server, worker and CLI ---------------
+PG_INC   ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
+API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
+            api/validate.c api/db.c api/db_jobs.c api/db_sql.c api/queue.c api/admin.c
+API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
+API_LIB  := $(BUILD)/libdtapi.a
+SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
+CFLAGS   += -I$(PG_INC)
+
+# ---- deltatune-server (server/) ---------------------------------------------------
+SERVER_SRC := server/main.c server/http.c server/route.c server/routes.c \
+              server/httputil.c server/files.c server/jobs.c server/models.c server/ops.c
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o
+SERVER     := $(BUILD)/deltatune-server
+
 # ---- programs ---------------------------------------------------------------
 CLI_SRC := worker/cli.c gpu/cli_train.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -69,9 +84,11 @@ CLI     := $(BUILD)/deltatune
 # ---- tests --------------------------------------------------------------------
 TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
               test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
+API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
+TEST_NAMES += $(API_TEST_NAMES)
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
-all: $(LIB) $(CLI) $(TESTS)
+all: $(LIB) $(API_LIB) $(CLI) $(SERVER) $(TESTS)
 
 # The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
 # machine without our Debian -dev packages can build (scripts/gpu-check).
@@ -91,12 +108,57 @@ $(LIB): $(ENGINE_OBJ) $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
-$(CLI): $(CLI_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+$(API_LIB): $(API_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+# api/openapi.yaml (the contract) -> build/openapi.json + an embedded copy.
+$(BUILD)/server/openapi_json.c: api/openapi.yaml scripts/openapi-to-c
+	@mkdir -p $(dir $@)
+	scripts/openapi-to-c $< $(BUILD)/openapi.json $@
+
+$(SERVER): $(SERVER_OBJ) $(API_LIB) $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
+
+$(CLI): $(CLI_OBJ) $(API_LIB) $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
+
+# The service's tests link the api library, the MHD-free server helpers and
+# the service libraries.
+$(API_TEST_NAMES:%=$(BUILD)/tests/%): $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o \
+    $(BUILD)/server/route.o $(BUILD)/server/httputil.o $(API_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
+# ---- the worker (worker/): claim -> train -> checkpoint -> report -------------------
+WORKER_SRC := worker/main.c worker/worker.c worker/glue.c
+WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
+WORKER     := $(BUILD)/deltatune-worker
+TEST_NAMES += test_worker
+
+all: $(WORKER) $(BUILD)/tests/test_worker
+
+$(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
+
+# The worker's pure pieces (glue.c) with the service library.
+$(BUILD)/tests/test_worker: $(BUILD)/tests/unit/test_worker.o $(BUILD)/worker/glue.o \
+                            $(API_LIB) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
+
+# A local stack (PostgreSQL, Redis, server, one CPU worker) in .run/.
+up: all
+	@scripts/up
+
+down:
+	@scripts/down
+
+.PHONY: up down
 
 # ---- workflows ------------------------------------------------------------------
 deps:

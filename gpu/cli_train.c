@@ -335,6 +335,7 @@ int dt_cmd_generate(int argc, char **argv)
     logits = malloc((size_t)T * w.cfg.vocab * sizeof *logits);
     if (!ids || !logits || dt_model_new(be, &w, &lo, 1, T, 0, &m, err))
         goto done;
+    dt_weights_release_data(&w);
     memcpy(ids, prompt_ids, (size_t)n * sizeof *ids);
     uint64_t rs = 0x9E3779B97F4A7C15ull ^ (uint64_t)seed;
     int32_t eos = dt_tokenizer_eos(tok);

@@ -79,6 +79,10 @@ static float *upload_w(dt_model *m, const char *name, long n, int *fail,
         return NULL;
     }
     m->be->i.upload(m->be, p, t->data, (size_t)n * sizeof(float));
+    if (m->w->release_on_upload) {
+        free(t->data);
+        t->data = NULL;
+    }
     add_named(m, name, p, n);
     return p;
 }
@@ -445,6 +449,14 @@ void dt_model_free(dt_model *m)
     free(m->loras);
     free(m->L);
     free(m);
+}
+
+void dt_weights_release_data(dt_weights *w)
+{
+    for (int i = 0; i < w->ts.n; i++) {
+        free(w->ts.t[i].data);
+        w->ts.t[i].data = NULL;
+    }
 }
 
 const dt_config *dt_model_config(const dt_model *m) { return &m->c; }

@@ -44,6 +44,8 @@ typedef struct dt_weights {
     int from_gguf;
     char *config_json;   /* the input's config.json text (NULL for GGUF) */
     char src_dir[1024];  /* input directory (to copy tokenizer files) */
+    int release_on_upload; /* dt_model_new frees each host tensor once it is
+                              on the device (see dt_weights_release_data) */
 } dt_weights;
 
 /* Loads a Hugging Face directory or a .gguf file. */
@@ -104,6 +106,10 @@ typedef struct dt_model dt_model;
 int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
                  int B, int T, uint64_t seed, dt_model **out, char *err);
 void dt_model_free(dt_model *m);
+/* Frees the host copies of the weights once a model holds them on its
+ * device (names, shapes and dtypes stay: export needs those). Halves the
+ * host memory of CPU training. */
+void dt_weights_release_data(dt_weights *w);
 
 const dt_config *dt_model_config(const dt_model *m);
 dt_backend *dt_model_backend(const dt_model *m);

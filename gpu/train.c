@@ -473,31 +473,26 @@ static int load_data(const char *path, const dt_tokenizer *tok, int seq_len,
     return rc;
 }
 
-static int export_all(dt_model *m, const dt_train_opts *o, dt_weights *w,
+/* Downloads the merged weights and the adapter factors, frees the model (so
+ * that the export's host copy does not sit beside the device copy and the
+ * activations), then writes DIR/merged and, for lora, DIR/adapter. */
+static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
                       const dt_tokenizer *tok, char *err)
 {
+    dt_model *m = *mp;
     char dir[4200];
     dt_tensorset merged;
     int rc = dt_model_merged(m, &merged, err);
     if (rc)
         return rc;
-    snprintf(dir, sizeof dir, "%s/merged", o->out);
-    rc = dt_export_hf(w, &merged, tok, dir, err);
-    dt_tensorset_free(&merged);
-    if (rc || o->method == DT_FULL)
-        return rc;
-    /* The adapter alone (for lora; for delta_lora it is only meaningful on
-     * top of the moved W, so it is written beside the merged model too). */
-    int nl;
-    dt_lora *ls = dt_model_loras(m, &nl);
+    int nl = 0;
+    dt_lora *ls = o->method == DT_LORA ? dt_model_loras(m, &nl) : NULL;
     dt_backend *be = dt_model_backend(m);
-    dt_adapter_entry *e = calloc((size_t)nl, sizeof *e);
-    float **h = calloc((size_t)nl * 2, sizeof *h);
-    if (!e || !h) {
-        free(e);
-        free(h);
-        return dt_errf(err, DT_ENOMEM, "out of memory");
-    }
+    dt_adapter_entry *e = calloc((size_t)nl + 1, sizeof *e);
+    float **h = calloc((size_t)nl * 2 + 1, sizeof *h);
+    char (*wn)[128] = calloc((size_t)nl + 1, sizeof *wn); /* outlives the model */
+    if (!e || !h || !wn)
+        rc = dt_errf(err, DT_ENOMEM, "out of memory");
     for (int i = 0; i < nl && !rc; i++) {
         dt_tensor *W = dt_tensorset_find(&w->ts, ls[i].wname);
         h[2 * i] = malloc((size_t)ls[i].A->n * sizeof(float));
@@ -508,18 +503,26 @@ static int export_all(dt_model *m, const dt_train_opts *o, dt_weights *w,
         }
         OPS.download(be, h[2 * i], ls[i].A->p, (size_t)ls[i].A->n * sizeof(float));
         OPS.download(be, h[2 * i + 1], ls[i].B->p, (size_t)ls[i].B->n * sizeof(float));
-        e[i] = (dt_adapter_entry){ls[i].wname, ls[i].row_off, ls[i].rows,
+        snprintf(wn[i], sizeof wn[i], "%s", ls[i].wname);
+        e[i] = (dt_adapter_entry){wn[i], ls[i].row_off, ls[i].rows,
                                   (int)W->shape[0], ls[i].in, o->rank,
                                   h[2 * i], h[2 * i + 1]};
     }
+    dt_model_free(m);
+    *mp = NULL;
+    snprintf(dir, sizeof dir, "%s/merged", o->out);
+    if (!rc)
+        rc = dt_export_hf(w, &merged, tok, dir, err);
+    dt_tensorset_free(&merged);
     if (!rc && o->method == DT_LORA) {
         snprintf(dir, sizeof dir, "%s/adapter", o->out);
         rc = dt_export_peft(w, e, nl, o->alpha, o->model, dir, err);
     }
-    for (int i = 0; i < 2 * nl; i++)
+    for (int i = 0; h && i < 2 * nl; i++)
         free(h[i]);
     free(h);
     free(e);
+    free(wn);
     return rc;
 }
 
@@ -585,10 +588,12 @@ int dt_train(const dt_train_opts *o_in, char *err)
         fprintf(stderr, "warning: --start-step %d >= total steps %d: W never moves "
                 "(this run is plain LoRA)\n", K, total);
 
+    w.release_on_upload = 1; /* peak host memory: one copy of the weights */
     if ((rc = dt_model_new(be, &w, &lo, o.batch, o.seq_len, o.seed, &m, err)))
         goto fail;
     if (have_ad && (rc = load_init_adapter(m, &ad, err)))
         goto fail;
+    dt_weights_release_data(&w);
 
     dt_optim opt;
     dt_optim_defaults(&opt);
@@ -672,7 +677,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
             goto fail;
         }
     }
-    rc = export_all(m, &o, &w, tok, err);
+    rc = export_all(&m, &o, &w, tok, err);
 fail:
     free(ids);
     free(tgt);

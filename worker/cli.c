@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "api/admin.h"
 #include "gpu/cli_train.h"
+#include "gpu/cpu_tune.h"
 
 static const char usage[] =
     "usage: deltatune <command> [options]\n"
@@ -12,6 +14,9 @@ static const char usage[] =
     "  train      fine-tune a model (full, lora, delta_lora)\n"
     "  tokenize   print the token ids of stdin\n"
     "  generate   complete a prompt with a model\n"
+    "  migrate    apply database migrations\n"
+    "  keys       create | list | revoke API keys\n"
+    "  models     add | list base models\n"
     "\n"
     "'deltatune <command> --help' describes a command.\n";
 
@@ -21,6 +26,10 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "migrate") || !strcmp(argv[1], "keys") || !strcmp(argv[1], "models"))
+        return dt_admin_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "train") || !strcmp(argv[1], "generate"))
+        dt_cpu_tune_reexec(argv); /* returns unless it re-executes */
     if (!strcmp(argv[1], "train"))
         return dt_cmd_train(argc - 1, argv + 1);
     if (!strcmp(argv[1], "tokenize"))

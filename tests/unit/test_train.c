@@ -16,6 +16,7 @@
 
 #include "gpu/backend.h"
 #include "gpu/dt.h"
+#include "gpu/export.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
 
@@ -138,6 +139,34 @@ static void test_interrupted_and_resumed_run_is_byte_identical(void **s)
     assert_memory_equal(a, b, n1);
     free(a);
     free(b);
+}
+
+/* --method lora writes a PEFT adapter beside the merged model; GPT-2's q and
+ * v slices become one block-structured adapter on c_attn that reads back. */
+static void test_lora_run_writes_a_peft_adapter(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300], path[400];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/lora", g_dir);
+    opts(&o, out, model, data);
+    o.method = DT_LORA;
+    o.steps = 2;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    snprintf(path, sizeof path, "%s/merged/model.safetensors", out);
+    assert_int_equal(access(path, R_OK), 0);
+    snprintf(path, sizeof path, "%s/adapter", out);
+    dt_weights w;
+    assert_int_equal(dt_weights_load(model, &w, err), 0);
+    dt_peft_adapter ad;
+    if (dt_peft_load(path, &w, &ad, err))
+        fail_msg("%s", err);
+    assert_int_equal(ad.rank, 2 * o.rank);           /* q and v stacked */
+    assert_float_equal(ad.alpha / ad.rank, o.alpha / o.rank, 1e-6);
+    assert_non_null(dt_tensorset_find(&ad.ts, "h.1.attn.c_attn.lora_B"));
+    dt_peft_free(&ad);
+    dt_weights_free(&w);
 }
 
 static void test_bad_data_fails_before_any_step(void **s)
@@ -354,6 +383,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_interrupted_and_resumed_run_is_byte_identical),
+        cmocka_unit_test(test_lora_run_writes_a_peft_adapter),
         cmocka_unit_test(test_bad_data_fails_before_any_step),
         cmocka_unit_test(test_grad_accumulation_matches_one_big_batch),
         cmocka_unit_test(test_delta_lora_moves_w_by_the_factor_delta_after_k),

@@ -1,0 +1,302 @@
+/* admin.c: operator commands on the database.
+ *
+ *   deltatune migrate [--migrations DIR]
+ *   deltatune keys create --owner NAME      (prints the key once, on stdout)
+ *   deltatune keys list
+ *   deltatune keys revoke PREFIX
+ *   deltatune models add --id ID --path PATH (HF directory or .gguf; loaded
+ *                                            once to check it)
+ *   deltatune models list
+ *
+ * Every command also takes the config flags (--database-url ...) and reads
+ * DELTATUNE_* variables. */
+#include "admin.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The engine headers first: config.h's transitional dt_config alias steps
+ * aside when gpu/model.h is already in. */
+#include "gpu/model.h"
+#include "gpu/tokenizer.h"
+#include "auth.h"
+#include "config.h"
+#include "db.h"
+#include "log.h"
+
+static const char usage[] =
+    "usage:\n"
+    "  deltatune migrate [--migrations DIR]\n"
+    "  deltatune keys create --owner NAME\n"
+    "  deltatune keys list\n"
+    "  deltatune keys revoke PREFIX\n"
+    "  deltatune models add --id ID --path PATH\n"
+    "  deltatune models list\n"
+    "\n"
+    "migrate applies migrations/NNNN_*.sql not yet applied (DIR defaults to\n"
+    "$DELTATUNE_MIGRATIONS_DIR, ./migrations, or ../migrations next to the\n"
+    "binary). Model ids: 1-200 of [A-Za-z0-9._-]. Owner names: 1-64 of\n"
+    "[A-Za-z0-9_-].\n\n";
+
+typedef struct opts {
+    api_config cfg;
+    const char *owner, *id, *path, *migrations;
+    const char *pos[4];
+    int npos;
+} opts;
+
+static int parse(int argc, char **argv, int first, opts *o)
+{
+    char err[DT_ERR_LEN];
+    config_defaults(&o->cfg);
+    if (config_from_env(&o->cfg, err)) {
+        fprintf(stderr, "deltatune: %s\n", err);
+        return 2;
+    }
+    for (int i = first; i < argc;) {
+        int rc = config_flag(&o->cfg, argc, argv, &i, err);
+        if (rc < 0) {
+            fprintf(stderr, "deltatune: %s\n", err);
+            return 2;
+        }
+        if (rc) continue;
+        const char *a = argv[i];
+        const char **dst = !strcmp(a, "--owner") ? &o->owner
+                         : !strcmp(a, "--id") ? &o->id
+                         : !strcmp(a, "--path") ? &o->path
+                         : !strcmp(a, "--migrations") ? &o->migrations : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            fputs(usage, stdout);
+            config_help(stdout);
+            exit(0);
+        }
+        if (dst) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "deltatune: %s needs a value\n", a);
+                return 2;
+            }
+            *dst = argv[i + 1];
+            i += 2;
+        } else if (a[0] == '-' || o->npos == 4) {
+            fprintf(stderr, "deltatune: unknown argument \"%s\"\n%s", a, usage);
+            return 2;
+        } else {
+            o->pos[o->npos++] = a;
+            i++;
+        }
+    }
+    return 0;
+}
+
+static int connect_db(const opts *o, db **d)
+{
+    char err[DT_ERR_LEN];
+    if (db_connect(d, o->cfg.database_url, err)) {
+        fprintf(stderr, "deltatune: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+static const char *find_migrations(const opts *o, char *buf, size_t n)
+{
+    struct stat st;
+    if (o->migrations) return o->migrations;
+    const char *env = getenv("DELTATUNE_MIGRATIONS_DIR");
+    if (env && *env) return env;
+    if (!stat("migrations/0001_init.sql", &st)) return "migrations";
+    char exe[PATH_MAX];
+    ssize_t l = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (l > 0) {
+        exe[l] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = 0;
+        int w = snprintf(buf, n, "%s/../migrations", exe);
+        char probe[PATH_MAX + 32];
+        if (w > 0 && (size_t)w < n &&
+            snprintf(probe, sizeof probe, "%s/0001_init.sql", buf) < (int)sizeof probe &&
+            !stat(probe, &st))
+            return buf;
+    }
+    return "/usr/share/deltatune/migrations";
+}
+
+static int cmd_migrate(opts *o)
+{
+    char err[DT_ERR_LEN], buf[PATH_MAX];
+    int applied = 0;
+    const char *dir = find_migrations(o, buf, sizeof buf);
+    if (db_migrate(o->cfg.database_url, dir, &applied, err)) {
+        fprintf(stderr, "deltatune migrate: %s\n", err);
+        return 1;
+    }
+    printf("migrate: %d migration(s) applied from %s\n", applied, dir);
+    return 0;
+}
+
+static void fmt_time(int64_t t, char *out, size_t n)
+{
+    if (!t) { snprintf(out, n, "-"); return; }
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static int cmd_keys(opts *o)
+{
+    char err[DT_ERR_LEN];
+    db *d = NULL;
+    int rc = 1;
+    const char *sub = o->npos ? o->pos[0] : "";
+    if (!strcmp(sub, "create")) {
+        if (!o->owner || !auth_owner_valid(o->owner)) {
+            fprintf(stderr, "deltatune keys create: --owner NAME (1-64 of A-Za-z0-9_-) "
+                            "is required\n");
+            return 2;
+        }
+        if (connect_db(o, &d)) return 1;
+        char key[AUTH_KEY_LEN + 1], prefix[AUTH_PREFIX_LEN + 1], hash[65];
+        if (auth_key_generate(key, prefix, hash) ||
+            db_key_create(d, prefix, hash, o->owner, err)) {
+            fprintf(stderr, "deltatune keys create: %s\n", err);
+            goto out;
+        }
+        fprintf(stderr, "created key %s for owner %s; it is shown once, store it now:\n",
+                prefix, o->owner);
+        printf("%s\n", key);
+        explicit_bzero(key, sizeof key);
+        rc = 0;
+    } else if (!strcmp(sub, "list")) {
+        if (connect_db(o, &d)) return 1;
+        db_key *k = NULL;
+        int n = 0;
+        if (db_key_list(d, &k, &n, err)) {
+            fprintf(stderr, "deltatune keys list: %s\n", err);
+            goto out;
+        }
+        printf("%-10s %-24s %-22s %s\n", "PREFIX", "OWNER", "CREATED", "REVOKED");
+        for (int i = 0; i < n; i++) {
+            char c[32], r[32];
+            fmt_time(k[i].created_at, c, sizeof c);
+            fmt_time(k[i].revoked_at, r, sizeof r);
+            printf("%-10s %-24s %-22s %s\n", k[i].prefix, k[i].owner, c, r);
+        }
+        free(k);
+        rc = 0;
+    } else if (!strcmp(sub, "revoke") && o->npos == 2) {
+        if (connect_db(o, &d)) return 1;
+        if (db_key_revoke(d, o->pos[1], err)) {
+            fprintf(stderr, "deltatune keys revoke: %s\n", err);
+            goto out;
+        }
+        printf("revoked %s\n", o->pos[1]);
+        rc = 0;
+    } else {
+        fputs(usage, stderr);
+        return 2;
+    }
+out:
+    db_free(d);
+    return rc;
+}
+
+static int model_id_valid(const char *id)
+{
+    size_t n = strlen(id);
+    if (n < 1 || n > 200) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              c == '.' || c == '_' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int cmd_models(opts *o)
+{
+    char err[DT_ERR_LEN];
+    db *d = NULL;
+    int rc = 1;
+    const char *sub = o->npos ? o->pos[0] : "";
+    if (!strcmp(sub, "add")) {
+        if (!o->id || !o->path || !model_id_valid(o->id)) {
+            fprintf(stderr, "deltatune models add: --id ID (1-200 of A-Za-z0-9._-) and "
+                            "--path PATH are required\n");
+            return 2;
+        }
+        char abs[PATH_MAX];
+        if (!realpath(o->path, abs) || strlen(abs) >= DB_PATH_LEN) {
+            fprintf(stderr, "deltatune models add: %s: not found\n", o->path);
+            return 1;
+        }
+        dt_weights w;
+        memset(&w, 0, sizeof w);
+        if (dt_weights_load(abs, &w, err)) {
+            fprintf(stderr, "deltatune models add: %s does not load: %s\n", abs, err);
+            return 1;
+        }
+        fprintf(stderr, "models add: %s: %s, %d layers, d_model %d, vocab %d\n", abs,
+                w.cfg.arch == DT_ARCH_GPT2 ? "gpt2" : "llama", w.cfg.n_layer,
+                w.cfg.d_model, w.cfg.vocab);
+        dt_weights_free(&w);
+        dt_tokenizer *tok = dt_model_tokenizer(abs, err);
+        if (!tok) {
+            fprintf(stderr, "deltatune models add: %s: no usable tokenizer: %s\n", abs, err);
+            return 1;
+        }
+        dt_tokenizer_free(tok);
+        if (connect_db(o, &d)) return 1;
+        db_model m;
+        memset(&m, 0, sizeof m);
+        snprintf(m.id, sizeof m.id, "%s", o->id);
+        snprintf(m.kind, sizeof m.kind, "base");
+        memcpy(m.path, abs, strlen(abs) + 1);
+        if (db_model_put(d, &m, err)) {
+            fprintf(stderr, "deltatune models add: %s\n", err);
+            goto out;
+        }
+        printf("added base model %s (%s)\n", m.id, abs);
+        rc = 0;
+    } else if (!strcmp(sub, "list")) {
+        if (connect_db(o, &d)) return 1;
+        db_model *m = NULL;
+        int n = 0;
+        if (db_model_list(d, NULL, &m, &n, err)) {
+            fprintf(stderr, "deltatune models list: %s\n", err);
+            goto out;
+        }
+        printf("%-48s %-11s %-16s %s\n", "ID", "KIND", "OWNER", "PATH");
+        for (int i = 0; i < n; i++)
+            printf("%-48s %-11s %-16s %s\n", m[i].id, m[i].kind,
+                   m[i].owner[0] ? m[i].owner : "-", m[i].path);
+        free(m);
+        rc = 0;
+    } else {
+        fputs(usage, stderr);
+        return 2;
+    }
+out:
+    db_free(d);
+    return rc;
+}
+
+int dt_admin_main(int argc, char **argv)
+{
+    opts o;
+    memset(&o, 0, sizeof o);
+    int rc = parse(argc, argv, 1, &o);
+    if (rc) return rc;
+    log_init("deltatune", o.cfg.log_level);
+    if (!strcmp(argv[0], "migrate")) return cmd_migrate(&o);
+    if (!strcmp(argv[0], "keys")) return cmd_keys(&o);
+    if (!strcmp(argv[0], "models")) return cmd_models(&o);
+    fputs(usage, stderr);
+    return 2;
+}

@@ -1,0 +1,51 @@
+/* queue.h: Redis as the wake-up channel (hiredis 0.14).
+ *
+ * Protocol: the list "deltatune:jobs". queue_publish() does
+ *   LPUSH deltatune:jobs <job_id>; LTRIM deltatune:jobs 0 9999
+ * and workers BRPOP it, so a wake-up sent while every worker is busy waits in
+ * the list (a PUBLISH would be lost). A message is only a hint: the worker
+ * then claims in PostgreSQL (db_job_claim), which decides who runs what, so
+ * duplicates and stale ids are harmless and losing the list (Redis restart,
+ * FLUSHALL) costs latency only: the reconciler re-publishes queued jobs and
+ * workers also poll.
+ *
+ * One handle owns one hiredis context. After any error the context is freed
+ * and the next call reconnects (hiredis contexts are unusable after an
+ * error). Calls are serialized by a mutex inside the handle; a blocking
+ * queue_wait() holds it, so a thread that waits should have its own handle. */
+#ifndef DT_API_QUEUE_H
+#define DT_API_QUEUE_H
+
+#include <stdint.h>
+
+#define QUEUE_KEY "deltatune:jobs"
+#define QUEUE_MAX_LEN 10000
+
+typedef struct queue queue;
+
+/* url: "redis://[:password@]host[:port][/db]" or "unix:/path/to.sock".
+ * Does not connect yet (so a down Redis does not stop a process from
+ * starting); returns DT_EINVAL for a malformed URL. */
+int queue_open(queue **out, const char *url, char *err);
+void queue_free(queue *q);
+
+/* Wakes one worker for job_id. 0, or DT_EIO when Redis is unreachable. */
+int queue_publish(queue *q, const char *job_id, char *err);
+
+/* Blocks up to timeout_ms (rounded up to whole seconds, minimum 1 s, as
+ * BRPOP counts seconds) for a wake-up. Returns 1 with job_id_out (64 bytes)
+ * filled, 0 on timeout, or DT_EIO (after sleeping out the timeout, so a
+ * polling loop does not spin while Redis is down). */
+int queue_wait(queue *q, int timeout_ms, char *job_id_out, char *err);
+
+/* LLEN of the list (for /metrics). */
+int queue_depth(queue *q, int64_t *depth, char *err);
+
+/* PING. 0 or DT_EIO. */
+int queue_ping(queue *q, char *err);
+
+/* Counts successful (re)connects. The reconciler re-publishes queued jobs
+ * when it changes (Redis may have restarted empty). */
+uint64_t queue_generation(queue *q);
+
+#endif

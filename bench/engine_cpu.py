@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""engine_cpu.py: deltatune's CPU engine against PyTorch + PEFT, side by side.
+
+Runs `build/deltatune train` and an equivalent PyTorch + PEFT loop (own
+subprocesses, same threads, rows and hyper-parameters) for lora and delta_lora
+on a random GPT-2-small-shaped model and SmolLM2-135M: steady-state tokens/s,
+peak RSS, the machine's sgemm peak (roofline) and a perf profile of the engine.
+Writes bench/results/engine-cpu.md.
+
+    .venv/bin/python bench/engine_cpu.py [--threads N] [--batch 4] [--seq 128]
+                                         [--warmup 3] [--steps 10] [--no-extra]
+"""
+import argparse, contextlib, json, os, platform, random, re, shutil, statistics, subprocess
+import sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(ROOT, ".cache", "bench")
+ENGINE = os.path.join(ROOT, "build", "deltatune")
+GGUF = os.path.join(ROOT, ".cache", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+GPT2_DIR = os.path.join(CACHE, "gpt2-small-random")
+TOK_DIR = os.path.join(ROOT, "..", "shared", "data", "gpt2-tokenizer")
+BLAS_LIB = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
+RANK, ALPHA, LAMBDA, LR, CLIP, SEED = 8, 16, 0.5, 1e-4, 1.0, 1234
+MODELS = {  # engine model path, HF (dir, gguf_file), LoRA targets, vocab
+    "gpt2-small": dict(engine=GPT2_DIR, hf=(GPT2_DIR, None), targets=["c_attn"], vocab=50257),
+    "smollm2-135m": dict(engine=GGUF, hf=(os.path.dirname(GGUF), os.path.basename(GGUF)),
+                         targets=["q_proj", "v_proj"], vocab=49152),
+}
+
+
+def torch_child(a):
+    """One PyTorch + PEFT run; prints JSON lines like the engine does."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+    from peft import LoraConfig, get_peft_model
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(SEED)
+    spec = MODELS[a.model]
+    d, f = spec["hf"]
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32,
+                                                 **({"gguf_file": f} if f else {}))
+    cfg, gpt2 = model.config, model.config.model_type == "gpt2"
+    mm = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                             target_modules=spec["targets"], fan_in_fan_out=gpt2))
+    model.train()
+    loras = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_head = getattr(cfg, "n_head", None) or cfg.num_attention_heads
+    d_model = getattr(cfg, "n_embd", None) or cfg.hidden_size
+    print(json.dumps({"type": "info", "matmul_params": mm,
+                      "n_layer": getattr(cfg, "n_layer", None) or cfg.num_hidden_layers,
+                      "attn_dim": n_head * (getattr(cfg, "head_dim", None) or d_model // n_head),
+                      "lora_io": sum(m.lora_A["default"].in_features +
+                                     m.lora_B["default"].out_features for m in loras),
+                      "trainable": sum(p.numel() for p in params)}), flush=True)
+    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    rows = [json.loads(l)["input_ids"] for l in open(a.data)]
+    k = LAMBDA * ALPHA / RANK
+    for step in range(a.total):
+        x = torch.tensor(rows[step * a.batch:(step + 1) * a.batch])
+        logits = model(input_ids=x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                 x[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        if a.method == "delta_lora":
+            old = [(m.lora_A["default"].weight.detach().clone(),
+                    m.lora_B["default"].weight.detach().clone()) for m in loras]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if a.method == "delta_lora":  # W += λ·s·(BA − B_old A_old): one rank-2r GEMM
+            with torch.no_grad():
+                for m, (A0, B0) in zip(loras, old):
+                    A, B = m.lora_A["default"].weight, m.lora_B["default"].weight
+                    Bc, Ac = torch.cat([B, -B0], 1), torch.cat([A, A0], 0)
+                    if gpt2:  # Conv1D stores W as (in, out)
+                        m.base_layer.weight.addmm_(Ac.t(), Bc.t(), alpha=k)
+                    else:
+                        m.base_layer.weight.addmm_(Bc, Ac, alpha=k)
+        print(json.dumps({"type": "metrics", "step": step + 1, "total_steps": a.total,
+                          "train_loss": loss.item()}), flush=True)
+
+
+def cpu_busy():  # (busy, total) jiffies of the whole machine
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def wait_quiet(limit_s=90, max_busy=0.15):
+    """Waits (up to limit_s) until other processes use < max_busy of the CPUs."""
+    for _ in range(limit_s):
+        (b0, s0), _, (b1, s1) = cpu_busy(), time.sleep(1.0), cpu_busy()
+        if (b1 - b0) / max(1, s1 - s0) < max_busy:
+            return
+
+
+def vm_hwm_kb(pid):
+    s = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}/status") else ""
+    return int((re.search(r"VmHWM:\s*(\d+)", s) or [0, 0])[1])
+
+
+def run_once(cmd, env, a):
+    """Runs cmd; returns its timings, RSS and the load other processes caused."""
+    wait_quiet()
+    b0, s0 = cpu_busy()
+    t_start = time.perf_counter()
+    err = tempfile.TemporaryFile(mode="w+")
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    steps, info, hwm = [], {}, {}
+    for line in p.stdout:
+        t = time.perf_counter()
+        try:
+            j = json.loads(line)
+        except ValueError:
+            continue
+        if j.get("type") == "info":
+            info = j
+        elif j.get("type") == "metrics":
+            steps.append((t, time.monotonic(), j["train_loss"]))
+            if j["step"] == 1:  # reset VmHWM: training peak = steps 2 .. n-1
+                with contextlib.suppress(OSError):
+                    open(f"/proc/{p.pid}/clear_refs", "w").write("5")
+            hwm[j["step"]] = vm_hwm_kb(p.pid)
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    wall, (b1, s1), ncpu = time.perf_counter() - t_start, cpu_busy(), os.cpu_count()
+    if p.returncode != 0:
+        err.seek(0)
+        sys.exit(f"FAILED (exit {p.returncode}): {' '.join(cmd)}\n{err.read()[-4000:]}")
+    n, tok = len(steps), a.batch * a.seq
+    dts = [steps[i][0] - steps[i - 1][0] for i in range(a.warmup, n)]
+    other = ((b1 - b0) / max(1, s1 - s0) * ncpu * wall - ru.ru_utime - ru.ru_stime) / (ncpu * wall)
+    med = statistics.median(dts)
+    return dict(step_times=dts, step_median=med, tok_s=tok / med,
+                tok_s_mean=tok * len(dts) / sum(dts), loss_mean=statistics.mean(x[2] for x in steps),
+                rss_proc_mb=ru.ru_maxrss / 1024, rss_train_mb=hwm.get(n - 1, 0) / 1024,
+                wall=wall, other_load=max(0.0, other), info=info,
+                mono=(steps[a.warmup - 1][1], steps[-1][1]))
+
+
+def run_measured(cmd, env, a, retries=2):
+    """Reruns (up to `retries` times) while other processes took > 15% of the
+    CPUs during the run; keeps the least disturbed attempt."""
+    best = None
+    for attempt in range(1, retries + 2):
+        r = run_once(cmd, env, a)
+        best = r if best is None or r["other_load"] < best["other_load"] else best
+        if r["other_load"] < 0.15:
+            break
+        print(f"   (other processes used {r['other_load']:.0%} of the CPUs)", flush=True)
+    best["attempts"] = attempt
+    return best
+
+
+def engine_cmd(model, method, data, out, a):
+    delta = ["--lambda", str(LAMBDA), "--start-step", "0"] if method == "delta_lora" else []
+    return [ENGINE, "train", "--model", MODELS[model]["engine"], "--data", data, "--out", out,
+            "--method", method, "--rank", str(RANK), "--alpha", str(ALPHA),
+            "--target-modules", ",".join(MODELS[model]["targets"]), "--lr", str(LR),
+            "--lr-scheduler", "constant", "--max-grad-norm", str(CLIP),
+            "--batch-size", str(a.batch), "--seq-len", str(a.seq), "--steps", str(a.total),
+            "--threads", str(a.threads), "--seed", str(SEED), "--json"] + delta
+
+
+def run_engine(model, method, data, a, env_extra=None, perf_file=None, retries=2):
+    out = tempfile.mkdtemp(prefix="run-", dir=CACHE)
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), **(env_extra or {}))
+    cmd = engine_cmd(model, method, data, out, a)
+    if perf_file:
+        cmd = ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-F", "499", "-o",
+               perf_file, "--"] + cmd
+    try:
+        return run_measured(cmd, env, a, retries)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run_torch(model, method, data, a):
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    return run_measured([sys.executable, os.path.abspath(__file__), "--torch-child",
+                         "--model", model, "--method", method, "--data", data, "--threads",
+                         str(a.threads), "--batch", str(a.batch), "--total", str(a.total)],
+                        env, a)
+
+
+def flops_per_token(info, seq):  # see bench/README.md
+    return (4 * info["matmul_params"] + 12 * info["n_layer"] * seq * info["attn_dim"]
+            + 6 * RANK * info["lora_io"])
+
+
+def ensure_inputs(a):
+    os.makedirs(CACHE, exist_ok=True)
+    if not os.access(ENGINE, os.X_OK):
+        sys.exit(f"{ENGINE} missing: run `make -j2 all` first")
+    if not os.path.exists(GGUF):
+        sys.exit(f"{GGUF} missing: run scripts/install-deps")
+    if not os.path.exists(os.path.join(GPT2_DIR, "model.safetensors")):
+        print("creating the random GPT-2-small-shaped model in", GPT2_DIR, flush=True)
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
+                                   n_positions=1024, attn_pdrop=0.0, resid_pdrop=0.0,
+                                   embd_pdrop=0.0)).save_pretrained(GPT2_DIR)
+        for src, dst in [("vocab.json", "vocab.json"), ("vocab.bpe", "merges.txt"),
+                         ("tokenizer.json", "tokenizer.json")]:
+            shutil.copyfile(os.path.join(TOK_DIR, src), os.path.join(GPT2_DIR, dst))
+    data = {}
+    for name, spec in MODELS.items():
+        data[name] = os.path.join(CACHE, f"rows-{name}-B{a.batch}-T{a.seq}-n{a.total}.jsonl")
+        r = random.Random(SEED)
+        with open(data[name], "w") as f:  # T+1 ids per row: T positions, T targets
+            for _ in range(a.batch * a.total):
+                ids = [r.randrange(spec["vocab"]) for _ in range(a.seq + 1)]
+                f.write(json.dumps({"input_ids": ids}) + "\n")
+    return data
+
+
+PEAK_PY = """import ctypes, sys, time
+n, lib = 2048, sys.argv[1]
+if lib == "torch":
+    import torch; torch.set_num_threads(int(sys.argv[2]))
+    a, b = torch.randn(n, n), torch.randn(n, n); f = lambda: a @ b
+else:  # cblas_sgemm of the given library, row-major, no transposes
+    import numpy as np; L = ctypes.CDLL(lib); a, b, c = (np.ones((n, n), np.float32) for _ in "abc")
+    P, one, zero = lambda x: ctypes.c_void_p(x.ctypes.data), ctypes.c_float(1), ctypes.c_float(0)
+    f = lambda: L.cblas_sgemm(101, 111, 111, n, n, n, one, P(a), n, P(b), n, zero, P(c), n)
+f(); ts = []
+for _ in range(10):
+    t = time.perf_counter(); f(); ts.append(time.perf_counter() - t)
+print(2 * n ** 3 / min(ts) / 1e9)
+"""
+
+
+def sgemm_peaks(threads):
+    """GFLOP/s of a 2048³ fp32 GEMM, best of 10: the engine's OpenBLAS and torch (MKL)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
+    peak = lambda lib, **e: float(subprocess.check_output(
+        [sys.executable, "-c", PEAK_PY, lib, str(threads)], env=dict(env, **e)))
+    wait_quiet()
+    res = {"openblas": peak(BLAS_LIB + "/libopenblas.so.0"), "torch": peak("torch")}
+    if "avx512f" in open("/proc/cpuinfo").read():
+        res["openblas_skx"] = peak(BLAS_LIB + "/libopenblas.so.0", OPENBLAS_CORETYPE="SkylakeX")
+    return res
+
+
+def perf_top(perf_file, t0, t1, n=14):
+    """Flat profile of the timed steps only (CLOCK_MONOTONIC window t0..t1)."""
+    out = subprocess.run(["perf", "report", "-i", perf_file, "--stdio", "--no-children",
+                          "--sort", "dso,symbol", "--time", f"{t0:.6f},{t1:.6f}"],
+                         capture_output=True, text=True).stdout
+    rows = [re.match(r"\s+([\d.]+)%\s+(\S+)\s+\[.\]\s+(.+?)[\s-]*$", l) for l in out.splitlines()]
+    return [(float(m[1]), m[2], m[3]) for m in rows if m][:n]
+
+
+def machine():
+    import torch
+    sh = lambda c: subprocess.run(c, capture_output=True, text=True, shell=True).stdout.strip()
+    lscpu = sh("lscpu")
+    get = lambda k: (re.search(rf"^{re.escape(k)}:\s*(.+)$", lscpu, re.M) or [0, "?"])[1]
+    mem = int(open("/proc/meminfo").readline().split()[1]) / 1024 / 1024
+    osname = (re.search(r'PRETTY_NAME="(.+)"', open("/etc/os-release").read()) or [0, "?"])[1]
+    blas = sh("dpkg-query -W -f='${Version}' libopenblas0-openmp") or "?"
+    return [f"CPU: {get('Model name')} (family {get('CPU family')}, model {get('Model')}), "
+            f"{os.cpu_count()} cores, {get('Thread(s) per core')} thread/core, L2 "
+            f"{get('L2 cache')}, L3 {get('L3 cache')}, hypervisor {get('Hypervisor vendor')}",
+            f"RAM: {mem:.1f} GiB; OS: {osname}, kernel {platform.release()}",
+            f"gcc {sh('gcc -dumpfullversion')}; OpenBLAS {blas} (openmp); torch "
+            f"{torch.__version__} (BLAS: {'MKL' if torch.backends.mkl.is_available() else '?'});"
+            f" python {platform.python_version()}"]
+
+
+def report(a, res, extra, peaks, profiles, started, elapsed):
+    L = ["# deltatune CPU engine vs PyTorch + PEFT", "",
+         f"Generated by `bench/engine_cpu.py` on {started} in {elapsed / 60:.1f} min.", "",
+         "## Machine", ""] + [f"- {m}" for m in machine()] + [""]
+    L += ["## Setup", "",
+          f"- {a.threads} threads both sides; B={a.batch}, T={a.seq} (rows of T+1 random ids, "
+          f"seed {SEED}: {a.batch * a.seq} positions and targets per step on both sides); "
+          f"{a.warmup} warmup + {a.steps} timed steps; tok/s = B·T / median step time.",
+          f"- rank {RANK}, alpha {ALPHA}, lr {LR} constant, AdamW (0.9, 0.999, 1e-8, wd 0), "
+          f"max grad norm {CLIP}, fp32, no dropout; targets GPT-2 `c_attn` (both sides), "
+          f"SmolLM2 `q_proj,v_proj`; Delta-LoRA λ={LAMBDA}, K=0 (W moves every step).",
+          "- GPT-2: random weights (12 layers, d 768, 12 heads, vocab 50257). SmolLM2-135M: "
+          "the Q4_1 GGUF for the engine, the same GGUF dequantized to fp32 by transformers.",
+          "- RSS *proc* = child's `ru_maxrss` (load + training + the engine's checkpoint and "
+          "export); *train* = VmHWM over steps 2 .. n-1. How each figure is taken, the "
+          "PyTorch Delta-LoRA update and the retry-on-interference rule: bench/README.md.", "",
+          "## Results", "",
+          "| model | method | engine tok/s | PyTorch tok/s | speed ratio (goal ≥ 1.5) | "
+          "engine RSS MB proc / train | PyTorch RSS MB proc / train | "
+          "RSS ratio proc / train (goal ≤ 0.6) | goals met |", "|" + "---|" * 9]
+    for (model, method), (e, t) in res.items():
+        r = e["tok_s"] / t["tok_s"]
+        rp, rt = e["rss_proc_mb"] / t["rss_proc_mb"], e["rss_train_mb"] / max(1, t["rss_train_mb"])
+        ok = (f"speed {'yes' if r >= 1.5 else 'NO'}, RSS {'yes' if rp <= 0.6 else 'NO'}"
+              + (" (train: yes)" if rt <= 0.6 < rp else ""))
+        L.append(f"| {model} | {method} | {e['tok_s']:.0f} | {t['tok_s']:.0f} | {r:.2f}× | "
+                 f"{e['rss_proc_mb']:.0f} / {e['rss_train_mb']:.0f} | {t['rss_proc_mb']:.0f} / "
+                 f"{t['rss_train_mb']:.0f} | {rp:.2f} / {rt:.2f} | {ok} |")
+    L += ["", "Sanity check, mean train loss over the run (each side sees every row once, "
+          "in a different order): " + "; ".join(f"{m} {me}: engine {e['loss_mean']:.4f}, "
+          f"PyTorch {t['loss_mean']:.4f}" for (m, me), (e, t) in res.items()), "",
+          "### Delta-LoRA step / LoRA step (engine; goal ≤ 1.05)", ""]
+    for model in MODELS:
+        if (model, "lora") in res and (model, "delta_lora") in res:
+            (e0, t0), (e1, t1) = res[(model, "lora")], res[(model, "delta_lora")]
+            q = e1["step_median"] / e0["step_median"]
+            L.append(f"- {model}: engine {e1['step_median']:.3f} s / {e0['step_median']:.3f} s "
+                     f"= **{q:.3f}** ({'met' if q <= 1.05 else 'NOT met'}); PyTorch "
+                     f"{t1['step_median']:.3f} s / {t0['step_median']:.3f} s = "
+                     f"{t1['step_median'] / t0['step_median']:.3f}")
+    skx = (f"; the same with `OPENBLAS_CORETYPE=SkylakeX` (AVX-512 kernels) "
+           f"**{peaks['openblas_skx']:.0f} GFLOP/s**" if "openblas_skx" in peaks else "")
+    L += ["", "## Roofline", "",
+          f"sgemm peak, 2048×2048×2048 fp32, best of 10, {a.threads} threads: system "
+          f"OpenBLAS (the library the engine links) **{peaks['openblas']:.0f} GFLOP/s**{skx}; "
+          f"torch (MKL) **{peaks['torch']:.0f} GFLOP/s**.", "",
+          "FLOPs per token = 4·N_mm + 12·L·T·d_attn + 6·r·Σ(in+out) (N_mm: weights of every "
+          "matmul incl. the LM head; attention dense over T; see bench/README.md).", "",
+          "| model | method | GFLOP/token | engine GFLOP/s | of OpenBLAS peak | "
+          "PyTorch GFLOP/s | of MKL peak |", "|---|---|---|---|---|---|---|"]
+    for (model, method), (e, t) in res.items():
+        f = flops_per_token(t["info"], a.seq) / 1e9
+        L.append(f"| {model} | {method} | {f:.3f} | {f * e['tok_s']:.0f} | "
+                 f"{f * e['tok_s'] / peaks['openblas']:.0%} | {f * t['tok_s']:.0f} | "
+                 f"{f * t['tok_s'] / peaks['torch']:.0%} |")
+    if extra:
+        L += ["", "### Engine with `OPENBLAS_CORETYPE=SkylakeX` (not the default; lora)", "",
+              "OpenBLAS 0.3.21 does not know this CPU family and uses its Haswell (AVX2) "
+              "kernels; the environment variable forces its AVX-512 kernels:", ""]
+        L += [f"- {m}: {x['tok_s']:.0f} tok/s ({x['tok_s'] / res[(m, 'lora')][1]['tok_s']:.2f}× "
+              f"PyTorch), RSS {x['rss_proc_mb']:.0f} MB, other load {x['other_load']:.0%}"
+              for m, x in extra.items()]
+    if profiles:
+        L += ["", "## Where the engine's time goes (perf, timed steps only, lora)", ""]
+        for model, rows in profiles.items():
+            L += [f"**{model}** (`perf record -F 499`, share of the samples):", "",
+                  "| % | object | symbol |", "|---|---|---|"]
+            L += [f"| {p:.1f} | {d} | `{s}` |" for p, d, s in rows] + [""]
+    L += ["", "## Raw", "", "| model | method | side | median step s | mean tok/s | wall s | "
+          "other load (attempts) | step times (s) |", "|---|---|---|---|---|---|---|---|"]
+    for (model, method), pair in res.items():
+        for side, r in zip(("engine", "pytorch"), pair):
+            L.append(f"| {model} | {method} | {side} | {r['step_median']:.3f} | "
+                     f"{r['tok_s_mean']:.0f} | {r['wall']:.0f} | {r['other_load']:.0%} "
+                     f"({r['attempts']}) | " + " ".join(f"{x:.2f}" for x in r["step_times"]) + " |")
+    cmd = engine_cmd("smollm2-135m", "delta_lora", "ROWS.jsonl", "OUT", a)
+    L += ["", "## Command", "", "```", ".venv/bin/python bench/engine_cpu.py "
+          + " ".join(sys.argv[1:]) + "   # make bench runs it without arguments", "```", "",
+          "One engine run (SmolLM2, delta_lora):", "", "```",
+          " ".join(os.path.relpath(x, ROOT) if x.startswith(ROOT) else x for x in cmd), "```", ""]
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for k, v in dict(threads=os.cpu_count(), batch=4, seq=128, warmup=3, steps=10).items():
+        ap.add_argument("--" + k, type=int, default=v)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--no-extra", action="store_true", help="skip the SkylakeX run and perf")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "engine-cpu.md"))
+    ap.add_argument("--torch-child", action="store_true", help=argparse.SUPPRESS)
+    for flag, ty in (("--model", str), ("--method", str), ("--data", str), ("--total", int)):
+        ap.add_argument(flag, type=ty, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.torch_child:
+        return torch_child(a)
+    a.total = a.warmup + max(1, a.steps)
+    started, t0 = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
+    data = ensure_inputs(a)
+    print("sgemm GFLOP/s:", peaks := sgemm_peaks(a.threads), flush=True)
+    res, extra, profiles = {}, {}, {}
+    use_perf = not a.no_extra and shutil.which("perf") is not None
+    for model in a.models.split(","):
+        for method in ("lora", "delta_lora"):
+            print(f"{model} {method}: engine, then PyTorch ...", flush=True)
+            e, t = res[(model, method)] = (run_engine(model, method, data[model], a),
+                                           run_torch(model, method, data[model], a))
+            print(f"   {e['tok_s']:.0f} vs {t['tok_s']:.0f} tok/s, {e['rss_proc_mb']:.0f} vs "
+                  f"{t['rss_proc_mb']:.0f} MB", flush=True)
+        if not a.no_extra and "openblas_skx" in peaks:
+            print(f"{model} lora: engine with OPENBLAS_CORETYPE=SkylakeX, under perf ...")
+            extra[model] = run_engine(model, "lora", data[model], a,
+                                      env_extra={"OPENBLAS_CORETYPE": "SkylakeX"})
+        if use_perf:  # a short run: 1 warmup + 4 profiled steps
+            pa, pf = argparse.Namespace(**dict(vars(a), warmup=1, total=5)), f"{CACHE}/perf.data"
+            r = run_engine(model, "lora", data[model], pa, perf_file=pf, retries=0)
+            profiles[model] = perf_top(pf, *r["mono"])
+    text = report(a, res, extra, peaks, profiles, started, time.time() - t0)
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    open(a.out, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+/* cpu_tune.h: picks OpenBLAS's fastest kernels on CPUs it does not know.
+ *
+ * OpenBLAS 0.3.21 (Debian 12) falls back to its Haswell (AVX2) sgemm on CPUs
+ * newer than it knows (AMD Zen 4/5), although they run its SkylakeX
+ * (AVX-512) kernels correctly and about twice as fast (bench/results/
+ * engine-cpu.md). The core type is read once, when the library loads, from
+ * OPENBLAS_CORETYPE, so a program that wants it sets the variable and
+ * re-executes itself before doing anything else. */
+#ifndef DT_CPU_TUNE_H
+#define DT_CPU_TUNE_H
+
+/* When OPENBLAS_CORETYPE and DT_NO_BLAS_TUNE are unset, the CPU has
+ * AVX-512 F/CD/BW/DQ/VL and OpenBLAS chose Haswell or Zen kernels: sets
+ * OPENBLAS_CORETYPE=SkylakeX and execv()s /proc/self/exe with argv. Returns
+ * (doing nothing) in every other case, including a failed exec. */
+void dt_cpu_tune_reexec(char **argv);
+
+#endif

@@ -1,0 +1,401 @@
+/* http.c: libmicrohttpd configured for a public network (epoll thread
+ * pool, connection limits total and per IP, idle timeout, memory per
+ * connection), request state in req_cls, body caps enforced from
+ * Content-Length before reading and again while streaming, idempotency for
+ * POSTs, and the reply helpers. Partial uploads are removed in the
+ * completion callback, whatever ended the request. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "api/auth.h"
+#include "api/log.h"
+
+/* ---- replies ------------------------------------------------------------------- */
+
+void reply_json(req *r, int status, json_t *body)
+{
+    if (r->status) { json_decref(body); return; } /* one reply per request */
+    r->status = status;
+    r->json = body;
+}
+
+void reply_apierr(req *r, const api_error *e)
+{
+    reply_json(r, e->status, api_error_json(e));
+}
+
+void reply_error(req *r, int status, const char *code, const char *param, const char *fmt,
+                 ...)
+{
+    api_error e;
+    va_list ap;
+    e.status = status;
+    e.type = NULL;
+    snprintf(e.code, sizeof e.code, "%s", code ? code : "");
+    snprintf(e.param, sizeof e.param, "%s", param ? param : "");
+    va_start(ap, fmt);
+    vsnprintf(e.message, sizeof e.message, fmt, ap);
+    va_end(ap);
+    reply_apierr(r, &e);
+}
+
+void reply_db(req *r, int rc, const char *err)
+{
+    switch (rc) {
+    case DB_ENOTFOUND: reply_error(r, 404, "not_found", NULL, "%s", err); return;
+    case DB_ECONFLICT: reply_error(r, 409, "conflict", NULL, "%s", err); return;
+    case DT_EINVAL: reply_error(r, 400, "invalid_request", NULL, "%s", err); return;
+    case DB_EUNAVAIL:
+        log_msg(DT_LOG_WARN, "db.unavailable", "%s", err);
+        reply_error(r, 503, "service_unavailable", NULL,
+                    "the database is unavailable; retry shortly");
+        return;
+    default:
+        log_msg(DT_LOG_ERROR, "http.internal", "%s %s: %s (%s)", r->method, r->url, err,
+                db_strerror(rc));
+        reply_error(r, 500, "internal_error", NULL, "internal error");
+    }
+}
+
+void reply_mhd(req *r, int status, struct MHD_Response *resp)
+{
+    if (r->status) { MHD_destroy_response(resp); return; }
+    r->status = status;
+    r->resp = resp;
+}
+
+/* ---- request helpers ------------------------------------------------------------- */
+
+db *req_db(req *r)
+{
+    if (r->d) return r->d;
+    r->d = db_pool_acquire(r->s->pool, 2000);
+    if (!r->d) reply_db(r, DB_EUNAVAIL, "no database connection");
+    return r->d;
+}
+
+void req_db_release(req *r)
+{
+    if (r->d) db_pool_release(r->s->pool, r->d);
+    r->d = NULL;
+}
+
+const char *req_query(req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *req_header(req *r, const char *name)
+{
+    return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+json_t *req_json(req *r)
+{
+    json_error_t je;
+    if (!r->body || !r->body_len) {
+        reply_error(r, 400, "invalid_json", NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    json_t *v = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
+    if (!v) {
+        reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
+                    je.line, je.column, je.text);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        reply_error(r, 400, "invalid_json", NULL, "the request body must be a JSON object");
+        return NULL;
+    }
+    return v;
+}
+
+/* ---- sending ------------------------------------------------------------------------- */
+
+static enum MHD_Result send_reply(req *r)
+{
+    struct MHD_Response *resp = r->resp;
+    r->resp = NULL;
+    if (!r->status) reply_error(r, 500, "internal_error", NULL, "no reply");
+    if (!resp) {
+        char *text = r->json ? json_dumps(r->json, JSON_COMPACT) : NULL;
+        size_t n = text ? strlen(text) : 0;
+        resp = MHD_create_response_from_buffer(n, text ? text : (char *)"",
+                                               text ? MHD_RESPMEM_MUST_FREE
+                                                    : MHD_RESPMEM_PERSISTENT);
+        if (!resp) { free(text); return MHD_NO; }
+        MHD_add_response_header(resp, "Content-Type", "application/json");
+    }
+    if (r->status == 503) MHD_add_response_header(resp, "Retry-After", "5");
+    if (r->status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
+    if (r->status == 413) MHD_add_response_header(resp, "Connection", "close");
+    if (r->replayed) MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    r->queued = 1;
+    return ok;
+}
+
+/* ---- idempotency ------------------------------------------------------------------------ */
+
+/* Runs the handler under Idempotency-Key rules. */
+static void dispatch(req *r, const route *rt)
+{
+    const char *key = strcmp(r->method, "POST") ? NULL : req_header(r, "Idempotency-Key");
+    if (!key || !*key) {
+        rt->handler(r);
+        return;
+    }
+    if (strlen(key) > 255) {
+        reply_error(r, 400, "invalid_value", "Idempotency-Key",
+                    "Idempotency-Key is longer than 255 characters");
+        return;
+    }
+    if (!r->request_hash[0]) {
+        auth_sha256 *h = auth_sha256_new();
+        if (!h) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+        auth_sha256_update(h, r->url, strlen(r->url) + 1);
+        if (r->body) auth_sha256_update(h, r->body, r->body_len);
+        auth_sha256_final(h, r->request_hash);
+        auth_sha256_free(h);
+    }
+    db *d = req_db(r);
+    if (!d) return;
+    char err[DT_ERR_LEN], *stored = NULL;
+    int status = 0;
+    int rc = db_idem_begin(d, r->owner, key, r->request_hash, &status, &stored, err);
+    switch (rc) {
+    case DB_IDEM_NEW:
+        break;
+    case DB_IDEM_REPLAY: {
+        json_t *v = json_loads(stored, 0, NULL);
+        free(stored);
+        if (!v) { reply_error(r, 500, "internal_error", NULL, "stored reply unreadable"); return; }
+        reply_json(r, status, v);
+        r->replayed = 1;
+        return;
+    }
+    case DB_IDEM_MISMATCH:
+        reply_error(r, 422, "idempotency_key_reused", "Idempotency-Key",
+                    "this Idempotency-Key was used with a different request");
+        return;
+    case DB_IDEM_IN_PROGRESS:
+        reply_error(r, 409, "idempotency_key_in_progress", "Idempotency-Key",
+                    "a request with this Idempotency-Key is still being processed; retry");
+        return;
+    default:
+        reply_db(r, rc, err);
+        return;
+    }
+    rt->handler(r);
+    d = req_db(r);
+    if (!d) return;
+    if (r->status < 500 && r->json) {
+        char *text = json_dumps(r->json, JSON_COMPACT);
+        if (!text || db_idem_finish(d, r->owner, key, r->status, text, err))
+            db_idem_abort(d, r->owner, key, err);
+        free(text);
+    } else {
+        db_idem_abort(d, r->owner, key, err);
+    }
+}
+
+/* ---- MHD callbacks ----------------------------------------------------------------------- */
+
+static int authenticate(req *r)
+{
+    const char *h = req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    char err[DT_ERR_LEN];
+    if (!h) {
+        reply_error(r, 401, "missing_api_key", NULL,
+                    "missing API key: send \"Authorization: Bearer <key>\"");
+        return -1;
+    }
+    db *d = req_db(r);
+    if (!d) return -1;
+    int rc = auth_authenticate(d, h, r->owner, err);
+    if (rc == DB_EUNAVAIL) { reply_db(r, rc, err); return -1; }
+    if (rc) {
+        reply_error(r, 401, "invalid_api_key", NULL, "invalid API key");
+        return -1;
+    }
+    return 0;
+}
+
+static enum MHD_Result first_call(server *s, req *r)
+{
+    r->route = route_find(s->routes, s->nroutes, r->method, r->url, r->params);
+    if (r->route == -1) {
+        reply_error(r, 404, "not_found", NULL, "no route for %s %.200s", r->method, r->url);
+        return send_reply(r);
+    }
+    if (r->route == -2) {
+        r->route = -1;
+        reply_error(r, 405, "method_not_allowed", NULL, "%s is not allowed on %.200s",
+                    r->method, r->url);
+        return send_reply(r);
+    }
+    const route *rt = &s->routes[r->route];
+    r->limit = rt->flags & R_UPLOAD ? s->cfg.max_upload_bytes + 65536
+                                    : s->cfg.max_json_bytes;
+    const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoll(cl, NULL, 10) > r->limit) {
+        reply_error(r, 413, "request_too_large", NULL,
+                    "request body of %s bytes exceeds the limit of %lld bytes", cl,
+                    (long long)r->limit);
+        return send_reply(r);
+    }
+    if (!(rt->flags & R_PUBLIC) && authenticate(r)) return send_reply(r);
+    if ((rt->flags & R_UPLOAD) && files_upload_begin(r)) return send_reply(r);
+    if (rt->flags & R_UPLOAD) req_db_release(r); /* don't hold it during the upload */
+    return MHD_YES;
+}
+
+static enum MHD_Result body_chunk(req *r, const char *data, size_t n)
+{
+    const route *rt = &r->s->routes[r->route];
+    r->received += (int64_t)n;
+    if (r->over_limit || r->received > r->limit) {
+        r->over_limit = 1;
+        /* discard a bounded amount, then drop a client that keeps sending */
+        return r->received > 2 * r->limit + (1 << 20) ? MHD_NO : MHD_YES;
+    }
+    if (rt->flags & R_UPLOAD) return files_upload_data(r, data, n) ? MHD_NO : MHD_YES;
+    if (rt->flags & R_JSON) {
+        if (r->body_len + n + 1 > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 4096;
+            while (cap < r->body_len + n + 1) cap *= 2;
+            char *b = realloc(r->body, cap);
+            if (!b) return MHD_NO;
+            r->body = b;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, data, n);
+        r->body_len += n;
+        r->body[r->body_len] = 0;
+    }
+    return MHD_YES; /* bodies of other routes are ignored */
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *data, size_t *size, void **req_cls)
+{
+    server *s = cls;
+    req *r = *req_cls;
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (!r) return MHD_NO;
+        *req_cls = r;
+        r->s = s;
+        r->conn = c;
+        r->url = url;
+        r->method = method;
+        r->route = -1;
+        r->t0 = dt_now();
+        return first_call(s, r);
+    }
+    if (r->queued) { *size = 0; return MHD_YES; }
+    if (*size) {
+        enum MHD_Result ok = body_chunk(r, data, *size);
+        *size = 0;
+        return ok;
+    }
+    const route *rt = &s->routes[r->route];
+    if (rt->flags & R_UPLOAD) files_upload_end(r);
+    if (r->over_limit)
+        reply_error(r, 413, "request_too_large", NULL,
+                    "request body exceeds the limit of %lld bytes", (long long)r->limit);
+    else if (!r->status)
+        dispatch(r, rt);
+    req_db_release(r);
+    return send_reply(r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    server *s = cls;
+    req *r = *req_cls;
+    if (!r) return;
+    *req_cls = NULL;
+    if (r->up) files_upload_free(r); /* removes a partial or uncommitted upload */
+    req_db_release(r);
+    double dt = dt_now() - r->t0;
+    int status = r->queued ? r->status : 499; /* 499: client went away */
+    metrics_observe(s, r->route, status, dt);
+    if (status >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        log_json(status >= 500 ? DT_LOG_WARN : DT_LOG_DEBUG, "http.request",
+                 json_pack("{s:s, s:s, s:i, s:f, s:i}", "method", r->method, "path", r->url,
+                           "status", status, "seconds", dt, "termination", (int)toe));
+    json_decref(r->json);
+    if (r->resp) MHD_destroy_response(r->resp);
+    free(r->body);
+    free(r);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[1024];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && buf[n - 1] == '\n') buf[--n] = 0;
+    log_msg(DT_LOG_WARN, "mhd", "%s", buf);
+}
+
+int http_start(server *s, char *err)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    char port[16];
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(port, sizeof port, "%d", s->cfg.listen_port);
+    const char *host = s->cfg.listen_host;
+    if (host[0] == '[') { /* [::1] */
+        static char h6[256];
+        snprintf(h6, sizeof h6, "%s", host + 1);
+        char *close = strchr(h6, ']');
+        if (close) *close = 0;
+        host = h6;
+    }
+    int gai = getaddrinfo(host, port, &hints, &ai);
+    if (gai) return dt_errf(err, DT_EINVAL, "listen %s: %s", s->cfg.listen_host, gai_strerror(gai));
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)s->cfg.listen_port, NULL, NULL, on_request, s,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)s->cfg.max_connections_per_ip,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory_bytes,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->daemon)
+        return dt_errf(err, DT_EIO, "cannot listen on %s:%d (in use, or bad settings)",
+                       s->cfg.listen_host, s->cfg.listen_port);
+    if (s->cfg.listen_port == 0) {
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+        if (di) s->cfg.listen_port = di->port;
+    }
+    return 0;
+}
+
+void http_stop(server *s)
+{
+    if (s->daemon) MHD_stop_daemon(s->daemon);
+    s->daemon = NULL;
+}

@@ -1,0 +1,213 @@
+/* jobs.c: /v1/fine_tuning/jobs: create (validated, then INSERT and a
+ * wake-up on Redis; a Redis outage only delays the job: the reconciler and
+ * the workers' polling find it), list, retrieve, cancel/pause/resume, events
+ * and checkpoints. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api/log.h"
+#include "api/objects.h"
+#include "api/validate.h"
+#include "handlers.h"
+
+/* Checks a file the job refers to: the owner's, processed, for fine-tuning. */
+static int check_file(req *r, db *d, const char *id, const char *param)
+{
+    char err[DT_ERR_LEN];
+    db_file f;
+    int rc = db_file_get(d, r->owner, id, &f, err);
+    if (rc == DB_ENOTFOUND) {
+        reply_error(r, 400, "file_not_found", param, "%s: no such file: %.64s", param, id);
+        return -1;
+    }
+    if (rc) { reply_db(r, rc, err); return -1; }
+    if (strcmp(f.purpose, "fine-tune")) {
+        reply_error(r, 400, "invalid_file", param, "%s: %s was not uploaded with purpose "
+                    "fine-tune", param, id);
+        return -1;
+    }
+    if (strcmp(f.status, "processed")) {
+        reply_error(r, 400, "invalid_file", param, "%s: %s is not valid JSONL: %.500s", param,
+                    id, f.status_details);
+        return -1;
+    }
+    return 0;
+}
+
+void jobs_create(req *r)
+{
+    char err[DT_ERR_LEN];
+    api_error e;
+    db_job j;
+    json_t *body = req_json(r);
+    if (!body) return;
+    int rc = validate_job_create(body, &j, &e);
+    json_decref(body);
+    if (rc) { reply_apierr(r, &e); db_job_clear(&j); return; }
+    db *d = req_db(r);
+    if (!d) goto out;
+    db_model m;
+    rc = db_model_get(d, r->owner, j.model, &m, err);
+    if (rc == DB_ENOTFOUND || (!rc && !strcmp(m.kind, "checkpoint"))) {
+        reply_error(r, 400, "model_not_found", "model",
+                    rc ? "model %.200s does not exist; GET /v1/models lists the models"
+                       : "model %.200s is a checkpoint; fine-tune a base or fine-tuned model",
+                    j.model);
+        goto out;
+    }
+    if (rc) { reply_db(r, rc, err); goto out; }
+    if (check_file(r, d, j.training_file, "training_file")) goto out;
+    if (j.validation_file[0] && check_file(r, d, j.validation_file, "validation_file")) goto out;
+    snprintf(j.owner, sizeof j.owner, "%s", r->owner);
+    if (obj_new_id("ftjob-", j.id, sizeof j.id)) {
+        reply_error(r, 500, "internal_error", NULL, "no randomness");
+        goto out;
+    }
+    snprintf(j.output_dir, sizeof j.output_dir, "jobs/%s", j.id);
+    j.max_attempts = r->s->cfg.max_attempts;
+    rc = db_job_create(d, &j, err);
+    if (rc) { reply_db(r, rc, err); goto out; }
+    if (queue_publish(r->s->q, j.id, err))
+        log_msg(DT_LOG_WARN, "queue.publish", "%s: %s (the reconciler will retry)", j.id, err);
+    db_job_clear(&j);
+    rc = db_job_get(d, r->owner, j.id, &j, err);
+    if (rc) { reply_db(r, rc, err); goto out; }
+    log_msg(DT_LOG_INFO, "jobs.created", "%s owner=%s method=%s model=%s", j.id, j.owner,
+            j.method, j.model);
+    reply_json(r, 200, obj_job(&j));
+out:
+    db_job_clear(&j);
+}
+
+/* metadata[k]=v query arguments -> a JSON object text (NULL = none). */
+typedef struct meta_ctx { json_t *o; int bad; } meta_ctx;
+
+static enum MHD_Result meta_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    meta_ctx *m = cls;
+    size_t n = strlen(key);
+    if (strncmp(key, "metadata[", 9) || n < 11 || key[n - 1] != ']') return MHD_YES;
+    if (n - 10 > 64) { m->bad = 1; return MHD_YES; }
+    char k[80];
+    memcpy(k, key + 9, n - 10);
+    k[n - 10] = 0;
+    json_object_set_new(m->o, k, json_string(value ? value : ""));
+    return MHD_YES;
+}
+
+void jobs_list(req *r)
+{
+    char err[DT_ERR_LEN];
+    int limit;
+    if (http_parse_limit(req_query(r, "limit"), 20, 100, &limit)) {
+        reply_error(r, 400, "invalid_value", "limit", "limit must be an integer 1-100");
+        return;
+    }
+    meta_ctx m = {json_object(), 0};
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, meta_arg, &m);
+    if (m.bad) {
+        json_decref(m.o);
+        reply_error(r, 400, "invalid_value", "metadata", "metadata keys are at most 64 characters");
+        return;
+    }
+    char *filter = json_object_size(m.o) ? json_dumps(m.o, JSON_COMPACT) : NULL;
+    json_decref(m.o);
+    db *d = req_db(r);
+    if (!d) { free(filter); return; }
+    db_job *js = NULL;
+    int n = 0;
+    bool more = false;
+    int rc = db_job_list(d, r->owner, req_query(r, "after"), limit, filter, &js, &n, &more, err);
+    free(filter);
+    if (rc) { reply_db(r, rc, err); return; }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(data, obj_job(&js[i]));
+    db_job_array_free(js, n);
+    reply_json(r, 200, obj_list(data, more));
+}
+
+void jobs_get(req *r)
+{
+    char err[DT_ERR_LEN];
+    db *d = req_db(r);
+    if (!d) return;
+    db_job j;
+    int rc = db_job_get(d, r->owner, r->params[0], &j, err);
+    if (rc) { reply_db(r, rc, err); return; }
+    reply_json(r, 200, obj_job(&j));
+    db_job_clear(&j);
+}
+
+static void transition(req *r, int (*fn)(db *, const char *, const char *, db_job *, char *),
+                       int publish)
+{
+    char err[DT_ERR_LEN];
+    db *d = req_db(r);
+    if (!d) return;
+    db_job j;
+    int rc = fn(d, r->owner, r->params[0], &j, err);
+    if (rc == DB_ECONFLICT) {
+        reply_error(r, 409, "invalid_state", NULL, "%s", err);
+        return;
+    }
+    if (rc) { reply_db(r, rc, err); return; }
+    if (publish && !strcmp(j.status, "queued") && queue_publish(r->s->q, j.id, err))
+        log_msg(DT_LOG_WARN, "queue.publish", "%s: %s (the reconciler will retry)", j.id, err);
+    reply_json(r, 200, obj_job(&j));
+    db_job_clear(&j);
+}
+
+void jobs_cancel(req *r) { transition(r, db_job_cancel, 0); }
+void jobs_pause(req *r) { transition(r, db_job_pause, 0); }
+void jobs_resume(req *r) { transition(r, db_job_resume, 1); }
+
+void jobs_events(req *r)
+{
+    char err[DT_ERR_LEN];
+    int limit;
+    int64_t after = 0;
+    if (http_parse_limit(req_query(r, "limit"), 20, 1000, &limit)) {
+        reply_error(r, 400, "invalid_value", "limit", "limit must be an integer 1-1000");
+        return;
+    }
+    const char *a = req_query(r, "after");
+    if (a && obj_event_seq(a, &after)) {
+        reply_error(r, 400, "invalid_value", "after", "after must be an event id (ftevent-N)");
+        return;
+    }
+    db *d = req_db(r);
+    if (!d) return;
+    db_event *es = NULL;
+    int n = 0;
+    bool more = false;
+    int rc = db_event_list(d, r->owner, r->params[0], after, limit, &es, &n, &more, err);
+    if (rc) { reply_db(r, rc, err); return; }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(data, obj_event(&es[i]));
+    db_event_array_free(es, n);
+    reply_json(r, 200, obj_list(data, more));
+}
+
+void jobs_checkpoints(req *r)
+{
+    char err[DT_ERR_LEN];
+    int limit;
+    if (http_parse_limit(req_query(r, "limit"), 10, 100, &limit)) {
+        reply_error(r, 400, "invalid_value", "limit", "limit must be an integer 1-100");
+        return;
+    }
+    db *d = req_db(r);
+    if (!d) return;
+    db_checkpoint *cs = NULL;
+    int n = 0;
+    bool more = false;
+    int rc = db_checkpoint_list(d, r->owner, r->params[0], req_query(r, "after"), limit, &cs,
+                                &n, &more, err);
+    if (rc) { reply_db(r, rc, err); return; }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(data, obj_checkpoint(&cs[i]));
+    db_checkpoint_array_free(cs, n);
+    reply_json(r, 200, obj_list(data, more));
+}

@@ -1,0 +1,388 @@
+/* models.c: /v1/models: base models and the owner's fine-tuned models and
+ * checkpoints; their files with SHA-256 (computed once, cached in the
+ * model_files table keyed by size and mtime), single files with Range and
+ * ETag served zero-copy (sendfile via MHD's fd responses), and the whole
+ * directory as a ustar stream. Only names listed from the model's own
+ * directory can be served, so a request can't name a path. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "api/auth.h"
+#include "api/log.h"
+#include "api/objects.h"
+#include "handlers.h"
+
+typedef struct mfile {
+    char name[256];
+    char path[PATH_MAX];
+    int64_t bytes;
+    int64_t mtime_ns;
+    int64_t mtime;
+} mfile;
+
+static int cmp_mfile(const void *a, const void *b)
+{
+    return strcmp(((const mfile *)a)->name, ((const mfile *)b)->name);
+}
+
+static void fill_stat(mfile *f, const struct stat *st)
+{
+    f->bytes = st->st_size;
+    f->mtime = st->st_mtim.tv_sec;
+    f->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+/* The files of a model: its .gguf, or the regular files of its directory
+ * (not hidden, not temporaries), sorted by name. *out is malloc'd. */
+static int model_files(server *s, const db_model *m, mfile **out, int *n)
+{
+    char root[PATH_MAX];
+    struct stat st;
+    *out = NULL;
+    *n = 0;
+    if (config_artifact_path(&s->cfg, m->path, root, sizeof root) || stat(root, &st))
+        return -1;
+    if (S_ISREG(st.st_mode)) {
+        mfile *f = calloc(1, sizeof *f);
+        if (!f) return -1;
+        const char *base = strrchr(root, '/');
+        snprintf(f->name, sizeof f->name, "%.255s", base ? base + 1 : root);
+        snprintf(f->path, sizeof f->path, "%s", root);
+        fill_stat(f, &st);
+        *out = f;
+        *n = 1;
+        return 0;
+    }
+    DIR *dp = opendir(root);
+    if (!dp) return -1;
+    int cap = 16, k = 0;
+    mfile *fs = calloc((size_t)cap, sizeof *fs);
+    for (struct dirent *e; fs && (e = readdir(dp));) {
+        size_t nl = strlen(e->d_name);
+        if (e->d_name[0] == '.' || nl >= sizeof fs->name ||
+            (nl > 4 && !strcmp(e->d_name + nl - 4, ".tmp")))
+            continue;
+        char p[PATH_MAX];
+        if (snprintf(p, sizeof p, "%s/%s", root, e->d_name) >= (int)sizeof p) continue;
+        if (stat(p, &st) || !S_ISREG(st.st_mode)) continue;
+        if (k == cap) {
+            mfile *g = realloc(fs, (size_t)(cap *= 2) * sizeof *fs);
+            if (!g) { free(fs); fs = NULL; break; }
+            fs = g;
+        }
+        memcpy(fs[k].name, e->d_name, nl + 1);
+        memcpy(fs[k].path, p, strlen(p) + 1);
+        fill_stat(&fs[k], &st);
+        k++;
+    }
+    closedir(dp);
+    if (!fs) return -1;
+    qsort(fs, (size_t)k, sizeof *fs, cmp_mfile);
+    *out = fs;
+    *n = k;
+    return 0;
+}
+
+/* Loads the model the route names ({id}); replies 404 itself. */
+static int load_model(req *r, db_model *m)
+{
+    char err[DT_ERR_LEN];
+    db *d = req_db(r);
+    if (!d) return -1;
+    int rc = db_model_get(d, r->owner, r->params[0], m, err);
+    if (rc) { reply_db(r, rc, err); return -1; }
+    return 0;
+}
+
+void models_list(req *r)
+{
+    char err[DT_ERR_LEN];
+    db *d = req_db(r);
+    if (!d) return;
+    db_model *ms = NULL;
+    int n = 0;
+    int rc = db_model_list(d, r->owner, &ms, &n, err);
+    if (rc) { reply_db(r, rc, err); return; }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(data, obj_model(&ms[i]));
+    free(ms);
+    reply_json(r, 200, obj_list(data, false));
+}
+
+void models_get(req *r)
+{
+    db_model m;
+    if (load_model(r, &m)) return;
+    reply_json(r, 200, obj_model(&m));
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    return remove(p) && errno != ENOENT ? -1 : 0;
+}
+
+void models_delete(req *r)
+{
+    char err[DT_ERR_LEN], path[PATH_MAX];
+    db_model m;
+    if (load_model(r, &m)) return;
+    if (!strcmp(m.kind, "base")) {
+        reply_error(r, 403, "permission_denied", NULL,
+                    "%s is a base model; the operator manages base models", m.id);
+        return;
+    }
+    int rc = db_model_delete(r->d, r->owner, m.id, &m, err);
+    if (rc) { reply_db(r, rc, err); return; }
+    /* Only artifacts the service wrote (relative paths) are removed. */
+    if (m.path[0] && m.path[0] != '/' && !strstr(m.path, "..") &&
+        !config_artifact_path(&r->s->cfg, m.path, path, sizeof path) &&
+        nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS) && errno != ENOENT)
+        log_msg(DT_LOG_WARN, "models.delete", "%s: %s", path, strerror(errno));
+    reply_json(r, 200, json_pack("{s:s, s:s, s:b}", "id", m.id, "object", "model",
+                                 "deleted", 1));
+}
+
+static int sha256_file(const char *path, char hex[65])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    auth_sha256 *h = auth_sha256_new();
+    char *buf = malloc(1 << 20);
+    int rc = (h && buf) ? 0 : -1;
+    for (ssize_t n; !rc && (n = read(fd, buf, 1 << 20)) != 0;) {
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            rc = -1;
+            break;
+        }
+        auth_sha256_update(h, buf, (size_t)n);
+    }
+    if (!rc) auth_sha256_final(h, hex);
+    auth_sha256_free(h);
+    free(buf);
+    close(fd);
+    return rc;
+}
+
+void models_files(req *r)
+{
+    char err[DT_ERR_LEN];
+    db_model m;
+    if (load_model(r, &m)) return;
+    mfile *fs;
+    int n;
+    if (model_files(r->s, &m, &fs, &n)) {
+        reply_error(r, 404, "not_found", NULL, "the files of %s are not available", m.id);
+        return;
+    }
+    json_t *data = json_array();
+    for (int i = 0; i < n; i++) {
+        char hex[65];
+        int rc = db_model_file_digest(r->d, m.id, fs[i].name, fs[i].bytes, fs[i].mtime_ns, hex,
+                                      err);
+        if (rc == DB_ENOTFOUND) {
+            if (sha256_file(fs[i].path, hex)) {
+                json_decref(data);
+                free(fs);
+                reply_error(r, 500, "internal_error", NULL, "could not read %s", fs[i].name);
+                return;
+            }
+            rc = db_model_file_digest_put(r->d, m.id, fs[i].name, fs[i].bytes, fs[i].mtime_ns,
+                                          hex, err);
+        }
+        if (rc) {
+            json_decref(data);
+            free(fs);
+            reply_db(r, rc, err);
+            return;
+        }
+        json_array_append_new(data, json_pack("{s:s, s:s, s:I, s:s}", "object", "model.file",
+                                              "name", fs[i].name, "bytes",
+                                              (json_int_t)fs[i].bytes, "sha256", hex));
+    }
+    free(fs);
+    reply_json(r, 200, obj_list(data, false));
+}
+
+void models_file(req *r)
+{
+    db_model m;
+    if (load_model(r, &m)) return;
+    mfile *fs;
+    int n, k = -1;
+    if (model_files(r->s, &m, &fs, &n)) {
+        reply_error(r, 404, "not_found", NULL, "the files of %s are not available", m.id);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        if (!strcmp(fs[i].name, r->params[1])) k = i;
+    if (k < 0) {
+        free(fs);
+        reply_error(r, 404, "not_found", NULL, "model %s has no file %.200s", m.id, r->params[1]);
+        return;
+    }
+    int fd = open(fs[k].path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    free(fs);
+    if (fd < 0 || fstat(fd, &st)) {
+        if (fd >= 0) close(fd);
+        reply_error(r, 404, "not_found", NULL, "file vanished");
+        return;
+    }
+    char etag[64], cr[96];
+    snprintf(etag, sizeof etag, "\"%" PRIx64 "-%" PRIx64 "\"", (uint64_t)st.st_size,
+             (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec);
+    struct MHD_Response *resp;
+    if (http_etag_match(req_header(r, "If-None-Match"), etag)) {
+        close(fd);
+        resp = MHD_create_response_from_buffer(0, (char *)"", MHD_RESPMEM_PERSISTENT);
+        if (!resp) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+        MHD_add_response_header(resp, "ETag", etag);
+        reply_mhd(r, 304, resp);
+        return;
+    }
+    int64_t start = 0, len = st.st_size;
+    int status = 200;
+    const char *range = req_header(r, "Range");
+    const char *if_range = req_header(r, "If-Range");
+    if (range && (!if_range || !strcmp(if_range, etag))) {
+        int pr = http_parse_range(range, st.st_size, &start, &len);
+        if (pr < 0) {
+            close(fd);
+            api_error e;
+            api_errorf(&e, 416, "range_not_satisfiable", "Range",
+                       "range %.80s is outside the file's %lld bytes", range,
+                       (long long)st.st_size);
+            json_t *body = api_error_json(&e);
+            char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+            json_decref(body);
+            resp = text ? MHD_create_response_from_buffer(strlen(text), text,
+                                                          MHD_RESPMEM_MUST_FREE) : NULL;
+            if (!resp) { free(text); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+            snprintf(cr, sizeof cr, "bytes */%lld", (long long)st.st_size);
+            MHD_add_response_header(resp, "Content-Range", cr);
+            MHD_add_response_header(resp, "Content-Type", "application/json");
+            reply_mhd(r, 416, resp);
+            return;
+        }
+        if (pr == 0) status = 206;
+    }
+    resp = MHD_create_response_from_fd_at_offset64((uint64_t)len, fd, (uint64_t)start);
+    if (!resp) { close(fd); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+    MHD_add_response_header(resp, "ETag", etag);
+    MHD_add_response_header(resp, "Accept-Ranges", "bytes");
+    MHD_add_response_header(resp, "Content-Type", "application/octet-stream");
+    if (status == 206) {
+        snprintf(cr, sizeof cr, "bytes %lld-%lld/%lld", (long long)start,
+                 (long long)(start + len - 1), (long long)st.st_size);
+        MHD_add_response_header(resp, "Content-Range", cr);
+    }
+    reply_mhd(r, status, resp);
+}
+
+/* ---- tar stream ----------------------------------------------------------------- */
+
+typedef struct tarctx {
+    mfile *fs;
+    int n;
+    int64_t *start;      /* archive offset of each entry's header */
+    int64_t total;       /* bytes including the two zero end blocks */
+    char prefix[256];    /* directory name inside the archive */
+    int cur;             /* entry whose fd is open */
+    int fd;
+} tarctx;
+
+static void tar_free(void *cls)
+{
+    tarctx *t = cls;
+    if (t->fd >= 0) close(t->fd);
+    free(t->fs);
+    free(t->start);
+    free(t);
+}
+
+static ssize_t tar_read(void *cls, uint64_t pos64, char *buf, size_t max)
+{
+    tarctx *t = cls;
+    int64_t pos = (int64_t)pos64;
+    if (pos >= t->total) return MHD_CONTENT_READER_END_OF_STREAM;
+    int i = 0;
+    while (i < t->n && t->start[i] + tar_entry_size(t->fs[i].bytes) <= pos) i++;
+    if (i == t->n) { /* end blocks */
+        size_t k = (size_t)(t->total - pos) < max ? (size_t)(t->total - pos) : max;
+        memset(buf, 0, k);
+        return (ssize_t)k;
+    }
+    int64_t off = pos - t->start[i];
+    if (off < TAR_BLOCK) {
+        unsigned char h[TAR_BLOCK];
+        char name[600];
+        snprintf(name, sizeof name, "%s/%s", t->prefix, t->fs[i].name);
+        if (tar_header(h, name, t->fs[i].bytes, t->fs[i].mtime, 0644))
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        size_t k = (size_t)(TAR_BLOCK - off) < max ? (size_t)(TAR_BLOCK - off) : max;
+        memcpy(buf, h + off, k);
+        return (ssize_t)k;
+    }
+    int64_t doff = off - TAR_BLOCK;
+    if (doff >= t->fs[i].bytes) { /* padding to the block */
+        int64_t left = tar_entry_size(t->fs[i].bytes) - off;
+        size_t k = (size_t)left < max ? (size_t)left : max;
+        memset(buf, 0, k);
+        return (ssize_t)k;
+    }
+    if (t->cur != i) {
+        if (t->fd >= 0) close(t->fd);
+        t->fd = open(t->fs[i].path, O_RDONLY | O_CLOEXEC);
+        t->cur = i;
+        if (t->fd < 0) return MHD_CONTENT_READER_END_WITH_ERROR;
+    }
+    int64_t left = t->fs[i].bytes - doff;
+    size_t k = (size_t)left < max ? (size_t)left : max;
+    ssize_t got = pread(t->fd, buf, k, doff);
+    if (got <= 0) return MHD_CONTENT_READER_END_WITH_ERROR; /* file shrank */
+    return got;
+}
+
+void models_archive(req *r)
+{
+    db_model m;
+    if (load_model(r, &m)) return;
+    tarctx *t = calloc(1, sizeof *t);
+    if (!t) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+    t->fd = -1;
+    t->cur = -1;
+    if (model_files(r->s, &m, &t->fs, &t->n)) {
+        tar_free(t);
+        reply_error(r, 404, "not_found", NULL, "the files of %s are not available", m.id);
+        return;
+    }
+    snprintf(t->prefix, sizeof t->prefix, "%.200s", m.id);
+    for (char *p = t->prefix; *p; p++)
+        if (*p == ':' || *p == '/') *p = '_';
+    t->start = calloc((size_t)t->n + 1, sizeof *t->start);
+    if (!t->start) { tar_free(t); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+    int64_t off = 0;
+    for (int i = 0; i < t->n; i++) {
+        t->start[i] = off;
+        off += tar_entry_size(t->fs[i].bytes);
+    }
+    t->total = off + 2 * TAR_BLOCK;
+    struct MHD_Response *resp =
+        MHD_create_response_from_callback((uint64_t)t->total, 256 * 1024, tar_read, t, tar_free);
+    if (!resp) { tar_free(t); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+    char cd[400];
+    snprintf(cd, sizeof cd, "attachment; filename=\"%s.tar\"", t->prefix);
+    MHD_add_response_header(resp, "Content-Type", "application/x-tar");
+    MHD_add_response_header(resp, "Content-Disposition", cd);
+    reply_mhd(r, 200, resp);
+}

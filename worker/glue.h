@@ -1,0 +1,63 @@
+/* glue.h: the worker's bridge to the training engine (gpu/).
+ *
+ * worker.c speaks SQL and Redis; glue.c speaks dt_train(). They meet here,
+ * in types of api/db.h only (no engine header), so the job loop does not
+ * depend on the engine's internals and the pieces in glue.c stay pure and
+ * unit-testable (tests/unit/test_worker.c). */
+#ifndef DT_WORKER_GLUE_H
+#define DT_WORKER_GLUE_H
+
+#include "api/db.h"
+
+/* One training run of a job: what dt_train needs beyond the job row. */
+typedef struct wk_run {
+    const db_job *job;       /* borrowed; hyperparameters */
+    const char *model_path;  /* base model: HF directory or .gguf (absolute) */
+    const char *train_path;  /* training JSONL (absolute) */
+    const char *valid_path;  /* validation JSONL or NULL */
+    const char *out_dir;     /* <artifact_root>/jobs/<id> (absolute) */
+    long train_rows;         /* lines of the training file (checkpoint spacing) */
+    const char *device;      /* "cpu" | "cuda:N" | "auto" */
+    int threads;             /* CPU threads, 0 = all cores */
+    /* After every step: progress, this step's learning rate and pre-clip
+     * gradient norm. A non-zero return stops training after a checkpoint
+     * (dt_train returns DT_ECANCEL). */
+    int (*on_progress)(void *ud, const db_progress *p, double lr,
+                       double grad_norm);
+    /* After each complete checkpoint (dir holds state + DONE); non-zero
+     * fails the run. */
+    int (*on_checkpoint)(void *ud, int step, const char *dir);
+    void *ud;
+    volatile int *stop;      /* set from other threads: stop after this step */
+} wk_run;
+
+/* Trains the job in this thread: dt_train with resume on, so a job claimed
+ * again continues from its newest complete checkpoint. Returns 0 (the merged
+ * model is in out_dir/merged) or a DT_E* code with detail in err. */
+int wk_train(const wk_run *r, char *err);
+
+/* Newest complete checkpoint step under out_dir, or 0. */
+int wk_ckpt_latest(const char *out_dir);
+
+/* Checkpoint spacing when the job leaves it to the worker: about five per
+ * run, at most every 500 steps, so a rescued job loses little work. */
+int wk_default_ckpt_interval(long total_steps);
+
+/* Optimizer steps of a job over rows of training data (max_steps wins). */
+long wk_total_steps(const db_job *j, long rows);
+
+/* A failed run as the user sees it: a stable code, a message saying what to
+ * change, and the request field at fault ("" when none). */
+typedef struct wk_error {
+    char code[64];
+    char message[1024];
+    char param[128];
+} wk_error;
+
+/* Turns dt_train's return code and detail into a wk_error. Paths in the
+ * detail are replaced by what the user knows them as (file ids, the model
+ * id), so no server path leaks into the API. */
+void wk_classify_error(int rc, const char *detail, const wk_run *r,
+                       wk_error *out);
+
+#endif

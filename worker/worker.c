@@ -1,0 +1,676 @@
+/* worker.c: deltatune-worker's job loop and its keeper thread (see
+ * worker.h). Every write about a job after the claim is fenced by
+ * (job id, attempt): DB_ELEASE means another worker or the rescuer owns the
+ * job now, and this worker stops and writes nothing more for it. */
+#include "worker.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api/db.h"
+#include "api/log.h"
+#include "api/objects.h"
+#include "api/queue.h"
+#include "glue.h"
+
+#define PROGRESS_MIN_INTERVAL 0.5 /* seconds between progress writes (<= 2/s) */
+
+typedef struct worker {
+    const wk_opts *o;
+    char hostname[256];
+    db *db;                  /* main thread's connection */
+    queue *q;                /* main thread's wake-up handle */
+
+    /* The job in progress, shared with the keeper under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;       /* wakes the keeper to quit */
+    int active;
+    char job_id[DB_ID_LEN];
+    int attempt;
+    double lease_ok_at;      /* dt_now() of the last successful lease write */
+    int keeper_quit;
+    uint64_t main_qgen;      /* queue_generation(q) after the last wait */
+
+    /* Flags for the running job, set by the keeper, the callbacks and the
+     * signal handler; read by dt_train (stop) after every step. */
+    volatile int stop;
+    volatile int lease_lost, cancel_req, pause_req;
+
+    /* Per-job state of the main thread's callbacks. */
+    db_job job;
+    double last_write;
+    db_progress last;
+    int started_step;
+} worker;
+
+static volatile sig_atomic_t g_shutdown;
+static volatile int *g_stop; /* the worker's stop flag, for the handler */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    g_shutdown = 1;
+    if (g_stop)
+        *g_stop = 1;
+}
+
+static void flag_set(volatile int *f)
+{
+    __atomic_store_n(f, 1, __ATOMIC_SEQ_CST);
+}
+
+static int flag_get(volatile int *f)
+{
+    return __atomic_load_n(f, __ATOMIC_SEQ_CST);
+}
+
+/* ---- events --------------------------------------------------------------- */
+
+/* Appends a fenced message event. A lost lease is recorded in the flags. */
+static void job_event(worker *w, const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void job_event(worker *w, const char *level, const char *fmt, ...)
+{
+    char msg[1024], err[DT_ERR_LEN] = "";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    int rc = db_event_add(w->db, w->job.id, w->job.attempt, level, "message", msg,
+                          NULL, err);
+    if (rc == DB_ELEASE) {
+        flag_set(&w->lease_lost);
+        flag_set(&w->stop);
+    } else if (rc) {
+        log_msg(DT_LOG_WARN, "job.event_failed", "%s: %s", w->job.id, err);
+    }
+}
+
+/* ---- training callbacks (main thread, inside dt_train) ------------------------ */
+
+static void json_num(json_t *o, const char *k, double v)
+{
+    if (isfinite(v))
+        json_object_set_new(o, k, json_real(v));
+}
+
+static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
+{
+    worker *w = ud;
+    w->last = *p;
+    if (flag_get(&w->lease_lost))
+        return 1;
+    double now = dt_now();
+    int due = now - w->last_write >= PROGRESS_MIN_INTERVAL || p->step == p->total_steps ||
+              p->step == w->started_step + 1 || isfinite(p->valid_loss);
+    if (due) {
+        char err[DT_ERR_LEN] = "";
+        bool c = false, pz = false;
+        int rc = db_job_progress(w->db, w->job.id, w->job.attempt,
+                                 w->o->cfg.lease_seconds, p, &c, &pz, err);
+        if (rc == DB_ELEASE) {
+            log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: lease lost at step %ld",
+                    w->job.id, w->job.attempt, (long)p->step);
+            flag_set(&w->lease_lost);
+            return 1;
+        }
+        if (rc) {
+            log_msg(DT_LOG_WARN, "job.progress_failed", "%s: %s", w->job.id, err);
+        } else {
+            w->last_write = now;
+            pthread_mutex_lock(&w->mu);
+            w->lease_ok_at = now;
+            pthread_mutex_unlock(&w->mu);
+            if (c)
+                flag_set(&w->cancel_req);
+            if (pz)
+                flag_set(&w->pause_req);
+            /* The metrics event (OpenAI's type "metrics"). */
+            json_t *d = json_object();
+            json_object_set_new(d, "step", json_integer(p->step));
+            json_object_set_new(d, "total_steps", json_integer(p->total_steps));
+            json_num(d, "epoch", p->epoch);
+            json_num(d, "train_loss", p->train_loss);
+            json_num(d, "valid_loss", p->valid_loss);
+            json_num(d, "learning_rate", lr);
+            json_num(d, "grad_norm", gn);
+            json_num(d, "tokens_per_second", p->tokens_per_second);
+            json_num(d, "eta_seconds", p->eta_seconds);
+            json_object_set_new(d, "trained_tokens", json_integer(p->trained_tokens));
+            char *data = json_dumps(d, JSON_COMPACT);
+            json_decref(d);
+            char msg[256];
+            int n = snprintf(msg, sizeof msg, "Step %ld/%ld: training loss=%.4f",
+                             (long)p->step, (long)p->total_steps, p->train_loss);
+            if (isfinite(p->valid_loss) && n > 0 && (size_t)n < sizeof msg)
+                snprintf(msg + n, sizeof msg - (size_t)n, ", validation loss=%.4f",
+                         p->valid_loss);
+            rc = db_event_add(w->db, w->job.id, w->job.attempt, "info", "metrics", msg,
+                              data, err);
+            free(data);
+            if (rc == DB_ELEASE) {
+                flag_set(&w->lease_lost);
+                return 1;
+            }
+        }
+    }
+    return flag_get(&w->stop) || flag_get(&w->cancel_req) || flag_get(&w->pause_req) ||
+           g_shutdown;
+}
+
+static int cb_checkpoint(void *ud, int step, const char *dir)
+{
+    worker *w = ud;
+    if (flag_get(&w->lease_lost))
+        return 1;
+    char model_id[DB_MODEL_ID_LEN], stored[DB_PATH_LEN], err[DT_ERR_LEN] = "";
+    const char *base = strrchr(dir, '/');
+    base = base ? base + 1 : dir;
+    if (obj_ft_model_id(w->job.model, w->job.owner, w->job.suffix, w->job.id, step,
+                        model_id, sizeof model_id) ||
+        snprintf(stored, sizeof stored, "%s/checkpoints/%s", w->job.output_dir, base) >=
+            (int)sizeof stored) {
+        log_msg(DT_LOG_ERROR, "job.checkpoint_failed", "%s: id or path too long", w->job.id);
+        return 0;
+    }
+    json_t *m = json_object();
+    json_object_set_new(m, "step", json_integer(step));
+    if (w->last.step == step) {
+        json_num(m, "train_loss", w->last.train_loss);
+        json_num(m, "valid_loss", w->last.valid_loss);
+        json_object_set_new(m, "trained_tokens", json_integer(w->last.trained_tokens));
+    }
+    char *metrics = json_dumps(m, JSON_COMPACT);
+    json_decref(m);
+    int rc = 0;
+    for (int tries = 0; tries < 3; tries++) {
+        rc = db_checkpoint_add(w->db, w->job.id, w->job.attempt, step, model_id, stored,
+                               metrics, err);
+        if (rc != DB_EUNAVAIL)
+            break;
+        sleep(1);
+    }
+    free(metrics);
+    if (rc == DB_ELEASE) {
+        flag_set(&w->lease_lost);
+        return 1;
+    }
+    if (rc) {
+        /* The files are complete; only the row is missing. Training goes on. */
+        log_msg(DT_LOG_WARN, "job.checkpoint_failed", "%s step %d: %s", w->job.id, step, err);
+        return 0;
+    }
+    log_msg(DT_LOG_INFO, "job.checkpoint", "%s step %d: %s", w->job.id, step, model_id);
+    job_event(w, "info", "Checkpoint at step %d: %s", step, model_id);
+    return flag_get(&w->lease_lost);
+}
+
+/* ---- one job ---------------------------------------------------------------------- */
+
+/* Ends the attempt; retries while PostgreSQL is unreachable (if it stays
+ * down, the lease runs out and the rescuer re-queues the job, which then
+ * resumes from its last checkpoint). */
+static void finish(worker *w, const db_finish *f)
+{
+    char err[DT_ERR_LEN] = "";
+    int rc = 0;
+    for (int tries = 0; tries < 10; tries++) {
+        rc = db_job_finish(w->db, w->job.id, w->job.attempt, f, err);
+        if (rc != DB_EUNAVAIL)
+            break;
+        sleep(1);
+    }
+    if (rc == DB_ELEASE)
+        log_msg(DT_LOG_WARN, "job.lease_lost", "%s: lease lost before it could end as %s",
+                w->job.id, f->status);
+    else if (rc)
+        log_msg(DT_LOG_ERROR, "job.finish_failed", "%s -> %s: %s", w->job.id, f->status, err);
+    else
+        log_msg(DT_LOG_INFO, "job.finished", "%s: %s%s%s", w->job.id, f->status,
+                f->error_code ? " " : "", f->error_code ? f->error_code : "");
+}
+
+static void fail_job(worker *w, const char *code, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void fail_job(worker *w, const char *code, const char *param, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    db_finish f = {.status = "failed", .error_code = code, .error_message = msg,
+                   .error_param = param};
+    finish(w, &f);
+}
+
+/* Looks up the base model and the files of the job. 0, a DB error to retry
+ * later (the job is handed back), or 1 when the job failed for the user. */
+static int resolve_inputs(worker *w, char *model_path, char *train_path,
+                          char *valid_path, char *out_dir, long *rows)
+{
+    const api_config *cfg = &w->o->cfg;
+    db_model m;
+    db_file f;
+    char err[DT_ERR_LEN] = "";
+    int rc = db_model_get(w->db, NULL, w->job.model, &m, err);
+    if (rc == DB_ENOTFOUND) {
+        fail_job(w, "model_not_found", "model", "The base model %s no longer exists. "
+                 "Choose one from GET /v1/models and create the job again.", w->job.model);
+        return 1;
+    }
+    if (rc)
+        goto db_error;
+    if (config_artifact_path(cfg, m.path, model_path, DB_PATH_LEN))
+        goto too_long;
+    rc = db_file_get(w->db, w->job.owner, w->job.training_file, &f, err);
+    if (rc == DB_ENOTFOUND) {
+        fail_job(w, "invalid_training_file", "training_file", "The training file %s was "
+                 "deleted before the job ran. Upload it again and create a new job.",
+                 w->job.training_file);
+        return 1;
+    }
+    if (rc)
+        goto db_error;
+    if (config_artifact_path(cfg, f.path, train_path, DB_PATH_LEN))
+        goto too_long;
+    *rows = f.nlines;
+    valid_path[0] = 0;
+    if (w->job.validation_file[0]) {
+        rc = db_file_get(w->db, w->job.owner, w->job.validation_file, &f, err);
+        if (rc == DB_ENOTFOUND) {
+            fail_job(w, "invalid_validation_file", "validation_file", "The validation "
+                     "file %s was deleted before the job ran. Upload it again and create "
+                     "a new job.", w->job.validation_file);
+            return 1;
+        }
+        if (rc)
+            goto db_error;
+        if (config_artifact_path(cfg, f.path, valid_path, DB_PATH_LEN))
+            goto too_long;
+    }
+    if (config_artifact_path(cfg, w->job.output_dir, out_dir, DB_PATH_LEN))
+        goto too_long;
+    return 0;
+too_long:
+    fail_job(w, "internal_error", NULL, "A stored path of this job is longer than %d "
+             "bytes under the artifact root.", DB_PATH_LEN);
+    return 1;
+db_error:
+    log_msg(DT_LOG_ERROR, "job.inputs_failed", "%s: %s", w->job.id, err);
+    return rc;
+}
+
+/* Hands the job back to the queue (worker shutting down, or PostgreSQL
+ * trouble before training started) and wakes another worker. */
+static void requeue(worker *w, const char *why)
+{
+    char err[DT_ERR_LEN] = "";
+    job_event(w, "info", "Job returned to the queue: %s", why);
+    int rc = db_job_requeue(w->db, w->job.id, w->job.attempt, err);
+    if (rc) {
+        log_msg(DT_LOG_WARN, "job.requeue_failed", "%s: %s", w->job.id, err);
+        return;
+    }
+    log_msg(DT_LOG_INFO, "job.requeued", "%s: %s", w->job.id, why);
+    if (queue_publish(w->q, w->job.id, err))
+        log_msg(DT_LOG_WARN, "queue.publish_failed", "%s: %s (the reconciler will retry)",
+                w->job.id, err);
+}
+
+static void run_job(worker *w)
+{
+    const wk_opts *o = w->o;
+    char model_path[DB_PATH_LEN], train_path[DB_PATH_LEN], valid_path[DB_PATH_LEN];
+    char out_dir[DB_PATH_LEN], err[DT_ERR_LEN] = "";
+    long rows = 0;
+
+    w->stop = w->lease_lost = w->cancel_req = w->pause_req = 0;
+    pthread_mutex_lock(&w->mu);
+    w->active = 1;
+    snprintf(w->job_id, sizeof w->job_id, "%s", w->job.id);
+    w->attempt = w->job.attempt;
+    w->lease_ok_at = dt_now();
+    pthread_mutex_unlock(&w->mu);
+    log_msg(DT_LOG_INFO, "job.claimed", "%s attempt %d (%s, %s)", w->job.id, w->job.attempt,
+            w->job.method, w->job.model);
+
+    int rc = resolve_inputs(w, model_path, train_path, valid_path, out_dir, &rows);
+    if (rc < 0)
+        requeue(w, "the worker could not read the job's inputs");
+    if (rc)
+        goto done;
+
+    w->started_step = wk_ckpt_latest(out_dir);
+    w->last_write = 0;
+    memset(&w->last, 0, sizeof w->last);
+    /* db_job_claim() logged "Attempt N started on worker W"; say how. */
+    if (w->started_step > 0)
+        job_event(w, "info", "Resuming from the checkpoint at step %d", w->started_step);
+    job_event(w, "info", "Training %s on %s: %s, %ld training rows, batch %d, %d epoch(s)",
+              w->job.model, o->device, w->job.method, rows, w->job.batch_size,
+              w->job.n_epochs);
+
+    wk_run run = {
+        .job = &w->job,
+        .model_path = model_path,
+        .train_path = train_path,
+        .valid_path = valid_path[0] ? valid_path : NULL,
+        .out_dir = out_dir,
+        .train_rows = rows,
+        .device = o->device,
+        .threads = o->threads,
+        .on_progress = cb_progress,
+        .on_checkpoint = cb_checkpoint,
+        .ud = w,
+        .stop = &w->stop,
+    };
+    double t0 = dt_now();
+    rc = flag_get(&w->lease_lost) ? DT_ECANCEL : wk_train(&run, err);
+    double secs = dt_now() - t0;
+
+    if (flag_get(&w->lease_lost)) {
+        /* Someone else owns the job: write nothing, delete nothing (the new
+         * owner resumes from the same checkpoints). */
+        log_msg(DT_LOG_WARN, "job.abandoned", "%s attempt %d: lease lost; result discarded",
+                w->job.id, w->job.attempt);
+    } else if (rc == 0) {
+        char model_id[DB_MODEL_ID_LEN], stored[DB_PATH_LEN];
+        if (obj_ft_model_id(w->job.model, w->job.owner, w->job.suffix, w->job.id, 0,
+                            model_id, sizeof model_id) ||
+            snprintf(stored, sizeof stored, "%s/merged", w->job.output_dir) >=
+                (int)sizeof stored) {
+            fail_job(w, "internal_error", NULL, "The model id or path is too long.");
+        } else {
+            job_event(w, "info", "New fine-tuned model created: %s", model_id);
+            db_finish f = {.status = "succeeded", .fine_tuned_model = model_id,
+                           .model_path = stored};
+            finish(w, &f);
+            log_msg(DT_LOG_INFO, "job.trained", "%s: %ld steps in %.1f s", w->job.id,
+                    (long)w->last.step, secs);
+        }
+    } else if (rc == DT_ECANCEL && flag_get(&w->cancel_req)) {
+        db_finish f = {.status = "cancelled"};
+        job_event(w, "info", "Job cancelled at step %ld; its checkpoints are kept",
+                  (long)w->last.step);
+        finish(w, &f);
+    } else if (rc == DT_ECANCEL && flag_get(&w->pause_req)) {
+        db_finish f = {.status = "paused"};
+        job_event(w, "info", "Job paused at step %ld; resume it to continue from the "
+                  "checkpoint", (long)w->last.step);
+        finish(w, &f);
+    } else if (rc == DT_ECANCEL && g_shutdown) {
+        char why[256];
+        snprintf(why, sizeof why, "worker %s is shutting down (step %ld checkpointed)",
+                 o->worker_id, (long)w->last.step);
+        requeue(w, why);
+    } else {
+        wk_error e;
+        wk_classify_error(rc, err, &run, &e);
+        log_msg(DT_LOG_WARN, "job.training_failed", "%s: %s (%s)", w->job.id, err, e.code);
+        db_finish f = {.status = "failed", .error_code = e.code,
+                       .error_message = e.message,
+                       .error_param = e.param[0] ? e.param : NULL};
+        finish(w, &f);
+    }
+done:
+    pthread_mutex_lock(&w->mu);
+    w->active = 0;
+    w->job_id[0] = 0;
+    pthread_mutex_unlock(&w->mu);
+    db_job_clear(&w->job);
+}
+
+/* ---- the keeper thread ------------------------------------------------------------- */
+
+typedef struct keeper {
+    worker *w;
+    db *db;
+    queue *q;          /* for publishing only */
+    uint64_t qgen, main_qgen;
+} keeper;
+
+static void keeper_heartbeat(keeper *k)
+{
+    worker *w = k->w;
+    char id[DB_ID_LEN], err[DT_ERR_LEN] = "";
+    pthread_mutex_lock(&w->mu);
+    int active = w->active, attempt = w->attempt;
+    double ok_at = w->lease_ok_at;
+    snprintf(id, sizeof id, "%s", w->job_id);
+    pthread_mutex_unlock(&w->mu);
+    if (!active || flag_get(&w->lease_lost))
+        return;
+    bool c = false, p = false;
+    int rc = db_job_heartbeat(k->db, id, attempt, w->o->cfg.lease_seconds, &c, &p, err);
+    if (rc == 0) {
+        pthread_mutex_lock(&w->mu);
+        if (w->active && w->attempt == attempt)
+            w->lease_ok_at = dt_now();
+        pthread_mutex_unlock(&w->mu);
+        if (c)
+            flag_set(&w->cancel_req);
+        if (p)
+            flag_set(&w->pause_req);
+        if (c || p)
+            flag_set(&w->stop);
+    } else if (rc == DB_ELEASE) {
+        log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: heartbeat matched no row",
+                id, attempt);
+        flag_set(&w->lease_lost);
+        flag_set(&w->stop);
+    } else {
+        log_msg(DT_LOG_WARN, "job.heartbeat_failed", "%s: %s", id, err);
+        /* No lease write for a whole lease: the rescuer may have given the
+         * job away already, so stop as if it had (self-fencing). */
+        if (dt_now() - ok_at > w->o->cfg.lease_seconds) {
+            log_msg(DT_LOG_WARN, "job.lease_lost", "%s: no heartbeat for %d s", id,
+                    w->o->cfg.lease_seconds);
+            flag_set(&w->lease_lost);
+            flag_set(&w->stop);
+        }
+    }
+}
+
+/* Rescuer, then reconciler: queued jobs are published again when the list
+ * holds fewer entries than there are queued jobs, or when a Redis
+ * connection was re-established (Redis may have restarted empty). */
+static void keeper_rescue(keeper *k, int force)
+{
+    char err[DT_ERR_LEN] = "";
+    int requeued = 0, failed = 0;
+    int rc = db_rescue_expired(k->db, &requeued, &failed, err);
+    if (rc)
+        log_msg(DT_LOG_WARN, "rescue.failed", "%s", err);
+    else if (requeued || failed)
+        log_msg(DT_LOG_INFO, "rescue", "expired leases: %d re-queued, %d failed", requeued,
+                failed);
+
+    char (*ids)[DB_ID_LEN] = NULL;
+    int n = 0;
+    if ((rc = db_jobs_queued(k->db, 1000, &ids, &n, err))) {
+        log_msg(DT_LOG_WARN, "reconcile.failed", "%s", err);
+        return;
+    }
+    int64_t depth = 0;
+    if (n > 0 && (force || requeued || queue_depth(k->q, &depth, err) || depth < n)) {
+        int sent = 0;
+        for (int i = 0; i < n; i++)
+            if (queue_publish(k->q, ids[i], err) == 0)
+                sent++;
+        if (sent)
+            log_msg(DT_LOG_INFO, "reconcile", "published %d queued job(s)", sent);
+        else
+            log_msg(DT_LOG_WARN, "reconcile.failed", "Redis: %s", err);
+    }
+    free(ids);
+}
+
+static void *keeper_main(void *arg)
+{
+    keeper *k = arg;
+    worker *w = k->w;
+    const api_config *cfg = &w->o->cfg;
+    double hb_every = cfg->lease_seconds / 3.0, next_hb = 0, next_rescue = 0, next_row = 0;
+    if (hb_every < 1)
+        hb_every = 1;
+    char err[DT_ERR_LEN] = "";
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        int quit = w->keeper_quit;
+        uint64_t mg = w->main_qgen;
+        if (!quit) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 250 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+            quit = w->keeper_quit;
+        }
+        int active = w->active;
+        char job[DB_ID_LEN];
+        snprintf(job, sizeof job, "%s", w->job_id);
+        pthread_mutex_unlock(&w->mu);
+        if (quit)
+            break;
+        double now = dt_now();
+        if (active && now >= next_hb) {
+            keeper_heartbeat(k);
+            next_hb = now + hb_every;
+        } else if (!active) {
+            next_hb = 0; /* the next job's first heartbeat comes at once */
+        }
+        uint64_t g = queue_generation(k->q);
+        int reconnected = (g != k->qgen && k->qgen != 0) || (mg != k->main_qgen && k->main_qgen);
+        k->qgen = g;
+        k->main_qgen = mg;
+        if (now >= next_rescue || reconnected) {
+            keeper_rescue(k, reconnected);
+            next_rescue = now + cfg->rescue_interval_s;
+        }
+        if (now >= next_row) {
+            if (db_worker_heartbeat(k->db, w->o->worker_id, w->hostname, w->o->device,
+                                    active ? "busy" : "idle", job, err))
+                log_msg(DT_LOG_WARN, "worker.heartbeat_failed", "%s", err);
+            next_row = now + hb_every;
+        }
+    }
+    db_worker_heartbeat(k->db, w->o->worker_id, w->hostname, w->o->device, "stopped", "",
+                        err);
+    return NULL;
+}
+
+/* ---- the main loop ---------------------------------------------------------------- */
+
+int wk_main(const wk_opts *o)
+{
+    worker w;
+    keeper k;
+    char err[DT_ERR_LEN] = "", safe[CONFIG_URL_LEN];
+    int status = 1, jobs = 0;
+    memset(&w, 0, sizeof w);
+    memset(&k, 0, sizeof k);
+    w.o = o;
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    if (gethostname(w.hostname, sizeof w.hostname))
+        snprintf(w.hostname, sizeof w.hostname, "unknown");
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    g_stop = &w.stop;
+
+    log_redact_url(o->cfg.database_url, safe, sizeof safe);
+    log_msg(DT_LOG_INFO, "worker.start", "worker %s on %s, device %s, database %s",
+            o->worker_id, w.hostname, o->device, safe);
+    /* PostgreSQL may come up after the worker (compose): retry a while. */
+    for (int tries = 0; db_connect(&w.db, o->cfg.database_url, err); tries++) {
+        if (tries >= 30 || g_shutdown) {
+            log_msg(DT_LOG_ERROR, "worker.db_failed", "%s", err);
+            goto fail_db;
+        }
+        log_msg(DT_LOG_WARN, "worker.db_retry", "%s", err);
+        sleep(2);
+    }
+    if (db_connect(&k.db, o->cfg.database_url, err)) {
+        log_msg(DT_LOG_ERROR, "worker.db_failed", "%s", err);
+        goto fail_kdb;
+    }
+    if (queue_open(&w.q, o->cfg.redis_url, err) || queue_open(&k.q, o->cfg.redis_url, err)) {
+        log_msg(DT_LOG_ERROR, "worker.redis_failed", "%s", err);
+        goto fail_queue;
+    }
+    k.w = &w;
+    pthread_t kt;
+    if (pthread_create(&kt, NULL, keeper_main, &k)) {
+        log_msg(DT_LOG_ERROR, "worker.thread_failed", "%s", strerror(errno));
+        goto fail_queue;
+    }
+
+    char hint[DB_ID_LEN] = "";
+    while (!g_shutdown) {
+        int rc = db_job_claim(w.db, o->worker_id, o->cfg.lease_seconds,
+                              hint[0] ? hint : NULL, &w.job, err);
+        if (rc == DB_ENOTFOUND && hint[0]) /* a stale wake-up: anything else queued? */
+            rc = db_job_claim(w.db, o->worker_id, o->cfg.lease_seconds, NULL, &w.job, err);
+        hint[0] = 0;
+        if (rc == 0) {
+            run_job(&w);
+            if (o->max_jobs > 0 && ++jobs >= o->max_jobs)
+                break;
+            continue;
+        }
+        if (rc != DB_ENOTFOUND) {
+            log_msg(DT_LOG_WARN, "worker.claim_failed", "%s", err);
+            usleep((useconds_t)o->cfg.poll_interval_ms * 1000);
+            continue;
+        }
+        /* Idle: a wake-up from Redis, or the poll interval. */
+        rc = queue_wait(w.q, o->cfg.poll_interval_ms, hint, err);
+        if (rc < 0)
+            log_msg(DT_LOG_DEBUG, "queue.wait_failed", "%s", err);
+        if (rc != 1)
+            hint[0] = 0;
+        uint64_t g = queue_generation(w.q);
+        pthread_mutex_lock(&w.mu);
+        w.main_qgen = g;
+        pthread_mutex_unlock(&w.mu);
+    }
+    status = 0;
+    log_msg(DT_LOG_INFO, "worker.stop", "worker %s stopping", o->worker_id);
+
+    pthread_mutex_lock(&w.mu);
+    w.keeper_quit = 1;
+    pthread_cond_signal(&w.cv);
+    pthread_mutex_unlock(&w.mu);
+    pthread_join(kt, NULL);
+fail_queue:
+    queue_free(k.q);
+    queue_free(w.q);
+    db_free(k.db);
+fail_kdb:
+    db_free(w.db);
+fail_db:
+    g_stop = NULL;
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return status;
+}

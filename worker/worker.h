@@ -1,0 +1,34 @@
+/* worker.h: deltatune-worker, the claim -> train -> checkpoint -> report loop
+ * of DESIGN §1.
+ *
+ * One worker trains one job at a time, in its main thread. A second thread
+ * (the keeper) owns its own PostgreSQL connection and Redis handle and:
+ *   - extends the lease of the running job every lease/3 seconds, fenced by
+ *     (job id, attempt); a lost lease (or no successful extension for a whole
+ *     lease) stops training and the worker writes nothing more for the job;
+ *   - picks up cancel and pause requests between progress writes;
+ *   - runs the rescuer (expired leases -> queued / failed / cancelled /
+ *     paused) and the reconciler (queued jobs re-published to Redis) every
+ *     rescue interval and after a Redis reconnect;
+ *   - keeps the workers row (idle / busy, heartbeat) fresh.
+ * Redis only wakes the worker; it also polls PostgreSQL every poll interval.
+ */
+#ifndef DT_WORKER_H
+#define DT_WORKER_H
+
+#include "api/config.h"
+
+typedef struct wk_opts {
+    api_config cfg;        /* database, Redis, artifact root, lease, intervals */
+    char device[64];      /* "cpu" | "cuda:N" | "auto" */
+    int threads;          /* CPU threads for training, 0 = all cores */
+    char worker_id[128];  /* unique per worker; default "<hostname>-<pid>" */
+    int max_jobs;         /* exit after this many jobs (0 = never; tests) */
+} wk_opts;
+
+/* Runs until SIGTERM/SIGINT (installed here): the job in progress stops
+ * after its current step, writes a checkpoint and goes back to the queue
+ * for another worker. Returns a process exit status. */
+int wk_main(const wk_opts *o);
+
+#endif
