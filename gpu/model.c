@@ -325,7 +325,7 @@ static int alloc_acts(dt_model *m, int *fail)
     m->att = dalloc(m, NL * N * qd, fail);
     m->lse = dalloc(m, NL * N * (size_t)c->n_head, fail);
     m->h1 = dalloc(m, NL * N * F, fail);
-    m->act = dalloc(m, NL * N * F, fail);
+    m->act = dalloc(m, N * F, fail); /* one layer: recomputed in backward */
     if (c->arch == DT_ARCH_GPT2)
         m->qkv = dalloc(m, N * 3 * C, fail);
     else
@@ -333,7 +333,10 @@ static int alloc_acts(dt_model *m, int *fail)
     m->nf = dalloc(m, N * C, fail);
     m->nfm = dalloc(m, N, fail);
     m->nfr = dalloc(m, N, fail);
-    m->logits = dalloc(m, N * V, fail);
+    m->head_rows = (int)(N < DT_HEAD_CHUNK_FLOATS / V ? N : DT_HEAD_CHUNK_FLOATS / V);
+    if (m->head_rows < 1)
+        m->head_rows = 1;
+    m->logits = dalloc(m, (size_t)m->head_rows * V, fail);
     m->losses = dalloc(m, N, fail);
     size_t wide = qd > C ? qd : C;
     m->dres = dalloc(m, N * C, fail);
@@ -420,6 +423,28 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     return 0;
 }
 
+void dt_model_release_activations(dt_model *m)
+{
+    dt_backend *be = m->be;
+    float *acts[] = {(float *)m->ids, (float *)m->tgt, m->res, m->mid, m->n1,
+        m->n2, m->n1m, m->n1r, m->n2m, m->n2r, m->q, m->k, m->v, m->qkv,
+        m->att, m->lse, m->h1, m->h2, m->act, m->nf, m->nfm, m->nfr,
+        m->logits, m->losses, m->dres, m->dx, m->dq, m->dk,
+        m->dv, m->dqkv, m->datt, m->dh1, m->dh2, m->dact, m->du};
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
+        be->i.free(be, acts[i]);
+    for (int i = 0; i < m->nloras; i++) {
+        be->i.free(be, m->loras[i].u);
+        m->loras[i].u = NULL;
+    }
+    m->ids = m->tgt = NULL;
+    m->res = m->mid = m->n1 = m->n2 = m->n1m = m->n1r = m->n2m = m->n2r = NULL;
+    m->q = m->k = m->v = m->qkv = m->att = m->lse = m->h1 = m->h2 = m->act = NULL;
+    m->nf = m->nfm = m->nfr = m->logits = m->losses = m->dres = m->dx = NULL;
+    m->dq = m->dk = m->dv = m->dqkv = m->datt = m->dh1 = m->dh2 = m->dact = m->du = NULL;
+    m->B = m->T = 0; /* forward() now refuses every batch */
+}
+
 void dt_model_free(dt_model *m)
 {
     if (!m)
@@ -433,17 +458,10 @@ void dt_model_free(dt_model *m)
         be->i.free(be, m->params[i].v);
     }
     for (int i = 0; i < m->nloras; i++) {
-        be->i.free(be, m->loras[i].u);
         be->i.free(be, m->loras[i].catA);
         be->i.free(be, m->loras[i].catB);
     }
-    float *acts[] = {(float *)m->ids, (float *)m->tgt, m->res, m->mid, m->n1,
-        m->n2, m->n1m, m->n1r, m->n2m, m->n2r, m->q, m->k, m->v, m->qkv,
-        m->att, m->lse, m->h1, m->h2, m->act, m->nf, m->nfm, m->nfr,
-        m->logits, m->evlogits, m->losses, m->dres, m->dx, m->dq, m->dk,
-        m->dv, m->dqkv, m->datt, m->dh1, m->dh2, m->dact, m->du};
-    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
-        be->i.free(be, acts[i]);
+    dt_model_release_activations(m);
     free(m->named);
     free(m->params);
     free(m->loras);

@@ -106,6 +106,9 @@ typedef struct dt_model dt_model;
 int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
                  int B, int T, uint64_t seed, dt_model **out, char *err);
 void dt_model_free(dt_model *m);
+/* Frees every activation and scratch buffer (before exporting: only the
+ * weights and factors are needed then). Forward passes fail afterwards. */
+void dt_model_release_activations(dt_model *m);
 /* Frees the host copies of the weights once a model holds them on its
  * device (names, shapes and dtypes stay: export needs those). Halves the
  * host memory of CPU training. */

@@ -7,6 +7,9 @@
 
 #define MAX_LIN 7  /* Llama: q k v o gate up down; GPT-2: c_attn o fc proj */
 #define MAX_SLICES 3
+/* Rows of logits computed at once: the (rows, V) chunk stays under 64 MB, so
+ * large vocabularies and long batches never hold (B*T, V) logits. */
+#define DT_HEAD_CHUNK_FLOATS (16L << 20)
 
 enum { G_QKV = 0, G_O = 1, G_FC = 2, G_PROJ = 3 };                  /* GPT-2 */
 enum { L_Q = 0, L_K = 1, L_V = 2, L_O = 3, L_GATE = 4, L_UP = 5, L_DOWN = 6 }; /* Llama */
@@ -59,15 +62,17 @@ struct dt_model {
     float *q, *k, *v;      /* (N, qdim), (N, kvdim) x2, after RoPE */
     float *qkv;            /* GPT-2 only: (N, 3C) scratch, one layer */
     float *att, *lse;      /* (N, qdim), (B, NH, T) */
-    float *h1, *h2, *act;  /* GPT-2: fc out, -, gelu out; Llama: gate, up, act */
+    float *h1, *h2;        /* GPT-2: fc out, -; Llama: gate, up */
+    float *act;            /* (N, F), one layer: gelu(h1) or silu(h1)*h2,
+                              recomputed in the backward pass */
     float *nf, *nfm, *nfr; /* final norm (N,C) + stats */
-    float *logits;         /* (N, V) */
-    float *evlogits;       /* (N, V) copy kept for logits() */
+    float *logits;         /* (head_rows, V): the LM head runs in row chunks */
+    int head_rows;
     float *losses;         /* (N) */
     float *u;              /* per lora (N, r), inside dt_lora.u */
     /* backward scratch */
     float *dres, *dx, *dq, *dk, *dv, *dqkv, *datt, *dh1, *dh2, *dact, *du;
-    int last_b, last_t, have_eval;
+    int last_b, last_t;
 };
 
 #endif

@@ -100,7 +100,7 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     float *q = AT(m->q, l, m->qdim), *k = AT(m->k, l, m->kvdim);
     float *v = AT(m->v, l, m->kvdim), *att = AT(m->att, l, m->qdim);
     float *lse = AT(m->lse, l, c->n_head);
-    float *h1 = AT(m->h1, l, F), *act = AT(m->act, l, F);
+    float *h1 = AT(m->h1, l, F), *act = m->act;
     float *next = AT(m->res, l + 1, C);
 
     norm_fwd(m, n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), x, Y->n1w, Y->n1b, N);
@@ -148,15 +148,20 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
     float *q = AT(m->q, l, m->qdim), *k = AT(m->k, l, m->kvdim);
     float *v = AT(m->v, l, m->kvdim), *att = AT(m->att, l, m->qdim);
     float *lse = AT(m->lse, l, c->n_head);
-    float *h1 = AT(m->h1, l, F), *act = AT(m->act, l, F);
+    float *h1 = AT(m->h1, l, F), *act = m->act;
 
+    /* The MLP activation is recomputed from the kept pre-activations instead
+     * of being stored per layer: one elementwise pass saves n_layer·N·F
+     * floats. */
     if (c->arch == DT_ARCH_GPT2) {
+        OPS.gelu_fwd(be, act, h1, (long)N * F);
         lin_bwd(m, &Y->lin[G_PROJ], m->dres, act, m->dact, N, 0);
         OPS.memset0(be, m->dh1, (size_t)N * F * sizeof(float));
         OPS.gelu_bwd(be, m->dh1, h1, m->dact, (long)N * F);
         lin_bwd(m, &Y->lin[G_FC], m->dh1, n2, m->dx, N, 0);
     } else {
         float *h2 = AT(m->h2, l, F);
+        OPS.swiglu_fwd(be, act, h1, h2, (long)N * F);
         lin_bwd(m, &Y->lin[L_DOWN], m->dres, act, m->dact, N, 0);
         OPS.swiglu_bwd(be, m->dh1, m->dh2, m->dact, h1, h2, (long)N * F);
         lin_bwd(m, &Y->lin[L_GATE], m->dh1, n2, m->dx, N, 0);
@@ -204,16 +209,8 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
         layer_fwd(m, l, b, t);
     norm_fwd(m, m->nf, m->nfm, m->nfr, AT(m->res, c->n_layer, C), m->nfw,
              m->nfb, N);
-    OPS.gemm(be, 0, 1, N, V, C, 1.0f, m->nf, C, m->head, C, 0.0f, m->logits, V);
     m->last_b = b;
     m->last_t = t;
-    m->have_eval = 0;
-    if (grad_scale == 0.0f) {
-        if (!m->evlogits && !(m->evlogits = OPS.alloc(be, (size_t)m->N * V * sizeof(float))))
-            return dt_errf(err, DT_ENOMEM, "out of %s memory for logits", OPS.name);
-        OPS.copy(be, m->evlogits, m->logits, (size_t)N * V * sizeof(float));
-        m->have_eval = 1;
-    }
     long n = 0;
     if (targets) {
         for (int i = 0; i < N; i++) {
@@ -223,7 +220,23 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
             n += targets[i] != -100;
         }
         OPS.upload(be, m->tgt, targets, (size_t)N * sizeof(int32_t));
-        OPS.cross_entropy(be, m->logits, m->losses, m->tgt, N, V, grad_scale);
+        /* The LM head in row chunks: logits, loss and (training) their
+         * gradient, dnf = dlogits·head into m->dx and the head's own
+         * gradient, so that (N, V) logits never exist at once. */
+        for (int r0 = 0; r0 < N; r0 += m->head_rows) {
+            int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
+            const float *x = m->nf + (size_t)r0 * C;
+            OPS.gemm(be, 0, 1, rows, V, C, 1.0f, x, C, m->head, C, 0.0f, m->logits, V);
+            OPS.cross_entropy(be, m->logits, m->losses + r0, m->tgt + r0, rows, V,
+                              grad_scale);
+            if (grad_scale == 0.0f)
+                continue;
+            OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
+                     m->dx + (size_t)r0 * C, C);
+            if (m->phead)
+                OPS.gemm(be, 1, 0, V, C, rows, 1.0f, m->logits, V, x, C, 1.0f,
+                         m->phead->g, C);
+        }
         if (loss_sum)
             *loss_sum = OPS.sum(be, m->losses, N);
     } else if (loss_sum) {
@@ -241,11 +254,7 @@ int dt_model_backward(dt_model *m, char *err)
     int b = m->last_b, t = m->last_t, N = b * t, C = c->d_model, V = c->vocab;
     if (N == 0)
         return dt_errf(err, DT_EINVAL, "backward without a forward pass");
-    /* logits now hold dlogits (cross_entropy wrote them in place). */
-    OPS.gemm(be, 0, 0, N, C, V, 1.0f, m->logits, V, m->head, C, 0.0f, m->dx, C);
-    if (m->phead)
-        OPS.gemm(be, 1, 0, V, C, N, 1.0f, m->logits, V, m->nf, C, 1.0f,
-                 m->phead->g, C);
+    (void)V; /* the forward pass left dnf in m->dx (and the head's gradient) */
     OPS.memset0(be, m->dres, (size_t)N * C * sizeof(float));
     norm_bwd(m, m->dres, m->pnfw, m->pnfb, m->dx, AT(m->res, c->n_layer, C),
              m->nfw, m->nfm, m->nfr, N);
@@ -259,10 +268,18 @@ int dt_model_backward(dt_model *m, char *err)
 
 int dt_model_logits(dt_model *m, float *host, int b, int t, char *err)
 {
-    if (!m->have_eval || b != m->last_b || t != m->last_t)
-        return dt_errf(err, DT_EINVAL, "no logits: run a forward pass with grad_scale 0");
-    OPS.download(m->be, host, m->evlogits,
-                 (size_t)b * t * m->c.vocab * sizeof(float));
+    if (b != m->last_b || t != m->last_t)
+        return dt_errf(err, DT_EINVAL, "no logits for a %d x %d batch: run a "
+                       "forward pass on it first", b, t);
+    /* Recomputed from the kept final norm output, chunk by chunk. */
+    int N = b * t, C = m->c.d_model, V = m->c.vocab;
+    for (int r0 = 0; r0 < N; r0 += m->head_rows) {
+        int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
+        OPS.gemm(m->be, 0, 1, rows, V, C, 1.0f, m->nf + (size_t)r0 * C, C,
+                 m->head, C, 0.0f, m->logits, V);
+        OPS.download(m->be, host + (size_t)r0 * V, m->logits,
+                     (size_t)rows * V * sizeof(float));
+    }
     return OPS.sync(m->be, err);
 }
 

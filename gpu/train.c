@@ -482,6 +482,7 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     dt_model *m = *mp;
     char dir[4200];
     dt_tensorset merged;
+    dt_model_release_activations(m);
     int rc = dt_model_merged(m, &merged, err);
     if (rc)
         return rc;
