@@ -309,7 +309,7 @@ static void cpu_rmsnorm_bwd(dt_backend *be, float *dinp, float *dw,
 
 static void cpu_gelu_fwd(dt_backend *be, float *out, const float *inp, long n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (long i = 0; i < n; i++)
         out[i] = dt_gelu_tanh(inp[i]);
 }
@@ -317,7 +317,7 @@ static void cpu_gelu_fwd(dt_backend *be, float *out, const float *inp, long n)
 static void cpu_gelu_bwd(dt_backend *be, float *dinp, const float *inp,
                          const float *dout, long n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (long i = 0; i < n; i++)
         dinp[i] += dout[i] * dt_gelu_tanh_grad(inp[i]);
 }
@@ -325,7 +325,7 @@ static void cpu_gelu_bwd(dt_backend *be, float *dinp, const float *inp,
 static void cpu_swiglu_fwd(dt_backend *be, float *out, const float *gate,
                            const float *up, long n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (long i = 0; i < n; i++)
         out[i] = dt_swiglu(gate[i], up[i]);
 }
@@ -334,7 +334,7 @@ static void cpu_swiglu_bwd(dt_backend *be, float *dgate, float *dup,
                            const float *dout, const float *gate,
                            const float *up, long n)
 {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (long i = 0; i < n; i++) {
         float dg, du;
         dt_swiglu_grad(dout[i], gate[i], up[i], &dg, &du);
@@ -447,7 +447,7 @@ static void att__fwd_head(float *o, float *lse, const float *q, const float *k,
                 mx = s[j] > mx ? s[j] : mx;
             double sum = 0.0;
             for (int j = 0; j <= i; j++) {
-                float e = expf(s[j] - mx);
+                float e = dt_expf(s[j] - mx);
                 s[j] = e;
                 sum += e;
             }
@@ -526,7 +526,7 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
                     di += drow[d] * orow[d];
                 float l = lh[i];
                 for (int j = 0; j <= i; j++) {
-                    float p = expf(s[j] - l);
+                    float p = dt_expf(s[j] - l);
                     s[j] = p;
                     dp[j] = p * (dp[j] - di); /* dS */
                 }
@@ -603,12 +603,12 @@ static void cpu_cross_entropy(dt_backend *be, float *logits, float *losses,
             mx = x[j] > mx ? x[j] : mx;
         double sum = 0.0;
         for (int j = 0; j < V; j++)
-            sum += expf(x[j] - mx);
+            sum += dt_expf(x[j] - mx);
         double lse = mx + log(sum);
         losses[r] = (float)(lse - x[tg]);
         float inv = (float)(1.0 / sum);
         for (int j = 0; j < V; j++)
-            x[j] = expf(x[j] - mx) * inv * grad_scale;
+            x[j] = dt_expf(x[j] - mx) * inv * grad_scale;
         x[tg] -= grad_scale;
     }
 }

@@ -13,6 +13,57 @@
 #include <math.h>
 #endif
 
+/* ---- exp and tanh that vectorize -------------------------------------------
+ * libm's expf/tanhf are scalar calls, which keep the CPU's elementwise loops
+ * (GELU, SiLU, softmax) from vectorizing: on GPT-2 they were ~15% of a
+ * training step. dt_expf is exp with Cody-Waite range reduction and a degree-6
+ * polynomial (relative error < 2e-7, i.e. ~1-2 ulp), written with plain
+ * arithmetic and bit casts so GCC vectorizes it under `omp simd`. On the GPU
+ * the hardware functions are used instead. */
+#ifdef __CUDA_ARCH__
+static inline DT_HD float dt_expf(float x) { return expf(x); }
+static inline DT_HD float dt_tanhf(float x) { return tanhf(x); }
+#else
+static inline float dt_expf(float x)
+{
+    /* clamp: below -87.3 the result underflows to ~0, above 88.7 overflows */
+    x = x < -87.33654f ? -87.33654f : x;
+    x = x > 88.72283f ? 88.72283f : x;
+    float n = __builtin_floorf(x * 1.44269504f + 0.5f); /* round(x / ln2) */
+    float r = x - n * 0.693145752f;                      /* ln2 = hi + lo */
+    r = r - n * 1.42860677e-06f;
+    float p = 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { float f; int i; } u = { .f = p };
+    u.i += (int)n << 23; /* p * 2^n; n in [-126, 128] after the clamps */
+    return u.f;
+}
+
+/* tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)) for |x| >= 0.4, where that
+ * form loses nothing to cancellation; its odd Taylor series through x^13
+ * below (truncation error < 2e-9). Both are computed and one is selected,
+ * which keeps the loop branch-free for the vectorizer. */
+static inline float dt_tanhf(float x)
+{
+    float a = x < 0 ? -x : x;
+    float big = 1.0f - 2.0f / (dt_expf(2.0f * a) + 1.0f);
+    float a2 = a * a;
+    float small = 21844.0f / 6081075.0f;
+    small = small * a2 - 1382.0f / 155925.0f;
+    small = small * a2 + 62.0f / 2835.0f;
+    small = small * a2 - 17.0f / 315.0f;
+    small = small * a2 + 2.0f / 15.0f;
+    small = small * a2 - 1.0f / 3.0f;
+    small = (small * a2) * a + a;
+    float t = a < 0.4f ? small : big;
+    return x < 0 ? -t : t;
+}
+#endif
+
 /* sqrt(2/pi), the constant of GPT-2's gelu_new. */
 #define DT_GELU_K 0.7978845608028654f
 #define DT_GELU_C 0.044715f
@@ -23,14 +74,14 @@
 static inline DT_HD float dt_gelu_tanh(float x)
 {
     float u = DT_GELU_K * (x + DT_GELU_C * x * x * x);
-    return 0.5f * x * (1.0f + tanhf(u));
+    return 0.5f * x * (1.0f + dt_tanhf(u));
 }
 
 /* d/dx of dt_gelu_tanh. */
 static inline DT_HD float dt_gelu_tanh_grad(float x)
 {
     float u = DT_GELU_K * (x + DT_GELU_C * x * x * x);
-    float th = tanhf(u);
+    float th = dt_tanhf(u);
     float du = DT_GELU_K * (1.0f + 3.0f * DT_GELU_C * x * x);
     return 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * du;
 }
@@ -39,7 +90,7 @@ static inline DT_HD float dt_gelu_tanh_grad(float x)
 
 static inline DT_HD float dt_sigmoid(float x)
 {
-    return 1.0f / (1.0f + expf(-x));
+    return 1.0f / (1.0f + dt_expf(-x));
 }
 
 /* silu(x) = x * sigmoid(x) */
