@@ -235,8 +235,9 @@ static void finish(worker *w, const db_finish *f)
     else if (rc)
         log_msg(DT_LOG_ERROR, "job.finish_failed", "%s -> %s: %s", w->job.id, f->status, err);
     else
-        log_msg(DT_LOG_INFO, "job.finished", "%s: %s%s%s", w->job.id, f->status,
-                f->error_code ? " " : "", f->error_code ? f->error_code : "");
+        log_msg(DT_LOG_INFO, "job.finished", "%s: %s at step %ld%s%s", w->job.id, f->status,
+                (long)w->last.step, f->error_code ? " " : "",
+                f->error_code ? f->error_code : "");
 }
 
 static void fail_job(worker *w, const char *code, const char *param, const char *fmt, ...)
@@ -316,7 +317,6 @@ db_error:
 static void requeue(worker *w, const char *why)
 {
     char err[DT_ERR_LEN] = "";
-    job_event(w, "info", "Job returned to the queue: %s", why);
     int rc = db_job_requeue(w->db, w->job.id, w->job.attempt, err);
     if (rc) {
         log_msg(DT_LOG_WARN, "job.requeue_failed", "%s: %s", w->job.id, err);
@@ -400,14 +400,11 @@ static void run_job(worker *w)
                     (long)w->last.step, secs);
         }
     } else if (rc == DT_ECANCEL && flag_get(&w->cancel_req)) {
+        /* db_job_finish() writes the event; checkpoints stay. */
         db_finish f = {.status = "cancelled"};
-        job_event(w, "info", "Job cancelled at step %ld; its checkpoints are kept",
-                  (long)w->last.step);
         finish(w, &f);
     } else if (rc == DT_ECANCEL && flag_get(&w->pause_req)) {
         db_finish f = {.status = "paused"};
-        job_event(w, "info", "Job paused at step %ld; resume it to continue from the "
-                  "checkpoint", (long)w->last.step);
         finish(w, &f);
     } else if (rc == DT_ECANCEL && g_shutdown) {
         char why[256];
