@@ -38,8 +38,10 @@ static inline float dt_expf(float x)
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    union { float f; int i; } u = { .f = p };
-    u.i += (int)n << 23; /* p * 2^n; n in [-126, 128] after the clamps */
+    union { float f; unsigned u; } u = { .f = p };
+    /* p * 2^n; n in [-126, 128] after the clamps. Unsigned arithmetic:
+     * shifting a negative int is undefined in C. */
+    u.u += (unsigned)(int)n << 23;
     return u.f;
 }
 

@@ -123,9 +123,10 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!o.worker_id[0]) {
-        char host[200] = "worker";
+        char host[96] = "worker";
         gethostname(host, sizeof host - 1);
-        snprintf(o.worker_id, sizeof o.worker_id, "%s-%d", host, (int)getpid());
+        host[sizeof host - 1] = '\0';
+        snprintf(o.worker_id, sizeof o.worker_id, "%.96s-%d", host, (int)getpid());
     }
     log_init("worker", o.cfg.log_level);
     return wk_main(&o);
