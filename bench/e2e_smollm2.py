@@ -25,7 +25,9 @@ WORK = os.path.join(ROOT, ".cache", "bench", "e2e")
 METHODS = ("full", "lora", "delta_lora")
 
 
-def rel(p):
+def rel(p):  # paths as typed from the project root; the engine copy as build/deltatune
+    if p == ENGINE:
+        return "build/deltatune"
     return os.path.relpath(p, ROOT) if isinstance(p, str) and p.startswith(ROOT) else p
 
 
@@ -61,9 +63,15 @@ def train_cmd(a, method, data, out, steps, lr, valid=None):
     return c + (["--valid", valid] if valid else [])
 
 
+def cpu_busy():  # (busy, total) jiffies of the whole machine
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
 def run_train(cmd, log):
-    """Runs one training; returns (metrics lines, per-step times, wall, rc, stderr)."""
-    t0 = time.perf_counter()
+    """Runs one training; returns (metrics lines, per-step times, wall, rc,
+    stderr, share of the CPUs other processes used meanwhile)."""
+    t0, (b0, s0) = time.perf_counter(), cpu_busy()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines, stamps = [], []
     for line in p.stdout:
@@ -76,10 +84,13 @@ def run_train(cmd, log):
             lines.append(j)
             stamps.append(time.perf_counter())
     err = p.stderr.read()
-    rc = p.wait()
+    _, status, ru = os.wait4(p.pid, 0)
+    rc, (b1, s1), wall = os.waitstatus_to_exitcode(status), cpu_busy(), time.perf_counter() - t0
     log.write(err)
     dts = [b - a for a, b in zip(stamps, stamps[1:])]
-    return lines, dts, time.perf_counter() - t0, rc, err
+    ncpu = os.cpu_count()
+    other = ((b1 - b0) / max(1, s1 - s0) * ncpu * wall - ru.ru_utime - ru.ru_stime) / (ncpu * wall)
+    return lines, dts, wall, rc, err, max(0.0, other)
 
 
 def trainable(out):
@@ -118,9 +129,13 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "e2e-smollm2.md"))
     a = ap.parse_args()
+    global ENGINE  # run a copy: teammates may rebuild build/deltatune meanwhile
     for p, fix in ((ENGINE, "make -j2 all"), (GGUF, "scripts/install-deps"), (E2E, "see ../shared")):
         if not os.path.exists(p):
             sys.exit(f"{p} missing ({fix})")
+    os.makedirs(WORK, exist_ok=True)
+    built = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.stat(ENGINE).st_mtime))
+    ENGINE = shutil.copy2(ENGINE, os.path.join(WORK, "deltatune"))
     started, t_all = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time()
     paths, heldout, facts = prepare(a)
     log = open(os.path.join(WORK, "train.log"), "w")
@@ -131,7 +146,8 @@ def main():
     if not a.steps:
         for m in ("lora", "full"):
             out = os.path.join(WORK, f"probe-{m}")
-            lines, dts, wall, rc, err = run_train(train_cmd(a, m, paths["train"], out, 4, a.lr), log)
+            lines, dts, wall, rc, err, _ = run_train(train_cmd(a, m, paths["train"], out, 4, a.lr),
+                                                     log)
             shutil.rmtree(out, ignore_errors=True)
             if rc:
                 sys.exit(f"probe failed: {' '.join(train_cmd(a, m, paths['train'], out, 4, a.lr))}"
@@ -149,7 +165,7 @@ def main():
     # base model's held-out loss: one lora step at lr 1e-9 (B stays ~0)
     out = os.path.join(WORK, "out-base")
     cmd = train_cmd(a, "lora", paths["train"], out, 1, 1e-9, paths["heldout"])
-    lines, _, _, rc, err = run_train(cmd, log)
+    lines, _, _, rc, err, _ = run_train(cmd, log)
     base_valid = lines[-1].get("valid_loss") if not rc and lines else None
     if rc:
         failures.append((cmd, rc, err))
@@ -161,8 +177,8 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         cmd = train_cmd(a, m, paths["train"], out, a.steps, a.lr, paths["heldout"])
         print(f"{m}: {a.steps} steps ...", flush=True)
-        lines, dts, wall, rc, err = run_train(cmd, log)
-        r = dict(cmd=cmd, rc=rc, err=err, wall=wall, lines=lines,
+        lines, dts, wall, rc, err, other = run_train(cmd, log)
+        r = dict(cmd=cmd, rc=rc, err=err, wall=wall, lines=lines, other=other,
                  step_s=statistics.median(dts) if dts else float("nan"))
         if rc:
             failures.append((cmd, rc, err))
@@ -204,21 +220,25 @@ def main():
          f"norm 1.0, seed {a.seed}. LoRA / Delta-LoRA: rank 8, alpha 16, targets q,v; "
          "Delta-LoRA λ 0.5, K = the default 10% of the steps.",
          "- Model: `.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, dequantized to fp32 by "
-         "the engine (training in fp32)."]
+         f"the engine (training in fp32). Engine: `build/deltatune` built {built}, run from a "
+         "copy taken at the start.",
+         "- Wall times are on a shared machine: *other load* = share of the CPUs other "
+         "processes used during that run. OpenBLAS environment as inherited: "
+         + (", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+                      if k in os.environ) or "none") + " (bench/README.md)."]
     if probe:
         L.append(f"- Steps sized from a timing probe: lora {probe['lora'][0]:.2f} s/step, full "
                  f"{probe['full'][0]:.2f} s/step, budget {a.budget_min:g} min.")
     L += ["", "## Results", "",
           "| method | steps | lr | train loss, last step (mean of last 10) | held-out loss | "
-          "wall time | s/step | trainable params | W elements moved without gradient |",
-          "|---|---|---|---|---|---|---|---|---|",
-          f"| base model (no training) | 0 | – | – | "
-          f"{base_valid:.4f} | – | – | – | – |" if base_valid else
-          "| base model | – | – | – | (failed) | – | – | – | – |"]
+          "wall time (other load) | s/step | trainable params | W elements moved without "
+          "gradient |", "|---|---|---|---|---|---|---|---|---|",
+          f"| base model (no training) | 0 | – | – | {base_valid:.4f} | – | – | – | – |"
+          if base_valid else "| base model | – | – | – | (failed) | – | – | – | – |"]
     for m, r in results.items():
         if "valid" in r and r["rc"] == 0:
             L.append(f"| {m} | {a.steps} | {a.lr:g} | {r['train_last']:.4f} "
-                     f"({r['train_last10']:.4f}) | {r['valid']:.4f} | {r['wall']:.0f} s | "
+                     f"({r['train_last10']:.4f}) | {r['valid']:.4f} | {r['wall']:.0f} s ({r['other']:.0%}) | "
                      f"{r['step_s']:.2f} | {r.get('trainable', 0):,} | {r.get('moved', 0):,} |")
         else:
             L.append(f"| {m} | {a.steps} | {a.lr:g} | FAILED (exit {r['rc']}) | – | "

@@ -143,6 +143,10 @@ struct dt_backend {
     dt_backend_i i;
     void *ctx;   /* backend private state */
     int threads; /* CPU threads (CPU backend) */
+    /* Peak memory: the CPU backend counts its own live allocations; the CUDA
+     * backend records the device's memory in use (cudaMemGetInfo: total -
+     * free, context and workspaces included) after each allocation. */
+    size_t live_bytes, peak_bytes;
 };
 
 /* Creates the backend named by `device`: "cpu", "cuda", "cuda:N" or "auto"

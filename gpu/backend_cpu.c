@@ -14,6 +14,7 @@
 #include "dt_math.h"
 
 #include <cblas.h>
+#include <malloc.h>
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -68,10 +69,18 @@ static void *cpu_alloc(dt_backend *be, size_t bytes)
     if (n < bytes || posix_memalign(&p, 64, n))
         return NULL;
     memset(p, 0, n);
+    be->live_bytes += malloc_usable_size(p);
+    if (be->live_bytes > be->peak_bytes)
+        be->peak_bytes = be->live_bytes;
     return p;
 }
 
-static void cpu_free(dt_backend *be, void *p) { free(p); }
+static void cpu_free(dt_backend *be, void *p)
+{
+    if (p)
+        be->live_bytes -= malloc_usable_size(p);
+    free(p);
+}
 
 static void cpu_memcpy(dt_backend *be, void *dst, const void *src, size_t bytes)
 {

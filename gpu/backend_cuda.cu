@@ -452,6 +452,9 @@ static void *cuda_alloc(dt_backend *be, size_t bytes)
         cudaFree(p);
         return NULL;
     }
+    size_t fr = 0, tot = 0; /* memory only grows here: the peak is seen */
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > be->peak_bytes)
+        be->peak_bytes = tot - fr;
     return p;
 }
 

@@ -39,7 +39,7 @@ static const char train_usage[] =
 "  --rank R                LoRA rank r (default 8)\n"
 "  --alpha A               LoRA alpha; scaling is alpha/r (default 16)\n"
 "  --lambda L              Delta-LoRA update ratio (default 0.5)\n"
-"  --start-step K          Delta-LoRA: W moves after step K (default: 10%% of\n"
+"  --start-step K          Delta-LoRA: W moves after step K (default: 10% of\n"
 "                          the total steps; a warning if K >= total)\n"
 "  --target-modules LIST   q,k,v,o,gate,up,down or module names (q_proj,\n"
 "                          c_attn, ...); 'all' (default q,v)\n"

@@ -503,6 +503,8 @@ static int b_text(builder *b, const char *s, size_t len, int loss)
         int rc = b_flush(b);
         return rc ? rc : b_encode(b, s, len, 1);
     }
+    if (len == 0) /* e.g. "prompt": "" on a fresh row: pend may still be NULL */
+        return DT_OK;
     if (b->plen + len > b->pcap) {
         size_t cap = b->pcap ? b->pcap : 256;
         while (cap < b->plen + len)

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <ftw.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -219,6 +220,21 @@ int dt_ckpt_latest(const char *out, char *dir, size_t dirlen)
     return best;
 }
 
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    (void)f;
+    remove(p);
+    return 0;
+}
+
+/* Removes a directory tree (best effort). */
+static void rm_tree(const char *dir)
+{
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 /* The tensors a checkpoint holds: every trainable tensor with its AdamW
  * moments, plus the W that Delta-LoRA moves. */
 static int ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
@@ -233,7 +249,8 @@ static int ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     float **bufs = calloc((size_t)cap, sizeof *bufs);
     char (*names)[160] = calloc((size_t)cap, sizeof *names);
     int64_t (*shapes)[2] = calloc((size_t)cap, sizeof *shapes);
-    int n = 0, rc = 0;
+    int n = 0, rc = 0, made_tmp = 0;
+    char dir[4096], tmp[4200], path[4300];
     if (!en || !bufs || !names || !shapes) {
         rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
         goto done;
@@ -277,19 +294,23 @@ static int ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     }
     if ((rc = OPS.sync(be, err)))
         goto done;
-    char dir[4096], tmp[4200], path[4300];
     snprintf(dir, sizeof dir, "%s/checkpoints/step-%08d", o->out, opt->t);
-    snprintf(tmp, sizeof tmp, "%s.partial", dir);
+    /* The temporary name is this process's own, so two writers of one step
+     * (a stale worker and the job's new owner) never share a half-written
+     * directory. */
+    snprintf(tmp, sizeof tmp, "%s.partial.%ld", dir, (long)getpid());
     if ((rc = dt_mkdirs(tmp, err)))
         goto done;
+    made_tmp = 1;
     snprintf(path, sizeof path, "%s/state.safetensors", tmp);
     if ((rc = dt_safetensors_write(path, en, n, NULL, err)))
         goto done;
     char js[512];
     int len = snprintf(js, sizeof js,
         "{\"step\": %d, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
-        "\"seed\": %llu, \"trained_tokens\": %ld}\n", opt->t, (int)o->method,
-        o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens);
+        "\"seed\": %llu, \"trained_tokens\": %ld, \"threads\": %d}\n", opt->t,
+        (int)o->method, o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens,
+        be->threads);
     snprintf(path, sizeof path, "%s/state.json", tmp);
     if ((rc = dt_write_file_atomic(path, js, (size_t)len, err)))
         goto done;
@@ -303,12 +324,15 @@ static int ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
         rc = dt_errf(err, DT_EIO, "%s: rename: %s", dir, strerror(errno));
         goto done;
     }
+    made_tmp = 0;
     snprintf(path, sizeof path, "%s/DONE", dir);
     if ((rc = dt_write_file_atomic(path, "ok\n", 3, err)))
         goto done;
     if (o->on_checkpoint && o->on_checkpoint(o->ud, opt->t, dir))
         rc = dt_errf(err, DT_ECANCEL, "checkpoint %d refused by the caller", opt->t);
 done:
+    if (rc && made_tmp) /* a failed write (disk full) leaves nothing behind */
+        rm_tree(tmp);
     for (int i = 0; i < n; i++)
         free(bufs[i]);
     free(bufs);
@@ -332,6 +356,13 @@ static int ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
     }
     opt->t = (int)json_integer_value(json_object_get(js, "step"));
     *trained_tokens = (long)json_integer_value(json_object_get(js, "trained_tokens"));
+    /* CPU results are bitwise reproducible for one thread count only (the
+     * OpenMP reductions and OpenBLAS split work by thread). */
+    int th = (int)json_integer_value(json_object_get(js, "threads"));
+    if (th > 0 && be->threads > 0 && th != be->threads)
+        fprintf(stderr, "warning: %s was written with %d CPU threads, resuming with %d: "
+                "the result differs in the last bits from an uninterrupted run\n", dir, th,
+                be->threads);
     json_decref(js);
     dt_tensorset ts;
     dt_tensorset_init(&ts);
@@ -441,8 +472,9 @@ static void print_progress(const dt_train_opts *o, const dt_progress *p)
         if (isfinite(p->valid_loss))
             printf("\"valid_loss\":%.6f,", p->valid_loss);
         printf("\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_second\":%.1f,"
-               "\"eta_seconds\":%.1f,\"trained_tokens\":%ld}\n", p->lr, p->grad_norm,
-               p->tokens_per_sec, p->eta_sec, p->trained_tokens);
+               "\"eta_seconds\":%.1f,\"trained_tokens\":%ld,\"peak_device_bytes\":%zu}\n",
+               p->lr, p->grad_norm, p->tokens_per_sec, p->eta_sec, p->trained_tokens,
+               p->peak_device_bytes);
         fflush(stdout);
         return;
     }
@@ -659,17 +691,24 @@ int dt_train(const dt_train_opts *o_in, char *err)
         trained += nstep;
         tok_run += nstep;
         dt_progress p = {opt.t, total, (double)(pos + rows_per_step) / ds.nrows, loss,
-                         NAN, 0, 0, lr, gn, trained};
+                         NAN, 0, 0, lr, gn, trained, 0, 0};
         double el = dt_now() - t0;
         p.tokens_per_sec = el > 0 ? tok_run / el : 0;
         p.eta_sec = el / (opt.t - first) * (total - opt.t);
         if (vs.nrows && ((o.eval_interval && opt.t % o.eval_interval == 0) || opt.t == total))
             if ((rc = eval_loss(m, &vs, o.batch, o.seq_len, &p.valid_loss, err)))
                 goto fail;
+        p.peak_device_bytes = dt_model_backend(m)->peak_bytes;
+        p.ckpt_due = (o.ckpt_interval && opt.t % o.ckpt_interval == 0) || opt.t == total;
         int stop = o.on_progress ? o.on_progress(o.ud, &p) : (print_progress(&o, &p), 0);
+        if (stop == DT_PROGRESS_ABORT) {
+            rc = dt_errf(err, DT_ECANCEL, "aborted at step %d/%d by the caller; no "
+                         "checkpoint written", opt.t, total);
+            goto fail;
+        }
         if (o.stop && *o.stop)
             stop = 1;
-        if ((o.ckpt_interval && opt.t % o.ckpt_interval == 0) || stop || opt.t == total)
+        if (p.ckpt_due || stop)
             if ((rc = ckpt_save(m, &o, &opt, trained, err)))
                 goto fail;
         if (stop && opt.t < total) {

@@ -40,7 +40,16 @@ typedef struct dt_progress {
     double eta_sec;
     double lr, grad_norm;
     long trained_tokens;
+    int ckpt_due;           /* 1: a checkpoint is written after this step */
+    size_t peak_device_bytes; /* the backend's peak_bytes so far (backend.h) */
 } dt_progress;
+
+/* on_progress returns 0 to go on, DT_PROGRESS_STOP (or any other non-zero
+ * value) to stop after writing a checkpoint, or DT_PROGRESS_ABORT to stop
+ * at once without writing anything more (e.g. the caller lost its lease:
+ * another process owns the output directory now). Both end in DT_ECANCEL. */
+#define DT_PROGRESS_STOP 1
+#define DT_PROGRESS_ABORT 2
 
 typedef struct dt_train_opts {
     const char *model, *data, *valid, *out, *init_adapter, *device;
@@ -60,7 +69,8 @@ typedef struct dt_train_opts {
     int resume;
     int json;                /* 1: JSON lines, 0: progress bar */
     /* Called after every step; a non-zero return stops training cleanly
-     * (a checkpoint is written) with DT_ECANCEL. */
+     * (a checkpoint is written, except for DT_PROGRESS_ABORT) with
+     * DT_ECANCEL. */
     int (*on_progress)(void *ud, const dt_progress *p);
     void *ud;
     /* Called after each complete checkpoint (dir holds state + DONE); a

@@ -284,6 +284,19 @@ static void test_prompt_completion_masks_prompt_exactly(void **state)
     dt_dataset_free(&ds);
 }
 
+/* Found by tests/fuzz/fuzz_jsonl: an empty masked text on a fresh row did
+ * pointer arithmetic on the still-NULL pending buffer (UBSan, make asan). */
+static void test_empty_prompt_is_fine(void **state)
+{
+    dt_dataset ds;
+    load_ok(write_str(state, "{\"prompt\": \"\", \"completion\": \"cd\"}\n"), 64, &ds);
+    expect e = {0};
+    ex_text(&e, "cd", 1);
+    ex_tok(&e, T_EOS, 1);
+    assert_row_matches(&ds.rows[0], &e);
+    dt_dataset_free(&ds);
+}
+
 static void test_chat_chatml_trains_only_assistant_content_and_im_end(void **state)
 {
     dt_dataset ds;
@@ -634,6 +647,7 @@ int main(void)
         T(test_text_row_labels_are_shifted_ids_all_trained),
         T(test_bos_added_only_when_distinct_from_eos),
         T(test_prompt_completion_masks_prompt_exactly),
+        T(test_empty_prompt_is_fine),
         T(test_chat_chatml_trains_only_assistant_content_and_im_end),
         T(test_chat_plain_template_without_chatml_tokens),
         T(test_chat_weight_zero_masks_that_turn),
