@@ -3,11 +3,17 @@
 #   make            build the engine library, the `deltatune` CLI and tests
 #   make test       install what is missing, build, run every test
 #   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
+#   make fuzz-brief libFuzzer targets for every parser, ~10 s each (tests/fuzz/)
 #   make check-gpu  CUDA-vs-CPU op and training tests (needs a GPU)
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
 #   make check-exports  exports load in transformers / peft (needs the venv)
 #   make bench      CPU benchmark against PyTorch + PEFT
+#   make bench-e2e  SmolLM2 on E2E: full vs LoRA vs Delta-LoRA held-out loss
+#   make bench-service  HTTP API under load (wrk): req/s, p50/p99, downloads
 #   make demo       the main job end to end (see README)
+#   make test-cli   the deltatune client commands (jobs, files, models) against a real stack
+#   make test-client  the official openai SDKs (Python + Node) against a real stack
+#   make test-browser the dashboard in headless chromium (Playwright) against a real stack
 
 BUILD    ?= build
 CC       ?= gcc
@@ -72,12 +78,16 @@ CFLAGS   += -I$(PG_INC)
 
 # ---- deltatune-server (server/) ---------------------------------------------------
 SERVER_SRC := server/main.c server/http.c server/route.c server/routes.c \
-              server/httputil.c server/files.c server/jobs.c server/models.c server/ops.c
-SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o
+              server/httputil.c server/files.c server/jobs.c server/models.c server/ops.c \
+              server/ratelimit.c server/static.c server/sse.c server/jsonw.c \
+              server/results.c
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o \
+              $(BUILD)/server/static_files.o
 SERVER     := $(BUILD)/deltatune-server
 
 # ---- programs ---------------------------------------------------------------
-CLI_SRC := worker/cli.c gpu/cli_train.c
+CLI_SRC := worker/cli.c gpu/cli_train.c worker/client.c worker/client_http.c \
+           worker/client_follow.c worker/client_download.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI     := $(BUILD)/deltatune
 
@@ -86,6 +96,7 @@ TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
               test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
+TEST_NAMES += test_ratelimit test_jsonw
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
 all: $(LIB) $(API_LIB) $(CLI) $(SERVER) $(TESTS)
@@ -123,11 +134,16 @@ $(BUILD)/server/openapi_json.c: api/openapi.yaml scripts/openapi-to-c
 	@mkdir -p $(dir $@)
 	scripts/openapi-to-c $< $(BUILD)/openapi.json $@
 
+# server/static/ (the dashboard) -> an embedded copy with ETags.
+$(BUILD)/server/static_files.c: $(wildcard server/static/*) scripts/static-to-c
+	@mkdir -p $(dir $@)
+	scripts/static-to-c server/static $@
+
 $(SERVER): $(SERVER_OBJ) $(API_LIB) $(LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
 
 $(CLI): $(CLI_OBJ) $(API_LIB) $(LIB)
-	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) -lcurl $(LDLIBS)
 
 # The service's tests link the api library, the MHD-free server helpers and
 # the service libraries.
@@ -135,6 +151,16 @@ $(API_TEST_NAMES:%=$(BUILD)/tests/%): $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o 
     $(BUILD)/server/route.o $(BUILD)/server/httputil.o $(API_LIB) $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
+
+# The rate limiter alone (server/ratelimit.c has no MHD dependency).
+$(BUILD)/tests/test_ratelimit: $(BUILD)/tests/unit/test_ratelimit.o $(BUILD)/server/ratelimit.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ -lm -lpthread -lcmocka
+
+# The JSON writer alone (server/jsonw.c: jansson only).
+$(BUILD)/tests/test_jsonw: $(BUILD)/tests/unit/test_jsonw.o $(BUILD)/server/jsonw.o
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ -ljansson -lm -lcmocka
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
@@ -174,10 +200,44 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/run-tests $(BUILD) $(TEST_NAMES)
 
+# HTTP integration tests (tests/integration/test_*.py): each module starts its
+# own stack (PostgreSQL, Redis, server, worker, tiny model) from $(BUILD).
+test-integration: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) python3 -m unittest discover -s tests/integration -p 'test_*.py' -v
+
+# Fault tests (tests/fault/): real processes killed, stopped and restarted
+# (worker kill -9 / SIGSTOP, Redis, PostgreSQL, full disk, server mid-upload,
+# claim races), each on its own short-lease stack; a few minutes. The
+# disk-full test mounts a tmpfs (root only; skipped otherwise).
+test-fault: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) python3 -W ignore::ResourceWarning -m unittest discover -s tests/fault -p 'test_*.py' -v
+
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	@ASAN_OPTIONS=detect_leaks=1 scripts/run-tests build-asan $(TEST_NAMES)
+
+# The official openai SDKs (Python in .venv-client, Node in tests/client/node)
+# against a real stack: tests/client/setup installs them (pinned, idempotent).
+test-client: all
+	@tests/client/setup
+	@BUILD=$(BUILD) .venv-client/bin/python -m unittest discover -s tests/client -p 'test_*.py' -v
+
+# The dashboard (server/static/) in Debian's headless chromium driven by
+# Playwright for Python (.venv-browser; tests/browser/setup installs both,
+# pinned, idempotent; no browser download), and the server side of it
+# (static files, the event stream). Screenshots: $(BUILD)/browser-artifacts/.
+test-browser: $(SERVER) $(WORKER) $(CLI)
+	@tests/browser/setup
+	@BUILD=$(BUILD) .venv-browser/bin/python -m unittest discover -s tests/browser -p 'test_*.py' -v
+
+# The client commands (deltatune jobs | files | models list | download) against
+# a real stack (tests/cli/; Python standard library only).
+test-cli: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) python3 -m unittest discover -s tests/cli -p 'test_*.py' -v
 
 check-gpu:
 	@$(MAKE) --no-print-directory all
@@ -196,12 +256,21 @@ bench: all
 	@scripts/make-venv
 	@.venv/bin/python bench/engine_cpu.py
 
+bench-e2e: all
+	@python3 bench/e2e_smollm2.py
+
+bench-service: all
+	@BUILD=$(BUILD) python3 bench/service.py
+
 demo: deps all
 	@scripts/demo
 
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: check-exports all engine deps test asan check-gpu fixtures bench demo clean
+.PHONY: test-cli test-fault test-client test-browser check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+
+# libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
+include tests/fuzz/fuzz.mk
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -31,6 +31,8 @@ typedef struct api_config {
     int64_t connection_memory_bytes;    /* DELTATUNE_CONNECTION_MEMORY, bytes per connection */
     int threads;                        /* DELTATUNE_THREADS, MHD thread pool size */
     int db_pool_size;                   /* DELTATUNE_DB_POOL, PostgreSQL connections (server) */
+    int rate_limit;                     /* DELTATUNE_RATE_LIMIT, requests/second per API key, 0 = off */
+    int rate_burst;                     /* DELTATUNE_RATE_BURST, bucket size (0 = rate_limit) */
 
     /* Jobs (server and worker). */
     int lease_seconds;                  /* DELTATUNE_LEASE_SECONDS, lease length (60) */

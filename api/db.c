@@ -557,6 +557,38 @@ int db_file_delete(db *d, const char *owner, const char *id, db_file *out, char 
     return db_tx(d, file_delete_tx, &a, err);
 }
 
+int db_job_results_csv(db *d, const char *job_id, char **csv, char *err)
+{
+    db_params p = {0};
+    PGresult *r;
+    *csv = NULL;
+    dbp_str(&p, job_id);
+    int rc = db_exec(d, "job_results_csv", &p, &r, err);
+    if (rc) return rc;
+    *csv = strdup(PQntuples(r) == 1 ? PQgetvalue(r, 0, 0) : "");
+    if (!*csv) rc = dt_errf(err, DT_ENOMEM, "out of memory");
+    PQclear(r);
+    return rc;
+}
+
+int db_files_expire(db *d, int limit, char (**paths)[DB_PATH_LEN], int *n, char *err)
+{
+    db_params p = {0};
+    PGresult *r;
+    *paths = NULL;
+    *n = 0;
+    dbp_int(&p, limit);
+    int rc = db_exec(d, "files_expire", &p, &r, err);
+    if (rc) return rc;
+    int m = PQntuples(r);
+    *paths = calloc((size_t)m + 1, sizeof **paths);
+    if (!*paths) rc = dt_errf(err, DT_ENOMEM, "out of memory");
+    for (int i = 0; !rc && i < m; i++) dbr_str(r, i, 1, (*paths)[i], DB_PATH_LEN);
+    if (!rc) *n = m;
+    PQclear(r);
+    return rc;
+}
+
 /* ---- models ---------------------------------------------------------------------- */
 
 static void model_row(const PGresult *r, int i, db_model *m)

@@ -127,6 +127,13 @@ int db_file_list(db *d, const char *owner, const char *after, int limit,
  * or running job of the owner uses the file. */
 int db_file_delete(db *d, const char *owner, const char *id, db_file *out,
                    char *err);
+/* A job's step metrics as CSV rows, no header, one per step ("" when
+ * none); *csv is malloc'd. The caller checks the job's owner first. */
+int db_job_results_csv(db *d, const char *job_id, char **csv, char *err);
+/* Deletes up to limit files whose expires_at has passed and that no
+ * unfinished job uses; *paths (malloc'd, free()) gets their stored paths for
+ * the caller to remove. Lists already hide expired files. */
+int db_files_expire(db *d, int limit, char (**paths)[DB_PATH_LEN], int *n, char *err);
 
 /* ---- jobs ---------------------------------------------------------------- */
 

@@ -51,10 +51,12 @@ const db_stmt db_stmts[] = {
                     "to_timestamp($11::bigint) END)"},
     {"file_get", "SELECT " FILE_COLS " FROM files WHERE id = $1 AND owner = $2"},
     {"file_list_desc", "SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
+                       "(expires_at IS NULL OR expires_at > now()) AND "
                        "($2::text IS NULL OR purpose = $2) AND ($3::text IS NULL OR seq < "
                        "(SELECT seq FROM files WHERE id = $3 AND owner = $1)) "
                        "ORDER BY seq DESC LIMIT $4"},
     {"file_list_asc", "SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
+                       "(expires_at IS NULL OR expires_at > now()) AND "
                       "($2::text IS NULL OR purpose = $2) AND ($3::text IS NULL OR seq > "
                       "(SELECT seq FROM files WHERE id = $3 AND owner = $1)) "
                       "ORDER BY seq ASC LIMIT $4"},
@@ -62,6 +64,25 @@ const db_stmt db_stmts[] = {
                     "'running', 'paused', 'validating_files') AND (training_file = $2 "
                     "OR validation_file = $2) LIMIT 1"},
     {"file_delete", "DELETE FROM files WHERE id = $1 AND owner = $2 RETURNING " FILE_COLS},
+    /* A job's step metrics as CSV rows (the last event of each step, so a
+     * resumed run's repeated steps count once): step, train_loss,
+     * train_accuracy, valid_loss, valid_mean_token_accuracy (OpenAI's
+     * columns; accuracies are not measured), learning_rate, grad_norm,
+     * tokens_per_second, trained_tokens. */
+    {"job_results_csv",
+     "SELECT coalesce(string_agg(line, E'\\n' ORDER BY step), '') FROM (SELECT DISTINCT ON "
+     "((data->>'step')::bigint) (data->>'step')::bigint AS step, concat_ws(',', "
+     "data->>'step', coalesce(data->>'train_loss', ''), '', coalesce(data->>'valid_loss', ''), "
+     "'', coalesce(data->>'learning_rate', ''), coalesce(data->>'grad_norm', ''), "
+     "coalesce(data->>'tokens_per_second', ''), coalesce(data->>'trained_tokens', '')) AS line "
+     "FROM job_events WHERE job_id = $1 AND type = 'metrics' AND data ? 'step' "
+     "ORDER BY (data->>'step')::bigint, seq DESC) s"},
+    /* Expired files no unfinished job needs (the rescuer's pass removes them). */
+    {"files_expire", "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE "
+                     "expires_at <= now() AND NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+                     "j.owner = files.owner AND j.status IN ('queued', 'running', 'paused', "
+                     "'validating_files') AND (j.training_file = files.id OR "
+                     "j.validation_file = files.id)) LIMIT $1) RETURNING id, path"},
 
     /* ---- models ---- */
     {"model_put", "INSERT INTO models (id, kind, owner, base, job_id, step, path) "
@@ -156,7 +177,7 @@ const db_stmt db_stmts[] = {
                    "lease_expires_at = NULL, worker_id = '', error_code = $4, "
                    "error_message = $5, error_param = $6, fine_tuned_model = "
                    "coalesce($7, fine_tuned_model), pause_requested = false, "
-                   "tokens_per_second = 0, eta_seconds = CASE WHEN $3 = 'succeeded' "
+                   "eta_seconds = CASE WHEN $3 = 'succeeded' "
                    "THEN 0 END, updated_at = now() WHERE " FENCE " RETURNING id"},
     {"job_requeue", "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
                     "WHEN pause_requested THEN 'paused' ELSE 'queued' END, finished_at = "

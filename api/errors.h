@@ -27,4 +27,10 @@ json_t *api_error_json(const api_error *e);
 /* The type string for an HTTP status. */
 const char *api_error_type(int status);
 
+/* 1 when s is valid UTF-8: what jansson and PostgreSQL (UTF8) accept. */
+int api_utf8_valid(const char *s);
+/* Replaces, in place, each byte of s that is not part of a valid UTF-8
+ * sequence (stray, overlong, surrogate, > U+10FFFF, cut short) by repl. */
+void api_utf8_fix(char *s, char repl);
+
 #endif

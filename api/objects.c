@@ -39,6 +39,13 @@ int obj_ft_model_id(const char *base, const char *owner, const char *suffix,
     return (n < 0 || (size_t)n >= outlen) ? DT_EINVAL : 0;
 }
 
+int obj_result_file_id(const char *job_id, char *out, size_t outlen)
+{
+    if (!job_id || strncmp(job_id, "ftjob-", 6) || !job_id[6]) return DT_EINVAL;
+    int n = snprintf(out, outlen, "file-%s", job_id + 6);
+    return (n < 0 || (size_t)n >= outlen) ? DT_EINVAL : 0;
+}
+
 /* A new reference: the string, or null when empty. */
 static json_t *str_or_null(const char *s)
 {
@@ -132,6 +139,10 @@ json_t *obj_job(const db_job *j)
         j->updated_at > 0)
         estimated = json_integer(j->updated_at + (json_int_t)p->eta_seconds);
     json_t *result_files = json_array();
+    char results_id[DB_ID_LEN];
+    if (!strcmp(j->status, "succeeded") &&
+        !obj_result_file_id(j->id, results_id, sizeof results_id))
+        json_array_append_new(result_files, json_string(results_id));
     json_t *o = json_pack(
         "{s:s, s:s, s:I, s:s, s:s, s:s, s:o, s:o, s:o, s:s, s:o, s:o, s:o, s:I,"
         " s:o, s:o, s:o, s:o, s:[], s:o, s:o, s:b, s:b, s:i}",

@@ -22,6 +22,11 @@ int obj_new_id(const char *prefix, char *out, size_t outlen);
 int obj_ft_model_id(const char *base, const char *owner, const char *suffix,
                     const char *job_id, long step, char *out, size_t outlen);
 
+/* The id of a job's results file (its step metrics as CSV, served by the
+ * server from the job's metrics events): "ftjob-<hex>" -> "file-<hex>".
+ * DT_EINVAL when job_id is not a job id or out is short. */
+int obj_result_file_id(const char *job_id, char *out, size_t outlen);
+
 /* file: {id, object:"file", bytes, created_at, filename, purpose, status,
  * status_details, expires_at, sha256} */
 json_t *obj_file(const db_file *f);

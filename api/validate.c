@@ -63,7 +63,7 @@ static void defaults(db_job *j)
     j->lambda = 0.5;
     j->start_step = -1;
     snprintf(j->target_modules, sizeof j->target_modules, "q,v");
-    j->seq_len = 256;
+    j->seq_len = VALIDATE_DEFAULT_SEQ_LEN;
     j->warmup_steps = 0;
     j->weight_decay = 0;
     j->max_grad_norm = 1.0;

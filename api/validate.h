@@ -42,6 +42,9 @@
 #include "errors.h"
 
 #define VALIDATE_DEFAULT_LR 2e-4 /* learning_rate_multiplier 1.0 */
+/* The default seq_len; the worker lowers it to a model with fewer positions
+ * (an explicit seq_len beyond them fails the job). */
+#define VALIDATE_DEFAULT_SEQ_LEN 256
 
 /* Fills *j (ids, owner, status excepted) from body. 0 or the HTTP status
  * (400) with e filled. j->metadata is malloc'd on success (db_job_clear). */

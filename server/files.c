@@ -80,6 +80,7 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
             snprintf(u->filename, sizeof u->filename, "%s", base);
             for (char *p = u->filename; *p; p++)
                 if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '_';
+            api_utf8_fix(u->filename, '_'); /* stored in PostgreSQL, sent as JSON */
         }
         u->have_file = 1;
         if (u->status) return MHD_YES;
@@ -259,6 +260,7 @@ void files_create(req *r)
             }
         }
         f.status_details[o] = 0;
+        api_utf8_fix(f.status_details, '?'); /* a character cut at the end */
     }
     free(report);
     f.nlines = nlines;
@@ -319,6 +321,7 @@ void files_get(req *r)
     if (!d) return;
     db_file f;
     int rc = db_file_get(d, r->owner, r->params[0], &f, err);
+    if (rc == DB_ENOTFOUND && !results_file(r, r->params[0], &f, NULL)) rc = 0;
     if (rc) { reply_db(r, rc, err); return; }
     reply_json(r, 200, obj_file(&f));
 }
@@ -345,6 +348,15 @@ void files_content(req *r)
     if (!d) return;
     db_file f;
     int rc = db_file_get(d, r->owner, r->params[0], &f, err);
+    char *csv = NULL;
+    if (rc == DB_ENOTFOUND && !results_file(r, r->params[0], &f, &csv)) {
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            (size_t)f.bytes, csv, MHD_RESPMEM_MUST_FREE);
+        if (!resp) { free(csv); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+        MHD_add_response_header(resp, "Content-Type", "text/csv");
+        reply_mhd(r, 200, resp);
+        return;
+    }
     if (rc) { reply_db(r, rc, err); return; }
     int fd = -1;
     struct stat st;

@@ -13,6 +13,12 @@ void files_get(req *r);
 void files_delete(req *r);
 void files_content(req *r);
 
+/* results.c: a succeeded job's results file (step metrics CSV) by its file
+ * id. 0 with *f filled (and *content, malloc'd, when content is non-NULL);
+ * DB_ENOTFOUND when file_id names no succeeded job of the caller's;
+ * DB_EUNAVAIL, DT_EIO or DT_ENOMEM otherwise. */
+int results_file(req *r, const char *file_id, db_file *f, char **content);
+
 /* jobs.c */
 void jobs_create(req *r);
 void jobs_list(req *r);
@@ -36,6 +42,13 @@ void ops_healthz(req *r);
 void ops_readyz(req *r);
 void ops_metrics(req *r);
 void ops_openapi(req *r);
+
+/* static.c: the dashboard */
+void static_index(req *r);
+void static_asset(req *r);
+
+/* sse.c: events, or their live stream with stream=true */
+void jobs_events_route(req *r);
 
 /* routes.c */
 extern const route server_routes[];

@@ -7,6 +7,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <math.h>
 #include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,6 +17,9 @@
 
 #include "api/auth.h"
 #include "api/log.h"
+#include "jsonw.h"
+#include "ratelimit.h"
+#include "sse.h"
 
 /* ---- replies ------------------------------------------------------------------- */
 
@@ -126,8 +130,8 @@ static enum MHD_Result send_reply(req *r)
     r->resp = NULL;
     if (!r->status) reply_error(r, 500, "internal_error", NULL, "no reply");
     if (!resp) {
-        char *text = r->json ? json_dumps(r->json, JSON_COMPACT) : NULL;
-        size_t n = text ? strlen(text) : 0;
+        size_t n = 0;
+        char *text = r->json ? jsonw_dump(r->json, &n) : NULL;
         resp = MHD_create_response_from_buffer(n, text ? text : (char *)"",
                                                text ? MHD_RESPMEM_MUST_FREE
                                                     : MHD_RESPMEM_PERSISTENT);
@@ -135,6 +139,29 @@ static enum MHD_Result send_reply(req *r)
         MHD_add_response_header(resp, "Content-Type", "application/json");
     }
     if (r->status == 503) MHD_add_response_header(resp, "Retry-After", "5");
+    if (r->rl_set) {
+        char v[32];
+        snprintf(v, sizeof v, "%lld", (long long)r->rl_limit);
+        MHD_add_response_header(resp, "x-ratelimit-limit-requests", v);
+        snprintf(v, sizeof v, "%lld", (long long)r->rl_remaining);
+        MHD_add_response_header(resp, "x-ratelimit-remaining-requests", v);
+        ratelimit_duration(r->rl_reset_s, v, sizeof v);
+        MHD_add_response_header(resp, "x-ratelimit-reset-requests", v);
+        if (r->status == 429) {
+            snprintf(v, sizeof v, "%lld", (long long)ceil(r->rl_retry_s));
+            MHD_add_response_header(resp, "Retry-After", v);
+        }
+    }
+    if (r->status == 409) {
+        /* The openai SDKs retry every 409 unless told otherwise: only an
+         * Idempotency-Key still in progress is worth retrying; an invalid
+         * state transition or a conflicting object is not. */
+        const char *code = json_string_value(json_object_get(json_object_get(r->json, "error"),
+                                                             "code"));
+        MHD_add_response_header(resp, "x-should-retry",
+                                code && !strcmp(code, "idempotency_key_in_progress") ? "true"
+                                                                                      : "false");
+    }
     if (r->status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (r->status == 413) MHD_add_response_header(resp, "Connection", "close");
     if (r->replayed) MHD_add_response_header(resp, "Idempotent-Replayed", "true");
@@ -157,6 +184,11 @@ static void dispatch(req *r, const route *rt)
     if (strlen(key) > 255) {
         reply_error(r, 400, "invalid_value", "Idempotency-Key",
                     "Idempotency-Key is longer than 255 characters");
+        return;
+    }
+    if (!api_utf8_valid(key)) {
+        reply_error(r, 400, "invalid_value", "Idempotency-Key",
+                    "Idempotency-Key must be valid UTF-8");
         return;
     }
     if (!r->request_hash[0]) {
@@ -210,6 +242,30 @@ static void dispatch(req *r, const route *rt)
 
 /* ---- MHD callbacks ----------------------------------------------------------------------- */
 
+/* Takes a token from the bucket of the (authenticated) key in the
+ * Authorization header; 429 when it is empty. Buckets are keyed by the
+ * key's public prefix, never by the secret. */
+static int rate_limit(req *r, const char *authorization)
+{
+    char prefix[AUTH_PREFIX_LEN + 1];
+    ratelimit_info in;
+    if (!r->s->rl) return 0;
+    const char *key = authorization + 7; /* "Bearer ", checked by auth_authenticate */
+    while (*key == ' ') key++;
+    if (auth_key_parse(key, prefix)) return 0;
+    int ok = ratelimit_take(r->s->rl, prefix, dt_now(), &in);
+    r->rl_set = 1;
+    r->rl_limit = in.limit;
+    r->rl_remaining = in.remaining;
+    r->rl_reset_s = in.reset_s;
+    r->rl_retry_s = in.retry_after_s;
+    if (ok) return 0;
+    reply_error(r, 429, "rate_limit_exceeded", NULL,
+                "rate limit reached for this API key: %lld requests at once, %d per second; "
+                "retry in %.3f s", (long long)in.limit, r->s->cfg.rate_limit, in.retry_after_s);
+    return -1;
+}
+
 static int authenticate(req *r)
 {
     const char *h = req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
@@ -227,11 +283,29 @@ static int authenticate(req *r)
         reply_error(r, 401, "invalid_api_key", NULL, "invalid API key");
         return -1;
     }
-    return 0;
+    return rate_limit(r, h);
+}
+
+static enum MHD_Result arg_utf8(void *cls, enum MHD_ValueKind kind, const char *key,
+                                const char *value)
+{
+    int *bad = cls;
+    if (api_utf8_valid(key) && (!value || api_utf8_valid(value))) return MHD_YES;
+    *bad = 1;
+    return MHD_NO;
 }
 
 static enum MHD_Result first_call(server *s, req *r)
 {
+    /* ids, cursors and filters go to PostgreSQL (UTF8), which refuses other
+     * bytes: a 400 here rather than a 500 from the query */
+    int bad = !api_utf8_valid(r->url);
+    if (!bad) MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, arg_utf8, &bad);
+    if (bad) {
+        reply_error(r, 400, "invalid_request", NULL,
+                    "the request path and query must be valid UTF-8 (percent-encoded)");
+        return send_reply(r);
+    }
     r->route = route_find(s->routes, s->nroutes, r->method, r->url, r->params);
     if (r->route == -1) {
         reply_error(r, 404, "not_found", NULL, "no route for %s %.200s", r->method, r->url);
@@ -369,7 +443,8 @@ int http_start(server *s, char *err)
     }
     int gai = getaddrinfo(host, port, &hints, &ai);
     if (gai) return dt_errf(err, DT_EINVAL, "listen %s: %s", s->cfg.listen_host, gai_strerror(gai));
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
+                     MHD_ALLOW_SUSPEND_RESUME; /* event streams (sse.c) */
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)s->cfg.listen_port, NULL, NULL, on_request, s,
@@ -396,6 +471,9 @@ int http_start(server *s, char *err)
 
 void http_stop(server *s)
 {
-    if (s->daemon) MHD_stop_daemon(s->daemon);
+    if (s->daemon) {
+        sse_shutdown(s); /* MHD must not stop with suspended connections */
+        MHD_stop_daemon(s->daemon);
+    }
     s->daemon = NULL;
 }

@@ -17,6 +17,7 @@
 #include "route.h"
 
 typedef struct metrics metrics;   /* ops.c */
+typedef struct ratelimit ratelimit; /* ratelimit.c */
 typedef struct upload upload;     /* files.c */
 
 typedef struct server {
@@ -27,6 +28,7 @@ typedef struct server {
     const route *routes;
     int nroutes;
     metrics *m;
+    ratelimit *rl;                /* per-API-key token buckets; NULL = off */
     int64_t started_at;           /* Unix seconds */
 } server;
 
@@ -37,6 +39,9 @@ typedef struct req {
     int route;                    /* index in s->routes; -1 none */
     char params[ROUTE_MAXP][ROUTE_PARAM_LEN];
     char owner[DB_OWNER_LEN];     /* authenticated owner ("" on public routes) */
+    int rl_set;                   /* the x-ratelimit-* values below are set */
+    int64_t rl_limit, rl_remaining;
+    double rl_reset_s, rl_retry_s;
     double t0;                    /* monotonic start, seconds */
 
     /* body */

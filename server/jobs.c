@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api/log.h"
 #include "api/objects.h"
@@ -22,6 +23,11 @@ static int check_file(req *r, db *d, const char *id, const char *param)
         return -1;
     }
     if (rc) { reply_db(r, rc, err); return -1; }
+    if (f.expires_at > 0 && f.expires_at <= (int64_t)time(NULL)) {
+        reply_error(r, 400, "file_expired", param, "%s: %s has expired (expires_after)", param,
+                    id);
+        return -1;
+    }
     if (strcmp(f.purpose, "fine-tune")) {
         reply_error(r, 400, "invalid_file", param, "%s: %s was not uploaded with purpose "
                     "fine-tune", param, id);

@@ -2,17 +2,22 @@
  * serves the API, and runs the rescuer (expired leases back to queued or
  * failed) and the reconciler (queued jobs re-published to Redis when the
  * wake-up list is short of them, and after Redis reconnects) every
- * rescue-interval seconds. SIGINT/SIGTERM stop it cleanly. */
+ * rescue-interval seconds; the same pass removes expired files. SIGINT/SIGTERM
+ * stop it cleanly. */
+#include <dirent.h>
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "api/log.h"
 #include "handlers.h"
+#include "ratelimit.h"
 
 static const char usage[] =
     "usage: deltatune-server [options]\n"
@@ -20,6 +25,9 @@ static const char usage[] =
     "The deltatune HTTP API (OpenAI-compatible fine-tuning). Every /v1 route\n"
     "needs \"Authorization: Bearer <key>\" (keys: `deltatune keys create`);\n"
     "/healthz, /readyz, /metrics and /v1/openapi.json are public.\n"
+    "Each API key may send --rate-limit requests a second (bursts up to\n"
+    "--rate-burst); above that the answer is 429 rate_limit_exceeded with\n"
+    "Retry-After and x-ratelimit-* headers. --rate-limit 0 turns it off.\n"
     "\n";
 
 typedef struct bg {
@@ -28,6 +36,57 @@ typedef struct bg {
     pthread_cond_t cv;
     int stop;
 } bg;
+
+/* Removes files past their expires_after (rows first, then the bytes). */
+static void expire_files(server *s, db *d)
+{
+    char err[DT_ERR_LEN], path[CONFIG_PATH_LEN + DB_PATH_LEN];
+    char (*paths)[DB_PATH_LEN] = NULL;
+    int n = 0;
+    if (db_files_expire(d, 1000, &paths, &n, err)) {
+        log_msg(DT_LOG_WARN, "files.expire", "%s", err);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        if (!config_artifact_path(&s->cfg, paths[i], path, sizeof path) && unlink(path) &&
+            errno != ENOENT)
+            log_msg(DT_LOG_WARN, "files.expire", "%s: %s", path, strerror(errno));
+    if (n) log_msg(DT_LOG_INFO, "files.expire", "removed %d expired file(s)", n);
+    free(paths);
+}
+
+/* Removes upload temp files (files/.upload-*.tmp) that a server killed in
+ * the middle of an upload left behind. A live upload writes its temp file
+ * at least once per connection timeout (an idle connection is closed), so
+ * one untouched for two timeouts belongs to no live request, of this server
+ * or of another one sharing the artifact root. */
+static void sweep_uploads(server *s)
+{
+    char dir[CONFIG_PATH_LEN + 16], path[CONFIG_PATH_LEN + 300];
+    if (config_artifact_path(&s->cfg, "files", dir, sizeof dir))
+        return;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    time_t now = time(NULL);
+    long age = 2L * (s->cfg.connection_timeout_s > 0 ? s->cfg.connection_timeout_s : 30);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t nl = strlen(e->d_name);
+        struct stat st;
+        if (strncmp(e->d_name, ".upload-", 8) || nl < 12 || strcmp(e->d_name + nl - 4, ".tmp") ||
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path ||
+            lstat(path, &st) || !S_ISREG(st.st_mode) || now - st.st_mtime <= age)
+            continue;
+        if (unlink(path) == 0)
+            n++;
+        else if (errno != ENOENT)
+            log_msg(DT_LOG_WARN, "files.sweep", "%s: %s", path, strerror(errno));
+    }
+    closedir(d);
+    if (n) log_msg(DT_LOG_INFO, "files.sweep", "removed %d abandoned upload temp file(s)", n);
+}
 
 static void reconcile(server *s, db *d, uint64_t *gen)
 {
@@ -39,6 +98,7 @@ static void reconcile(server *s, db *d, uint64_t *gen)
     }
     if (requeued || failed)
         log_msg(DT_LOG_INFO, "rescuer", "expired leases: %d requeued, %d failed", requeued, failed);
+    expire_files(s, d);
     char (*ids)[DB_ID_LEN] = NULL;
     int n = 0;
     if (db_jobs_queued(d, 1000, &ids, &n, err)) {
@@ -71,6 +131,7 @@ static void *bg_main(void *arg)
             d = NULL;
         }
         if (d) reconcile(b->s, d, &gen);
+        sweep_uploads(b->s);
         pthread_mutex_lock(&b->mu);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
@@ -118,6 +179,11 @@ int main(int argc, char **argv)
     s.routes = server_routes;
     s.nroutes = server_nroutes;
     s.started_at = (int64_t)time(NULL);
+    s.rl = ratelimit_new(s.cfg.rate_limit, s.cfg.rate_burst);
+    if (s.cfg.rate_limit > 0 && !s.rl) {
+        log_msg(DT_LOG_ERROR, "startup", "out of memory");
+        goto out;
+    }
     if (!(s.m = metrics_new(s.nroutes)) ||
         db_pool_new(&s.pool, s.cfg.database_url, s.cfg.db_pool_size, err) ||
         queue_open(&s.q, s.cfg.redis_url, err)) {
@@ -141,9 +207,10 @@ int main(int argc, char **argv)
     pthread_t th;
     int have_bg = !pthread_create(&th, NULL, bg_main, &b);
     log_json(DT_LOG_INFO, "startup",
-             json_pack("{s:s, s:i, s:s, s:i, s:I}", "listen", s.cfg.listen_host, "port",
-                       s.cfg.listen_port, "database", redacted, "threads", s.cfg.threads,
-                       "max_upload_bytes", (json_int_t)s.cfg.max_upload_bytes));
+             json_pack("{s:s, s:i, s:s, s:i, s:I, s:i, s:i}", "listen", s.cfg.listen_host,
+                       "port", s.cfg.listen_port, "database", redacted, "threads",
+                       s.cfg.threads, "max_upload_bytes", (json_int_t)s.cfg.max_upload_bytes,
+                       "rate_limit", s.cfg.rate_limit, "rate_burst", s.cfg.rate_burst));
     int sig = 0;
     sigwait(&stop_sigs, &sig);
     log_msg(DT_LOG_INFO, "shutdown", "signal %d", sig);
@@ -161,6 +228,7 @@ out:
     queue_free(s.q);
     db_pool_free(s.pool);
     metrics_free(s.m);
+    ratelimit_free(s.rl);
     return rc;
 usage_err:
     fprintf(stderr, "deltatune-server: %s\n", err);

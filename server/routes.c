@@ -15,7 +15,7 @@ const route server_routes[] = {
     {"POST", "/v1/fine_tuning/jobs/{id}/cancel", "jobs.cancel", jobs_cancel, R_JSON},
     {"POST", "/v1/fine_tuning/jobs/{id}/pause", "jobs.pause", jobs_pause, R_JSON},
     {"POST", "/v1/fine_tuning/jobs/{id}/resume", "jobs.resume", jobs_resume, R_JSON},
-    {"GET", "/v1/fine_tuning/jobs/{id}/events", "jobs.events", jobs_events, 0},
+    {"GET", "/v1/fine_tuning/jobs/{id}/events", "jobs.events", jobs_events_route, 0},
     {"GET", "/v1/fine_tuning/jobs/{id}/checkpoints", "jobs.checkpoints", jobs_checkpoints, 0},
 
     {"GET", "/v1/models", "models.list", models_list, 0},
@@ -29,5 +29,8 @@ const route server_routes[] = {
     {"GET", "/healthz", "healthz", ops_healthz, R_PUBLIC},
     {"GET", "/readyz", "readyz", ops_readyz, R_PUBLIC},
     {"GET", "/metrics", "metrics", ops_metrics, R_PUBLIC},
+
+    {"GET", "/", "static.index", static_index, R_PUBLIC},
+    {"GET", "/static/{name}", "static.asset", static_asset, R_PUBLIC},
 };
 const int server_nroutes = (int)(sizeof server_routes / sizeof server_routes[0]);

@@ -1,11 +1,13 @@
 /* cli.c: `deltatune`, the command line: engine subcommands (train, tokenize,
- * generate). */
+ * generate), the operator's database commands (api/admin.c) and the client
+ * commands that speak the HTTP API (worker/client.c). */
 #include <stdio.h>
 #include <string.h>
 
 #include "api/admin.h"
 #include "gpu/cli_train.h"
 #include "gpu/cpu_tune.h"
+#include "worker/client.h"
 
 static const char usage[] =
     "usage: deltatune <command> [options]\n"
@@ -16,7 +18,9 @@ static const char usage[] =
     "  generate   complete a prompt with a model\n"
     "  migrate    apply database migrations\n"
     "  keys       create | list | revoke API keys\n"
-    "  models     add | list base models\n"
+    "  models     list | download (HTTP API); add | list --admin (database)\n"
+    "  jobs       create | list | get | cancel | pause | resume | follow (HTTP API)\n"
+    "  files      upload | list (HTTP API)\n"
     "\n"
     "'deltatune <command> --help' describes a command.\n";
 
@@ -26,7 +30,15 @@ int main(int argc, char **argv)
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "migrate") || !strcmp(argv[1], "keys") || !strcmp(argv[1], "models"))
+    if (!strcmp(argv[1], "jobs") || !strcmp(argv[1], "files"))
+        return dt_client_main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "models")) {
+        int n = argc - 1;
+        if (dt_client_handles_models(&n, argv + 1))
+            return dt_client_main(n, argv + 1);
+        return dt_admin_main(n, argv + 1);
+    }
+    if (!strcmp(argv[1], "migrate") || !strcmp(argv[1], "keys"))
         return dt_admin_main(argc - 1, argv + 1);
     if (!strcmp(argv[1], "train") || !strcmp(argv[1], "generate"))
         dt_cpu_tune_reexec(argv); /* returns unless it re-executes */

@@ -3,7 +3,9 @@
  * on. Knows nothing of SQL or Redis (worker.c does that). */
 #include "glue.h"
 #include "job_opts.h"
+#include "api/validate.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -82,6 +84,31 @@ int wk_job_opts(const db_job *j, long train_rows, dt_train_opts *o, char *err)
     return 0;
 }
 
+/* The positions of a Hugging Face GPT-2 directory (config.json n_positions or
+ * n_ctx), or 0 when unknown or not GPT-2 (Llama-family models use RoPE and
+ * have no hard limit in the engine). */
+static int model_positions(const char *model_path)
+{
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", model_path) >= (int)sizeof path)
+        return 0;
+    json_t *c = json_load_file(path, 0, NULL);
+    if (!c)
+        return 0;
+    int n = 0;
+    const char *type = json_string_value(json_object_get(c, "model_type"));
+    if (type && !strcmp(type, "gpt2")) {
+        json_t *v = json_object_get(c, "n_positions");
+        if (!json_is_integer(v))
+            v = json_object_get(c, "n_ctx");
+        if (json_is_integer(v) && json_integer_value(v) > 0 &&
+            json_integer_value(v) < 1 << 30)
+            n = (int)json_integer_value(v);
+    }
+    json_decref(c);
+    return n;
+}
+
 /* ---- one run ----------------------------------------------------------------- */
 
 typedef struct run_ctx {
@@ -101,7 +128,12 @@ static int on_progress(void *ud, const dt_progress *p)
         .eta_seconds = p->eta_sec,
         .trained_tokens = p->trained_tokens,
     };
-    return r->on_progress ? r->on_progress(r->ud, &dp, p->lr, p->grad_norm) : 0;
+    int rc = r->on_progress ? r->on_progress(r->ud, &dp, p->lr, p->grad_norm) : 0;
+    if (rc == WK_ABORT)
+        return DT_PROGRESS_ABORT;
+    if ((p->ckpt_due || rc) && r->before_checkpoint && r->before_checkpoint(r->ud, p->step))
+        return DT_PROGRESS_ABORT;
+    return rc ? DT_PROGRESS_STOP : 0;
 }
 
 static int on_checkpoint(void *ud, int step, const char *dir)
@@ -116,6 +148,12 @@ int wk_train(const wk_run *r, char *err)
     int rc = wk_job_opts(r->job, r->train_rows, &o, err);
     if (rc)
         return rc;
+    /* The default seq_len is a default, not a request: a model with fewer
+     * positions trains at its own context. (An explicit seq_len of 256 is
+     * indistinguishable from the default and is lowered too.) */
+    int npos = r->model_path ? model_positions(r->model_path) : 0;
+    if (npos > 1 && o.seq_len == VALIDATE_DEFAULT_SEQ_LEN && o.seq_len > npos)
+        o.seq_len = npos;
     run_ctx ctx = {r};
     o.model = r->model_path;
     o.data = r->train_path;
@@ -235,7 +273,10 @@ void wk_classify_error(int rc, const char *detail, const wk_run *r,
         snprintf(e->code, sizeof e->code, "invalid_hyperparameters");
         snprintf(e->message, sizeof e->message,
                  "The engine rejected the job's hyperparameters: %s.", d);
-        snprintf(e->param, sizeof e->param, "method");
+        if (mentions(detail, "--seq-len"))
+            hp_param(e->param, sizeof e->param, j, "seq_len");
+        else
+            snprintf(e->param, sizeof e->param, "method");
     } else if (rc == DT_EDEVICE) {
         snprintf(e->code, sizeof e->code, "device_error");
         snprintf(e->message, sizeof e->message,

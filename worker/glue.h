@@ -9,6 +9,8 @@
 
 #include "api/db.h"
 
+#define WK_ABORT 2 /* on_progress: stop now, write nothing */
+
 /* One training run of a job: what dt_train needs beyond the job row. */
 typedef struct wk_run {
     const db_job *job;       /* borrowed; hyperparameters */
@@ -21,9 +23,14 @@ typedef struct wk_run {
     int threads;             /* CPU threads, 0 = all cores */
     /* After every step: progress, this step's learning rate and pre-clip
      * gradient norm. A non-zero return stops training after a checkpoint
-     * (dt_train returns DT_ECANCEL). */
+     * (dt_train returns DT_ECANCEL); WK_ABORT stops at once and writes
+     * nothing more (no checkpoint, no export): the lease is lost. */
     int (*on_progress)(void *ud, const db_progress *p, double lr,
                        double grad_norm);
+    /* Optional: called right before a checkpoint (or the final export) is
+     * written for `step`; non-zero aborts without writing it (the caller
+     * checks its lease, so a stale worker writes no files). */
+    int (*before_checkpoint)(void *ud, int step);
     /* After each complete checkpoint (dir holds state + DONE); non-zero
      * fails the run. */
     int (*on_checkpoint)(void *ud, int step, const char *dir);

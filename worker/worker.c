@@ -88,8 +88,7 @@ static void job_event(worker *w, const char *level, const char *fmt, ...)
     int rc = db_event_add(w->db, w->job.id, w->job.attempt, level, "message", msg,
                           NULL, err);
     if (rc == DB_ELEASE) {
-        flag_set(&w->lease_lost);
-        flag_set(&w->stop);
+        flag_set(&w->lease_lost); /* cb_progress aborts: nothing more written */
     } else if (rc) {
         log_msg(DT_LOG_WARN, "job.event_failed", "%s: %s", w->job.id, err);
     }
@@ -108,7 +107,7 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
     worker *w = ud;
     w->last = *p;
     if (flag_get(&w->lease_lost))
-        return 1;
+        return WK_ABORT;
     double now = dt_now();
     int due = now - w->last_write >= PROGRESS_MIN_INTERVAL || p->step == p->total_steps ||
               p->step == w->started_step + 1 || isfinite(p->valid_loss);
@@ -121,7 +120,7 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
             log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: lease lost at step %ld",
                     w->job.id, w->job.attempt, (long)p->step);
             flag_set(&w->lease_lost);
-            return 1;
+            return WK_ABORT;
         }
         if (rc) {
             log_msg(DT_LOG_WARN, "job.progress_failed", "%s: %s", w->job.id, err);
@@ -159,12 +158,40 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
             free(data);
             if (rc == DB_ELEASE) {
                 flag_set(&w->lease_lost);
-                return 1;
+                return WK_ABORT;
             }
         }
     }
     return flag_get(&w->stop) || flag_get(&w->cancel_req) || flag_get(&w->pause_req) ||
            g_shutdown;
+}
+
+/* Right before the engine writes a checkpoint or the merged model: a fenced
+ * lease renewal, so a worker that lost its job (e.g. stopped past its lease
+ * and continued) writes no files into the directory the new owner uses.
+ * PostgreSQL unreachable is not a loss (the keeper self-fences after a
+ * whole lease without a successful write). */
+static int cb_before_checkpoint(void *ud, int step)
+{
+    worker *w = ud;
+    if (flag_get(&w->lease_lost))
+        return 1;
+    char err[DT_ERR_LEN] = "";
+    bool c = false, pz = false;
+    int rc = db_job_heartbeat(w->db, w->job.id, w->job.attempt, w->o->cfg.lease_seconds,
+                              &c, &pz, err);
+    if (rc == DB_ELEASE) {
+        log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: lease lost before the "
+                "checkpoint at step %d", w->job.id, w->job.attempt, step);
+        flag_set(&w->lease_lost);
+        return 1;
+    }
+    if (rc == 0) {
+        pthread_mutex_lock(&w->mu);
+        w->lease_ok_at = dt_now();
+        pthread_mutex_unlock(&w->mu);
+    }
+    return 0;
 }
 
 static int cb_checkpoint(void *ud, int step, const char *dir)
@@ -357,8 +384,15 @@ static void run_job(worker *w)
     /* db_job_claim() logged "Attempt N started on worker W"; say how. */
     if (w->started_step > 0)
         job_event(w, "info", "Resuming from the checkpoint at step %d", w->started_step);
-    job_event(w, "info", "Training %s on %s: %s, %ld training rows, batch %d, %d epoch(s)",
-              w->job.model, o->device, w->job.method, rows, w->job.batch_size,
+    /* The thread count is part of the result: CPU runs are bitwise
+     * reproducible (and resumable byte for byte) for one thread count. */
+    char threads[32] = "";
+    if (strncmp(o->device, "cuda", 4)) {
+        int nt = o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        snprintf(threads, sizeof threads, " (%d thread%s)", nt, nt == 1 ? "" : "s");
+    }
+    job_event(w, "info", "Training %s on %s%s: %s, %ld training rows, batch %d, %d epoch(s)",
+              w->job.model, o->device, threads, w->job.method, rows, w->job.batch_size,
               w->job.n_epochs);
 
     wk_run run = {
@@ -372,6 +406,7 @@ static void run_job(worker *w)
         .threads = o->threads,
         .on_progress = cb_progress,
         .on_checkpoint = cb_checkpoint,
+        .before_checkpoint = cb_before_checkpoint,
         .ud = w,
         .stop = &w->stop,
     };
@@ -465,7 +500,6 @@ static void keeper_heartbeat(keeper *k)
         log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: heartbeat matched no row",
                 id, attempt);
         flag_set(&w->lease_lost);
-        flag_set(&w->stop);
     } else {
         log_msg(DT_LOG_WARN, "job.heartbeat_failed", "%s: %s", id, err);
         /* No lease write for a whole lease: the rescuer may have given the
@@ -474,7 +508,6 @@ static void keeper_heartbeat(keeper *k)
             log_msg(DT_LOG_WARN, "job.lease_lost", "%s: no heartbeat for %d s", id,
                     w->o->cfg.lease_seconds);
             flag_set(&w->lease_lost);
-            flag_set(&w->stop);
         }
     }
 }

@@ -223,6 +223,33 @@ static void test_error_body_shape(void **s)
     assert_string_equal(api_error_type(503), "service_unavailable_error");
 }
 
+/* Found by tests/fuzz/fuzz_json: jansson's parse error quotes the raw bytes
+ * ("invalid escape near '"\xd9'"), and json_pack refuses invalid UTF-8, so
+ * the 400 went out with an empty body. Invalid bytes become '?'. */
+static void test_error_body_with_invalid_utf8(void **s)
+{
+    (void)s;
+    api_error e;
+    api_errorf(&e, 400, "invalid_json", "metadata.\xe9t\xc3", "invalid escape near '\"\\\xd9' "
+               "caf\xc3\xa9 \xed\xa0\x80 \xc0\xaf \xf4\x90\x80\x80 \xf0\x9f\x98\x80");
+    json_t *o = api_error_json(&e);
+    assert_non_null(o);
+    json_t *er = json_object_get(o, "error");
+    assert_string_equal(json_string_value(json_object_get(er, "message")),
+                        "invalid escape near '\"\\?' caf\xc3\xa9 ??? ?? ???? \xf0\x9f\x98\x80");
+    assert_string_equal(json_string_value(json_object_get(er, "param")), "metadata.?t?");
+    json_decref(o);
+    /* a multi-byte character cut by the fixed-size message buffer */
+    char big[1000];
+    memset(big, 'a', sizeof big);
+    for (size_t i = 700; i + 1 < sizeof big; i += 2) { big[i] = '\xc3'; big[i + 1] = '\xa9'; }
+    big[sizeof big - 1] = 0;
+    api_errorf(&e, 400, NULL, NULL, "%s", big);
+    o = api_error_json(&e);
+    assert_non_null(o);
+    json_decref(o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -234,6 +261,7 @@ int main(void)
         cmocka_unit_test(test_file_and_model_shapes),
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_error_body_shape),
+        cmocka_unit_test(test_error_body_with_invalid_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,347 @@
+"""Browser tests of the dashboard (server/static/) against a real stack.
+
+Headless Debian chromium driven by Playwright for Python (tests/browser/setup
+installs both; `make test-browser` runs this file). Screenshots of every page
+go to $BUILD/browser-artifacts/. Every page is checked for console errors;
+the only ones allowed are the HTTP errors a step provokes on purpose (a
+refused key, another owner's job, a refused event stream).
+"""
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import unittest
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+from stack import TRAIN_ROWS, Stack  # noqa: E402
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # pragma: no cover
+    sync_playwright = None
+
+CHROMIUM = os.environ.get("DELTATUNE_CHROMIUM", "/usr/bin/chromium")
+BUILD = os.path.abspath(os.environ.get("BUILD", os.path.join(ROOT, "build")))
+ART = os.path.join(BUILD, "browser-artifacts")
+T = 90_000  # ms: generous; the machine is shared
+
+BAD_ROWS = ('{"prompt": "a", "completion": "b"}\n'
+            '{"prompt": 5, "completion": "b"}\n'
+            'not json at all\n'
+            '{"text": "fine"}\n')
+
+
+def long_job(s, key=None, file_id=None, steps=100000):
+    if file_id is None:
+        st, _, f = s.upload(TRAIN_ROWS, key=key)
+        assert st == 200, f
+        file_id = f["id"]
+    st, _, j = s.api("POST", "/v1/fine_tuning/jobs", {
+        "model": s.model_id, "training_file": file_id,
+        "method": {"type": "delta_lora", "delta_lora": {"hyperparameters": {
+            "max_steps": steps, "batch_size": 2, "seq_len": 32}}}}, key=key)
+    assert st == 200, j
+    return j
+
+
+@unittest.skipIf(sync_playwright is None, "playwright is not installed: run tests/browser/setup")
+@unittest.skipUnless(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM}: run tests/browser/setup")
+class Dashboard(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        expect.set_options(timeout=T)
+        shutil.rmtree(ART, ignore_errors=True)
+        os.makedirs(ART, exist_ok=True)
+        cls.s = Stack(build=BUILD)
+        cls.s.start()
+        try:
+            cls.pw = sync_playwright().start()
+            cls.browser = cls.pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        except Exception:
+            cls.s.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.browser.close()
+            cls.pw.stop()
+        finally:
+            cls.s.stop()
+
+    # ---- helpers ---------------------------------------------------------------
+    def open(self, signed_in=True, **ctx):
+        """A fresh context and page; console errors collected in self.errors."""
+        context = self.browser.new_context(accept_downloads=True, **ctx)
+        self.addCleanup(context.close)
+        page = context.new_page()
+        page.set_default_timeout(T)
+        self.errors = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        if signed_in:
+            page.goto(self.s.url + "/")
+            page.fill("#key", self.s.key)
+            page.click("button[type=submit]")
+            expect(page.locator("#jobs-table, #no-jobs")).to_be_visible()
+        return page
+
+    def shot(self, page, name):
+        page.screenshot(path=os.path.join(ART, name + ".png"), full_page=True)
+
+    def no_console_errors(self, allowed=()):
+        bad = [e for e in self.errors if not any(re.search(a, e) for a in allowed)]
+        self.assertEqual(bad, [], "console errors")
+        self.errors.clear()
+
+    def status_badge(self, page, status):
+        expect(page.locator("#job-status .badge")).to_have_text(status.replace("_", " "), timeout=T)
+
+    def chart_points(self, page, series="train"):
+        return page.evaluate(
+            "(s) => { const p = document.querySelector(`#loss-chart polyline.s-${s}`);"
+            " return p ? p.getAttribute('points').trim().split(/\\s+/).length : 0; }", series)
+
+    def wait_points(self, page, more_than, timeout=T / 1000):
+        end = time.time() + timeout
+        while time.time() < end:
+            n = self.chart_points(page)
+            if n > more_than:
+                return n
+            time.sleep(0.2)
+        self.fail(f"the loss chart did not grow past {more_than} points in {timeout}s")
+
+    # ---- tests ------------------------------------------------------------------
+    def test_wrong_key_is_refused(self):
+        page = self.open(signed_in=False)
+        page.goto(self.s.url + "/")
+        expect(page.locator("#key")).to_be_focused()
+        page.fill("#key", "dt-AAAAAAAA-notarealsecretnotarealsecret00")
+        page.keyboard.press("Enter")
+        expect(page.locator("#key-error")).to_contain_text("refused")
+        expect(page.locator("#key")).to_have_attribute("aria-invalid", "true")
+        self.assertTrue(page.locator("#nav").is_hidden())
+        self.assertIsNone(page.evaluate("sessionStorage.getItem('deltatune.key')"))
+        self.shot(page, "01-signin-refused")
+        self.no_console_errors(allowed=[r"status of 401"])
+        # the right key works, and is kept in this tab only
+        page.fill("#key", self.s.key)
+        page.keyboard.press("Enter")
+        expect(page.locator("#nav")).to_be_visible()
+        self.assertEqual(page.evaluate("sessionStorage.getItem('deltatune.key')"), self.s.key)
+        self.assertIsNone(page.evaluate("localStorage.getItem('deltatune.key')"))
+        page.click("#signout")
+        expect(page.locator("#key")).to_be_visible()
+        self.assertIsNone(page.evaluate("sessionStorage.getItem('deltatune.key')"))
+        self.no_console_errors()
+
+    def test_another_owners_job_cannot_be_opened(self):
+        other = self.s.new_key("mallory")
+        job = long_job(self.s, key=other, steps=3)
+        page = self.open()
+        page.goto(f"{self.s.url}/#/jobs/{job['id']}")
+        expect(page.locator("h1")).to_have_text("Job not found")
+        expect(page.locator("#jobs-table")).to_have_count(0)
+        self.shot(page, "06-other-owner-job")
+        self.no_console_errors(allowed=[r"status of 404"])
+        # nor listed, nor streamed
+        page.goto(self.s.url + "/#/jobs")
+        expect(page.locator("#jobs-table, #no-jobs")).to_be_visible()
+        expect(page.locator(f"tr[data-job='{job['id']}']")).to_have_count(0)
+        st, _, _ = self.s.api("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true")
+        self.assertEqual(st, 404)
+        self.no_console_errors()
+
+    def test_dashboard_end_to_end(self):
+        s = self.s
+        page = self.open()
+        self.shot(page, "02-jobs-empty")
+
+        # ---- new job: validation errors by line, client-side limits ----
+        page.click("nav a[data-nav=new]")
+        expect(page.locator("#hp-rank")).to_have_value("8")
+        expect(page.locator("#hp-alpha")).to_have_value("16")
+        expect(page.locator("#hp-lambda")).to_have_value("0.5")
+        expect(page.locator("#hp-learning_rate")).to_have_value("0.0002")
+        expect(page.locator("#hp-n_epochs")).to_have_value("3")
+        expect(page.locator("#hp-seed")).to_have_value("42")
+        page.set_input_files("#upload", files=[{"name": "bad.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": BAD_ROWS.encode()}])
+        errs = page.locator("#upload-errors li")
+        expect(errs).to_have_count(2)
+        self.assertIn("2", errs.nth(0).text_content())
+        self.assertIn("3", errs.nth(1).text_content())
+        expect(page.locator("#upload")).to_have_attribute("aria-invalid", "true")
+        self.shot(page, "03-new-job-bad-file")
+        page.set_input_files("#upload", files=[{"name": "train.jsonl", "mimeType": "application/jsonl",
+                                                "buffer": TRAIN_ROWS.encode()}])
+        expect(page.locator("#upload-ok")).to_contain_text("32 lines")
+        expect(page.locator("#training_file")).to_have_value(re.compile(r"^file-"))
+        expect(page.locator("#model")).to_have_value(s.model_id)
+        n_jobs = len(s.api("GET", "/v1/fine_tuning/jobs?limit=100")[2]["data"])
+        page.fill("#hp-rank", "0")
+        page.fill("#hp-learning_rate", "0")
+        page.click("#new-job button[type=submit]")
+        expect(page.locator("#hp-rank-error")).to_contain_text("between 1 and 256")
+        expect(page.locator("#hp-learning_rate-error")).to_contain_text("> 0")
+        expect(page.locator("#hp-learning_rate")).to_be_focused()  # the first field at fault
+        self.assertEqual(len(s.api("GET", "/v1/fine_tuning/jobs?limit=100")[2]["data"]), n_jobs,
+                         "an invalid form must not reach the API")
+        self.shot(page, "04-new-job-invalid-fields")
+        # method switch hides what does not apply
+        page.select_option("#method", "full")
+        expect(page.locator("#hp-rank-field")).to_be_hidden()
+        page.select_option("#method", "delta_lora")
+        expect(page.locator("#hp-lambda-field")).to_be_visible()
+        page.fill("#hp-rank", "4")
+        page.fill("#hp-learning_rate", "0.001")
+        page.fill("#hp-max_steps", "100000")
+        page.fill("#hp-batch_size", "2")
+        page.fill("#hp-seq_len", "32")
+        page.fill("#suffix", "web")
+        page.click("#new-job button[type=submit]")
+        page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
+        job_a = page.url.split("#/jobs/")[1]
+
+        # ---- the loss chart grows live ----
+        self.status_badge(page, "running")
+        expect(page.locator("#hyperparameters")).to_contain_text("delta_lora")
+        expect(page.locator("#hyperparameters")).to_contain_text("1.00e-3")
+        n1 = self.wait_points(page, 1)
+        n2 = self.wait_points(page, n1)
+        self.assertGreater(n2, n1)
+        expect(page.locator("#live-mode")).to_have_text("● live")
+        self.assertGreater(page.locator("#events li").count(), 2)
+        self.assertGreater(page.evaluate(
+            "document.querySelector('#lr-chart polyline.s-lr').getAttribute('points').length"), 0)
+        self.shot(page, "05-job-running")
+        self.no_console_errors()
+
+        # ---- the fallback: no stream, polling still grows the chart ----
+        page2 = page.context.new_page()
+        page2.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page2.route(re.compile(r".*/events\?stream=true$"), lambda r: r.fulfill(
+            status=429, content_type="application/json",
+            body='{"error":{"message":"too many","type":"rate_limit_error","param":null,"code":"too_many_streams"}}'))
+        page2.goto(f"{s.url}/#/jobs/{job_a}")  # a new tab: sign in again, then the job
+        page2.fill("#key", s.key)
+        page2.keyboard.press("Enter")
+        page2.wait_for_url(re.compile(f"#/jobs/{job_a}$"))
+        expect(page2.locator("#live-mode")).to_contain_text("polling")
+        m1 = self.wait_points(page2, 0)
+        self.wait_points(page2, m1)
+        page2.close()
+        self.no_console_errors(allowed=[r"status of 429"])
+
+        # ---- a second job, queued behind A: cancelled from its page ----
+        job_b = long_job(s, steps=50)["id"]
+        page.goto(f"{s.url}/#/jobs/{job_b}")
+        self.status_badge(page, "queued")
+        page.click("#btn-cancel")
+        self.status_badge(page, "cancelled")
+        expect(page.locator("#toast")).to_contain_text("Cancel")
+        expect(page.locator("#btn-cancel")).to_be_disabled()
+        self.shot(page, "07-job-cancelled")
+
+        # ---- A: pause (a checkpoint), resume, cancel ----
+        page.goto(f"{s.url}/#/jobs/{job_a}")
+        self.status_badge(page, "running")
+        page.click("#btn-pause")
+        expect(page.locator("#toast")).to_contain_text("Pause")
+        self.status_badge(page, "paused")
+        expect(page.locator("#checkpoints-table tbody tr").first).to_be_visible()
+        expect(page.locator("#btn-resume")).to_be_enabled()
+        page.click("#btn-resume")
+        expect(page.locator("#job-status .badge")).to_have_text(re.compile("queued|running"))
+        self.status_badge(page, "running")
+        page.click("#btn-cancel")
+        self.status_badge(page, "cancelled")
+        self.shot(page, "08-job-paused-resumed-cancelled")
+        self.no_console_errors()
+
+        # ---- a job that succeeds: merged files with sha256, download ----
+        job_c = long_job(s, steps=4)["id"]
+        s.wait_job(job_c, {"succeeded"}, timeout=120)
+        page.goto(f"{s.url}/#/jobs/{job_c}")
+        self.status_badge(page, "succeeded")
+        row = page.locator("#model-files tr[data-file='config.json']")
+        expect(row).to_be_visible()
+        model = s.api("GET", f"/v1/fine_tuning/jobs/{job_c}")[2]["fine_tuned_model"]
+        files = {f["name"]: f for f in s.api("GET", f"/v1/models/{model}/files")[2]["data"]}
+        self.assertIn(files["config.json"]["sha256"], row.text_content())
+        expect(page.locator("#loss-chart polyline.s-train")).to_have_count(1)
+        with page.expect_download() as dl:
+            row.locator("button").click()
+        path = dl.value.path()
+        self.assertEqual(dl.value.suggested_filename, "config.json")
+        with open(path, "rb") as f:
+            got = f.read()
+        st, _, want = s.api("GET", f"/v1/models/{model}/files/config.json", raw=True)
+        self.assertEqual(st, 200)
+        self.assertEqual(got, want)
+        self.shot(page, "09-job-succeeded-files")
+        self.no_console_errors()
+
+        # ---- jobs list: every column, the status filter ----
+        page.goto(f"{s.url}/#/jobs")
+        for j in (job_a, job_b, job_c):
+            expect(page.locator(f"tr[data-job='{j}']")).to_be_visible()
+        expect(page.locator(f"tr[data-job='{job_c}'] [role=progressbar]")).to_have_attribute("aria-valuenow", "100")
+        self.shot(page, "10-jobs")
+        page.select_option("#status-filter", "cancelled")
+        expect(page.locator("#jobs-table tbody tr")).to_have_count(2)
+        expect(page.locator(f"tr[data-job='{job_c}']")).to_have_count(0)
+        page.select_option("#status-filter", "succeeded")
+        expect(page.locator("#jobs-table tbody tr")).to_have_count(1)
+        self.no_console_errors()
+
+        # ---- models: base and fine-tuned; a base model file downloads ----
+        page.click("nav a[data-nav=models]")
+        expect(page.locator(f"tr[data-model='{s.model_id}']")).to_be_visible()
+        expect(page.locator(f"tr[data-model='{model}']")).to_be_visible()
+        page.locator(f"tr[data-model='{s.model_id}'] button").click()
+        base_row = page.locator(".model-files tr[data-file='config.json']").first
+        expect(base_row).to_be_visible()
+        with page.expect_download() as dl:
+            page.locator(".model-files button", has_text="Download all").first.click()
+        self.assertTrue(dl.value.suggested_filename.endswith(".tar"))
+        with open(dl.value.path(), "rb") as f:
+            self.assertEqual(f.read(512)[257:262], b"ustar")
+        self.shot(page, "11-models")
+        self.no_console_errors()
+
+        # ---- phone width: no sideways scrolling; keyboard reaches the controls ----
+        page.set_viewport_size({"width": 390, "height": 844})
+        for i, route in enumerate(("#/jobs", f"#/jobs/{job_c}", "#/new", "#/models")):
+            page.goto(f"{s.url}/{route}")
+            page.wait_for_timeout(300)
+            expect(page.locator("main h1").first).to_be_visible()
+            width = page.evaluate("document.documentElement.scrollWidth")
+            self.assertLessEqual(width, 391, f"{route} scrolls sideways at phone width")
+            self.shot(page, f"12-phone-{i}-{('jobs', 'job', 'new', 'models')[i]}")
+        page.goto(f"{s.url}/#/jobs")
+        page.reload()  # a first load: Tab starts at the top of the page
+        expect(page.locator("#jobs-table")).to_be_visible()
+        page.keyboard.press("Tab")
+        reached = []
+        for _ in range(20):
+            reached.append(page.evaluate("document.activeElement.id || document.activeElement.textContent.trim()"))
+            if reached[-1] == "status-filter":
+                break
+            page.keyboard.press("Tab")
+        self.assertIn("Skip to content", reached)
+        self.assertIn("Models", reached)
+        self.assertEqual(reached[-1], "status-filter", reached)
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")  # "New job"
+        expect(page.locator("#new-job")).to_be_visible()
+        self.no_console_errors()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

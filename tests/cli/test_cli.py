@@ -1,0 +1,445 @@
+"""The `deltatune` client commands (worker/client*.c) against a real stack:
+jobs create/list/get/cancel/pause/resume/follow, files upload/list, models
+list/download, speaking only the HTTP API with DELTATUNE_URL and
+DELTATUNE_API_KEY. One stack (tests/harness/stack.py, tiny-gpt2) for the
+module. Python standard library only.
+
+    make test-cli                     # or:
+    BUILD=build python3 -m unittest discover -s tests/cli -p 'test_*.py' -v
+"""
+import hashlib
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+from stack import Stack, TRAIN_ROWS, TINY_ID  # noqa: E402
+import tiny_model  # noqa: E402
+
+BUILD = os.path.abspath(os.environ.get("BUILD", os.path.join(ROOT, "build")))
+CLI = os.path.join(BUILD, "deltatune")
+# Exit statuses (worker/client.h).
+OK, ERROR, USAGE, FAILED, CANCELLED = 0, 1, 2, 3, 4
+# Fast jobs on the tiny model.
+FAST = ["--seq-len", "32", "--batch-size", "2"]
+
+S = None        # the module's stack
+TMP = None      # a scratch directory inside the stack's run directory
+_done_job = {}  # the one succeeded job the download tests share
+
+
+def setUpModule():
+    global S, TMP
+    for b in ("deltatune", "deltatune-server", "deltatune-worker"):
+        if not os.access(os.path.join(BUILD, b), os.X_OK):
+            raise unittest.SkipTest(f"{BUILD}/{b} is missing: run 'make all' first")
+    S = Stack(model="tiny", build=BUILD).start()
+    TMP = tempfile.mkdtemp(prefix="cli-", dir=S.run)
+
+
+def tearDownModule():
+    if S:
+        S.stop()
+
+
+def cli(*args, env=None, timeout=180, check=None):
+    """Runs build/deltatune with the stack's URL and key (not a terminal).
+    Returns the CompletedProcess; check=N asserts the exit status."""
+    e = dict(S.env)
+    e.update(env or {})
+    r = subprocess.run([CLI, *args], env=e, cwd=TMP, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=timeout)
+    if check is not None and r.returncode != check:
+        raise AssertionError(f"deltatune {' '.join(args)} exited {r.returncode}, not {check}\n"
+                             f"stdout: {r.stdout[-3000:]}\nstderr: {r.stderr[-3000:]}")
+    return r
+
+
+def write(name, text):
+    p = os.path.join(TMP, name)
+    with open(p, "w") as f:
+        f.write(text)
+    return p
+
+
+def json_lines(text):
+    return [json.loads(l) for l in text.splitlines() if l.startswith("{")]
+
+
+def sha256_file(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for b in iter(lambda: f.read(1 << 16), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def succeeded_job():
+    """One job trained to the end with `jobs create --follow` (shared)."""
+    if not _done_job:
+        data = write("train.jsonl", TRAIN_ROWS)
+        r = cli("jobs", "create", "--model", TINY_ID, "--training-file", data,
+                "--max-steps", "4", *FAST, "--suffix", "cli", "--follow", check=OK)
+        _done_job["run"] = r
+        _done_job["job"] = json_lines(r.stdout)[-1]
+    return _done_job["job"]
+
+
+def model_files(model_id):
+    st, _, b = S.api("GET", "/v1/models/" + urlq(model_id) + "/files")
+    assert st == 200, b
+    return {f["name"]: f for f in b["data"]}
+
+
+def urlq(s):
+    import urllib.parse
+    return urllib.parse.quote(s, safe="")
+
+
+class CreateAndFollow(unittest.TestCase):
+    def test_create_follow_succeeds_with_exit_0_and_json_lines(self):
+        job = succeeded_job()
+        r = _done_job["run"]
+        first = r.stdout.splitlines()[0]
+        self.assertTrue(first.startswith("ftjob-"), r.stdout[:300])
+        self.assertEqual(job["object"], "fine_tuning.job")
+        self.assertEqual(job["id"], first)
+        self.assertEqual(job["status"], "succeeded", job)
+        self.assertTrue(job["fine_tuned_model"].startswith("ft:" + TINY_ID), job)
+        events = [e for e in json_lines(r.stdout) if e.get("object") == "fine_tuning.job.event"]
+        metrics = [e for e in events if e.get("type") == "metrics"]
+        self.assertTrue(metrics, r.stdout[:2000])
+        self.assertEqual(metrics[-1]["data"]["step"], 4)
+        self.assertEqual(metrics[-1]["data"]["total_steps"], 4)
+        # The local file was uploaded first and named on stderr.
+        self.assertIn("uploaded", r.stderr)
+
+    def test_follow_on_a_terminal_draws_a_progress_bar(self):
+        job = succeeded_job()
+        master, slave = pty.openpty()
+        p = subprocess.Popen([CLI, "jobs", "follow", job["id"]], env=S.env, cwd=TMP,
+                             stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE)
+        os.close(slave)
+        out = b""
+        end = time.time() + 60
+        while time.time() < end:
+            r, _, _ = select.select([master], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif p.poll() is not None:
+                break
+        os.close(master)
+        rc = p.wait(timeout=30)
+        err = p.stderr.read().decode(errors="replace")
+        p.stderr.close()
+        text = out.decode(errors="replace")
+        self.assertEqual(rc, OK, text + err)
+        self.assertIn("4/4", text)
+        self.assertIn("loss", text)
+        self.assertIn("tok/s", text)
+        self.assertIn("ETA", text)
+        self.assertIn("succeeded", text)
+        self.assertIn(job["fine_tuned_model"], text)
+        self.assertNotIn('{"id"', text)  # no JSON lines on a terminal
+
+    def test_failing_job_exits_3_with_its_error(self):
+        # A registered model whose weights then vanish: the worker fails it.
+        d = os.path.join(TMP, "broken-model")
+        tiny_model.write(d)
+        cli("models", "add", "--id", "broken-tiny", "--path", d, check=OK)
+        os.remove(os.path.join(d, "model.safetensors"))
+        data = write("train-f.jsonl", TRAIN_ROWS)
+        r = cli("jobs", "create", "--model", "broken-tiny", "--training-file", data,
+                "--max-steps", "2", *FAST, "--follow")
+        self.assertEqual(r.returncode, FAILED, r.stdout[-2000:] + r.stderr)
+        job = json_lines(r.stdout)[-1]
+        self.assertEqual(job["status"], "failed")
+        self.assertIn("failed", r.stderr)
+        self.assertIn(job["error"]["message"], r.stderr)
+        self.assertNotEqual(r.returncode, OK)
+
+    def test_cancelled_job_ends_follow_with_exit_4(self):
+        f = cli("files", "upload", write("train-c.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        jid = cli("jobs", "create", "--model", TINY_ID, "--training-file", f,
+                  "--max-steps", "100000", *FAST, check=OK).stdout.strip()
+        self.assertTrue(jid.startswith("ftjob-"), jid)
+        p = subprocess.Popen([CLI, "jobs", "follow", jid], env=S.env, cwd=TMP,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            S.wait_job(jid, {"running"}, timeout=120)
+            r = cli("jobs", "cancel", jid, check=OK)
+            self.assertIn(jid, r.stdout)
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, CANCELLED, out[-2000:] + err)
+        self.assertEqual(json_lines(out)[-1]["status"], "cancelled")
+        self.assertIn("cancelled", err)
+        # A finished job can't be cancelled again: the API's 409, exit 1.
+        r = cli("jobs", "cancel", jid)
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn("HTTP 409", r.stderr)
+
+
+class FollowWithoutStream(unittest.TestCase):
+    def test_follow_polls_when_the_stream_is_refused(self):
+        """With this key's 8 event streams open, the server answers 429;
+        follow polls the job instead and still ends with its outcome."""
+        import http.client
+        done = succeeded_job()
+        f = cli("files", "upload", write("train-s.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        jid = cli("jobs", "create", "--model", TINY_ID, "--training-file", f,
+                  "--max-steps", "100000", *FAST, check=OK).stdout.strip()
+        host, port = S.url.split("//")[1].split(":")
+        conns = []
+        try:
+            S.wait_job(jid, {"running"}, timeout=120)
+            for _ in range(8):
+                c = http.client.HTTPConnection(host, int(port), timeout=30)
+                c.request("GET", f"/v1/fine_tuning/jobs/{jid}/events?stream=true",
+                          headers={"Authorization": "Bearer " + S.key})
+                conns.append(c)
+                self.assertEqual(c.getresponse().status, 200)
+            r = cli("jobs", "follow", done["id"], timeout=120)
+            self.assertEqual(r.returncode, OK, r.stderr)
+            self.assertIn("polling", r.stderr)
+            self.assertEqual(json_lines(r.stdout)[-1]["status"], "succeeded")
+        finally:
+            for c in conns:
+                c.close()
+            cli("jobs", "cancel", jid)
+        S.wait_job(jid, {"cancelled"}, timeout=120)
+
+
+class Jobs(unittest.TestCase):
+    def test_list_and_get(self):
+        job = succeeded_job()
+        r = cli("jobs", "list", check=OK)
+        self.assertIn(job["id"], r.stdout)
+        self.assertIn("succeeded", r.stdout)
+        self.assertIn("4/4", r.stdout)
+        lst = json.loads(cli("jobs", "list", "--json", "--limit", "100", check=OK).stdout)
+        self.assertIn(job["id"], [j["id"] for j in lst["data"]])
+        got = json.loads(cli("jobs", "get", job["id"], check=OK).stdout)
+        self.assertEqual(got["id"], job["id"])
+        self.assertEqual(got["status"], "succeeded")
+
+    def test_get_unknown_job_is_404(self):
+        r = cli("jobs", "get", "ftjob-000000000000000000000000")
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn("HTTP 404", r.stderr)
+        self.assertIn("error:", r.stderr)
+
+    def test_bad_hyperparameter_names_the_param(self):
+        f = cli("files", "upload", write("train-h.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        r = cli("jobs", "create", "--model", TINY_ID, "--training-file", f, "--rank", "100000")
+        self.assertEqual(r.returncode, ERROR, r.stderr)
+        self.assertIn("HTTP 400", r.stderr)
+        self.assertIn("[param: method.delta_lora.hyperparameters.rank]", r.stderr)
+
+    def test_pause_and_resume(self):
+        f = cli("files", "upload", write("train-p.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        jid = cli("jobs", "create", "--model", TINY_ID, "--training-file", f,
+                  "--max-steps", "100000", *FAST, "--metadata", "case=pause", check=OK).stdout.strip()
+        try:
+            S.wait_job(jid, {"running"}, timeout=120)
+            r = cli("jobs", "pause", jid, check=OK)
+            self.assertRegex(r.stdout, jid + r" (paused|running \(pause requested\))")
+            S.wait_job(jid, {"paused"}, timeout=120)
+            r = cli("jobs", "resume", jid, "--json", check=OK)
+            self.assertEqual(json.loads(r.stdout)["status"], "queued")
+            lst = cli("jobs", "list", "--metadata", "case=pause", "--json", check=OK).stdout
+            self.assertEqual([j["id"] for j in json.loads(lst)["data"]], [jid])
+        finally:
+            cli("jobs", "cancel", jid)
+        S.wait_job(jid, {"cancelled"}, timeout=120)
+
+
+class Files(unittest.TestCase):
+    def test_upload_and_list(self):
+        p = write("mine.jsonl", TRAIN_ROWS)
+        r = cli("files", "upload", p, check=OK)
+        fid = r.stdout.strip()
+        self.assertTrue(fid.startswith("file-"), r.stdout)
+        self.assertIn("processed", r.stderr)
+        r = cli("files", "list", check=OK)
+        row = [l for l in r.stdout.splitlines() if l.startswith(fid)]
+        self.assertEqual(len(row), 1, r.stdout)
+        self.assertIn("mine.jsonl", row[0])
+        self.assertIn(str(len(TRAIN_ROWS.encode())), row[0])
+        lst = json.loads(cli("files", "list", "--json", check=OK).stdout)
+        f = [x for x in lst["data"] if x["id"] == fid][0]
+        self.assertEqual(f["sha256"], hashlib.sha256(TRAIN_ROWS.encode()).hexdigest())
+
+    def test_upload_with_bad_lines_is_an_error_naming_them(self):
+        p = write("bad.jsonl", '{"text": "fine"}\nnot json\n{"prompt": 3}\n')
+        r = cli("files", "upload", p)
+        self.assertEqual(r.returncode, ERROR, r.stdout + r.stderr)
+        self.assertIn("bad.jsonl:2", r.stderr)
+        self.assertIn("bad.jsonl:3", r.stderr)
+        self.assertIn("status \"error\"", r.stderr)
+
+    def test_upload_of_a_missing_file(self):
+        r = cli("files", "upload", os.path.join(TMP, "nope.jsonl"))
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn("nope.jsonl", r.stderr)
+        self.assertIn("No such file", r.stderr)
+
+
+class Models(unittest.TestCase):
+    def test_list_through_the_api_and_the_admin_listing(self):
+        r = cli("models", "list", check=OK)
+        self.assertRegex(r.stdout, TINY_ID + r"\s+base")
+        lst = json.loads(cli("models", "list", "--json", check=OK).stdout)
+        self.assertIn(TINY_ID, [m["id"] for m in lst["data"]])
+        # --admin (or no API key) is the operator's database listing.
+        r = cli("models", "list", "--admin", check=OK)
+        self.assertIn(TINY_ID, r.stdout)
+        r = cli("models", "list", env={"DELTATUNE_API_KEY": ""}, check=OK)
+        self.assertIn(TINY_ID, r.stdout)
+
+    def test_download_whole_model_checks_sha256(self):
+        job = succeeded_job()
+        out = os.path.join(TMP, "dl-all")
+        r = cli("models", "download", job["fine_tuned_model"], "-o", out, check=OK)
+        files = model_files(job["fine_tuned_model"])
+        self.assertIn("model.safetensors", files)
+        self.assertEqual(sorted(os.listdir(out)), sorted(files))
+        for name, f in files.items():
+            self.assertEqual(sha256_file(os.path.join(out, name)), f["sha256"], name)
+            self.assertIn(name, r.stdout)
+        # Again: everything is present, nothing is fetched.
+        r = cli("models", "download", job["fine_tuned_model"], "-o", out, "--json", check=OK)
+        self.assertEqual({x["status"] for x in json_lines(r.stdout)}, {"present"})
+
+    def test_download_resumes_after_the_process_is_killed(self):
+        job = succeeded_job()
+        out = os.path.join(TMP, "dl-kill")
+        part = os.path.join(out, "model.safetensors.part")
+        p = subprocess.Popen([CLI, "models", "download", job["fine_tuned_model"],
+                              "model.safetensors", "-o", out, "--limit-rate", "400k"],
+                             env=S.env, cwd=TMP, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        try:
+            end = time.time() + 60
+            while time.time() < end and p.poll() is None:
+                if os.path.exists(part) and os.path.getsize(part) >= 256 * 1024:
+                    break
+                time.sleep(0.05)
+            self.assertIsNone(p.poll(), "the throttled download ended before it was killed")
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        total = model_files(job["fine_tuned_model"])["model.safetensors"]
+        have = os.path.getsize(part)
+        self.assertGreater(have, 0)
+        self.assertLess(have, total["bytes"])
+        self.assertFalse(os.path.exists(os.path.join(out, "model.safetensors")))
+        r = cli("models", "download", job["fine_tuned_model"], "model.safetensors", "-o", out,
+                check=OK)
+        self.assertIn("resuming at byte", r.stderr)
+        self.assertIn("resumed", r.stdout)
+        self.assertEqual(sha256_file(os.path.join(out, "model.safetensors")), total["sha256"])
+        self.assertFalse(os.path.exists(part))
+
+    def test_download_resumes_a_truncated_part_file(self):
+        st, _, body = S.api("GET", "/v1/models/" + TINY_ID + "/files/vocab.json", raw=True)
+        self.assertEqual(st, 200)
+        out = os.path.join(TMP, "dl-part")
+        os.makedirs(out)
+        with open(os.path.join(out, "vocab.json.part"), "wb") as f:
+            f.write(body[:len(body) // 3])
+        r = cli("models", "download", TINY_ID, "vocab.json", "-o", out, "--json", check=OK)
+        self.assertIn(f"resuming at byte {len(body) // 3}", r.stderr)
+        line = json_lines(r.stdout)[0]
+        self.assertEqual(line["status"], "resumed")
+        self.assertEqual(sha256_file(os.path.join(out, "vocab.json")),
+                         hashlib.sha256(body).hexdigest())
+        self.assertEqual(line["sha256"], hashlib.sha256(body).hexdigest())
+
+    def test_a_corrupt_part_file_is_detected_and_downloaded_again(self):
+        st, _, body = S.api("GET", "/v1/models/" + TINY_ID + "/files/merges.txt", raw=True)
+        self.assertEqual(st, 200)
+        out = os.path.join(TMP, "dl-corrupt")
+        os.makedirs(out)
+        with open(os.path.join(out, "merges.txt.part"), "wb") as f:
+            f.write(b"x" * 1000)
+        r = cli("models", "download", TINY_ID, "merges.txt", "-o", out, check=OK)
+        self.assertIn("does not match its sha256", r.stderr)
+        self.assertEqual(sha256_file(os.path.join(out, "merges.txt")),
+                         hashlib.sha256(body).hexdigest())
+
+    def test_download_of_an_unknown_file_or_model(self):
+        r = cli("models", "download", TINY_ID, "nope.bin", "-o", os.path.join(TMP, "dl-x"))
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn('no file "nope.bin"', r.stderr)
+        r = cli("models", "download", "no-such-model", "-o", os.path.join(TMP, "dl-y"))
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn("HTTP 404", r.stderr)
+
+
+class Errors(unittest.TestCase):
+    def test_bad_key_is_a_clear_error(self):
+        for args in (("jobs", "list"), ("files", "list"), ("models", "download", TINY_ID)):
+            r = cli(*args, "--api-key", "dt-bogus-0000000000")
+            self.assertEqual(r.returncode, ERROR, args)
+            self.assertIn("HTTP 401", r.stderr, args)
+            self.assertIn("authentication_error", r.stderr, args)
+            self.assertIn("error:", r.stderr, args)
+
+    def test_no_key_is_a_usage_error(self):
+        r = cli("jobs", "list", env={"DELTATUNE_API_KEY": ""})
+        self.assertEqual(r.returncode, USAGE)
+        self.assertIn("DELTATUNE_API_KEY", r.stderr)
+
+    def test_unreachable_server_names_the_url(self):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()  # nothing listens there now
+        url = f"http://127.0.0.1:{port}"
+        r = cli("jobs", "list", "--url", url)
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn(f"cannot reach {url}/v1/fine_tuning/jobs", r.stderr)
+
+    def test_every_subcommand_has_help(self):
+        for args in (("jobs",), ("jobs", "create"), ("jobs", "list"), ("jobs", "get"),
+                     ("jobs", "cancel"), ("jobs", "pause"), ("jobs", "resume"),
+                     ("jobs", "follow"), ("files",), ("files", "upload"), ("files", "list"),
+                     ("models",), ("models", "list"), ("models", "download")):
+            r = cli(*args, "--help")
+            self.assertEqual(r.returncode, OK, args)
+            self.assertIn("usage: deltatune", r.stdout, args)
+
+    def test_bad_usage_exits_2(self):
+        self.assertEqual(cli("jobs", "create", "--model", TINY_ID).returncode, USAGE)
+        self.assertEqual(cli("jobs", "list", "--bogus").returncode, USAGE)
+        self.assertEqual(cli("jobs", "frobnicate").returncode, USAGE)
+        self.assertEqual(cli("jobs", "create", "--model", "m", "--training-file", "f",
+                             "--method", "dora").returncode, USAGE)
+
+
+if __name__ == "__main__":
+    unittest.main()
