@@ -1,8 +1,11 @@
 # deltatune build. Explicit object lists, -MMD dependency files, build/ tree.
 #
 #   make            build the engine library, the `deltatune` CLI and tests
-#   make test       install what is missing, build, run every test
-#   make asan       the same tests under AddressSanitizer + UBSan (build-asan/)
+#   make test       install what is missing, build, run every suite (scripts/test-all)
+#   make test-unit  the cmocka unit tests alone (seconds)
+#   make test-integration  the HTTP API end to end on real stacks
+#   make test-fault kill -9, SIGSTOP, Redis/PostgreSQL outages, disk full
+#   make asan       the unit tests under AddressSanitizer + UBSan (build-asan/)
 #   make fuzz-brief libFuzzer targets for every parser, ~10 s each (tests/fuzz/)
 #   make check-gpu  CUDA-vs-CPU op and training tests (needs a GPU)
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
@@ -196,8 +199,14 @@ down:
 deps:
 	@scripts/install-deps
 
+# Every suite (scripts/test-all: unit, asan, integration, cli, client,
+# browser, fault, fuzz-brief, ...); TEST_SUITES="unit integration" picks some.
 test: deps
 	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) scripts/test-all
+
+# The cmocka unit tests alone.
+test-unit: all
 	@scripts/run-tests $(BUILD) $(TEST_NAMES)
 
 # HTTP integration tests (tests/integration/test_*.py): each module starts its
@@ -223,6 +232,7 @@ asan:
 # against a real stack: tests/client/setup installs them (pinned, idempotent).
 test-client: all
 	@tests/client/setup
+	@scripts/make-venv
 	@BUILD=$(BUILD) .venv-client/bin/python -m unittest discover -s tests/client -p 'test_*.py' -v
 
 # The dashboard (server/static/) in Debian's headless chromium driven by
@@ -250,7 +260,7 @@ fixtures:
 	@.venv/bin/python tests/reference/make_tensorfile_fixtures.py
 
 check-exports: all
-	@scripts/check-exports
+	@BUILD=$(BUILD) scripts/check-exports
 
 bench: all
 	@scripts/make-venv
@@ -268,7 +278,7 @@ demo: deps all
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: test-cli test-fault test-client test-browser check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+.PHONY: test-unit test-cli test-fault test-client test-browser check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
 
 # libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
 include tests/fuzz/fuzz.mk

@@ -19,6 +19,16 @@ static int64_t parse_u(const char *s, const char *e)
     return v;
 }
 
+static int all_digits(const char *s, const char *e)
+{
+    if (s == e) return 0;
+    for (; s < e; s++)
+        if (*s < '0' || *s > '9') return 0;
+    return 1;
+}
+
+/* RFC 9110 §14.2: a syntactically invalid range is ignored (the whole body
+ * is served); a valid one that selects nothing is unsatisfiable (416). */
 int http_parse_range(const char *h, int64_t size, int64_t *start, int64_t *len)
 {
     if (!h) return 1;
@@ -28,22 +38,25 @@ int http_parse_range(const char *h, int64_t size, int64_t *start, int64_t *len)
     while (*h == ' ') h++;
     if (strchr(h, ',')) return 1; /* several ranges: serve everything */
     const char *dash = strchr(h, '-');
-    if (!dash) return -1;
+    if (!dash) return 1;
     const char *end = dash + 1 + strcspn(dash + 1, " ");
-    if (*end && end[strspn(end, " ")]) return -1;
+    if (*end && end[strspn(end, " ")]) return 1;
     if (dash == h) { /* suffix: last n bytes */
-        int64_t n = parse_u(dash + 1, end);
-        if (n <= 0 || size == 0) return -1;
-        if (n > size) n = size;
+        if (!all_digits(dash + 1, end)) return 1;
+        int64_t n = parse_u(dash + 1, end); /* -1: more digits than any file */
+        if (n == 0 || size == 0) return -1;
+        if (n < 0 || n > size) n = size;
         *start = size - n;
         *len = n;
         return 0;
     }
+    if (!all_digits(h, dash) || (dash + 1 != end && !all_digits(dash + 1, end))) return 1;
     int64_t a = parse_u(h, dash);
-    if (a < 0) return -1;
-    int64_t b = dash + 1 == end ? size - 1 : parse_u(dash + 1, end);
-    if (b < 0 || b < a || a >= size) return -1;
-    if (b >= size) b = size - 1;
+    int has_last = dash + 1 != end;
+    int64_t b = has_last ? parse_u(dash + 1, end) : size - 1;
+    if (has_last && a >= 0 && b >= 0 && b < a) return 1; /* last < first: invalid */
+    if (a < 0 || a >= size) return -1;       /* starts past the end */
+    if (b < 0 || b >= size) b = size - 1;
     *start = a;
     *len = b - a + 1;
     return 0;

@@ -8,7 +8,8 @@
 /* Parses a Range header against a resource of size bytes. Supports one
  * range: "bytes=a-b", "bytes=a-", "bytes=-n". Returns 0 with *start and *len
  * set, 1 when the header should be ignored (absent, not bytes, several
- * ranges: serve the whole body), or -1 when unsatisfiable (416). */
+ * ranges, syntactically invalid: serve the whole body), or -1 when it is
+ * valid but unsatisfiable (416: starts past the end, or "bytes=-0"). */
 int http_parse_range(const char *h, int64_t size, int64_t *start, int64_t *len);
 
 /* 1 when an If-None-Match value matches etag (a list, "*", or W/ forms). */

@@ -180,6 +180,10 @@ class Lifecycle(StackTest):
         st, rh, _ = self.s.api("GET", path, raw=True, headers={"Range": f"bytes={n}-"})
         self.assertEqual(st, 416)
         self.assertEqual(rh.get("content-range"), f"bytes */{n}")
+        # A syntactically invalid Range is ignored (RFC 9110 14.2): the whole file.
+        for junk in ("bytes=5-2", "bytes=x-1", "bytes=1", "bytes=0-1 junk"):
+            st, rh, b = self.s.api("GET", path, raw=True, headers={"Range": junk})
+            self.assertEqual((st, len(b)), (200, n), junk)
         # ETag revalidation and If-Range.
         st, rh, b = self.s.api("GET", path, raw=True, headers={"If-None-Match": etag})
         self.assertEqual((st, b), (304, b""))

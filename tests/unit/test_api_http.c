@@ -92,10 +92,15 @@ static void test_range_errors_and_ignored_forms(void **s)
     assert_int_equal(http_parse_range("items=0-1", 100, &a, &n), 1);
     assert_int_equal(http_parse_range("bytes=0-1,5-6", 100, &a, &n), 1);
     assert_int_equal(http_parse_range("bytes=100-", 100, &a, &n), -1);
-    assert_int_equal(http_parse_range("bytes=5-2", 100, &a, &n), -1);
+    assert_int_equal(http_parse_range("bytes=5-2", 100, &a, &n), 1); /* invalid: ignored */
     assert_int_equal(http_parse_range("bytes=-0", 100, &a, &n), -1);
-    assert_int_equal(http_parse_range("bytes=x-1", 100, &a, &n), -1);
-    assert_int_equal(http_parse_range("bytes=1", 100, &a, &n), -1);
+    assert_int_equal(http_parse_range("bytes=x-1", 100, &a, &n), 1);
+    assert_int_equal(http_parse_range("bytes=1", 100, &a, &n), 1);
+    assert_int_equal(http_parse_range("bytes=1-2x", 100, &a, &n), 1);
+    assert_int_equal(http_parse_range("bytes=-x", 100, &a, &n), 1);
+    assert_int_equal(http_parse_range("bytes=0-1 junk", 100, &a, &n), 1);
+    assert_int_equal(http_parse_range("bytes=0-99999999999999999999", 100, &a, &n), 0);
+    assert_int_equal(n, 100);
     assert_int_equal(http_parse_range("bytes=0-", 0, &a, &n), -1);
     assert_int_equal(http_parse_range("bytes=99999999999999999999-", 100, &a, &n), -1);
 }
