@@ -84,6 +84,11 @@ class Dashboard(unittest.TestCase):
         self.errors = []
         page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        # Air-gapped: every request the page makes goes to the server itself.
+        origin = self.s.url.rstrip("/")
+        page.on("request", lambda r: r.url.startswith(("http:", "https:", "ws:", "wss:"))
+                and not r.url.startswith(origin + "/")
+                and self.errors.append(f"request off the server's origin: {r.url}"))
         if signed_in:
             page.goto(self.s.url + "/")
             page.fill("#key", self.s.key)
@@ -155,6 +160,34 @@ class Dashboard(unittest.TestCase):
         expect(page.locator(f"tr[data-job='{job['id']}']")).to_have_count(0)
         st, _, _ = self.s.api("GET", f"/v1/fine_tuning/jobs/{job['id']}/events?stream=true")
         self.assertEqual(st, 404)
+        self.no_console_errors()
+
+    def test_jobs_list_pages(self):
+        key = self.s.new_key("pager")
+        st, _, f = self.s.upload(TRAIN_ROWS, key=key)
+        self.assertEqual(st, 200, f)
+        ids = []
+        for _ in range(25):
+            j = long_job(self.s, key=key, file_id=f["id"], steps=3)
+            self.s.api("POST", f"/v1/fine_tuning/jobs/{j['id']}/cancel", key=key)
+            ids.append(j["id"])
+        ids.reverse()  # newest first, as the API lists them
+        page = self.open(signed_in=False)
+        page.goto(self.s.url + "/")
+        page.fill("#key", key)
+        page.keyboard.press("Enter")
+        rows = page.locator("#jobs-table tbody tr")
+        expect(rows).to_have_count(20)
+        self.assertEqual([rows.nth(i).get_attribute("data-job") for i in range(20)], ids[:20])
+        self.shot(page, "13-jobs-page-1")
+        page.click("#next-page")
+        expect(rows).to_have_count(5)
+        self.assertEqual([rows.nth(i).get_attribute("data-job") for i in range(5)], ids[20:])
+        expect(page.locator("#next-page")).to_have_count(0)
+        self.shot(page, "14-jobs-page-2")
+        page.click("text=« First page")
+        expect(rows).to_have_count(20)
+        self.assertEqual(rows.nth(0).get_attribute("data-job"), ids[0])
         self.no_console_errors()
 
     def test_dashboard_end_to_end(self):
