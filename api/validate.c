@@ -75,7 +75,14 @@ static void defaults(db_job *j)
 /* A JSON number that is an integer (1 or 1.0), into *out. */
 static int as_integer(json_t *v, double *out)
 {
-    if (json_is_integer(v)) { *out = (double)json_integer_value(v); return 1; }
+    if (json_is_integer(v)) {
+        json_int_t i = json_integer_value(v);
+        /* Beyond 2^53 a double is not exact: 2^53 + 1 would pass a check
+         * against 2^53. Such values are out of every range here. */
+        const json_int_t exact = (json_int_t)1 << 53;
+        *out = i > exact ? 1e300 : i < -exact ? -1e300 : (double)i;
+        return 1;
+    }
     if (json_is_real(v)) {
         double x = json_real_value(v);
         if (isfinite(x) && x == floor(x)) { *out = x; return 1; }

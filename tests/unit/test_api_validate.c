@@ -185,6 +185,8 @@ static void test_top_level_fields(void **s)
                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}", "suffix");
     expect_400("{\"model\":\"m\",\"training_file\":\"f\",\"seed\":-3}", "seed");
     expect_400("{\"model\":\"m\",\"training_file\":\"f\",\"seed\":\"x\"}", "seed");
+    /* 2^53 + 1 is exact in JSON but not as a double: refused, not rounded. */
+    expect_400("{\"model\":\"m\",\"training_file\":\"f\",\"seed\":9007199254740993}", "seed");
     expect_400("{\"model\":\"m\",\"training_file\":\"f\",\"integrations\":{}}", "integrations");
     expect_400("{\"model\":\"m\",\"training_file\":\"f\",\"metadata\":[]}", "metadata");
     expect_400("{\"model\":\"m\",\"training_file\":\"f\",\"metadata\":{\"k\":1}}", "metadata.k");
