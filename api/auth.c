@@ -149,11 +149,12 @@ int auth_owner_valid(const char *owner)
 }
 
 /* A small cache of key lookups (prefix -> hash, owner) so that a busy
- * client does not cost a query per request. Entries live AUTH_CACHE_TTL
- * seconds, which bounds how long a revoked key keeps working. The hash is
- * still compared on every request. */
+ * client does not cost a query per request. Entries live g_cache_ttl
+ * seconds (DELTATUNE_AUTH_CACHE_SECONDS, default 5; 0 = no cache), which
+ * bounds how long a revoked key keeps working. The hash is still compared
+ * on every request. */
 #define AUTH_CACHE_SLOTS 256
-#define AUTH_CACHE_TTL 5.0
+static double g_cache_ttl = 5.0;
 typedef struct cached_key {
     char prefix[AUTH_PREFIX_LEN + 1];
     char hash[65];
@@ -191,7 +192,19 @@ static void cache_put(const char *prefix, const db_key *k)
     memcpy(c->prefix, prefix, sizeof c->prefix);
     memcpy(c->hash, k->hash, sizeof c->hash);
     memcpy(c->owner, k->owner, sizeof c->owner);
-    c->until = dt_now() + AUTH_CACHE_TTL;
+    if (g_cache_ttl <= 0) {
+        pthread_mutex_unlock(&g_cache_mu);
+        return;
+    }
+    c->until = dt_now() + g_cache_ttl;
+    pthread_mutex_unlock(&g_cache_mu);
+}
+
+void auth_cache_set_ttl(double seconds)
+{
+    pthread_mutex_lock(&g_cache_mu);
+    g_cache_ttl = seconds > 0 ? seconds : 0;
+    memset(g_cache, 0, sizeof g_cache);
     pthread_mutex_unlock(&g_cache_mu);
 }
 

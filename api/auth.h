@@ -44,12 +44,17 @@ void auth_sha256_free(auth_sha256 *s);
 int auth_equal(const void *a, const void *b, size_t n);
 
 /* Resolves an "Authorization" header value ("Bearer <key>") to the key's
- * owner (DB_OWNER_LEN bytes). Lookups are cached in-process for 5 seconds
- * (so a revoked key stops working within 5 s on every server). DT_EINVAL: missing or malformed header;
+ * owner (DB_OWNER_LEN bytes). Lookups are cached in-process for
+ * DELTATUNE_AUTH_CACHE_SECONDS (default 5; see auth_cache_set_ttl), so a
+ * revoked key stops working within that on every server. DT_EINVAL: missing or malformed header;
  * DB_ENOTFOUND: unknown, revoked or wrong key (the caller answers 401 for
  * both); DB_EUNAVAIL: database down (503). */
 int auth_authenticate(db *d, const char *authorization, char *owner,
                       char *err);
+
+/* Sets how long lookups are cached (DELTATUNE_AUTH_CACHE_SECONDS; 0 = not
+ * cached) and empties the cache. */
+void auth_cache_set_ttl(double seconds);
 
 /* Empties the lookup cache (tests, and after `keys revoke` in-process). */
 void auth_cache_clear(void);

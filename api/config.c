@@ -56,6 +56,8 @@ static const setting settings[] = {
      "20000", 0, 100000000, "requests/second per API key (token bucket; 429 above it; 0 = off)"},
     {"rate-burst", "DELTATUNE_RATE_BURST", T_INT, F(rate_burst), 0,
      "0", 0, 100000000, "requests one API key may send at once (bucket size; 0 = rate-limit)"},
+    {"auth-cache-seconds", "DELTATUNE_AUTH_CACHE_SECONDS", T_INT, F(auth_cache_seconds), 0,
+     "5", 0, 3600, "seconds an API key lookup is cached (a revoked key works this long; 0 = off)"},
     {"lease-seconds", "DELTATUNE_LEASE_SECONDS", T_INT, F(lease_seconds), 0,
      "60", 5, 86400, "job lease; a worker silent this long loses its job"},
     {"max-attempts", "DELTATUNE_MAX_ATTEMPTS", T_INT, F(max_attempts), 0,

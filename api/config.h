@@ -33,6 +33,7 @@ typedef struct api_config {
     int db_pool_size;                   /* DELTATUNE_DB_POOL, PostgreSQL connections (server) */
     int rate_limit;                     /* DELTATUNE_RATE_LIMIT, requests/second per API key, 0 = off */
     int rate_burst;                     /* DELTATUNE_RATE_BURST, bucket size (0 = rate_limit) */
+    int auth_cache_seconds;             /* DELTATUNE_AUTH_CACHE_SECONDS, key lookup cache TTL (0 = off) */
 
     /* Jobs (server and worker). */
     int lease_seconds;                  /* DELTATUNE_LEASE_SECONDS, lease length (60) */

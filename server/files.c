@@ -75,8 +75,9 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
             return MHD_YES;
         }
         if (!u->have_file && filename) {
-            const char *base = strrchr(filename, '/');
-            base = base ? base + 1 : filename;
+            const char *base = filename; /* basename after '/' or '\\' */
+            for (const char *p = filename; *p; p++)
+                if (*p == '/' || *p == '\\') base = p + 1;
             snprintf(u->filename, sizeof u->filename, "%s", base);
             for (char *p = u->filename; *p; p++)
                 if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '_';

@@ -101,6 +101,74 @@ const char *req_header(req *r, const char *name)
     return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
 }
 
+/* jansson refuses a number it cannot represent (an integer beyond int64, a
+ * real beyond double) as a parse error with no field. To name the field,
+ * the number is replaced by a marker string, the copy parsed again, and the
+ * marker's path (a.b.c, a[0]) written to param. 0 when found. */
+#define OVERFLOW_MARK "\"\\u0001\""
+static int is_num_char(char c)
+{
+    return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
+}
+
+static int find_mark(json_t *v, char *path, size_t cap)
+{
+    size_t n = strlen(path);
+    if (json_is_string(v)) return strcmp(json_string_value(v), "\x01") ? -1 : 0;
+    if (json_is_object(v)) {
+        const char *k;
+        json_t *x;
+        json_object_foreach(v, k, x) {
+            snprintf(path + n, cap - n, "%s%.100s", n ? "." : "", k);
+            if (!find_mark(x, path, cap)) return 0;
+        }
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *x;
+        json_array_foreach(v, i, x) {
+            snprintf(path + n, cap - n, "[%zu]", i);
+            if (!find_mark(x, path, cap)) return 0;
+        }
+    }
+    path[n] = 0;
+    return -1;
+}
+
+static int overflow_param(const char *body, size_t len, json_error_t je, char *param, size_t cap)
+{
+    char *buf = malloc(len + 1);
+    if (!buf) return -1;
+    memcpy(buf, body, len);
+    buf[len] = 0;
+    int rc = -1;
+    for (int tries = 0; tries < 8; tries++) {
+        if (!strstr(je.text, "too big integer") && !strstr(je.text, "real number overflow")) break;
+        size_t end = je.position >= 0 && (size_t)je.position < len ? (size_t)je.position : len;
+        while (end > 0 && !is_num_char(buf[end - 1])) end--;
+        size_t start = end;
+        while (start > 0 && is_num_char(buf[start - 1])) start--;
+        if (start == end) break;
+        size_t mlen = strlen(OVERFLOW_MARK), nlen = len - (end - start) + mlen;
+        char *nb = malloc(nlen + 1);
+        if (!nb) break;
+        memcpy(nb, buf, start);
+        memcpy(nb + start, OVERFLOW_MARK, mlen);
+        memcpy(nb + start + mlen, buf + end, len - end + 1);
+        free(buf);
+        buf = nb;
+        len = nlen;
+        json_t *v = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &je);
+        if (v) {
+            param[0] = 0;
+            rc = find_mark(v, param, cap);
+            json_decref(v);
+            break;
+        }
+    }
+    free(buf);
+    return rc;
+}
+
 json_t *req_json(req *r)
 {
     json_error_t je;
@@ -110,8 +178,14 @@ json_t *req_json(req *r)
     }
     json_t *v = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
     if (!v) {
-        reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
-                    je.line, je.column, je.text);
+        char param[256];
+        if (!overflow_param(r->body, r->body_len, je, param, sizeof param))
+            reply_error(r, 400, "invalid_value", param,
+                        "%s: number out of range at line %d, column %d (%s)", param, je.line,
+                        je.column, je.text);
+        else
+            reply_error(r, 400, "invalid_json", NULL, "malformed JSON at line %d, column %d: %s",
+                        je.line, je.column, je.text);
         return NULL;
     }
     if (!json_is_object(v)) {
@@ -163,7 +237,7 @@ static enum MHD_Result send_reply(req *r)
                                                                                       : "false");
     }
     if (r->status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
-    if (r->status == 413) MHD_add_response_header(resp, "Connection", "close");
+    if (r->status == 413 || r->must_close) MHD_add_response_header(resp, "Connection", "close");
     if (r->replayed) MHD_add_response_header(resp, "Idempotent-Replayed", "true");
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
@@ -295,8 +369,36 @@ static enum MHD_Result arg_utf8(void *cls, enum MHD_ValueKind kind, const char *
     return MHD_NO;
 }
 
+/* MHD_OPTION_UNESCAPE_CALLBACK: MHD's own unescaping, except that a %00
+ * (which would end the C string: "file-x%00.json" would read as "file-x")
+ * becomes 0x7f, which first_call answers 404 in a path. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    size_t n = MHD_http_unescape(s);
+    for (size_t i = 0; i < n; i++)
+        if (!s[i]) s[i] = 0x7f;
+    return n;
+}
+
+static int has_ctl(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+    return 0;
+}
+
 static enum MHD_Result first_call(server *s, req *r)
 {
+    if (req_header(r, MHD_HTTP_HEADER_TRANSFER_ENCODING) &&
+        req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        /* RFC 9112 6.1: a request with both is a smuggling attempt (a proxy
+         * may frame it by the other header): refuse it and close, so that
+         * no byte after it is read as another request. */
+        r->must_close = 1;
+        reply_error(r, 400, "invalid_request", NULL,
+                    "a request must not have both Content-Length and Transfer-Encoding");
+        return send_reply(r);
+    }
     /* ids, cursors and filters go to PostgreSQL (UTF8), which refuses other
      * bytes: a 400 here rather than a 500 from the query */
     int bad = !api_utf8_valid(r->url);
@@ -304,6 +406,11 @@ static enum MHD_Result first_call(server *s, req *r)
     if (bad) {
         reply_error(r, 400, "invalid_request", NULL,
                     "the request path and query must be valid UTF-8 (percent-encoded)");
+        return send_reply(r);
+    }
+    if (has_ctl(r->url)) { /* no id or file name has one: nothing there */
+        reply_error(r, 404, "not_found", NULL,
+                    "not found: the request path contains a control character (such as %%00)");
         return send_reply(r);
     }
     r->route = route_find(s->routes, s->nroutes, r->method, r->url, r->params);
@@ -457,6 +564,7 @@ int http_start(server *s, char *err)
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory_bytes,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->daemon)

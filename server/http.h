@@ -58,6 +58,7 @@ typedef struct req {
     json_t *json;                 /* JSON reply (owned) */
     struct MHD_Response *resp;    /* or a ready response (owned) */
     int queued;                   /* a response was queued to MHD */
+    int must_close;               /* answer with "Connection: close" (framing in doubt) */
     int replayed;                 /* an Idempotency-Key replay */
 
     db *d;                        /* from the pool (req_db), released at the end */

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api/auth.h"
 #include "api/log.h"
 #include "handlers.h"
 #include "ratelimit.h"
@@ -165,6 +166,7 @@ int main(int argc, char **argv)
     }
     if (config_check(&s.cfg, err)) goto usage_err;
     log_init("server", s.cfg.log_level);
+    auth_cache_set_ttl(s.cfg.auth_cache_seconds);
     signal(SIGPIPE, SIG_IGN);
     sigset_t stop_sigs;
     sigemptyset(&stop_sigs);
