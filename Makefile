@@ -6,6 +6,7 @@
 #   make test-integration  the HTTP API end to end on real stacks
 #   make test-fault kill -9, SIGSTOP, Redis/PostgreSQL outages, disk full
 #   make asan       the unit tests under AddressSanitizer + UBSan (build-asan/)
+#   make test-asan-integration  the HTTP integration suite against ASan+UBSan binaries
 #   make fuzz-brief libFuzzer targets for every parser, ~10 s each (tests/fuzz/)
 #   make check-gpu  CUDA-vs-CPU op and training tests (needs a GPU)
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
@@ -223,10 +224,16 @@ test-fault: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) python3 -W ignore::ResourceWarning -m unittest discover -s tests/fault -p 'test_*.py' -v
 
+ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
-	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 SAN="$(ASAN_SAN)" all
 	@ASAN_OPTIONS=detect_leaks=1 scripts/run-tests build-asan $(TEST_NAMES)
+
+# The HTTP integration suite against server, worker and CLI built with
+# ASan + UBSan; any sanitizer report fails it (tests/asan/run-integration).
+test-asan-integration:
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 SAN="$(ASAN_SAN)" all
+	@tests/asan/run-integration build-asan
 
 # The official openai SDKs (Python in .venv-client, Node in tests/client/node)
 # against a real stack: tests/client/setup installs them (pinned, idempotent).
@@ -278,7 +285,7 @@ demo: deps all
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: test-unit test-cli test-fault test-client test-browser check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+.PHONY: test-asan-integration test-unit test-cli test-fault test-client test-browser check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
 
 # libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
 include tests/fuzz/fuzz.mk
