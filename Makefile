@@ -18,6 +18,7 @@
 #   make test-cli   the deltatune client commands (jobs, files, models) against a real stack
 #   make test-client  the official openai SDKs (Python + Node) against a real stack
 #   make test-browser the dashboard in headless chromium (Playwright) against a real stack
+#   make test-schema  schemathesis (property-based + stateful) against the served OpenAPI contract
 
 BUILD    ?= build
 CC       ?= gcc
@@ -224,6 +225,12 @@ test-fault: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) python3 -W ignore::ResourceWarning -m unittest discover -s tests/fault -p 'test_*.py' -v
 
+# Valgrind (tests/leak/): server and worker under valgrind over a full job
+# lifecycle; no definite/indirect leak, no memory error (about a minute).
+test-valgrind: all
+	@tests/leak/setup
+	@BUILD=$(BUILD) python3 -m unittest discover -s tests/leak -p 'test_*.py' -v
+
 ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 SAN="$(ASAN_SAN)" all
@@ -249,6 +256,13 @@ test-client: all
 test-browser: $(SERVER) $(WORKER) $(CLI)
 	@tests/browser/setup
 	@BUILD=$(BUILD) .venv-browser/bin/python -m unittest discover -s tests/browser -p 'test_*.py' -v
+
+# Schemathesis (.venv-schema; tests/schema/setup, pinned, idempotent) against
+# GET /v1/openapi.json of a real stack: every operation, then the stateful
+# phase over the contract's links; JUnit XML parsed by tests/schema/.
+test-schema: all
+	@tests/schema/setup
+	@BUILD=$(BUILD) .venv-schema/bin/python -m unittest discover -s tests/schema -p 'test_*.py' -v
 
 # The client commands (deltatune jobs | files | models list | download) against
 # a real stack (tests/cli/; Python standard library only).
@@ -285,7 +299,7 @@ demo: deps all
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: test-asan-integration test-unit test-cli test-fault test-client test-browser check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+.PHONY: test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
 
 # libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
 include tests/fuzz/fuzz.mk

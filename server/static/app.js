@@ -436,6 +436,8 @@
       const act = (name, verb, enabled) => el('button', {type: 'button', id: `btn-${name}`,
         className: name === 'cancel' ? 'danger' : null, disabled: !enabled,
         onclick: (ev) => transition(name, verb, ev.currentTarget)}, verb);
+      // a live update redraws the buttons: keep keyboard focus on the same one
+      const had = document.activeElement && head.contains(document.activeElement) ? document.activeElement.id : '';
       const pending = j.status !== 'running' ? '' : j.cancel_requested ? 'cancel requested…'
         : j.pause_requested ? 'pause requested…' : '';
       fill(head,
@@ -448,6 +450,8 @@
             act('resume', 'Resume', j.status === 'paused' || (j.status === 'running' && j.pause_requested)),
             act('cancel', 'Cancel', !TERMINAL.includes(j.status) && !j.cancel_requested))),
         j.error ? el('div', {className: 'alert', role: 'alert'}, el('strong', {text: `${j.error.code}: `}), j.error.message) : null);
+      const again = had && document.getElementById(had);
+      if (again && !again.disabled) again.focus();
     }
 
     function renderSummary() {

@@ -104,6 +104,13 @@ class Dashboard(unittest.TestCase):
         self.assertEqual(bad, [], "console errors")
         self.errors.clear()
 
+    def assert_focus_visible(self, page):
+        style, width = page.evaluate(
+            "() => { const c = getComputedStyle(document.activeElement);"
+            " return [c.outlineStyle, parseFloat(c.outlineWidth)]; }")
+        self.assertNotEqual(style, "none", "the focused element shows no focus ring")
+        self.assertGreater(width, 0)
+
     def status_badge(self, page, status):
         expect(page.locator("#job-status .badge")).to_have_text(status.replace("_", " "), timeout=T)
 
@@ -284,10 +291,31 @@ class Dashboard(unittest.TestCase):
         # ---- A: pause (a checkpoint), resume, cancel ----
         page.goto(f"{s.url}/#/jobs/{job_a}")
         self.status_badge(page, "running")
-        page.click("#btn-pause")
+        # the action buttons are reached by Tab, show focus, have names
+        for name in ("cancel", "pause", "resume"):
+            self.assertRegex(page.evaluate(
+                "(id) => { const b = document.getElementById(id);"
+                " return (b.getAttribute('aria-label') || b.textContent).trim(); }", f"btn-{name}"),
+                name.capitalize())
+        page.locator("main a[href='#/jobs']").first.focus()  # "« Jobs", above the buttons
+        for _ in range(10):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "btn-pause":
+                break
+        else:
+            self.fail("Tab never reached the Pause button")
+        self.assert_focus_visible(page)
+        page.keyboard.press("Enter")
         expect(page.locator("#toast")).to_contain_text("Pause")
         self.status_badge(page, "paused")
-        expect(page.locator("#checkpoints-table tbody tr").first).to_be_visible()
+        ck = page.locator("#checkpoints-table tbody tr").first
+        expect(ck).to_be_visible()
+        expect(ck.locator("td[data-label='Training loss']")).to_have_text(re.compile(r"\d"))
+        with page.expect_download() as dl:
+            ck.locator("button", has_text="Download").click()
+        self.assertTrue(dl.value.suggested_filename.endswith(".tar"))
+        with open(dl.value.path(), "rb") as f:
+            self.assertEqual(f.read(512)[257:262], b"ustar")
         expect(page.locator("#btn-resume")).to_be_enabled()
         page.click("#btn-resume")
         expect(page.locator("#job-status .badge")).to_have_text(re.compile("queued|running"))
@@ -349,14 +377,24 @@ class Dashboard(unittest.TestCase):
         self.no_console_errors()
 
         # ---- phone width: no sideways scrolling; keyboard reaches the controls ----
-        page.set_viewport_size({"width": 390, "height": 844})
+        page.set_viewport_size({"width": 375, "height": 740})
+        overflow = "[document.scrollingElement.scrollWidth, innerWidth]"
         for i, route in enumerate(("#/jobs", f"#/jobs/{job_c}", "#/new", "#/models")):
             page.goto(f"{s.url}/{route}")
             page.wait_for_timeout(300)
             expect(page.locator("main h1").first).to_be_visible()
-            width = page.evaluate("document.documentElement.scrollWidth")
-            self.assertLessEqual(width, 391, f"{route} scrolls sideways at phone width")
+            sw, iw = page.evaluate(overflow)
+            self.assertEqual(iw, 375)
+            self.assertLessEqual(sw, iw, f"{route} scrolls sideways at phone width")
             self.shot(page, f"12-phone-{i}-{('jobs', 'job', 'new', 'models')[i]}")
+        # the sign-in page too, in a new context (which starts signed out)
+        signin = self.open(signed_in=False, viewport={"width": 375, "height": 740})
+        signin.goto(s.url + "/")
+        expect(signin.locator("#key")).to_be_visible()
+        sw, iw = signin.evaluate(overflow)
+        self.assertLessEqual(sw, iw, "the sign-in page scrolls sideways at phone width")
+        self.assertIsNone(signin.evaluate("sessionStorage.getItem('deltatune.key')"))
+        self.shot(signin, "12-phone-4-signin")
         page.goto(f"{s.url}/#/jobs")
         page.reload()  # a first load: Tab starts at the top of the page
         expect(page.locator("#jobs-table")).to_be_visible()
@@ -371,6 +409,25 @@ class Dashboard(unittest.TestCase):
         self.assertIn("Models", reached)
         self.assertEqual(reached[-1], "status-filter", reached)
         page.keyboard.press("Tab")
+        self.assertEqual(page.evaluate("document.activeElement.textContent.trim()"), "New job")
+        # on to the first job row's link: focus is visible and it has a name
+        for _ in range(10):
+            page.keyboard.press("Tab")
+            if page.evaluate("(document.activeElement.getAttribute('href') || '').startsWith('#/jobs/ftjob-')"):
+                break
+        else:
+            self.fail("Tab never reached a job row link")
+        self.assert_focus_visible(page)
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
+        expect(page.locator("#job-status .badge")).to_be_visible()
+        page.goto(f"{s.url}/#/jobs")
+        expect(page.locator("#jobs-table")).to_be_visible()
+        page.keyboard.press("Tab")
+        for _ in range(20):
+            if page.evaluate("document.activeElement.textContent.trim()") == "New job":
+                break
+            page.keyboard.press("Tab")
         page.keyboard.press("Enter")  # "New job"
         expect(page.locator("#new-job")).to_be_visible()
         self.no_console_errors()

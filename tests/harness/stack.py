@@ -17,6 +17,7 @@ the run directory (logs) after the test.
 """
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -112,7 +113,8 @@ class Stack:
 
     def start_worker(self, worker_id, extra=()):
         log = open(os.path.join(self.run, "logs", worker_id + ".log"), "ab")
-        p = subprocess.Popen([os.path.join(self.build, "deltatune-worker"), "--device", "cpu",
+        wrap = shlex.split(self.env.get("DELTATUNE_WRAP", ""))  # e.g. valgrind (scripts/up)
+        p = subprocess.Popen([*wrap, os.path.join(self.build, "deltatune-worker"), "--device", "cpu",
                               "--worker-id", worker_id, "--threads", str(self.threads), *extra],
                              env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         self.workers[worker_id] = p

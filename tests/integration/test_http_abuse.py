@@ -16,7 +16,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import StackTest, start_stack, TINY_ID  # noqa: E402
 
-TIMEOUT_S, MAX_JSON, MAX_UPLOAD = 3, 16384, 65536
+TIMEOUT_S, MAX_JSON, MAX_UPLOAD, PER_IP = 3, 16384, 65536, 60
 S = None
 G = {}
 
@@ -26,7 +26,8 @@ def setUpModule():
     try:
         S = start_stack(env={"DELTATUNE_CONNECTION_TIMEOUT": str(TIMEOUT_S),
                              "DELTATUNE_MAX_JSON_BYTES": str(MAX_JSON),
-                             "DELTATUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)})
+                             "DELTATUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+                             "DELTATUNE_MAX_CONNECTIONS_PER_IP": str(PER_IP)})
         StackTest.s = S
         G["file"] = StackTest().upload_ok()["id"]
         host, port = S.url.split("//", 1)[1].rsplit(":", 1)
@@ -41,8 +42,9 @@ def tearDownModule():
         S.stop()
 
 
-def connect(timeout=10):
-    c = socket.create_connection(G["addr"], timeout=timeout)
+def connect(timeout=10, source=None):
+    c = socket.create_connection(G["addr"], timeout=timeout,
+                                 source_address=(source, 0) if source else None)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return c
 
@@ -135,12 +137,17 @@ class Abuse(StackTest):
             self.assertEqual(e["param"], param, e)
         return e
 
+    def artifact_files(self):
+        root = os.path.realpath(self.s.env.get("DELTATUNE_ARTIFACT_ROOT") or
+                                os.path.join(self.s.run, "artifacts"))
+        return sorted(os.path.join(d, x) for d, _, fs in os.walk(root) for x in fs)
+
     def file_ids(self):
         return sorted(f["id"] for f in self.call("GET", "/v1/files?limit=10000")["data"])
 
     # ---- slowloris ---------------------------------------------------------
     def test_slowloris(self):
-        n = 30
+        n = 50
         socks = []
         for i in range(n):
             c = connect()
@@ -183,6 +190,40 @@ class Abuse(StackTest):
               f"idle (timeout {TIMEOUT_S}s); GET during the attack {took*1000:.0f} ms", file=sys.stderr)
         self.assert_serving()
 
+    def test_per_ip_connection_limit(self):
+        """PER_IP idle connections from 127.0.0.1: the next one from that address
+        is accepted and closed at once (libmicrohttpd answers nothing); a client
+        from 127.0.0.2 is served meanwhile, and 127.0.0.1 again once they go."""
+        if G["addr"][0] not in ("127.0.0.1", "localhost"):
+            self.skipTest("server not on loopback")
+        socks = [connect() for _ in range(PER_IP)]
+        try:
+            for c in socks:
+                c.sendall(b"GET /v1/models HTTP/1.1\r\n")
+            time.sleep(0.3)
+            over = connect(5)
+            try:
+                over.sendall(head("GET", "/v1/models", "\r\n"))
+            except OSError:
+                pass
+            got = read_all(over, 2)
+            over.close()
+            self.assertEqual(got, b"", f"connection {PER_IP + 1} from one IP was served: {got[:200]!r}")
+            other = connect(5, source="127.0.0.2")
+            other.sendall(head("GET", "/v1/models", "\r\n"))
+            resps = parse(read_all(other, 5))
+            other.close()
+            self.assertTrue(resps, "client from another IP not served during the flood")
+            self.assertEqual(resps[0][0], 200, resps)
+            self.assertIn(TINY_ID, [m["id"] for m in json.loads(resps[0][2])["data"]])
+        finally:
+            for c in socks:
+                c.close()
+        time.sleep(0.3)
+        self.assert_serving()
+        print(f"\n  per-IP limit {PER_IP}: connection {PER_IP + 1} closed unanswered; "
+              "127.0.0.2 served meanwhile", file=sys.stderr)
+
     # ---- huge headers ------------------------------------------------------
     def check_rejected(self, resps, what):
         """4xx, or closed with no answer; never 2xx/5xx."""
@@ -199,9 +240,9 @@ class Abuse(StackTest):
         self.assert_serving()
 
     def test_many_headers(self):
-        req = head("GET", "/v1/models", "".join(f"X-H{i}: v\r\n" for i in range(5000)) + "\r\n")
-        st = self.check_rejected(raw_request(req), "5000 headers")
-        print(f"\n  5000 headers -> {st or 'closed'}", file=sys.stderr)
+        req = head("GET", "/v1/models", "".join(f"X-H{i}: v\r\n" for i in range(10_000)) + "\r\n")
+        st = self.check_rejected(raw_request(req), "10,000 headers")
+        print(f"\n  10,000 headers -> {st or 'closed'}", file=sys.stderr)
         self.assert_serving()
 
     # ---- request smuggling -------------------------------------------------
@@ -228,6 +269,7 @@ class Abuse(StackTest):
     # ---- oversized bodies --------------------------------------------------
     def oversized(self, path, ctype, n):
         before = self.file_ids()
+        art_before = self.artifact_files()
         jobs_before = self.count("jobs")
         c = connect(10)
         try:
@@ -243,6 +285,7 @@ class Abuse(StackTest):
         self.assertLess(took, 4.0)
         self.assertEqual(self.file_ids(), before)
         self.assertEqual(self.count("jobs"), jobs_before)
+        self.assertEqual(self.artifact_files(), art_before)
         self.assert_serving()
         return took
 
@@ -254,6 +297,39 @@ class Abuse(StackTest):
         t = self.oversized("/v1/files", "multipart/form-data; boundary=xx", MAX_UPLOAD + 65536 + 1)
         print(f"\n  upload cap + 64 KiB multipart allowance + 1 -> 413 in {t*1000:.0f} ms", file=sys.stderr)
 
+    def test_chunked_upload_past_cap(self):
+        """A chunked multipart upload (no Content-Length) that grows past the
+        cap: 413, and no file object, no file left under the artifact root."""
+        before, art_before = self.file_ids(), self.artifact_files()
+        b = "xxabusebnd"
+        pre = (f"--{b}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nfine-tune\r\n"
+               f"--{b}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n"
+               "Content-Type: application/jsonl\r\n\r\n").encode()
+        row = b'{"text": "' + b"a" * 4000 + b'"}\n'
+        c = connect(10)
+        sent = 0
+        try:
+            c.sendall(head("POST", "/v1/files", f"Content-Type: multipart/form-data; boundary={b}\r\n"
+                           "Transfer-Encoding: chunked\r\n\r\n"))
+            try:
+                for chunk in [pre] + [row] * (3 * MAX_UPLOAD // len(row)):
+                    c.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent += len(chunk)
+                c.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(f"\r\n--{b}--\r\n"), f"\r\n--{b}--\r\n".encode()))
+            except OSError:
+                pass    # the server answered and closed while we were still sending
+            resps = parse(read_all(c, 5))
+        finally:
+            c.close()
+        self.assertTrue(resps, f"chunked upload of {sent} bytes: no answer")
+        self.assertEqual(resps[0][0], 413, resps)
+        self.assert_envelope(resps[0][2])
+        time.sleep(0.3)
+        self.assertEqual(self.file_ids(), before)
+        self.assertEqual(self.artifact_files(), art_before)
+        print(f"\n  chunked upload past the cap -> 413 after {sent} bytes sent", file=sys.stderr)
+        self.assert_serving()
+
     # ---- traversal in ids --------------------------------------------------
     def test_traversal_ids(self):
         f = G["file"]
@@ -261,13 +337,15 @@ class Abuse(StackTest):
                 f"{f}%00", f"{f}%00.json", "%00", f"..%2f{f}", f"{f}%2f..%2f..", "%2e%2e"]
         templates = ["/v1/files/{x}", "/v1/files/{x}/content", "/v1/fine_tuning/jobs/{x}",
                      "/v1/fine_tuning/jobs/{x}/cancel", "/v1/fine_tuning/jobs/{x}/events",
+                     "/v1/fine_tuning/jobs/{x}/pause", "/v1/fine_tuning/jobs/{x}/resume",
+                     "/v1/models/{x}/archive",
                      "/v1/fine_tuning/jobs/{x}/checkpoints", "/v1/models/{x}", "/v1/models/{x}/files",
                      f"/v1/models/{TINY_ID}/files/{{x}}", "/v1/models/{x}/files/config.json"]
         seen = {}
         for t in templates:
             for b in bads:
                 path = t.replace("{x}", b)
-                method = "POST" if path.endswith("/cancel") else "GET"
+                method = "POST" if path.endswith(("/cancel", "/pause", "/resume")) else "GET"
                 resps = raw_request(head(method, path, "Content-Length: 0\r\n\r\n"))
                 with self.subTest(path=path):
                     self.assertTrue(resps, f"{method} {path}: no answer")
@@ -285,14 +363,18 @@ class Abuse(StackTest):
                                 os.path.join(self.s.run, "artifacts"))
         outside = os.path.realpath(os.path.join(root, "..", "..", "etc", "passwd"))
         self.assertFalse(os.path.exists(outside))
-        for name in ("../../etc/passwd", "..\\..\\x.jsonl", "/etc/passwd"):
+        for name in ("../../etc/passwd", "..\\..\\x.jsonl", "/etc/passwd", "a\x00/../../b.jsonl",
+                     "x\x01\x7f\x1b[31m.jsonl", "n" * 10_000 + ".jsonl"):
             with self.subTest(filename=name):
                 st, _, fobj = self.s.upload("{\"text\": \"hi\"}\n", filename=name)
-                print(f"\n  upload filename {name!r} -> {st} {fobj.get('filename')!r}", file=sys.stderr)
+                print(f"\n  upload filename {name[:40]!r} -> {st} {str(fobj.get('filename') or fobj.get('error'))[:60]!r}",
+                      file=sys.stderr)
                 if st == 200:
                     self.assertNotIn("/", fobj["filename"], fobj)
                     self.assertNotIn("\\", fobj["filename"], fobj)
                     self.assertFalse(fobj["filename"].startswith(".."), fobj)
+                    self.assertFalse(any(ord(ch) < 32 or ord(ch) == 127 for ch in fobj["filename"]), fobj)
+                    self.assertLessEqual(len(fobj["filename"].encode()), 255, fobj)
                 else:
                     self.assertEqual(st, 400, fobj)
                     self.assertEqual(fobj["error"]["param"], "file", fobj)
@@ -334,6 +416,31 @@ class Abuse(StackTest):
                     self.assertEqual(st, 400, b)
                     self.assertEqual(b["error"]["param"], f"method.supervised.hyperparameters.{param}", b)
                     self.assertEqual(b["error"]["code"], "invalid_value", b)
+        # -0: a valid JSON number equal to 0, out of range for these three
+        # (seed accepts 0, so -0 there is a valid seed, not tested here).
+        for param in ("n_epochs", "learning_rate_multiplier", "batch_size"):
+            for num in ("-0", "-0.0"):
+                raw = ('{"model": "%s", "training_file": "%s", "method": {"type": "supervised", '
+                       '"supervised": {"hyperparameters": {"%s": %s}}}}' % (TINY_ID, G["file"], param, num))
+                with self.subTest(param=param, num=num):
+                    st, _, b = self.json_post(raw)
+                    self.assertEqual(st, 400, b)
+                    self.assertEqual(b["error"]["param"], f"method.supervised.hyperparameters.{param}", b)
+        self.assertEqual(self.count("jobs"), n0)
+        self.assert_serving()
+
+    def test_duplicate_keys(self):
+        n0 = self.count("jobs")
+        for raw in ('{"model": "%s", "model": "%s", "training_file": "%s"}' % (TINY_ID, TINY_ID, G["file"]),
+                    '{"model": "%s", "training_file": "%s", "training_file": "file-x"}' % (TINY_ID, G["file"]),
+                    '{"model": "%s", "training_file": "%s", "method": {"type": "supervised", "type": "dpo"}}'
+                    % (TINY_ID, G["file"])):
+            with self.subTest(raw=raw):
+                st, _, b = self.json_post(raw)
+                self.assertEqual(st, 400, b)
+                e = self.assert_envelope(json.dumps(b))
+                self.assertIn("duplicate", e["message"].lower(), e)
+                self.assertEqual(e["code"], "invalid_json", e)
         self.assertEqual(self.count("jobs"), n0)
         self.assert_serving()
 

@@ -98,6 +98,12 @@ class Security(StackTest):
                         got = self.err(m, real, body, want=404, key=kb)
                         self.assertEqual((got["type"], got["code"]), (want["type"], want["code"]),
                                          f"{m} {real}: {got} vs nonexistent {want}")
+                        # The same body, up to the id echoed in the message.
+                        same = dict(got)
+                        for name in names:
+                            which, missing = PARAMS[name]
+                            same["message"] = same["message"].replace(ids.get(which, A[which]), missing)
+                        self.assertEqual(same, want, f"{m} {real}: B learns more than 'no such id'")
                         checked += 1
         # The routes known today are all there (the spec was read, not empty).
         self.assertGreaterEqual(checked, 19)
@@ -163,6 +169,10 @@ class Security(StackTest):
         self.s.cli("keys", "revoke", k.split("-")[1])
         keys = [self.s.key, A["keyb"], k, self.s.key[:-4] + "AAAA"]
         secrets = [x.rsplit("-", 1)[1] for x in keys]
+        # The database password, where the stack's URL carries one.
+        from urllib.parse import urlsplit
+        db_pw = [u.password for u in (urlsplit(v) for k_, v in self.s.env.items()
+                                      if k_.endswith("DATABASE_URL") and "://" in v) if u.password]
         logs = []
         for d, _, files in os.walk(self.s.run):
             for x in files:
@@ -182,6 +192,8 @@ class Security(StackTest):
                     self.assertNotIn(key, text)
                     self.assertNotIn(sec, text)
                 self.assertNotIn("not-a-key-but-secret-looking", text)
+                for pw in db_pw:
+                    self.assertNotIn(":" + pw + "@", text, "the database password in a log")
                 self.assertIsNone(re.search(r"Bearer\s+\S", text, re.I), "a Bearer value in the log")
         self.assertGreater(total, 1000)
         print(f"\n  logs: {len(logs)} files, {total} bytes, no key/secret/Bearer", file=sys.stderr)
