@@ -1,6 +1,6 @@
 # deltatune build. Explicit object lists, -MMD dependency files, build/ tree.
 #
-#   make            build the engine library, the `deltatune` CLI and tests
+#   make            build the libraries, the programs and the unit tests
 #   make test       install what is missing, build, run every suite (scripts/test-all)
 #   make test-unit  the cmocka unit tests alone (seconds)
 #   make test-integration  the HTTP API end to end on real stacks
@@ -31,12 +31,21 @@ NVCC     ?= $(shell command -v nvcc 2>/dev/null)
 
 WARN     := -Wall -Wextra -Werror -Wno-unused-parameter
 CFLAGS   += -std=gnu11 $(OPT) -g $(WARN) -fopenmp -D_GNU_SOURCE \
-            -I. -Igpu -I$(BLAS_INC) -MMD -MP $(SAN)
+            -I. -I$(BLAS_INC) -MMD -MP $(SAN)
 LDFLAGS  += -fopenmp $(SAN) -L$(BLAS_LIB) -Wl,-rpath,$(BLAS_LIB)
 LDLIBS   += -lopenblas -ljansson -lm -lpthread
 
+# Folders, bottom up (docs/ARCHITECTURE.md draws the picture; scripts/
+# check-layout proves it): base/ <- gpu/, api/ <- server/, worker/, cli/.
+# Each library is one archive; programs link archives top down.
+
+# ---- the base (base/): errors, files, clock, randomness, ids, limits --------
+BASE_SRC := base/dt.c base/file.c base/clock.c base/random.c base/id.c base/hparams.c
+BASE_OBJ := $(BASE_SRC:%.c=$(BUILD)/%.o)
+BASE_LIB := $(BUILD)/libdtbase.a
+
 # ---- the engine (gpu/) --------------------------------------------------
-ENGINE_SRC := gpu/dt.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c \
+ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c \
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
               gpu/model.c gpu/model_pass.c gpu/train.c gpu/export.c gpu/cpu_tune.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
@@ -65,7 +74,7 @@ else
   LDLIBS   += $(if $(wildcard $(CUBLAS_LIB)/libcublas.so),-lcublas,-l:libcublas.so.13) \
               -lcudart -lstdc++
 endif
-NVCCFLAGS ?= -O2 -std=c++17 -I. -Igpu -I$(CUBLAS_HOME)/include \
+NVCCFLAGS ?= -O2 -std=c++17 -I. -I$(CUBLAS_HOME)/include \
   -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
   -gencode arch=compute_90,code=compute_90 \
   -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror,-Wno-unused-parameter
@@ -75,7 +84,7 @@ LIB := $(BUILD)/libdtengine.a
 # ---- the service library (api/), shared by server, worker and CLI ---------------
 PG_INC   ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
-            api/validate.c api/db.c api/db_jobs.c api/db_sql.c api/queue.c api/admin.c
+            api/validate.c api/db.c api/db_jobs.c api/db_sql.c api/queue.c
 API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB  := $(BUILD)/libdtapi.a
 SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
@@ -90,27 +99,36 @@ SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o \
               $(BUILD)/server/static_files.o
 SERVER     := $(BUILD)/deltatune-server
 
-# ---- programs ---------------------------------------------------------------
-CLI_SRC := worker/cli.c gpu/cli_train.c worker/client.c worker/client_http.c \
-           worker/client_follow.c worker/client_download.c
+# ---- deltatune (cli/): engine, admin and client commands -------------------
+CLI_SRC := cli/main.c cli/engine.c cli/admin.c cli/client.c cli/client_http.c \
+           cli/client_follow.c cli/client_download.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI     := $(BUILD)/deltatune
+# deltatune-train: the same main.c with the engine's commands only, linked
+# with the engine and the base alone (the lent GPU machine has no service
+# libraries; scripts/gpu-check, bench/engine_gpu.py).
+TRAIN   := $(BUILD)/deltatune-train
+
+# ---- deltatune-worker (worker/): claim -> train -> checkpoint -> report ------
+WORKER_SRC := worker/main.c worker/worker.c worker/glue.c
+WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
+WORKER     := $(BUILD)/deltatune-worker
 
 # ---- tests --------------------------------------------------------------------
 TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
               test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
-TEST_NAMES += test_ratelimit test_jsonw
+TEST_NAMES += test_ratelimit test_jsonw test_worker
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
-all: $(LIB) $(API_LIB) $(CLI) $(SERVER) $(TESTS)
+all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 
 # The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
 # machine without our Debian -dev packages can build (scripts/gpu-check).
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer \
                 test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
-engine: $(LIB) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
+engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -122,9 +140,13 @@ $(BUILD)/%.o: %.c
 # flags). Results stay deterministic: same code, same order, every run.
 $(BUILD)/gpu/backend_cpu.o: CFLAGS += -O3 -fno-trapping-math
 
-$(BUILD)/gpu/%.o: gpu/%.cu gpu/cuda_internal.cuh gpu/backend.h gpu/dt_math.h gpu/dt.h
+$(BUILD)/gpu/%.o: gpu/%.cu gpu/cuda_internal.cuh gpu/backend.h gpu/dt_math.h base/dt.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BASE_LIB): $(BASE_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
 
 $(LIB): $(ENGINE_OBJ) $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
@@ -144,16 +166,26 @@ $(BUILD)/server/static_files.c: $(wildcard server/static/*) scripts/static-to-c
 	@mkdir -p $(dir $@)
 	scripts/static-to-c server/static $@
 
-$(SERVER): $(SERVER_OBJ) $(API_LIB) $(LIB)
+$(SERVER): $(SERVER_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
 
-$(CLI): $(CLI_OBJ) $(API_LIB) $(LIB)
+$(CLI): $(CLI_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) -lcurl $(LDLIBS)
+
+$(BUILD)/cli/main_engine.o: cli/main.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DDT_CLI_ENGINE_ONLY -c $< -o $@
+
+$(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(LIB) $(BASE_LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
 
 # The service's tests link the api library, the MHD-free server helpers and
 # the service libraries.
 $(API_TEST_NAMES:%=$(BUILD)/tests/%): $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o \
-    $(BUILD)/server/route.o $(BUILD)/server/httputil.o $(API_LIB) $(LIB)
+    $(BUILD)/server/route.o $(BUILD)/server/httputil.o $(API_LIB) $(LIB) $(BASE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
 
@@ -167,24 +199,13 @@ $(BUILD)/tests/test_jsonw: $(BUILD)/tests/unit/test_jsonw.o $(BUILD)/server/json
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ -ljansson -lm -lcmocka
 
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB)
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIB) $(BASE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 
-# ---- the worker (worker/): claim -> train -> checkpoint -> report -------------------
-WORKER_SRC := worker/main.c worker/worker.c worker/glue.c
-WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
-WORKER     := $(BUILD)/deltatune-worker
-TEST_NAMES += test_worker
-
-all: $(WORKER) $(BUILD)/tests/test_worker
-
-$(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB)
-	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS)
-
 # The worker's pure pieces (glue.c) with the service library.
 $(BUILD)/tests/test_worker: $(BUILD)/tests/unit/test_worker.o $(BUILD)/worker/glue.o \
-                            $(API_LIB) $(LIB)
+                            $(API_LIB) $(LIB) $(BASE_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
 

@@ -1,6 +1,8 @@
 /* auth.c: API keys (generation, format, lookup), SHA-256 via OpenSSL EVP,
  * constant-time comparison, randomness from getrandom(2). */
 #include "auth.h"
+#include "base/clock.h"
+#include "base/random.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -14,28 +16,13 @@
 static const char b62[] =
     "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-int auth_random_bytes(void *buf, size_t n)
-{
-    unsigned char *p = buf;
-    while (n) {
-        ssize_t r = getrandom(p, n, 0);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return DT_EIO;
-        }
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
-}
-
 /* n base62 characters without modulo bias (rejection sampling). */
 static int random_b62(char *out, int n)
 {
     int i = 0;
     unsigned char buf[64];
     while (i < n) {
-        if (auth_random_bytes(buf, sizeof buf)) return DT_EIO;
+        if (dt_random_bytes(buf, sizeof buf)) return DT_EIO;
         for (size_t k = 0; k < sizeof buf && i < n; k++)
             if (buf[k] < 248) out[i++] = b62[buf[k] % 62]; /* 248 = 4*62 */
     }

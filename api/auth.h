@@ -18,9 +18,6 @@
 #define AUTH_SECRET_LEN 32
 #define AUTH_KEY_LEN (3 + AUTH_PREFIX_LEN + 1 + AUTH_SECRET_LEN) /* 44 */
 
-/* Fills buf with n bytes from /dev/urandom (getrandom). 0 or DT_EIO. */
-int auth_random_bytes(void *buf, size_t n);
-
 /* Makes a new key. key: AUTH_KEY_LEN+1 bytes, prefix: AUTH_PREFIX_LEN+1,
  * hash_hex: 65. */
 int auth_key_generate(char *key, char *prefix, char *hash_hex);

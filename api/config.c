@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "gpu/dt.h"
+#include "base/dt.h"
 #include "log.h"
 
 enum { T_STR, T_INT, T_BYTES, T_HOSTPORT, T_LEVEL };

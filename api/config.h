@@ -44,13 +44,6 @@ typedef struct api_config {
     int log_level;                      /* DELTATUNE_LOG_LEVEL debug|info|warn|error */
 } api_config;
 
-/* Transitional alias: this type was first published as dt_config, which
- * gpu/model.h also defines. Code that includes no engine header may still
- * use the old name; new code writes api_config. To be removed. */
-#ifndef DT_MODEL_H
-typedef api_config dt_config;
-#endif
-
 /* Fills every field with its documented default. */
 void config_defaults(api_config *c);
 

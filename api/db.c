@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "objects.h"
+#include "base/file.h"
 
 const char *db_strerror(int code)
 {

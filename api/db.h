@@ -26,7 +26,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "gpu/dt.h"
+#include "base/dt.h"
 
 enum {
     DB_ENOTFOUND = -100, /* no such row for this owner */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "objects.h"
+#include "base/id.h"
 
 const char *const db_job_status_names[7] = {
 #define X(s) #s,
@@ -543,7 +544,7 @@ static int ckpt_tx(db *d, void *arg, char *err)
     char owner[DB_OWNER_LEN], model[256], suffix[65], id[DB_ID_LEN];
     int rc = fence(d, a->job_id, a->attempt, owner, model, suffix, err);
     if (rc) return rc;
-    if (obj_new_id("ftckpt-", id, sizeof id)) return dt_errf(err, DT_EIO, "no randomness");
+    if (dt_id_new("ftckpt-", id, sizeof id)) return dt_errf(err, DT_EIO, "no randomness");
     db_params p = {0};
     dbp_str(&p, id);
     dbp_str(&p, a->job_id);

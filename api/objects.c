@@ -1,4 +1,4 @@
-/* objects.c: API objects as JSON (OpenAI's shapes) and id generation. */
+/* objects.c: API objects as JSON (OpenAI's shapes). */
 #include "objects.h"
 
 #include <inttypes.h>
@@ -9,22 +9,6 @@
 
 #include "auth.h"
 #include "validate.h"
-
-int obj_new_id(const char *prefix, char *out, size_t outlen)
-{
-    static const char hx[] = "0123456789abcdef";
-    unsigned char r[12];
-    size_t pl = strlen(prefix);
-    if (outlen < pl + 25) return DT_EINVAL;
-    if (auth_random_bytes(r, sizeof r)) return DT_EIO;
-    memcpy(out, prefix, pl);
-    for (int i = 0; i < 12; i++) {
-        out[pl + 2 * i] = hx[r[i] >> 4];
-        out[pl + 2 * i + 1] = hx[r[i] & 15];
-    }
-    out[pl + 24] = 0;
-    return 0;
-}
 
 int obj_ft_model_id(const char *base, const char *owner, const char *suffix,
                     const char *job_id, long step, char *out, size_t outlen)

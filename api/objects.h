@@ -12,9 +12,6 @@
 
 #include "db.h"
 
-/* Writes prefix + 24 random lowercase hex characters ("file-", "ftjob-",
- * "ftckpt-"). out: at least strlen(prefix)+25 bytes. 0 or DT_EIO. */
-int obj_new_id(const char *prefix, char *out, size_t outlen);
 
 /* "ft:<base>:<owner>:<suffix>:<job_id>" and, for step > 0,
  * "...:ckpt-step-<step>". suffix may be "" (two colons in a row, as

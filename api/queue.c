@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "gpu/dt.h"
+#include "base/dt.h"
 
 struct queue {
     pthread_mutex_t mu;

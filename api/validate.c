@@ -9,39 +9,40 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/hparams.h"
+
 enum { M_FULL = 1, M_LORA = 2, M_DELTA = 4, M_ALL = 7 };
 enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED };
 
+/* How the API reads each hyperparameter; its limits are base/hparams.c's. */
 typedef struct hparam {
-    const char *name;
+    dt_hp lim;           /* name and limits: dt_hparam_limits[lim] */
     int type;
     size_t off;          /* field of db_job */
-    double min, max;
-    int min_exclusive;
     unsigned methods;    /* which methods accept it */
 } hparam;
 
 #define O(x) offsetof(db_job, x)
 static const hparam hparams[] = {
-    {"n_epochs", H_INT, O(n_epochs), 1, 100, 0, M_ALL},
-    {"batch_size", H_INT, O(batch_size), 1, 256, 0, M_ALL},
-    {"learning_rate", H_NUM, O(learning_rate), 0, 1, 1, M_ALL},
-    {"learning_rate_multiplier", H_LRM, O(learning_rate), 0, 100, 1, M_ALL},
-    {"rank", H_INT, O(rank), 1, 256, 0, M_LORA | M_DELTA},
-    {"alpha", H_NUM, O(alpha), 0, 4096, 1, M_LORA | M_DELTA},
-    {"lambda", H_NUM, O(lambda), 0, 100, 0, M_DELTA},
-    {"start_step", H_INT, O(start_step), -1, 1e7, 0, M_DELTA},
-    {"target_modules", H_TARGETS, O(target_modules), 0, 0, 0, M_LORA | M_DELTA},
-    {"seq_len", H_INT, O(seq_len), 8, 8192, 0, M_ALL},
-    {"warmup_steps", H_INT, O(warmup_steps), 0, 1e6, 0, M_ALL},
-    {"weight_decay", H_NUM, O(weight_decay), 0, 1, 0, M_ALL},
-    {"max_grad_norm", H_NUM, O(max_grad_norm), 0, 1e6, 0, M_ALL},
-    {"lr_scheduler", H_SCHED, O(lr_scheduler), 0, 0, 0, M_ALL},
-    {"gradient_accumulation_steps", H_INT, O(grad_accum), 1, 1024, 0, M_ALL},
-    {"max_steps", H_INT, O(max_steps), 0, 1e7, 0, M_ALL},
-    {"checkpoint_interval", H_INT, O(checkpoint_interval), 0, 1e7, 0, M_ALL},
-    {"eval_interval", H_INT, O(eval_interval), 0, 1e7, 0, M_ALL},
-    {"seed", H_SEED, O(seed), 0, 9007199254740992.0, 0, M_ALL},
+    {DT_HP_N_EPOCHS, H_INT, O(n_epochs), M_ALL},
+    {DT_HP_BATCH_SIZE, H_INT, O(batch_size), M_ALL},
+    {DT_HP_LEARNING_RATE, H_NUM, O(learning_rate), M_ALL},
+    {DT_HP_LEARNING_RATE_MULTIPLIER, H_LRM, O(learning_rate), M_ALL},
+    {DT_HP_RANK, H_INT, O(rank), M_LORA | M_DELTA},
+    {DT_HP_ALPHA, H_NUM, O(alpha), M_LORA | M_DELTA},
+    {DT_HP_LAMBDA, H_NUM, O(lambda), M_DELTA},
+    {DT_HP_START_STEP, H_INT, O(start_step), M_DELTA},
+    {DT_HP_TARGET_MODULES, H_TARGETS, O(target_modules), M_LORA | M_DELTA},
+    {DT_HP_SEQ_LEN, H_INT, O(seq_len), M_ALL},
+    {DT_HP_WARMUP_STEPS, H_INT, O(warmup_steps), M_ALL},
+    {DT_HP_WEIGHT_DECAY, H_NUM, O(weight_decay), M_ALL},
+    {DT_HP_MAX_GRAD_NORM, H_NUM, O(max_grad_norm), M_ALL},
+    {DT_HP_LR_SCHEDULER, H_SCHED, O(lr_scheduler), M_ALL},
+    {DT_HP_GRADIENT_ACCUMULATION_STEPS, H_INT, O(grad_accum), M_ALL},
+    {DT_HP_MAX_STEPS, H_INT, O(max_steps), M_ALL},
+    {DT_HP_CHECKPOINT_INTERVAL, H_INT, O(checkpoint_interval), M_ALL},
+    {DT_HP_EVAL_INTERVAL, H_INT, O(eval_interval), M_ALL},
+    {DT_HP_SEED, H_SEED, O(seed), M_ALL},
 };
 #define NHP (int)(sizeof hparams / sizeof hparams[0])
 
@@ -90,9 +91,10 @@ static int as_integer(json_t *v, double *out)
     return 0;
 }
 
-static int range_error(api_error *e, const char *path, const hparam *h)
+static int range_error(api_error *e, const char *path, const hparam *hp)
 {
-    if (h->type == H_INT || h->type == H_SEED)
+    const dt_hparam_limit *h = &dt_hparam_limits[hp->lim];
+    if (hp->type == H_INT || hp->type == H_SEED)
         return api_errorf(e, 400, "invalid_value", path,
                           "%s must be an integer between %.0f and %.0f", path, h->min, h->max);
     return api_errorf(e, 400, "invalid_value", path, "%s must be a number %s %g and <= %g",
@@ -172,7 +174,7 @@ static int parse_hparams(json_t *h, const char *prefix, unsigned method, db_job 
         snprintf(path, sizeof path, "%.80s.%.100s", prefix, key);
         const hparam *hp = NULL;
         for (int i = 0; i < NHP; i++)
-            if (!strcmp(key, hparams[i].name)) hp = &hparams[i];
+            if (!strcmp(key, dt_hparam_limits[hparams[i].lim].name)) hp = &hparams[i];
         if (!hp)
             return api_errorf(e, 400, "unknown_parameter", path,
                               "unknown hyperparameter: %s", path);
@@ -188,7 +190,7 @@ static int parse_hparams(json_t *h, const char *prefix, unsigned method, db_job 
             if (!as_integer(v, &x))
                 return api_errorf(e, 400, "invalid_type", path,
                                   "%s must be an integer or \"auto\"", path);
-            if (x < hp->min || x > hp->max) return range_error(e, path, hp);
+            if (!dt_hparam_ok(hp->lim, x)) return range_error(e, path, hp);
             if (hp->type == H_SEED) { *(int64_t *)field = (int64_t)x; *seed_set = 1; }
             else *(int *)field = (int)x;
             break;
@@ -197,7 +199,7 @@ static int parse_hparams(json_t *h, const char *prefix, unsigned method, db_job 
                 return api_errorf(e, 400, "invalid_type", path,
                                   "%s must be a number or \"auto\"", path);
             x = json_number_value(v);
-            if (!isfinite(x) || x > hp->max || x < hp->min || (hp->min_exclusive && x == hp->min))
+            if (!dt_hparam_ok(hp->lim, x))
                 return range_error(e, path, hp);
             *(double *)field = hp->type == H_LRM ? x * VALIDATE_DEFAULT_LR : x;
             break;

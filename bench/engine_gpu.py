@@ -347,7 +347,7 @@ def main():
         a.out = a.out or os.path.join(tempfile.gettempdir(), "engine-gpu-dry-run.md")
     a.device = a.device or "cuda:0"
     build = os.path.join(ROOT, os.environ.get("BUILD", "build-gpu"))
-    a.engine = os.path.abspath(a.engine or next(  # deltatune-train: bench/train_main.c
+    a.engine = os.path.abspath(a.engine or next(  # deltatune-train: cli/main.c, engine commands only
         (p for p in (os.path.join(build, n) for n in ("deltatune", "deltatune-train"))
          if os.access(p, os.X_OK)), os.path.join(build, "deltatune")))
     a.out = a.out or os.path.join(ROOT, "bench", "results", "engine-gpu.md")

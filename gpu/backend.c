@@ -1,7 +1,7 @@
 /* backend.c: picks a backend by device name ("cpu", "cuda", "cuda:N",
  * "auto") and frees one. */
 #include "backend.h"
-#include "dt.h"
+#include "base/dt.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -10,7 +10,7 @@
  * Inside an OpenMP parallel region the OpenMP build of OpenBLAS runs sgemm on
  * the calling thread, which the attention ops rely on. */
 #include "backend.h"
-#include "dt.h"
+#include "base/dt.h"
 #include "dt_math.h"
 
 #include <cblas.h>

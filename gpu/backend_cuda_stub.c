@@ -2,7 +2,7 @@
  * no nvcc (or is a sanitizer build): CUDA is never available, and asking for
  * it fails with a clear message. */
 #include "backend.h"
-#include "dt.h"
+#include "base/dt.h"
 
 dt_backend *dt_backend_cuda_new(int device, char *err)
 {

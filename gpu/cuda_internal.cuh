@@ -14,7 +14,7 @@
 
 extern "C" {
 #include "backend.h"
-#include "dt.h"
+#include "base/dt.h"
 }
 #include "dt_math.h"
 

@@ -50,7 +50,7 @@
  * Each bad line contributes its first problem to the report, as
  * "PATH:LINE: field \"messages\"[2].role: must be one of ...". */
 #include "dataset.h"
-#include "dt.h"
+#include "base/dt.h"
 
 #include <errno.h>
 #include <jansson.h>

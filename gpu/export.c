@@ -5,7 +5,8 @@
  * back, GPT-2 Conv1D weights go back to (in, out), a tied lm_head is left
  * out, and tensors are written in the input's dtype. */
 #include "export.h"
-#include "dt.h"
+#include "base/dt.h"
+#include "base/file.h"
 
 #include <jansson.h>
 #include <stdio.h>

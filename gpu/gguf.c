@@ -7,7 +7,9 @@
  * relative to it. Strings are u64 length + bytes. The file is mmap'd and every
  * read is bounds-checked: a hostile file gives DT_EFORMAT, never a crash. */
 #include "tensorfile.h"
-#include "dt.h"
+#include "base/dt.h"
+#include "half.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -509,26 +511,12 @@ fail:
 static int gguf_open(const char *path, dt_tensorset *ts, int meta_only,
                      char *err)
 {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return dt_errf(err, DT_EIO, "%s: not a readable regular file", path);
-    }
-    uint64_t size = (uint64_t)st.st_size;
-    if (size < 24) {
-        close(fd);
-        return dt_errf(err, DT_EFORMAT, "%s: file truncated (%llu bytes)",
-                       path, (unsigned long long)size);
-    }
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED)
-        return dt_errf(err, DT_EIO, "%s: mmap: %s", path, strerror(errno));
-    int rc = gguf_parse(path, map, size, ts, meta_only, err);
-    munmap(map, (size_t)size);
+    dt_map map;
+    int rc = dt_file_map(path, 24, &map, err);
+    if (rc)
+        return rc;
+    rc = gguf_parse(path, map.data, map.size, ts, meta_only, err);
+    dt_file_unmap(&map);
     return rc;
 }
 

@@ -13,18 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dt.h"
+#include "base/dt.h"
+#include "base/random.h"
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static uint64_t rng_next(uint64_t *s)
-{
-    /* splitmix64: tiny, seedable, good enough for initialisation */
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static float *dalloc(dt_model *m, size_t nfloat, int *fail)
 {
@@ -209,7 +202,7 @@ static int add_lora(dt_model *m, int layer, int lin, int off, int rows,
     }
     float bound = 1.0f / sqrtf((float)in);
     for (long i = 0; i < (long)r * in; i++)
-        hA[i] = ((float)(rng_next(rng) >> 40) / (float)(1 << 24) * 2.0f - 1.0f) * bound;
+        hA[i] = ((float)(dt_rng_next(rng) >> 40) / (float)(1 << 24) * 2.0f - 1.0f) * bound;
     snprintf(name, sizeof name, "lora.%d.%s.A", layer, tname);
     float *A = dalloc(m, (size_t)r * in, fail);
     if (A)

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dt.h"
+#include "base/dt.h"
 #include "model_impl.h"
 
 #define OPS (m->be->i)

@@ -6,7 +6,8 @@
  * inv_freq) are dropped; anything else is refused, so that a model is never
  * silently changed. */
 #include "model.h"
-#include "dt.h"
+#include "base/dt.h"
+#include "base/file.h"
 
 #include <jansson.h>
 #include <stdio.h>

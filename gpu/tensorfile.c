@@ -7,7 +7,9 @@
  * data section and must tile it exactly (no gaps, no overlap, no trailing
  * bytes), as the reference implementation requires. */
 #include "tensorfile.h"
-#include "dt.h"
+#include "base/dt.h"
+#include "half.h"
+#include "base/file.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -364,31 +366,12 @@ done:
 
 int dt_safetensors_load(const char *path, dt_tensorset *ts, char *err)
 {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return dt_errf(err, DT_EIO, "%s: not a regular file", path);
-    }
-    uint64_t size = (uint64_t)st.st_size;
-    if (size < 8) {
-        close(fd);
-        return dt_errf(err, DT_EFORMAT, "%s: file truncated (%llu bytes)",
-                       path, (unsigned long long)size);
-    }
-    void *map = mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED)
-        return dt_errf(err, DT_EIO, "%s: mmap: %s", path, strerror(errno));
-    int rc = st_parse_and_load(path, map, size, ts, err);
-    munmap(map, (size_t)size);
+    dt_map map;
+    int rc = dt_file_map(path, 8, &map, err);
+    if (rc)
+        return rc;
+    rc = st_parse_and_load(path, map.data, map.size, ts, err);
+    dt_file_unmap(&map);
     return rc;
 }
 

@@ -11,7 +11,7 @@
  * Sources (tokenizer.json, merges files, GGUF) live in tokenizer_io.c. */
 #include "tokenizer.h"
 #include "tokenizer_impl.h"
-#include "dt.h"
+#include "base/dt.h"
 #include "unicode_tables.h"
 
 #include <stdio.h>

@@ -6,7 +6,8 @@
  * with a message naming the file and what is wrong. */
 #include "tokenizer.h"
 #include "tokenizer_impl.h"
-#include "dt.h"
+#include "base/dt.h"
+#include "base/file.h"
 
 #include <jansson.h>
 #include <stdio.h>

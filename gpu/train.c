@@ -13,9 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/clock.h"
+#include "base/dt.h"
+#include "base/file.h"
+#include "base/hparams.h"
 #include "dataset.h"
-#include "dt.h"
 #include "export.h"
+#include "base/random.h"
 
 #define OPS (be->i)
 
@@ -85,22 +89,14 @@ int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
 
 /* ---- data order ------------------------------------------------------------ */
 
-static uint64_t mix64(uint64_t z)
-{
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* perm = the shuffled row order of epoch e (Fisher-Yates, seeded). */
 static void epoch_perm(int *perm, int n, uint64_t seed, long e)
 {
-    uint64_t s = mix64(seed ^ mix64((uint64_t)e + 1));
+    uint64_t s = dt_mix64(seed ^ dt_mix64((uint64_t)e + 1));
     for (int i = 0; i < n; i++)
         perm[i] = i;
     for (int i = n - 1; i > 0; i--) {
-        s = mix64(s);
+        s = dt_mix64(s);
         int j = (int)(s % (uint64_t)(i + 1));
         int tmp = perm[i];
         perm[i] = perm[j];
@@ -559,6 +555,35 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     return rc;
 }
 
+/* The options against the hyperparameter limits (base/hparams.c: the same
+ * table the API validates jobs with), each error naming the flag. */
+static int check_limits(const dt_train_opts *o, char *err)
+{
+    const struct { dt_hp hp; double x; int applies; } checks[] = {
+        {DT_HP_BATCH_SIZE, o->batch, 1},
+        {DT_HP_GRADIENT_ACCUMULATION_STEPS, o->accum, 1},
+        {DT_HP_SEQ_LEN, o->seq_len, 1},
+        {DT_HP_LEARNING_RATE, o->lr, 1},
+        {DT_HP_WARMUP_STEPS, o->warmup, 1},
+        {DT_HP_WEIGHT_DECAY, o->weight_decay, 1},
+        {DT_HP_MAX_GRAD_NORM, o->max_grad_norm, 1},
+        {DT_HP_RANK, o->rank, o->method != DT_FULL},
+        {DT_HP_ALPHA, o->alpha, o->method != DT_FULL},
+        {DT_HP_LAMBDA, o->lambda, o->method == DT_DELTA_LORA},
+    };
+    for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
+        if (!checks[i].applies)
+            continue;
+        int rc = dt_hparam_check(checks[i].hp, checks[i].x,
+                                 dt_hparam_limits[checks[i].hp].flag, err);
+        if (rc)
+            return rc;
+    }
+    if (o->epochs < 0 || o->steps < 0 || (o->epochs == 0 && o->steps == 0))
+        return dt_errf(err, DT_EINVAL, "--epochs or --steps must be > 0");
+    return DT_OK;
+}
+
 int dt_train(const dt_train_opts *o_in, char *err)
 {
     dt_train_opts o = *o_in;
@@ -575,17 +600,8 @@ int dt_train(const dt_train_opts *o_in, char *err)
 
     if (!o.model || !o.data || !o.out)
         return dt_errf(err, DT_EINVAL, "--model, --data and --out are required");
-    if (o.batch < 1 || o.batch > 1024 || o.accum < 1 || o.seq_len < 2 ||
-        o.epochs < 0 || o.steps < 0 || (o.epochs == 0 && o.steps == 0))
-        return dt_errf(err, DT_EINVAL, "need 1 <= --batch-size <= 1024, "
-                       "--grad-accum >= 1, --seq-len >= 2, --epochs or --steps > 0");
-    if (!(o.lr > 0) || o.lr > 1.0f)
-        return dt_errf(err, DT_EINVAL, "--lr must be in (0, 1], got %g", o.lr);
-    if (o.method != DT_FULL && (o.rank < 1 || o.rank > 1024 || !(o.alpha > 0)))
-        return dt_errf(err, DT_EINVAL, "--rank must be in [1, 1024] and --alpha > 0");
-    if (!(o.lambda >= 0) || o.max_grad_norm < 0 || o.weight_decay < 0 || o.warmup < 0)
-        return dt_errf(err, DT_EINVAL, "--lambda, --max-grad-norm, --weight-decay "
-                       "and --warmup-steps must be >= 0");
+    if ((rc = check_limits(&o, err)))
+        return rc;
     if ((rc = dt_mkdirs(o.out, err)))
         return rc;
     if (!(be = dt_backend_new(o.device, o.threads, err)))

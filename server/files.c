@@ -20,6 +20,8 @@
 #include "gpu/dataset.h"
 #include "handlers.h"
 #include "http.h"
+#include "base/file.h"
+#include "base/id.h"
 
 #define MAX_REPORT_LINES 20
 
@@ -135,7 +137,7 @@ int files_upload_begin(req *r)
         return -1;
     }
     u->sha = auth_sha256_new();
-    if (!u->sha || obj_new_id("file-", u->id, sizeof u->id) ||
+    if (!u->sha || dt_id_new("file-", u->id, sizeof u->id) ||
         config_artifact_path(&r->s->cfg, "files", dir, sizeof dir) || dt_mkdirs(dir, err) ||
         snprintf(u->tmp, sizeof u->tmp, "%s/.upload-%s.tmp", dir, u->id) >= (int)sizeof u->tmp) {
         log_msg(DT_LOG_ERROR, "files.tmp", "cannot prepare %s: %s", dir, err);

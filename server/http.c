@@ -20,6 +20,7 @@
 #include "jsonw.h"
 #include "ratelimit.h"
 #include "sse.h"
+#include "base/clock.h"
 
 /* ---- replies ------------------------------------------------------------------- */
 

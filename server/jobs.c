@@ -11,6 +11,7 @@
 #include "api/objects.h"
 #include "api/validate.h"
 #include "handlers.h"
+#include "base/id.h"
 
 /* Checks a file the job refers to: the owner's, processed, for fine-tuning. */
 static int check_file(req *r, db *d, const char *id, const char *param)
@@ -66,7 +67,7 @@ void jobs_create(req *r)
     if (check_file(r, d, j.training_file, "training_file")) goto out;
     if (j.validation_file[0] && check_file(r, d, j.validation_file, "validation_file")) goto out;
     snprintf(j.owner, sizeof j.owner, "%s", r->owner);
-    if (obj_new_id("ftjob-", j.id, sizeof j.id)) {
+    if (dt_id_new("ftjob-", j.id, sizeof j.id)) {
         reply_error(r, 500, "internal_error", NULL, "no randomness");
         goto out;
     }

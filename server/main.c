@@ -19,6 +19,8 @@
 #include "api/log.h"
 #include "handlers.h"
 #include "ratelimit.h"
+#include "base/file.h"
+#include "base/clock.h"
 
 static const char usage[] =
     "usage: deltatune-server [options]\n"
@@ -135,8 +137,7 @@ static void *bg_main(void *arg)
         sweep_uploads(b->s);
         pthread_mutex_lock(&b->mu);
         struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += b->s->cfg.rescue_interval_s;
+        dt_deadline(&until, b->s->cfg.rescue_interval_s);
         while (!b->stop && pthread_cond_timedwait(&b->cv, &b->mu, &until) == 0) {}
     }
     pthread_mutex_unlock(&b->mu);

@@ -26,6 +26,7 @@
 #include "api/log.h"
 #include "api/objects.h"
 #include "handlers.h"
+#include "base/clock.h"
 
 typedef struct stream {
     uint64_t id;
@@ -52,12 +53,6 @@ static struct {
     char database_url[CONFIG_URL_LEN];
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
-static double mono(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 /* Appends text to st (g.mu held). */
 static int append(stream *st, const char *text, size_t n)
@@ -73,7 +68,7 @@ static int append(stream *st, const char *text, size_t n)
     }
     memcpy(st->buf + st->len, text, n);
     st->len += n;
-    st->last_write = mono();
+    st->last_write = dt_now();
     return 0;
 }
 
@@ -228,8 +223,8 @@ static void *poller(void *arg)
         }
         pthread_mutex_unlock(&g.mu);
 
-        if (!d && mono() - last_connect > 2) {
-            last_connect = mono();
+        if (!d && dt_now() - last_connect > 2) {
+            last_connect = dt_now();
             if (db_connect(&d, g.database_url, err)) {
                 log_msg(DT_LOG_WARN, "sse.db", "%s", err);
                 d = NULL;
@@ -238,7 +233,7 @@ static void *poller(void *arg)
         for (int i = 0; d && i < n; i++) poll_one(d, &ss[i]);
 
         pthread_mutex_lock(&g.mu);
-        double now = mono();
+        double now = dt_now();
         struct MHD_Connection **wakeup = calloc((size_t)g.n + 1, sizeof *wakeup);
         for (stream *st = g.head; wakeup && st; st = st->next) {
             snap *s = NULL;
@@ -269,10 +264,7 @@ static void *poller(void *arg)
         pthread_mutex_lock(&g.mu);
         if (g.stopping) break;
         struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        long ns = until.tv_nsec + (long)(SSE_POLL_SECONDS * 1e9);
-        until.tv_sec += ns / 1000000000L;
-        until.tv_nsec = ns % 1000000000L;
+        dt_deadline(&until, SSE_POLL_SECONDS);
         pthread_cond_timedwait(&g.cv, &g.mu, &until);
     }
     pthread_mutex_unlock(&g.mu);

@@ -8,7 +8,7 @@
 
 #include "api/config.h"
 #include "api/log.h"
-#include "gpu/dt.h"
+#include "base/dt.h"
 #include "worker.h"
 
 static const char usage[] =

@@ -20,6 +20,7 @@
 #include "api/objects.h"
 #include "api/queue.h"
 #include "glue.h"
+#include "base/clock.h"
 
 #define PROGRESS_MIN_INTERVAL 0.5 /* seconds between progress writes (<= 2/s) */
 
@@ -561,12 +562,7 @@ static void *keeper_main(void *arg)
         uint64_t mg = w->main_qgen;
         if (!quit) {
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 250 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
+            dt_deadline(&ts, 0.25);
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
             quit = w->keeper_quit;
         }

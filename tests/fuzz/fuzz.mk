@@ -21,11 +21,11 @@ FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 # -Wno-string-concatenation: clang flags an intended one in gpu/dataset.c.
 FUZZ_CFLAGS  := -std=gnu11 -O1 -g $(WARN) -Wno-unknown-pragmas -Wno-string-concatenation \
                 -D_GNU_SOURCE \
-                -I. -Igpu -I$(BLAS_INC) -I$(PG_INC) -MMD -MP \
+                -I. -I$(BLAS_INC) -I$(PG_INC) -MMD -MP \
                 -fsanitize=fuzzer-no-link $(FUZZ_SAN)
 FUZZ_LDFLAGS := -fsanitize=fuzzer $(FUZZ_SAN)
 
-FUZZ_ENGINE_SRC := gpu/dt.c gpu/tensorfile.c gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c \
+FUZZ_ENGINE_SRC := $(BASE_SRC) gpu/half.c gpu/tensorfile.c gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c \
                    gpu/dataset.c
 FUZZ_ENGINE_OBJ := $(FUZZ_ENGINE_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_API_OBJ    := $(API_SRC:%.c=$(FUZZ_DIR)/obj/%.o)

@@ -4,7 +4,7 @@
  * with an unreachable database or queue (no waiting, no sockets). */
 #include "api/db.h"
 #include "api/queue.h"
-#include "dt.h"
+#include "base/dt.h"
 
 db *__wrap_db_pool_acquire(db_pool *p, int wait_ms);
 int __wrap_queue_ping(queue *q, char *err);

@@ -7,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dt.h"
+#include "base/dt.h"
 #include "fuzz_common.h"
-#include "tensorfile.h"
-#include "tokenizer.h"
+#include "gpu/tensorfile.h"
+#include "gpu/tokenizer.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -18,6 +18,7 @@
 #include "fuzz_common.h"
 #include "server/handlers.h"
 #include "server/jsonw.h"
+#include "base/file.h"
 
 static server g_srv;
 

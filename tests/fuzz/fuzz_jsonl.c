@@ -14,10 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dataset.h"
-#include "dt.h"
+#include "gpu/dataset.h"
+#include "base/dt.h"
 #include "fuzz_common.h"
-#include "tokenizer.h"
+#include "gpu/tokenizer.h"
 
 static dt_tokenizer *toks[2];
 

@@ -7,9 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dt.h"
+#include "base/dt.h"
 #include "fuzz_common.h"
-#include "tensorfile.h"
+#include "gpu/tensorfile.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dt.h"
+#include "base/dt.h"
 #include "fuzz_common.h"
-#include "tokenizer.h"
+#include "gpu/tokenizer.h"
 
 static const char *const sets[4][3] = {
     {"tokenizer.json", "tokenizer_config.json", NULL},

@@ -11,6 +11,7 @@
 
 #include "api/errors.h"
 #include "api/objects.h"
+#include "base/id.h"
 
 static void sample_job(db_job *j)
 {
@@ -186,11 +187,11 @@ static void test_ids(void **s)
 {
     (void)s;
     char a[64], b[64];
-    assert_int_equal(obj_new_id("ftjob-", a, sizeof a), 0);
-    assert_int_equal(obj_new_id("ftjob-", b, sizeof b), 0);
+    assert_int_equal(dt_id_new("ftjob-", a, sizeof a), 0);
+    assert_int_equal(dt_id_new("ftjob-", b, sizeof b), 0);
     assert_int_equal(strlen(a), 30);
     assert_string_not_equal(a, b);
-    assert_int_not_equal(obj_new_id("ftjob-", a, 20), 0);
+    assert_int_not_equal(dt_id_new("ftjob-", a, 20), 0);
     char m[DB_MODEL_ID_LEN];
     assert_int_equal(obj_ft_model_id("base", "alice", "", "ftjob-1", 0, m, sizeof m), 0);
     assert_string_equal(m, "ft:base:alice::ftjob-1");

@@ -21,9 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "dt.h"
-#include "dt_math.h"
+#include "gpu/backend.h"
+#include "base/dt.h"
+#include "gpu/dt_math.h"
 
 #define TOL_FWD 1e-5
 #define TOL_BWD 1e-4

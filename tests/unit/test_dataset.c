@@ -15,9 +15,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dt.h"
-#include "dataset.h"
-#include "tokenizer.h"
+#include "base/dt.h"
+#include "gpu/dataset.h"
+#include "gpu/tokenizer.h"
 
 /* ---------------------------------------------------------------- fake */
 

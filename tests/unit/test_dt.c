@@ -10,7 +10,9 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "gpu/dt.h"
+#include "base/dt.h"
+#include "base/file.h"
+#include "gpu/half.h"
 
 static void test_errf_formats_and_returns_code(void **s)
 {

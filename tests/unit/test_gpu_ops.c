@@ -23,8 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "dt.h"
+#include "gpu/backend.h"
+#include "base/dt.h"
 
 #define TOL_EW 1e-5   /* elementwise and per-row ops */
 #define TOL_MM 1e-4   /* GEMM and attention */

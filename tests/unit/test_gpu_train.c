@@ -15,7 +15,7 @@
 #include <jansson.h>
 
 #include "gpu/backend.h"
-#include "gpu/dt.h"
+#include "base/dt.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
 

@@ -19,9 +19,10 @@
 #include <jansson.h>
 
 #include "gpu/backend.h"
-#include "gpu/dt.h"
+#include "base/dt.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
+#include "base/file.h"
 
 #define REF "tests/fixtures/ref"
 

@@ -19,10 +19,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "dt.h"
-#include "export.h"
-#include "model.h"
-#include "tensorfile.h"
+#include "base/dt.h"
+#include "gpu/export.h"
+#include "gpu/model.h"
+#include "gpu/tensorfile.h"
+#include "base/file.h"
+#include "gpu/half.h"
 
 #define FIX "tests/fixtures/tensorfile/"
 #define SMOLLM ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

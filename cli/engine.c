@@ -1,7 +1,7 @@
-/* cli_train.c: the engine's subcommands of `deltatune`: train, tokenize,
+/* engine.c: the engine's subcommands of `deltatune`: train, tokenize,
  * generate. Each returns a process exit status (0 ok, 1 error, 2 usage,
  * 130 interrupted) and prints errors to stderr as "deltatune train: ...". */
-#include "cli_train.h"
+#include "engine.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -11,9 +11,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dt.h"
-#include "model.h"
-#include "train.h"
+#include "base/dt.h"
+#include "gpu/model.h"
+#include "gpu/train.h"
 
 static volatile int g_stop;
 

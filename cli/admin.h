@@ -1,7 +1,7 @@
 /* admin.h: `deltatune migrate | keys ... | models ...`, the operator's
- * commands (wired into worker/cli.c). */
-#ifndef DT_API_ADMIN_H
-#define DT_API_ADMIN_H
+ * commands (wired into cli/main.c). */
+#ifndef DT_CLI_ADMIN_H
+#define DT_CLI_ADMIN_H
 
 /* argv[0] is the subcommand: "migrate", "keys" or "models". Returns the
  * process exit status (0 ok, 1 failure, 2 usage). */

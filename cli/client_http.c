@@ -3,6 +3,8 @@
  * retries on 429/503, error messages that name the API's message, param and
  * code or the URL that could not be reached; and the terminal helpers. */
 #include "client_internal.h"
+#include "base/clock.h"
+#include "base/id.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -197,21 +199,13 @@ void cl_print_api_error(const cl_ctx *c, const char *what, long status, const cl
     json_decref(j);
 }
 
-/* A random Idempotency-Key: 32 hex digits. */
+/* A random Idempotency-Key: "cli-" and 24 hex digits. Without system
+ * randomness the clock and the pid still make it unique to this call. */
 static void random_key(char out[40])
 {
-    unsigned char r[16];
-    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
-    ssize_t got = fd >= 0 ? read(fd, r, sizeof r) : -1;
-    if (fd >= 0) close(fd);
-    if (got != (ssize_t)sizeof r) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        srand((unsigned)(ts.tv_nsec ^ getpid()));
-        for (size_t i = 0; i < sizeof r; i++) r[i] = (unsigned char)rand();
-    }
-    strcpy(out, "cli-");
-    for (size_t i = 0; i < sizeof r; i++) sprintf(out + 4 + 2 * i, "%02x", r[i]);
+    if (dt_id_new("cli-", out, 40) != 0)
+        snprintf(out, 40, "cli-%llx-%x", (unsigned long long)(dt_now() * 1e9),
+                 (unsigned)getpid());
 }
 
 int cl_call(cl_ctx *c, const char *method, const char *path, json_t *body,
@@ -329,13 +323,6 @@ void cl_fmt_time(char *out, size_t n, long long t)
     struct tm tm;
     if (t <= 0 || !gmtime_r(&tt, &tm) || !strftime(out, n, "%Y-%m-%d %H:%M", &tm))
         snprintf(out, n, "-");
-}
-
-double cl_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 const char *cl_str(const json_t *o, const char *k)

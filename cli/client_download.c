@@ -9,6 +9,7 @@
  * hash is not fetched again. On a terminal (stderr) a progress bar shows
  * the bytes, the rate and the ETA. */
 #include "client_internal.h"
+#include "base/clock.h"
 
 #include <errno.h>
 #include <openssl/evp.h>
@@ -64,7 +65,7 @@ static void hex_digest(EVP_MD_CTX *md, char out[65])
 static void draw(dl *d, int final)
 {
     if (!d->bar) return;
-    double now = cl_now();
+    double now = dt_now();
     if (!final && now - d->last_draw < 0.1) return;
     d->last_draw = now;
     double el = now - d->t0, moved = (double)(d->have - d->start);
@@ -179,7 +180,7 @@ static int fetch(dl_opts *o, const char *model_esc, const char *dir, const char 
             if (o->rate) curl_easy_setopt(c->curl, CURLOPT_MAX_RECV_SPEED_LARGE, o->rate);
             d.status = 0;
             d.errbody.n = 0;
-            d.t0 = cl_now();
+            d.t0 = dt_now();
             d.last_draw = 0;
             CURLcode cr = curl_easy_perform(c->curl);
             curl_slist_free_all(h);

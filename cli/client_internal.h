@@ -1,9 +1,9 @@
-/* client_internal.h: the pieces the client commands share (worker/client*.c):
+/* client_internal.h: the pieces the client commands share (cli/client*.c):
  * the connection (base URL, API key, one libcurl handle), JSON calls that
  * print API and network errors, and the terminal helpers (progress bars,
  * sizes, durations). Nothing here is used outside the `deltatune` CLI. */
-#ifndef DT_WORKER_CLIENT_INTERNAL_H
-#define DT_WORKER_CLIENT_INTERNAL_H
+#ifndef DT_CLI_CLIENT_INTERNAL_H
+#define DT_CLI_CLIENT_INTERNAL_H
 
 #include <curl/curl.h>
 #include <getopt.h>
@@ -113,9 +113,6 @@ void cl_fmt_dur(char *out, size_t n, double seconds);
 void cl_fmt_bar(char *out, size_t n, int w, double frac);
 /* "2026-11-24 15:20" (UTC) of a Unix time. */
 void cl_fmt_time(char *out, size_t n, long long t);
-
-/* Seconds since some fixed point (monotonic). */
-double cl_now(void);
 
 /* jansson accessors that tolerate missing keys and nulls. */
 const char *cl_str(const json_t *o, const char *k);   /* "" when absent */

@@ -1,8 +1,8 @@
-/* cli_train.h: the engine's `deltatune` subcommands. Each takes the
+/* engine.h: the engine's `deltatune` subcommands. Each takes the
  * subcommand's argv (argv[0] = the subcommand name) and returns an exit
  * status. */
-#ifndef DT_CLI_TRAIN_H
-#define DT_CLI_TRAIN_H
+#ifndef DT_CLI_ENGINE_H
+#define DT_CLI_ENGINE_H
 
 int dt_cmd_train(int argc, char **argv);
 int dt_cmd_tokenize(int argc, char **argv);

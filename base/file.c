@@ -1,50 +1,17 @@
-/* dt.c: error strings, file helpers and half-precision conversion. */
-#include "dt.h"
+/* file.c: whole-file read, atomic write, mkdir -p, read-only mmap. */
+#include "file.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
-const char *dt_strerror(int code)
-{
-    switch (code) {
-    case DT_OK: return "ok";
-    case DT_EINVAL: return "invalid argument";
-    case DT_EIO: return "I/O error";
-    case DT_ENOMEM: return "out of memory";
-    case DT_EFORMAT: return "malformed file";
-    case DT_ENOTSUP: return "not supported";
-    case DT_ECANCEL: return "cancelled";
-    case DT_EDEVICE: return "device error";
-    case DT_ENAN: return "loss is not finite";
-    default: return "unknown error";
-    }
-}
-
-int dt_errf(char *err, int code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, DT_ERR_LEN, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-void *dt_calloc(size_t n, size_t size)
-{
-    if (n == 0 || size == 0)
-        return calloc(1, 1);
-    return calloc(n, size);
-}
+#include "dt.h"
 
 int dt_read_file(const char *path, char **out, size_t *len, char *err)
 {
@@ -149,68 +116,43 @@ int dt_mkdirs(const char *path, char *err)
     return DT_OK;
 }
 
-double dt_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
-static uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-
-float dt_f16_to_f32(uint16_t h)
+int dt_file_map(const char *path, uint64_t min_size, dt_map *m, char *err)
 {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    if (exp == 0) {
-        if (man == 0)
-            return u2f(sign);
-        /* subnormal: value = man * 2^-24 */
-        float v = (float)man * (1.0f / 16777216.0f);
-        return sign ? -v : v;
+    m->data = NULL;
+    m->size = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(e));
     }
-    if (exp == 31)
-        return u2f(sign | 0x7f800000u | (man << 13));
-    return u2f(sign | ((exp + 112) << 23) | (man << 13));
-}
-
-uint16_t dt_f32_to_f16(float f)
-{
-    uint32_t u = f2u(f);
-    uint32_t sign = (u >> 16) & 0x8000;
-    int32_t exp = (int32_t)((u >> 23) & 0xff);
-    uint32_t man = u & 0x7fffff;
-    if (exp == 255)
-        return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-    int32_t e = exp - 127 + 15;
-    if (e >= 31)
-        return (uint16_t)(sign | 0x7c00);
-    if (e <= 0) {
-        if (e < -10)
-            return (uint16_t)sign;
-        man |= 0x800000;
-        int shift = 14 - e;
-        uint32_t half = man >> shift;
-        uint32_t rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
-        if (rem > mid || (rem == mid && (half & 1)))
-            half++;
-        return (uint16_t)(sign | half);
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return dt_errf(err, DT_EIO, "%s: not a regular file", path);
     }
-    uint32_t half = sign | ((uint32_t)e << 10) | (man >> 13);
-    uint32_t rem = man & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (half & 1)))
-        half++; /* may carry into the exponent: that is the right result */
-    return (uint16_t)half;
+    uint64_t size = (uint64_t)st.st_size;
+    if (size < min_size) {
+        close(fd);
+        return dt_errf(err, DT_EFORMAT, "%s: file truncated (%llu bytes)", path,
+                       (unsigned long long)size);
+    }
+    void *map = size ? mmap(NULL, (size_t)size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (map == MAP_FAILED)
+        return dt_errf(err, DT_EIO, "%s: mmap: %s", path, strerror(errno));
+    m->data = map;
+    m->size = size;
+    return DT_OK;
 }
 
-float dt_bf16_to_f32(uint16_t h) { return u2f((uint32_t)h << 16); }
-
-uint16_t dt_f32_to_bf16(float f)
+void dt_file_unmap(dt_map *m)
 {
-    uint32_t u = f2u(f);
-    if ((u & 0x7fffffff) > 0x7f800000)
-        return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fff + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
+    if (m->data)
+        munmap((void *)m->data, (size_t)m->size);
+    m->data = NULL;
+    m->size = 0;
 }

@@ -1,8 +1,9 @@
-/* dt.h: error codes and small helpers shared by every part of the engine.
+/* dt.h: error codes, the base of every folder (base/ is the bottom of the
+ * dependency picture in docs/ARCHITECTURE.md: it includes nothing above it).
  *
  * Functions return 0 (DT_OK) or a negative DT_E* code. Human detail goes into
  * a caller-provided `char err[DT_ERR_LEN]`, written with dt_errf(). Nothing in
- * the engine calls exit(). */
+ * a library calls exit(). */
 #ifndef DT_H
 #define DT_H
 
@@ -30,27 +31,8 @@ const char *dt_strerror(int code);
 int dt_errf(char *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Allocation that never returns NULL silently: callers still check. */
+/* calloc that returns a real (1-byte) block for a zero-sized request, so a
+ * NULL result always means out of memory. Callers still check. */
 void *dt_calloc(size_t n, size_t size);
-
-/* Reads a whole file. *out is a new malloc'd buffer (NUL-terminated, the
- * terminator not counted in *len). */
-int dt_read_file(const char *path, char **out, size_t *len, char *err);
-
-/* Writes a whole file atomically: path.tmp, fsync, rename, fsync dir. */
-int dt_write_file_atomic(const char *path, const void *data, size_t len,
-                         char *err);
-
-/* mkdir -p. */
-int dt_mkdirs(const char *path, char *err);
-
-/* Monotonic seconds. */
-double dt_now(void);
-
-/* fp16 / bf16 <-> fp32 conversion (round to nearest even on the way down). */
-float dt_f16_to_f32(uint16_t h);
-uint16_t dt_f32_to_f16(float f);
-float dt_bf16_to_f32(uint16_t h);
-uint16_t dt_f32_to_bf16(float f);
 
 #endif

@@ -20,14 +20,12 @@
 #include <time.h>
 #include <unistd.h>
 
-/* The engine headers first: config.h's transitional dt_config alias steps
- * aside when gpu/model.h is already in. */
 #include "gpu/model.h"
 #include "gpu/tokenizer.h"
-#include "auth.h"
-#include "config.h"
-#include "db.h"
-#include "log.h"
+#include "api/auth.h"
+#include "api/config.h"
+#include "api/db.h"
+#include "api/log.h"
 
 static const char usage[] =
     "usage:\n"

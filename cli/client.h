@@ -1,9 +1,9 @@
 /* client.h: `deltatune jobs | files | models list | models download`, the
- * client commands (worker/client*.c). They speak only the public HTTP API at
+ * client commands (cli/client*.c). They speak only the public HTTP API at
  * $DELTATUNE_URL with $DELTATUNE_API_KEY (--url and --api-key override), so
  * they work from any machine that can reach the server. */
-#ifndef DT_WORKER_CLIENT_H
-#define DT_WORKER_CLIENT_H
+#ifndef DT_CLI_CLIENT_H
+#define DT_CLI_CLIENT_H
 
 /* argv[0] is "jobs", "files" or "models"; argv[1] the subcommand. Returns
  * the process exit status: 0 ok, 1 API or network error, 2 bad usage;
