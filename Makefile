@@ -45,7 +45,7 @@ BASE_OBJ := $(BASE_SRC:%.c=$(BUILD)/%.o)
 BASE_LIB := $(BUILD)/libdtbase.a
 
 # ---- the engine (gpu/) --------------------------------------------------
-ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c \
+ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/dataset_check.c \
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
               gpu/model.c gpu/model_pass.c gpu/train.c gpu/export.c gpu/cpu_tune.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
@@ -84,7 +84,7 @@ LIB := $(BUILD)/libdtengine.a
 # ---- the service library (api/), shared by server, worker and CLI ---------------
 PG_INC   ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
-            api/validate.c api/db.c api/db_jobs.c api/db_sql.c api/queue.c
+            api/validate.c api/db.c api/db_jobs.c api/db_sql.c api/queue.c api/sched.c
 API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB  := $(BUILD)/libdtapi.a
 SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
@@ -119,7 +119,7 @@ TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
               test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
-TEST_NAMES += test_ratelimit test_jsonw test_worker
+TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
 all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
@@ -189,6 +189,13 @@ $(API_TEST_NAMES:%=$(BUILD)/tests/%): $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o 
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
 
+# The limits table against the served contract (embedded openapi.json) and
+# the engine's option check.
+$(BUILD)/tests/test_hparams: $(BUILD)/tests/unit/test_hparams.o $(BUILD)/server/openapi_json.o \
+                             $(LIB) $(BASE_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
 # The rate limiter alone (server/ratelimit.c has no MHD dependency).
 $(BUILD)/tests/test_ratelimit: $(BUILD)/tests/unit/test_ratelimit.o $(BUILD)/server/ratelimit.o
 	@mkdir -p $(dir $@)
@@ -230,6 +237,7 @@ test: deps
 
 # The cmocka unit tests alone.
 test-unit: all
+	@scripts/check-layout $(BUILD)
 	@scripts/run-tests $(BUILD) $(TEST_NAMES)
 
 # HTTP integration tests (tests/integration/test_*.py): each module starts its
@@ -291,6 +299,11 @@ test-cli: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) python3 -m unittest discover -s tests/cli -p 'test_*.py' -v
 
+# The folder dependency picture (docs/ARCHITECTURE.md) holds for includes
+# and links; part of test-unit.
+check-layout: all
+	@scripts/check-layout $(BUILD)
+
 check-gpu:
 	@$(MAKE) --no-print-directory all
 	@DT_REQUIRE_GPU=1 scripts/run-tests $(BUILD) test_gpu_ops test_gpu_train
@@ -320,7 +333,7 @@ demo: deps all
 clean:
 	rm -rf $(BUILD) build-asan
 
-.PHONY: test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+.PHONY: check-layout test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
 
 # libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
 include tests/fuzz/fuzz.mk

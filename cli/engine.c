@@ -3,6 +3,7 @@
  * 130 interrupted) and prints errors to stderr as "deltatune train: ...". */
 #include "engine.h"
 
+#include <stdatomic.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -15,7 +16,7 @@
 #include "gpu/model.h"
 #include "gpu/train.h"
 
-static volatile int g_stop;
+static atomic_int g_stop; /* set by the SIGINT/SIGTERM handler */
 
 static void on_signal(int sig)
 {

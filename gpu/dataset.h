@@ -18,6 +18,8 @@
 #define DT_DATASET_H
 
 #include <stdint.h>
+
+#include "engine_api.h"
 #include "tokenizer.h"
 
 typedef struct dt_row {
@@ -40,10 +42,7 @@ int dt_dataset_load(const char *path, const dt_tokenizer *tok, int seq_len,
                     dt_dataset *ds, char **report, char *err);
 void dt_dataset_free(dt_dataset *ds);
 
-/* Checks a JSONL file's shape without a tokenizer (used by the service to
- * validate uploads). Same report format; returns 0 or DT_EINVAL. max_report
- * bounds the number of problems listed. */
-int dt_dataset_validate(const char *path, int max_report, char **report,
-                        long *nlines, char *err);
+/* dt_dataset_validate (no tokenizer; the service's upload check) is
+ * declared in engine_api.h. */
 
 #endif

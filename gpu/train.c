@@ -722,7 +722,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
                          "checkpoint written", opt.t, total);
             goto fail;
         }
-        if (o.stop && *o.stop)
+        if (o.stop && atomic_load(o.stop))
             stop = 1;
         if (p.ckpt_due || stop)
             if ((rc = ckpt_save(m, &o, &opt, trained, err)))

@@ -7,6 +7,8 @@
 #ifndef DT_TRAIN_H
 #define DT_TRAIN_H
 
+#include <stdatomic.h>
+
 #include "model.h"
 
 typedef enum { DT_SCHED_LINEAR = 0, DT_SCHED_COSINE, DT_SCHED_CONSTANT } dt_sched;
@@ -77,7 +79,7 @@ typedef struct dt_train_opts {
      * non-zero return fails the run (e.g. the worker lost its lease). */
     int (*on_checkpoint)(void *ud, int step, const char *dir);
     /* Set asynchronously (signal handler) to stop after the current step. */
-    volatile int *stop;
+    atomic_int *stop;
 } dt_train_opts;
 
 void dt_train_defaults(dt_train_opts *o);

@@ -17,7 +17,7 @@
 #include "api/auth.h"
 #include "api/log.h"
 #include "api/objects.h"
-#include "gpu/dataset.h"
+#include "gpu/engine_api.h"
 #include "handlers.h"
 #include "http.h"
 #include "base/file.h"

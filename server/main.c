@@ -21,6 +21,7 @@
 #include "ratelimit.h"
 #include "base/file.h"
 #include "base/clock.h"
+#include "api/sched.h"
 
 static const char usage[] =
     "usage: deltatune-server [options]\n"
@@ -91,49 +92,24 @@ static void sweep_uploads(server *s)
     if (n) log_msg(DT_LOG_INFO, "files.sweep", "removed %d abandoned upload temp file(s)", n);
 }
 
-static void reconcile(server *s, db *d, uint64_t *gen)
-{
-    char err[DT_ERR_LEN];
-    int requeued = 0, failed = 0;
-    if (db_rescue_expired(d, &requeued, &failed, err)) {
-        log_msg(DT_LOG_WARN, "rescuer", "%s", err);
-        return;
-    }
-    if (requeued || failed)
-        log_msg(DT_LOG_INFO, "rescuer", "expired leases: %d requeued, %d failed", requeued, failed);
-    expire_files(s, d);
-    char (*ids)[DB_ID_LEN] = NULL;
-    int n = 0;
-    if (db_jobs_queued(d, 1000, &ids, &n, err)) {
-        log_msg(DT_LOG_WARN, "reconciler", "%s", err);
-        return;
-    }
-    int64_t depth = 0;
-    int qerr = queue_depth(s->q, &depth, err);
-    uint64_t g = queue_generation(s->q);
-    if (n && !qerr && (depth < n || g != *gen)) {
-        int sent = 0;
-        for (int i = 0; i < n && !queue_publish(s->q, ids[i], err); i++) sent++;
-        log_msg(DT_LOG_INFO, "reconciler", "re-published %d of %d queued job(s)", sent, n);
-    }
-    if (!qerr) *gen = g;
-    free(ids);
-}
 
 static void *bg_main(void *arg)
 {
     bg *b = arg;
     db *d = NULL;
-    uint64_t gen = 0;
+    sched sc = {0};
     char err[DT_ERR_LEN];
     pthread_mutex_lock(&b->mu);
     while (!b->stop) {
         pthread_mutex_unlock(&b->mu);
         if (!d && db_connect(&d, b->s->cfg.database_url, err)) {
-            log_msg(DT_LOG_WARN, "reconciler", "%s", err);
+            log_msg(DT_LOG_WARN, "sched.failed", "%s", err);
             d = NULL;
         }
-        if (d) reconcile(b->s, d, &gen);
+        if (d) {
+            sched_pass(&sc, d, b->s->q, 0, NULL, err);
+            expire_files(b->s, d);
+        }
         sweep_uploads(b->s);
         pthread_mutex_lock(&b->mu);
         struct timespec until;

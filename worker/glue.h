@@ -7,6 +7,8 @@
 #ifndef DT_WORKER_GLUE_H
 #define DT_WORKER_GLUE_H
 
+#include <stdatomic.h>
+
 #include "api/db.h"
 
 #define WK_ABORT 2 /* on_progress: stop now, write nothing */
@@ -35,7 +37,7 @@ typedef struct wk_run {
      * fails the run. */
     int (*on_checkpoint)(void *ud, int step, const char *dir);
     void *ud;
-    volatile int *stop;      /* set from other threads: stop after this step */
+    atomic_int *stop;        /* set from other threads: stop after this step */
 } wk_run;
 
 /* Trains the job in this thread: dt_train with resume on, so a job claimed

@@ -4,6 +4,7 @@
  * job now, and this worker stops and writes nothing more for it. */
 #include "worker.h"
 
+#include <stdatomic.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -21,6 +22,7 @@
 #include "api/queue.h"
 #include "glue.h"
 #include "base/clock.h"
+#include "api/sched.h"
 
 #define PROGRESS_MIN_INTERVAL 0.5 /* seconds between progress writes (<= 2/s) */
 
@@ -42,8 +44,8 @@ typedef struct worker {
 
     /* Flags for the running job, set by the keeper, the callbacks and the
      * signal handler; read by dt_train (stop) after every step. */
-    volatile int stop;
-    volatile int lease_lost, cancel_req, pause_req;
+    atomic_int stop;         /* written by other threads and the signal handler */
+    atomic_int lease_lost, cancel_req, pause_req;
 
     /* Per-job state of the main thread's callbacks. */
     db_job job;
@@ -53,24 +55,24 @@ typedef struct worker {
 } worker;
 
 static volatile sig_atomic_t g_shutdown;
-static volatile int *g_stop; /* the worker's stop flag, for the handler */
+static atomic_int *g_stop; /* the worker's stop flag, for the handler */
 
 static void on_signal(int sig)
 {
     (void)sig;
     g_shutdown = 1;
     if (g_stop)
-        *g_stop = 1;
+        atomic_store(g_stop, 1);
 }
 
-static void flag_set(volatile int *f)
+static void flag_set(atomic_int *f)
 {
-    __atomic_store_n(f, 1, __ATOMIC_SEQ_CST);
+    atomic_store(f, 1);
 }
 
-static int flag_get(volatile int *f)
+static int flag_get(atomic_int *f)
 {
-    return __atomic_load_n(f, __ATOMIC_SEQ_CST);
+    return atomic_load(f);
 }
 
 /* ---- events --------------------------------------------------------------- */
@@ -363,7 +365,10 @@ static void run_job(worker *w)
     char out_dir[DB_PATH_LEN], err[DT_ERR_LEN] = "";
     long rows = 0;
 
-    w->stop = w->lease_lost = w->cancel_req = w->pause_req = 0;
+    atomic_store(&w->stop, 0);
+    atomic_store(&w->lease_lost, 0);
+    atomic_store(&w->cancel_req, 0);
+    atomic_store(&w->pause_req, 0);
     pthread_mutex_lock(&w->mu);
     w->active = 1;
     snprintf(w->job_id, sizeof w->job_id, "%s", w->job.id);
@@ -471,6 +476,7 @@ typedef struct keeper {
     db *db;
     queue *q;          /* for publishing only */
     uint64_t qgen, main_qgen;
+    sched sched;       /* rescue + reconcile state (api/sched.c) */
 } keeper;
 
 static void keeper_heartbeat(keeper *k)
@@ -513,40 +519,6 @@ static void keeper_heartbeat(keeper *k)
     }
 }
 
-/* Rescuer, then reconciler: queued jobs are published again when the list
- * holds fewer entries than there are queued jobs, or when a Redis
- * connection was re-established (Redis may have restarted empty). */
-static void keeper_rescue(keeper *k, int force)
-{
-    char err[DT_ERR_LEN] = "";
-    int requeued = 0, failed = 0;
-    int rc = db_rescue_expired(k->db, &requeued, &failed, err);
-    if (rc)
-        log_msg(DT_LOG_WARN, "rescue.failed", "%s", err);
-    else if (requeued || failed)
-        log_msg(DT_LOG_INFO, "rescue", "expired leases: %d re-queued, %d failed", requeued,
-                failed);
-
-    char (*ids)[DB_ID_LEN] = NULL;
-    int n = 0;
-    if ((rc = db_jobs_queued(k->db, 1000, &ids, &n, err))) {
-        log_msg(DT_LOG_WARN, "reconcile.failed", "%s", err);
-        return;
-    }
-    int64_t depth = 0;
-    if (n > 0 && (force || requeued || queue_depth(k->q, &depth, err) || depth < n)) {
-        int sent = 0;
-        for (int i = 0; i < n; i++)
-            if (queue_publish(k->q, ids[i], err) == 0)
-                sent++;
-        if (sent)
-            log_msg(DT_LOG_INFO, "reconcile", "published %d queued job(s)", sent);
-        else
-            log_msg(DT_LOG_WARN, "reconcile.failed", "Redis: %s", err);
-    }
-    free(ids);
-}
-
 static void *keeper_main(void *arg)
 {
     keeper *k = arg;
@@ -579,12 +551,14 @@ static void *keeper_main(void *arg)
         } else if (!active) {
             next_hb = 0; /* the next job's first heartbeat comes at once */
         }
+        /* The keeper's own Redis connection is sched_pass's to watch; a
+         * reconnect of the main loop's one forces a re-publish too. */
         uint64_t g = queue_generation(k->q);
         int reconnected = (g != k->qgen && k->qgen != 0) || (mg != k->main_qgen && k->main_qgen);
         k->qgen = g;
         k->main_qgen = mg;
         if (now >= next_rescue || reconnected) {
-            keeper_rescue(k, reconnected);
+            sched_pass(&k->sched, k->db, k->q, reconnected, NULL, err);
             next_rescue = now + cfg->rescue_interval_s;
         }
         if (now >= next_row) {
