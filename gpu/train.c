@@ -1,16 +1,14 @@
-/* train.c: optimizer step, LR schedules, data order, checkpoints and the
- * training loop behind `deltatune train`. */
+/* train.c: the training loop behind `deltatune train` and the worker:
+ * options and their limits, loading, the step loop (progress, validation,
+ * checkpoints, stop requests) and the export. The optimizer step is in
+ * optim.c, the data order in train_data.c, checkpoints in checkpoint.c. */
 #include "train.h"
 
-#include <dirent.h>
-#include <errno.h>
-#include <ftw.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "base/clock.h"
@@ -19,380 +17,7 @@
 #include "base/hparams.h"
 #include "dataset.h"
 #include "export.h"
-#include "base/random.h"
-
-#define OPS (be->i)
-
-void dt_optim_defaults(dt_optim *o)
-{
-    memset(o, 0, sizeof *o);
-    o->lr = 2e-4f;
-    o->b1 = 0.9f;
-    o->b2 = 0.999f;
-    o->eps = 1e-8f;
-    o->weight_decay = 0.0f;
-    o->max_grad_norm = 1.0f;
-    o->lambda = 0.5f;
-    o->start_step = 0;
-}
-
-float dt_lr_at(dt_sched s, float lr, int warmup, int total, int k)
-{
-    if (k < warmup)
-        return lr * (float)k / (float)(warmup > 0 ? warmup : 1);
-    if (s == DT_SCHED_CONSTANT)
-        return lr;
-    int span = total - warmup;
-    if (span <= 0)
-        return s == DT_SCHED_LINEAR ? 0.0f : lr;
-    double p = (double)(k - warmup) / span;
-    if (s == DT_SCHED_LINEAR)
-        return (float)(lr * fmax(0.0, 1.0 - p));
-    return (float)(lr * 0.5 * (1.0 + cos(M_PI * p)));
-}
-
-int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
-                  double *gnorm, char *err)
-{
-    dt_backend *be = dt_model_backend(m);
-    int np;
-    dt_param *ps = dt_model_params(m, &np);
-    double ss = 0.0;
-    for (int i = 0; i < np; i++)
-        ss += OPS.sumsq(be, ps[i].g, ps[i].n);
-    double norm = sqrt(ss);
-    if (gnorm)
-        *gnorm = norm;
-    if (!isfinite(norm))
-        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %d "
-                       "(try a lower --lr)", norm, o->t + 1);
-    /* torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), <= 1 */
-    float gscale = 1.0f;
-    if (o->max_grad_norm > 0.0f) {
-        double coef = o->max_grad_norm / (norm + 1e-6);
-        if (coef < 1.0)
-            gscale = (float)coef;
-    }
-    int t = o->t + 1;
-    int delta = method == DT_DELTA_LORA && t > o->start_step;
-    if (delta)
-        dt_model_delta_snapshot(m);
-    float bc1 = 1.0f - powf(o->b1, (float)t), bc2 = 1.0f - powf(o->b2, (float)t);
-    for (int i = 0; i < np; i++)
-        OPS.adamw(be, ps[i].p, ps[i].g, ps[i].m, ps[i].v, ps[i].n, lr, o->b1,
-                  o->b2, o->eps, o->weight_decay, bc1, bc2, gscale);
-    if (delta)
-        dt_model_delta_apply(m, o->lambda);
-    o->t = t;
-    return OPS.sync(be, err);
-}
-
-/* ---- data order ------------------------------------------------------------ */
-
-/* perm = the shuffled row order of epoch e (Fisher-Yates, seeded). */
-static void epoch_perm(int *perm, int n, uint64_t seed, long e)
-{
-    uint64_t s = dt_mix64(seed ^ dt_mix64((uint64_t)e + 1));
-    for (int i = 0; i < n; i++)
-        perm[i] = i;
-    for (int i = n - 1; i > 0; i--) {
-        s = dt_mix64(s);
-        int j = (int)(s % (uint64_t)(i + 1));
-        int tmp = perm[i];
-        perm[i] = perm[j];
-        perm[j] = tmp;
-    }
-}
-
-typedef struct batcher {
-    const dt_dataset *ds;
-    uint64_t seed;
-    int *perm;
-    long perm_epoch;
-    int32_t *ids, *tgt; /* (B, T) host */
-    int B, T;
-} batcher;
-
-/* Fills rows [pos, pos+B) of the endless shuffled stream, padded to the
- * longest row; returns t (positions) and the unmasked target count. */
-static int batch_at(batcher *bt, long pos, int *t_out, long *ntok)
-{
-    const dt_dataset *ds = bt->ds;
-    int t = 1;
-    int rows[1024];
-    for (int i = 0; i < bt->B; i++) {
-        long p = pos + i, e = p / ds->nrows;
-        if (e != bt->perm_epoch) {
-            epoch_perm(bt->perm, ds->nrows, bt->seed, e);
-            bt->perm_epoch = e;
-        }
-        rows[i] = bt->perm[p % ds->nrows];
-        int n = ds->rows[rows[i]].n - 1;
-        if (n > t)
-            t = n;
-    }
-    if (t > bt->T)
-        t = bt->T;
-    long cnt = 0;
-    for (int i = 0; i < bt->B; i++) {
-        const dt_row *r = &ds->rows[rows[i]];
-        int n = r->n - 1 < t ? r->n - 1 : t;
-        for (int j = 0; j < t; j++) {
-            bt->ids[i * t + j] = j < n ? r->ids[j] : 0;
-            bt->tgt[i * t + j] = j < n ? r->labels[j] : -100;
-            cnt += j < n && r->labels[j] != -100;
-        }
-    }
-    *t_out = t;
-    *ntok = cnt;
-    return 0;
-}
-
-/* Mean loss over every row of ds (no gradient). */
-static int eval_loss(dt_model *m, const dt_dataset *ds, int B, int T,
-                     double *out, char *err)
-{
-    int32_t *ids = malloc((size_t)B * T * sizeof *ids);
-    int32_t *tgt = malloc((size_t)B * T * sizeof *tgt);
-    if (!ids || !tgt) {
-        free(ids);
-        free(tgt);
-        return dt_errf(err, DT_ENOMEM, "out of memory");
-    }
-    double sum = 0.0;
-    long ntok = 0;
-    int rc = 0;
-    for (int s = 0; s < ds->nrows && !rc; s += B) {
-        int b = ds->nrows - s < B ? ds->nrows - s : B, t = 1;
-        for (int i = 0; i < b; i++)
-            if (ds->rows[s + i].n - 1 > t)
-                t = ds->rows[s + i].n - 1;
-        if (t > T)
-            t = T;
-        for (int i = 0; i < b; i++) {
-            const dt_row *r = &ds->rows[s + i];
-            int n = r->n - 1 < t ? r->n - 1 : t;
-            for (int j = 0; j < t; j++) {
-                ids[i * t + j] = j < n ? r->ids[j] : 0;
-                tgt[i * t + j] = j < n ? r->labels[j] : -100;
-            }
-        }
-        double ls;
-        long nt;
-        rc = dt_model_forward(m, ids, tgt, b, t, 0.0f, &ls, &nt, err);
-        sum += ls;
-        ntok += nt;
-    }
-    free(ids);
-    free(tgt);
-    *out = ntok ? sum / ntok : NAN;
-    return rc;
-}
-
-/* ---- checkpoints -------------------------------------------------------------- */
-
-int dt_ckpt_latest(const char *out, char *dir, size_t dirlen)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/checkpoints", out);
-    DIR *d = opendir(path);
-    if (!d)
-        return 0;
-    int best = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        int step;
-        char done[4400];
-        struct stat st;
-        if (sscanf(e->d_name, "step-%d", &step) != 1 || step <= best)
-            continue;
-        snprintf(done, sizeof done, "%s/%s/DONE", path, e->d_name);
-        if (stat(done, &st) == 0) {
-            best = step;
-            snprintf(dir, dirlen, "%s/%s", path, e->d_name);
-        }
-    }
-    closedir(d);
-    return best;
-}
-
-static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
-{
-    (void)st;
-    (void)flag;
-    (void)f;
-    remove(p);
-    return 0;
-}
-
-/* Removes a directory tree (best effort). */
-static void rm_tree(const char *dir)
-{
-    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-/* The tensors a checkpoint holds: every trainable tensor with its AdamW
- * moments, plus the W that Delta-LoRA moves. */
-static int ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
-                     long trained_tokens, char *err)
-{
-    dt_backend *be = dt_model_backend(m);
-    int np, nl;
-    dt_param *ps = dt_model_params(m, &np);
-    dt_lora *ls = dt_model_loras(m, &nl);
-    int cap = 3 * np + nl;
-    dt_st_entry *en = calloc((size_t)cap, sizeof *en);
-    float **bufs = calloc((size_t)cap, sizeof *bufs);
-    char (*names)[160] = calloc((size_t)cap, sizeof *names);
-    int64_t (*shapes)[2] = calloc((size_t)cap, sizeof *shapes);
-    int n = 0, rc = 0, made_tmp = 0;
-    char dir[4096], tmp[4200], path[4300];
-    if (!en || !bufs || !names || !shapes) {
-        rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
-        goto done;
-    }
-    for (int i = 0; i < np; i++) {
-        const float *src[3] = {ps[i].p, ps[i].m, ps[i].v};
-        static const char *suf[3] = {"", ".adam_m", ".adam_v"};
-        for (int j = 0; j < 3; j++) {
-            snprintf(names[n], sizeof names[n], "%s%s", ps[i].name, suf[j]);
-            shapes[n][0] = ps[i].n;
-            bufs[n] = malloc((size_t)ps[i].n * sizeof(float));
-            if (!bufs[n]) {
-                rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
-                goto done;
-            }
-            OPS.download(be, bufs[n], src[j], (size_t)ps[i].n * sizeof(float));
-            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
-            n++;
-        }
-    }
-    if (o->method == DT_DELTA_LORA) {
-        for (int i = 0; i < nl; i++) {
-            int dup = 0;
-            for (int j = 0; j < n; j++)
-                dup |= !strcmp(names[j], ls[i].wname);
-            float *dev;
-            long cnt;
-            if (dup || dt_model_get_weight(m, ls[i].wname, &dev, &cnt))
-                continue;
-            snprintf(names[n], sizeof names[n], "%s", ls[i].wname);
-            shapes[n][0] = cnt;
-            bufs[n] = malloc((size_t)cnt * sizeof(float));
-            if (!bufs[n]) {
-                rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
-                goto done;
-            }
-            OPS.download(be, bufs[n], dev, (size_t)cnt * sizeof(float));
-            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
-            n++;
-        }
-    }
-    if ((rc = OPS.sync(be, err)))
-        goto done;
-    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08d", o->out, opt->t);
-    /* The temporary name is this process's own, so two writers of one step
-     * (a stale worker and the job's new owner) never share a half-written
-     * directory. */
-    snprintf(tmp, sizeof tmp, "%s.partial.%ld", dir, (long)getpid());
-    if ((rc = dt_mkdirs(tmp, err)))
-        goto done;
-    made_tmp = 1;
-    snprintf(path, sizeof path, "%s/state.safetensors", tmp);
-    if ((rc = dt_safetensors_write(path, en, n, NULL, err)))
-        goto done;
-    char js[512];
-    int len = snprintf(js, sizeof js,
-        "{\"step\": %d, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
-        "\"seed\": %llu, \"trained_tokens\": %ld, \"threads\": %d}\n", opt->t,
-        (int)o->method, o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens,
-        be->threads);
-    snprintf(path, sizeof path, "%s/state.json", tmp);
-    if ((rc = dt_write_file_atomic(path, js, (size_t)len, err)))
-        goto done;
-    char cmd[8600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir); /* a stale incomplete one */
-    if (access(dir, F_OK) == 0 && system(cmd) != 0) {
-        rc = dt_errf(err, DT_EIO, "%s: cannot replace", dir);
-        goto done;
-    }
-    if (rename(tmp, dir) != 0) {
-        rc = dt_errf(err, DT_EIO, "%s: rename: %s", dir, strerror(errno));
-        goto done;
-    }
-    made_tmp = 0;
-    snprintf(path, sizeof path, "%s/DONE", dir);
-    if ((rc = dt_write_file_atomic(path, "ok\n", 3, err)))
-        goto done;
-    if (o->on_checkpoint && o->on_checkpoint(o->ud, opt->t, dir))
-        rc = dt_errf(err, DT_ECANCEL, "checkpoint %d refused by the caller", opt->t);
-done:
-    if (rc && made_tmp) /* a failed write (disk full) leaves nothing behind */
-        rm_tree(tmp);
-    for (int i = 0; i < n; i++)
-        free(bufs[i]);
-    free(bufs);
-    free(en);
-    free(names);
-    free(shapes);
-    return rc;
-}
-
-static int ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
-                     long *trained_tokens, char *err)
-{
-    dt_backend *be = dt_model_backend(m);
-    char path[4600];
-    snprintf(path, sizeof path, "%s/state.json", dir);
-    json_error_t je;
-    json_t *js = json_load_file(path, 0, &je);
-    if (!js || !json_is_integer(json_object_get(js, "step"))) {
-        json_decref(js);
-        return dt_errf(err, DT_EFORMAT, "%s: unreadable checkpoint state", path);
-    }
-    opt->t = (int)json_integer_value(json_object_get(js, "step"));
-    *trained_tokens = (long)json_integer_value(json_object_get(js, "trained_tokens"));
-    /* CPU results are bitwise reproducible for one thread count only (the
-     * OpenMP reductions and OpenBLAS split work by thread). */
-    int th = (int)json_integer_value(json_object_get(js, "threads"));
-    if (th > 0 && be->threads > 0 && th != be->threads)
-        fprintf(stderr, "warning: %s was written with %d CPU threads, resuming with %d: "
-                "the result differs in the last bits from an uninterrupted run\n", dir, th,
-                be->threads);
-    json_decref(js);
-    dt_tensorset ts;
-    dt_tensorset_init(&ts);
-    snprintf(path, sizeof path, "%s/state.safetensors", dir);
-    int rc = dt_safetensors_load(path, &ts, err);
-    int np;
-    dt_param *ps = dt_model_params(m, &np);
-    for (int i = 0; !rc && i < ts.n; i++) {
-        dt_tensor *t = &ts.t[i];
-        float *dst = NULL;
-        long cnt = -1;
-        size_t L = strlen(t->name);
-        for (int j = 0; j < np && !dst; j++) {
-            size_t pl = strlen(ps[j].name);
-            if (L == pl + 7 && !strncmp(t->name, ps[j].name, pl)) {
-                if (!strcmp(t->name + pl, ".adam_m")) dst = ps[j].m;
-                if (!strcmp(t->name + pl, ".adam_v")) dst = ps[j].v;
-                cnt = ps[j].n;
-            }
-        }
-        if (!dst && dt_model_get_weight(m, t->name, &dst, &cnt))
-            rc = dt_errf(err, DT_EFORMAT, "%s: tensor %s does not belong to this "
-                         "model/method", path, t->name);
-        else if (cnt != t->numel)
-            rc = dt_errf(err, DT_EFORMAT, "%s: tensor %s has %lld elements, "
-                         "expected %ld", path, t->name, (long long)t->numel, cnt);
-        else
-            OPS.upload(be, dst, t->data, (size_t)cnt * sizeof(float));
-    }
-    dt_tensorset_free(&ts);
-    return rc ? rc : OPS.sync(be, err);
-}
-
-/* ---- the loop ---------------------------------------------------------------- */
+#include "train_impl.h"
 
 void dt_train_defaults(dt_train_opts *o)
 {
@@ -655,7 +280,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
     if (o.resume) {
         char dir[4400];
         if (dt_ckpt_latest(o.out, dir, sizeof dir) > 0) {
-            if ((rc = ckpt_load(m, dir, &opt, &trained, err)))
+            if ((rc = tr_ckpt_load(m, dir, &opt, &trained, err)))
                 goto fail;
             if (!o.json)
                 fprintf(stderr, "resuming from %s (step %d)\n", dir, opt.t);
@@ -680,14 +305,14 @@ int dt_train(const dt_train_opts *o_in, char *err)
         long nstep = 0, nt;
         int tt;
         for (int g = 0; g < o.accum; g++) {
-            batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
             nstep += nt;
         }
         dt_model_zero_grad(m);
         double loss = 0.0;
         for (int g = 0; g < o.accum && nstep > 0; g++) {
             double ls;
-            batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
             if ((rc = dt_model_forward(m, ids, tgt, o.batch, tt, 1.0f / nstep, &ls,
                                        &nt, err)) ||
                 (rc = dt_model_backward(m, err)))
@@ -712,7 +337,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         p.tokens_per_sec = el > 0 ? tok_run / el : 0;
         p.eta_sec = el / (opt.t - first) * (total - opt.t);
         if (vs.nrows && ((o.eval_interval && opt.t % o.eval_interval == 0) || opt.t == total))
-            if ((rc = eval_loss(m, &vs, o.batch, o.seq_len, &p.valid_loss, err)))
+            if ((rc = tr_eval_loss(m, &vs, o.batch, o.seq_len, &p.valid_loss, err)))
                 goto fail;
         p.peak_device_bytes = dt_model_backend(m)->peak_bytes;
         p.ckpt_due = (o.ckpt_interval && opt.t % o.ckpt_interval == 0) || opt.t == total;
@@ -725,7 +350,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         if (o.stop && atomic_load(o.stop))
             stop = 1;
         if (p.ckpt_due || stop)
-            if ((rc = ckpt_save(m, &o, &opt, trained, err)))
+            if ((rc = tr_ckpt_save(m, &o, &opt, trained, err)))
                 goto fail;
         if (stop && opt.t < total) {
             rc = dt_errf(err, DT_ECANCEL, "stopped at step %d/%d; checkpoint written, "

@@ -1,0 +1,217 @@
+/* checkpoint.c: training checkpoints: find the newest complete one, write
+ * one atomically (per-process temp directory, fsync, rename, DONE), read one
+ * back. */
+#include <dirent.h>
+#include <errno.h>
+#include <ftw.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/dt.h"
+#include "base/file.h"
+#include "train_impl.h"
+
+int dt_ckpt_latest(const char *out, char *dir, size_t dirlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/checkpoints", out);
+    DIR *d = opendir(path);
+    if (!d)
+        return 0;
+    int best = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int step;
+        char done[4400];
+        struct stat st;
+        if (sscanf(e->d_name, "step-%d", &step) != 1 || step <= best)
+            continue;
+        snprintf(done, sizeof done, "%s/%s/DONE", path, e->d_name);
+        if (stat(done, &st) == 0) {
+            best = step;
+            snprintf(dir, dirlen, "%s/%s", path, e->d_name);
+        }
+    }
+    closedir(d);
+    return best;
+}
+
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    (void)f;
+    remove(p);
+    return 0;
+}
+
+/* Removes a directory tree (best effort). */
+static void rm_tree(const char *dir)
+{
+    nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* The tensors a checkpoint holds: every trainable tensor with its AdamW
+ * moments, plus the W that Delta-LoRA moves. */
+int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
+                     long trained_tokens, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    int np, nl;
+    dt_param *ps = dt_model_params(m, &np);
+    dt_lora *ls = dt_model_loras(m, &nl);
+    int cap = 3 * np + nl;
+    dt_st_entry *en = calloc((size_t)cap, sizeof *en);
+    float **bufs = calloc((size_t)cap, sizeof *bufs);
+    char (*names)[160] = calloc((size_t)cap, sizeof *names);
+    int64_t (*shapes)[2] = calloc((size_t)cap, sizeof *shapes);
+    int n = 0, rc = 0, made_tmp = 0;
+    char dir[4096], tmp[4200], path[4300];
+    if (!en || !bufs || !names || !shapes) {
+        rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+        goto done;
+    }
+    for (int i = 0; i < np; i++) {
+        const float *src[3] = {ps[i].p, ps[i].m, ps[i].v};
+        static const char *suf[3] = {"", ".adam_m", ".adam_v"};
+        for (int j = 0; j < 3; j++) {
+            snprintf(names[n], sizeof names[n], "%s%s", ps[i].name, suf[j]);
+            shapes[n][0] = ps[i].n;
+            bufs[n] = malloc((size_t)ps[i].n * sizeof(float));
+            if (!bufs[n]) {
+                rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+                goto done;
+            }
+            OPS.download(be, bufs[n], src[j], (size_t)ps[i].n * sizeof(float));
+            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+            n++;
+        }
+    }
+    if (o->method == DT_DELTA_LORA) {
+        for (int i = 0; i < nl; i++) {
+            int dup = 0;
+            for (int j = 0; j < n; j++)
+                dup |= !strcmp(names[j], ls[i].wname);
+            float *dev;
+            long cnt;
+            if (dup || dt_model_get_weight(m, ls[i].wname, &dev, &cnt))
+                continue;
+            snprintf(names[n], sizeof names[n], "%s", ls[i].wname);
+            shapes[n][0] = cnt;
+            bufs[n] = malloc((size_t)cnt * sizeof(float));
+            if (!bufs[n]) {
+                rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+                goto done;
+            }
+            OPS.download(be, bufs[n], dev, (size_t)cnt * sizeof(float));
+            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+            n++;
+        }
+    }
+    if ((rc = OPS.sync(be, err)))
+        goto done;
+    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08d", o->out, opt->t);
+    /* The temporary name is this process's own, so two writers of one step
+     * (a stale worker and the job's new owner) never share a half-written
+     * directory. */
+    snprintf(tmp, sizeof tmp, "%s.partial.%ld", dir, (long)getpid());
+    if ((rc = dt_mkdirs(tmp, err)))
+        goto done;
+    made_tmp = 1;
+    snprintf(path, sizeof path, "%s/state.safetensors", tmp);
+    if ((rc = dt_safetensors_write(path, en, n, NULL, err)))
+        goto done;
+    char js[512];
+    int len = snprintf(js, sizeof js,
+        "{\"step\": %d, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
+        "\"seed\": %llu, \"trained_tokens\": %ld, \"threads\": %d}\n", opt->t,
+        (int)o->method, o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens,
+        be->threads);
+    snprintf(path, sizeof path, "%s/state.json", tmp);
+    if ((rc = dt_write_file_atomic(path, js, (size_t)len, err)))
+        goto done;
+    char cmd[8600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir); /* a stale incomplete one */
+    if (access(dir, F_OK) == 0 && system(cmd) != 0) {
+        rc = dt_errf(err, DT_EIO, "%s: cannot replace", dir);
+        goto done;
+    }
+    if (rename(tmp, dir) != 0) {
+        rc = dt_errf(err, DT_EIO, "%s: rename: %s", dir, strerror(errno));
+        goto done;
+    }
+    made_tmp = 0;
+    snprintf(path, sizeof path, "%s/DONE", dir);
+    if ((rc = dt_write_file_atomic(path, "ok\n", 3, err)))
+        goto done;
+    if (o->on_checkpoint && o->on_checkpoint(o->ud, opt->t, dir))
+        rc = dt_errf(err, DT_ECANCEL, "checkpoint %d refused by the caller", opt->t);
+done:
+    if (rc && made_tmp) /* a failed write (disk full) leaves nothing behind */
+        rm_tree(tmp);
+    for (int i = 0; i < n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(en);
+    free(names);
+    free(shapes);
+    return rc;
+}
+
+int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
+                     long *trained_tokens, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    char path[4600];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    json_error_t je;
+    json_t *js = json_load_file(path, 0, &je);
+    if (!js || !json_is_integer(json_object_get(js, "step"))) {
+        json_decref(js);
+        return dt_errf(err, DT_EFORMAT, "%s: unreadable checkpoint state", path);
+    }
+    opt->t = (int)json_integer_value(json_object_get(js, "step"));
+    *trained_tokens = (long)json_integer_value(json_object_get(js, "trained_tokens"));
+    /* CPU results are bitwise reproducible for one thread count only (the
+     * OpenMP reductions and OpenBLAS split work by thread). */
+    int th = (int)json_integer_value(json_object_get(js, "threads"));
+    if (th > 0 && be->threads > 0 && th != be->threads)
+        fprintf(stderr, "warning: %s was written with %d CPU threads, resuming with %d: "
+                "the result differs in the last bits from an uninterrupted run\n", dir, th,
+                be->threads);
+    json_decref(js);
+    dt_tensorset ts;
+    dt_tensorset_init(&ts);
+    snprintf(path, sizeof path, "%s/state.safetensors", dir);
+    int rc = dt_safetensors_load(path, &ts, err);
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    for (int i = 0; !rc && i < ts.n; i++) {
+        dt_tensor *t = &ts.t[i];
+        float *dst = NULL;
+        long cnt = -1;
+        size_t L = strlen(t->name);
+        for (int j = 0; j < np && !dst; j++) {
+            size_t pl = strlen(ps[j].name);
+            if (L == pl + 7 && !strncmp(t->name, ps[j].name, pl)) {
+                if (!strcmp(t->name + pl, ".adam_m")) dst = ps[j].m;
+                if (!strcmp(t->name + pl, ".adam_v")) dst = ps[j].v;
+                cnt = ps[j].n;
+            }
+        }
+        if (!dst && dt_model_get_weight(m, t->name, &dst, &cnt))
+            rc = dt_errf(err, DT_EFORMAT, "%s: tensor %s does not belong to this "
+                         "model/method", path, t->name);
+        else if (cnt != t->numel)
+            rc = dt_errf(err, DT_EFORMAT, "%s: tensor %s has %lld elements, "
+                         "expected %ld", path, t->name, (long long)t->numel, cnt);
+        else
+            OPS.upload(be, dst, t->data, (size_t)cnt * sizeof(float));
+    }
+    dt_tensorset_free(&ts);
+    return rc ? rc : OPS.sync(be, err);
+}

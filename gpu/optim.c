@@ -1,0 +1,72 @@
+/* optim.c: one optimizer step: global-norm clipping, the Delta-LoRA
+ * snapshot, AdamW on every trainable tensor and (t > K) Delta-LoRA's W
+ * update. */
+#include <math.h>
+#include <string.h>
+
+#include "base/dt.h"
+#include "train_impl.h"
+
+void dt_optim_defaults(dt_optim *o)
+{
+    memset(o, 0, sizeof *o);
+    o->lr = 2e-4f;
+    o->b1 = 0.9f;
+    o->b2 = 0.999f;
+    o->eps = 1e-8f;
+    o->weight_decay = 0.0f;
+    o->max_grad_norm = 1.0f;
+    o->lambda = 0.5f;
+    o->start_step = 0;
+}
+
+float dt_lr_at(dt_sched s, float lr, int warmup, int total, int k)
+{
+    if (k < warmup)
+        return lr * (float)k / (float)(warmup > 0 ? warmup : 1);
+    if (s == DT_SCHED_CONSTANT)
+        return lr;
+    int span = total - warmup;
+    if (span <= 0)
+        return s == DT_SCHED_LINEAR ? 0.0f : lr;
+    double p = (double)(k - warmup) / span;
+    if (s == DT_SCHED_LINEAR)
+        return (float)(lr * fmax(0.0, 1.0 - p));
+    return (float)(lr * 0.5 * (1.0 + cos(M_PI * p)));
+}
+
+int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
+                  double *gnorm, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    double ss = 0.0;
+    for (int i = 0; i < np; i++)
+        ss += OPS.sumsq(be, ps[i].g, ps[i].n);
+    double norm = sqrt(ss);
+    if (gnorm)
+        *gnorm = norm;
+    if (!isfinite(norm))
+        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %d "
+                       "(try a lower --lr)", norm, o->t + 1);
+    /* torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), <= 1 */
+    float gscale = 1.0f;
+    if (o->max_grad_norm > 0.0f) {
+        double coef = o->max_grad_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            gscale = (float)coef;
+    }
+    int t = o->t + 1;
+    int delta = method == DT_DELTA_LORA && t > o->start_step;
+    if (delta)
+        dt_model_delta_snapshot(m);
+    float bc1 = 1.0f - powf(o->b1, (float)t), bc2 = 1.0f - powf(o->b2, (float)t);
+    for (int i = 0; i < np; i++)
+        OPS.adamw(be, ps[i].p, ps[i].g, ps[i].m, ps[i].v, ps[i].n, lr, o->b1,
+                  o->b2, o->eps, o->weight_decay, bc1, bc2, gscale);
+    if (delta)
+        dt_model_delta_apply(m, o->lambda);
+    o->t = t;
+    return OPS.sync(be, err);
+}

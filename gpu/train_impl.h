@@ -1,0 +1,42 @@
+/* train_impl.h: what the training loop (train.c) shares with its data
+ * order (train_data.c) and checkpoints (checkpoint.c). Not for use outside
+ * gpu/train*.c and gpu/checkpoint.c. */
+#ifndef DT_TRAIN_IMPL_H
+#define DT_TRAIN_IMPL_H
+
+#include <stdint.h>
+
+#include "dataset.h"
+#include "train.h"
+
+#define OPS (be->i)
+
+/* The endless shuffled stream of rows: epoch e is a seeded Fisher-Yates
+ * permutation, so position pos of the stream depends on the seed alone. */
+typedef struct batcher {
+    const dt_dataset *ds;
+    uint64_t seed;
+    int *perm;
+    long perm_epoch;
+    int32_t *ids, *tgt; /* (B, T) host */
+    int B, T;
+} batcher;
+
+/* Fills rows [pos, pos+B) of the stream into bt->ids/tgt, padded to the
+ * longest row (at most T); *t_out = positions, *ntok = unmasked targets. */
+int tr_batch_at(batcher *bt, long pos, int *t_out, long *ntok);
+
+/* Mean loss over every row of ds (no gradient) into *out. */
+int tr_eval_loss(dt_model *m, const dt_dataset *ds, int B, int T, double *out, char *err);
+
+/* Writes checkpoint step-<opt->t> under o->out/checkpoints (temp dir,
+ * fsync, rename, DONE): every trainable tensor, its AdamW moments and every
+ * W that Delta-LoRA moves. A failure leaves the previous one newest. */
+int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
+                 long trained_tokens, char *err);
+
+/* Restores a checkpoint directory written by tr_ckpt_save. */
+int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt, long *trained_tokens,
+                 char *err);
+
+#endif
