@@ -1,4 +1,4 @@
-"""The `deltatune` client commands (worker/client*.c) against a real stack:
+"""The `deltatune` client commands (cli/client*.c) against a real stack:
 jobs create/list/get/cancel/pause/resume/follow, files upload/list, models
 list/download, speaking only the HTTP API with DELTATUNE_URL and
 DELTATUNE_API_KEY. One stack (tests/harness/stack.py, tiny-gpt2) for the
@@ -29,7 +29,7 @@ import tiny_model  # noqa: E402
 
 BUILD = os.path.abspath(os.environ.get("BUILD", os.path.join(ROOT, "build")))
 CLI = os.path.join(BUILD, "deltatune")
-# Exit statuses (worker/client.h).
+# Exit statuses (cli/client_internal.h).
 OK, ERROR, USAGE, FAILED, CANCELLED = 0, 1, 2, 3, 4
 # Fast jobs on the tiny model.
 FAST = ["--seq-len", "32", "--batch-size", "2"]
