@@ -2,7 +2,8 @@
 #
 #   make            build the libraries, the programs and the unit tests
 #   make test       install what is missing, build, run every suite (scripts/test-all)
-#   make test-unit  the cmocka unit tests alone (seconds)
+#   make test-unit  the folder-layout check and the cmocka unit tests (seconds)
+#   make check-layout  the folder dependency picture of docs/ARCHITECTURE.md holds
 #   make test-integration  the HTTP API end to end on real stacks
 #   make test-fault kill -9, SIGSTOP, Redis/PostgreSQL outages, disk full
 #   make asan       the unit tests under AddressSanitizer + UBSan (build-asan/)

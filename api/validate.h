@@ -5,28 +5,30 @@
  * and ignored). method.type is delta_lora | lora | full | supervised
  * ("supervised" and the legacy hyperparameters map onto delta_lora, the
  * default method). Hyperparameters, with "auto" (or absence) resolving to the
- * defaults below:
+ * defaults below; their limits are base/hparams.c's table (one table for the
+ * API, the engine and the OpenAPI contract):
  *
- *   name              type         range                   default
- *   n_epochs          int          1..100                  3
- *   batch_size        int          1..256                  4
- *   learning_rate     number       (0, 1]                  2e-4
- *   learning_rate_multiplier number (0, 100]  -> learning_rate = m * 2e-4
- *   rank              int          1..256                  8
- *   alpha             number       (0, 4096]               16
- *   lambda            number       [0, 100]                0.5
- *   start_step        int          -1..1e7 (-1 = 10% of steps) -1
- *   target_modules    string or array of q,k,v,o,gate,up,down,c_attn  "q,v"
- *   seq_len           int          8..8192                 256
- *   warmup_steps      int          0..1e6                  0
- *   weight_decay      number       [0, 1]                  0
- *   max_grad_norm     number       [0, 1e6] (0 = off)      1.0
- *   lr_scheduler      linear|cosine|constant               linear
- *   gradient_accumulation_steps int 1..1024               1
- *   max_steps         int          0..1e7 (0 = epochs)     0
- *   checkpoint_interval int        0..1e7 (0 = worker)     0
- *   eval_interval     int          0..1e7 (0 = worker)     0
- *   seed              int          0..2^53                 42 (top-level seed wins)
+ *   name                         default
+ *   n_epochs                     3
+ *   batch_size                   4
+ *   learning_rate                2e-4
+ *   learning_rate_multiplier     (m: learning_rate = m * 2e-4)
+ *   rank                         8
+ *   alpha                        16
+ *   lambda                       0.5
+ *   start_step                   -1 (10% of the steps)
+ *   target_modules               "q,v" (string or array of q,k,v,o,gate,up,
+ *                                down,c_attn and the *_proj names)
+ *   seq_len                      256
+ *   warmup_steps                 0
+ *   weight_decay                 0
+ *   max_grad_norm                1.0 (0 = off)
+ *   lr_scheduler                 linear (linear|cosine|constant)
+ *   gradient_accumulation_steps  1
+ *   max_steps                    0 (the epochs decide)
+ *   checkpoint_interval          0 (the worker chooses)
+ *   eval_interval                0 (the worker chooses)
+ *   seed                         42 (a top-level seed wins)
  *
  * rank/alpha/lambda/start_step/target_modules are LoRA parameters: "full"
  * rejects them; lambda/start_step are Delta-LoRA's: "lora" rejects them.
