@@ -49,6 +49,34 @@ def long_job(s, key=None, file_id=None, steps=100000):
     return j
 
 
+def deref(doc, schema):
+    """The schema at a local $ref of the contract, followed to its end."""
+    while "$ref" in schema:
+        node = doc
+        for part in schema["$ref"][2:].split("/"):
+            node = node[part.replace("~1", "/").replace("~0", "~")]
+        schema = node
+    return schema
+
+
+def contract_hyperparameters(doc, method):
+    """{name: schema} of the create-job request's hyperparameters for method:
+    CreateJob -> method (Method) -> METHOD.hyperparameters (Hyperparameters)."""
+    create = deref(doc, doc["paths"]["/v1/fine_tuning/jobs"]["post"]["requestBody"]
+                   ["content"]["application/json"]["schema"])
+    m = deref(doc, create["properties"]["method"])
+    return deref(doc, deref(doc, m["properties"][method])["properties"]["hyperparameters"])["properties"]
+
+
+def numeric(doc, schema):
+    """The integer or number alternative of a hyperparameter's schema, or None."""
+    schema = deref(doc, schema)
+    for alt in [schema] + [deref(doc, a) for a in schema.get("oneOf", [])]:
+        if alt.get("type") in ("integer", "number"):
+            return alt
+    return None
+
+
 @unittest.skipIf(sync_playwright is None, "playwright is not installed: run tests/browser/setup")
 @unittest.skipUnless(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM}: run tests/browser/setup")
 class Dashboard(unittest.TestCase):
@@ -197,6 +225,94 @@ class Dashboard(unittest.TestCase):
         self.assertEqual(rows.nth(0).get_attribute("data-job"), ids[0])
         self.no_console_errors()
 
+    def test_form_bounds_come_from_the_served_contract(self):
+        s = self.s
+        st, _, doc = s.api("GET", "/v1/openapi.json", key=False)
+        self.assertEqual(st, 200)
+        hps = contract_hyperparameters(doc, "delta_lora")
+        page = self.open()
+        page.goto(s.url + "/#/new")
+        form = page.locator("#new-job")
+        expect(form).to_have_attribute("data-limits", "contract")
+        # every numeric field shows the contract's bounds, and none it lacks
+        fields = page.eval_on_selector_all(
+            "#new-job input[id^=hp-]",
+            "els => els.map(e => [e.name, e.dataset.minimum ?? null, e.dataset.maximum ?? null])")
+        checked = 0
+        for name, lo, hi in fields:
+            num = numeric(doc, hps[name]) if name in hps else None
+            if num is None:
+                self.assertEqual((lo, hi), (None, None), name)
+                continue
+            self.assertEqual(None if lo is None else float(lo), num.get("minimum"), f"{name} minimum")
+            self.assertEqual(None if hi is None else float(hi), num.get("maximum"), f"{name} maximum")
+            checked += 1
+        self.assertGreaterEqual(checked, 15)
+        # the client-side messages say the contract's numbers
+        rank = numeric(doc, hps["rank"])
+        self.assertEqual(rank["type"], "integer")
+        want = f"rank must be an integer between {rank['minimum']} and {rank['maximum']}"
+        expect(page.locator("#hp-rank-range")).to_have_text(want.replace("rank must be ", ""))
+        page.fill("#hp-rank", str(rank["maximum"] + 1))
+        page.click("#new-job button[type=submit]")
+        expect(page.locator("#hp-rank-error")).to_have_text(want)
+        page.fill("#hp-rank", str(rank["maximum"]))
+        page.locator("#hp-rank").dispatch_event("change")
+        expect(page.locator("#hp-rank-error")).to_have_text("")
+        lr = numeric(doc, hps["learning_rate"])
+        self.assertTrue(lr.get("exclusiveMinimum"))
+        page.fill("#hp-learning_rate", str(lr["minimum"]))
+        page.locator("#hp-learning_rate").dispatch_event("change")
+        expect(page.locator("#hp-learning_rate-error")).to_have_text(
+            f"learning_rate must be a number > {lr['minimum']} and <= {lr['maximum']}")
+        self.no_console_errors()
+
+        # a contract with other bounds: the form follows it, not a copy of its own
+        changed = json.loads(json.dumps(doc))
+        hp2 = contract_hyperparameters(changed, "delta_lora")
+        numeric(changed, hp2["rank"])["maximum"] = 64
+        numeric(changed, hp2["seq_len"])["minimum"] = 16
+        page2 = self.open()
+        page2.route(re.compile(r".*/v1/openapi\.json$"), lambda r: r.fulfill(
+            status=200, content_type="application/json", body=json.dumps(changed)))
+        page2.goto(s.url + "/#/new")
+        expect(page2.locator("#new-job")).to_have_attribute("data-limits", "contract")
+        expect(page2.locator("#hp-rank")).to_have_attribute("data-maximum", "64")
+        expect(page2.locator("#hp-seq_len")).to_have_attribute("data-minimum", "16")
+        page2.fill("#hp-rank", "65")
+        page2.fill("#hp-seq_len", "8")
+        page2.click("#new-job button[type=submit]")
+        expect(page2.locator("#hp-rank-error")).to_have_text("rank must be an integer between 1 and 64")
+        expect(page2.locator("#hp-seq_len-error")).to_have_text(
+            f"seq_len must be an integer between 16 and {numeric(doc, hps['seq_len'])['maximum']}")
+        self.no_console_errors()
+
+    def test_form_works_without_the_contract(self):
+        s = self.s
+        st, _, f = s.upload(TRAIN_ROWS)
+        self.assertEqual(st, 200, f)
+        page = self.open()
+        page.route(re.compile(r".*/v1/openapi\.json$"), lambda r: r.fulfill(
+            status=503, content_type="application/json",
+            body='{"error":{"message":"unavailable","type":"server_error","param":null,"code":"unavailable"}}'))
+        page.goto(s.url + "/#/new")
+        expect(page.locator("#new-job")).to_have_attribute("data-limits", "unavailable")
+        expect(page.locator("#limits-note")).to_contain_text("/v1/openapi.json")
+        self.assertIsNone(page.get_attribute("#hp-rank", "data-maximum"))
+        expect(page.locator("#hp-rank-range")).to_be_hidden()
+        expect(page.locator("#training_file")).to_contain_text(f["id"])
+        page.select_option("#training_file", f["id"])
+        expect(page.locator("#model")).to_have_value(s.model_id)
+        n_jobs = len(s.api("GET", "/v1/fine_tuning/jobs?limit=100")[2]["data"])
+        # no bounds here: the server's 400 names the field, shown under it
+        page.fill("#hp-rank", "100000")
+        page.click("#new-job button[type=submit]")
+        expect(page.locator("#hp-rank-error")).to_contain_text("rank")
+        expect(page.locator("#hp-rank")).to_be_focused()
+        self.assertEqual(len(s.api("GET", "/v1/fine_tuning/jobs?limit=100")[2]["data"]), n_jobs)
+        self.shot(page, "15-new-job-without-contract")
+        self.no_console_errors(allowed=[r"status of 503", r"status of 400"])
+
     def test_dashboard_end_to_end(self):
         s = self.s
         page = self.open()
@@ -224,6 +340,7 @@ class Dashboard(unittest.TestCase):
         expect(page.locator("#training_file")).to_have_value(re.compile(r"^file-"))
         expect(page.locator("#model")).to_have_value(s.model_id)
         n_jobs = len(s.api("GET", "/v1/fine_tuning/jobs?limit=100")[2]["data"])
+        expect(page.locator("#new-job")).to_have_attribute("data-limits", "contract")
         page.fill("#hp-rank", "0")
         page.fill("#hp-learning_rate", "0")
         page.click("#new-job button[type=submit]")

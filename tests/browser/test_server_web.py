@@ -92,13 +92,17 @@ class ServerWeb(unittest.TestCase):
         st, h2, b2 = s.api("GET", "/", key=False, raw=True, headers={"If-None-Match": h["etag"]})
         self.assertEqual((st, b2), (304, b""))
         self.assertEqual(h2["etag"], h["etag"])
+        # every file of server/static/ but index.html is named, with its version
         assets = re.findall(rb'"(/static/([a-z.]+)\?v=([0-9a-f]{16}))"', body)
-        self.assertEqual(sorted(a[1] for a in assets), [b"app.css", b"app.js"])
-        types = {b"app.js": "text/javascript; charset=utf-8", b"app.css": "text/css; charset=utf-8"}
+        on_disk = sorted(n.encode() for n in os.listdir(os.path.join(ROOT, "server", "static"))
+                         if n != "index.html" and not n.startswith("."))
+        self.assertEqual(sorted(a[1] for a in assets), on_disk)
+        self.assertIn(b"app.js", on_disk)
+        types = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
         for url, name, _ in assets:
             st, h, b = s.api("GET", url.decode(), key=False, raw=True)
             self.assertEqual(st, 200)
-            self.assertEqual(h["content-type"], types[name])
+            self.assertEqual(h["content-type"], types[os.path.splitext(name.decode())[1]])
             self.assertEqual(h["cache-control"], "public, max-age=31536000, immutable")
             self.assertEqual(h["x-content-type-options"], "nosniff")
             self.assertGreater(len(b), 1000)

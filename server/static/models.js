@@ -1,0 +1,76 @@
+/* models.js: the models page (#/models) and the file list of one model
+ * (name, size, sha256, download; the whole model as a tar), which the job
+ * page shows for its fine-tuned model too. */
+'use strict';
+
+function renderModels() {
+  const pg = setPage('Models', 'models');
+  const ctl = new AbortController();
+  pg.cleanups.push(() => ctl.abort());
+  const body = el('div', {className: 'card'}, el('p', {className: 'muted', text: 'Loading…'}));
+  main.append(el('h1', {text: 'Models'}), body);
+  (async () => {
+    let r;
+    try {
+      r = await api('GET', '/v1/models', {signal: ctl.signal});
+    } catch (e) {
+      if (e.name !== 'AbortError') fill(body, errorBox(e));
+      return;
+    }
+    const order = {base: 0, fine_tuned: 1, checkpoint: 2};
+    const ms = r.data.slice().sort((a, b) => (order[a.kind] - order[b.kind]) || (b.created - a.created));
+    if (!ms.length) { fill(body, el('p', {className: 'muted', text: 'No models.'})); return; }
+    fill(body, el('table', {className: 'stack', id: 'models-table'},
+      el('thead', {}, el('tr', {}, ['Model', 'Kind', 'Owner', 'Job', 'Created', ''].map((c) => el('th', {scope: 'col', text: c})))),
+      el('tbody', {}, ms.map((m) => {
+        const filesRow = el('tr', {className: 'hidden'}, el('td', {colspan: 6}));
+        const btn = el('button', {type: 'button', text: 'Files', 'aria-expanded': 'false',
+          'aria-label': `Files of ${m.id}`,
+          onclick: () => {
+            const open = btn.getAttribute('aria-expanded') === 'true';
+            btn.setAttribute('aria-expanded', String(!open));
+            filesRow.classList.toggle('hidden', open);
+            if (!open && !filesRow.firstChild.firstChild) filesRow.firstChild.append(modelFiles(m.id, ctl.signal));
+          }});
+        return [el('tr', {'data-model': m.id},
+          el('td', {'data-label': 'Model', className: 'mono', text: m.id}),
+          el('td', {'data-label': 'Kind', text: m.kind.replace('_', ' ') + (m.step ? ` (step ${m.step})` : '')}),
+          el('td', {'data-label': 'Owner', text: m.owned_by}),
+          el('td', {'data-label': 'Job'}, m.job ? el('a', {href: `#/jobs/${encodeURIComponent(m.job)}`, className: 'mono', text: m.job}) : '—'),
+          el('td', {'data-label': 'Created', text: fmtTime(m.created)}),
+          el('td', {'data-label': ''}, btn)), filesRow];
+      }))));
+  })();
+  focusMain();
+}
+
+/* A model id as a file name: ':' and '/' become '_' (as in the archive). */
+function archiveName(modelId) { return modelId.replace(/[:/]/g, '_'); }
+
+/* The files of a model (name, size, sha256, download) and its archive. */
+function modelFiles(modelId, signal) {
+  const box = el('div', {className: 'model-files'}, el('p', {className: 'muted', text: 'Loading files…'}));
+  (async () => {
+    try {
+      const r = await api('GET', `/v1/models/${encodeURIComponent(modelId)}/files`, {signal});
+      const base = `/v1/models/${encodeURIComponent(modelId)}`;
+      const total = r.data.reduce((s, f) => s + f.bytes, 0);
+      fill(box,
+        el('div', {className: 'row'}, el('button', {type: 'button', className: 'primary', text: 'Download all (.tar)',
+          onclick: (ev) => download(`${base}/archive`, `${archiveName(modelId)}.tar`, ev.currentTarget)}),
+        el('span', {className: 'small muted', text: `${r.data.length} files, ${fmtBytes(total)}`})),
+        el('table', {className: 'stack files-table'},
+          el('thead', {}, el('tr', {}, ['File', 'Size', 'SHA-256', ''].map((c) => el('th', {scope: 'col', text: c})))),
+          el('tbody', {}, r.data.map((f) => el('tr', {'data-file': f.name},
+            el('td', {'data-label': 'File', className: 'mono', text: f.name}),
+            el('td', {'data-label': 'Size', text: fmtBytes(f.bytes)}),
+            el('td', {'data-label': 'SHA-256', className: 'mono small', text: f.sha256}),
+            el('td', {'data-label': ''}, el('button', {type: 'button', text: 'Download',
+              'aria-label': `Download ${f.name}`,
+              onclick: (ev) => download(`${base}/files/${encodeURIComponent(f.name)}`, f.name, ev.currentTarget)})))))));
+    } catch (e) {
+      if (e.name !== 'AbortError') fill(box, errorBox(e));
+    }
+  })();
+  return box;
+}
