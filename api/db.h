@@ -1,7 +1,7 @@
 /* db.h: PostgreSQL, the source of truth (libpq).
  *
  * One `db` is one connection, for one thread at a time. Every statement is
- * prepared by name at connect from a static table in db.c; when the
+ * prepared by name at connect from the static table in db_sql.c; when the
  * connection breaks, the next call resets it (re-preparing everything) and
  * retries once, then returns DB_EUNAVAIL. The server shares a db_pool.
  *
