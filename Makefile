@@ -86,7 +86,9 @@ LIB := $(BUILD)/libdtengine.a
 # ---- the service library (api/), shared by server, worker and CLI ---------------
 PG_INC   ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
-            api/validate.c api/db.c api/db_jobs.c api/db_sql.c api/queue.c api/sched.c
+            api/validate.c api/db_pool.c api/db_sql.c api/db_keys.c api/db_files.c \
+            api/db_models.c api/db_idem.c api/db_workers.c api/db_jobs.c \
+            api/db_events.c api/db_checkpoints.c api/queue.c api/sched.c
 API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB  := $(BUILD)/libdtapi.a
 SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
@@ -148,14 +150,17 @@ $(BUILD)/gpu/%.o: gpu/%.cu gpu/cuda_internal.cuh gpu/backend.h gpu/dt_math.h bas
 
 $(BASE_LIB): $(BASE_OBJ)
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	ar rcs $@ $^
 
 $(LIB): $(ENGINE_OBJ) $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	ar rcs $@ $^
 
 $(API_LIB): $(API_OBJ)
 	@mkdir -p $(dir $@)
+	@rm -f $@
 	ar rcs $@ $^
 
 # api/openapi.yaml (the contract) -> build/openapi.json + an embedded copy.

@@ -1,11 +1,11 @@
 /* db.h: PostgreSQL, the source of truth (libpq).
  *
  * One `db` is one connection, for one thread at a time. Every statement is
- * prepared by name at connect from a static table in db.c; when the
+ * prepared by name at connect from the static table in db_sql.c; when the
  * connection breaks, the next call resets it (re-preparing everything) and
  * retries once, then returns DB_EUNAVAIL. The server shares a db_pool.
  *
- * Functions return 0 or a negative code: DT_E* (gpu/dt.h) or DB_E* below,
+ * Functions return 0 or a negative code: DT_E* (base/dt.h) or DB_E* below,
  * with detail in err (DT_ERR_LEN bytes, may be NULL). Scoped functions take
  * the owner of the API key: a row of another owner is DB_ENOTFOUND.
  *

@@ -1,6 +1,7 @@
 /* db_jobs.c: jobs (create, read, user transitions), the worker protocol
  * (claim, heartbeat, progress, finish, requeue: fenced by (id, attempt)),
- * the rescuer and reconciler queries, events and checkpoints. */
+ * and the rescuer and reconciler queries. A job's events are in
+ * db_events.c, its checkpoints in db_checkpoints.c. */
 #include "db_internal.h"
 
 #include <math.h>
@@ -9,7 +10,6 @@
 #include <string.h>
 
 #include "objects.h"
-#include "base/id.h"
 
 const char *const db_job_status_names[7] = {
 #define X(s) #s,
@@ -99,7 +99,7 @@ void db_job_array_free(db_job *a, int n)
 }
 
 /* Runs a statement that returns at most one job row into *out. */
-static int job_one(db *d, const char *stmt, const db_params *p, db_job *out,
+static int job_one(db *d, db_stmt stmt, const db_params *p, db_job *out,
                    int *found, char *err)
 {
     PGresult *r;
@@ -149,7 +149,7 @@ static int job_create_tx(db *d, void *arg, char *err)
     dbp_int(&p, j->max_attempts > 0 ? j->max_attempts : 3);
     dbp_str(&p, j->output_dir);
     dbp_str(&p, j->metadata);
-    int rc = db_exec(d, "job_create", &p, NULL, err);
+    int rc = db_exec(d, STMT_JOB_CREATE, &p, NULL, err);
     if (rc) return rc;
     char msg[512];
     snprintf(msg, sizeof msg, "Created fine-tuning job: %s (%s on %s)", j->id, j->method,
@@ -169,7 +169,7 @@ int db_job_get(db *d, const char *owner, const char *id, db_job *out, char *err)
     int found;
     dbp_str(&p, id);
     dbp_nstr(&p, owner);
-    int rc = job_one(d, "job_get", &p, out, &found, err);
+    int rc = job_one(d, STMT_JOB_GET, &p, out, &found, err);
     if (!rc && !found) rc = dt_errf(err, DB_ENOTFOUND, "no such job: %s", id);
     return rc;
 }
@@ -186,7 +186,7 @@ int db_job_list(db *d, const char *owner, const char *after, int limit,
     dbp_nstr(&p, after);
     dbp_nstr(&p, meta_filter);
     dbp_int(&p, limit + 1);
-    int rc = db_exec(d, "job_list", &p, &r, err);
+    int rc = db_exec(d, STMT_JOB_LIST, &p, &r, err);
     if (rc) return rc;
     int m = PQntuples(r);
     if (m > limit) { *has_more = true; m = limit; }
@@ -205,7 +205,7 @@ int db_job_list(db *d, const char *owner, const char *after, int limit,
 }
 
 /* A user transition: the UPDATE, or why it did not apply. */
-static int transition(db *d, const char *stmt, const char *verb, const char *owner,
+static int transition(db *d, db_stmt stmt, const char *verb, const char *owner,
                       const char *id, db_job *out, char *err)
 {
     db_params p = {0};
@@ -227,7 +227,7 @@ static int transition(db *d, const char *stmt, const char *verb, const char *own
 
 int db_job_cancel(db *d, const char *owner, const char *id, db_job *out, char *err)
 {
-    int rc = transition(d, "job_cancel", "cancel", owner, id, out, err);
+    int rc = transition(d, STMT_JOB_CANCEL, "cancel", owner, id, out, err);
     if (!rc)
         db_event_add(d, id, -1, "info", "message",
                      !strcmp(out->status, "cancelled") ? "Job cancelled"
@@ -237,7 +237,7 @@ int db_job_cancel(db *d, const char *owner, const char *id, db_job *out, char *e
 
 int db_job_pause(db *d, const char *owner, const char *id, db_job *out, char *err)
 {
-    int rc = transition(d, "job_pause", "pause", owner, id, out, err);
+    int rc = transition(d, STMT_JOB_PAUSE, "pause", owner, id, out, err);
     if (!rc)
         db_event_add(d, id, -1, "info", "message",
                      !strcmp(out->status, "paused") ? "Job paused" : "Pause requested",
@@ -247,7 +247,7 @@ int db_job_pause(db *d, const char *owner, const char *id, db_job *out, char *er
 
 int db_job_resume(db *d, const char *owner, const char *id, db_job *out, char *err)
 {
-    int rc = transition(d, "job_resume", "resume", owner, id, out, err);
+    int rc = transition(d, STMT_JOB_RESUME, "resume", owner, id, out, err);
     if (!rc) db_event_add(d, id, -1, "info", "message", "Job resumed", NULL, err);
     return rc;
 }
@@ -263,7 +263,7 @@ int db_job_claim(db *d, const char *worker_id, int lease_s, const char *job_id,
         dbp_str(&p, worker_id);
         dbp_int(&p, lease_s);
         dbp_nstr(&p, pass == 0 ? job_id : NULL);
-        int rc = job_one(d, "job_claim", &p, out, &found, err);
+        int rc = job_one(d, STMT_JOB_CLAIM, &p, out, &found, err);
         if (rc) return rc;
         if (found) {
             char msg[300];
@@ -276,7 +276,7 @@ int db_job_claim(db *d, const char *worker_id, int lease_s, const char *job_id,
     return DB_ENOTFOUND;
 }
 
-static int flags_result(db *d, const char *stmt, const db_params *p, bool *cancel,
+static int flags_result(db *d, db_stmt stmt, const db_params *p, bool *cancel,
                         bool *pause, char *err)
 {
     PGresult *r;
@@ -299,7 +299,7 @@ int db_job_heartbeat(db *d, const char *id, int attempt, int lease_s,
     dbp_str(&p, id);
     dbp_int(&p, attempt);
     dbp_int(&p, lease_s);
-    return flags_result(d, "job_heartbeat", &p, cancel_requested, pause_requested, err);
+    return flags_result(d, STMT_JOB_HEARTBEAT, &p, cancel_requested, pause_requested, err);
 }
 
 int db_job_progress(db *d, const char *id, int attempt, int lease_s,
@@ -318,18 +318,18 @@ int db_job_progress(db *d, const char *id, int attempt, int lease_s,
     dbp_dbl(&p, isfinite(g->tokens_per_second) ? g->tokens_per_second : 0);
     dbp_dbl(&p, g->eta_seconds);
     dbp_int(&p, g->trained_tokens);
-    return flags_result(d, "job_progress", &p, cancel_requested, pause_requested, err);
+    return flags_result(d, STMT_JOB_PROGRESS, &p, cancel_requested, pause_requested, err);
 }
 
-/* Locks the job row when (id, attempt) still holds the lease. */
-static int fence(db *d, const char *id, int attempt, char *owner, char *model,
+/* Locks the job row when (id, attempt) still holds the lease (db_internal.h). */
+int db_job_fence(db *d, const char *id, int attempt, char *owner, char *model,
                  char *suffix, char *err)
 {
     db_params p = {0};
     PGresult *r;
     dbp_str(&p, id);
     dbp_int(&p, attempt);
-    int rc = db_exec(d, "job_fence", &p, &r, err);
+    int rc = db_exec(d, STMT_JOB_FENCE, &p, &r, err);
     if (rc) return rc;
     if (PQntuples(r) == 1) {
         dbr_str(r, 0, 0, owner, DB_OWNER_LEN);
@@ -349,7 +349,7 @@ static int finish_tx(db *d, void *arg, char *err)
     finish_arg *a = arg;
     const db_finish *f = a->f;
     char owner[DB_OWNER_LEN], model[256], suffix[65];
-    int rc = fence(d, a->id, a->attempt, owner, model, suffix, err);
+    int rc = db_job_fence(d, a->id, a->attempt, owner, model, suffix, err);
     if (rc) return rc;
     bool ok = !strcmp(f->status, "succeeded");
     db_params p = {0};
@@ -360,7 +360,7 @@ static int finish_tx(db *d, void *arg, char *err)
     dbp_str(&p, f->error_message ? f->error_message : "");
     dbp_str(&p, f->error_param ? f->error_param : "");
     dbp_nstr(&p, ok ? f->fine_tuned_model : NULL);
-    rc = db_exec(d, "job_finish", &p, NULL, err);
+    rc = db_exec(d, STMT_JOB_FINISH, &p, NULL, err);
     if (rc) return rc;
     if (ok && f->fine_tuned_model && f->fine_tuned_model[0]) {
         db_model m = {0};
@@ -403,7 +403,7 @@ int db_job_requeue(db *d, const char *id, int attempt, char *err)
     PGresult *r;
     dbp_str(&p, id);
     dbp_int(&p, attempt);
-    int rc = db_exec(d, "job_requeue", &p, &r, err);
+    int rc = db_exec(d, STMT_JOB_REQUEUE, &p, &r, err);
     if (rc) return rc;
     if (PQntuples(r) != 1) rc = dt_errf(err, DB_ELEASE, "lease lost on job %s", id);
     PQclear(r);
@@ -416,7 +416,7 @@ int db_rescue_expired(db *d, int *requeued, int *failed, char *err)
 {
     PGresult *r;
     *requeued = *failed = 0;
-    int rc = db_exec(d, "job_rescue", NULL, &r, err);
+    int rc = db_exec(d, STMT_JOB_RESCUE, NULL, &r, err);
     if (rc) return rc;
     for (int i = 0; i < PQntuples(r); i++) {
         const char *s = PQgetvalue(r, i, 0);
@@ -434,7 +434,7 @@ int db_jobs_queued(db *d, int max, char (**out)[DB_ID_LEN], int *n, char *err)
     *out = NULL;
     *n = 0;
     dbp_int(&p, max);
-    int rc = db_exec(d, "jobs_queued", &p, &r, err);
+    int rc = db_exec(d, STMT_JOBS_QUEUED, &p, &r, err);
     if (rc) return rc;
     int m = PQntuples(r);
     *out = calloc((size_t)m + 1, DB_ID_LEN);
@@ -445,166 +445,16 @@ int db_jobs_queued(db *d, int max, char (**out)[DB_ID_LEN], int *n, char *err)
     return rc;
 }
 
-/* ---- events -------------------------------------------------------------------- */
-
-void db_event_array_free(db_event *a, int n)
-{
-    if (!a) return;
-    for (int i = 0; i < n; i++) free(a[i].data);
-    free(a);
-}
-
-int db_event_add(db *d, const char *job_id, int attempt, const char *level,
-                 const char *type, const char *message, const char *data, char *err)
-{
-    db_params p = {0};
-    PGresult *r;
-    dbp_str(&p, job_id);
-    dbp_int(&p, attempt);
-    dbp_str(&p, level);
-    dbp_str(&p, type);
-    dbp_str(&p, message);
-    dbp_nstr(&p, data);
-    int rc = db_exec(d, "event_add", &p, &r, err);
-    if (rc) return rc;
-    if (PQntuples(r) != 1)
-        rc = attempt >= 0 ? dt_errf(err, DB_ELEASE, "lease lost on job %s", job_id)
-                          : dt_errf(err, DB_ENOTFOUND, "no such job: %s", job_id);
-    PQclear(r);
-    return rc;
-}
-
-static int job_owned(db *d, const char *owner, const char *job_id, char *err)
+/* Reads whether job_id belongs to owner (db_internal.h). */
+int db_job_owned(db *d, const char *owner, const char *job_id, char *err)
 {
     db_params p = {0};
     PGresult *r;
     dbp_str(&p, job_id);
     dbp_str(&p, owner);
-    int rc = db_exec(d, "job_owned", &p, &r, err);
+    int rc = db_exec(d, STMT_JOB_OWNED, &p, &r, err);
     if (rc) return rc;
     if (PQntuples(r) != 1) rc = dt_errf(err, DB_ENOTFOUND, "no such job: %s", job_id);
     PQclear(r);
     return rc;
-}
-
-int db_event_list(db *d, const char *owner, const char *job_id, int64_t after_seq,
-                  int limit, db_event **out, int *n, bool *has_more, char *err)
-{
-    db_params p = {0};
-    PGresult *r;
-    *out = NULL;
-    *n = 0;
-    *has_more = false;
-    int rc = job_owned(d, owner, job_id, err);
-    if (rc) return rc;
-    dbp_str(&p, job_id);
-    dbp_int(&p, after_seq);
-    dbp_int(&p, limit + 1);
-    rc = db_exec(d, "event_list", &p, &r, err);
-    if (rc) return rc;
-    int m = PQntuples(r);
-    if (m > limit) { *has_more = true; m = limit; }
-    db_event *a = calloc((size_t)m + 1, sizeof *a);
-    if (!a) rc = dt_errf(err, DT_ENOMEM, "out of memory");
-    for (int i = 0; !rc && i < m; i++) {
-        db_event *e = &a[i];
-        e->seq = dbr_int(r, i, 0);
-        dbr_str(r, i, 1, e->job_id, sizeof e->job_id);
-        e->created_at = dbr_int(r, i, 2);
-        dbr_str(r, i, 3, e->level, sizeof e->level);
-        dbr_str(r, i, 4, e->type, sizeof e->type);
-        dbr_str(r, i, 5, e->message, sizeof e->message);
-        e->data = dbr_dup(r, i, 6);
-    }
-    PQclear(r);
-    if (rc) { db_event_array_free(a, m); return rc; }
-    *out = a;
-    *n = m;
-    return 0;
-}
-
-/* ---- checkpoints --------------------------------------------------------------- */
-
-void db_checkpoint_array_free(db_checkpoint *a, int n)
-{
-    if (!a) return;
-    for (int i = 0; i < n; i++) free(a[i].metrics);
-    free(a);
-}
-
-typedef struct ckpt_arg {
-    const char *job_id, *model_id, *path, *metrics;
-    int attempt;
-    int64_t step;
-} ckpt_arg;
-
-static int ckpt_tx(db *d, void *arg, char *err)
-{
-    ckpt_arg *a = arg;
-    char owner[DB_OWNER_LEN], model[256], suffix[65], id[DB_ID_LEN];
-    int rc = fence(d, a->job_id, a->attempt, owner, model, suffix, err);
-    if (rc) return rc;
-    if (dt_id_new("ftckpt-", id, sizeof id)) return dt_errf(err, DT_EIO, "no randomness");
-    db_params p = {0};
-    dbp_str(&p, id);
-    dbp_str(&p, a->job_id);
-    dbp_int(&p, a->step);
-    dbp_str(&p, a->model_id);
-    dbp_str(&p, a->path);
-    dbp_nstr(&p, a->metrics);
-    rc = db_exec(d, "ckpt_put", &p, NULL, err);
-    if (rc) return rc;
-    db_model m = {0};
-    snprintf(m.id, sizeof m.id, "%s", a->model_id);
-    snprintf(m.kind, sizeof m.kind, "checkpoint");
-    snprintf(m.owner, sizeof m.owner, "%s", owner);
-    snprintf(m.base, sizeof m.base, "%s", model);
-    snprintf(m.job_id, sizeof m.job_id, "%s", a->job_id);
-    snprintf(m.path, sizeof m.path, "%s", a->path);
-    m.step = a->step;
-    return db_model_put(d, &m, err);
-}
-
-int db_checkpoint_add(db *d, const char *job_id, int attempt, int64_t step,
-                      const char *model_id, const char *path, const char *metrics,
-                      char *err)
-{
-    ckpt_arg a = {job_id, model_id, path, metrics, attempt, step};
-    return db_tx(d, ckpt_tx, &a, err);
-}
-
-int db_checkpoint_list(db *d, const char *owner, const char *job_id, const char *after,
-                       int limit, db_checkpoint **out, int *n, bool *has_more, char *err)
-{
-    db_params p = {0};
-    PGresult *r;
-    *out = NULL;
-    *n = 0;
-    *has_more = false;
-    int rc = job_owned(d, owner, job_id, err);
-    if (rc) return rc;
-    dbp_str(&p, job_id);
-    dbp_nstr(&p, after);
-    dbp_int(&p, limit + 1);
-    rc = db_exec(d, "ckpt_list", &p, &r, err);
-    if (rc) return rc;
-    int m = PQntuples(r);
-    if (m > limit) { *has_more = true; m = limit; }
-    db_checkpoint *a = calloc((size_t)m + 1, sizeof *a);
-    if (!a) rc = dt_errf(err, DT_ENOMEM, "out of memory");
-    for (int i = 0; !rc && i < m; i++) {
-        db_checkpoint *c = &a[i];
-        dbr_str(r, i, 0, c->id, sizeof c->id);
-        dbr_str(r, i, 1, c->job_id, sizeof c->job_id);
-        dbr_str(r, i, 2, c->model_id, sizeof c->model_id);
-        c->step = dbr_int(r, i, 3);
-        c->created_at = dbr_int(r, i, 4);
-        dbr_str(r, i, 5, c->path, sizeof c->path);
-        c->metrics = dbr_dup(r, i, 6);
-    }
-    PQclear(r);
-    if (rc) { db_checkpoint_array_free(a, m); return rc; }
-    *out = a;
-    *n = m;
-    return 0;
 }

@@ -1,8 +1,12 @@
 /* db_sql.c: every SQL statement of the service, prepared by name at connect
- * (db_connect). Column lists are macros so that a reader in db.c/db_jobs.c
- * and the statements agree on the order. Times leave PostgreSQL as Unix
- * seconds (0 for NULL). */
+ * (db_connect in db_pool.c). The table is indexed by enum db_stmt
+ * (db_internal.h), so callers name a statement by a constant the compiler
+ * checks; the string name is what PostgreSQL knows it by. Column lists are
+ * macros so that the row readers in db_*.c and the statements agree on the
+ * order. Times leave PostgreSQL as Unix seconds (0 for NULL). */
 #include "db_internal.h"
+
+#include <string.h>
 
 #define T(x) "coalesce(floor(extract(epoch from " x "))::bigint, 0)"
 
@@ -34,191 +38,260 @@
 
 #define FENCE "id = $1 AND attempt = $2 AND status = 'running'"
 
-const db_stmt db_stmts[] = {
-    {"ping", "SELECT 1"},
+const db_sql db_sql_table[] = {
+    [STMT_PING] =
+        {"ping", "SELECT 1"},
 
     /* ---- api keys ---- */
-    {"key_create", "INSERT INTO api_keys (prefix, owner, hash) VALUES ($1, $2, $3)"},
-    {"key_lookup", "SELECT " KEY_COLS " FROM api_keys WHERE prefix = $1 AND revoked_at IS NULL"},
-    {"key_list", "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at DESC, prefix"},
-    {"key_revoke", "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 "
-                   "AND revoked_at IS NULL RETURNING prefix"},
+    [STMT_KEY_CREATE] =
+        {"key_create", "INSERT INTO api_keys (prefix, owner, hash) VALUES ($1, $2, $3)"},
+    [STMT_KEY_LOOKUP] =
+        {"key_lookup", "SELECT " KEY_COLS " FROM api_keys WHERE prefix = $1 "
+                       "AND revoked_at IS NULL"},
+    [STMT_KEY_LIST] =
+        {"key_list", "SELECT " KEY_COLS " FROM api_keys ORDER BY created_at DESC, prefix"},
+    [STMT_KEY_REVOKE] =
+        {"key_revoke", "UPDATE api_keys SET revoked_at = now() WHERE prefix = $1 "
+                       "AND revoked_at IS NULL RETURNING prefix"},
 
     /* ---- files ---- */
-    {"file_create", "INSERT INTO files (id, owner, filename, purpose, bytes, status, "
-                    "status_details, sha256, nlines, path, expires_at) VALUES ($1, $2, $3, "
-                    "$4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint > 0 THEN "
-                    "to_timestamp($11::bigint) END)"},
-    {"file_get", "SELECT " FILE_COLS " FROM files WHERE id = $1 AND owner = $2"},
-    {"file_list_desc", "SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
-                       "(expires_at IS NULL OR expires_at > now()) AND "
-                       "($2::text IS NULL OR purpose = $2) AND ($3::text IS NULL OR seq < "
-                       "(SELECT seq FROM files WHERE id = $3 AND owner = $1)) "
-                       "ORDER BY seq DESC LIMIT $4"},
-    {"file_list_asc", "SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
-                       "(expires_at IS NULL OR expires_at > now()) AND "
-                      "($2::text IS NULL OR purpose = $2) AND ($3::text IS NULL OR seq > "
-                      "(SELECT seq FROM files WHERE id = $3 AND owner = $1)) "
-                      "ORDER BY seq ASC LIMIT $4"},
-    {"file_in_use", "SELECT id FROM jobs WHERE owner = $1 AND status IN ('queued', "
-                    "'running', 'paused', 'validating_files') AND (training_file = $2 "
-                    "OR validation_file = $2) LIMIT 1"},
-    {"file_delete", "DELETE FROM files WHERE id = $1 AND owner = $2 RETURNING " FILE_COLS},
+    [STMT_FILE_CREATE] =
+        {"file_create", "INSERT INTO files (id, owner, filename, purpose, bytes, status, "
+                        "status_details, sha256, nlines, path, expires_at) VALUES ($1, $2, $3, "
+                        "$4, $5, $6, $7, $8, $9, $10, CASE WHEN $11::bigint > 0 THEN "
+                        "to_timestamp($11::bigint) END)"},
+    [STMT_FILE_GET] =
+        {"file_get", "SELECT " FILE_COLS " FROM files WHERE id = $1 AND owner = $2"},
+    [STMT_FILE_LIST_DESC] =
+        {"file_list_desc", "SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
+                           "(expires_at IS NULL OR expires_at > now()) AND "
+                           "($2::text IS NULL OR purpose = $2) AND ($3::text IS NULL OR seq < "
+                           "(SELECT seq FROM files WHERE id = $3 AND owner = $1)) "
+                           "ORDER BY seq DESC LIMIT $4"},
+    [STMT_FILE_LIST_ASC] =
+        {"file_list_asc", "SELECT " FILE_COLS " FROM files WHERE owner = $1 AND "
+                           "(expires_at IS NULL OR expires_at > now()) AND "
+                          "($2::text IS NULL OR purpose = $2) AND ($3::text IS NULL OR seq > "
+                          "(SELECT seq FROM files WHERE id = $3 AND owner = $1)) "
+                          "ORDER BY seq ASC LIMIT $4"},
+    [STMT_FILE_IN_USE] =
+        {"file_in_use", "SELECT id FROM jobs WHERE owner = $1 AND status IN ('queued', "
+                        "'running', 'paused', 'validating_files') AND (training_file = $2 "
+                        "OR validation_file = $2) LIMIT 1"},
+    [STMT_FILE_DELETE] =
+        {"file_delete", "DELETE FROM files WHERE id = $1 AND owner = $2 RETURNING " FILE_COLS},
     /* A job's step metrics as CSV rows (the last event of each step, so a
-     * resumed run's repeated steps count once): step, train_loss,
-     * train_accuracy, valid_loss, valid_mean_token_accuracy (OpenAI's
-     * columns; accuracies are not measured), learning_rate, grad_norm,
-     * tokens_per_second, trained_tokens. */
-    {"job_results_csv",
-     "SELECT coalesce(string_agg(line, E'\\n' ORDER BY step), '') FROM (SELECT DISTINCT ON "
-     "((data->>'step')::bigint) (data->>'step')::bigint AS step, concat_ws(',', "
-     "data->>'step', coalesce(data->>'train_loss', ''), '', coalesce(data->>'valid_loss', ''), "
-     "'', coalesce(data->>'learning_rate', ''), coalesce(data->>'grad_norm', ''), "
-     "coalesce(data->>'tokens_per_second', ''), coalesce(data->>'trained_tokens', '')) AS line "
-     "FROM job_events WHERE job_id = $1 AND type = 'metrics' AND data ? 'step' "
-     "ORDER BY (data->>'step')::bigint, seq DESC) s"},
+         * resumed run's repeated steps count once): step, train_loss,
+         * train_accuracy, valid_loss, valid_mean_token_accuracy (OpenAI's
+         * columns; accuracies are not measured), learning_rate, grad_norm,
+         * tokens_per_second, trained_tokens. */
+    [STMT_JOB_RESULTS_CSV] =
+        {"job_results_csv",
+         "SELECT coalesce(string_agg(line, E'\\n' ORDER BY step), '') FROM (SELECT DISTINCT ON "
+         "((data->>'step')::bigint) (data->>'step')::bigint AS step, concat_ws(',', "
+         "data->>'step', coalesce(data->>'train_loss', ''), '', coalesce(data->>'valid_loss', ''), "
+         "'', coalesce(data->>'learning_rate', ''), coalesce(data->>'grad_norm', ''), "
+         "coalesce(data->>'tokens_per_second', ''), coalesce(data->>'trained_tokens', '')) AS line "
+         "FROM job_events WHERE job_id = $1 AND type = 'metrics' AND data ? 'step' "
+         "ORDER BY (data->>'step')::bigint, seq DESC) s"},
     /* Expired files no unfinished job needs (the rescuer's pass removes them). */
-    {"files_expire", "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE "
-                     "expires_at <= now() AND NOT EXISTS (SELECT 1 FROM jobs j WHERE "
-                     "j.owner = files.owner AND j.status IN ('queued', 'running', 'paused', "
-                     "'validating_files') AND (j.training_file = files.id OR "
-                     "j.validation_file = files.id)) LIMIT $1) RETURNING id, path"},
+    [STMT_FILES_EXPIRE] =
+        {"files_expire", "DELETE FROM files WHERE id IN (SELECT id FROM files WHERE "
+                         "expires_at <= now() AND NOT EXISTS (SELECT 1 FROM jobs j WHERE "
+                         "j.owner = files.owner AND j.status IN ('queued', 'running', 'paused', "
+                         "'validating_files') AND (j.training_file = files.id OR "
+                         "j.validation_file = files.id)) LIMIT $1) RETURNING id, path"},
 
     /* ---- models ---- */
-    {"model_put", "INSERT INTO models (id, kind, owner, base, job_id, step, path) "
-                  "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET "
-                  "kind = EXCLUDED.kind, owner = EXCLUDED.owner, base = EXCLUDED.base, "
-                  "job_id = EXCLUDED.job_id, step = EXCLUDED.step, path = EXCLUDED.path"},
-    {"model_get", "SELECT " MODEL_COLS " FROM models WHERE id = $1 AND ($2::text IS NULL "
-                  "OR kind = 'base' OR owner = $2)"},
-    {"model_list", "SELECT " MODEL_COLS " FROM models WHERE $1::text IS NULL OR "
-                   "kind = 'base' OR owner = $1 ORDER BY kind <> 'base', created_at, id"},
-    {"model_delete", "DELETE FROM models WHERE id = $1 AND owner = $2 AND kind <> 'base' "
-                     "RETURNING " MODEL_COLS},
-    {"model_files_delete", "DELETE FROM model_files WHERE model_id = $1"},
-    {"digest_get", "SELECT sha256 FROM model_files WHERE model_id = $1 AND name = $2 "
-                   "AND bytes = $3 AND mtime_ns = $4"},
-    {"digest_put", "INSERT INTO model_files (model_id, name, bytes, mtime_ns, sha256) "
-                   "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model_id, name) DO UPDATE "
-                   "SET bytes = EXCLUDED.bytes, mtime_ns = EXCLUDED.mtime_ns, "
-                   "sha256 = EXCLUDED.sha256"},
+    [STMT_MODEL_PUT] =
+        {"model_put", "INSERT INTO models (id, kind, owner, base, job_id, step, path) "
+                      "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO UPDATE SET "
+                      "kind = EXCLUDED.kind, owner = EXCLUDED.owner, base = EXCLUDED.base, "
+                      "job_id = EXCLUDED.job_id, step = EXCLUDED.step, path = EXCLUDED.path"},
+    [STMT_MODEL_GET] =
+        {"model_get", "SELECT " MODEL_COLS " FROM models WHERE id = $1 AND ($2::text IS NULL "
+                      "OR kind = 'base' OR owner = $2)"},
+    [STMT_MODEL_LIST] =
+        {"model_list", "SELECT " MODEL_COLS " FROM models WHERE $1::text IS NULL OR "
+                       "kind = 'base' OR owner = $1 ORDER BY kind <> 'base', created_at, id"},
+    [STMT_MODEL_DELETE] =
+        {"model_delete", "DELETE FROM models WHERE id = $1 AND owner = $2 AND kind <> 'base' "
+                         "RETURNING " MODEL_COLS},
+    [STMT_MODEL_FILES_DELETE] =
+        {"model_files_delete", "DELETE FROM model_files WHERE model_id = $1"},
+    [STMT_DIGEST_GET] =
+        {"digest_get", "SELECT sha256 FROM model_files WHERE model_id = $1 AND name = $2 "
+                       "AND bytes = $3 AND mtime_ns = $4"},
+    [STMT_DIGEST_PUT] =
+        {"digest_put", "INSERT INTO model_files (model_id, name, bytes, mtime_ns, sha256) "
+                       "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model_id, name) DO UPDATE "
+                       "SET bytes = EXCLUDED.bytes, mtime_ns = EXCLUDED.mtime_ns, "
+                       "sha256 = EXCLUDED.sha256"},
 
     /* ---- idempotency ---- */
-    {"idem_insert", "INSERT INTO idempotency_keys (owner, key, request_hash) "
-                    "VALUES ($1, $2, $3) ON CONFLICT (owner, key) DO UPDATE SET "
-                    "request_hash = EXCLUDED.request_hash, status = 0, response = NULL, "
-                    "created_at = now() WHERE idempotency_keys.created_at < "
-                    "now() - interval '24 hours' RETURNING 1"},
-    {"idem_get", "SELECT request_hash, status, response FROM idempotency_keys "
-                 "WHERE owner = $1 AND key = $2"},
-    {"idem_finish", "UPDATE idempotency_keys SET status = $3, response = $4 "
-                    "WHERE owner = $1 AND key = $2"},
-    {"idem_delete", "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"},
+    [STMT_IDEM_INSERT] =
+        {"idem_insert", "INSERT INTO idempotency_keys (owner, key, request_hash) "
+                        "VALUES ($1, $2, $3) ON CONFLICT (owner, key) DO UPDATE SET "
+                        "request_hash = EXCLUDED.request_hash, status = 0, response = NULL, "
+                        "created_at = now() WHERE idempotency_keys.created_at < "
+                        "now() - interval '24 hours' RETURNING 1"},
+    [STMT_IDEM_GET] =
+        {"idem_get", "SELECT request_hash, status, response FROM idempotency_keys "
+                     "WHERE owner = $1 AND key = $2"},
+    [STMT_IDEM_FINISH] =
+        {"idem_finish", "UPDATE idempotency_keys SET status = $3, response = $4 "
+                        "WHERE owner = $1 AND key = $2"},
+    [STMT_IDEM_DELETE] =
+        {"idem_delete", "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"},
 
     /* ---- workers and stats ---- */
-    {"worker_hb", "INSERT INTO workers (id, hostname, device, status, job_id) VALUES "
-                  "($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET hostname = "
-                  "EXCLUDED.hostname, device = EXCLUDED.device, status = EXCLUDED.status, "
-                  "job_id = EXCLUDED.job_id, heartbeat_at = now()"},
-    {"stats_jobs", "SELECT status, count(*) FROM jobs GROUP BY status"},
-    {"stats_tps", "SELECT coalesce(sum(tokens_per_second), 0) FROM jobs "
-                  "WHERE status = 'running'"},
-    {"stats_workers", "SELECT id, hostname, device, status, job_id, " T("heartbeat_at")
-                      " FROM workers WHERE heartbeat_at > now() - interval '1 day' "
-                      "ORDER BY id"},
+    [STMT_WORKER_HB] =
+        {"worker_hb", "INSERT INTO workers (id, hostname, device, status, job_id) VALUES "
+                      "($1, $2, $3, $4, $5) ON CONFLICT (id) DO UPDATE SET hostname = "
+                      "EXCLUDED.hostname, device = EXCLUDED.device, status = EXCLUDED.status, "
+                      "job_id = EXCLUDED.job_id, heartbeat_at = now()"},
+    [STMT_STATS_JOBS] =
+        {"stats_jobs", "SELECT status, count(*) FROM jobs GROUP BY status"},
+    [STMT_STATS_TPS] =
+        {"stats_tps", "SELECT coalesce(sum(tokens_per_second), 0) FROM jobs "
+                      "WHERE status = 'running'"},
+    [STMT_STATS_WORKERS] =
+        {"stats_workers", "SELECT id, hostname, device, status, job_id, " T("heartbeat_at")
+                          " FROM workers WHERE heartbeat_at > now() - interval '1 day' "
+                          "ORDER BY id"},
 
     /* ---- jobs ---- */
-    {"job_create", "INSERT INTO jobs (id, owner, model, training_file, validation_file, "
-                   "suffix, status, method, method_input, n_epochs, batch_size, "
-                   "learning_rate, rank, alpha, lambda, start_step, target_modules, "
-                   "seq_len, warmup_steps, weight_decay, max_grad_norm, lr_scheduler, "
-                   "grad_accum, max_steps, checkpoint_interval, eval_interval, seed, "
-                   "max_attempts, output_dir, metadata) VALUES ($1, $2, $3, $4, $5, $6, "
-                   "'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
-                   "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, "
-                   "coalesce($29::jsonb, '{}'::jsonb))"},
-    {"job_get", "SELECT " JOB_COLS " FROM jobs WHERE id = $1 AND "
-                "($2::text IS NULL OR owner = $2)"},
-    {"job_list", "SELECT " JOB_COLS " FROM jobs WHERE owner = $1 AND ($2::text IS NULL "
-                 "OR seq < (SELECT seq FROM jobs WHERE id = $2 AND owner = $1)) AND "
-                 "($3::jsonb IS NULL OR metadata @> $3::jsonb) ORDER BY seq DESC LIMIT $4"},
-    {"job_cancel", "UPDATE jobs SET status = CASE WHEN status IN " IDLE " THEN "
-                   "'cancelled' ELSE status END, cancel_requested = (status = 'running'), "
-                   "pause_requested = false, finished_at = CASE WHEN status IN " IDLE
-                   " THEN now() ELSE finished_at END, updated_at = now() WHERE id = $1 "
-                   "AND owner = $2 AND (status IN " IDLE " OR status = 'running') "
-                   "RETURNING " JOB_COLS},
-    {"job_pause", "UPDATE jobs SET status = CASE WHEN status = 'queued' THEN 'paused' "
-                  "ELSE status END, pause_requested = (status = 'running'), updated_at = "
-                  "now() WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running') "
-                  "AND NOT cancel_requested RETURNING " JOB_COLS},
-    {"job_resume", "UPDATE jobs SET status = CASE WHEN status = 'paused' THEN 'queued' "
-                   "ELSE status END, pause_requested = false, updated_at = now() WHERE "
-                   "id = $1 AND owner = $2 AND (status = 'paused' OR (status = 'running' "
-                   "AND pause_requested)) RETURNING " JOB_COLS},
-    {"job_claim", "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = "
-                  "$1, lease_expires_at = now() + make_interval(secs => $2::int), "
-                  "started_at = coalesce(started_at, now()), updated_at = now() WHERE "
-                  "status = 'queued' AND id = (SELECT id FROM jobs WHERE status = 'queued' "
-                  "AND ($3::text IS NULL OR id = $3) ORDER BY seq LIMIT 1 "
-                  "FOR UPDATE SKIP LOCKED) RETURNING " JOB_COLS},
-    {"job_heartbeat", "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => "
-                      "$3::int), updated_at = now() WHERE " FENCE
-                      " RETURNING cancel_requested, pause_requested"},
-    {"job_progress", "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => "
-                     "$3::int), step = $4, total_steps = $5, epoch = $6, train_loss = "
-                     "coalesce($7::float8, train_loss), valid_loss = coalesce($8::float8, "
-                     "valid_loss), tokens_per_second = $9, eta_seconds = $10, "
-                     "trained_tokens = $11, updated_at = now() WHERE " FENCE
-                     " RETURNING cancel_requested, pause_requested"},
-    {"job_fence", "SELECT owner, model, suffix FROM jobs WHERE " FENCE " FOR UPDATE"},
-    {"job_finish", "UPDATE jobs SET status = $3, finished_at = CASE WHEN $3 IN "
-                   "('succeeded', 'failed', 'cancelled') THEN now() END, "
-                   "lease_expires_at = NULL, worker_id = '', error_code = $4, "
-                   "error_message = $5, error_param = $6, fine_tuned_model = "
-                   "coalesce($7, fine_tuned_model), pause_requested = false, "
-                   "eta_seconds = CASE WHEN $3 = 'succeeded' "
-                   "THEN 0 END, updated_at = now() WHERE " FENCE " RETURNING id"},
-    {"job_requeue", "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
-                    "WHEN pause_requested THEN 'paused' ELSE 'queued' END, finished_at = "
-                    "CASE WHEN cancel_requested THEN now() END, pause_requested = false, "
-                    "lease_expires_at = NULL, worker_id = '', tokens_per_second = 0, "
-                    "updated_at = now() WHERE " FENCE " RETURNING status"},
-    {"job_rescue",
-     "WITH r AS (UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
-     "WHEN pause_requested THEN 'paused' WHEN retries + 1 >= max_attempts THEN 'failed' "
-     "ELSE 'queued' END, retries = CASE WHEN cancel_requested OR pause_requested THEN "
-     "retries ELSE retries + 1 END, error_code = CASE WHEN NOT cancel_requested AND NOT "
-     "pause_requested AND retries + 1 >= max_attempts THEN 'lease_expired' ELSE error_code "
-     "END, error_message = CASE WHEN NOT cancel_requested AND NOT pause_requested AND "
-     "retries + 1 >= max_attempts THEN 'the worker running this job stopped responding ' "
-     "|| max_attempts || ' times; the job may need less memory or time per step' ELSE "
-     "error_message END, finished_at = CASE WHEN cancel_requested OR (NOT pause_requested "
-     "AND retries + 1 >= max_attempts) THEN now() END, lease_expires_at = NULL, "
-     "worker_id = '', pause_requested = false, tokens_per_second = 0, updated_at = now() "
-     "WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < "
-     "now() FOR UPDATE SKIP LOCKED) RETURNING id, status) "
-     "INSERT INTO job_events (job_id, level, type, message, data) SELECT id, CASE WHEN "
-     "status = 'failed' THEN 'error' ELSE 'warn' END, 'message', 'Lease expired; job is "
-     "now ' || status, jsonb_build_object('status', status) FROM r "
-     "RETURNING data->>'status'"},
-    {"jobs_queued", "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT $1"},
-    {"job_owned", "SELECT 1 FROM jobs WHERE id = $1 AND owner = $2"},
+    [STMT_JOB_CREATE] =
+        {"job_create", "INSERT INTO jobs (id, owner, model, training_file, validation_file, "
+                       "suffix, status, method, method_input, n_epochs, batch_size, "
+                       "learning_rate, rank, alpha, lambda, start_step, target_modules, "
+                       "seq_len, warmup_steps, weight_decay, max_grad_norm, lr_scheduler, "
+                       "grad_accum, max_steps, checkpoint_interval, eval_interval, seed, "
+                       "max_attempts, output_dir, metadata) VALUES ($1, $2, $3, $4, $5, $6, "
+                       "'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
+                       "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, "
+                       "coalesce($29::jsonb, '{}'::jsonb))"},
+    [STMT_JOB_GET] =
+        {"job_get", "SELECT " JOB_COLS " FROM jobs WHERE id = $1 AND "
+                    "($2::text IS NULL OR owner = $2)"},
+    [STMT_JOB_LIST] =
+        {"job_list", "SELECT " JOB_COLS " FROM jobs WHERE owner = $1 AND ($2::text IS NULL "
+                     "OR seq < (SELECT seq FROM jobs WHERE id = $2 AND owner = $1)) AND "
+                     "($3::jsonb IS NULL OR metadata @> $3::jsonb) ORDER BY seq DESC LIMIT $4"},
+    [STMT_JOB_CANCEL] =
+        {"job_cancel", "UPDATE jobs SET status = CASE WHEN status IN " IDLE " THEN "
+                       "'cancelled' ELSE status END, cancel_requested = (status = 'running'), "
+                       "pause_requested = false, finished_at = CASE WHEN status IN " IDLE
+                       " THEN now() ELSE finished_at END, updated_at = now() WHERE id = $1 "
+                       "AND owner = $2 AND (status IN " IDLE " OR status = 'running') "
+                       "RETURNING " JOB_COLS},
+    [STMT_JOB_PAUSE] =
+        {"job_pause", "UPDATE jobs SET status = CASE WHEN status = 'queued' THEN 'paused' "
+                      "ELSE status END, pause_requested = (status = 'running'), updated_at = "
+                      "now() WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running') "
+                      "AND NOT cancel_requested RETURNING " JOB_COLS},
+    [STMT_JOB_RESUME] =
+        {"job_resume", "UPDATE jobs SET status = CASE WHEN status = 'paused' THEN 'queued' "
+                       "ELSE status END, pause_requested = false, updated_at = now() WHERE "
+                       "id = $1 AND owner = $2 AND (status = 'paused' OR (status = 'running' "
+                       "AND pause_requested)) RETURNING " JOB_COLS},
+    [STMT_JOB_CLAIM] =
+        {"job_claim", "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = "
+                      "$1, lease_expires_at = now() + make_interval(secs => $2::int), "
+                      "started_at = coalesce(started_at, now()), updated_at = now() WHERE "
+                      "status = 'queued' AND id = (SELECT id FROM jobs WHERE status = 'queued' "
+                      "AND ($3::text IS NULL OR id = $3) ORDER BY seq LIMIT 1 "
+                      "FOR UPDATE SKIP LOCKED) RETURNING " JOB_COLS},
+    [STMT_JOB_HEARTBEAT] =
+        {"job_heartbeat", "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => "
+                          "$3::int), updated_at = now() WHERE " FENCE
+                          " RETURNING cancel_requested, pause_requested"},
+    [STMT_JOB_PROGRESS] =
+        {"job_progress", "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => "
+                         "$3::int), step = $4, total_steps = $5, epoch = $6, train_loss = "
+                         "coalesce($7::float8, train_loss), valid_loss = coalesce($8::float8, "
+                         "valid_loss), tokens_per_second = $9, eta_seconds = $10, "
+                         "trained_tokens = $11, updated_at = now() WHERE " FENCE
+                         " RETURNING cancel_requested, pause_requested"},
+    [STMT_JOB_FENCE] =
+        {"job_fence", "SELECT owner, model, suffix FROM jobs WHERE " FENCE " FOR UPDATE"},
+    [STMT_JOB_FINISH] =
+        {"job_finish", "UPDATE jobs SET status = $3, finished_at = CASE WHEN $3 IN "
+                       "('succeeded', 'failed', 'cancelled') THEN now() END, "
+                       "lease_expires_at = NULL, worker_id = '', error_code = $4, "
+                       "error_message = $5, error_param = $6, fine_tuned_model = "
+                       "coalesce($7, fine_tuned_model), pause_requested = false, "
+                       "eta_seconds = CASE WHEN $3 = 'succeeded' "
+                       "THEN 0 END, updated_at = now() WHERE " FENCE " RETURNING id"},
+    [STMT_JOB_REQUEUE] =
+        {"job_requeue", "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
+                        "WHEN pause_requested THEN 'paused' ELSE 'queued' END, finished_at = "
+                        "CASE WHEN cancel_requested THEN now() END, pause_requested = false, "
+                        "lease_expires_at = NULL, worker_id = '', tokens_per_second = 0, "
+                        "updated_at = now() WHERE " FENCE " RETURNING status"},
+    [STMT_JOB_RESCUE] =
+        {"job_rescue",
+         "WITH r AS (UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' "
+         "WHEN pause_requested THEN 'paused' WHEN retries + 1 >= max_attempts THEN 'failed' "
+         "ELSE 'queued' END, retries = CASE WHEN cancel_requested OR pause_requested THEN "
+         "retries ELSE retries + 1 END, error_code = CASE WHEN NOT cancel_requested AND NOT "
+         "pause_requested AND retries + 1 >= max_attempts THEN 'lease_expired' ELSE error_code "
+         "END, error_message = CASE WHEN NOT cancel_requested AND NOT pause_requested AND "
+         "retries + 1 >= max_attempts THEN 'the worker running this job stopped responding ' "
+         "|| max_attempts || ' times; the job may need less memory or time per step' ELSE "
+         "error_message END, finished_at = CASE WHEN cancel_requested OR (NOT pause_requested "
+         "AND retries + 1 >= max_attempts) THEN now() END, lease_expires_at = NULL, "
+         "worker_id = '', pause_requested = false, tokens_per_second = 0, updated_at = now() "
+         "WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < "
+         "now() FOR UPDATE SKIP LOCKED) RETURNING id, status) "
+         "INSERT INTO job_events (job_id, level, type, message, data) SELECT id, CASE WHEN "
+         "status = 'failed' THEN 'error' ELSE 'warn' END, 'message', 'Lease expired; job is "
+         "now ' || status, jsonb_build_object('status', status) FROM r "
+         "RETURNING data->>'status'"},
+    [STMT_JOBS_QUEUED] =
+        {"jobs_queued", "SELECT id FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT $1"},
+    [STMT_JOB_OWNED] =
+        {"job_owned", "SELECT 1 FROM jobs WHERE id = $1 AND owner = $2"},
 
     /* ---- events ---- */
-    {"event_add", "INSERT INTO job_events (job_id, level, type, message, data) SELECT "
-                  "$1, $3, $4, $5, $6::jsonb FROM jobs WHERE id = $1 AND ($2::int < 0 OR "
-                  "(attempt = $2 AND status = 'running')) RETURNING seq"},
-    {"event_list", "SELECT " EVENT_COLS " FROM job_events WHERE job_id = $1 AND "
-                   "($2::bigint <= 0 OR seq < $2) ORDER BY seq DESC LIMIT $3"},
+    [STMT_EVENT_ADD] =
+        {"event_add", "INSERT INTO job_events (job_id, level, type, message, data) SELECT "
+                      "$1, $3, $4, $5, $6::jsonb FROM jobs WHERE id = $1 AND ($2::int < 0 OR "
+                      "(attempt = $2 AND status = 'running')) RETURNING seq"},
+    [STMT_EVENT_LIST] =
+        {"event_list", "SELECT " EVENT_COLS " FROM job_events WHERE job_id = $1 AND "
+                       "($2::bigint <= 0 OR seq < $2) ORDER BY seq DESC LIMIT $3"},
 
     /* ---- checkpoints ---- */
-    {"ckpt_put", "INSERT INTO checkpoints (id, job_id, step, model_id, path, metrics) "
-                 "VALUES ($1, $2, $3, $4, $5, coalesce($6::jsonb, '{}'::jsonb)) ON "
-                 "CONFLICT (job_id, step) DO UPDATE SET model_id = EXCLUDED.model_id, "
-                 "path = EXCLUDED.path, metrics = EXCLUDED.metrics, created_at = now()"},
-    {"ckpt_list", "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = $1 AND "
-                  "($2::text IS NULL OR step < (SELECT step FROM checkpoints WHERE id = $2 "
-                  "AND job_id = $1)) ORDER BY step DESC LIMIT $3"},
+    [STMT_CKPT_PUT] =
+        {"ckpt_put", "INSERT INTO checkpoints (id, job_id, step, model_id, path, metrics) "
+                     "VALUES ($1, $2, $3, $4, $5, coalesce($6::jsonb, '{}'::jsonb)) ON "
+                     "CONFLICT (job_id, step) DO UPDATE SET model_id = EXCLUDED.model_id, "
+                     "path = EXCLUDED.path, metrics = EXCLUDED.metrics, created_at = now()"},
+    [STMT_CKPT_LIST] =
+        {"ckpt_list", "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = $1 AND "
+                      "($2::text IS NULL OR step < (SELECT step FROM checkpoints WHERE id = $2 "
+                      "AND job_id = $1)) ORDER BY step DESC LIMIT $3"},
 };
-const int db_nstmts = (int)(sizeof db_stmts / sizeof db_stmts[0]);
+
+/* Every enum db_stmt has its slot. A slot given twice fails the build
+ * (-Woverride-init, part of -Wextra); the size check catches a missing last
+ * slot; db_sql_check() (run at every connect and by a unit test) catches a
+ * gap in the middle, which designated initializers would leave NULL. */
+_Static_assert(sizeof db_sql_table / sizeof db_sql_table[0] == STMT__COUNT,
+               "db_sql_table: one entry per enum db_stmt");
+
+int db_sql_check(char *err)
+{
+    for (int i = 0; i < STMT__COUNT; i++) {
+        const db_sql *s = &db_sql_table[i];
+        if (!s->name || !*s->name || !s->sql || !*s->sql)
+            return dt_errf(err, DB_ESQL, "db_sql_table: statement %d (enum db_stmt) has "
+                           "no name or SQL", i);
+        for (int j = 0; j < i; j++)
+            if (!strcmp(db_sql_table[j].name, s->name))
+                return dt_errf(err, DB_ESQL, "db_sql_table: statements %d and %d are both "
+                               "named %s", j, i, s->name);
+    }
+    return 0;
+}

@@ -42,10 +42,10 @@ $(FUZZ_DIR)/obj/gen/%.o: $(BUILD)/server/%.c
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wno-overlength-strings -c $< -o $@
 
 $(FUZZ_DIR)/libengine.a: $(FUZZ_ENGINE_OBJ)
-	ar rcs $@ $^
+	rm -f $@; ar rcs $@ $^
 
 $(FUZZ_DIR)/libapi.a: $(FUZZ_API_OBJ)
-	ar rcs $@ $^
+	rm -f $@; ar rcs $@ $^
 
 # Files: the input through a memfd or a temp directory.
 FUZZ_FILE_TARGETS := jsonl safetensors gguf tokenizer

@@ -1,5 +1,6 @@
 /* test_api_objects.c: JSON codecs of the API objects (OpenAI's shapes),
- * ids, and the error body. */
+ * ids, the error body, and the SQL table those objects are read with
+ * (api/db_sql.c; no database needed). */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "api/db_internal.h"
 #include "api/errors.h"
 #include "api/objects.h"
 #include "base/id.h"
@@ -251,6 +253,20 @@ static void test_error_body_with_invalid_utf8(void **s)
     json_decref(o);
 }
 
+/* Designated initializers leave a forgotten enum db_stmt slot NULL; the
+ * build catches a duplicate or a missing last slot, this catches a gap. */
+static void test_every_statement_has_a_unique_name_and_sql(void **state)
+{
+    char err[DT_ERR_LEN] = "";
+    assert_int_equal(db_sql_check(err), 0);
+    for (int i = 0; i < STMT__COUNT; i++) {
+        assert_non_null(db_sql_table[i].name);
+        assert_non_null(db_sql_table[i].sql);
+    }
+    assert_string_equal(db_sql_table[STMT_PING].name, "ping");
+    assert_string_equal(db_sql_table[STMT_CKPT_LIST].name, "ckpt_list");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -263,6 +279,7 @@ int main(void)
         cmocka_unit_test(test_ids),
         cmocka_unit_test(test_error_body_shape),
         cmocka_unit_test(test_error_body_with_invalid_utf8),
+        cmocka_unit_test(test_every_statement_has_a_unique_name_and_sql),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
