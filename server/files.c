@@ -25,7 +25,9 @@
 
 #define MAX_REPORT_LINES 20
 
-struct upload {
+/* POST /v1/files's request context (r->ctx): made by files_upload_begin,
+ * freed by files_upload_free (the request's ctx_cleanup). */
+typedef struct upload {
     struct MHD_PostProcessor *pp;
     char id[DB_ID_LEN];
     char tmp[PATH_MAX];
@@ -41,7 +43,7 @@ struct upload {
     int status;                 /* first problem: HTTP status, 0 = fine */
     char param[64];
     char msg[300];
-};
+} upload;
 
 static void upload_fail(upload *u, int status, const char *param, const char *msg)
 {
@@ -69,7 +71,7 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
                                 size_t size)
 {
     req *r = cls;
-    upload *u = r->up;
+    upload *u = r->ctx;
     if (!key) return MHD_YES;
     if (!strcmp(key, "file")) {
         if (off == 0 && u->bytes > 0) {
@@ -129,7 +131,8 @@ int files_upload_begin(req *r)
     upload *u = calloc(1, sizeof *u);
     if (!u) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return -1; }
     u->fd = -1;
-    r->up = u;
+    r->ctx = u;
+    r->ctx_cleanup = files_upload_free; /* from here on, whatever ends the request */
     u->pp = MHD_create_post_processor(r->conn, 64 * 1024, on_field, r);
     if (!u->pp) {
         reply_error(r, 400, "invalid_content_type", NULL,
@@ -156,7 +159,7 @@ int files_upload_begin(req *r)
 
 int files_upload_data(req *r, const char *data, size_t n)
 {
-    upload *u = r->up;
+    upload *u = r->ctx;
     if (u->pp && MHD_post_process(u->pp, data, n) != MHD_YES) {
         upload_fail(u, 400, NULL, "malformed multipart/form-data body");
         MHD_destroy_post_processor(u->pp);
@@ -167,7 +170,7 @@ int files_upload_data(req *r, const char *data, size_t n)
 
 void files_upload_end(req *r)
 {
-    upload *u = r->up;
+    upload *u = r->ctx;
     if (!u) return;
     if (u->pp) {
         if (MHD_destroy_post_processor(u->pp) != MHD_YES)
@@ -192,19 +195,19 @@ void files_upload_end(req *r)
 
 void files_upload_free(req *r)
 {
-    upload *u = r->up;
+    upload *u = r->ctx;
     if (!u) return;
     if (u->pp) MHD_destroy_post_processor(u->pp);
     if (u->fd >= 0) close(u->fd);
     if (u->tmp[0] && !u->committed) unlink(u->tmp);
     auth_sha256_free(u->sha);
     free(u);
-    r->up = NULL;
+    r->ctx = NULL;
 }
 
 void files_create(req *r)
 {
-    upload *u = r->up;
+    upload *u = r->ctx;
     char err[DT_ERR_LEN], final[PATH_MAX], rel[DB_PATH_LEN];
     if (u->status) { reply_error(r, u->status, u->status == 413 ? "file_too_large" :
                                  "invalid_value", u->param, "%s", u->msg); return; }

@@ -6,7 +6,14 @@
 #include "http.h"
 #include "httputil.h"
 
-/* files.c */
+/* files.c. The upload's body hooks (route.h) for POST /v1/files: the
+ * multipart body streamed into a temp file; files_upload_begin makes the
+ * request's ctx and sets files_upload_free as its ctx_cleanup, which
+ * removes the temp file unless files_create committed it. */
+int files_upload_begin(req *r);             /* 0, or -1 after replying */
+int files_upload_data(req *r, const char *data, size_t n); /* 0 */
+void files_upload_end(req *r);              /* body complete: finalize digests */
+void files_upload_free(req *r);
 void files_create(req *r);
 void files_list(req *r);
 void files_get(req *r);
@@ -37,7 +44,12 @@ void models_files(req *r);
 void models_file(req *r);
 void models_archive(req *r);
 
-/* ops.c */
+/* ops.c. The metrics behind /metrics; main.c sets metrics_observe as the
+ * server's on_complete with a metrics as its on_complete_cls. */
+typedef struct metrics metrics;
+metrics *metrics_new(int nroutes);
+void metrics_free(metrics *m);
+void metrics_observe(server *s, int route, int status, double seconds);
 void ops_healthz(req *r);
 void ops_readyz(req *r);
 void ops_metrics(req *r);

@@ -2,8 +2,10 @@
  * pool, connection limits total and per IP, idle timeout, memory per
  * connection), request state in req_cls, body caps enforced from
  * Content-Length before reading and again while streaming, idempotency for
- * POSTs, and the reply helpers. Partial uploads are removed in the
- * completion callback, whatever ended the request. */
+ * POSTs, and the reply helpers. It names no handler: streamed bodies go
+ * through the route's body hooks, and the handler's request context is
+ * freed by its ctx_cleanup in the completion callback, whatever ended the
+ * request (a partial upload is removed there). */
 #include "http.h"
 
 #include <arpa/inet.h>
@@ -19,7 +21,6 @@
 #include "api/log.h"
 #include "jsonw.h"
 #include "ratelimit.h"
-#include "sse.h"
 #include "base/clock.h"
 
 /* ---- replies ------------------------------------------------------------------- */
@@ -341,18 +342,25 @@ static int rate_limit(req *r, const char *authorization)
     return -1;
 }
 
+/* The default auth hook: the API keys in PostgreSQL. */
+static int auth_db(req *r, const char *authorization, char *owner, char *err)
+{
+    db *d = req_db(r);
+    if (!d) return DB_EUNAVAIL; /* req_db replied 503 */
+    return auth_authenticate(d, authorization, owner, err);
+}
+
 static int authenticate(req *r)
 {
     const char *h = req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
-    char err[DT_ERR_LEN];
+    char err[DT_ERR_LEN] = "";
     if (!h) {
         reply_error(r, 401, "missing_api_key", NULL,
                     "missing API key: send \"Authorization: Bearer <key>\"");
         return -1;
     }
-    db *d = req_db(r);
-    if (!d) return -1;
-    int rc = auth_authenticate(d, h, r->owner, err);
+    int rc = (r->s->auth ? r->s->auth : auth_db)(r, h, r->owner, err);
+    if (rc && r->status) return -1; /* the hook replied */
     if (rc == DB_EUNAVAIL) { reply_db(r, rc, err); return -1; }
     if (rc) {
         reply_error(r, 401, "invalid_api_key", NULL, "invalid API key");
@@ -373,7 +381,7 @@ static enum MHD_Result arg_utf8(void *cls, enum MHD_ValueKind kind, const char *
 /* MHD_OPTION_UNESCAPE_CALLBACK: MHD's own unescaping, except that a %00
  * (which would end the C string: "file-x%00.json" would read as "file-x")
  * becomes 0x7f, which first_call answers 404 in a path. */
-static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+size_t http_unescape(void *cls, struct MHD_Connection *c, char *s)
 {
     size_t n = MHD_http_unescape(s);
     for (size_t i = 0; i < n; i++)
@@ -436,7 +444,7 @@ static enum MHD_Result first_call(server *s, req *r)
         return send_reply(r);
     }
     if (!(rt->flags & R_PUBLIC) && authenticate(r)) return send_reply(r);
-    if ((rt->flags & R_UPLOAD) && files_upload_begin(r)) return send_reply(r);
+    if (rt->body_begin && rt->body_begin(r)) return send_reply(r);
     if (rt->flags & R_UPLOAD) req_db_release(r); /* don't hold it during the upload */
     return MHD_YES;
 }
@@ -450,7 +458,7 @@ static enum MHD_Result body_chunk(req *r, const char *data, size_t n)
         /* discard a bounded amount, then drop a client that keeps sending */
         return r->received > 2 * r->limit + (1 << 20) ? MHD_NO : MHD_YES;
     }
-    if (rt->flags & R_UPLOAD) return files_upload_data(r, data, n) ? MHD_NO : MHD_YES;
+    if (rt->body_data) return rt->body_data(r, data, n) ? MHD_NO : MHD_YES;
     if (rt->flags & R_JSON) {
         if (r->body_len + n + 1 > r->body_cap) {
             size_t cap = r->body_cap ? r->body_cap : 4096;
@@ -467,9 +475,9 @@ static enum MHD_Result body_chunk(req *r, const char *data, size_t n)
     return MHD_YES; /* bodies of other routes are ignored */
 }
 
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *data, size_t *size, void **req_cls)
+enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                const char *method, const char *version, const char *data,
+                                size_t *size, void **req_cls)
 {
     server *s = cls;
     req *r = *req_cls;
@@ -492,7 +500,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return ok;
     }
     const route *rt = &s->routes[r->route];
-    if (rt->flags & R_UPLOAD) files_upload_end(r);
+    if (rt->body_end) rt->body_end(r);
     if (r->over_limit)
         reply_error(r, 413, "request_too_large", NULL,
                     "request body exceeds the limit of %lld bytes", (long long)r->limit);
@@ -502,18 +510,19 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return send_reply(r);
 }
 
-static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
-                         enum MHD_RequestTerminationCode toe)
+void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                       enum MHD_RequestTerminationCode toe)
 {
     server *s = cls;
     req *r = *req_cls;
     if (!r) return;
     *req_cls = NULL;
-    if (r->up) files_upload_free(r); /* removes a partial or uncommitted upload */
+    if (r->ctx_cleanup) r->ctx_cleanup(r); /* e.g. removes a partial upload */
+    r->ctx = NULL;
     req_db_release(r);
     double dt = dt_now() - r->t0;
     int status = r->queued ? r->status : 499; /* 499: client went away */
-    metrics_observe(s, r->route, status, dt);
+    if (s->on_complete) s->on_complete(s, r->route, status, dt);
     if (status >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_json(status >= 500 ? DT_LOG_WARN : DT_LOG_DEBUG, "http.request",
                  json_pack("{s:s, s:s, s:i, s:f, s:i}", "method", r->method, "path", r->url,
@@ -552,10 +561,10 @@ int http_start(server *s, char *err)
     int gai = getaddrinfo(host, port, &hints, &ai);
     if (gai) return dt_errf(err, DT_EINVAL, "listen %s: %s", s->cfg.listen_host, gai_strerror(gai));
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ERROR_LOG |
-                     MHD_ALLOW_SUSPEND_RESUME; /* event streams (sse.c) */
+                     MHD_ALLOW_SUSPEND_RESUME; /* handlers may suspend (event streams) */
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     s->daemon = MHD_start_daemon(
-        flags, (uint16_t)s->cfg.listen_port, NULL, NULL, on_request, s,
+        flags, (uint16_t)s->cfg.listen_port, NULL, NULL, http_on_request, s,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
         MHD_OPTION_SOCK_ADDR, ai->ai_addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.threads,
@@ -564,8 +573,8 @@ int http_start(server *s, char *err)
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)s->cfg.connection_memory_bytes,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+        MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, s,
+        MHD_OPTION_UNESCAPE_CALLBACK, http_unescape, NULL,
         MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->daemon)
@@ -581,7 +590,7 @@ int http_start(server *s, char *err)
 void http_stop(server *s)
 {
     if (s->daemon) {
-        sse_shutdown(s); /* MHD must not stop with suspended connections */
+        if (s->before_stop) s->before_stop(s); /* MHD must not stop with suspended connections */
         MHD_stop_daemon(s->daemon);
     }
     s->daemon = NULL;

@@ -1,8 +1,12 @@
-/* http.h: the server's HTTP layer over libmicrohttpd: server state, the
+/* http.h: the server's HTTP framework over libmicrohttpd: server state, the
  * per-request state kept in MHD's req_cls, and the reply helpers every
  * handler uses. One route table (routes.c) maps requests to handlers; a
  * handler runs once the whole body is in and answers with exactly one
- * reply_* call. */
+ * reply_* call.
+ *
+ * The framework names no handler: a route streams its body through the
+ * route's body hooks (route.h) with its state in the request's ctx, and the
+ * server's hooks (on_complete, before_stop, auth) are wired by main.c. */
 #ifndef DT_SERVER_HTTP_H
 #define DT_SERVER_HTTP_H
 
@@ -16,9 +20,8 @@
 #include "api/queue.h"
 #include "route.h"
 
-typedef struct metrics metrics;   /* ops.c */
 typedef struct ratelimit ratelimit; /* ratelimit.c */
-typedef struct upload upload;     /* files.c */
+typedef struct req req;
 
 typedef struct server {
     api_config cfg;
@@ -27,12 +30,30 @@ typedef struct server {
     struct MHD_Daemon *daemon;
     const route *routes;
     int nroutes;
-    metrics *m;
     ratelimit *rl;                /* per-API-key token buckets; NULL = off */
     int64_t started_at;           /* Unix seconds */
+
+    /* Hooks, each optional (NULL: none, or the default named). */
+
+    /* Called once per request as it ends (MHD's completion callback, any
+     * thread) with the route index (-1: none matched), the status sent (499:
+     * the client went away first) and the time since the request began,
+     * seconds. on_complete_cls is its state, owned by whoever set it
+     * (main.c: ops.c's metrics). */
+    void (*on_complete)(struct server *s, int route, int status, double seconds);
+    void *on_complete_cls;
+    /* Called by http_stop before MHD stops, to let go of suspended
+     * connections (MHD must not stop with any; main.c: the event streams). */
+    void (*before_stop)(struct server *s);
+    /* Checks the Authorization header value of a request to a non-public
+     * route and writes the key's owner into owner (DB_OWNER_LEN bytes).
+     * Returns 0; DB_EUNAVAIL (503); or another nonzero code (401). A hook
+     * that replied itself (req_db's 503) is taken at its word. NULL: the API
+     * keys in PostgreSQL (api/auth.c). */
+    int (*auth)(req *r, const char *authorization, char *owner, char *err);
 } server;
 
-typedef struct req {
+struct req {
     server *s;
     struct MHD_Connection *conn;
     const char *method, *url;     /* borrowed from MHD for the request's life */
@@ -50,8 +71,13 @@ typedef struct req {
     int over_limit;
     char *body;                   /* R_JSON: malloc'd, NUL-terminated */
     size_t body_len, body_cap;
-    upload *up;                   /* R_UPLOAD: files.c's state */
-    char request_hash[65];        /* idempotency: set by upload code, else body hash */
+    char request_hash[65];        /* idempotency: set by a body hook, else the body's hash */
+
+    /* The handler's state for this request (a streamed body's, say),
+     * opaque to the framework. ctx_cleanup, when set, is called once as the
+     * request ends, whatever ended it; it frees ctx. */
+    void *ctx;
+    void (*ctx_cleanup)(req *r);
 
     /* reply */
     int status;                   /* 0 until a reply_* call */
@@ -62,7 +88,7 @@ typedef struct req {
     int replayed;                 /* an Idempotency-Key replay */
 
     db *d;                        /* from the pool (req_db), released at the end */
-} req;
+};
 
 /* The request's database connection, taken from the pool on first use.
  * NULL after replying 503 when PostgreSQL is unreachable. */
@@ -88,17 +114,18 @@ void reply_mhd(req *r, int status, struct MHD_Response *resp);
 
 /* Starts the MHD daemon on cfg.listen_host:listen_port. */
 int http_start(server *s, char *err);
+/* Calls before_stop, then stops the daemon. Idempotent. */
 void http_stop(server *s);
 
-/* files.c: multipart upload streaming, driven by http.c for R_UPLOAD. */
-int files_upload_begin(req *r);             /* 0, or replied with an error */
-int files_upload_data(req *r, const char *data, size_t n); /* 0 or -1 (replied) */
-void files_upload_end(req *r);              /* body complete: finalize digests */
-void files_upload_free(req *r);             /* removes an uncommitted temp file */
-
-/* ops.c: metrics. */
-metrics *metrics_new(int nroutes);
-void metrics_free(metrics *m);
-void metrics_observe(server *s, int route, int status, double seconds);
+/* The MHD callbacks that http_start installs (cls: the server), for a
+ * daemon started elsewhere: tests/fuzz/fuzz_http.c runs the real request
+ * flow through them on a daemon without a listening socket. */
+enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                const char *method, const char *version, const char *data,
+                                size_t *size, void **req_cls);
+void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                       enum MHD_RequestTerminationCode toe);
+/* MHD_OPTION_UNESCAPE_CALLBACK: MHD's unescaping, with %00 made 0x7f. */
+size_t http_unescape(void *cls, struct MHD_Connection *c, char *s);
 
 #endif

@@ -19,9 +19,10 @@
 #include "api/log.h"
 #include "handlers.h"
 #include "ratelimit.h"
-#include "base/file.h"
-#include "base/clock.h"
+#include "sse.h"
 #include "api/sched.h"
+#include "base/clock.h"
+#include "base/file.h"
 
 static const char usage[] =
     "usage: deltatune-server [options]\n"
@@ -163,7 +164,12 @@ int main(int argc, char **argv)
         log_msg(DT_LOG_ERROR, "startup", "out of memory");
         goto out;
     }
-    if (!(s.m = metrics_new(s.nroutes)) ||
+    /* the framework's hooks: request metrics (ops.c) and, before MHD
+     * stops, the end of every event stream (sse.c); auth stays the default
+     * (API keys in PostgreSQL) */
+    s.on_complete = metrics_observe;
+    s.before_stop = sse_shutdown;
+    if (!(s.on_complete_cls = metrics_new(s.nroutes)) ||
         db_pool_new(&s.pool, s.cfg.database_url, s.cfg.db_pool_size, err) ||
         queue_open(&s.q, s.cfg.redis_url, err)) {
         log_msg(DT_LOG_ERROR, "startup", "%s", err);
@@ -206,7 +212,7 @@ out:
     http_stop(&s);
     queue_free(s.q);
     db_pool_free(s.pool);
-    metrics_free(s.m);
+    metrics_free(s.on_complete_cls);
     ratelimit_free(s.rl);
     return rc;
 usage_err:

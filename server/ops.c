@@ -48,9 +48,10 @@ void metrics_free(metrics *m)
     free(m);
 }
 
+/* The server's on_complete hook: on_complete_cls is the metrics. */
 void metrics_observe(server *s, int route, int status, double seconds)
 {
-    metrics *m = s->m;
+    metrics *m = s->on_complete_cls;
     int row = route >= 0 && route < m->nroutes ? route : m->nroutes;
     int slot = NSTATUS;
     for (int i = 0; i < NSTATUS; i++)
@@ -105,9 +106,11 @@ void ops_metrics(req *r)
     char err[DT_ERR_LEN];
     char *text = NULL;
     size_t len = 0;
+    /* the metrics that main.c gave the server's on_complete hook */
+    metrics *m = r->s->on_complete == metrics_observe ? r->s->on_complete_cls : NULL;
+    if (!m) { reply_error(r, 404, "not_found", NULL, "metrics are not collected"); return; }
     FILE *f = open_memstream(&text, &len);
     if (!f) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
-    metrics *m = r->s->m;
     fputs("# HELP deltatune_http_requests_total HTTP requests by route and status.\n"
           "# TYPE deltatune_http_requests_total counter\n", f);
     for (int row = 0; row <= m->nroutes; row++) {

@@ -53,7 +53,8 @@ $(FUZZ_FILE_TARGETS:%=$(FUZZ_DIR)/fuzz_%): $(FUZZ_DIR)/fuzz_%: \
     $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_DIR)/libengine.a
 	$(FUZZ_CC) $(FUZZ_LDFLAGS) $^ -o $@ -ljansson -lm -lpthread
 
-# HTTP: the server's objects (not main.c), PostgreSQL and Redis "down" (fuzz_down.c).
+# HTTP: the server's objects (not main.c; http.o's real request flow, driven by
+# fuzz_http.c), PostgreSQL and Redis "down" (fuzz_down.c).
 FUZZ_SVC_LIBS := -Wl,--wrap=db_pool_acquire,--wrap=queue_ping,--wrap=queue_depth \
                  $(FUZZ_DIR)/libapi.a $(FUZZ_DIR)/libengine.a \
                  $(SVC_LIBS) -ljansson -lm -lpthread

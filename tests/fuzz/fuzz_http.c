@@ -1,6 +1,7 @@
-/* fuzz_http.c: see fuzz_http.h. The request flow mirrors server/http.c's
- * on_request (first call: route, body cap, upload begin; body chunks; end:
- * upload end, handler, reply) without authentication. */
+/* fuzz_http.c: see fuzz_http.h. The request flow is server/http.c's own
+ * (http_on_request, http_on_completed, http_unescape, linked from
+ * server/http.o) on a daemon without a listening socket; the server's hooks
+ * are wired as server/main.c wires them, except auth. */
 #include "fuzz_http.h"
 
 #include <errno.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -18,114 +20,26 @@
 #include "fuzz_common.h"
 #include "server/handlers.h"
 #include "server/jsonw.h"
+#include "server/sse.h"
 #include "base/file.h"
 
 static server g_srv;
 
-static enum MHD_Result send_reply(req *r)
+/* The server's auth hook: any key belongs to "fuzz-owner" (the real one
+ * looks the key up in PostgreSQL, which is down here). */
+static int fuzz_auth(req *r, const char *authorization, char *owner, char *err)
 {
-    struct MHD_Response *resp = r->resp;
-    r->resp = NULL;
-    if (!r->status) {
-        fprintf(stderr, "fuzz_http: %s %s: the handler sent no reply\n", r->method, r->url);
-        abort(); /* every handler answers with exactly one reply */
-    }
-    if (!resp && !r->json) {
-        fprintf(stderr, "fuzz_http: %s %s: status %d with no body (json_pack failed?)\n",
-                r->method, r->url, r->status);
-        abort(); /* every reply_json/reply_error carries a JSON body */
-    }
-    if (!resp) {
-        size_t n = 0;
-        char *text = r->json ? jsonw_dump(r->json, &n) : NULL;
-        resp = MHD_create_response_from_buffer(n, text ? text : (char *)"",
-                                               text ? MHD_RESPMEM_MUST_FREE
-                                                    : MHD_RESPMEM_PERSISTENT);
-        if (!resp) { free(text); return MHD_NO; }
-    }
-    MHD_add_response_header(resp, "Connection", "close");
-    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
-    MHD_destroy_response(resp);
-    r->queued = 1;
-    return ok;
-}
-
-static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *data, size_t *size, void **req_cls)
-{
-    server *s = cls;
-    req *r = *req_cls;
-    if (!r) {
-        r = calloc(1, sizeof *r);
-        if (!r) return MHD_NO;
-        *req_cls = r;
-        r->s = s;
-        r->conn = c;
-        r->url = url;
-        r->method = method;
-        snprintf(r->owner, sizeof r->owner, "fuzz-owner");
-        r->route = route_find(s->routes, s->nroutes, method, url, r->params);
-        if (r->route < 0) {
-            int nf = r->route == -1;
-            r->route = -1;
-            reply_error(r, nf ? 404 : 405, nf ? "not_found" : "method_not_allowed", NULL,
-                        "%s %.200s", method, url);
-            return send_reply(r);
-        }
-        const route *rt = &s->routes[r->route];
-        r->limit = rt->flags & R_UPLOAD ? s->cfg.max_upload_bytes + 65536 : s->cfg.max_json_bytes;
-        if ((rt->flags & R_UPLOAD) && files_upload_begin(r)) return send_reply(r);
-        return MHD_YES;
-    }
-    if (r->queued) { *size = 0; return MHD_YES; }
-    const route *rt = &s->routes[r->route];
-    if (*size) {
-        size_t n = *size;
-        *size = 0;
-        r->received += (int64_t)n;
-        if (r->over_limit || r->received > r->limit) { r->over_limit = 1; return MHD_YES; }
-        if (rt->flags & R_UPLOAD) return files_upload_data(r, data, n) ? MHD_NO : MHD_YES;
-        if (rt->flags & R_JSON) {
-            char *b = realloc(r->body, r->body_len + n + 1);
-            if (!b) return MHD_NO;
-            r->body = b;
-            memcpy(r->body + r->body_len, data, n);
-            r->body_len += n;
-            r->body[r->body_len] = 0;
-        }
-        return MHD_YES;
-    }
-    if (rt->flags & R_UPLOAD) files_upload_end(r);
-    if (r->over_limit)
-        reply_error(r, 413, "request_too_large", NULL, "too large");
-    else if (!r->status)
-        rt->handler(r);
-    req_db_release(r);
-    return send_reply(r);
-}
-
-static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
-                         enum MHD_RequestTerminationCode toe)
-{
-    req *r = *req_cls;
-    if (!r) return;
-    *req_cls = NULL;
-    if (r->up) files_upload_free(r);
-    req_db_release(r);
-    json_decref(r->json);
-    if (r->resp) MHD_destroy_response(r->resp);
-    free(r->body);
-    free(r);
+    snprintf(owner, DB_OWNER_LEN, "fuzz-owner");
+    return 0;
 }
 
 static void quiet(void *cls, const char *fmt, va_list ap) {}
 
 static void stop(void)
 {
-    if (g_srv.daemon) MHD_stop_daemon(g_srv.daemon);
-    g_srv.daemon = NULL;
-    metrics_free(g_srv.m);
+    http_stop(&g_srv); /* the real one: before_stop (sse.c), then MHD */
+    metrics_free(g_srv.on_complete_cls);
+    g_srv.on_complete_cls = NULL;
 }
 
 void fuzz_http_init(void)
@@ -144,17 +58,42 @@ void fuzz_http_init(void)
     g_srv.cfg.max_json_bytes = 64 << 10;
     g_srv.routes = server_routes;
     g_srv.nroutes = server_nroutes;
-    g_srv.m = metrics_new(server_nroutes);
     g_srv.started_at = 1;
+    g_srv.on_complete = metrics_observe;
+    g_srv.on_complete_cls = metrics_new(server_nroutes);
+    g_srv.before_stop = sse_shutdown;
+    g_srv.auth = fuzz_auth;
+    if (!g_srv.on_complete_cls) { fprintf(stderr, "fuzz_http: out of memory\n"); abort(); }
+    /* http_start's callbacks (the whole request flow) on a daemon without a
+     * listening socket: connections come from fuzz_http_request */
     g_srv.daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_NO_LISTEN_SOCKET | MHD_USE_ITC |
-            MHD_USE_ERROR_LOG,
-        0, NULL, NULL, on_request, &g_srv, MHD_OPTION_EXTERNAL_LOGGER, quiet, NULL,
+            MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
+        0, NULL, NULL, http_on_request, &g_srv, MHD_OPTION_EXTERNAL_LOGGER, quiet, NULL,
         MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
-        (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED, on_completed, &g_srv,
-        MHD_OPTION_END);
+        (size_t)(64 * 1024), MHD_OPTION_NOTIFY_COMPLETED, http_on_completed, &g_srv,
+        MHD_OPTION_UNESCAPE_CALLBACK, http_unescape, NULL, MHD_OPTION_END);
     if (!g_srv.daemon) { fprintf(stderr, "fuzz_http: MHD_start_daemon failed\n"); abort(); }
     atexit(stop);
+}
+
+/* Every reply_json / reply_error carries a JSON body: a JSON reply with an
+ * empty one is a reply whose json_pack failed (a NULL body). head is the
+ * start of what the daemon sent. */
+static void check_reply(const char *head)
+{
+    const char *end = strstr(head, "\r\n\r\n");
+    if (!end) return;
+    int json = 0, empty = 0;
+    for (const char *l = strstr(head, "\r\n"); l && l < end; l = strstr(l + 2, "\r\n")) {
+        if (!strncasecmp(l + 2, "Content-Type: application/json", 30)) json = 1;
+        if (!strncasecmp(l + 2, "Content-Length: 0\r\n", 19)) empty = 1;
+    }
+    if (json && empty) {
+        fprintf(stderr, "fuzz_http: a JSON reply with no body (json_pack failed?):\n%.*s\n",
+                (int)(end - head), head);
+        abort();
+    }
 }
 
 int fuzz_http_request(const char *data, size_t n)
@@ -169,7 +108,7 @@ int fuzz_http_request(const char *data, size_t n)
         abort();
     }
     /* write and read at once: a reply may come before the whole body */
-    char buf[16384], first[16] = "";
+    char buf[16384], head[4096] = "";
     size_t sent = 0, got = 0;
     int wr_open = 1;
     for (;;) {
@@ -189,10 +128,11 @@ int fuzz_http_request(const char *data, size_t n)
             ssize_t k = recv(sv[0], buf, sizeof buf, 0);
             if (k < 0 && errno == EINTR) continue;
             if (k <= 0) break;
-            for (ssize_t i = 0; i < k && got < sizeof first - 1; i++) first[got++] = buf[i];
+            for (ssize_t i = 0; i < k && got < sizeof head - 1; i++) head[got++] = buf[i];
         }
     }
     close(sv[0]);
-    first[got] = 0;
-    return !strncmp(first, "HTTP/1.", 7) && got >= 12 ? atoi(first + 9) : 0;
+    head[got] = 0;
+    check_reply(head);
+    return !strncmp(head, "HTTP/1.", 7) && got >= 12 ? atoi(head + 9) : 0;
 }

@@ -6,7 +6,8 @@
  * the harness keeps "down" (fuzz_http.h).
  *
  * Input: the Content-Type header value, a newline, then the request body;
- * the harness adds the request line and Content-Length. */
+ * the harness adds the request line, an Authorization header (any key
+ * passes the harness's auth hook) and Content-Length. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +28,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t ctlen = (size_t)(nl - (const char *)data), blen = size - ctlen - 1;
     char head[1024];
     int h = snprintf(head, sizeof head,
-                     "POST /v1/files HTTP/1.1\r\nHost: fuzz\r\nContent-Type: %.*s\r\n"
+                     "POST /v1/files HTTP/1.1\r\nHost: fuzz\r\n"
+                     "Authorization: Bearer dt-fuzz-0123456789\r\nContent-Type: %.*s\r\n"
                      "Content-Length: %zu\r\n\r\n", (int)ctlen, (const char *)data, blen);
     char *req = malloc((size_t)h + blen);
     if (!req) abort();

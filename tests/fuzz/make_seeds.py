@@ -163,8 +163,12 @@ reqs = [
     "POST /v1/fine_tuning/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     "5\r\n{\"a\":\r\n3\r\n1}\n\r\n0\r\n\r\n",
 ]
+# Every /v1 route needs an Authorization header; the harness's auth hook
+# accepts any key (fuzz_http.h). req00 is also kept without one (401).
+AUTH = "Host: x\r\nAuthorization: Bearer dt-fuzz-0123456789\r\n"
 for i, r in enumerate(reqs):
-    put("query", "req%02d" % i, r)
+    put("query", "req%02d" % i, r.replace("Host: x\r\n", AUTH, 1) if " /v1/" in r else r)
+put("query", "no_auth", reqs[0])
 put("query", "range_lines", "Range: bytes=5-\nRange: bytes=1-2,3-4\nbytes=99999999999999999999-1\n"
     "If-None-Match: W/\"3f2a\"\nlimit 100\n")
 

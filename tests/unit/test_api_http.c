@@ -14,13 +14,13 @@
 static void h(struct req *r) { (void)r; }
 
 static const route table[] = {
-    {"POST", "/v1/files", "files.create", h, R_UPLOAD},
-    {"GET", "/v1/files", "files.list", h, 0},
-    {"GET", "/v1/files/{id}", "files.get", h, 0},
-    {"DELETE", "/v1/files/{id}", "files.delete", h, 0},
-    {"GET", "/v1/files/{id}/content", "files.content", h, 0},
-    {"POST", "/v1/fine_tuning/jobs/{id}/cancel", "jobs.cancel", h, R_JSON},
-    {"GET", "/v1/models/{id}/files/{name}", "models.file", h, 0},
+    ROUTE("POST", "/v1/files", "files.create", h, R_UPLOAD),
+    ROUTE("GET", "/v1/files", "files.list", h, 0),
+    ROUTE("GET", "/v1/files/{id}", "files.get", h, 0),
+    ROUTE("DELETE", "/v1/files/{id}", "files.delete", h, 0),
+    ROUTE("GET", "/v1/files/{id}/content", "files.content", h, 0),
+    ROUTE("POST", "/v1/fine_tuning/jobs/{id}/cancel", "jobs.cancel", h, R_JSON),
+    ROUTE("GET", "/v1/models/{id}/files/{name}", "models.file", h, 0),
 };
 #define N (int)(sizeof table / sizeof table[0])
 
