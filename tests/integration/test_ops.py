@@ -3,6 +3,7 @@ documented series), /v1/openapi.json (the contract, as JSON) - all public."""
 import json
 import os
 import re
+import time
 import sys
 import unittest
 
@@ -36,7 +37,17 @@ class Ops(StackTest):
     def test_metrics(self):
         self.call("GET", "/v1/models")
         self.s.api("GET", "/v1/files/file-nope")
-        st, hd, b = self.s.api("GET", "/metrics", key=False, raw=True)
+        # A request is counted when MHD reports it complete, which can come
+        # a moment after the client has read the whole reply: scrape until
+        # both are in (or 5 s pass, and the assertions below say what is not).
+        deadline = time.time() + 5
+        while True:
+            st, hd, b = self.s.api("GET", "/metrics", key=False, raw=True)
+            text = b.decode()
+            if st != 200 or time.time() > deadline or (
+                    'route="models.list",status="200"' in text and 'status="404"' in text):
+                break
+            time.sleep(0.05)
         self.assertEqual(st, 200)
         self.assertTrue(hd["content-type"].startswith("text/plain"), hd)
         text = b.decode()
