@@ -206,15 +206,17 @@ fail:
     return DT_EIO;
 }
 
-int queue_depth(queue *q, int64_t *depth, char *err)
+/* Runs one command under the lock, connecting first when needed. An integer
+ * reply goes to *n (0 for another reply type) where n is not NULL. Returns 0
+ * or DT_EIO. */
+static int command_locked(queue *q, int argc, const char **argv, int64_t *n, char *err)
 {
     int rc = DT_EIO;
     pthread_mutex_lock(&q->mu);
     if (ensure(q, err)) goto out;
-    const char *a[] = {"LLEN", QUEUE_KEY};
-    redisReply *r = command(q, 2, a, err);
+    redisReply *r = command(q, argc, argv, err);
     if (!r) goto out;
-    *depth = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+    if (n) *n = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
     freeReplyObject(r);
     rc = 0;
 out:
@@ -222,19 +224,16 @@ out:
     return rc;
 }
 
+int queue_depth(queue *q, int64_t *depth, char *err)
+{
+    const char *a[] = {"LLEN", QUEUE_KEY};
+    return command_locked(q, 2, a, depth, err);
+}
+
 int queue_ping(queue *q, char *err)
 {
-    int rc = DT_EIO;
-    pthread_mutex_lock(&q->mu);
-    if (ensure(q, err)) goto out;
     const char *a[] = {"PING"};
-    redisReply *r = command(q, 1, a, err);
-    if (!r) goto out;
-    freeReplyObject(r);
-    rc = 0;
-out:
-    pthread_mutex_unlock(&q->mu);
-    return rc;
+    return command_locked(q, 1, a, NULL, err);
 }
 
 uint64_t queue_generation(queue *q)

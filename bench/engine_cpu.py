@@ -7,17 +7,18 @@ on a random GPT-2-small-shaped model and SmolLM2-135M: steady-state tokens/s,
 peak RSS, the sgemm peak (roofline) and a perf profile of the engine. Writes
 bench/results/engine-cpu.md; bench/README.md explains each measurement.
 """
-import argparse, contextlib, json, os, platform, random, re, shutil, statistics, subprocess
+import argparse, contextlib, json, os, platform, re, shutil, statistics, subprocess
 import sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import (ALPHA, CLIP, GGUF, LAMBDA, LR, RANK, ROOT, SEED, add_lora, engine_cmd as
+                    common_engine_cmd, flops_per_token, read_rows, save_random_gpt2,
+                    torch_prepare, torch_step, write_rows)
+
 CACHE = os.path.join(ROOT, ".cache", "bench")
 ENGINE = os.path.join(ROOT, "build", "deltatune")
-GGUF = os.path.join(ROOT, ".cache", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 GPT2_DIR = os.path.join(CACHE, "gpt2-small-random")
 TOK_DIR = os.path.join(ROOT, "..", "shared", "data", "gpt2-tokenizer")
 BLAS_LIB = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
-RANK, ALPHA, LAMBDA, LR, CLIP, SEED = 8, 16, 0.5, 1e-4, 1.0, 1234
 BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")  # removed: OpenBLAS picks its kernels
 FORCED = os.environ.get("OPENBLAS_CORETYPE") or "Haswell"  # kernels of the extra engine run
 MODELS = {  # engine model path, HF (dir, gguf_file), LoRA targets, vocab
@@ -32,7 +33,6 @@ def torch_child(a):
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
-    from peft import LoraConfig, get_peft_model
     torch.set_num_threads(a.threads)
     torch.manual_seed(SEED)
     spec, (d, f) = MODELS[a.model], MODELS[a.model]["hf"]
@@ -40,40 +40,13 @@ def torch_child(a):
                                                  **({"gguf_file": f} if f else {}))
     cfg, gpt2 = model.config, model.config.model_type == "gpt2"
     mm = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
-                                             target_modules=spec["targets"], fan_in_fan_out=gpt2))
+    model = add_lora(model, spec["targets"], gpt2)
     model.train()
-    loras = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_head = getattr(cfg, "n_head", None) or cfg.num_attention_heads
-    d_model = getattr(cfg, "n_embd", None) or cfg.hidden_size
-    print(json.dumps({"type": "info", "matmul_params": mm,
-                      "n_layer": getattr(cfg, "n_layer", None) or cfg.num_hidden_layers,
-                      "attn_dim": n_head * (getattr(cfg, "head_dim", None) or d_model // n_head),
-                      "lora_io": sum(m.lora_A["default"].in_features +
-                                     m.lora_B["default"].out_features for m in loras)}), flush=True)
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    rows = [json.loads(l)["input_ids"] for l in open(a.data)]
-    k = LAMBDA * ALPHA / RANK
+    loras, params, opt = torch_prepare(model, cfg, mm)
+    rows = read_rows(a.data)
     for step in range(a.total):
         x = torch.tensor(rows[step * a.batch:(step + 1) * a.batch])
-        logits = model(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
-                                                 x[:, 1:].reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, CLIP)
-        if a.method == "delta_lora":
-            old = [(m.lora_A["default"].weight.detach().clone(),
-                    m.lora_B["default"].weight.detach().clone()) for m in loras]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if a.method == "delta_lora":  # W += λ·s·(BA − B_old A_old): one rank-2r GEMM
-            with torch.no_grad():
-                for m, (A0, B0) in zip(loras, old):
-                    A, B = m.lora_A["default"].weight, m.lora_B["default"].weight
-                    W = m.base_layer.weight  # GPT-2's Conv1D stores W as (in, out)
-                    (W.t() if gpt2 else W).addmm_(torch.cat([B, -B0], 1),
-                                                  torch.cat([A, A0], 0), alpha=k)
+        loss = torch_step(model, loras, params, opt, x, a.method, gpt2)
         print(json.dumps({"type": "metrics", "step": step + 1, "total_steps": a.total,
                           "train_loss": loss.item()}), flush=True)
 
@@ -136,13 +109,8 @@ def run_measured(cmd, env, a, retries=2):
 
 
 def engine_cmd(model, method, data, out, a):
-    delta = ["--lambda", str(LAMBDA), "--start-step", "0"] if method == "delta_lora" else []
-    return [ENGINE, "train", "--model", MODELS[model]["engine"], "--data", data, "--out", out,
-            "--method", method, "--rank", str(RANK), "--alpha", str(ALPHA),
-            "--target-modules", ",".join(MODELS[model]["targets"]), "--lr", str(LR),
-            "--lr-scheduler", "constant", "--max-grad-norm", str(CLIP),
-            "--batch-size", str(a.batch), "--seq-len", str(a.seq), "--steps", str(a.total),
-            "--threads", str(a.threads), "--seed", str(SEED), "--json"] + delta
+    return common_engine_cmd(ENGINE, MODELS[model]["engine"], MODELS[model]["targets"], method,
+                             data, out, a, ["--threads", str(a.threads)])
 
 
 def bench_env(threads, **kw):
@@ -168,11 +136,6 @@ def run_torch(model, method, data, a):
                         bench_env(a.threads), a)
 
 
-def flops_per_token(info, seq):  # see bench/README.md
-    return (4 * info["matmul_params"] + 12 * info["n_layer"] * seq * info["attn_dim"]
-            + 6 * RANK * info["lora_io"])
-
-
 def ensure_inputs(a):
     global ENGINE  # run a copy: teammates may rebuild build/deltatune meanwhile
     os.makedirs(CACHE, exist_ok=True)
@@ -182,22 +145,12 @@ def ensure_inputs(a):
     if not os.path.exists(GGUF):
         sys.exit(f"{GGUF} missing: run scripts/install-deps")
     if not os.path.exists(os.path.join(GPT2_DIR, "model.safetensors")):
-        import torch
-        from transformers import GPT2Config, GPT2LMHeadModel
-        torch.manual_seed(0)
-        GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
-                                   n_positions=1024, attn_pdrop=0.0, resid_pdrop=0.0,
-                                   embd_pdrop=0.0)).save_pretrained(GPT2_DIR)
-        for src, dst in [("vocab.json",) * 2, ("vocab.bpe", "merges.txt"), ("tokenizer.json",) * 2]:
-            shutil.copyfile(os.path.join(TOK_DIR, src), os.path.join(GPT2_DIR, dst))
+        save_random_gpt2(GPT2_DIR, (12, 768, 12), TOK_DIR,
+                         [("vocab.json",) * 2, ("vocab.bpe", "merges.txt"), ("tokenizer.json",) * 2])
     data = {}
     for name, spec in MODELS.items():
         data[name] = os.path.join(CACHE, f"rows-{name}-B{a.batch}-T{a.seq}-n{a.total}.jsonl")
-        r = random.Random(SEED)
-        with open(data[name], "w") as f:  # T+1 ids per row: T positions, T targets
-            for _ in range(a.batch * a.total):
-                ids = [r.randrange(spec["vocab"]) for _ in range(a.seq + 1)]
-                f.write(json.dumps({"input_ids": ids}) + "\n")
+        write_rows(data[name], spec["vocab"], a)
     return data
 
 

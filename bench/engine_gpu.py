@@ -13,13 +13,14 @@ so a run cut short by a time limit still leaves what it measured.
   python3 bench/engine_gpu.py                    # on the GPU machine (scripts/gpu-check)
   python3 bench/engine_gpu.py --dry-run          # here: CPU, tiny shapes, report to /tmp
 """
-import argparse, json, os, random, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from common import (ALPHA, CLIP, GGUF, LAMBDA, LR, RANK, ROOT, SEED, add_lora, engine_cmd as
+                    common_engine_cmd, flops_per_token, read_rows, save_random_gpt2,
+                    torch_prepare, torch_step, write_rows)
+
 CACHE = os.path.join(ROOT, ".cache", "bench-gpu")
-GGUF = os.path.join(ROOT, ".cache", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 TOK_DIR = os.path.join(ROOT, ".cache", "gpt2-tokenizer")
-RANK, ALPHA, LAMBDA, LR, CLIP, SEED = 8, 16, 0.5, 1e-4, 1.0, 1234
 # Dense H100 SXM peaks, TFLOP/s (shared/GPU.md, NVIDIA's datasheet without sparsity).
 PEAK_TFLOPS = {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0}
 GPT2_SHAPES = {"gpt2-small": (12, 768, 12), "gpt2-medium": (24, 1024, 16)}
@@ -42,7 +43,6 @@ def torch_child(a):
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.pytorch_utils import Conv1D
-    from peft import LoraConfig, get_peft_model
     tf32 = a.precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -58,45 +58,17 @@ def torch_child(a):
             isinstance(m, (torch.nn.Linear, Conv1D)) and m.weight is model.get_output_embeddings().weight
             for m in model.modules()):
         mm += model.get_output_embeddings().weight.numel()
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
-                                             target_modules=spec["targets"], fan_in_fan_out=gpt2))
+    model = add_lora(model, spec["targets"], gpt2)
     model.to(dev).train()
-    loras = [m for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_head = getattr(cfg, "n_head", None) or cfg.num_attention_heads
-    d_model = getattr(cfg, "n_embd", None) or cfg.hidden_size
-    print(json.dumps({"type": "info", "matmul_params": mm,
-                      "n_layer": getattr(cfg, "n_layer", None) or cfg.num_hidden_layers,
-                      "attn_dim": n_head * (getattr(cfg, "head_dim", None) or d_model // n_head),
-                      "lora_io": sum(m.lora_A["default"].in_features +
-                                     m.lora_B["default"].out_features for m in loras)}), flush=True)
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
-    rows = [json.loads(l)["input_ids"] for l in open(a.data)]
-    k = LAMBDA * ALPHA / RANK
+    loras, params, opt = torch_prepare(model, cfg, mm)
+    rows = read_rows(a.data)
     cuda = dev.type == "cuda"
     for step in range(a.total):
         if cuda and step == a.warmup:  # the peak of the timed steps only
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(dev)
         x = torch.tensor(rows[step * a.batch:(step + 1) * a.batch], device=dev)
-        logits = model(input_ids=x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
-                                                 x[:, 1:].reshape(-1))
-        del logits
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, CLIP)
-        if a.method == "delta_lora":
-            old = [(m.lora_A["default"].weight.detach().clone(),
-                    m.lora_B["default"].weight.detach().clone()) for m in loras]
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if a.method == "delta_lora":  # W += λ·s·(BA − B_old A_old): one rank-2r GEMM
-            with torch.no_grad():
-                for m, (A0, B0) in zip(loras, old):
-                    A, B = m.lora_A["default"].weight, m.lora_B["default"].weight
-                    W = m.base_layer.weight  # GPT-2's Conv1D stores W as (in, out)
-                    (W.t() if gpt2 else W).addmm_(torch.cat([B, -B0], 1),
-                                                  torch.cat([A, A0], 0), alpha=k)
+        loss = torch_step(model, loras, params, opt, x, a.method, gpt2)
         j = {"type": "metrics", "step": step + 1, "total_steps": a.total,
              "train_loss": loss.item()}  # .item() waits for the step
         if cuda:
@@ -153,13 +125,8 @@ def run(cmd, env, a, timeout):
 
 
 def engine_cmd(model, method, data, out, a):
-    delta = ["--lambda", str(LAMBDA), "--start-step", "0"] if method == "delta_lora" else []
-    return [a.engine, "train", "--model", engine_path(MODELS[model]), "--data", data,
-            "--out", out, "--method", method, "--rank", str(RANK), "--alpha", str(ALPHA),
-            "--target-modules", ",".join(MODELS[model]["targets"]), "--lr", str(LR),
-            "--lr-scheduler", "constant", "--max-grad-norm", str(CLIP),
-            "--batch-size", str(a.batch), "--seq-len", str(a.seq), "--steps", str(a.total),
-            "--device", a.device, "--seed", str(SEED), "--json"] + delta
+    return common_engine_cmd(a.engine, engine_path(MODELS[model]), MODELS[model]["targets"],
+                             method, data, out, a, ["--device", a.device])
 
 
 def run_engine(model, method, prec, data, a):
@@ -178,14 +145,6 @@ def run_torch(model, method, prec, data, a):
     return run(cmd, dict(os.environ), a, a.case_timeout)
 
 
-def flops_per_token(info, seq):
-    """4·N_mm (forward 2·N_mm, backward input gradients 2·N_mm; no weight gradients of the
-    frozen matmuls) + 12·L·T·d_attn (QKᵀ and AV, forward + 2× backward, dense over T) +
-    6·r·Σ(in+out) (the adapters: forward, both gradients)."""
-    return (4 * info["matmul_params"] + 12 * info["n_layer"] * seq * info["attn_dim"]
-            + 6 * RANK * info["lora_io"])
-
-
 def ensure_inputs(a):
     os.makedirs(CACHE, exist_ok=True)
     if not a.dry_run and not os.access(a.engine, os.X_OK):
@@ -199,24 +158,13 @@ def ensure_inputs(a):
             continue
         if os.path.exists(os.path.join(spec["dir"], "model.safetensors")):
             continue
-        import torch
-        from transformers import GPT2Config, GPT2LMHeadModel
-        torch.manual_seed(0)
-        L, d, h = GPT2_SHAPES[name]
-        GPT2LMHeadModel(GPT2Config(n_layer=L, n_embd=d, n_head=h, vocab_size=50257,
-                                   n_positions=1024, attn_pdrop=0.0, resid_pdrop=0.0,
-                                   embd_pdrop=0.0)).save_pretrained(spec["dir"])
-        for src, dst in [("vocab.json",) * 2, ("merges.txt",) * 2]:
-            shutil.copyfile(os.path.join(TOK_DIR, src), os.path.join(spec["dir"], dst))
+        save_random_gpt2(spec["dir"], GPT2_SHAPES[name], TOK_DIR,
+                         [("vocab.json",) * 2, ("merges.txt",) * 2])
     a.models = [m for m in a.models if not any(x.startswith(m + ":") for x in a.skipped)]
     data = {}
     for name in a.models:
         data[name] = os.path.join(CACHE, f"rows-{name}-B{a.batch}-T{a.seq}-n{a.total}.jsonl")
-        r = random.Random(SEED)
-        with open(data[name], "w") as f:  # T+1 ids per row: T positions, T targets
-            for _ in range(a.batch * a.total):
-                ids = [r.randrange(MODELS[name]["vocab"]) for _ in range(a.seq + 1)]
-                f.write(json.dumps({"input_ids": ids}) + "\n")
+        write_rows(data[name], MODELS[name]["vocab"], a)
     return data
 
 

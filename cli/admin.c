@@ -146,62 +146,62 @@ static void fmt_time(int64_t t, char *out, size_t n)
     strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static int cmd_keys(opts *o)
+/* ---- keys and models: one function a subcommand -------------------------- */
+
+/* A subcommand returns 0, 1 (it failed; it printed why) or 2 (usage). It may
+ * open *d (connect_db), which the caller frees; err is its scratch. */
+typedef int (*sub_fn)(opts *o, db **d, char *err);
+
+static int keys_create(opts *o, db **d, char *err)
 {
-    char err[DT_ERR_LEN];
-    db *d = NULL;
-    int rc = 1;
-    const char *sub = o->npos ? o->pos[0] : "";
-    if (!strcmp(sub, "create")) {
-        if (!o->owner || !auth_owner_valid(o->owner)) {
-            fprintf(stderr, "deltatune keys create: --owner NAME (1-64 of A-Za-z0-9_-) "
-                            "is required\n");
-            return 2;
-        }
-        if (connect_db(o, &d)) return 1;
-        char key[AUTH_KEY_LEN + 1], prefix[AUTH_PREFIX_LEN + 1], hash[65];
-        if (auth_key_generate(key, prefix, hash) ||
-            db_key_create(d, prefix, hash, o->owner, err)) {
-            fprintf(stderr, "deltatune keys create: %s\n", err);
-            goto out;
-        }
-        fprintf(stderr, "created key %s for owner %s; it is shown once, store it now:\n",
-                prefix, o->owner);
-        printf("%s\n", key);
-        explicit_bzero(key, sizeof key);
-        rc = 0;
-    } else if (!strcmp(sub, "list")) {
-        if (connect_db(o, &d)) return 1;
-        db_key *k = NULL;
-        int n = 0;
-        if (db_key_list(d, &k, &n, err)) {
-            fprintf(stderr, "deltatune keys list: %s\n", err);
-            goto out;
-        }
-        printf("%-10s %-24s %-22s %s\n", "PREFIX", "OWNER", "CREATED", "REVOKED");
-        for (int i = 0; i < n; i++) {
-            char c[32], r[32];
-            fmt_time(k[i].created_at, c, sizeof c);
-            fmt_time(k[i].revoked_at, r, sizeof r);
-            printf("%-10s %-24s %-22s %s\n", k[i].prefix, k[i].owner, c, r);
-        }
-        free(k);
-        rc = 0;
-    } else if (!strcmp(sub, "revoke") && o->npos == 2) {
-        if (connect_db(o, &d)) return 1;
-        if (db_key_revoke(d, o->pos[1], err)) {
-            fprintf(stderr, "deltatune keys revoke: %s\n", err);
-            goto out;
-        }
-        printf("revoked %s\n", o->pos[1]);
-        rc = 0;
-    } else {
-        fputs(usage, stderr);
+    if (!o->owner || !auth_owner_valid(o->owner)) {
+        fprintf(stderr, "deltatune keys create: --owner NAME (1-64 of A-Za-z0-9_-) "
+                        "is required\n");
         return 2;
     }
-out:
-    db_free(d);
-    return rc;
+    if (connect_db(o, d)) return 1;
+    char key[AUTH_KEY_LEN + 1], prefix[AUTH_PREFIX_LEN + 1], hash[65];
+    if (auth_key_generate(key, prefix, hash) ||
+        db_key_create(*d, prefix, hash, o->owner, err)) {
+        fprintf(stderr, "deltatune keys create: %s\n", err);
+        return 1;
+    }
+    fprintf(stderr, "created key %s for owner %s; it is shown once, store it now:\n",
+            prefix, o->owner);
+    printf("%s\n", key);
+    explicit_bzero(key, sizeof key);
+    return 0;
+}
+
+static int keys_list(opts *o, db **d, char *err)
+{
+    if (connect_db(o, d)) return 1;
+    db_key *k = NULL;
+    int n = 0;
+    if (db_key_list(*d, &k, &n, err)) {
+        fprintf(stderr, "deltatune keys list: %s\n", err);
+        return 1;
+    }
+    printf("%-10s %-24s %-22s %s\n", "PREFIX", "OWNER", "CREATED", "REVOKED");
+    for (int i = 0; i < n; i++) {
+        char c[32], r[32];
+        fmt_time(k[i].created_at, c, sizeof c);
+        fmt_time(k[i].revoked_at, r, sizeof r);
+        printf("%-10s %-24s %-22s %s\n", k[i].prefix, k[i].owner, c, r);
+    }
+    free(k);
+    return 0;
+}
+
+static int keys_revoke(opts *o, db **d, char *err)
+{
+    if (connect_db(o, d)) return 1;
+    if (db_key_revoke(*d, o->pos[1], err)) {
+        fprintf(stderr, "deltatune keys revoke: %s\n", err);
+        return 1;
+    }
+    printf("revoked %s\n", o->pos[1]);
+    return 0;
 }
 
 static int model_id_valid(const char *id)
@@ -217,72 +217,96 @@ static int model_id_valid(const char *id)
     return 1;
 }
 
-static int cmd_models(opts *o)
+static int models_add(opts *o, db **d, char *err)
 {
-    char err[DT_ERR_LEN];
-    db *d = NULL;
-    int rc = 1;
-    const char *sub = o->npos ? o->pos[0] : "";
-    if (!strcmp(sub, "add")) {
-        if (!o->id || !o->path || !model_id_valid(o->id)) {
-            fprintf(stderr, "deltatune models add: --id ID (1-200 of A-Za-z0-9._-) and "
-                            "--path PATH are required\n");
-            return 2;
-        }
-        char abs[PATH_MAX];
-        if (!realpath(o->path, abs) || strlen(abs) >= DB_PATH_LEN) {
-            fprintf(stderr, "deltatune models add: %s: not found\n", o->path);
-            return 1;
-        }
-        dt_weights w;
-        memset(&w, 0, sizeof w);
-        if (dt_weights_load(abs, &w, err)) {
-            fprintf(stderr, "deltatune models add: %s does not load: %s\n", abs, err);
-            return 1;
-        }
-        fprintf(stderr, "models add: %s: %s, %d layers, d_model %d, vocab %d\n", abs,
-                w.cfg.arch == DT_ARCH_GPT2 ? "gpt2" : "llama", w.cfg.n_layer,
-                w.cfg.d_model, w.cfg.vocab);
-        dt_weights_free(&w);
-        dt_tokenizer *tok = dt_model_tokenizer(abs, err);
-        if (!tok) {
-            fprintf(stderr, "deltatune models add: %s: no usable tokenizer: %s\n", abs, err);
-            return 1;
-        }
-        dt_tokenizer_free(tok);
-        if (connect_db(o, &d)) return 1;
-        db_model m;
-        memset(&m, 0, sizeof m);
-        snprintf(m.id, sizeof m.id, "%s", o->id);
-        snprintf(m.kind, sizeof m.kind, "base");
-        memcpy(m.path, abs, strlen(abs) + 1);
-        if (db_model_put(d, &m, err)) {
-            fprintf(stderr, "deltatune models add: %s\n", err);
-            goto out;
-        }
-        printf("added base model %s (%s)\n", m.id, abs);
-        rc = 0;
-    } else if (!strcmp(sub, "list")) {
-        if (connect_db(o, &d)) return 1;
-        db_model *m = NULL;
-        int n = 0;
-        if (db_model_list(d, NULL, &m, &n, err)) {
-            fprintf(stderr, "deltatune models list: %s\n", err);
-            goto out;
-        }
-        printf("%-48s %-11s %-16s %s\n", "ID", "KIND", "OWNER", "PATH");
-        for (int i = 0; i < n; i++)
-            printf("%-48s %-11s %-16s %s\n", m[i].id, m[i].kind,
-                   m[i].owner[0] ? m[i].owner : "-", m[i].path);
-        free(m);
-        rc = 0;
-    } else {
-        fputs(usage, stderr);
+    if (!o->id || !o->path || !model_id_valid(o->id)) {
+        fprintf(stderr, "deltatune models add: --id ID (1-200 of A-Za-z0-9._-) and "
+                        "--path PATH are required\n");
         return 2;
     }
-out:
-    db_free(d);
-    return rc;
+    char abs[PATH_MAX];
+    if (!realpath(o->path, abs) || strlen(abs) >= DB_PATH_LEN) {
+        fprintf(stderr, "deltatune models add: %s: not found\n", o->path);
+        return 1;
+    }
+    dt_weights w;
+    memset(&w, 0, sizeof w);
+    if (dt_weights_load(abs, &w, err)) {
+        fprintf(stderr, "deltatune models add: %s does not load: %s\n", abs, err);
+        return 1;
+    }
+    fprintf(stderr, "models add: %s: %s, %d layers, d_model %d, vocab %d\n", abs,
+            w.cfg.arch == DT_ARCH_GPT2 ? "gpt2" : "llama", w.cfg.n_layer,
+            w.cfg.d_model, w.cfg.vocab);
+    dt_weights_free(&w);
+    dt_tokenizer *tok = dt_model_tokenizer(abs, err);
+    if (!tok) {
+        fprintf(stderr, "deltatune models add: %s: no usable tokenizer: %s\n", abs, err);
+        return 1;
+    }
+    dt_tokenizer_free(tok);
+    if (connect_db(o, d)) return 1;
+    db_model m;
+    memset(&m, 0, sizeof m);
+    snprintf(m.id, sizeof m.id, "%s", o->id);
+    snprintf(m.kind, sizeof m.kind, "base");
+    memcpy(m.path, abs, strlen(abs) + 1);
+    if (db_model_put(*d, &m, err)) {
+        fprintf(stderr, "deltatune models add: %s\n", err);
+        return 1;
+    }
+    printf("added base model %s (%s)\n", m.id, abs);
+    return 0;
+}
+
+static int models_list(opts *o, db **d, char *err)
+{
+    if (connect_db(o, d)) return 1;
+    db_model *m = NULL;
+    int n = 0;
+    if (db_model_list(*d, NULL, &m, &n, err)) {
+        fprintf(stderr, "deltatune models list: %s\n", err);
+        return 1;
+    }
+    printf("%-48s %-11s %-16s %s\n", "ID", "KIND", "OWNER", "PATH");
+    for (int i = 0; i < n; i++)
+        printf("%-48s %-11s %-16s %s\n", m[i].id, m[i].kind,
+               m[i].owner[0] ? m[i].owner : "-", m[i].path);
+    free(m);
+    return 0;
+}
+
+/* The subcommand table: command, subcommand, the positional arguments it
+ * needs with its own name (0: not checked), its function. */
+static const struct {
+    const char *cmd, *sub;
+    int npos;
+    sub_fn run;
+} subs[] = {
+    {"keys", "create", 0, keys_create},
+    {"keys", "list", 0, keys_list},
+    {"keys", "revoke", 2, keys_revoke},
+    {"models", "add", 0, models_add},
+    {"models", "list", 0, models_list},
+};
+
+/* Runs cmd's subcommand named by the first positional argument; prints the
+ * usage for one it does not have. Returns the exit status. */
+static int run_sub(const char *cmd, opts *o)
+{
+    const char *sub = o->npos ? o->pos[0] : "";
+    for (size_t i = 0; i < sizeof subs / sizeof subs[0]; i++) {
+        if (strcmp(subs[i].cmd, cmd) || strcmp(subs[i].sub, sub) ||
+            (subs[i].npos && o->npos != subs[i].npos))
+            continue;
+        char err[DT_ERR_LEN];
+        db *d = NULL;
+        int rc = subs[i].run(o, &d, err);
+        db_free(d);
+        return rc;
+    }
+    fputs(usage, stderr);
+    return 2;
 }
 
 int dt_admin_main(int argc, char **argv)
@@ -293,8 +317,7 @@ int dt_admin_main(int argc, char **argv)
     if (rc) return rc;
     log_init("deltatune", o.cfg.log_level);
     if (!strcmp(argv[0], "migrate")) return cmd_migrate(&o);
-    if (!strcmp(argv[0], "keys")) return cmd_keys(&o);
-    if (!strcmp(argv[0], "models")) return cmd_models(&o);
+    if (!strcmp(argv[0], "keys") || !strcmp(argv[0], "models")) return run_sub(argv[0], &o);
     fputs(usage, stderr);
     return 2;
 }

@@ -296,6 +296,31 @@ static void list_query(char *path, size_t n, const list_opts *o)
     }
 }
 
+/* The shared half of the list commands: parses argv into o (own, as for
+ * cl_parse, may be NULL), connects and GETs path with o's query appended (path
+ * holds n bytes). Returns 0 with *out a new reference to the page the caller
+ * prints as a table, or with *out NULL when nothing is left to print (--help
+ * was shown, or --json printed the page); otherwise an exit status. */
+static int list_get(cl_ctx *c, int argc, char **argv, const struct option *opts,
+                    const char *help, int (*own)(void *ud, int id, const char *arg),
+                    list_opts *o, char *path, size_t n, json_t **out)
+{
+    *out = NULL;
+    int np, rc = cl_parse(c, argc, argv, opts, help, own, o, NULL, 0, &np);
+    if (rc) return rc == CL_HELP_SHOWN ? 0 : rc;
+    if ((rc = cl_connect(c))) return rc;
+    list_query(path, n, o);
+    json_t *l;
+    if ((rc = cl_call(c, "GET", path, NULL, NULL, NULL, &l))) return rc;
+    if (c->json) {
+        cl_print_json(l, 0);
+        json_decref(l);
+        return 0;
+    }
+    *out = l;
+    return 0;
+}
+
 static const char files_list_help[] =
     "usage: deltatune files list [options]\n"
     "\n"
@@ -314,27 +339,20 @@ static int files_list(cl_ctx *c, int argc, char **argv)
         {"limit", required_argument, 0, O_LIMIT}, {"after", required_argument, 0, O_AFTER},
         {0, 0, 0, 0}};
     list_opts o = {.c = c};
-    int np, rc = cl_parse(c, argc, argv, opts, files_list_help, list_opt, &o, NULL, 0, &np);
-    if (rc) return rc == CL_HELP_SHOWN ? 0 : rc;
-    if ((rc = cl_connect(c))) return rc;
     char path[2048] = "/v1/files";
-    list_query(path, sizeof path, &o);
     json_t *l;
-    if ((rc = cl_call(c, "GET", path, NULL, NULL, NULL, &l))) return rc;
-    if (c->json) {
-        cl_print_json(l, 0);
-    } else {
-        printf("%-30s %10s %7s %-10s %-16s %s\n", "ID", "BYTES", "LINES", "STATUS", "CREATED",
-               "FILENAME");
-        size_t i;
-        json_t *f;
-        json_array_foreach(json_object_get(l, "data"), i, f) {
-            char t[32];
-            cl_fmt_time(t, sizeof t, (long long)cl_num(f, "created_at", 0));
-            printf("%-30s %10lld %7lld %-10s %-16s %s\n", cl_str(f, "id"),
-                   (long long)cl_num(f, "bytes", 0), (long long)cl_num(f, "lines", 0),
-                   cl_str(f, "status"), t, cl_str(f, "filename"));
-        }
+    int rc = list_get(c, argc, argv, opts, files_list_help, list_opt, &o, path, sizeof path, &l);
+    if (rc || !l) return rc;
+    printf("%-30s %10s %7s %-10s %-16s %s\n", "ID", "BYTES", "LINES", "STATUS", "CREATED",
+           "FILENAME");
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(l, "data"), i, f) {
+        char t[32];
+        cl_fmt_time(t, sizeof t, (long long)cl_num(f, "created_at", 0));
+        printf("%-30s %10lld %7lld %-10s %-16s %s\n", cl_str(f, "id"),
+               (long long)cl_num(f, "bytes", 0), (long long)cl_num(f, "lines", 0),
+               cl_str(f, "status"), t, cl_str(f, "filename"));
     }
     json_decref(l);
     return 0;
@@ -546,33 +564,27 @@ static int jobs_list(cl_ctx *c, int argc, char **argv)
         {"after", required_argument, 0, O_AFTER}, {"metadata", required_argument, 0, O_META},
         {0, 0, 0, 0}};
     list_opts o = {.c = c};
-    int np, rc = cl_parse(c, argc, argv, opts, jobs_list_help, jobs_list_opt, &o, NULL, 0, &np);
-    if (rc) return rc == CL_HELP_SHOWN ? 0 : rc;
-    if ((rc = cl_connect(c))) return rc;
     char path[12000] = "/v1/fine_tuning/jobs";
-    list_query(path, sizeof path, &o);
     json_t *l;
-    if ((rc = cl_call(c, "GET", path, NULL, NULL, NULL, &l))) return rc;
-    if (c->json) {
-        cl_print_json(l, 0);
-    } else {
-        printf("%-32s %-10s %-11s %-20s %-16s %s\n", "ID", "STATUS", "STEP", "MODEL", "CREATED",
-               "FINE-TUNED MODEL");
-        size_t i;
-        json_t *j;
-        json_array_foreach(json_object_get(l, "data"), i, j) {
-            char t[32], step[32];
-            json_t *p = json_object_get(j, "progress");
-            cl_fmt_time(t, sizeof t, (long long)cl_num(j, "created_at", 0));
-            if (json_is_object(p))
-                snprintf(step, sizeof step, "%lld/%lld", (long long)cl_num(p, "step", 0),
-                         (long long)cl_num(p, "total_steps", 0));
-            else
-                snprintf(step, sizeof step, "-");
-            const char *ft = cl_str(j, "fine_tuned_model");
-            printf("%-32s %-10s %-11s %-20s %-16s %s\n", cl_str(j, "id"), cl_str(j, "status"),
-                   step, cl_str(j, "model"), t, ft[0] ? ft : "-");
-        }
+    int rc = list_get(c, argc, argv, opts, jobs_list_help, jobs_list_opt, &o, path, sizeof path,
+                      &l);
+    if (rc || !l) return rc;
+    printf("%-32s %-10s %-11s %-20s %-16s %s\n", "ID", "STATUS", "STEP", "MODEL", "CREATED",
+           "FINE-TUNED MODEL");
+    size_t i;
+    json_t *j;
+    json_array_foreach(json_object_get(l, "data"), i, j) {
+        char t[32], step[32];
+        json_t *p = json_object_get(j, "progress");
+        cl_fmt_time(t, sizeof t, (long long)cl_num(j, "created_at", 0));
+        if (json_is_object(p))
+            snprintf(step, sizeof step, "%lld/%lld", (long long)cl_num(p, "step", 0),
+                     (long long)cl_num(p, "total_steps", 0));
+        else
+            snprintf(step, sizeof step, "-");
+        const char *ft = cl_str(j, "fine_tuned_model");
+        printf("%-32s %-10s %-11s %-20s %-16s %s\n", cl_str(j, "id"), cl_str(j, "status"), step,
+               cl_str(j, "model"), t, ft[0] ? ft : "-");
     }
     json_decref(l);
     return 0;
@@ -641,27 +653,23 @@ static const char models_list_help[] =
 static int models_list(cl_ctx *c, int argc, char **argv)
 {
     static const struct option opts[] = {CL_COMMON_OPTS, {0, 0, 0, 0}};
-    int np, rc = cl_parse(c, argc, argv, opts, models_list_help, NULL, NULL, NULL, 0, &np);
-    if (rc) return rc == CL_HELP_SHOWN ? 0 : rc;
-    if ((rc = cl_connect(c))) return rc;
+    list_opts o = {.c = c}; /* no options of its own: the query stays empty */
+    char path[] = "/v1/models";
     json_t *l;
-    if ((rc = cl_call(c, "GET", "/v1/models", NULL, NULL, NULL, &l))) return rc;
-    if (c->json) {
-        cl_print_json(l, 0);
-    } else {
-        size_t i;
-        json_t *m;
-        int w = 20;
-        json_array_foreach(json_object_get(l, "data"), i, m)
-            if ((int)strlen(cl_str(m, "id")) > w) w = (int)strlen(cl_str(m, "id"));
-        printf("%-*s %-11s %-16s %s\n", w, "ID", "KIND", "OWNER", "CREATED");
-        json_array_foreach(json_object_get(l, "data"), i, m) {
-            char t[32];
-            cl_fmt_time(t, sizeof t, (long long)cl_num(m, "created", 0));
-            const char *kind = cl_str(m, "kind");
-            printf("%-*s %-11s %-16s %s\n", w, cl_str(m, "id"), kind[0] ? kind : "-",
-                   cl_str(m, "owned_by"), t);
-        }
+    int rc = list_get(c, argc, argv, opts, models_list_help, NULL, &o, path, sizeof path, &l);
+    if (rc || !l) return rc;
+    size_t i;
+    json_t *m;
+    int w = 20;
+    json_array_foreach(json_object_get(l, "data"), i, m)
+        if ((int)strlen(cl_str(m, "id")) > w) w = (int)strlen(cl_str(m, "id"));
+    printf("%-*s %-11s %-16s %s\n", w, "ID", "KIND", "OWNER", "CREATED");
+    json_array_foreach(json_object_get(l, "data"), i, m) {
+        char t[32];
+        cl_fmt_time(t, sizeof t, (long long)cl_num(m, "created", 0));
+        const char *kind = cl_str(m, "kind");
+        printf("%-*s %-11s %-16s %s\n", w, cl_str(m, "id"), kind[0] ? kind : "-",
+               cl_str(m, "owned_by"), t);
     }
     json_decref(l);
     return 0;

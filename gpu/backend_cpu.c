@@ -150,6 +150,47 @@ static void cpu_embedding_fwd(dt_backend *be, float *out, const int32_t *ids,
  * blocks and adds rows in order, so the result is deterministic. */
 #define CPU_COLBLK 64
 
+/* What cpu_colsum adds up, per row r and column c (as the CUDA backend's
+ * k_colsum_part): dy (bias, LayerNorm db), dy * ((x - mean) * rstd)
+ * (LayerNorm dw), dy * (x * rstd) (RMSNorm dw). */
+enum { COLSUM_DY, COLSUM_LN_DW, COLSUM_RMS_DW };
+
+/* out(C) += the column sums over N rows of the mode's term; dy and x are
+ * (N, C), mean and rstd (N); x, mean and rstd may be NULL where the mode does
+ * not read them. */
+static void cpu_colsum(float *out, const float *dy, const float *x,
+                       const float *mean, const float *rstd, int N, int C,
+                       int mode)
+{
+    int nblk = (C + CPU_COLBLK - 1) / CPU_COLBLK;
+#pragma omp parallel for schedule(static)
+    for (int cb = 0; cb < nblk; cb++) {
+        int c0 = cb * CPU_COLBLK;
+        int c1 = c0 + CPU_COLBLK < C ? c0 + CPU_COLBLK : C;
+        float acc[CPU_COLBLK] = {0};
+        for (int r = 0; r < N; r++) {
+            const float *d = dy + (long)r * C;
+            if (mode == COLSUM_DY) {
+                for (int c = c0; c < c1; c++)
+                    acc[c - c0] += d[c];
+                continue;
+            }
+            const float *xr = x + (long)r * C;
+            float rs = rstd[r];
+            if (mode == COLSUM_LN_DW) {
+                float m = mean[r];
+                for (int c = c0; c < c1; c++)
+                    acc[c - c0] += d[c] * ((xr[c] - m) * rs);
+            } else {
+                for (int c = c0; c < c1; c++)
+                    acc[c - c0] += d[c] * (xr[c] * rs);
+            }
+        }
+        for (int c = c0; c < c1; c++)
+            out[c] += acc[c - c0];
+    }
+}
+
 static void cpu_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
                               const float *dout, const int32_t *ids, int B,
                               int T, int C)
@@ -233,29 +274,10 @@ static void cpu_layernorm_bwd(dt_backend *be, float *dinp, float *dw,
             di[c] += rs * (dn - m1 - n * m2);
         }
     }
-    if (!dw && !db)
-        return;
-    int nblk = (C + CPU_COLBLK - 1) / CPU_COLBLK;
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < nblk; cb++) {
-        int c0 = cb * CPU_COLBLK;
-        int c1 = c0 + CPU_COLBLK < C ? c0 + CPU_COLBLK : C;
-        float aw[CPU_COLBLK] = {0}, ab[CPU_COLBLK] = {0};
-        for (int r = 0; r < N; r++) {
-            const float *x = inp + (long)r * C, *d = dout + (long)r * C;
-            float m = mean[r], rs = rstd[r];
-            for (int c = c0; c < c1; c++) {
-                aw[c - c0] += d[c] * ((x[c] - m) * rs);
-                ab[c - c0] += d[c];
-            }
-        }
-        for (int c = c0; c < c1; c++) {
-            if (dw)
-                dw[c] += aw[c - c0];
-            if (db)
-                db[c] += ab[c - c0];
-        }
-    }
+    if (dw)
+        cpu_colsum(dw, dout, inp, mean, rstd, N, C, COLSUM_LN_DW);
+    if (db)
+        cpu_colsum(db, dout, NULL, NULL, NULL, N, C, COLSUM_DY);
 }
 
 static void cpu_rmsnorm_fwd(dt_backend *be, float *out, float *rstd,
@@ -295,23 +317,8 @@ static void cpu_rmsnorm_bwd(dt_backend *be, float *dinp, float *dw,
             di[c] += rs * (d[c] * w[c] - n * m2);
         }
     }
-    if (!dw)
-        return;
-    int nblk = (C + CPU_COLBLK - 1) / CPU_COLBLK;
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < nblk; cb++) {
-        int c0 = cb * CPU_COLBLK;
-        int c1 = c0 + CPU_COLBLK < C ? c0 + CPU_COLBLK : C;
-        float aw[CPU_COLBLK] = {0};
-        for (int r = 0; r < N; r++) {
-            const float *x = inp + (long)r * C, *d = dout + (long)r * C;
-            float rs = rstd[r];
-            for (int c = c0; c < c1; c++)
-                aw[c - c0] += d[c] * (x[c] * rs);
-        }
-        for (int c = c0; c < c1; c++)
-            dw[c] += aw[c - c0];
-    }
+    if (dw)
+        cpu_colsum(dw, dout, inp, NULL, rstd, N, C, COLSUM_RMS_DW);
 }
 
 /* ---- activations ---------------------------------------------------------- */
@@ -389,20 +396,7 @@ static void cpu_add_bias(dt_backend *be, float *y, const float *bias, int N,
 static void cpu_bias_bwd(dt_backend *be, float *dbias, const float *dy, int N,
                          int C)
 {
-    int nblk = (C + CPU_COLBLK - 1) / CPU_COLBLK;
-#pragma omp parallel for schedule(static)
-    for (int cb = 0; cb < nblk; cb++) {
-        int c0 = cb * CPU_COLBLK;
-        int c1 = c0 + CPU_COLBLK < C ? c0 + CPU_COLBLK : C;
-        float acc[CPU_COLBLK] = {0};
-        for (int r = 0; r < N; r++) {
-            const float *d = dy + (long)r * C;
-            for (int c = c0; c < c1; c++)
-                acc[c - c0] += d[c];
-        }
-        for (int c = c0; c < c1; c++)
-            dbias[c] += acc[c - c0];
-    }
+    cpu_colsum(dbias, dy, NULL, NULL, NULL, N, C, COLSUM_DY);
 }
 
 static void cpu_axpy(dt_backend *be, long n, float a, const float *x, float *y)

@@ -173,9 +173,7 @@ static __global__ void k_layernorm_fwd(float *out, float *mean, float *rstd,
                                        const float *inp, const float *w,
                                        const float *b, int N, int C, float eps)
 {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= N)
-        return;
+    WARP_ROW(row, lane, N);
     const float *x = inp + (long)row * C;
     float s = 0.0f;
     for (int i = lane; i < C; i += 32)
@@ -204,9 +202,7 @@ static __global__ void k_layernorm_bwd_dinp(float *dinp, const float *dout,
                                             const float *mean,
                                             const float *rstd, int N, int C)
 {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= N)
-        return;
+    WARP_ROW(row, lane, N);
     long off = (long)row * C;
     float m = mean[row], r = rstd[row], s1 = 0.0f, s2 = 0.0f;
     for (int i = lane; i < C; i += 32) {
@@ -225,9 +221,7 @@ static __global__ void k_layernorm_bwd_dinp(float *dinp, const float *dout,
 static __global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *inp,
                                      const float *w, int N, int C, float eps)
 {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= N)
-        return;
+    WARP_ROW(row, lane, N);
     const float *x = inp + (long)row * C;
     float s = 0.0f;
     for (int i = lane; i < C; i += 32)
@@ -244,9 +238,7 @@ static __global__ void k_rmsnorm_bwd_dinp(float *dinp, const float *dout,
                                           const float *inp, const float *w,
                                           const float *rstd, int N, int C)
 {
-    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (row >= N)
-        return;
+    WARP_ROW(row, lane, N);
     long off = (long)row * C;
     float r = rstd[row], s = 0.0f;
     for (int i = lane; i < C; i += 32)

@@ -94,6 +94,15 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
     for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n);     \
          i += (long)gridDim.x * blockDim.x)
 
+/* A warp-per-row kernel's prologue: declares row (this warp's row) and lane
+ * (this thread's place in the warp, 0..31), and returns from the warps of the
+ * last block that have no row below nrows. */
+#define WARP_ROW(row, lane, nrows)                                          \
+    int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32,               \
+        lane = threadIdx.x & 31;                                            \
+    if (row >= (nrows))                                                     \
+        return
+
 template <typename T> static __device__ T warp_sum(T v)
 {
     for (int o = 16; o > 0; o >>= 1)

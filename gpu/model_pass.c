@@ -67,6 +67,28 @@ static float *gptr(dt_param *p) { return p ? p->g : NULL; }
 /* Per-layer activation slices, at the allocated stride m->N. */
 #define AT(buf, l, width) ((buf) + (size_t)(l) * m->N * (size_t)(width))
 
+/* Layer l's slices of the activations the forward pass keeps for the
+ * backward pass (N = m->N rows each, C = d_model, F = d_ff). */
+typedef struct layer_acts {
+    float *x, *mid;   /* (N, C) the input; the residual after attention */
+    float *n1, *n2;   /* (N, C) the normed inputs of attention and MLP */
+    float *q, *k, *v; /* (N, qdim), (N, kvdim), (N, kvdim) */
+    float *att, *lse; /* (N, qdim) attention; (N, n_head) its log-sum-exp */
+    float *h1;        /* (N, F) the MLP's first pre-activation */
+} layer_acts;
+
+static layer_acts layer_acts_at(const dt_model *m, int l)
+{
+    const dt_config *c = &m->c;
+    int C = c->d_model, F = c->d_ff;
+    return (layer_acts){
+        .x = AT(m->res, l, C), .mid = AT(m->mid, l, C),
+        .n1 = AT(m->n1, l, C), .n2 = AT(m->n2, l, C),
+        .q = AT(m->q, l, m->qdim), .k = AT(m->k, l, m->kvdim),
+        .v = AT(m->v, l, m->kvdim), .att = AT(m->att, l, m->qdim),
+        .lse = AT(m->lse, l, c->n_head), .h1 = AT(m->h1, l, F)};
+}
+
 static void norm_fwd(dt_model *m, float *out, float *mean, float *rstd,
                      const float *x, const float *w, const float *b, int N)
 {
@@ -95,43 +117,41 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     dt_backend *be = m->be;
     dt_layer *Y = &m->L[l];
     int N = b * t, C = c->d_model, F = c->d_ff;
-    float *x = AT(m->res, l, C), *mid = AT(m->mid, l, C);
-    float *n1 = AT(m->n1, l, C), *n2 = AT(m->n2, l, C);
-    float *q = AT(m->q, l, m->qdim), *k = AT(m->k, l, m->kvdim);
-    float *v = AT(m->v, l, m->kvdim), *att = AT(m->att, l, m->qdim);
-    float *lse = AT(m->lse, l, c->n_head);
-    float *h1 = AT(m->h1, l, F), *act = m->act;
+    layer_acts A = layer_acts_at(m, l);
     float *next = AT(m->res, l + 1, C);
 
-    norm_fwd(m, n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), x, Y->n1w, Y->n1b, N);
+    norm_fwd(m, A.n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), A.x, Y->n1w, Y->n1b,
+             N);
     if (c->arch == DT_ARCH_GPT2) {
-        lin_fwd(m, &Y->lin[G_QKV], n1, m->qkv, N, 0);
-        OPS.copy2d(be, q, C, m->qkv, 3 * C, N, C, 1.0f);
-        OPS.copy2d(be, k, C, m->qkv + C, 3 * C, N, C, 1.0f);
-        OPS.copy2d(be, v, C, m->qkv + 2 * C, 3 * C, N, C, 1.0f);
+        lin_fwd(m, &Y->lin[G_QKV], A.n1, m->qkv, N, 0);
+        OPS.copy2d(be, A.q, C, m->qkv, 3 * C, N, C, 1.0f);
+        OPS.copy2d(be, A.k, C, m->qkv + C, 3 * C, N, C, 1.0f);
+        OPS.copy2d(be, A.v, C, m->qkv + 2 * C, 3 * C, N, C, 1.0f);
     } else {
-        lin_fwd(m, &Y->lin[L_Q], n1, q, N, 0);
-        lin_fwd(m, &Y->lin[L_K], n1, k, N, 0);
-        lin_fwd(m, &Y->lin[L_V], n1, v, N, 0);
-        OPS.rope(be, q, b, t, c->n_head, c->head_dim, c->rope_theta, 0);
-        OPS.rope(be, k, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 0);
+        lin_fwd(m, &Y->lin[L_Q], A.n1, A.q, N, 0);
+        lin_fwd(m, &Y->lin[L_K], A.n1, A.k, N, 0);
+        lin_fwd(m, &Y->lin[L_V], A.n1, A.v, N, 0);
+        OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, c->rope_theta, 0);
+        OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 0);
     }
-    OPS.attention_fwd(be, att, lse, q, k, v, b, t, c->n_head, c->n_kv_head,
-                      c->head_dim);
-    OPS.copy(be, mid, x, (size_t)N * C * sizeof(float));
-    lin_fwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], att, mid, N, 1);
-    norm_fwd(m, n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), mid, Y->n2w, Y->n2b, N);
-    OPS.copy(be, next, mid, (size_t)N * C * sizeof(float));
+    OPS.attention_fwd(be, A.att, A.lse, A.q, A.k, A.v, b, t, c->n_head,
+                      c->n_kv_head, c->head_dim);
+    OPS.copy(be, A.mid, A.x, (size_t)N * C * sizeof(float));
+    lin_fwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], A.att, A.mid, N,
+            1);
+    norm_fwd(m, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.mid, Y->n2w,
+             Y->n2b, N);
+    OPS.copy(be, next, A.mid, (size_t)N * C * sizeof(float));
     if (c->arch == DT_ARCH_GPT2) {
-        lin_fwd(m, &Y->lin[G_FC], n2, h1, N, 0);
-        OPS.gelu_fwd(be, act, h1, (long)N * F);
-        lin_fwd(m, &Y->lin[G_PROJ], act, next, N, 1);
+        lin_fwd(m, &Y->lin[G_FC], A.n2, A.h1, N, 0);
+        OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
+        lin_fwd(m, &Y->lin[G_PROJ], m->act, next, N, 1);
     } else {
         float *h2 = AT(m->h2, l, F);
-        lin_fwd(m, &Y->lin[L_GATE], n2, h1, N, 0);
-        lin_fwd(m, &Y->lin[L_UP], n2, h2, N, 0);
-        OPS.swiglu_fwd(be, act, h1, h2, (long)N * F);
-        lin_fwd(m, &Y->lin[L_DOWN], act, next, N, 1);
+        lin_fwd(m, &Y->lin[L_GATE], A.n2, A.h1, N, 0);
+        lin_fwd(m, &Y->lin[L_UP], A.n2, h2, N, 0);
+        OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
+        lin_fwd(m, &Y->lin[L_DOWN], m->act, next, N, 1);
     }
 }
 
@@ -143,49 +163,44 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
     dt_backend *be = m->be;
     dt_layer *Y = &m->L[l];
     int N = b * t, C = c->d_model, F = c->d_ff;
-    float *x = AT(m->res, l, C), *mid = AT(m->mid, l, C);
-    float *n1 = AT(m->n1, l, C), *n2 = AT(m->n2, l, C);
-    float *q = AT(m->q, l, m->qdim), *k = AT(m->k, l, m->kvdim);
-    float *v = AT(m->v, l, m->kvdim), *att = AT(m->att, l, m->qdim);
-    float *lse = AT(m->lse, l, c->n_head);
-    float *h1 = AT(m->h1, l, F), *act = m->act;
+    layer_acts A = layer_acts_at(m, l);
 
     /* The MLP activation is recomputed from the kept pre-activations instead
      * of being stored per layer: one elementwise pass saves n_layer·N·F
      * floats. */
     if (c->arch == DT_ARCH_GPT2) {
-        OPS.gelu_fwd(be, act, h1, (long)N * F);
-        lin_bwd(m, &Y->lin[G_PROJ], m->dres, act, m->dact, N, 0);
+        OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
+        lin_bwd(m, &Y->lin[G_PROJ], m->dres, m->act, m->dact, N, 0);
         OPS.memset0(be, m->dh1, (size_t)N * F * sizeof(float));
-        OPS.gelu_bwd(be, m->dh1, h1, m->dact, (long)N * F);
-        lin_bwd(m, &Y->lin[G_FC], m->dh1, n2, m->dx, N, 0);
+        OPS.gelu_bwd(be, m->dh1, A.h1, m->dact, (long)N * F);
+        lin_bwd(m, &Y->lin[G_FC], m->dh1, A.n2, m->dx, N, 0);
     } else {
         float *h2 = AT(m->h2, l, F);
-        OPS.swiglu_fwd(be, act, h1, h2, (long)N * F);
-        lin_bwd(m, &Y->lin[L_DOWN], m->dres, act, m->dact, N, 0);
-        OPS.swiglu_bwd(be, m->dh1, m->dh2, m->dact, h1, h2, (long)N * F);
-        lin_bwd(m, &Y->lin[L_GATE], m->dh1, n2, m->dx, N, 0);
-        lin_bwd(m, &Y->lin[L_UP], m->dh2, n2, m->dx, N, 1);
+        OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
+        lin_bwd(m, &Y->lin[L_DOWN], m->dres, m->act, m->dact, N, 0);
+        OPS.swiglu_bwd(be, m->dh1, m->dh2, m->dact, A.h1, h2, (long)N * F);
+        lin_bwd(m, &Y->lin[L_GATE], m->dh1, A.n2, m->dx, N, 0);
+        lin_bwd(m, &Y->lin[L_UP], m->dh2, A.n2, m->dx, N, 1);
     }
-    norm_bwd(m, m->dres, Y->pn2w, Y->pn2b, m->dx, mid, Y->n2w,
+    norm_bwd(m, m->dres, Y->pn2w, Y->pn2b, m->dx, A.mid, Y->n2w,
              AT(m->n2m, l, 1), AT(m->n2r, l, 1), N);
-    lin_bwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], m->dres, att,
+    lin_bwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], m->dres, A.att,
             m->datt, N, 0);
-    OPS.attention_bwd(be, m->dq, m->dk, m->dv, m->datt, att, lse, q, k, v, b,
-                      t, c->n_head, c->n_kv_head, c->head_dim);
+    OPS.attention_bwd(be, m->dq, m->dk, m->dv, m->datt, A.att, A.lse, A.q,
+                      A.k, A.v, b, t, c->n_head, c->n_kv_head, c->head_dim);
     if (c->arch == DT_ARCH_GPT2) {
         OPS.copy2d(be, m->dqkv, 3 * C, m->dq, C, N, C, 1.0f);
         OPS.copy2d(be, m->dqkv + C, 3 * C, m->dk, C, N, C, 1.0f);
         OPS.copy2d(be, m->dqkv + 2 * C, 3 * C, m->dv, C, N, C, 1.0f);
-        lin_bwd(m, &Y->lin[G_QKV], m->dqkv, n1, m->dx, N, 0);
+        lin_bwd(m, &Y->lin[G_QKV], m->dqkv, A.n1, m->dx, N, 0);
     } else {
         OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, c->rope_theta, 1);
         OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 1);
-        lin_bwd(m, &Y->lin[L_Q], m->dq, n1, m->dx, N, 0);
-        lin_bwd(m, &Y->lin[L_K], m->dk, n1, m->dx, N, 1);
-        lin_bwd(m, &Y->lin[L_V], m->dv, n1, m->dx, N, 1);
+        lin_bwd(m, &Y->lin[L_Q], m->dq, A.n1, m->dx, N, 0);
+        lin_bwd(m, &Y->lin[L_K], m->dk, A.n1, m->dx, N, 1);
+        lin_bwd(m, &Y->lin[L_V], m->dv, A.n1, m->dx, N, 1);
     }
-    norm_bwd(m, m->dres, Y->pn1w, Y->pn1b, m->dx, x, Y->n1w,
+    norm_bwd(m, m->dres, Y->pn1w, Y->pn1b, m->dx, A.x, Y->n1w,
              AT(m->n1m, l, 1), AT(m->n1r, l, 1), N);
 }
 

@@ -285,6 +285,41 @@ static void fail_job(worker *w, const char *code, const char *param, const char 
     finish(w, &f);
 }
 
+/* Fails the job whose stored path does not fit under the artifact root.
+ * Returns 1, resolve_inputs' "failed for the user". */
+static int fail_path_too_long(worker *w)
+{
+    fail_job(w, "internal_error", NULL, "A stored path of this job is longer than %d "
+             "bytes under the artifact root.", DB_PATH_LEN);
+    return 1;
+}
+
+/* Looks up the job's training or validation file (which: "training" or
+ * "validation"; id: the file's id) into path (DB_PATH_LEN bytes) and, where
+ * nlines is not NULL, its line count. 0, a DB error (err says it), or 1 when
+ * the job failed for the user. */
+static int resolve_file(worker *w, const char *which, const char *id, char *path,
+                        long *nlines, char *err)
+{
+    db_file f;
+    int rc = db_file_get(w->db, w->job.owner, id, &f, err);
+    if (rc == DB_ENOTFOUND) {
+        char code[32], param[32];
+        snprintf(code, sizeof code, "invalid_%s_file", which);
+        snprintf(param, sizeof param, "%s_file", which);
+        fail_job(w, code, param, "The %s file %s was deleted before the job ran. Upload "
+                 "it again and create a new job.", which, id);
+        return 1;
+    }
+    if (rc)
+        return rc;
+    if (config_artifact_path(&w->o->cfg, f.path, path, DB_PATH_LEN))
+        return fail_path_too_long(w);
+    if (nlines)
+        *nlines = f.nlines;
+    return 0;
+}
+
 /* Looks up the base model and the files of the job. 0, a DB error to retry
  * later (the job is handed back), or 1 when the job failed for the user. */
 static int resolve_inputs(worker *w, char *model_path, char *train_path,
@@ -292,7 +327,6 @@ static int resolve_inputs(worker *w, char *model_path, char *train_path,
 {
     const api_config *cfg = &w->o->cfg;
     db_model m;
-    db_file f;
     char err[DT_ERR_LEN] = "";
     int rc = db_model_get(w->db, NULL, w->job.model, &m, err);
     if (rc == DB_ENOTFOUND) {
@@ -303,40 +337,23 @@ static int resolve_inputs(worker *w, char *model_path, char *train_path,
     if (rc)
         goto db_error;
     if (config_artifact_path(cfg, m.path, model_path, DB_PATH_LEN))
-        goto too_long;
-    rc = db_file_get(w->db, w->job.owner, w->job.training_file, &f, err);
-    if (rc == DB_ENOTFOUND) {
-        fail_job(w, "invalid_training_file", "training_file", "The training file %s was "
-                 "deleted before the job ran. Upload it again and create a new job.",
-                 w->job.training_file);
-        return 1;
-    }
-    if (rc)
+        return fail_path_too_long(w);
+    rc = resolve_file(w, "training", w->job.training_file, train_path, rows, err);
+    if (rc < 0)
         goto db_error;
-    if (config_artifact_path(cfg, f.path, train_path, DB_PATH_LEN))
-        goto too_long;
-    *rows = f.nlines;
+    if (rc)
+        return rc;
     valid_path[0] = 0;
     if (w->job.validation_file[0]) {
-        rc = db_file_get(w->db, w->job.owner, w->job.validation_file, &f, err);
-        if (rc == DB_ENOTFOUND) {
-            fail_job(w, "invalid_validation_file", "validation_file", "The validation "
-                     "file %s was deleted before the job ran. Upload it again and create "
-                     "a new job.", w->job.validation_file);
-            return 1;
-        }
-        if (rc)
+        rc = resolve_file(w, "validation", w->job.validation_file, valid_path, NULL, err);
+        if (rc < 0)
             goto db_error;
-        if (config_artifact_path(cfg, f.path, valid_path, DB_PATH_LEN))
-            goto too_long;
+        if (rc)
+            return rc;
     }
     if (config_artifact_path(cfg, w->job.output_dir, out_dir, DB_PATH_LEN))
-        goto too_long;
+        return fail_path_too_long(w);
     return 0;
-too_long:
-    fail_job(w, "internal_error", NULL, "A stored path of this job is longer than %d "
-             "bytes under the artifact root.", DB_PATH_LEN);
-    return 1;
 db_error:
     log_msg(DT_LOG_ERROR, "job.inputs_failed", "%s: %s", w->job.id, err);
     return rc;
