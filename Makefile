@@ -9,6 +9,7 @@
 #   make asan       the unit tests under AddressSanitizer + UBSan (build-asan/)
 #   make test-asan-integration  the HTTP integration suite against ASan+UBSan binaries
 #   make fuzz-brief libFuzzer targets for every parser, ~10 s each (tests/fuzz/)
+#   make test-cuda-emu  the CUDA backend on the CPU under tests/cuda-emu (part of make test)
 #   make check-gpu  CUDA-vs-CPU op and training tests (needs a GPU)
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
 #   make check-exports  exports load in transformers / peft (needs the venv)
@@ -60,7 +61,14 @@ ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 CUBLAS_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) $(CURDIR)/.cache/cublas/nvidia/cu13,\
                  $(if $(wildcard $(d)/include/cublas_v2.h),$(d))))
 CUDA_SRC := gpu/backend_cuda.cu gpu/cuda_attention.cu
-ifeq ($(NVCC),)
+# CUDA_EMU=1 compiles the same .cu files with g++ against the CUDA emulator's
+# headers (tests/cuda-emu/) and links its runtime: the CUDA backend then runs
+# on the CPU (make test-cuda-emu).
+CUDA_EMU ?=
+ifneq ($(CUDA_EMU),)
+  CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/%.o) $(BUILD)/tests/cuda-emu/emu.o
+  LDLIBS   += -lstdc++
+else ifeq ($(NVCC),)
   CUDA_OBJ := $(BUILD)/gpu/backend_cuda_stub.o
   $(info note: nvcc not found: building without the CUDA backend)
 else ifeq ($(CUBLAS_HOME),)
@@ -144,9 +152,21 @@ $(BUILD)/%.o: %.c
 # flags). Results stay deterministic: same code, same order, every run.
 $(BUILD)/gpu/backend_cpu.o: CFLAGS += -O3 -fno-trapping-math
 
+ifneq ($(CUDA_EMU),)
+EMU_CXXFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
+                -Itests/cuda-emu -I. -I$(BLAS_INC) -MMD -MP $(SAN) $(EMU_COV)
+$(BUILD)/gpu/%.o: gpu/%.cu
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/tests/cuda-emu/emu.o: tests/cuda-emu/emu.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(filter-out $(EMU_COV),$(EMU_CXXFLAGS)) -c $< -o $@
+else
 $(BUILD)/gpu/%.o: gpu/%.cu gpu/cuda_internal.cuh gpu/backend.h gpu/dt_math.h base/dt.h
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+endif
 
 $(BASE_LIB): $(BASE_OBJ)
 	@mkdir -p $(dir $@)
@@ -311,6 +331,17 @@ test-cli: deps
 check-layout: all
 	@scripts/check-layout $(BUILD)
 
+# The CUDA backend on the CPU under the emulator (tests/cuda-emu/run): the
+# op and training tests against the CPU backend in two thread orders, the op
+# test under ASan + UBSan, and out-of-memory injection. A few minutes.
+EMU_TESTS := test_gpu_ops test_gpu_train
+test-cuda-emu:
+	@$(MAKE) --no-print-directory BUILD=build-emu CUDA_EMU=1 \
+	  $(EMU_TESTS:%=build-emu/tests/%) build-emu/deltatune-train
+	@$(MAKE) --no-print-directory BUILD=build-emu-asan CUDA_EMU=1 OPT=-O1 SAN="$(ASAN_SAN)" \
+	  build-emu-asan/tests/test_gpu_ops build-emu-asan/deltatune-train
+	@tests/cuda-emu/run build-emu build-emu-asan
+
 check-gpu:
 	@$(MAKE) --no-print-directory all
 	@DT_REQUIRE_GPU=1 scripts/run-tests $(BUILD) test_gpu_ops test_gpu_train
@@ -338,9 +369,9 @@ demo: deps all
 	@scripts/demo
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-emu build-emu-asan
 
-.PHONY: check-layout test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+.PHONY: check-layout test-cuda-emu test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
 
 # libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
 include tests/fuzz/fuzz.mk

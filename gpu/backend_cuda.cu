@@ -543,7 +543,7 @@ static void cuda_embedding_fwd(dt_backend *be, float *out, const int32_t *ids,
     long n = (long)B * T * C;
     if (c->err || n <= 0)
         return;
-    k_embedding_fwd<<<blocks_for(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+    DT_LAUNCH(k_embedding_fwd, blocks_for(n, EW_THREADS), EW_THREADS, 0, c->stream)(
         out, ids, wte, wpe, T, C, n);
     LAUNCHED(c);
 }
@@ -568,8 +568,8 @@ static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
         return;
     if (dwpe) {
         long m = (long)T * C;
-        k_embedding_bwd_wpe<<<blocks_for(m, EW_THREADS), EW_THREADS, 0,
-                              c->stream>>>(dwpe, dout, B, T, C);
+        DT_LAUNCH(k_embedding_bwd_wpe, blocks_for(m, EW_THREADS), EW_THREADS, 0,
+                  c->stream)(dwpe, dout, B, T, C);
         LAUNCHED(c);
     }
     if (!dwte)
@@ -623,7 +623,7 @@ static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
     CU(c, cudaMemcpyAsync(dseg, seg, nseg * sizeof(int),
                           cudaMemcpyHostToDevice, c->stream));
     dim3 grid(nseg, (C + 127) / 128);
-    k_embedding_bwd_wte<<<grid, 128, 0, c->stream>>>(dwte, dout, dorder,
+    DT_LAUNCH(k_embedding_bwd_wte, grid, 128, 0, c->stream)(dwte, dout, dorder,
                                                      dstart, dseg, C);
     LAUNCHED(c);
 }
@@ -644,10 +644,10 @@ static void colsum(cuda_ctx *c, float *out, const float *dy, const float *x,
     if (!part)
         return;
     dim3 grid((C + 255) / 256, nchunk);
-    k_colsum_part<<<grid, 256, 0, c->stream>>>(part, dy, x, mean, rstd, N, C,
+    DT_LAUNCH(k_colsum_part, grid, 256, 0, c->stream)(part, dy, x, mean, rstd, N, C,
                                                rows, mode);
     LAUNCHED(c);
-    k_colsum_final<<<(C + 255) / 256, 256, 0, c->stream>>>(out, part, nchunk,
+    DT_LAUNCH(k_colsum_final, (C + 255) / 256, 256, 0, c->stream)(out, part, nchunk,
                                                            C);
     LAUNCHED(c);
 }
@@ -659,7 +659,7 @@ static void cuda_layernorm_fwd(dt_backend *be, float *out, float *mean,
     cuda_ctx *c = ctx_of(be);
     if (c->err || N <= 0)
         return;
-    k_layernorm_fwd<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+    DT_LAUNCH(k_layernorm_fwd, row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream)(
         out, mean, rstd, inp, w, b, N, C, eps);
     LAUNCHED(c);
 }
@@ -672,7 +672,7 @@ static void cuda_layernorm_bwd(dt_backend *be, float *dinp, float *dw,
     cuda_ctx *c = ctx_of(be);
     if (c->err || N <= 0)
         return;
-    k_layernorm_bwd_dinp<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+    DT_LAUNCH(k_layernorm_bwd_dinp, row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream)(
         dinp, dout, inp, w, mean, rstd, N, C);
     LAUNCHED(c);
     colsum(c, dw, dout, inp, mean, rstd, N, C, 1);
@@ -686,7 +686,7 @@ static void cuda_rmsnorm_fwd(dt_backend *be, float *out, float *rstd,
     cuda_ctx *c = ctx_of(be);
     if (c->err || N <= 0)
         return;
-    k_rmsnorm_fwd<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+    DT_LAUNCH(k_rmsnorm_fwd, row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream)(
         out, rstd, inp, w, N, C, eps);
     LAUNCHED(c);
 }
@@ -698,7 +698,7 @@ static void cuda_rmsnorm_bwd(dt_backend *be, float *dinp, float *dw,
     cuda_ctx *c = ctx_of(be);
     if (c->err || N <= 0)
         return;
-    k_rmsnorm_bwd_dinp<<<row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+    DT_LAUNCH(k_rmsnorm_bwd_dinp, row_blocks(N), 32 * ROWS_PER_BLOCK, 0, c->stream)(
         dinp, dout, inp, w, rstd, N, C);
     LAUNCHED(c);
     colsum(c, dw, dout, inp, NULL, rstd, N, C, 2);
@@ -709,7 +709,7 @@ static void cuda_rmsnorm_bwd(dt_backend *be, float *dinp, float *dw,
     do {                                                                      \
         if ((c)->err || (n) <= 0)                                             \
             return;                                                           \
-        kernel<<<blocks_for((n), EW_THREADS), EW_THREADS, 0, (c)->stream>>>(  \
+        DT_LAUNCH(kernel, blocks_for((n), EW_THREADS), EW_THREADS, 0, (c)->stream)(  \
             __VA_ARGS__);                                                     \
         LAUNCHED(c);                                                          \
     } while (0)
@@ -790,7 +790,7 @@ static void cuda_cross_entropy(dt_backend *be, float *logits, float *losses,
     cuda_ctx *c = ctx_of(be);
     if (c->err || N <= 0)
         return;
-    k_cross_entropy<<<N, 512, 0, c->stream>>>(logits, losses, targets, V,
+    DT_LAUNCH(k_cross_entropy, N, 512, 0, c->stream)(logits, losses, targets, V,
                                              grad_scale);
     LAUNCHED(c);
 }
@@ -803,9 +803,9 @@ static double reduce(cuda_ctx *c, const float *x, long n, int sq)
         return 0.0;
     long nb = (n + 4L * EW_THREADS - 1) / (4L * EW_THREADS);
     int blocks = nb > CUDA_RED_BLOCKS ? CUDA_RED_BLOCKS : (int)nb;
-    k_sum_part<<<blocks, EW_THREADS, 0, c->stream>>>(c->red, x, n, sq);
+    DT_LAUNCH(k_sum_part, blocks, EW_THREADS, 0, c->stream)(c->red, x, n, sq);
     LAUNCHED(c);
-    k_sum_final<<<1, EW_THREADS, 0, c->stream>>>(c->red + CUDA_RED_BLOCKS,
+    DT_LAUNCH(k_sum_final, 1, EW_THREADS, 0, c->stream)(c->red + CUDA_RED_BLOCKS,
                                                  c->red, blocks);
     LAUNCHED(c);
     double r = NAN;

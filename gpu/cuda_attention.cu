@@ -142,7 +142,7 @@ static void permute(cuda_ctx *c, float *dst, const float *src, int B, int T,
                     int H, int D, int to_heads)
 {
     long n = (long)B * T * H * D;
-    k_permute_bthd<<<blocks_for(n, EW_THREADS), EW_THREADS, 0, c->stream>>>(
+    DT_LAUNCH(k_permute_bthd, blocks_for(n, EW_THREADS), EW_THREADS, 0, c->stream)(
         dst, src, T, H, D, to_heads, n);
     LAUNCHED(c);
 }
@@ -166,7 +166,7 @@ void cuda_attention_fwd(dt_backend *be, float *out, float *lse,
         gemm_rm(c, 0, 1, rep * T, T, D, scale, qb, D, sq, kb, ldk, D, 0.0f,
                 w.S, T, ss, NKV);
         long rows = (long)NH * T;
-        k_attn_softmax<<<row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+        DT_LAUNCH(k_attn_softmax, row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
             w.S, lse + (long)b * NH * T, rows, T);
         LAUNCHED(c);
         gemm_rm(c, 0, 0, rep * T, D, T, 1.0f, w.S, T, ss, vb, ldk, D, 0.0f, ob,
@@ -193,7 +193,7 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
     permute(c, w.qp, q, B, T, NH, D, 1);
     permute(c, dop, dout, B, T, NH, D, 1);
     long allrows = (long)B * NH * T;
-    k_attn_drow<<<row_blocks(allrows), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+    DT_LAUNCH(k_attn_drow, row_blocks(allrows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
         w.drow, dout, out, T, NH, D, allrows);
     LAUNCHED(c);
     for (int b = 0; b < B && !c->err; b++) {
@@ -204,7 +204,7 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                 w.S, T, ss, NKV);
         gemm_rm(c, 0, 1, rep * T, T, D, 1.0f, dob, D, sq, v + ko, ldk, D, 0.0f,
                 w.dP, T, ss, NKV);
-        k_attn_dscore<<<row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream>>>(
+        DT_LAUNCH(k_attn_dscore, row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
             w.S, w.dP, lse + (long)b * NH * T, w.drow + (long)b * NH * T, rows,
             T);
         LAUNCHED(c);

@@ -52,6 +52,13 @@ int cublas_check(cuda_ctx *c, cublasStatus_t s, const char *what,
 
 #define EW_THREADS 256
 
+/* A kernel launch: DT_LAUNCH(kernel, grid, block, smem, stream)(args...).
+ * Under nvcc it is the <<<...>>> launch; the CUDA emulator (tests/cuda-emu)
+ * defines its own, which runs the kernel on the CPU. */
+#ifndef DT_LAUNCH
+#define DT_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
+
 static inline cuda_ctx *ctx_of(dt_backend *be) { return (cuda_ctx *)be->ctx; }
 
 /* Blocks for a grid-stride loop over n elements. */
