@@ -53,7 +53,7 @@ int sched_pass(sched *s, db *d, queue *q, int force, sched_result *out, char *er
     if (qrc) {
         log_msg(DT_LOG_WARN, "sched.failed", "reconcile: Redis: %s", e);
         if (!rc)
-            snprintf(err, DT_ERR_LEN, "Redis: %s", e);
+            snprintf(err, DT_ERR_LEN, "Redis: %.480s", e);
     }
     if (out)
         *out = r;
