@@ -25,6 +25,7 @@
 
 #include "gpu/backend.h"
 #include "base/dt.h"
+#include "gpu_seat.h"
 
 #define TOL_EW 1e-5   /* elementwise and per-row ops */
 #define TOL_MM 1e-4   /* GEMM and attention */
@@ -600,7 +601,7 @@ int main(void)
     char err[DT_ERR_LEN] = "";
     const char *req = getenv("DT_REQUIRE_GPU");
     int require = req && strcmp(req, "1") == 0;
-    be2[1] = dt_backend_cuda_new(0, err);
+    be2[1] = gpu_seat_backend(err); /* the CUDA device (gpu_seat.h) */
     if (!be2[1]) {
         if (require) {
             fprintf(stderr, "test_gpu_ops: FAILED: DT_REQUIRE_GPU=1 but no CUDA device (%s)\n", err);
