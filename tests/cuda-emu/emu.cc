@@ -5,7 +5,9 @@
  * Environment:
  *   EMU_ORDER=fwd|rev|rand|skew  the order a block's runnable threads run in
  *                                (default fwd); rand reshuffles every pass
- *                                (EMU_SEED, default 1)
+ *                                (EMU_SEED, default 1); skew runs each warp,
+ *                                its shuffles included, ahead to its next
+ *                                __syncthreads before the next warp
  *   EMU_FAIL_MALLOC=N            the Nth cudaMalloc fails (out of memory)
  *   EMU_DEVICE_BYTES=B           the device's memory (default 80 GiB)
  *   EMU_STATS=1                  print launches and peak memory at exit */
@@ -456,17 +458,61 @@ static int release_warps(void)
     return released;
 }
 
+/* Releases warp `base`'s shuffle if every member reached it; 1 if so. */
+static int release_warp(int base)
+{
+    int hi = std::min(blk.n, base + 32);
+    unsigned mask = 0;
+    for (int i = base; i < hi; i++)
+        if (blk.f[i].state == T_WARP)
+            mask = blk.f[i].mask;
+    if (!mask)
+        return 0;
+    for (int l = 0; l < 32; l++)
+        if ((mask & (1u << l)) && (base + l >= hi || blk.f[base + l].state != T_WARP))
+            return 0; /* release_warps() reports exited lanes */
+    for (int l = 0; l < 32; l++)
+        if (mask & (1u << l))
+            blk.f[base + l].state = T_RUN;
+    return 1;
+}
+
+/* EMU_ORDER=skew: the first warp runs ahead, through its shuffles, to its
+ * next __syncthreads (or its end) before the next warp starts; a warp that
+ * reads shared memory another warp has not finished with sees the damage. */
+static int run_skewed(void)
+{
+    int ran = 0;
+    for (int base = 0; base < blk.n; base += 32) {
+        int hi = std::min(blk.n, base + 32), again = 1;
+        while (again) {
+            again = 0;
+            for (int i = base; i < hi; i++)
+                if (blk.f[i].state == T_RUN) {
+                    run_fiber(i);
+                    ran = again = 1;
+                }
+            if (release_warp(base))
+                again = 1;
+        }
+    }
+    return ran;
+}
+
 static void run_block(std::vector<int> &order, std::mt19937 &rng)
 {
     for (;;) {
         int ran = 0;
         if (cfg.order == ORDER_RAND)
             std::shuffle(order.begin(), order.end(), rng);
-        for (int i : order)
-            if (blk.f[i].state == T_RUN) {
-                run_fiber(i);
-                ran = 1;
-            }
+        if (cfg.order == ORDER_SKEW)
+            ran = run_skewed();
+        else
+            for (int i : order)
+                if (blk.f[i].state == T_RUN) {
+                    run_fiber(i);
+                    ran = 1;
+                }
         int done = 0, sync = 0;
         for (int i = 0; i < blk.n; i++) {
             done += blk.f[i].state == T_DONE;
@@ -520,16 +566,6 @@ static void make_order(std::vector<int> &order, int n)
         order[i] = i;
     if (cfg.order == ORDER_REV)
         std::reverse(order.begin(), order.end());
-    if (cfg.order == ORDER_SKEW) {
-        /* Warps from the last to the first, and within each warp the lanes
-         * from the last: every warp runs ahead to its next barrier before
-         * the warp below it starts. */
-        std::vector<int> o;
-        for (int base = ((n - 1) / 32) * 32; base >= 0; base -= 32)
-            for (int i = std::min(n, base + 32) - 1; i >= base; i--)
-                o.push_back(i);
-        order = o;
-    }
 }
 
 void emu_launch(const char *name, dim3 grid, dim3 block, size_t smem, cudaStream_t,
