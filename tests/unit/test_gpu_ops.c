@@ -11,7 +11,13 @@
  * repeatable on CUDA, and a 1 TB alloc returns NULL without crashing.
  *
  * Without a usable CUDA device the program prints "SKIPPED" and exits 0,
- * unless DT_REQUIRE_GPU=1 (then it fails). */
+ * unless DT_REQUIRE_GPU=1 (then it fails).
+ *
+ * DT_GPU_OPS_SMALL=1 shrinks every shape (same ops, same code paths: sizes
+ * still not multiples of 32, several blocks and chunks) and skips the 1 TB
+ * allocation (a deliberate CUDA API error), so that compute-sanitizer's
+ * memcheck and racecheck finish in seconds (scripts/gpu-check). The default
+ * shapes are unchanged. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,6 +37,10 @@
 #define TOL_MM 1e-4   /* GEMM and attention */
 
 static dt_backend *be2[2]; /* [0] CPU (reference), [1] CUDA */
+
+/* DT_GPU_OPS_SMALL=1: the small shapes (SZ(default, small)). */
+static int small;
+#define SZ(big, little) (small ? (little) : (big))
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -177,13 +187,16 @@ static void done(void)
 
 static void test_memory_ops_roundtrip_exactly(void **state)
 {
-    long n = 1000 + 7;
+    long n = SZ(1000, 200) + 7;
+    char shape[64], range[64];
+    snprintf(shape, sizeof shape, "n=%ld", n);
+    snprintf(range, sizeof range, "n=%ld [5,105)", n);
     dbuf a = buf_rand(n, 1.0f), b = buf_zero(n), z = buf_rand(n, 1.0f);
     BOTH(be->i.copy(be, F(b), F(a), (size_t)n * sizeof(float)));
     BOTH(be->i.memset0(be, F(z) + 5, 100 * sizeof(float)));
-    check(&a, "upload/download", "n=1007", 0.0);
-    check(&b, "copy", "n=1007", 0.0);
-    check(&z, "memset0", "n=1007 [5,105)", 0.0);
+    check(&a, "upload/download", shape, 0.0);
+    check(&b, "copy", shape, 0.0);
+    check(&z, "memset0", range, 0.0);
     buf_free(&a);
     buf_free(&b);
     buf_free(&z);
@@ -193,6 +206,10 @@ static void test_memory_ops_roundtrip_exactly(void **state)
 static void test_alloc_of_1tb_returns_null(void **state)
 {
     dt_backend *be = be2[1];
+    if (small) { /* a failing cudaMalloc is an error to the sanitizers */
+        printf("%-18s %-30s %-9s  %-5s  SKIP\n", "alloc", "1 TB (DT_GPU_OPS_SMALL)", "-", "-");
+        return;
+    }
     void *p = be->i.alloc(be, (size_t)1 << 40);
     assert_null(p);
     char err[DT_ERR_LEN] = "";
@@ -207,7 +224,9 @@ static void test_alloc_of_1tb_returns_null(void **state)
 
 static void test_gemm_matches_cpu(void **state)
 {
-    static const int shapes[][3] = {{64, 48, 32}, {37, 91, 53}, {128, 256, 200}};
+    static const int big[][3] = {{64, 48, 32}, {37, 91, 53}, {128, 256, 200}};
+    static const int little[][3] = {{32, 16, 8}, {13, 21, 11}, {37, 45, 19}};
+    const int(*shapes)[3] = small ? little : big;
     for (int s = 0; s < 3; s++)
         for (int t = 0; t < 4; t++) {
             int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -231,7 +250,7 @@ static void test_gemm_matches_cpu(void **state)
 
 static void test_gemm_batched_matches_cpu(void **state)
 {
-    int M = 33, N = 70, K = 45, batch = 5;
+    int M = SZ(33, 9), N = SZ(70, 14), K = SZ(45, 11), batch = SZ(5, 3);
     for (int t = 0; t < 4; t++) {
         int ta = t & 1, tb = t >> 1;
         int lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
@@ -241,8 +260,8 @@ static void test_gemm_batched_matches_cpu(void **state)
         BOTH(be->i.gemm_batched(be, ta, tb, M, N, K, 1.0f, F(A), lda, sA, F(B),
                                 ldb, sB, 0.5f, F(C), ldc, sC, batch));
         char shape[64];
-        snprintf(shape, sizeof shape, "5x %dx%dx%d ta=%d tb=%d", M, N, K, ta,
-                 tb);
+        snprintf(shape, sizeof shape, "%dx %dx%dx%d ta=%d tb=%d", batch, M, N,
+                 K, ta, tb);
         check(&C, "gemm_batched", shape, TOL_MM);
         buf_free(&A);
         buf_free(&B);
@@ -255,7 +274,9 @@ static void test_gemm_batched_matches_cpu(void **state)
 
 static void test_embedding_matches_cpu(void **state)
 {
-    static const int shapes[][4] = {{2, 37, 70, 11}, {4, 64, 128, 500}}; /* B T C V */
+    static const int big[][4] = {{2, 37, 70, 11}, {4, 64, 128, 500}}; /* B T C V */
+    static const int little[][4] = {{2, 9, 20, 5}, {1, 33, 140, 50}};
+    const int(*shapes)[4] = small ? little : big;
     for (int s = 0; s < 2; s++) {
         int B = shapes[s][0], T = shapes[s][1], C = shapes[s][2], V = shapes[s][3];
         char shape[64];
@@ -282,7 +303,9 @@ static void test_embedding_matches_cpu(void **state)
 
 /* ---- normalization --------------------------------------------------------------------- */
 
-static const int norm_shapes[][2] = {{77, 200}, {64, 768}, {5, 33}};
+static const int norm_big[][2] = {{77, 200}, {64, 768}, {5, 33}};
+static const int norm_little[][2] = {{40, 200}, {3, 768}, {5, 33}};
+#define norm_shapes (small ? norm_little : norm_big)
 
 static void test_layernorm_matches_cpu(void **state)
 {
@@ -344,8 +367,9 @@ static void test_rmsnorm_matches_cpu(void **state)
 
 static void test_activations_match_cpu(void **state)
 {
-    long n = 4096 + 17;
-    const char *shape = "n=4113";
+    long n = SZ(4096, 500) + 17;
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%ld", n);
     dbuf x = buf_rand(n, 4.0f), y = buf_rand(n, 4.0f), dout = buf_rand(n, 1.0f);
     dbuf out = buf_zero(n), dinp = buf_rand(n, 1.0f), dg = buf_zero(n), du = buf_zero(n);
     BOTH(be->i.gelu_fwd(be, F(out), F(x), n));
@@ -365,7 +389,9 @@ static void test_activations_match_cpu(void **state)
 
 static void test_rope_matches_cpu(void **state)
 {
-    static const int shapes[][4] = {{2, 256, 8, 64}, {1, 37, 3, 96}}; /* B T H D */
+    static const int big[][4] = {{2, 256, 8, 64}, {1, 37, 3, 96}}; /* B T H D */
+    static const int little[][4] = {{2, 16, 2, 64}, {1, 5, 3, 96}};
+    const int(*shapes)[4] = small ? little : big;
     for (int s = 0; s < 2; s++) {
         int B = shapes[s][0], T = shapes[s][1], H = shapes[s][2], D = shapes[s][3];
         char shape[64];
@@ -382,8 +408,9 @@ static void test_rope_matches_cpu(void **state)
 
 static void test_blas1_and_bias_match_cpu(void **state)
 {
-    int N = 300, C = 97;
-    const char *shape = "N=300 C=97";
+    int N = SZ(300, 20), C = 97;
+    char shape[64];
+    snprintf(shape, sizeof shape, "N=%d C=%d", N, C);
     long n = (long)N * C;
     dbuf y = buf_rand(n, 1.0f), x = buf_rand(n, 1.0f), bias = buf_rand(C, 1.0f);
     dbuf dbias = buf_rand(C, 1.0f);
@@ -407,7 +434,9 @@ static void test_blas1_and_bias_match_cpu(void **state)
 
 static void test_adamw_matches_cpu(void **state)
 {
-    long n = 10000 + 3;
+    long n = SZ(10000, 1000) + 3;
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%ld x3 steps", n);
     float *hv = malloc((size_t)n * sizeof *hv);
     assert_non_null(hv);
     for (long i = 0; i < n; i++)
@@ -420,9 +449,9 @@ static void test_adamw_matches_cpu(void **state)
         BOTH(be->i.adamw(be, F(p), F(g), F(m), F(v), n, 1e-3f, 0.9f, 0.999f,
                          1e-8f, 0.01f, bc1, bc2, 0.8f));
     }
-    check(&p, "adamw/p", "n=10003 x3 steps", TOL_EW);
-    check(&m, "adamw/m", "n=10003 x3 steps", TOL_EW);
-    check(&v, "adamw/v", "n=10003 x3 steps", TOL_EW);
+    check(&p, "adamw/p", shape, TOL_EW);
+    check(&m, "adamw/m", shape, TOL_EW);
+    check(&v, "adamw/v", shape, TOL_EW);
     buf_free(&p);
     buf_free(&g);
     buf_free(&m);
@@ -434,7 +463,9 @@ static void test_adamw_matches_cpu(void **state)
 
 static void test_cross_entropy_matches_cpu(void **state)
 {
-    static const int shapes[][2] = {{50, 1000}, {8, 50257}}; /* N V */
+    static const int big[][2] = {{50, 1000}, {8, 50257}}; /* N V; N >= 5 */
+    static const int little[][2] = {{6, 1000}, {5, 50257}};
+    const int(*shapes)[2] = small ? little : big;
     for (int s = 0; s < 2; s++) {
         int N = shapes[s][0], V = shapes[s][1];
         char shape[64];
@@ -462,7 +493,9 @@ static void test_cross_entropy_matches_cpu(void **state)
 
 static void test_sum_and_sumsq_match_cpu(void **state)
 {
-    static const long sizes[] = {1, 1000 + 3, 3000000 + 7};
+    static const long big[] = {1, 1000 + 3, 3000000 + 7};
+    static const long little[] = {1, 1000 + 3, 300000 + 7}; /* 293 blocks */
+    const long *sizes = small ? little : big;
     for (int s = 0; s < 3; s++) {
         long n = sizes[s];
         char shape[64];
@@ -486,11 +519,18 @@ typedef struct attn_case {
     int B, T, NH, NKV, D;
 } attn_case;
 
-static const attn_case attn_cases[] = {
+static const attn_case attn_big[] = {
     {2, 256, 8, 2, 64}, /* GQA */
     {1, 37, 4, 4, 64},  /* multi-head, T not a multiple of 32 */
     {3, 100, 8, 1, 32}, /* multi-query */
 };
+static const attn_case attn_little[] = {
+    {1, 40, 4, 2, 64}, /* GQA */
+    {1, 37, 2, 2, 64}, /* multi-head, T not a multiple of 32 */
+    {2, 33, 4, 1, 32}, /* multi-query */
+};
+#define attn_cases (small ? attn_little : attn_big)
+#define N_ATTN_CASES (sizeof attn_big / sizeof *attn_big)
 
 typedef struct attn_bufs {
     dbuf q, k, v, out, lse, dout, dq, dk, dv;
@@ -519,7 +559,7 @@ static void attn_free(attn_bufs *a)
 
 static void test_attention_matches_cpu(void **state)
 {
-    for (size_t s = 0; s < sizeof attn_cases / sizeof *attn_cases; s++) {
+    for (size_t s = 0; s < N_ATTN_CASES; s++) {
         const attn_case *c = &attn_cases[s];
         char shape[64];
         snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d", c->B, c->T,
@@ -573,7 +613,7 @@ static void test_attention_bwd_is_bitwise_repeatable(void **state)
 
 static void test_embedding_bwd_is_bitwise_repeatable(void **state)
 {
-    int B = 4, T = 64, C = 96, V = 7; /* many repeated ids */
+    int B = SZ(4, 2), T = SZ(64, 16), C = SZ(96, 40), V = 7; /* many repeated ids */
     dbuf ids = buf_ids((long)B * T, V), dout = buf_rand((long)B * T * C, 1.0f);
     dbuf init = buf_rand((long)V * C, 1.0f);
     dbuf g1 = buf_zero((long)V * C), g2 = buf_zero((long)V * C);
@@ -601,6 +641,8 @@ int main(void)
     char err[DT_ERR_LEN] = "";
     const char *req = getenv("DT_REQUIRE_GPU");
     int require = req && strcmp(req, "1") == 0;
+    const char *sm = getenv("DT_GPU_OPS_SMALL");
+    small = sm && strcmp(sm, "1") == 0;
     be2[1] = gpu_seat_backend(err); /* the CUDA device (gpu_seat.h) */
     if (!be2[1]) {
         if (require) {
@@ -616,6 +658,8 @@ int main(void)
         dt_backend_free(be2[1]);
         return 1;
     }
+    if (small)
+        printf("test_gpu_ops: DT_GPU_OPS_SMALL=1: small shapes\n");
     printf("%-18s %-30s %-9s  %-5s  %s\n", "op", "shape", "norm_err", "tol",
            "result");
     const struct CMUnitTest tests[] = {
