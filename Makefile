@@ -159,9 +159,14 @@ $(BUILD)/gpu/%.o: gpu/%.cu
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -x c++ -c $< -o $@
 
-$(BUILD)/tests/cuda-emu/emu.o: tests/cuda-emu/emu.cc
+$(BUILD)/tests/cuda-emu/%.o: tests/cuda-emu/%.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(filter-out $(EMU_COV),$(EMU_CXXFLAGS)) -c $< -o $@
+
+# The emulator's own contract (barriers, shuffles, the faults it stops,
+# cuBLAS's checks, bf16).
+$(BUILD)/tests/cuda-emu/test_emu: $(BUILD)/tests/cuda-emu/test_emu.o $(BUILD)/tests/cuda-emu/emu.o
+	$(CXX) $(LDFLAGS) $^ -o $@ -lopenblas -lm -lpthread
 else
 $(BUILD)/gpu/%.o: gpu/%.cu gpu/cuda_internal.cuh gpu/backend.h gpu/dt_math.h base/dt.h
 	@mkdir -p $(dir $@)
@@ -337,7 +342,8 @@ check-layout: all
 EMU_TESTS := test_gpu_ops test_gpu_train
 test-cuda-emu:
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA_EMU=1 \
-	  $(EMU_TESTS:%=build-emu/tests/%) build-emu/deltatune-train
+	  $(EMU_TESTS:%=build-emu/tests/%) build-emu/deltatune-train \
+	  build-emu/tests/cuda-emu/test_emu
 	@$(MAKE) --no-print-directory BUILD=build-emu-asan CUDA_EMU=1 OPT=-O1 SAN="$(ASAN_SAN)" \
 	  build-emu-asan/tests/test_gpu_ops build-emu-asan/deltatune-train
 	@tests/cuda-emu/run build-emu build-emu-asan

@@ -29,6 +29,11 @@ typedef enum {
     CUBLAS_TF32_TENSOR_OP_MATH = 3,
 } cublasMath_t;
 
+/* Data and compute types of the Ex GEMMs (the values cuBLAS uses). */
+typedef enum { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 } cudaDataType_t;
+typedef enum { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1, CUBLAS_GEMM_DEFAULT_TENSOR_OP = 99 } cublasGemmAlgo_t;
+
 cublasStatus_t cublasCreate(cublasHandle_t *h);
 cublasStatus_t cublasDestroy(cublasHandle_t h);
 cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s);
@@ -44,5 +49,15 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
                                          long long strideA, const float *B, int ldb,
                                          long long strideB, const float *beta, float *C,
                                          int ldc, long long strideC, int batchCount);
+
+/* C = alpha op(A) op(B) + beta C with A and B in fp32 or bf16 and C in
+ * fp32 or bf16, computed in fp32 (CUBLAS_COMPUTE_32F): bf16 inputs are
+ * exact in fp32, so this is cuBLAS's bf16 GEMM with fp32 accumulation up to
+ * summation order; a bf16 C is rounded once at the end. */
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType_t Atype,
+                            int lda, const void *B, cudaDataType_t Btype, int ldb,
+                            const void *beta, void *C, cudaDataType_t Ctype, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t algo);
 
 #endif

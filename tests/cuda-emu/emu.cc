@@ -12,6 +12,7 @@
  *   EMU_DEVICE_BYTES=B           the device's memory (default 80 GiB)
  *   EMU_STATS=1                  print launches and peak memory at exit */
 #include "cublas_v2.h"
+#include "cuda_bf16.h"
 #include "cuda_runtime.h"
 
 #include <errno.h>
@@ -738,5 +739,64 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
                     "runs past its device allocation", m, n, k, b, batchCount);
         sgemm(ta, tb, m, n, k, *alpha, a, lda, bb, ldb, *beta, c, ldc);
     }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+static size_t type_bytes(cudaDataType_t t)
+{
+    return t == CUDA_R_32F ? 4 : 2;
+}
+
+/* A column-major (rows x cols, ld) operand of type t as fp32. */
+static std::vector<float> widen(const void *p, cudaDataType_t t, int rows, int cols, int ld)
+{
+    std::vector<float> out((size_t)rows * cols);
+    for (int c = 0; c < cols; c++)
+        for (int r = 0; r < rows; r++) {
+            size_t i = (size_t)c * ld + r;
+            out[(size_t)c * rows + r] =
+                t == CUDA_R_32F ? ((const float *)p)[i]
+                                : __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+        }
+    return out;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType_t Atype,
+                            int lda, const void *B, cudaDataType_t Btype, int ldb,
+                            const void *beta, void *C, cudaDataType_t Ctype, int ldc,
+                            cublasComputeType_t compute, cublasGemmAlgo_t)
+{
+    cublasStatus_t s = gemm_check(h, ta, tb, m, n, k, lda, ldb, ldc);
+    if (s)
+        return s;
+    for (cudaDataType_t t : {Atype, Btype, Ctype})
+        if (t != CUDA_R_32F && t != CUDA_R_16BF)
+            return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (Atype != Btype || (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_FAST_TF32))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
+    int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
+    size_t sa = span(ar, ac, lda) / 4 * type_bytes(Atype);
+    size_t sb = span(br, bc, ldb) / 4 * type_bytes(Btype);
+    size_t sc = span(m, n, ldc) / 4 * type_bytes(Ctype);
+    if ((sa && !on_device(A, sa)) || (sb && !on_device(B, sb)) || (sc && !on_device(C, sc)))
+        emu_die("cublasGemmEx(m=%d n=%d k=%d lda=%d ldb=%d ldc=%d): an operand runs past its "
+                "device allocation", m, n, k, lda, ldb, ldc);
+    if (!m || !n)
+        return CUBLAS_STATUS_SUCCESS;
+    std::vector<float> a = widen(A, Atype, ar, ac, lda), b = widen(B, Btype, br, bc, ldb);
+    std::vector<float> c = widen(C, Ctype, m, n, ldc);
+    sgemm(ta, tb, m, n, k, *(const float *)alpha, a.data(), std::max(1, ar), b.data(),
+          std::max(1, br), *(const float *)beta, c.data(), m);
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            size_t o = (size_t)j * ldc + i;
+            float v = c[(size_t)j * m + i];
+            if (Ctype == CUDA_R_32F)
+                ((float *)C)[o] = v;
+            else
+                ((__nv_bfloat16 *)C)[o] = __float2bfloat16(v);
+        }
     return CUBLAS_STATUS_SUCCESS;
 }
