@@ -9,7 +9,11 @@
  * - All matrices are row-major. Shapes are written as (rows, cols).
  * - Every op is fp32 unless said otherwise. ids/targets are int32.
  * - "dx +=" means the op accumulates into its output gradient; callers zero
- *   gradients with memset() before a backward pass.
+ *   gradients with memset0() before a backward pass.
+ * - alloc() returns uninitialised memory (the CUDA emulator fills it with
+ *   NaN bytes, and so does the CPU backend when DT_POISON_ALLOC=1, as the
+ *   unit tests run it): whoever reads a buffer before writing it zeroes it
+ *   with memset0() first (AdamW moments, gradients, LoRA's B).
  * - Ops that can fail return 0 or a negative DT_E* code; pure compute ops
  *   return void and report device errors through sync().
  */
@@ -25,7 +29,8 @@ typedef struct dt_backend_i {
     const char *name;
 
     /* ---- memory ------------------------------------------------------- */
-    /* Returns a zero-filled device buffer or NULL (out of memory). */
+    /* Returns an uninitialised device buffer or NULL (out of memory; the
+     * CUDA backend records any other device error for sync()). */
     void *(*alloc)(dt_backend *be, size_t bytes);
     void (*free)(dt_backend *be, void *p); /* free(NULL) is a no-op */
     void (*upload)(dt_backend *be, void *dst, const void *src, size_t bytes);

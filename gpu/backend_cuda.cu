@@ -440,10 +440,6 @@ static void *cuda_alloc(dt_backend *be, size_t bytes)
         c->oom_bytes = bytes;
         return NULL;
     }
-    if (CU(c, cudaMemsetAsync(p, 0, bytes, c->stream)) != 0) {
-        cudaFree(p);
-        return NULL;
-    }
     size_t fr = 0, tot = 0; /* memory only grows here: the peak is seen */
     if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > be->peak_bytes)
         be->peak_bytes = tot - fr;

@@ -97,6 +97,12 @@ static dt_param *new_param(dt_model *m, const char *name, float *p, long n,
     q->g = dalloc(m, (size_t)n, fail);
     q->m = dalloc(m, (size_t)n, fail);
     q->v = dalloc(m, (size_t)n, fail);
+    /* alloc() does not zero: AdamW's first step reads both moments, and the
+     * backward pass accumulates into g (zeroed again by zero_grad). */
+    float *zero[3] = {q->g, q->m, q->v};
+    for (int i = 0; i < 3; i++)
+        if (zero[i])
+            m->be->i.memset0(m->be, zero[i], (size_t)n * sizeof(float));
     return q;
 }
 
@@ -212,6 +218,8 @@ static int add_lora(dt_model *m, int layer, int lin, int off, int rows,
     add_named(m, name, A, (long)r * in);
     snprintf(name, sizeof name, "lora.%d.%s.B", layer, tname);
     float *B = dalloc(m, (size_t)rows * r, fail);
+    if (B) /* B = 0: the adapter starts as the identity */
+        m->be->i.memset0(m->be, B, (size_t)rows * r * sizeof(float));
     a->B = new_param(m, name, B, (long)rows * r, rows, r, fail);
     add_named(m, name, B, (long)rows * r);
     a->u = dalloc(m, (size_t)m->N * r, fail);

@@ -115,15 +115,35 @@ static double *todouble(const float *x, long n)
 
 /* ---- memory -------------------------------------------------------------------- */
 
-static void test_alloc_is_zero_filled_and_aligned(void **state)
+/* alloc() returns uninitialised memory; with DT_POISON_ALLOC=1 (as
+ * scripts/run-tests sets) every byte is 0xFF, NaN as float and double, so a
+ * read of memory nothing wrote shows up in results. */
+static void test_alloc_is_aligned_and_poisoned_under_DT_POISON_ALLOC(void **state)
 {
-    unsigned char *p = be->i.alloc(be, 1000);
+    const char *was = getenv("DT_POISON_ALLOC");
+    char saved[16] = "";
+    if (was)
+        snprintf(saved, sizeof saved, "%s", was);
+    setenv("DT_POISON_ALLOC", "1", 1);
+    char err[DT_ERR_LEN];
+    dt_backend *pb = dt_backend_cpu_new(1, err);
+    assert_non_null(pb);
+    unsigned char *p = pb->i.alloc(pb, 1000);
     assert_non_null(p);
     assert_int_equal((uintptr_t)p % 64, 0);
     for (int i = 0; i < 1000; i++)
+        assert_int_equal(p[i], 0xff);
+    assert_true(isnan(((float *)p)[0]) && isnan(((double *)p)[1]));
+    pb->i.memset0(pb, p, 1000);
+    for (int i = 0; i < 1000; i++)
         assert_int_equal(p[i], 0);
-    be->i.free(be, p);
-    be->i.free(be, NULL);
+    pb->i.free(pb, p);
+    pb->i.free(pb, NULL);
+    dt_backend_free(pb);
+    if (was)
+        setenv("DT_POISON_ALLOC", saved, 1);
+    else
+        unsetenv("DT_POISON_ALLOC");
 }
 
 static void test_upload_download_copy_memset_roundtrip(void **state)
@@ -888,7 +908,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fast_exp_and_tanh_match_libm),
-        cmocka_unit_test(test_alloc_is_zero_filled_and_aligned),
+        cmocka_unit_test(test_alloc_is_aligned_and_poisoned_under_DT_POISON_ALLOC),
         cmocka_unit_test(test_upload_download_copy_memset_roundtrip),
         cmocka_unit_test(
             test_gemm_matches_reference_all_transposes_and_leading_dims),

@@ -87,7 +87,14 @@ static dbuf buf_rand(long n, float scale)
     return b;
 }
 
-static dbuf buf_zero(long n) { return buf_from(NULL, (size_t)n * sizeof(float)); }
+/* n zero floats (alloc() does not zero: memset0). */
+static dbuf buf_zero(long n)
+{
+    dbuf b = buf_from(NULL, (size_t)n * sizeof(float));
+    for (int k = 0; k < 2; k++)
+        be2[k]->i.memset0(be2[k], b.d[k], b.bytes);
+    return b;
+}
 
 /* n ids in [0, V). */
 static dbuf buf_ids(long n, int V)
