@@ -90,7 +90,9 @@ typedef struct dt_backend_i {
                        long n);
     /* Rotary embedding in place on x(B,T,H,D), Hugging Face's rotate_half
      * layout (pairs i and i+D/2), positions 0..T-1. inverse=1 applies the
-     * transpose rotation (the backward pass). */
+     * transpose rotation (the backward pass). The cos/sin come from
+     * dt_rope_table(), which the backend computes once per (D, theta) and
+     * keeps (the CUDA backend uploads it once), growing it when T grows. */
     void (*rope)(dt_backend *be, float *x, int B, int T, int H, int D,
                  float theta, int inverse);
     /* y(N,C) += bias(C) broadcast over rows. */
@@ -158,6 +160,13 @@ struct dt_backend {
  * (CUDA when a device is usable, else CPU). NULL with detail in err. */
 dt_backend *dt_backend_new(const char *device, int threads, char *err);
 void dt_backend_free(dt_backend *be);
+
+/* RoPE's table cs(T, D/2, 2): cs[2*(t*D/2 + i)] = cos, [.. + 1] = sin of
+ * the angle of position t, pair i, as Hugging Face computes it in fp32:
+ * inv_freq = 1 / theta^((2i)/D), angle = (float)t * inv_freq. pow, cos and
+ * sin are evaluated in double and rounded once, on the host, so every
+ * backend rotates by exactly the same floats. */
+void dt_rope_table(float *cs, int T, int D, float theta);
 
 dt_backend *dt_backend_cpu_new(int threads, char *err);
 /* Defined by backend_cuda.cu; a stub that fails clearly when built without

@@ -25,6 +25,9 @@ typedef struct cpu_ctx {
     float *scratch;       /* per-thread attention scratch, nthreads * per */
     size_t scratch_floats; /* capacity of scratch, floats */
     int poison;            /* DT_POISON_ALLOC=1: alloc fills with NaN bytes */
+    float *rope;           /* dt_rope_table(rope_T, rope_D, rope_theta) */
+    int rope_T, rope_D;
+    float rope_theta;
     int err;               /* sticky error reported by sync(), 0 if none */
     char errmsg[DT_ERR_LEN];
 } cpu_ctx;
@@ -366,19 +369,44 @@ static void cpu_swiglu_bwd(dt_backend *be, float *dgate, float *dup,
     }
 }
 
-/* cos/sin are computed once per (position, pair) and applied to every head. */
+/* The RoPE table for T positions of (D, theta), or NULL after recording
+ * DT_ENOMEM. Borrowed: owned by the context, recomputed only when D or
+ * theta change or T grows. */
+static const float *cpu__rope_table(dt_backend *be, int T, int D, float theta)
+{
+    cpu_ctx *c = be->ctx;
+    if (c->rope && c->rope_D == D && c->rope_theta == theta && c->rope_T >= T)
+        return c->rope;
+    free(c->rope);
+    c->rope = malloc((size_t)T * (D / 2) * 2 * sizeof(float) + 1);
+    c->rope_T = 0;
+    if (!c->rope) {
+        cpu__fail(be, DT_ENOMEM, "out of memory for the RoPE table");
+        return NULL;
+    }
+    dt_rope_table(c->rope, T, D, theta);
+    c->rope_T = T;
+    c->rope_D = D;
+    c->rope_theta = theta;
+    return c->rope;
+}
+
+/* One (position, pair) cos/sin from the table, applied to every head. */
 static void cpu_rope(dt_backend *be, float *x, int B, int T, int H, int D,
                      float theta, int inverse)
 {
+    const float *cs = cpu__rope_table(be, T, D, theta);
+    if (!cs)
+        return;
     long BT = (long)B * T;
     int half = D / 2;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < BT; r++) {
         int t = (int)(r % T);
         float *row = x + r * H * D;
+        const float *ct = cs + 2 * (size_t)t * half;
         for (int i = 0; i < half; i++) {
-            float c, s;
-            dt_rope_cs(t, i, D, theta, &c, &s);
+            float c = ct[2 * i], s = ct[2 * i + 1];
             for (int h = 0; h < H; h++) {
                 float *v = row + (long)h * D;
                 dt_rope_apply(&v[i], &v[i + half], c, s, inverse);
@@ -690,8 +718,10 @@ static void cpu_destroy(dt_backend *be)
     if (!be)
         return;
     cpu_ctx *c = be->ctx;
-    if (c)
+    if (c) {
         free(c->scratch);
+        free(c->rope);
+    }
     free(c);
     free(be);
 }

@@ -12,7 +12,10 @@
  * workspace that cannot grow (DT_ENOMEM) or a bad shape (DT_EINVAL) is
  * cleared once sync() reported it.
  * Running out of memory in alloc() is no error at all: alloc returns NULL and
- * remembers the requested size (dt_backend_cuda_oom_bytes) for the caller.
+ * remembers the requested size (dt_backend_cuda_oom_bytes) for the caller;
+ * any other cudaMalloc failure is a sticky DT_EDEVICE with CUDA's string.
+ * peak_bytes is the device's memory in use after every cudaMalloc, the
+ * workspace and the RoPE table included.
  *
  * Determinism: no float atomics. Column sums (bias, norm weights) use
  * per-chunk partials reduced in a fixed order; embedding_bwd groups tokens by
@@ -61,6 +64,30 @@ int cublas_check(cuda_ctx *c, cublasStatus_t s, const char *what,
     return -1;
 }
 
+/* Records the device's memory in use (total - free: every allocation, the
+ * workspace and the RoPE table included) when it is a new peak. Memory only
+ * grows in cudaMalloc, so calling this after each one sees the peak. */
+static void note_peak(cuda_ctx *c)
+{
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > c->be->peak_bytes)
+        c->be->peak_bytes = tot - fr;
+}
+
+/* cudaMalloc of the backend's own buffers: 0, or -1 with the failure
+ * recorded as cu_check classifies it (DT_ENOMEM, cleared by sync, or a
+ * sticky DT_EDEVICE with CUDA's error string). */
+static int dev_malloc(cuda_ctx *c, void **p, size_t bytes)
+{
+    *p = NULL;
+    if (CU(c, cudaMalloc(p, bytes ? bytes : 1)) != 0) {
+        *p = NULL;
+        return -1;
+    }
+    note_peak(c);
+    return 0;
+}
+
 void *ws_get(cuda_ctx *c, size_t bytes)
 {
     if (bytes <= c->ws_bytes)
@@ -70,10 +97,8 @@ void *ws_get(cuda_ctx *c, size_t bytes)
     c->ws = NULL;
     c->ws_bytes = 0;
     size_t want = bytes + bytes / 4;
-    if (CU(c, cudaMalloc(&c->ws, want)) != 0) {
-        c->ws = NULL;
+    if (dev_malloc(c, &c->ws, want) != 0)
         return NULL;
-    }
     c->ws_bytes = want;
     return c->ws;
 }
@@ -318,8 +343,9 @@ static __global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout,
     }
 }
 
-/* One thread per (b, t, h, pair i). */
-static __global__ void k_rope(float *x, int T, int H, int D, float theta,
+/* One thread per (b, t, h, pair i); cos/sin from the host's table
+ * cs(T, D/2, 2). */
+static __global__ void k_rope(float *x, const float *cs, int T, int H, int D,
                               int inverse, long n)
 {
     int half = D / 2;
@@ -328,7 +354,8 @@ static __global__ void k_rope(float *x, int T, int H, int D, float theta,
         long bth = j / half;
         int t = (int)((bth / H) % T);
         float *v = x + bth * D;
-        dt_rope_pair(&v[i], &v[i + half], t, i, D, theta, inverse);
+        const float *p = cs + 2 * ((long)t * half + i);
+        dt_rope_apply(&v[i], &v[i + half], p[0], p[1], inverse);
     }
 }
 
@@ -430,19 +457,23 @@ static __global__ void k_sum_final(double *out, const double *part, int nb)
  * launchers
  * ========================================================================= */
 
+/* Out of memory is no error: NULL, and the size is remembered
+ * (dt_backend_cuda_oom_bytes). Any other failure (a sticky device fault)
+ * is recorded as DT_EDEVICE with CUDA's error string for sync(). The memory
+ * is not zeroed (backend.h). */
 static void *cuda_alloc(dt_backend *be, size_t bytes)
 {
     cuda_ctx *c = ctx_of(be);
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
+    if (e == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError(); /* out of memory is not sticky */
         c->oom_bytes = bytes;
         return NULL;
     }
-    size_t fr = 0, tot = 0; /* memory only grows here: the peak is seen */
-    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > be->peak_bytes)
-        be->peak_bytes = tot - fr;
+    if (cu_check(c, e, "cudaMalloc", __FILE__, __LINE__) != 0)
+        return NULL;
+    note_peak(c);
     return p;
 }
 
@@ -734,11 +765,52 @@ static void cuda_swiglu_bwd(dt_backend *be, float *dgate, float *dup,
     EW_LAUNCH(ctx_of(be), n, k_swiglu_bwd, dgate, dup, dout, gate, up, n);
 }
 
+/* The RoPE table on the device, or NULL with the error recorded: computed
+ * on the host (dt_rope_table, as the CPU backend does) and uploaded once per
+ * (D, theta), again only when T grows. */
+static const float *rope_table(dt_backend *be, int T, int D, float theta)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->rope && c->rope_D == D && c->rope_theta == theta && c->rope_T >= T)
+        return c->rope;
+    size_t bytes = (size_t)T * (D / 2) * 2 * sizeof(float);
+    float *h = (float *)malloc(bytes + 1);
+    if (!h) {
+        cuda_fail(c, DT_ENOMEM, "rope", "host out of memory", __FILE__,
+                  __LINE__);
+        return NULL;
+    }
+    dt_rope_table(h, T, D, theta);
+    if (c->rope)
+        CU(c, cudaFree(c->rope));
+    c->rope = NULL;
+    c->rope_T = 0;
+    if (dev_malloc(c, (void **)&c->rope, bytes) == 0) {
+        CU(c, cudaMemcpyAsync(c->rope, h, bytes, cudaMemcpyHostToDevice,
+                              c->stream));
+        /* once per model: h is freed only after the copy has read it */
+        CU(c, cudaStreamSynchronize(c->stream));
+    }
+    free(h);
+    if (c->err)
+        return NULL;
+    c->rope_T = T;
+    c->rope_D = D;
+    c->rope_theta = theta;
+    return c->rope;
+}
+
 static void cuda_rope(dt_backend *be, float *x, int B, int T, int H, int D,
                       float theta, int inverse)
 {
     long n = (long)B * T * H * (D / 2);
-    EW_LAUNCH(ctx_of(be), n, k_rope, x, T, H, D, theta, inverse, n);
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || n <= 0)
+        return;
+    const float *cs = rope_table(be, T, D, theta);
+    if (!cs)
+        return;
+    EW_LAUNCH(c, n, k_rope, x, cs, T, H, D, inverse, n);
 }
 
 static void cuda_add_bias(dt_backend *be, float *y, const float *bias, int N,
@@ -830,6 +902,7 @@ static void cuda_destroy(dt_backend *be)
         cudaStreamSynchronize(c->stream);
         cudaFree(c->ws);
         cudaFree(c->red);
+        cudaFree(c->rope);
         if (c->blas)
             cublasDestroy(c->blas);
         if (c->stream)
@@ -919,6 +992,7 @@ extern "C" dt_backend *dt_backend_cuda_new(int device, char *err)
     }
     be->i = cuda_iface;
     be->ctx = c;
+    c->be = be;
     be->threads = 1;
     c->device = device;
     CU(c, cudaSetDevice(device));
@@ -931,7 +1005,7 @@ extern "C" dt_backend *dt_backend_cuda_new(int device, char *err)
         CUBLAS(c, cublasSetMathMode(c->blas, use_tf32
                                                  ? CUBLAS_TF32_TENSOR_OP_MATH
                                                  : CUBLAS_DEFAULT_MATH));
-        CU(c, cudaMalloc(&c->red, (CUDA_RED_BLOCKS + 1) * sizeof(double)));
+        dev_malloc(c, (void **)&c->red, (CUDA_RED_BLOCKS + 1) * sizeof(double));
     }
     if (c->err) {
         dt_errf(err, DT_EDEVICE, "CUDA device %d unavailable: %s", device,

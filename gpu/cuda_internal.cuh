@@ -19,6 +19,7 @@ extern "C" {
 #include "dt_math.h"
 
 typedef struct cuda_ctx {
+    dt_backend *be;          /* the owner (its peak_bytes); borrowed */
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -29,6 +30,10 @@ typedef struct cuda_ctx {
     void *ws;                /* growable workspace (device) */
     size_t ws_bytes;
     double *red;             /* (CUDA_RED_BLOCKS + 1) partial sums (device) */
+    float *rope;             /* dt_rope_table(rope_T, rope_D, rope_theta)
+                                (device), uploaded once */
+    int rope_T, rope_D;
+    float rope_theta;
     int *hbuf;               /* host scratch for embedding_bwd */
     size_t hbuf_n;           /* ints in hbuf */
 } cuda_ctx;

@@ -414,11 +414,17 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     if (!fail)
         alloc_acts(m, &fail);
     if (fail) {
-        if (!err[0])
+        /* An allocation that failed for another reason than memory (a
+         * device fault) is recorded by the backend: report that instead. */
+        char why[DT_ERR_LEN] = "";
+        int rc = be->i.sync(be, why);
+        if (rc && rc != DT_ENOMEM)
+            dt_errf(err, rc, "%s", why);
+        else if (!err[0])
             dt_errf(err, DT_ENOMEM, "out of %s memory setting up the model for "
                     "batch %d x %d", be->i.name, B, T);
         dt_model_free(m);
-        return DT_ENOMEM;
+        return rc && rc != DT_ENOMEM ? rc : DT_ENOMEM;
     }
     *out = m;
     return 0;

@@ -600,6 +600,58 @@ static void test_embedding_bwd_is_bitwise_repeatable(void **state)
     done();
 }
 
+/* ---- backend issue: RoPE table, peak memory (new tests, kept apart) --------------------------------- */
+
+/* RoPE's cos/sin come from one host table (dt_rope_table) on both
+ * backends, so CUDA agrees with the CPU far below the elementwise
+ * tolerance even at T = 2048 (powf/sinf/cosf on the device drifted about
+ * 1.6e-5 there). */
+static void test_rope_long_sequence_matches_cpu_tightly(void **state)
+{
+    int B = 1, T = 2048, H = 4, D = 64;
+    dbuf x = buf_rand((long)B * T * H * D, 1.0f);
+    BOTH(be->i.rope(be, F(x), B, T, H, D, 10000.0f, 0));
+    check(&x, "rope/T=2048", "B=1 T=2048 H=4 D=64", 1e-6);
+    BOTH(be->i.rope(be, F(x), B, T, H, D, 500000.0f, 1));
+    check(&x, "rope/T=2048/inv", "theta=5e5 inverse", 1e-6);
+    buf_free(&x);
+    done();
+}
+
+/* peak_bytes counts the workspace (which holds attention's buffers), not
+ * only what alloc() returned. */
+static void test_peak_bytes_counts_the_workspace(void **state)
+{
+    char err[DT_ERR_LEN] = "";
+    dt_backend *be = dt_backend_cuda_new(0, err);
+    assert_non_null(be);
+    int B = 1, T = 256, NH = 4, D = 32;
+    size_t x = (size_t)B * T * NH * D;
+    float *q = be->i.alloc(be, x * 4), *k = be->i.alloc(be, x * 4);
+    float *v = be->i.alloc(be, x * 4), *out = be->i.alloc(be, x * 4);
+    float *lse = be->i.alloc(be, (size_t)B * NH * T * 4);
+    assert_true(q && k && v && out && lse);
+    float *h = malloc(x * 4);
+    assert_non_null(h);
+    for (size_t i = 0; i < x; i++)
+        h[i] = frand();
+    be->i.upload(be, q, h, x * 4);
+    be->i.upload(be, k, h, x * 4);
+    be->i.upload(be, v, h, x * 4);
+    free(h);
+    size_t before = be->peak_bytes;
+    be->i.attention_fwd(be, out, lse, q, k, v, B, T, NH, NH, D);
+    assert_int_equal(be->i.sync(be, err), 0);
+    size_t ws_min = (2 * x + (size_t)NH * T * T) * sizeof(float);
+    printf("%-18s %-30s %zu -> %zu bytes (workspace >= %zu)\n", "peak_bytes",
+           "attention workspace", before, be->peak_bytes, ws_min);
+    assert_true(be->peak_bytes >= before + ws_min);
+    float *all[] = {q, k, v, out, lse};
+    for (int i = 0; i < 5; i++)
+        be->i.free(be, all[i]);
+    dt_backend_free(be);
+}
+
 /* ---- main ------------------------------------------------------------------------------------------ */
 
 int main(void)
@@ -641,6 +693,8 @@ int main(void)
         cmocka_unit_test(test_attention_matches_cpu),
         cmocka_unit_test(test_attention_bwd_is_bitwise_repeatable),
         cmocka_unit_test(test_embedding_bwd_is_bitwise_repeatable),
+        cmocka_unit_test(test_rope_long_sequence_matches_cpu_tightly),
+        cmocka_unit_test(test_peak_bytes_counts_the_workspace),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     dt_backend_free(be2[0]);
