@@ -25,6 +25,15 @@
 
 typedef struct dt_backend dt_backend;
 
+/* One trainable tensor for the multi-tensor optimizer ops: device
+ * pointers to n floats each. */
+typedef struct dt_opt_tensor {
+    float *p;       /* the parameter */
+    const float *g; /* its gradient */
+    float *m, *v;   /* AdamW's moments */
+    long n;
+} dt_opt_tensor;
+
 typedef struct dt_backend_i {
     const char *name;
 
@@ -141,6 +150,20 @@ typedef struct dt_backend_i {
     void (*adamw)(dt_backend *be, float *p, const float *g, float *m, float *v,
                   long n, float lr, float b1, float b2, float eps, float wd,
                   float bc1, float bc2, float gscale);
+    /* The global squared gradient norm of a list of tensors (t: a host
+     * array of count): each g reduced as sumsq() does, the results added in
+     * list order, written to *out, a device double; no copy to the host. */
+    void (*sumsq_multi)(dt_backend *be, double *out, const dt_opt_tensor *t,
+                        int count);
+    /* adamw() on every tensor of the list (t: a host array of count), with
+     * gscale computed where the step runs from *sumsq (a device double, as
+     * sumsq_multi writes it) by dt_clip_scale (dt_math.h): torch's
+     * clip_grad_norm_ for max_norm > 0, 1 otherwise. When the norm is not
+     * finite nothing is updated (the caller reports it). */
+    void (*adamw_multi)(dt_backend *be, const dt_opt_tensor *t, int count,
+                        float lr, float b1, float b2, float eps, float wd,
+                        float bc1, float bc2, const double *sumsq,
+                        float max_norm);
 
     /* Frees the backend itself. */
     void (*destroy)(dt_backend *be);

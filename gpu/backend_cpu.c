@@ -711,6 +711,29 @@ static void cpu_adamw(dt_backend *be, float *p, const float *g, float *m,
                       gscale);
 }
 
+/* The same order as per-tensor sumsq() calls added on the host. */
+static void cpu_sumsq_multi(dt_backend *be, double *out, const dt_opt_tensor *t,
+                            int count)
+{
+    double ss = 0.0;
+    for (int i = 0; i < count; i++)
+        ss += cpu__reduce(t[i].g, t[i].n, 1);
+    *out = ss;
+}
+
+static void cpu_adamw_multi(dt_backend *be, const dt_opt_tensor *t, int count,
+                            float lr, float b1, float b2, float eps, float wd,
+                            float bc1, float bc2, const double *sumsq,
+                            float max_norm)
+{
+    float gscale;
+    if (!dt_clip_scale(*sumsq, max_norm, &gscale))
+        return;
+    for (int i = 0; i < count; i++)
+        cpu_adamw(be, t[i].p, t[i].g, t[i].m, t[i].v, t[i].n, lr, b1, b2, eps,
+                  wd, bc1, bc2, gscale);
+}
+
 /* ---- the table --------------------------------------------------------------------- */
 
 static void cpu_destroy(dt_backend *be)
@@ -759,6 +782,8 @@ static const dt_backend_i cpu_iface = {
     /* .sum           = */ cpu_sum,
     /* .sumsq         = */ cpu_sumsq,
     /* .adamw         = */ cpu_adamw,
+    /* .sumsq_multi   = */ cpu_sumsq_multi,
+    /* .adamw_multi   = */ cpu_adamw_multi,
     /* .destroy       = */ cpu_destroy,
 };
 

@@ -453,6 +453,71 @@ static __global__ void k_sum_final(double *out, const double *part, int nb)
         *out = acc;
 }
 
+/* Partial-sum blocks of an n-float reduction (reduce() and sumsq_multi
+ * launch the same, so the two give the same bits). */
+static __host__ __device__ inline int red_blocks(long n)
+{
+    long nb = (n + 4L * EW_THREADS - 1) / (4L * EW_THREADS);
+    return nb > CUDA_RED_BLOCKS ? CUDA_RED_BLOCKS : (int)nb;
+}
+
+/* sumsq_multi, pass 1: block (x, y) is k_sum_part's block x for tensor y,
+ * with tensor y's own block count as the stride; part(count, stride). */
+static __global__ void k_sumsq_multi_part(double *part,
+                                          const dt_opt_tensor *t, int stride)
+{
+    __shared__ double sh[32];
+    const dt_opt_tensor *x = &t[blockIdx.y];
+    long n = x->n;
+    int nb = red_blocks(n);
+    if ((int)blockIdx.x >= nb)
+        return; /* the whole block: no barrier is skipped */
+    double acc = 0.0;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long)nb * blockDim.x) {
+        double v = x->g[i];
+        acc += v * v;
+    }
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0)
+        part[(long)blockIdx.y * stride + blockIdx.x] = acc;
+}
+
+/* sumsq_multi, pass 2 (one block): each tensor's partials as k_sum_final
+ * adds them, the tensors' sums added in list order into *out. */
+static __global__ void k_sumsq_multi_final(double *out, const double *part,
+                                           const dt_opt_tensor *t, int count,
+                                           int stride)
+{
+    __shared__ double sh[32];
+    double total = 0.0;
+    for (int y = 0; y < count; y++) {
+        int nb = red_blocks(t[y].n);
+        double acc = 0.0;
+        for (int i = threadIdx.x; i < nb; i += blockDim.x)
+            acc += part[(long)y * stride + i];
+        total += block_sum(acc, sh);
+    }
+    if (threadIdx.x == 0)
+        *out = total;
+}
+
+/* AdamW over every tensor: blockIdx.y is the tensor, a grid-stride loop
+ * over its elements; the clip scale comes from the device's norm. */
+static __global__ void k_adamw_multi(const dt_opt_tensor *t, float lr,
+                                     float b1, float b2, float eps, float wd,
+                                     float bc1, float bc2,
+                                     const double *sumsq, float max_norm)
+{
+    float gscale;
+    if (!dt_clip_scale(*sumsq, max_norm, &gscale))
+        return;
+    const dt_opt_tensor *x = &t[blockIdx.y];
+    GRID_STRIDE(i, x->n)
+        dt_adamw_step(&x->p[i], x->g[i], &x->m[i], &x->v[i], lr, b1, b2, eps,
+                      wd, bc1, bc2, gscale);
+}
+
 /* =========================================================================
  * launchers
  * ========================================================================= */
@@ -869,8 +934,7 @@ static double reduce(cuda_ctx *c, const float *x, long n, int sq)
         return NAN; /* sync() reports why */
     if (n <= 0)
         return 0.0;
-    long nb = (n + 4L * EW_THREADS - 1) / (4L * EW_THREADS);
-    int blocks = nb > CUDA_RED_BLOCKS ? CUDA_RED_BLOCKS : (int)nb;
+    int blocks = red_blocks(n);
     DT_LAUNCH(k_sum_part, blocks, EW_THREADS, 0, c->stream)(c->red, x, n, sq);
     LAUNCHED(c);
     DT_LAUNCH(k_sum_final, 1, EW_THREADS, 0, c->stream)(c->red + CUDA_RED_BLOCKS,
@@ -893,6 +957,99 @@ static double cuda_sumsq(dt_backend *be, const float *x, long n)
     return reduce(ctx_of(be), x, n, 1);
 }
 
+/* The tensor list on the device: uploaded when it differs from the last
+ * one (a training run passes the same list every step, so once). NULL
+ * with the error recorded. */
+static const dt_opt_tensor *opt_list(cuda_ctx *c, const dt_opt_tensor *t,
+                                     int count)
+{
+    size_t bytes = (size_t)count * sizeof *t;
+    if (c->opt_dev && count == c->opt_count &&
+        memcmp(t, c->opt_host, bytes) == 0)
+        return c->opt_dev;
+    if (count > c->opt_cap) {
+        free(c->opt_host);
+        if (c->opt_dev)
+            CU(c, cudaFree(c->opt_dev));
+        c->opt_dev = NULL;
+        c->opt_count = c->opt_cap = 0;
+        c->opt_host = (dt_opt_tensor *)malloc(bytes);
+        if (!c->opt_host) {
+            cuda_fail(c, DT_ENOMEM, "optimizer", "host out of memory",
+                      __FILE__, __LINE__);
+            return NULL;
+        }
+        if (dev_malloc(c, (void **)&c->opt_dev, bytes) != 0)
+            return NULL;
+        c->opt_cap = count;
+    }
+    memcpy(c->opt_host, t, bytes);
+    /* pageable source: staged before the call returns */
+    if (CU(c, cudaMemcpyAsync(c->opt_dev, c->opt_host, bytes,
+                              cudaMemcpyHostToDevice, c->stream)) != 0)
+        return NULL;
+    c->opt_count = count;
+    return c->opt_dev;
+}
+
+static void cuda_sumsq_multi(dt_backend *be, double *out,
+                             const dt_opt_tensor *t, int count)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->err)
+        return;
+    if (count <= 0) { /* all-zero bytes are 0.0 */
+        CU(c, cudaMemsetAsync(out, 0, sizeof *out, c->stream));
+        return;
+    }
+    if (count > 65535) {
+        cuda_fail(c, DT_EINVAL, "sumsq_multi", "more than 65535 tensors",
+                  __FILE__, __LINE__);
+        return;
+    }
+    int stride = 1;
+    for (int i = 0; i < count; i++)
+        if (red_blocks(t[i].n) > stride)
+            stride = red_blocks(t[i].n);
+    const dt_opt_tensor *dt = opt_list(c, t, count);
+    double *part = (double *)ws_get(c, (size_t)count * stride * sizeof(double));
+    if (!dt || !part)
+        return;
+    dim3 grid(stride, count);
+    DT_LAUNCH(k_sumsq_multi_part, grid, EW_THREADS, 0, c->stream)(part, dt,
+                                                                 stride);
+    LAUNCHED(c);
+    DT_LAUNCH(k_sumsq_multi_final, 1, EW_THREADS, 0, c->stream)(out, part, dt,
+                                                               count, stride);
+    LAUNCHED(c);
+}
+
+static void cuda_adamw_multi(dt_backend *be, const dt_opt_tensor *t, int count,
+                             float lr, float b1, float b2, float eps, float wd,
+                             float bc1, float bc2, const double *sumsq,
+                             float max_norm)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || count <= 0)
+        return;
+    if (count > 65535) {
+        cuda_fail(c, DT_EINVAL, "adamw_multi", "more than 65535 tensors",
+                  __FILE__, __LINE__);
+        return;
+    }
+    long maxn = 0;
+    for (int i = 0; i < count; i++)
+        maxn = t[i].n > maxn ? t[i].n : maxn;
+    const dt_opt_tensor *dt = opt_list(c, t, count);
+    if (!dt)
+        return;
+    unsigned bx = blocks_for(maxn, EW_THREADS);
+    dim3 grid(bx < 1024 ? bx : 1024, count);
+    DT_LAUNCH(k_adamw_multi, grid, EW_THREADS, 0, c->stream)(
+        dt, lr, b1, b2, eps, wd, bc1, bc2, sumsq, max_norm);
+    LAUNCHED(c);
+}
+
 static void cuda_destroy(dt_backend *be)
 {
     if (!be)
@@ -903,6 +1060,8 @@ static void cuda_destroy(dt_backend *be)
         cudaFree(c->ws);
         cudaFree(c->red);
         cudaFree(c->rope);
+        cudaFree(c->opt_dev);
+        free(c->opt_host);
         if (c->blas)
             cublasDestroy(c->blas);
         if (c->stream)
@@ -950,6 +1109,8 @@ static const dt_backend_i cuda_iface = {
     /* .sum = */ cuda_sum,
     /* .sumsq = */ cuda_sumsq,
     /* .adamw = */ cuda_adamw,
+    /* .sumsq_multi = */ cuda_sumsq_multi,
+    /* .adamw_multi = */ cuda_adamw_multi,
     /* .destroy = */ cuda_destroy,
 };
 

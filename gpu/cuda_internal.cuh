@@ -34,6 +34,9 @@ typedef struct cuda_ctx {
                                 (device), uploaded once */
     int rope_T, rope_D;
     float rope_theta;
+    dt_opt_tensor *opt_dev;  /* the optimizer's tensor list (device), */
+    dt_opt_tensor *opt_host; /* its host copy: uploaded when it changes */
+    int opt_count, opt_cap;
     int *hbuf;               /* host scratch for embedding_bwd */
     size_t hbuf_n;           /* ints in hbuf */
 } cuda_ctx;

@@ -1,8 +1,8 @@
 /* dt_math.h: per-element math shared by the CPU backend (C) and the CUDA
  * backend (nvcc), so that both compute the same formula in the same order.
  *
- * Everything here is `static inline DT_HD` and uses only the float math
- * functions CUDA provides (expf, tanhf, sqrtf). */
+ * Everything here is `static inline DT_HD` and uses only math functions
+ * CUDA provides (expf, tanhf, sqrtf, and sqrt in double for the clip). */
 #ifndef DT_MATH_H
 #define DT_MATH_H
 
@@ -143,6 +143,26 @@ static inline DT_HD void dt_adamw_step(float *p, float g, float *m, float *v,
     *p = pp;
     *m = mm;
     *v = vv;
+}
+
+/* ---- gradient clipping -------------------------------------------------- */
+
+/* torch.nn.utils.clip_grad_norm_'s scale from the squared global norm:
+ * coef = max_norm / (norm + 1e-6), used when < 1 (and max_norm > 0).
+ * Returns 0, with *gscale unset, when the norm is not finite. */
+static inline DT_HD int dt_clip_scale(double sumsq, float max_norm,
+                                      float *gscale)
+{
+    double norm = sqrt(sumsq);
+    if (!isfinite(norm))
+        return 0;
+    *gscale = 1.0f;
+    if (max_norm > 0.0f) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            *gscale = (float)coef;
+    }
+    return 1;
 }
 
 /* ---- RoPE (Hugging Face rotate_half layout) ------------------------------ */

@@ -413,6 +413,16 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
         build_layers(m, &rng, &fail, err);
     if (!fail)
         alloc_acts(m, &fail);
+    if (!fail) {
+        m->opt = calloc((size_t)(m->nparams ? m->nparams : 1), sizeof *m->opt);
+        m->gnorm2 = (double *)dalloc(m, 2, &fail);
+        if (!m->opt)
+            fail = 1;
+        for (int i = 0; m->opt && i < m->nparams; i++) {
+            dt_param *q = &m->params[i];
+            m->opt[i] = (dt_opt_tensor){q->p, q->g, q->m, q->v, q->n};
+        }
+    }
     if (fail) {
         /* An allocation that failed for another reason than memory (a
          * device fault) is recorded by the backend: report that instead. */
@@ -469,6 +479,8 @@ void dt_model_free(dt_model *m)
         be->i.free(be, m->loras[i].catB);
     }
     dt_model_release_activations(m);
+    be->i.free(be, m->gnorm2);
+    free(m->opt);
     free(m->named);
     free(m->params);
     free(m->loras);
@@ -492,6 +504,13 @@ dt_param *dt_model_params(dt_model *m, int *n)
 {
     *n = m->nparams;
     return m->params;
+}
+
+const dt_opt_tensor *dt_model_opt_tensors(dt_model *m, int *n, double **sumsq)
+{
+    *n = m->nparams;
+    *sumsq = m->gnorm2;
+    return m->opt;
 }
 
 dt_lora *dt_model_loras(dt_model *m, int *n)

@@ -50,6 +50,8 @@ struct dt_model {
     dt_layer *L;
 
     dt_param *params; int nparams, capparams;
+    dt_opt_tensor *opt;    /* (nparams) the params for the optimizer ops */
+    double *gnorm2;        /* (1) device: the squared gradient norm */
     dt_lora *loras; int nloras;
     dt_named *named; int nnamed, capnamed;
 

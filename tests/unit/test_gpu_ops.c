@@ -652,6 +652,100 @@ static void test_peak_bytes_counts_the_workspace(void **state)
     dt_backend_free(be);
 }
 
+/* ---- backend issue: multi-tensor optimizer ops (new test, kept apart) ------------------------------ */
+
+/* On each backend sumsq_multi equals the per-tensor sumsq added in list
+ * order and adamw_multi (clip scale read on the device) equals per-tensor
+ * adamw with that scale, bit for bit; CUDA matches the CPU. Sizes span one
+ * to many reduction blocks. */
+static void test_multi_tensor_optimizer_ops_match_per_tensor(void **state)
+{
+    enum { NT = 5 };
+    static const long sizes[NT] = {1, 1003, 300007, 17, 5000};
+    dbuf g[NT], p[2][NT], m[2][NT], v[2][NT];
+    dt_opt_tensor ts[2][NT];
+    for (int i = 0; i < NT; i++) {
+        long n = sizes[i];
+        g[i] = buf_rand(n, 2.0f);
+        float *hv = malloc((size_t)n * sizeof *hv);
+        assert_non_null(hv);
+        for (long j = 0; j < n; j++)
+            hv[j] = 0.01f * (frand() + 1.0f);
+        for (int c = 0; c < 2; c++) { /* c = 0: per-tensor, 1: multi */
+            p[c][i] = buf_rand(n, 1.0f);
+            m[c][i] = buf_rand(n, 0.1f);
+            v[c][i] = buf_from(hv, (size_t)n * sizeof *hv);
+        }
+        free(hv);
+        for (int k = 0; k < 2; k++) {
+            be2[k]->i.copy(be2[k], p[1][i].d[k], p[0][i].d[k], p[0][i].bytes);
+            be2[k]->i.copy(be2[k], m[1][i].d[k], m[0][i].d[k], m[0][i].bytes);
+            ts[k][i] = (dt_opt_tensor){F(p[1][i]), F(g[i]), F(m[1][i]),
+                                       F(v[1][i]), n};
+        }
+    }
+    double ref[2] = {0, 0}, got[2];
+    dbuf dss = buf_zero(2); /* one device double */
+    for (int k = 0; k < 2; k++) {
+        dt_backend *be = be2[k];
+        for (int i = 0; i < NT; i++)
+            ref[k] += be->i.sumsq(be, F(g[i]), sizes[i]);
+        be->i.sumsq_multi(be, (double *)F(dss), ts[k], NT);
+        be->i.download(be, &got[k], F(dss), sizeof(double));
+    }
+    check_err(memcmp(&got[1], &ref[1], sizeof(double)) ? NAN : 0.0,
+              "sumsq_multi/rep", "CUDA = per-tensor, bitwise", 0.0);
+    check_err(memcmp(&got[0], &ref[0], sizeof(double)) ? NAN : 0.0,
+              "sumsq_multi/cpu", "CPU = per-tensor, bitwise", 0.0);
+    check_err(fabs(got[1] - got[0]) / got[0], "sumsq_multi", "5 tensors",
+              TOL_EW);
+    /* max_norm 1 clips: the norm is ~300 */
+    for (int k = 0; k < 2; k++) {
+        dt_backend *be = be2[k];
+        float gscale = (float)(1.0 / (sqrt(got[k]) + 1e-6));
+        for (int i = 0; i < NT; i++)
+            be->i.adamw(be, F(p[0][i]), F(g[i]), F(m[0][i]), F(v[0][i]),
+                        sizes[i], 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.1f,
+                        0.001f, gscale);
+        be->i.adamw_multi(be, ts[k], NT, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f,
+                          0.1f, 0.001f, (const double *)F(dss), 1.0f);
+    }
+    char err[DT_ERR_LEN] = "";
+    assert_int_equal(be2[1]->i.sync(be2[1], err), 0);
+    int same = 1;
+    for (int i = 0; i < NT; i++)
+        same = same && same_bits(&p[0][i], &p[1][i]) &&
+               same_bits(&m[0][i], &m[1][i]) && same_bits(&v[0][i], &v[1][i]);
+    check_err(same ? 0.0 : NAN, "adamw_multi/rep", "CUDA = per-tensor, bitwise",
+              0.0);
+    for (int i = 0; i < NT; i++) {
+        check(&p[1][i], "adamw_multi/p", "vs CPU", TOL_EW);
+        check(&v[1][i], "adamw_multi/v", "vs CPU", TOL_EW);
+    }
+    /* a non-finite norm updates nothing */
+    double nan = NAN;
+    for (int k = 0; k < 2; k++) {
+        dt_backend *be = be2[k];
+        be->i.upload(be, F(dss), &nan, sizeof nan);
+        be->i.adamw_multi(be, ts[k], NT, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f,
+                          0.1f, 0.001f, (const double *)F(dss), 1.0f);
+    }
+    same = 1;
+    for (int i = 0; i < NT; i++)
+        same = same && same_bits(&p[0][i], &p[1][i]);
+    check_err(same ? 0.0 : NAN, "adamw_multi/nan", "norm NaN: no update", 0.0);
+    for (int i = 0; i < NT; i++) {
+        buf_free(&g[i]);
+        for (int c = 0; c < 2; c++) {
+            buf_free(&p[c][i]);
+            buf_free(&m[c][i]);
+            buf_free(&v[c][i]);
+        }
+    }
+    buf_free(&dss);
+    done();
+}
+
 /* ---- main ------------------------------------------------------------------------------------------ */
 
 int main(void)
@@ -695,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_embedding_bwd_is_bitwise_repeatable),
         cmocka_unit_test(test_rope_long_sequence_matches_cpu_tightly),
         cmocka_unit_test(test_peak_bytes_counts_the_workspace),
+        cmocka_unit_test(test_multi_tensor_optimizer_ops_match_per_tensor),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     dt_backend_free(be2[0]);
