@@ -67,7 +67,9 @@ typedef struct dt_backend_i {
     void (*embedding_fwd)(dt_backend *be, float *out, const int32_t *ids,
                           const float *wte, const float *wpe, int B, int T,
                           int C);
-    /* dwte[ids] += dout; dwpe[t] += dout (either may be NULL). */
+    /* dwte[ids] += dout; dwpe[t] += dout (either may be NULL). ids(B*T) is
+     * HOST memory, the ids embedding_fwd read on the device: the host has
+     * them, so the CUDA backend groups them without a copy back. */
     void (*embedding_bwd)(dt_backend *be, float *dwte, float *dwpe,
                           const float *dout, const int32_t *ids, int B, int T,
                           int C);

@@ -19,7 +19,8 @@
  *
  * Determinism: no float atomics. Column sums (bias, norm weights) use
  * per-chunk partials reduced in a fixed order; embedding_bwd groups tokens by
- * id on the host (stable) and adds them in token order; attention sums the
+ * id on the host (stable; the caller passes the host's ids) and adds them in
+ * token order; attention sums the
  * query heads of a kv group inside one GEMM (K = rep*T). Results are bitwise
  * repeatable on one device. TF32 is used only when DT_TF32=1. */
 #include "cuda_internal.cuh"
@@ -648,8 +649,9 @@ static int cmp_id_pos(const void *a, const void *b)
     return x[1] < y[1] ? -1 : x[1] > y[1];
 }
 
-/* dwte: the ids come to the host, are grouped by id (stable: ties keep token
- * order) and go back as (order, seg_start, seg_id); one kernel row per id. */
+/* dwte: the host's ids (no copy back) are grouped by id (stable: ties keep
+ * token order) and go up as (order, seg_start, seg_id); one kernel row per
+ * id. */
 static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
                                const float *dout, const int32_t *ids, int B,
                                int T, int C)
@@ -666,7 +668,7 @@ static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
     }
     if (!dwte)
         return;
-    size_t need = 6 * (size_t)n + 1; /* ids, pairs(2n), order, start, seg */
+    size_t need = 5 * (size_t)n + 1; /* pairs(2n), order, start, seg */
     if (c->hbuf_n < need) {
         int *h = (int *)realloc(c->hbuf, need * sizeof(int));
         if (!h) {
@@ -677,14 +679,11 @@ static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
         c->hbuf = h;
         c->hbuf_n = need;
     }
-    int *hid = c->hbuf, *pairs = hid + n, *order = pairs + 2 * n;
+    const int32_t *hid = ids;
+    int *pairs = c->hbuf, *order = pairs + 2 * n;
     int *start = order + n, *seg = start + n + 1;
     int *dws = (int *)ws_get(c, (3 * (size_t)n + 1) * sizeof(int));
     if (!dws)
-        return;
-    CU(c, cudaMemcpyAsync(hid, ids, n * sizeof(int), cudaMemcpyDeviceToHost,
-                          c->stream));
-    if (CU(c, cudaStreamSynchronize(c->stream)) != 0)
         return;
     int m = 0;
     for (int i = 0; i < n; i++) {

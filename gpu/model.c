@@ -414,6 +414,9 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     if (!fail)
         alloc_acts(m, &fail);
     if (!fail) {
+        m->hids = malloc((size_t)m->N * sizeof *m->hids);
+        if (!m->hids)
+            fail = 1;
         m->opt = calloc((size_t)(m->nparams ? m->nparams : 1), sizeof *m->opt);
         m->gnorm2 = (double *)dalloc(m, 2, &fail);
         if (!m->opt)
@@ -481,6 +484,7 @@ void dt_model_free(dt_model *m)
     dt_model_release_activations(m);
     be->i.free(be, m->gnorm2);
     free(m->opt);
+    free(m->hids);
     free(m->named);
     free(m->params);
     free(m->loras);

@@ -57,6 +57,8 @@ struct dt_model {
 
     /* activations, each (n_layer, N, ...) unless said otherwise */
     int32_t *ids, *tgt;    /* (N) */
+    int32_t *hids;         /* (N) host copy of the last forward's ids, for
+                              embedding_bwd (no copy back from the device) */
     float *res;            /* (n_layer+1, N, C) residual stream inputs */
     float *mid;            /* residual after attention */
     float *n1, *n1m, *n1r; /* norm 1 out (N,C), mean (N), rstd (N) */
