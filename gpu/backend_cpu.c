@@ -42,6 +42,23 @@ static void cpu__fail(dt_backend *be, int code, const char *msg)
     snprintf(c->errmsg, sizeof c->errmsg, "cpu backend: %s", msg);
 }
 
+/* Counts (sign 1) or uncounts (-1) a buffer of the backend's own (attention
+ * scratch, RoPE table) in live_bytes, as alloc/free do, so that peak_bytes
+ * includes them. p may be NULL. */
+static void cpu__count(dt_backend *be, void *p, int sign)
+{
+    if (!p)
+        return;
+    size_t n = malloc_usable_size(p);
+    if (sign > 0) {
+        be->live_bytes += n;
+        if (be->live_bytes > be->peak_bytes)
+            be->peak_bytes = be->live_bytes;
+    } else {
+        be->live_bytes -= n;
+    }
+}
+
 /* Returns scratch of at least n floats for each of nt threads, or NULL after
  * recording DT_ENOMEM. Borrowed: owned by the context. */
 static float *cpu__scratch(dt_backend *be, size_t per, int nt)
@@ -49,6 +66,7 @@ static float *cpu__scratch(dt_backend *be, size_t per, int nt)
     cpu_ctx *c = be->ctx;
     size_t need = per * (size_t)nt;
     if (need > c->scratch_floats) {
+        cpu__count(be, c->scratch, -1);
         free(c->scratch);
         c->scratch = NULL;
         c->scratch_floats = 0;
@@ -58,6 +76,7 @@ static float *cpu__scratch(dt_backend *be, size_t per, int nt)
             return NULL;
         }
         c->scratch_floats = need;
+        cpu__count(be, c->scratch, 1);
     }
     return c->scratch;
 }
@@ -377,6 +396,7 @@ static const float *cpu__rope_table(dt_backend *be, int T, int D, float theta)
     cpu_ctx *c = be->ctx;
     if (c->rope && c->rope_D == D && c->rope_theta == theta && c->rope_T >= T)
         return c->rope;
+    cpu__count(be, c->rope, -1);
     free(c->rope);
     c->rope = malloc((size_t)T * (D / 2) * 2 * sizeof(float) + 1);
     c->rope_T = 0;
@@ -384,6 +404,7 @@ static const float *cpu__rope_table(dt_backend *be, int T, int D, float theta)
         cpu__fail(be, DT_ENOMEM, "out of memory for the RoPE table");
         return NULL;
     }
+    cpu__count(be, c->rope, 1);
     dt_rope_table(c->rope, T, D, theta);
     c->rope_T = T;
     c->rope_D = D;

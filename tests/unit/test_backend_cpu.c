@@ -894,6 +894,26 @@ static void test_multi_tensor_ops_match_per_tensor_ops_bitwise(void **state)
     }
 }
 
+/* peak_bytes counts the backend's own buffers (attention scratch), not
+ * only what alloc() returned. */
+static void test_peak_bytes_counts_attention_scratch(void **state)
+{
+    char err[DT_ERR_LEN];
+    dt_backend *pb = dt_backend_cpu_new(1, err);
+    assert_non_null(pb);
+    int B = 1, T = 300, NH = 2, D = 16;
+    long nq = (long)B * T * NH * D;
+    float *q = randv(nq, 1), *k = randv(nq, 1), *v = randv(nq, 1);
+    float *out = falloc(nq), *lse = falloc((long)B * NH * T);
+    size_t before = pb->peak_bytes;
+    pb->i.attention_fwd(pb, out, lse, q, k, v, B, T, NH, NH, D);
+    assert_int_equal(pb->i.sync(pb, err), 0);
+    /* one thread: a 64 x T block of scores */
+    assert_true(pb->peak_bytes >= before + 64 * (size_t)T * sizeof(float));
+    dt_backend_free(pb);
+    free(q), free(k), free(v), free(out), free(lse);
+}
+
 /* ---- the facade ---------------------------------------------------------------------------------- */
 
 static void test_backend_new_selects_cpu_and_rejects_unknown_devices(
@@ -1004,6 +1024,7 @@ int main(void)
         cmocka_unit_test(test_sum_is_bitwise_deterministic_across_thread_counts),
         cmocka_unit_test(test_adamw_matches_hand_computed_steps),
         cmocka_unit_test(test_multi_tensor_ops_match_per_tensor_ops_bitwise),
+        cmocka_unit_test(test_peak_bytes_counts_attention_scratch),
         cmocka_unit_test(
             test_backend_new_selects_cpu_and_rejects_unknown_devices),
     };
