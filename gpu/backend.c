@@ -3,6 +3,7 @@
 #include "backend.h"
 #include "base/dt.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,4 +56,19 @@ void dt_backend_free(dt_backend *be)
 {
     if (be && be->i.destroy)
         be->i.destroy(be);
+}
+
+void dt_rope_table(float *cs, int T, int D, float theta)
+{
+    int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        float e = (float)(2 * i) / (float)D; /* fp32, as HF's arange / dim */
+        float inv = 1.0f / (float)pow((double)theta, (double)e);
+        for (int t = 0; t < T; t++) {
+            double ang = (double)((float)t * inv);
+            float *p = cs + 2 * ((size_t)t * half + i);
+            p[0] = (float)cos(ang);
+            p[1] = (float)sin(ang);
+        }
+    }
 }

@@ -9,7 +9,11 @@
  * - All matrices are row-major. Shapes are written as (rows, cols).
  * - Every op is fp32 unless said otherwise. ids/targets are int32.
  * - "dx +=" means the op accumulates into its output gradient; callers zero
- *   gradients with memset() before a backward pass.
+ *   gradients with memset0() before a backward pass.
+ * - alloc() returns uninitialised memory (the CUDA emulator fills it with
+ *   NaN bytes, and so does the CPU backend when DT_POISON_ALLOC=1, as the
+ *   unit tests run it): whoever reads a buffer before writing it zeroes it
+ *   with memset0() first (AdamW moments, gradients, LoRA's B).
  * - Ops that can fail return 0 or a negative DT_E* code; pure compute ops
  *   return void and report device errors through sync().
  */
@@ -21,11 +25,21 @@
 
 typedef struct dt_backend dt_backend;
 
+/* One trainable tensor for the multi-tensor optimizer ops: device
+ * pointers to n floats each. */
+typedef struct dt_opt_tensor {
+    float *p;       /* the parameter */
+    const float *g; /* its gradient */
+    float *m, *v;   /* AdamW's moments */
+    long n;
+} dt_opt_tensor;
+
 typedef struct dt_backend_i {
     const char *name;
 
     /* ---- memory ------------------------------------------------------- */
-    /* Returns a zero-filled device buffer or NULL (out of memory). */
+    /* Returns an uninitialised device buffer or NULL (out of memory; the
+     * CUDA backend records any other device error for sync()). */
     void *(*alloc)(dt_backend *be, size_t bytes);
     void (*free)(dt_backend *be, void *p); /* free(NULL) is a no-op */
     void (*upload)(dt_backend *be, void *dst, const void *src, size_t bytes);
@@ -53,7 +67,9 @@ typedef struct dt_backend_i {
     void (*embedding_fwd)(dt_backend *be, float *out, const int32_t *ids,
                           const float *wte, const float *wpe, int B, int T,
                           int C);
-    /* dwte[ids] += dout; dwpe[t] += dout (either may be NULL). */
+    /* dwte[ids] += dout; dwpe[t] += dout (either may be NULL). ids(B*T) is
+     * HOST memory, the ids embedding_fwd read on the device: the host has
+     * them, so the CUDA backend groups them without a copy back. */
     void (*embedding_bwd)(dt_backend *be, float *dwte, float *dwpe,
                           const float *dout, const int32_t *ids, int B, int T,
                           int C);
@@ -85,7 +101,9 @@ typedef struct dt_backend_i {
                        long n);
     /* Rotary embedding in place on x(B,T,H,D), Hugging Face's rotate_half
      * layout (pairs i and i+D/2), positions 0..T-1. inverse=1 applies the
-     * transpose rotation (the backward pass). */
+     * transpose rotation (the backward pass). The cos/sin come from
+     * dt_rope_table(), which the backend computes once per (D, theta) and
+     * keeps (the CUDA backend uploads it once), growing it when T grows. */
     void (*rope)(dt_backend *be, float *x, int B, int T, int H, int D,
                  float theta, int inverse);
     /* y(N,C) += bias(C) broadcast over rows. */
@@ -134,6 +152,20 @@ typedef struct dt_backend_i {
     void (*adamw)(dt_backend *be, float *p, const float *g, float *m, float *v,
                   long n, float lr, float b1, float b2, float eps, float wd,
                   float bc1, float bc2, float gscale);
+    /* The global squared gradient norm of a list of tensors (t: a host
+     * array of count): each g reduced as sumsq() does, the results added in
+     * list order, written to *out, a device double; no copy to the host. */
+    void (*sumsq_multi)(dt_backend *be, double *out, const dt_opt_tensor *t,
+                        int count);
+    /* adamw() on every tensor of the list (t: a host array of count), with
+     * gscale computed where the step runs from *sumsq (a device double, as
+     * sumsq_multi writes it) by dt_clip_scale (dt_math.h): torch's
+     * clip_grad_norm_ for max_norm > 0, 1 otherwise. When the norm is not
+     * finite nothing is updated (the caller reports it). */
+    void (*adamw_multi)(dt_backend *be, const dt_opt_tensor *t, int count,
+                        float lr, float b1, float b2, float eps, float wd,
+                        float bc1, float bc2, const double *sumsq,
+                        float max_norm);
 
     /* Frees the backend itself. */
     void (*destroy)(dt_backend *be);
@@ -153,6 +185,13 @@ struct dt_backend {
  * (CUDA when a device is usable, else CPU). NULL with detail in err. */
 dt_backend *dt_backend_new(const char *device, int threads, char *err);
 void dt_backend_free(dt_backend *be);
+
+/* RoPE's table cs(T, D/2, 2): cs[2*(t*D/2 + i)] = cos, [.. + 1] = sin of
+ * the angle of position t, pair i, as Hugging Face computes it in fp32:
+ * inv_freq = 1 / theta^((2i)/D), angle = (float)t * inv_freq. pow, cos and
+ * sin are evaluated in double and rounded once, on the host, so every
+ * backend rotates by exactly the same floats. */
+void dt_rope_table(float *cs, int T, int D, float theta);
 
 dt_backend *dt_backend_cpu_new(int threads, char *err);
 /* Defined by backend_cuda.cu; a stub that fails clearly when built without

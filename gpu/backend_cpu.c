@@ -24,6 +24,10 @@
 typedef struct cpu_ctx {
     float *scratch;       /* per-thread attention scratch, nthreads * per */
     size_t scratch_floats; /* capacity of scratch, floats */
+    int poison;            /* DT_POISON_ALLOC=1: alloc fills with NaN bytes */
+    float *rope;           /* dt_rope_table(rope_T, rope_D, rope_theta) */
+    int rope_T, rope_D;
+    float rope_theta;
     int err;               /* sticky error reported by sync(), 0 if none */
     char errmsg[DT_ERR_LEN];
 } cpu_ctx;
@@ -38,6 +42,23 @@ static void cpu__fail(dt_backend *be, int code, const char *msg)
     snprintf(c->errmsg, sizeof c->errmsg, "cpu backend: %s", msg);
 }
 
+/* Counts (sign 1) or uncounts (-1) a buffer of the backend's own (attention
+ * scratch, RoPE table) in live_bytes, as alloc/free do, so that peak_bytes
+ * includes them. p may be NULL. */
+static void cpu__count(dt_backend *be, void *p, int sign)
+{
+    if (!p)
+        return;
+    size_t n = malloc_usable_size(p);
+    if (sign > 0) {
+        be->live_bytes += n;
+        if (be->live_bytes > be->peak_bytes)
+            be->peak_bytes = be->live_bytes;
+    } else {
+        be->live_bytes -= n;
+    }
+}
+
 /* Returns scratch of at least n floats for each of nt threads, or NULL after
  * recording DT_ENOMEM. Borrowed: owned by the context. */
 static float *cpu__scratch(dt_backend *be, size_t per, int nt)
@@ -45,6 +66,7 @@ static float *cpu__scratch(dt_backend *be, size_t per, int nt)
     cpu_ctx *c = be->ctx;
     size_t need = per * (size_t)nt;
     if (need > c->scratch_floats) {
+        cpu__count(be, c->scratch, -1);
         free(c->scratch);
         c->scratch = NULL;
         c->scratch_floats = 0;
@@ -54,21 +76,28 @@ static float *cpu__scratch(dt_backend *be, size_t per, int nt)
             return NULL;
         }
         c->scratch_floats = need;
+        cpu__count(be, c->scratch, 1);
     }
     return c->scratch;
 }
 
 /* ---- memory --------------------------------------------------------------- */
 
+/* Uninitialised, as the contract says. With DT_POISON_ALLOC=1 (the unit
+ * tests) every byte is 0xFF, NaN as float and double, as the CUDA emulator
+ * does: a read of memory nothing wrote shows up in the results. Off by
+ * default: filling costs a pass over memory. */
 static void *cpu_alloc(dt_backend *be, size_t bytes)
 {
+    cpu_ctx *c = be->ctx;
     void *p = NULL;
     size_t n = (bytes + 63) & ~(size_t)63;
     if (n == 0)
         n = 64;
     if (n < bytes || posix_memalign(&p, 64, n))
         return NULL;
-    memset(p, 0, n);
+    if (c->poison)
+        memset(p, 0xff, n);
     be->live_bytes += malloc_usable_size(p);
     if (be->live_bytes > be->peak_bytes)
         be->peak_bytes = be->live_bytes;
@@ -359,19 +388,46 @@ static void cpu_swiglu_bwd(dt_backend *be, float *dgate, float *dup,
     }
 }
 
-/* cos/sin are computed once per (position, pair) and applied to every head. */
+/* The RoPE table for T positions of (D, theta), or NULL after recording
+ * DT_ENOMEM. Borrowed: owned by the context, recomputed only when D or
+ * theta change or T grows. */
+static const float *cpu__rope_table(dt_backend *be, int T, int D, float theta)
+{
+    cpu_ctx *c = be->ctx;
+    if (c->rope && c->rope_D == D && c->rope_theta == theta && c->rope_T >= T)
+        return c->rope;
+    cpu__count(be, c->rope, -1);
+    free(c->rope);
+    c->rope = malloc((size_t)T * (D / 2) * 2 * sizeof(float) + 1);
+    c->rope_T = 0;
+    if (!c->rope) {
+        cpu__fail(be, DT_ENOMEM, "out of memory for the RoPE table");
+        return NULL;
+    }
+    cpu__count(be, c->rope, 1);
+    dt_rope_table(c->rope, T, D, theta);
+    c->rope_T = T;
+    c->rope_D = D;
+    c->rope_theta = theta;
+    return c->rope;
+}
+
+/* One (position, pair) cos/sin from the table, applied to every head. */
 static void cpu_rope(dt_backend *be, float *x, int B, int T, int H, int D,
                      float theta, int inverse)
 {
+    const float *cs = cpu__rope_table(be, T, D, theta);
+    if (!cs)
+        return;
     long BT = (long)B * T;
     int half = D / 2;
 #pragma omp parallel for schedule(static)
     for (long r = 0; r < BT; r++) {
         int t = (int)(r % T);
         float *row = x + r * H * D;
+        const float *ct = cs + 2 * (size_t)t * half;
         for (int i = 0; i < half; i++) {
-            float c, s;
-            dt_rope_cs(t, i, D, theta, &c, &s);
+            float c = ct[2 * i], s = ct[2 * i + 1];
             for (int h = 0; h < H; h++) {
                 float *v = row + (long)h * D;
                 dt_rope_apply(&v[i], &v[i + half], c, s, inverse);
@@ -676,6 +732,29 @@ static void cpu_adamw(dt_backend *be, float *p, const float *g, float *m,
                       gscale);
 }
 
+/* The same order as per-tensor sumsq() calls added on the host. */
+static void cpu_sumsq_multi(dt_backend *be, double *out, const dt_opt_tensor *t,
+                            int count)
+{
+    double ss = 0.0;
+    for (int i = 0; i < count; i++)
+        ss += cpu__reduce(t[i].g, t[i].n, 1);
+    *out = ss;
+}
+
+static void cpu_adamw_multi(dt_backend *be, const dt_opt_tensor *t, int count,
+                            float lr, float b1, float b2, float eps, float wd,
+                            float bc1, float bc2, const double *sumsq,
+                            float max_norm)
+{
+    float gscale;
+    if (!dt_clip_scale(*sumsq, max_norm, &gscale))
+        return;
+    for (int i = 0; i < count; i++)
+        cpu_adamw(be, t[i].p, t[i].g, t[i].m, t[i].v, t[i].n, lr, b1, b2, eps,
+                  wd, bc1, bc2, gscale);
+}
+
 /* ---- the table --------------------------------------------------------------------- */
 
 static void cpu_destroy(dt_backend *be)
@@ -683,8 +762,10 @@ static void cpu_destroy(dt_backend *be)
     if (!be)
         return;
     cpu_ctx *c = be->ctx;
-    if (c)
+    if (c) {
         free(c->scratch);
+        free(c->rope);
+    }
     free(c);
     free(be);
 }
@@ -722,6 +803,8 @@ static const dt_backend_i cpu_iface = {
     /* .sum           = */ cpu_sum,
     /* .sumsq         = */ cpu_sumsq,
     /* .adamw         = */ cpu_adamw,
+    /* .sumsq_multi   = */ cpu_sumsq_multi,
+    /* .adamw_multi   = */ cpu_adamw_multi,
     /* .destroy       = */ cpu_destroy,
 };
 
@@ -739,6 +822,8 @@ dt_backend *dt_backend_cpu_new(int threads, char *err)
         omp_set_num_threads(threads);
         openblas_set_num_threads(threads);
     }
+    const char *poison = getenv("DT_POISON_ALLOC");
+    c->poison = poison && strcmp(poison, "1") == 0;
     be->i = cpu_iface;
     be->ctx = c;
     be->threads = threads > 0 ? threads : omp_get_max_threads();

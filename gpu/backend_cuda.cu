@@ -1,8 +1,8 @@
 /* backend_cuda.cu: the CUDA backend (cuBLAS GEMMs + fp32 kernels).
  *
  * Implements the table of backend.h on one device and one stream; the
- * attention ops live in cuda_attention.cu, what both share in
- * cuda_internal.cuh. Per-element math comes from dt_math.h, the same
+ * attention ops live in cuda_attention.cu, the optimizer's multi-tensor ops
+ * in cuda_optim.cu, what they share in cuda_internal.cuh. Per-element math comes from dt_math.h, the same
  * functions the CPU backend calls, so the CPU tests cover the formulas this
  * file runs.
  *
@@ -12,11 +12,15 @@
  * workspace that cannot grow (DT_ENOMEM) or a bad shape (DT_EINVAL) is
  * cleared once sync() reported it.
  * Running out of memory in alloc() is no error at all: alloc returns NULL and
- * remembers the requested size (dt_backend_cuda_oom_bytes) for the caller.
+ * remembers the requested size (dt_backend_cuda_oom_bytes) for the caller;
+ * any other cudaMalloc failure is a sticky DT_EDEVICE with CUDA's string.
+ * peak_bytes is the device's memory in use after every cudaMalloc, the
+ * workspace and the RoPE table included.
  *
  * Determinism: no float atomics. Column sums (bias, norm weights) use
  * per-chunk partials reduced in a fixed order; embedding_bwd groups tokens by
- * id on the host (stable) and adds them in token order; attention sums the
+ * id on the host (stable; the caller passes the host's ids) and adds them in
+ * token order; attention sums the
  * query heads of a kv group inside one GEMM (K = rep*T). Results are bitwise
  * repeatable on one device. TF32 is used only when DT_TF32=1. */
 #include "cuda_internal.cuh"
@@ -61,6 +65,27 @@ int cublas_check(cuda_ctx *c, cublasStatus_t s, const char *what,
     return -1;
 }
 
+/* Records the device's memory in use (total - free: every allocation, the
+ * workspace and the RoPE table included) when it is a new peak. Memory only
+ * grows in cudaMalloc, so calling this after each one sees the peak. */
+static void note_peak(cuda_ctx *c)
+{
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > c->be->peak_bytes)
+        c->be->peak_bytes = tot - fr;
+}
+
+int dev_malloc(cuda_ctx *c, void **p, size_t bytes)
+{
+    *p = NULL;
+    if (CU(c, cudaMalloc(p, bytes ? bytes : 1)) != 0) {
+        *p = NULL;
+        return -1;
+    }
+    note_peak(c);
+    return 0;
+}
+
 void *ws_get(cuda_ctx *c, size_t bytes)
 {
     if (bytes <= c->ws_bytes)
@@ -70,10 +95,8 @@ void *ws_get(cuda_ctx *c, size_t bytes)
     c->ws = NULL;
     c->ws_bytes = 0;
     size_t want = bytes + bytes / 4;
-    if (CU(c, cudaMalloc(&c->ws, want)) != 0) {
-        c->ws = NULL;
+    if (dev_malloc(c, &c->ws, want) != 0)
         return NULL;
-    }
     c->ws_bytes = want;
     return c->ws;
 }
@@ -81,26 +104,6 @@ void *ws_get(cuda_ctx *c, size_t bytes)
 /* =========================================================================
  * kernels
  * ========================================================================= */
-
-/* Block-wide reduction in a fixed order; every thread gets the result.
- * sh holds 32 values; blockDim.x is a multiple of 32. */
-template <typename T> static __device__ T block_sum(T v, T *sh)
-{
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0)
-        sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        T x = lane < (int)(blockDim.x >> 5) ? sh[lane] : (T)0;
-        x = warp_sum(x);
-        if (lane == 0)
-            sh[0] = x;
-    }
-    __syncthreads();
-    return sh[0];
-}
 
 static __device__ float block_max(float v, float *sh)
 {
@@ -318,8 +321,9 @@ static __global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dout,
     }
 }
 
-/* One thread per (b, t, h, pair i). */
-static __global__ void k_rope(float *x, int T, int H, int D, float theta,
+/* One thread per (b, t, h, pair i); cos/sin from the host's table
+ * cs(T, D/2, 2). */
+static __global__ void k_rope(float *x, const float *cs, int T, int H, int D,
                               int inverse, long n)
 {
     int half = D / 2;
@@ -328,7 +332,8 @@ static __global__ void k_rope(float *x, int T, int H, int D, float theta,
         long bth = j / half;
         int t = (int)((bth / H) % T);
         float *v = x + bth * D;
-        dt_rope_pair(&v[i], &v[i + half], t, i, D, theta, inverse);
+        const float *p = cs + 2 * ((long)t * half + i);
+        dt_rope_apply(&v[i], &v[i + half], p[0], p[1], inverse);
     }
 }
 
@@ -430,23 +435,23 @@ static __global__ void k_sum_final(double *out, const double *part, int nb)
  * launchers
  * ========================================================================= */
 
+/* Out of memory is no error: NULL, and the size is remembered
+ * (dt_backend_cuda_oom_bytes). Any other failure (a sticky device fault)
+ * is recorded as DT_EDEVICE with CUDA's error string for sync(). The memory
+ * is not zeroed (backend.h). */
 static void *cuda_alloc(dt_backend *be, size_t bytes)
 {
     cuda_ctx *c = ctx_of(be);
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
+    if (e == cudaErrorMemoryAllocation) {
         (void)cudaGetLastError(); /* out of memory is not sticky */
         c->oom_bytes = bytes;
         return NULL;
     }
-    if (CU(c, cudaMemsetAsync(p, 0, bytes, c->stream)) != 0) {
-        cudaFree(p);
+    if (cu_check(c, e, "cudaMalloc", __FILE__, __LINE__) != 0)
         return NULL;
-    }
-    size_t fr = 0, tot = 0; /* memory only grows here: the peak is seen */
-    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > be->peak_bytes)
-        be->peak_bytes = tot - fr;
+    note_peak(c);
     return p;
 }
 
@@ -556,8 +561,9 @@ static int cmp_id_pos(const void *a, const void *b)
     return x[1] < y[1] ? -1 : x[1] > y[1];
 }
 
-/* dwte: the ids come to the host, are grouped by id (stable: ties keep token
- * order) and go back as (order, seg_start, seg_id); one kernel row per id. */
+/* dwte: the host's ids (no copy back) are grouped by id (stable: ties keep
+ * token order) and go up as (order, seg_start, seg_id); one kernel row per
+ * id. */
 static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
                                const float *dout, const int32_t *ids, int B,
                                int T, int C)
@@ -574,7 +580,7 @@ static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
     }
     if (!dwte)
         return;
-    size_t need = 6 * (size_t)n + 1; /* ids, pairs(2n), order, start, seg */
+    size_t need = 5 * (size_t)n + 1; /* pairs(2n), order, start, seg */
     if (c->hbuf_n < need) {
         int *h = (int *)realloc(c->hbuf, need * sizeof(int));
         if (!h) {
@@ -585,14 +591,11 @@ static void cuda_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
         c->hbuf = h;
         c->hbuf_n = need;
     }
-    int *hid = c->hbuf, *pairs = hid + n, *order = pairs + 2 * n;
+    const int32_t *hid = ids;
+    int *pairs = c->hbuf, *order = pairs + 2 * n;
     int *start = order + n, *seg = start + n + 1;
     int *dws = (int *)ws_get(c, (3 * (size_t)n + 1) * sizeof(int));
     if (!dws)
-        return;
-    CU(c, cudaMemcpyAsync(hid, ids, n * sizeof(int), cudaMemcpyDeviceToHost,
-                          c->stream));
-    if (CU(c, cudaStreamSynchronize(c->stream)) != 0)
         return;
     int m = 0;
     for (int i = 0; i < n; i++) {
@@ -738,11 +741,52 @@ static void cuda_swiglu_bwd(dt_backend *be, float *dgate, float *dup,
     EW_LAUNCH(ctx_of(be), n, k_swiglu_bwd, dgate, dup, dout, gate, up, n);
 }
 
+/* The RoPE table on the device, or NULL with the error recorded: computed
+ * on the host (dt_rope_table, as the CPU backend does) and uploaded once per
+ * (D, theta), again only when T grows. */
+static const float *rope_table(dt_backend *be, int T, int D, float theta)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->rope && c->rope_D == D && c->rope_theta == theta && c->rope_T >= T)
+        return c->rope;
+    size_t bytes = (size_t)T * (D / 2) * 2 * sizeof(float);
+    float *h = (float *)malloc(bytes + 1);
+    if (!h) {
+        cuda_fail(c, DT_ENOMEM, "rope", "host out of memory", __FILE__,
+                  __LINE__);
+        return NULL;
+    }
+    dt_rope_table(h, T, D, theta);
+    if (c->rope)
+        CU(c, cudaFree(c->rope));
+    c->rope = NULL;
+    c->rope_T = 0;
+    if (dev_malloc(c, (void **)&c->rope, bytes) == 0) {
+        CU(c, cudaMemcpyAsync(c->rope, h, bytes, cudaMemcpyHostToDevice,
+                              c->stream));
+        /* once per model: h is freed only after the copy has read it */
+        CU(c, cudaStreamSynchronize(c->stream));
+    }
+    free(h);
+    if (c->err)
+        return NULL;
+    c->rope_T = T;
+    c->rope_D = D;
+    c->rope_theta = theta;
+    return c->rope;
+}
+
 static void cuda_rope(dt_backend *be, float *x, int B, int T, int H, int D,
                       float theta, int inverse)
 {
     long n = (long)B * T * H * (D / 2);
-    EW_LAUNCH(ctx_of(be), n, k_rope, x, T, H, D, theta, inverse, n);
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || n <= 0)
+        return;
+    const float *cs = rope_table(be, T, D, theta);
+    if (!cs)
+        return;
+    EW_LAUNCH(c, n, k_rope, x, cs, T, H, D, inverse, n);
 }
 
 static void cuda_add_bias(dt_backend *be, float *y, const float *bias, int N,
@@ -801,8 +845,7 @@ static double reduce(cuda_ctx *c, const float *x, long n, int sq)
         return NAN; /* sync() reports why */
     if (n <= 0)
         return 0.0;
-    long nb = (n + 4L * EW_THREADS - 1) / (4L * EW_THREADS);
-    int blocks = nb > CUDA_RED_BLOCKS ? CUDA_RED_BLOCKS : (int)nb;
+    int blocks = red_blocks(n);
     DT_LAUNCH(k_sum_part, blocks, EW_THREADS, 0, c->stream)(c->red, x, n, sq);
     LAUNCHED(c);
     DT_LAUNCH(k_sum_final, 1, EW_THREADS, 0, c->stream)(c->red + CUDA_RED_BLOCKS,
@@ -834,6 +877,9 @@ static void cuda_destroy(dt_backend *be)
         cudaStreamSynchronize(c->stream);
         cudaFree(c->ws);
         cudaFree(c->red);
+        cudaFree(c->rope);
+        cudaFree(c->opt_dev);
+        free(c->opt_host);
         if (c->blas)
             cublasDestroy(c->blas);
         if (c->stream)
@@ -881,6 +927,8 @@ static const dt_backend_i cuda_iface = {
     /* .sum = */ cuda_sum,
     /* .sumsq = */ cuda_sumsq,
     /* .adamw = */ cuda_adamw,
+    /* .sumsq_multi = */ cuda_sumsq_multi,
+    /* .adamw_multi = */ cuda_adamw_multi,
     /* .destroy = */ cuda_destroy,
 };
 
@@ -923,6 +971,7 @@ extern "C" dt_backend *dt_backend_cuda_new(int device, char *err)
     }
     be->i = cuda_iface;
     be->ctx = c;
+    c->be = be;
     be->threads = 1;
     c->device = device;
     CU(c, cudaSetDevice(device));
@@ -935,7 +984,7 @@ extern "C" dt_backend *dt_backend_cuda_new(int device, char *err)
         CUBLAS(c, cublasSetMathMode(c->blas, use_tf32
                                                  ? CUBLAS_TF32_TENSOR_OP_MATH
                                                  : CUBLAS_DEFAULT_MATH));
-        CU(c, cudaMalloc(&c->red, (CUDA_RED_BLOCKS + 1) * sizeof(double)));
+        dev_malloc(c, (void **)&c->red, (CUDA_RED_BLOCKS + 1) * sizeof(double));
     }
     if (c->err) {
         dt_errf(err, DT_EDEVICE, "CUDA device %d unavailable: %s", device,

@@ -19,6 +19,7 @@ extern "C" {
 #include "dt_math.h"
 
 typedef struct cuda_ctx {
+    dt_backend *be;          /* the owner (its peak_bytes); borrowed */
     int device;
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -29,6 +30,13 @@ typedef struct cuda_ctx {
     void *ws;                /* growable workspace (device) */
     size_t ws_bytes;
     double *red;             /* (CUDA_RED_BLOCKS + 1) partial sums (device) */
+    float *rope;             /* dt_rope_table(rope_T, rope_D, rope_theta)
+                                (device), uploaded once */
+    int rope_T, rope_D;
+    float rope_theta;
+    dt_opt_tensor *opt_dev;  /* the optimizer's tensor list (device), */
+    dt_opt_tensor *opt_host; /* its host copy: uploaded when it changes */
+    int opt_count, opt_cap;
     int *hbuf;               /* host scratch for embedding_bwd */
     size_t hbuf_n;           /* ints in hbuf */
 } cuda_ctx;
@@ -76,6 +84,12 @@ static inline unsigned row_blocks(long rows)
     return (unsigned)((rows + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK);
 }
 
+/* cudaMalloc of the backend's own buffers (workspace, RoPE table, the
+ * optimizer's tensor list): 0, or -1 with the failure recorded as cu_check
+ * classifies it (DT_ENOMEM, cleared by sync, or a sticky DT_EDEVICE with
+ * CUDA's error string); the peak (peak_bytes) includes them. */
+int dev_malloc(cuda_ctx *c, void **p, size_t bytes);
+
 /* Workspace of at least `bytes` (device), or NULL with the sticky error set.
  * Valid until the next ws_get(); growing frees the old buffer, and cudaFree
  * waits for the kernels that still use it. */
@@ -94,6 +108,14 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                         const float *dout, const float *out, const float *lse,
                         const float *q, const float *k, const float *v, int B,
                         int T, int NH, int NKV, int D);
+
+/* The optimizer's multi-tensor ops of the table (cuda_optim.cu). */
+void cuda_sumsq_multi(dt_backend *be, double *out, const dt_opt_tensor *t,
+                      int count);
+void cuda_adamw_multi(dt_backend *be, const dt_opt_tensor *t, int count,
+                      float lr, float b1, float b2, float eps, float wd,
+                      float bc1, float bc2, const double *sumsq,
+                      float max_norm);
 
 /* ---- device helpers ------------------------------------------------------ */
 
@@ -122,6 +144,34 @@ static __device__ inline float warp_max(float v)
     for (int o = 16; o > 0; o >>= 1)
         v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+/* Partial-sum blocks of an n-float reduction (reduce() and sumsq_multi
+ * launch the same, so the two give the same bits). */
+static __host__ __device__ inline int red_blocks(long n)
+{
+    long nb = (n + 4L * EW_THREADS - 1) / (4L * EW_THREADS);
+    return nb > CUDA_RED_BLOCKS ? CUDA_RED_BLOCKS : (int)nb;
+}
+
+/* Block-wide reduction in a fixed order; every thread gets the result.
+ * sh holds 32 values; blockDim.x is a multiple of 32. */
+template <typename T> static __device__ T block_sum(T v, T *sh)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        T x = lane < (int)(blockDim.x >> 5) ? sh[lane] : (T)0;
+        x = warp_sum(x);
+        if (lane == 0)
+            sh[0] = x;
+    }
+    __syncthreads();
+    return sh[0];
 }
 
 #endif

@@ -1,8 +1,8 @@
 /* dt_math.h: per-element math shared by the CPU backend (C) and the CUDA
  * backend (nvcc), so that both compute the same formula in the same order.
  *
- * Everything here is `static inline DT_HD` and uses only the float math
- * functions CUDA provides (expf, tanhf, sqrtf, powf, sinf, cosf). */
+ * Everything here is `static inline DT_HD` and uses only math functions
+ * CUDA provides (expf, tanhf, sqrtf, and sqrt in double for the clip). */
 #ifndef DT_MATH_H
 #define DT_MATH_H
 
@@ -145,24 +145,31 @@ static inline DT_HD void dt_adamw_step(float *p, float g, float *m, float *v,
     *v = vv;
 }
 
+/* ---- gradient clipping -------------------------------------------------- */
+
+/* torch.nn.utils.clip_grad_norm_'s scale from the squared global norm:
+ * coef = max_norm / (norm + 1e-6), used when < 1 (and max_norm > 0).
+ * Returns 0, with *gscale unset, when the norm is not finite. */
+static inline DT_HD int dt_clip_scale(double sumsq, float max_norm,
+                                      float *gscale)
+{
+    double norm = sqrt(sumsq);
+    if (!isfinite(norm))
+        return 0;
+    *gscale = 1.0f;
+    if (max_norm > 0.0f) {
+        double coef = max_norm / (norm + 1e-6);
+        if (coef < 1.0)
+            *gscale = (float)coef;
+    }
+    return 1;
+}
+
 /* ---- RoPE (Hugging Face rotate_half layout) ------------------------------ */
 
-/* inv_freq for pair index i (0 <= i < D/2), in fp32 as HF computes it:
- * 1 / theta^((2i)/D). */
-static inline DT_HD float dt_rope_inv_freq(int i, int D, float theta)
-{
-    return 1.0f / powf(theta, (float)(2 * i) / (float)D);
-}
-
-/* cos and sin of the angle (float)t * inv_freq(i) of position t, pair i
- * (HF computes freqs = t * inv_freq in fp32, then cos/sin of that). */
-static inline DT_HD void dt_rope_cs(int t, int i, int D, float theta, float *c,
-                                    float *s)
-{
-    float ang = (float)t * dt_rope_inv_freq(i, D, theta);
-    *c = cosf(ang);
-    *s = sinf(ang);
-}
+/* The angles' cos and sin come from one host table, dt_rope_table()
+ * (backend.h), that both backends share: the device never evaluates
+ * powf/sinf/cosf, whose results differ from the host's libm. */
 
 /* Rotates the pair (x0 = x[i], x1 = x[i + D/2]) by the angle whose cos/sin
  * are c, s (by -angle when inverse): x0' = x0 c - x1 s, x1' = x1 c + x0 s,
@@ -175,16 +182,6 @@ static inline DT_HD void dt_rope_apply(float *x0, float *x1, float c, float s,
     float a = *x0, b = *x1;
     *x0 = a * c - b * s;
     *x1 = b * c + a * s;
-}
-
-/* Rotates the pair (x[i], x[i + D/2]) of a head vector at position t by
- * angle = (float)t * inv_freq (by -angle when inverse). In place. */
-static inline DT_HD void dt_rope_pair(float *x0, float *x1, int t, int i, int D,
-                                      float theta, int inverse)
-{
-    float c, s;
-    dt_rope_cs(t, i, D, theta, &c, &s);
-    dt_rope_apply(x0, x1, c, s, inverse);
 }
 
 #endif

@@ -97,6 +97,12 @@ static dt_param *new_param(dt_model *m, const char *name, float *p, long n,
     q->g = dalloc(m, (size_t)n, fail);
     q->m = dalloc(m, (size_t)n, fail);
     q->v = dalloc(m, (size_t)n, fail);
+    /* alloc() does not zero: AdamW's first step reads both moments, and the
+     * backward pass accumulates into g (zeroed again by zero_grad). */
+    float *zero[3] = {q->g, q->m, q->v};
+    for (int i = 0; i < 3; i++)
+        if (zero[i])
+            m->be->i.memset0(m->be, zero[i], (size_t)n * sizeof(float));
     return q;
 }
 
@@ -212,6 +218,8 @@ static int add_lora(dt_model *m, int layer, int lin, int off, int rows,
     add_named(m, name, A, (long)r * in);
     snprintf(name, sizeof name, "lora.%d.%s.B", layer, tname);
     float *B = dalloc(m, (size_t)rows * r, fail);
+    if (B) /* B = 0: the adapter starts as the identity */
+        m->be->i.memset0(m->be, B, (size_t)rows * r * sizeof(float));
     a->B = new_param(m, name, B, (long)rows * r, rows, r, fail);
     add_named(m, name, B, (long)rows * r);
     a->u = dalloc(m, (size_t)m->N * r, fail);
@@ -405,12 +413,31 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
         build_layers(m, &rng, &fail, err);
     if (!fail)
         alloc_acts(m, &fail);
+    if (!fail) {
+        m->hids = malloc((size_t)m->N * sizeof *m->hids);
+        if (!m->hids)
+            fail = 1;
+        m->opt = calloc((size_t)(m->nparams ? m->nparams : 1), sizeof *m->opt);
+        m->gnorm2 = (double *)dalloc(m, 2, &fail);
+        if (!m->opt)
+            fail = 1;
+        for (int i = 0; m->opt && i < m->nparams; i++) {
+            dt_param *q = &m->params[i];
+            m->opt[i] = (dt_opt_tensor){q->p, q->g, q->m, q->v, q->n};
+        }
+    }
     if (fail) {
-        if (!err[0])
+        /* An allocation that failed for another reason than memory (a
+         * device fault) is recorded by the backend: report that instead. */
+        char why[DT_ERR_LEN] = "";
+        int rc = be->i.sync(be, why);
+        if (rc && rc != DT_ENOMEM)
+            dt_errf(err, rc, "%s", why);
+        else if (!err[0])
             dt_errf(err, DT_ENOMEM, "out of %s memory setting up the model for "
                     "batch %d x %d", be->i.name, B, T);
         dt_model_free(m);
-        return DT_ENOMEM;
+        return rc && rc != DT_ENOMEM ? rc : DT_ENOMEM;
     }
     *out = m;
     return 0;
@@ -455,6 +482,9 @@ void dt_model_free(dt_model *m)
         be->i.free(be, m->loras[i].catB);
     }
     dt_model_release_activations(m);
+    be->i.free(be, m->gnorm2);
+    free(m->opt);
+    free(m->hids);
     free(m->named);
     free(m->params);
     free(m->loras);
@@ -478,6 +508,13 @@ dt_param *dt_model_params(dt_model *m, int *n)
 {
     *n = m->nparams;
     return m->params;
+}
+
+const dt_opt_tensor *dt_model_opt_tensors(dt_model *m, int *n, double **sumsq)
+{
+    *n = m->nparams;
+    *sumsq = m->gnorm2;
+    return m->opt;
 }
 
 dt_lora *dt_model_loras(dt_model *m, int *n)

@@ -118,6 +118,10 @@ const dt_config *dt_model_config(const dt_model *m);
 dt_backend *dt_model_backend(const dt_model *m);
 /* Trainable tensors (LoRA A/B, or every weight for full). Borrowed. */
 dt_param *dt_model_params(dt_model *m, int *n);
+/* The trainable tensors as the backend's multi-tensor optimizer ops take
+ * them (*n of them, in dt_model_params' order) and, in *sumsq, a device
+ * double for their squared gradient norm. Borrowed: owned by the model. */
+const dt_opt_tensor *dt_model_opt_tensors(dt_model *m, int *n, double **sumsq);
 dt_lora *dt_model_loras(dt_model *m, int *n);
 float dt_model_lora_scale(const dt_model *m);
 

@@ -50,11 +50,15 @@ struct dt_model {
     dt_layer *L;
 
     dt_param *params; int nparams, capparams;
+    dt_opt_tensor *opt;    /* (nparams) the params for the optimizer ops */
+    double *gnorm2;        /* (1) device: the squared gradient norm */
     dt_lora *loras; int nloras;
     dt_named *named; int nnamed, capnamed;
 
     /* activations, each (n_layer, N, ...) unless said otherwise */
     int32_t *ids, *tgt;    /* (N) */
+    int32_t *hids;         /* (N) host copy of the last forward's ids, for
+                              embedding_bwd (no copy back from the device) */
     float *res;            /* (n_layer+1, N, C) residual stream inputs */
     float *mid;            /* residual after attention */
     float *n1, *n1m, *n1r; /* norm 1 out (N,C), mean (N), rstd (N) */

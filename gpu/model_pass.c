@@ -219,6 +219,7 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
             return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)",
                            ids[i], V);
     OPS.upload(be, m->ids, ids, (size_t)N * sizeof(int32_t));
+    memcpy(m->hids, ids, (size_t)N * sizeof(int32_t)); /* for embedding_bwd */
     OPS.embedding_fwd(be, m->res, m->ids, m->wte, m->wpe, b, t, C);
     for (int l = 0; l < c->n_layer; l++)
         layer_fwd(m, l, b, t);
@@ -277,7 +278,7 @@ int dt_model_backward(dt_model *m, char *err)
         layer_bwd(m, l, b, t);
     if (m->pwte)
         OPS.embedding_bwd(be, m->pwte->g, m->pwpe ? m->pwpe->g : NULL, m->dres,
-                          m->ids, b, t, C);
+                          m->hids, b, t, C);
     return OPS.sync(be, err);
 }
 

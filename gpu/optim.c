@@ -35,38 +35,42 @@ float dt_lr_at(dt_sched s, float lr, int warmup, int total, int k)
     return (float)(lr * 0.5 * (1.0 + cos(M_PI * p)));
 }
 
+/* Every trainable tensor in two multi-tensor launches (squared norm, then
+ * AdamW with the clip scale read where it runs): the norm comes back in
+ * the step's one copy to the host, after AdamW, so nothing waits for it.
+ * A non-finite norm updates nothing and fails the step (before Delta-LoRA
+ * moves W). */
 int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
                   double *gnorm, char *err)
 {
     dt_backend *be = dt_model_backend(m);
     int np;
-    dt_param *ps = dt_model_params(m, &np);
-    double ss = 0.0;
-    for (int i = 0; i < np; i++)
-        ss += OPS.sumsq(be, ps[i].g, ps[i].n);
-    double norm = sqrt(ss);
-    if (gnorm)
-        *gnorm = norm;
-    if (!isfinite(norm))
-        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %d "
-                       "(try a lower --lr)", norm, o->t + 1);
-    /* torch.nn.utils.clip_grad_norm_: coef = max / (norm + 1e-6), <= 1 */
-    float gscale = 1.0f;
-    if (o->max_grad_norm > 0.0f) {
-        double coef = o->max_grad_norm / (norm + 1e-6);
-        if (coef < 1.0)
-            gscale = (float)coef;
-    }
+    double *d_ss;
+    const dt_opt_tensor *ts = dt_model_opt_tensors(m, &np, &d_ss);
+    OPS.sumsq_multi(be, d_ss, ts, np);
     int t = o->t + 1;
     int delta = method == DT_DELTA_LORA && t > o->start_step;
     if (delta)
         dt_model_delta_snapshot(m);
     float bc1 = 1.0f - powf(o->b1, (float)t), bc2 = 1.0f - powf(o->b2, (float)t);
-    for (int i = 0; i < np; i++)
-        OPS.adamw(be, ps[i].p, ps[i].g, ps[i].m, ps[i].v, ps[i].n, lr, o->b1,
-                  o->b2, o->eps, o->weight_decay, bc1, bc2, gscale);
-    if (delta)
-        dt_model_delta_apply(m, o->lambda);
+    OPS.adamw_multi(be, ts, np, lr, o->b1, o->b2, o->eps, o->weight_decay, bc1,
+                    bc2, d_ss, o->max_grad_norm);
+    double ss = NAN;
+    OPS.download(be, &ss, d_ss, sizeof ss);
+    int rc = OPS.sync(be, err);
+    if (rc)
+        return rc;
+    double norm = sqrt(ss);
+    if (gnorm)
+        *gnorm = norm;
+    if (!isfinite(norm))
+        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %d "
+                       "(try a lower --lr)", norm, t);
+    if (!delta) {
+        o->t = t;
+        return 0;
+    }
+    dt_model_delta_apply(m, o->lambda);
     o->t = t;
     return OPS.sync(be, err);
 }

@@ -9,6 +9,8 @@
  *                                its shuffles included, ahead to its next
  *                                __syncthreads before the next warp
  *   EMU_FAIL_MALLOC=N            the Nth cudaMalloc fails (out of memory)
+ *   EMU_FAIL_MALLOC_ERROR=E      ... with cudaError_t E instead (e.g. 719,
+ *                                a launch failure: a device fault)
  *   EMU_DEVICE_BYTES=B           the device's memory (default 80 GiB)
  *   EMU_STATS=1                  print launches and peak memory at exit */
 #include "cublas_v2.h"
@@ -61,6 +63,7 @@ static struct {
     int order;
     unsigned seed;
     long fail_malloc; /* the Nth cudaMalloc fails; 0 = never */
+    cudaError_t fail_error; /* with this error (default out of memory) */
     size_t device_bytes;
     int stats;
 } cfg;
@@ -96,6 +99,8 @@ static void settings(void)
     cfg.seed = s ? (unsigned)strtoul(s, NULL, 10) : 1u;
     const char *f = getenv("EMU_FAIL_MALLOC");
     cfg.fail_malloc = f ? strtol(f, NULL, 10) : 0;
+    const char *fe = getenv("EMU_FAIL_MALLOC_ERROR");
+    cfg.fail_error = fe ? (cudaError_t)atoi(fe) : cudaErrorMemoryAllocation;
     const char *d = getenv("EMU_DEVICE_BYTES");
     cfg.device_bytes = d ? (size_t)strtoull(d, NULL, 10) : (size_t)80 << 30;
     cfg.stats = getenv("EMU_STATS") && atoi(getenv("EMU_STATS"));
@@ -164,7 +169,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes)
     *p = NULL;
     stats.mallocs++;
     if (cfg.fail_malloc && stats.mallocs == cfg.fail_malloc)
-        return fail(cudaErrorMemoryAllocation);
+        return fail(cfg.fail_error);
     if (bytes > cfg.device_bytes - stats.used)
         return fail(cudaErrorMemoryAllocation);
     void *q = NULL;

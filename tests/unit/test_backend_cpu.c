@@ -115,15 +115,35 @@ static double *todouble(const float *x, long n)
 
 /* ---- memory -------------------------------------------------------------------- */
 
-static void test_alloc_is_zero_filled_and_aligned(void **state)
+/* alloc() returns uninitialised memory; with DT_POISON_ALLOC=1 (as
+ * scripts/run-tests sets) every byte is 0xFF, NaN as float and double, so a
+ * read of memory nothing wrote shows up in results. */
+static void test_alloc_is_aligned_and_poisoned_under_DT_POISON_ALLOC(void **state)
 {
-    unsigned char *p = be->i.alloc(be, 1000);
+    const char *was = getenv("DT_POISON_ALLOC");
+    char saved[16] = "";
+    if (was)
+        snprintf(saved, sizeof saved, "%s", was);
+    setenv("DT_POISON_ALLOC", "1", 1);
+    char err[DT_ERR_LEN];
+    dt_backend *pb = dt_backend_cpu_new(1, err);
+    assert_non_null(pb);
+    unsigned char *p = pb->i.alloc(pb, 1000);
     assert_non_null(p);
     assert_int_equal((uintptr_t)p % 64, 0);
     for (int i = 0; i < 1000; i++)
+        assert_int_equal(p[i], 0xff);
+    assert_true(isnan(((float *)p)[0]) && isnan(((double *)p)[1]));
+    pb->i.memset0(pb, p, 1000);
+    for (int i = 0; i < 1000; i++)
         assert_int_equal(p[i], 0);
-    be->i.free(be, p);
-    be->i.free(be, NULL);
+    pb->i.free(pb, p);
+    pb->i.free(pb, NULL);
+    dt_backend_free(pb);
+    if (was)
+        setenv("DT_POISON_ALLOC", saved, 1);
+    else
+        unsetenv("DT_POISON_ALLOC");
 }
 
 static void test_upload_download_copy_memset_roundtrip(void **state)
@@ -815,6 +835,85 @@ static void test_adamw_matches_hand_computed_steps(void **state)
     assert_true(fabs(v - Vv) < 1e-6 * Vv);
 }
 
+/* sumsq_multi is the per-tensor sumsq results added in list order, bit for
+ * bit; adamw_multi is per-tensor adamw with torch's clip scale computed
+ * from that norm, bit for bit; a non-finite norm updates nothing. */
+static void test_multi_tensor_ops_match_per_tensor_ops_bitwise(void **state)
+{
+    enum { NT = 4 };
+    static const long sizes[NT] = {1, 1000, 70001, 3};
+    float *p[2][NT], *m[2][NT], *v[2][NT], *g[NT];
+    dt_opt_tensor ts[NT];
+    for (int i = 0; i < NT; i++) {
+        long n = sizes[i];
+        g[i] = randv(n, 3);
+        for (int c = 0; c < 2; c++) {
+            p[c][i] = randv(n, 1);
+            m[c][i] = randv(n, 0.1);
+            v[c][i] = randv(n, 0.1);
+            for (long j = 0; j < n; j++)
+                v[c][i][j] = fabsf(v[c][i][j]);
+        }
+        memcpy(p[1][i], p[0][i], (size_t)n * 4);
+        memcpy(m[1][i], m[0][i], (size_t)n * 4);
+        memcpy(v[1][i], v[0][i], (size_t)n * 4);
+        ts[i] = (dt_opt_tensor){p[1][i], g[i], m[1][i], v[1][i], n};
+    }
+    double ss_ref = 0.0, ss = -1.0;
+    for (int i = 0; i < NT; i++)
+        ss_ref += be->i.sumsq(be, g[i], sizes[i]);
+    be->i.sumsq_multi(be, &ss, ts, NT);
+    assert_memory_equal(&ss, &ss_ref, sizeof ss);
+    /* max_norm 1 clips (the norm is ~500); 0 does not clip */
+    for (int step = 1; step <= 2; step++) {
+        float max_norm = step == 1 ? 1.0f : 0.0f;
+        double coef = max_norm / (sqrt(ss_ref) + 1e-6);
+        float gscale = step == 1 && coef < 1.0 ? (float)coef : 1.0f;
+        for (int i = 0; i < NT; i++)
+            be->i.adamw(be, p[0][i], g[i], m[0][i], v[0][i], sizes[i], 1e-3f,
+                        0.9f, 0.999f, 1e-8f, 0.01f, 0.1f, 0.001f, gscale);
+        be->i.adamw_multi(be, ts, NT, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.1f,
+                          0.001f, &ss, max_norm);
+        for (int i = 0; i < NT; i++) {
+            assert_memory_equal(p[0][i], p[1][i], (size_t)sizes[i] * 4);
+            assert_memory_equal(m[0][i], m[1][i], (size_t)sizes[i] * 4);
+            assert_memory_equal(v[0][i], v[1][i], (size_t)sizes[i] * 4);
+        }
+    }
+    double bad = NAN;
+    be->i.adamw_multi(be, ts, NT, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.1f,
+                      0.001f, &bad, 1.0f);
+    for (int i = 0; i < NT; i++)
+        assert_memory_equal(p[0][i], p[1][i], (size_t)sizes[i] * 4);
+    be->i.sumsq_multi(be, &ss, ts, 0);
+    assert_true(ss == 0.0);
+    for (int i = 0; i < NT; i++) {
+        free(g[i]);
+        for (int c = 0; c < 2; c++)
+            free(p[c][i]), free(m[c][i]), free(v[c][i]);
+    }
+}
+
+/* peak_bytes counts the backend's own buffers (attention scratch), not
+ * only what alloc() returned. */
+static void test_peak_bytes_counts_attention_scratch(void **state)
+{
+    char err[DT_ERR_LEN];
+    dt_backend *pb = dt_backend_cpu_new(1, err);
+    assert_non_null(pb);
+    int B = 1, T = 300, NH = 2, D = 16;
+    long nq = (long)B * T * NH * D;
+    float *q = randv(nq, 1), *k = randv(nq, 1), *v = randv(nq, 1);
+    float *out = falloc(nq), *lse = falloc((long)B * NH * T);
+    size_t before = pb->peak_bytes;
+    pb->i.attention_fwd(pb, out, lse, q, k, v, B, T, NH, NH, D);
+    assert_int_equal(pb->i.sync(pb, err), 0);
+    /* one thread: a 64 x T block of scores */
+    assert_true(pb->peak_bytes >= before + 64 * (size_t)T * sizeof(float));
+    dt_backend_free(pb);
+    free(q), free(k), free(v), free(out), free(lse);
+}
+
 /* ---- the facade ---------------------------------------------------------------------------------- */
 
 static void test_backend_new_selects_cpu_and_rejects_unknown_devices(
@@ -888,7 +987,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fast_exp_and_tanh_match_libm),
-        cmocka_unit_test(test_alloc_is_zero_filled_and_aligned),
+        cmocka_unit_test(test_alloc_is_aligned_and_poisoned_under_DT_POISON_ALLOC),
         cmocka_unit_test(test_upload_download_copy_memset_roundtrip),
         cmocka_unit_test(
             test_gemm_matches_reference_all_transposes_and_leading_dims),
@@ -924,6 +1023,8 @@ int main(void)
         cmocka_unit_test(test_sum_and_sumsq_match_reference),
         cmocka_unit_test(test_sum_is_bitwise_deterministic_across_thread_counts),
         cmocka_unit_test(test_adamw_matches_hand_computed_steps),
+        cmocka_unit_test(test_multi_tensor_ops_match_per_tensor_ops_bitwise),
+        cmocka_unit_test(test_peak_bytes_counts_attention_scratch),
         cmocka_unit_test(
             test_backend_new_selects_cpu_and_rejects_unknown_devices),
     };
