@@ -343,7 +343,8 @@ EMU_TESTS := test_gpu_ops test_gpu_train
 test-cuda-emu:
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA_EMU=1 \
 	  $(EMU_TESTS:%=build-emu/tests/%) build-emu/deltatune-train \
-	  build-emu/tests/cuda-emu/test_emu
+	  build-emu/tests/cuda-emu/test_emu build-emu/deltatune build-emu/deltatune-server \
+	  build-emu/deltatune-worker
 	@$(MAKE) --no-print-directory BUILD=build-emu-asan CUDA_EMU=1 OPT=-O1 SAN="$(ASAN_SAN)" \
 	  build-emu-asan/tests/test_gpu_ops build-emu-asan/deltatune-train
 	@tests/cuda-emu/run build-emu build-emu-asan
