@@ -6,6 +6,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -128,6 +129,20 @@ static __global__ void k_deadlock(float *out)
         out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
     else
         __syncthreads();
+}
+
+/* One warp: C(16x16) = A(16x16, bf16, row-major) B(16x16, bf16, col-major). */
+static __global__ void k_wmma(float *c, const __nv_bfloat16 *a, const __nv_bfloat16 *b)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+    wmma::fill_fragment(fc, 0.0f);
+    wmma::load_matrix_sync(fa, a, 16);
+    wmma::load_matrix_sync(fb, b, 16);
+    wmma::mma_sync(fc, fa, fb, fc);
+    wmma::store_matrix_sync(c, fc, 16, wmma::mem_row_major);
 }
 
 static float *dev_floats(int n)
@@ -280,6 +295,32 @@ int main(void)
     float got;
     cudaMemcpy(&got, c, sizeof got, cudaMemcpyDeviceToHost);
     check(got == 0.5f, "GemmEx rounds inputs to bf16 and sums in fp32");
+    /* wmma: a warp's 16x16x16 bf16 product with fp32 accumulation */
+    __nv_bfloat16 ta[256], tb[256];
+    float fa[256], fb[256], tc[256];
+    for (int i = 0; i < 256; i++) {
+        ta[i] = __float2bfloat16((float)((i * 7) % 13 - 6) / 8.0f);
+        tb[i] = __float2bfloat16((float)((i * 5) % 11 - 5) / 4.0f);
+        fa[i] = __bfloat162float(ta[i]);
+        fb[i] = __bfloat162float(tb[i]);
+    }
+    __nv_bfloat16 *wa, *wb;
+    float *wc = dev_floats(256);
+    cudaMalloc(&wa, sizeof ta);
+    cudaMalloc(&wb, sizeof tb);
+    cudaMemcpy(wa, ta, sizeof ta, cudaMemcpyHostToDevice);
+    cudaMemcpy(wb, tb, sizeof tb, cudaMemcpyHostToDevice);
+    DT_LAUNCH(k_wmma, 1, 32, 0, 0)(wc, wa, wb);
+    cudaMemcpy(tc, wc, sizeof tc, cudaMemcpyDeviceToHost);
+    int wok = 1;
+    for (int i = 0; i < 16; i++)
+        for (int j = 0; j < 16; j++) {
+            float s = 0;
+            for (int k = 0; k < 16; k++)
+                s += fa[i * 16 + k] * fb[j * 16 + k]; /* b is column-major */
+            wok &= tc[i * 16 + j] == s;
+        }
+    check(wok, "wmma 16x16x16 bf16 -> fp32 equals the host product");
     cublasDestroy(hb);
 
     printf("%s\n", failures ? "test_emu: FAILED" : "test_emu: every check passed");
