@@ -421,66 +421,54 @@ static const char *state_name(int s)
     return names[s];
 }
 
-/* Releases warps whose shuffle every member reached; 1 if any was. */
-static int release_warps(void)
-{
-    int released = 0;
-    for (int base = 0; base < blk.n; base += 32) {
-        int hi = std::min(blk.n, base + 32), waiting = 0;
-        unsigned mask = 0;
-        int phase = -1;
-        for (int i = base; i < hi; i++)
-            if (blk.f[i].state == T_WARP) {
-                if (waiting && (blk.f[i].mask != mask || blk.f[i].phase != phase))
-                    emu_die("%s: block (%u,%u,%u) warp %d: lanes shuffle with different "
-                            "masks (0x%08x, 0x%08x) or at different shuffles",
-                            blk.kernel, emu_block_idx.x, emu_block_idx.y, emu_block_idx.z,
-                            base / 32, mask, blk.f[i].mask);
-                mask = blk.f[i].mask;
-                phase = blk.f[i].phase;
-                waiting++;
-            }
-        if (!waiting)
-            continue;
-        int all = 1;
-        for (int l = 0; l < 32; l++) {
-            if (!(mask & (1u << l)))
-                continue;
-            int i = base + l;
-            if (i >= hi || blk.f[i].state == T_DONE)
-                emu_die("%s: block (%u,%u,%u) warp %d: a shuffle names lane %d, which has "
-                        "exited", blk.kernel, emu_block_idx.x, emu_block_idx.y,
-                        emu_block_idx.z, base / 32, l);
-            if (blk.f[i].state != T_WARP)
-                all = 0;
-        }
-        if (all) {
-            for (int l = 0; l < 32; l++)
-                if (mask & (1u << l))
-                    blk.f[base + l].state = T_RUN;
-            released = 1;
-        }
-    }
-    return released;
-}
-
-/* Releases warp `base`'s shuffle if every member reached it; 1 if so. */
+/* Releases warp `base`'s shuffle if every lane of its mask reached it; 1
+ * if so. Stops on lanes shuffling with different masks or at different
+ * shuffles, and on a mask that names an exited lane. */
 static int release_warp(int base)
 {
-    int hi = std::min(blk.n, base + 32);
+    int hi = std::min(blk.n, base + 32), waiting = 0;
     unsigned mask = 0;
+    int phase = -1;
     for (int i = base; i < hi; i++)
-        if (blk.f[i].state == T_WARP)
+        if (blk.f[i].state == T_WARP) {
+            if (waiting && (blk.f[i].mask != mask || blk.f[i].phase != phase))
+                emu_die("%s: block (%u,%u,%u) warp %d: lanes shuffle with different "
+                        "masks (0x%08x, 0x%08x) or at different shuffles",
+                        blk.kernel, emu_block_idx.x, emu_block_idx.y, emu_block_idx.z,
+                        base / 32, mask, blk.f[i].mask);
             mask = blk.f[i].mask;
-    if (!mask)
+            phase = blk.f[i].phase;
+            waiting++;
+        }
+    if (!waiting)
         return 0;
-    for (int l = 0; l < 32; l++)
-        if ((mask & (1u << l)) && (base + l >= hi || blk.f[base + l].state != T_WARP))
-            return 0; /* release_warps() reports exited lanes */
+    int all = 1;
+    for (int l = 0; l < 32; l++) {
+        if (!(mask & (1u << l)))
+            continue;
+        int i = base + l;
+        if (i >= hi || blk.f[i].state == T_DONE)
+            emu_die("%s: block (%u,%u,%u) warp %d: a shuffle names lane %d, which has "
+                    "exited", blk.kernel, emu_block_idx.x, emu_block_idx.y,
+                    emu_block_idx.z, base / 32, l);
+        if (blk.f[i].state != T_WARP)
+            all = 0;
+    }
+    if (!all)
+        return 0;
     for (int l = 0; l < 32; l++)
         if (mask & (1u << l))
             blk.f[base + l].state = T_RUN;
     return 1;
+}
+
+/* Releases every warp whose shuffle every member reached; 1 if any was. */
+static int release_warps(void)
+{
+    int released = 0;
+    for (int base = 0; base < blk.n; base += 32)
+        released |= release_warp(base);
+    return released;
 }
 
 /* EMU_ORDER=skew: the first warp runs ahead, through its shuffles, to its
