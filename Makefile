@@ -128,7 +128,7 @@ WORKER     := $(BUILD)/deltatune-worker
 
 # ---- tests --------------------------------------------------------------------
 TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
-              test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
+              test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
 TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
@@ -139,7 +139,7 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 # The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
 # machine without our Debian -dev packages can build (scripts/gpu-check).
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer \
-                test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
+                test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 
 $(BUILD)/%.o: %.c
