@@ -1,6 +1,6 @@
 -- 0003_owner_limits.sql: per-owner limits and the per-job runtime limit
--- (issue 13, "Quotas, fairness, limits"). docs/RELIABILITY.md, "Multi-tenant
--- limits", says what each limit counts and what exceeding it answers.
+-- (issue 13, "Quotas, fairness, limits"). README.md (admin commands,
+-- configuration) says what each limit counts and what exceeding it answers.
 
 -- Overrides set with `deltatune owners set NAME ...`. NULL = the server's
 -- default (DELTATUNE_OWNER_MAX_JOBS, DELTATUNE_OWNER_MAX_STORAGE,

@@ -2,8 +2,8 @@
 per-owner limits on active jobs (429), storage and upload size (413), set
 with `deltatune owners set` and shown by GET /v1/usage; fair claiming
 between owners; the per-job runtime limit; and total step counts that would
-overflow (400). One stack; each test uses its own owners. About 40 s on
-this machine in all."""
+overflow (400). One stack; each test uses its own owners. About 30-40 s
+on this machine in all (the stack's start included)."""
 import os
 import signal
 import sys
@@ -91,7 +91,7 @@ class Quotas(StackTest):
     def test_storage_and_upload_limits_are_413(self):
         """413 for an upload over the owner's upload limit, an upload past
         its storage, and a job while its storage is full; GET /v1/usage
-        counts the uploads. About 2 s."""
+        counts the uploads. About 3 s."""
         k = self.s.new_key("q-disk")
         size = len(TRAIN_ROWS.encode())
         self.assertGreater(size, 1024)
@@ -124,7 +124,7 @@ class Quotas(StackTest):
     def test_usage_and_owners_cli(self):
         """GET /v1/usage shows the server's defaults, then what `deltatune
         owners set` gave the owner (K/M suffixes); `owners list` lists it;
-        "default" restores a default; bad values exit 2. About 2 s."""
+        "default" restores a default; bad values exit 2. About 5 s."""
         k = self.s.new_key("q-usage")
         u = self.usage(k)
         self.assertEqual(u["owner"], "q-usage")
@@ -153,7 +153,7 @@ class Quotas(StackTest):
         """Owner A queues 4 jobs, then owner B 1; with one worker, B's job
         starts right after A's first, not after all of A's. Then
         /v1/usage counts A's job directories (checkpoints, models) as they
-        are on disk. About 15 s."""
+        are on disk. About 9 s."""
         ka, kb = self.s.new_key("fair-a"), self.s.new_key("fair-b")
         fa, fb = self.upload_ok(key=ka), self.upload_ok(key=kb)
         # No worker while the queue fills, so that the order is the
@@ -195,7 +195,7 @@ class Quotas(StackTest):
     def test_runtime_limit(self):
         """max_runtime_seconds: 400 below 1 or above the server's limit; a
         job past it fails with max_runtime_exceeded after one attempt.
-        About 5 s."""
+        About 3 s."""
         f = self.upload_ok()
         body = {"model": TINY_ID, "training_file": f["id"], "method": hp(max_steps=100000)}
         for bad in (0, -5, MAX_RUNTIME + 1, "60", 1.5):
@@ -217,7 +217,7 @@ class Quotas(StackTest):
         x 100 epochs at batch 1, which wrapped the engine's int) is a 400
         naming n_epochs where the client gave it; the same rows at batch 4
         fit. The row count is the files table's, set here as if the file
-        were that long. About 2 s."""
+        were that long. About 1 s."""
         f = self.upload_ok()
         self.s.psql(f"UPDATE files SET nlines = 21500000 WHERE id = '{f['id']}'")
         e = self.err("POST", "/v1/fine_tuning/jobs",
