@@ -39,6 +39,7 @@ typedef struct worker {
     char job_id[DB_ID_LEN];
     int attempt;
     double lease_ok_at;      /* dt_now() of the last successful lease write */
+    double run_deadline;     /* dt_now() past which the attempt exceeds max_runtime_seconds */
     int keeper_quit;
     uint64_t main_qgen;      /* queue_generation(q) after the last wait */
 
@@ -46,6 +47,7 @@ typedef struct worker {
      * signal handler; read by dt_train (stop) after every step. */
     atomic_int stop;         /* written by other threads and the signal handler */
     atomic_int lease_lost, cancel_req, pause_req;
+    atomic_int runtime_exceeded; /* the keeper saw run_deadline pass */
 
     /* Per-job state of the main thread's callbacks. */
     db_job job;
@@ -386,7 +388,13 @@ static void run_job(worker *w)
     atomic_store(&w->lease_lost, 0);
     atomic_store(&w->cancel_req, 0);
     atomic_store(&w->pause_req, 0);
+    atomic_store(&w->runtime_exceeded, 0);
+    /* The runtime limit: the job's own (the server checked it against its
+     * ceiling), else this worker's DELTATUNE_MAX_RUNTIME_SECONDS; per attempt. */
+    int max_rt = w->job.max_runtime_seconds > 0 ? w->job.max_runtime_seconds
+                                                : o->cfg.max_runtime_seconds;
     pthread_mutex_lock(&w->mu);
+    w->run_deadline = dt_now() + max_rt;
     w->active = 1;
     snprintf(w->job_id, sizeof w->job_id, "%s", w->job.id);
     w->attempt = w->job.attempt;
@@ -461,6 +469,13 @@ static void run_job(worker *w)
         /* db_job_finish() writes the event; checkpoints stay. */
         db_finish f = {.status = "cancelled"};
         finish(w, &f);
+    } else if (rc == DT_ECANCEL && flag_get(&w->runtime_exceeded)) {
+        /* Failed for good (not requeued): another attempt would hit it too. */
+        fail_job(w, "max_runtime_exceeded", "max_runtime_seconds",
+                 "The job ran longer than its max_runtime_seconds (%d s) and was stopped at "
+                 "step %ld of %ld. Its checkpoints are kept. Create a new job with fewer steps "
+                 "or a larger max_runtime_seconds (at most the server's %d).", max_rt,
+                 (long)w->last.step, (long)w->last.total_steps, o->cfg.max_runtime_seconds);
     } else if (rc == DT_ECANCEL && flag_get(&w->pause_req)) {
         db_finish f = {.status = "paused"};
         finish(w, &f);
@@ -562,6 +577,15 @@ static void *keeper_main(void *arg)
         if (quit)
             break;
         double now = dt_now();
+        pthread_mutex_lock(&w->mu);
+        int overtime = active && w->active && now >= w->run_deadline;
+        pthread_mutex_unlock(&w->mu);
+        if (overtime && !flag_get(&w->runtime_exceeded)) {
+            log_msg(DT_LOG_WARN, "job.runtime_exceeded", "%s: past its max_runtime_seconds; "
+                    "stopping", job);
+            flag_set(&w->runtime_exceeded);
+            flag_set(&w->stop);
+        }
         if (active && now >= next_hb) {
             keeper_heartbeat(k);
             next_hb = now + hb_every;
