@@ -207,6 +207,7 @@ class Quotas(StackTest):
         j = self.wait(j["id"], {"failed", "succeeded", "cancelled"}, timeout=60)
         self.assertEqual(j["status"], "failed", j)
         self.assertEqual(j["error"]["code"], "max_runtime_exceeded", j)
+        self.assertEqual(j["max_runtime_seconds"], 2, j)
         self.assertEqual(j["error"]["param"], "max_runtime_seconds", j)
         self.assertIn("max_runtime_seconds (2 s)", j["error"]["message"])
         self.assertLess(time.time() - t0, 30)
