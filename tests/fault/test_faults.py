@@ -601,6 +601,14 @@ class FaultTest(unittest.TestCase):
         self.assertEqual(json.loads(f)["status"], "processed")
         self.assertEqual(s.psql("SELECT count(*) FROM files"), "1")
         self.assertEqual(s.psql(f"SELECT status FROM idempotency_keys WHERE key = '{key}'"), "200")
+        # a client that goes away mid-body lets its key go at once (no lease wait)
+        head, body = upload_request(s, TRAIN_ROWS.encode(), "gone-mid-body")
+        gone = socket.create_connection(("127.0.0.1", int(s.ports["HTTP_PORT"])), timeout=10)
+        gone.sendall(head.replace(b"Expect: 100-continue\r\n", b"") + body[:100])
+        q = "SELECT count(*) FROM idempotency_keys WHERE key = 'gone-mid-body'"
+        wait_for("the record of the upload in flight", lambda: s.psql(q) == "1", 10, every=0.02)
+        gone.close()
+        wait_for("the record of the abandoned upload to go", lambda: s.psql(q) == "0", 5)
         figures("idempotency duplicate in flight", duplicate_status=409, body_sent=0)
 
 
