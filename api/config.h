@@ -25,9 +25,11 @@ typedef struct api_config {
     /* HTTP limits (server). */
     int64_t max_upload_bytes;           /* DELTATUNE_MAX_UPLOAD_BYTES, bytes (512 MiB) */
     int64_t max_json_bytes;             /* DELTATUNE_MAX_JSON_BYTES, bytes (1 MiB) */
+    int64_t max_line_bytes;             /* DELTATUNE_MAX_LINE_BYTES, longest upload line (1 MiB) */
     int max_connections;                /* DELTATUNE_MAX_CONNECTIONS, total */
     int max_connections_per_ip;         /* DELTATUNE_MAX_CONNECTIONS_PER_IP */
     int connection_timeout_s;           /* DELTATUNE_CONNECTION_TIMEOUT, seconds idle */
+    int idempotency_lease_s;            /* DELTATUNE_IDEMPOTENCY_LEASE, seconds (0 = 2 x timeout) */
     int64_t connection_memory_bytes;    /* DELTATUNE_CONNECTION_MEMORY, bytes per connection */
     int threads;                        /* DELTATUNE_THREADS, MHD thread pool size */
     int db_pool_size;                   /* DELTATUNE_DB_POOL, PostgreSQL connections (server) */

@@ -362,20 +362,32 @@ int db_model_file_digest_put(db *d, const char *model_id, const char *name,
 /* ---- idempotency ------------------------------------------------------------ */
 
 enum { DB_IDEM_NEW = 0, DB_IDEM_REPLAY = 1, DB_IDEM_MISMATCH = 2,
-       DB_IDEM_IN_PROGRESS = 3 };
+       DB_IDEM_IN_PROGRESS = 3, DB_IDEM_DONE = 4 };
 
-/* Looks up (owner, key). Absent: inserts a placeholder and returns
- * DB_IDEM_NEW (the caller runs the request, then db_idem_finish or
- * db_idem_abort). Present with the same request_hash and a stored response:
- * DB_IDEM_REPLAY with *status and *body (malloc'd) set. Another hash:
- * DB_IDEM_MISMATCH. A placeholder still being served: DB_IDEM_IN_PROGRESS.
- * Records older than 24 hours are ignored (and replaced). */
+/* Claims (owner, key) for the request whose holder token is `holder`.
+ * Absent, finished more than 24 hours ago, or unfinished with its lease run
+ * out (its request died with its server): a placeholder is written, held by
+ * `holder` for lease_s seconds, and DB_IDEM_NEW returned (the caller runs
+ * the request, renewing the lease with db_idem_renew while it runs, then
+ * db_idem_finish or db_idem_abort). Unfinished and leased to another:
+ * DB_IDEM_IN_PROGRESS. Finished: with request_hash NULL (the body not read
+ * yet) DB_IDEM_DONE; with the same request_hash DB_IDEM_REPLAY with *status
+ * and *body (malloc'd) set; with another DB_IDEM_MISMATCH. */
 int db_idem_begin(db *d, const char *owner, const char *key,
-                  const char *request_hash, int *status, char **body,
+                  const char *request_hash, const char *holder, int lease_s,
+                  int *status, char **body, char *err);
+/* Extends the lease of holder's unfinished record by lease_s seconds from
+ * now and, when request_hash is not NULL, records the request's hash. 0, or
+ * DB_IDEM_IN_PROGRESS when holder no longer holds it (its lease ran out and
+ * another request took the key). */
+int db_idem_renew(db *d, const char *owner, const char *key, const char *holder,
+                  const char *request_hash, int lease_s, char *err);
+/* Stores the response of holder's record / removes holder's unfinished
+ * record; a record holder lost is left alone. */
+int db_idem_finish(db *d, const char *owner, const char *key, const char *holder,
+                   int status, const char *body, char *err);
+int db_idem_abort(db *d, const char *owner, const char *key, const char *holder,
                   char *err);
-int db_idem_finish(db *d, const char *owner, const char *key, int status,
-                   const char *body, char *err);
-int db_idem_abort(db *d, const char *owner, const char *key, char *err);
 
 /* ---- owners: limits and use (db_owners.c) ----------------------------------- */
 

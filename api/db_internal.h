@@ -51,6 +51,7 @@ typedef enum db_stmt {
     STMT_IDEM_GET,
     STMT_IDEM_FINISH,
     STMT_IDEM_DELETE,
+    STMT_IDEM_RENEW,
     /* workers and stats (db_workers.c) */
     STMT_WORKER_HB,
     STMT_STATS_JOBS,

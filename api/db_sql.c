@@ -133,19 +133,30 @@ const db_sql db_sql_table[] = {
 
     /* ---- idempotency ---- */
     [STMT_IDEM_INSERT] =
-        {"idem_insert", "INSERT INTO idempotency_keys (owner, key, request_hash) "
-                        "VALUES ($1, $2, $3) ON CONFLICT (owner, key) DO UPDATE SET "
+        {"idem_insert", "INSERT INTO idempotency_keys (owner, key, request_hash, holder, "
+                        "lease_until) VALUES ($1, $2, $3, $4, now() + $5::int * interval "
+                        "'1 second') ON CONFLICT (owner, key) DO UPDATE SET "
                         "request_hash = EXCLUDED.request_hash, status = 0, response = NULL, "
-                        "created_at = now() WHERE idempotency_keys.created_at < "
-                        "now() - interval '24 hours' RETURNING 1"},
+                        "created_at = now(), holder = EXCLUDED.holder, "
+                        "lease_until = EXCLUDED.lease_until WHERE idempotency_keys.created_at < "
+                        "now() - interval '24 hours' OR (idempotency_keys.status = 0 AND "
+                        "COALESCE(idempotency_keys.lease_until, idempotency_keys.created_at + "
+                        "interval '1 hour') < now()) RETURNING 1"},
     [STMT_IDEM_GET] =
         {"idem_get", "SELECT request_hash, status, response FROM idempotency_keys "
                      "WHERE owner = $1 AND key = $2"},
     [STMT_IDEM_FINISH] =
-        {"idem_finish", "UPDATE idempotency_keys SET status = $3, response = $4 "
-                        "WHERE owner = $1 AND key = $2"},
+        {"idem_finish", "UPDATE idempotency_keys SET status = $3, response = $4, "
+                        "lease_until = NULL WHERE owner = $1 AND key = $2 AND holder = $5 "
+                        "AND status = 0"},
     [STMT_IDEM_DELETE] =
-        {"idem_delete", "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"},
+        {"idem_delete", "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 "
+                        "AND holder = $3 AND status = 0"},
+    [STMT_IDEM_RENEW] =
+        {"idem_renew", "UPDATE idempotency_keys SET lease_until = now() + $4::int * "
+                       "interval '1 second', request_hash = COALESCE($5, request_hash) "
+                       "WHERE owner = $1 AND key = $2 AND holder = $3 AND status = 0 "
+                       "RETURNING 1"},
 
     /* ---- workers and stats ---- */
     [STMT_WORKER_HB] =
