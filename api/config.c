@@ -66,6 +66,9 @@ static const setting settings[] = {
      "2000", 100, 600000, "worker: PostgreSQL poll period / queue wait"},
     {"rescue-interval", "DELTATUNE_RESCUE_INTERVAL", T_INT, F(rescue_interval_s), 0,
      "10", 1, 3600, "seconds between rescuer + reconciler passes"},
+    {"checkpoint-keep", "DELTATUNE_CHECKPOINT_KEEP", T_INT, F(checkpoint_keep), 0,
+     "2", 1, 1000, "worker: checkpoints of a running job that keep their optimizer state "
+     "(older ones and all of an ended job keep their weights only)"},
     {"log-level", "DELTATUNE_LOG_LEVEL", T_LEVEL, F(log_level), 0,
      "info", 0, 0, "debug | info | warn | error"},
 };
