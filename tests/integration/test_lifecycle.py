@@ -11,7 +11,7 @@ while plain reads and UPDATEs of the jobs row go on. So the worker is held
 right after it looked at the flags, the API's request commits, and the lock
 is released: the worker then ends the job the way it decided before the
 request. One stack for the module (lease 6 s: a heartbeat every 2 s).
-Takes about 110 s on the shared 2-core machine (stack start included).
+Takes about 2 minutes on the shared 2-core machine (stack start included).
 """
 import os
 import signal
@@ -149,6 +149,28 @@ class Lifecycle(StackTest):
         self.assertEqual(step, 0, "the optimizer step in progress was finished before the cancel")
         self.assertLess(took, 10, f"cancel took {took:.1f} s")
         print(f"figures: cancel -> cancelled in {took:.1f} s, steps completed {step}")
+
+    def test_1b_pause_stops_within_a_micro_batch(self):
+        """Pause in the middle of step 2 (a step of several seconds): the
+        job is paused at once with a resumable checkpoint of step 1 (the
+        partial accumulation of step 2 is dropped), not after finishing
+        step 2. About 12 s."""
+        fid = self.upload_ok()["id"]
+        j = self.slow_job(fid, 3)
+        jid = j["id"]
+        self.wait_until("step 1's metrics event", lambda: self.metrics_events(jid) >= 1, 120, 0.05)
+        t0 = time.time()
+        p = self.call("POST", f"/v1/fine_tuning/jobs/{jid}/pause")
+        self.assertTrue(p["pause_requested"] or p["status"] == "paused", p)
+        done = self.wait(jid, {"paused", "succeeded", "failed", "cancelled"}, timeout=120)
+        took = time.time() - t0
+        self.assertEqual(done["status"], "paused", done)
+        ck = self.call("GET", f"/v1/fine_tuning/jobs/{jid}/checkpoints")["data"]
+        self.assertEqual([c["step_number"] for c in ck], [1], ck)
+        self.assertEqual(len(self.ckpt_files(jid, "optimizer.safetensors")), 1)
+        self.assertLess(took, 5, f"pause took {took:.1f} s")
+        print(f"figures: pause -> paused in {took:.1f} s at step 1")
+        self.call("POST", f"/v1/fine_tuning/jobs/{jid}/cancel")
 
     # ---- the last accepted request wins ---------------------------------------
     def test_2_cancel_on_the_last_step_is_honoured(self):
