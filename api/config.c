@@ -66,6 +66,15 @@ static const setting settings[] = {
      "2000", 100, 600000, "worker: PostgreSQL poll period / queue wait"},
     {"rescue-interval", "DELTATUNE_RESCUE_INTERVAL", T_INT, F(rescue_interval_s), 0,
      "10", 1, 3600, "seconds between rescuer + reconciler passes"},
+    {"owner-max-jobs", "DELTATUNE_OWNER_MAX_JOBS", T_INT, F(owner_max_jobs), 0,
+     "100", 0, 1000000, "active jobs (validating, queued, running, paused) per owner; "
+     "429 above it (0 = no limit; `deltatune owners set` overrides)"},
+    {"owner-max-storage", "DELTATUNE_OWNER_MAX_STORAGE", T_BYTES, F(owner_max_storage_bytes), 0,
+     "100G", 0, INT64_MAX, "bytes of uploads, checkpoints and models per owner; 413 above it "
+     "(0 = no limit; `deltatune owners set` overrides)"},
+    {"max-runtime-seconds", "DELTATUNE_MAX_RUNTIME_SECONDS", T_INT, F(max_runtime_seconds), 0,
+     "604800", 1, 2147483647, "seconds a job attempt may run (default and ceiling of the job's "
+     "max_runtime_seconds); the worker fails a job past it"},
     {"checkpoint-keep", "DELTATUNE_CHECKPOINT_KEEP", T_INT, F(checkpoint_keep), 0,
      "2", 1, 1000, "worker: checkpoints of a running job that keep their optimizer state "
      "(older ones and all of an ended job keep their weights only)"},

@@ -42,6 +42,12 @@ typedef struct api_config {
     int rescue_interval_s;              /* DELTATUNE_RESCUE_INTERVAL, rescuer + reconciler period */
     int checkpoint_keep;                /* DELTATUNE_CHECKPOINT_KEEP, resumable checkpoints per job (2) */
 
+    /* Per-owner defaults (server) and the runtime limit (server and worker);
+     * `deltatune owners set` overrides the owner ones. 0 = no limit. */
+    int owner_max_jobs;                 /* DELTATUNE_OWNER_MAX_JOBS, active jobs per owner (100) */
+    int64_t owner_max_storage_bytes;    /* DELTATUNE_OWNER_MAX_STORAGE, bytes per owner (100 GiB) */
+    int max_runtime_seconds;            /* DELTATUNE_MAX_RUNTIME_SECONDS, per job attempt (7 days) */
+
     int log_level;                      /* DELTATUNE_LOG_LEVEL debug|info|warn|error */
 } api_config;
 

@@ -24,7 +24,7 @@ int db_job_status_index(const char *status)
     return -1;
 }
 
-/* Reads the 52 JOB_COLS of db_sql.c. */
+/* Reads the 53 JOB_COLS of db_sql.c. */
 static int job_row(const PGresult *r, int i, db_job *j)
 {
     int c = 0;
@@ -81,6 +81,7 @@ static int job_row(const PGresult *r, int i, db_job *j)
     j->started_at = dbr_int(r, i, c++);
     j->finished_at = dbr_int(r, i, c++);
     j->updated_at = dbr_int(r, i, c++);
+    j->max_runtime_seconds = (int)dbr_int(r, i, c++);
     return (PQgetisnull(r, i, 47) || j->metadata) ? 0 : DT_ENOMEM;
 }
 
@@ -149,6 +150,7 @@ static int job_create_tx(db *d, void *arg, char *err)
     dbp_int(&p, j->max_attempts > 0 ? j->max_attempts : 3);
     dbp_str(&p, j->output_dir);
     dbp_str(&p, j->metadata);
+    dbp_int(&p, j->max_runtime_seconds > 0 ? j->max_runtime_seconds : 0);
     int rc = db_exec(d, STMT_JOB_CREATE, &p, NULL, err);
     if (rc) return rc;
     char msg[512];
@@ -257,23 +259,20 @@ int db_job_resume(db *d, const char *owner, const char *id, db_job *out, char *e
 int db_job_claim(db *d, const char *worker_id, int lease_s, const char *job_id,
                  db_job *out, char *err)
 {
-    for (int pass = job_id ? 0 : 1; pass < 2; pass++) {
-        db_params p = {0};
-        int found;
-        dbp_str(&p, worker_id);
-        dbp_int(&p, lease_s);
-        dbp_nstr(&p, pass == 0 ? job_id : NULL);
-        int rc = job_one(d, STMT_JOB_CLAIM, &p, out, &found, err);
-        if (rc) return rc;
-        if (found) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "Attempt %d started on worker %s", out->attempt,
-                     worker_id);
-            db_event_add(d, out->id, out->attempt, "info", "message", msg, NULL, err);
-            return 0;
-        }
-    }
-    return DB_ENOTFOUND;
+    /* job_id (a queue wake-up) is only a hint: fair claiming decides which
+     * job runs, so a burst of one owner's wake-ups cannot jump the queue. */
+    (void)job_id;
+    db_params p = {0};
+    int found;
+    dbp_str(&p, worker_id);
+    dbp_int(&p, lease_s);
+    int rc = job_one(d, STMT_JOB_CLAIM, &p, out, &found, err);
+    if (rc) return rc;
+    if (!found) return DB_ENOTFOUND;
+    char msg[300];
+    snprintf(msg, sizeof msg, "Attempt %d started on worker %s", out->attempt, worker_id);
+    db_event_add(d, out->id, out->attempt, "info", "message", msg, NULL, err);
+    return 0;
 }
 
 static int flags_result(db *d, db_stmt stmt, const db_params *p, bool *cancel,

@@ -34,6 +34,7 @@ void dt_train_defaults(dt_train_opts *o)
     o->warmup = 0;
     o->weight_decay = 0.0f;
     o->max_grad_norm = 1.0f;
+    o->adam_eps = 1e-8f;
     o->batch = 4;
     o->accum = 1;
     o->seq_len = 256;
@@ -224,6 +225,9 @@ static int check_limits(const dt_train_opts *o, char *err)
         if (rc)
             return rc;
     }
+    if (!(o->adam_eps > 0.0f && o->adam_eps < 1.0f))
+        return dt_errf(err, DT_EINVAL, "--adam-epsilon must be in (0, 1), got %g",
+                       (double)o->adam_eps);
     if (o->epochs < 0 || o->steps < 0 || (o->epochs == 0 && o->steps == 0))
         return dt_errf(err, DT_EINVAL, "--epochs or --steps must be > 0");
     return DT_OK;
@@ -302,6 +306,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
     opt.lr = o.lr;
     opt.weight_decay = o.weight_decay;
     opt.max_grad_norm = o.max_grad_norm;
+    opt.eps = o.adam_eps;
     opt.lambda = o.lambda;
     opt.start_step = K;
     long trained = 0;

@@ -68,6 +68,7 @@ typedef struct dt_train_opts {
     dt_sched sched;
     int warmup;
     float weight_decay, max_grad_norm;
+    float adam_eps;          /* AdamW ε (default 1e-8, as PyTorch) */
     int batch, accum, seq_len, epochs, steps;
     uint64_t seed;
     int threads;

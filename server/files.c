@@ -40,6 +40,8 @@ typedef struct upload {
     char filename[256];
     char purpose[32];
     char expires[32];           /* expires_after[seconds] */
+    int64_t cap;                /* bytes this upload may have (usage.c's limits) */
+    char cap_msg[300];          /* the 413 message past it */
     int status;                 /* first problem: HTTP status, 0 = fine */
     char param[64];
     char msg[300];
@@ -89,11 +91,8 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
         }
         u->have_file = 1;
         if (u->status) return MHD_YES;
-        if (u->bytes + (int64_t)size > r->s->cfg.max_upload_bytes) {
-            char m[160];
-            snprintf(m, sizeof m, "file exceeds the upload limit of %lld bytes",
-                     (long long)r->s->cfg.max_upload_bytes);
-            upload_fail(u, 413, "file", m);
+        if (u->bytes + (int64_t)size > u->cap) {
+            upload_fail(u, 413, "file", u->cap_msg);
             return MHD_YES;
         }
         for (size_t done = 0; done < size;) {
@@ -133,6 +132,21 @@ int files_upload_begin(req *r)
     u->fd = -1;
     r->ctx = u;
     r->ctx_cleanup = files_upload_free; /* from here on, whatever ends the request */
+    /* The owner's upload and storage limits, before any byte is stored. */
+    owner_usage use;
+    db *d = req_db(r);
+    if (!d || usage_get(r, d, USAGE_STORAGE, &use)) return -1;
+    u->cap = use.max_upload_bytes;
+    snprintf(u->cap_msg, sizeof u->cap_msg, "file exceeds the upload limit of %lld bytes "
+             "(max_upload)", (long long)u->cap);
+    if (use.max_storage_bytes > 0 && use.max_storage_bytes - use.storage_bytes < u->cap) {
+        u->cap = use.max_storage_bytes - use.storage_bytes;
+        snprintf(u->cap_msg, sizeof u->cap_msg, "file exceeds owner %s's storage: %lld of the "
+                 "limit of %lld bytes (max_storage) are in use, %lld bytes left: delete "
+                 "files or models first", r->owner, (long long)use.storage_bytes,
+                 (long long)use.max_storage_bytes,
+                 (long long)(u->cap > 0 ? u->cap : 0));
+    }
     u->pp = MHD_create_post_processor(r->conn, 64 * 1024, on_field, r);
     if (!u->pp) {
         reply_error(r, 400, "invalid_content_type", NULL,

@@ -41,6 +41,7 @@ typedef struct worker {
     char job_id[DB_ID_LEN];
     int attempt;
     double lease_ok_at;      /* dt_now() of the last successful lease write */
+    double run_deadline;     /* dt_now() past which the attempt exceeds max_runtime_seconds */
     int keeper_quit;
     uint64_t main_qgen;      /* queue_generation(q) after the last wait */
 
@@ -50,12 +51,14 @@ typedef struct worker {
      * step) or WK_ABORT (cancel, SIGTERM: stop at once, write nothing). */
     atomic_int stop;         /* written by other threads and the signal handler */
     atomic_int lease_lost, cancel_req, pause_req;
+    atomic_int runtime_exceeded; /* the keeper saw run_deadline pass */
 
     /* Per-job state of the main thread's callbacks. */
     db_job job;
     double last_write;
     db_progress last;
     int64_t started_step;
+    char last_final[16];     /* the status db_job_finish set last, "" when none */
 } worker;
 
 static volatile sig_atomic_t g_shutdown;
@@ -306,6 +309,7 @@ static void finish(worker *w, db_finish *f)
                 f->error_code ? f->error_code : "");
     if (rc)
         f->final_status[0] = 0;
+    snprintf(w->last_final, sizeof w->last_final, "%s", f->final_status);
     if (f->final_status == fs)
         f->final_status = NULL;
 }
@@ -469,9 +473,16 @@ static void run_job(worker *w)
     atomic_store(&w->lease_lost, 0);
     atomic_store(&w->cancel_req, 0);
     atomic_store(&w->pause_req, 0);
+    w->last_final[0] = 0;
     if (g_shutdown) /* a signal between the claim and the reset above */
         atomic_store(&w->stop, WK_ABORT);
+    atomic_store(&w->runtime_exceeded, 0);
+    /* The runtime limit: the job's own (the server checked it against its
+     * ceiling), else this worker's DELTATUNE_MAX_RUNTIME_SECONDS; per attempt. */
+    int max_rt = w->job.max_runtime_seconds > 0 ? w->job.max_runtime_seconds
+                                                : o->cfg.max_runtime_seconds;
     pthread_mutex_lock(&w->mu);
+    w->run_deadline = dt_now() + max_rt;
     w->active = 1;
     snprintf(w->job_id, sizeof w->job_id, "%s", w->job.id);
     w->attempt = w->job.attempt;
@@ -549,6 +560,13 @@ static void run_job(worker *w)
         /* db_job_finish() writes the event; checkpoints stay (weights only). */
         db_finish f = {.status = "cancelled", .final_status = final};
         finish(w, &f);
+    } else if (rc == DT_ECANCEL && flag_get(&w->runtime_exceeded)) {
+        /* Failed for good (not requeued): another attempt would hit it too. */
+        fail_job(w, "max_runtime_exceeded", "max_runtime_seconds",
+                 "The job ran longer than its max_runtime_seconds (%d s) and was stopped at "
+                 "step %ld of %ld. Its checkpoints are kept. Create a new job with fewer steps "
+                 "or a larger max_runtime_seconds (at most the server's %d).", max_rt,
+                 (long)w->last.step, (long)w->last.total_steps, o->cfg.max_runtime_seconds);
     } else if (rc == DT_ECANCEL && flag_get(&w->pause_req)) {
         db_finish f = {.status = "paused", .final_status = final};
         finish(w, &f);
@@ -567,7 +585,7 @@ static void run_job(worker *w)
                        .error_param = e.param[0] ? e.param : NULL, .final_status = final};
         finish(w, &f);
     }
-    after_finish(w, out_dir, final, rc == 0);
+    after_finish(w, out_dir, w->last_final, rc == 0);
 done:
     pthread_mutex_lock(&w->mu);
     w->active = 0;
@@ -673,6 +691,15 @@ static void *keeper_main(void *arg)
         if (quit)
             break;
         double now = dt_now();
+        pthread_mutex_lock(&w->mu);
+        int overtime = active && w->active && now >= w->run_deadline;
+        pthread_mutex_unlock(&w->mu);
+        if (overtime && !flag_get(&w->runtime_exceeded)) {
+            log_msg(DT_LOG_WARN, "job.runtime_exceeded", "%s: past its max_runtime_seconds; "
+                    "stopping", job);
+            flag_set(&w->runtime_exceeded);
+            stop_raise(&w->stop, 1); /* with a checkpoint of the last completed step */
+        }
         if (active && now >= next_hb) {
             keeper_heartbeat(k);
             next_hb = now + hb_every;
