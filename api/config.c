@@ -80,6 +80,9 @@ static const setting settings[] = {
     {"max-runtime-seconds", "DELTATUNE_MAX_RUNTIME_SECONDS", T_INT, F(max_runtime_seconds), 0,
      "604800", 1, 2147483647, "seconds a job attempt may run (default and ceiling of the job's "
      "max_runtime_seconds); the worker fails a job past it"},
+    {"checkpoint-keep", "DELTATUNE_CHECKPOINT_KEEP", T_INT, F(checkpoint_keep), 0,
+     "2", 1, 1000, "worker: checkpoints of a running job that keep their optimizer state "
+     "(older ones and all of an ended job keep their weights only)"},
     {"log-level", "DELTATUNE_LOG_LEVEL", T_LEVEL, F(log_level), 0,
      "info", 0, 0, "debug | info | warn | error"},
 };

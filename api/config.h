@@ -42,6 +42,7 @@ typedef struct api_config {
     int max_attempts;                   /* DELTATUNE_MAX_ATTEMPTS, lease losses before failed (3) */
     int poll_interval_ms;               /* DELTATUNE_POLL_INTERVAL_MS, worker DB poll / queue wait */
     int rescue_interval_s;              /* DELTATUNE_RESCUE_INTERVAL, rescuer + reconciler period */
+    int checkpoint_keep;                /* DELTATUNE_CHECKPOINT_KEEP, resumable checkpoints per job (2) */
 
     /* Per-owner defaults (server) and the runtime limit (server and worker);
      * `deltatune owners set` overrides the owner ones. 0 = no limit. */

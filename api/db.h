@@ -250,11 +250,18 @@ typedef struct db_finish {
     const char *error_param;     /* failed: request field at fault, or NULL */
     const char *fine_tuned_model; /* succeeded: obj_ft_model_id() */
     const char *model_path;      /* succeeded: merged HF dir (stored path) */
+    char *final_status;          /* out, optional (16 bytes): the status the job got */
 } db_finish;
 
 /* Worker: ends the attempt in one transaction: sets status (finished_at for
  * terminal ones; paused keeps the job resumable), clears the lease, records
  * the error, inserts the fine-tuned model row on success and an event.
+ * The job's cancel/pause flags are read again under the row lock, so the
+ * last request the API accepted wins: cancel_requested -> cancelled
+ * (whatever the worker reports; no model row); pause_requested and
+ * succeeded -> paused (a resume exports again); paused without
+ * pause_requested (a resume came after the worker saw the pause) -> queued,
+ * to continue from its checkpoint. f->final_status receives the status set.
  * DB_ELEASE when the lease is lost. */
 int db_job_finish(db *d, const char *id, int attempt, const db_finish *f,
                   char *err);

@@ -350,14 +350,29 @@ static int finish_tx(db *d, void *arg, char *err)
     char owner[DB_OWNER_LEN], model[256], suffix[65];
     int rc = db_job_fence(d, a->id, a->attempt, owner, model, suffix, err);
     if (rc) return rc;
-    bool ok = !strcmp(f->status, "succeeded");
+    /* The row is locked now: the flags read here are the last word of the
+     * API (a cancel or resume after the worker's last look at them). */
+    db_job cur;
+    rc = db_job_get(d, NULL, a->id, &cur, err);
+    if (rc) return rc;
+    bool cancel = cur.cancel_requested, pause = cur.pause_requested;
+    db_job_clear(&cur);
+    const char *status = f->status;
+    if (cancel)
+        status = "cancelled";
+    else if (pause && !strcmp(status, "succeeded"))
+        status = "paused";
+    else if (!pause && !strcmp(status, "paused"))
+        status = "queued";
+    if (f->final_status) snprintf(f->final_status, 16, "%s", status);
+    bool ok = !strcmp(status, "succeeded"), failed = !strcmp(status, "failed");
     db_params p = {0};
     dbp_str(&p, a->id);
     dbp_int(&p, a->attempt);
-    dbp_str(&p, f->status);
-    dbp_str(&p, f->error_code ? f->error_code : "");
-    dbp_str(&p, f->error_message ? f->error_message : "");
-    dbp_str(&p, f->error_param ? f->error_param : "");
+    dbp_str(&p, status);
+    dbp_str(&p, failed && f->error_code ? f->error_code : "");
+    dbp_str(&p, failed && f->error_message ? f->error_message : "");
+    dbp_str(&p, failed && f->error_param ? f->error_param : "");
     dbp_nstr(&p, ok ? f->fine_tuned_model : NULL);
     rc = db_exec(d, STMT_JOB_FINISH, &p, NULL, err);
     if (rc) return rc;
@@ -374,14 +389,20 @@ static int finish_tx(db *d, void *arg, char *err)
     }
     char msg[1200];
     const char *level = "info";
-    if (!strcmp(f->status, "failed")) {
+    if (failed) {
         level = "error";
         snprintf(msg, sizeof msg, "Job failed: %s", f->error_message ? f->error_message : "");
     } else if (ok) {
         snprintf(msg, sizeof msg, "The job has successfully completed; new model: %s",
                  f->fine_tuned_model ? f->fine_tuned_model : "");
+    } else if (!strcmp(status, "queued")) {
+        snprintf(msg, sizeof msg, "Resumed before the pause took effect; job requeued "
+                 "from its last checkpoint");
+    } else if (strcmp(status, f->status)) {
+        snprintf(msg, sizeof msg, "Job %s (requested while the worker ended it as %s)",
+                 status, f->status);
     } else {
-        snprintf(msg, sizeof msg, "Job %s", f->status);
+        snprintf(msg, sizeof msg, "Job %s", status);
     }
     return db_event_add(d, a->id, -1, level, "message", msg, NULL, err);
 }

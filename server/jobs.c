@@ -2,10 +2,14 @@
  * owner's limits (usage.c), then INSERT and a wake-up on Redis; a Redis
  * outage only delays the job: the reconciler and the workers' polling find
  * it), list, retrieve, cancel/pause/resume, events and checkpoints. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/log.h"
 #include "api/objects.h"
@@ -200,6 +204,27 @@ void jobs_get(req *r)
     db_job_clear(&j);
 }
 
+/* Retention for a job cancelled while queued or paused (no worker ends it):
+ * its checkpoints keep their weights, not their optimizer state
+ * (<output>/checkpoints/step-N/optimizer.safetensors, gpu/train.h). */
+static void drop_training_state(req *r, const db_job *j)
+{
+    char dir[PATH_MAX], p[PATH_MAX + 300];
+    if (config_artifact_path(&r->s->cfg, j->output_dir, dir, sizeof dir) ||
+        strlen(dir) + sizeof "/checkpoints" > sizeof dir)
+        return;
+    strcat(dir, "/checkpoints");
+    DIR *d = opendir(dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, "step-", 5)) continue;
+        snprintf(p, sizeof p, "%s/%.255s/optimizer.safetensors", dir, e->d_name);
+        if (unlink(p) && errno != ENOENT)
+            log_msg(DT_LOG_WARN, "job.retention_failed", "%s: %s", p, strerror(errno));
+    }
+    closedir(d);
+}
+
 static void transition(req *r, int (*fn)(db *, const char *, const char *, db_job *, char *),
                        int publish)
 {
@@ -213,6 +238,7 @@ static void transition(req *r, int (*fn)(db *, const char *, const char *, db_jo
         return;
     }
     if (rc) { reply_db(r, rc, err); return; }
+    if (!strcmp(j.status, "cancelled")) drop_training_state(r, &j);
     if (publish && !strcmp(j.status, "queued") && queue_publish(r->s->q, j.id, err))
         log_msg(DT_LOG_WARN, "queue.publish", "%s: %s (the reconciler will retry)", j.id, err);
     reply_json(r, 200, obj_job(&j));

@@ -442,21 +442,19 @@ class FaultTest(unittest.TestCase):
         done = self.done_steps(s, jid)
         self.assertTrue(done)
         os.unlink(filler)
-        # the previous checkpoint still loads: the engine resumes from it
-        out = os.path.join(run, "resume-check")
-        subprocess.run(["cp", "-a", self.out_dir(s, jid), out], check=True)
-        data = os.path.join(run, "train.jsonl")
-        with open(data, "w") as f:
-            f.write(TRAIN_ROWS)
-        r = subprocess.run([os.path.join(BUILD, "deltatune"), "train", "--model", s.model_path,
-                            "--data", data, "--out", out, "--method", "delta_lora", "--rank", "4",
-                            "--alpha", "8", "--seq-len", "32", "--batch-size", "2", "--seed", "7",
-                            "--steps", str(done[-1] + 1), "--threads", "1", "--resume"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.assertEqual(r.returncode, 0, r.stdout[-2000:])
-        steps_run = [json.loads(l)["step"] for l in r.stdout.splitlines()
-                     if l.startswith("{") and '"metrics"' in l]
-        self.assertEqual(steps_run, [done[-1] + 1], "did not resume from the last checkpoint")
+        # The previous checkpoint is intact: its weights parse to the end. The
+        # job has ended (failed), so retention left no optimizer state to
+        # resume from (docs/RELIABILITY.md, multi-tenant); the engine's resume
+        # from a complete checkpoint is tests/unit/test_train.c's.
+        ck = os.path.join(cdir, f"step-{done[-1]:08d}")
+        with open(os.path.join(ck, "weights.safetensors"), "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            hdr = json.loads(f.read(n))
+            body = len(f.read())
+        end = max(v["data_offsets"][1] for k, v in hdr.items() if k != "__metadata__")
+        self.assertEqual(end, body, "the last complete checkpoint's weights are cut short")
+        self.assertEqual(glob.glob(os.path.join(cdir, "*", "optimizer.safetensors")), [],
+                         "an ended job keeps optimizer state")
         figures("disk full", tmpfs_mb=64, last_good_checkpoint=done[-1],
                 error=err.get("code"))
 
