@@ -114,6 +114,10 @@ const db_sql db_sql_table[] = {
     [STMT_MODEL_LIST] =
         {"model_list", "SELECT " MODEL_COLS " FROM models WHERE $1::text IS NULL OR "
                        "kind = 'base' OR owner = $1 ORDER BY kind <> 'base', created_at, id"},
+    /* jobs_model_active (0005) keeps this O(unfinished jobs) */
+    [STMT_MODEL_IN_USE] =
+        {"model_in_use", "SELECT id, status FROM jobs WHERE model = $1 AND status NOT IN "
+                         "('succeeded', 'failed', 'cancelled') LIMIT 1"},
     [STMT_MODEL_DELETE] =
         {"model_delete", "DELETE FROM models WHERE id = $1 AND owner = $2 AND kind <> 'base' "
                          "RETURNING " MODEL_COLS},
