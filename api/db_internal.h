@@ -55,6 +55,7 @@ typedef enum db_stmt {
     /* workers and stats (db_workers.c) */
     STMT_WORKER_HB,
     STMT_STATS_JOBS,
+    STMT_STATS_JOB_TOTALS,
     STMT_STATS_TPS,
     STMT_STATS_WORKERS,
     /* jobs (db_jobs.c) */

@@ -155,7 +155,13 @@ const db_sql db_sql_table[] = {
                       "EXCLUDED.hostname, device = EXCLUDED.device, status = EXCLUDED.status, "
                       "job_id = EXCLUDED.job_id, heartbeat_at = now()"},
     [STMT_STATS_JOBS] =
-        {"stats_jobs", "SELECT status, count(*) FROM jobs GROUP BY status"},
+        /* unfinished jobs through the partial index jobs_active; finished
+         * ones from the counters a trigger keeps (0005): no scan of
+         * finished jobs per scrape */
+        {"stats_jobs", "SELECT status, count(*) FROM jobs WHERE status NOT IN "
+                       "('succeeded', 'failed', 'cancelled') GROUP BY status"},
+    [STMT_STATS_JOB_TOTALS] =
+        {"stats_job_totals", "SELECT status, n FROM job_status_totals"},
     [STMT_STATS_TPS] =
         {"stats_tps", "SELECT coalesce(sum(tokens_per_second), 0) FROM jobs "
                       "WHERE status = 'running'"},
