@@ -192,7 +192,8 @@ int tar_head(unsigned char out[TAR_HEAD_MAX], const char *name, int64_t size, in
     if (tar_header(h, long_name ? fallback : name, big ? 0 : size, mtime, mode)) return -1;
     if (big) { /* also in the base-256 form GNU tar and others read */
         h[124] = 0x80;
-        for (int i = 0; i < 11; i++) h[135 - i] = (unsigned char)((uint64_t)size >> (8 * i));
+        for (int i = 0; i < 8; i++) h[135 - i] = (unsigned char)((uint64_t)size >> (8 * i));
+        memset(h + 125, 0, 3); /* the 11 bytes' top 3 */
         tar_checksum(h);
     }
     return (int)(2 * TAR_BLOCK + pad);
