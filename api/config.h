@@ -36,6 +36,8 @@ typedef struct api_config {
     int rate_limit;                     /* DELTATUNE_RATE_LIMIT, requests/second per API key, 0 = off */
     int rate_burst;                     /* DELTATUNE_RATE_BURST, bucket size (0 = rate_limit) */
     int auth_cache_seconds;             /* DELTATUNE_AUTH_CACHE_SECONDS, key lookup cache TTL (0 = off) */
+    char metrics_token[256];            /* DELTATUNE_METRICS_TOKEN, Bearer token for /metrics ("" = loopback only) */
+    int sse_recheck_s;                  /* DELTATUNE_SSE_RECHECK_SECONDS, event streams re-check their key (10) */
 
     /* Jobs (server and worker). */
     int lease_seconds;                  /* DELTATUNE_LEASE_SECONDS, lease length (60) */

@@ -353,7 +353,8 @@ int db_model_get(db *d, const char *owner, const char *id, db_model *out,
 int db_model_list(db *d, const char *owner, db_model **out, int *n,
                   char *err);
 /* Deletes one of owner's fine-tuned models or checkpoints (base models are
- * DB_ENOTFOUND for API users; the caller removes files it owns). */
+ * DB_ENOTFOUND for API users; the caller removes files it owns). DB_ECONFLICT
+ * while a job that has not finished uses it as its base model. */
 int db_model_delete(db *d, const char *owner, const char *id, db_model *out,
                     char *err);
 

@@ -42,6 +42,7 @@ typedef enum db_stmt {
     STMT_MODEL_PUT,
     STMT_MODEL_GET,
     STMT_MODEL_LIST,
+    STMT_MODEL_IN_USE,
     STMT_MODEL_DELETE,
     STMT_MODEL_FILES_DELETE,
     STMT_DIGEST_GET,
@@ -55,6 +56,7 @@ typedef enum db_stmt {
     /* workers and stats (db_workers.c) */
     STMT_WORKER_HB,
     STMT_STATS_JOBS,
+    STMT_STATS_JOB_TOTALS,
     STMT_STATS_TPS,
     STMT_STATS_WORKERS,
     /* jobs (db_jobs.c) */

@@ -117,6 +117,10 @@ const db_sql db_sql_table[] = {
     [STMT_MODEL_LIST] =
         {"model_list", "SELECT " MODEL_COLS " FROM models WHERE $1::text IS NULL OR "
                        "kind = 'base' OR owner = $1 ORDER BY kind <> 'base', created_at, id"},
+    /* jobs_model_active (0005) keeps this O(unfinished jobs) */
+    [STMT_MODEL_IN_USE] =
+        {"model_in_use", "SELECT id, status FROM jobs WHERE model = $1 AND status NOT IN "
+                         "('succeeded', 'failed', 'cancelled') LIMIT 1"},
     [STMT_MODEL_DELETE] =
         {"model_delete", "DELETE FROM models WHERE id = $1 AND owner = $2 AND kind <> 'base' "
                          "RETURNING " MODEL_COLS},
@@ -165,7 +169,13 @@ const db_sql db_sql_table[] = {
                       "EXCLUDED.hostname, device = EXCLUDED.device, status = EXCLUDED.status, "
                       "job_id = EXCLUDED.job_id, heartbeat_at = now()"},
     [STMT_STATS_JOBS] =
-        {"stats_jobs", "SELECT status, count(*) FROM jobs GROUP BY status"},
+        /* unfinished jobs through the partial index jobs_active; finished
+         * ones from the counters a trigger keeps (0005): no scan of
+         * finished jobs per scrape */
+        {"stats_jobs", "SELECT status, count(*) FROM jobs WHERE status NOT IN "
+                       "('succeeded', 'failed', 'cancelled') GROUP BY status"},
+    [STMT_STATS_JOB_TOTALS] =
+        {"stats_job_totals", "SELECT status, n FROM job_status_totals"},
     [STMT_STATS_TPS] =
         {"stats_tps", "SELECT coalesce(sum(tokens_per_second), 0) FROM jobs "
                       "WHERE status = 'running'"},

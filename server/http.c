@@ -244,6 +244,13 @@ static enum MHD_Result send_reply(req *r)
     if (r->status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (r->status == 413 || r->must_close) MHD_add_response_header(resp, "Connection", "close");
     if (r->replayed) MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    /* Counted before the reply is queued, so a client that has read the
+     * reply finds it in /metrics (counting on completion raced it). The
+     * duration is the time to the reply's headers. */
+    if (r->s->on_complete && !r->counted) {
+        r->counted = 1;
+        r->s->on_complete(r->s, r->route, r->status, dt_now() - r->t0);
+    }
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     r->queued = 1;
@@ -631,7 +638,7 @@ void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     req_db_release(r);
     double dt = dt_now() - r->t0;
     int status = r->queued ? r->status : 499; /* 499: client went away */
-    if (s->on_complete) s->on_complete(s, r->route, status, dt);
+    if (s->on_complete && !r->counted) s->on_complete(s, r->route, status, dt);
     if (status >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_json(status >= 500 ? DT_LOG_WARN : DT_LOG_DEBUG, "http.request",
                  json_pack("{s:s, s:s, s:i, s:f, s:i}", "method", r->method, "path", r->url,
