@@ -16,9 +16,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/dt.h"
 #include "gpu/chat_template.h"
+#include "gpu/dataset.h"
+#include "gpu/tensorfile.h"
+#include "gpu/tokenizer_impl.h" /* to give the test tokenizer another template */
+
+#define SMOL_GGUF ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #define FIX "tests/fixtures/chat/"
 #define FIXED_NOW 1785074709LL /* 2026-07-26T14:05:09Z, the fixtures' clock */
@@ -258,6 +264,183 @@ static void test_limits(void **state)
     expect_error(deep, "nested deeper");
 }
 
+
+/* ------------------------------------------------ dataset rows and masks */
+
+static dt_tokenizer *smol_tokenizer(void)
+{
+    dt_tensorset ts;
+    char err[DT_ERR_LEN];
+    dt_tensorset_init(&ts);
+    assert_int_equal(dt_gguf_load_meta(SMOL_GGUF, &ts, err), DT_OK);
+    dt_tokenizer *tok = dt_tokenizer_from_gguf(&ts, err);
+    if (!tok)
+        fail_msg("%s", err);
+    dt_tensorset_free(&ts);
+    return tok;
+}
+
+static void use_template(dt_tokenizer *tok, const char *name)
+{
+    char path[256];
+    snprintf(path, sizeof path, FIX "%s.jinja", name);
+    free(tok->chat_template);
+    tok->chat_template = slurp(path);
+}
+
+static const char *const CONVS[] = {
+    "{\"messages\": [{\"role\": \"user\", \"content\": \"What is 2+2?\"}, "
+    "{\"role\": \"assistant\", \"content\": \"It is 4.\"}]}",
+    "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, "
+    "{\"role\": \"user\", \"content\": \"Hi there\"}, "
+    "{\"role\": \"assistant\", \"content\": \" Hello! 🙂 Ça va?\\n\"}, "
+    "{\"role\": \"user\", \"content\": \"Say <|im_end|> please\"}, "
+    "{\"role\": \"assistant\", \"content\": \"Fine: <|im_end|> and 日本語\"}]}",
+    "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, "
+    "{\"role\": \"assistant\", \"content\": \"masked turn\", \"weight\": 0}, "
+    "{\"role\": \"user\", \"content\": \"y\"}, "
+    "{\"role\": \"assistant\", \"content\": \"trained turn\"}]}",
+    "{\"messages\": [{\"role\": \"user\", \"content\": \"3*7?\"}, "
+    "{\"role\": \"assistant\", \"content\": \"<think>\\nEasy.\\n</think>\\n\\n21\"}, "
+    "{\"role\": \"user\", \"content\": \"3*8?\"}, "
+    "{\"role\": \"assistant\", \"content\": \"<think>\\nAdd 3.\\n</think>\\n\\n24\"}]}",
+};
+
+/* Per-byte "trained" flags of a row: token j+1 is trained when labels[j] is
+ * not -100; each token decodes to its own bytes (byte-level BPE). */
+static char *row_text(const dt_tokenizer *tok, const dt_row *r, uint8_t **trained)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *s = malloc(cap);
+    *trained = calloc(cap, 1);
+    for (int j = 0; j < r->n; j++) {
+        char *t = dt_tokenizer_decode(tok, &r->ids[j], 1);
+        size_t l = strlen(t);
+        assert_true(n + l < cap);
+        memcpy(s + n, t, l);
+        memset(*trained + n, j > 0 && r->labels[j - 1] != -100, l);
+        n += l;
+        free(t);
+    }
+    s[n] = 0;
+    return s;
+}
+
+static const char *const HEADERS[] = {"<|im_start|>", "<|start_header_id|>",
+                                      "<start_of_turn>", "[INST]", "<<SYS>>", NULL};
+
+/* For each model template, a chat row's tokens decode to exactly what the
+ * template renders, every byte of each trained assistant turn is trained,
+ * no user/system/masked-turn byte and no turn header is, and the
+ * end-of-turn token after each trained turn is trained. */
+static void test_dataset_renders_model_template_and_masks_assistant(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"smollm2", "llama3_1", "qwen3", "gemma3",
+                                        "llama2", "mistral", "chatml_generation", NULL};
+    char dir[] = "/tmp/test_chat_template.XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    for (size_t i = 0; i < sizeof CONVS / sizeof *CONVS; i++)
+        fprintf(f, "%s\n", CONVS[i]);
+    fclose(f);
+    dt_tokenizer *tok = smol_tokenizer();
+    for (int t = 0; names[t]; t++) {
+        use_template(tok, names[t]);
+        dt_dataset ds;
+        char err[DT_ERR_LEN], *report = NULL;
+        int rc = dt_dataset_load(path, tok, 4096, &ds, &report, err);
+        if (rc != DT_OK)
+            fail_msg("%s: %s", names[t], report ? report : err);
+        assert_int_equal(ds.nrows, 4);
+        for (int r = 0; r < ds.nrows; r++) {
+            json_t *row = json_loads(CONVS[r], 0, NULL);
+            const json_t *msgs = json_object_get(row, "messages");
+            int32_t tags[8];
+            for (size_t i = 0; i < json_array_size(msgs); i++)
+                tags[i] = (int32_t)i + 1;
+            json_t *vars = json_pack("{s:b,s:s,s:s}", "add_generation_prompt", 0,
+                                     "bos_token", "<|im_start|>", "eos_token", "<|im_end|>");
+            dt_chat_out want;
+            assert_int_equal(dt_chat_render(tok->chat_template, msgs, vars, tags, -1, &want,
+                                            err), DT_OK);
+            uint8_t *tr;
+            char *got = row_text(tok, &ds.rows[r], &tr);
+            if (strcmp(got, want.text) != 0)
+                fail_msg("%s row %d: tokens decode to\n%s\nrendered\n%s", names[t], r, got,
+                         want.text);
+            for (size_t k = 0; k < want.len; k++) {
+                int32_t m = want.tag[k];
+                const json_t *msg = m ? json_array_get(msgs, (size_t)m - 1) : NULL;
+                int asst = msg && !strcmp(json_string_value(json_object_get(msg, "role")),
+                                          "assistant");
+                int w = !json_is_integer(json_object_get(msg, "weight")) ||
+                        json_integer_value(json_object_get(msg, "weight")) != 0;
+                if (m && (asst && w) != tr[k])
+                    fail_msg("%s row %d: byte %zu of message %d (%s) trained=%d:\n%s",
+                             names[t], r, k, m - 1,
+                             json_string_value(json_object_get(msg, "role")), tr[k], got + k);
+            }
+            for (int h = 0; HEADERS[h]; h++)
+                for (const char *at = strstr(got, HEADERS[h]); at; at = strstr(at + 1, HEADERS[h]))
+                    for (size_t k = 0; k < strlen(HEADERS[h]); k++)
+                        if (want.tag[at - got + (long)k] == 0 && tr[at - got + (long)k])
+                            fail_msg("%s row %d: header %s trained", names[t], r, HEADERS[h]);
+            /* the end-of-turn marker after each trained turn is trained */
+            static const char *const ends[] = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>",
+                                               NULL};
+            for (size_t k = 0; k + 1 < want.len; k++) {
+                int32_t m = want.tag[k];
+                if (m <= 0 || want.tag[k + 1] == m || !tr[k])
+                    continue;
+                const char *after = want.text + k + 1;
+                while (*after == ' ')
+                    after++;
+                for (int e = 0; ends[e]; e++)
+                    if (!strncmp(after, ends[e], strlen(ends[e])) &&
+                        !tr[(size_t)(after - want.text) + strlen(ends[e]) - 1])
+                        fail_msg("%s row %d: %s after a trained turn is not trained",
+                                 names[t], r, ends[e]);
+            }
+            /* with {% generation %} blocks the loss is exactly those spans
+             * (less the masked turn's) */
+            for (size_t k = 0; k < want.len && want.ngen; k++) {
+                int in = 0;
+                for (int g = 0; g < want.ngen; g++)
+                    in |= k >= want.gen[g][0] && k < want.gen[g][1];
+                if (tr[k] && !in)
+                    fail_msg("%s row %d: byte %zu trained outside {%% generation %%}",
+                             names[t], r, k);
+                if (in && !tr[k] && !(r == 2 && strstr(want.text + k, "trained turn")))
+                    fail_msg("%s row %d: byte %zu in {%% generation %%} not trained",
+                             names[t], r, k);
+            }
+            /* Qwen 3 rebuilds the latest turn's reasoning block: trained
+             * whole, from "<think>" to its <|im_end|> */
+            const char *think = strstr(got, "<think>");
+            while (think && strstr(think + 1, "<think>"))
+                think = strstr(think + 1, "<think>");
+            if (think && !strcmp(names[t], "qwen3")) {
+                const char *end = strstr(think, "<|im_end|>") + strlen("<|im_end|>");
+                for (const char *q = think; q < end; q++)
+                    if (!tr[q - got])
+                        fail_msg("qwen3 row %d: byte %ld of the reasoning turn not trained",
+                                 r, (long)(q - got));
+            }
+            free(got);
+            free(tr);
+            dt_chat_out_free(&want);
+            json_decref(vars);
+            json_decref(row);
+        }
+        dt_dataset_free(&ds);
+    }
+    dt_tokenizer_free(tok);
+    remove(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -266,6 +449,7 @@ int main(void)
         cmocka_unit_test(test_content_tags_cover_content_only),
         cmocka_unit_test(test_errors_name_construct_and_position),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_dataset_renders_model_template_and_masks_assistant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
