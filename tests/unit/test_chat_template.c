@@ -6,8 +6,11 @@
  * own construct-by-construct template, what transformers'
  * apply_chat_template(tokenize=False) renders for a set of conversations, or
  * the message the template raises; each must match byte for byte. Then the
- * assistant spans, errors on unsupported constructs and the limits. About
- * 1 s. */
+ * {% generation %} spans (transformers' return_assistant_tokens_mask), the
+ * content provenance tags, errors on unsupported constructs, the limits,
+ * broken templates, and dataset rows rendered with each model's template and
+ * their assistant-only loss (SmolLM2's tokenizer from .cache, installed by
+ * make deps). About 3 s here (15 s under ASan). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -441,6 +444,58 @@ static void test_dataset_renders_model_template_and_masks_assistant(void **state
     rmdir(dir);
 }
 
+/* Broken templates: every prefix of every fixture template, and each with
+ * one byte changed at every position, renders or fails with DT_EINVAL and
+ * a message; never crashes, hangs or leaks (ASan runs this too). */
+static void test_truncated_and_mutated_templates_fail_cleanly(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"llama3_1", "qwen3", "gemma3", "llama2",
+                                        "mistral", "smollm2", "chatml_generation",
+                                        "features", NULL};
+    json_t *msgs = json_pack("[{s:s,s:s},{s:s,s:s}]", "role", "user", "content", "hi",
+                             "role", "assistant", "content", "yo");
+    json_t *vars = json_pack("{s:b,s:s,s:s}", "add_generation_prompt", 1, "bos_token",
+                             "<s>", "eos_token", "</s>");
+    static const char subst[] = "{}%#-'\"()[]|.x";
+    long ok = 0, refused = 0;
+    for (int t = 0; names[t]; t++) {
+        char path[256];
+        snprintf(path, sizeof path, FIX "%s.jinja", names[t]);
+        char *tmpl = slurp(path);
+        size_t n = strlen(tmpl);
+        char *buf = malloc(n + 1);
+        for (size_t k = 0; k <= n; k++) {
+            for (int mode = 0; mode < 2; mode++) {
+                memcpy(buf, tmpl, n + 1);
+                if (mode == 0)
+                    buf[k] = 0;
+                else if (k < n)
+                    buf[k] = subst[k % (sizeof subst - 1)];
+                else
+                    continue;
+                dt_chat_out out;
+                char err[DT_ERR_LEN];
+                int rc = dt_chat_render(buf, msgs, vars, NULL, FIXED_NOW, &out, err);
+                if (rc == DT_OK) {
+                    assert_non_null(out.text);
+                    ok++;
+                    dt_chat_out_free(&out);
+                } else {
+                    assert_int_equal(rc, DT_EINVAL);
+                    assert_true(strlen(err) > 0);
+                    refused++;
+                }
+            }
+        }
+        free(buf);
+        free(tmpl);
+    }
+    json_decref(msgs);
+    json_decref(vars);
+    assert_true(ok > 0 && refused > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -449,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_content_tags_cover_content_only),
         cmocka_unit_test(test_errors_name_construct_and_position),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_truncated_and_mutated_templates_fail_cleanly),
         cmocka_unit_test(test_dataset_renders_model_template_and_masks_assistant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
