@@ -314,6 +314,13 @@ total={{ ns.n }} roles={{ ns.roles|join(',') }} count={{ messages|length }} {{ n
 {%- for k, v in {'one': 1, 'two': 2}.items() %} {{ k }}={{ v }}{% endfor %}
 {% for m in messages if m.role != 'system' %}{{ loop.index }}{{ m.role[0] }} {% else %}empty{% endfor %}
 {% for m in [] %}x{% else %}empty-else{% endfor %}
+{% for i in range(3) %}[{{ y_unset }}]{% set y_unset = i %}{% endfor %}|{{ y_unset }}
+{% set x9 = 9 %}{% for i in range(3) %}[{{ x9 }}]{% set x9 = i %}{% endfor %}|{{ x9 }}
+{% if true %}{% set z1 = 1 %}{% endif %}{{ z1 }} {{ turn('a', 'b', sep=':') }}
+  {#- comment #}
+{{ [1, "a", none, true, 1.5, 'it\'s'] }} {{ {"a": 1} }} {{ 1e20 }} {{ 0.1 + 0.2 }} {{ 1/3 }} {{ 10/2 }} {{ 1e-7 }} {{ -0.0 }}
+{{ "abc" * 2 }} {{ -7 // 2 }} {{ -7 % 3 }} {{ "a" ~ [1] }} {{ 2 ** 10 }} {{ 1 < 2 < 3 }} {{ 3 > 2 > 5 }} {{ "b" > "a" }}
+{{ "x" if false }}|{{ messages[99] is defined }} {{ messages[0].nope is defined }} {{ (messages|first).role|capitalize }}
    {%+ if true %}kept-indent{% endif %}
   {%- raw %}{{ not rendered }}{% endraw %}
 {%- if add_generation_prompt %}
