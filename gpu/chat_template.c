@@ -53,6 +53,7 @@ typedef struct ctx {
     ablk *arena;
     size_t mem;
     int failed;
+    int code;  /* DT_EINVAL, or DT_ENOMEM when an allocation failed */
     char *err;
     long steps;
     int depth;
@@ -112,6 +113,7 @@ static void *amalloc(ctx *c, size_t n)
             if (!c->failed) {
                 c->failed = 1;
                 dt_errf(c->err, DT_ENOMEM, "chat template: out of memory");
+                c->code = DT_ENOMEM;
             }
             return NULL;
         }
@@ -790,11 +792,16 @@ static int accept_name(parser *p, const char *w)
     return 0;
 }
 
+/* Source text of a token for messages: at most 40 bytes, then "...". */
 static const char *tok_text(parser *p, const tok *t)
 {
-    char *s = amalloc(p->c, t->n + 1);
-    if (s)
-        memcpy(s, p->c->src + t->pos, t->n);
+    size_t n = t->n > 40 ? 40 : t->n;
+    char *s = amalloc(p->c, n + 4);
+    if (s) {
+        memcpy(s, p->c->src + t->pos, n);
+        if (n < t->n)
+            memcpy(s + n, "...", 3);
+    }
     return s ? s : "";
 }
 
@@ -2716,6 +2723,7 @@ static int out_add(ctx *c, const char *s, const int32_t *tag, size_t n)
             if (!c->failed) {
                 c->failed = 1;
                 dt_errf(c->err, DT_ENOMEM, "chat template: out of memory");
+                c->code = DT_ENOMEM;
             }
             return -1;
         }
@@ -3347,7 +3355,7 @@ done:
         free(c.gen);
         if (err && !err[0])
             dt_errf(err, DT_EINVAL, "chat template: rendering failed");
-        return strstr(err ? err : "", "out of memory") ? DT_ENOMEM : DT_EINVAL;
+        return c.code ? c.code : DT_EINVAL;
     }
     c.main.s[c.main.n] = 0;
     out->text = c.main.s;
