@@ -273,8 +273,17 @@ static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl
     if (eos)
         json_object_set_new(vars, "eos_token", json_string(eos));
     rc = dt_chat_render(tmpl, msgs, vars, tags, -1, &out, b->err);
-    if (rc != DT_OK)
+    if (rc != DT_OK) {
+        /* the template's own raise_exception text: say where it comes from */
+        if (strncmp(b->err, "chat template", 13) != 0) {
+            char m[DT_ERR_LEN - 16];
+            size_t l = strnlen(b->err, sizeof m - 1);
+            memcpy(m, b->err, l);
+            m[l] = 0;
+            snprintf(b->err, sizeof b->err, "chat template: %s", m);
+        }
         goto done;
+    }
     rc = DT_ENOMEM;
     size_t n = out.len;
     loss = calloc(n + 1, 1);
@@ -448,7 +457,8 @@ static int load_row(void *vctx, const json_t *obj, int shape, char *msg)
         return DT_ENOMEM;
     }
     if (rc != DT_OK)
-        return ds_fail(msg, "tokenizer: %s", b->err[0] ? b->err : dt_strerror(rc));
+        return ds_fail(msg, "%s%s", strncmp(b->err, "chat template", 13) ? "tokenizer: " : "",
+                       b->err[0] ? b->err : dt_strerror(rc));
 
     int n = b->n, truncated = n > c->seq_len + 1;
     if (truncated)

@@ -568,6 +568,36 @@ static void test_dataset_mask_matches_transformers_assistant_masks(void **state)
     assert_true(checked >= 5);
 }
 
+/* A row the model's template refuses (Gemma 3: roles must alternate) is a
+ * line problem naming the line and the template's own message. */
+static void test_dataset_reports_template_refusal_with_line(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_chat_template.XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    fprintf(f, "%s\n", CONVS[0]);
+    fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"a\"}, "
+               "{\"role\": \"user\", \"content\": \"b\"}, "
+               "{\"role\": \"assistant\", \"content\": \"c\"}]}\n");
+    fclose(f);
+    dt_tokenizer *tok = smol_tokenizer();
+    use_template(tok, "gemma3");
+    dt_dataset ds;
+    char err[DT_ERR_LEN], *report = NULL;
+    assert_int_equal(dt_dataset_load(path, tok, 4096, &ds, &report, err), DT_EINVAL);
+    char want[256];
+    snprintf(want, sizeof want, "%s:2: chat template: Conversation roles must alternate "
+             "user/assistant/user/assistant/...", path);
+    if (!report || strncmp(report, want, strlen(want)) != 0)
+        fail_msg("report '%s', want '%s'", report ? report : "(none)", want);
+    free(report);
+    dt_tokenizer_free(tok);
+    remove(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -579,6 +609,7 @@ int main(void)
         cmocka_unit_test(test_truncated_and_mutated_templates_fail_cleanly),
         cmocka_unit_test(test_dataset_renders_model_template_and_masks_assistant),
         cmocka_unit_test(test_dataset_mask_matches_transformers_assistant_masks),
+        cmocka_unit_test(test_dataset_reports_template_refusal_with_line),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
