@@ -339,6 +339,7 @@ enum { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FDIV, OP_MOD, OP_POW, OP_CAT,
 
 struct expr {
     int k, op, neg;
+    int h;            /* height of the tree below, for DT_CT_MAX_EXPR */
     size_t pos;
     val lit;
     const char *name; /* E_NAME, E_ATTR, E_FILTER, E_TEST */
@@ -564,7 +565,8 @@ typedef struct parser {
     ctx *c;
     tok *t;
     int n, i;
-    int depth;
+    int depth; /* unary / not chains */
+    int nest;  /* p_expr nesting */
 } parser;
 
 static int put_utf8(char *o, unsigned cp)
@@ -840,6 +842,33 @@ static expr *ex_new(parser *p, int k, size_t pos)
     return e;
 }
 
+/* Sets e's height from its children; NULL (failed) beyond DT_CT_MAX_EXPR,
+ * which bounds the evaluator's recursion on long chains like a+b+c+... */
+static expr *height(parser *p, expr *e)
+{
+    if (!e)
+        return NULL;
+    int h = 0;
+    const expr *ch[3] = {e->a, e->b, e->c};
+    for (int k = 0; k < 3; k++)
+        if (ch[k] && ch[k]->h > h)
+            h = ch[k]->h;
+    for (int k = 0; k < e->nargs; k++) {
+        if (e->args && e->args[k] && e->args[k]->h > h)
+            h = e->args[k]->h;
+        if (e->keys && e->keys[k] && e->keys[k]->h > h)
+            h = e->keys[k]->h;
+    }
+    if (e->k == E_SLICE && e->args[0] && e->args[0]->h > h)
+        h = e->args[0]->h;
+    e->h = h + 1;
+    if (e->h > DT_CT_MAX_EXPR) {
+        fail(p->c, e->pos, "expression deeper than %d levels", DT_CT_MAX_EXPR);
+        return NULL;
+    }
+    return e;
+}
+
 static expr *p_expr(parser *p);
 static expr *p_or(parser *p);
 
@@ -885,10 +914,6 @@ static expr *p_primary(parser *p)
 {
     tok *t = pk(p);
     expr *e;
-    if (++p->depth > DT_CT_MAX_DEPTH) {
-        fail(p->c, t->pos, "expression nested deeper than %d", DT_CT_MAX_DEPTH);
-        return NULL;
-    }
     switch (t->t) {
     case T_INT:
     case T_FLOAT:
@@ -1019,8 +1044,7 @@ static expr *p_primary(parser *p)
              t->t == T_END ? "" : "'");
         return NULL;
     }
-    p->depth--;
-    return e;
+    return height(p, e);
 }
 
 static expr *p_filters(parser *p, expr *e);
@@ -1044,7 +1068,8 @@ static expr *p_postfix(parser *p, expr *e)
             } else if (!(a->name = name_str(p))) {
                 return NULL;
             }
-            e = a;
+            if (!(e = height(p, a)))
+                return NULL;
         } else if (accept_op(p, "[")) {
             expr *x = ex_new(p, E_INDEX, t->pos), *parts[3] = {0};
             int k = 0, slice = 0;
@@ -1079,15 +1104,15 @@ static expr *p_postfix(parser *p, expr *e)
                 }
                 x->b = parts[0];
             }
-            e = x;
+            if (!(e = height(p, x)))
+                return NULL;
         } else if (accept_op(p, "(")) {
             expr *x = ex_new(p, E_CALL, t->pos);
             if (!x)
                 return NULL;
             x->a = e;
-            if (p_args(p, x))
+            if (p_args(p, x) || !(e = height(p, x)))
                 return NULL;
-            e = x;
         } else {
             return e;
         }
@@ -1100,8 +1125,8 @@ static expr *p_unary(parser *p)
     expr *e;
     if (accept_op(p, "-") || accept_op(p, "+")) {
         int neg = t->s[0] == '-';
-        if (++p->depth > DT_CT_MAX_DEPTH) {
-            fail(p->c, t->pos, "expression nested deeper than %d", DT_CT_MAX_DEPTH);
+        if (++p->depth > DT_CT_MAX_EXPR) {
+            fail(p->c, t->pos, "expression deeper than %d levels", DT_CT_MAX_EXPR);
             return NULL;
         }
         expr *x = p_unary(p);
@@ -1113,7 +1138,7 @@ static expr *p_unary(parser *p)
         if (!(e = ex_new(p, E_NEG, t->pos)))
             return NULL;
         e->a = x;
-        return p_filters(p, e);
+        return p_filters(p, height(p, e));
     }
     if (!(e = p_primary(p)) || !(e = p_postfix(p, e)))
         return NULL;
@@ -1130,9 +1155,8 @@ static expr *p_filters(parser *p, expr *e)
             if (!f || !(f->name = name_str(p)))
                 return NULL;
             f->a = e;
-            if (accept_op(p, "(") && p_args(p, f))
+            if ((accept_op(p, "(") && p_args(p, f)) || !(e = height(p, f)))
                 return NULL;
-            e = f;
         } else if (accept_name(p, "is")) {
             expr *f = ex_new(p, E_TEST, t->pos);
             if (!f)
@@ -1171,7 +1195,8 @@ static expr *p_filters(parser *p, expr *e)
                     f->nargs = 1;
                 }
             }
-            e = f;
+            if (!(e = height(p, f)))
+                return NULL;
         } else {
             return e;
         }
@@ -1186,7 +1211,7 @@ static expr *bin(parser *p, int k, int op, size_t pos, expr *a, expr *b)
     e->op = op;
     e->a = a;
     e->b = b;
-    return e;
+    return height(p, e);
 }
 
 static expr *p_pow(parser *p)
@@ -1272,15 +1297,15 @@ static expr *p_not(parser *p)
 {
     tok *t = pk(p);
     if (accept_name(p, "not")) {
-        if (++p->depth > DT_CT_MAX_DEPTH) {
-            fail(p->c, t->pos, "expression nested deeper than %d", DT_CT_MAX_DEPTH);
+        if (++p->depth > DT_CT_MAX_EXPR) {
+            fail(p->c, t->pos, "expression deeper than %d levels", DT_CT_MAX_EXPR);
             return NULL;
         }
         expr *e = ex_new(p, E_NOT, t->pos);
         if (!e || !(e->a = p_not(p)))
             return NULL;
         p->depth--;
-        return e;
+        return height(p, e);
     }
     return p_cmp(p);
 }
@@ -1308,7 +1333,22 @@ static expr *p_or(parser *p)
 }
 
 /* a if cond else b (else optional: undefined) */
+static expr *p_cond(parser *p);
+
+/* Every bracketed or argument expression comes through here: the nesting
+ * limit bounds the parser's recursion. */
 static expr *p_expr(parser *p)
+{
+    if (++p->nest > DT_CT_MAX_NEST) {
+        fail(p->c, pk(p)->pos, "expression nested deeper than %d", DT_CT_MAX_NEST);
+        return NULL;
+    }
+    expr *e = p_cond(p);
+    p->nest--;
+    return e;
+}
+
+static expr *p_cond(parser *p)
 {
     expr *e = p_or(p);
     while (e && is_name(pk(p), "if")) {
@@ -1320,7 +1360,8 @@ static expr *p_expr(parser *p)
         x->a = e;
         if (accept_name(p, "else") && !(x->c = p_expr(p)))
             return NULL;
-        e = x;
+        if (!(e = height(p, x)))
+            return NULL;
     }
     return e;
 }
@@ -1378,8 +1419,8 @@ static int parse_block(sparser *sp, parser *p, node **out)
         return -1;
     }
     p->i++;
-    if (++sp->depth > DT_CT_MAX_DEPTH) {
-        fail(c, pos, "statements nested deeper than %d", DT_CT_MAX_DEPTH);
+    if (++sp->depth > DT_CT_MAX_NEST) {
+        fail(c, pos, "statements nested deeper than %d", DT_CT_MAX_NEST);
         return -1;
     }
     if (is_name(kw, "if")) {
@@ -2767,8 +2808,8 @@ static val capture(ctx *c, frame *f, const node *body)
 static val call_macro(ctx *c, const node *m, const val *av, const char **kw, int n,
                       size_t pos)
 {
-    if (c->depth >= DT_CT_MAX_DEPTH) {
-        fail(c, pos, "macro calls nested deeper than %d", DT_CT_MAX_DEPTH);
+    if (c->depth >= DT_CT_MAX_NEST) {
+        fail(c, pos, "macro calls nested deeper than %d", DT_CT_MAX_NEST);
         return mk_undef(NULL);
     }
     frame f = {.parent = c->root, .vars = dict_new(c)};

@@ -22,8 +22,9 @@
  * iterable sequence true false even odd equalto (eq, ==) ne (!=) lt gt in.
  * Anything else is an error naming the construct and its line and column.
  *
- * Limits keep hostile templates finite: output size, loop iterations, call
- * and expression nesting depth, memory (DT_CT_MAX_*).
+ * Limits keep hostile templates finite: output size, loop iterations, call,
+ * statement and expression nesting (so the C stack stays bounded), memory
+ * (DT_CT_MAX_*).
  *
  * Provenance: every output byte carries a tag, the tag of the message whose
  * "content" (or "reasoning_content") it was copied from, through
@@ -39,7 +40,9 @@
 #define DT_CT_MAX_OUTPUT (16u << 20)  /* rendered bytes */
 #define DT_CT_MAX_MEMORY (256u << 20) /* bytes held by values while rendering */
 #define DT_CT_MAX_STEPS 1000000L      /* loop iterations, all loops together */
-#define DT_CT_MAX_DEPTH 64            /* nested calls / statement nesting */
+#define DT_CT_MAX_DEPTH 64            /* nesting of values (lists, dicts) */
+#define DT_CT_MAX_NEST 32             /* nested statements, macro calls, brackets */
+#define DT_CT_MAX_EXPR 128            /* height of one expression's tree */
 
 typedef struct dt_chat_out {
     char *text;          /* rendered text, NUL-terminated; malloc'd */

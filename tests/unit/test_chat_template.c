@@ -265,6 +265,40 @@ static void test_limits(void **state)
         deep[k++] = ')';
     snprintf(deep + k, sizeof deep - k, " }}");
     expect_error(deep, "nested deeper");
+    /* left-deep chains the parser builds in a loop: bounded height */
+    static char chain[65536];
+    k = (size_t)snprintf(chain, sizeof chain, "{{ 1");
+    for (int i = 0; i < 5000; i++)
+        k += (size_t)snprintf(chain + k, sizeof chain - k, " + 1");
+    snprintf(chain + k, sizeof chain - k, " }}");
+    expect_error(chain, "deeper than 128 levels");
+    k = (size_t)snprintf(chain, sizeof chain, "{{ x");
+    for (int i = 0; i < 5000; i++)
+        k += (size_t)snprintf(chain + k, sizeof chain - k, "|trim");
+    snprintf(chain + k, sizeof chain - k, " }}");
+    expect_error(chain, "deeper than 128 levels");
+    k = (size_t)snprintf(chain, sizeof chain, "{{ ");
+    for (int i = 0; i < 5000; i++)
+        k += (size_t)snprintf(chain + k, sizeof chain - k, "range(");
+    k += (size_t)snprintf(chain + k, sizeof chain - k, "1");
+    for (int i = 0; i < 5000; i++)
+        chain[k++] = ')';
+    snprintf(chain + k, sizeof chain - k, " }}");
+    expect_error(chain, "nested deeper than 32");
+    k = 0;
+    for (int i = 0; i < 2000; i++)
+        k += (size_t)snprintf(chain + k, sizeof chain - k, "{%% if true %%}");
+    expect_error(chain, "statements nested deeper than 32");
+    /* what real templates need still renders */
+    json_t *msgs = json_pack("[{s:s,s:s}]", "role", "user", "content", "hi");
+    dt_chat_out out;
+    char err[DT_ERR_LEN];
+    assert_int_equal(dt_chat_render("{{ 'a' + 'b' + 'c' + 'd' + messages[0]['content']|trim|upper"
+                                    " ~ (1 + (2 * (3 - (4 // 2)))) }}",
+                                    msgs, NULL, NULL, FIXED_NOW, &out, err), DT_OK);
+    assert_string_equal(out.text, "abcdHI3");
+    dt_chat_out_free(&out);
+    json_decref(msgs);
 }
 
 
