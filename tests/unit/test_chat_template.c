@@ -632,6 +632,51 @@ static void test_dataset_reports_template_refusal_with_line(void **state)
     rmdir(dir);
 }
 
+/* A model directory's chat_template.jinja (what transformers now saves) is
+ * the template, ahead of tokenizer_config.json's "chat_template"; without
+ * it, the config's (string or [{"name": "default", ...}] list) is. */
+static void test_model_dir_chat_template_jinja_wins(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/test_chat_template.XXXXXX", p[256], cwd[1024];
+    assert_non_null(mkdtemp(dir));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    static const char *const links[] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        char src[1400];
+        snprintf(src, sizeof src, "%s/.cache/gpt2-tokenizer/%s", cwd, links[i]);
+        snprintf(p, sizeof p, "%s/%s", dir, links[i]);
+        assert_int_equal(symlink(src, p), 0);
+    }
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    FILE *f = fopen(p, "w");
+    fprintf(f, "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, "
+               "{\"name\": \"default\", \"template\": \"{{ 'from config' }}\"}]}");
+    fclose(f);
+    char err[DT_ERR_LEN];
+    dt_tokenizer *tok = dt_tokenizer_load_dir(dir, err);
+    if (!tok)
+        fail_msg("%s", err);
+    assert_string_equal(dt_tokenizer_chat_template(tok), "{{ 'from config' }}");
+    dt_tokenizer_free(tok);
+    snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
+    f = fopen(p, "w");
+    fprintf(f, "{{ 'from jinja file' }}\n");
+    fclose(f);
+    tok = dt_tokenizer_load_dir(dir, err);
+    if (!tok)
+        fail_msg("%s", err);
+    assert_string_equal(dt_tokenizer_chat_template(tok), "{{ 'from jinja file' }}\n");
+    dt_tokenizer_free(tok);
+    static const char *const names[] = {"vocab.json", "merges.txt", "tokenizer_config.json",
+                                        "chat_template.jinja"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, names[i]);
+        remove(p);
+    }
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -644,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_dataset_renders_model_template_and_masks_assistant),
         cmocka_unit_test(test_dataset_mask_matches_transformers_assistant_masks),
         cmocka_unit_test(test_dataset_reports_template_refusal_with_line),
+        cmocka_unit_test(test_model_dir_chat_template_jinja_wins),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
