@@ -49,6 +49,7 @@ BASE_LIB := $(BUILD)/libdtbase.a
 # ---- the engine (gpu/) --------------------------------------------------
 ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/dataset_check.c \
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
+              gpu/chat_template.c \
               gpu/model.c gpu/model_pass.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
@@ -129,7 +130,7 @@ WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
 WORKER     := $(BUILD)/deltatune-worker
 
 # ---- tests --------------------------------------------------------------------
-TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
+TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_template \
               test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
@@ -140,7 +141,7 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 
 # The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
 # machine without our Debian -dev packages can build (scripts/gpu-check).
-ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer \
+ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_template \
                 test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 

@@ -17,7 +17,10 @@
  *   prompt/     [BOS] encode(prompt) encode(completion) [EOS]; prompt and
  *   completion  completion are tokenized separately and concatenated, so the
  *               boundary is exact; loss on completion tokens and the EOS.
- *   messages    ChatML when the tokenizer has both <|im_start|> and
+ *   messages    The model's own chat_template (tokenizer_config.json or
+ *               GGUF tokenizer.chat_template) when it has one: see
+ *               render_chat_template below for the rendering and the loss.
+ *               Without one, ChatML when the tokenizer has both <|im_start|> and
  *               <|im_end|>: [BOS] then per message
  *                 <|im_start|> "{role}\n" "{content}" <|im_end|> "\n"
  *               with loss on assistant content and its <|im_end|>.
@@ -54,6 +57,8 @@
  * Each bad line contributes its first problem to the report, as
  * "PATH:LINE: field \"messages\"[2].role: must be one of ...". */
 #include "dataset_impl.h"
+
+#include "chat_template.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -197,6 +202,216 @@ static int b_token(builder *b, int32_t id, int loss)
     return rc ? rc : b_push(b, id, loss);
 }
 
+/* ---------------------------------------------------------------------------
+ * Chat rows in the model's own chat_template (gpu/chat_template.c renders it
+ * as transformers' apply_chat_template(tokenize=False) does, with
+ * add_generation_prompt false and the tokenizer's BOS/EOS strings as
+ * bos_token/eos_token; the template writes the BOS itself, so none is
+ * added here).
+ *
+ * Loss: with {% generation %} blocks in the template, exactly those spans
+ * (transformers' return_assistant_tokens_mask); a span holding a masked
+ * ("weight": 0) turn's text is not trained. Without them (the usual case),
+ * the renderer tags every byte copied from a message's content, through
+ * the template's concatenation, slicing, strip/trim and split, and the loss
+ * span of a trained assistant message runs from its first to its last
+ * tagged byte (so a Qwen 3 "<think>...</think>" block the template rebuilds
+ * from the content is trained whole), widened back over the spaces the
+ * template puts right before it (Llama 2 / Mistral's " " + content, so the
+ * text tokenizes as " word" does at inference) and over a "<think>\n" or
+ * empty "<think>\n\n</think>\n\n" opener the template writes right before
+ * it (Qwen 3's latest turn: what the model generates after the header), and
+ * forward over spaces and
+ * the end-of-turn marker that follows (the tokenizer's EOS, <|im_end|>,
+ * <|eot_id|>, <|eom_id|>, <end_of_turn>, <|end|>, </s>, <|endoftext|>),
+ * which the model must learn to emit. Header text and user/system content are never trained.
+ *
+ * Tokens: the rendered text is encoded in segments of equal loss (a trained
+ * span on its own, as for prompt/completion, for an exact boundary);
+ * control-token strings are recognised in template text, and in content only
+ * when that content has none (checked by encoding it both ways), so a
+ * message mentioning "<|im_end|>" cannot end its own turn. */
+
+static const char *const end_markers[] = {"<|im_end|>", "<|eot_id|>",
+    "<|eom_id|>", "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", NULL};
+
+static char *token_text(const dt_tokenizer *tok, int32_t id)
+{
+    return id >= 0 ? dt_tokenizer_decode(tok, &id, 1) : NULL;
+}
+
+/* Bytes of the end-of-turn marker at s (after optional spaces), or 0. */
+static size_t end_marker_at(const char *eos, const char *s, size_t n)
+{
+    size_t sp = 0;
+    while (sp < n && s[sp] == ' ')
+        sp++;
+    if (eos && eos[0] && n - sp >= strlen(eos) && !memcmp(s + sp, eos, strlen(eos)))
+        return sp + strlen(eos);
+    for (int k = 0; end_markers[k]; k++) {
+        size_t l = strlen(end_markers[k]);
+        if (n - sp >= l && !memcmp(s + sp, end_markers[k], l))
+            return sp + l;
+    }
+    return 0;
+}
+
+/* Widens a span start back over the reasoning block opener a template puts
+ * right before the turn's text (Qwen 3: "<think>\n" before the reasoning,
+ * or the empty "<think>\n\n</think>\n\n" before the answer). */
+static size_t think_start(const dt_chat_out *o, size_t a)
+{
+    static const char *const openers[] = {"<think>\n\n</think>\n\n", "<think>\n",
+                                          NULL};
+    for (int k = 0; openers[k]; k++) {
+        size_t l = strlen(openers[k]), j;
+        if (a < l || memcmp(o->text + a - l, openers[k], l) != 0)
+            continue;
+        for (j = a - l; j < a && o->tag[j] == 0; j++)
+            ;
+        if (j == a)
+            return a - l;
+    }
+    return a;
+}
+
+/* Does encoding s with and without special-token matching differ? */
+static int has_specials(builder *b, const char *s, size_t len, int *out)
+{
+    int32_t *x = NULL, *y = NULL;
+    int nx = 0, ny = 0;
+    int rc = dt_tokenizer_encode(b->tok, s, len, 1, &x, &nx, b->err);
+    if (rc == DT_OK)
+        rc = dt_tokenizer_encode(b->tok, s, len, 0, &y, &ny, b->err);
+    *out = rc == DT_OK && (nx != ny || memcmp(x, y, (size_t)nx * sizeof *x) != 0);
+    free(x);
+    free(y);
+    return rc;
+}
+
+static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl)
+{
+    const dt_tokenizer *tok = b->tok;
+    size_t nm = json_array_size(msgs);
+    int32_t *tags = malloc((nm ? nm : 1) * sizeof *tags);
+    char *bos = token_text(tok, dt_tokenizer_bos(tok));
+    char *eos = token_text(tok, dt_tokenizer_eos(tok));
+    json_t *vars = json_object();
+    dt_chat_out out = {0};
+    uint8_t *loss = NULL, *plain = NULL;
+    int rc = DT_ENOMEM;
+    if (!tags || !vars || (dt_tokenizer_bos(tok) >= 0 && !bos) ||
+        (dt_tokenizer_eos(tok) >= 0 && !eos))
+        goto done;
+    for (size_t i = 0; i < nm; i++) {
+        const json_t *m = json_array_get(msgs, i);
+        int trained = ds_role_of(json_string_value(json_object_get(m, "role"))) ==
+                      ROLE_ASSISTANT && ds_message_weight(m);
+        tags[i] = trained ? (int32_t)i + 1 : -(int32_t)i - 1;
+    }
+    json_object_set_new(vars, "add_generation_prompt", json_false());
+    if (bos)
+        json_object_set_new(vars, "bos_token", json_string(bos));
+    if (eos)
+        json_object_set_new(vars, "eos_token", json_string(eos));
+    rc = dt_chat_render(tmpl, msgs, vars, tags, -1, &out, b->err);
+    if (rc != DT_OK) {
+        /* the template's own raise_exception text: say where it comes from */
+        if (strncmp(b->err, "chat template", 13) != 0) {
+            char m[DT_ERR_LEN - 16];
+            size_t l = strnlen(b->err, sizeof m - 1);
+            memcpy(m, b->err, l);
+            m[l] = 0;
+            snprintf(b->err, sizeof b->err, "chat template: %s", m);
+        }
+        goto done;
+    }
+    rc = DT_ENOMEM;
+    size_t n = out.len;
+    loss = calloc(n + 1, 1);
+    plain = calloc(n + 1, 1); /* 1: content whose special strings stay text */
+    if (!loss || !plain)
+        goto done;
+    if (out.ngen > 0) {
+        for (int g = 0; g < out.ngen; g++) {
+            int masked = 0;
+            for (size_t k = out.gen[g][0]; k < out.gen[g][1]; k++) {
+                int32_t t = out.tag[k];
+                masked |= t < 0 && ds_role_of(json_string_value(json_object_get(
+                               json_array_get(msgs, (size_t)(-t - 1)), "role"))) ==
+                                   ROLE_ASSISTANT;
+            }
+            for (size_t k = out.gen[g][0]; !masked && k < out.gen[g][1]; k++)
+                loss[k] = 1;
+        }
+    } else {
+        for (size_t i = 0; i < nm; i++) {
+            if (tags[i] <= 0)
+                continue;
+            size_t a = n, z = 0;
+            for (size_t k = 0; k < n; k++)
+                if (out.tag[k] == tags[i]) {
+                    if (a == n)
+                        a = k;
+                    z = k + 1;
+                }
+            if (a == n)
+                continue; /* the template did not render this turn */
+            while (a > 0 && out.text[a - 1] == ' ' && out.tag[a - 1] == 0)
+                a--;
+            a = think_start(&out, a);
+            z += end_marker_at(eos, out.text + z, n - z);
+            memset(loss + a, 1, z - a);
+        }
+    }
+    /* content runs holding special-token strings are encoded as text; only
+     * the text the row can keep is looked at (every token covers at most
+     * maxb bytes, so bytes past (limit + 1) * maxb are never tokenized) */
+    size_t bound = n;
+    if (b->maxb > 0 && ((size_t)b->limit + 1) * b->maxb < bound)
+        bound = ((size_t)b->limit + 1) * b->maxb;
+    for (size_t k = 0; k < bound;) {
+        size_t e = k + 1;
+        while (e < n && out.tag[e] == out.tag[k])
+            e++;
+        if (out.tag[k] != 0) {
+            int sp;
+            if ((rc = has_specials(b, out.text + k, (e < bound ? e : bound) - k, &sp)))
+                goto done;
+            if (sp)
+                memset(plain + k, 1, e - k);
+        }
+        k = e;
+    }
+    rc = DT_OK;
+    for (size_t k = 0; k < n && rc == DT_OK;) {
+        size_t e = k + 1;
+        while (e < n && loss[e] == loss[k] && plain[e] == plain[k])
+            e++;
+        int allow = !plain[k];
+        if (allow != b->allow_special) {
+            if ((rc = b_flush(b)))
+                break;
+            b->allow_special = allow;
+        }
+        rc = b_text(b, out.text + k, e - k, loss[k]);
+        k = e;
+    }
+    if (rc == DT_OK)
+        rc = b_flush(b);
+done:
+    if (rc == DT_ENOMEM && !b->err[0])
+        snprintf(b->err, sizeof b->err, "out of memory");
+    free(tags);
+    free(bos);
+    free(eos);
+    free(loss);
+    free(plain);
+    json_decref(vars);
+    dt_chat_out_free(&out);
+    return rc;
+}
+
 static int render_chat(builder *b, const json_t *msgs)
 {
     const dt_tokenizer *tok = b->tok;
@@ -251,6 +466,9 @@ static int render_row(builder *b, const json_t *obj, int shape)
                 return rc;
         return DT_OK;
     }
+    if (shape == SHAPE_CHAT && dt_tokenizer_chat_template(tok))
+        return render_chat_template(b, json_object_get(obj, "messages"),
+                                    dt_tokenizer_chat_template(tok));
     if (bos >= 0 && bos != eos && (rc = b_push(b, bos, 0)))
         return rc;
     switch (shape) {
@@ -287,7 +505,8 @@ static int load_row(void *vctx, const json_t *obj, int shape, char *msg)
         return DT_ENOMEM;
     }
     if (rc != DT_OK)
-        return ds_fail(msg, "tokenizer: %s", b->err[0] ? b->err : dt_strerror(rc));
+        return ds_fail(msg, "%s%s", strncmp(b->err, "chat template", 13) ? "tokenizer: " : "",
+                       b->err[0] ? b->err : dt_strerror(rc));
 
     int n = b->n, truncated = b->cut || n > c->seq_len + 1;
     if (truncated)

@@ -6,7 +6,9 @@
  *   {"messages": [{"role","content"}...]}   loss on assistant turns
  *   {"input_ids": [...], "labels": [...]}   pre-tokenized; labels optional,
  *                                           -100 = masked
- * Chat rows use ChatML (<|im_start|>role\ncontent<|im_end|>\n) when the
+ * Chat rows use the model's own chat_template when the tokenizer has one
+ * (gpu/chat_template.c; loss on the assistant turns, see dataset.c); else
+ * ChatML (<|im_start|>role\ncontent<|im_end|>\n) when the
  * tokenizer has <|im_start|>; otherwise the plain template
  * "### {Role}:\n{content}\n\n" with the EOS token after each assistant turn.
  *

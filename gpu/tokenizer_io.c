@@ -265,6 +265,17 @@ static int dir_config(dt_tokenizer *t, const char *dir, char *err)
             rc = dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
         json_decref(j);
     }
+    /* transformers saves a single template as chat_template.jinja and
+     * prefers it to tokenizer_config.json's "chat_template" */
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    if (rc == DT_OK && exists(path)) {
+        char *tpl;
+        size_t len;
+        if ((rc = dt_read_file(path, &tpl, &len, err)) == DT_OK) {
+            free(t->chat_template);
+            t->chat_template = tpl;
+        }
+    }
     int32_t eot = dt_tok__find(t, "<|endoftext|>", 13);
     if (t->bos < 0) t->bos = eot;
     if (t->eos < 0) t->eos = eot;

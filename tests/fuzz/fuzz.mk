@@ -13,7 +13,7 @@
 
 FUZZ_CC      ?= clang
 FUZZ_DIR     := $(BUILD)/fuzz
-FUZZ_TARGETS ?= json multipart jsonl safetensors gguf tokenizer query
+FUZZ_TARGETS ?= json multipart jsonl safetensors gguf tokenizer query chat_template
 FUZZ_SECONDS ?= 300
 FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                 -fno-omit-frame-pointer
@@ -27,6 +27,7 @@ FUZZ_LDFLAGS := -fsanitize=fuzzer $(FUZZ_SAN)
 
 FUZZ_ENGINE_SRC := $(BASE_SRC) gpu/half.c gpu/tensorfile.c gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c \
                    gpu/dataset.c gpu/dataset_check.c
+FUZZ_ENGINE_SRC += gpu/chat_template.c
 FUZZ_ENGINE_OBJ := $(FUZZ_ENGINE_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_API_OBJ    := $(API_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_SERVER_OBJ := $(filter-out $(FUZZ_DIR)/obj/server/main.o,$(SERVER_SRC:%.c=$(FUZZ_DIR)/obj/%.o)) \
@@ -48,7 +49,7 @@ $(FUZZ_DIR)/libapi.a: $(FUZZ_API_OBJ)
 	rm -f $@; ar rcs $@ $^
 
 # Files: the input through a memfd or a temp directory.
-FUZZ_FILE_TARGETS := jsonl safetensors gguf tokenizer
+FUZZ_FILE_TARGETS := jsonl safetensors gguf tokenizer chat_template
 $(FUZZ_FILE_TARGETS:%=$(FUZZ_DIR)/fuzz_%): $(FUZZ_DIR)/fuzz_%: \
     $(FUZZ_DIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_DIR)/libengine.a
 	$(FUZZ_CC) $(FUZZ_LDFLAGS) $^ -o $@ -ljansson -lm -lpthread

@@ -260,6 +260,11 @@ put("gguf", "unsupported_type.gguf", gguf(kvs[:1], [("k", [256], 12, b"\0" * 144
 fixture("gguf", "quant.gguf", "tests/fixtures/tensorfile/quant.gguf")
 fixture("gguf", "tiny_llama.gguf", "tests/fixtures/tensorfile/tiny_llama.gguf")
 
+# ---- chat_template: the model templates of tests/fixtures/chat/ ---------------
+for _name in ("llama3_1", "llama3_1_official", "qwen3", "gemma3", "llama2", "mistral",
+              "smollm2", "chatml_generation", "features"):
+    fixture("chat_template", _name + ".jinja", "tests/fixtures/chat/%s.jinja" % _name)
+
 # ---- tokenizer: selector byte + parts split by "\n@@\n" --------------------------------
 SEP = b"\n@@\n"
 vocab = {"a": 0, "b": 1, "ab": 2, "\u0120": 3, "\u0120a": 4, "<|endoftext|>": 5}
