@@ -38,12 +38,18 @@ typedef struct wk_run {
     int (*on_checkpoint)(void *ud, int step, const char *dir);
     void *ud;
     atomic_int *stop;        /* set from other threads: stop after this step */
+    long long memory_limit;  /* bytes a run may take (0: none): a job whose
+                                estimate exceeds it is refused before loading */
 } wk_run;
 
 /* Trains the job in this thread: dt_train with resume on, so a job claimed
  * again continues from its newest complete checkpoint. Returns 0 (the merged
  * model is in out_dir/merged) or a DT_E* code with detail in err. */
 int wk_train(const wk_run *r, char *err);
+
+/* The default --memory-limit: 80 % of MemAvailable for the CPU, 80 % of
+ * the device's memory for CUDA (0 when unknown: no limit). */
+long long wk_default_memory_limit(const char *device);
 
 /* Newest complete checkpoint step under out_dir, or 0. */
 int wk_ckpt_latest(const char *out_dir);
