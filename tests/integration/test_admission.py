@@ -6,7 +6,7 @@ answering 400 for a job no registered worker could hold.
 
     BUILD=build python3 -m unittest tests.integration.test_admission -v
 
-About 40 s on the 2-core machine (stack start included).
+About 70 s on the shared 2-core machine (stack start included).
 """
 import json
 import os
@@ -70,7 +70,7 @@ class Estimate(StackTest):
     def test_estimate_matches_measured_cpu_peak(self):
         """deltatune train --estimate within 15 % of the peak RSS of the same
         run on the CPU: the tiny GPT-2 (lora, full) and SmolLM2-135M (lora,
-        delta_lora) when its GGUF is present. About 15 s."""
+        delta_lora) when its GGUF is present. About 40 s on the shared machine."""
         cases = [(TINY, "short", "--method", "lora", "--batch-size", "4", "--seq-len", "256"),
                  (TINY, "long", "--method", "full", "--batch-size", "8", "--seq-len", "256")]
         if os.path.exists(SMOL):
@@ -102,7 +102,7 @@ class Estimate(StackTest):
     def test_activations_sized_by_longest_row(self):
         """batch 32 on rows of 18 tokens allocates the same with seq_len 32,
         256 (before: 8x the activations of seq_len 32) and 1024 (more than
-        the model's 256 positions: before, refused outright). About 4 s."""
+        the model's 256 positions: before, refused outright). About 9 s."""
         with tempfile.TemporaryDirectory() as tmp:
             data = write(tmp, "short.jsonl", SHORT_ROWS)
             peaks = {}
@@ -128,7 +128,7 @@ class Admission(StackTest):
         small one: the job ends failed naming the bytes, the limit and the
         settings to lower, once (no re-claim), the worker lives on and trains
         the next small job; with that worker registered, the server answers
-        400 for a job no worker could hold. About 20 s."""
+        400 for a job no worker could hold. About 5 s."""
         s = self.s
         with tempfile.TemporaryDirectory() as tmp:
             lp = write(tmp, "long.jsonl", LONG_ROWS)
