@@ -333,6 +333,13 @@ int dt_train(const dt_train_opts *o_in, char *err)
     }
     if ((rc = dt_weights_load(o.model, &w, err)))
         goto fail;
+    /* seq_len is the contract, whatever the rows: a GPT-2 has no positions
+     * beyond its table. */
+    if (w.cfg.arch == DT_ARCH_GPT2 && o.seq_len > w.cfg.max_pos) {
+        rc = dt_errf(err, DT_EINVAL, "--seq-len %d exceeds the model's %d positions",
+                     o.seq_len, w.cfg.max_pos);
+        goto fail;
+    }
 
     dt_lora_opts lo = {o.method, o.rank, o.alpha, 0};
     if (o.init_adapter && o.method != DT_FULL) {
