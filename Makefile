@@ -96,7 +96,8 @@ PG_INC   ?= $(shell pg_config --includedir 2>/dev/null || echo /usr/include/post
 API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
             api/validate.c api/db_pool.c api/db_sql.c api/db_keys.c api/db_files.c \
             api/db_models.c api/db_idem.c api/db_workers.c api/db_jobs.c \
-            api/db_events.c api/db_checkpoints.c api/queue.c api/sched.c
+            api/db_events.c api/db_checkpoints.c api/queue.c api/sched.c \
+            api/db_owners.c
 API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB  := $(BUILD)/libdtapi.a
 SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
@@ -106,7 +107,8 @@ CFLAGS   += -I$(PG_INC)
 SERVER_SRC := server/main.c server/http.c server/route.c server/routes.c \
               server/httputil.c server/files.c server/jobs.c server/models.c server/ops.c \
               server/ratelimit.c server/static.c server/sse.c server/jsonw.c \
-              server/results.c
+              server/results.c \
+              server/usage.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o \
               $(BUILD)/server/static_files.o
 SERVER     := $(BUILD)/deltatune-server
@@ -128,7 +130,7 @@ WORKER     := $(BUILD)/deltatune-worker
 
 # ---- tests --------------------------------------------------------------------
 TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer \
-              test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
+              test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
 TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
@@ -139,7 +141,7 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 # The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
 # machine without our Debian -dev packages can build (scripts/gpu-check).
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer \
-                test_dataset test_model_ref test_train test_gpu_ops test_gpu_train
+                test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 
 $(BUILD)/%.o: %.c
@@ -268,7 +270,8 @@ test: deps
 	@BUILD=$(BUILD) scripts/test-all
 
 # The cmocka unit tests alone.
-test-unit: all
+test-unit: deps
+	@$(MAKE) --no-print-directory all
 	@scripts/check-layout $(BUILD)
 	@scripts/run-tests $(BUILD) $(TEST_NAMES)
 
@@ -288,24 +291,26 @@ test-fault: deps
 
 # Valgrind (tests/leak/): server and worker under valgrind over a full job
 # lifecycle; no definite/indirect leak, no memory error (about a minute).
-test-valgrind: all
+test-valgrind: deps
+	@$(MAKE) --no-print-directory all
 	@tests/leak/setup
 	@BUILD=$(BUILD) python3 -m unittest discover -s tests/leak -p 'test_*.py' -v
 
 ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-asan:
+asan: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 SAN="$(ASAN_SAN)" all
 	@ASAN_OPTIONS=detect_leaks=1 scripts/run-tests build-asan $(TEST_NAMES)
 
 # The HTTP integration suite against server, worker and CLI built with
 # ASan + UBSan; any sanitizer report fails it (tests/asan/run-integration).
-test-asan-integration:
+test-asan-integration: deps
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 SAN="$(ASAN_SAN)" all
 	@tests/asan/run-integration build-asan
 
 # The official openai SDKs (Python in .venv-client, Node in tests/client/node)
 # against a real stack: tests/client/setup installs them (pinned, idempotent).
-test-client: all
+test-client: deps
+	@$(MAKE) --no-print-directory all
 	@tests/client/setup
 	@scripts/make-venv
 	@BUILD=$(BUILD) .venv-client/bin/python -m unittest discover -s tests/client -p 'test_*.py' -v
@@ -314,14 +319,16 @@ test-client: all
 # Playwright for Python (.venv-browser; tests/browser/setup installs both,
 # pinned, idempotent; no browser download), and the server side of it
 # (static files, the event stream). Screenshots: $(BUILD)/browser-artifacts/.
-test-browser: $(SERVER) $(WORKER) $(CLI)
+test-browser: deps
+	@$(MAKE) --no-print-directory $(SERVER) $(WORKER) $(CLI)
 	@tests/browser/setup
 	@BUILD=$(BUILD) .venv-browser/bin/python -m unittest discover -s tests/browser -p 'test_*.py' -v
 
 # Schemathesis (.venv-schema; tests/schema/setup, pinned, idempotent) against
 # GET /v1/openapi.json of a real stack: every operation, then the stateful
 # phase over the contract's links; JUnit XML parsed by tests/schema/.
-test-schema: all
+test-schema: deps
+	@$(MAKE) --no-print-directory all
 	@tests/schema/setup
 	@BUILD=$(BUILD) .venv-schema/bin/python -m unittest discover -s tests/schema -p 'test_*.py' -v
 
@@ -340,7 +347,7 @@ check-layout: all
 # op and training tests against the CPU backend in two thread orders, the op
 # test under ASan + UBSan, and out-of-memory injection. A few minutes.
 EMU_TESTS := test_gpu_ops test_gpu_train
-test-cuda-emu:
+test-cuda-emu: deps
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA_EMU=1 \
 	  $(EMU_TESTS:%=build-emu/tests/%) build-emu/deltatune-train \
 	  build-emu/tests/cuda-emu/test_emu build-emu/deltatune build-emu/deltatune-server \
@@ -359,7 +366,8 @@ fixtures:
 	@.venv/bin/python tests/reference/make_tokenizer_fixtures.py
 	@.venv/bin/python tests/reference/make_tensorfile_fixtures.py
 
-check-exports: all
+check-exports: deps
+	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/check-exports
 
 bench: all

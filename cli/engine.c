@@ -40,8 +40,10 @@ static const char train_usage[] =
 "  --rank R                LoRA rank r (default 8)\n"
 "  --alpha A               LoRA alpha; scaling is alpha/r (default 16)\n"
 "  --lambda L              Delta-LoRA update ratio (default 0.5)\n"
-"  --start-step K          Delta-LoRA: W moves after step K (default: 10% of\n"
-"                          the total steps; a warning if K >= total)\n"
+"  --start-step K          Delta-LoRA: W moves from optimizer step K+1 on\n"
+"                          (the paper's K is ours + 1: its K=500 is 501 here;\n"
+"                          default: 10% of the total steps; a warning if\n"
+"                          K >= total; see docs/DELTA-LORA.md)\n"
 "  --target-modules LIST   q,k,v,o,gate,up,down or module names (q_proj,\n"
 "                          c_attn, ...); 'all' (default q,v)\n"
 "  --lr X                  peak learning rate (default 2e-4)\n"
@@ -49,6 +51,7 @@ static const char train_usage[] =
 "  --warmup-steps N        linear warmup steps (default 0)\n"
 "  --weight-decay X        AdamW decoupled weight decay (default 0)\n"
 "  --max-grad-norm X       global-norm clipping, 0 = off (default 1.0)\n"
+"  --adam-epsilon X        AdamW epsilon (default 1e-8)\n"
 "  --batch-size B          rows per micro-batch (default 4)\n"
 "  --grad-accum G          micro-batches per optimizer step (default 1)\n"
 "  --seq-len T             max predicted tokens per row (default 256)\n"
@@ -130,7 +133,7 @@ static int print_estimate(const dt_train_opts *o, int json)
 int dt_cmd_train(int argc, char **argv)
 {
     enum { O_MODEL = 256, O_DATA, O_VALID, O_OUT, O_METHOD, O_RANK, O_ALPHA,
-           O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP,
+           O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
            O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP };
     static const struct option opts[] = {
@@ -140,7 +143,7 @@ int dt_cmd_train(int argc, char **argv)
         {"start-step", 1, 0, O_K}, {"target-modules", 1, 0, O_TARGETS},
         {"lr", 1, 0, O_LR}, {"lr-scheduler", 1, 0, O_SCHED},
         {"warmup-steps", 1, 0, O_WARMUP}, {"weight-decay", 1, 0, O_WD},
-        {"max-grad-norm", 1, 0, O_CLIP}, {"batch-size", 1, 0, O_BATCH},
+        {"max-grad-norm", 1, 0, O_CLIP}, {"adam-epsilon", 1, 0, O_EPS}, {"batch-size", 1, 0, O_BATCH},
         {"grad-accum", 1, 0, O_ACCUM}, {"seq-len", 1, 0, O_SEQ},
         {"epochs", 1, 0, O_EPOCHS}, {"steps", 1, 0, O_STEPS}, {"seed", 1, 0, O_SEED},
         {"threads", 1, 0, O_THREADS}, {"device", 1, 0, O_DEVICE},
@@ -188,6 +191,7 @@ int dt_cmd_train(int argc, char **argv)
         case O_WARMUP: bad |= parse_i(optarg, &o.warmup, "--warmup-steps"); break;
         case O_WD: bad |= parse_f(optarg, &o.weight_decay, "--weight-decay"); break;
         case O_CLIP: bad |= parse_f(optarg, &o.max_grad_norm, "--max-grad-norm"); break;
+        case O_EPS: bad |= parse_f(optarg, &o.adam_eps, "--adam-epsilon"); break;
         case O_BATCH: bad |= parse_i(optarg, &o.batch, "--batch-size"); break;
         case O_ACCUM: bad |= parse_i(optarg, &o.accum, "--grad-accum"); break;
         case O_SEQ: bad |= parse_i(optarg, &o.seq_len, "--seq-len"); break;

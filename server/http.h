@@ -87,6 +87,14 @@ struct req {
     int must_close;               /* answer with "Connection: close" (framing in doubt) */
     int replayed;                 /* an Idempotency-Key replay */
 
+    /* Idempotency-Key: the record this request holds (claimed in
+     * first_call, before the body; renewed while the body streams in;
+     * finished or removed at the end, whatever ended the request). */
+    char idem_key[256];
+    char idem_holder[40];         /* this request's holder token */
+    int idem_held;
+    double idem_renewed;          /* monotonic, seconds */
+
     db *d;                        /* from the pool (req_db), released at the end */
 };
 

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "base/dt.h"
+#include "gpu/dataset.h"
 #include "gpu/tensorfile.h"
 #include "gpu/tokenizer.h"
 #include "base/file.h"
@@ -34,6 +35,16 @@
 static int have(const char *path)
 {
     return access(path, R_OK) == 0;
+}
+
+/* `make test-unit` installs GPT-2's files first (make deps); a test binary
+ * run alone on a fresh clone skips, saying what is missing. */
+static void need_gpt2(void)
+{
+    if (!have(GPT2_DIR "/vocab.json") || !have(GPT2_DIR "/vocab.bpe")) {
+        printf("SKIPPED: " GPT2_DIR " absent (run make deps, or scripts/install-deps)\n");
+        skip();
+    }
 }
 
 /* Checks every fixture case: ids equal, and decode(encode(s)) == s. */
@@ -183,6 +194,7 @@ static void test_gpt2_tokenizer_json_matches_hf(void **s)
 
 static void test_gpt2_vocab_and_merges_files_match_hf(void **s)
 {
+    need_gpt2();
     const char *routes[2][2][2] = {
         { { "vocab.json", "merges.txt" }, { "vocab.json", "vocab.bpe" } },
         { { "encoder.json", "vocab.bpe" }, { "encoder.json", "vocab.bpe" } },
@@ -204,6 +216,7 @@ static void test_gpt2_vocab_and_merges_files_match_hf(void **s)
 
 static void test_gguf_metadata_with_gpt2_pre_matches_hf(void **s)
 {
+    need_gpt2();
     dt_tensorset ts;
     char err[DT_ERR_LEN];
     gpt2_as_gguf(&ts, "gpt2");
@@ -219,6 +232,7 @@ static void test_gguf_metadata_with_gpt2_pre_matches_hf(void **s)
 
 static void test_gguf_metadata_with_smollm_pre_splits_digits(void **s)
 {
+    need_gpt2();
     dt_tensorset ts;
     char err[DT_ERR_LEN];
     gpt2_as_gguf(&ts, "smollm");
@@ -232,6 +246,7 @@ static void test_gguf_metadata_with_smollm_pre_splits_digits(void **s)
 
 static void test_gguf_metadata_errors(void **s)
 {
+    need_gpt2();
     dt_tensorset ts;
     char err[DT_ERR_LEN];
     gpt2_as_gguf(&ts, "qwen2");
@@ -283,6 +298,7 @@ static void test_smollm2_gguf_matches_hf(void **s)
  * make_tokenizer_fixtures.py --check) and encodes identically. */
 static void test_written_tokenizer_json_encodes_identically(void **s)
 {
+    need_gpt2();
     char dir[] = "/tmp/dt_tokw_XXXXXX", path[128], err[DT_ERR_LEN];
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -336,6 +352,7 @@ static void test_malformed_files_are_rejected_naming_the_file(void **s)
 
 static void test_arbitrary_bytes_round_trip(void **s)
 {
+    need_gpt2();
     char err[DT_ERR_LEN];
     dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
     assert_non_null(tok);
@@ -366,6 +383,7 @@ static void test_arbitrary_bytes_round_trip(void **s)
 /* Long runs without a split point must not go quadratic; and speed. */
 static void test_long_words_and_throughput(void **s)
 {
+    need_gpt2();
     char err[DT_ERR_LEN];
     dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
     assert_non_null(tok);
@@ -400,6 +418,62 @@ static void test_long_words_and_throughput(void **s)
     dt_tokenizer_free(tok);
 }
 
+/* The dataset loader tokenizes a long string only as far as the row's
+ * seq_len + 1 tokens need (gpu/dataset.c, b_room): with GPT-2's BPE the
+ * row is the first seq_len + 1 tokens of the whole string's encoding, for a
+ * text and for a completion after a prompt. */
+static void test_dataset_truncation_keeps_the_whole_strings_tokens(void **s)
+{
+    need_gpt2();
+    char err[DT_ERR_LEN], path[] = "/tmp/test_tokenizer_trunc.XXXXXX";
+    dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
+    assert_non_null(tok);
+    static const char para[] = "The quick brown fox jumps over the lazy dog. "
+        "It wasn't 1999 (or 2004): researchers measured 3.14 jumps/s!\n"
+        "Caf\xc3\xa9 na\xc3\xafve \xe4\xb8\xad\xe6\x96\x87   and    spaces\t";
+    size_t m = strlen(para), n = 3000 * m;
+    char *text = malloc(n + 1);
+    assert_non_null(text);
+    for (size_t i = 0; i < n; i += m)
+        memcpy(text + i, para, m);
+    text[n] = 0;
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    json_t *row = json_pack("{s:s}", "text", text);
+    json_dumpf(row, f, JSON_COMPACT);
+    json_decref(row);
+    fputc('\n', f);
+    row = json_pack("{s:s, s:s}", "prompt", "Say it:", "completion", text + 7);
+    json_dumpf(row, f, JSON_COMPACT);
+    json_decref(row);
+    fputc('\n', f);
+    fclose(f);
+    int32_t *all, *prompt, *comp;
+    int nall, nprompt, ncomp;
+    assert_int_equal(dt_tokenizer_encode(tok, text, n, 1, &all, &nall, err), 0);
+    assert_int_equal(dt_tokenizer_encode(tok, "Say it:", 7, 1, &prompt, &nprompt, err), 0);
+    assert_int_equal(dt_tokenizer_encode(tok, text + 7, n - 7, 1, &comp, &ncomp, err), 0);
+    for (int seq_len = 4; seq_len <= 4096; seq_len = seq_len * 3 + 1) {
+        dt_dataset ds;
+        char *report = NULL;
+        assert_int_equal(dt_dataset_load(path, tok, seq_len, &ds, &report, err), 0);
+        assert_int_equal(ds.nrows, 2);
+        assert_int_equal(ds.rows[0].n, seq_len + 1);
+        assert_memory_equal(ds.rows[0].ids, all, (size_t)(seq_len + 1) * sizeof(int32_t));
+        assert_int_equal(ds.rows[1].n, seq_len + 1);
+        for (int i = 0; i <= seq_len; i++)
+            assert_int_equal(ds.rows[1].ids[i], i < nprompt ? prompt[i] : comp[i - nprompt]);
+        dt_dataset_free(&ds);
+    }
+    unlink(path);
+    free(all);
+    free(prompt);
+    free(comp);
+    free(text);
+    dt_tokenizer_free(tok);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_malformed_files_are_rejected_naming_the_file),
         cmocka_unit_test(test_arbitrary_bytes_round_trip),
         cmocka_unit_test(test_long_words_and_throughput),
+        cmocka_unit_test(test_dataset_truncation_keeps_the_whole_strings_tokens),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
