@@ -437,6 +437,17 @@ int db_worker_heartbeat(db *d, const char *worker_id, const char *hostname,
                         const char *device, const char *status,
                         const char *job_id, char *err);
 
+/* Records the worker's memory budget (migration 0002) with its
+ * registration: limit = --memory-limit, base = the worker's own resident
+ * memory when idle (bytes). */
+int db_worker_set_memory(db *d, const char *worker_id, const char *hostname,
+                         const char *device, int64_t limit, int64_t base, char *err);
+/* Live workers (not stopped, heartbeat within live_s seconds): *n of them;
+ * *unlimited when one has no recorded limit; *budget the largest
+ * limit - base among the others (bytes one job may take). */
+int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget,
+                      char *err);
+
 typedef struct db_worker {
     char id[128];
     char hostname[256];

@@ -59,6 +59,8 @@ typedef enum db_stmt {
     STMT_STATS_JOB_TOTALS,
     STMT_STATS_TPS,
     STMT_STATS_WORKERS,
+    STMT_WORKER_MEMORY,
+    STMT_WORKERS_MEMORY,
     /* jobs (db_jobs.c) */
     STMT_JOB_CREATE,
     STMT_JOB_GET,

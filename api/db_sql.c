@@ -179,6 +179,19 @@ const db_sql db_sql_table[] = {
     [STMT_STATS_TPS] =
         {"stats_tps", "SELECT coalesce(sum(tokens_per_second), 0) FROM jobs "
                       "WHERE status = 'running'"},
+    [STMT_WORKER_MEMORY] =
+        {"worker_memory", "INSERT INTO workers (id, hostname, device, memory_limit_bytes, "
+                          "memory_base_bytes) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO "
+                          "UPDATE SET hostname = EXCLUDED.hostname, device = EXCLUDED.device, "
+                          "memory_limit_bytes = EXCLUDED.memory_limit_bytes, memory_base_bytes "
+                          "= EXCLUDED.memory_base_bytes, heartbeat_at = now()"},
+    /* live workers (not stopped, a heartbeat within $1 seconds): how many,
+     * whether one has no recorded limit, the largest budget for one job */
+    [STMT_WORKERS_MEMORY] =
+        {"workers_memory", "SELECT count(*), coalesce(bool_or(memory_limit_bytes = 0), false), "
+                           "coalesce(max(memory_limit_bytes - memory_base_bytes) FILTER (WHERE "
+                           "memory_limit_bytes > 0), 0) FROM workers WHERE status <> 'stopped' "
+                           "AND heartbeat_at > now() - make_interval(secs => $1)"},
     [STMT_STATS_WORKERS] =
         {"stats_workers", "SELECT id, hostname, device, status, job_id, " T("heartbeat_at")
                           " FROM workers WHERE heartbeat_at > now() - interval '1 day' "

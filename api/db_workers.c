@@ -57,3 +57,30 @@ int db_stats_get(db *d, db_stats *out, char *err)
     PQclear(r);
     return rc;
 }
+
+int db_worker_set_memory(db *d, const char *worker_id, const char *hostname,
+                         const char *device, int64_t limit, int64_t base, char *err)
+{
+    db_params p = {0};
+    dbp_str(&p, worker_id);
+    dbp_str(&p, hostname ? hostname : "");
+    dbp_str(&p, device ? device : "");
+    dbp_int(&p, limit);
+    dbp_int(&p, base);
+    return db_exec(d, STMT_WORKER_MEMORY, &p, NULL, err);
+}
+
+int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget,
+                      char *err)
+{
+    db_params p = {0};
+    PGresult *r;
+    dbp_int(&p, live_s);
+    int rc = db_exec(d, STMT_WORKERS_MEMORY, &p, &r, err);
+    if (rc) return rc;
+    *n = (int)dbr_int(r, 0, 0);
+    *unlimited = dbr_bool(r, 0, 1);
+    *budget = dbr_int(r, 0, 2);
+    PQclear(r);
+    return 0;
+}

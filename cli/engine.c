@@ -64,6 +64,9 @@ static const char train_usage[] =
 "  --init-adapter DIR      start A and B from a PEFT LoRA adapter\n"
 "  --resume                continue from the newest complete checkpoint\n"
 "  --json                  JSON lines progress (default when not a terminal)\n"
+"  --estimate              print the run's peak memory (bytes; weights,\n"
+"                          trainable + optimizer, activations, workspace,\n"
+"                          runtime) and exit without training; --out not needed\n"
 "\n"
 "Ctrl-C writes a checkpoint and exits; rerun with --resume to continue.\n";
 
@@ -91,12 +94,48 @@ static int parse_i(const char *s, int *out, const char *flag)
     return 0;
 }
 
+/* deltatune train --estimate: the run's peak memory, nothing trained. */
+static int print_estimate(const dt_train_opts *o, int json)
+{
+    char err[DT_ERR_LEN] = "";
+    dt_mem_estimate e;
+    int rc = dt_train_estimate(o, &e, err);
+    if (rc) {
+        fprintf(stderr, "deltatune train: %s\n", err[0] ? err : dt_strerror(rc));
+        return 1;
+    }
+    const char *dev = o->device ? o->device : "cpu";
+    if (json) {
+        printf("{\"type\":\"estimate\",\"total_bytes\":%lld,\"weights_bytes\":%lld,"
+               "\"trainable_bytes\":%lld,\"activations_bytes\":%lld,"
+               "\"workspace_bytes\":%lld,\"runtime_bytes\":%lld,\"batch_size\":%d,"
+               "\"seq_len\":%d,\"activation_seq_len\":%d,\"device\":\"%s\"}\n",
+               e.total, e.weights, e.trainable, e.activations, e.workspace, e.runtime,
+               o->batch, o->seq_len, e.seq_eff, dev);
+        return 0;
+    }
+    const struct { const char *what; long long n; } rows[] = {
+        {"weights", e.weights}, {"trainable + optimizer", e.trainable},
+        {"activations", e.activations}, {"workspace", e.workspace},
+        {"runtime (this process)", e.runtime}};
+    char h[32];
+    dt_mem_human(e.total, h, sizeof h);
+    printf("peak memory estimate: %lld bytes (%s) on %s, batch %d x %d tokens "
+           "(seq_len %d; activations sized by the longest row)\n", e.total, h, dev, o->batch, e.seq_eff,
+           o->seq_len);
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        dt_mem_human(rows[i].n, h, sizeof h);
+        printf("  %-24s %14lld bytes  %10s\n", rows[i].what, rows[i].n, h);
+    }
+    return 0;
+}
+
 int dt_cmd_train(int argc, char **argv)
 {
     enum { O_MODEL = 256, O_DATA, O_VALID, O_OUT, O_METHOD, O_RANK, O_ALPHA,
            O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
-           O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_HELP };
+           O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
         {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
@@ -110,11 +149,12 @@ int dt_cmd_train(int argc, char **argv)
         {"threads", 1, 0, O_THREADS}, {"device", 1, 0, O_DEVICE},
         {"eval-interval", 1, 0, O_EVAL}, {"checkpoint-interval", 1, 0, O_CKPT},
         {"init-adapter", 1, 0, O_INIT}, {"resume", 0, 0, O_RESUME},
-        {"json", 0, 0, O_JSON}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"json", 0, 0, O_JSON}, {"estimate", 0, 0, O_ESTIMATE}, {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
     dt_train_opts o;
     dt_train_defaults(&o);
     o.json = !isatty(STDERR_FILENO);
-    int c, bad = 0, seed = 42, epochs_set = 0;
+    int c, bad = 0, seed = 42, epochs_set = 0, estimate = 0, json_flag = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -164,7 +204,8 @@ int dt_cmd_train(int argc, char **argv)
         case O_CKPT: bad |= parse_i(optarg, &o.ckpt_interval, "--checkpoint-interval"); break;
         case O_INIT: o.init_adapter = optarg; break;
         case O_RESUME: o.resume = 1; break;
-        case O_JSON: o.json = 1; break;
+        case O_JSON: o.json = 1; json_flag = 1; break;
+        case O_ESTIMATE: estimate = 1; break;
         case O_HELP: case 'h': fputs(train_usage, stdout); return 0;
         default: bad = 1;
         }
@@ -175,7 +216,7 @@ int dt_cmd_train(int argc, char **argv)
     }
     if (o.steps > 0)
         o.epochs = 0;
-    if (!bad && (!o.model || !o.data || !o.out)) {
+    if (!bad && (!o.model || !o.data || (!o.out && !estimate))) {
         fprintf(stderr, "deltatune train: --model, --data and --out are required\n");
         bad = 1;
     }
@@ -185,6 +226,8 @@ int dt_cmd_train(int argc, char **argv)
         fprintf(stderr, "run 'deltatune train --help' for the options\n");
         return 2;
     }
+    if (estimate)
+        return print_estimate(&o, json_flag);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);

@@ -179,6 +179,7 @@ struct dt_backend {
      * backend records the device's memory in use (cudaMemGetInfo: total -
      * free, context and workspaces included) after each allocation. */
     size_t live_bytes, peak_bytes;
+    size_t total_bytes; /* CUDA: the device's memory (0: unknown, CPU) */
 };
 
 /* Creates the backend named by `device`: "cpu", "cuda", "cuda:N" or "auto"

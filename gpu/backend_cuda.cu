@@ -985,6 +985,9 @@ extern "C" dt_backend *dt_backend_cuda_new(int device, char *err)
                                                  ? CUBLAS_TF32_TENSOR_OP_MATH
                                                  : CUBLAS_DEFAULT_MATH));
         dev_malloc(c, (void **)&c->red, (CUDA_RED_BLOCKS + 1) * sizeof(double));
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess)
+            be->total_bytes = tot;
     }
     if (c->err) {
         dt_errf(err, DT_EDEVICE, "CUDA device %d unavailable: %s", device,

@@ -4,9 +4,12 @@
  * both).
  *
  * Today: dataset validation without a tokenizer (uploads are checked when
- * they arrive, before any job uses them). */
+ * they arrive, before any job uses them) and the memory estimate of a job
+ * (estimate.c: config numbers only, no model code). */
 #ifndef DT_ENGINE_API_H
 #define DT_ENGINE_API_H
+
+#include <stddef.h>
 
 /* Checks a JSONL training file's every line against the accepted shapes
  * (gpu/dataset.h describes them). On bad lines returns DT_EINVAL, *report
@@ -16,6 +19,55 @@
  * read. */
 int dt_dataset_validate(const char *path, int max_report, char **report,
                         long *nlines, char *err);
+
+/* ---- memory estimate (estimate.c) -------------------------------------- */
+
+/* The few config numbers the estimate needs, read from a Hugging Face
+ * directory's config.json or a .gguf file's header (no weights loaded). */
+typedef struct dt_mem_model {
+    int llama;            /* 0: GPT-2, 1: Llama family */
+    int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, max_pos;
+    int tied;             /* LM head shares the embedding */
+} dt_mem_model;
+
+/* A job's settings. */
+typedef struct dt_mem_job {
+    int method;           /* 0 full, 1 lora, 2 delta_lora (dt_method) */
+    int rank;             /* LoRA rank (ignored for full) */
+    const char *targets;  /* target modules as the engine takes them; NULL: q,v */
+    int batch, seq_len;
+    int longest_row;      /* predicted tokens of the data's longest row; 0:
+                             unknown (activations sized by seq_len) */
+    long long data_tokens;/* tokens of the tokenized data (0: unknown) */
+    int cuda;             /* 1: the CUDA backend (device memory only) */
+    int threads;          /* CPU threads (attention scratch); 0: 1 */
+    long long runtime_bytes; /* CPU: the process's own resident memory
+                                (code, libraries, tokenizer): dt_mem_self_rss() */
+} dt_mem_job;
+
+/* Bytes at the peak, by kind; total is their sum. On the CPU, workspace
+ * includes the host copies of the checkpoint and export phases when one of
+ * those is the peak. */
+typedef struct dt_mem_estimate {
+    long long weights, trainable, activations, workspace, runtime, total;
+    int seq_eff;          /* the T activations are sized by */
+} dt_mem_estimate;
+
+/* Reads the config numbers of the model at path (directory or .gguf).
+ * DT_EFORMAT / DT_EIO with detail in err. */
+int dt_mem_model_read(const char *path, dt_mem_model *m, char *err);
+/* The job's peak memory (bytes). DT_EINVAL on impossible settings. */
+int dt_mem_estimate_job(const dt_mem_model *m, const dt_mem_job *j, dt_mem_estimate *e,
+                    char *err);
+/* This process's resident memory (VmRSS) and the machine's MemAvailable,
+ * in bytes; 0 when unknown. */
+long long dt_mem_self_rss(void);
+long long dt_mem_available(void);
+/* "8G", "512M", "1.5GiB", "1000000" -> bytes (K/M/G/T are powers of 1024).
+ * DT_EINVAL when s is not a size. */
+int dt_mem_parse_size(const char *s, long long *out);
+/* "1.5 GiB" */
+void dt_mem_human(long long bytes, char *buf, size_t n);
 
 /* The default longest line of an upload, in bytes (the server's
  * DELTATUNE_MAX_LINE_BYTES): a row is cut to seq_len + 1 tokens (at most

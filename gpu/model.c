@@ -19,13 +19,20 @@
 /* ---- small helpers ------------------------------------------------------ */
 
 
+/* Allocation stops at the first failure: once *fail is set nothing more is
+ * taken (dt_model_new then frees what was), and the failed size is kept for
+ * the message. */
 static float *dalloc(dt_model *m, size_t nfloat, int *fail)
 {
-    if (nfloat == 0)
+    if (nfloat == 0 || *fail)
         return NULL;
     float *p = m->be->i.alloc(m->be, nfloat * sizeof(float));
-    if (!p)
+    if (!p) {
         *fail = 1;
+        m->fail_bytes = nfloat * sizeof(float);
+    } else {
+        m->taken_bytes += nfloat * sizeof(float);
+    }
     return p;
 }
 
@@ -435,7 +442,9 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
             dt_errf(err, rc, "%s", why);
         else if (!err[0])
             dt_errf(err, DT_ENOMEM, "out of %s memory setting up the model for "
-                    "batch %d x %d", be->i.name, B, T);
+                    "batch %d x %d: an allocation of %zu bytes failed after %zu "
+                    "bytes were taken (all freed again)", be->i.name, B, T,
+                    m->fail_bytes, m->taken_bytes);
         dt_model_free(m);
         return rc && rc != DT_ENOMEM ? rc : DT_ENOMEM;
     }

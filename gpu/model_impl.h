@@ -77,6 +77,8 @@ struct dt_model {
     /* backward scratch */
     float *dres, *dx, *dq, *dk, *dv, *dqkv, *datt, *dh1, *dh2, *dact, *du;
     int last_b, last_t;
+    size_t taken_bytes, fail_bytes; /* construction: allocated so far, the
+                                     size of the allocation that failed */
 };
 
 #endif

@@ -233,6 +233,81 @@ static int check_limits(const dt_train_opts *o, char *err)
     return DT_OK;
 }
 
+/* The predicted tokens of the longest row of ds (0 for none). */
+static int longest_row(const dt_dataset *ds)
+{
+    int n = 0;
+    for (int i = 0; i < ds->nrows; i++)
+        if (ds->rows[i].n - 1 > n)
+            n = ds->rows[i].n - 1;
+    return n;
+}
+
+/* The estimate of a run whose data is loaded (valid may be empty). */
+static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
+                        const dt_dataset *vs, dt_mem_estimate *e, char *err)
+{
+    dt_mem_model mm;
+    int rc = dt_mem_model_read(o->model, &mm, err);
+    if (rc)
+        return rc;
+    int lr = longest_row(ds), lv = longest_row(vs);
+    long long toks = 0;
+    for (int i = 0; i < ds->nrows; i++)
+        toks += ds->rows[i].n;
+    for (int i = 0; i < vs->nrows; i++)
+        toks += vs->rows[i].n;
+    const char *dev = o->device ? o->device : "cpu";
+    int cuda = !strncmp(dev, "cuda", 4) || (!strcmp(dev, "auto") && dt_backend_cuda_available());
+    dt_mem_job j = {o->method, o->rank, o->method == DT_FULL ? NULL : o->targets,
+                    o->batch, o->seq_len, (lr > lv ? lr : lv) > 0 ? (lr > lv ? lr : lv) : 1,
+                    toks, cuda,
+                    o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
+                    dt_mem_self_rss()};
+    return dt_mem_estimate_job(&mm, &j, e, err);
+}
+
+/* DT_ENOMEM naming the bytes, the limit and the settings to lower when the
+ * estimate exceeds o->memory_limit. */
+static int check_memory(const dt_train_opts *o, const dt_mem_estimate *e, char *err)
+{
+    if (o->memory_limit <= 0 || e->total <= o->memory_limit)
+        return 0;
+    char need[32], lim[32];
+    dt_mem_human(e->total, need, sizeof need);
+    dt_mem_human(o->memory_limit, lim, sizeof lim);
+    return dt_errf(err, DT_ENOMEM, "the job needs about %lld bytes (%s) for batch %d x %d "
+                   "tokens, above this worker's memory limit of %lld bytes (%s); lower "
+                   "--batch-size (%d), --seq-len (%d)%s%s",
+                   e->total, need, o->batch, e->seq_eff, o->memory_limit, lim, o->batch,
+                   o->seq_len, o->method == DT_FULL ? " or use --method lora instead of full"
+                                                    : ", --rank or the --target-modules",
+                   o->method == DT_FULL ? "" : " (method lora needs the least)");
+}
+
+int dt_train_estimate(const dt_train_opts *o, dt_mem_estimate *e, char *err)
+{
+    dt_tokenizer *tok = NULL;
+    dt_dataset ds = {0}, vs = {0};
+    int rc;
+    memset(e, 0, sizeof *e);
+    if (!o->model || !o->data)
+        return dt_errf(err, DT_EINVAL, "--model and --data are required");
+    if ((rc = check_limits(o, err)))
+        return rc;
+    if (!(tok = dt_model_tokenizer(o->model, err)))
+        return DT_EFORMAT;
+    rc = load_data(o->data, tok, o->seq_len, &ds, "--data", err);
+    if (!rc && o->valid)
+        rc = load_data(o->valid, tok, o->seq_len, &vs, "--valid", err);
+    if (!rc)
+        rc = run_estimate(o, &ds, &vs, e, err);
+    dt_dataset_free(&ds);
+    dt_dataset_free(&vs);
+    dt_tokenizer_free(tok);
+    return rc;
+}
+
 /* Retention after a checkpoint: older ones keep their weights only. A
  * failure costs disk, not the run: a warning. */
 static void prune(const dt_train_opts *o)
@@ -264,8 +339,6 @@ int dt_train(const dt_train_opts *o_in, char *err)
         return rc;
     if (!(be = dt_backend_new(o.device, o.threads, err)))
         return DT_EDEVICE;
-    if ((rc = dt_weights_load(o.model, &w, err)))
-        goto fail;
     if (!(tok = dt_model_tokenizer(o.model, err))) {
         rc = DT_EFORMAT;
         goto fail;
@@ -274,6 +347,32 @@ int dt_train(const dt_train_opts *o_in, char *err)
         goto fail;
     if (o.valid && (rc = load_data(o.valid, tok, o.seq_len, &vs, "--valid", err)))
         goto fail;
+    /* Activations are sized by the longest row, not seq_len; a run over its
+     * memory limit stops here, before the weights are loaded. */
+    int T = o.seq_len, longest = longest_row(&ds);
+    if (longest_row(&vs) > longest)
+        longest = longest_row(&vs);
+    if (longest >= 1 && longest < T)
+        T = longest;
+    if (o.memory_limit > 0) {
+        dt_mem_estimate est;
+        char why[DT_ERR_LEN] = "";
+        if (run_estimate(&o, &ds, &vs, &est, why) == 0) {
+            if ((rc = check_memory(&o, &est, err)))
+                goto fail;
+        } else {
+            fprintf(stderr, "warning: no memory estimate (%s)\n", why);
+        }
+    }
+    if ((rc = dt_weights_load(o.model, &w, err)))
+        goto fail;
+    /* seq_len is the contract, whatever the rows: a GPT-2 has no positions
+     * beyond its table. */
+    if (w.cfg.arch == DT_ARCH_GPT2 && o.seq_len > w.cfg.max_pos) {
+        rc = dt_errf(err, DT_EINVAL, "--seq-len %d exceeds the model's %d positions",
+                     o.seq_len, w.cfg.max_pos);
+        goto fail;
+    }
 
     dt_lora_opts lo = {o.method, o.rank, o.alpha, 0};
     if (o.init_adapter && o.method != DT_FULL) {
@@ -295,7 +394,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
                 "(this run is plain LoRA)\n", (long long)K, (long long)total);
 
     w.release_on_upload = 1; /* peak host memory: one copy of the weights */
-    if ((rc = dt_model_new(be, &w, &lo, o.batch, o.seq_len, o.seed, &m, err)))
+    if ((rc = dt_model_new(be, &w, &lo, o.batch, T, o.seed, &m, err)))
         goto fail;
     if (have_ad && (rc = load_init_adapter(m, &ad, err)))
         goto fail;

@@ -9,6 +9,7 @@
 
 #include <stdatomic.h>
 
+#include "engine_api.h"
 #include "model.h"
 
 typedef enum { DT_SCHED_LINEAR = 0, DT_SCHED_COSINE, DT_SCHED_CONSTANT } dt_sched;
@@ -97,12 +98,21 @@ typedef struct dt_train_opts {
      * without writing anything (the step in progress is dropped, a resumed
      * run starts from the last checkpoint). */
     atomic_int *stop;
+    /* Bytes the run may take (0: no limit): a run whose estimate
+     * (dt_train_estimate) exceeds it fails with DT_ENOMEM before the model
+     * is loaded, naming the bytes needed, the limit and what to lower. */
+    long long memory_limit;
 } dt_train_opts;
 
 void dt_train_defaults(dt_train_opts *o);
 /* K = start_step when >= 0, else DT_DELTA_START_FRAC of total steps. */
 #define DT_DELTA_START_FRAC 0.1
 int dt_train(const dt_train_opts *o, char *err);
+/* The run's peak memory as dt_train would take it: the model's config
+ * numbers, the data's longest row (the tokenizer and data are loaded, the
+ * weights are not), o's method, rank, targets, batch, seq_len and device;
+ * runtime is this process's resident memory once the data is loaded. */
+int dt_train_estimate(const dt_train_opts *o, dt_mem_estimate *e, char *err);
 
 /* Optimizer steps of a run: steps, or ceil(epochs * rows / (batch *
  * accum)), in 64 bits (21.5 M rows x 100 epochs does not fit an int). */

@@ -16,6 +16,7 @@
 #include "api/validate.h"
 #include "handlers.h"
 #include "base/id.h"
+#include "gpu/engine_api.h"
 
 /* The most optimizer steps a job may have: the engine's step counters and
  * checkpoint names stay far from any 32- or 64-bit overflow. */
@@ -85,6 +86,63 @@ static int check_limits(req *r, db_job *j, long rows, const char *hp)
     return 0;
 }
 
+/* Memory admission: 400 when live workers are registered and none of their
+ * budgets (memory limit minus what the worker holds itself, migration 0002)
+ * could hold the job's estimate. The estimate reads only the model's config
+ * numbers (gpu/engine_api.h) and sizes activations by seq_len: the data's
+ * longest row is not known here, so this is the larger bound; the worker
+ * checks again with the data. No worker registered, one without a recorded
+ * limit, or a model whose header cannot be read: the job is accepted (it
+ * queues, as before). Returns -1 after replying. */
+static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
+{
+    char err[DT_ERR_LEN] = "", path[DB_PATH_LEN];
+    int n = 0;
+    bool unlimited = false;
+    int64_t budget = 0;
+    int live_s = r->s->cfg.lease_seconds * 2 > 30 ? r->s->cfg.lease_seconds * 2 : 30;
+    int rc = db_workers_memory(d, live_s, &n, &unlimited, &budget, err);
+    if (rc) {
+        log_msg(DT_LOG_WARN, "jobs.admission", "%s (job accepted unchecked)", err);
+        return 0;
+    }
+    if (n == 0 || unlimited)
+        return 0;
+    dt_mem_model mm;
+    if (config_artifact_path(&r->s->cfg, m->path, path, sizeof path) ||
+        dt_mem_model_read(path, &mm, err)) {
+        log_msg(DT_LOG_WARN, "jobs.admission", "model %s: %s (job accepted unchecked)",
+                j->model, err);
+        return 0;
+    }
+    int method = !strcmp(j->method, "full") ? 0 : !strcmp(j->method, "lora") ? 1 : 2;
+    int seq = j->seq_len;
+    if (!mm.llama && mm.max_pos > 0 && seq > mm.max_pos)
+        seq = mm.max_pos; /* the worker trains a GPT-2 at most at its positions */
+    dt_mem_job mj = {method, j->rank, j->target_modules[0] ? j->target_modules : NULL,
+                     j->batch_size, seq, 0, 0, 0, 1, 0};
+    dt_mem_estimate e;
+    if (dt_mem_estimate_job(&mm, &mj, &e, err))
+        return 0; /* impossible settings: validation answered those */
+    if (e.total <= budget)
+        return 0;
+    char param[128], need[32], have[32];
+    const char *t = j->method_input[0] ? j->method_input : j->method;
+    snprintf(param, sizeof param, "method.%s.hyperparameters.batch_size", t);
+    if (!j->method_input[0] && !t[0])
+        snprintf(param, sizeof param, "hyperparameters.batch_size");
+    dt_mem_human(e.total, need, sizeof need);
+    dt_mem_human(budget, have, sizeof have);
+    reply_error(r, 400, "insufficient_memory", param,
+                "%s: the job needs about %lld bytes (%s) of memory for batch_size %d x "
+                "seq_len %d, more than any registered worker can hold (the largest holds "
+                "%lld bytes, %s); lower hyperparameters.batch_size or seq_len%s",
+                param, e.total, need, j->batch_size, seq, (long long)budget, have,
+                method == 0 ? ", or use method lora instead of full"
+                            : ", rank or target_modules");
+    return -1;
+}
+
 void jobs_create(req *r)
 {
     char err[DT_ERR_LEN];
@@ -117,6 +175,7 @@ void jobs_create(req *r)
     if (j.validation_file[0] && check_file(r, d, j.validation_file, "validation_file", NULL))
         goto out;
     if (check_limits(r, &j, rows, hp)) goto out;
+    if (check_memory(r, d, &j, &m)) goto out;
     snprintf(j.owner, sizeof j.owner, "%s", r->owner);
     if (dt_id_new("ftjob-", j.id, sizeof j.id)) {
         reply_error(r, 500, "internal_error", NULL, "no randomness");

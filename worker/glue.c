@@ -166,9 +166,27 @@ int wk_train(const wk_run *r, char *err)
     o.on_checkpoint = on_checkpoint;
     o.ud = &ctx;
     o.stop = r->stop;
+    o.memory_limit = r->memory_limit;
     if (r->ckpt_keep > 0)
         o.ckpt_keep = r->ckpt_keep;
     return dt_train(&o, err);
+}
+
+long long wk_default_memory_limit(const char *device)
+{
+    long long total = 0;
+    if (device && (!strncmp(device, "cuda", 4) ||
+                   (!strcmp(device, "auto") && dt_backend_cuda_available()))) {
+        char err[DT_ERR_LEN] = "";
+        dt_backend *be = dt_backend_new(device, 1, err);
+        if (be) {
+            total = (long long)be->total_bytes;
+            dt_backend_free(be);
+        }
+    } else {
+        total = dt_mem_available();
+    }
+    return total / 5 * 4;
 }
 
 int64_t wk_ckpt_latest(const char *out_dir)
@@ -236,7 +254,7 @@ void wk_classify_error(int rc, const char *detail, const wk_run *r,
         {"--rank", "rank"}, {"--alpha", "alpha"}, {"--lambda", "lambda"},
         {"--start-step", "start_step"}, {"--target-modules", "target_modules"},
         {"--warmup-steps", "warmup_steps"}, {"--weight-decay", "weight_decay"},
-        {"--epochs", "n_epochs"}, {"--steps", "max_steps"}};
+        {"--epochs", "n_epochs"}, {"--steps", "max_steps"}, {"--method", "method"}};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         replace_all(a, sizeof a, b, flags[i][0], flags[i][1]);
         memcpy(b, a, sizeof b);
@@ -251,6 +269,13 @@ void wk_classify_error(int rc, const char *detail, const wk_run *r,
                  "learning_rate (it was %g), or set max_grad_norm to clip "
                  "gradients, and create the job again.", d, j->learning_rate);
         hp_param(e->param, sizeof e->param, j, "learning_rate");
+    } else if (rc == DT_ENOMEM && strstr(detail ? detail : "", "memory limit")) {
+        /* Refused before anything was allocated (dt_train's memory_limit). */
+        snprintf(e->code, sizeof e->code, "insufficient_memory");
+        snprintf(e->message, sizeof e->message,
+                 "The job does not fit the worker's memory and was not started: %s; "
+                 "then create the job again.", d);
+        hp_param(e->param, sizeof e->param, j, "batch_size");
     } else if (rc == DT_ENOMEM) {
         snprintf(e->code, sizeof e->code, "out_of_memory");
         snprintf(e->message, sizeof e->message,

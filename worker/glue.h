@@ -43,12 +43,18 @@ typedef struct wk_run {
      * SIGTERM): the step in progress is dropped. */
     atomic_int *stop;
     int ckpt_keep;           /* checkpoints that keep their optimizer state */
+    long long memory_limit;  /* bytes a run may take (0: none): a job whose
+                                estimate exceeds it is refused before loading */
 } wk_run;
 
 /* Trains the job in this thread: dt_train with resume on, so a job claimed
  * again continues from its newest complete checkpoint. Returns 0 (the merged
  * model is in out_dir/merged) or a DT_E* code with detail in err. */
 int wk_train(const wk_run *r, char *err);
+
+/* The default --memory-limit: 80 % of MemAvailable for the CPU, 80 % of
+ * the device's memory for CUDA (0 when unknown: no limit). */
+long long wk_default_memory_limit(const char *device);
 
 /* Newest complete, resumable checkpoint step under out_dir, or 0. */
 int64_t wk_ckpt_latest(const char *out_dir);

@@ -9,6 +9,7 @@
 #include "api/config.h"
 #include "api/log.h"
 #include "base/dt.h"
+#include "gpu/engine_api.h"
 #include "worker.h"
 
 static const char usage[] =
@@ -27,6 +28,12 @@ static const char usage[] =
 "                                              (default 0 = all cores)\n"
 "  --worker-id ID    DELTATUNE_WORKER_ID       unique name (default <host>-<pid>)\n"
 "  --max-jobs N                                exit after N jobs (tests)\n"
+"  --memory-limit BYTES  DELTATUNE_WORKER_MEMORY_LIMIT\n"
+"                                              memory this worker may use (8G,\n"
+"                                              512M, bytes); a job whose estimate\n"
+"                                              exceeds it fails before it starts\n"
+"                                              (default 80 % of MemAvailable; on\n"
+"                                              cuda 80 % of the device's memory)\n"
 "\n";
 
 /* Parses a non-negative int; -1 when s is not one. */
@@ -53,6 +60,9 @@ static int set_worker_opt(wk_opts *o, const char *name, const char *v)
     } else if (!strcmp(name, "max-jobs")) {
         if ((o->max_jobs = parse_count(v)) < 0)
             return -1;
+    } else if (!strcmp(name, "memory-limit")) {
+        if (dt_mem_parse_size(v, &o->memory_limit) || o->memory_limit < 1)
+            return -1;
     } else {
         return 0;
     }
@@ -71,7 +81,8 @@ int main(int argc, char **argv)
     }
     static const struct { const char *name, *env; } envs[] = {
         {"device", "DELTATUNE_DEVICE"}, {"threads", "DELTATUNE_WORKER_THREADS"},
-        {"worker-id", "DELTATUNE_WORKER_ID"}};
+        {"worker-id", "DELTATUNE_WORKER_ID"},
+        {"memory-limit", "DELTATUNE_WORKER_MEMORY_LIMIT"}};
     for (size_t i = 0; i < sizeof envs / sizeof envs[0]; i++) {
         const char *v = getenv(envs[i].env);
         if (v && *v && set_worker_opt(&o, envs[i].name, v) != 1) {
@@ -98,7 +109,8 @@ int main(int argc, char **argv)
                 v = eq ? eq + 1 : (i + 1 < argc ? argv[i + 1] : NULL);
                 int r = v ? set_worker_opt(&o, name, v) : 0;
                 if (r < 0 || (!v && (!strcmp(name, "device") || !strcmp(name, "threads") ||
-                                     !strcmp(name, "worker-id") || !strcmp(name, "max-jobs")))) {
+                                     !strcmp(name, "worker-id") || !strcmp(name, "max-jobs") ||
+                                     !strcmp(name, "memory-limit")))) {
                     fprintf(stderr, "deltatune-worker: --%s: bad or missing value\n", name);
                     return 2;
                 }

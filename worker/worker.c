@@ -23,6 +23,7 @@
 #include "api/objects.h"
 #include "api/queue.h"
 #include "glue.h"
+#include "gpu/engine_api.h"
 #include "base/clock.h"
 #include "api/sched.h"
 
@@ -59,6 +60,7 @@ typedef struct worker {
     db_progress last;
     int64_t started_step;
     char last_final[16];     /* the status db_job_finish set last, "" when none */
+    long long memory_limit;  /* --memory-limit or its default (bytes) */
 } worker;
 
 static volatile sig_atomic_t g_shutdown;
@@ -530,6 +532,7 @@ static void run_job(worker *w)
         .ud = w,
         .stop = &w->stop,
         .ckpt_keep = o->cfg.checkpoint_keep,
+        .memory_limit = w->memory_limit,
     };
     char final[16] = ""; /* the status db_job_finish set, "" when none */
     double t0 = dt_now();
@@ -776,6 +779,22 @@ int wk_main(const wk_opts *o)
         log_msg(DT_LOG_ERROR, "worker.redis_failed", "%s", err);
         goto fail_queue;
     }
+    /* The memory budget, recorded with the registration (the server admits
+     * only jobs that some live worker's budget holds). */
+    w.memory_limit = o->memory_limit;
+    if (w.memory_limit <= 0)
+        w.memory_limit = wk_default_memory_limit(o->device);
+    long long base = dt_mem_self_rss();
+    {
+        char lim[32], b[32];
+        dt_mem_human(w.memory_limit, lim, sizeof lim);
+        dt_mem_human(base, b, sizeof b);
+        log_msg(DT_LOG_INFO, "worker.memory", "memory limit %lld bytes (%s), %s held by "
+                "the worker itself", w.memory_limit, lim, b);
+    }
+    if (db_worker_set_memory(w.db, o->worker_id, w.hostname, o->device, w.memory_limit, base,
+                             err))
+        log_msg(DT_LOG_WARN, "worker.register_failed", "%s", err);
     k.w = &w;
     pthread_t kt;
     if (pthread_create(&kt, NULL, keeper_main, &k)) {

@@ -1,0 +1,480 @@
+/* estimate.c: a training job's peak memory from the model's config numbers
+ * and the job's settings (engine_api.h), without loading the model.
+ *
+ * The sizes mirror what the engine allocates: dt_model_new's weights,
+ * trainable tensors with their gradient and AdamW moments, LoRA factors and
+ * Delta-LoRA's catA/catB (model.c), every activation buffer of alloc_acts
+ * for B x T (T = min(seq_len, the longest row)), the backends' own scratch
+ * (CPU attention blocks and RoPE table; CUDA attention workspace), and on
+ * the CPU, where "device" memory is the process's memory, the host copies
+ * of the phases after training: a checkpoint (every trainable tensor and its
+ * moments, Delta-LoRA's moved W) while the activations are still held, and
+ * the export (the merged weights beside the model). The peak is the largest
+ * phase. Only numbers from config.json or the GGUF header are read, so the
+ * server (which links no model code) can call it.
+ *
+ * Kept in step with model.c by tests/integration/test_admission.py, which
+ * compares the estimate with measured peaks (within 15 %). */
+#include "engine_api.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/dt.h"
+
+/* ---- config numbers: config.json ------------------------------------------ */
+
+static int js_get(json_t *o, const char *key, long long def, long long *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!v || json_is_null(v)) {
+        *out = def;
+        return def < 0 ? -1 : 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) <= 0 ||
+        json_integer_value(v) > (1LL << 31))
+        return -1;
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int read_config_json(const char *dir, dt_mem_model *m, char *err)
+{
+    char path[4200];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return dt_errf(err, DT_EINVAL, "%s: path too long", dir);
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je);
+    if (!root)
+        return dt_errf(err, DT_EFORMAT, "%s: %s", path, je.text);
+    const char *mt = json_string_value(json_object_get(root, "model_type"));
+    long long L, C, H, KV, D, F, V, P;
+    int bad;
+    if (mt && !strcmp(mt, "gpt2")) {
+        m->llama = 0;
+        bad = js_get(root, "n_layer", -1, &L) || js_get(root, "n_embd", -1, &C) ||
+              js_get(root, "n_head", -1, &H) || js_get(root, "vocab_size", -1, &V) ||
+              js_get(root, "n_positions", 1024, &P) || js_get(root, "n_inner", 4 * C, &F);
+        KV = H;
+        D = H ? C / H : 0;
+        json_t *t = json_object_get(root, "tie_word_embeddings");
+        m->tied = t ? json_is_true(t) : 1;
+    } else {
+        m->llama = 1;
+        bad = js_get(root, "num_hidden_layers", -1, &L) ||
+              js_get(root, "hidden_size", -1, &C) ||
+              js_get(root, "num_attention_heads", -1, &H) ||
+              js_get(root, "intermediate_size", -1, &F) ||
+              js_get(root, "vocab_size", -1, &V) ||
+              js_get(root, "max_position_embeddings", 2048, &P);
+        if (!bad)
+            bad = js_get(root, "num_key_value_heads", H, &KV) ||
+                  js_get(root, "head_dim", C / H, &D);
+        m->tied = json_is_true(json_object_get(root, "tie_word_embeddings"));
+    }
+    json_decref(root);
+    if (bad)
+        return dt_errf(err, DT_EFORMAT, "%s: missing or bad size fields", path);
+    m->n_layer = (int)L; m->d_model = (int)C; m->n_head = (int)H; m->n_kv_head = (int)KV;
+    m->head_dim = (int)D; m->d_ff = (int)F; m->vocab = (int)V; m->max_pos = (int)P;
+    return 0;
+}
+
+/* ---- config numbers: a GGUF header (metadata and tensor names only) ------- */
+
+typedef struct gg {
+    FILE *f;
+    int bad;
+} gg;
+
+static uint64_t gg_u(gg *g, int bytes)
+{
+    uint64_t v = 0;
+    unsigned char b[8];
+    if (g->bad || fread(b, 1, (size_t)bytes, g->f) != (size_t)bytes) {
+        g->bad = 1;
+        return 0;
+    }
+    for (int i = bytes - 1; i >= 0; i--)
+        v = v << 8 | b[i];
+    return v;
+}
+
+/* Reads a GGUF string into buf (cut to n-1 bytes), skipping the rest. */
+static void gg_str(gg *g, char *buf, size_t n)
+{
+    uint64_t len = gg_u(g, 8);
+    if (g->bad || len > (1u << 24)) {
+        g->bad = 1;
+        return;
+    }
+    size_t take = len < n - 1 ? (size_t)len : n - 1;
+    if (fread(buf, 1, take, g->f) != take || fseek(g->f, (long)(len - take), SEEK_CUR))
+        g->bad = 1;
+    buf[take] = 0;
+}
+
+static int gg_scalar_size(uint32_t t)
+{
+    static const int sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+    return t < 13 ? sz[t] : -1;
+}
+
+/* Reads one value of type t: integers into *iv (else 0); *count is the
+ * length of an array. */
+static void gg_value(gg *g, uint32_t t, long long *iv, uint64_t *count)
+{
+    *iv = 0;
+    *count = 0;
+    if (t == 8) {
+        char tmp[8];
+        gg_str(g, tmp, sizeof tmp);
+    } else if (t == 9) {
+        uint32_t et = (uint32_t)gg_u(g, 4);
+        uint64_t n = gg_u(g, 8);
+        *count = n;
+        if (et == 8) {
+            for (uint64_t i = 0; i < n && !g->bad; i++) {
+                uint64_t len = gg_u(g, 8);
+                if (len > (1u << 24) || fseek(g->f, (long)len, SEEK_CUR))
+                    g->bad = 1;
+            }
+        } else if (gg_scalar_size(et) > 0 && n < (1ull << 40)) {
+            if (fseek(g->f, (long)(n * (uint64_t)gg_scalar_size(et)), SEEK_CUR))
+                g->bad = 1;
+        } else {
+            g->bad = 1;
+        }
+    } else if (gg_scalar_size(t) > 0) {
+        uint64_t v = gg_u(g, gg_scalar_size(t));
+        if (t <= 5 || t == 10 || t == 11)
+            *iv = (long long)v;
+    } else {
+        g->bad = 1;
+    }
+}
+
+static int read_gguf(const char *path, dt_mem_model *m, char *err)
+{
+    gg g = {fopen(path, "rb"), 0};
+    if (!g.f)
+        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
+    char magic[4];
+    if (fread(magic, 1, 4, g.f) != 4 || memcmp(magic, "GGUF", 4)) {
+        fclose(g.f);
+        return dt_errf(err, DT_EFORMAT, "%s: not a GGUF file", path);
+    }
+    uint32_t ver = (uint32_t)gg_u(&g, 4);
+    uint64_t nt = gg_u(&g, 8), nkv = gg_u(&g, 8);
+    long long L = 0, C = 0, H = 0, KV = 0, F = 0, V = 0, P = 2048, rot = 0;
+    char arch[32] = "llama";
+    for (uint64_t i = 0; i < nkv && !g.bad && ver >= 2; i++) {
+        char key[128], want[160];
+        gg_str(&g, key, sizeof key);
+        uint32_t t = (uint32_t)gg_u(&g, 4);
+        if (t == 8 && !strcmp(key, "general.architecture")) {
+            gg_str(&g, arch, sizeof arch);
+            continue;
+        }
+        long long iv;
+        uint64_t cnt;
+        gg_value(&g, t, &iv, &cnt);
+        const char *k = key;
+        size_t al = strlen(arch);
+        if (!strcmp(k, "tokenizer.ggml.tokens") && !V)
+            V = (long long)cnt;
+        if (strncmp(k, arch, al) || k[al] != '.')
+            continue;
+        snprintf(want, sizeof want, "%s", k + al + 1);
+        if (!strcmp(want, "block_count")) L = iv;
+        else if (!strcmp(want, "embedding_length")) C = iv;
+        else if (!strcmp(want, "attention.head_count")) H = iv;
+        else if (!strcmp(want, "attention.head_count_kv")) KV = iv;
+        else if (!strcmp(want, "feed_forward_length")) F = iv;
+        else if (!strcmp(want, "vocab_size")) V = iv;
+        else if (!strcmp(want, "context_length")) P = iv;
+        else if (!strcmp(want, "rope.dimension_count")) rot = iv;
+    }
+    /* Tied head: no output.weight tensor. */
+    m->tied = 1;
+    for (uint64_t i = 0; i < nt && !g.bad && i < (1u << 20); i++) {
+        char name[128];
+        gg_str(&g, name, sizeof name);
+        uint32_t nd = (uint32_t)gg_u(&g, 4);
+        if (nd > 8) {
+            g.bad = 1;
+            break;
+        }
+        for (uint32_t d = 0; d < nd; d++)
+            gg_u(&g, 8);
+        gg_u(&g, 4);
+        gg_u(&g, 8);
+        if (!strcmp(name, "output.weight"))
+            m->tied = 0;
+    }
+    fclose(g.f);
+    if (g.bad || ver < 2 || L <= 0 || C <= 0 || H <= 0 || F <= 0 || V <= 0)
+        return dt_errf(err, DT_EFORMAT, "%s: GGUF header lacks the model's sizes", path);
+    m->llama = strcmp(arch, "gpt2") != 0;
+    m->n_layer = (int)L; m->d_model = (int)C; m->n_head = (int)H;
+    m->n_kv_head = (int)(KV > 0 ? KV : H);
+    m->head_dim = (int)(rot > 0 ? rot : C / H);
+    m->d_ff = (int)F; m->vocab = (int)V; m->max_pos = (int)P;
+    return 0;
+}
+
+int dt_mem_model_read(const char *path, dt_mem_model *m, char *err)
+{
+    struct stat st;
+    memset(m, 0, sizeof *m);
+    if (stat(path, &st))
+        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
+    int rc = S_ISDIR(st.st_mode) ? read_config_json(path, m, err) : read_gguf(path, m, err);
+    if (rc)
+        return rc;
+    if (m->n_layer <= 0 || m->n_layer > 4096 || m->d_model <= 0 || m->n_head <= 0 ||
+        m->n_kv_head <= 0 || m->head_dim <= 0 || m->d_ff <= 0 || m->vocab <= 0)
+        return dt_errf(err, DT_EFORMAT, "%s: bad model sizes", path);
+    return 0;
+}
+
+/* ---- the estimate ------------------------------------------------------------ */
+
+/* What OpenBLAS and the OpenMP threads touch once the GEMMs run (their
+ * packing buffers), measured on the CPU backend: about 32 MiB. */
+#define DT_MEM_CPU_THREAD_BUFS (32LL << 20)
+
+/* Target bits as model.c's dt_parse_targets reads them (q k v o gate up
+ * down, c_attn = the whole GPT-2 qkv, c_fc = up, c_proj = o and down; "all"),
+ * for counting adapters only: unknown names count nothing (the engine and the
+ * API reject them with their own message). */
+enum { T_Q = 1, T_K = 2, T_V = 4, T_O = 8, T_GATE = 16, T_UP = 32, T_DOWN = 64, T_CATTN = 128 };
+
+static unsigned parse_targets(const char *list, int llama)
+{
+    static const struct { const char *n; unsigned b; } tab[] = {
+        {"q", T_Q}, {"k", T_K}, {"v", T_V}, {"o", T_O}, {"gate", T_GATE}, {"up", T_UP},
+        {"down", T_DOWN}, {"q_proj", T_Q}, {"k_proj", T_K}, {"v_proj", T_V},
+        {"o_proj", T_O}, {"gate_proj", T_GATE}, {"up_proj", T_UP}, {"down_proj", T_DOWN},
+        {"c_attn", T_CATTN}, {"c_fc", T_UP}, {"c_proj", T_O | T_DOWN},
+        {"attn.c_proj", T_O}, {"mlp.c_proj", T_DOWN}};
+    unsigned mask = 0;
+    const char *p = list && *list ? list : "q,v";
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        size_t len = strcspn(p, ",");
+        while (len && p[len - 1] == ' ')
+            len--;
+        if (len == 3 && !strncmp(p, "all", 3))
+            mask |= llama ? 0x7f : (T_CATTN | T_O | T_UP | T_DOWN);
+        for (size_t i = 0; len && i < sizeof tab / sizeof tab[0]; i++)
+            if (strlen(tab[i].n) == len && !strncmp(tab[i].n, p, len))
+                mask |= tab[i].b;
+        p += strcspn(p, ",");
+    }
+    if (!llama)
+        mask &= ~(unsigned)T_GATE;
+    return mask;
+}
+
+static long long weight_floats(const dt_mem_model *c)
+{
+    long long C = c->d_model, F = c->d_ff, V = c->vocab, L = c->n_layer;
+    long long Q = (long long)c->n_head * c->head_dim, K = (long long)c->n_kv_head * c->head_dim;
+    long long n;
+    if (!c->llama)
+        n = V * C + (long long)c->max_pos * C + 2 * C +
+            L * (4 * C + 3 * C * C + 3 * C + C * C + C + F * C + F + C * F + C);
+    else
+        n = V * C + C + L * (2 * C + Q * C + 2 * K * C + C * Q + 3 * F * C);
+    if (!c->tied)
+        n += V * C;
+    return n;
+}
+
+int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estimate *e,
+                    char *err)
+{
+    memset(e, 0, sizeof *e);
+    if (j->batch < 1 || j->seq_len < 1)
+        return dt_errf(err, DT_EINVAL, "batch size and sequence length must be >= 1");
+    if (j->method != 0 && j->rank < 1)
+        return dt_errf(err, DT_EINVAL, "rank must be >= 1 for LoRA");
+    long long T = j->seq_len;
+    if (j->longest_row > 0 && j->longest_row < T)
+        T = j->longest_row;
+    e->seq_eff = (int)T;
+    long long B = j->batch, N = B * T;
+    long long C = c->d_model, F = c->d_ff, L = c->n_layer, V = c->vocab;
+    long long qd = (long long)c->n_head * c->head_dim, kd = (long long)c->n_kv_head * c->head_dim;
+    long long r = j->method ? j->rank : 0;
+    long long W = weight_floats(c);
+
+    /* trainable tensors: p (LoRA factors; full: the weights themselves),
+     * g, m, v; Delta-LoRA's catA/catB; per adapter u(N, r). */
+    long long ptrain = 0, cat = 0, u = 0, moved = 0;
+    if (j->method == 0) {
+        ptrain = W;
+    } else {
+        unsigned t = parse_targets(j->targets, c->llama);
+        long long rows[8] = {0}, ins[8] = {0}, wsz[8] = {0};
+        if (!c->llama) {
+            rows[0] = 3 * C; ins[0] = C; wsz[0] = 3 * C * C;   /* c_attn */
+            rows[1] = C; ins[1] = C; wsz[1] = 3 * C * C;       /* q, k, v slices */
+            rows[2] = C; ins[2] = C; wsz[2] = C * C;           /* o */
+            rows[3] = F; ins[3] = C; wsz[3] = F * C;           /* up */
+            rows[4] = C; ins[4] = F; wsz[4] = C * F;           /* down */
+            int ncattn = !!(t & T_CATTN), nqkv = !!(t & T_Q) + !!(t & T_K) + !!(t & T_V);
+            int cnt[5] = {ncattn, nqkv, !!(t & T_O), !!(t & T_UP), !!(t & T_DOWN)};
+            for (int i = 0; i < 5; i++) {
+                ptrain += L * cnt[i] * (r * ins[i] + rows[i] * r);
+                cat += L * cnt[i] * 2 * r * (ins[i] + rows[i]);
+                u += L * cnt[i] * N * r;
+            }
+            if (ncattn || nqkv)
+                moved += L * wsz[0];
+            for (int i = 2; i < 5; i++)
+                moved += cnt[i] ? L * wsz[i] : 0;
+        } else {
+            long long outs[7] = {qd, kd, kd, C, F, F, C}, in7[7] = {C, C, C, qd, C, C, F};
+            for (int i = 0; i < 7; i++) {
+                if (!(t & (1u << i)))
+                    continue;
+                ptrain += L * (r * in7[i] + outs[i] * r);
+                cat += L * 2 * r * (in7[i] + outs[i]);
+                u += L * N * r;
+                moved += L * outs[i] * in7[i];
+            }
+        }
+        if (j->method != 2)
+            cat = moved = 0;
+    }
+    long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2 * 2;
+
+    /* activations: alloc_acts (model.c), floats. */
+    long long wide = qd > C ? qd : C;
+    long long head_rows = N < (16LL << 20) / V ? N : (16LL << 20) / V;
+    if (head_rows < 1)
+        head_rows = 1;
+    long long acts = 2 * N + (L + 1) * N * C + 3 * L * N * C + 4 * L * N +
+                     L * N * (2 * qd + 2 * kd) + L * N * c->n_head + L * N * F + N * F +
+                     (c->llama ? L * N * F : 2 * N * 3 * C) + N * C + 2 * N +
+                     head_rows * V + N + N * C + 2 * N * wide + N * qd + 2 * N * kd +
+                     3 * N * F + N * (r > 0 ? r : 1) + u;
+
+    /* the backend's own buffers */
+    long long work;
+    long long nh = c->n_head, D = c->head_dim;
+    if (j->cuda) {
+        work = 3 * B * nh * T * D + 2 * nh * T * T + B * nh * T + T * D;
+    } else {
+        int nt = j->threads > 0 ? j->threads : 1;
+        long long blk = T < 256 ? T : 256;
+        work = 2 * blk * T * nt + T * D;
+    }
+    long long train = W + trainable + acts + work;
+    long long peak = train;
+    if (!j->cuda) {
+        /* Host phases (CPU: the same memory). The batch's host ids/targets,
+         * the tokenized data. A checkpoint downloads every trainable tensor
+         * and both moments (Delta-LoRA: and the moved W) while the
+         * activations are held; the export holds the merged weights beside
+         * the model, the activations freed. */
+        long long host = 2 * B * j->seq_len + N + (j->runtime_bytes ? 0 : 2 * j->data_tokens) +
+                         DT_MEM_CPU_THREAD_BUFS / 4;
+        long long ckpt = train + 3 * ptrain + moved;
+        long long exp = W + trainable + W;
+        train += host;
+        peak = train;
+        if (ckpt + host > peak)
+            peak = ckpt + host;
+        if (exp > peak)
+            peak = exp;
+    }
+    e->weights = 4 * W;
+    e->trainable = 4 * trainable;
+    e->activations = 4 * acts;
+    e->workspace = 4 * (peak - W - trainable - acts);
+    e->runtime = j->cuda ? 0 : j->runtime_bytes;
+    e->total = e->weights + e->trainable + e->activations + e->workspace + e->runtime;
+    return 0;
+}
+
+long long dt_mem_self_rss(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) {
+            kb = strtoll(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb * 1024;
+}
+
+long long dt_mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "MemAvailable:", 13)) {
+            kb = strtoll(line + 13, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb * 1024;
+}
+
+int dt_mem_parse_size(const char *s, long long *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0)
+        return DT_EINVAL;
+    while (*end == ' ')
+        end++;
+    double mul = 1;
+    switch (toupper((unsigned char)*end)) {
+    case 0: break;
+    case 'K': mul = 1024.0; end++; break;
+    case 'M': mul = 1024.0 * 1024; end++; break;
+    case 'G': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'T': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: return DT_EINVAL;
+    }
+    if (toupper((unsigned char)*end) == 'I')
+        end++;
+    if (toupper((unsigned char)*end) == 'B')
+        end++;
+    if (*end || v * mul >= 9.0e18)
+        return DT_EINVAL;
+    *out = (long long)(v * mul);
+    return 0;
+}
+
+void dt_mem_human(long long bytes, char *buf, size_t n)
+{
+    static const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    int i = 0;
+    while (v >= 1024 && i < 4) {
+        v /= 1024;
+        i++;
+    }
+    snprintf(buf, n, i ? "%.1f %s" : "%.0f %s", v, u[i]);
+}
