@@ -137,7 +137,7 @@ static void rm_tree(const char *dir)
  * Delta-LoRA moves (weights.safetensors), the AdamW moments of the
  * trainable ones (optimizer.safetensors: dropped by retention). */
 int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
-                     long trained_tokens, char *err)
+                 int64_t total, unsigned targets, long trained_tokens, char *err)
 {
     dt_backend *be = dt_model_backend(m);
     int np, nl;
@@ -213,14 +213,27 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
     if ((rc = dt_safetensors_write(path, eo, no, NULL, err)))
         goto done;
-    char js[512];
-    int len = snprintf(js, sizeof js,
-        "{\"step\": %lld, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
-        "\"seed\": %llu, \"trained_tokens\": %ld, \"threads\": %d}\n", (long long)opt->t,
-        (int)o->method, o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens,
-        be->threads);
+    /* The run's settings that a resume must share (tr_ckpt_check). */
+    json_t *st = json_pack("{s:I, s:i, s:i, s:f, s:f, s:I, s:I, s:I, s:i, s:i, s:I, s:i}",
+        "step", (json_int_t)opt->t, "method", (int)o->method, "rank", o->rank,
+        "alpha", (double)o->alpha, "lambda", (double)o->lambda,
+        "start_step", (json_int_t)opt->start_step, "total_steps", (json_int_t)total,
+        "target_mask", (json_int_t)targets, "batch_size", o->batch,
+        "grad_accum", o->accum, "seed", (json_int_t)o->seed,
+        "threads", be->threads);
+    if (st)
+        json_object_set_new(st, "trained_tokens", json_integer(trained_tokens));
+    char *js = st ? json_dumps(st, JSON_COMPACT) : NULL;
+    json_decref(st);
+    if (!js) {
+        rc = dt_errf(err, DT_ENOMEM, "checkpoint state: out of memory");
+        goto done;
+    }
+    size_t len = strlen(js);
     snprintf(path, sizeof path, "%s/state.json", tmp);
-    if ((rc = dt_write_file_atomic(path, js, (size_t)len, err)))
+    rc = dt_write_file_atomic(path, js, len, err);
+    free(js);
+    if (rc)
         goto done;
     char cmd[8600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir); /* a stale incomplete one */
@@ -253,6 +266,61 @@ done:
 }
 
 static int ckpt_load_file(dt_model *m, const char *path, char *err);
+
+static const char *method_name(int m)
+{
+    return m == DT_FULL ? "full" : m == DT_LORA ? "lora" : m == DT_DELTA_LORA ? "delta_lora" : "?";
+}
+
+int tr_ckpt_check(const char *dir, const dt_train_opts *o, int64_t K, int64_t total,
+                  unsigned targets, char *err)
+{
+    char path[4600];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    json_error_t je;
+    json_t *js = json_load_file(path, 0, &je);
+    if (!js)
+        return dt_errf(err, DT_EFORMAT, "%s: unreadable checkpoint state", path);
+    int lora = o->method != DT_FULL, delta = o->method == DT_DELTA_LORA;
+    /* flag, this run's value, whether it applies; compared as numbers */
+    const struct { const char *key, *flag; double now; int applies; } s[] = {
+        {"method", "--method", o->method, 1},
+        {"rank", "--rank", o->rank, lora},
+        {"alpha", "--alpha", (float)o->alpha, lora},
+        {"target_mask", "--target-modules", targets, lora},
+        {"lambda", "--lambda", (float)o->lambda, delta},
+        {"start_step", "--start-step", (double)K, delta},
+        {"total_steps", "--steps/--epochs (total optimizer steps)", (double)total, 1},
+        {"batch_size", "--batch-size", o->batch, 1},
+        {"grad_accum", "--grad-accum", o->accum, 1},
+    };
+    int rc = DT_OK;
+    for (size_t i = 0; i < sizeof s / sizeof s[0] && !rc; i++) {
+        json_t *v = json_object_get(js, s[i].key);
+        if (!s[i].applies || !json_is_number(v))
+            continue;
+        double was = json_number_value(v);
+        if (!strcmp(s[i].key, "alpha") || !strcmp(s[i].key, "lambda"))
+            was = (float)was; /* written from a float */
+        if (was == s[i].now)
+            continue;
+        if (!strcmp(s[i].key, "method"))
+            rc = dt_errf(err, DT_EINVAL, "cannot resume from %s: it was trained with "
+                         "--method %s, this run has --method %s (use the same setting, "
+                         "or a new --out to start over)", dir, method_name((int)was),
+                         method_name(o->method));
+        else if (!strcmp(s[i].key, "target_mask"))
+            rc = dt_errf(err, DT_EINVAL, "cannot resume from %s: it was trained with other "
+                         "--target-modules than '%s' (use the same setting, or a new --out "
+                         "to start over)", dir, o->targets);
+        else
+            rc = dt_errf(err, DT_EINVAL, "cannot resume from %s: it was trained with %s %.9g, "
+                         "this run has %.9g (use the same setting, or a new --out to start "
+                         "over)", dir, s[i].flag, was, s[i].now);
+    }
+    json_decref(js);
+    return rc;
+}
 
 int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
                      long *trained_tokens, char *err)

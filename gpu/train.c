@@ -393,6 +393,13 @@ int dt_train(const dt_train_opts *o_in, char *err)
         fprintf(stderr, "warning: --start-step %lld >= total steps %lld: W never moves "
                 "(this run is plain LoRA)\n", (long long)K, (long long)total);
 
+    if (o.resume) { /* before the model: a changed rank or target set is named */
+        char dir[4400];
+        if (dt_ckpt_latest(o.out, dir, sizeof dir) > 0 &&
+            (rc = tr_ckpt_check(dir, &o, K, total, lo.targets, err)))
+            goto fail;
+    }
+
     w.release_on_upload = 1; /* peak host memory: one copy of the weights */
     if ((rc = dt_model_new(be, &w, &lo, o.batch, T, o.seed, &m, err)))
         goto fail;
@@ -465,7 +472,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         }
         if (halt) {
             if (opt.t > 0 && opt.t != ckpt_at &&
-                (rc = tr_ckpt_save(m, &o, &opt, trained, err)))
+                (rc = tr_ckpt_save(m, &o, &opt, total, lo.targets, trained, err)))
                 goto fail;
             if (opt.t > 0 && opt.t != ckpt_at)
                 prune(&o);
@@ -509,7 +516,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         if (o.stop && atomic_load(o.stop))
             stop = 1;
         if (p.ckpt_due || stop) {
-            if ((rc = tr_ckpt_save(m, &o, &opt, trained, err)))
+            if ((rc = tr_ckpt_save(m, &o, &opt, total, lo.targets, trained, err)))
                 goto fail;
             ckpt_at = opt.t;
             prune(&o);

@@ -34,7 +34,15 @@ int tr_eval_loss(dt_model *m, const dt_dataset *ds, int B, int T, double *out, c
  * every W that Delta-LoRA moves) and optimizer.safetensors (their AdamW
  * moments). A failure leaves the previous one newest. */
 int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
-                 long trained_tokens, char *err);
+                 int64_t total, unsigned targets, long trained_tokens, char *err);
+
+/* A resume must share the settings that shape the run: method, rank, α, λ,
+ * K, target modules, total steps, batch size and accumulation (the data
+ * position and the LR schedule follow from them). A checkpoint written with
+ * others is refused, naming the setting (keys an older checkpoint lacks are
+ * not checked). */
+int tr_ckpt_check(const char *dir, const dt_train_opts *o, int64_t K, int64_t total,
+                  unsigned targets, char *err);
 
 /* Restores a checkpoint directory written by tr_ckpt_save (or an older
  * one-file state.safetensors). */

@@ -492,6 +492,46 @@ static void test_checkpoint_retention_keeps_the_last_n_states(void **s)
     assert_int_equal(access(p, F_OK), 0);
 }
 
+/* Resuming with settings that shape the run changed is refused before the
+ * model is built, naming the setting (before: α, λ, K and the step count
+ * were taken silently, shifting K and the LR schedule, and a changed rank
+ * or target set failed with a tensor-size error); the same settings resume. */
+static void test_resume_with_other_settings_is_refused(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/resume_check", g_dir);
+    opts(&o, out, model, data);
+    o.on_progress = stop_at_3;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL);
+    const char *const cases[] = {"--alpha", "--lambda", "--start-step", "--rank",
+                                 "--target-modules", "--method", "total optimizer steps",
+                                 "--batch-size", "--grad-accum"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        opts(&o, out, model, data);
+        o.resume = 1;
+        switch (i) {
+        case 0: o.alpha = 16; break;
+        case 1: o.lambda = 1.0f; break;
+        case 2: o.start_step = 3; break;
+        case 3: o.rank = 8; break;
+        case 4: o.targets = "q"; break;
+        case 5: o.method = DT_LORA; break;
+        case 6: o.steps = 9; break;
+        case 7: o.batch = 2; break;
+        default: o.accum = 2; break;
+        }
+        int rc = dt_train(&o, err);
+        if (rc != DT_EINVAL || !strstr(err, cases[i]) || !strstr(err, "cannot resume"))
+            fail_msg("%s: rc %d, %s", cases[i], rc, err);
+    }
+    opts(&o, out, model, data);
+    o.resume = 1;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+}
+
 static void test_target_names_map_per_architecture(void **s)
 {
     (void)s;
@@ -520,6 +560,7 @@ int main(void)
         cmocka_unit_test(test_total_steps_past_int_max_do_not_wrap),
         cmocka_unit_test(test_stop_between_micro_batches_drops_the_step),
         cmocka_unit_test(test_checkpoint_retention_keeps_the_last_n_states),
+        cmocka_unit_test(test_resume_with_other_settings_is_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
