@@ -1,89 +1,31 @@
-/* tokenizer.c: byte-level BPE with ids identical to Hugging Face `tokenizers`.
+/* tokenizer.c: BPE with ids identical to Hugging Face `tokenizers`.
  *
  * One encode: split the text on added tokens (leftmost-longest; special ones
- * only when allowed), optionally split out \p{N} (the Digits pre-tokenizer of
- * SmolLM2), split with the GPT-2 regex (hand-written over UTF-8 code points),
- * then run BPE on each word's bytes. BPE works on ids: the initial symbols
- * are the ids of GPT-2's byte->unicode characters and each merge (a, b) ->
- * (rank, id) sits in an open-addressing hash table. Merges are applied lowest
- * rank first, leftmost first, through a binary heap exactly as HF's
- * Word::merge_all does, so a hostile 1 MB "word" costs O(n log n).
- * Sources (tokenizer.json, merges files, GGUF) live in tokenizer_io.c. */
+ * only when allowed; lstrip/rstrip eat the whitespace beside them), run the
+ * normalizers (NFC, Prepend, Replace) on each piece between them, then the
+ * pre-tokenizers (Split with a known regex or a string, Digits, Metaspace,
+ * ByteLevel), then BPE on each word. Byte-level BPE starts from the ids of
+ * GPT-2's byte->unicode characters; SentencePiece-style BPE starts from the
+ * word's characters, with byte_fallback's <0xNN> tokens (or unk) for those
+ * not in the vocabulary. Each merge (a, b) -> (rank, id) sits in an
+ * open-addressing hash table. Merges are applied lowest rank first, leftmost
+ * first, through a binary heap exactly as HF's Word::merge_all does, so a
+ * hostile 1 MB "word" costs O(n log n). Decoding runs the decoders
+ * (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace); bytes that are
+ * not valid UTF-8 come back as they were (HF would write U+FFFD).
+ * Sources (tokenizer.json, merges files, GGUF) live in tokenizer_io.c and
+ * tokenizer_hf.c; UTF-8, NFC and the split regexes in tokenizer_text.c. */
 #include "tokenizer.h"
 #include "tokenizer_impl.h"
 #include "base/dt.h"
-#include "unicode_tables.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { UC_O = 0, UC_L = 1, UC_N = 2, UC_S = 3 };  /* other/letter/number/space */
-
-/* ---- UTF-8 and character classes --------------------------------------- */
-
-static int utf8_put(uint32_t cp, char *o)
-{
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | (cp >> 6 & 63));
-        o[2] = (char)(0x80 | (cp & 63));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | (cp >> 12 & 63));
-    o[2] = (char)(0x80 | (cp >> 6 & 63)); o[3] = (char)(0x80 | (cp & 63));
-    return 4;
-}
-
-/* Decodes one code point; an invalid sequence is one byte of 0xFFFFFFFF. */
-static uint32_t utf8_next(const uint8_t *p, size_t n, size_t *adv)
-{
-    uint32_t c = p[0];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
-             : (c >> 3) == 30 ? 4 : 0;
-    *adv = 1;
-    if (k == 1)
-        return c;
-    if (k == 0 || k > n)
-        return 0xFFFFFFFFu;
-    c &= 0x3Fu >> (k - 1);
-    for (size_t i = 1; i < k; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0xFFFFFFFFu;
-        c = c << 6 | (p[i] & 63u);
-    }
-    if ((k == 2 && c < 0x80) || (k == 3 && c < 0x800) || (k == 4 && c < 0x10000)
-        || c > 0x10FFFF)
-        return 0xFFFFFFFFu;
-    *adv = k;
-    return c;
-}
-
-/* \s as Oniguruma and Rust's regex define it (White_Space), \p{L}, \p{N}. */
-static int uc_class(uint32_t c)
-{
-    if (c < 0x80) {
-        if ((c | 32) - 'a' < 26) return UC_L;
-        if (c - '0' < 10) return UC_N;
-        return (c == ' ' || (c >= 9 && c <= 13)) ? UC_S : UC_O;
-    }
-    if (c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A)
-        || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F
-        || c == 0x3000)
-        return UC_S;
-    int lo = 0, hi = DT_UC_NRANGES - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (c < dt_uc_ranges[mid].lo) hi = mid - 1;
-        else if (c > dt_uc_ranges[mid].hi) lo = mid + 1;
-        else return dt_uc_ranges[mid].cls;
-    }
-    return UC_O;
-}
+#define utf8_put dt_tok__utf8_put
+#define utf8_next dt_tok__utf8_next
+#define uc_class dt_tok__uc_class
 
 static int uc_at(const uint8_t *p, size_t n, size_t *adv)
 {
@@ -217,6 +159,7 @@ dt_tokenizer *dt_tok__new(int64_t n, int64_t nmerges)
     t->merges = dt_calloc((size_t)nmerges, sizeof *t->merges);
     t->use_regex = 1;
     t->unk = t->bos = t->eos = -1;
+    memset(t->fb_id, 0xFF, sizeof t->fb_id);
     if (!t->str || !t->len || !t->kind || !t->mkey || !t->mval || !t->merges) {
         dt_tokenizer_free(t);
         return NULL;
@@ -239,7 +182,8 @@ void dt_tokenizer_free(dt_tokenizer *t)
         free(t->str[i]);
     free(t->str); free(t->len); free(t->kind); free(t->vslot);
     free(t->mkey); free(t->mval); free(t->merges); free(t->added);
-    free(t->chat_template);
+    free(t->chat_template); free(t->aflag); free(t->hf_json);
+    dt_tok__free_steps(t);
     free(t);
 }
 
@@ -260,10 +204,12 @@ int dt_tok__set(dt_tokenizer *t, int64_t id, const char *s, size_t n)
 int dt_tok__finish(dt_tokenizer *t)
 {
     for (int b = 0; b < 256; b++) {
-        char u[4];
+        char u[8];
         t->byte_id[b] = dt_tok__find(t, u, (size_t)utf8_put(t->byte_cp[b], u));
         if (t->byte_id[b] < 0)
             t->byte_id[b] = t->unk;  /* HF drops the character when no unk */
+        snprintf(u, sizeof u, "<0x%02X>", b);
+        t->fb_id[b] = dt_tok__find(t, u, 6);
     }
     int32_t fill[257] = { 0 };
     for (int32_t i = 0; i < t->n; i++)
@@ -295,7 +241,8 @@ typedef struct { int32_t rank, pos, id; } bpe_ent;
 typedef struct {
     int32_t *out;  size_t nout, capout;
     bpe_sym *sym;  bpe_ent *heap;  size_t capw;  /* capw symbols, 3 capw heap */
-    char *buf;     size_t capbuf;                /* prefix space, whole word */
+    char *buf;     size_t capbuf;                /* a word's byte characters */
+    char *pbuf;    size_t cappbuf;               /* a piece with prefix space */
 } enc_state;
 
 static int emit(enc_state *st, int32_t id)
@@ -312,16 +259,16 @@ static int emit(enc_state *st, int32_t id)
     return DT_OK;
 }
 
-static char *scratch(enc_state *st, size_t n)
+static char *grow(char **buf, size_t *cap, size_t n)
 {
-    if (n > st->capbuf) {
-        char *b = realloc(st->buf, n);
+    if (n > *cap) {
+        char *b = realloc(*buf, n);
         if (!b)
             return NULL;
-        st->buf = b;
-        st->capbuf = n;
+        *buf = b;
+        *cap = n;
     }
-    return st->buf;
+    return *buf;
 }
 
 static int ent_less(const bpe_ent *a, const bpe_ent *b)
@@ -359,24 +306,11 @@ static void push_pair(const dt_tokenizer *t, enc_state *st, size_t *nh,
         heap_push(st->heap, nh, (bpe_ent){ m->rank, pos, m->id });
 }
 
-static int bpe_word(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
-                    size_t n)
+/* Room for n symbols. */
+static int sym_room(enc_state *st, size_t n)
 {
-    if (n == 1)
-        return t->byte_id[w[0]] >= 0 ? emit(st, t->byte_id[w[0]]) : DT_OK;
     if (n > INT32_MAX / 4)
         return DT_EINVAL;
-    if (t->ignore_merges) {  /* a whole word in the vocabulary wins */
-        char *s = scratch(st, 2 * n);  /* byte characters take <= 2 bytes */
-        size_t k = 0;
-        if (!s)
-            return DT_ENOMEM;
-        for (size_t i = 0; i < n; i++)
-            k += (size_t)utf8_put(t->byte_cp[w[i]], s + k);
-        int32_t id = dt_tok__find(t, s, k);
-        if (id >= 0)
-            return emit(st, id);
-    }
     if (n > st->capw) {
         size_t c = n < 256 ? 256 : n;
         bpe_sym *s = realloc(st->sym, c * sizeof *s);
@@ -387,12 +321,18 @@ static int bpe_word(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
             return DT_ENOMEM;
         st->capw = c;
     }
-    int32_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (t->byte_id[w[i]] >= 0) {
-            st->sym[m] = (bpe_sym){ t->byte_id[w[i]], m - 1, m + 1 };
-            m++;
-        }
+    return DT_OK;
+}
+
+static void sym_add(enc_state *st, int32_t *m, int32_t id)
+{
+    st->sym[*m] = (bpe_sym){ id, *m - 1, *m + 1 };
+    (*m)++;
+}
+
+/* Merges the m symbols in st->sym and emits the result. */
+static int bpe_run(const dt_tokenizer *t, enc_state *st, int32_t m)
+{
     if (m == 0)
         return DT_OK;
     st->sym[m - 1].next = -1;
@@ -424,83 +364,348 @@ static int bpe_word(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
     return DT_OK;
 }
 
-/* GPT-2 regex: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+
- * |\s+(?!\S)|\s+ . Returns the end of the match starting at i (< n). */
-static size_t regex_match(const uint8_t *p, size_t n, size_t i)
+/* Byte-level BPE on one word's bytes. */
+static int bpe_bytes(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
+                     size_t n)
 {
-    size_t adv, j;
-    uint32_t c = utf8_next(p + i, n - i, &adv);
-    if (c == '\'' && i + 1 < n) {
-        uint8_t x = p[i + 1], y = i + 2 < n ? p[i + 2] : 0;
-        if (x == 's' || x == 't' || x == 'm' || x == 'd')
-            return i + 2;
-        if ((x == 'r' && y == 'e') || (x == 'v' && y == 'e')
-            || (x == 'l' && y == 'l'))
-            return i + 3;
+    if (n == 1)
+        return t->byte_id[w[0]] >= 0 ? emit(st, t->byte_id[w[0]]) : DT_OK;
+    if (t->ignore_merges) {  /* a whole word in the vocabulary wins */
+        char *s = grow(&st->buf, &st->capbuf, 2 * n);  /* <= 2 bytes each */
+        size_t k = 0;
+        if (!s)
+            return DT_ENOMEM;
+        for (size_t i = 0; i < n; i++)
+            k += (size_t)utf8_put(t->byte_cp[w[i]], s + k);
+        int32_t id = dt_tok__find(t, s, k);
+        if (id >= 0)
+            return emit(st, id);
     }
-    int k = uc_class(c);
-    size_t q = (c == ' ' && i + 1 < n) ? i + 1 : i;  /* optional space */
-    if (q > i)
-        k = uc_at(p + q, n - q, &adv);
-    if (k != UC_S) {
-        for (j = q; j < n && uc_at(p + j, n - j, &adv) == k; j += adv) {}
-        return j;
-    }
-    size_t last = i;
-    for (j = i; j < n && uc_at(p + j, n - j, &adv) == UC_S; j += adv)
-        last = j;
-    return (j < n && last > i) ? last : j;  /* keep one space for the next */
+    int rc = sym_room(st, n);
+    if (rc != DT_OK)
+        return rc;
+    int32_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (t->byte_id[w[i]] >= 0)
+            sym_add(st, &m, t->byte_id[w[i]]);
+    return bpe_run(t, st, m);
 }
 
-/* ByteLevel pre-tokenizer and BPE on one piece. */
-static int encode_piece(const dt_tokenizer *t, enc_state *st, const uint8_t *p,
-                        size_t n)
+/* SentencePiece-style BPE on one word's characters: a character not in the
+ * vocabulary becomes its <0xNN> tokens (byte_fallback), else unk (runs of
+ * them fused with fuse_unk), else nothing, as HF's BPE::merge_word. */
+static int bpe_chars(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
+                     size_t n)
+{
+    if (t->ignore_merges) {
+        int32_t id = dt_tok__find(t, (const char *)w, n);
+        if (id >= 0)
+            return emit(st, id);
+    }
+    int rc = sym_room(st, n);
+    if (rc != DT_OK)
+        return rc;
+    int32_t m = 0;
+    int unk = 0;
+    size_t adv;
+    for (size_t i = 0; i < n; i += adv) {
+        utf8_next(w + i, n - i, &adv);
+        int32_t id = dt_tok__find(t, (const char *)w + i, adv);
+        if (id >= 0) {
+            if (unk)
+                sym_add(st, &m, t->unk);
+            unk = 0;
+            sym_add(st, &m, id);
+            continue;
+        }
+        int fb = t->byte_fallback;
+        for (size_t k = 0; fb && k < adv; k++)
+            fb = t->fb_id[w[i + k]] >= 0;
+        if (fb) {
+            for (size_t k = 0; k < adv; k++)
+                sym_add(st, &m, t->fb_id[w[i + k]]);
+        } else if (t->unk >= 0) {
+            if (unk && !t->fuse_unk)
+                sym_add(st, &m, t->unk);
+            unk = 1;
+        }
+    }
+    if (unk)
+        sym_add(st, &m, t->unk);
+    return bpe_run(t, st, m);
+}
+
+static int model_word(const dt_tokenizer *t, enc_state *st, const uint8_t *p,
+                      size_t n)
 {
     if (n == 0)
         return DT_OK;
-    if (t->add_prefix_space && p[0] != ' ') {
-        char *b = scratch(st, n + 1);
+    return t->byte_level ? bpe_bytes(t, st, p, n) : bpe_chars(t, st, p, n);
+}
+
+static int pre_run(const dt_tokenizer *t, enc_state *st, int k,
+                   const uint8_t *p, size_t n, int at0);
+
+/* ByteLevel pre-tokenizer (the last step): prefix space, GPT-2 regex. */
+static int pre_bytelevel(const dt_tokenizer *t, enc_state *st,
+                         const tok_pre *s, const uint8_t *p, size_t n)
+{
+    if (s->flag && p[0] != ' ') {
+        char *b = grow(&st->pbuf, &st->cappbuf, n + 1);
         if (!b)
             return DT_ENOMEM;
         b[0] = ' ';
-        memcpy(b + 1, p, n);
+        memmove(b + 1, p, n);
         p = (const uint8_t *)b;
         n++;
     }
-    if (!t->use_regex)
-        return bpe_word(t, st, p, n);
+    if (!s->kind)
+        return model_word(t, st, p, n);
     int rc = DT_OK;
     for (size_t i = 0, j; i < n && rc == DT_OK; i = j) {
-        j = regex_match(p, n, i);
-        rc = bpe_word(t, st, p + i, j - i);
+        j = dt_tok__split_match(TS_GPT2, p, n, i);
+        rc = model_word(t, st, p + i, j - i);
     }
     return rc;
 }
 
-/* Digits pre-tokenizer (when set), then encode_piece. */
-static int encode_segment(const dt_tokenizer *t, enc_state *st,
-                          const uint8_t *p, size_t n)
+/* Digits: runs of \p{N} (or each one) become pieces of their own. */
+static int pre_digits(const dt_tokenizer *t, enc_state *st, int k,
+                      const uint8_t *p, size_t n, int at0)
 {
-    if (!t->digits)
-        return encode_piece(t, st, p, n);
     size_t start = 0, adv, a2;
     int rc = DT_OK;
     for (size_t i = 0; i < n && rc == DT_OK; i += adv) {
         if (uc_at(p + i, n - i, &adv) != UC_N)
             continue;
-        if (t->digits == 1)  /* a whole run of numbers is one piece */
+        if (!t->pre[k].flag)  /* a whole run of numbers is one piece */
             while (i + adv < n && uc_at(p + i + adv, n - i - adv, &a2) == UC_N)
                 adv += a2;
-        rc = encode_piece(t, st, p + start, i - start);
+        rc = pre_run(t, st, k + 1, p + start, i - start, at0 && start == 0);
         if (rc == DT_OK)
-            rc = encode_piece(t, st, p + i, adv);
+            rc = pre_run(t, st, k + 1, p + i, adv, at0 && i == 0);
         start = i + adv;
     }
-    return rc == DT_OK ? encode_piece(t, st, p + start, n - start) : rc;
+    return rc == DT_OK ? pre_run(t, st, k + 1, p + start, n - start,
+                                 at0 && start == 0) : rc;
+}
+
+static const uint8_t *find_bytes(const uint8_t *p, size_t n, const char *s,
+                                 size_t m)
+{
+    for (size_t i = 0; m > 0 && i + m <= n; i++) {
+        const uint8_t *q = memchr(p + i, (uint8_t)s[0], n - i - m + 1);
+        if (!q)
+            return NULL;
+        i = (size_t)(q - p);
+        if (!memcmp(q, s, m))
+            return q;
+    }
+    return NULL;
+}
+
+/* Split on a string with HF's SplitDelimiterBehavior. */
+static int pre_string(const dt_tokenizer *t, enc_state *st, int k,
+                      const uint8_t *p, size_t n, int at0, const char *pat,
+                      size_t m, int behavior)
+{
+    size_t cap = 16, ns = 0, i = 0;
+    struct seg { size_t a, b; int match; } *sg = malloc(cap * sizeof *sg);
+    int rc = sg ? DT_OK : DT_ENOMEM;
+    while (rc == DT_OK && i <= n) {
+        const uint8_t *q = find_bytes(p + i, n - i, pat, m);
+        size_t at = q ? (size_t)(q - p) : n;
+        if (ns + 2 > cap) {
+            struct seg *g = realloc(sg, (cap *= 2) * sizeof *sg);
+            if (!g) { rc = DT_ENOMEM; break; }
+            sg = g;
+        }
+        if (at > i)
+            sg[ns++] = (struct seg){ i, at, 0 };
+        if (!q)
+            break;
+        sg[ns++] = (struct seg){ at, at + m, 1 };
+        i = at + m;
+    }
+    /* fold the segments as HF's split does */
+    size_t w = 0;
+    int prev = 0;
+    if (behavior == TB_NEXT) {  /* a match joins the piece after it */
+        for (size_t r = ns; r-- > 0;) {
+            int joined = sg[r].match && !prev && w > 0;
+            if (joined)
+                sg[ns - w].a = sg[r].a;  /* built from the end */
+            else
+                sg[ns - ++w] = sg[r];
+            prev = sg[r].match;
+        }
+        memmove(sg, sg + ns - w, w * sizeof *sg);
+    } else {
+        for (size_t r = 0; r < ns; r++) {
+            int join = behavior == TB_PREV ? sg[r].match && !prev && w > 0
+                     : behavior == TB_CONTIG ? sg[r].match == prev && w > 0 : 0;
+            prev = sg[r].match;
+            if (behavior == TB_REMOVED && sg[r].match)
+                continue;
+            if (join)
+                sg[w - 1].b = sg[r].b;
+            else
+                sg[w++] = sg[r];
+        }
+    }
+    for (size_t r = 0; r < w && rc == DT_OK; r++)
+        rc = pre_run(t, st, k + 1, p + sg[r].a, sg[r].b - sg[r].a,
+                     at0 && sg[r].a == 0);
+    free(sg);
+    return rc;
+}
+
+/* Metaspace: spaces -> replacement, the prefix, and the split before each
+ * replacement (MergedWithNext). */
+static int pre_metaspace(const dt_tokenizer *t, enc_state *st, int k,
+                         const uint8_t *p, size_t n, int at0)
+{
+    const tok_pre *s = &t->pre[k];
+    size_t spaces = 0, w = 0;
+    for (size_t i = 0; i < n; i++)
+        spaces += p[i] == ' ';
+    char *b = malloc(n + (spaces + 1) * s->na + 1);
+    if (!b)
+        return DT_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == ' ') {
+            memcpy(b + s->na * 0 + w, s->a, s->na);
+            w += s->na;
+        } else {
+            b[w++] = (char)p[i];
+        }
+    int starts = w >= s->na && !memcmp(b, s->a, s->na);
+    if (!starts && (s->kind == 0 || (s->kind == 1 && at0))) {
+        memmove(b + s->na, b, w);
+        memcpy(b, s->a, s->na);
+        w += s->na;
+    }
+    int rc = s->flag ? pre_string(t, st, k, (const uint8_t *)b, w, at0, s->a,
+                                  s->na, TB_NEXT)
+                     : pre_run(t, st, k + 1, (const uint8_t *)b, w, at0);
+    free(b);
+    return rc;
+}
+
+/* Pre-tokenizer step k on a piece; past the last step, the model. */
+static int pre_run(const dt_tokenizer *t, enc_state *st, int k,
+                   const uint8_t *p, size_t n, int at0)
+{
+    if (n == 0)
+        return DT_OK;
+    if (k == t->npre)
+        return model_word(t, st, p, n);
+    const tok_pre *s = &t->pre[k];
+    int rc = DT_OK;
+    switch (s->type) {
+    case TP_REGEX:
+        for (size_t i = 0, j; i < n && rc == DT_OK; i = j) {
+            j = dt_tok__split_match(s->kind, p, n, i);
+            rc = pre_run(t, st, k + 1, p + i, j - i, at0 && i == 0);
+        }
+        return rc;
+    case TP_STRING:
+        return pre_string(t, st, k, p, n, at0, s->a, s->na, s->behavior);
+    case TP_DIGITS:
+        return pre_digits(t, st, k, p, n, at0);
+    case TP_METASPACE:
+        return pre_metaspace(t, st, k, p, n, at0);
+    default:
+        return pre_bytelevel(t, st, s, p, n);
+    }
+}
+
+/* Replaces every a by b in *s (*n bytes, owned by the caller when *own). */
+static int replace_all(char **s, size_t *n, int *own, const char *a, size_t na,
+                       const char *b, size_t nb)
+{
+    size_t count = 0;
+    const uint8_t *p = (const uint8_t *)*s, *q;
+    for (size_t i = 0; (q = find_bytes(p + i, *n - i, a, na)); i = (size_t)(q - p) + na)
+        count++;
+    if (!count)
+        return DT_OK;
+    char *o = malloc(*n - count * na + count * nb + 1), *w = o;
+    if (!o)
+        return DT_ENOMEM;
+    size_t i = 0;
+    for (; (q = find_bytes(p + i, *n - i, a, na)); i = (size_t)(q - p) + na) {
+        memcpy(w, p + i, (size_t)(q - p) - i);
+        w += (size_t)(q - p) - i;
+        memcpy(w, b, nb);
+        w += nb;
+    }
+    memcpy(w, p + i, *n - i);
+    w += *n - i;
+    if (*own)
+        free(*s);
+    *s = o;
+    *n = (size_t)(w - o);
+    *own = 1;
+    return DT_OK;
+}
+
+/* The normalizers, then the pre-tokenizers, on text between added tokens. */
+static int encode_segment(const dt_tokenizer *t, enc_state *st,
+                          const uint8_t *p, size_t n, int at0)
+{
+    char *s = (char *)p;
+    size_t m = n;
+    int own = 0, rc = DT_OK;
+    for (int k = 0; k < t->nnorm && rc == DT_OK && m > 0; k++) {
+        const tok_norm *z = &t->norm[k];
+        if (z->type == TN_NFC) {
+            char *o;
+            size_t on;
+            int r = dt_tok__nfc((const uint8_t *)s, m, &o, &on);
+            if (r < 0) {
+                rc = r;
+            } else if (r == 1) {
+                if (own)
+                    free(s);
+                s = o, m = on, own = 1;
+            }
+        } else if (z->type == TN_PREPEND) {
+            char *o = malloc(m + z->na + 1);
+            if (!o) {
+                rc = DT_ENOMEM;
+                break;
+            }
+            memcpy(o, z->a, z->na);
+            memcpy(o + z->na, s, m);
+            if (own)
+                free(s);
+            s = o, m += z->na, own = 1;
+        } else {
+            rc = replace_all(&s, &m, &own, z->a, z->na, z->b, z->nb);
+        }
+    }
+    if (rc == DT_OK)
+        rc = pre_run(t, st, 0, (const uint8_t *)s, m, at0);
+    if (own)
+        free(s);
+    return rc;
+}
+
+/* Length of the whitespace character ending at p[e] (from p[s0]), or 0. */
+static size_t space_before(const uint8_t *p, size_t s0, size_t e)
+{
+    for (size_t k = 1; k <= 3 && k <= e - s0; k++) {
+        size_t adv;
+        uint32_t c = utf8_next(p + e - k, k, &adv);
+        if (adv == k && c != TOK_BADCP)
+            return uc_class(c) == UC_S ? k : 0;
+    }
+    return 0;
 }
 
 int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
-                        int allow_special, int32_t **ids, int *n, char *err)
+                        int flags, int32_t **ids, int *n, char *err)
 {
     *ids = NULL;
     *n = 0;
@@ -508,8 +713,10 @@ int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
         return dt_errf(err, DT_EINVAL, "tokenizer: no tokenizer or text");
     enc_state st = { 0 };
     const uint8_t *p = (const uint8_t *)text;
-    size_t seg = 0, i = 0;
-    int rc = DT_OK;
+    size_t seg = 0, i = 0, adv;
+    int rc = DT_OK, allow_special = flags & DT_TOK_SPECIAL;
+    for (int k = 0; (flags & DT_TOK_ADD) && k < t->ntpl_pre && rc == DT_OK; k++)
+        rc = emit(&st, t->tpl_pre[k]);
     while (i < len && rc == DT_OK) {
         int32_t best = -1;
         for (int32_t k = t->added_at[p[i]]; k < t->added_at[p[i] + 1]; k++) {
@@ -524,18 +731,27 @@ int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
             i++;
             continue;
         }
-        rc = encode_segment(t, &st, p + seg, i - seg);
+        size_t s = i, e = i + t->len[best], sp;
+        if (t->aflag && (t->aflag[best] & TOK_LSTRIP))
+            while ((sp = space_before(p, seg, s)) > 0)
+                s -= sp;
+        if (t->aflag && (t->aflag[best] & TOK_RSTRIP))
+            while (e < len && uc_at(p + e, len - e, &adv) == UC_S)
+                e += adv;
+        rc = encode_segment(t, &st, p + seg, s - seg, seg == 0);
         if (rc == DT_OK)
             rc = emit(&st, best);
-        seg = i += t->len[best];
+        seg = i = e;
     }
     if (rc == DT_OK)
-        rc = encode_segment(t, &st, p + seg, len - seg);
+        rc = encode_segment(t, &st, p + seg, len - seg, seg == 0);
+    for (int k = 0; (flags & DT_TOK_ADD) && k < t->ntpl_post && rc == DT_OK; k++)
+        rc = emit(&st, t->tpl_post[k]);
     if (rc == DT_OK && st.nout > INT32_MAX)
         rc = DT_EINVAL;
     if (rc == DT_OK && !st.out && !(st.out = malloc(sizeof *st.out)))
         rc = DT_ENOMEM;
-    free(st.sym); free(st.heap); free(st.buf);
+    free(st.sym); free(st.heap); free(st.buf); free(st.pbuf);
     if (rc != DT_OK) {
         free(st.out);
         return dt_errf(err, rc, "tokenizer: cannot encode %zu bytes: %s", len,
@@ -546,36 +762,204 @@ int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
     return DT_OK;
 }
 
-char *dt_tokenizer_decode(const dt_tokenizer *t, const int32_t *ids, int n)
+/* ---- decoding ------------------------------------------------------------ */
+
+typedef struct { char *s; size_t n; } dstr;
+
+/* ByteLevel: a token whose characters are all byte characters becomes those
+ * bytes; any other token stays as it is (HF's ByteLevel decoder). */
+static void dec_bytelevel(const dt_tokenizer *t, dstr *v)
 {
-    size_t cap = 1, k = 0, adv;
-    for (int i = 0; i < n; i++)
-        if (ids[i] >= 0 && ids[i] < t->n && t->str[ids[i]])
-            cap += t->len[ids[i]];
-    char *o = malloc(cap);
-    for (int i = 0; o && i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= t->n || !t->str[ids[i]])
-            continue;
-        const uint8_t *s = (const uint8_t *)t->str[ids[i]];
-        size_t m = t->len[ids[i]];
-        if (t->kind[ids[i]] != TOK_NORMAL) {  /* added tokens: as they are */
-            memcpy(o + k, s, m);
-            k += m;
-            continue;
+    size_t adv, k = 0;
+    const uint8_t *s = (const uint8_t *)v->s;
+    for (size_t j = 0; j < v->n; j += adv) {
+        uint32_t c = utf8_next(s + j, v->n - j, &adv);
+        if (c >= TOK_NCP || t->cp_byte[c] < 0)
+            return;
+    }
+    for (size_t j = 0; j < v->n; j += adv)
+        v->s[k++] = (char)t->cp_byte[utf8_next(s + j, v->n - j, &adv)];
+    v->n = k;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
+         : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* <0xNN> -> NN, or -1. */
+static int fallback_byte(const dstr *v)
+{
+    if (v->n != 6 || memcmp(v->s, "<0x", 3) || v->s[5] != '>')
+        return -1;
+    int hi = hexval(v->s[3]), lo = hexval(v->s[4]);
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+/* Applies decoder step d to the m tokens of v; returns the new count. */
+static size_t dec_step(const dt_tokenizer *t, const tok_dec *d, dstr *v,
+                       size_t m, int *rc)
+{
+    size_t w = 0;
+    switch (d->type) {
+    case TD_BYTELEVEL:
+        for (size_t i = 0; i < m; i++)
+            dec_bytelevel(t, &v[i]);
+        return m;
+    case TD_REPLACE:
+    case TD_METASPACE:
+        for (size_t i = 0; i < m && *rc == DT_OK; i++) {
+            int own = 1;
+            *rc = d->type == TD_REPLACE
+                ? replace_all(&v[i].s, &v[i].n, &own, d->a, d->na, d->b, d->nb)
+                : replace_all(&v[i].s, &v[i].n, &own, d->a, d->na, " ", 1);
+            if (d->type == TD_METASPACE && i == 0 && d->flag && v[0].n > 0
+                && v[0].s[0] == ' ')
+                memmove(v[0].s, v[0].s + 1, --v[0].n);
         }
-        for (size_t j = 0; j < m; j += adv) {
-            uint32_t c = utf8_next(s + j, m - j, &adv);
-            if (c < TOK_NCP && t->cp_byte[c] >= 0)
-                o[k++] = (char)t->cp_byte[c];
-            else {  /* not a byte character: copied as it is */
-                memcpy(o + k, s + j, adv);
-                k += adv;
+        return m;
+    case TD_BYTEFALLBACK:  /* runs of <0xNN> become their bytes */
+        for (size_t i = 0; i < m;) {
+            int b = fallback_byte(&v[i]);
+            if (b < 0) {
+                v[w++] = v[i++];
+                continue;
+            }
+            dstr run = v[i];  /* its buffer has room for 12 bytes */
+            size_t cap = 12, j = i;
+            run.n = 0;
+            for (; j < m && (b = fallback_byte(&v[j])) >= 0; j++) {
+                if (j > i) {
+                    free(v[j].s);
+                    v[j].s = NULL;
+                }
+                if (run.n == cap) {
+                    char *g = realloc(run.s, cap *= 2);
+                    if (!g) {
+                        *rc = DT_ENOMEM;
+                        break;
+                    }
+                    run.s = g;
+                }
+                run.s[run.n++] = (char)b;
+            }
+            v[w++] = run;
+            i = j;
+            if (*rc != DT_OK) {  /* free what was not reached */
+                for (; i < m; i++)
+                    v[w++] = v[i];
+                break;
             }
         }
+        return w;
+    case TD_FUSE: {
+        size_t total = 0;
+        for (size_t i = 0; i < m; i++)
+            total += v[i].n;
+        if (m == 0)
+            return 0;
+        char *o = malloc(total + 1);
+        if (!o) {
+            *rc = DT_ENOMEM;
+            return m;
+        }
+        for (size_t i = 0; i < m; i++) {
+            memcpy(o + w, v[i].s, v[i].n);
+            w += v[i].n;
+            free(v[i].s);
+            v[i].s = NULL;
+        }
+        v[0] = (dstr){ o, total };
+        return 1;
+    }
+    default:  /* TD_STRIP */
+        for (size_t i = 0; i < m; i++) {
+            size_t a = 0, b = v[i].n;
+            for (int k = 0; k < d->start && b - a >= d->na
+                            && !memcmp(v[i].s + a, d->a, d->na); k++)
+                a += d->na;
+            for (int k = 0; k < d->stop && b - a >= d->na
+                            && !memcmp(v[i].s + b - d->na, d->a, d->na); k++)
+                b -= d->na;
+            memmove(v[i].s, v[i].s + a, b - a);
+            v[i].n = b - a;
+        }
+        return m;
+    }
+}
+
+char *dt_tokenizer_decode(const dt_tokenizer *t, const int32_t *ids, int n)
+{
+    dstr *v = calloc((size_t)(n > 0 ? n : 1), sizeof *v);
+    size_t m = 0, total = 1;
+    int rc = v ? DT_OK : DT_ENOMEM;
+    for (int i = 0; i < n && rc == DT_OK; i++) {
+        if (ids[i] < 0 || ids[i] >= t->n || !t->str[ids[i]])
+            continue;
+        size_t len = t->len[ids[i]];
+        if (!(v[m].s = malloc(len + 6)))  /* + room for ByteFallback */
+            rc = DT_ENOMEM;
+        else
+            memcpy(v[m].s, t->str[ids[i]], len);
+        v[m++].n = len;
+    }
+    tok_dec bl = { .type = TD_BYTELEVEL };
+    int nd = t->has_decoder ? t->ndec : t->byte_level;
+    for (int k = 0; k < nd && rc == DT_OK; k++)
+        m = dec_step(t, t->has_decoder ? &t->dec[k] : &bl, v, m, &rc);
+    for (size_t i = 0; i < m; i++)
+        total += v[i].n;
+    char *o = rc == DT_OK ? malloc(total) : NULL;
+    size_t w = 0;
+    for (size_t i = 0; i < m; i++) {
+        if (o) {
+            memcpy(o + w, v[i].s, v[i].n);
+            w += v[i].n;
+        }
+        free(v[i].s);
     }
     if (o)
-        o[k] = 0;
+        o[w] = 0;
+    free(v);
     return o;
+}
+
+int dt_tokenizer_adds_bos(const dt_tokenizer *t)
+{
+    return t->ntpl_pre > 0 && t->tpl_pre[0] == t->bos;
+}
+
+int dt_tokenizer_adds_eos(const dt_tokenizer *t)
+{
+    return t->ntpl_post > 0 && t->tpl_post[t->ntpl_post - 1] == t->eos;
+}
+
+void dt_tok__gpt2_steps(dt_tokenizer *t, int digits, int add_prefix_space,
+                        int use_regex)
+{
+    t->npre = 0;
+    if (digits)
+        t->pre[t->npre++] = (tok_pre){ .type = TP_DIGITS, .flag = digits == 2 };
+    t->pre[t->npre++] = (tok_pre){ .type = TP_BYTELEVEL,
+                                   .flag = add_prefix_space, .kind = use_regex };
+    t->digits = digits;
+    t->add_prefix_space = add_prefix_space;
+    t->use_regex = use_regex;
+    t->byte_level = 1;
+}
+
+void dt_tok__free_steps(dt_tokenizer *t)
+{
+    for (int k = 0; k < t->nnorm; k++) {
+        free(t->norm[k].a); free(t->norm[k].b);
+    }
+    for (int k = 0; k < t->npre; k++)
+        free(t->pre[k].a);
+    for (int k = 0; k < t->ndec; k++) {
+        free(t->dec[k].a); free(t->dec[k].b);
+    }
+    t->nnorm = t->npre = t->ndec = 0;
 }
 
 int dt_tokenizer_vocab_size(const dt_tokenizer *t) { return t->n; }
