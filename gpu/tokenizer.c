@@ -811,12 +811,12 @@ static size_t dec_step(const dt_tokenizer *t, const tok_dec *d, dstr *v,
     case TD_METASPACE:
         for (size_t i = 0; i < m && *rc == DT_OK; i++) {
             int own = 1;
+            /* Metaspace: the first token loses its replacements (HF) */
+            int first = d->type == TD_METASPACE && i == 0 && d->flag;
             *rc = d->type == TD_REPLACE
                 ? replace_all(&v[i].s, &v[i].n, &own, d->a, d->na, d->b, d->nb)
-                : replace_all(&v[i].s, &v[i].n, &own, d->a, d->na, " ", 1);
-            if (d->type == TD_METASPACE && i == 0 && d->flag && v[0].n > 0
-                && v[0].s[0] == ' ')
-                memmove(v[0].s, v[0].s + 1, --v[0].n);
+                : replace_all(&v[i].s, &v[i].n, &own, d->a, d->na, " ",
+                              first ? 0 : 1);
         }
         return m;
     case TD_BYTEFALLBACK:  /* runs of <0xNN> become their bytes */

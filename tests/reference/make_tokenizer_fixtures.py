@@ -13,6 +13,9 @@ Writes
                                             family's own tokenizer.json
                                             (.cache/hf-tokenizers, fetched by
                                             scripts/install-deps)
+  tests/fixtures/tokenizer/hf_VARIANT.json  the same for a family's file with
+                                            other components (Metaspace,
+                                            Split on a string, lstrip/rstrip)
   tests/fixtures/tokenizer/nfc.json         NFC of Python's unicodedata
 
 Run from the repository root with a Python that has `tokenizers` and `gguf`:
@@ -265,7 +268,8 @@ def encode(t, text, special):
 
 def cases(t):
     out = []
-    for text in TEXTS:
+    texts = TEXTS + [x for x in HF_TEXTS if x not in TEXTS] + random_texts(60, 15)
+    for text in texts:
         for special in (True, False):
             out.append({"text": text, "special": special,
                         "ids": encode(t, text, special)})
@@ -424,6 +428,67 @@ def hf_families():
                                         "cases": hf_cases(t, texts)})
 
 
+def metaspace(scheme, split):
+    return {"type": "Metaspace", "replacement": "\u2581",
+            "prepend_scheme": scheme, "split": split}
+
+
+def split_string(behavior):
+    return {"type": "Split", "pattern": {"String": "\u2581"},
+            "behavior": behavior, "invert": False}
+
+
+# Variants of a family's tokenizer.json (the components other files of these
+# families use): (name, family, top-level keys replaced, added-token flags).
+VARIANTS = [
+    ("llama2_metaspace_first", "llama2",
+     {"normalizer": None, "pre_tokenizer": metaspace("first", True),
+      "decoder": {"type": "Sequence", "decoders": [
+          {"type": "ByteFallback"}, metaspace("first", True)]}}, {}),
+    ("llama2_metaspace_always", "llama2",
+     {"normalizer": None, "pre_tokenizer": metaspace("always", False),
+      "decoder": metaspace("always", False)}, {}),
+    ("llama3_1_gpt2_regex", "llama3_1",
+     {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+         {"type": "Split", "pattern": {"Regex": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+"
+                                       "| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"},
+          "behavior": "Isolated", "invert": False},
+         {"type": "Digits", "individual_digits": False},
+         {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+          "use_regex": False}]}},
+     {"<|eot_id|>": {"lstrip": True}, "<|start_header_id|>": {"rstrip": True},
+      "<|end_header_id|>": {"lstrip": True, "rstrip": True}}),
+] + [("llama2_split_" + b.lower(), "llama2",
+      {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+          split_string(b), {"type": "Digits", "individual_digits": True}]}}, {})
+     for b in ["Isolated", "Removed", "MergedWithPrevious", "MergedWithNext",
+               "Contiguous"]]
+
+
+def hf_variants():
+    from tokenizers import Tokenizer
+    texts = HF_TEXTS + random_texts(30, 16) + [
+        "a <|eot_id|> b <|start_header_id|>  user  <|end_header_id|>\n\nx",
+        "  <|eot_id|>\t<|end_header_id|>\u3000end"]
+    for name, fam, patch, added in VARIANTS:
+        path = os.path.join(HF_DIR, fam, "tokenizer.json")
+        if not os.path.exists(path):
+            print("skipping variant %s: %s missing" % (name, path))
+            continue
+        j = json.load(open(path))
+        j.update(patch)
+        for a in j["added_tokens"]:
+            a.update(added.get(a["content"], {}))
+        t = Tokenizer.from_str(json.dumps(j))
+        out = []
+        for text in texts:
+            ids = encode(t, text, True)
+            out.append({"text": text, "special": True, "ids": ids,
+                        "decoded": t.decode(ids, skip_special_tokens=False)})
+        write_json("hf_%s.json" % name, {"base": fam, "patch": patch,
+                                          "added": added, "cases": out})
+
+
 def nfc_cases():
     """NFC reference: every code point that NFC can change, in runs, and
     random combining sequences."""
@@ -466,6 +531,7 @@ def main():
         print("skipping smollm2.json: %s missing" % SMOL_GGUF)
     write_bad()
     hf_families()
+    hf_variants()
     nfc_cases()
     return 0
 
