@@ -106,6 +106,7 @@ uint32_t dt_tok__utf8_next(const uint8_t *p, size_t n, size_t *adv);
 int dt_tok__uc_class(uint32_t c);  /* UC_* */
 /* TS_* of a Split regex as tokenizer.json spells it, or -1. */
 int dt_tok__split_kind(const char *pattern);
+const char *dt_tok__split_pattern(int kind);  /* and back */
 /* End of the match of regex kind at i (< n); every position matches. */
 size_t dt_tok__split_match(int kind, const uint8_t *p, size_t n, size_t i);
 /* 0: already NFC; 1: *out (malloc'd, *on bytes); < 0: DT_E* code. */

@@ -392,6 +392,7 @@ dt_tokenizer *dt_tokenizer_from_gguf(const dt_tensorset *ts, char *err)
         t->npre = 2;
         if (split == TS_QWEN2)
             t->norm[t->nnorm++] = (tok_norm){ .type = TN_NFC };
+        t->ignore_merges = split == TS_LLAMA3;  /* as Llama 3's file */
     }
     t->bos = bos && bos->i >= 0 && bos->i < t->n ? (int32_t)bos->i : -1;
     t->eos = eos && eos->i >= 0 && eos->i < t->n ? (int32_t)eos->i : -1;
@@ -409,16 +410,73 @@ static json_t *byte_level(int prefix, int trim, int regex)
                      "use_regex", regex);
 }
 
+/* The pre-tokenizer of a tokenizer without a tokenizer.json of its own
+ * (GGUF, vocab.json + merges.txt): [Split,] [Digits,] ByteLevel. */
+static json_t *pre_steps_json(const dt_tokenizer *t)
+{
+    json_t *seq = json_array();
+    for (int k = 0; seq && k < t->npre; k++) {
+        const tok_pre *s = &t->pre[k];
+        json_t *o = s->type == TP_BYTELEVEL ? byte_level(s->flag, 1, s->kind)
+            : s->type == TP_DIGITS ? json_pack("{s:s, s:b}", "type", "Digits",
+                                               "individual_digits", s->flag)
+            : s->type == TP_REGEX ? json_pack("{s:s, s:{s:s}, s:s, s:b}",
+                "type", "Split", "pattern", "Regex",
+                dt_tok__split_pattern(s->kind), "behavior", "Isolated",
+                "invert", 0)
+            : NULL;
+        if (json_array_append_new(seq, o)) {
+            json_decref(seq);
+            return NULL;
+        }
+    }
+    if (json_array_size(seq) == 1) {
+        json_t *one = json_incref(json_array_get(seq, 0));
+        json_decref(seq);
+        return one;
+    }
+    return seq ? json_pack("{s:s, s:o}", "type", "Sequence", "pretokenizers",
+                           seq) : NULL;
+}
+
+/* NFC or null, and BOS by a TemplateProcessing (GGUF add_bos_token). */
+static json_t *norm_steps_json(const dt_tokenizer *t)
+{
+    return t->nnorm == 1 && t->norm[0].type == TN_NFC
+        ? json_pack("{s:s}", "type", "NFC") : json_null();
+}
+
+static json_t *post_json(const dt_tokenizer *t)
+{
+    if (t->ntpl_pre != 1 || t->ntpl_post != 0)
+        return byte_level(1, 0, 1);
+    const char *b = t->str[t->tpl_pre[0]];
+    return json_pack("{s:s, s:[o, {s:{s:s, s:i}}], s:[o, {s:{s:s, s:i}}, o, "
+                     "{s:{s:s, s:i}}], s:{s:{s:s, s:[i], s:[s]}}}",
+                     "type", "TemplateProcessing", "single",
+                     json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", b,
+                               "type_id", 0),
+                     "Sequence", "id", "A", "type_id", 0, "pair",
+                     json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", b,
+                               "type_id", 0),
+                     "Sequence", "id", "A", "type_id", 0,
+                     json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", b,
+                               "type_id", 1),
+                     "Sequence", "id", "B", "type_id", 1,
+                     "special_tokens", b, "id", b, "ids",
+                     (int)t->tpl_pre[0], "tokens", b);
+}
+
 int dt_tokenizer_write_json(const dt_tokenizer *t, const char *path, char *err)
 {
     json_t *added = json_array(), *vocab = json_object(), *merges = json_array();
-    json_t *pre = byte_level(t->add_prefix_space, 1, t->use_regex);
+    json_t *pre = pre_steps_json(t);
     json_t *hf = t->hf_json ? json_loads(t->hf_json, 0, NULL) : NULL;
-    if (pre && t->digits)  /* "o" steals pre, also when json_pack fails */
-        pre = json_pack("{s:s, s:[{s:s, s:b}, o]}", "type", "Sequence",
-                        "pretokenizers", "type", "Digits", "individual_digits",
-                        t->digits == 2, pre);
     int bad = !added || !vocab || !merges || !pre || (t->hf_json && !hf);
+    int pairs = 0;  /* merges as [a, b] when a token holds a space */
+    for (int32_t r = 0; r < t->nmerges; r++)
+        pairs |= memchr(t->str[t->merges[r][0]], ' ', t->len[t->merges[r][0]])
+              || memchr(t->str[t->merges[r][1]], ' ', t->len[t->merges[r][1]]);
     for (int32_t i = 0; i < t->n && !bad; i++) {
         if (!t->str[i])
             continue;
@@ -433,19 +491,23 @@ int dt_tokenizer_write_json(const dt_tokenizer *t, const char *path, char *err)
             bad |= json_object_set_new(vocab, t->str[i], json_integer(i));
     }
     for (int32_t r = 0; r < t->nmerges && !bad; r++)
-        bad |= json_array_append_new(merges, json_sprintf("%s %s",
-            t->str[t->merges[r][0]], t->str[t->merges[r][1]]));
+        bad |= json_array_append_new(merges, pairs
+            ? json_pack("[s%, s%]", t->str[t->merges[r][0]],
+                        (size_t)t->len[t->merges[r][0]], t->str[t->merges[r][1]],
+                        (size_t)t->len[t->merges[r][1]])
+            : json_sprintf("%s %s", t->str[t->merges[r][0]],
+                           t->str[t->merges[r][1]]));
     if (bad) {
         json_decref(added); json_decref(vocab); json_decref(merges);
         json_decref(pre); json_decref(hf);
         return dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
     }
     json_t *root = json_pack(  /* steals added, pre, vocab and merges */
-        "{s:s, s:n, s:n, s:o, s:n, s:o, s:o, s:o, s:{s:s, s:n, s:n, s:n, s:n,"
+        "{s:s, s:n, s:n, s:o, s:o, s:o, s:o, s:o, s:{s:s, s:n, s:n, s:n, s:n,"
         " s:b, s:b, s:b, s:o, s:o}}",
         "version", "1.0", "truncation", "padding", "added_tokens", added,
-        "normalizer", "pre_tokenizer", pre, "post_processor",
-        byte_level(1, 0, 1), "decoder", byte_level(1, 1, 1), "model", "type",
+        "normalizer", norm_steps_json(t), "pre_tokenizer", pre, "post_processor",
+        post_json(t), "decoder", byte_level(1, 1, 1), "model", "type",
         "BPE", "dropout", "unk_token", "continuing_subword_prefix",
         "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0,
         "ignore_merges", t->ignore_merges, "vocab", vocab, "merges", merges);

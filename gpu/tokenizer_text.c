@@ -99,6 +99,11 @@ static const char *const split_patterns[TS_COUNT] = {
                  "|\\s+(?!\\S)|\\s+",
 };
 
+const char *dt_tok__split_pattern(int kind)
+{
+    return kind >= 0 && kind < TS_COUNT ? split_patterns[kind] : "";
+}
+
 int dt_tok__split_kind(const char *pattern)
 {
     for (int k = 0; k < TS_COUNT; k++)

@@ -23,7 +23,7 @@ Run from the repository root with a Python that has `tokenizers` and `gguf`:
   python tests/reference/make_tokenizer_fixtures.py --check tokenizer.json KIND
 The second form checks that a tokenizer.json written by
 dt_tokenizer_write_json loads in `tokenizers` and encodes every fixture string
-like the reference of KIND (gpt2, gpt2_digits or smollm2).
+like the reference of KIND (gpt2, gpt2_digits, smollm2, hf_llama3_1, ...).
 """
 import json
 import os
@@ -351,7 +351,10 @@ def check(path, kind):
     ref = json.load(open(os.path.join(OUT, kind + ".json")))
     bad = 0
     for c in ref["cases"]:
-        got = encode(t, c["text"], c["special"])
+        if c.get("add"):
+            got = t.encode(c["text"], add_special_tokens=True).ids
+        else:
+            got = encode(t, c["text"], c["special"])
         if got != c["ids"]:
             bad += 1
             print("MISMATCH special=%s %r\n  want %s\n  got  %s" % (

@@ -578,6 +578,109 @@ static void test_tokenizer_json_variants_match_hf(void **s)
     }
 }
 
+/* GGUF metadata as llama.cpp writes it for a family's tokenizer.json. */
+static int hf_as_gguf(dt_tensorset *ts, const char *fam, const char *pre)
+{
+    char path[512];
+    snprintf(path, sizeof path, HF_DIR "/%s/tokenizer.json", fam);
+    if (!have(path)) {
+        printf("SKIPPED: %s absent (run make deps)\n", path);
+        return -1;
+    }
+    memset(ts, 0, sizeof *ts);
+    json_error_t je;
+    json_t *root = json_load_file(path, 0, &je), *v, *a;
+    assert_non_null(root);
+    json_t *model = json_object_get(root, "model");
+    json_t *vocab = json_object_get(model, "vocab");
+    json_t *added = json_object_get(root, "added_tokens");
+    json_t *merges = json_object_get(model, "merges");
+    const char *key;
+    size_t i, n = json_object_size(vocab);
+    json_array_foreach(added, i, a)
+        if ((size_t)json_integer_value(json_object_get(a, "id")) >= n)
+            n = (size_t)json_integer_value(json_object_get(a, "id")) + 1;
+    meta_add(ts, "tokenizer.ggml.tokens", DT_META_STR_ARR);
+    meta_add(ts, "tokenizer.ggml.token_type", DT_META_INT_ARR);
+    meta_add(ts, "tokenizer.ggml.merges", DT_META_STR_ARR);
+    meta_add(ts, "tokenizer.ggml.pre", DT_META_STR);
+    meta_add(ts, "tokenizer.ggml.bos_token_id", DT_META_INT);
+    meta_add(ts, "tokenizer.ggml.add_bos_token", DT_META_BOOL);
+    dt_meta *tok = &ts->meta[0], *typ = &ts->meta[1], *mer = &ts->meta[2];
+    tok->n = typ->n = (int64_t)n;
+    tok->sarr = calloc(n, sizeof(char *));
+    typ->iarr = calloc(n, sizeof(int64_t));
+    json_object_foreach(vocab, key, v) {
+        tok->sarr[json_integer_value(v)] = strdup(key);
+        typ->iarr[json_integer_value(v)] = 1;
+    }
+    json_array_foreach(added, i, a) {
+        int64_t id = json_integer_value(json_object_get(a, "id"));
+        free(tok->sarr[id]);
+        tok->sarr[id] = strdup(json_string_value(json_object_get(a, "content")));
+        typ->iarr[id] = json_is_true(json_object_get(a, "special")) ? 3 : 4;
+    }
+    for (size_t k = 0; k < n; k++)
+        if (!tok->sarr[k])
+            tok->sarr[k] = strdup("");
+    mer->n = (int64_t)json_array_size(merges);
+    mer->sarr = calloc(json_array_size(merges), sizeof(char *));
+    json_array_foreach(merges, i, v) {
+        char buf[1024];
+        if (json_is_string(v))
+            snprintf(buf, sizeof buf, "%s", json_string_value(v));
+        else
+            snprintf(buf, sizeof buf, "%s %s", json_string_value(json_array_get(v, 0)),
+                     json_string_value(json_array_get(v, 1)));
+        mer->sarr[i] = strdup(buf);
+    }
+    ts->meta[3].s = strdup(pre);
+    ts->meta[4].i = !strcmp(fam, "llama3_1") ? 128000 : 151643;
+    ts->meta[5].i = !strcmp(fam, "llama3_1");
+    json_decref(root);
+    return 0;
+}
+
+/* Llama 3 ("llama-bpe") and Qwen 2 ("qwen2") GGUF metadata tokenize as the
+ * family's tokenizer.json, and the tokenizer.json written for the export
+ * loads back (here; in `tokenizers` by make_tokenizer_fixtures.py --check)
+ * with the same ids. */
+static void test_gguf_llama3_and_qwen2_pre_match_hf(void **s)
+{
+    static const char *fams[][2] = { { "llama3_1", "llama-bpe" },
+                                     { "qwen3", "qwen2" } };
+    for (int f = 0; f < 2; f++) {
+        dt_tensorset ts;
+        char err[DT_ERR_LEN], fixture[256], dir[] = "/tmp/dt_tokg_XXXXXX";
+        char path[128];
+        if (hf_as_gguf(&ts, fams[f][0], fams[f][1]))
+            skip();
+        dt_tokenizer *tok = dt_tokenizer_from_gguf(&ts, err);
+        if (!tok)
+            fail_msg("%s", err);
+        assert_int_equal(dt_tokenizer_adds_bos(tok), f == 0);
+        snprintf(fixture, sizeof fixture, FIX "/hf_%s.json", fams[f][0]);
+        check_fixture(tok, fixture, fams[f][1]);
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        if (dt_tokenizer_write_json(tok, path, err) != DT_OK)
+            fail_msg("%s", err);
+        dt_tokenizer *back = dt_tokenizer_load_dir(dir, err);
+        if (!back)
+            fail_msg("%s", err);
+        check_fixture(back, fixture, fams[f][1]);
+        if (getenv("DT_KEEP_TOKENIZER_JSON"))
+            printf("kept %s\n", path);
+        else {
+            unlink(path);
+            rmdir(dir);
+        }
+        dt_tokenizer_free(back);
+        dt_tokenizer_free(tok);
+        meta_free(&ts);
+    }
+}
+
 static void test_llama3_1_tokenizer_matches_hf(void **s) { check_family("llama3_1"); }
 static void test_qwen3_tokenizer_matches_hf(void **s) { check_family("qwen3"); }
 static void test_llama2_tokenizer_matches_hf(void **s) { check_family("llama2"); }
@@ -755,6 +858,7 @@ int main(void)
         cmocka_unit_test(test_gemma3_tokenizer_matches_hf),
         cmocka_unit_test(test_families_bos_eos_and_template),
         cmocka_unit_test(test_tokenizer_json_variants_match_hf),
+        cmocka_unit_test(test_gguf_llama3_and_qwen2_pre_match_hf),
         cmocka_unit_test(test_invalid_utf8_is_encoded_as_bytes),
         cmocka_unit_test(test_nfc_matches_python),
         cmocka_unit_test(test_unsupported_components_are_refused),
