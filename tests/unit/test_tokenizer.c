@@ -1,7 +1,8 @@
-/* test_tokenizer.c: byte-level BPE ids match Hugging Face `tokenizers`.
+/* test_tokenizer.c: BPE ids match Hugging Face `tokenizers`.
  *
  * Expected ids come from tests/reference/make_tokenizer_fixtures.py (GPT-2's
- * files under ../shared/data, SmolLM2 rebuilt from its GGUF). Every source
+ * files under ../shared/data, SmolLM2 rebuilt from its GGUF, Llama 3.1,
+ * Qwen 3, Llama 2 and Gemma 3 from their own tokenizer.json). Every source
  * route (tokenizer.json, vocab.json + merges.txt, encoder.json + vocab.bpe,
  * GGUF metadata, our own written tokenizer.json) must give the same ids. */
 #include <stdarg.h>
@@ -531,7 +532,7 @@ static void check_family(const char *fam)
  * top-level keys and "added" token flags), as other files of these families
  * have them: Metaspace, Split on a string with each behavior, the GPT-2
  * regex in a Split, lstrip/rstrip added tokens. */
-static void test_tokenizer_json_variants_match_hf(void **s)
+static void test_tokenizer_json_variants_match_hf(void **s)  /* about 4 s */
 {
     static const char *names[] = { "llama2_metaspace_first",
         "llama2_metaspace_always", "llama3_1_gpt2_regex",
@@ -645,7 +646,7 @@ static int hf_as_gguf(dt_tensorset *ts, const char *fam, const char *pre)
  * family's tokenizer.json, and the tokenizer.json written for the export
  * loads back (here; in `tokenizers` by make_tokenizer_fixtures.py --check)
  * with the same ids. */
-static void test_gguf_llama3_and_qwen2_pre_match_hf(void **s)
+static void test_gguf_llama3_and_qwen2_pre_match_hf(void **s)  /* about 8 s */
 {
     static const char *fams[][2] = { { "llama3_1", "llama-bpe" },
                                      { "qwen3", "qwen2" } };
@@ -681,12 +682,16 @@ static void test_gguf_llama3_and_qwen2_pre_match_hf(void **s)
     }
 }
 
+/* Each family against its 324 fixture cases: about 1.5 s (Llama 3.1),
+ * 1.5 s (Qwen 3), 0.3 s (Llama 2), 4 s (Gemma 3: its 33 MB file) here,
+ * mostly loading; the tokenizers stay loaded for the tests below. */
 static void test_llama3_1_tokenizer_matches_hf(void **s) { check_family("llama3_1"); }
 static void test_qwen3_tokenizer_matches_hf(void **s) { check_family("qwen3"); }
 static void test_llama2_tokenizer_matches_hf(void **s) { check_family("llama2"); }
 static void test_gemma3_tokenizer_matches_hf(void **s) { check_family("gemma3"); }
 
-/* BOS/EOS as the post-processors and tokenizer_config.json say. */
+/* BOS/EOS as the post-processors and tokenizer_config.json say. Instant
+ * (the tokenizers are loaded). */
 static void test_families_bos_eos_and_template(void **s)
 {
     static const struct { const char *fam; int32_t bos, eos; int adds; } f[] = {
@@ -707,7 +712,8 @@ static void test_families_bos_eos_and_template(void **s)
 }
 
 /* Invalid UTF-8 (which HF's Python API cannot take): each bad byte is a
- * character of class "other", encoded as its byte, so it round-trips. */
+ * character of class "other", encoded as its byte, so it round-trips.
+ * About 0.1 s. */
 static void test_invalid_utf8_is_encoded_as_bytes(void **s)
 {
     static const char *fams[] = { "llama3_1", "qwen3", "llama2", "gemma3" };
@@ -762,7 +768,8 @@ static void test_invalid_utf8_is_encoded_as_bytes(void **s)
     }
 }
 
-/* NFC (Qwen's normalizer) equals Python's unicodedata.normalize. */
+/* NFC (Qwen's normalizer) equals Python's unicodedata.normalize on every
+ * code point NFC can change and random combining sequences. About 0.1 s. */
 static void test_nfc_matches_python(void **s)
 {
     json_error_t je;
@@ -787,7 +794,7 @@ static void test_nfc_matches_python(void **s)
     assert_int_equal(bad, 0);
 }
 
-/* Components outside the supported set are refused naming them. */
+/* Components outside the supported set are refused naming them. Instant. */
 static void test_unsupported_components_are_refused(void **s)
 {
     static const char *dirs[][2] = {
@@ -810,7 +817,49 @@ static void test_unsupported_components_are_refused(void **s)
     }
 }
 
-/* Llama 3's tokenizer on 1 MB of mixed text: tokens/s. */
+/* 256 KiB without a split point (one BPE word for Llama 2 and Gemma, one
+ * whitespace run for the regexes), and of random bytes, in each family: no
+ * quadratic path (that would take minutes), and the bytes round-trip where
+ * the tokenizer is lossless. */
+static void test_families_hostile_inputs(void **s)  /* about 3 s */
+{
+    static const char *fams[] = { "llama3_1", "qwen3", "llama2", "gemma3" };
+    size_t n = 1 << 18;
+    char *buf = malloc(n + 1), err[DT_ERR_LEN];
+    assert_non_null(buf);
+    for (size_t f = 0; f < sizeof fams / sizeof *fams; f++) {
+        dt_tokenizer *tok = load_family(fams[f]);
+        if (!tok)
+            skip();
+        for (int kind = 0; kind < 4; kind++) {
+            unsigned seed = 7;
+            for (size_t i = 0; i < n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                buf[i] = kind == 0 ? 'a' : kind == 1 ? ' ' : kind == 2
+                       ? " \n\t"[i % 3] : (char)((seed >> 16) % 255 + 1);
+            }
+            buf[n] = 0;
+            int32_t *ids;
+            int k;
+            double t0 = dt_now();
+            assert_int_equal(dt_tokenizer_encode(tok, buf, n, 0, &ids, &k, err), 0);
+            double t1 = dt_now();
+            char *back = dt_tokenizer_decode(tok, ids, k);
+            assert_non_null(back);
+            printf("%s: hostile input %d: %d tokens in %.2f s\n", fams[f], kind,
+                   k, t1 - t0);
+            if (f < 2 && kind != 3)  /* byte-level: NFC leaves ASCII alone */
+                assert_memory_equal(back, buf, n);
+            assert_true(t1 - t0 < 10.0);
+            free(back);
+            free(ids);
+        }
+    }
+    free(buf);
+}
+
+/* Llama 3's tokenizer on 1 MB of mixed text: tokens/s (about 5 million
+ * here, 0.1 s). */
 static void test_llama3_throughput(void **s)
 {
     dt_tokenizer *tok = load_family("llama3_1");
@@ -862,6 +911,7 @@ int main(void)
         cmocka_unit_test(test_invalid_utf8_is_encoded_as_bytes),
         cmocka_unit_test(test_nfc_matches_python),
         cmocka_unit_test(test_unsupported_components_are_refused),
+        cmocka_unit_test(test_families_hostile_inputs),
         cmocka_unit_test(test_llama3_throughput),
     };
     return cmocka_run_group_tests(tests, NULL, free_families);
