@@ -181,7 +181,13 @@ void dt_tokenizer_free(dt_tokenizer *t)
     for (int32_t i = 0; t->str && i < t->n; i++)
         free(t->str[i]);
     free(t->str); free(t->len); free(t->kind); free(t->vslot);
-    free(t->mkey); free(t->mval); free(t->merges); free(t->added);
+    free(t->mkey); free(t->mval); free(t->merges);
+    for (int k = 0; k < 2; k++) {
+        tok_aidx *x = k ? &t->anorm : &t->araw;
+        for (int32_t i = 0; x->owned && x->txt && i < x->nids; i++)
+            free(x->txt[i]);
+        free(x->ids); free(x->txt); free(x->tlen);
+    }
     free(t->chat_template); free(t->aflag); free(t->hf_json);
     dt_tok__free_steps(t);
     free(t);
@@ -200,6 +206,75 @@ int dt_tok__set(dt_tokenizer *t, int64_t id, const char *s, size_t n)
     return DT_OK;
 }
 
+static int normalize_text(const dt_tokenizer *t, char **s, size_t *m,
+                          int *own);
+
+/* Index of the added tokens with (norm) or without TOK_NORMALIZED. */
+static int aidx_build(dt_tokenizer *t, tok_aidx *x, int norm)
+{
+    int32_t fill[257] = { 0 }, n = 0;
+    x->owned = norm;
+    for (int32_t i = 0; i < t->n; i++)
+        n += t->kind[i] != TOK_NORMAL && t->str[i] && t->len[i] > 0
+             && (t->aflag && (t->aflag[i] & TOK_NORMALIZED)) == norm;
+    x->ids = dt_calloc((size_t)n, sizeof *x->ids);
+    x->txt = dt_calloc((size_t)n, sizeof *x->txt);
+    x->tlen = dt_calloc((size_t)n, sizeof *x->tlen);
+    char **txt = dt_calloc((size_t)n, sizeof *txt);
+    uint32_t *tlen = dt_calloc((size_t)n, sizeof *tlen);
+    int32_t *ids = dt_calloc((size_t)n, sizeof *ids), k = 0;
+    int rc = x->ids && x->txt && x->tlen && txt && tlen && ids ? DT_OK : DT_ENOMEM;
+    for (int32_t i = 0; i < t->n && rc == DT_OK; i++) {
+        if (t->kind[i] == TOK_NORMAL || !t->str[i] || t->len[i] == 0
+            || (t->aflag && (t->aflag[i] & TOK_NORMALIZED)) != norm)
+            continue;
+        char *s = t->str[i];
+        size_t m = t->len[i];
+        int own = 0;
+        if (norm && (rc = normalize_text(t, &s, &m, &own)) == DT_OK && !own) {
+            char *c = malloc(m + 1);
+            if (c)
+                memcpy(c, s, m);
+            s = c;
+        }
+        if (rc == DT_OK && !s)
+            rc = DT_ENOMEM;
+        if (rc != DT_OK)
+            break;
+        txt[k] = s;
+        tlen[k] = (uint32_t)m;
+        ids[k++] = i;
+        if (m > 0)
+            fill[(uint8_t)s[0] + 1]++;
+    }
+    x->nids = 0;
+    for (int b = 0; b < 256; b++)
+        fill[b + 1] += fill[b];
+    memcpy(x->at, fill, sizeof fill);
+    for (int32_t r = 0; r < k && rc == DT_OK; r++) {
+        if (tlen[r] == 0) {  /* normalized to nothing: never matched */
+            if (norm) free(txt[r]);
+            continue;
+        }
+        int b = (uint8_t)txt[r][0];
+        int32_t j = fill[b]++;  /* insertion sort, longest first */
+        for (; j > x->at[b] && x->tlen[j - 1] < tlen[r]; j--) {
+            x->ids[j] = x->ids[j - 1];
+            x->txt[j] = x->txt[j - 1];
+            x->tlen[j] = x->tlen[j - 1];
+        }
+        x->ids[j] = ids[r];
+        x->txt[j] = txt[r];
+        x->tlen[j] = tlen[r];
+        x->nids++;
+    }
+    if (rc != DT_OK && norm)
+        for (int32_t r = 0; r < k; r++)
+            free(txt[r]);
+    free(txt); free(tlen); free(ids);
+    return rc;
+}
+
 /* After vocabulary and merges: byte ids and the added-token index. */
 int dt_tok__finish(dt_tokenizer *t)
 {
@@ -211,26 +286,8 @@ int dt_tok__finish(dt_tokenizer *t)
         snprintf(u, sizeof u, "<0x%02X>", b);
         t->fb_id[b] = dt_tok__find(t, u, 6);
     }
-    int32_t fill[257] = { 0 };
-    for (int32_t i = 0; i < t->n; i++)
-        if (t->kind[i] != TOK_NORMAL && t->str[i] && t->len[i] > 0)
-            fill[(uint8_t)t->str[i][0] + 1]++;
-    for (int b = 0; b < 256; b++)
-        fill[b + 1] += fill[b];
-    memcpy(t->added_at, fill, sizeof fill);
-    t->nadded = fill[256];
-    if (!(t->added = dt_calloc((size_t)t->nadded, sizeof *t->added)))
-        return DT_ENOMEM;
-    for (int32_t i = 0; i < t->n; i++) {
-        if (t->kind[i] == TOK_NORMAL || !t->str[i] || t->len[i] == 0)
-            continue;
-        int b = (uint8_t)t->str[i][0];
-        int32_t j = fill[b]++;  /* insertion sort, longest first */
-        for (; j > t->added_at[b] && t->len[t->added[j - 1]] < t->len[i]; j--)
-            t->added[j] = t->added[j - 1];
-        t->added[j] = i;
-    }
-    return DT_OK;
+    int rc = aidx_build(t, &t->araw, 0);
+    return rc == DT_OK ? aidx_build(t, &t->anorm, 1) : rc;
 }
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -243,6 +300,7 @@ typedef struct {
     bpe_sym *sym;  bpe_ent *heap;  size_t capw;  /* capw symbols, 3 capw heap */
     char *buf;     size_t capbuf;                /* a word's byte characters */
     char *pbuf;    size_t cappbuf;               /* a piece with prefix space */
+    int allow_special;                           /* DT_TOK_SPECIAL */
 } enc_state;
 
 static int emit(enc_state *st, int32_t id)
@@ -650,13 +708,13 @@ static int replace_all(char **s, size_t *n, int *own, const char *a, size_t na,
     return DT_OK;
 }
 
-/* The normalizers, then the pre-tokenizers, on text between added tokens. */
-static int encode_segment(const dt_tokenizer *t, enc_state *st,
-                          const uint8_t *p, size_t n, int at0)
+/* The normalizers on *s (*m bytes, owned when *own): may replace *s. */
+static int normalize_text(const dt_tokenizer *t, char **sp, size_t *mp,
+                          int *own)
 {
-    char *s = (char *)p;
-    size_t m = n;
-    int own = 0, rc = DT_OK;
+    char *s = *sp;
+    size_t m = *mp;
+    int rc = DT_OK;
     for (int k = 0; k < t->nnorm && rc == DT_OK && m > 0; k++) {
         const tok_norm *z = &t->norm[k];
         if (z->type == TN_NFC) {
@@ -666,9 +724,9 @@ static int encode_segment(const dt_tokenizer *t, enc_state *st,
             if (r < 0) {
                 rc = r;
             } else if (r == 1) {
-                if (own)
+                if (*own)
                     free(s);
-                s = o, m = on, own = 1;
+                s = o, m = on, *own = 1;
             }
         } else if (z->type == TN_PREPEND) {
             char *o = malloc(m + z->na + 1);
@@ -678,15 +736,34 @@ static int encode_segment(const dt_tokenizer *t, enc_state *st,
             }
             memcpy(o, z->a, z->na);
             memcpy(o + z->na, s, m);
-            if (own)
+            if (*own)
                 free(s);
-            s = o, m += z->na, own = 1;
+            s = o, m += z->na, *own = 1;
         } else {
-            rc = replace_all(&s, &m, &own, z->a, z->na, z->b, z->nb);
+            rc = replace_all(&s, &m, own, z->a, z->na, z->b, z->nb);
         }
     }
+    *sp = s;
+    *mp = m;
+    return rc;
+}
+
+static int split_added(const dt_tokenizer *t, enc_state *st,
+                       const tok_aidx *x, const uint8_t *p, size_t len,
+                       int at0);
+
+/* Text between added tokens: the normalizers, the normalized=true added
+ * tokens, then the pre-tokenizers. */
+static int encode_segment(const dt_tokenizer *t, enc_state *st,
+                          const uint8_t *p, size_t n, int at0)
+{
+    char *s = (char *)p;
+    size_t m = n;
+    int own = 0, rc = normalize_text(t, &s, &m, &own);
     if (rc == DT_OK)
-        rc = pre_run(t, st, 0, (const uint8_t *)s, m, at0);
+        rc = t->anorm.nids ? split_added(t, st, &t->anorm, (const uint8_t *)s,
+                                         m, at0)
+                           : pre_run(t, st, 0, (const uint8_t *)s, m, at0);
     if (own)
         free(s);
     return rc;
@@ -704,6 +781,50 @@ static size_t space_before(const uint8_t *p, size_t s0, size_t e)
     return 0;
 }
 
+/* Splits p on the added tokens of x (leftmost, then longest; special ones
+ * only when allowed); the text between goes on: raw text to the normalizers
+ * (encode_segment), normalized text to the pre-tokenizers. */
+static int split_added(const dt_tokenizer *t, enc_state *st,
+                       const tok_aidx *x, const uint8_t *p, size_t len,
+                       int at0)
+{
+    size_t seg = 0, i = 0, adv;
+    int rc = DT_OK, raw = x == &t->araw;
+    while (i < len && rc == DT_OK) {
+        int32_t best = -1;
+        uint32_t blen = 0;
+        for (int32_t k = x->at[p[i]]; k < x->at[p[i] + 1]; k++) {
+            int32_t id = x->ids[k];
+            if ((t->kind[id] != TOK_SPECIAL || st->allow_special)
+                && x->tlen[k] <= len - i && !memcmp(x->txt[k], p + i, x->tlen[k])) {
+                best = id;
+                blen = x->tlen[k];
+                break;
+            }
+        }
+        if (best < 0) {
+            i++;
+            continue;
+        }
+        size_t s = i, e = i + blen, sp;
+        if (t->aflag && (t->aflag[best] & TOK_LSTRIP))
+            while ((sp = space_before(p, seg, s)) > 0)
+                s -= sp;
+        if (t->aflag && (t->aflag[best] & TOK_RSTRIP))
+            while (e < len && uc_at(p + e, len - e, &adv) == UC_S)
+                e += adv;
+        rc = raw ? encode_segment(t, st, p + seg, s - seg, at0 && seg == 0)
+                 : pre_run(t, st, 0, p + seg, s - seg, at0 && seg == 0);
+        if (rc == DT_OK)
+            rc = emit(st, best);
+        seg = i = e;
+    }
+    if (rc == DT_OK)
+        rc = raw ? encode_segment(t, st, p + seg, len - seg, at0 && seg == 0)
+                 : pre_run(t, st, 0, p + seg, len - seg, at0 && seg == 0);
+    return rc;
+}
+
 int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
                         int flags, int32_t **ids, int *n, char *err)
 {
@@ -713,38 +834,12 @@ int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
         return dt_errf(err, DT_EINVAL, "tokenizer: no tokenizer or text");
     enc_state st = { 0 };
     const uint8_t *p = (const uint8_t *)text;
-    size_t seg = 0, i = 0, adv;
-    int rc = DT_OK, allow_special = flags & DT_TOK_SPECIAL;
+    int rc = DT_OK;
+    st.allow_special = flags & DT_TOK_SPECIAL;
     for (int k = 0; (flags & DT_TOK_ADD) && k < t->ntpl_pre && rc == DT_OK; k++)
         rc = emit(&st, t->tpl_pre[k]);
-    while (i < len && rc == DT_OK) {
-        int32_t best = -1;
-        for (int32_t k = t->added_at[p[i]]; k < t->added_at[p[i] + 1]; k++) {
-            int32_t id = t->added[k];
-            if ((t->kind[id] != TOK_SPECIAL || allow_special)
-                && t->len[id] <= len - i && !memcmp(t->str[id], p + i, t->len[id])) {
-                best = id;
-                break;
-            }
-        }
-        if (best < 0) {
-            i++;
-            continue;
-        }
-        size_t s = i, e = i + t->len[best], sp;
-        if (t->aflag && (t->aflag[best] & TOK_LSTRIP))
-            while ((sp = space_before(p, seg, s)) > 0)
-                s -= sp;
-        if (t->aflag && (t->aflag[best] & TOK_RSTRIP))
-            while (e < len && uc_at(p + e, len - e, &adv) == UC_S)
-                e += adv;
-        rc = encode_segment(t, &st, p + seg, s - seg, seg == 0);
-        if (rc == DT_OK)
-            rc = emit(&st, best);
-        seg = i = e;
-    }
     if (rc == DT_OK)
-        rc = encode_segment(t, &st, p + seg, len - seg, seg == 0);
+        rc = split_added(t, &st, &t->araw, p, len, 1);
     for (int k = 0; (flags & DT_TOK_ADD) && k < t->ntpl_post && rc == DT_OK; k++)
         rc = emit(&st, t->tpl_post[k]);
     if (rc == DT_OK && st.nout > INT32_MAX)
@@ -897,11 +992,18 @@ char *dt_tokenizer_decode(const dt_tokenizer *t, const int32_t *ids, int n)
     for (int i = 0; i < n && rc == DT_OK; i++) {
         if (ids[i] < 0 || ids[i] >= t->n || !t->str[ids[i]])
             continue;
+        const char *text = t->str[ids[i]];
         size_t len = t->len[ids[i]];
+        if (t->aflag && (t->aflag[ids[i]] & TOK_NORMALIZED))
+            for (int32_t k = 0; k < t->anorm.nids; k++)
+                if (t->anorm.ids[k] == ids[i]) {  /* HF: the normalized text */
+                    text = t->anorm.txt[k];
+                    len = t->anorm.tlen[k];
+                }
         if (!(v[m].s = malloc(len + 6)))  /* + room for ByteFallback */
             rc = DT_ENOMEM;
         else
-            memcpy(v[m].s, t->str[ids[i]], len);
+            memcpy(v[m].s, text, len);
         v[m++].n = len;
     }
     tok_dec bl = { .type = TD_BYTELEVEL };

@@ -374,15 +374,15 @@ int dt_tok__hf_pipeline(dt_tokenizer *t, void *root_, const char *src,
         if (bool_of(v, "single_word", 0))
             return dt_errf(err, DT_EFORMAT, "%s: added token \"%.64s\": "
                            "unsupported single_word", src, c ? c : "?");
-        if (bool_of(v, "normalized", 0) && t->nnorm > 0)
-            return dt_errf(err, DT_EFORMAT, "%s: added token \"%.64s\": "
-                           "unsupported normalized=true with a normalizer",
-                           src, c ? c : "?");
-        if (!l && !r)
+        /* HF's default: special tokens are not normalized, others are */
+        int nz = bool_of(v, "normalized",
+                         !json_is_true(json_object_get(v, "special")));
+        if (!l && !r && !nz)
             continue;
         if (!t->aflag && !(t->aflag = dt_calloc((size_t)t->n, 1)))
             return dt_errf(err, DT_ENOMEM, "%s: out of memory", src);
-        t->aflag[id] = (uint8_t)((l ? TOK_LSTRIP : 0) | (r ? TOK_RSTRIP : 0));
+        t->aflag[id] = (uint8_t)((l ? TOK_LSTRIP : 0) | (r ? TOK_RSTRIP : 0)
+                                 | (nz ? TOK_NORMALIZED : 0));
     }
     /* kept for dt_tokenizer_write_json */
     json_t *keep = json_object();

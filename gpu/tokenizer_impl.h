@@ -14,7 +14,8 @@
 #define TOK_NCP 324           /* byte characters are code points < 324 */
 
 enum { TOK_NORMAL = 0, TOK_ADDED = 1, TOK_SPECIAL = 2 };
-enum { TOK_LSTRIP = 1, TOK_RSTRIP = 2 };  /* added-token flags (aflag) */
+/* added-token flags (aflag): lstrip, rstrip, matched after the normalizers */
+enum { TOK_LSTRIP = 1, TOK_RSTRIP = 2, TOK_NORMALIZED = 4 };
 #define TOK_BADCP 0x80000000u  /* an invalid UTF-8 byte (| the byte in NFC) */
 enum { UC_O = 0, UC_L = 1, UC_N = 2, UC_S = 3 };  /* other/letter/number/space */
 
@@ -37,6 +38,17 @@ typedef struct { int type, start, stop, flag; char *a, *b; size_t na, nb; } tok_
 
 typedef struct { int32_t rank, id; } tok_merge;
 
+/* Added tokens to match, by the first byte of their text, longest first:
+ * ids[at[b] .. at[b+1]) start with byte b. txt is the token text (raw) or
+ * its normalized form (owned, for normalized=true tokens). */
+typedef struct {
+    int32_t *ids;
+    char **txt;
+    uint32_t *tlen;
+    int32_t nids, at[257];
+    int owned;
+} tok_aidx;
+
 struct dt_tokenizer {
     int32_t n;              /* vocabulary size: highest id + 1 */
     char **str;             /* (n) token text, owned; NULL for unused ids */
@@ -52,9 +64,8 @@ struct dt_tokenizer {
     uint16_t byte_cp[256];  /* GPT-2 byte -> unicode character */
     int16_t cp_byte[TOK_NCP]; /* and back, -1 when not a byte character */
     int32_t byte_id[256];   /* id of each byte's character, -1 if absent */
-    int32_t *added;         /* (nadded) added ids by first byte, longest first */
-    int32_t nadded;
-    int32_t added_at[257];  /* added[added_at[b] .. added_at[b+1]) start with b */
+    tok_aidx araw;          /* added tokens matched in the text as it is */
+    tok_aidx anorm;         /* normalized=true ones, in the normalized text */
     int add_prefix_space, use_regex, ignore_merges;
     int digits;             /* 0: none, 1: runs of \p{N}, 2: each \p{N} */
     int32_t unk, bos, eos;

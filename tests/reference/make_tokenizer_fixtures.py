@@ -461,6 +461,12 @@ VARIANTS = [
           "use_regex": False}]}},
      {"<|eot_id|>": {"lstrip": True}, "<|start_header_id|>": {"rstrip": True},
       "<|end_header_id|>": {"lstrip": True, "rstrip": True}}),
+    ("llama2_normalized_added", "llama2", {},
+     {"</s>": {"normalized": True, "special": False},
+      "<unk>": {"normalized": True, "lstrip": True}}),
+    ("qwen3_normalized_added", "qwen3", {},
+     {"<think>": {"normalized": True}, "</think>": {"normalized": True,
+                                                    "rstrip": True}}),
 ] + [("llama2_split_" + b.lower(), "llama2",
       {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
           split_string(b), {"type": "Digits", "individual_digits": True}]}}, {})
@@ -472,7 +478,8 @@ def hf_variants():
     from tokenizers import Tokenizer
     texts = HF_TEXTS + random_texts(30, 16) + [
         "a <|eot_id|> b <|start_header_id|>  user  <|end_header_id|>\n\nx",
-        "  <|eot_id|>\t<|end_header_id|>\u3000end"]
+        "  <|eot_id|>\t<|end_header_id|>\u3000end",
+        "a</s>b </s> c</s></s>  <unk> x<unk>", "e\u0301<think>\n</think>  \n\nok"]
     for name, fam, patch, added in VARIANTS:
         path = os.path.join(HF_DIR, fam, "tokenizer.json")
         if not os.path.exists(path):

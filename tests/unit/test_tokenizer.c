@@ -531,14 +531,17 @@ static void check_family(const char *fam)
 /* A family's tokenizer.json with other components (the fixture's "patch" of
  * top-level keys and "added" token flags), as other files of these families
  * have them: Metaspace, Split on a string with each behavior, the GPT-2
- * regex in a Split, lstrip/rstrip added tokens. */
+ * regex in a Split, lstrip/rstrip added tokens, normalized=true added
+ * tokens (matched in the normalized text: "</s>" as "\u2581</s>" after
+ * Llama 2's Prepend). */
 static void test_tokenizer_json_variants_match_hf(void **s)  /* about 4 s */
 {
     static const char *names[] = { "llama2_metaspace_first",
         "llama2_metaspace_always", "llama3_1_gpt2_regex",
         "llama2_split_isolated", "llama2_split_removed",
         "llama2_split_mergedwithprevious", "llama2_split_mergedwithnext",
-        "llama2_split_contiguous" };
+        "llama2_split_contiguous", "llama2_normalized_added",
+        "qwen3_normalized_added" };
     for (size_t v = 0; v < sizeof names / sizeof *names; v++) {
         char fixture[256], path[512], dir[] = "/tmp/dt_tokv_XXXXXX";
         char err[DT_ERR_LEN];
