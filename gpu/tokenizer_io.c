@@ -470,7 +470,7 @@ static json_t *post_json(const dt_tokenizer *t)
 int dt_tokenizer_write_json(const dt_tokenizer *t, const char *path, char *err)
 {
     json_t *added = json_array(), *vocab = json_object(), *merges = json_array();
-    json_t *pre = pre_steps_json(t);
+    json_t *pre = t->hf_json ? json_null() : pre_steps_json(t);
     json_t *hf = t->hf_json ? json_loads(t->hf_json, 0, NULL) : NULL;
     int bad = !added || !vocab || !merges || !pre || (t->hf_json && !hf);
     int pairs = 0;  /* merges as [a, b] when a token holds a space */
@@ -485,7 +485,8 @@ int dt_tokenizer_write_json(const dt_tokenizer *t, const char *path, char *err)
                 "{s:i, s:s%, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i,
                 "content", t->str[i], (size_t)t->len[i], "single_word", 0,
                 "lstrip", t->aflag && (t->aflag[i] & TOK_LSTRIP),
-                "rstrip", t->aflag && (t->aflag[i] & TOK_RSTRIP), "normalized", 0,
+                "rstrip", t->aflag && (t->aflag[i] & TOK_RSTRIP),
+                "normalized", t->aflag && (t->aflag[i] & TOK_NORMALIZED),
                 "special", t->kind[i] == TOK_SPECIAL));
         if (dt_tok__find(t, t->str[i], t->len[i]) == i)
             bad |= json_object_set_new(vocab, t->str[i], json_integer(i));

@@ -533,8 +533,9 @@ static void check_family(const char *fam)
  * have them: Metaspace, Split on a string with each behavior, the GPT-2
  * regex in a Split, lstrip/rstrip added tokens, normalized=true added
  * tokens (matched in the normalized text: "</s>" as "\u2581</s>" after
- * Llama 2's Prepend). */
-static void test_tokenizer_json_variants_match_hf(void **s)  /* about 4 s */
+ * Llama 2's Prepend); each also written by dt_tokenizer_write_json and
+ * loaded back. */
+static void test_tokenizer_json_variants_match_hf(void **s)  /* about 8 s */
 {
     static const char *names[] = { "llama2_metaspace_first",
         "llama2_metaspace_always", "llama3_1_gpt2_regex",
@@ -573,10 +574,19 @@ static void test_tokenizer_json_variants_match_hf(void **s)  /* about 4 s */
         json_decref(root);
         dt_tokenizer *tok = dt_tokenizer_load_dir(dir, err);
         unlink(path);
-        rmdir(dir);
         if (!tok)
             fail_msg("%s: %s", names[v], err);
         check_fixture(tok, fixture, names[v]);
+        /* and as dt_tokenizer_write_json writes it (the pipeline kept) */
+        if (dt_tokenizer_write_json(tok, path, err) != DT_OK)
+            fail_msg("%s", err);
+        dt_tokenizer *back = dt_tokenizer_load_dir(dir, err);
+        unlink(path);
+        rmdir(dir);
+        if (!back)
+            fail_msg("%s: written: %s", names[v], err);
+        check_fixture(back, fixture, names[v]);
+        dt_tokenizer_free(back);
         dt_tokenizer_free(tok);
         json_decref(fx);
     }
