@@ -16,6 +16,7 @@ Writes
   tests/fixtures/tokenizer/hf_VARIANT.json  the same for a family's file with
                                             other components (Metaspace,
                                             Split on a string, lstrip/rstrip)
+  tests/fixtures/tokenizer/split_regex.json the split regexes alone
   tests/fixtures/tokenizer/nfc.json         NFC of Python's unicodedata
 
 Run from the repository root with a Python that has `tokenizers` and `gguf`:
@@ -499,6 +500,50 @@ def hf_variants():
                                           "added": added, "cases": out})
 
 
+SPLIT_PATTERNS = {
+    "gpt2": "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+"
+            "|\\s+(?!\\S)|\\s+",
+    "llama3": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
+              "|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+"
+              "|\\s+(?!\\S)|\\s+",
+    "qwen2": "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+"
+             "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+"
+             "|\\s+(?!\\S)|\\s+",
+}
+
+
+def split_cases():
+    """The split regexes alone: byte offsets where each piece ends, from
+    `tokenizers` (Oniguruma), checked against Python's `regex` module."""
+    import random
+    import regex
+    from tokenizers import Regex, pre_tokenizers
+    pool = [" ", " ", "  ", "\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x85",
+            "\u00a0", "\u2009", "\u3000", "\u2028", "a", "Z", "q", "\u00e9",
+            "\u4e2d", "\u0639", "\u0915", "\u094d", "\u0301", "1", "23", "456",
+            "\u0663", "\u00bd", "\u2167", "\u00b2", "'", "'", "s", "S", "t", "T",
+            "re", "RE", "Ve", "ll", "LL", "m", "M", "d", "D", "\u017f", "\u212a",
+            ".", ",", "!", "(", ")", "-", "_", "$", "<|", "|>", "\U0001f916",
+            "\u200d", "\ufe0f", "\U0001f3fd", "\u2581", "\ud7a3"]
+    r = random.Random(21)
+    texts = ["".join(r.choice(pool) for _ in range(r.randint(1, 24)))
+             for _ in range(500)]
+    out = []
+    for text in texts:
+        case = {"text": text}
+        for name, pat in SPLIT_PATTERNS.items():
+            pre = pre_tokenizers.Split(Regex(pat), "isolated")
+            pieces = pre.pre_tokenize_str(text)
+            ends = [len(text[:b].encode("utf-8")) for _, (a, b) in pieces]
+            ref = [m.end() for m in regex.finditer(pat, text)]
+            assert [len(text[:e].encode("utf-8")) for e in ref] == ends, (
+                name, text)
+            case[name] = ends
+        out.append(case)
+    write_json("split_regex.json", {"source": "tokenizers Split(Regex) and "
+                                    "Python regex", "cases": out})
+
+
 def nfc_cases():
     """NFC reference: every code point that NFC can change, in runs, and
     random combining sequences."""
@@ -542,6 +587,7 @@ def main():
     write_bad()
     hf_families()
     hf_variants()
+    split_cases()
     nfc_cases()
     return 0
 
