@@ -48,10 +48,10 @@ BASE_LIB := $(BUILD)/libdtbase.a
 
 # ---- the engine (gpu/) --------------------------------------------------
 ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/dataset_check.c \
-              gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/tokenizer_text.c gpu/tokenizer_hf.c \
-              gpu/dataset.c gpu/modelio.c \
+              gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
               gpu/model.c gpu/model_pass.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c
+ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend compiles wherever nvcc and cuBLAS exist (-Werror). cuBLAS

@@ -1,5 +1,6 @@
 /* tokenizer_impl.h: internals shared by tokenizer.c (BPE, encode, decode),
- * tokenizer_text.c (UTF-8, character classes, NFC, split regexes),
+ * tokenizer_decode.c (decoders), tokenizer_text.c (UTF-8, character
+ * classes, NFC, split regexes),
  * tokenizer_hf.c (a tokenizer.json's normalizer, pre-tokenizer, decoder and
  * post-processor) and tokenizer_io.c (tokenizer.json, vocab.json +
  * merges.txt, GGUF metadata, writing tokenizer.json). Not public API. */
@@ -120,6 +121,13 @@ int dt_tok__split_kind(const char *pattern);
 const char *dt_tok__split_pattern(int kind);  /* and back */
 /* End of the match of regex kind at i (< n); every position matches. */
 size_t dt_tok__split_match(int kind, const uint8_t *p, size_t n, size_t i);
+/* The first occurrence of s (m > 0 bytes) in p (n bytes), or NULL. */
+const uint8_t *dt_tok__find_bytes(const uint8_t *p, size_t n, const char *s,
+                                  size_t m);
+/* Replaces every a by b in *s (*n bytes; *s is freed first when *own, and
+ * the result is owned). */
+int dt_tok__replace_all(char **s, size_t *n, int *own, const char *a,
+                        size_t na, const char *b, size_t nb);
 /* 0: already NFC; 1: *out (malloc'd, *on bytes); < 0: DT_E* code. */
 int dt_tok__nfc(const uint8_t *p, size_t n, char **out, size_t *on);
 

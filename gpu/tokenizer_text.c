@@ -216,6 +216,52 @@ size_t dt_tok__split_match(int kind, const uint8_t *p, size_t n, size_t i)
     }
 }
 
+/* ---- bytes ------------------------------------------------------------- */
+
+const uint8_t *dt_tok__find_bytes(const uint8_t *p, size_t n, const char *s,
+                                 size_t m)
+{
+    for (size_t i = 0; m > 0 && i + m <= n; i++) {
+        const uint8_t *q = memchr(p + i, (uint8_t)s[0], n - i - m + 1);
+        if (!q)
+            return NULL;
+        i = (size_t)(q - p);
+        if (!memcmp(q, s, m))
+            return q;
+    }
+    return NULL;
+}
+
+/* Replaces every a by b in *s (*n bytes, owned by the caller when *own). */
+int dt_tok__replace_all(char **s, size_t *n, int *own, const char *a, size_t na,
+                       const char *b, size_t nb)
+{
+    size_t count = 0;
+    const uint8_t *p = (const uint8_t *)*s, *q;
+    for (size_t i = 0; (q = dt_tok__find_bytes(p + i, *n - i, a, na)); i = (size_t)(q - p) + na)
+        count++;
+    if (!count)
+        return DT_OK;
+    char *o = malloc(*n - count * na + count * nb + 1), *w = o;
+    if (!o)
+        return DT_ENOMEM;
+    size_t i = 0;
+    for (; (q = dt_tok__find_bytes(p + i, *n - i, a, na)); i = (size_t)(q - p) + na) {
+        memcpy(w, p + i, (size_t)(q - p) - i);
+        w += (size_t)(q - p) - i;
+        memcpy(w, b, nb);
+        w += nb;
+    }
+    memcpy(w, p + i, *n - i);
+    w += *n - i;
+    if (*own)
+        free(*s);
+    *s = o;
+    *n = (size_t)(w - o);
+    *own = 1;
+    return DT_OK;
+}
+
 /* ---- NFC ------------------------------------------------------------------ */
 
 enum { H_SBASE = 0xAC00, H_LBASE = 0x1100, H_VBASE = 0x1161, H_TBASE = 0x11A7,
