@@ -40,12 +40,17 @@ static const setting settings[] = {
      "512M", 1, INT64_MAX, "largest file upload (bytes; k/M/G suffixes)"},
     {"max-json-bytes", "DELTATUNE_MAX_JSON_BYTES", T_BYTES, F(max_json_bytes), 0,
      "1M", 1024, 1 << 30, "largest JSON request body"},
+    {"max-line-bytes", "DELTATUNE_MAX_LINE_BYTES", T_BYTES, F(max_line_bytes), 0,
+     "1M", 1024, 1 << 30, "longest line of an uploaded JSONL file (400 naming the line above it)"},
     {"max-connections", "DELTATUNE_MAX_CONNECTIONS", T_INT, F(max_connections), 0,
      "1024", 1, 1000000, "concurrent connections, total"},
     {"max-connections-per-ip", "DELTATUNE_MAX_CONNECTIONS_PER_IP", T_INT,
      F(max_connections_per_ip), 0, "64", 1, 1000000, "concurrent connections from one address"},
     {"connection-timeout", "DELTATUNE_CONNECTION_TIMEOUT", T_INT, F(connection_timeout_s), 0,
      "30", 1, 86400, "seconds a connection may stay idle"},
+    {"idempotency-lease", "DELTATUNE_IDEMPOTENCY_LEASE", T_INT, F(idempotency_lease_s), 0,
+     "0", 0, 86400, "seconds an unfinished Idempotency-Key request holds its key, renewed while "
+     "it runs (0 = 2 x connection-timeout)"},
     {"connection-memory", "DELTATUNE_CONNECTION_MEMORY", T_BYTES, F(connection_memory_bytes), 0,
      "64k", 8192, 1 << 26, "memory pool per connection (headers, buffers)"},
     {"threads", "DELTATUNE_THREADS", T_INT, F(threads), 0,
@@ -58,6 +63,10 @@ static const setting settings[] = {
      "0", 0, 100000000, "requests one API key may send at once (bucket size; 0 = rate-limit)"},
     {"auth-cache-seconds", "DELTATUNE_AUTH_CACHE_SECONDS", T_INT, F(auth_cache_seconds), 0,
      "5", 0, 3600, "seconds an API key lookup is cached (a revoked key works this long; 0 = off)"},
+    {"metrics-token", "DELTATUNE_METRICS_TOKEN", T_STR, F(metrics_token), S(metrics_token),
+     "", 0, 0, "bearer token for /metrics (empty: /metrics answers loopback clients only)"},
+    {"sse-recheck-seconds", "DELTATUNE_SSE_RECHECK_SECONDS", T_INT, F(sse_recheck_s), 0,
+     "10", 1, 10, "an open event stream re-checks its API key this often; closes if revoked"},
     {"lease-seconds", "DELTATUNE_LEASE_SECONDS", T_INT, F(lease_seconds), 0,
      "60", 5, 86400, "job lease; a worker silent this long loses its job"},
     {"max-attempts", "DELTATUNE_MAX_ATTEMPTS", T_INT, F(max_attempts), 0,
@@ -66,6 +75,18 @@ static const setting settings[] = {
      "2000", 100, 600000, "worker: PostgreSQL poll period / queue wait"},
     {"rescue-interval", "DELTATUNE_RESCUE_INTERVAL", T_INT, F(rescue_interval_s), 0,
      "10", 1, 3600, "seconds between rescuer + reconciler passes"},
+    {"owner-max-jobs", "DELTATUNE_OWNER_MAX_JOBS", T_INT, F(owner_max_jobs), 0,
+     "100", 0, 1000000, "active jobs (validating, queued, running, paused) per owner; "
+     "429 above it (0 = no limit; `deltatune owners set` overrides)"},
+    {"owner-max-storage", "DELTATUNE_OWNER_MAX_STORAGE", T_BYTES, F(owner_max_storage_bytes), 0,
+     "100G", 0, INT64_MAX, "bytes of uploads, checkpoints and models per owner; 413 above it "
+     "(0 = no limit; `deltatune owners set` overrides)"},
+    {"max-runtime-seconds", "DELTATUNE_MAX_RUNTIME_SECONDS", T_INT, F(max_runtime_seconds), 0,
+     "604800", 1, 2147483647, "seconds a job attempt may run (default and ceiling of the job's "
+     "max_runtime_seconds); the worker fails a job past it"},
+    {"checkpoint-keep", "DELTATUNE_CHECKPOINT_KEEP", T_INT, F(checkpoint_keep), 0,
+     "2", 1, 1000, "worker: checkpoints of a running job that keep their optimizer state "
+     "(older ones and all of an ended job keep their weights only)"},
     {"log-level", "DELTATUNE_LOG_LEVEL", T_LEVEL, F(log_level), 0,
      "info", 0, 0, "debug | info | warn | error"},
 };

@@ -25,21 +25,32 @@ typedef struct api_config {
     /* HTTP limits (server). */
     int64_t max_upload_bytes;           /* DELTATUNE_MAX_UPLOAD_BYTES, bytes (512 MiB) */
     int64_t max_json_bytes;             /* DELTATUNE_MAX_JSON_BYTES, bytes (1 MiB) */
+    int64_t max_line_bytes;             /* DELTATUNE_MAX_LINE_BYTES, longest upload line (1 MiB) */
     int max_connections;                /* DELTATUNE_MAX_CONNECTIONS, total */
     int max_connections_per_ip;         /* DELTATUNE_MAX_CONNECTIONS_PER_IP */
     int connection_timeout_s;           /* DELTATUNE_CONNECTION_TIMEOUT, seconds idle */
+    int idempotency_lease_s;            /* DELTATUNE_IDEMPOTENCY_LEASE, seconds (0 = 2 x timeout) */
     int64_t connection_memory_bytes;    /* DELTATUNE_CONNECTION_MEMORY, bytes per connection */
     int threads;                        /* DELTATUNE_THREADS, MHD thread pool size */
     int db_pool_size;                   /* DELTATUNE_DB_POOL, PostgreSQL connections (server) */
     int rate_limit;                     /* DELTATUNE_RATE_LIMIT, requests/second per API key, 0 = off */
     int rate_burst;                     /* DELTATUNE_RATE_BURST, bucket size (0 = rate_limit) */
     int auth_cache_seconds;             /* DELTATUNE_AUTH_CACHE_SECONDS, key lookup cache TTL (0 = off) */
+    char metrics_token[256];            /* DELTATUNE_METRICS_TOKEN, Bearer token for /metrics ("" = loopback only) */
+    int sse_recheck_s;                  /* DELTATUNE_SSE_RECHECK_SECONDS, event streams re-check their key (10) */
 
     /* Jobs (server and worker). */
     int lease_seconds;                  /* DELTATUNE_LEASE_SECONDS, lease length (60) */
     int max_attempts;                   /* DELTATUNE_MAX_ATTEMPTS, lease losses before failed (3) */
     int poll_interval_ms;               /* DELTATUNE_POLL_INTERVAL_MS, worker DB poll / queue wait */
     int rescue_interval_s;              /* DELTATUNE_RESCUE_INTERVAL, rescuer + reconciler period */
+    int checkpoint_keep;                /* DELTATUNE_CHECKPOINT_KEEP, resumable checkpoints per job (2) */
+
+    /* Per-owner defaults (server) and the runtime limit (server and worker);
+     * `deltatune owners set` overrides the owner ones. 0 = no limit. */
+    int owner_max_jobs;                 /* DELTATUNE_OWNER_MAX_JOBS, active jobs per owner (100) */
+    int64_t owner_max_storage_bytes;    /* DELTATUNE_OWNER_MAX_STORAGE, bytes per owner (100 GiB) */
+    int max_runtime_seconds;            /* DELTATUNE_MAX_RUNTIME_SECONDS, per job attempt (7 days) */
 
     int log_level;                      /* DELTATUNE_LOG_LEVEL debug|info|warn|error */
 } api_config;

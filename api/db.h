@@ -189,6 +189,7 @@ typedef struct db_job {
     db_progress progress;
     int64_t created_at, started_at, finished_at, updated_at; /* 0 = not yet */
     char *metadata;             /* JSON object text, malloc'd; NULL = {} */
+    int max_runtime_seconds;    /* per attempt; 0 = the worker's DELTATUNE_MAX_RUNTIME_SECONDS */
 } db_job;
 
 /* Frees j->metadata (the struct itself is caller storage). */
@@ -222,8 +223,11 @@ int db_job_pause(db *d, const char *owner, const char *id, db_job *out,
 int db_job_resume(db *d, const char *owner, const char *id, db_job *out,
                   char *err);
 
-/* Worker: claims the oldest queued job (or job_id when non-NULL and still
- * queued) with FOR UPDATE SKIP LOCKED. DB_ENOTFOUND = nothing to do.
+/* Worker: claims a queued job with FOR UPDATE SKIP LOCKED, fairly: the
+ * oldest queued job of the owner with the fewest running jobs; among owners
+ * with as many, the one whose latest job start is oldest (or who never
+ * started one), then the oldest job. job_id (a queue wake-up) is a hint
+ * only and does not change the choice. DB_ENOTFOUND = nothing to do.
  * out->attempt is the fencing token for every call below. */
 int db_job_claim(db *d, const char *worker_id, int lease_s,
                  const char *job_id, db_job *out, char *err);
@@ -246,11 +250,18 @@ typedef struct db_finish {
     const char *error_param;     /* failed: request field at fault, or NULL */
     const char *fine_tuned_model; /* succeeded: obj_ft_model_id() */
     const char *model_path;      /* succeeded: merged HF dir (stored path) */
+    char *final_status;          /* out, optional (16 bytes): the status the job got */
 } db_finish;
 
 /* Worker: ends the attempt in one transaction: sets status (finished_at for
  * terminal ones; paused keeps the job resumable), clears the lease, records
  * the error, inserts the fine-tuned model row on success and an event.
+ * The job's cancel/pause flags are read again under the row lock, so the
+ * last request the API accepted wins: cancel_requested -> cancelled
+ * (whatever the worker reports; no model row); pause_requested and
+ * succeeded -> paused (a resume exports again); paused without
+ * pause_requested (a resume came after the worker saw the pause) -> queued,
+ * to continue from its checkpoint. f->final_status receives the status set.
  * DB_ELEASE when the lease is lost. */
 int db_job_finish(db *d, const char *id, int attempt, const db_finish *f,
                   char *err);
@@ -342,7 +353,8 @@ int db_model_get(db *d, const char *owner, const char *id, db_model *out,
 int db_model_list(db *d, const char *owner, db_model **out, int *n,
                   char *err);
 /* Deletes one of owner's fine-tuned models or checkpoints (base models are
- * DB_ENOTFOUND for API users; the caller removes files it owns). */
+ * DB_ENOTFOUND for API users; the caller removes files it owns). DB_ECONFLICT
+ * while a job that has not finished uses it as its base model. */
 int db_model_delete(db *d, const char *owner, const char *id, db_model *out,
                     char *err);
 
@@ -358,20 +370,65 @@ int db_model_file_digest_put(db *d, const char *model_id, const char *name,
 /* ---- idempotency ------------------------------------------------------------ */
 
 enum { DB_IDEM_NEW = 0, DB_IDEM_REPLAY = 1, DB_IDEM_MISMATCH = 2,
-       DB_IDEM_IN_PROGRESS = 3 };
+       DB_IDEM_IN_PROGRESS = 3, DB_IDEM_DONE = 4 };
 
-/* Looks up (owner, key). Absent: inserts a placeholder and returns
- * DB_IDEM_NEW (the caller runs the request, then db_idem_finish or
- * db_idem_abort). Present with the same request_hash and a stored response:
- * DB_IDEM_REPLAY with *status and *body (malloc'd) set. Another hash:
- * DB_IDEM_MISMATCH. A placeholder still being served: DB_IDEM_IN_PROGRESS.
- * Records older than 24 hours are ignored (and replaced). */
+/* Claims (owner, key) for the request whose holder token is `holder`.
+ * Absent, finished more than 24 hours ago, or unfinished with its lease run
+ * out (its request died with its server): a placeholder is written, held by
+ * `holder` for lease_s seconds, and DB_IDEM_NEW returned (the caller runs
+ * the request, renewing the lease with db_idem_renew while it runs, then
+ * db_idem_finish or db_idem_abort). Unfinished and leased to another:
+ * DB_IDEM_IN_PROGRESS. Finished: with request_hash NULL (the body not read
+ * yet) DB_IDEM_DONE; with the same request_hash DB_IDEM_REPLAY with *status
+ * and *body (malloc'd) set; with another DB_IDEM_MISMATCH. */
 int db_idem_begin(db *d, const char *owner, const char *key,
-                  const char *request_hash, int *status, char **body,
+                  const char *request_hash, const char *holder, int lease_s,
+                  int *status, char **body, char *err);
+/* Extends the lease of holder's unfinished record by lease_s seconds from
+ * now and, when request_hash is not NULL, records the request's hash. 0, or
+ * DB_IDEM_IN_PROGRESS when holder no longer holds it (its lease ran out and
+ * another request took the key). */
+int db_idem_renew(db *d, const char *owner, const char *key, const char *holder,
+                  const char *request_hash, int lease_s, char *err);
+/* Stores the response of holder's record / removes holder's unfinished
+ * record; a record holder lost is left alone. */
+int db_idem_finish(db *d, const char *owner, const char *key, const char *holder,
+                   int status, const char *body, char *err);
+int db_idem_abort(db *d, const char *owner, const char *key, const char *holder,
                   char *err);
-int db_idem_finish(db *d, const char *owner, const char *key, int status,
-                   const char *body, char *err);
-int db_idem_abort(db *d, const char *owner, const char *key, char *err);
+
+/* ---- owners: limits and use (db_owners.c) ----------------------------------- */
+
+/* An owner's overrides (owner_limits): -1 = the server's default, 0 = no
+ * limit. In db_owner_limits_set, DB_LIMIT_KEEP leaves a value as it is. */
+#define DB_LIMIT_DEFAULT (-1)
+#define DB_LIMIT_KEEP (-2)
+typedef struct db_owner_limits {
+    char owner[DB_OWNER_LEN];
+    int64_t max_jobs;           /* active jobs (validating_files, queued, running, paused) */
+    int64_t max_storage_bytes;  /* uploads + everything under the owner's job directories */
+    int64_t max_upload_bytes;   /* one upload */
+    int64_t active_jobs;        /* db_owner_list only */
+    int64_t file_bytes;         /* db_owner_list only: the owner's uploads */
+} db_owner_limits;
+
+/* The owner's overrides; all DB_LIMIT_DEFAULT when none were set. */
+int db_owner_limits_get(db *d, const char *owner, db_owner_limits *out, char *err);
+/* Sets the overrides that are not DB_LIMIT_KEEP (DB_LIMIT_DEFAULT clears one). */
+int db_owner_limits_set(db *d, const db_owner_limits *l, char *err);
+/* Every owner with a key or overrides, by name; *out malloc'd (free()). */
+int db_owner_list(db *d, db_owner_limits **out, int *n, char *err);
+/* Jobs of owner in validating_files, queued, running or paused. */
+int db_owner_active_jobs(db *d, const char *owner, int64_t *n, char *err);
+/* Bytes of the owner's uploads (files rows), and the stored output
+ * directories of all the owner's jobs (*dirs malloc'd, free()). */
+int db_owner_storage(db *d, const char *owner, int64_t *file_bytes,
+                     char (**dirs)[DB_PATH_LEN], int *ndirs, char *err);
+/* A session advisory lock on the owner, held by this connection until
+ * db_owner_unlock: admission checks (count, then insert) of one owner run
+ * one at a time across server threads and servers. */
+int db_owner_lock(db *d, const char *owner, char *err);
+void db_owner_unlock(db *d, const char *owner);
 
 /* ---- workers and metrics -------------------------------------------------- */
 

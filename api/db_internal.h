@@ -2,7 +2,7 @@
  * public). db_pool.c is the driver: connection, pool, prepared statements,
  * db_exec, the transaction helper, error mapping, migrations. db_sql.c holds
  * every SQL text; db_keys.c, db_files.c, db_models.c, db_idem.c,
- * db_workers.c, db_jobs.c, db_events.c and db_checkpoints.c are the queries,
+ * db_workers.c, db_jobs.c, db_events.c, db_checkpoints.c and db_owners.c are the queries,
  * one resource each, behind db.h. */
 #ifndef DT_API_DB_INTERNAL_H
 #define DT_API_DB_INTERNAL_H
@@ -42,6 +42,7 @@ typedef enum db_stmt {
     STMT_MODEL_PUT,
     STMT_MODEL_GET,
     STMT_MODEL_LIST,
+    STMT_MODEL_IN_USE,
     STMT_MODEL_DELETE,
     STMT_MODEL_FILES_DELETE,
     STMT_DIGEST_GET,
@@ -51,9 +52,11 @@ typedef enum db_stmt {
     STMT_IDEM_GET,
     STMT_IDEM_FINISH,
     STMT_IDEM_DELETE,
+    STMT_IDEM_RENEW,
     /* workers and stats (db_workers.c) */
     STMT_WORKER_HB,
     STMT_STATS_JOBS,
+    STMT_STATS_JOB_TOTALS,
     STMT_STATS_TPS,
     STMT_STATS_WORKERS,
     /* jobs (db_jobs.c) */
@@ -78,6 +81,15 @@ typedef enum db_stmt {
     /* checkpoints (db_checkpoints.c) */
     STMT_CKPT_PUT,
     STMT_CKPT_LIST,
+    /* owners: limits, use, admission lock (db_owners.c) */
+    STMT_OWNER_LIMITS_GET,
+    STMT_OWNER_LIMITS_PUT,
+    STMT_OWNER_LIST,
+    STMT_OWNER_ACTIVE,
+    STMT_OWNER_FILE_BYTES,
+    STMT_OWNER_JOB_DIRS,
+    STMT_OWNER_LOCK,
+    STMT_OWNER_UNLOCK,
     STMT__COUNT
 } db_stmt;
 

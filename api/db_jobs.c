@@ -24,7 +24,7 @@ int db_job_status_index(const char *status)
     return -1;
 }
 
-/* Reads the 52 JOB_COLS of db_sql.c. */
+/* Reads the 53 JOB_COLS of db_sql.c. */
 static int job_row(const PGresult *r, int i, db_job *j)
 {
     int c = 0;
@@ -81,6 +81,7 @@ static int job_row(const PGresult *r, int i, db_job *j)
     j->started_at = dbr_int(r, i, c++);
     j->finished_at = dbr_int(r, i, c++);
     j->updated_at = dbr_int(r, i, c++);
+    j->max_runtime_seconds = (int)dbr_int(r, i, c++);
     return (PQgetisnull(r, i, 47) || j->metadata) ? 0 : DT_ENOMEM;
 }
 
@@ -149,6 +150,7 @@ static int job_create_tx(db *d, void *arg, char *err)
     dbp_int(&p, j->max_attempts > 0 ? j->max_attempts : 3);
     dbp_str(&p, j->output_dir);
     dbp_str(&p, j->metadata);
+    dbp_int(&p, j->max_runtime_seconds > 0 ? j->max_runtime_seconds : 0);
     int rc = db_exec(d, STMT_JOB_CREATE, &p, NULL, err);
     if (rc) return rc;
     char msg[512];
@@ -257,23 +259,20 @@ int db_job_resume(db *d, const char *owner, const char *id, db_job *out, char *e
 int db_job_claim(db *d, const char *worker_id, int lease_s, const char *job_id,
                  db_job *out, char *err)
 {
-    for (int pass = job_id ? 0 : 1; pass < 2; pass++) {
-        db_params p = {0};
-        int found;
-        dbp_str(&p, worker_id);
-        dbp_int(&p, lease_s);
-        dbp_nstr(&p, pass == 0 ? job_id : NULL);
-        int rc = job_one(d, STMT_JOB_CLAIM, &p, out, &found, err);
-        if (rc) return rc;
-        if (found) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "Attempt %d started on worker %s", out->attempt,
-                     worker_id);
-            db_event_add(d, out->id, out->attempt, "info", "message", msg, NULL, err);
-            return 0;
-        }
-    }
-    return DB_ENOTFOUND;
+    /* job_id (a queue wake-up) is only a hint: fair claiming decides which
+     * job runs, so a burst of one owner's wake-ups cannot jump the queue. */
+    (void)job_id;
+    db_params p = {0};
+    int found;
+    dbp_str(&p, worker_id);
+    dbp_int(&p, lease_s);
+    int rc = job_one(d, STMT_JOB_CLAIM, &p, out, &found, err);
+    if (rc) return rc;
+    if (!found) return DB_ENOTFOUND;
+    char msg[300];
+    snprintf(msg, sizeof msg, "Attempt %d started on worker %s", out->attempt, worker_id);
+    db_event_add(d, out->id, out->attempt, "info", "message", msg, NULL, err);
+    return 0;
 }
 
 static int flags_result(db *d, db_stmt stmt, const db_params *p, bool *cancel,
@@ -351,14 +350,29 @@ static int finish_tx(db *d, void *arg, char *err)
     char owner[DB_OWNER_LEN], model[256], suffix[65];
     int rc = db_job_fence(d, a->id, a->attempt, owner, model, suffix, err);
     if (rc) return rc;
-    bool ok = !strcmp(f->status, "succeeded");
+    /* The row is locked now: the flags read here are the last word of the
+     * API (a cancel or resume after the worker's last look at them). */
+    db_job cur;
+    rc = db_job_get(d, NULL, a->id, &cur, err);
+    if (rc) return rc;
+    bool cancel = cur.cancel_requested, pause = cur.pause_requested;
+    db_job_clear(&cur);
+    const char *status = f->status;
+    if (cancel)
+        status = "cancelled";
+    else if (pause && !strcmp(status, "succeeded"))
+        status = "paused";
+    else if (!pause && !strcmp(status, "paused"))
+        status = "queued";
+    if (f->final_status) snprintf(f->final_status, 16, "%s", status);
+    bool ok = !strcmp(status, "succeeded"), failed = !strcmp(status, "failed");
     db_params p = {0};
     dbp_str(&p, a->id);
     dbp_int(&p, a->attempt);
-    dbp_str(&p, f->status);
-    dbp_str(&p, f->error_code ? f->error_code : "");
-    dbp_str(&p, f->error_message ? f->error_message : "");
-    dbp_str(&p, f->error_param ? f->error_param : "");
+    dbp_str(&p, status);
+    dbp_str(&p, failed && f->error_code ? f->error_code : "");
+    dbp_str(&p, failed && f->error_message ? f->error_message : "");
+    dbp_str(&p, failed && f->error_param ? f->error_param : "");
     dbp_nstr(&p, ok ? f->fine_tuned_model : NULL);
     rc = db_exec(d, STMT_JOB_FINISH, &p, NULL, err);
     if (rc) return rc;
@@ -375,14 +389,20 @@ static int finish_tx(db *d, void *arg, char *err)
     }
     char msg[1200];
     const char *level = "info";
-    if (!strcmp(f->status, "failed")) {
+    if (failed) {
         level = "error";
         snprintf(msg, sizeof msg, "Job failed: %s", f->error_message ? f->error_message : "");
     } else if (ok) {
         snprintf(msg, sizeof msg, "The job has successfully completed; new model: %s",
                  f->fine_tuned_model ? f->fine_tuned_model : "");
+    } else if (!strcmp(status, "queued")) {
+        snprintf(msg, sizeof msg, "Resumed before the pause took effect; job requeued "
+                 "from its last checkpoint");
+    } else if (strcmp(status, f->status)) {
+        snprintf(msg, sizeof msg, "Job %s (requested while the worker ended it as %s)",
+                 status, f->status);
     } else {
-        snprintf(msg, sizeof msg, "Job %s", f->status);
+        snprintf(msg, sizeof msg, "Job %s", status);
     }
     return db_event_add(d, a->id, -1, level, "message", msg, NULL, err);
 }

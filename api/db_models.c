@@ -69,8 +69,16 @@ static int model_delete_tx(db *d, void *arg, char *err)
     db_params p = {0};
     PGresult *r;
     dbp_str(&p, a->id);
+    int rc = db_exec(d, STMT_MODEL_IN_USE, &p, &r, err);
+    if (rc) return rc;
+    if (PQntuples(r) > 0)
+        rc = dt_errf(err, DB_ECONFLICT, "model %s is the base model of job %s, which has not "
+                     "finished (%s); cancel it or wait for it to end first", a->id,
+                     PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+    PQclear(r);
+    if (rc) return rc;
     dbp_str(&p, a->owner);
-    int rc = db_exec(d, STMT_MODEL_DELETE, &p, &r, err);
+    rc = db_exec(d, STMT_MODEL_DELETE, &p, &r, err);
     if (rc) return rc;
     if (PQntuples(r) == 1) model_row(r, 0, a->out);
     else rc = dt_errf(err, DB_ENOTFOUND, "no such model: %s", a->id);

@@ -27,7 +27,7 @@
     "error_param, output_dir, fine_tuned_model, step, total_steps, epoch, " \
     "train_loss, valid_loss, tokens_per_second, eta_seconds, trained_tokens, " \
     "metadata::text, " T("created_at") ", " T("started_at") ", " T("finished_at") \
-    ", " T("updated_at")
+    ", " T("updated_at") ", max_runtime_seconds"
 
 #define EVENT_COLS "seq, job_id, " T("created_at") ", level, type, message, data::text"
 
@@ -35,6 +35,9 @@
 
 /* Statuses a user may still cancel without a worker's help. */
 #define IDLE "('queued', 'paused', 'validating_files')"
+
+/* Statuses that count against an owner's active-jobs limit. */
+#define ACTIVE "('validating_files', 'queued', 'running', 'paused')"
 
 #define FENCE "id = $1 AND attempt = $2 AND status = 'running'"
 
@@ -114,6 +117,10 @@ const db_sql db_sql_table[] = {
     [STMT_MODEL_LIST] =
         {"model_list", "SELECT " MODEL_COLS " FROM models WHERE $1::text IS NULL OR "
                        "kind = 'base' OR owner = $1 ORDER BY kind <> 'base', created_at, id"},
+    /* jobs_model_active (0005) keeps this O(unfinished jobs) */
+    [STMT_MODEL_IN_USE] =
+        {"model_in_use", "SELECT id, status FROM jobs WHERE model = $1 AND status NOT IN "
+                         "('succeeded', 'failed', 'cancelled') LIMIT 1"},
     [STMT_MODEL_DELETE] =
         {"model_delete", "DELETE FROM models WHERE id = $1 AND owner = $2 AND kind <> 'base' "
                          "RETURNING " MODEL_COLS},
@@ -130,19 +137,30 @@ const db_sql db_sql_table[] = {
 
     /* ---- idempotency ---- */
     [STMT_IDEM_INSERT] =
-        {"idem_insert", "INSERT INTO idempotency_keys (owner, key, request_hash) "
-                        "VALUES ($1, $2, $3) ON CONFLICT (owner, key) DO UPDATE SET "
+        {"idem_insert", "INSERT INTO idempotency_keys (owner, key, request_hash, holder, "
+                        "lease_until) VALUES ($1, $2, $3, $4, now() + $5::int * interval "
+                        "'1 second') ON CONFLICT (owner, key) DO UPDATE SET "
                         "request_hash = EXCLUDED.request_hash, status = 0, response = NULL, "
-                        "created_at = now() WHERE idempotency_keys.created_at < "
-                        "now() - interval '24 hours' RETURNING 1"},
+                        "created_at = now(), holder = EXCLUDED.holder, "
+                        "lease_until = EXCLUDED.lease_until WHERE idempotency_keys.created_at < "
+                        "now() - interval '24 hours' OR (idempotency_keys.status = 0 AND "
+                        "COALESCE(idempotency_keys.lease_until, idempotency_keys.created_at + "
+                        "interval '1 hour') < now()) RETURNING 1"},
     [STMT_IDEM_GET] =
         {"idem_get", "SELECT request_hash, status, response FROM idempotency_keys "
                      "WHERE owner = $1 AND key = $2"},
     [STMT_IDEM_FINISH] =
-        {"idem_finish", "UPDATE idempotency_keys SET status = $3, response = $4 "
-                        "WHERE owner = $1 AND key = $2"},
+        {"idem_finish", "UPDATE idempotency_keys SET status = $3, response = $4, "
+                        "lease_until = NULL WHERE owner = $1 AND key = $2 AND holder = $5 "
+                        "AND status = 0"},
     [STMT_IDEM_DELETE] =
-        {"idem_delete", "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2"},
+        {"idem_delete", "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 "
+                        "AND holder = $3 AND status = 0"},
+    [STMT_IDEM_RENEW] =
+        {"idem_renew", "UPDATE idempotency_keys SET lease_until = now() + $4::int * "
+                       "interval '1 second', request_hash = COALESCE($5, request_hash) "
+                       "WHERE owner = $1 AND key = $2 AND holder = $3 AND status = 0 "
+                       "RETURNING 1"},
 
     /* ---- workers and stats ---- */
     [STMT_WORKER_HB] =
@@ -151,7 +169,13 @@ const db_sql db_sql_table[] = {
                       "EXCLUDED.hostname, device = EXCLUDED.device, status = EXCLUDED.status, "
                       "job_id = EXCLUDED.job_id, heartbeat_at = now()"},
     [STMT_STATS_JOBS] =
-        {"stats_jobs", "SELECT status, count(*) FROM jobs GROUP BY status"},
+        /* unfinished jobs through the partial index jobs_active; finished
+         * ones from the counters a trigger keeps (0005): no scan of
+         * finished jobs per scrape */
+        {"stats_jobs", "SELECT status, count(*) FROM jobs WHERE status NOT IN "
+                       "('succeeded', 'failed', 'cancelled') GROUP BY status"},
+    [STMT_STATS_JOB_TOTALS] =
+        {"stats_job_totals", "SELECT status, n FROM job_status_totals"},
     [STMT_STATS_TPS] =
         {"stats_tps", "SELECT coalesce(sum(tokens_per_second), 0) FROM jobs "
                       "WHERE status = 'running'"},
@@ -167,10 +191,10 @@ const db_sql db_sql_table[] = {
                        "learning_rate, rank, alpha, lambda, start_step, target_modules, "
                        "seq_len, warmup_steps, weight_decay, max_grad_norm, lr_scheduler, "
                        "grad_accum, max_steps, checkpoint_interval, eval_interval, seed, "
-                       "max_attempts, output_dir, metadata) VALUES ($1, $2, $3, $4, $5, $6, "
-                       "'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, "
-                       "$19, $20, $21, $22, $23, $24, $25, $26, $27, $28, "
-                       "coalesce($29::jsonb, '{}'::jsonb))"},
+                       "max_attempts, output_dir, metadata, max_runtime_seconds) VALUES ($1, $2, "
+                       "$3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15, "
+                       "$16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, "
+                       "coalesce($29::jsonb, '{}'::jsonb), $30)"},
     [STMT_JOB_GET] =
         {"job_get", "SELECT " JOB_COLS " FROM jobs WHERE id = $1 AND "
                     "($2::text IS NULL OR owner = $2)"},
@@ -199,9 +223,18 @@ const db_sql db_sql_table[] = {
         {"job_claim", "UPDATE jobs SET status = 'running', attempt = attempt + 1, worker_id = "
                       "$1, lease_expires_at = now() + make_interval(secs => $2::int), "
                       "started_at = coalesce(started_at, now()), updated_at = now() WHERE "
-                      "status = 'queued' AND id = (SELECT id FROM jobs WHERE status = 'queued' "
-                      "AND ($3::text IS NULL OR id = $3) ORDER BY seq LIMIT 1 "
-                      "FOR UPDATE SKIP LOCKED) RETURNING " JOB_COLS},
+                      "status = 'queued' AND id = ("
+                      /* Fair claiming: the oldest queued job of the owner with the
+                       * fewest running jobs; ties go to the owner served least
+                       * recently (latest start oldest, never first), then to the
+                       * oldest job. */
+                      "WITH o AS (SELECT q.owner, (SELECT count(*) FROM jobs r WHERE "
+                      "r.owner = q.owner AND r.status = 'running') AS running, (SELECT "
+                      "max(s.started_at) FROM jobs s WHERE s.owner = q.owner) AS last_start "
+                      "FROM (SELECT DISTINCT owner FROM jobs WHERE status = 'queued') q) "
+                      "SELECT j.id FROM jobs j JOIN o ON o.owner = j.owner WHERE j.status = "
+                      "'queued' ORDER BY o.running, o.last_start NULLS FIRST, j.seq LIMIT 1 "
+                      "FOR UPDATE OF j SKIP LOCKED) RETURNING " JOB_COLS},
     [STMT_JOB_HEARTBEAT] =
         {"job_heartbeat", "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => "
                           "$3::int), updated_at = now() WHERE " FENCE
@@ -272,6 +305,34 @@ const db_sql db_sql_table[] = {
         {"ckpt_list", "SELECT " CKPT_COLS " FROM checkpoints WHERE job_id = $1 AND "
                       "($2::text IS NULL OR step < (SELECT step FROM checkpoints WHERE id = $2 "
                       "AND job_id = $1)) ORDER BY step DESC LIMIT $3"},
+
+    /* ---- owners (limits, use) ---- */
+    [STMT_OWNER_LIMITS_GET] =
+        {"owner_limits_get", "SELECT coalesce(max_jobs, -1), coalesce(max_storage_bytes, -1), "
+                             "coalesce(max_upload_bytes, -1) FROM owner_limits WHERE owner = $1"},
+    [STMT_OWNER_LIMITS_PUT] =
+        {"owner_limits_put", "INSERT INTO owner_limits (owner, max_jobs, max_storage_bytes, "
+                             "max_upload_bytes) VALUES ($1, $2::int, $3::bigint, $4::bigint) "
+                             "ON CONFLICT (owner) DO UPDATE SET max_jobs = EXCLUDED.max_jobs, "
+                             "max_storage_bytes = EXCLUDED.max_storage_bytes, max_upload_bytes "
+                             "= EXCLUDED.max_upload_bytes, updated_at = now()"},
+    [STMT_OWNER_LIST] =
+        {"owner_list", "SELECT o.owner, coalesce(l.max_jobs, -1), coalesce(l.max_storage_bytes, "
+                       "-1), coalesce(l.max_upload_bytes, -1), (SELECT count(*) FROM jobs j "
+                       "WHERE j.owner = o.owner AND j.status IN " ACTIVE "), (SELECT "
+                       "coalesce(sum(f.bytes), 0) FROM files f WHERE f.owner = o.owner) FROM "
+                       "(SELECT owner FROM api_keys UNION SELECT owner FROM owner_limits) o "
+                       "LEFT JOIN owner_limits l ON l.owner = o.owner ORDER BY o.owner"},
+    [STMT_OWNER_ACTIVE] =
+        {"owner_active", "SELECT count(*) FROM jobs WHERE owner = $1 AND status IN " ACTIVE},
+    [STMT_OWNER_FILE_BYTES] =
+        {"owner_file_bytes", "SELECT coalesce(sum(bytes), 0) FROM files WHERE owner = $1"},
+    [STMT_OWNER_JOB_DIRS] =
+        {"owner_job_dirs", "SELECT output_dir FROM jobs WHERE owner = $1 ORDER BY seq"},
+    [STMT_OWNER_LOCK] =
+        {"owner_lock", "SELECT pg_advisory_lock(1684370997, hashtext($1))"},
+    [STMT_OWNER_UNLOCK] =
+        {"owner_unlock", "SELECT pg_advisory_unlock(1684370997, hashtext($1))"},
 };
 
 /* Every enum db_stmt has its slot. A slot given twice fails the build

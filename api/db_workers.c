@@ -28,6 +28,13 @@ int db_stats_get(db *d, db_stats *out, char *err)
         if (k >= 0) out->jobs_by_status[k] = dbr_int(r, i, 1);
     }
     PQclear(r);
+    rc = db_exec(d, STMT_STATS_JOB_TOTALS, NULL, &r, err);
+    if (rc) return rc;
+    for (int i = 0; i < PQntuples(r); i++) {
+        int k = db_job_status_index(PQgetvalue(r, i, 0));
+        if (k >= 0) out->jobs_by_status[k] = dbr_int(r, i, 1);
+    }
+    PQclear(r);
     rc = db_exec(d, STMT_STATS_TPS, NULL, &r, err);
     if (rc) return rc;
     out->tokens_per_second = dbr_dbl(r, 0, 0);

@@ -149,6 +149,9 @@ json_t *obj_job(const db_job *j)
         "cancel_requested", j->cancel_requested,
         "pause_requested", j->pause_requested,
         "attempt", j->attempt);
+    if (o) /* null: the server's DELTATUNE_MAX_RUNTIME_SECONDS applies */
+        json_object_set_new(o, "max_runtime_seconds", j->max_runtime_seconds > 0
+                                    ? json_integer(j->max_runtime_seconds) : json_null());
     return o;
 }
 

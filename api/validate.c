@@ -320,7 +320,7 @@ int validate_job_create(json_t *body, db_job *j, api_error *e)
 {
     static const char *const known[] = {"model", "training_file", "validation_file",
                                         "method", "hyperparameters", "suffix", "seed",
-                                        "metadata", "integrations"};
+                                        "metadata", "integrations", "max_runtime_seconds"};
     memset(j, 0, sizeof *j);
     defaults(j);
     if (!json_is_object(body))
@@ -370,6 +370,17 @@ int validate_job_create(json_t *body, db_job *j, api_error *e)
             return api_errorf(e, 400, "invalid_value", "seed",
                               "seed must be between 0 and 2^53");
         j->seed = (int64_t)x;
+    }
+    json_t *rt = json_object_get(body, "max_runtime_seconds");
+    if (rt && !json_is_null(rt)) {
+        double x;
+        if (!as_integer(rt, &x))
+            return api_errorf(e, 400, "invalid_type", "max_runtime_seconds",
+                              "max_runtime_seconds must be an integer (seconds)");
+        if (x < 1 || x > 2147483647.0)
+            return api_errorf(e, 400, "invalid_value", "max_runtime_seconds",
+                              "max_runtime_seconds must be between 1 and the server's limit");
+        j->max_runtime_seconds = (int)x;
     }
     json_t *md = json_object_get(body, "metadata");
     if (md && (rc = validate_metadata(md, "metadata", e))) return rc;

@@ -2,7 +2,8 @@
  *
  * Fields: required model, training_file; optional validation_file, method,
  * hyperparameters (legacy), suffix, seed, metadata, integrations (accepted
- * and ignored). method.type is delta_lora | lora | full | supervised
+ * and ignored), max_runtime_seconds (>= 1; the server checks it against
+ * DELTATUNE_MAX_RUNTIME_SECONDS and fills that in when absent, 0 here). method.type is delta_lora | lora | full | supervised
  * ("supervised" and the legacy hyperparameters map onto delta_lora, the
  * default method). Hyperparameters, with "auto" (or absence) resolving to the
  * defaults below; their limits are base/hparams.c's table (one table for the

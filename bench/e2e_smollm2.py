@@ -97,8 +97,12 @@ def trainable(out):
     """Trainable elements (tensors with AdamW moments) and moved-W elements,
     read from the final checkpoint's safetensors header."""
     ck = sorted(d for d in os.listdir(os.path.join(out, "checkpoints")) if d.startswith("step-"))
-    with open(os.path.join(out, "checkpoints", ck[-1], "state.safetensors"), "rb") as f:
-        hdr = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    hdr = {}
+    for name in ("weights.safetensors", "optimizer.safetensors", "state.safetensors"):
+        p = os.path.join(out, "checkpoints", ck[-1], name)
+        if os.path.exists(p):
+            with open(p, "rb") as f:
+                hdr.update(json.loads(f.read(int.from_bytes(f.read(8), "little"))))
     numel = {k: math.prod(v["shape"]) for k, v in hdr.items() if k != "__metadata__"}
     train = sum(n for k, n in numel.items() if k + ".adam_m" in numel)
     moved = sum(n for k, n in numel.items()

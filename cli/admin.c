@@ -7,6 +7,10 @@
  *   deltatune models add --id ID --path PATH (HF directory or .gguf; loaded
  *                                            once to check it)
  *   deltatune models list
+ *   deltatune owners set NAME [--max-jobs N] [--max-storage BYTES]
+ *                             [--max-upload BYTES]   (K/M/G suffixes; 0 = no
+ *                                            limit; "default" = the server's)
+ *   deltatune owners list
  *
  * Every command also takes the config flags (--database-url ...) and reads
  * DELTATUNE_* variables. */
@@ -35,15 +39,23 @@ static const char usage[] =
     "  deltatune keys revoke PREFIX\n"
     "  deltatune models add --id ID --path PATH\n"
     "  deltatune models list\n"
+    "  deltatune owners set NAME [--max-jobs N] [--max-storage BYTES] [--max-upload BYTES]\n"
+    "  deltatune owners list\n"
     "\n"
     "migrate applies migrations/NNNN_*.sql not yet applied (DIR defaults to\n"
     "$DELTATUNE_MIGRATIONS_DIR, ./migrations, or ../migrations next to the\n"
     "binary). Model ids: 1-200 of [A-Za-z0-9._-]. Owner names: 1-64 of\n"
-    "[A-Za-z0-9_-].\n\n";
+    "[A-Za-z0-9_-].\n"
+    "owners set: per-owner limits, whichever of the owner's keys is used: active\n"
+    "jobs (validating, queued, running, paused), stored bytes (uploads, checkpoints,\n"
+    "models) and one upload's bytes; sizes take K/M/G suffixes, 0 = no limit,\n"
+    "\"default\" = the server's DELTATUNE_OWNER_MAX_JOBS, DELTATUNE_OWNER_MAX_STORAGE,\n"
+    "DELTATUNE_MAX_UPLOAD_BYTES (an upload limit never exceeds the last).\n\n";
 
 typedef struct opts {
     api_config cfg;
     const char *owner, *id, *path, *migrations;
+    const char *max_jobs, *max_storage, *max_upload;
     const char *pos[4];
     int npos;
 } opts;
@@ -67,7 +79,10 @@ static int parse(int argc, char **argv, int first, opts *o)
         const char **dst = !strcmp(a, "--owner") ? &o->owner
                          : !strcmp(a, "--id") ? &o->id
                          : !strcmp(a, "--path") ? &o->path
-                         : !strcmp(a, "--migrations") ? &o->migrations : NULL;
+                         : !strcmp(a, "--migrations") ? &o->migrations
+                         : !strcmp(a, "--max-jobs") ? &o->max_jobs
+                         : !strcmp(a, "--max-storage") ? &o->max_storage
+                         : !strcmp(a, "--max-upload") ? &o->max_upload : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             config_help(stdout);
@@ -276,6 +291,97 @@ static int models_list(opts *o, db **d, char *err)
     return 0;
 }
 
+/* ---- owners: per-owner limits --------------------------------------------- */
+
+/* An owners set value: NULL keeps, "default" clears, else a count (bytes:
+ * with K/M/G suffixes). 0 or 2 after printing why. */
+static int limit_arg(const char *flag, const char *v, int bytes, int64_t *out)
+{
+    if (!v) { *out = DB_LIMIT_KEEP; return 0; }
+    if (!strcmp(v, "default")) { *out = DB_LIMIT_DEFAULT; return 0; }
+    int64_t x = -1;
+    char *end;
+    if (bytes) {
+        if (config_parse_bytes(v, &x)) x = -1;
+    } else {
+        long long y = strtoll(v, &end, 10);
+        x = (end != v && !*end && y >= 0 && y <= 2147483647) ? y : -1;
+    }
+    if (x < 0) {
+        fprintf(stderr, "deltatune owners set: %s: \"%s\" is not %s, 0 (no limit) or "
+                "\"default\"\n", flag, v, bytes ? "a size (bytes; K/M/G suffixes)"
+                                              : "a count (0-2147483647)");
+        return 2;
+    }
+    *out = x;
+    return 0;
+}
+
+static int owners_set(opts *o, db **d, char *err)
+{
+    const char *name = o->pos[1];
+    db_owner_limits l;
+    memset(&l, 0, sizeof l);
+    if (!auth_owner_valid(name)) {
+        fprintf(stderr, "deltatune owners set: NAME must be 1-64 of A-Za-z0-9_-\n");
+        return 2;
+    }
+    snprintf(l.owner, sizeof l.owner, "%s", name);
+    if (!o->max_jobs && !o->max_storage && !o->max_upload) {
+        fprintf(stderr, "deltatune owners set: give --max-jobs, --max-storage or "
+                "--max-upload\n");
+        return 2;
+    }
+    if (limit_arg("--max-jobs", o->max_jobs, 0, &l.max_jobs) ||
+        limit_arg("--max-storage", o->max_storage, 1, &l.max_storage_bytes) ||
+        limit_arg("--max-upload", o->max_upload, 1, &l.max_upload_bytes))
+        return 2;
+    if (connect_db(o, d)) return 1;
+    db_owner_limits now;
+    if (db_owner_limits_set(*d, &l, err) || db_owner_limits_get(*d, name, &now, err)) {
+        fprintf(stderr, "deltatune owners set: %s\n", err);
+        return 1;
+    }
+    printf("owner %s: max-jobs %lld, max-storage %lld, max-upload %lld (-1 = default, "
+           "0 = no limit)\n", name, (long long)now.max_jobs,
+           (long long)now.max_storage_bytes, (long long)now.max_upload_bytes);
+    return 0;
+}
+
+static void fmt_limit(int64_t v, char *out, size_t n)
+{
+    if (v < 0) snprintf(out, n, "default");
+    else if (v == 0) snprintf(out, n, "unlimited");
+    else snprintf(out, n, "%lld", (long long)v);
+}
+
+static int owners_list(opts *o, db **d, char *err)
+{
+    if (connect_db(o, d)) return 1;
+    db_owner_limits *l = NULL;
+    int n = 0;
+    if (db_owner_list(*d, &l, &n, err)) {
+        fprintf(stderr, "deltatune owners list: %s\n", err);
+        return 1;
+    }
+    printf("%-24s %-12s %-14s %-12s %-11s %s\n", "OWNER", "MAX_JOBS", "MAX_STORAGE",
+           "MAX_UPLOAD", "ACTIVE_JOBS", "UPLOADED_BYTES");
+    for (int i = 0; i < n; i++) {
+        char a[32], b[32], c[32];
+        fmt_limit(l[i].max_jobs, a, sizeof a);
+        fmt_limit(l[i].max_storage_bytes, b, sizeof b);
+        fmt_limit(l[i].max_upload_bytes, c, sizeof c);
+        printf("%-24s %-12s %-14s %-12s %-11lld %lld\n", l[i].owner, a, b, c,
+               (long long)l[i].active_jobs, (long long)l[i].file_bytes);
+    }
+    free(l);
+    fprintf(stderr, "default: max-jobs %d, max-storage %lld, max-upload %lld (0 = no limit; "
+            "this shell's DELTATUNE_* settings, which the server's may differ from)\n",
+            o->cfg.owner_max_jobs, (long long)o->cfg.owner_max_storage_bytes,
+            (long long)o->cfg.max_upload_bytes);
+    return 0;
+}
+
 /* The subcommand table: command, subcommand, the positional arguments it
  * needs with its own name (0: not checked), its function. */
 static const struct {
@@ -288,6 +394,8 @@ static const struct {
     {"keys", "revoke", 2, keys_revoke},
     {"models", "add", 0, models_add},
     {"models", "list", 0, models_list},
+    {"owners", "set", 2, owners_set},
+    {"owners", "list", 0, owners_list},
 };
 
 /* Runs cmd's subcommand named by the first positional argument; prints the
@@ -317,7 +425,8 @@ int dt_admin_main(int argc, char **argv)
     if (rc) return rc;
     log_init("deltatune", o.cfg.log_level);
     if (!strcmp(argv[0], "migrate")) return cmd_migrate(&o);
-    if (!strcmp(argv[0], "keys") || !strcmp(argv[0], "models")) return run_sub(argv[0], &o);
+    if (!strcmp(argv[0], "keys") || !strcmp(argv[0], "models") || !strcmp(argv[0], "owners"))
+        return run_sub(argv[0], &o);
     fputs(usage, stderr);
     return 2;
 }

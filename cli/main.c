@@ -1,6 +1,6 @@
 /* main.c: `deltatune`, the command line: the engine's commands (train,
  * tokenize, generate; engine.c), the operator's database commands
- * (migrate, keys, models add|list --admin; admin.c) and the client commands
+ * (migrate, keys, owners, models add|list --admin; admin.c) and the client commands
  * that speak the HTTP API (jobs, files, models list|download; client*.c).
  *
  * Built with -DDT_CLI_ENGINE_ONLY the same file is `deltatune-train`: the
@@ -42,6 +42,7 @@ static const command commands[] = {
 #ifndef DT_CLI_ENGINE_ONLY
     {"migrate", dt_admin_main, 0, "apply database migrations"},
     {"keys", dt_admin_main, 0, "create | list | revoke API keys"},
+    {"owners", dt_admin_main, 0, "set | list per-owner limits (jobs, storage, upload)"},
     {"models", models_main, 0, "list | download (HTTP API); add | list --admin (database)"},
     {"jobs", dt_client_main, 0, "create | list | get | cancel | pause | resume | follow (HTTP API)"},
     {"files", dt_client_main, 0, "upload | list (HTTP API)"},

@@ -15,29 +15,107 @@
 #include "base/file.h"
 #include "train_impl.h"
 
-int dt_ckpt_latest(const char *out, char *dir, size_t dirlen)
+/* "step-N" (nothing after the number): the step, else -1. */
+static int64_t step_of(const char *name)
+{
+    long long step;
+    int end = 0;
+    if (sscanf(name, "step-%lld%n", &step, &end) != 1 || name[end] || step <= 0)
+        return -1;
+    return (int64_t)step;
+}
+
+static int has_file(const char *dir, const char *name)
+{
+    char p[4600];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return stat(p, &st) == 0;
+}
+
+/* Complete (DONE) and resumable (the optimizer state, or the older one-file
+ * state, is there). */
+static int resumable(const char *dir)
+{
+    return has_file(dir, "DONE") &&
+           (has_file(dir, "optimizer.safetensors") || has_file(dir, "state.safetensors"));
+}
+
+int64_t dt_ckpt_latest(const char *out, char *dir, size_t dirlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/checkpoints", out);
     DIR *d = opendir(path);
     if (!d)
         return 0;
-    int best = 0;
+    int64_t best = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        int step;
-        char done[4400];
-        struct stat st;
-        if (sscanf(e->d_name, "step-%d", &step) != 1 || step <= best)
+        int64_t step = step_of(e->d_name);
+        char sub[4400];
+        if (step <= best)
             continue;
-        snprintf(done, sizeof done, "%s/%s/DONE", path, e->d_name);
-        if (stat(done, &st) == 0) {
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        if (resumable(sub)) {
             best = step;
-            snprintf(dir, dirlen, "%s/%s", path, e->d_name);
+            snprintf(dir, dirlen, "%s", sub);
         }
     }
     closedir(d);
     return best;
+}
+
+static int cmp_i64_desc(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int dt_ckpt_prune(const char *out, int keep, char *err)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/checkpoints", out);
+    DIR *d = opendir(path);
+    if (!d)
+        return errno == ENOENT ? 0
+                               : (err ? dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno))
+                                      : DT_EIO);
+    int64_t *steps = NULL;
+    int n = 0, cap = 0, removed = 0, rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int64_t step = step_of(e->d_name);
+        char sub[4400];
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        if (step <= 0 || !has_file(sub, "DONE") || !has_file(sub, "optimizer.safetensors"))
+            continue;
+        if (n == cap) {
+            int64_t *g = realloc(steps, (size_t)(cap = cap ? 2 * cap : 16) * sizeof *g);
+            if (!g) {
+                rc = err ? dt_errf(err, DT_ENOMEM, "out of memory") : DT_ENOMEM;
+                break;
+            }
+            steps = g;
+        }
+        steps[n++] = step;
+    }
+    closedir(d);
+    if (!rc) {
+        qsort(steps, (size_t)n, sizeof *steps, cmp_i64_desc);
+        for (int i = keep > 0 ? keep : 0; i < n; i++) {
+            char f[4600];
+            snprintf(f, sizeof f, "%s/step-%08lld/optimizer.safetensors", path,
+                     (long long)steps[i]);
+            if (unlink(f) == 0 || errno == ENOENT) {
+                removed++;
+            } else {
+                rc = err ? dt_errf(err, DT_EIO, "%s: %s", f, strerror(errno)) : DT_EIO;
+                break;
+            }
+        }
+    }
+    free(steps);
+    return rc ? rc : removed;
 }
 
 static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
@@ -55,8 +133,9 @@ static void rm_tree(const char *dir)
     nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* The tensors a checkpoint holds: every trainable tensor with its AdamW
- * moments, plus the W that Delta-LoRA moves. */
+/* The tensors a checkpoint holds: every trainable tensor and the W that
+ * Delta-LoRA moves (weights.safetensors), the AdamW moments of the
+ * trainable ones (optimizer.safetensors: dropped by retention). */
 int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
                      long trained_tokens, char *err)
 {
@@ -66,12 +145,14 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     dt_lora *ls = dt_model_loras(m, &nl);
     int cap = 3 * np + nl;
     dt_st_entry *en = calloc((size_t)cap, sizeof *en);
+    dt_st_entry *eo = calloc((size_t)cap, sizeof *eo);
+    int nw = 0, no = 0;
     float **bufs = calloc((size_t)cap, sizeof *bufs);
     char (*names)[160] = calloc((size_t)cap, sizeof *names);
     int64_t (*shapes)[2] = calloc((size_t)cap, sizeof *shapes);
     int n = 0, rc = 0, made_tmp = 0;
     char dir[4096], tmp[4200], path[4300];
-    if (!en || !bufs || !names || !shapes) {
+    if (!en || !eo || !bufs || !names || !shapes) {
         rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
         goto done;
     }
@@ -87,7 +168,11 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
                 goto done;
             }
             OPS.download(be, bufs[n], src[j], (size_t)ps[i].n * sizeof(float));
-            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+            dt_st_entry x = {names[n], 1, shapes[n], bufs[n], DT_F32};
+            if (j == 0)
+                en[nw++] = x;
+            else
+                eo[no++] = x;
             n++;
         }
     }
@@ -108,13 +193,13 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
                 goto done;
             }
             OPS.download(be, bufs[n], dev, (size_t)cnt * sizeof(float));
-            en[n] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+            en[nw++] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
             n++;
         }
     }
     if ((rc = OPS.sync(be, err)))
         goto done;
-    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08d", o->out, opt->t);
+    snprintf(dir, sizeof dir, "%s/checkpoints/step-%08lld", o->out, (long long)opt->t);
     /* The temporary name is this process's own, so two writers of one step
      * (a stale worker and the job's new owner) never share a half-written
      * directory. */
@@ -122,13 +207,16 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     if ((rc = dt_mkdirs(tmp, err)))
         goto done;
     made_tmp = 1;
-    snprintf(path, sizeof path, "%s/state.safetensors", tmp);
-    if ((rc = dt_safetensors_write(path, en, n, NULL, err)))
+    snprintf(path, sizeof path, "%s/weights.safetensors", tmp);
+    if ((rc = dt_safetensors_write(path, en, nw, NULL, err)))
+        goto done;
+    snprintf(path, sizeof path, "%s/optimizer.safetensors", tmp);
+    if ((rc = dt_safetensors_write(path, eo, no, NULL, err)))
         goto done;
     char js[512];
     int len = snprintf(js, sizeof js,
-        "{\"step\": %d, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
-        "\"seed\": %llu, \"trained_tokens\": %ld, \"threads\": %d}\n", opt->t,
+        "{\"step\": %lld, \"method\": %d, \"rank\": %d, \"alpha\": %g, "
+        "\"seed\": %llu, \"trained_tokens\": %ld, \"threads\": %d}\n", (long long)opt->t,
         (int)o->method, o->rank, o->alpha, (unsigned long long)o->seed, trained_tokens,
         be->threads);
     snprintf(path, sizeof path, "%s/state.json", tmp);
@@ -149,7 +237,8 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     if ((rc = dt_write_file_atomic(path, "ok\n", 3, err)))
         goto done;
     if (o->on_checkpoint && o->on_checkpoint(o->ud, opt->t, dir))
-        rc = dt_errf(err, DT_ECANCEL, "checkpoint %d refused by the caller", opt->t);
+        rc = dt_errf(err, DT_ECANCEL, "checkpoint %lld refused by the caller",
+                     (long long)opt->t);
 done:
     if (rc && made_tmp) /* a failed write (disk full) leaves nothing behind */
         rm_tree(tmp);
@@ -157,10 +246,13 @@ done:
         free(bufs[i]);
     free(bufs);
     free(en);
+    free(eo);
     free(names);
     free(shapes);
     return rc;
 }
+
+static int ckpt_load_file(dt_model *m, const char *path, char *err);
 
 int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
                      long *trained_tokens, char *err)
@@ -174,7 +266,7 @@ int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
         json_decref(js);
         return dt_errf(err, DT_EFORMAT, "%s: unreadable checkpoint state", path);
     }
-    opt->t = (int)json_integer_value(json_object_get(js, "step"));
+    opt->t = (int64_t)json_integer_value(json_object_get(js, "step"));
     *trained_tokens = (long)json_integer_value(json_object_get(js, "trained_tokens"));
     /* CPU results are bitwise reproducible for one thread count only (the
      * OpenMP reductions and OpenBLAS split work by thread). */
@@ -184,9 +276,27 @@ int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
                 "the result differs in the last bits from an uninterrupted run\n", dir, th,
                 be->threads);
     json_decref(js);
+    /* weights + optimizer state, or the older one-file state */
+    static const char *const files[] = {"weights.safetensors", "optimizer.safetensors",
+                                        "state.safetensors"};
+    int rc = 0;
+    for (int f = 0; f < 3 && !rc; f++) {
+        if (f == 2 && has_file(dir, files[0]))
+            break;
+        if (f < 2 && !has_file(dir, files[0]))
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        rc = ckpt_load_file(m, path, err);
+    }
+    return rc ? rc : OPS.sync(be, err);
+}
+
+/* Uploads every tensor of one checkpoint file to the model. */
+static int ckpt_load_file(dt_model *m, const char *path, char *err)
+{
+    dt_backend *be = dt_model_backend(m);
     dt_tensorset ts;
     dt_tensorset_init(&ts);
-    snprintf(path, sizeof path, "%s/state.safetensors", dir);
     int rc = dt_safetensors_load(path, &ts, err);
     int np;
     dt_param *ps = dt_model_params(m, &np);
@@ -212,6 +322,8 @@ int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
         else
             OPS.upload(be, dst, t->data, (size_t)cnt * sizeof(float));
     }
+    if (!rc)
+        rc = OPS.sync(be, err); /* the upload reads ts's memory */
     dt_tensorset_free(&ts);
-    return rc ? rc : OPS.sync(be, err);
+    return rc;
 }

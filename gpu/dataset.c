@@ -1,8 +1,11 @@
 /* dataset.c: JSONL training data -> token rows with loss masks (the
  * checks and the scanner are in dataset_check.c).
  *
- * The file is streamed one line at a time (getline), so lines may be of any
- * length and the file is never held in memory whole. Line handling: a UTF-8
+ * The file is streamed one line at a time, so the file is never held in
+ * memory whole; the loader takes lines of any length (the service's upload
+ * check caps them, DT_DATASET_MAX_LINE_DEFAULT), and a row's text is
+ * tokenized only as far as its seq_len + 1 kept tokens need (b_room): text
+ * past that is neither copied nor tokenized. Line handling: a UTF-8
  * BOM on line 1 is skipped, a trailing "\r\n" or "\n" is stripped, a final
  * line without newline is read, and lines holding only whitespace are
  * skipped (they still count for line numbers).
@@ -52,6 +55,7 @@
  * "PATH:LINE: field \"messages\"[2].role: must be one of ...". */
 #include "dataset_impl.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,13 +71,33 @@ typedef struct builder {
     int32_t *ids;  /* (n) */
     uint8_t *loss; /* (n) 1: token j is a trained target (predicted at j-1) */
     int n, cap;
+    int limit;     /* tokens kept (seq_len + 1); later ones are dropped */
+    size_t maxb;   /* bytes of the tokenizer's longest token */
+    int cut;       /* text or tokens were dropped at the limit */
     char *pend;    /* masked text not yet encoded */
     size_t plen, pcap;
     char err[DT_ERR_LEN];
 } builder;
 
+/* Bytes of text still worth tokenizing: every token covers at most maxb
+ * bytes, so (tokens still wanted + 1) * maxb bytes give at least one token
+ * more than the row keeps (the last one may end where the text was cut, and
+ * is dropped). Text beyond it is never copied nor tokenized, so a 200 MB
+ * "text" costs the bytes of its JSON line, not ~26 bytes per byte. */
+static size_t b_room(const builder *b, size_t pending)
+{
+    if (b->n >= b->limit)
+        return 0;
+    size_t want = ((size_t)(b->limit - b->n) + 1) * b->maxb;
+    return want > pending ? want - pending : 0;
+}
+
 static int b_push(builder *b, int32_t id, int loss)
 {
+    if (b->n >= b->limit) { /* beyond the row's truncation */
+        b->cut = 1;
+        return DT_OK;
+    }
     if (b->n == b->cap) {
         int cap = b->cap ? b->cap * 2 : 256;
         int32_t *ids = realloc(b->ids, (size_t)cap * sizeof *ids);
@@ -95,10 +119,23 @@ static int b_encode(builder *b, const char *s, size_t len, int loss)
 {
     if (len == 0)
         return DT_OK;
+    size_t room = b_room(b, 0), want = (size_t)(b->limit > b->n ? b->limit - b->n : 0);
     int32_t *ids = NULL;
     int n = 0;
-    int rc = dt_tokenizer_encode(b->tok, s, len, b->allow_special, &ids, &n,
-                                 b->err);
+    int rc;
+    if (len > room) {
+        b->cut = 1;
+        rc = dt_tokenizer_encode(b->tok, s, room, b->allow_special, &ids, &n, b->err);
+        /* fewer tokens than the row needs (bytes without a token id): the
+         * whole text, as before */
+        if (rc == DT_OK && (size_t)n <= want) {
+            free(ids);
+            ids = NULL;
+            rc = dt_tokenizer_encode(b->tok, s, len, b->allow_special, &ids, &n, b->err);
+        }
+    } else {
+        rc = dt_tokenizer_encode(b->tok, s, len, b->allow_special, &ids, &n, b->err);
+    }
     for (int i = 0; rc == DT_OK && i < n; i++)
         rc = b_push(b, ids[i], loss);
     free(ids);
@@ -118,6 +155,11 @@ static int b_text(builder *b, const char *s, size_t len, int loss)
     if (loss) {
         int rc = b_flush(b);
         return rc ? rc : b_encode(b, s, len, 1);
+    }
+    size_t room = b_room(b, b->plen);
+    if (len > room) { /* masked text past the row's end */
+        b->cut = 1;
+        len = room;
     }
     if (len == 0) /* e.g. "prompt": "" on a fresh row: pend may still be NULL */
         return DT_OK;
@@ -199,6 +241,7 @@ static int render_row(builder *b, const json_t *obj, int shape)
     int rc;
     b->n = 0;
     b->plen = 0;
+    b->cut = 0;
     b->allow_special = 1;
     if (shape == SHAPE_IDS) {
         const json_t *ids = json_object_get(obj, "input_ids");
@@ -246,7 +289,7 @@ static int load_row(void *vctx, const json_t *obj, int shape, char *msg)
     if (rc != DT_OK)
         return ds_fail(msg, "tokenizer: %s", b->err[0] ? b->err : dt_strerror(rc));
 
-    int n = b->n, truncated = n > c->seq_len + 1;
+    int n = b->n, truncated = b->cut || n > c->seq_len + 1;
     if (truncated)
         n = c->seq_len + 1;
     dt_row row = {.ids = malloc((size_t)n * sizeof(int32_t)),
@@ -311,10 +354,12 @@ int dt_dataset_load(const char *path, const dt_tokenizer *tok, int seq_len,
                        path, seq_len);
     int vocab = dt_tokenizer_vocab_size(tok);
     problems p = {.max = DS_MAX_REPORT_DEFAULT};
-    load_ctx c = {.b = {.tok = tok}, .seq_len = seq_len, .ds = ds};
+    load_ctx c = {.b = {.tok = tok,
+                        .limit = seq_len < INT32_MAX ? seq_len + 1 : INT32_MAX,
+                        .maxb = dt_tokenizer_max_token_bytes(tok)},
+                  .seq_len = seq_len, .ds = ds};
     long nlines;
-    int rc = ds_scan_file(path, vocab > 0 ? vocab : 0, &p, &nlines, load_row, &c,
-                       err);
+    int rc = ds_scan_file(path, vocab > 0 ? vocab : 0, 0, &p, &nlines, load_row, &c, err);
     free(c.b.ids);
     free(c.b.loss);
     free(c.b.pend);

@@ -12,7 +12,10 @@
  *
  * A row of n tokens gives n-1 predictions: labels[i] is the target for
  * position i, i.e. ids[i+1] or -100 when masked. Rows longer than seq_len+1
- * tokens are truncated. Validation reports every bad line, with its number
+ * tokens are truncated, before tokenizing: of a long string only the first
+ * (tokens still needed + 1) x (longest token's bytes) bytes are tokenized,
+ * so the tokens kept are those of the whole string (a word cut there, in a
+ * row far longer than seq_len, may end in other tokens). Validation reports every bad line, with its number
  * and field, before any training starts. */
 #ifndef DT_DATASET_H
 #define DT_DATASET_H

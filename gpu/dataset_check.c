@@ -316,27 +316,97 @@ static int is_blank(const char *s, size_t n)
     return 1;
 }
 
-int ds_scan_file(const char *path, long vocab, problems *p, long *nrows,
-                     row_fn on_row, void *ctx, char *err)
+/* Buffered line reader: a line longer than max bytes (0: no limit) is
+ * counted, not kept, so memory is bounded by max whatever the line's
+ * length. */
+typedef struct line_reader {
+    FILE *f;
+    size_t pos, end;
+    char buf[64 * 1024];
+} line_reader;
+
+/* Reads the next line (without its "\n") into *line (grown to at most
+ * max + 1 bytes). *n: bytes kept; *bytes: the line's length; *over: the
+ * line is longer than max and was not kept. 1: a line, 0: end of file,
+ * DT_ENOMEM or DT_EIO. */
+static int read_line(line_reader *r, char **line, size_t *cap, size_t max, size_t *n,
+                     long long *bytes, int *over)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
+    int any = 0;
+    *n = 0;
+    *bytes = 0;
+    *over = 0;
+    for (;;) {
+        if (r->pos == r->end) {
+            r->pos = 0;
+            r->end = fread(r->buf, 1, sizeof r->buf, r->f);
+            if (r->end == 0)
+                return ferror(r->f) ? DT_EIO : any;
+        }
+        any = 1;
+        char *start = r->buf + r->pos;
+        char *nl = memchr(start, '\n', r->end - r->pos);
+        size_t k = nl ? (size_t)(nl - start) : r->end - r->pos;
+        r->pos += k + (nl ? 1 : 0);
+        *bytes += (long long)k;
+        if (!*over && max > 0 && *n + k > max)
+            *over = 1;
+        if (!*over && k > 0) {
+            if (*n + k + 1 > *cap) {
+                size_t c = *cap ? *cap : 1024;
+                while (c < *n + k + 1)
+                    c *= 2;
+                char *b = realloc(*line, c);
+                if (!b)
+                    return DT_ENOMEM;
+                *line = b;
+                *cap = c;
+            }
+            memcpy(*line + *n, start, k);
+            *n += k;
+        }
+        if (nl)
+            return 1;
+    }
+}
+
+int ds_scan_file(const char *path, long vocab, long max_line, problems *p, long *nrows,
+                 row_fn on_row, void *ctx, char *err)
+{
+    line_reader *lr = malloc(sizeof *lr);
+    if (!lr)
+        return dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
+    lr->pos = lr->end = 0;
+    lr->f = fopen(path, "rb");
+    if (!lr->f) {
+        free(lr);
         return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
+    }
     char *line = NULL;
-    size_t cap = 0;
-    ssize_t got;
+    size_t cap = 0, got;
+    long long bytes;
+    int over, more;
     long lineno = 0;
     int rc = DT_OK;
     *nrows = 0;
     errno = 0;
-    while ((got = getline(&line, &cap, f)) >= 0) {
+    while ((more = read_line(lr, &line, &cap, max_line > 0 ? (size_t)max_line : 0, &got,
+                             &bytes, &over)) == 1) {
         lineno++;
+        if (over) {
+            (*nrows)++;
+            rc = ds_problems_add(p, "%s:%ld: line is %lld bytes, longer than the limit of %ld "
+                                 "bytes per line (rows are cut to seq_len tokens anyway: "
+                                 "split the text into several rows)",
+                                 path, lineno, bytes, max_line);
+            if (rc != DT_OK)
+                break;
+            continue;
+        }
         char *s = line;
-        size_t n = (size_t)got;
+        size_t n = got;
         if (lineno == 1 && n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
             s += 3, n -= 3;
-        if (n > 0 && s[n - 1] == '\n')
-            n--;
         if (n > 0 && s[n - 1] == '\r')
             n--;
         if (is_blank(s, n))
@@ -362,12 +432,15 @@ int ds_scan_file(const char *path, long vocab, problems *p, long *nrows,
         if (rc != DT_OK)
             break;
     }
-    if (rc == DT_OK && ferror(f))
+    if (rc == DT_OK && more == DT_EIO)
         rc = dt_errf(err, DT_EIO, "%s: read: %s", path, strerror(errno));
-    else if (rc == DT_ENOMEM && err && !err[0])
+    else if (rc == DT_OK && more == DT_ENOMEM)
+        rc = DT_ENOMEM;
+    if (rc == DT_ENOMEM && err && !err[0])
         dt_errf(err, rc, "%s: out of memory", path);
     free(line);
-    fclose(f);
+    fclose(lr->f);
+    free(lr);
     return rc;
 }
 
@@ -382,13 +455,20 @@ static int validate_row(void *ctx, const json_t *obj, int shape, char *msg)
 int dt_dataset_validate(const char *path, int max_report, char **report,
                         long *nlines, char *err)
 {
+    return dt_dataset_validate_lines(path, max_report, DT_DATASET_MAX_LINE_DEFAULT, report,
+                                     nlines, err);
+}
+
+int dt_dataset_validate_lines(const char *path, int max_report, long max_line_bytes,
+                              char **report, long *nlines, char *err)
+{
     if (report)
         *report = NULL;
     if (err)
         err[0] = 0;
     problems p = {.max = max_report > 0 ? max_report : DS_MAX_REPORT_DEFAULT};
     long lines = 0, good = 0;
-    int rc = ds_scan_file(path, 0, &p, &lines, validate_row, &good, err);
+    int rc = ds_scan_file(path, 0, max_line_bytes, &p, &lines, validate_row, &good, err);
     if (nlines)
         *nlines = lines;
     if (rc == DT_OK && p.total == 0 && good == 0)

@@ -42,9 +42,13 @@ typedef int (*row_fn)(void *ctx, const json_t *obj, int shape, char *msg);
 
 /* Streams path line by line (see dataset.c's header for line handling),
  * checks each line's shape (ids below vocab when vocab > 0), adds every bad
- * line to p and calls on_row for the good ones. *nrows counts non-blank
- * lines. DT_OK, or DT_EIO / DT_ENOMEM / on_row's code with err set. */
-int ds_scan_file(const char *path, long vocab, problems *p, long *nrows, row_fn on_row,
-                 void *ctx, char *err);
+ * line to p and calls on_row for the good ones. A line longer than max_line
+ * bytes (> 0; its "\n" not counted) is a problem naming its number, its
+ * length and the limit, and is never held in memory: memory is bounded by
+ * max_line whatever the file holds. max_line 0: no limit. *nrows counts
+ * non-blank lines. DT_OK, or DT_EIO / DT_ENOMEM / on_row's code with err
+ * set. */
+int ds_scan_file(const char *path, long vocab, long max_line, problems *p, long *nrows,
+                 row_fn on_row, void *ctx, char *err);
 
 #endif

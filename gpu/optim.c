@@ -20,16 +20,16 @@ void dt_optim_defaults(dt_optim *o)
     o->start_step = 0;
 }
 
-float dt_lr_at(dt_sched s, float lr, int warmup, int total, int k)
+float dt_lr_at(dt_sched s, float lr, int64_t warmup, int64_t total, int64_t k)
 {
     if (k < warmup)
-        return lr * (float)k / (float)(warmup > 0 ? warmup : 1);
+        return (float)((double)lr * (double)k / (double)(warmup > 0 ? warmup : 1));
     if (s == DT_SCHED_CONSTANT)
         return lr;
-    int span = total - warmup;
+    int64_t span = total - warmup;
     if (span <= 0)
         return s == DT_SCHED_LINEAR ? 0.0f : lr;
-    double p = (double)(k - warmup) / span;
+    double p = (double)(k - warmup) / (double)span;
     if (s == DT_SCHED_LINEAR)
         return (float)(lr * fmax(0.0, 1.0 - p));
     return (float)(lr * 0.5 * (1.0 + cos(M_PI * p)));
@@ -48,7 +48,7 @@ int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
     double *d_ss;
     const dt_opt_tensor *ts = dt_model_opt_tensors(m, &np, &d_ss);
     OPS.sumsq_multi(be, d_ss, ts, np);
-    int t = o->t + 1;
+    int64_t t = o->t + 1;
     int delta = method == DT_DELTA_LORA && t > o->start_step;
     if (delta)
         dt_model_delta_snapshot(m);
@@ -64,8 +64,8 @@ int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
     if (gnorm)
         *gnorm = norm;
     if (!isfinite(norm))
-        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %d "
-                       "(try a lower --lr)", norm, t);
+        return dt_errf(err, DT_ENAN, "gradient norm is %g at step %lld "
+                       "(try a lower --lr)", norm, (long long)t);
     if (!delta) {
         o->t = t;
         return 0;

@@ -851,6 +851,15 @@ void dt_tok__free_steps(dt_tokenizer *t)
 }
 
 int dt_tokenizer_vocab_size(const dt_tokenizer *t) { return t->n; }
+
+size_t dt_tokenizer_max_token_bytes(const dt_tokenizer *t)
+{
+    size_t m = 1;
+    for (int32_t i = 0; i < t->n; i++)
+        if (t->str[i] && t->len[i] > m)
+            m = t->len[i];
+    return m;
+}
 int32_t dt_tokenizer_bos(const dt_tokenizer *t) { return t->bos; }
 int32_t dt_tokenizer_eos(const dt_tokenizer *t) { return t->eos; }
 const char *dt_tokenizer_chat_template(const dt_tokenizer *t)

@@ -45,6 +45,11 @@ int dt_tokenizer_encode(const dt_tokenizer *tok, const char *text, size_t len,
 char *dt_tokenizer_decode(const dt_tokenizer *tok, const int32_t *ids, int n);
 
 int dt_tokenizer_vocab_size(const dt_tokenizer *tok);
+/* Bytes of the longest token string (added tokens included; byte-level
+ * strings counted as stored, at least the raw bytes they stand for): every
+ * token of an encoding covers at most this many input bytes, so the first k
+ * tokens of a text come from its first k * max bytes (dataset truncation). */
+size_t dt_tokenizer_max_token_bytes(const dt_tokenizer *tok);
 /* Id of a token string (e.g. "<|im_start|>"), or -1. */
 int32_t dt_tokenizer_token_id(const dt_tokenizer *tok, const char *token);
 /* Ids of beginning/end of sequence tokens, -1 when absent. */

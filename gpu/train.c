@@ -44,6 +44,24 @@ void dt_train_defaults(dt_train_opts *o)
     o->threads = 0;
     o->eval_interval = 0;
     o->ckpt_interval = 0;
+    o->ckpt_keep = 2;
+}
+
+int64_t dt_train_total_steps(int steps, int epochs, long rows, int batch, int accum)
+{
+    if (steps > 0)
+        return steps;
+    int64_t per = (int64_t)(batch > 0 ? batch : 1) * (accum > 0 ? accum : 1);
+    return ((int64_t)epochs * rows + per - 1) / per;
+}
+
+/* The stop request between two micro-batches (0 = go on). */
+static int micro_stop(const dt_train_opts *o, int64_t step, int micro)
+{
+    int v = o->stop ? atomic_load(o->stop) : 0;
+    if (!v && o->on_micro)
+        v = o->on_micro(o->ud, step, micro);
+    return v == DT_PROGRESS_ABORT ? DT_PROGRESS_ABORT : v ? DT_PROGRESS_STOP : 0;
 }
 
 static int load_init_adapter(dt_model *m, const dt_peft_adapter *ad, char *err)
@@ -89,8 +107,9 @@ static void fmt_dur(char *buf, size_t n, double s)
 static void print_progress(const dt_train_opts *o, const dt_progress *p)
 {
     if (o->json) {
-        printf("{\"type\":\"metrics\",\"step\":%d,\"total_steps\":%d,\"epoch\":%.4f,"
-               "\"train_loss\":%.6f,", p->step, p->total_steps, p->epoch, p->train_loss);
+        printf("{\"type\":\"metrics\",\"step\":%lld,\"total_steps\":%lld,\"epoch\":%.4f,"
+               "\"train_loss\":%.6f,", (long long)p->step, (long long)p->total_steps, p->epoch,
+               p->train_loss);
         if (isfinite(p->valid_loss))
             printf("\"valid_loss\":%.6f,", p->valid_loss);
         printf("\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_second\":%.1f,"
@@ -102,12 +121,13 @@ static void print_progress(const dt_train_opts *o, const dt_progress *p)
     }
     char eta[32];
     fmt_dur(eta, sizeof eta, p->eta_sec);
-    int w = 24, fill = p->total_steps ? (int)((long)w * p->step / p->total_steps) : w;
+    int w = 24, fill = p->total_steps ? (int)((double)w * p->step / p->total_steps) : w;
     char bar[32];
     for (int i = 0; i < w; i++)
         bar[i] = i < fill ? '#' : '.';
     bar[w] = 0;
-    fprintf(stderr, "\r[%s] %d/%d loss %.4f", bar, p->step, p->total_steps, p->train_loss);
+    fprintf(stderr, "\r[%s] %lld/%lld loss %.4f", bar, (long long)p->step,
+            (long long)p->total_steps, p->train_loss);
     if (isfinite(p->valid_loss))
         fprintf(stderr, " valid %.4f", p->valid_loss);
     fprintf(stderr, " %.0f tok/s ETA %s   ", p->tokens_per_sec, eta);
@@ -213,6 +233,15 @@ static int check_limits(const dt_train_opts *o, char *err)
     return DT_OK;
 }
 
+/* Retention after a checkpoint: older ones keep their weights only. A
+ * failure costs disk, not the run: a warning. */
+static void prune(const dt_train_opts *o)
+{
+    char err[DT_ERR_LEN];
+    if (o->ckpt_keep > 0 && dt_ckpt_prune(o->out, o->ckpt_keep, err) < 0)
+        fprintf(stderr, "warning: checkpoint retention: %s\n", err);
+}
+
 int dt_train(const dt_train_opts *o_in, char *err)
 {
     dt_train_opts o = *o_in;
@@ -259,12 +288,11 @@ int dt_train(const dt_train_opts *o_in, char *err)
         goto fail;
 
     long rows_per_step = (long)o.batch * o.accum;
-    int total = o.steps ? o.steps
-                        : (int)(((long)o.epochs * ds.nrows + rows_per_step - 1) / rows_per_step);
-    int K = o.start_step >= 0 ? o.start_step : (int)(total * DT_DELTA_START_FRAC);
+    int64_t total = dt_train_total_steps(o.steps, o.epochs, ds.nrows, o.batch, o.accum);
+    int64_t K = o.start_step >= 0 ? o.start_step : (int64_t)((double)total * DT_DELTA_START_FRAC);
     if (o.method == DT_DELTA_LORA && K >= total)
-        fprintf(stderr, "warning: --start-step %d >= total steps %d: W never moves "
-                "(this run is plain LoRA)\n", K, total);
+        fprintf(stderr, "warning: --start-step %lld >= total steps %lld: W never moves "
+                "(this run is plain LoRA)\n", (long long)K, (long long)total);
 
     w.release_on_upload = 1; /* peak host memory: one copy of the weights */
     if ((rc = dt_model_new(be, &w, &lo, o.batch, o.seq_len, o.seed, &m, err)))
@@ -282,13 +310,15 @@ int dt_train(const dt_train_opts *o_in, char *err)
     opt.lambda = o.lambda;
     opt.start_step = K;
     long trained = 0;
+    int64_t ckpt_at = -1; /* the step of the newest checkpoint on disk */
     if (o.resume) {
         char dir[4400];
         if (dt_ckpt_latest(o.out, dir, sizeof dir) > 0) {
             if ((rc = tr_ckpt_load(m, dir, &opt, &trained, err)))
                 goto fail;
+            ckpt_at = opt.t;
             if (!o.json)
-                fprintf(stderr, "resuming from %s (step %d)\n", dir, opt.t);
+                fprintf(stderr, "resuming from %s (step %lld)\n", dir, (long long)opt.t);
         }
     }
 
@@ -301,14 +331,14 @@ int dt_train(const dt_train_opts *o_in, char *err)
     }
     batcher bt = {&ds, o.seed, perm, -1, ids, tgt, o.batch, o.seq_len};
     double t0 = dt_now();
-    int first = opt.t;
+    int64_t first = opt.t;
     long tok_run = 0;
     while (opt.t < total) {
-        int step = opt.t; /* 0-based index of this step */
+        int64_t step = opt.t; /* 0-based index of this step */
         long pos = (long)step * rows_per_step;
         /* tokens of the whole optimizer step, so the loss is their mean */
         long nstep = 0, nt;
-        int tt;
+        int tt, halt = 0;
         for (int g = 0; g < o.accum; g++) {
             tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
             nstep += nt;
@@ -317,6 +347,10 @@ int dt_train(const dt_train_opts *o_in, char *err)
         double loss = 0.0;
         for (int g = 0; g < o.accum && nstep > 0; g++) {
             double ls;
+            /* A stop request between micro-batches drops the partial
+             * accumulation: the model is still at step opt.t. */
+            if (g > 0 && (halt = micro_stop(&o, step, g)))
+                break;
             tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
             if ((rc = dt_model_forward(m, ids, tgt, o.batch, tt, 1.0f / nstep, &ls,
                                        &nt, err)) ||
@@ -324,10 +358,29 @@ int dt_train(const dt_train_opts *o_in, char *err)
                 goto fail;
             loss += ls;
         }
+        if (halt == DT_PROGRESS_ABORT) {
+            rc = dt_errf(err, DT_ECANCEL, "aborted in step %lld/%lld; the step in progress "
+                         "was dropped, no checkpoint written", (long long)step + 1,
+                         (long long)total);
+            goto fail;
+        }
+        if (halt) {
+            if (opt.t > 0 && opt.t != ckpt_at &&
+                (rc = tr_ckpt_save(m, &o, &opt, trained, err)))
+                goto fail;
+            if (opt.t > 0 && opt.t != ckpt_at)
+                prune(&o);
+            rc = dt_errf(err, DT_ECANCEL, "stopped in step %lld/%lld; the step in progress "
+                         "was dropped, %s", (long long)step + 1, (long long)total,
+                         opt.t > 0 ? "continue from the checkpoint of the last completed "
+                                     "step with --resume"
+                                   : "no step was completed");
+            goto fail;
+        }
         loss /= nstep > 0 ? nstep : 1;
         if (!isfinite(loss)) {
-            rc = dt_errf(err, DT_ENAN, "loss became %g at step %d (try a lower --lr)",
-                         loss, step + 1);
+            rc = dt_errf(err, DT_ENAN, "loss became %g at step %lld (try a lower --lr)",
+                         loss, (long long)step + 1);
             goto fail;
         }
         float lr = dt_lr_at(o.sched, o.lr, o.warmup, total, step);
@@ -340,26 +393,31 @@ int dt_train(const dt_train_opts *o_in, char *err)
                          NAN, 0, 0, lr, gn, trained, 0, 0};
         double el = dt_now() - t0;
         p.tokens_per_sec = el > 0 ? tok_run / el : 0;
-        p.eta_sec = el / (opt.t - first) * (total - opt.t);
+        p.eta_sec = el / (double)(opt.t - first) * (double)(total - opt.t);
         if (vs.nrows && ((o.eval_interval && opt.t % o.eval_interval == 0) || opt.t == total))
             if ((rc = tr_eval_loss(m, &vs, o.batch, o.seq_len, &p.valid_loss, err)))
                 goto fail;
         p.peak_device_bytes = dt_model_backend(m)->peak_bytes;
         p.ckpt_due = (o.ckpt_interval && opt.t % o.ckpt_interval == 0) || opt.t == total;
         int stop = o.on_progress ? o.on_progress(o.ud, &p) : (print_progress(&o, &p), 0);
+        if (o.stop && atomic_load(o.stop) == DT_PROGRESS_ABORT)
+            stop = DT_PROGRESS_ABORT;
         if (stop == DT_PROGRESS_ABORT) {
-            rc = dt_errf(err, DT_ECANCEL, "aborted at step %d/%d by the caller; no "
-                         "checkpoint written", opt.t, total);
+            rc = dt_errf(err, DT_ECANCEL, "aborted at step %lld/%lld by the caller; no "
+                         "checkpoint written", (long long)opt.t, (long long)total);
             goto fail;
         }
         if (o.stop && atomic_load(o.stop))
             stop = 1;
-        if (p.ckpt_due || stop)
+        if (p.ckpt_due || stop) {
             if ((rc = tr_ckpt_save(m, &o, &opt, trained, err)))
                 goto fail;
+            ckpt_at = opt.t;
+            prune(&o);
+        }
         if (stop && opt.t < total) {
-            rc = dt_errf(err, DT_ECANCEL, "stopped at step %d/%d; checkpoint written, "
-                         "continue with --resume", opt.t, total);
+            rc = dt_errf(err, DT_ECANCEL, "stopped at step %lld/%lld; checkpoint written, "
+                         "continue with --resume", (long long)opt.t, (long long)total);
             goto fail;
         }
     }

@@ -19,8 +19,8 @@ typedef struct dt_optim {
     float weight_decay;
     float max_grad_norm; /* 0 = no clipping */
     float lambda;        /* Delta-LoRA λ */
-    int start_step;      /* Delta-LoRA K: W moves for t > K */
-    int t;               /* optimizer steps taken */
+    int64_t start_step;  /* Delta-LoRA K: W moves for t > K */
+    int64_t t;           /* optimizer steps taken (64-bit: see dt_train) */
 } dt_optim;
 
 void dt_optim_defaults(dt_optim *o);
@@ -31,10 +31,10 @@ int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
                   double *gnorm, char *err);
 
 /* Learning rate of 0-based step k of `total` (Hugging Face's schedules). */
-float dt_lr_at(dt_sched s, float lr, int warmup, int total, int k);
+float dt_lr_at(dt_sched s, float lr, int64_t warmup, int64_t total, int64_t k);
 
 typedef struct dt_progress {
-    int step, total_steps;
+    int64_t step, total_steps;
     double epoch;
     double train_loss;      /* mean over the step's tokens */
     double valid_loss;      /* NaN when not evaluated this step */
@@ -49,7 +49,11 @@ typedef struct dt_progress {
 /* on_progress returns 0 to go on, DT_PROGRESS_STOP (or any other non-zero
  * value) to stop after writing a checkpoint, or DT_PROGRESS_ABORT to stop
  * at once without writing anything more (e.g. the caller lost its lease:
- * another process owns the output directory now). Both end in DT_ECANCEL. */
+ * another process owns the output directory now). Both end in DT_ECANCEL.
+ * The same two values in *stop (or from on_micro) stop training between
+ * two micro-batches of a step: the partial gradient accumulation is
+ * dropped; STOP writes a checkpoint of the last completed optimizer step
+ * (unless it has one already), ABORT writes nothing. */
 #define DT_PROGRESS_STOP 1
 #define DT_PROGRESS_ABORT 2
 
@@ -69,6 +73,10 @@ typedef struct dt_train_opts {
     uint64_t seed;
     int threads;
     int eval_interval, ckpt_interval;
+    /* Checkpoints that keep their resumable training state (optimizer
+     * moments): the newest ckpt_keep; older ones keep only their weights
+     * (dt_ckpt_prune). <= 0: keep every one. Default 2. */
+    int ckpt_keep;
     int resume;
     int json;                /* 1: JSON lines, 0: progress bar */
     /* Called after every step; a non-zero return stops training cleanly
@@ -78,8 +86,16 @@ typedef struct dt_train_opts {
     void *ud;
     /* Called after each complete checkpoint (dir holds state + DONE); a
      * non-zero return fails the run (e.g. the worker lost its lease). */
-    int (*on_checkpoint)(void *ud, int step, const char *dir);
-    /* Set asynchronously (signal handler) to stop after the current step. */
+    int (*on_checkpoint)(void *ud, int64_t step, const char *dir);
+    /* Optional, cheap: called before micro-batch `micro` (1 .. accum-1) of
+     * 0-based step `step`; returns 0, DT_PROGRESS_STOP or DT_PROGRESS_ABORT
+     * (as *stop). */
+    int (*on_micro)(void *ud, int64_t step, int micro);
+    /* Set asynchronously (signal handler, another thread): read after every
+     * step and between micro-batches. DT_PROGRESS_STOP (1): stop with a
+     * checkpoint of the last completed step; DT_PROGRESS_ABORT: stop
+     * without writing anything (the step in progress is dropped, a resumed
+     * run starts from the last checkpoint). */
     atomic_int *stop;
 } dt_train_opts;
 
@@ -88,8 +104,25 @@ void dt_train_defaults(dt_train_opts *o);
 #define DT_DELTA_START_FRAC 0.1
 int dt_train(const dt_train_opts *o, char *err);
 
-/* Checkpoints: <out>/checkpoints/step-NNNNNNNN/{state.safetensors,
- * state.json, DONE}. Returns the newest complete step or 0. */
-int dt_ckpt_latest(const char *out, char *dir, size_t dirlen);
+/* Optimizer steps of a run: steps, or ceil(epochs * rows / (batch *
+ * accum)), in 64 bits (21.5 M rows x 100 epochs does not fit an int). */
+int64_t dt_train_total_steps(int steps, int epochs, long rows, int batch, int accum);
+
+/* Checkpoints: <out>/checkpoints/step-NNNNNNNN/{weights.safetensors,
+ * optimizer.safetensors, state.json, DONE}: weights.safetensors holds every
+ * trainable tensor (and the W that Delta-LoRA moves): what makes the
+ * checkpoint usable as a model; optimizer.safetensors the AdamW moments
+ * (with the rest: the resumable training state). Checkpoints of older
+ * versions hold both in state.safetensors. Returns the newest complete and
+ * resumable step (DONE and the optimizer state present) or 0. */
+int64_t dt_ckpt_latest(const char *out, char *dir, size_t dirlen);
+
+/* Retention: removes the resumable training state (optimizer.safetensors)
+ * of every complete checkpoint under <out>/checkpoints but the newest
+ * `keep` (keep 0: of all, for a job that has ended); their weights,
+ * state.json and DONE stay. Checkpoints in the older one-file format are
+ * left as they are. Returns the number of states removed, or a negative
+ * DT_E* code with err set (err may be NULL). */
+int dt_ckpt_prune(const char *out, int keep, char *err);
 
 #endif

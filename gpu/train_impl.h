@@ -30,12 +30,14 @@ int tr_batch_at(batcher *bt, long pos, int *t_out, long *ntok);
 int tr_eval_loss(dt_model *m, const dt_dataset *ds, int B, int T, double *out, char *err);
 
 /* Writes checkpoint step-<opt->t> under o->out/checkpoints (temp dir,
- * fsync, rename, DONE): every trainable tensor, its AdamW moments and every
- * W that Delta-LoRA moves. A failure leaves the previous one newest. */
+ * fsync, rename, DONE): weights.safetensors (every trainable tensor and
+ * every W that Delta-LoRA moves) and optimizer.safetensors (their AdamW
+ * moments). A failure leaves the previous one newest. */
 int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
                  long trained_tokens, char *err);
 
-/* Restores a checkpoint directory written by tr_ckpt_save. */
+/* Restores a checkpoint directory written by tr_ckpt_save (or an older
+ * one-file state.safetensors). */
 int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt, long *trained_tokens,
                  char *err);
 

@@ -2,7 +2,9 @@
  * post processor straight into a temp file in <artifact_root>/files with
  * a byte cap and a SHA-256 computed on the way; the file gets a
  * server-generated name (files/<id>.jsonl), is validated as JSONL
- * (dt_dataset_validate) and recorded with status processed or error (with
+ * (dt_dataset_validate_lines: memory bounded by the line cap
+ * DELTATUNE_MAX_LINE_BYTES, which a longer line exceeds with a 400 while it
+ * streams in, before it is stored) and recorded with status processed or error (with
  * the bad lines in status_details). A job can only use processed files. */
 #include <errno.h>
 #include <fcntl.h>
@@ -36,10 +38,14 @@ typedef struct upload {
     auth_sha256 *sha;
     char sha_hex[65];
     int64_t bytes;
+    int64_t line_bytes;         /* bytes of the file's current line so far */
+    long line;                  /* its number, from 1 */
     int have_file;
     char filename[256];
     char purpose[32];
     char expires[32];           /* expires_after[seconds] */
+    int64_t cap;                /* bytes this upload may have (usage.c's limits) */
+    char cap_msg[300];          /* the 413 message past it */
     int status;                 /* first problem: HTTP status, 0 = fine */
     char param[64];
     char msg[300];
@@ -63,6 +69,34 @@ static void field_append(upload *u, char *buf, size_t cap, const char *name, con
     }
     memcpy(buf + off, data, size);
     buf[off + size] = 0;
+}
+
+/* Follows the file's lines as it streams in: a line longer than max bytes
+ * (its "\n" not counted, as dt_dataset_validate_lines counts) fails the
+ * upload with a 400 naming the line, and nothing more of the file is
+ * stored or held: memory stays bounded whatever the line's length. */
+static int line_too_long(upload *u, const char *data, size_t size, int64_t max)
+{
+    if (!u->line) u->line = 1;
+    while (size > 0) {
+        const char *nl = memchr(data, '\n', size);
+        size_t k = nl ? (size_t)(nl - data) : size;
+        u->line_bytes += (int64_t)k;
+        if (u->line_bytes > max) {
+            char m[300];
+            snprintf(m, sizeof m, "line %ld of the file is longer than the limit of %lld bytes "
+                     "per line (DELTATUNE_MAX_LINE_BYTES); rows are cut to seq_len tokens "
+                     "anyway: split long text into several rows", u->line, (long long)max);
+            upload_fail(u, 400, "file", m);
+            return 1;
+        }
+        if (!nl) break;
+        u->line++;
+        u->line_bytes = 0;
+        size -= k + 1;
+        data = nl + 1;
+    }
+    return 0;
 }
 
 static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -89,13 +123,11 @@ static enum MHD_Result on_field(void *cls, enum MHD_ValueKind kind, const char *
         }
         u->have_file = 1;
         if (u->status) return MHD_YES;
-        if (u->bytes + (int64_t)size > r->s->cfg.max_upload_bytes) {
-            char m[160];
-            snprintf(m, sizeof m, "file exceeds the upload limit of %lld bytes",
-                     (long long)r->s->cfg.max_upload_bytes);
-            upload_fail(u, 413, "file", m);
+        if (u->bytes + (int64_t)size > u->cap) {
+            upload_fail(u, 413, "file", u->cap_msg);
             return MHD_YES;
         }
+        if (line_too_long(u, data, size, r->s->cfg.max_line_bytes)) return MHD_YES;
         for (size_t done = 0; done < size;) {
             ssize_t w = write(u->fd, data + done, size - done);
             if (w < 0 && errno == EINTR) continue;
@@ -133,6 +165,21 @@ int files_upload_begin(req *r)
     u->fd = -1;
     r->ctx = u;
     r->ctx_cleanup = files_upload_free; /* from here on, whatever ends the request */
+    /* The owner's upload and storage limits, before any byte is stored. */
+    owner_usage use;
+    db *d = req_db(r);
+    if (!d || usage_get(r, d, USAGE_STORAGE, &use)) return -1;
+    u->cap = use.max_upload_bytes;
+    snprintf(u->cap_msg, sizeof u->cap_msg, "file exceeds the upload limit of %lld bytes "
+             "(max_upload)", (long long)u->cap);
+    if (use.max_storage_bytes > 0 && use.max_storage_bytes - use.storage_bytes < u->cap) {
+        u->cap = use.max_storage_bytes - use.storage_bytes;
+        snprintf(u->cap_msg, sizeof u->cap_msg, "file exceeds owner %s's storage: %lld of the "
+                 "limit of %lld bytes (max_storage) are in use, %lld bytes left: delete "
+                 "files or models first", r->owner, (long long)use.storage_bytes,
+                 (long long)use.max_storage_bytes,
+                 (long long)(u->cap > 0 ? u->cap : 0));
+    }
     u->pp = MHD_create_post_processor(r->conn, 64 * 1024, on_field, r);
     if (!u->pp) {
         reply_error(r, 400, "invalid_content_type", NULL,
@@ -242,7 +289,8 @@ void files_create(req *r)
     f.expires_at = expires;
     char *report = NULL;
     long nlines = 0;
-    int rc = dt_dataset_validate(u->tmp, MAX_REPORT_LINES, &report, &nlines, err);
+    int rc = dt_dataset_validate_lines(u->tmp, MAX_REPORT_LINES, (long)r->s->cfg.max_line_bytes,
+                                       &report, &nlines, err);
     if (rc && rc != DT_EINVAL) {
         free(report);
         log_msg(DT_LOG_ERROR, "files.validate", "%s: %s", u->id, err);

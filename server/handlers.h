@@ -36,6 +36,21 @@ void jobs_resume(req *r);
 void jobs_events(req *r);
 void jobs_checkpoints(req *r);
 
+/* usage.c: an owner's limits (overrides, else the server's defaults; 0 =
+ * no limit) and use. usage_get measures what `what` asks for (USAGE_JOBS:
+ * active jobs; USAGE_STORAGE: uploads plus the job directories on disk);
+ * usage_admit_job answers 429 (active jobs) or 413 (storage) for a new
+ * job. Both return 0, or -1 after replying. GET /v1/usage: usage_route. */
+enum { USAGE_JOBS = 1, USAGE_STORAGE = 2 };
+typedef struct owner_usage {
+    int64_t active_jobs;        /* validating_files, queued, running, paused */
+    int64_t file_bytes, job_bytes, storage_bytes;
+    int64_t max_jobs, max_storage_bytes, max_upload_bytes, max_runtime_seconds;
+} owner_usage;
+int usage_get(req *r, db *d, int what, owner_usage *u);
+int usage_admit_job(req *r, db *d);
+void usage_route(req *r);
+
 /* models.c */
 void models_list(req *r);
 void models_get(req *r);

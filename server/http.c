@@ -2,7 +2,9 @@
  * pool, connection limits total and per IP, idle timeout, memory per
  * connection), request state in req_cls, body caps enforced from
  * Content-Length before reading and again while streaming, idempotency for
- * POSTs, and the reply helpers. It names no handler: streamed bodies go
+ * POSTs (the key claimed under a lease before the body is read, so a
+ * duplicate in flight gets 409 at once and a key whose request died with its
+ * server is reclaimed when the lease ends), and the reply helpers. It names no handler: streamed bodies go
  * through the route's body hooks, and the handler's request context is
  * freed by its ctx_cleanup in the completion callback, whatever ended the
  * request (a partial upload is removed there). */
@@ -22,6 +24,7 @@
 #include "jsonw.h"
 #include "ratelimit.h"
 #include "base/clock.h"
+#include "base/id.h"
 
 /* ---- replies ------------------------------------------------------------------- */
 
@@ -241,6 +244,13 @@ static enum MHD_Result send_reply(req *r)
     if (r->status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     if (r->status == 413 || r->must_close) MHD_add_response_header(resp, "Connection", "close");
     if (r->replayed) MHD_add_response_header(resp, "Idempotent-Replayed", "true");
+    /* Counted before the reply is queued, so a client that has read the
+     * reply finds it in /metrics (counting on completion raced it). The
+     * duration is the time to the reply's headers. */
+    if (r->s->on_complete && !r->counted) {
+        r->counted = 1;
+        r->s->on_complete(r->s, r->route, r->status, dt_now() - r->t0);
+    }
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     r->queued = 1;
@@ -248,6 +258,95 @@ static enum MHD_Result send_reply(req *r)
 }
 
 /* ---- idempotency ------------------------------------------------------------------------ */
+
+/* Seconds an unfinished request holds its key: DELTATUNE_IDEMPOTENCY_LEASE,
+ * by default twice the connection timeout. A live upload renews it on every
+ * body chunk after a third of it has passed, and a client silent for a
+ * connection timeout is dropped, so only a request whose server died lets
+ * it run out. */
+static int idem_lease(const server *s)
+{
+    return s->cfg.idempotency_lease_s > 0 ? s->cfg.idempotency_lease_s
+                                          : 2 * s->cfg.connection_timeout_s;
+}
+
+/* The request's Idempotency-Key when it is one that applies (POST, set,
+ * valid): the checks that reply 400 are dispatch's. */
+static const char *idem_key(req *r)
+{
+    const char *key = strcmp(r->method, "POST") ? NULL : req_header(r, "Idempotency-Key");
+    if (!key || !*key || strlen(key) >= sizeof r->idem_key || !api_utf8_valid(key)) return NULL;
+    return key;
+}
+
+/* Called in first_call, before the body is read: claims the key (or
+ * reclaims it from a request whose lease ran out), or answers 409 at once
+ * when another request holds it, so a retry does not send its body for
+ * nothing. A finished record is left to dispatch, which needs the body's
+ * hash to replay or refuse it. 0: go on; -1: replied. */
+static int idem_claim(req *r)
+{
+    const char *key = idem_key(r);
+    if (!key) return 0;
+    char err[DT_ERR_LEN], *stored = NULL;
+    int status;
+    if (dt_id_new("idem-", r->idem_holder, sizeof r->idem_holder)) {
+        reply_error(r, 500, "internal_error", NULL, "no randomness for the idempotency record");
+        return -1;
+    }
+    snprintf(r->idem_key, sizeof r->idem_key, "%s", key);
+    db *d = req_db(r);
+    if (!d) return -1;
+    int rc = db_idem_begin(d, r->owner, key, NULL, r->idem_holder, idem_lease(r->s), &status,
+                           &stored, err);
+    free(stored);
+    switch (rc) {
+    case DB_IDEM_NEW:
+        r->idem_held = 1;
+        r->idem_renewed = dt_now();
+        return 0;
+    case DB_IDEM_DONE:
+        return 0;
+    case DB_IDEM_IN_PROGRESS:
+        reply_error(r, 409, "idempotency_key_in_progress", "Idempotency-Key",
+                    "a request with this Idempotency-Key is still being processed; retry");
+        return -1;
+    default:
+        reply_db(r, rc, err);
+        return -1;
+    }
+}
+
+/* Renews the held lease while the body streams in (a connection for a
+ * moment: uploads hold none). A lost record is let go: dispatch then finds
+ * the other holder's and answers 409. */
+static void idem_renew_body(req *r)
+{
+    int lease = idem_lease(r->s);
+    double now = dt_now();
+    if (!r->idem_held || now - r->idem_renewed < lease / 3.0) return;
+    char err[DT_ERR_LEN];
+    db *d = r->d ? r->d : db_pool_acquire(r->s->pool, 1000);
+    if (!d) return; /* try again on the next chunk */
+    int rc = db_idem_renew(d, r->owner, r->idem_key, r->idem_holder, NULL, lease, err);
+    if (d != r->d) db_pool_release(r->s->pool, d);
+    if (rc == DB_IDEM_IN_PROGRESS) r->idem_held = 0;
+    else if (!rc) r->idem_renewed = now;
+}
+
+/* Removes a record the request still holds as it ends unfinished (client
+ * gone, body over the cap, a reply before dispatch). */
+static void idem_release(req *r)
+{
+    if (!r->idem_held) return;
+    r->idem_held = 0;
+    char err[DT_ERR_LEN];
+    db *d = r->d ? r->d : db_pool_acquire(r->s->pool, 2000);
+    if (!d) return; /* the lease runs out instead */
+    if (db_idem_abort(d, r->owner, r->idem_key, r->idem_holder, err))
+        log_msg(DT_LOG_WARN, "http.idempotency", "cannot release key: %s", err);
+    if (d != r->d) db_pool_release(r->s->pool, d);
+}
 
 /* Runs the handler under Idempotency-Key rules. */
 static void dispatch(req *r, const route *rt)
@@ -278,8 +377,21 @@ static void dispatch(req *r, const route *rt)
     db *d = req_db(r);
     if (!d) return;
     char err[DT_ERR_LEN], *stored = NULL;
-    int status = 0;
-    int rc = db_idem_begin(d, r->owner, key, r->request_hash, &status, &stored, err);
+    int status = 0, rc;
+    if (!r->idem_holder[0] && dt_id_new("idem-", r->idem_holder, sizeof r->idem_holder)) {
+        reply_error(r, 500, "internal_error", NULL, "no randomness for the idempotency record");
+        return;
+    }
+    snprintf(r->idem_key, sizeof r->idem_key, "%s", key);
+    if (r->idem_held) { /* claimed before the body: record its hash, lease anew */
+        rc = db_idem_renew(d, r->owner, key, r->idem_holder, r->request_hash, idem_lease(r->s),
+                           err);
+        if (rc == DB_IDEM_IN_PROGRESS) r->idem_held = 0;
+    } else {
+        rc = db_idem_begin(d, r->owner, key, r->request_hash, r->idem_holder, idem_lease(r->s),
+                           &status, &stored, err);
+        if (rc == DB_IDEM_NEW) r->idem_held = 1;
+    }
     switch (rc) {
     case DB_IDEM_NEW:
         break;
@@ -305,14 +417,15 @@ static void dispatch(req *r, const route *rt)
     }
     rt->handler(r);
     d = req_db(r);
-    if (!d) return;
+    if (!d) return; /* the record stays held: idem_release tries again, else its lease ends */
+    r->idem_held = 0;
     if (r->status < 500 && r->json) {
         char *text = json_dumps(r->json, JSON_COMPACT);
-        if (!text || db_idem_finish(d, r->owner, key, r->status, text, err))
-            db_idem_abort(d, r->owner, key, err);
+        if (!text || db_idem_finish(d, r->owner, key, r->idem_holder, r->status, text, err))
+            db_idem_abort(d, r->owner, key, r->idem_holder, err);
         free(text);
     } else {
-        db_idem_abort(d, r->owner, key, err);
+        db_idem_abort(d, r->owner, key, r->idem_holder, err);
     }
 }
 
@@ -444,6 +557,7 @@ static enum MHD_Result first_call(server *s, req *r)
         return send_reply(r);
     }
     if (!(rt->flags & R_PUBLIC) && authenticate(r)) return send_reply(r);
+    if (idem_claim(r)) return send_reply(r); /* 409 before the body is read */
     if (rt->body_begin && rt->body_begin(r)) return send_reply(r);
     if (rt->flags & R_UPLOAD) req_db_release(r); /* don't hold it during the upload */
     return MHD_YES;
@@ -453,6 +567,7 @@ static enum MHD_Result body_chunk(req *r, const char *data, size_t n)
 {
     const route *rt = &r->s->routes[r->route];
     r->received += (int64_t)n;
+    idem_renew_body(r);
     if (r->over_limit || r->received > r->limit) {
         r->over_limit = 1;
         /* discard a bounded amount, then drop a client that keeps sending */
@@ -519,10 +634,11 @@ void http_on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     *req_cls = NULL;
     if (r->ctx_cleanup) r->ctx_cleanup(r); /* e.g. removes a partial upload */
     r->ctx = NULL;
+    idem_release(r);
     req_db_release(r);
     double dt = dt_now() - r->t0;
     int status = r->queued ? r->status : 499; /* 499: client went away */
-    if (s->on_complete) s->on_complete(s, r->route, status, dt);
+    if (s->on_complete && !r->counted) s->on_complete(s, r->route, status, dt);
     if (status >= 500 || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
         log_json(status >= 500 ? DT_LOG_WARN : DT_LOG_DEBUG, "http.request",
                  json_pack("{s:s, s:s, s:i, s:f, s:i}", "method", r->method, "path", r->url,

@@ -35,10 +35,11 @@ typedef struct server {
 
     /* Hooks, each optional (NULL: none, or the default named). */
 
-    /* Called once per request as it ends (MHD's completion callback, any
-     * thread) with the route index (-1: none matched), the status sent (499:
-     * the client went away first) and the time since the request began,
-     * seconds. on_complete_cls is its state, owned by whoever set it
+    /* Called once per request (any thread) with the route index (-1: none
+     * matched), the status and the seconds since the request began: just
+     * before its reply is queued to MHD (so a client that read the reply
+     * finds it counted), or from MHD's completion callback with 499 when
+     * the client went away before any reply. on_complete_cls is its state, owned by whoever set it
      * (main.c: ops.c's metrics). */
     void (*on_complete)(struct server *s, int route, int status, double seconds);
     void *on_complete_cls;
@@ -86,6 +87,15 @@ struct req {
     int queued;                   /* a response was queued to MHD */
     int must_close;               /* answer with "Connection: close" (framing in doubt) */
     int replayed;                 /* an Idempotency-Key replay */
+    int counted;                  /* on_complete was called (before the reply was queued) */
+
+    /* Idempotency-Key: the record this request holds (claimed in
+     * first_call, before the body; renewed while the body streams in;
+     * finished or removed at the end, whatever ended the request). */
+    char idem_key[256];
+    char idem_holder[40];         /* this request's holder token */
+    int idem_held;
+    double idem_renewed;          /* monotonic, seconds */
 
     db *d;                        /* from the pool (req_db), released at the end */
 };

@@ -1,4 +1,4 @@
-/* httputil.c: Range, ETag, limit and ustar helpers. */
+/* httputil.c: Range, ETag, limit and tar (ustar + pax) helpers. */
 #include "httputil.h"
 
 #include <ctype.h>
@@ -99,6 +99,15 @@ static void octal(unsigned char *f, int width, int64_t v)
     f[width - 1] = 0;
 }
 
+static void tar_checksum(unsigned char *out)
+{
+    unsigned sum = 0;
+    memset(out + 148, ' ', 8); /* the checksum counts as spaces */
+    for (int i = 0; i < TAR_BLOCK; i++) sum += out[i];
+    snprintf((char *)out + 148, 8, "%06o", sum & 0777777);
+    out[155] = ' ';
+}
+
 int tar_header(unsigned char out[TAR_BLOCK], const char *name, int64_t size, int64_t mtime,
                unsigned mode)
 {
@@ -129,11 +138,65 @@ int tar_header(unsigned char out[TAR_BLOCK], const char *name, int64_t size, int
     memcpy(out + 263, "00", 2);       /* version */
     memcpy(out + 265, "deltatune", 9); /* uname */
     memcpy(out + 297, "deltatune", 9); /* gname */
-    unsigned sum = 0;
-    for (int i = 0; i < TAR_BLOCK; i++) sum += out[i];
-    snprintf((char *)out + 148, 8, "%06o", sum & 0777777);
-    out[155] = ' ';
+    tar_checksum(out);
     return 0;
+}
+
+/* One pax record, "LEN key=value\n", LEN counting itself. */
+static size_t pax_record(char *out, size_t cap, const char *key, const char *value)
+{
+    size_t body = 1 + strlen(key) + 1 + strlen(value) + 1, len = body + 1;
+    for (;;) {
+        size_t digits = (size_t)snprintf(NULL, 0, "%zu", len);
+        if (body + digits == len) break;
+        len = body + digits;
+    }
+    if (len >= cap) return 0;
+    snprintf(out, cap, "%zu %s=%s\n", len, key, value);
+    return len;
+}
+
+int tar_head(unsigned char out[TAR_HEAD_MAX], const char *name, int64_t size, int64_t mtime,
+             unsigned mode)
+{
+    unsigned char tmp[TAR_BLOCK];
+    if (size < 0 || !name[0]) return -1;
+    int long_name = tar_header(tmp, name, 0, mtime, mode) != 0;
+    int big = size > 077777777777LL;
+    if (!long_name && !big) return tar_header(out, name, size, mtime, mode) ? -1 : TAR_BLOCK;
+    /* POSIX.1-2001 pax: an 'x' member whose records override the fields of
+     * the ustar header that follows (path: any length; size: any size) */
+    char rec[TAR_HEAD_MAX - 2 * TAR_BLOCK], num[32];
+    size_t plen = 0, k;
+    if (long_name) {
+        if (!(k = pax_record(rec, sizeof rec, "path", name))) return -1;
+        plen += k;
+    }
+    if (big) {
+        snprintf(num, sizeof num, "%lld", (long long)size);
+        if (!(k = pax_record(rec + plen, sizeof rec - plen, "size", num))) return -1;
+        plen += k;
+    }
+    size_t pad = (plen + TAR_BLOCK - 1) / TAR_BLOCK * TAR_BLOCK;
+    const char *base = strrchr(name, '/');
+    base = base && base[1] ? base + 1 : name;
+    char fallback[101], xname[101];
+    snprintf(fallback, sizeof fallback, "%.100s", long_name ? base : name);
+    snprintf(xname, sizeof xname, "PaxHeaders/%.89s", fallback);
+    if (tar_header(out, xname, (int64_t)plen, mtime, 0644)) return -1;
+    out[156] = 'x';
+    tar_checksum(out);
+    memset(out + TAR_BLOCK, 0, pad);
+    memcpy(out + TAR_BLOCK, rec, plen);
+    unsigned char *h = out + TAR_BLOCK + pad;
+    if (tar_header(h, long_name ? fallback : name, big ? 0 : size, mtime, mode)) return -1;
+    if (big) { /* also in the base-256 form GNU tar and others read */
+        h[124] = 0x80;
+        for (int i = 0; i < 8; i++) h[135 - i] = (unsigned char)((uint64_t)size >> (8 * i));
+        memset(h + 125, 0, 3); /* the 11 bytes' top 3 */
+        tar_checksum(h);
+    }
+    return (int)(2 * TAR_BLOCK + pad);
 }
 
 int64_t tar_entry_size(int64_t size)

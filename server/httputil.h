@@ -24,6 +24,14 @@ int http_parse_limit(const char *s, int def, int max, int *out);
  * -1 if the name does not fit or size exceeds 8 GiB - 1 (octal field). */
 int tar_header(unsigned char out[TAR_BLOCK], const char *name, int64_t size,
                int64_t mtime, unsigned mode);
+/* The head of an archive member: its ustar header, preceded by a pax
+ * extended header ('x': path and/or size records) when the name does not
+ * fit ustar or the size is 8 GiB or more. Writes the head to out and
+ * returns its length (1, or 3 to 8 blocks), or -1 (empty name, negative
+ * size, a name too long even for TAR_HEAD_MAX). */
+#define TAR_HEAD_MAX (8 * TAR_BLOCK)
+int tar_head(unsigned char out[TAR_HEAD_MAX], const char *name, int64_t size,
+             int64_t mtime, unsigned mode);
 /* Bytes an entry of size bytes takes in the archive (header + padded data). */
 int64_t tar_entry_size(int64_t size);
 

@@ -1,11 +1,15 @@
-/* jobs.c: /v1/fine_tuning/jobs: create (validated, then INSERT and a
- * wake-up on Redis; a Redis outage only delays the job: the reconciler and
- * the workers' polling find it), list, retrieve, cancel/pause/resume, events
- * and checkpoints. */
+/* jobs.c: /v1/fine_tuning/jobs: create (validated, admitted against the
+ * owner's limits (usage.c), then INSERT and a wake-up on Redis; a Redis
+ * outage only delays the job: the reconciler and the workers' polling find
+ * it), list, retrieve, cancel/pause/resume, events and checkpoints. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "api/log.h"
 #include "api/objects.h"
@@ -13,8 +17,13 @@
 #include "handlers.h"
 #include "base/id.h"
 
-/* Checks a file the job refers to: the owner's, processed, for fine-tuning. */
-static int check_file(req *r, db *d, const char *id, const char *param)
+/* The most optimizer steps a job may have: the engine's step counters and
+ * checkpoint names stay far from any 32- or 64-bit overflow. */
+#define MAX_TOTAL_STEPS 2147483647LL
+
+/* Checks a file the job refers to: the owner's, processed, for fine-tuning.
+ * *nlines (may be NULL) gets its row count. */
+static int check_file(req *r, db *d, const char *id, const char *param, long *nlines)
 {
     char err[DT_ERR_LEN];
     db_file f;
@@ -39,6 +48,40 @@ static int check_file(req *r, db *d, const char *id, const char *param)
                     id, f.status_details);
         return -1;
     }
+    if (nlines) *nlines = f.nlines;
+    return 0;
+}
+
+/* The job's limits that depend on the server and the data: its runtime
+ * within the server's ceiling (filled in when absent), and a total step
+ * count that cannot overflow (n_epochs x rows / (batch_size x
+ * gradient_accumulation_steps) when max_steps does not decide). hp: the
+ * field path of the hyperparameters. 0 or -1 after replying 400. */
+static int check_limits(req *r, db_job *j, long rows, const char *hp)
+{
+    int max_rt = r->s->cfg.max_runtime_seconds;
+    if (j->max_runtime_seconds > max_rt) {
+        reply_error(r, 400, "invalid_value", "max_runtime_seconds",
+                    "max_runtime_seconds must be between 1 and %d (this server's limit); got %d",
+                    max_rt, j->max_runtime_seconds);
+        return -1;
+    }
+    if (j->max_runtime_seconds <= 0) j->max_runtime_seconds = max_rt;
+    if (j->max_steps > 0) return 0;
+    long long per_step = (long long)j->batch_size * (j->grad_accum > 0 ? j->grad_accum : 1);
+    __int128 visits = (__int128)j->n_epochs * (rows > 0 ? rows : 0);
+    __int128 total = (visits + per_step - 1) / per_step;
+    if (total > MAX_TOTAL_STEPS) {
+        char param[160];
+        snprintf(param, sizeof param, "%s.n_epochs", hp);
+        reply_error(r, 400, "invalid_value", param,
+                    "%s: %d epochs of %ld training rows at batch_size %d x "
+                    "gradient_accumulation_steps %d are %lld optimizer steps, more than the "
+                    "limit of %lld: lower n_epochs, raise batch_size, or set max_steps",
+                    param, j->n_epochs, rows, j->batch_size, j->grad_accum,
+                    (long long)total, MAX_TOTAL_STEPS);
+        return -1;
+    }
     return 0;
 }
 
@@ -50,6 +93,11 @@ void jobs_create(req *r)
     json_t *body = req_json(r);
     if (!body) return;
     int rc = validate_job_create(body, &j, &e);
+    /* where the client gave the hyperparameters, for error params */
+    char hp[96] = "hyperparameters";
+    json_t *method = json_object_get(body, "method");
+    if (!rc && method && !json_is_null(method))
+        snprintf(hp, sizeof hp, "method.%.16s.hyperparameters", j.method_input);
     json_decref(body);
     if (rc) { reply_apierr(r, &e); db_job_clear(&j); return; }
     db *d = req_db(r);
@@ -64,8 +112,11 @@ void jobs_create(req *r)
         goto out;
     }
     if (rc) { reply_db(r, rc, err); goto out; }
-    if (check_file(r, d, j.training_file, "training_file")) goto out;
-    if (j.validation_file[0] && check_file(r, d, j.validation_file, "validation_file")) goto out;
+    long rows = 0;
+    if (check_file(r, d, j.training_file, "training_file", &rows)) goto out;
+    if (j.validation_file[0] && check_file(r, d, j.validation_file, "validation_file", NULL))
+        goto out;
+    if (check_limits(r, &j, rows, hp)) goto out;
     snprintf(j.owner, sizeof j.owner, "%s", r->owner);
     if (dt_id_new("ftjob-", j.id, sizeof j.id)) {
         reply_error(r, 500, "internal_error", NULL, "no randomness");
@@ -73,7 +124,13 @@ void jobs_create(req *r)
     }
     snprintf(j.output_dir, sizeof j.output_dir, "jobs/%s", j.id);
     j.max_attempts = r->s->cfg.max_attempts;
+    /* The owner's limits, counted and the job inserted under the owner's
+     * lock, so concurrent requests cannot both take the last slot. */
+    rc = db_owner_lock(d, r->owner, err);
+    if (rc) { reply_db(r, rc, err); goto out; }
+    if (usage_admit_job(r, d)) { db_owner_unlock(d, r->owner); goto out; }
     rc = db_job_create(d, &j, err);
+    db_owner_unlock(d, r->owner);
     if (rc) { reply_db(r, rc, err); goto out; }
     if (queue_publish(r->s->q, j.id, err))
         log_msg(DT_LOG_WARN, "queue.publish", "%s: %s (the reconciler will retry)", j.id, err);
@@ -147,6 +204,27 @@ void jobs_get(req *r)
     db_job_clear(&j);
 }
 
+/* Retention for a job cancelled while queued or paused (no worker ends it):
+ * its checkpoints keep their weights, not their optimizer state
+ * (<output>/checkpoints/step-N/optimizer.safetensors, gpu/train.h). */
+static void drop_training_state(req *r, const db_job *j)
+{
+    char dir[PATH_MAX], p[PATH_MAX + 300];
+    if (config_artifact_path(&r->s->cfg, j->output_dir, dir, sizeof dir) ||
+        strlen(dir) + sizeof "/checkpoints" > sizeof dir)
+        return;
+    strcat(dir, "/checkpoints");
+    DIR *d = opendir(dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strncmp(e->d_name, "step-", 5)) continue;
+        snprintf(p, sizeof p, "%s/%.255s/optimizer.safetensors", dir, e->d_name);
+        if (unlink(p) && errno != ENOENT)
+            log_msg(DT_LOG_WARN, "job.retention_failed", "%s: %s", p, strerror(errno));
+    }
+    closedir(d);
+}
+
 static void transition(req *r, int (*fn)(db *, const char *, const char *, db_job *, char *),
                        int publish)
 {
@@ -160,6 +238,7 @@ static void transition(req *r, int (*fn)(db *, const char *, const char *, db_jo
         return;
     }
     if (rc) { reply_db(r, rc, err); return; }
+    if (!strcmp(j.status, "cancelled")) drop_training_state(r, &j);
     if (publish && !strcmp(j.status, "queued") && queue_publish(r->s->q, j.id, err))
         log_msg(DT_LOG_WARN, "queue.publish", "%s: %s (the reconciler will retry)", j.id, err);
     reply_json(r, 200, obj_job(&j));

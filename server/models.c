@@ -2,7 +2,8 @@
  * checkpoints; their files with SHA-256 (computed once, cached in the
  * model_files table keyed by size and mtime), single files with Range and
  * ETag served zero-copy (sendfile via MHD's fd responses), and the whole
- * directory as a ustar stream. Only names listed from the model's own
+ * directory as a tar stream (ustar, with pax headers for long names and
+ * files of 8 GiB or more). Only names listed from the model's own
  * directory can be served, so a request can't name a path. */
 #include <dirent.h>
 #include <errno.h>
@@ -294,12 +295,40 @@ void models_file(req *r)
 typedef struct tarctx {
     mfile *fs;
     int n;
-    int64_t *start;      /* archive offset of each entry's header */
+    int64_t *start;      /* archive offset of each entry's head */
+    int *hlen;           /* length of each entry's head (tar_head) */
     int64_t total;       /* bytes including the two zero end blocks */
-    char prefix[256];    /* directory name inside the archive */
+    char prefix[3 * DB_MODEL_ID_LEN]; /* directory name inside the archive */
     int cur;             /* entry whose fd is open */
     int fd;
+    int head_of;         /* entry whose head is in head (-1: none) */
+    unsigned char head[TAR_HEAD_MAX];
 } tarctx;
+
+/* The entry's name in the archive: prefix/name. */
+static int tar_name(const tarctx *t, int i, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s/%s", t->prefix, t->fs[i].name);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+/* The archive's top directory: the model id with ':' written '_', letters,
+ * digits, '-' and '.' (not first) kept, and every other byte (including
+ * '_') written %XX, so that distinct ids never share a directory and the
+ * directory is a plain file name: ft:base:owner:sfx:ftjob-x ->
+ * ft_base_owner_sfx_ftjob-x; my_suffix -> my%5Fsuffix. */
+static void archive_dir(const char *id, char *out, size_t cap)
+{
+    size_t k = 0;
+    for (const unsigned char *p = (const unsigned char *)id; *p && k + 4 <= cap; p++) {
+        if (*p == ':') out[k++] = '_';
+        else if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+                 (*p >= '0' && *p <= '9') || *p == '-' || (*p == '.' && p != (const unsigned char *)id))
+            out[k++] = (char)*p;
+        else k += (size_t)snprintf(out + k, cap - k, "%%%02X", *p);
+    }
+    out[k] = 0;
+}
 
 static void tar_free(void *cls)
 {
@@ -307,6 +336,7 @@ static void tar_free(void *cls)
     if (t->fd >= 0) close(t->fd);
     free(t->fs);
     free(t->start);
+    free(t->hlen);
     free(t);
 }
 
@@ -316,26 +346,29 @@ static ssize_t tar_read(void *cls, uint64_t pos64, char *buf, size_t max)
     int64_t pos = (int64_t)pos64;
     if (pos >= t->total) return MHD_CONTENT_READER_END_OF_STREAM;
     int i = 0;
-    while (i < t->n && t->start[i] + tar_entry_size(t->fs[i].bytes) <= pos) i++;
+    while (i < t->n && t->start[i] + t->hlen[i] + tar_entry_size(t->fs[i].bytes) - TAR_BLOCK <= pos)
+        i++;
     if (i == t->n) { /* end blocks */
         size_t k = (size_t)(t->total - pos) < max ? (size_t)(t->total - pos) : max;
         memset(buf, 0, k);
         return (ssize_t)k;
     }
-    int64_t off = pos - t->start[i];
-    if (off < TAR_BLOCK) {
-        unsigned char h[TAR_BLOCK];
-        char name[600];
-        snprintf(name, sizeof name, "%s/%s", t->prefix, t->fs[i].name);
-        if (tar_header(h, name, t->fs[i].bytes, t->fs[i].mtime, 0644))
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        size_t k = (size_t)(TAR_BLOCK - off) < max ? (size_t)(TAR_BLOCK - off) : max;
-        memcpy(buf, h + off, k);
+    int64_t off = pos - t->start[i], hl = t->hlen[i];
+    if (off < hl) {
+        if (t->head_of != i) {
+            char name[PATH_MAX + sizeof t->prefix];
+            if (tar_name(t, i, name, sizeof name) ||
+                tar_head(t->head, name, t->fs[i].bytes, t->fs[i].mtime, 0644) != hl)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            t->head_of = i;
+        }
+        size_t k = (size_t)(hl - off) < max ? (size_t)(hl - off) : max;
+        memcpy(buf, t->head + off, k);
         return (ssize_t)k;
     }
-    int64_t doff = off - TAR_BLOCK;
+    int64_t doff = off - hl;
     if (doff >= t->fs[i].bytes) { /* padding to the block */
-        int64_t left = tar_entry_size(t->fs[i].bytes) - off;
+        int64_t left = hl + tar_entry_size(t->fs[i].bytes) - TAR_BLOCK - off;
         size_t k = (size_t)left < max ? (size_t)left : max;
         memset(buf, 0, k);
         return (ssize_t)k;
@@ -361,26 +394,40 @@ void models_archive(req *r)
     if (!t) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
     t->fd = -1;
     t->cur = -1;
+    t->head_of = -1;
     if (model_files(r->s, &m, &t->fs, &t->n)) {
         tar_free(t);
         reply_error(r, 404, "not_found", NULL, "the files of %s are not available", m.id);
         return;
     }
-    snprintf(t->prefix, sizeof t->prefix, "%.200s", m.id);
-    for (char *p = t->prefix; *p; p++)
-        if (*p == ':' || *p == '/') *p = '_';
+    archive_dir(m.id, t->prefix, sizeof t->prefix);
     t->start = calloc((size_t)t->n + 1, sizeof *t->start);
-    if (!t->start) { tar_free(t); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+    t->hlen = calloc((size_t)t->n + 1, sizeof *t->hlen);
+    if (!t->start || !t->hlen) {
+        tar_free(t);
+        reply_error(r, 500, "internal_error", NULL, "out of memory");
+        return;
+    }
     int64_t off = 0;
     for (int i = 0; i < t->n; i++) {
+        char name[PATH_MAX + sizeof t->prefix];
+        int hl = tar_name(t, i, name, sizeof name) ? -1
+               : tar_head(t->head, name, t->fs[i].bytes, t->fs[i].mtime, 0644);
+        if (hl < 0) { /* before any header is sent, not a cut-off stream */
+            tar_free(t);
+            reply_error(r, 500, "internal_error", NULL,
+                        "cannot write a tar header for %s of %s", name, m.id);
+            return;
+        }
         t->start[i] = off;
-        off += tar_entry_size(t->fs[i].bytes);
+        t->hlen[i] = hl;
+        off += hl + tar_entry_size(t->fs[i].bytes) - TAR_BLOCK;
     }
     t->total = off + 2 * TAR_BLOCK;
     struct MHD_Response *resp =
         MHD_create_response_from_callback((uint64_t)t->total, 256 * 1024, tar_read, t, tar_free);
     if (!resp) { tar_free(t); reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
-    char cd[400];
+    char cd[sizeof t->prefix + 64];
     snprintf(cd, sizeof cd, "attachment; filename=\"%s.tar\"", t->prefix);
     MHD_add_response_header(resp, "Content-Type", "application/x-tar");
     MHD_add_response_header(resp, "Content-Disposition", cd);

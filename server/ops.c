@@ -1,11 +1,17 @@
 /* ops.c: /healthz (the process answers), /readyz (PostgreSQL and Redis
- * reachable), /metrics (Prometheus text format) and /v1/openapi.json (the
+ * reachable), /metrics (Prometheus text format; behind the ops token
+ * DELTATUNE_METRICS_TOKEN, or loopback clients only without one) and /v1/openapi.json (the
  * contract, converted from api/openapi.yaml at build time and embedded). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 
+#include "api/auth.h"
 #include "api/db.h"
 #include "handlers.h"
 
@@ -91,6 +97,48 @@ void ops_readyz(req *r)
                                                "database", pg, "redis", rd));
 }
 
+static int loopback_peer(req *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa) return 0;
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return sa->sa_family == AF_UNIX;
+}
+
+/* /metrics shows every owner's jobs: with DELTATUNE_METRICS_TOKEN set it
+ * needs "Authorization: Bearer <that token>" (API keys do not open it);
+ * without one it answers loopback clients only. 0, or -1 after a 401. */
+static int metrics_allowed(req *r)
+{
+    const char *tok = r->s->cfg.metrics_token;
+    if (!tok[0]) {
+        if (loopback_peer(r)) return 0;
+        reply_error(r, 401, "metrics_token_required", NULL,
+                    "/metrics answers only local clients unless the server has "
+                    "DELTATUNE_METRICS_TOKEN set; then send \"Authorization: Bearer <token>\"");
+        return -1;
+    }
+    const char *h = req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (h && !strncasecmp(h, "Bearer ", 7)) {
+        h += 7;
+        while (*h == ' ') h++;
+        size_t n = strlen(tok);
+        if (strlen(h) == n && auth_equal(h, tok, n)) return 0;
+    }
+    reply_error(r, 401, h ? "invalid_metrics_token" : "metrics_token_required", NULL,
+                "/metrics needs \"Authorization: Bearer <DELTATUNE_METRICS_TOKEN>\" (the "
+                "server's ops token, not an API key)");
+    return -1;
+}
+
 /* Prometheus label value: escape \, " and newline. */
 static void label(FILE *f, const char *v)
 {
@@ -109,6 +157,7 @@ void ops_metrics(req *r)
     /* the metrics that main.c gave the server's on_complete hook */
     metrics *m = r->s->on_complete == metrics_observe ? r->s->on_complete_cls : NULL;
     if (!m) { reply_error(r, 404, "not_found", NULL, "metrics are not collected"); return; }
+    if (metrics_allowed(r)) return;
     FILE *f = open_memstream(&text, &len);
     if (!f) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
     fputs("# HELP deltatune_http_requests_total HTTP requests by route and status.\n"

@@ -32,10 +32,13 @@ int route_find(const route *table, int n, const char *method, const char *path,
                char params[][ROUTE_PARAM_LEN])
 {
     int other_method = 0;
+    /* HEAD is GET without the body (RFC 9110 9.3.2): MHD sends a HEAD
+     * reply's headers, Content-Length included, and never its body. */
+    int head = !strcmp(method, "HEAD");
     char tmp[ROUTE_MAXP][ROUTE_PARAM_LEN];
     for (int i = 0; i < n; i++) {
         if (route_match(table[i].pattern, path, tmp, ROUTE_MAXP) < 0) continue;
-        if (strcmp(table[i].method, method)) {
+        if (strcmp(table[i].method, method) && !(head && !strcmp(table[i].method, "GET"))) {
             other_method = 1;
             continue;
         }

@@ -58,7 +58,7 @@ int route_match(const char *pattern, const char *path,
 
 /* Finds the route for (method, path) in table[0..n). Returns its index, -1
  * when no pattern matches the path (404), or -2 when a pattern matches with
- * another method (405). */
+ * another method (405). HEAD finds the GET route of the path. */
 int route_find(const route *table, int n, const char *method, const char *path,
                char params[][ROUTE_PARAM_LEN]);
 

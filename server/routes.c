@@ -28,6 +28,8 @@ const route server_routes[] = {
     ROUTE("GET", "/v1/models/{id}/files/{name}", "models.file", models_file, 0),
     ROUTE("GET", "/v1/models/{id}/archive", "models.archive", models_archive, 0),
 
+    ROUTE("GET", "/v1/usage", "usage", usage_route, 0),
+
     ROUTE("GET", "/v1/openapi.json", "openapi", ops_openapi, R_PUBLIC),
     ROUTE("GET", "/healthz", "healthz", ops_healthz, R_PUBLIC),
     ROUTE("GET", "/readyz", "readyz", ops_readyz, R_PUBLIC),

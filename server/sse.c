@@ -14,15 +14,23 @@
  * PostgreSQL connection (not one of the request pool's), looks for new
  * events of every stream each SSE_POLL_SECONDS, appends them to the
  * stream's buffer and resumes its connection. Streams are capped in total
- * and per owner (429 beyond). */
+ * and per owner (429 beyond).
+ *
+ * A stream outlives no key: every DELTATUNE_SSE_RECHECK_SECONDS (at most
+ * 10) the poller looks the stream's API key up again (by prefix, the hash
+ * compared; the auth cache is not used), and when it is revoked, gone or
+ * belongs to another owner, text not yet sent is dropped and the stream
+ * ends with "event: error" carrying the invalid_api_key error envelope. */
 #include "sse.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
+#include "api/auth.h"
 #include "api/log.h"
 #include "api/objects.h"
 #include "handlers.h"
@@ -39,6 +47,10 @@ typedef struct stream {
     int suspended;                /* the reader suspended the connection */
     int done;                     /* the end was appended: end after the buffer */
     double last_write;            /* when text was last appended */
+    int check_key;                /* key_prefix/key_hash name the key to re-check */
+    char key_prefix[AUTH_PREFIX_LEN + 1];
+    char key_hash[65];            /* SHA-256 hex of the key that opened the stream */
+    double next_check;            /* when the key is looked up next */
     struct stream *next;
 } stream;
 
@@ -49,6 +61,7 @@ static struct {
     int n;
     uint64_t next_id;
     int started, stopping;
+    int recheck_s;                /* DELTATUNE_SSE_RECHECK_SECONDS */
     pthread_t th;
     char database_url[CONFIG_URL_LEN];
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
@@ -132,12 +145,16 @@ typedef struct snap {
     char job_id[DB_ID_LEN];
     char owner[DB_OWNER_LEN];
     int64_t last_seq;
+    int check_key;                /* look the key up in this pass */
+    char key_prefix[AUTH_PREFIX_LEN + 1];
+    char key_hash[65];
     /* results */
     char *text;                   /* events, malloc'd (NULL = none) */
     size_t len;
     int64_t new_last;
     char end_status[24];          /* "" = the job goes on */
     int failed;
+    int revoked;                  /* the key no longer opens this stream */
 } snap;
 
 static int is_terminal(const char *status)
@@ -154,6 +171,16 @@ static void poll_one(db *d, snap *s)
     char err[DT_ERR_LEN];
     db_job j;
     s->new_last = s->last_seq;
+    if (s->check_key) {
+        db_key k;
+        int rc = db_key_lookup(d, s->key_prefix, &k, err);
+        if (rc == DB_ENOTFOUND ||
+            (!rc && (!auth_equal(k.hash, s->key_hash, 64) || strcmp(k.owner, s->owner)))) {
+            s->revoked = 1;
+            return;
+        }
+        /* another error: the database is away; the next pass checks again */
+    }
     int rc = db_job_get(d, s->owner, s->job_id, &j, err);
     if (rc == DB_ENOTFOUND) { snprintf(s->end_status, sizeof s->end_status, "deleted"); return; }
     if (rc) { s->failed = 1; return; }
@@ -220,6 +247,12 @@ static void *poller(void *arg)
             s->last_seq = st->last_seq;
             memcpy(s->job_id, st->job_id, sizeof s->job_id);
             memcpy(s->owner, st->owner, sizeof s->owner);
+            if (st->check_key && dt_now() >= st->next_check) {
+                s->check_key = 1;
+                memcpy(s->key_prefix, st->key_prefix, sizeof s->key_prefix);
+                memcpy(s->key_hash, st->key_hash, sizeof s->key_hash);
+                st->next_check = dt_now() + g.recheck_s;
+            }
         }
         pthread_mutex_unlock(&g.mu);
 
@@ -240,6 +273,16 @@ static void *poller(void *arg)
             for (int i = 0; i < n && !s; i++)
                 if (ss[i].id == st->id) s = &ss[i];
             int wrote = 0;
+            if (s && s->revoked && !st->done) {
+                static const char gone[] =
+                    "event: error\ndata: {\"error\":{\"message\":\"the API key of this "
+                    "stream was revoked\",\"type\":\"invalid_request_error\",\"param\":null,"
+                    "\"code\":\"invalid_api_key\"}}\n\n";
+                st->off = st->len = 0; /* nothing more for a revoked key */
+                if (!append(st, gone, sizeof gone - 1)) st->done = 1;
+                wake(st, wakeup, &nwake);
+                continue;
+            }
             if (s && s->text && s->len && !append(st, s->text, s->len)) {
                 st->last_seq = s->new_last;
                 wrote = 1;
@@ -309,9 +352,30 @@ static void stream_events(req *r)
     db_job_clear(&j);
     req_db_release(r);
 
+    if (!strcmp(r->method, "HEAD")) { /* the headers of a stream, which never starts */
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(0, (char *)"", MHD_RESPMEM_PERSISTENT);
+        if (!resp) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
+        MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
+        MHD_add_response_header(resp, "Cache-Control", "no-cache");
+        reply_mhd(r, 200, resp);
+        return;
+    }
     stream *st = calloc(1, sizeof *st);
     if (!st) { reply_error(r, 500, "internal_error", NULL, "out of memory"); return; }
     st->conn = r->conn;
+    /* the key to re-check (a server whose auth hook is not the API keys'
+     * has none to look up) */
+    const char *authz = req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!r->s->auth && authz && !strncasecmp(authz, "Bearer ", 7)) {
+        const char *key = authz + 7;
+        while (*key == ' ') key++;
+        if (!auth_key_parse(key, st->key_prefix)) {
+            auth_sha256_hex(key, strlen(key), st->key_hash);
+            st->check_key = 1;
+            st->next_check = dt_now() + r->s->cfg.sse_recheck_s;
+        }
+    }
     st->last_seq = last;
     snprintf(st->job_id, sizeof st->job_id, "%.63s", r->params[0]);
     snprintf(st->owner, sizeof st->owner, "%s", r->owner);
@@ -325,6 +389,7 @@ static void stream_events(req *r)
                     : g.n >= SSE_MAX_STREAMS ? "too many event streams are open"
                     : mine >= SSE_MAX_PER_OWNER ? "too many event streams are open for this key"
                     : NULL;
+    g.recheck_s = r->s->cfg.sse_recheck_s > 0 ? r->s->cfg.sse_recheck_s : 10;
     if (!why && !g.started) {
         snprintf(g.database_url, sizeof g.database_url, "%s", r->s->cfg.database_url);
         if (pthread_create(&g.th, NULL, poller, NULL))

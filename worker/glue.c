@@ -6,6 +6,7 @@
 #include "api/validate.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,11 +25,11 @@ long wk_total_steps(const db_job *j, long rows)
 
 int wk_default_ckpt_interval(long total_steps)
 {
-    long k = (total_steps + 4) / 5;
-    if (k < 1)
-        k = 1;
-    if (k > 500)
-        k = 500;
+    long k = (total_steps + 9) / 10;
+    if (k < WK_MIN_CKPT_INTERVAL)
+        k = WK_MIN_CKPT_INTERVAL;
+    if (k > INT_MAX)
+        k = INT_MAX;
     return (int)k;
 }
 
@@ -136,7 +137,7 @@ static int on_progress(void *ud, const dt_progress *p)
     return rc ? DT_PROGRESS_STOP : 0;
 }
 
-static int on_checkpoint(void *ud, int step, const char *dir)
+static int on_checkpoint(void *ud, int64_t step, const char *dir)
 {
     const wk_run *r = ((run_ctx *)ud)->r;
     return r->on_checkpoint ? r->on_checkpoint(r->ud, step, dir) : 0;
@@ -165,14 +166,21 @@ int wk_train(const wk_run *r, char *err)
     o.on_checkpoint = on_checkpoint;
     o.ud = &ctx;
     o.stop = r->stop;
+    if (r->ckpt_keep > 0)
+        o.ckpt_keep = r->ckpt_keep;
     return dt_train(&o, err);
 }
 
-int wk_ckpt_latest(const char *out_dir)
+int64_t wk_ckpt_latest(const char *out_dir)
 {
     char dir[4096];
-    int step = dt_ckpt_latest(out_dir, dir, sizeof dir);
+    int64_t step = dt_ckpt_latest(out_dir, dir, sizeof dir);
     return step > 0 ? step : 0;
+}
+
+int wk_ckpt_prune(const char *out_dir, int keep, char *err)
+{
+    return dt_ckpt_prune(out_dir, keep, err);
 }
 
 /* ---- errors ------------------------------------------------------------------- */

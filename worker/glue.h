@@ -32,12 +32,17 @@ typedef struct wk_run {
     /* Optional: called right before a checkpoint (or the final export) is
      * written for `step`; non-zero aborts without writing it (the caller
      * checks its lease, so a stale worker writes no files). */
-    int (*before_checkpoint)(void *ud, int step);
+    int (*before_checkpoint)(void *ud, int64_t step);
     /* After each complete checkpoint (dir holds state + DONE); non-zero
      * fails the run. */
-    int (*on_checkpoint)(void *ud, int step, const char *dir);
+    int (*on_checkpoint)(void *ud, int64_t step, const char *dir);
     void *ud;
-    atomic_int *stop;        /* set from other threads: stop after this step */
+    /* Set from other threads and the signal handler, read between
+     * micro-batches: 1 stops with a checkpoint of the last completed step
+     * (pause), WK_ABORT stops at once and writes nothing (cancel,
+     * SIGTERM): the step in progress is dropped. */
+    atomic_int *stop;
+    int ckpt_keep;           /* checkpoints that keep their optimizer state */
 } wk_run;
 
 /* Trains the job in this thread: dt_train with resume on, so a job claimed
@@ -45,11 +50,18 @@ typedef struct wk_run {
  * model is in out_dir/merged) or a DT_E* code with detail in err. */
 int wk_train(const wk_run *r, char *err);
 
-/* Newest complete checkpoint step under out_dir, or 0. */
-int wk_ckpt_latest(const char *out_dir);
+/* Newest complete, resumable checkpoint step under out_dir, or 0. */
+int64_t wk_ckpt_latest(const char *out_dir);
 
-/* Checkpoint spacing when the job leaves it to the worker: about five per
- * run, at most every 500 steps, so a rescued job loses little work. */
+/* Retention (dt_ckpt_prune): drops the optimizer state of all but the
+ * newest `keep` checkpoints (0: of all, once the job has ended). Returns
+ * the number dropped or a negative DT_E* code (err may be NULL). */
+int wk_ckpt_prune(const char *out_dir, int keep, char *err);
+
+/* Checkpoint spacing when the job leaves it to the worker: at most about
+ * ten per run, and never more often than every WK_MIN_CKPT_INTERVAL steps
+ * (a tiny job checkpoints at its end only). */
+#define WK_MIN_CKPT_INTERVAL 10
 int wk_default_ckpt_interval(long total_steps);
 
 /* Optimizer steps of a job over rows of training data (max_steps wins). */

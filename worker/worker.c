@@ -6,6 +6,7 @@
 
 #include <stdatomic.h>
 #include <errno.h>
+#include <ftw.h>
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "api/db.h"
 #include "api/log.h"
@@ -39,30 +41,61 @@ typedef struct worker {
     char job_id[DB_ID_LEN];
     int attempt;
     double lease_ok_at;      /* dt_now() of the last successful lease write */
+    double run_deadline;     /* dt_now() past which the attempt exceeds max_runtime_seconds */
     int keeper_quit;
     uint64_t main_qgen;      /* queue_generation(q) after the last wait */
 
     /* Flags for the running job, set by the keeper, the callbacks and the
-     * signal handler; read by dt_train (stop) after every step. */
+     * signal handler; dt_train reads stop after every step and between
+     * micro-batches: 1 (pause: stop with a checkpoint of the last completed
+     * step) or WK_ABORT (cancel, SIGTERM: stop at once, write nothing). */
     atomic_int stop;         /* written by other threads and the signal handler */
     atomic_int lease_lost, cancel_req, pause_req;
+    atomic_int runtime_exceeded; /* the keeper saw run_deadline pass */
 
     /* Per-job state of the main thread's callbacks. */
     db_job job;
     double last_write;
     db_progress last;
-    int started_step;
+    int64_t started_step;
+    char last_final[16];     /* the status db_job_finish set last, "" when none */
 } worker;
 
 static volatile sig_atomic_t g_shutdown;
 static atomic_int *g_stop; /* the worker's stop flag, for the handler */
 
+/* SIGTERM/SIGINT: the job in progress stops between two micro-batches,
+ * drops the step in progress and goes back to the queue (it resumes from
+ * its last checkpoint): nothing is written, so the worker exits at once. */
 static void on_signal(int sig)
 {
     (void)sig;
     g_shutdown = 1;
     if (g_stop)
-        atomic_store(g_stop, 1);
+        atomic_store(g_stop, WK_ABORT);
+}
+
+/* Raises the stop request to v (1 or WK_ABORT), never lowers it. */
+static void stop_raise(atomic_int *stop, int v)
+{
+    int cur = atomic_load(stop);
+    while (cur < v && !atomic_compare_exchange_weak(stop, &cur, v))
+        ;
+}
+
+/* The job's cancel/pause flags as last read from its row: cancel stops at
+ * once (nothing written), pause with a checkpoint of the last completed
+ * step. */
+static void flags_seen(worker *w, bool cancel, bool pause)
+{
+    if (cancel) {
+        atomic_store(&w->cancel_req, 1);
+        stop_raise(&w->stop, WK_ABORT);
+    }
+    if (pause) {
+        atomic_store(&w->pause_req, 1);
+        stop_raise(&w->stop, 1);
+    }
 }
 
 static void flag_set(atomic_int *f)
@@ -132,10 +165,7 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
             pthread_mutex_lock(&w->mu);
             w->lease_ok_at = now;
             pthread_mutex_unlock(&w->mu);
-            if (c)
-                flag_set(&w->cancel_req);
-            if (pz)
-                flag_set(&w->pause_req);
+            flags_seen(w, c, pz);
             /* The metrics event (OpenAI's type "metrics"). */
             json_t *d = json_object();
             json_object_set_new(d, "step", json_integer(p->step));
@@ -165,8 +195,9 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
             }
         }
     }
-    return flag_get(&w->stop) || flag_get(&w->cancel_req) || flag_get(&w->pause_req) ||
-           g_shutdown;
+    if (g_shutdown || flag_get(&w->cancel_req) || flag_get(&w->stop) == WK_ABORT)
+        return WK_ABORT;
+    return flag_get(&w->stop) || flag_get(&w->pause_req);
 }
 
 /* Right before the engine writes a checkpoint or the merged model: a fenced
@@ -174,7 +205,7 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
  * and continued) writes no files into the directory the new owner uses.
  * PostgreSQL unreachable is not a loss (the keeper self-fences after a
  * whole lease without a successful write). */
-static int cb_before_checkpoint(void *ud, int step)
+static int cb_before_checkpoint(void *ud, int64_t step)
 {
     worker *w = ud;
     if (flag_get(&w->lease_lost))
@@ -185,7 +216,7 @@ static int cb_before_checkpoint(void *ud, int step)
                               &c, &pz, err);
     if (rc == DB_ELEASE) {
         log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: lease lost before the "
-                "checkpoint at step %d", w->job.id, w->job.attempt, step);
+                "checkpoint at step %lld", w->job.id, w->job.attempt, (long long)step);
         flag_set(&w->lease_lost);
         return 1;
     }
@@ -193,11 +224,12 @@ static int cb_before_checkpoint(void *ud, int step)
         pthread_mutex_lock(&w->mu);
         w->lease_ok_at = dt_now();
         pthread_mutex_unlock(&w->mu);
+        flags_seen(w, c, pz);
     }
     return 0;
 }
 
-static int cb_checkpoint(void *ud, int step, const char *dir)
+static int cb_checkpoint(void *ud, int64_t step, const char *dir)
 {
     worker *w = ud;
     if (flag_get(&w->lease_lost))
@@ -236,11 +268,13 @@ static int cb_checkpoint(void *ud, int step, const char *dir)
     }
     if (rc) {
         /* The files are complete; only the row is missing. Training goes on. */
-        log_msg(DT_LOG_WARN, "job.checkpoint_failed", "%s step %d: %s", w->job.id, step, err);
+        log_msg(DT_LOG_WARN, "job.checkpoint_failed", "%s step %lld: %s", w->job.id,
+                (long long)step, err);
         return 0;
     }
-    log_msg(DT_LOG_INFO, "job.checkpoint", "%s step %d: %s", w->job.id, step, model_id);
-    job_event(w, "info", "Checkpoint at step %d: %s", step, model_id);
+    log_msg(DT_LOG_INFO, "job.checkpoint", "%s step %lld: %s", w->job.id, (long long)step,
+            model_id);
+    job_event(w, "info", "Checkpoint at step %lld: %s", (long long)step, model_id);
     return flag_get(&w->lease_lost);
 }
 
@@ -248,11 +282,16 @@ static int cb_checkpoint(void *ud, int step, const char *dir)
 
 /* Ends the attempt; retries while PostgreSQL is unreachable (if it stays
  * down, the lease runs out and the rescuer re-queues the job, which then
- * resumes from its last checkpoint). */
-static void finish(worker *w, const db_finish *f)
+ * resumes from its last checkpoint). db_job_finish may set another status
+ * than f->status (a cancel or resume that came after the worker's last look
+ * at the flags): the one set is in f->final_status, "" when none was. */
+static void finish(worker *w, db_finish *f)
 {
-    char err[DT_ERR_LEN] = "";
+    char err[DT_ERR_LEN] = "", fs[16] = "";
     int rc = 0;
+    if (!f->final_status)
+        f->final_status = fs;
+    f->final_status[0] = 0;
     for (int tries = 0; tries < 10; tries++) {
         rc = db_job_finish(w->db, w->job.id, w->job.attempt, f, err);
         if (rc != DB_EUNAVAIL)
@@ -265,9 +304,14 @@ static void finish(worker *w, const db_finish *f)
     else if (rc)
         log_msg(DT_LOG_ERROR, "job.finish_failed", "%s -> %s: %s", w->job.id, f->status, err);
     else
-        log_msg(DT_LOG_INFO, "job.finished", "%s: %s at step %ld%s%s", w->job.id, f->status,
-                (long)w->last.step, f->error_code ? " " : "",
+        log_msg(DT_LOG_INFO, "job.finished", "%s: %s at step %ld%s%s", w->job.id,
+                f->final_status, (long)w->last.step, f->error_code ? " " : "",
                 f->error_code ? f->error_code : "");
+    if (rc)
+        f->final_status[0] = 0;
+    snprintf(w->last_final, sizeof w->last_final, "%s", f->final_status);
+    if (f->final_status == fs)
+        f->final_status = NULL;
 }
 
 static void fail_job(worker *w, const char *code, const char *param, const char *fmt, ...)
@@ -280,8 +324,9 @@ static void fail_job(worker *w, const char *code, const char *param, const char 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    char fs[16] = "";
     db_finish f = {.status = "failed", .error_code = code, .error_message = msg,
-                   .error_param = param};
+                   .error_param = param, .final_status = fs};
     finish(w, &f);
 }
 
@@ -375,6 +420,48 @@ static void requeue(worker *w, const char *why)
                 w->job.id, err);
 }
 
+/* Removes a directory tree (best effort). */
+static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)flag;
+    (void)f;
+    remove(p);
+    return 0;
+}
+
+/* After db_job_finish set `final`: an ended job keeps no resumable
+ * training state (its checkpoints keep their weights); a job that trained
+ * to the end but did not succeed (cancelled or paused on its last step)
+ * leaves no unlisted export behind; a job requeued because a resume came
+ * after the pause is woken at once. */
+static void after_finish(worker *w, const char *out_dir, const char *final, int trained)
+{
+    char err[DT_ERR_LEN] = "";
+    if (!final[0])
+        return;
+    if (!strcmp(final, "succeeded") || !strcmp(final, "failed") ||
+        !strcmp(final, "cancelled")) {
+        int n = wk_ckpt_prune(out_dir, 0, err);
+        if (n < 0)
+            log_msg(DT_LOG_WARN, "job.retention_failed", "%s: %s", w->job.id, err);
+        else if (n > 0)
+            log_msg(DT_LOG_INFO, "job.retention", "%s: optimizer state of %d checkpoint(s) "
+                    "removed", w->job.id, n);
+    }
+    if (trained && strcmp(final, "succeeded")) {
+        static const char *const sub[] = {"merged", "adapter"};
+        for (int i = 0; i < 2; i++) {
+            char p[DB_PATH_LEN + 16];
+            snprintf(p, sizeof p, "%s/%s", out_dir, sub[i]);
+            nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        }
+    }
+    if (!strcmp(final, "queued") && queue_publish(w->q, w->job.id, err))
+        log_msg(DT_LOG_WARN, "queue.publish_failed", "%s: %s (the reconciler will retry)",
+                w->job.id, err);
+}
+
 static void run_job(worker *w)
 {
     const wk_opts *o = w->o;
@@ -386,7 +473,16 @@ static void run_job(worker *w)
     atomic_store(&w->lease_lost, 0);
     atomic_store(&w->cancel_req, 0);
     atomic_store(&w->pause_req, 0);
+    w->last_final[0] = 0;
+    if (g_shutdown) /* a signal between the claim and the reset above */
+        atomic_store(&w->stop, WK_ABORT);
+    atomic_store(&w->runtime_exceeded, 0);
+    /* The runtime limit: the job's own (the server checked it against its
+     * ceiling), else this worker's DELTATUNE_MAX_RUNTIME_SECONDS; per attempt. */
+    int max_rt = w->job.max_runtime_seconds > 0 ? w->job.max_runtime_seconds
+                                                : o->cfg.max_runtime_seconds;
     pthread_mutex_lock(&w->mu);
+    w->run_deadline = dt_now() + max_rt;
     w->active = 1;
     snprintf(w->job_id, sizeof w->job_id, "%s", w->job.id);
     w->attempt = w->job.attempt;
@@ -406,7 +502,8 @@ static void run_job(worker *w)
     memset(&w->last, 0, sizeof w->last);
     /* db_job_claim() logged "Attempt N started on worker W"; say how. */
     if (w->started_step > 0)
-        job_event(w, "info", "Resuming from the checkpoint at step %d", w->started_step);
+        job_event(w, "info", "Resuming from the checkpoint at step %lld",
+                  (long long)w->started_step);
     /* The thread count is part of the result: CPU runs are bitwise
      * reproducible (and resumable byte for byte) for one thread count. */
     char threads[32] = "";
@@ -432,7 +529,9 @@ static void run_job(worker *w)
         .before_checkpoint = cb_before_checkpoint,
         .ud = w,
         .stop = &w->stop,
+        .ckpt_keep = o->cfg.checkpoint_keep,
     };
+    char final[16] = ""; /* the status db_job_finish set, "" when none */
     double t0 = dt_now();
     rc = flag_get(&w->lease_lost) ? DT_ECANCEL : wk_train(&run, err);
     double secs = dt_now() - t0;
@@ -452,22 +551,30 @@ static void run_job(worker *w)
         } else {
             job_event(w, "info", "New fine-tuned model created: %s", model_id);
             db_finish f = {.status = "succeeded", .fine_tuned_model = model_id,
-                           .model_path = stored};
+                           .model_path = stored, .final_status = final};
             finish(w, &f);
             log_msg(DT_LOG_INFO, "job.trained", "%s: %ld steps in %.1f s", w->job.id,
                     (long)w->last.step, secs);
         }
     } else if (rc == DT_ECANCEL && flag_get(&w->cancel_req)) {
-        /* db_job_finish() writes the event; checkpoints stay. */
-        db_finish f = {.status = "cancelled"};
+        /* db_job_finish() writes the event; checkpoints stay (weights only). */
+        db_finish f = {.status = "cancelled", .final_status = final};
         finish(w, &f);
+    } else if (rc == DT_ECANCEL && flag_get(&w->runtime_exceeded)) {
+        /* Failed for good (not requeued): another attempt would hit it too. */
+        fail_job(w, "max_runtime_exceeded", "max_runtime_seconds",
+                 "The job ran longer than its max_runtime_seconds (%d s) and was stopped at "
+                 "step %ld of %ld. Its checkpoints are kept. Create a new job with fewer steps "
+                 "or a larger max_runtime_seconds (at most the server's %d).", max_rt,
+                 (long)w->last.step, (long)w->last.total_steps, o->cfg.max_runtime_seconds);
     } else if (rc == DT_ECANCEL && flag_get(&w->pause_req)) {
-        db_finish f = {.status = "paused"};
+        db_finish f = {.status = "paused", .final_status = final};
         finish(w, &f);
     } else if (rc == DT_ECANCEL && g_shutdown) {
         char why[256];
-        snprintf(why, sizeof why, "worker %s is shutting down (step %ld checkpointed)",
-                 o->worker_id, (long)w->last.step);
+        snprintf(why, sizeof why, "worker %s is shutting down (the step in progress is "
+                 "dropped; the job resumes from the checkpoint at step %lld)", o->worker_id,
+                 (long long)wk_ckpt_latest(out_dir));
         requeue(w, why);
     } else {
         wk_error e;
@@ -475,9 +582,10 @@ static void run_job(worker *w)
         log_msg(DT_LOG_WARN, "job.training_failed", "%s: %s (%s)", w->job.id, err, e.code);
         db_finish f = {.status = "failed", .error_code = e.code,
                        .error_message = e.message,
-                       .error_param = e.param[0] ? e.param : NULL};
+                       .error_param = e.param[0] ? e.param : NULL, .final_status = final};
         finish(w, &f);
     }
+    after_finish(w, out_dir, w->last_final, rc == 0);
 done:
     pthread_mutex_lock(&w->mu);
     w->active = 0;
@@ -514,12 +622,7 @@ static void keeper_heartbeat(keeper *k)
         if (w->active && w->attempt == attempt)
             w->lease_ok_at = dt_now();
         pthread_mutex_unlock(&w->mu);
-        if (c)
-            flag_set(&w->cancel_req);
-        if (p)
-            flag_set(&w->pause_req);
-        if (c || p)
-            flag_set(&w->stop);
+        flags_seen(w, c, p);
     } else if (rc == DB_ELEASE) {
         log_msg(DT_LOG_WARN, "job.lease_lost", "%s attempt %d: heartbeat matched no row",
                 id, attempt);
@@ -536,12 +639,38 @@ static void keeper_heartbeat(keeper *k)
     }
 }
 
+/* Between heartbeats: a read of the job's cancel/pause flags (no write),
+ * so a cancel stops the job within about a second and a micro-batch, not
+ * a lease third and an optimizer step. */
+static void keeper_flags(keeper *k)
+{
+    worker *w = k->w;
+    char id[DB_ID_LEN], err[DT_ERR_LEN] = "";
+    pthread_mutex_lock(&w->mu);
+    int active = w->active, attempt = w->attempt;
+    snprintf(id, sizeof id, "%s", w->job_id);
+    pthread_mutex_unlock(&w->mu);
+    if (!active || flag_get(&w->lease_lost))
+        return;
+    db_job j;
+    if (db_job_get(k->db, NULL, id, &j, err)) {
+        log_msg(DT_LOG_DEBUG, "job.flags_failed", "%s: %s", id, err);
+        return;
+    }
+    if (j.attempt == attempt && !strcmp(j.status, "running"))
+        flags_seen(w, j.cancel_requested, j.pause_requested);
+    db_job_clear(&j);
+}
+
 static void *keeper_main(void *arg)
 {
     keeper *k = arg;
     worker *w = k->w;
     const api_config *cfg = &w->o->cfg;
     double hb_every = cfg->lease_seconds / 3.0, next_hb = 0, next_rescue = 0, next_row = 0;
+    double flags_every = cfg->poll_interval_ms / 1000.0, next_flags = 0;
+    if (flags_every > 1)
+        flags_every = 1;
     if (hb_every < 1)
         hb_every = 1;
     char err[DT_ERR_LEN] = "";
@@ -562,9 +691,21 @@ static void *keeper_main(void *arg)
         if (quit)
             break;
         double now = dt_now();
+        pthread_mutex_lock(&w->mu);
+        int overtime = active && w->active && now >= w->run_deadline;
+        pthread_mutex_unlock(&w->mu);
+        if (overtime && !flag_get(&w->runtime_exceeded)) {
+            log_msg(DT_LOG_WARN, "job.runtime_exceeded", "%s: past its max_runtime_seconds; "
+                    "stopping", job);
+            flag_set(&w->runtime_exceeded);
+            stop_raise(&w->stop, 1); /* with a checkpoint of the last completed step */
+        }
         if (active && now >= next_hb) {
             keeper_heartbeat(k);
             next_hb = now + hb_every;
+        } else if (active && now >= next_flags) {
+            keeper_flags(k);
+            next_flags = now + flags_every;
         } else if (!active) {
             next_hb = 0; /* the next job's first heartbeat comes at once */
         }

@@ -27,8 +27,9 @@ typedef struct wk_opts {
 } wk_opts;
 
 /* Runs until SIGTERM/SIGINT (installed here): the job in progress stops
- * after its current step, writes a checkpoint and goes back to the queue
- * for another worker. Returns a process exit status. */
+ * between two micro-batches without writing anything (the step in progress
+ * is dropped) and goes back to the queue for another worker, which resumes
+ * it from its last checkpoint. Returns a process exit status. */
 int wk_main(const wk_opts *o);
 
 #endif

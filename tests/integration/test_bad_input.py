@@ -2,17 +2,21 @@
 mistake is a 4xx with the error envelope and error.param naming the field,
 and nothing is stored (PostgreSQL row counts and the upload directory are
 unchanged). Bad JSONL is stored with status "error" naming the line."""
+import glob
 import http.client
 import json
 import os
+import random
+import subprocess
 import sys
+import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import StackTest, start_stack, hp, TRAIN_ROWS, TINY_ID  # noqa: E402
 
-MAX_JSON, MAX_UPLOAD = 16384, 65536
+MAX_JSON, MAX_UPLOAD, MAX_LINE = 16384, 65536, 4096
 S = None
 GOOD = {}
 
@@ -20,7 +24,8 @@ GOOD = {}
 def _setup():
     global S
     S = start_stack(env={"DELTATUNE_MAX_JSON_BYTES": str(MAX_JSON),
-                         "DELTATUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD)})
+                         "DELTATUNE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
+                         "DELTATUNE_MAX_LINE_BYTES": str(MAX_LINE)})
     StackTest.s = S
     t = StackTest()
     GOOD["file"] = t.upload_ok()["id"]
@@ -246,6 +251,23 @@ class BadInput(StackTest):
             self.assertEqual(st, 413, b)
             self.assertIn("error", b)
 
+    def test_line_over_the_cap_is_400_naming_line_and_limit(self):
+        """A line longer than DELTATUNE_MAX_LINE_BYTES (4096 here; its "\\n" not
+        counted) is a 400 naming the line and the limit, and nothing is stored;
+        a line of exactly the limit is accepted. About 2 s."""
+        ok = json.dumps({"text": "fine"}) + "\n"
+        at_cap = '{"text": "' + "x" * (MAX_LINE - 12) + '"}'
+        self.assertEqual(len(at_cap), MAX_LINE)
+        for long_line in (at_cap[:-2] + 'xx"}', at_cap[:-2] + "x" * 50000 + '"}'):
+            st, _, b = self.s.upload(ok + ok + long_line + "\n" + ok)
+            self.assertEqual(st, 400, b)
+            self.assertEqual(b["error"]["param"], "file", b)
+            self.assertIn("line 3 ", b["error"]["message"], b)
+            self.assertIn(f"limit of {MAX_LINE} bytes", b["error"]["message"], b)
+        st, _, f = self.s.upload(ok + at_cap + "\n" + ok)
+        self.assertEqual((st, f.get("status")), (200, "processed"), f)
+        self.call("DELETE", f"/v1/files/{f['id']}")
+
     # ---- queries and ids ------------------------------------------------------
     def test_bad_queries(self):
         j = GOOD["job"]
@@ -309,6 +331,93 @@ class BadJsonl(StackTest):
                 self.assertEqual(st, 200, f)
                 self.assertEqual(f["status"], "error", f)
                 self.assertTrue(f["status_details"], f)
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def peak_rss_kib(cmd):
+    """Runs cmd; returns (exit status, stderr, its peak RSS in KiB)."""
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    p.stderr.close()
+    return p.returncode, err.decode(errors="replace"), ru.ru_maxrss
+
+
+class CostlyInput(unittest.TestCase):
+    """Input whose cost grows with one line's length: its own stack, with the
+    default line cap (1 MiB) and an upload cap big enough for a 64 MiB line."""
+    s = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = start_stack(env={"DELTATUNE_MAX_UPLOAD_BYTES": "96M"})
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.s:
+            cls.s.stop()
+
+    def test_long_line_refused_while_streaming_server_memory_bounded(self):
+        """A 64 MiB line is refused as it streams in (400 naming line 2 and the
+        1 MiB cap) and the server's peak memory (VmHWM) grows by less than
+        16 MiB: the line is neither stored nor held. (Before: stored, then
+        validated with the whole line and its JSON in memory, ~3 bytes per
+        byte.) About 2 s."""
+        s = self.s
+        pid = s.pid("server")
+        line = b'{"text": "' + b"ab " * ((64 << 20) // 3) + b'"}'
+        body = b'{"text": "short"}\n' + line + b"\n" + b'{"text": "short"}\n'
+        before = vm_hwm_kib(pid)
+        files_before = s.psql("SELECT count(*) FROM files")
+        st, _, b = s.upload(body)
+        grown = vm_hwm_kib(pid) - before
+        self.assertLess(grown, 16 << 10, f"server VmHWM grew by {grown} KiB for a "
+                        f"{len(line) >> 20} MiB line (status {st})")
+        self.assertEqual(st, 400, b)
+        self.assertEqual(b["error"]["param"], "file", b)
+        self.assertIn("line 2 ", b["error"]["message"])
+        self.assertIn(f"limit of {1 << 20} bytes", b["error"]["message"])
+        self.assertEqual(s.psql("SELECT count(*) FROM files"), files_before)
+        files = os.path.join(s.run, "artifacts", "files")
+        deadline = time.time() + 10
+        while glob.glob(os.path.join(files, ".upload-*")) and time.time() < deadline:
+            time.sleep(0.1)  # removed as the connection completes
+        self.assertEqual(glob.glob(os.path.join(files, ".upload-*")), [])
+        print(f"\nfigures: 64 MiB line upload: server VmHWM +{grown} KiB", file=sys.stderr)
+
+    def test_train_tokenizes_a_long_line_only_up_to_seq_len(self):
+        """`deltatune train` loading a file whose first row is one 4 MB word
+        (no spaces: one BPE piece) peaks at less than 8 MB more than on a file
+        of short rows: the text is tokenized only as far as seq_len + 1 tokens
+        need. (Before: the whole word was BPE-encoded, ~14 bytes per byte and
+        8 s.) The run stops right after loading --data (--valid is missing),
+        so the figure is the loader's. About 2 s."""
+        tmp = tempfile.mkdtemp(prefix="costly-", dir=self.s.run)
+        rng = random.Random(3)
+        word = bytes(97 + b % 26 for b in rng.randbytes(4_000_000)).decode()
+        short = "".join(json.dumps({"text": f"hello world {i}"}) + "\n" for i in range(8))
+        peaks = {}
+        for name, content in (("short", short), ("long", json.dumps({"text": word}) + "\n" + short)):
+            path = os.path.join(tmp, name + ".jsonl")
+            with open(path, "w") as f:
+                f.write(content)
+            rc, err, peaks[name] = peak_rss_kib([
+                os.path.join(self.s.build, "deltatune"), "train", "--model", self.s.model_path,
+                "--data", path, "--valid", os.path.join(tmp, "missing.jsonl"),
+                "--out", os.path.join(tmp, "out"), "--seq-len", "32", "--threads", "1"])
+            self.assertNotEqual(rc, 0)
+            self.assertIn("missing.jsonl", err)  # --data loaded, --valid not there
+        grown = peaks["long"] - peaks["short"]
+        self.assertLess(grown, 8000, f"peak RSS grew by {grown} KiB for a 4 MB line")
+        print(f"\nfigures: train on a 4 MB line: peak RSS +{grown} KiB", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -176,6 +176,52 @@ static void test_tar_long_names_split_or_fail(void **s)
     assert_int_equal(tar_header(b, "", 1, 0, 0644), -1);
 }
 
+/* tar_head: one ustar block when it fits; otherwise a pax 'x' member whose
+ * records carry the whole path and the size, then the ustar header. */
+static void test_tar_head_pax(void **s)
+{
+    (void)s;
+    unsigned char b[TAR_HEAD_MAX];
+    assert_int_equal(tar_head(b, "dir/config.json", 10, 0, 0644), TAR_BLOCK);
+    assert_string_equal((char *)b, "dir/config.json");
+
+    char name[700];
+    memset(name, 'd', 300); /* a directory beyond the 155-byte prefix */
+    snprintf(name + 300, sizeof name - 300, "/model.safetensors");
+    int n = tar_head(b, name, 5, 0, 0644);
+    assert_int_equal(n, 3 * TAR_BLOCK); /* x header, one block of records, ustar */
+    assert_int_equal(b[156], 'x');
+    assert_int_equal((unsigned)strtoul((char *)b + 148, NULL, 8), checksum(b));
+    assert_int_equal(strtoll((char *)b + 124, NULL, 8), 328); /* "328 path=<318 bytes>\n" */
+    assert_memory_equal(b + TAR_BLOCK, "328 path=", 9);
+    assert_memory_equal(b + TAR_BLOCK + 9, name, strlen(name));
+    assert_int_equal(b[TAR_BLOCK + 327], '\n');
+    unsigned char *h = b + 2 * TAR_BLOCK;
+    assert_int_equal(h[156], '0');
+    assert_string_equal((char *)h, "model.safetensors");
+    assert_string_equal((char *)h + 124, "00000000005");
+    assert_int_equal((unsigned)strtoul((char *)h + 148, NULL, 8), checksum(h));
+
+    int64_t big = (8LL << 30) + 1; /* over the 11 octal digits */
+    n = tar_head(b, "d/big.bin", big, 0, 0644);
+    assert_int_equal(n, 3 * TAR_BLOCK);
+    assert_memory_equal(b + TAR_BLOCK, "19 size=8589934593\n", 19);
+    h = b + 2 * TAR_BLOCK;
+    assert_string_equal((char *)h, "d/big.bin");
+    assert_int_equal(h[124], 0x80); /* base-256 size too */
+    int64_t v = 0;
+    for (int i = 125; i < 136; i++) v = v << 8 | h[i];
+    assert_int_equal(v, big);
+    assert_int_equal((unsigned)strtoul((char *)h + 148, NULL, 8), checksum(h));
+
+    assert_int_equal(tar_head(b, "", 1, 0, 0644), -1);
+    assert_int_equal(tar_head(b, "a", -1, 0, 0644), -1);
+    char huge[4000];
+    memset(huge, 'h', sizeof huge - 1);
+    huge[sizeof huge - 1] = 0;
+    assert_int_equal(tar_head(b, huge, 1, 0, 0644), -1); /* beyond TAR_HEAD_MAX */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +233,7 @@ int main(void)
         cmocka_unit_test(test_limit_parsing),
         cmocka_unit_test(test_tar_header_fields_and_checksum),
         cmocka_unit_test(test_tar_long_names_split_or_fail),
+        cmocka_unit_test(test_tar_head_pax),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

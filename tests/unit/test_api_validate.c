@@ -204,6 +204,27 @@ static void test_top_level_fields(void **s)
     json_decref(arr);
 }
 
+static void test_max_runtime_seconds(void **s)
+{
+    (void)s;
+    db_job j;
+    api_error e;
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\"}", &j, &e), 0);
+    assert_int_equal(j.max_runtime_seconds, 0); /* the server fills in its default */
+    db_job_clear(&j);
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\","
+                         "\"max_runtime_seconds\":60}", &j, &e), 0);
+    assert_int_equal(j.max_runtime_seconds, 60);
+    db_job_clear(&j);
+    const char *bad[] = {"0", "-1", "1.5", "\"60\"", "2147483648", "true"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char text[160];
+        snprintf(text, sizeof text, "{\"model\":\"m\",\"training_file\":\"f\","
+                 "\"max_runtime_seconds\":%s}", bad[i]);
+        expect_400(text, "max_runtime_seconds");
+    }
+}
+
 static void test_metadata_limits(void **s)
 {
     (void)s;
@@ -248,6 +269,7 @@ int main(void)
         cmocka_unit_test(test_target_modules_are_normalized),
         cmocka_unit_test(test_top_level_fields),
         cmocka_unit_test(test_metadata_limits),
+        cmocka_unit_test(test_max_runtime_seconds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,9 +54,19 @@ int32_t dt_tokenizer_token_id(const dt_tokenizer *tok, const char *token)
     return -1;
 }
 
+/* The longest text the loader asked the fake to encode (truncation). */
+static size_t g_max_encoded;
+
+size_t dt_tokenizer_max_token_bytes(const dt_tokenizer *tok)
+{
+    return 13; /* "<|endoftext|>" */
+}
+
 int dt_tokenizer_encode(const dt_tokenizer *tok, const char *text, size_t len,
                         int allow_special, int32_t **ids, int *n, char *err)
 {
+    if (len > g_max_encoded)
+        g_max_encoded = len;
     static const char *const specials[] = {"<|im_start|>", "<|im_end|>",
                                            "<|endoftext|>"};
     int32_t *out = malloc((len + 1) * sizeof *out);
@@ -543,6 +553,107 @@ static void test_long_line_is_read_whole(void **state)
     dt_dataset_free(&ds);
 }
 
+/* A long text, completion, prompt or chat content is tokenized only as far
+ * as the row's seq_len + 1 tokens need ((needed + 1) x 13 bytes with the
+ * fake's longest token), and the row is what the whole text would give. */
+static void test_long_strings_tokenized_only_up_to_seq_len(void **state)
+{
+    size_t n = 3000000;
+    char *big = malloc(n + 1), *data = malloc(4 * n + 512);
+    assert_non_null(big);
+    assert_non_null(data);
+    for (size_t i = 0; i < n; i++)
+        big[i] = (char)('a' + i % 26);
+    big[n] = 0;
+    size_t k = (size_t)sprintf(data, "{\"text\": \"%s\"}\n", big);
+    k += (size_t)sprintf(data + k, "{\"prompt\": \"%s\", \"completion\": \"c\"}\n", big);
+    k += (size_t)sprintf(data + k, "{\"prompt\": \"p\", \"completion\": \"%s\"}\n", big);
+    k += (size_t)sprintf(data + k, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}, "
+                         "{\"role\": \"assistant\", \"content\": \"%s\"}]}\n", big);
+    dt_dataset ds;
+    g_max_encoded = 0;
+    const char *path = write_data(state, data, k);
+    char err[DT_ERR_LEN] = "", *report = NULL;
+    /* row 2's prompt fills the row: nothing left to learn, a line error */
+    assert_int_equal(dt_dataset_load(path, &g_tok, 64, &ds, &report, err), DT_EINVAL);
+    assert_contains(report, ":2: no tokens to learn from after truncation to --seq-len 64");
+    assert_int_equal(count_lines(report), 1);
+    free(report);
+    assert_true(g_max_encoded <= 66 * 13);
+
+    /* the other rows: the first 65 tokens of the whole strings */
+    k = (size_t)sprintf(data, "{\"text\": \"%s\"}\n", big);
+    k += (size_t)sprintf(data + k, "{\"prompt\": \"p\", \"completion\": \"%s\"}\n", big);
+    k += (size_t)sprintf(data + k, "{\"messages\": [{\"role\": \"user\", \"content\": \"u\"}, "
+                         "{\"role\": \"assistant\", \"content\": \"%s\"}]}\n", big);
+    g_max_encoded = 0;
+    load_ok(write_data(state, data, k), 64, &ds);
+    assert_true(g_max_encoded <= 66 * 13);
+    assert_int_equal(ds.nrows, 3);
+    expect e = {0};
+    char head[80];
+    memcpy(head, big, 65);
+    head[65] = 0;
+    ex_text(&e, head, 1);
+    assert_row_matches(&ds.rows[0], &e);
+    memset(&e, 0, sizeof e);
+    ex_text(&e, "p", 0);
+    head[64] = 0;
+    ex_text(&e, head, 1);
+    assert_row_matches(&ds.rows[1], &e);
+    memset(&e, 0, sizeof e);
+    ex_tok(&e, T_IM_START, 0);
+    ex_text(&e, "user\nu", 0);
+    ex_tok(&e, T_IM_END, 0);
+    ex_text(&e, "\n", 0);
+    ex_tok(&e, T_IM_START, 0);
+    ex_text(&e, "assistant\n", 0);
+    head[65 - e.n] = 0;
+    ex_text(&e, head, 1);
+    assert_row_matches(&ds.rows[2], &e);
+    dt_dataset_free(&ds);
+    free(big);
+    free(data);
+}
+
+/* Validation with a line cap: a longer line is named with its number, its
+ * length and the limit, the lines around it are still checked, and the line
+ * cap does not count the "\n". */
+static void test_validate_line_cap_names_line_and_limit(void **state)
+{
+    size_t n = 5000;
+    char *data = malloc(n + 256);
+    assert_non_null(data);
+    size_t k = (size_t)sprintf(data, "{\"text\": \"ok\"}\n{\"text\": \"");
+    memset(data + k, 'x', n);
+    k += n;
+    k += (size_t)sprintf(data + k, "\"}\nnot json\n{\"text\": \"1234\"}\n");
+    const char *path = write_data(state, data, k);
+    free(data);
+    char err[DT_ERR_LEN], *report = NULL, want[200];
+    long nlines = 0;
+    assert_int_equal(dt_dataset_validate_lines(path, 10, 1024, &report, &nlines, err),
+                     DT_EINVAL);
+    assert_int_equal(nlines, 4);
+    assert_int_equal(count_lines(report), 2);
+    snprintf(want, sizeof want, "%s:2: line is %zu bytes, longer than the limit of 1024 bytes "
+             "per line", path, n + 12);
+    assert_contains(report, want);
+    assert_contains(err, want);
+    assert_contains(report, ":3: invalid JSON");
+    free(report);
+    /* exactly at the cap: accepted ("{\"text\": \"1234\"}" is 16 bytes) */
+    path = write_str(state, "{\"text\": \"1234\"}\r\n{\"text\": \"1234\"}");
+    assert_int_equal(dt_dataset_validate_lines(path, 10, 17, &report, &nlines, err), DT_OK);
+    assert_int_equal(dt_dataset_validate_lines(path, 10, 16, &report, &nlines, err),
+                     DT_EINVAL);
+    assert_contains(report, ":1: line is 17 bytes");
+    assert_int_equal(count_lines(report), 1);
+    free(report);
+    /* the default cap */
+    assert_int_equal(dt_dataset_validate(path, 10, &report, &nlines, err), DT_OK);
+}
+
 static void test_empty_file_is_error(void **state)
 {
     char err[DT_ERR_LEN], want[256];
@@ -661,6 +772,8 @@ int main(void)
         T(test_line_problem_kinds_are_reported),
         T(test_crlf_bom_blank_lines_and_final_line_accepted),
         T(test_long_line_is_read_whole),
+        T(test_long_strings_tokenized_only_up_to_seq_len),
+        T(test_validate_line_cap_names_line_and_limit),
         T(test_empty_file_is_error),
         T(test_out_of_range_id_is_error),
         T(test_missing_file_is_io_error),

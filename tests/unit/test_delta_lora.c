@@ -265,8 +265,8 @@ static void test_w_telescopes_and_merged_is_rank_2r(void **s)
     const float alpha = 8.0f, lambda = 2.0f, sc = alpha / RANK;
     train("tele", DT_DELTA_LORA, alpha, lambda, 3, 0.0f, 1e-8f, 3, NULL);
     dt_tensorset K, T;
-    load("tele/checkpoints/step-00000003/state.safetensors", &K);
-    load("tele/checkpoints/step-00000012/state.safetensors", &T);
+    load("tele/checkpoints/step-00000003/weights.safetensors", &K);
+    load("tele/checkpoints/step-00000012/weights.safetensors", &T);
     dt_weights w0, wm;
     load_model("model", &w0);
     load_model("tele/merged", &wm);

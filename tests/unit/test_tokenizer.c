@@ -16,6 +16,7 @@
 #include <jansson.h>
 
 #include "base/dt.h"
+#include "gpu/dataset.h"
 #include "gpu/tensorfile.h"
 #include "gpu/tokenizer.h"
 #include "gpu/tokenizer_impl.h"
@@ -419,6 +420,62 @@ static void test_long_words_and_throughput(void **s)
     assert_true(t1 - t0 < 20.0);
     free(ids);
     free(buf);
+    dt_tokenizer_free(tok);
+}
+
+/* The dataset loader tokenizes a long string only as far as the row's
+ * seq_len + 1 tokens need (gpu/dataset.c, b_room): with GPT-2's BPE the
+ * row is the first seq_len + 1 tokens of the whole string's encoding, for a
+ * text and for a completion after a prompt. */
+static void test_dataset_truncation_keeps_the_whole_strings_tokens(void **s)
+{
+    need_gpt2();
+    char err[DT_ERR_LEN], path[] = "/tmp/test_tokenizer_trunc.XXXXXX";
+    dt_tokenizer *tok = dt_tokenizer_load_dir(GPT2_DIR, err);
+    assert_non_null(tok);
+    static const char para[] = "The quick brown fox jumps over the lazy dog. "
+        "It wasn't 1999 (or 2004): researchers measured 3.14 jumps/s!\n"
+        "Caf\xc3\xa9 na\xc3\xafve \xe4\xb8\xad\xe6\x96\x87   and    spaces\t";
+    size_t m = strlen(para), n = 3000 * m;
+    char *text = malloc(n + 1);
+    assert_non_null(text);
+    for (size_t i = 0; i < n; i += m)
+        memcpy(text + i, para, m);
+    text[n] = 0;
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    FILE *f = fdopen(fd, "w");
+    json_t *row = json_pack("{s:s}", "text", text);
+    json_dumpf(row, f, JSON_COMPACT);
+    json_decref(row);
+    fputc('\n', f);
+    row = json_pack("{s:s, s:s}", "prompt", "Say it:", "completion", text + 7);
+    json_dumpf(row, f, JSON_COMPACT);
+    json_decref(row);
+    fputc('\n', f);
+    fclose(f);
+    int32_t *all, *prompt, *comp;
+    int nall, nprompt, ncomp;
+    assert_int_equal(dt_tokenizer_encode(tok, text, n, 1, &all, &nall, err), 0);
+    assert_int_equal(dt_tokenizer_encode(tok, "Say it:", 7, 1, &prompt, &nprompt, err), 0);
+    assert_int_equal(dt_tokenizer_encode(tok, text + 7, n - 7, 1, &comp, &ncomp, err), 0);
+    for (int seq_len = 4; seq_len <= 4096; seq_len = seq_len * 3 + 1) {
+        dt_dataset ds;
+        char *report = NULL;
+        assert_int_equal(dt_dataset_load(path, tok, seq_len, &ds, &report, err), 0);
+        assert_int_equal(ds.nrows, 2);
+        assert_int_equal(ds.rows[0].n, seq_len + 1);
+        assert_memory_equal(ds.rows[0].ids, all, (size_t)(seq_len + 1) * sizeof(int32_t));
+        assert_int_equal(ds.rows[1].n, seq_len + 1);
+        for (int i = 0; i <= seq_len; i++)
+            assert_int_equal(ds.rows[1].ids[i], i < nprompt ? prompt[i] : comp[i - nprompt]);
+        dt_dataset_free(&ds);
+    }
+    unlink(path);
+    free(all);
+    free(prompt);
+    free(comp);
+    free(text);
     dt_tokenizer_free(tok);
 }
 
@@ -948,6 +1005,7 @@ int main(void)
         cmocka_unit_test(test_malformed_files_are_rejected_naming_the_file),
         cmocka_unit_test(test_arbitrary_bytes_round_trip),
         cmocka_unit_test(test_long_words_and_throughput),
+        cmocka_unit_test(test_dataset_truncation_keeps_the_whole_strings_tokens),
         cmocka_unit_test(test_llama3_1_tokenizer_matches_hf),
         cmocka_unit_test(test_qwen3_tokenizer_matches_hf),
         cmocka_unit_test(test_llama2_tokenizer_matches_hf),

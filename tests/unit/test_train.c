@@ -2,7 +2,8 @@
  * fixture model, with the GPT-2 tokenizer that scripts/install-deps fetches):
  * interrupted + resumed == uninterrupted (byte-identical merged model),
  * gradient accumulation, Delta-LoRA's W update rule, LoRA's frozen W, LR
- * schedules, and bad data rejected before any step. */
+ * schedules, and bad data rejected before any step; 64-bit step counts, a
+ * stop between micro-batches, and checkpoint retention. */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -366,6 +367,131 @@ static void test_lr_schedules_follow_hugging_face(void **s)
     assert_float_equal(dt_lr_at(DT_SCHED_CONSTANT, 3e-4f, 0, 10, 9), 3e-4f, 1e-9);
 }
 
+/* 24 rows x 300 M epochs / batch 3 = 2.4 G steps: more than an int holds.
+ * Before the 64-bit fix the total wrapped negative and the run "succeeded"
+ * at once with 0 steps (the base model exported). */
+static int64_t g_seen_total;
+static int abort_at_1(void *ud, const dt_progress *p)
+{
+    (void)ud;
+    g_seen_total = p->total_steps;
+    return DT_PROGRESS_ABORT;
+}
+
+static void test_total_steps_past_int_max_do_not_wrap(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/huge", g_dir);
+    opts(&o, out, model, data);
+    o.steps = 0;
+    o.epochs = 300000000;
+    o.on_progress = abort_at_1;
+    g_seen_total = -1;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL); /* ran step 1, then aborted */
+    assert_true(g_seen_total == 2400000000LL);
+    /* the schedule over such a run */
+    assert_float_equal(dt_lr_at(DT_SCHED_LINEAR, 1.0f, 0, 3000000000LL, 1500000000LL), 0.5f,
+                       1e-6);
+    assert_float_equal(dt_lr_at(DT_SCHED_COSINE, 1.0f, 0, 3000000000LL, 1500000000LL), 0.5f,
+                       1e-6);
+}
+
+/* A stop between two micro-batches drops the partial accumulation: STOP
+ * leaves a checkpoint of the last completed step (resuming from it gives
+ * the uninterrupted result byte for byte), ABORT writes nothing. */
+static int g_stop_step, g_stop_micro, g_stop_value, g_micro_calls;
+static int stop_in_step(void *ud, int64_t step, int micro)
+{
+    (void)ud;
+    g_micro_calls++;
+    return step == g_stop_step && micro == g_stop_micro ? g_stop_value : 0;
+}
+
+static void test_stop_between_micro_batches_drops_the_step(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out1[300], out2[300], out3[300], model[300], data[300], p[500];
+    dt_train_opts o;
+    snprintf(out1, sizeof out1, "%s/accum1", g_dir);
+    snprintf(out2, sizeof out2, "%s/accum2", g_dir);
+    snprintf(out3, sizeof out3, "%s/accum3", g_dir);
+    opts(&o, out1, model, data);
+    o.accum = 4;
+    o.batch = 2;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+
+    /* pause-like: stop in micro-batch 2 of step 4 (0-based 3) */
+    opts(&o, out2, model, data);
+    o.accum = 4;
+    o.batch = 2;
+    o.on_micro = stop_in_step;
+    g_stop_step = 3, g_stop_micro = 2, g_stop_value = DT_PROGRESS_STOP, g_micro_calls = 0;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL);
+    assert_int_equal(g_micro_calls, 3 * 3 + 2); /* 3 per complete step, then 2 */
+    char dir[4096];
+    assert_int_equal(dt_ckpt_latest(out2, dir, sizeof dir), 3);
+    snprintf(p, sizeof p, "%s/checkpoints/step-00000004", out2);
+    assert_int_not_equal(access(p, F_OK), 0);
+    o.on_micro = NULL;
+    o.resume = 1;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    size_t n1, n2;
+    snprintf(p, sizeof p, "%s/merged/model.safetensors", out1);
+    char *a = slurp(p, &n1);
+    snprintf(p, sizeof p, "%s/merged/model.safetensors", out2);
+    char *b = slurp(p, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(a, b, n1);
+    free(a);
+    free(b);
+
+    /* SIGTERM-like: abort in step 4 with checkpoints every 2 steps: the
+     * newest checkpoint stays step 2, nothing else is written */
+    opts(&o, out3, model, data);
+    o.accum = 4;
+    o.batch = 2;
+    o.ckpt_interval = 2;
+    o.on_micro = stop_in_step;
+    g_stop_step = 3, g_stop_micro = 1, g_stop_value = DT_PROGRESS_ABORT;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL);
+    assert_int_equal(dt_ckpt_latest(out3, dir, sizeof dir), 2);
+    snprintf(p, sizeof p, "%s/checkpoints/step-00000003", out3);
+    assert_int_not_equal(access(p, F_OK), 0);
+}
+
+/* Retention: the newest ckpt_keep checkpoints keep their optimizer state,
+ * every one keeps its weights; dt_ckpt_prune(0) (a job that ended) leaves
+ * no resumable state. */
+static void test_checkpoint_retention_keeps_the_last_n_states(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300], p[500];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/keep", g_dir);
+    opts(&o, out, model, data);
+    o.method = DT_FULL;
+    o.ckpt_interval = 1;
+    o.ckpt_keep = 2;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    for (int st = 1; st <= 6; st++) {
+        snprintf(p, sizeof p, "%s/checkpoints/step-%08d/weights.safetensors", out, st);
+        assert_int_equal(access(p, F_OK), 0);
+        snprintf(p, sizeof p, "%s/checkpoints/step-%08d/optimizer.safetensors", out, st);
+        assert_int_equal(access(p, F_OK) == 0, st >= 5);
+    }
+    char dir[4096];
+    assert_int_equal(dt_ckpt_latest(out, dir, sizeof dir), 6);
+    assert_int_equal(dt_ckpt_prune(out, 0, err), 2);
+    assert_int_equal(dt_ckpt_latest(out, dir, sizeof dir), 0);
+    snprintf(p, sizeof p, "%s/checkpoints/step-00000006/weights.safetensors", out);
+    assert_int_equal(access(p, F_OK), 0);
+}
+
 static void test_target_names_map_per_architecture(void **s)
 {
     (void)s;
@@ -391,6 +517,9 @@ int main(void)
         cmocka_unit_test(test_lora_never_moves_w),
         cmocka_unit_test(test_lr_schedules_follow_hugging_face),
         cmocka_unit_test(test_target_names_map_per_architecture),
+        cmocka_unit_test(test_total_steps_past_int_max_do_not_wrap),
+        cmocka_unit_test(test_stop_between_micro_batches_drops_the_step),
+        cmocka_unit_test(test_checkpoint_retention_keeps_the_last_n_states),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

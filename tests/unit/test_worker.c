@@ -124,9 +124,9 @@ static void test_job_opts_max_steps_and_empty_scheduler(void **s)
     assert_int_equal(wk_job_opts(&j, 1000, &o, err), 0);
     assert_int_equal(o.steps, 30);
     assert_int_equal(o.sched, DT_SCHED_LINEAR);
-    /* 30 steps: a checkpoint every 6, and validation with each. */
-    assert_int_equal(o.ckpt_interval, 6);
-    assert_int_equal(o.eval_interval, 6);
+    /* 30 steps: a checkpoint every 10, and validation with each. */
+    assert_int_equal(o.ckpt_interval, 10);
+    assert_int_equal(o.eval_interval, 10);
 }
 
 static void test_job_opts_rejects_unknown_method_and_scheduler(void **s)
@@ -164,10 +164,13 @@ static void test_total_steps_rounds_up_and_max_steps_wins(void **s)
 static void test_default_checkpoint_interval_is_bounded(void **s)
 {
     (void)s;
-    assert_int_equal(wk_default_ckpt_interval(0), 1);
-    assert_int_equal(wk_default_ckpt_interval(3), 1);
-    assert_int_equal(wk_default_ckpt_interval(45), 9);
-    assert_int_equal(wk_default_ckpt_interval(100000), 500);
+    /* at most about 10 per job; a tiny job checkpoints at its end only */
+    assert_int_equal(wk_default_ckpt_interval(0), 10);
+    assert_int_equal(wk_default_ckpt_interval(3), 10);
+    assert_int_equal(wk_default_ckpt_interval(45), 10);
+    assert_int_equal(wk_default_ckpt_interval(101), 11);
+    assert_int_equal(wk_default_ckpt_interval(100000), 10000);
+    assert_int_equal(wk_default_ckpt_interval(2150000000L), 215000000);
 }
 
 static wk_run run_for(const db_job *j)
