@@ -858,6 +858,21 @@ size_t dt_tokenizer_max_token_bytes(const dt_tokenizer *t)
     for (int32_t i = 0; i < t->n; i++)
         if (t->str[i] && t->len[i] > m)
             m = t->len[i];
+    /* normalizers that shrink the text: NFC composes at most 3 input bytes
+     * into 1 (Hangul L V T: 9 bytes -> 3), a Replace of na bytes by nb */
+    for (int k = 0; k < t->nnorm; k++) {
+        const tok_norm *z = &t->norm[k];
+        if (z->type == TN_NFC)
+            m *= 3;
+        else if (z->type == TN_REPLACE && z->nb < z->na)
+            m = z->nb ? m * ((z->na + z->nb - 1) / z->nb) : DT_TOK_NO_BOUND;
+        if (m >= DT_TOK_NO_BOUND)
+            return DT_TOK_NO_BOUND;
+    }
+    /* an lstrip/rstrip added token swallows any run of whitespace */
+    for (int32_t i = 0; t->aflag && i < t->n; i++)
+        if (t->aflag[i] & (TOK_LSTRIP | TOK_RSTRIP))
+            return DT_TOK_NO_BOUND;
     return m;
 }
 int32_t dt_tokenizer_bos(const dt_tokenizer *t) { return t->bos; }

@@ -46,9 +46,13 @@ char *dt_tokenizer_decode(const dt_tokenizer *tok, const int32_t *ids, int n);
 
 int dt_tokenizer_vocab_size(const dt_tokenizer *tok);
 /* Bytes of the longest token string (added tokens included; byte-level
- * strings counted as stored, at least the raw bytes they stand for): every
- * token of an encoding covers at most this many input bytes, so the first k
- * tokens of a text come from its first k * max bytes (dataset truncation). */
+ * strings counted as stored, at least the raw bytes they stand for), times
+ * what the normalizers can shrink text by (NFC: 3): every token of an
+ * encoding covers at most this many input bytes, so the first k tokens of a
+ * text come from its first k * max bytes (dataset truncation).
+ * DT_TOK_NO_BOUND when there is no such bound (lstrip/rstrip added tokens,
+ * a Replace by nothing); (2^31) * DT_TOK_NO_BOUND still fits a size_t. */
+#define DT_TOK_NO_BOUND ((size_t)UINT32_MAX)
 size_t dt_tokenizer_max_token_bytes(const dt_tokenizer *tok);
 /* Id of a token string (e.g. "<|im_start|>"), or -1. */
 int32_t dt_tokenizer_token_id(const dt_tokenizer *tok, const char *token);

@@ -634,6 +634,8 @@ static void test_tokenizer_json_variants_match_hf(void **s)  /* about 8 s */
         if (!tok)
             fail_msg("%s: %s", names[v], err);
         check_fixture(tok, fixture, names[v]);
+        if (!strcmp(names[v], "llama3_1_gpt2_regex"))  /* lstrip/rstrip */
+            assert_int_equal(dt_tokenizer_max_token_bytes(tok), DT_TOK_NO_BOUND);
         /* and as dt_tokenizer_write_json writes it (the pipeline kept) */
         if (dt_tokenizer_write_json(tok, path, err) != DT_OK)
             fail_msg("%s", err);
@@ -760,8 +762,9 @@ static void test_qwen3_tokenizer_matches_hf(void **s) { check_family("qwen3"); }
 static void test_llama2_tokenizer_matches_hf(void **s) { check_family("llama2"); }
 static void test_gemma3_tokenizer_matches_hf(void **s) { check_family("gemma3"); }
 
-/* BOS/EOS as the post-processors and tokenizer_config.json say. Instant
- * (the tokenizers are loaded). */
+/* BOS/EOS as the post-processors and tokenizer_config.json say, and the
+ * bytes a token can cover (NFC composes up to 3 bytes into 1). Instant (the
+ * tokenizers are loaded). */
 static void test_families_bos_eos_and_template(void **s)
 {
     static const struct { const char *fam; int32_t bos, eos; int adds; } f[] = {
@@ -778,6 +781,12 @@ static void test_families_bos_eos_and_template(void **s)
         assert_int_equal(dt_tokenizer_adds_eos(tok), 0);
         if (strcmp(f[i].fam, "llama2"))
             assert_non_null(dt_tokenizer_chat_template(tok));
+        size_t longest = 1;  /* and the bound dataset truncation uses */
+        for (int32_t id = 0; id < tok->n; id++)
+            if (tok->str[id] && tok->len[id] > longest)
+                longest = tok->len[id];
+        assert_int_equal(dt_tokenizer_max_token_bytes(tok),
+                         strcmp(f[i].fam, "qwen3") ? longest : 3 * longest);
     }
 }
 
