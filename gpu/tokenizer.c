@@ -1,89 +1,31 @@
-/* tokenizer.c: byte-level BPE with ids identical to Hugging Face `tokenizers`.
+/* tokenizer.c: BPE with ids identical to Hugging Face `tokenizers`.
  *
  * One encode: split the text on added tokens (leftmost-longest; special ones
- * only when allowed), optionally split out \p{N} (the Digits pre-tokenizer of
- * SmolLM2), split with the GPT-2 regex (hand-written over UTF-8 code points),
- * then run BPE on each word's bytes. BPE works on ids: the initial symbols
- * are the ids of GPT-2's byte->unicode characters and each merge (a, b) ->
- * (rank, id) sits in an open-addressing hash table. Merges are applied lowest
- * rank first, leftmost first, through a binary heap exactly as HF's
- * Word::merge_all does, so a hostile 1 MB "word" costs O(n log n).
- * Sources (tokenizer.json, merges files, GGUF) live in tokenizer_io.c. */
+ * only when allowed; lstrip/rstrip eat the whitespace beside them), run the
+ * normalizers (NFC, Prepend, Replace) on each piece between them, then the
+ * pre-tokenizers (Split with a known regex or a string, Digits, Metaspace,
+ * ByteLevel), then BPE on each word. Byte-level BPE starts from the ids of
+ * GPT-2's byte->unicode characters; SentencePiece-style BPE starts from the
+ * word's characters, with byte_fallback's <0xNN> tokens (or unk) for those
+ * not in the vocabulary. Each merge (a, b) -> (rank, id) sits in an
+ * open-addressing hash table. Merges are applied lowest rank first, leftmost
+ * first, through a binary heap exactly as HF's Word::merge_all does, so a
+ * hostile 1 MB "word" costs O(n log n). Decoding runs the decoders
+ * (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace); bytes that are
+ * not valid UTF-8 come back as they were (HF would write U+FFFD).
+ * Sources (tokenizer.json, merges files, GGUF) live in tokenizer_io.c and
+ * tokenizer_hf.c; UTF-8, NFC and the split regexes in tokenizer_text.c. */
 #include "tokenizer.h"
 #include "tokenizer_impl.h"
 #include "base/dt.h"
-#include "unicode_tables.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-enum { UC_O = 0, UC_L = 1, UC_N = 2, UC_S = 3 };  /* other/letter/number/space */
-
-/* ---- UTF-8 and character classes --------------------------------------- */
-
-static int utf8_put(uint32_t cp, char *o)
-{
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) {
-        o[0] = (char)(0xC0 | cp >> 6); o[1] = (char)(0x80 | (cp & 63));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | cp >> 12); o[1] = (char)(0x80 | (cp >> 6 & 63));
-        o[2] = (char)(0x80 | (cp & 63));
-        return 3;
-    }
-    o[0] = (char)(0xF0 | cp >> 18); o[1] = (char)(0x80 | (cp >> 12 & 63));
-    o[2] = (char)(0x80 | (cp >> 6 & 63)); o[3] = (char)(0x80 | (cp & 63));
-    return 4;
-}
-
-/* Decodes one code point; an invalid sequence is one byte of 0xFFFFFFFF. */
-static uint32_t utf8_next(const uint8_t *p, size_t n, size_t *adv)
-{
-    uint32_t c = p[0];
-    size_t k = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3
-             : (c >> 3) == 30 ? 4 : 0;
-    *adv = 1;
-    if (k == 1)
-        return c;
-    if (k == 0 || k > n)
-        return 0xFFFFFFFFu;
-    c &= 0x3Fu >> (k - 1);
-    for (size_t i = 1; i < k; i++) {
-        if ((p[i] & 0xC0) != 0x80)
-            return 0xFFFFFFFFu;
-        c = c << 6 | (p[i] & 63u);
-    }
-    if ((k == 2 && c < 0x80) || (k == 3 && c < 0x800) || (k == 4 && c < 0x10000)
-        || c > 0x10FFFF)
-        return 0xFFFFFFFFu;
-    *adv = k;
-    return c;
-}
-
-/* \s as Oniguruma and Rust's regex define it (White_Space), \p{L}, \p{N}. */
-static int uc_class(uint32_t c)
-{
-    if (c < 0x80) {
-        if ((c | 32) - 'a' < 26) return UC_L;
-        if (c - '0' < 10) return UC_N;
-        return (c == ' ' || (c >= 9 && c <= 13)) ? UC_S : UC_O;
-    }
-    if (c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A)
-        || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F
-        || c == 0x3000)
-        return UC_S;
-    int lo = 0, hi = DT_UC_NRANGES - 1;
-    while (lo <= hi) {
-        int mid = (lo + hi) / 2;
-        if (c < dt_uc_ranges[mid].lo) hi = mid - 1;
-        else if (c > dt_uc_ranges[mid].hi) lo = mid + 1;
-        else return dt_uc_ranges[mid].cls;
-    }
-    return UC_O;
-}
+#define utf8_put dt_tok__utf8_put
+#define utf8_next dt_tok__utf8_next
+#define uc_class dt_tok__uc_class
 
 static int uc_at(const uint8_t *p, size_t n, size_t *adv)
 {
@@ -217,6 +159,7 @@ dt_tokenizer *dt_tok__new(int64_t n, int64_t nmerges)
     t->merges = dt_calloc((size_t)nmerges, sizeof *t->merges);
     t->use_regex = 1;
     t->unk = t->bos = t->eos = -1;
+    memset(t->fb_id, 0xFF, sizeof t->fb_id);
     if (!t->str || !t->len || !t->kind || !t->mkey || !t->mval || !t->merges) {
         dt_tokenizer_free(t);
         return NULL;
@@ -238,8 +181,15 @@ void dt_tokenizer_free(dt_tokenizer *t)
     for (int32_t i = 0; t->str && i < t->n; i++)
         free(t->str[i]);
     free(t->str); free(t->len); free(t->kind); free(t->vslot);
-    free(t->mkey); free(t->mval); free(t->merges); free(t->added);
-    free(t->chat_template);
+    free(t->mkey); free(t->mval); free(t->merges);
+    for (int k = 0; k < 2; k++) {
+        tok_aidx *x = k ? &t->anorm : &t->araw;
+        for (int32_t i = 0; x->owned && x->txt && i < x->nids; i++)
+            free(x->txt[i]);
+        free(x->ids); free(x->txt); free(x->tlen);
+    }
+    free(t->chat_template); free(t->aflag); free(t->hf_json);
+    dt_tok__free_steps(t);
     free(t);
 }
 
@@ -256,35 +206,88 @@ int dt_tok__set(dt_tokenizer *t, int64_t id, const char *s, size_t n)
     return DT_OK;
 }
 
+static int normalize_text(const dt_tokenizer *t, char **s, size_t *m,
+                          int *own);
+
+/* Index of the added tokens with (norm) or without TOK_NORMALIZED. */
+static int aidx_build(dt_tokenizer *t, tok_aidx *x, int norm)
+{
+    int32_t fill[257] = { 0 }, n = 0;
+    x->owned = norm;
+    for (int32_t i = 0; i < t->n; i++)
+        n += t->kind[i] != TOK_NORMAL && t->str[i] && t->len[i] > 0
+             && (t->aflag && (t->aflag[i] & TOK_NORMALIZED)) == norm;
+    x->ids = dt_calloc((size_t)n, sizeof *x->ids);
+    x->txt = dt_calloc((size_t)n, sizeof *x->txt);
+    x->tlen = dt_calloc((size_t)n, sizeof *x->tlen);
+    char **txt = dt_calloc((size_t)n, sizeof *txt);
+    uint32_t *tlen = dt_calloc((size_t)n, sizeof *tlen);
+    int32_t *ids = dt_calloc((size_t)n, sizeof *ids), k = 0;
+    int rc = x->ids && x->txt && x->tlen && txt && tlen && ids ? DT_OK : DT_ENOMEM;
+    for (int32_t i = 0; i < t->n && rc == DT_OK; i++) {
+        if (t->kind[i] == TOK_NORMAL || !t->str[i] || t->len[i] == 0
+            || (t->aflag && (t->aflag[i] & TOK_NORMALIZED)) != norm)
+            continue;
+        char *s = t->str[i];
+        size_t m = t->len[i];
+        int own = 0;
+        if (norm && (rc = normalize_text(t, &s, &m, &own)) == DT_OK && !own) {
+            char *c = malloc(m + 1);
+            if (c)
+                memcpy(c, s, m);
+            s = c;
+        }
+        if (rc == DT_OK && !s)
+            rc = DT_ENOMEM;
+        if (rc != DT_OK)
+            break;
+        txt[k] = s;
+        tlen[k] = (uint32_t)m;
+        ids[k++] = i;
+        if (m > 0)
+            fill[(uint8_t)s[0] + 1]++;
+    }
+    x->nids = 0;
+    for (int b = 0; b < 256; b++)
+        fill[b + 1] += fill[b];
+    memcpy(x->at, fill, sizeof fill);
+    for (int32_t r = 0; r < k && rc == DT_OK; r++) {
+        if (tlen[r] == 0) {  /* normalized to nothing: never matched */
+            if (norm) free(txt[r]);
+            continue;
+        }
+        int b = (uint8_t)txt[r][0];
+        int32_t j = fill[b]++;  /* insertion sort, longest first */
+        for (; j > x->at[b] && x->tlen[j - 1] < tlen[r]; j--) {
+            x->ids[j] = x->ids[j - 1];
+            x->txt[j] = x->txt[j - 1];
+            x->tlen[j] = x->tlen[j - 1];
+        }
+        x->ids[j] = ids[r];
+        x->txt[j] = txt[r];
+        x->tlen[j] = tlen[r];
+        x->nids++;
+    }
+    if (rc != DT_OK && norm)
+        for (int32_t r = 0; r < k; r++)
+            free(txt[r]);
+    free(txt); free(tlen); free(ids);
+    return rc;
+}
+
 /* After vocabulary and merges: byte ids and the added-token index. */
 int dt_tok__finish(dt_tokenizer *t)
 {
     for (int b = 0; b < 256; b++) {
-        char u[4];
+        char u[8];
         t->byte_id[b] = dt_tok__find(t, u, (size_t)utf8_put(t->byte_cp[b], u));
         if (t->byte_id[b] < 0)
             t->byte_id[b] = t->unk;  /* HF drops the character when no unk */
+        snprintf(u, sizeof u, "<0x%02X>", b);
+        t->fb_id[b] = dt_tok__find(t, u, 6);
     }
-    int32_t fill[257] = { 0 };
-    for (int32_t i = 0; i < t->n; i++)
-        if (t->kind[i] != TOK_NORMAL && t->str[i] && t->len[i] > 0)
-            fill[(uint8_t)t->str[i][0] + 1]++;
-    for (int b = 0; b < 256; b++)
-        fill[b + 1] += fill[b];
-    memcpy(t->added_at, fill, sizeof fill);
-    t->nadded = fill[256];
-    if (!(t->added = dt_calloc((size_t)t->nadded, sizeof *t->added)))
-        return DT_ENOMEM;
-    for (int32_t i = 0; i < t->n; i++) {
-        if (t->kind[i] == TOK_NORMAL || !t->str[i] || t->len[i] == 0)
-            continue;
-        int b = (uint8_t)t->str[i][0];
-        int32_t j = fill[b]++;  /* insertion sort, longest first */
-        for (; j > t->added_at[b] && t->len[t->added[j - 1]] < t->len[i]; j--)
-            t->added[j] = t->added[j - 1];
-        t->added[j] = i;
-    }
-    return DT_OK;
+    int rc = aidx_build(t, &t->araw, 0);
+    return rc == DT_OK ? aidx_build(t, &t->anorm, 1) : rc;
 }
 
 /* ---- encoding ------------------------------------------------------------ */
@@ -295,7 +298,9 @@ typedef struct { int32_t rank, pos, id; } bpe_ent;
 typedef struct {
     int32_t *out;  size_t nout, capout;
     bpe_sym *sym;  bpe_ent *heap;  size_t capw;  /* capw symbols, 3 capw heap */
-    char *buf;     size_t capbuf;                /* prefix space, whole word */
+    char *buf;     size_t capbuf;                /* a word's byte characters */
+    char *pbuf;    size_t cappbuf;               /* a piece with prefix space */
+    int allow_special;                           /* DT_TOK_SPECIAL */
 } enc_state;
 
 static int emit(enc_state *st, int32_t id)
@@ -312,16 +317,16 @@ static int emit(enc_state *st, int32_t id)
     return DT_OK;
 }
 
-static char *scratch(enc_state *st, size_t n)
+static char *grow(char **buf, size_t *cap, size_t n)
 {
-    if (n > st->capbuf) {
-        char *b = realloc(st->buf, n);
+    if (n > *cap) {
+        char *b = realloc(*buf, n);
         if (!b)
             return NULL;
-        st->buf = b;
-        st->capbuf = n;
+        *buf = b;
+        *cap = n;
     }
-    return st->buf;
+    return *buf;
 }
 
 static int ent_less(const bpe_ent *a, const bpe_ent *b)
@@ -359,24 +364,11 @@ static void push_pair(const dt_tokenizer *t, enc_state *st, size_t *nh,
         heap_push(st->heap, nh, (bpe_ent){ m->rank, pos, m->id });
 }
 
-static int bpe_word(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
-                    size_t n)
+/* Room for n symbols. */
+static int sym_room(enc_state *st, size_t n)
 {
-    if (n == 1)
-        return t->byte_id[w[0]] >= 0 ? emit(st, t->byte_id[w[0]]) : DT_OK;
     if (n > INT32_MAX / 4)
         return DT_EINVAL;
-    if (t->ignore_merges) {  /* a whole word in the vocabulary wins */
-        char *s = scratch(st, 2 * n);  /* byte characters take <= 2 bytes */
-        size_t k = 0;
-        if (!s)
-            return DT_ENOMEM;
-        for (size_t i = 0; i < n; i++)
-            k += (size_t)utf8_put(t->byte_cp[w[i]], s + k);
-        int32_t id = dt_tok__find(t, s, k);
-        if (id >= 0)
-            return emit(st, id);
-    }
     if (n > st->capw) {
         size_t c = n < 256 ? 256 : n;
         bpe_sym *s = realloc(st->sym, c * sizeof *s);
@@ -387,12 +379,18 @@ static int bpe_word(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
             return DT_ENOMEM;
         st->capw = c;
     }
-    int32_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        if (t->byte_id[w[i]] >= 0) {
-            st->sym[m] = (bpe_sym){ t->byte_id[w[i]], m - 1, m + 1 };
-            m++;
-        }
+    return DT_OK;
+}
+
+static void sym_add(enc_state *st, int32_t *m, int32_t id)
+{
+    st->sym[*m] = (bpe_sym){ id, *m - 1, *m + 1 };
+    (*m)++;
+}
+
+/* Merges the m symbols in st->sym and emits the result. */
+static int bpe_run(const dt_tokenizer *t, enc_state *st, int32_t m)
+{
     if (m == 0)
         return DT_OK;
     st->sym[m - 1].next = -1;
@@ -424,99 +422,339 @@ static int bpe_word(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
     return DT_OK;
 }
 
-/* GPT-2 regex: 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+
- * |\s+(?!\S)|\s+ . Returns the end of the match starting at i (< n). */
-static size_t regex_match(const uint8_t *p, size_t n, size_t i)
+/* Byte-level BPE on one word's bytes. */
+static int bpe_bytes(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
+                     size_t n)
 {
-    size_t adv, j;
-    uint32_t c = utf8_next(p + i, n - i, &adv);
-    if (c == '\'' && i + 1 < n) {
-        uint8_t x = p[i + 1], y = i + 2 < n ? p[i + 2] : 0;
-        if (x == 's' || x == 't' || x == 'm' || x == 'd')
-            return i + 2;
-        if ((x == 'r' && y == 'e') || (x == 'v' && y == 'e')
-            || (x == 'l' && y == 'l'))
-            return i + 3;
+    if (n == 1)
+        return t->byte_id[w[0]] >= 0 ? emit(st, t->byte_id[w[0]]) : DT_OK;
+    if (t->ignore_merges) {  /* a whole word in the vocabulary wins */
+        char *s = grow(&st->buf, &st->capbuf, 2 * n);  /* <= 2 bytes each */
+        size_t k = 0;
+        if (!s)
+            return DT_ENOMEM;
+        for (size_t i = 0; i < n; i++)
+            k += (size_t)utf8_put(t->byte_cp[w[i]], s + k);
+        int32_t id = dt_tok__find(t, s, k);
+        if (id >= 0)
+            return emit(st, id);
     }
-    int k = uc_class(c);
-    size_t q = (c == ' ' && i + 1 < n) ? i + 1 : i;  /* optional space */
-    if (q > i)
-        k = uc_at(p + q, n - q, &adv);
-    if (k != UC_S) {
-        for (j = q; j < n && uc_at(p + j, n - j, &adv) == k; j += adv) {}
-        return j;
-    }
-    size_t last = i;
-    for (j = i; j < n && uc_at(p + j, n - j, &adv) == UC_S; j += adv)
-        last = j;
-    return (j < n && last > i) ? last : j;  /* keep one space for the next */
+    int rc = sym_room(st, n);
+    if (rc != DT_OK)
+        return rc;
+    int32_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (t->byte_id[w[i]] >= 0)
+            sym_add(st, &m, t->byte_id[w[i]]);
+    return bpe_run(t, st, m);
 }
 
-/* ByteLevel pre-tokenizer and BPE on one piece. */
-static int encode_piece(const dt_tokenizer *t, enc_state *st, const uint8_t *p,
-                        size_t n)
+/* SentencePiece-style BPE on one word's characters: a character not in the
+ * vocabulary becomes its <0xNN> tokens (byte_fallback), else unk (runs of
+ * them fused with fuse_unk), else nothing, as HF's BPE::merge_word. */
+static int bpe_chars(const dt_tokenizer *t, enc_state *st, const uint8_t *w,
+                     size_t n)
+{
+    if (t->ignore_merges) {
+        int32_t id = dt_tok__find(t, (const char *)w, n);
+        if (id >= 0)
+            return emit(st, id);
+    }
+    int rc = sym_room(st, n);
+    if (rc != DT_OK)
+        return rc;
+    int32_t m = 0;
+    int unk = 0;
+    size_t adv;
+    for (size_t i = 0; i < n; i += adv) {
+        utf8_next(w + i, n - i, &adv);
+        int32_t id = dt_tok__find(t, (const char *)w + i, adv);
+        if (id >= 0) {
+            if (unk)
+                sym_add(st, &m, t->unk);
+            unk = 0;
+            sym_add(st, &m, id);
+            continue;
+        }
+        int fb = t->byte_fallback;
+        for (size_t k = 0; fb && k < adv; k++)
+            fb = t->fb_id[w[i + k]] >= 0;
+        if (fb) {
+            for (size_t k = 0; k < adv; k++)
+                sym_add(st, &m, t->fb_id[w[i + k]]);
+        } else if (t->unk >= 0) {
+            if (unk && !t->fuse_unk)
+                sym_add(st, &m, t->unk);
+            unk = 1;
+        }
+    }
+    if (unk)
+        sym_add(st, &m, t->unk);
+    return bpe_run(t, st, m);
+}
+
+static int model_word(const dt_tokenizer *t, enc_state *st, const uint8_t *p,
+                      size_t n)
 {
     if (n == 0)
         return DT_OK;
-    if (t->add_prefix_space && p[0] != ' ') {
-        char *b = scratch(st, n + 1);
+    return t->byte_level ? bpe_bytes(t, st, p, n) : bpe_chars(t, st, p, n);
+}
+
+static int pre_run(const dt_tokenizer *t, enc_state *st, int k,
+                   const uint8_t *p, size_t n, int at0);
+
+/* ByteLevel pre-tokenizer (the last step): prefix space, GPT-2 regex. */
+static int pre_bytelevel(const dt_tokenizer *t, enc_state *st,
+                         const tok_pre *s, const uint8_t *p, size_t n)
+{
+    if (s->flag && p[0] != ' ') {
+        char *b = grow(&st->pbuf, &st->cappbuf, n + 1);
         if (!b)
             return DT_ENOMEM;
         b[0] = ' ';
-        memcpy(b + 1, p, n);
+        memmove(b + 1, p, n);
         p = (const uint8_t *)b;
         n++;
     }
-    if (!t->use_regex)
-        return bpe_word(t, st, p, n);
+    if (!s->kind)
+        return model_word(t, st, p, n);
     int rc = DT_OK;
     for (size_t i = 0, j; i < n && rc == DT_OK; i = j) {
-        j = regex_match(p, n, i);
-        rc = bpe_word(t, st, p + i, j - i);
+        j = dt_tok__split_match(TS_GPT2, p, n, i);
+        rc = model_word(t, st, p + i, j - i);
     }
     return rc;
 }
 
-/* Digits pre-tokenizer (when set), then encode_piece. */
-static int encode_segment(const dt_tokenizer *t, enc_state *st,
-                          const uint8_t *p, size_t n)
+/* Digits: runs of \p{N} (or each one) become pieces of their own. */
+static int pre_digits(const dt_tokenizer *t, enc_state *st, int k,
+                      const uint8_t *p, size_t n, int at0)
 {
-    if (!t->digits)
-        return encode_piece(t, st, p, n);
     size_t start = 0, adv, a2;
     int rc = DT_OK;
     for (size_t i = 0; i < n && rc == DT_OK; i += adv) {
         if (uc_at(p + i, n - i, &adv) != UC_N)
             continue;
-        if (t->digits == 1)  /* a whole run of numbers is one piece */
+        if (!t->pre[k].flag)  /* a whole run of numbers is one piece */
             while (i + adv < n && uc_at(p + i + adv, n - i - adv, &a2) == UC_N)
                 adv += a2;
-        rc = encode_piece(t, st, p + start, i - start);
+        rc = pre_run(t, st, k + 1, p + start, i - start, at0 && start == 0);
         if (rc == DT_OK)
-            rc = encode_piece(t, st, p + i, adv);
+            rc = pre_run(t, st, k + 1, p + i, adv, at0 && i == 0);
         start = i + adv;
     }
-    return rc == DT_OK ? encode_piece(t, st, p + start, n - start) : rc;
+    return rc == DT_OK ? pre_run(t, st, k + 1, p + start, n - start,
+                                 at0 && start == 0) : rc;
 }
 
-int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
-                        int allow_special, int32_t **ids, int *n, char *err)
+/* Split on a string with HF's SplitDelimiterBehavior. */
+static int pre_string(const dt_tokenizer *t, enc_state *st, int k,
+                      const uint8_t *p, size_t n, int at0, const char *pat,
+                      size_t m, int behavior)
 {
-    *ids = NULL;
-    *n = 0;
-    if (!t || (!text && len > 0))
-        return dt_errf(err, DT_EINVAL, "tokenizer: no tokenizer or text");
-    enc_state st = { 0 };
-    const uint8_t *p = (const uint8_t *)text;
-    size_t seg = 0, i = 0;
+    size_t cap = 16, ns = 0, i = 0;
+    struct seg { size_t a, b; int match; } *sg = malloc(cap * sizeof *sg);
+    int rc = sg ? DT_OK : DT_ENOMEM;
+    while (rc == DT_OK && i <= n) {
+        const uint8_t *q = dt_tok__find_bytes(p + i, n - i, pat, m);
+        size_t at = q ? (size_t)(q - p) : n;
+        if (ns + 2 > cap) {
+            struct seg *g = realloc(sg, (cap *= 2) * sizeof *sg);
+            if (!g) { rc = DT_ENOMEM; break; }
+            sg = g;
+        }
+        if (at > i)
+            sg[ns++] = (struct seg){ i, at, 0 };
+        if (!q)
+            break;
+        sg[ns++] = (struct seg){ at, at + m, 1 };
+        i = at + m;
+    }
+    /* fold the segments as HF's split does */
+    size_t w = 0;
+    int prev = 0;
+    if (behavior == TB_NEXT) {  /* a match joins the piece after it */
+        for (size_t r = ns; r-- > 0;) {
+            int joined = sg[r].match && !prev && w > 0;
+            if (joined)
+                sg[ns - w].a = sg[r].a;  /* built from the end */
+            else
+                sg[ns - ++w] = sg[r];
+            prev = sg[r].match;
+        }
+        memmove(sg, sg + ns - w, w * sizeof *sg);
+    } else {
+        for (size_t r = 0; r < ns; r++) {
+            int join = behavior == TB_PREV ? sg[r].match && !prev && w > 0
+                     : behavior == TB_CONTIG ? sg[r].match == prev && w > 0 : 0;
+            prev = sg[r].match;
+            if (behavior == TB_REMOVED && sg[r].match)
+                continue;
+            if (join)
+                sg[w - 1].b = sg[r].b;
+            else
+                sg[w++] = sg[r];
+        }
+    }
+    for (size_t r = 0; r < w && rc == DT_OK; r++)
+        rc = pre_run(t, st, k + 1, p + sg[r].a, sg[r].b - sg[r].a,
+                     at0 && sg[r].a == 0);
+    free(sg);
+    return rc;
+}
+
+/* Metaspace: spaces -> replacement, the prefix, and the split before each
+ * replacement (MergedWithNext). */
+static int pre_metaspace(const dt_tokenizer *t, enc_state *st, int k,
+                         const uint8_t *p, size_t n, int at0)
+{
+    const tok_pre *s = &t->pre[k];
+    size_t spaces = 0, w = 0;
+    for (size_t i = 0; i < n; i++)
+        spaces += p[i] == ' ';
+    char *b = malloc(n + (spaces + 1) * s->na + 1);
+    if (!b)
+        return DT_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == ' ') {
+            memcpy(b + w, s->a, s->na);
+            w += s->na;
+        } else {
+            b[w++] = (char)p[i];
+        }
+    int starts = w >= s->na && !memcmp(b, s->a, s->na);
+    if (!starts && (s->kind == 0 || (s->kind == 1 && at0))) {
+        memmove(b + s->na, b, w);
+        memcpy(b, s->a, s->na);
+        w += s->na;
+    }
+    int rc = s->flag ? pre_string(t, st, k, (const uint8_t *)b, w, at0, s->a,
+                                  s->na, TB_NEXT)
+                     : pre_run(t, st, k + 1, (const uint8_t *)b, w, at0);
+    free(b);
+    return rc;
+}
+
+/* Pre-tokenizer step k on a piece; past the last step, the model. */
+static int pre_run(const dt_tokenizer *t, enc_state *st, int k,
+                   const uint8_t *p, size_t n, int at0)
+{
+    if (n == 0)
+        return DT_OK;
+    if (k == t->npre)
+        return model_word(t, st, p, n);
+    const tok_pre *s = &t->pre[k];
     int rc = DT_OK;
+    switch (s->type) {
+    case TP_REGEX:
+        for (size_t i = 0, j; i < n && rc == DT_OK; i = j) {
+            j = dt_tok__split_match(s->kind, p, n, i);
+            rc = pre_run(t, st, k + 1, p + i, j - i, at0 && i == 0);
+        }
+        return rc;
+    case TP_STRING:
+        return pre_string(t, st, k, p, n, at0, s->a, s->na, s->behavior);
+    case TP_DIGITS:
+        return pre_digits(t, st, k, p, n, at0);
+    case TP_METASPACE:
+        return pre_metaspace(t, st, k, p, n, at0);
+    default:
+        return pre_bytelevel(t, st, s, p, n);
+    }
+}
+
+/* The normalizers on *s (*m bytes, owned when *own): may replace *s. */
+static int normalize_text(const dt_tokenizer *t, char **sp, size_t *mp,
+                          int *own)
+{
+    char *s = *sp;
+    size_t m = *mp;
+    int rc = DT_OK;
+    for (int k = 0; k < t->nnorm && rc == DT_OK && m > 0; k++) {
+        const tok_norm *z = &t->norm[k];
+        if (z->type == TN_NFC) {
+            char *o;
+            size_t on;
+            int r = dt_tok__nfc((const uint8_t *)s, m, &o, &on);
+            if (r < 0) {
+                rc = r;
+            } else if (r == 1) {
+                if (*own)
+                    free(s);
+                s = o, m = on, *own = 1;
+            }
+        } else if (z->type == TN_PREPEND) {
+            char *o = malloc(m + z->na + 1);
+            if (!o) {
+                rc = DT_ENOMEM;
+                break;
+            }
+            memcpy(o, z->a, z->na);
+            memcpy(o + z->na, s, m);
+            if (*own)
+                free(s);
+            s = o, m += z->na, *own = 1;
+        } else {
+            rc = dt_tok__replace_all(&s, &m, own, z->a, z->na, z->b, z->nb);
+        }
+    }
+    *sp = s;
+    *mp = m;
+    return rc;
+}
+
+static int split_added(const dt_tokenizer *t, enc_state *st,
+                       const tok_aidx *x, const uint8_t *p, size_t len,
+                       int at0);
+
+/* Text between added tokens: the normalizers, the normalized=true added
+ * tokens, then the pre-tokenizers. */
+static int encode_segment(const dt_tokenizer *t, enc_state *st,
+                          const uint8_t *p, size_t n, int at0)
+{
+    char *s = (char *)p;
+    size_t m = n;
+    int own = 0, rc = normalize_text(t, &s, &m, &own);
+    if (rc == DT_OK)
+        rc = t->anorm.nids ? split_added(t, st, &t->anorm, (const uint8_t *)s,
+                                         m, at0)
+                           : pre_run(t, st, 0, (const uint8_t *)s, m, at0);
+    if (own)
+        free(s);
+    return rc;
+}
+
+/* Length of the whitespace character ending at p[e] (from p[s0]), or 0. */
+static size_t space_before(const uint8_t *p, size_t s0, size_t e)
+{
+    for (size_t k = 1; k <= 3 && k <= e - s0; k++) {
+        size_t adv;
+        uint32_t c = utf8_next(p + e - k, k, &adv);
+        if (adv == k && c != TOK_BADCP)
+            return uc_class(c) == UC_S ? k : 0;
+    }
+    return 0;
+}
+
+/* Splits p on the added tokens of x (leftmost, then longest; special ones
+ * only when allowed); the text between goes on: raw text to the normalizers
+ * (encode_segment), normalized text to the pre-tokenizers. */
+static int split_added(const dt_tokenizer *t, enc_state *st,
+                       const tok_aidx *x, const uint8_t *p, size_t len,
+                       int at0)
+{
+    size_t seg = 0, i = 0, adv;
+    int rc = DT_OK, raw = x == &t->araw;
     while (i < len && rc == DT_OK) {
         int32_t best = -1;
-        for (int32_t k = t->added_at[p[i]]; k < t->added_at[p[i] + 1]; k++) {
-            int32_t id = t->added[k];
-            if ((t->kind[id] != TOK_SPECIAL || allow_special)
-                && t->len[id] <= len - i && !memcmp(t->str[id], p + i, t->len[id])) {
+        uint32_t blen = 0;
+        for (int32_t k = x->at[p[i]]; k < x->at[p[i] + 1]; k++) {
+            int32_t id = x->ids[k];
+            if ((t->kind[id] != TOK_SPECIAL || st->allow_special)
+                && x->tlen[k] <= len - i && !memcmp(x->txt[k], p + i, x->tlen[k])) {
                 best = id;
+                blen = x->tlen[k];
                 break;
             }
         }
@@ -524,18 +762,47 @@ int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
             i++;
             continue;
         }
-        rc = encode_segment(t, &st, p + seg, i - seg);
+        size_t s = i, e = i + blen, sp;
+        if (t->aflag && (t->aflag[best] & TOK_LSTRIP))
+            while ((sp = space_before(p, seg, s)) > 0)
+                s -= sp;
+        if (t->aflag && (t->aflag[best] & TOK_RSTRIP))
+            while (e < len && uc_at(p + e, len - e, &adv) == UC_S)
+                e += adv;
+        rc = raw ? encode_segment(t, st, p + seg, s - seg, at0 && seg == 0)
+                 : pre_run(t, st, 0, p + seg, s - seg, at0 && seg == 0);
         if (rc == DT_OK)
-            rc = emit(&st, best);
-        seg = i += t->len[best];
+            rc = emit(st, best);
+        seg = i = e;
     }
     if (rc == DT_OK)
-        rc = encode_segment(t, &st, p + seg, len - seg);
+        rc = raw ? encode_segment(t, st, p + seg, len - seg, at0 && seg == 0)
+                 : pre_run(t, st, 0, p + seg, len - seg, at0 && seg == 0);
+    return rc;
+}
+
+int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
+                        int flags, int32_t **ids, int *n, char *err)
+{
+    *ids = NULL;
+    *n = 0;
+    if (!t || (!text && len > 0))
+        return dt_errf(err, DT_EINVAL, "tokenizer: no tokenizer or text");
+    enc_state st = { 0 };
+    const uint8_t *p = (const uint8_t *)text;
+    int rc = DT_OK;
+    st.allow_special = flags & DT_TOK_SPECIAL;
+    for (int k = 0; (flags & DT_TOK_ADD) && k < t->ntpl_pre && rc == DT_OK; k++)
+        rc = emit(&st, t->tpl_pre[k]);
+    if (rc == DT_OK)
+        rc = split_added(t, &st, &t->araw, p, len, 1);
+    for (int k = 0; (flags & DT_TOK_ADD) && k < t->ntpl_post && rc == DT_OK; k++)
+        rc = emit(&st, t->tpl_post[k]);
     if (rc == DT_OK && st.nout > INT32_MAX)
         rc = DT_EINVAL;
     if (rc == DT_OK && !st.out && !(st.out = malloc(sizeof *st.out)))
         rc = DT_ENOMEM;
-    free(st.sym); free(st.heap); free(st.buf);
+    free(st.sym); free(st.heap); free(st.buf); free(st.pbuf);
     if (rc != DT_OK) {
         free(st.out);
         return dt_errf(err, rc, "tokenizer: cannot encode %zu bytes: %s", len,
@@ -546,36 +813,41 @@ int dt_tokenizer_encode(const dt_tokenizer *t, const char *text, size_t len,
     return DT_OK;
 }
 
-char *dt_tokenizer_decode(const dt_tokenizer *t, const int32_t *ids, int n)
+int dt_tokenizer_adds_bos(const dt_tokenizer *t)
 {
-    size_t cap = 1, k = 0, adv;
-    for (int i = 0; i < n; i++)
-        if (ids[i] >= 0 && ids[i] < t->n && t->str[ids[i]])
-            cap += t->len[ids[i]];
-    char *o = malloc(cap);
-    for (int i = 0; o && i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= t->n || !t->str[ids[i]])
-            continue;
-        const uint8_t *s = (const uint8_t *)t->str[ids[i]];
-        size_t m = t->len[ids[i]];
-        if (t->kind[ids[i]] != TOK_NORMAL) {  /* added tokens: as they are */
-            memcpy(o + k, s, m);
-            k += m;
-            continue;
-        }
-        for (size_t j = 0; j < m; j += adv) {
-            uint32_t c = utf8_next(s + j, m - j, &adv);
-            if (c < TOK_NCP && t->cp_byte[c] >= 0)
-                o[k++] = (char)t->cp_byte[c];
-            else {  /* not a byte character: copied as it is */
-                memcpy(o + k, s + j, adv);
-                k += adv;
-            }
-        }
+    return t->ntpl_pre > 0 && t->tpl_pre[0] == t->bos;
+}
+
+int dt_tokenizer_adds_eos(const dt_tokenizer *t)
+{
+    return t->ntpl_post > 0 && t->tpl_post[t->ntpl_post - 1] == t->eos;
+}
+
+void dt_tok__gpt2_steps(dt_tokenizer *t, int digits, int add_prefix_space,
+                        int use_regex)
+{
+    t->npre = 0;
+    if (digits)
+        t->pre[t->npre++] = (tok_pre){ .type = TP_DIGITS, .flag = digits == 2 };
+    t->pre[t->npre++] = (tok_pre){ .type = TP_BYTELEVEL,
+                                   .flag = add_prefix_space, .kind = use_regex };
+    t->digits = digits;
+    t->add_prefix_space = add_prefix_space;
+    t->use_regex = use_regex;
+    t->byte_level = 1;
+}
+
+void dt_tok__free_steps(dt_tokenizer *t)
+{
+    for (int k = 0; k < t->nnorm; k++) {
+        free(t->norm[k].a); free(t->norm[k].b);
     }
-    if (o)
-        o[k] = 0;
-    return o;
+    for (int k = 0; k < t->npre; k++)
+        free(t->pre[k].a);
+    for (int k = 0; k < t->ndec; k++) {
+        free(t->dec[k].a); free(t->dec[k].b);
+    }
+    t->nnorm = t->npre = t->ndec = 0;
 }
 
 int dt_tokenizer_vocab_size(const dt_tokenizer *t) { return t->n; }
@@ -586,6 +858,21 @@ size_t dt_tokenizer_max_token_bytes(const dt_tokenizer *t)
     for (int32_t i = 0; i < t->n; i++)
         if (t->str[i] && t->len[i] > m)
             m = t->len[i];
+    /* normalizers that shrink the text: NFC composes at most 3 input bytes
+     * into 1 (Hangul L V T: 9 bytes -> 3), a Replace of na bytes by nb */
+    for (int k = 0; k < t->nnorm; k++) {
+        const tok_norm *z = &t->norm[k];
+        if (z->type == TN_NFC)
+            m *= 3;
+        else if (z->type == TN_REPLACE && z->nb < z->na)
+            m = z->nb ? m * ((z->na + z->nb - 1) / z->nb) : DT_TOK_NO_BOUND;
+        if (m >= DT_TOK_NO_BOUND)
+            return DT_TOK_NO_BOUND;
+    }
+    /* an lstrip/rstrip added token swallows any run of whitespace */
+    for (int32_t i = 0; t->aflag && i < t->n; i++)
+        if (t->aflag[i] & (TOK_LSTRIP | TOK_RSTRIP))
+            return DT_TOK_NO_BOUND;
     return m;
 }
 int32_t dt_tokenizer_bos(const dt_tokenizer *t) { return t->bos; }

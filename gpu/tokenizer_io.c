@@ -16,15 +16,18 @@
 
 /* ---- loading: tokenizer.json, vocab.json + merges.txt -------------------- */
 
-/* Reads and parses a JSON file: new reference, or NULL with *rc set. */
-static json_t *json_file(const char *path, int *rc, char *err)
+/* Reads and parses a JSON file: new reference, or NULL with *rc set.
+ * flags: jansson's (JSON_DECODE_INT_AS_REAL for configs, whose
+ * model_max_length can be 1e30 written as an integer). */
+static json_t *json_file_flags(const char *path, size_t flags, int *rc,
+                               char *err)
 {
     char *buf;
     size_t len;
     if ((*rc = dt_read_file(path, &buf, &len, err)) != DT_OK)
         return NULL;
     json_error_t je;
-    json_t *j = json_loadb(buf, len, 0, &je);
+    json_t *j = json_loadb(buf, len, flags, &je);
     free(buf);
     if (!j)
         *rc = dt_errf(err, DT_EFORMAT, "%s: malformed JSON at line %d: %s",
@@ -32,10 +35,24 @@ static json_t *json_file(const char *path, int *rc, char *err)
     return j;
 }
 
+static json_t *json_file(const char *path, int *rc, char *err)
+{
+    return json_file_flags(path, 0, rc, err);
+}
+
 static int id_of(json_t *v, int64_t *id)
 {
     *id = json_integer_value(v);
     return json_is_integer(v) && *id >= 0 && *id < TOK_MAX_ID ? 0 : -1;
+}
+
+/* An id in a config read with JSON_DECODE_INT_AS_REAL. */
+static int config_id(json_t *v, int64_t *id)
+{
+    double d = json_real_value(v);
+    *id = (int64_t)d;
+    return json_is_real(v) && d >= 0 && d < TOK_MAX_ID && (double)*id == d
+           ? 0 : id_of(v, id);
 }
 
 /* New tokenizer from a {"token": id} object plus HF added_tokens entries. */
@@ -125,31 +142,12 @@ static int is_type(json_t *o, const char *type)
     return s && !strcmp(s, type);
 }
 
-/* Accepts ByteLevel, or Sequence [Digits, ByteLevel]. */
-static int pre_tokenizer(dt_tokenizer *t, json_t *pre, const char *src,
-                         char *err)
-{
-    json_t *seq = json_object_get(pre, "pretokenizers");
-    if (is_type(pre, "Sequence") && json_array_size(seq) == 2
-        && is_type(json_array_get(seq, 0), "Digits")) {
-        t->digits = bool_opt(json_array_get(seq, 0), "individual_digits", 0) + 1;
-        pre = json_array_get(seq, 1);
-    }
-    if (!is_type(pre, "ByteLevel"))
-        return dt_errf(err, DT_ENOTSUP, "%s: unsupported pre_tokenizer (only "
-                       "ByteLevel, optionally after Digits)", src);
-    t->add_prefix_space = bool_opt(pre, "add_prefix_space", 0);
-    t->use_regex = bool_opt(pre, "use_regex", 1);
-    return DT_OK;
-}
-
 static dt_tokenizer *load_tokenizer_json(const char *path, char *err)
 {
     int rc;
     json_t *root = json_file(path, &rc, err);
     json_t *model = json_object_get(root, "model");
     json_t *merges = json_object_get(model, "merges");
-    json_t *norm = json_object_get(root, "normalizer");
     const char *unk = json_string_value(json_object_get(model, "unk_token"));
     dt_tokenizer *t = NULL;
     if (!root)
@@ -158,16 +156,13 @@ static dt_tokenizer *load_tokenizer_json(const char *path, char *err)
         && !is_type(model, "BPE")) || !json_is_array(merges))
         dt_errf(err, DT_EFORMAT, "%s: model is not a BPE model with merges",
                 path);
-    else if (norm && !json_is_null(norm))
-        dt_errf(err, DT_ENOTSUP, "%s: normalizers are not supported", path);
     else if ((t = from_vocab(json_object_get(model, "vocab"),
                              json_object_get(root, "added_tokens"),
                              json_array_size(merges), path, err))) {
         t->ignore_merges = bool_opt(model, "ignore_merges", 0);
         t->unk = unk ? dt_tok__find(t, unk, strlen(unk)) : -1;
         if (merges_json(t, merges, path, err) != DT_OK
-            || pre_tokenizer(t, json_object_get(root, "pre_tokenizer"), path,
-                             err) != DT_OK
+            || dt_tok__hf_pipeline(t, root, path, err) != DT_OK
             || (dt_tok__finish(t) != DT_OK
                 && dt_errf(err, DT_ENOMEM, "%s: out of memory", path))) {
             dt_tokenizer_free(t);
@@ -205,6 +200,7 @@ static dt_tokenizer *load_vocab_merges(const char *vpath, const char *mpath,
     int32_t eot = dt_tok__find(t, "<|endoftext|>", 13);
     if (eot >= 0)
         t->kind[eot] = TOK_SPECIAL;  /* GPT-2's one special token */
+    dt_tok__gpt2_steps(t, 0, 0, 1);
     if (rc != DT_OK || (dt_tok__finish(t) != DT_OK
                         && dt_errf(err, DT_ENOMEM, "%s: out of memory", vpath))) {
         dt_tokenizer_free(t);
@@ -244,15 +240,16 @@ static int dir_config(dt_tokenizer *t, const char *dir, char *err)
     int rc = DT_OK;
     for (int f = 0; f < 3 && rc == DT_OK; f++) {
         snprintf(path, sizeof path, "%s/%s", dir, files[f]);
-        json_t *j = exists(path) ? json_file(path, &rc, err) : NULL, *v;
+        json_t *j = exists(path) ? json_file_flags(path, JSON_DECODE_INT_AS_REAL,
+                                                   &rc, err) : NULL, *v;
         int64_t id;
         if (!j)
             continue;
         if (t->bos < 0) t->bos = token_ref(t, json_object_get(j, "bos_token"));
         if (t->eos < 0) t->eos = token_ref(t, json_object_get(j, "eos_token"));
-        if (t->bos < 0 && !id_of(json_object_get(j, "bos_token_id"), &id))
+        if (t->bos < 0 && !config_id(json_object_get(j, "bos_token_id"), &id))
             t->bos = id < t->n ? (int32_t)id : -1;
-        if (t->eos < 0 && !id_of(json_object_get(j, "eos_token_id"), &id))
+        if (t->eos < 0 && !config_id(json_object_get(j, "eos_token_id"), &id))
             t->eos = id < t->n ? (int32_t)id : -1;
         json_t *ct = json_object_get(j, "chat_template");
         size_t i;
@@ -332,6 +329,16 @@ static int digits_pre(const char *pre)
     return 0;
 }
 
+/* llama.cpp's names for the Llama 3 and Qwen 2 split regexes: TS_*, or -1. */
+static int split_pre(const char *pre)
+{
+    if (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3"))
+        return TS_LLAMA3;
+    if (!strcmp(pre, "qwen2"))
+        return TS_QWEN2;
+    return -1;
+}
+
 dt_tokenizer *dt_tokenizer_from_gguf(const dt_tensorset *ts, char *err)
 {
     const char *src = "GGUF tokenizer metadata";
@@ -343,8 +350,9 @@ dt_tokenizer *dt_tokenizer_from_gguf(const dt_tensorset *ts, char *err)
     const dt_meta *bos = meta(ts, "tokenizer.ggml.bos_token_id", DT_META_INT);
     const dt_meta *eos = meta(ts, "tokenizer.ggml.eos_token_id", DT_META_INT);
     const dt_meta *tpl = meta(ts, "tokenizer.chat_template", DT_META_STR);
+    const dt_meta *addb = meta(ts, "tokenizer.ggml.add_bos_token", DT_META_BOOL);
     const char *pname = pre && pre->s ? pre->s : "default";
-    int digits = digits_pre(pname) ? 2 : 0;
+    int digits = digits_pre(pname) ? 2 : 0, split = split_pre(pname);
     if (model && model->s && strcmp(model->s, "gpt2")) {
         dt_errf(err, DT_ENOTSUP, "%s: tokenizer model \"%.64s\" is not "
                 "byte-level BPE (gpt2)", src, model->s);
@@ -356,7 +364,8 @@ dt_tokenizer *dt_tokenizer_from_gguf(const dt_tensorset *ts, char *err)
                 "or invalid", src);
         return NULL;
     }
-    if (!digits && strcmp(pname, "gpt2") && strcmp(pname, "default")) {
+    if (!digits && split < 0 && strcmp(pname, "gpt2")
+        && strcmp(pname, "default")) {
         dt_errf(err, DT_ENOTSUP, "%s: pre-tokenizer \"%.64s\" is not supported",
                 src, pname);
         return NULL;
@@ -385,9 +394,21 @@ dt_tokenizer *dt_tokenizer_from_gguf(const dt_tensorset *ts, char *err)
         dt_tokenizer_free(t);
         return NULL;
     }
-    t->digits = digits;
+    if (split < 0) {
+        dt_tok__gpt2_steps(t, digits, 0, 1);
+    } else {  /* as the model's tokenizer.json: [NFC,] Split, ByteLevel */
+        dt_tok__gpt2_steps(t, 0, 0, 0);
+        memmove(&t->pre[1], &t->pre[0], sizeof t->pre[0]);
+        t->pre[0] = (tok_pre){ .type = TP_REGEX, .kind = split };
+        t->npre = 2;
+        if (split == TS_QWEN2)
+            t->norm[t->nnorm++] = (tok_norm){ .type = TN_NFC };
+        t->ignore_merges = split == TS_LLAMA3;  /* as Llama 3's file */
+    }
     t->bos = bos && bos->i >= 0 && bos->i < t->n ? (int32_t)bos->i : -1;
     t->eos = eos && eos->i >= 0 && eos->i < t->n ? (int32_t)eos->i : -1;
+    if (addb && addb->i && t->bos >= 0)
+        t->tpl_pre[t->ntpl_pre++] = t->bos;
     return t;
 }
 
@@ -400,15 +421,73 @@ static json_t *byte_level(int prefix, int trim, int regex)
                      "use_regex", regex);
 }
 
+/* The pre-tokenizer of a tokenizer without a tokenizer.json of its own
+ * (GGUF, vocab.json + merges.txt): [Split,] [Digits,] ByteLevel. */
+static json_t *pre_steps_json(const dt_tokenizer *t)
+{
+    json_t *seq = json_array();
+    for (int k = 0; seq && k < t->npre; k++) {
+        const tok_pre *s = &t->pre[k];
+        json_t *o = s->type == TP_BYTELEVEL ? byte_level(s->flag, 1, s->kind)
+            : s->type == TP_DIGITS ? json_pack("{s:s, s:b}", "type", "Digits",
+                                               "individual_digits", s->flag)
+            : s->type == TP_REGEX ? json_pack("{s:s, s:{s:s}, s:s, s:b}",
+                "type", "Split", "pattern", "Regex",
+                dt_tok__split_pattern(s->kind), "behavior", "Isolated",
+                "invert", 0)
+            : NULL;
+        if (json_array_append_new(seq, o)) {
+            json_decref(seq);
+            return NULL;
+        }
+    }
+    if (json_array_size(seq) == 1) {
+        json_t *one = json_incref(json_array_get(seq, 0));
+        json_decref(seq);
+        return one;
+    }
+    return seq ? json_pack("{s:s, s:o}", "type", "Sequence", "pretokenizers",
+                           seq) : NULL;
+}
+
+/* NFC or null, and BOS by a TemplateProcessing (GGUF add_bos_token). */
+static json_t *norm_steps_json(const dt_tokenizer *t)
+{
+    return t->nnorm == 1 && t->norm[0].type == TN_NFC
+        ? json_pack("{s:s}", "type", "NFC") : json_null();
+}
+
+static json_t *post_json(const dt_tokenizer *t)
+{
+    if (t->ntpl_pre != 1 || t->ntpl_post != 0)
+        return byte_level(1, 0, 1);
+    const char *b = t->str[t->tpl_pre[0]];
+    return json_pack("{s:s, s:[o, {s:{s:s, s:i}}], s:[o, {s:{s:s, s:i}}, o, "
+                     "{s:{s:s, s:i}}], s:{s:{s:s, s:[i], s:[s]}}}",
+                     "type", "TemplateProcessing", "single",
+                     json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", b,
+                               "type_id", 0),
+                     "Sequence", "id", "A", "type_id", 0, "pair",
+                     json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", b,
+                               "type_id", 0),
+                     "Sequence", "id", "A", "type_id", 0,
+                     json_pack("{s:{s:s, s:i}}", "SpecialToken", "id", b,
+                               "type_id", 1),
+                     "Sequence", "id", "B", "type_id", 1,
+                     "special_tokens", b, "id", b, "ids",
+                     (int)t->tpl_pre[0], "tokens", b);
+}
+
 int dt_tokenizer_write_json(const dt_tokenizer *t, const char *path, char *err)
 {
     json_t *added = json_array(), *vocab = json_object(), *merges = json_array();
-    json_t *pre = byte_level(t->add_prefix_space, 1, t->use_regex);
-    if (pre && t->digits)  /* "o" steals pre, also when json_pack fails */
-        pre = json_pack("{s:s, s:[{s:s, s:b}, o]}", "type", "Sequence",
-                        "pretokenizers", "type", "Digits", "individual_digits",
-                        t->digits == 2, pre);
-    int bad = !added || !vocab || !merges || !pre;
+    json_t *pre = t->hf_json ? json_null() : pre_steps_json(t);
+    json_t *hf = t->hf_json ? json_loads(t->hf_json, 0, NULL) : NULL;
+    int bad = !added || !vocab || !merges || !pre || (t->hf_json && !hf);
+    int pairs = 0;  /* merges as [a, b] when a token holds a space */
+    for (int32_t r = 0; r < t->nmerges; r++)
+        pairs |= memchr(t->str[t->merges[r][0]], ' ', t->len[t->merges[r][0]])
+              || memchr(t->str[t->merges[r][1]], ' ', t->len[t->merges[r][1]]);
     for (int32_t i = 0; i < t->n && !bad; i++) {
         if (!t->str[i])
             continue;
@@ -416,28 +495,43 @@ int dt_tokenizer_write_json(const dt_tokenizer *t, const char *path, char *err)
             bad |= json_array_append_new(added, json_pack(
                 "{s:i, s:s%, s:b, s:b, s:b, s:b, s:b}", "id", (json_int_t)i,
                 "content", t->str[i], (size_t)t->len[i], "single_word", 0,
-                "lstrip", 0, "rstrip", 0, "normalized", 0,
+                "lstrip", t->aflag && (t->aflag[i] & TOK_LSTRIP),
+                "rstrip", t->aflag && (t->aflag[i] & TOK_RSTRIP),
+                "normalized", t->aflag && (t->aflag[i] & TOK_NORMALIZED),
                 "special", t->kind[i] == TOK_SPECIAL));
         if (dt_tok__find(t, t->str[i], t->len[i]) == i)
             bad |= json_object_set_new(vocab, t->str[i], json_integer(i));
     }
     for (int32_t r = 0; r < t->nmerges && !bad; r++)
-        bad |= json_array_append_new(merges, json_sprintf("%s %s",
-            t->str[t->merges[r][0]], t->str[t->merges[r][1]]));
+        bad |= json_array_append_new(merges, pairs
+            ? json_pack("[s%, s%]", t->str[t->merges[r][0]],
+                        (size_t)t->len[t->merges[r][0]], t->str[t->merges[r][1]],
+                        (size_t)t->len[t->merges[r][1]])
+            : json_sprintf("%s %s", t->str[t->merges[r][0]],
+                           t->str[t->merges[r][1]]));
     if (bad) {
         json_decref(added); json_decref(vocab); json_decref(merges);
-        json_decref(pre);
+        json_decref(pre); json_decref(hf);
         return dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
     }
     json_t *root = json_pack(  /* steals added, pre, vocab and merges */
-        "{s:s, s:n, s:n, s:o, s:n, s:o, s:o, s:o, s:{s:s, s:n, s:n, s:n, s:n,"
+        "{s:s, s:n, s:n, s:o, s:o, s:o, s:o, s:o, s:{s:s, s:n, s:n, s:n, s:n,"
         " s:b, s:b, s:b, s:o, s:o}}",
         "version", "1.0", "truncation", "padding", "added_tokens", added,
-        "normalizer", "pre_tokenizer", pre, "post_processor",
-        byte_level(1, 0, 1), "decoder", byte_level(1, 1, 1), "model", "type",
+        "normalizer", norm_steps_json(t), "pre_tokenizer", pre, "post_processor",
+        post_json(t), "decoder", byte_level(1, 1, 1), "model", "type",
         "BPE", "dropout", "unk_token", "continuing_subword_prefix",
         "end_of_word_suffix", "fuse_unk", 0, "byte_fallback", 0,
         "ignore_merges", t->ignore_merges, "vocab", vocab, "merges", merges);
+    if (root && hf) {  /* a tokenizer.json's own pipeline, as it was */
+        json_object_update(root, hf);
+        json_t *m = json_object_get(root, "model");
+        json_object_set_new(m, "byte_fallback", json_boolean(t->byte_fallback));
+        json_object_set_new(m, "fuse_unk", json_boolean(t->fuse_unk));
+        if (t->unk >= 0)
+            json_object_set_new(m, "unk_token", json_string(t->str[t->unk]));
+    }
+    json_decref(hf);
     char *text = root ? json_dumps(root, JSON_COMPACT) : NULL;
     json_decref(root);
     if (!text)
