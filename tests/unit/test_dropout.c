@@ -14,7 +14,8 @@
  *   - bad settings are refused naming the flag or config key.
  * Statistics stand in for a same-mask PyTorch comparison: torch's dropout is
  * x * bernoulli(1 - p) / (1 - p), so what must hold is the keep rate, the
- * scale and that the mask is independent per element. About 3 s. */
+ * scale and that the mask is independent per element. About 5 s of CPU
+ * (about 20 s of wall time on this shared 2-core machine). */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -192,7 +193,7 @@ static void gradcheck(const gcase *c)
     for (int i = 0; i < np; i++)
         if (strstr(ps[i].name, "lora.") && ps[i].name[strlen(ps[i].name) - 1] == 'B')
             for (long j = 0; j < ps[i].n; j++)
-                ps[i].p[j] = 0.2f * (float)sin(1.7 * j + i);
+                ps[i].p[j] = 0.1f * (float)sin(1.7 * j + i);
     int32_t ids[24], tgt[24];
     for (int i = 0; i < B * T; i++) {
         ids[i] = (i * 37 + 11) % V;
@@ -232,19 +233,22 @@ static void gradcheck(const gcase *c)
             continue; /* finite differences cannot resolve it in fp32 */
         save = realloc(save, ps[i].n * sizeof(float));
         memcpy(save, ps[i].p, ps[i].n * sizeof(float));
-        double l[2];
-        for (int k = 0; k < 2; k++) {
-            double sgn = k ? -1.0 : 1.0;
+        /* central differences at h and h/2, Richardson-extrapolated: the
+         * O(h^2) truncation cancels (the LoRA cases are curved along A) */
+        double l[4];
+        for (int k = 0; k < 4; k++) {
+            double step = (k & 1 ? -1.0 : 1.0) * (k < 2 ? h : h / 2);
             for (long j = 0; j < ps[i].n; j++)
-                ps[i].p[j] = save[j] + (float)(sgn * h * ps[i].g[j] / gn);
+                ps[i].p[j] = save[j] + (float)(step * ps[i].g[j] / gn);
             l[k] = loss_at(m, ids, tgt, B, T);
         }
         memcpy(ps[i].p, save, ps[i].n * sizeof(float));
-        double fd = (l[0] - l[1]) / (2 * h), e = fabs(fd - gn) / gn;
+        double d1 = (l[0] - l[1]) / (2 * h), d2 = (l[2] - l[3]) / h;
+        double fd = (4 * d2 - d1) / 3, e = fabs(fd - gn) / gn;
         worst = e > worst ? e : worst;
         checked++;
-        /* fp32 loss noise (~3e-7) over 2h bounds what can be resolved */
-        if (!(e < 5e-3 + 3e-5 / gn))
+        /* fp32 loss noise (~3e-7) over h bounds what can be resolved */
+        if (!(e < 2e-3 + 1e-4 / gn))
             fail_msg("%s: %s: |g| %.6f but finite differences %.6f (rel %.1e)", c->dir,
                      ps[i].name, gn, fd, e);
     }
