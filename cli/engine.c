@@ -52,6 +52,15 @@ static const char train_usage[] =
 "  --weight-decay X        AdamW decoupled weight decay (default 0)\n"
 "  --max-grad-norm X       global-norm clipping, 0 = off (default 1.0)\n"
 "  --adam-epsilon X        AdamW epsilon (default 1e-8)\n"
+"  --model-dropout X       dropout in training (off in validation and\n"
+"                          generation) replacing the config's (default:\n"
+"                          config.json's GPT-2 resid/embd/attn_pdrop, 0.1 when\n"
+"                          missing; Llama attention_dropout); 0 turns it off\n"
+"  --lora-dropout P        lora only: dropout on the LoRA branch input, as\n"
+"                          PEFT's lora_dropout (default 0; refused for\n"
+"                          delta_lora, whose paper removes it)\n"
+"  --label-smoothing E     label smoothing of the training loss, as torch's\n"
+"                          CrossEntropyLoss(label_smoothing=E) (default 0)\n"
 "  --batch-size B          rows per micro-batch (default 4)\n"
 "  --grad-accum G          micro-batches per optimizer step (default 1)\n"
 "  --seq-len T             max predicted tokens per row (default 256)\n"
@@ -135,7 +144,8 @@ int dt_cmd_train(int argc, char **argv)
     enum { O_MODEL = 256, O_DATA, O_VALID, O_OUT, O_METHOD, O_RANK, O_ALPHA,
            O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
-           O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP };
+           O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP,
+           O_MDROP, O_LDROP, O_LSMOOTH };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
         {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
@@ -150,7 +160,8 @@ int dt_cmd_train(int argc, char **argv)
         {"eval-interval", 1, 0, O_EVAL}, {"checkpoint-interval", 1, 0, O_CKPT},
         {"init-adapter", 1, 0, O_INIT}, {"resume", 0, 0, O_RESUME},
         {"json", 0, 0, O_JSON}, {"estimate", 0, 0, O_ESTIMATE}, {"help", 0, 0, O_HELP},
-        {0, 0, 0, 0}};
+        {"model-dropout", 1, 0, O_MDROP}, {"lora-dropout", 1, 0, O_LDROP},
+        {"label-smoothing", 1, 0, O_LSMOOTH}, {0, 0, 0, 0}};
     dt_train_opts o;
     dt_train_defaults(&o);
     o.json = !isatty(STDERR_FILENO);
@@ -192,6 +203,16 @@ int dt_cmd_train(int argc, char **argv)
         case O_WD: bad |= parse_f(optarg, &o.weight_decay, "--weight-decay"); break;
         case O_CLIP: bad |= parse_f(optarg, &o.max_grad_norm, "--max-grad-norm"); break;
         case O_EPS: bad |= parse_f(optarg, &o.adam_eps, "--adam-epsilon"); break;
+        case O_MDROP:
+            bad |= parse_f(optarg, &o.model_dropout, "--model-dropout");
+            if (!bad && !(o.model_dropout >= 0.0f && o.model_dropout < 1.0f)) {
+                fprintf(stderr, "deltatune train: --model-dropout must be in "
+                        "[0, 1), got %s\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_LDROP: bad |= parse_f(optarg, &o.lora_dropout, "--lora-dropout"); break;
+        case O_LSMOOTH: bad |= parse_f(optarg, &o.label_smoothing, "--label-smoothing"); break;
         case O_BATCH: bad |= parse_i(optarg, &o.batch, "--batch-size"); break;
         case O_ACCUM: bad |= parse_i(optarg, &o.accum, "--grad-accum"); break;
         case O_SEQ: bad |= parse_i(optarg, &o.seq_len, "--seq-len"); break;

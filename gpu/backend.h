@@ -169,6 +169,36 @@ typedef struct dt_backend_i {
 
     /* Frees the backend itself. */
     void (*destroy)(dt_backend *be);
+
+    /* ---- dropout and label smoothing (training only) -------------------- */
+    /* y = x * keep_i / (1 - p) (acc = 0; y may be x) or y += that (acc = 1)
+     * over n floats, keep_i = dt_drop_keep(key, i, dt_drop_thresh(p))
+     * (dt_math.h). The mask is a pure function of (key, i): the backward
+     * pass of a dropout is the same call on the gradient. */
+    void (*dropout)(dt_backend *be, float *y, const float *x, long n, float p,
+                    uint64_t key, int acc);
+    /* attention_fwd / attention_bwd with dropout p on the probabilities
+     * (as torch's attn_dropout after the softmax): element (b, h, i, j) of
+     * P is kept by dt_drop_keep(key, ((b*NH + h)*T + i)*T + j, ..) and
+     * scaled by 1/(1 - p); lse stays that of the undropped softmax. The
+     * backward pass regenerates the mask. p = 0 is attention_fwd / _bwd. */
+    void (*attention_fwd_drop)(dt_backend *be, float *out, float *lse,
+                               const float *q, const float *k, const float *v,
+                               int B, int T, int NH, int NKV, int D, float p,
+                               uint64_t key);
+    void (*attention_bwd_drop)(dt_backend *be, float *dq, float *dk, float *dv,
+                               const float *dout, const float *out,
+                               const float *lse, const float *q,
+                               const float *k, const float *v, int B, int T,
+                               int NH, int NKV, int D, float p, uint64_t key);
+    /* cross_entropy with label smoothing eps, as torch's
+     * CrossEntropyLoss(label_smoothing=eps): per-row loss
+     * (1-eps)(lse - x_t) + eps (lse - mean_j x_j), gradient
+     * softmax - (1-eps) onehot - eps/V; masked rows get 0. eps = 0 is
+     * cross_entropy. */
+    void (*cross_entropy_smooth)(dt_backend *be, float *logits, float *losses,
+                                 const int32_t *targets, int N, int V,
+                                 float grad_scale, float eps);
 } dt_backend_i;
 
 struct dt_backend {

@@ -488,10 +488,27 @@ static void cpu_copy2d(dt_backend *be, float *dst, int ldd, const float *src,
  * triangle is mostly skipped and scratch stays ATT_BLK x T per thread. */
 #define ATT_BLK 64
 
+/* Attention dropout: p = 0 is none. */
+typedef struct att_drop {
+    float p, scale;
+    uint32_t thr;
+    uint64_t key;
+} att_drop;
+
+static att_drop att__drop(float p, uint64_t key)
+{
+    att_drop d = {p > 0.0f ? p : 0.0f, 1.0f, 0, key};
+    if (d.p > 0.0f) {
+        d.scale = 1.0f / (1.0f - d.p);
+        d.thr = dt_drop_thresh(d.p);
+    }
+    return d;
+}
+
 /* One (b, h) of the forward pass. Q rows at stride NH*D, K/V rows at NKV*D. */
 static void att__fwd_head(float *o, float *lse, const float *q, const float *k,
                           const float *v, int T, int ldq, int ldk, int D,
-                          float scale, float *S)
+                          float scale, float *S, const att_drop *dr, long bh)
 {
     for (int i0 = 0; i0 < T; i0 += ATT_BLK) {
         int nb = T - i0 < ATT_BLK ? T - i0 : ATT_BLK;
@@ -513,6 +530,11 @@ static void att__fwd_head(float *o, float *lse, const float *q, const float *k,
             float inv = (float)(1.0 / sum);
             for (int j = 0; j <= i; j++)
                 s[j] *= inv;
+            if (dr->p > 0.0f) {
+                uint64_t base = ((uint64_t)bh * T + i) * T;
+                for (int j = 0; j <= i; j++)
+                    s[j] = dt_dropout(s[j], dr->key, base + j, dr->thr, dr->scale);
+            }
             for (int j = i + 1; j < nk; j++)
                 s[j] = 0.0f;
             lse[i] = mx + (float)log(sum);
@@ -522,10 +544,12 @@ static void att__fwd_head(float *o, float *lse, const float *q, const float *k,
     }
 }
 
-static void cpu_attention_fwd(dt_backend *be, float *out, float *lse,
-                              const float *q, const float *k, const float *v,
-                              int B, int T, int NH, int NKV, int D)
+static void cpu_attention_fwd_drop(dt_backend *be, float *out, float *lse,
+                                   const float *q, const float *k,
+                                   const float *v, int B, int T, int NH,
+                                   int NKV, int D, float p, uint64_t key)
 {
+    att_drop dr = att__drop(p, key);
     int nt = omp_get_max_threads();
     int blk = T < ATT_BLK ? T : ATT_BLK;
     size_t per = (size_t)blk * T;
@@ -543,8 +567,15 @@ static void cpu_attention_fwd(dt_backend *be, float *out, float *lse,
         long qoff = (long)b * T * ldq + (long)h * D;
         long koff = (long)b * T * ldk + (long)kh * D;
         att__fwd_head(out + qoff, lse + (long)bh * T, q + qoff, k + koff,
-                      v + koff, T, ldq, ldk, D, scale, S);
+                      v + koff, T, ldq, ldk, D, scale, S, &dr, bh);
     }
+}
+
+static void cpu_attention_fwd(dt_backend *be, float *out, float *lse,
+                              const float *q, const float *k, const float *v,
+                              int B, int T, int NH, int NKV, int D)
+{
+    cpu_attention_fwd_drop(be, out, lse, q, k, v, B, T, NH, NKV, D, 0.0f, 0);
 }
 
 /* Backward of one (b, kv head): loops over its query heads in order, so dk
@@ -554,7 +585,7 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
                             const float *out, const float *lse, const float *q,
                             const float *k, const float *v, int T, int grp,
                             int ldq, int ldk, int D, float scale, int blk,
-                            float *S, float *dP)
+                            float *S, float *dP, const att_drop *dr, long bh0)
 {
     for (int t = 0; t < T; t++) {
         memset(dk + (long)t * ldk, 0, (size_t)D * sizeof(float));
@@ -584,10 +615,23 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
                 for (int d = 0; d < D; d++)
                     di += drow[d] * orow[d];
                 float l = lh[i];
-                for (int j = 0; j <= i; j++) {
-                    float p = dt_expf(s[j] - l);
-                    s[j] = p;
-                    dp[j] = p * (dp[j] - di); /* dS */
+                if (dr->p > 0.0f) {
+                    /* out = (P∘Z) V, Z = mask/(1-p): dV takes P∘Z, and
+                     * dS = P ∘ (dP∘Z - rowsum(dO∘O)). */
+                    uint64_t base = ((uint64_t)(bh0 + g) * T + i) * T;
+                    for (int j = 0; j <= i; j++) {
+                        float p = dt_expf(s[j] - l);
+                        float z = dt_dropout(1.0f, dr->key, base + j, dr->thr,
+                                             dr->scale);
+                        s[j] = p * z;
+                        dp[j] = p * (dp[j] * z - di);
+                    }
+                } else {
+                    for (int j = 0; j <= i; j++) {
+                        float p = dt_expf(s[j] - l);
+                        s[j] = p;
+                        dp[j] = p * (dp[j] - di); /* dS */
+                    }
                 }
                 for (int j = i + 1; j < nk; j++)
                     s[j] = dp[j] = 0.0f;
@@ -605,12 +649,14 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
     }
 }
 
-static void cpu_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
-                              const float *dout, const float *out,
-                              const float *lse, const float *q, const float *k,
-                              const float *v, int B, int T, int NH, int NKV,
-                              int D)
+static void cpu_attention_bwd_drop(dt_backend *be, float *dq, float *dk,
+                                   float *dv, const float *dout,
+                                   const float *out, const float *lse,
+                                   const float *q, const float *k,
+                                   const float *v, int B, int T, int NH,
+                                   int NKV, int D, float p, uint64_t key)
 {
+    att_drop dr = att__drop(p, key);
     int nt = omp_get_max_threads();
     int nkv = B * NKV;
     /* With fewer kv heads than threads, run them one after another and let
@@ -636,11 +682,74 @@ static void cpu_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
         const float *l = lse + ((long)b * NH + (long)kh * grp) * T;
         att__bwd_kvhead(dq + qoff, dk + koff, dv + koff, dout + qoff,
                         out + qoff, l, q + qoff, k + koff, v + koff, T, grp,
-                        ldq, ldk, D, scale, blk, S, S + (size_t)blk * T);
+                        ldq, ldk, D, scale, blk, S, S + (size_t)blk * T, &dr,
+                        (long)b * NH + (long)kh * grp);
+    }
+}
+
+static void cpu_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
+                              const float *dout, const float *out,
+                              const float *lse, const float *q, const float *k,
+                              const float *v, int B, int T, int NH, int NKV,
+                              int D)
+{
+    cpu_attention_bwd_drop(be, dq, dk, dv, dout, out, lse, q, k, v, B, T, NH,
+                           NKV, D, 0.0f, 0);
+}
+
+static void cpu_dropout(dt_backend *be, float *y, const float *x, long n,
+                        float p, uint64_t key, int acc)
+{
+    (void)be;
+    if (!(p > 0.0f)) {
+        if (acc)
+            cblas_saxpy((int)n, 1.0f, x, 1, y, 1);
+        else if (y != x)
+            memcpy(y, x, (size_t)n * sizeof(float));
+        return;
+    }
+    uint32_t thr = dt_drop_thresh(p);
+    float scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float d = dt_dropout(x[i], key, (uint64_t)i, thr, scale);
+        y[i] = acc ? y[i] + d : d;
     }
 }
 
 /* ---- loss / reductions ---------------------------------------------------------- */
+
+static void cpu_cross_entropy_smooth(dt_backend *be, float *logits,
+                                     float *losses, const int32_t *targets,
+                                     int N, int V, float grad_scale, float eps)
+{
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++) {
+        float *x = logits + (long)r * V;
+        int32_t tg = targets[r];
+        if (tg < 0 || tg >= V) {
+            memset(x, 0, (size_t)V * sizeof(float));
+            losses[r] = 0.0f;
+            continue;
+        }
+        float mx = -INFINITY;
+        double sx = 0.0;
+        for (int j = 0; j < V; j++) {
+            mx = x[j] > mx ? x[j] : mx;
+            sx += x[j];
+        }
+        double sum = 0.0;
+        for (int j = 0; j < V; j++)
+            sum += dt_expf(x[j] - mx);
+        double lse = mx + log(sum);
+        losses[r] = dt_ce_smooth_loss(lse, x[tg], sx / V, eps);
+        float inv = (float)(1.0 / sum), u = eps / (float)V;
+        for (int j = 0; j < V; j++)
+            x[j] = (dt_expf(x[j] - mx) * inv - u) * grad_scale;
+        x[tg] -= (1.0f - eps) * grad_scale;
+    }
+}
 
 static void cpu_cross_entropy(dt_backend *be, float *logits, float *losses,
                               const int32_t *targets, int N, int V,
@@ -806,6 +915,10 @@ static const dt_backend_i cpu_iface = {
     /* .sumsq_multi   = */ cpu_sumsq_multi,
     /* .adamw_multi   = */ cpu_adamw_multi,
     /* .destroy       = */ cpu_destroy,
+    /* .dropout       = */ cpu_dropout,
+    /* .attention_fwd_drop = */ cpu_attention_fwd_drop,
+    /* .attention_bwd_drop = */ cpu_attention_bwd_drop,
+    /* .cross_entropy_smooth = */ cpu_cross_entropy_smooth,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

@@ -406,6 +406,58 @@ static __global__ void k_cross_entropy(float *logits, float *losses,
         losses[row] = logf(s) + m - xt;
 }
 
+/* cross_entropy with label smoothing eps (dt_ce_smooth_loss): one block
+ * per row, sums of x and exp in fixed block order. */
+static __global__ void k_cross_entropy_smooth(float *logits, float *losses,
+                                              const int32_t *targets, int V,
+                                              float grad_scale, float eps)
+{
+    __shared__ float sh[32];
+    __shared__ double shd[32];
+    long row = blockIdx.x;
+    float *x = logits + row * V;
+    int tgt = targets[row];
+    if (tgt < 0 || tgt >= V) {
+        for (int i = threadIdx.x; i < V; i += blockDim.x)
+            x[i] = 0.0f;
+        if (threadIdx.x == 0)
+            losses[row] = 0.0f;
+        return;
+    }
+    float xt = x[tgt];
+    float m = -INFINITY;
+    double sx = 0.0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        m = fmaxf(m, x[i]);
+        sx += x[i];
+    }
+    m = block_max(m, sh);
+    sx = block_sum(sx, shd);
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x)
+        s += expf(x[i] - m);
+    s = block_sum(s, sh);
+    float u = eps / (float)V;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float p = expf(x[i] - m) / s;
+        x[i] = (p - u - (i == tgt ? 1.0f - eps : 0.0f)) * grad_scale;
+    }
+    if (threadIdx.x == 0)
+        losses[row] = dt_ce_smooth_loss((double)m + log((double)s), xt, sx / V,
+                                        eps);
+}
+
+/* y = (acc ? y : 0) + dropout(x) (dt_dropout); y may be x when !acc. */
+static __global__ void k_dropout(float *y, const float *x, long n,
+                                 uint64_t key, uint32_t thr, float scale,
+                                 int acc)
+{
+    GRID_STRIDE(i, n) {
+        float d = dt_dropout(x[i], key, (uint64_t)i, thr, scale);
+        y[i] = acc ? y[i] + d : d;
+    }
+}
+
 /* part[block] = sum (or sum of squares) of a grid-stride slice, in double. */
 static __global__ void k_sum_part(double *part, const float *x, long n, int sq)
 {
@@ -839,6 +891,35 @@ static void cuda_cross_entropy(dt_backend *be, float *logits, float *losses,
     LAUNCHED(c);
 }
 
+static void cuda_cross_entropy_smooth(dt_backend *be, float *logits,
+                                      float *losses, const int32_t *targets,
+                                      int N, int V, float grad_scale,
+                                      float eps)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || N <= 0)
+        return;
+    DT_LAUNCH(k_cross_entropy_smooth, N, 512, 0, c->stream)(
+        logits, losses, targets, V, grad_scale, eps);
+    LAUNCHED(c);
+}
+
+static void cuda_dropout(dt_backend *be, float *y, const float *x, long n,
+                         float p, uint64_t key, int acc)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (!(p > 0.0f)) { /* the identity: a plain copy or add */
+        if (acc)
+            EW_LAUNCH(c, n, k_axpy, n, 1.0f, x, y);
+        else if (y != x && !c->err && n > 0)
+            CU(c, cudaMemcpyAsync(y, x, (size_t)n * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, c->stream));
+        return;
+    }
+    EW_LAUNCH(c, n, k_dropout, y, x, n, key, dt_drop_thresh(p),
+              1.0f / (1.0f - p), acc);
+}
+
 static double reduce(cuda_ctx *c, const float *x, long n, int sq)
 {
     if (c->err)
@@ -930,6 +1011,10 @@ static const dt_backend_i cuda_iface = {
     /* .sumsq_multi = */ cuda_sumsq_multi,
     /* .adamw_multi = */ cuda_adamw_multi,
     /* .destroy = */ cuda_destroy,
+    /* .dropout = */ cuda_dropout,
+    /* .attention_fwd_drop = */ cuda_attention_fwd_drop,
+    /* .attention_bwd_drop = */ cuda_attention_bwd_drop,
+    /* .cross_entropy_smooth = */ cuda_cross_entropy_smooth,
 };
 
 extern "C" int dt_backend_cuda_available(void)

@@ -33,7 +33,9 @@ static __global__ void k_permute_bthd(float *dst, const float *src, int T,
 
 /* Causal softmax over the rows of S (rows, T) in place, one warp per row;
  * row i is query position i % T. Saves lse = max + log(sum). */
-static __global__ void k_attn_softmax(float *S, float *lse, long rows, int T)
+static __global__ void k_attn_softmax(float *S, float *lse, long rows, int T,
+                                      uint64_t key, uint32_t thr, float dscale,
+                                      uint64_t base)
 {
     long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
@@ -48,8 +50,12 @@ static __global__ void k_attn_softmax(float *S, float *lse, long rows, int T)
     for (int j = lane; j <= t; j += 32)
         sum += expf(s[j] - m);
     sum = warp_sum(sum);
-    for (int j = lane; j < T; j += 32)
-        s[j] = j <= t ? expf(s[j] - m) / sum : 0.0f;
+    for (int j = lane; j < T; j += 32) {
+        float p = j <= t ? expf(s[j] - m) / sum : 0.0f;
+        if (thr && j <= t) /* attention dropout on P (dt_dropout) */
+            p = dt_dropout(p, key, base + (uint64_t)row * T + j, thr, dscale);
+        s[j] = p;
+    }
     if (lane == 0)
         lse[row] = m + logf(sum);
 }
@@ -77,7 +83,9 @@ static __global__ void k_attn_drow(float *drow, const float *dout,
 /* Recomputes P = exp(S - lse) in place of S and dS = P (dP - Drow) in place
  * of dP, causal-masked, one warp per row. */
 static __global__ void k_attn_dscore(float *S, float *dP, const float *lse,
-                                     const float *drow, long rows, int T)
+                                     const float *drow, long rows, int T,
+                                     uint64_t key, uint32_t thr, float dscale,
+                                     uint64_t base)
 {
     long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
@@ -88,8 +96,13 @@ static __global__ void k_attn_dscore(float *S, float *dP, const float *lse,
     float *s = S + row * T, *dp = dP + row * T;
     for (int j = lane; j < T; j += 32) {
         float p = j <= t ? expf(s[j] - l) : 0.0f;
-        s[j] = p;
-        dp[j] = j <= t ? p * (dp[j] - dr) : 0.0f;
+        /* With dropout, out = (P∘Z) V: dV takes P∘Z and
+         * dS = P ∘ (dP∘Z - Drow), Z = mask / (1 - p). */
+        float z = thr && j <= t ? dt_dropout(1.0f, key, base + (uint64_t)row * T + j,
+                                              thr, dscale)
+                                : 1.0f;
+        s[j] = p * z;
+        dp[j] = j <= t ? p * (dp[j] * z - dr) : 0.0f;
     }
 }
 
@@ -151,6 +164,19 @@ void cuda_attention_fwd(dt_backend *be, float *out, float *lse,
                                const float *q, const float *k, const float *v,
                                int B, int T, int NH, int NKV, int D)
 {
+    cuda_attention_fwd_drop(be, out, lse, q, k, v, B, T, NH, NKV, D, 0.0f, 0);
+}
+
+/* The mask of element (b, h, i, j) is keyed on ((b*NH + h)*T + i)*T + j;
+ * S of batch row b is (NH, T, T) with row h*T + i, so the index is
+ * b*NH*T*T + row*T + j. */
+void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
+                             const float *q, const float *k, const float *v,
+                             int B, int T, int NH, int NKV, int D, float pdrop,
+                             uint64_t key)
+{
+    uint32_t thr = pdrop > 0.0f ? dt_drop_thresh(pdrop) : 0;
+    float dscale = pdrop > 0.0f ? 1.0f / (1.0f - pdrop) : 1.0f;
     cuda_ctx *c = ctx_of(be);
     attn_ws w;
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D) ||
@@ -167,7 +193,8 @@ void cuda_attention_fwd(dt_backend *be, float *out, float *lse,
                 w.S, T, ss, NKV);
         long rows = (long)NH * T;
         DT_LAUNCH(k_attn_softmax, row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
-            w.S, lse + (long)b * NH * T, rows, T);
+            w.S, lse + (long)b * NH * T, rows, T, key, thr, dscale,
+            (uint64_t)b * NH * T * T);
         LAUNCHED(c);
         gemm_rm(c, 0, 0, rep * T, D, T, 1.0f, w.S, T, ss, vb, ldk, D, 0.0f, ob,
                 D, sq, NKV);
@@ -181,6 +208,18 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                                const float *k, const float *v, int B, int T,
                                int NH, int NKV, int D)
 {
+    cuda_attention_bwd_drop(be, dq, dk, dv, dout, out, lse, q, k, v, B, T, NH,
+                            NKV, D, 0.0f, 0);
+}
+
+void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
+                             const float *dout, const float *out,
+                             const float *lse, const float *q, const float *k,
+                             const float *v, int B, int T, int NH, int NKV,
+                             int D, float pdrop, uint64_t key)
+{
+    uint32_t thr = pdrop > 0.0f ? dt_drop_thresh(pdrop) : 0;
+    float dscale = pdrop > 0.0f ? 1.0f / (1.0f - pdrop) : 1.0f;
     cuda_ctx *c = ctx_of(be);
     attn_ws w;
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D) ||
@@ -206,7 +245,7 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                 w.dP, T, ss, NKV);
         DT_LAUNCH(k_attn_dscore, row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
             w.S, w.dP, lse + (long)b * NH * T, w.drow + (long)b * NH * T, rows,
-            T);
+            T, key, thr, dscale, (uint64_t)b * NH * T * T);
         LAUNCHED(c);
         /* dV_g = P_g^T dO_g, dQ_g = scale dS_g K_g, dK_g = scale dS_g^T Q_g. */
         gemm_rm(c, 1, 0, T, D, rep * T, 1.0f, w.S, T, ss, dob, D, sq, 0.0f,

@@ -109,6 +109,17 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                         const float *q, const float *k, const float *v, int B,
                         int T, int NH, int NKV, int D);
 
+/* The same with attention dropout p keyed by key (backend.h). */
+void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
+                             const float *q, const float *k, const float *v,
+                             int B, int T, int NH, int NKV, int D, float p,
+                             uint64_t key);
+void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
+                             const float *dout, const float *out,
+                             const float *lse, const float *q, const float *k,
+                             const float *v, int B, int T, int NH, int NKV,
+                             int D, float p, uint64_t key);
+
 /* The optimizer's multi-tensor ops of the table (cuda_optim.cu). */
 void cuda_sumsq_multi(dt_backend *be, double *out, const dt_opt_tensor *t,
                       int count);

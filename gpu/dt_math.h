@@ -12,6 +12,7 @@
 #define DT_HD
 #include <math.h>
 #endif
+#include <stdint.h>
 
 /* ---- exp and tanh that vectorize -------------------------------------------
  * libm's expf/tanhf are scalar calls, which keep the CPU's elementwise loops
@@ -182,6 +183,76 @@ static inline DT_HD void dt_rope_apply(float *x0, float *x1, float c, float s,
     float a = *x0, b = *x1;
     *x0 = a * c - b * s;
     *x1 = b * c + a * s;
+}
+
+/* ---- dropout: a counter-based mask --------------------------------------- */
+
+/* Dropout keeps no mask: element i of a tensor is kept or dropped by a hash
+ * of (key, i), where the key is derived on the host from (seed, optimizer
+ * step, micro-batch, layer, site) by dt_drop_key. The backward pass (and the
+ * attention backward, which recomputes the probabilities) regenerates the
+ * same mask, a resumed run draws the same masks as an uninterrupted one, and
+ * both backends compute the same integers. */
+
+/* splitmix64's finalizer: a bijection of 64-bit integers with full
+ * avalanche. */
+static inline DT_HD uint64_t dt_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Dropout sites of one layer (the `site` of dt_drop_key). */
+enum {
+    DT_DROP_EMBD = 0,  /* the embedding output (layer = 0) */
+    DT_DROP_ATTN = 1,  /* attention probabilities */
+    DT_DROP_RESID1 = 2, /* attention block output before the residual add */
+    DT_DROP_RESID2 = 3, /* MLP block output before the residual add */
+    DT_DROP_LORA = 8,  /* LoRA branch input; + the linear's index */
+};
+
+static inline DT_HD uint64_t dt_drop_key(uint64_t seed, uint64_t step,
+                                         uint32_t micro, uint32_t layer,
+                                         uint32_t site)
+{
+    uint64_t k = dt_mix64(seed ^ 0x5bd1e9955bd1e995ull);
+    k = dt_mix64(k + step * 0x9e3779b97f4a7c15ull);
+    k = dt_mix64(k + ((uint64_t)micro << 32 | layer));
+    return dt_mix64(k + site + 1);
+}
+
+/* An element is dropped when the top 24 bits of its hash are below
+ * dt_drop_thresh(p) = p * 2^24 (truncated): it is kept with probability
+ * 1 - p to within 2^-24, as torch.bernoulli(1 - p). */
+static inline DT_HD uint32_t dt_drop_thresh(float p)
+{
+    return (uint32_t)(p * 16777216.0f);
+}
+
+/* 1 when element i of the tensor keyed `key` is kept. splitmix64's stream:
+ * consecutive i are consecutive states of the generator seeded with key. */
+static inline DT_HD int dt_drop_keep(uint64_t key, uint64_t i, uint32_t thr)
+{
+    return (uint32_t)(dt_mix64(key + (i + 1) * 0x9e3779b97f4a7c15ull) >> 40) >= thr;
+}
+
+/* x * mask / (1 - p): the kept element scaled by `scale` = 1 / (1 - p). */
+static inline DT_HD float dt_dropout(float x, uint64_t key, uint64_t i,
+                                     uint32_t thr, float scale)
+{
+    return dt_drop_keep(key, i, thr) ? x * scale : 0.0f;
+}
+
+/* ---- cross-entropy with label smoothing ---------------------------------- */
+
+/* torch.nn.CrossEntropyLoss(label_smoothing=eps) for one row, given
+ * lse = log sum exp(x), the target's logit xt and mean = sum(x) / V:
+ * (1 - eps) (lse - xt) + eps (lse - mean). */
+static inline DT_HD float dt_ce_smooth_loss(double lse, float xt, double mean,
+                                            float eps)
+{
+    return (float)((1.0 - eps) * (lse - xt) + eps * (lse - mean));
 }
 
 #endif

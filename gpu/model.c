@@ -472,6 +472,9 @@ void dt_model_release_activations(dt_model *m)
     m->nf = m->nfm = m->nfr = m->logits = m->losses = m->dres = m->dx = NULL;
     m->dq = m->dk = m->dv = m->dqkv = m->datt = m->dh1 = m->dh2 = m->dact = m->du = NULL;
     m->B = m->T = 0; /* forward() now refuses every batch */
+    be->i.free(be, m->xd); /* the LoRA dropout's scratch (model_pass.c) */
+    be->i.free(be, m->xd2);
+    m->xd = m->xd2 = NULL;
 }
 
 void dt_model_free(dt_model *m)

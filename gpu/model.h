@@ -33,6 +33,11 @@ typedef struct dt_config {
     int attn_bias;  /* Llama family: q/k/v biases present (Qwen2) */
     int o_bias;     /* Llama family: o_proj bias present */
     int mlp_bias;   /* Llama family: MLP biases present */
+    /* Dropout probabilities of config.json, applied in training only (see
+     * dt_model_set_dropout): GPT-2's resid_pdrop, embd_pdrop, attn_pdrop
+     * (0.1 each when a key is missing, as transformers' GPT2Config); the
+     * Llama family's attention_dropout as attn_pdrop (default 0). */
+    float resid_pdrop, embd_pdrop, attn_pdrop;
 } dt_config;
 
 /* Where the weights came from, so that export writes the same layout. */
@@ -139,6 +144,30 @@ int dt_model_backward(dt_model *m, char *err);
 void dt_model_zero_grad(dt_model *m);
 /* Logits (b*t, V) of the last forward without grad_scale, copied to host. */
 int dt_model_logits(dt_model *m, float *host, int b, int t, char *err);
+
+/* Dropout probabilities used in training mode. embd, resid: GPT-2's
+ * embedding and residual-branch dropouts; attn: on the attention
+ * probabilities; lora: on the LoRA branch input x before A (PEFT's
+ * lora_dropout, scaled by 1/(1-p); one mask per linear, shared by the row
+ * slices of GPT-2's c_attn as loralib's MergedLinear does). */
+typedef struct dt_dropouts {
+    float embd, resid, attn, lora;
+} dt_dropouts;
+
+/* Sets the probabilities (all 0 after dt_model_new). Returns DT_ENOMEM when
+ * the LoRA dropout's scratch cannot be allocated. */
+int dt_model_set_dropout(dt_model *m, const dt_dropouts *d, char *err);
+/* Label smoothing of the training loss (torch's CrossEntropyLoss(
+ * label_smoothing=eps)); 0 after dt_model_new. */
+void dt_model_set_label_smoothing(dt_model *m, float eps);
+/* Training mode: the forward passes that follow (and their backward passes)
+ * apply dropout and label smoothing, with masks keyed on (seed, step,
+ * micro-batch, layer, site, element) (dt_math.h): nothing is stored, the
+ * backward pass regenerates them, and a resumed run draws the same masks.
+ * dt_model_eval_mode() (the state after dt_model_new) turns both off, for
+ * validation and generation. */
+void dt_model_train_mode(dt_model *m, uint64_t seed, long step, int micro);
+void dt_model_eval_mode(dt_model *m);
 
 /* Delta-LoRA support: snapshot A, B into catA/catB before the optimizer step,
  * then apply W += lambda * s * (B·A - B_old·A_old) as one GEMM with inner

@@ -79,6 +79,18 @@ struct dt_model {
     int last_b, last_t;
     size_t taken_bytes, fail_bytes; /* construction: allocated so far, the
                                      size of the allocation that failed */
+
+    /* training mode (dt_model_train_mode): dropout and label smoothing */
+    dt_dropouts drop;
+    float smoothing;
+    int train;             /* the mode the next forward pass runs in */
+    uint64_t seed;
+    long step;
+    int micro;
+    int ltrain;            /* the mode, step and micro-batch of the last */
+    long lstep;            /* forward pass, which its backward pass uses */
+    int lmicro;
+    float *xd, *xd2;       /* LoRA dropout: (N, widest input) scratch each */
 };
 
 #endif

@@ -7,12 +7,43 @@
 #include <string.h>
 
 #include "base/dt.h"
+#include "dt_math.h"
 #include "model_impl.h"
 
 #define OPS (m->be->i)
 
-/* y(N,out) = acc*y + x(N,in)·Wᵀ + b, plus s·(x·Aᵀ)·Bᵀ on each adapter's rows.
- * Saves u = x·Aᵀ per adapter for the backward pass. */
+/* ---- dropout ------------------------------------------------------------ */
+
+/* The key of a dropout site of the last forward pass (its backward pass
+ * regenerates the same masks from it). */
+static uint64_t drop_key(const dt_model *m, int layer, int site)
+{
+    return dt_drop_key(m->seed, (uint64_t)m->lstep, (uint32_t)m->lmicro,
+                       (uint32_t)layer, (uint32_t)site);
+}
+
+/* The probability of a site in the last forward pass: 0 outside training. */
+static float drop_p(const dt_model *m, float p)
+{
+    return m->ltrain && p > 0.0f ? p : 0.0f;
+}
+
+/* LoRA dropout of linear L's input x into m->xd (one mask per linear), or x
+ * itself when there is none. */
+static const float *lora_input(dt_model *m, dt_linear *L, const float *x, int N)
+{
+    float p = drop_p(m, m->drop.lora);
+    if (!L->nlora || p == 0.0f)
+        return x;
+    dt_lora *a = L->lora[0];
+    OPS.dropout(m->be, m->xd, x, (long)N * L->in, p,
+                drop_key(m, a->layer, DT_DROP_LORA + a->lin), 0);
+    return m->xd;
+}
+
+/* y(N,out) = acc*y + x(N,in)·Wᵀ + b, plus s·(x̃·Aᵀ)·Bᵀ on each adapter's rows,
+ * x̃ = x or its LoRA dropout. Saves u = x̃·Aᵀ per adapter for the backward
+ * pass. */
 static void lin_fwd(dt_model *m, dt_linear *L, const float *x, float *y, int N,
                     int acc)
 {
@@ -22,9 +53,10 @@ static void lin_fwd(dt_model *m, dt_linear *L, const float *x, float *y, int N,
     if (L->b)
         OPS.add_bias(be, y, L->b, N, L->out);
     int r = m->lo.rank;
+    const float *xa = lora_input(m, L, x, N);
     for (int i = 0; i < L->nlora; i++) {
         dt_lora *a = L->lora[i];
-        OPS.gemm(be, 0, 1, N, r, L->in, 1.0f, x, L->in, a->A->p, L->in, 0.0f,
+        OPS.gemm(be, 0, 1, N, r, L->in, 1.0f, xa, L->in, a->A->p, L->in, 0.0f,
                  a->u, r);
         OPS.gemm(be, 0, 1, N, a->rows, r, m->s, a->u, r, a->B->p, r, 1.0f,
                  y + a->row_off, L->out);
@@ -46,19 +78,31 @@ static void lin_bwd(dt_model *m, dt_linear *L, const float *dy, const float *x,
                  L->pW->g, L->in);
     if (L->pb)
         OPS.bias_bwd(be, L->pb->g, dy, N, L->out);
+    /* With LoRA dropout the branch saw x̃ = Z∘x: dA takes x̃ and the
+     * branch's dx is Z∘(Σ du·A), summed in m->xd2 and masked once. */
+    const float *xa = lora_input(m, L, x, N);
+    int dropped = xa != x;
     for (int i = 0; i < L->nlora; i++) {
         dt_lora *a = L->lora[i];
         const float *dys = dy + a->row_off;
-        /* dB(rows,r) += s·dysᵀ·u ; du(N,r) = s·dys·B ; dA(r,in) += duᵀ·x */
+        /* dB(rows,r) += s·dysᵀ·u ; du(N,r) = s·dys·B ; dA(r,in) += duᵀ·x̃ */
         OPS.gemm(be, 1, 0, a->rows, r, N, m->s, dys, L->out, a->u, r, 1.0f,
                  a->B->g, r);
         OPS.gemm(be, 0, 0, N, r, a->rows, m->s, dys, L->out, a->B->p, r, 0.0f,
                  m->du, r);
-        OPS.gemm(be, 1, 0, r, L->in, N, 1.0f, m->du, r, x, L->in, 1.0f,
+        OPS.gemm(be, 1, 0, r, L->in, N, 1.0f, m->du, r, xa, L->in, 1.0f,
                  a->A->g, L->in);
-        if (dx)
+        if (dx && !dropped)
             OPS.gemm(be, 0, 0, N, L->in, r, 1.0f, m->du, r, a->A->p, L->in,
                      1.0f, dx, L->in);
+        else if (dx)
+            OPS.gemm(be, 0, 0, N, L->in, r, 1.0f, m->du, r, a->A->p, L->in,
+                     i ? 1.0f : 0.0f, m->xd2, L->in);
+    }
+    if (dx && dropped) {
+        dt_lora *a = L->lora[0];
+        OPS.dropout(be, dx, m->xd2, (long)N * L->in, drop_p(m, m->drop.lora),
+                    drop_key(m, a->layer, DT_DROP_LORA + a->lin), 1);
     }
 }
 
@@ -134,18 +178,38 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
         OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, c->rope_theta, 0);
         OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 0);
     }
-    OPS.attention_fwd(be, A.att, A.lse, A.q, A.k, A.v, b, t, c->n_head,
-                      c->n_kv_head, c->head_dim);
+    float pa = drop_p(m, m->drop.attn), pr = drop_p(m, m->drop.resid);
+    if (pa > 0.0f)
+        OPS.attention_fwd_drop(be, A.att, A.lse, A.q, A.k, A.v, b, t,
+                               c->n_head, c->n_kv_head, c->head_dim, pa,
+                               drop_key(m, l, DT_DROP_ATTN));
+    else
+        OPS.attention_fwd(be, A.att, A.lse, A.q, A.k, A.v, b, t, c->n_head,
+                          c->n_kv_head, c->head_dim);
     OPS.copy(be, A.mid, A.x, (size_t)N * C * sizeof(float));
-    lin_fwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], A.att, A.mid, N,
-            1);
+    dt_linear *O = &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O];
+    if (pr > 0.0f) {
+        /* GPT-2's resid_dropout: the block's output in m->dx (free during
+         * the layers), dropped and added to the residual stream. */
+        lin_fwd(m, O, A.att, m->dx, N, 0);
+        OPS.dropout(be, A.mid, m->dx, (long)N * C, pr,
+                    drop_key(m, l, DT_DROP_RESID1), 1);
+    } else {
+        lin_fwd(m, O, A.att, A.mid, N, 1);
+    }
     norm_fwd(m, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.mid, Y->n2w,
              Y->n2b, N);
     OPS.copy(be, next, A.mid, (size_t)N * C * sizeof(float));
     if (c->arch == DT_ARCH_GPT2) {
         lin_fwd(m, &Y->lin[G_FC], A.n2, A.h1, N, 0);
         OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
-        lin_fwd(m, &Y->lin[G_PROJ], m->act, next, N, 1);
+        if (pr > 0.0f) {
+            lin_fwd(m, &Y->lin[G_PROJ], m->act, m->dx, N, 0);
+            OPS.dropout(be, next, m->dx, (long)N * C, pr,
+                        drop_key(m, l, DT_DROP_RESID2), 1);
+        } else {
+            lin_fwd(m, &Y->lin[G_PROJ], m->act, next, N, 1);
+        }
     } else {
         float *h2 = AT(m->h2, l, F);
         lin_fwd(m, &Y->lin[L_GATE], A.n2, A.h1, N, 0);
@@ -168,26 +232,46 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
     /* The MLP activation is recomputed from the kept pre-activations instead
      * of being stored per layer: one elementwise pass saves n_layer·N·F
      * floats. */
+    float pa = drop_p(m, m->drop.attn), pr = drop_p(m, m->drop.resid);
+    /* The residual dropouts' backward: the same mask on the gradient, into
+     * m->dx (free at both points). */
+    const float *dmlp = m->dres;
+    if (pr > 0.0f) {
+        OPS.dropout(be, m->dx, m->dres, (long)N * C, pr,
+                    drop_key(m, l, DT_DROP_RESID2), 0);
+        dmlp = m->dx;
+    }
     if (c->arch == DT_ARCH_GPT2) {
         OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
-        lin_bwd(m, &Y->lin[G_PROJ], m->dres, m->act, m->dact, N, 0);
+        lin_bwd(m, &Y->lin[G_PROJ], dmlp, m->act, m->dact, N, 0);
         OPS.memset0(be, m->dh1, (size_t)N * F * sizeof(float));
         OPS.gelu_bwd(be, m->dh1, A.h1, m->dact, (long)N * F);
         lin_bwd(m, &Y->lin[G_FC], m->dh1, A.n2, m->dx, N, 0);
     } else {
         float *h2 = AT(m->h2, l, F);
         OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
-        lin_bwd(m, &Y->lin[L_DOWN], m->dres, m->act, m->dact, N, 0);
+        lin_bwd(m, &Y->lin[L_DOWN], dmlp, m->act, m->dact, N, 0);
         OPS.swiglu_bwd(be, m->dh1, m->dh2, m->dact, A.h1, h2, (long)N * F);
         lin_bwd(m, &Y->lin[L_GATE], m->dh1, A.n2, m->dx, N, 0);
         lin_bwd(m, &Y->lin[L_UP], m->dh2, A.n2, m->dx, N, 1);
     }
     norm_bwd(m, m->dres, Y->pn2w, Y->pn2b, m->dx, A.mid, Y->n2w,
              AT(m->n2m, l, 1), AT(m->n2r, l, 1), N);
-    lin_bwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], m->dres, A.att,
+    const float *datt_out = m->dres;
+    if (pr > 0.0f) {
+        OPS.dropout(be, m->dx, m->dres, (long)N * C, pr,
+                    drop_key(m, l, DT_DROP_RESID1), 0);
+        datt_out = m->dx;
+    }
+    lin_bwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], datt_out, A.att,
             m->datt, N, 0);
-    OPS.attention_bwd(be, m->dq, m->dk, m->dv, m->datt, A.att, A.lse, A.q,
-                      A.k, A.v, b, t, c->n_head, c->n_kv_head, c->head_dim);
+    if (pa > 0.0f)
+        OPS.attention_bwd_drop(be, m->dq, m->dk, m->dv, m->datt, A.att, A.lse,
+                               A.q, A.k, A.v, b, t, c->n_head, c->n_kv_head,
+                               c->head_dim, pa, drop_key(m, l, DT_DROP_ATTN));
+    else
+        OPS.attention_bwd(be, m->dq, m->dk, m->dv, m->datt, A.att, A.lse, A.q,
+                          A.k, A.v, b, t, c->n_head, c->n_kv_head, c->head_dim);
     if (c->arch == DT_ARCH_GPT2) {
         OPS.copy2d(be, m->dqkv, 3 * C, m->dq, C, N, C, 1.0f);
         OPS.copy2d(be, m->dqkv + C, 3 * C, m->dk, C, N, C, 1.0f);
@@ -220,7 +304,15 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                            ids[i], V);
     OPS.upload(be, m->ids, ids, (size_t)N * sizeof(int32_t));
     memcpy(m->hids, ids, (size_t)N * sizeof(int32_t)); /* for embedding_bwd */
+    /* this pass's mode, step and micro-batch, for its backward pass too */
+    m->ltrain = m->train;
+    m->lstep = m->step;
+    m->lmicro = m->micro;
     OPS.embedding_fwd(be, m->res, m->ids, m->wte, m->wpe, b, t, C);
+    float pe = drop_p(m, m->drop.embd);
+    if (pe > 0.0f) /* GPT-2's embd_pdrop, in place */
+        OPS.dropout(be, m->res, m->res, (long)N * C, pe,
+                    drop_key(m, 0, DT_DROP_EMBD), 0);
     for (int l = 0; l < c->n_layer; l++)
         layer_fwd(m, l, b, t);
     norm_fwd(m, m->nf, m->nfm, m->nfr, AT(m->res, c->n_layer, C), m->nfw,
@@ -243,8 +335,13 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
             int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
             const float *x = m->nf + (size_t)r0 * C;
             OPS.gemm(be, 0, 1, rows, V, C, 1.0f, x, C, m->head, C, 0.0f, m->logits, V);
-            OPS.cross_entropy(be, m->logits, m->losses + r0, m->tgt + r0, rows, V,
-                              grad_scale);
+            if (m->ltrain && m->smoothing > 0.0f)
+                OPS.cross_entropy_smooth(be, m->logits, m->losses + r0,
+                                         m->tgt + r0, rows, V, grad_scale,
+                                         m->smoothing);
+            else
+                OPS.cross_entropy(be, m->logits, m->losses + r0, m->tgt + r0,
+                                  rows, V, grad_scale);
             if (grad_scale == 0.0f)
                 continue;
             OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
@@ -276,6 +373,10 @@ int dt_model_backward(dt_model *m, char *err)
              m->nfw, m->nfm, m->nfr, N);
     for (int l = c->n_layer - 1; l >= 0; l--)
         layer_bwd(m, l, b, t);
+    float pe = drop_p(m, m->drop.embd);
+    if (m->pwte && pe > 0.0f)
+        OPS.dropout(be, m->dres, m->dres, (long)N * C, pe,
+                    drop_key(m, 0, DT_DROP_EMBD), 0);
     if (m->pwte)
         OPS.embedding_bwd(be, m->pwte->g, m->pwpe ? m->pwpe->g : NULL, m->dres,
                           m->hids, b, t, C);
@@ -298,6 +399,38 @@ int dt_model_logits(dt_model *m, float *host, int b, int t, char *err)
     }
     return OPS.sync(m->be, err);
 }
+
+int dt_model_set_dropout(dt_model *m, const dt_dropouts *d, char *err)
+{
+    m->drop = *d;
+    if (d->lora > 0.0f && !m->xd && m->nloras) {
+        const dt_config *c = &m->c;
+        size_t wide = (size_t)c->d_model;
+        if ((size_t)c->d_ff > wide)
+            wide = (size_t)c->d_ff;
+        if ((size_t)m->qdim > wide)
+            wide = (size_t)m->qdim;
+        size_t bytes = (size_t)m->N * wide * sizeof(float);
+        m->xd = OPS.alloc(m->be, bytes);
+        m->xd2 = OPS.alloc(m->be, bytes);
+        if (!m->xd || !m->xd2)
+            return dt_errf(err, DT_ENOMEM, "out of %s memory for the LoRA "
+                           "dropout's scratch (%zu bytes)", OPS.name, 2 * bytes);
+    }
+    return 0;
+}
+
+void dt_model_set_label_smoothing(dt_model *m, float eps) { m->smoothing = eps; }
+
+void dt_model_train_mode(dt_model *m, uint64_t seed, long step, int micro)
+{
+    m->train = 1;
+    m->seed = seed;
+    m->step = step;
+    m->micro = micro;
+}
+
+void dt_model_eval_mode(dt_model *m) { m->train = 0; }
 
 void dt_model_delta_snapshot(dt_model *m)
 {

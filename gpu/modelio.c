@@ -343,6 +343,10 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         c->norm_eps = js_num(root, "layer_norm_epsilon", 1e-5f);
         c->rope_theta = 10000.0f; /* unused */
         c->tied = js_bool(root, "tie_word_embeddings", 1);
+        /* transformers' GPT2Config defaults: 0.1 each */
+        c->resid_pdrop = js_num(root, "resid_pdrop", 0.1f);
+        c->embd_pdrop = js_num(root, "embd_pdrop", 0.1f);
+        c->attn_pdrop = js_num(root, "attn_pdrop", 0.1f);
     } else if (is_llama) {
         c->arch = DT_ARCH_LLAMA;
         if ((rc = js_int(root, "num_hidden_layers", -1, &c->n_layer, path,
@@ -365,6 +369,7 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
                                                           10000.0f));
         c->norm_eps = js_num(root, "rms_norm_eps", 1e-6f);
         c->tied = js_bool(root, "tie_word_embeddings", 0);
+        c->attn_pdrop = js_num(root, "attention_dropout", 0.0f);
         if (!rope_default(json_object_get(root, "rope_scaling")) ||
             (rp && json_object_get(rp, "rope_type") && !rope_default(rp)))
             return dt_errf(err, DT_ENOTSUP, "%s: rope scaling is not "
@@ -384,6 +389,14 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         return dt_errf(err, DT_ENOTSUP, "%s: unknown architecture %s", path,
                        name);
     }
+    const struct { const char *key; float p; } drops[] = {
+        {"resid_pdrop", c->resid_pdrop}, {"embd_pdrop", c->embd_pdrop},
+        {c->arch == DT_ARCH_GPT2 ? "attn_pdrop" : "attention_dropout",
+         c->attn_pdrop}};
+    for (int i = 0; i < 3; i++)
+        if (!(drops[i].p >= 0.0f && drops[i].p < 1.0f))
+            return dt_errf(err, DT_EFORMAT, "%s: %s must be in [0, 1), got %g",
+                           path, drops[i].key, (double)drops[i].p);
     return DT_OK;
 }
 

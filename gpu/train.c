@@ -35,6 +35,7 @@ void dt_train_defaults(dt_train_opts *o)
     o->weight_decay = 0.0f;
     o->max_grad_norm = 1.0f;
     o->adam_eps = 1e-8f;
+    o->model_dropout = -1.0f; /* config.json's */
     o->batch = 4;
     o->accum = 1;
     o->seq_len = 256;
@@ -228,6 +229,22 @@ static int check_limits(const dt_train_opts *o, char *err)
     if (!(o->adam_eps > 0.0f && o->adam_eps < 1.0f))
         return dt_errf(err, DT_EINVAL, "--adam-epsilon must be in (0, 1), got %g",
                        (double)o->adam_eps);
+    if (!(o->model_dropout < 1.0f) || (o->model_dropout < 0.0f && o->model_dropout != -1.0f))
+        return dt_errf(err, DT_EINVAL, "--model-dropout must be in [0, 1), got %g",
+                       (double)o->model_dropout);
+    if (!(o->lora_dropout >= 0.0f && o->lora_dropout < 1.0f))
+        return dt_errf(err, DT_EINVAL, "--lora-dropout must be in [0, 1), got %g",
+                       (double)o->lora_dropout);
+    if (o->lora_dropout > 0.0f && o->method == DT_DELTA_LORA)
+        return dt_errf(err, DT_EINVAL, "--lora-dropout is not available for "
+                       "delta_lora: the Delta-LoRA paper removes dropout from the "
+                       "low-rank branch (its W update needs the gradient of the "
+                       "undropped input); use --method lora or --lora-dropout 0");
+    if (o->lora_dropout > 0.0f && o->method != DT_LORA)
+        return dt_errf(err, DT_EINVAL, "--lora-dropout applies to --method lora only");
+    if (!(o->label_smoothing >= 0.0f && o->label_smoothing < 1.0f))
+        return dt_errf(err, DT_EINVAL, "--label-smoothing must be in [0, 1), got %g",
+                       (double)o->label_smoothing);
     if (o->epochs < 0 || o->steps < 0 || (o->epochs == 0 && o->steps == 0))
         return dt_errf(err, DT_EINVAL, "--epochs or --steps must be > 0");
     return DT_OK;
@@ -406,6 +423,19 @@ int dt_train(const dt_train_opts *o_in, char *err)
     if (have_ad && (rc = load_init_adapter(m, &ad, err)))
         goto fail;
     dt_weights_release_data(&w);
+    {
+        /* dropout and label smoothing: training passes only */
+        const dt_config *mc = dt_model_config(m);
+        dt_dropouts dr = {mc->embd_pdrop, mc->resid_pdrop, mc->attn_pdrop,
+                          o.lora_dropout};
+        if (o.model_dropout >= 0.0f) { /* Llama has attention dropout only */
+            dr.attn = o.model_dropout;
+            dr.embd = dr.resid = mc->arch == DT_ARCH_GPT2 ? o.model_dropout : 0.0f;
+        }
+        if ((rc = dt_model_set_dropout(m, &dr, err)))
+            goto fail;
+        dt_model_set_label_smoothing(m, o.label_smoothing);
+    }
 
     dt_optim opt;
     dt_optim_defaults(&opt);
@@ -458,6 +488,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
             if (g > 0 && (halt = micro_stop(&o, step, g)))
                 break;
             tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            dt_model_train_mode(m, o.seed, step, g); /* dropout masks' key */
             if ((rc = dt_model_forward(m, ids, tgt, o.batch, tt, 1.0f / nstep, &ls,
                                        &nt, err)) ||
                 (rc = dt_model_backward(m, err)))
@@ -483,6 +514,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
                                    : "no step was completed");
             goto fail;
         }
+        dt_model_eval_mode(m); /* validation below: no dropout */
         loss /= nstep > 0 ? nstep : 1;
         if (!isfinite(loss)) {
             rc = dt_errf(err, DT_ENAN, "loss became %g at step %lld (try a lower --lr)",

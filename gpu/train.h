@@ -31,6 +31,11 @@ void dt_optim_defaults(dt_optim *o);
 int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
                   double *gnorm, char *err);
 
+/* 1 when full fine-tuning decays the parameter of this canonical name:
+ * Hugging Face Trainer's rule (no decay for biases and LayerNorm/RMSNorm
+ * weights; embeddings and the LM head are decayed). See optim.c. */
+int dt_param_decays(const char *name);
+
 /* Learning rate of 0-based step k of `total` (Hugging Face's schedules). */
 float dt_lr_at(dt_sched s, float lr, int64_t warmup, int64_t total, int64_t k);
 
@@ -70,6 +75,13 @@ typedef struct dt_train_opts {
     int warmup;
     float weight_decay, max_grad_norm;
     float adam_eps;          /* AdamW ε (default 1e-8, as PyTorch) */
+    /* Dropout in training (off in validation and generation): < 0 (the
+     * default) takes config.json's (GPT-2: resid_pdrop, embd_pdrop,
+     * attn_pdrop, 0.1 when missing; Llama: attention_dropout); >= 0
+     * replaces every dropout the architecture has (0: none). */
+    float model_dropout;
+    float lora_dropout;      /* lora only: PEFT's lora_dropout (default 0) */
+    float label_smoothing;   /* training loss; 0 = plain cross-entropy */
     int batch, accum, seq_len, epochs, steps;
     uint64_t seed;
     int threads;

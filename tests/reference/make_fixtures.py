@@ -218,8 +218,18 @@ def run_case(ref, name, dtype=torch.float32):
     params = [p for _, p in named]
     assert all(p.requires_grad for p in params)
     assert sum(p.requires_grad for p in model.parameters()) == len(params)
-    opt = torch.optim.AdamW(params, lr=LR, betas=BETAS, eps=EPS,
-                            weight_decay=WD)
+    groups = [{"params": params, "weight_decay": WD}]
+    if method == "full":
+        # Hugging Face Trainer's rule: no decay for biases and LayerNorm /
+        # RMSNorm weights (the engine's dt_param_decays, gpu/optim.c).
+        from transformers import Trainer
+        decay = set(Trainer.get_decay_parameter_names(None, model))
+        byid = {id(p): n for n, p in model.named_parameters()}
+        groups = [{"params": [p for p in params if byid[id(p)] in decay],
+                   "weight_decay": WD},
+                  {"params": [p for p in params if byid[id(p)] not in decay],
+                   "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS)
     out, losses = {}, []
     for step in range(1, STEPS + 1):
         opt.zero_grad(set_to_none=True)

@@ -590,6 +590,95 @@ static void test_attention_matches_cpu(void **state)
     done();
 }
 
+/* Attention with dropout p = 0.2 on the probabilities: the same mask
+ * (dt_drop_keep, keyed per element) on both backends, in the forward pass
+ * and regenerated in the backward pass. */
+static void test_attention_dropout_matches_cpu(void **state)
+{
+    for (size_t s = 0; s < N_ATTN_CASES; s++) {
+        const attn_case *c = &attn_cases[s];
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d p=0.2", c->B,
+                 c->T, c->NH, c->NKV, c->D);
+        attn_bufs a;
+        attn_alloc(&a, c);
+        uint64_t key = 0x1234abcdull + s;
+        BOTH(be->i.attention_fwd_drop(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), c->B, c->T, c->NH, c->NKV, c->D,
+                                      0.2f, key));
+        check(&a.out, "attn_fwd_drop/out", shape, TOL_MM);
+        check(&a.lse, "attn_fwd_drop/lse", shape, TOL_MM);
+        BOTH(be->i.attention_bwd_drop(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout),
+                                      F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), c->B, c->T, c->NH, c->NKV, c->D,
+                                      0.2f, key));
+        check(&a.dq, "attn_bwd_drop/dq", shape, TOL_MM);
+        check(&a.dk, "attn_bwd_drop/dk", shape, TOL_MM);
+        check(&a.dv, "attn_bwd_drop/dv", shape, TOL_MM);
+        attn_free(&a);
+    }
+    done();
+}
+
+/* The dropout op: the same mask and scale on both backends (in place, into
+ * another buffer, accumulated), with n not a multiple of the block. */
+static void test_dropout_matches_cpu(void **state)
+{
+    long n = SZ(100003, 5003);
+    char shape[64];
+    snprintf(shape, sizeof shape, "n=%ld p=0.1,0.5", n);
+    dbuf x = buf_rand(n, 1.0f), y = buf_rand(n, 1.0f), z = buf_rand(n, 1.0f);
+    BOTH(be->i.dropout(be, F(y), F(x), n, 0.1f, 77, 0));
+    check(&y, "dropout", shape, TOL_EW);
+    BOTH(be->i.dropout(be, F(z), F(x), n, 0.5f, 78, 1));
+    check(&z, "dropout/acc", shape, TOL_EW);
+    BOTH(be->i.dropout(be, F(x), F(x), n, 0.5f, 79, 0));
+    check(&x, "dropout/inplace", shape, TOL_EW);
+    /* the dropped elements are the same ones: exact zeros on both */
+    float *h0 = fetch(&x, 0), *h1 = fetch(&x, 1);
+    long zeros = 0;
+    for (long i = 0; i < n; i++) {
+        assert_int_equal(h0[i] == 0.0f, h1[i] == 0.0f);
+        zeros += h0[i] == 0.0f;
+    }
+    assert_true(zeros > n / 3 && zeros < 2 * n / 3);
+    free(h0);
+    free(h1);
+    buf_free(&x);
+    buf_free(&y);
+    buf_free(&z);
+    done();
+}
+
+/* Label smoothing 0.1 (torch's CrossEntropyLoss(label_smoothing=0.1)). */
+static void test_cross_entropy_smooth_matches_cpu(void **state)
+{
+    static const int big[][2] = {{50, 1000}, {8, 50257}};
+    static const int little[][2] = {{6, 1000}, {5, 50257}};
+    const int(*shapes)[2] = small ? little : big;
+    for (int s = 0; s < 2; s++) {
+        int N = shapes[s][0], V = shapes[s][1];
+        char shape[64];
+        snprintf(shape, sizeof shape, "N=%d V=%d eps=0.1", N, V);
+        int32_t *t = malloc((size_t)N * sizeof *t);
+        assert_non_null(t);
+        for (int i = 0; i < N; i++)
+            t[i] = (int32_t)((frand() * 0.5f + 0.5f) * V) % V;
+        t[1] = -100;
+        dbuf tg = buf_from(t, (size_t)N * sizeof *t);
+        free(t);
+        dbuf logits = buf_rand((long)N * V, 8.0f), losses = buf_rand(N, 1.0f);
+        BOTH(be->i.cross_entropy_smooth(be, F(logits), F(losses), I(tg), N, V,
+                                        1.0f / N, 0.1f));
+        check(&logits, "ce_smooth/dlog", shape, TOL_EW);
+        check(&losses, "ce_smooth/loss", shape, TOL_EW);
+        buf_free(&tg);
+        buf_free(&logits);
+        buf_free(&losses);
+    }
+    done();
+}
+
 /* ---- determinism ------------------------------------------------------------------------------------ */
 
 static void test_attention_bwd_is_bitwise_repeatable(void **state)
@@ -839,6 +928,9 @@ int main(void)
         cmocka_unit_test(test_rope_long_sequence_matches_cpu_tightly),
         cmocka_unit_test(test_peak_bytes_counts_the_workspace),
         cmocka_unit_test(test_multi_tensor_optimizer_ops_match_per_tensor),
+        cmocka_unit_test(test_dropout_matches_cpu),
+        cmocka_unit_test(test_attention_dropout_matches_cpu),
+        cmocka_unit_test(test_cross_entropy_smooth_matches_cpu),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     dt_backend_free(be2[0]);

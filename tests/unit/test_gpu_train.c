@@ -66,6 +66,10 @@ typedef struct run {
 } run;
 
 
+/* Dropout and label smoothing of the *_with_dropout cases (0: none). */
+static dt_dropouts g_drop;
+static float g_smooth;
+
 static void run_steps(run *R, dt_weights *w, const dt_lora_opts *lo,
                       const dt_tensorset *init, const int32_t *ids,
                       const int32_t *tgt, int B, int T)
@@ -79,6 +83,9 @@ static void run_steps(run *R, dt_weights *w, const dt_lora_opts *lo,
         assert_int_equal(dt_model_get_weight(R->m, init->t[i].name, &dev, &n), 0);
         R->be->i.upload(R->be, dev, init->t[i].data, (size_t)n * sizeof(float));
     }
+    if (dt_model_set_dropout(R->m, &g_drop, err))
+        fail_msg("%s: %s", R->be->i.name, err);
+    dt_model_set_label_smoothing(R->m, g_smooth);
     dt_optim_defaults(&R->opt);
     R->opt.lr = LR;
     R->opt.weight_decay = WD;
@@ -90,6 +97,7 @@ static void run_steps(run *R, dt_weights *w, const dt_lora_opts *lo,
         double ls;
         long nt;
         dt_model_zero_grad(R->m);
+        dt_model_train_mode(R->m, 7, s, 0); /* dropout's masks, if any */
         if (dt_model_forward(R->m, ids, tgt, B, T, 1.0f / ntok, &ls, &nt, err) ||
             dt_model_backward(R->m, err))
             fail_msg("%s step %d: %s", R->be->i.name, s + 1, err);
@@ -270,6 +278,22 @@ static void compare_case(const char *arch_dir, dt_method method, const char *tar
     dt_weights_free(&w);
 }
 
+/* Dropout 0.1 at every site the model has (GPT-2: embeddings, attention
+ * probabilities, residual branches; Llama: attention) and label smoothing
+ * 0.1, with LoRA dropout 0.1 for lora: the same masks on both backends. */
+static void with_dropout(const char *arch_dir, dt_method method, const char *targets,
+                         const char *init_case)
+{
+    g_drop = (dt_dropouts){0.1f, 0.1f, 0.1f, method == DT_LORA ? 0.1f : 0.0f};
+    g_smooth = 0.1f;
+    compare_case(arch_dir, method, targets, init_case);
+    g_drop = (dt_dropouts){0};
+    g_smooth = 0.0f;
+}
+static void test_gpt2_full_with_dropout_cuda_matches_cpu(void **s) { (void)s; with_dropout("gpt2_model", DT_FULL, "", NULL); }
+static void test_gpt2_lora_with_dropout_cuda_matches_cpu(void **s) { (void)s; with_dropout("gpt2_model", DT_LORA, "c_attn", "gpt2_lora"); }
+static void test_llama_lora_with_dropout_cuda_matches_cpu(void **s) { (void)s; with_dropout("llama_model", DT_LORA, "q,k,v,o,gate,up,down", "llama_lora"); }
+
 static void test_gpt2_full_cuda_matches_cpu(void **s) { (void)s; compare_case("gpt2_model", DT_FULL, "", NULL); }
 static void test_gpt2_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("gpt2_model", DT_LORA, "c_attn", "gpt2_lora"); }
 static void test_gpt2_delta_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("gpt2_model", DT_DELTA_LORA, "q,v", "gpt2_delta_qv"); }
@@ -286,6 +310,9 @@ int main(void)
         cmocka_unit_test(test_llama_full_cuda_matches_cpu),
         cmocka_unit_test(test_llama_lora_cuda_matches_cpu),
         cmocka_unit_test(test_llama_delta_lora_cuda_matches_cpu),
+        cmocka_unit_test(test_gpt2_full_with_dropout_cuda_matches_cpu),
+        cmocka_unit_test(test_gpt2_lora_with_dropout_cuda_matches_cpu),
+        cmocka_unit_test(test_llama_lora_with_dropout_cuda_matches_cpu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
