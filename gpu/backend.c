@@ -4,6 +4,7 @@
 #include "base/dt.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,12 +59,22 @@ void dt_backend_free(dt_backend *be)
         be->i.destroy(be);
 }
 
+static float rope__inv_freq(int i, int D, float theta, float factor,
+                            float low, float high, int orig);
+static void rope__lookup(int k, float *theta, float *factor, float *low,
+                         float *high, int *orig);
+
 void dt_rope_table(float *cs, int T, int D, float theta)
 {
+    float factor = 0.0f, low = 0.0f, high = 0.0f;
+    int orig = 0;
+    if (theta < 0.0f) { /* a dt_rope_key */
+        int k = (int)(-theta) - 1;
+        rope__lookup(k, &theta, &factor, &low, &high, &orig);
+    }
     int half = D / 2;
     for (int i = 0; i < half; i++) {
-        float e = (float)(2 * i) / (float)D; /* fp32, as HF's arange / dim */
-        float inv = 1.0f / (float)pow((double)theta, (double)e);
+        float inv = rope__inv_freq(i, D, theta, factor, low, high, orig);
         for (int t = 0; t < T; t++) {
             double ang = (double)((float)t * inv);
             float *p = cs + 2 * ((size_t)t * half + i);
@@ -71,4 +82,70 @@ void dt_rope_table(float *cs, int T, int D, float theta)
             p[1] = (float)sin(ang);
         }
     }
+}
+
+/* One inverse frequency, in fp32 as transformers computes it
+ * (_compute_default_rope_parameters, _compute_llama3_parameters). */
+static float rope__inv_freq(int i, int D, float theta, float factor,
+                            float low, float high, int orig)
+{
+    float e = (float)(2 * i) / (float)D; /* fp32, as HF's arange / dim */
+    float inv = 1.0f / (float)pow((double)theta, (double)e);
+    if (factor == 0.0f)
+        return inv;
+    float low_wl = (float)orig / low, high_wl = (float)orig / high;
+    float wl = 2.0f * (float)M_PI / inv;
+    float scaled = wl > low_wl ? inv / factor : inv;
+    if (!(wl < high_wl) && !(wl > low_wl)) { /* medium: interpolate */
+        float sm = ((float)orig / wl - low) / (high - low);
+        scaled = (1.0f - sm) * scaled / factor + sm * scaled;
+    }
+    return scaled;
+}
+
+/* dt_rope_key's registry: the backends cache one table per (D, theta), so a
+ * scaled RoPE travels as a distinct negative "theta" that indexes this list
+ * (append-only, so a key stays valid for the life of the process). */
+#define ROPE_KEYS 64
+static struct { float theta, factor, low, high; int orig; } rope__keys[ROPE_KEYS];
+static int rope__nkeys;
+static pthread_mutex_t rope__mu = PTHREAD_MUTEX_INITIALIZER;
+
+float dt_rope_key(float theta, float factor, float low, float high, int orig)
+{
+    if (factor == 0.0f)
+        return theta;
+    pthread_mutex_lock(&rope__mu);
+    int i;
+    for (i = 0; i < rope__nkeys; i++)
+        if (rope__keys[i].theta == theta && rope__keys[i].factor == factor &&
+            rope__keys[i].low == low && rope__keys[i].high == high &&
+            rope__keys[i].orig == orig)
+            break;
+    if (i == rope__nkeys && i < ROPE_KEYS) {
+        rope__keys[i].theta = theta;
+        rope__keys[i].factor = factor;
+        rope__keys[i].low = low;
+        rope__keys[i].high = high;
+        rope__keys[i].orig = orig;
+        rope__nkeys++;
+    }
+    pthread_mutex_unlock(&rope__mu);
+    return i < ROPE_KEYS ? -(float)(i + 1) : theta; /* full: unscaled */
+}
+
+static void rope__lookup(int k, float *theta, float *factor, float *low,
+                         float *high, int *orig)
+{
+    pthread_mutex_lock(&rope__mu);
+    if (k >= 0 && k < rope__nkeys) {
+        *theta = rope__keys[k].theta;
+        *factor = rope__keys[k].factor;
+        *low = rope__keys[k].low;
+        *high = rope__keys[k].high;
+        *orig = rope__keys[k].orig;
+    } else {
+        *theta = 10000.0f;
+    }
+    pthread_mutex_unlock(&rope__mu);
 }

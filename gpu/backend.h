@@ -223,6 +223,12 @@ void dt_backend_free(dt_backend *be);
  * sin are evaluated in double and rounded once, on the host, so every
  * backend rotates by exactly the same floats. */
 void dt_rope_table(float *cs, int T, int D, float theta);
+/* RoPE with Llama 3 scaling (factor, low/high frequency factors, original
+ * context): returns a key to pass as the ops' theta argument (a negative
+ * value; identical parameters give the same key), which dt_rope_table maps
+ * back to the base theta and the scaled frequencies. factor 0: returns theta
+ * itself. */
+float dt_rope_key(float theta, float factor, float low, float high, int orig);
 
 dt_backend *dt_backend_cpu_new(int threads, char *err);
 /* Defined by backend_cuda.cu; a stub that fails clearly when built without

@@ -373,6 +373,11 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     if (c->arch == DT_ARCH_GPT2 && T > c->max_pos)
         return dt_errf(err, DT_EINVAL, "--seq-len %d exceeds the model's %d positions",
                        T, c->max_pos);
+    if (c->sliding_window > 0 && T > c->sliding_window)
+        return dt_errf(err, DT_ENOTSUP, "--seq-len %d exceeds the model's "
+                       "sliding_window %d (sliding-window attention is not "
+                       "supported; use a sequence length <= %d)", T,
+                       c->sliding_window, c->sliding_window);
     /* rank 0 with no targets is a frozen model (inference only). */
     if (lo->method != DT_FULL && (lo->rank < 0 || (lo->rank > 0) != (lo->targets != 0)))
         return dt_errf(err, DT_EINVAL, "LoRA needs rank >= 1 and target modules");
@@ -389,6 +394,8 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     m->N = B * T;
     m->qdim = c->n_head * c->head_dim;
     m->kvdim = c->n_kv_head * c->head_dim;
+    m->rope_key = dt_rope_key(c->rope_theta, c->rope_factor, c->rope_low_freq,
+                              c->rope_high_freq, c->rope_orig_ctx);
     m->L = calloc((size_t)c->n_layer, sizeof *m->L);
     int maxlora = lo->method == DT_FULL ? 0 : c->n_layer * MAX_LIN;
     m->capparams = 4 + c->n_layer * 20 + 2 * maxlora;

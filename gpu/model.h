@@ -29,6 +29,12 @@ typedef struct dt_config {
     int max_pos;    /* GPT-2 positions; Llama: max_position_embeddings */
     float norm_eps;
     float rope_theta;
+    /* Llama 3 rope scaling (rope_type "llama3"); rope_factor 0: none. Only
+     * the RoPE frequencies change (dt_rope_table). */
+    float rope_factor, rope_low_freq, rope_high_freq;
+    int rope_orig_ctx;  /* original_max_position_embeddings */
+    int sliding_window; /* Mistral: attention window (0: none); sequences
+                           longer than it are refused by dt_model_new */
     int tied;       /* lm_head shares the embedding */
     int attn_bias;  /* Llama family: q/k/v biases present (Qwen2) */
     int o_bias;     /* Llama family: o_proj bias present */

@@ -44,6 +44,7 @@ struct dt_model {
     float s;               /* alpha / r */
     int B, T, N;           /* allocated batch, sequence, B*T */
     int qdim, kvdim;       /* NH*D, NKV*D */
+    float rope_key;        /* the ops' theta: dt_rope_key(config's RoPE) */
 
     float *wte, *wpe, *nfw, *nfb, *head; /* head == wte when tied */
     dt_param *pwte, *pwpe, *pnfw, *pnfb, *phead;

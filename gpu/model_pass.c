@@ -175,8 +175,8 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
         lin_fwd(m, &Y->lin[L_Q], A.n1, A.q, N, 0);
         lin_fwd(m, &Y->lin[L_K], A.n1, A.k, N, 0);
         lin_fwd(m, &Y->lin[L_V], A.n1, A.v, N, 0);
-        OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, c->rope_theta, 0);
-        OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 0);
+        OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, m->rope_key, 0);
+        OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, m->rope_key, 0);
     }
     float pa = drop_p(m, m->drop.attn), pr = drop_p(m, m->drop.resid);
     if (pa > 0.0f)
@@ -278,8 +278,8 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
         OPS.copy2d(be, m->dqkv + 2 * C, 3 * C, m->dv, C, N, C, 1.0f);
         lin_bwd(m, &Y->lin[G_QKV], m->dqkv, A.n1, m->dx, N, 0);
     } else {
-        OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, c->rope_theta, 1);
-        OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, c->rope_theta, 1);
+        OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, m->rope_key, 1);
+        OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, m->rope_key, 1);
         lin_bwd(m, &Y->lin[L_Q], m->dq, A.n1, m->dx, N, 0);
         lin_bwd(m, &Y->lin[L_K], m->dk, A.n1, m->dx, N, 1);
         lin_bwd(m, &Y->lin[L_V], m->dv, A.n1, m->dx, N, 1);

@@ -10,6 +10,7 @@
 #include "base/file.h"
 
 #include <jansson.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -300,15 +301,48 @@ static int has_arch(json_t *root, const char *name)
     return 0;
 }
 
-/* A RoPE scaling object must be absent or of the default type. */
-static int rope_default(json_t *o)
+/* Reads a RoPE scaling object (config.json's rope_scaling, or
+ * transformers 5's rope_parameters): absent, null or of type "default" is
+ * plain RoPE; type "llama3" sets c->rope_factor etc.; any other type is an
+ * error naming it. */
+static int rope_scaling(const char *path, const char *key, json_t *o,
+                        dt_config *c, char *err)
 {
     if (!o || json_is_null(o))
-        return 1;
+        return DT_OK;
+    if (!json_is_object(o))
+        return dt_errf(err, DT_EFORMAT, "%s: %s is not an object", path, key);
     const char *t = json_string_value(json_object_get(o, "rope_type"));
     if (!t)
         t = json_string_value(json_object_get(o, "type"));
-    return t && strcmp(t, "default") == 0;
+    if (!t)
+        return json_object_get(o, "factor")
+                   ? dt_errf(err, DT_EFORMAT, "%s: %s has no rope_type", path,
+                             key)
+                   : DT_OK; /* rope_parameters with only rope_theta */
+    if (strcmp(t, "default") == 0)
+        return DT_OK;
+    if (strcmp(t, "llama3") != 0)
+        return dt_errf(err, DT_ENOTSUP, "%s: %s type %s is not supported "
+                       "(default and llama3 only)", path, key, t);
+    const char *nums[] = {"factor", "low_freq_factor", "high_freq_factor",
+                          "original_max_position_embeddings"};
+    double v[4];
+    for (int i = 0; i < 4; i++) {
+        json_t *x = json_object_get(o, nums[i]);
+        if (!json_is_number(x) || !(json_number_value(x) > 0.0))
+            return dt_errf(err, DT_EFORMAT, "%s: %s.%s must be a positive "
+                           "number for rope_type llama3", path, key, nums[i]);
+        v[i] = json_number_value(x);
+    }
+    if (!(v[2] > v[1]) || v[3] > 1e9)
+        return dt_errf(err, DT_EFORMAT, "%s: %s: high_freq_factor must exceed "
+                       "low_freq_factor", path, key);
+    c->rope_factor = (float)v[0];
+    c->rope_low_freq = (float)v[1];
+    c->rope_high_freq = (float)v[2];
+    c->rope_orig_ctx = (int)v[3];
+    return DT_OK;
 }
 
 static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
@@ -370,10 +404,19 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         c->norm_eps = js_num(root, "rms_norm_eps", 1e-6f);
         c->tied = js_bool(root, "tie_word_embeddings", 0);
         c->attn_pdrop = js_num(root, "attention_dropout", 0.0f);
-        if (!rope_default(json_object_get(root, "rope_scaling")) ||
-            (rp && json_object_get(rp, "rope_type") && !rope_default(rp)))
-            return dt_errf(err, DT_ENOTSUP, "%s: rope scaling is not "
-                           "supported", path);
+        if ((rc = rope_scaling(path, "rope_scaling",
+                               json_object_get(root, "rope_scaling"), c,
+                               err)) ||
+            (rc = rope_scaling(path, "rope_parameters", rp, c, err)))
+            return rc;
+        /* Mistral's sliding window (Qwen2's when use_sliding_window). */
+        json_t *sw = json_object_get(root, "sliding_window");
+        if (json_is_integer(sw) && json_integer_value(sw) > 0 &&
+            (!has_arch(root, "Qwen2ForCausalLM") ||
+             js_bool(root, "use_sliding_window", 0)))
+            c->sliding_window = json_integer_value(sw) > INT32_MAX
+                                    ? INT32_MAX
+                                    : (int)json_integer_value(sw);
         if (js_num(root, "partial_rotary_factor", 1.0f) != 1.0f)
             return dt_errf(err, DT_ENOTSUP, "%s: partial rotary embeddings "
                            "are not supported", path);
@@ -384,10 +427,13 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
                            path, act);
     } else {
         json_t *a0 = json_array_get(json_object_get(root, "architectures"), 0);
-        const char *name = mt ? mt : json_is_string(a0) ? json_string_value(a0)
-                                                        : "(none)";
+        if (json_is_string(a0))
+            return dt_errf(err, DT_ENOTSUP, "%s: unsupported architecture %s "
+                           "(supported: GPT2LMHeadModel, LlamaForCausalLM, "
+                           "MistralForCausalLM, Qwen2ForCausalLM)", path,
+                           json_string_value(a0));
         return dt_errf(err, DT_ENOTSUP, "%s: unknown architecture %s", path,
-                       name);
+                       mt ? mt : "(none)");
     }
     const struct { const char *key; float p; } drops[] = {
         {"resid_pdrop", c->resid_pdrop}, {"embd_pdrop", c->embd_pdrop},

@@ -3,8 +3,9 @@
 usage: check_exports.py BASE_MODEL_DIR RUN_DIR [RUN_DIR ...]
 
 For each run directory (the --out of a `deltatune train` run):
-- RUN_DIR/merged loads with transformers' AutoModelForCausalLM and its logits
-  are finite;
+- RUN_DIR/merged loads with transformers' AutoModelForCausalLM as the base
+  model's class (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, ...)
+  with the same rope parameters, and its logits are finite;
 - when RUN_DIR/adapter exists (--method lora): PeftModel.from_pretrained on
   the base model gives the same logits as the merged model (max abs diff
   printed; must be < 1e-4).
@@ -14,7 +15,7 @@ import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 
 def logits(model, ids):
@@ -29,6 +30,14 @@ def main():
     for run in runs:
         merged = AutoModelForCausalLM.from_pretrained(os.path.join(run, "merged"),
                                                       dtype=torch.float32).eval()
+        base_cfg = AutoConfig.from_pretrained(base_dir)
+        want = base_cfg.architectures[0]
+        same = (type(merged).__name__ == want and
+                getattr(merged.config, "rope_parameters", None) ==
+                getattr(base_cfg, "rope_parameters", None))
+        print(f"{run}: merged is {type(merged).__name__} (base {want}), "
+              f"same rope parameters: {same}")
+        ok &= same
         vocab = merged.config.vocab_size
         ids = torch.randint(0, vocab, (2, 12))
         lm = logits(merged, ids)

@@ -6,6 +6,8 @@ Usage:  .venv/bin/python tests/reference/make_fixtures.py tests/fixtures [--chec
 Writes <root>/ref/: gpt2_model/, llama_model/ (tiny random HF models), one
 folder per training case (case.json, data.safetensors, init.safetensors,
 expected.safetensors) and smollm2/ (logits of the real GGUF model).
+--families writes only the model-family fixtures (llama3_*, qwen2_*,
+mistral_*: make_family_models).
 --check64 additionally reruns every case in float64 and prints how far the
 float32 results are from it (nothing is written for that).
 
@@ -54,7 +56,17 @@ CASES = {
     "llama_full": ("llama", "full", None, ""),
     "llama_lora": ("llama", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
     "llama_delta": ("llama", "delta_lora", ["q_proj", "v_proj"], "q,v"),
+    # model families (make_family_models): Llama 3 rope scaling, Qwen 2
+    # q/k/v biases, Mistral (sliding window wider than T)
+    "llama3_lora": ("llama3", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
+    "llama3_delta": ("llama3", "delta_lora", ["q_proj", "v_proj"], "q,v"),
+    "qwen2_full": ("qwen2", "full", None, ""),
+    "qwen2_lora": ("qwen2", "lora", ["q_proj", "k_proj", "v_proj"], "q,k,v"),
+    "qwen2_delta": ("qwen2", "delta_lora", ["q_proj", "k_proj"], "q,k"),
+    "mistral_lora": ("mistral", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
+    "mistral_delta": ("mistral", "delta_lora", ["q_proj", "v_proj"], "q,v"),
 }
+FAMILIES = ("llama3", "qwen2", "mistral")
 SMOL_GGUF = ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_PROMPT = "The capital of France is"
 
@@ -99,6 +111,42 @@ def make_models(ref):
         eos_token_id=0, pad_token_id=None))
     perturb(m, 2001)
     m.save_pretrained(os.path.join(ref, "llama_model"))
+
+
+def make_family_models(ref):
+    """Tiny random models in each family's own config class."""
+    from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig,
+                              MistralForCausalLM, Qwen2Config,
+                              Qwen2ForCausalLM)
+    common = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=64, vocab_size=V,
+                  rms_norm_eps=1e-5, attention_dropout=0.0, bos_token_id=0,
+                  eos_token_id=0, pad_token_id=None)
+    # Llama 3.1-style rope scaling; with head_dim 8 and theta 1e4 the
+    # wavelengths 6.3, 63, 628, 6283 hit all three llama3 bands (orig 64,
+    # low 1 -> 64, high 4 -> 16): kept, interpolated, divided by factor.
+    torch.manual_seed(6000)
+    m = LlamaForCausalLM(LlamaConfig(
+        max_position_embeddings=512, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 10000.0,
+                         "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 64}, **common))
+    perturb(m, 6001)
+    m.save_pretrained(os.path.join(ref, "llama3_model"))
+    torch.manual_seed(7000)  # Qwen 2: q/k/v biases, untied head
+    m = Qwen2ForCausalLM(Qwen2Config(
+        max_position_embeddings=64, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False, **common))
+    perturb(m, 7001)
+    m.save_pretrained(os.path.join(ref, "qwen2_model"))
+    torch.manual_seed(8000)  # Mistral: sliding window 32 > T
+    m = MistralForCausalLM(MistralConfig(
+        max_position_embeddings=128, tie_word_embeddings=False,
+        sliding_window=32, **common))
+    perturb(m, 8001)
+    m.save_pretrained(os.path.join(ref, "mistral_model"))
 
 
 def make_data(seed):
@@ -360,7 +408,14 @@ def main():
     setup()
     ref = os.path.join(sys.argv[1], "ref")
     os.makedirs(ref, exist_ok=True)
+    if "--families" in sys.argv:  # only the model-family fixtures
+        make_family_models(ref)
+        for name in CASES:
+            if CASES[name][0] in FAMILIES:
+                write_case(ref, name)
+        return
     make_models(ref)
+    make_family_models(ref)
     for name in CASES:
         write_case(ref, name)
     write_smollm2(ref)

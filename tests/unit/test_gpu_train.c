@@ -300,6 +300,11 @@ static void test_gpt2_delta_lora_cuda_matches_cpu(void **s) { (void)s; compare_c
 static void test_llama_full_cuda_matches_cpu(void **s) { (void)s; compare_case("llama_model", DT_FULL, "", NULL); }
 static void test_llama_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("llama_model", DT_LORA, "q,k,v,o,gate,up,down", "llama_lora"); }
 static void test_llama_delta_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("llama_model", DT_DELTA_LORA, "q,v", "llama_delta"); }
+/* model families: Llama 3 rope scaling (the host table under a dt_rope_key),
+ * Qwen 2 biases (trained under full), Mistral */
+static void test_llama3_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("llama3_model", DT_LORA, "q,k,v,o,gate,up,down", "llama3_lora"); }
+static void test_qwen2_full_cuda_matches_cpu(void **s) { (void)s; compare_case("qwen2_model", DT_FULL, "", NULL); }
+static void test_mistral_delta_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("mistral_model", DT_DELTA_LORA, "q,v", "mistral_delta"); }
 
 int main(void)
 {
@@ -310,6 +315,9 @@ int main(void)
         cmocka_unit_test(test_llama_full_cuda_matches_cpu),
         cmocka_unit_test(test_llama_lora_cuda_matches_cpu),
         cmocka_unit_test(test_llama_delta_lora_cuda_matches_cpu),
+        cmocka_unit_test(test_llama3_lora_cuda_matches_cpu),
+        cmocka_unit_test(test_qwen2_full_cuda_matches_cpu),
+        cmocka_unit_test(test_mistral_delta_lora_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_full_with_dropout_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_lora_with_dropout_cuda_matches_cpu),
         cmocka_unit_test(test_llama_lora_with_dropout_cuda_matches_cpu),

@@ -256,6 +256,99 @@ static void test_llama_full_matches_pytorch(void **s) { (void)s; run_case("llama
 static void test_llama_lora_all_modules_matches_peft(void **s) { (void)s; run_case("llama_lora"); }
 static void test_llama_delta_lora_matches_reference(void **s) { (void)s; run_case("llama_delta"); }
 
+/* Model families, each a tiny random model in its own transformers config
+ * class (make_fixtures.py make_family_models); about 0.3 s each. */
+/* Llama 3.x: rope_parameters type llama3 (all three frequency bands), tied
+ * head. */
+static void test_llama3_rope_scaling_lora_matches_peft(void **s) { (void)s; run_case("llama3_lora"); }
+static void test_llama3_rope_scaling_delta_lora_matches_reference(void **s) { (void)s; run_case("llama3_delta"); }
+/* Qwen 2: q/k/v biases (0.1·randn): in the forward pass (logits), the
+ * backward pass (the biases' own gradients under full, and the LoRA
+ * gradients of q/k/v, which flow through softmax(q·k) with the biases). */
+static void test_qwen2_biases_full_matches_pytorch(void **s) { (void)s; run_case("qwen2_full"); }
+static void test_qwen2_biases_lora_qkv_matches_peft(void **s) { (void)s; run_case("qwen2_lora"); }
+static void test_qwen2_biases_delta_lora_matches_reference(void **s) { (void)s; run_case("qwen2_delta"); }
+/* Mistral: untied head, sliding_window 32 wider than the sequence. */
+static void test_mistral_lora_matches_peft(void **s) { (void)s; run_case("mistral_lora"); }
+static void test_mistral_delta_lora_matches_reference(void **s) { (void)s; run_case("mistral_delta"); }
+
+/* Mistral's sliding window: a sequence longer than it is a clear error
+ * naming sliding_window (no silent full attention); up to it is fine.
+ * About 0.05 s. */
+static void test_mistral_seq_len_over_sliding_window_is_refused(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    assert_non_null(be);
+    dt_weights w;
+    assert_int_equal(dt_weights_load(REF "/mistral_model", &w, err), 0);
+    assert_int_equal(w.cfg.sliding_window, 32);
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0};
+    dt_model *m = NULL;
+    assert_int_equal(dt_model_new(be, &w, &lo, 1, 33, 1, &m, err), DT_ENOTSUP);
+    assert_null(m);
+    assert_non_null(strstr(err, "--seq-len 33"));
+    assert_non_null(strstr(err, "sliding_window 32"));
+    assert_int_equal(dt_model_new(be, &w, &lo, 1, 32, 1, &m, err), 0);
+    dt_model_free(m);
+    dt_weights_free(&w);
+    dt_backend_free(be);
+}
+
+/* Writes cfg as <tmp>/config.json and loads it: returns the code, err set. */
+static int load_config(const char *cfg, char *err)
+{
+    char dir[] = "/tmp/dt_family_XXXXXX", path[64];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(cfg, f);
+    fclose(f);
+    dt_weights w;
+    int rc = dt_weights_load(dir, &w, err);
+    if (rc == 0)
+        dt_weights_free(&w);
+    unlink(path);
+    rmdir(dir);
+    return rc;
+}
+
+/* Configs whose math the engine does not implement are refused by name:
+ * Gemma 3, Qwen 3 (q_norm/k_norm), and rope types other than default and
+ * llama3 (in either key). About 0.01 s. */
+static void test_unsupported_families_and_rope_types_are_named(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    assert_int_equal(load_config("{\"architectures\":[\"Gemma3ForCausalLM\"],"
+                                 "\"model_type\":\"gemma3_text\"}", err),
+                     DT_ENOTSUP);
+    assert_non_null(strstr(err, "unsupported architecture Gemma3ForCausalLM"));
+    assert_int_equal(load_config("{\"architectures\":[\"Qwen3ForCausalLM\"],"
+                                 "\"model_type\":\"qwen3\"}", err),
+                     DT_ENOTSUP);
+    assert_non_null(strstr(err, "unsupported architecture Qwen3ForCausalLM"));
+    const char *base = "{\"architectures\":[\"LlamaForCausalLM\"],"
+                       "\"num_hidden_layers\":1,\"hidden_size\":8,"
+                       "\"num_attention_heads\":2,\"intermediate_size\":8,"
+                       "\"vocab_size\":8,";
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, "%s\"rope_scaling\":{\"rope_type\":\"yarn\","
+             "\"factor\":4.0}}", base);
+    assert_int_equal(load_config(cfg, err), DT_ENOTSUP);
+    assert_non_null(strstr(err, "rope_scaling type yarn is not supported"));
+    snprintf(cfg, sizeof cfg, "%s\"rope_parameters\":{\"rope_type\":"
+             "\"dynamic\",\"factor\":2.0,\"rope_theta\":10000.0}}", base);
+    assert_int_equal(load_config(cfg, err), DT_ENOTSUP);
+    assert_non_null(strstr(err, "rope_parameters type dynamic is not supported"));
+    snprintf(cfg, sizeof cfg, "%s\"rope_scaling\":{\"rope_type\":\"llama3\","
+             "\"factor\":8.0,\"low_freq_factor\":1.0}}", base);
+    assert_int_equal(load_config(cfg, err), DT_EFORMAT);
+    assert_non_null(strstr(err, "rope_scaling.high_freq_factor must be a positive"));
+}
+
 /* SmolLM2-135M-Instruct (Q4_1/Q8_0 GGUF, tied head, GQA 9/3): our loader's
  * dequantization + Q/K un-permute and our forward pass give the logits
  * transformers computes on the same file. */
@@ -344,6 +437,15 @@ int main(void)
         cmocka_unit_test(test_llama_lora_all_modules_matches_peft),
         cmocka_unit_test(test_llama_delta_lora_matches_reference),
         cmocka_unit_test(test_smollm2_gguf_logits_match_transformers),
+        cmocka_unit_test(test_llama3_rope_scaling_lora_matches_peft),
+        cmocka_unit_test(test_llama3_rope_scaling_delta_lora_matches_reference),
+        cmocka_unit_test(test_qwen2_biases_full_matches_pytorch),
+        cmocka_unit_test(test_qwen2_biases_lora_qkv_matches_peft),
+        cmocka_unit_test(test_qwen2_biases_delta_lora_matches_reference),
+        cmocka_unit_test(test_mistral_lora_matches_peft),
+        cmocka_unit_test(test_mistral_delta_lora_matches_reference),
+        cmocka_unit_test(test_mistral_seq_len_over_sliding_window_is_refused),
+        cmocka_unit_test(test_unsupported_families_and_rope_types_are_named),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
