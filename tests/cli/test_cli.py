@@ -571,6 +571,28 @@ class SmallerThings(unittest.TestCase):
         self.assertIn(job["fine_tuned_model"], r.stdout)
         gaps_follow_content(self, r.stdout, ["ID", "KIND", "OWNER"])
 
+    def test_readme_curl_examples_run(self):
+        """The README's curl block (upload scripts/demo-data.jsonl, create a
+        job on it) runs as written against the stack, the model swapped for
+        the tiny one. About 3 s."""
+        import re
+        with open(os.path.join(ROOT, "README.md")) as fh:
+            block = [b for b in re.findall(r"```sh\n(.*?)```", fh.read(), re.S)
+                     if "demo-data.jsonl" in b and "/v1/fine_tuning/jobs" in b]
+        self.assertEqual(len(block), 1, "one curl block with upload and job creation")
+        work = tempfile.mkdtemp(prefix="readme-", dir=TMP)
+        os.symlink(os.path.join(ROOT, "scripts"), os.path.join(work, "scripts"))
+        script = "set -e\n" + block[0].replace("SmolLM2-135M-Instruct", TINY_ID)
+        r = subprocess.run(["bash", "-c", script], env=S.env, cwd=work, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        job = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertTrue(job.get("id", "").startswith("ftjob-"), r.stdout)
+        with open(os.path.join(work, "file.json")) as fh:
+            self.assertEqual(job["training_file"], json.load(fh)["id"])
+        cli("jobs", "cancel", job["id"])
+        S.wait_job(job["id"], {"cancelled", "failed", "succeeded"}, timeout=120)
+
     def test_delete_commands_have_help(self):
         """About 1 s."""
         for args in (("files", "delete"), ("models", "delete")):
