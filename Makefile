@@ -254,8 +254,10 @@ $(BUILD)/tests/test_worker: $(BUILD)/tests/unit/test_worker.o $(BUILD)/worker/gl
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -o $@ $(SVC_LIBS) $(LDLIBS) -lcmocka
 
-# A local stack (PostgreSQL, Redis, server, one CPU worker) in .run/.
-up: all
+# A local stack (PostgreSQL, Redis, server, one CPU worker) in .run/;
+# installs what is missing first, as the test targets do (a fresh clone).
+up: deps
+	@$(MAKE) --no-print-directory all
 	@scripts/up
 
 down:

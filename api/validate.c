@@ -387,6 +387,12 @@ int validate_job_create(json_t *body, db_job *j, api_error *e)
     json_t *integ = json_object_get(body, "integrations");
     if (integ && !json_is_null(integ) && !json_is_array(integ))
         return api_errorf(e, 400, "invalid_type", "integrations", "integrations must be a list");
+    /* No outbound network is assumed: an integration (wandb, ...) could
+     * never report, so one is refused rather than silently dropped. */
+    if (json_array_size(integ) > 0)
+        return api_errorf(e, 400, "invalid_value", "integrations",
+                          "integrations are not supported (this service makes no outbound "
+                          "connections); omit integrations or send an empty list");
     if (md && json_is_object(md)) {
         j->metadata = json_dumps(md, JSON_COMPACT | JSON_SORT_KEYS);
         if (!j->metadata) return api_errorf(e, 500, "internal_error", NULL, "out of memory");

@@ -1,8 +1,8 @@
 /* client.c: the client commands' dispatch, help, and the short ones:
  *
  *   deltatune jobs create | list | get | cancel | pause | resume | follow
- *   deltatune files upload | list
- *   deltatune models list            (with an API key; `--admin`: the database)
+ *   deltatune files upload | list | delete
+ *   deltatune models list | delete   (list with an API key; `--admin`: the database)
  *
  * `jobs follow` is in client_follow.c, `models download` in
  * client_download.c, the HTTP layer in client_http.c. Text goes to stdout
@@ -21,7 +21,7 @@
 #define CLIENT_INTRO                                                              \
     "These commands speak only the HTTP API at $DELTATUNE_URL with\n"             \
     "$DELTATUNE_API_KEY ('. .run/env' after 'make up' sets both); --url and\n"    \
-    "--api-key override them.\n"
+    "--api-key override them, before or after the command.\n"
 
 #define EXIT_HELP                                                                 \
     "Exit status: 0 ok, 1 API or network error (printed with the API's\n"         \
@@ -46,6 +46,7 @@ static const char files_help[] =
     "\n"
     "  upload PATH [--purpose P] [--expires-after SECONDS]   upload a JSONL file\n"
     "  list [--limit N] [--after FILE] [--purpose P]          your files, newest first\n"
+    "  delete FILE                                            delete a file\n"
     "\n" CLIENT_INTRO "\n" EXIT_HELP;
 
 static const char models_help[] =
@@ -55,6 +56,7 @@ static const char models_help[] =
     "  list                        base models, your fine-tuned models and checkpoints\n"
     "  download MODEL [FILE] [-o DIR]\n"
     "                              a model's files (or one), resumable, sha256-checked\n"
+    "  delete MODEL                delete one of your fine-tuned models or checkpoints\n"
     "\n" CLIENT_INTRO
     "\n"
     "Operator commands (PostgreSQL directly, DELTATUNE_DATABASE_URL):\n"
@@ -154,6 +156,13 @@ static json_t *hp_value(const char *s)
     double d = strtod(s, &end);
     if (*s && !*end) return json_real(d);
     return json_string(s);
+}
+
+/* The larger of a column width and a cell's length (capped, for printf). */
+static int maxw(int w, size_t len)
+{
+    if (len > 200) len = 200;
+    return (int)len > w ? (int)len : w;
 }
 
 /* ---- files ------------------------------------------------------------------------ */
@@ -343,15 +352,24 @@ static int files_list(cl_ctx *c, int argc, char **argv)
     json_t *l;
     int rc = list_get(c, argc, argv, opts, files_list_help, list_opt, &o, path, sizeof path, &l);
     if (rc || !l) return rc;
-    printf("%-30s %10s %7s %-10s %-16s %s\n", "ID", "BYTES", "LINES", "STATUS", "CREATED",
-           "FILENAME");
+    /* Column widths follow the content: the widest cell or the header. */
+    int w[4] = {2, 5, 5, 6}; /* ID BYTES LINES STATUS */
     size_t i;
     json_t *f;
+    char num[32];
+    json_array_foreach(json_object_get(l, "data"), i, f) {
+        w[0] = maxw(w[0], strlen(cl_str(f, "id")));
+        w[1] = maxw(w[1], (size_t)snprintf(num, sizeof num, "%lld", (long long)cl_num(f, "bytes", 0)));
+        w[2] = maxw(w[2], (size_t)snprintf(num, sizeof num, "%lld", (long long)cl_num(f, "lines", 0)));
+        w[3] = maxw(w[3], strlen(cl_str(f, "status")));
+    }
+    printf("%-*s %*s %*s %-*s %-16s %s\n", w[0], "ID", w[1], "BYTES", w[2], "LINES", w[3],
+           "STATUS", "CREATED", "FILENAME");
     json_array_foreach(json_object_get(l, "data"), i, f) {
         char t[32];
         cl_fmt_time(t, sizeof t, (long long)cl_num(f, "created_at", 0));
-        printf("%-30s %10lld %7lld %-10s %-16s %s\n", cl_str(f, "id"),
-               (long long)cl_num(f, "bytes", 0), (long long)cl_num(f, "lines", 0),
+        printf("%-*s %*lld %*lld %-*s %-16s %s\n", w[0], cl_str(f, "id"), w[1],
+               (long long)cl_num(f, "bytes", 0), w[2], (long long)cl_num(f, "lines", 0), w[3],
                cl_str(f, "status"), t, cl_str(f, "filename"));
     }
     json_decref(l);
@@ -546,6 +564,18 @@ static int jobs_list_opt(void *ud, int id, const char *arg)
     return list_opt(ud, id, arg);
 }
 
+/* "step/total" of a job's progress, or "-"; returns its length. */
+static size_t job_step(char *out, size_t n, const json_t *j)
+{
+    json_t *p = json_object_get(j, "progress");
+    if (json_is_object(p))
+        snprintf(out, n, "%lld/%lld", (long long)cl_num(p, "step", 0),
+                 (long long)cl_num(p, "total_steps", 0));
+    else
+        snprintf(out, n, "-");
+    return strlen(out);
+}
+
 static const char jobs_list_help[] =
     "usage: deltatune jobs list [options]\n"
     "\n"
@@ -569,22 +599,26 @@ static int jobs_list(cl_ctx *c, int argc, char **argv)
     int rc = list_get(c, argc, argv, opts, jobs_list_help, jobs_list_opt, &o, path, sizeof path,
                       &l);
     if (rc || !l) return rc;
-    printf("%-32s %-10s %-11s %-20s %-16s %s\n", "ID", "STATUS", "STEP", "MODEL", "CREATED",
-           "FINE-TUNED MODEL");
+    /* Column widths follow the content: the widest cell or the header. */
+    int w[4] = {2, 6, 4, 5}; /* ID STATUS STEP MODEL */
     size_t i;
     json_t *j;
     json_array_foreach(json_object_get(l, "data"), i, j) {
-        char t[32], step[32];
-        json_t *p = json_object_get(j, "progress");
+        char step[64];
+        w[0] = maxw(w[0], strlen(cl_str(j, "id")));
+        w[1] = maxw(w[1], strlen(cl_str(j, "status")));
+        w[2] = maxw(w[2], job_step(step, sizeof step, j));
+        w[3] = maxw(w[3], strlen(cl_str(j, "model")));
+    }
+    printf("%-*s %-*s %-*s %-*s %-16s %s\n", w[0], "ID", w[1], "STATUS", w[2], "STEP", w[3],
+           "MODEL", "CREATED", "FINE-TUNED MODEL");
+    json_array_foreach(json_object_get(l, "data"), i, j) {
+        char t[32], step[64];
         cl_fmt_time(t, sizeof t, (long long)cl_num(j, "created_at", 0));
-        if (json_is_object(p))
-            snprintf(step, sizeof step, "%lld/%lld", (long long)cl_num(p, "step", 0),
-                     (long long)cl_num(p, "total_steps", 0));
-        else
-            snprintf(step, sizeof step, "-");
+        job_step(step, sizeof step, j);
         const char *ft = cl_str(j, "fine_tuned_model");
-        printf("%-32s %-10s %-11s %-20s %-16s %s\n", cl_str(j, "id"), cl_str(j, "status"), step,
-               cl_str(j, "model"), t, ft[0] ? ft : "-");
+        printf("%-*s %-*s %-*s %-*s %-16s %s\n", w[0], cl_str(j, "id"), w[1],
+               cl_str(j, "status"), w[2], step, w[3], cl_str(j, "model"), t, ft[0] ? ft : "-");
     }
     json_decref(l);
     return 0;
@@ -640,6 +674,52 @@ static int jobs_one(cl_ctx *c, const char *verb, int argc, char **argv)
     return 0;
 }
 
+/* ---- files delete, models delete --------------------------------------------------- */
+
+static const char files_delete_help[] =
+    "usage: deltatune files delete FILE\n"
+    "\n"
+    "Deletes one of your files (its id, file-...) and prints \"deleted FILE\"\n"
+    "(--json: the API's answer). A file that a job which has not ended still\n"
+    "uses is an error (HTTP 409); so is an unknown file (HTTP 404).\n"
+    "\n" CL_COMMON_HELP;
+
+static const char models_delete_help[] =
+    "usage: deltatune models delete MODEL\n"
+    "\n"
+    "Deletes one of your fine-tuned models or checkpoints and its files, and\n"
+    "prints \"deleted MODEL\" (--json: the API's answer). A model that a job\n"
+    "which has not ended uses as its base is an error (HTTP 409); base models\n"
+    "are the operator's (HTTP 403).\n"
+    "\n" CL_COMMON_HELP;
+
+/* DELETE /v1/<what>/<id>: what is "files" or "models". */
+static int delete_one(cl_ctx *c, const char *what, const char *help, int argc, char **argv)
+{
+    static const struct option opts[] = {CL_COMMON_OPTS, {0, 0, 0, 0}};
+    const char *pos[1];
+    int np, rc = cl_parse(c, argc, argv, opts, help, NULL, NULL, pos, 1, &np);
+    if (rc) return rc == CL_HELP_SHOWN ? 0 : rc;
+    if (np != 1 || !pos[0][0]) {
+        fprintf(stderr, "deltatune %s: give the %s id to delete\n%s", c->cmd,
+                !strcmp(what, "files") ? "file" : "model", help);
+        return CL_EXIT_USAGE;
+    }
+    if ((rc = cl_connect(c))) return rc;
+    char esc[1200], path[1400];
+    if (!cl_esc(esc, sizeof esc, pos[0])[0]) {
+        fprintf(stderr, "deltatune %s: the id is too long\n", c->cmd);
+        return CL_EXIT_USAGE;
+    }
+    snprintf(path, sizeof path, "/v1/%s/%s", what, esc);
+    json_t *j;
+    if ((rc = cl_call(c, "DELETE", path, NULL, NULL, NULL, &j))) return rc;
+    if (c->json) cl_print_json(j, 0);
+    else printf("deleted %s\n", cl_str(j, "id")[0] ? cl_str(j, "id") : pos[0]);
+    json_decref(j);
+    return 0;
+}
+
 /* ---- models list -------------------------------------------------------------------- */
 
 static const char models_list_help[] =
@@ -660,15 +740,18 @@ static int models_list(cl_ctx *c, int argc, char **argv)
     if (rc || !l) return rc;
     size_t i;
     json_t *m;
-    int w = 20;
-    json_array_foreach(json_object_get(l, "data"), i, m)
-        if ((int)strlen(cl_str(m, "id")) > w) w = (int)strlen(cl_str(m, "id"));
-    printf("%-*s %-11s %-16s %s\n", w, "ID", "KIND", "OWNER", "CREATED");
+    int w = 2, wk = 4, wo = 5; /* ID KIND OWNER: the widest cell or the header */
+    json_array_foreach(json_object_get(l, "data"), i, m) {
+        w = maxw(w, strlen(cl_str(m, "id")));
+        wk = maxw(wk, strlen(cl_str(m, "kind")));
+        wo = maxw(wo, strlen(cl_str(m, "owned_by")));
+    }
+    printf("%-*s %-*s %-*s %s\n", w, "ID", wk, "KIND", wo, "OWNER", "CREATED");
     json_array_foreach(json_object_get(l, "data"), i, m) {
         char t[32];
         cl_fmt_time(t, sizeof t, (long long)cl_num(m, "created", 0));
         const char *kind = cl_str(m, "kind");
-        printf("%-*s %-11s %-16s %s\n", w, cl_str(m, "id"), kind[0] ? kind : "-",
+        printf("%-*s %-*s %-*s %s\n", w, cl_str(m, "id"), wk, kind[0] ? kind : "-", wo,
                cl_str(m, "owned_by"), t);
     }
     json_decref(l);
@@ -677,9 +760,34 @@ static int models_list(cl_ctx *c, int argc, char **argv)
 
 /* ---- dispatch ---------------------------------------------------------------------- */
 
+/* Whether a is --url or --api-key; *val: whether the value is the next
+ * argument (not "--url=..."). */
+static int is_global_opt(const char *a, int *val)
+{
+    *val = !strcmp(a, "--url") || !strcmp(a, "--api-key");
+    return *val || !strncmp(a, "--url=", 6) || !strncmp(a, "--api-key=", 10);
+}
+
+void dt_client_hoist_globals(int argc, char **argv, int start)
+{
+    int k = start, val;
+    while (k < argc && is_global_opt(argv[k], &val)) {
+        if (val && k + 1 >= argc) break; /* no value: left for getopt to report */
+        k += val ? 2 : 1;
+    }
+    if (k == start || k >= argc) return; /* nothing to move, or nothing after them */
+    int n = k - start;
+    char *moved[64];
+    if (n > 64) return;
+    memcpy(moved, argv + start, (size_t)n * sizeof *argv);
+    memmove(argv + start, argv + k, (size_t)(argc - k) * sizeof *argv);
+    memcpy(argv + argc - n, moved, (size_t)n * sizeof *argv);
+}
+
 int dt_client_handles_models(int *argc, char **argv)
 {
     int admin = 0, key = 0;
+    dt_client_hoist_globals(*argc, argv, 1);
     for (int i = 1; i < *argc; i++) {
         if (!strcmp(argv[i], "--admin")) {
             admin = 1;
@@ -693,13 +801,14 @@ int dt_client_handles_models(int *argc, char **argv)
     const char *env = getenv("DELTATUNE_API_KEY");
     if (env && *env) key = 1;
     if (*argc < 2 || argv[1][0] == '-') return !admin; /* models --help */
-    if (!strcmp(argv[1], "download")) return 1;
+    if (!strcmp(argv[1], "download") || !strcmp(argv[1], "delete")) return 1;
     if (!strcmp(argv[1], "list")) return key && !admin;
     return 0;
 }
 
 int dt_client_main(int argc, char **argv)
 {
+    dt_client_hoist_globals(argc, argv, 1);
     const char *group = argv[0];
     const char *help = !strcmp(group, "jobs") ? jobs_help
                      : !strcmp(group, "files") ? files_help : models_help;
@@ -723,8 +832,12 @@ int dt_client_main(int argc, char **argv)
     } else if (!strcmp(group, "files")) {
         if (!strcmp(sub, "upload")) rc = files_upload(&c, argc - 1, argv + 1);
         else if (!strcmp(sub, "list")) rc = files_list(&c, argc - 1, argv + 1);
+        else if (!strcmp(sub, "delete"))
+            rc = delete_one(&c, "files", files_delete_help, argc - 1, argv + 1);
     } else if (!strcmp(group, "models")) {
         if (!strcmp(sub, "list")) rc = models_list(&c, argc - 1, argv + 1);
+        else if (!strcmp(sub, "delete"))
+            rc = delete_one(&c, "models", models_delete_help, argc - 1, argv + 1);
         else if (!strcmp(sub, "download")) return cl_models_download(argc - 1, argv + 1);
     }
     cl_close(&c);

@@ -1,4 +1,4 @@
-/* client.h: `deltatune jobs | files | models list | models download`, the
+/* client.h: `deltatune jobs | files | models list|download|delete`, the
  * client commands (cli/client*.c). They speak only the public HTTP API at
  * $DELTATUNE_URL with $DELTATUNE_API_KEY (--url and --api-key override), so
  * they work from any machine that can reach the server. */
@@ -12,10 +12,16 @@
 int dt_client_main(int argc, char **argv);
 
 /* Decides who answers `deltatune models ...` (argv[0] == "models"): the
- * client (returns 1) for `download`, for `list` when an API key is given
+ * client (returns 1) for `download` and `delete`, for `list` when an API key is given
  * (--api-key or $DELTATUNE_API_KEY) and for `--help`; the operator's
  * database command (returns 0) for `add` and for `list` with `--admin` or
  * without a key. Removes `--admin` from argv (updating *argc). */
 int dt_client_handles_models(int *argc, char **argv);
+
+/* Moves the --url/--api-key options (with their values) found at argv[start]
+ * onwards, before anything else, to the end of argv, so that they may be
+ * written before the command ("deltatune --url U jobs list", "deltatune jobs
+ * --api-key K list") as well as after it. */
+void dt_client_hoist_globals(int argc, char **argv, int start);
 
 #endif

@@ -280,12 +280,76 @@ int cl_call(cl_ctx *c, const char *method, const char *path, json_t *body,
 
 /* ---- output helpers -------------------------------------------------- */
 
+/* x as the server writes it (server/jsonw.c): the shortest "%.Ng" that
+ * reads back to the same double (0.0002, not jansson's %.17g
+ * 0.00020000000000000001), ".0" added to integral values so a real stays
+ * a real; "null" for NaN and infinities. out: 40 bytes. */
+void cl_fmt_real(char *out, size_t n, double x)
+{
+    if (!isfinite(x)) {
+        snprintf(out, n, "null");
+        return;
+    }
+    for (int prec = 1; prec <= 17; prec++) {
+        snprintf(out, n, "%.*g", prec, x);
+        if (strtod(out, NULL) == x) break;
+    }
+    if (!strpbrk(out, ".eEn")) strncat(out, ".0", n - strlen(out) - 1);
+}
+
+/* Writes v to f the way json_dumps does (JSON_INDENT(2) or JSON_COMPACT,
+ * insertion order) except for reals (cl_fmt_real). */
+static void put_json(FILE *f, const json_t *v, int pretty, int depth)
+{
+    char num[40];
+    if (json_is_object(v) || json_is_array(v)) {
+        int obj = json_is_object(v);
+        size_t n = obj ? json_object_size(v) : json_array_size(v);
+        fputc(obj ? '{' : '[', f);
+        if (!n) {
+            fputc(obj ? '}' : ']', f);
+            return;
+        }
+        size_t i = 0;
+        const char *k;
+        json_t *x;
+        void *it = obj ? json_object_iter((json_t *)v) : NULL;
+        for (i = 0; i < n; i++) {
+            if (i) fputc(',', f);
+            if (pretty) fprintf(f, "\n%*s", 2 * (depth + 1), "");
+            if (obj) {
+                k = json_object_iter_key(it);
+                x = json_object_iter_value(it);
+                json_t *ks = json_string(k);
+                char *kt = ks ? json_dumps(ks, JSON_ENCODE_ANY) : NULL;
+                fputs(kt ? kt : "\"\"", f);
+                free(kt);
+                json_decref(ks);
+                fputs(pretty ? ": " : ":", f);
+                it = json_object_iter_next((json_t *)v, it);
+            } else {
+                x = json_array_get(v, i);
+            }
+            put_json(f, x, pretty, depth + 1);
+        }
+        if (pretty) fprintf(f, "\n%*s", 2 * depth, "");
+        fputc(obj ? '}' : ']', f);
+    } else if (json_is_real(v)) {
+        cl_fmt_real(num, sizeof num, json_real_value(v));
+        fputs(num, f);
+    } else {
+        char *t = json_dumps(v, JSON_ENCODE_ANY);
+        if (t) fputs(t, f);
+        free(t);
+    }
+}
+
 void cl_print_json(const json_t *v, int pretty)
 {
-    char *t = json_dumps(v, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER
-                                   : JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (t) puts(t);
-    free(t);
+    if (v) {
+        put_json(stdout, v, pretty, 0);
+        fputc('\n', stdout);
+    }
     fflush(stdout);
 }
 

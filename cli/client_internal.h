@@ -103,8 +103,12 @@ struct curl_slist *cl_prepare(cl_ctx *c, const char *url, struct curl_slist *ext
 
 /* ---- output helpers -------------------------------------------------- */
 
-/* Prints v (borrowed) as indented JSON (pretty=1) or one compact line. */
+/* Prints v (borrowed) as indented JSON (pretty=1) or one compact line,
+ * reals in their shortest round-trip form as the server prints them. */
 void cl_print_json(const json_t *v, int pretty);
+/* x in its shortest "%.Ng" that reads back to x ("0.0002"), ".0" added to
+ * integral values, "null" when not finite; into out (n >= 32 bytes). */
+void cl_fmt_real(char *out, size_t n, double x);
 
 /* "12.3 MB" style size; "1m05s" / "2h03m" / "--" durations; a '#'/'.' bar
  * of width w for frac in [0, 1]. Each writes into out (n bytes). */

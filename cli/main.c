@@ -1,7 +1,8 @@
 /* main.c: `deltatune`, the command line: the engine's commands (train,
  * tokenize, generate; engine.c), the operator's database commands
  * (migrate, keys, owners, models add|list --admin; admin.c) and the client commands
- * that speak the HTTP API (jobs, files, models list|download; client*.c).
+ * that speak the HTTP API (jobs, files, models list|download|delete;
+ * client*.c; --url and --api-key may come before the command).
  *
  * Built with -DDT_CLI_ENGINE_ONLY the same file is `deltatune-train`: the
  * engine's commands alone, linked with the engine and the base only (no
@@ -43,9 +44,9 @@ static const command commands[] = {
     {"migrate", dt_admin_main, 0, "apply database migrations"},
     {"keys", dt_admin_main, 0, "create | list | revoke API keys"},
     {"owners", dt_admin_main, 0, "set | list per-owner limits (jobs, storage, upload)"},
-    {"models", models_main, 0, "list | download (HTTP API); add | list --admin (database)"},
+    {"models", models_main, 0, "list | download | delete (HTTP API); add | list --admin (database)"},
     {"jobs", dt_client_main, 0, "create | list | get | cancel | pause | resume | follow (HTTP API)"},
-    {"files", dt_client_main, 0, "upload | list (HTTP API)"},
+    {"files", dt_client_main, 0, "upload | list | delete (HTTP API)"},
 #endif
 };
 #define NCOMMANDS ((int)(sizeof commands / sizeof commands[0]))
@@ -64,6 +65,9 @@ int main(int argc, char **argv)
     const char *prog = "deltatune-train";
 #else
     const char *prog = "deltatune";
+#endif
+#ifndef DT_CLI_ENGINE_ONLY
+    if (argc > 1) dt_client_hoist_globals(argc, argv, 1); /* deltatune --url U jobs ... */
 #endif
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         usage(argc < 2 ? stderr : stdout, prog);

@@ -441,5 +441,165 @@ class Errors(unittest.TestCase):
                              "--method", "dora").returncode, USAGE)
 
 
+
+def gaps_follow_content(test, text, header_cols):
+    """Each named left-aligned column is exactly as wide as its widest cell
+    (or its header): one space, then the next column begins."""
+    lines = [l for l in text.splitlines() if l.strip()]
+    header = lines[0]
+    for col in header_cols:
+        s = header.index(col)
+        ends, nexts = [], []
+        for l in lines:
+            cell = l[s:].split(" ", 1)[0]
+            e = s + len(cell)
+            ends.append(e)
+            rest = l[e:]
+            nexts.append(e + len(rest) - len(rest.lstrip(" ")))
+        test.assertEqual(min(nexts), max(ends) + 1,
+                         f"column {col}: padding does not follow the content:\n{text}")
+
+
+class SmallerThings(unittest.TestCase):
+    """files/models delete, --url/--api-key before the command, floats as
+    the server prints them, table widths that follow the content."""
+
+    def test_files_delete(self):
+        """Deleted, then 404; a file an unfinished job uses is a 409 naming
+        the job. About 5 s."""
+        fid = cli("files", "upload", write("del.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        r = cli("files", "delete", fid, check=OK)
+        self.assertEqual(r.stdout.strip(), "deleted " + fid)
+        self.assertNotIn(fid, cli("files", "list", check=OK).stdout)
+        r = cli("files", "delete", fid)
+        self.assertEqual(r.returncode, ERROR, r.stderr)
+        self.assertIn("HTTP 404", r.stderr)
+        self.assertEqual(cli("files", "delete").returncode, USAGE)
+        # In use by a job that has not ended: 409 with the API's message.
+        fid = cli("files", "upload", write("del2.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        jid = cli("jobs", "create", "--model", TINY_ID, "--training-file", fid,
+                  "--max-steps", "100000", *FAST, check=OK).stdout.strip()
+        try:
+            r = cli("files", "delete", fid)
+            self.assertEqual(r.returncode, ERROR, r.stdout + r.stderr)
+            self.assertIn("HTTP 409", r.stderr)
+            self.assertIn(jid, r.stderr)
+        finally:
+            cli("jobs", "cancel", jid)
+        S.wait_job(jid, {"cancelled"}, timeout=120)
+        r = cli("files", "delete", fid, "--json", check=OK)
+        self.assertEqual(json.loads(r.stdout), {"id": fid, "object": "file", "deleted": True})
+
+    def test_models_delete(self):
+        """A fine-tuned model is deleted (then 404); a base model is a 403;
+        one an unfinished job builds on is a 409. About 25 s."""
+        f = cli("files", "upload", write("mdel.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        r = cli("jobs", "create", "--model", TINY_ID, "--training-file", f, "--max-steps", "2",
+                *FAST, "--suffix", "del", "--follow", check=OK)
+        model = json_lines(r.stdout)[-1]["fine_tuned_model"]
+        r = cli("models", "delete", TINY_ID)
+        self.assertEqual(r.returncode, ERROR, r.stdout + r.stderr)
+        self.assertIn("HTTP 403", r.stderr)
+        jid = cli("jobs", "create", "--model", model, "--training-file", f,
+                  "--max-steps", "100000", *FAST, check=OK).stdout.strip()
+        try:
+            r = cli("models", "delete", model)
+            self.assertEqual(r.returncode, ERROR, r.stdout + r.stderr)
+            self.assertIn("HTTP 409", r.stderr)
+            self.assertIn(jid, r.stderr)
+        finally:
+            cli("jobs", "cancel", jid)
+        S.wait_job(jid, {"cancelled"}, timeout=120)
+        r = cli("models", "delete", model, check=OK)
+        self.assertEqual(r.stdout.strip(), "deleted " + model)
+        ids = [l.split()[0] for l in cli("models", "list", check=OK).stdout.splitlines()[1:]]
+        self.assertNotIn(model, ids)
+        r = cli("models", "delete", model)
+        self.assertEqual(r.returncode, ERROR)
+        self.assertIn("HTTP 404", r.stderr)
+
+    def test_url_and_key_before_the_command(self):
+        """--url/--api-key before the group or the subcommand, with nothing in
+        the environment. About 1 s."""
+        bare = {"DELTATUNE_API_KEY": "", "DELTATUNE_URL": "http://127.0.0.1:9"}
+        g = ["--url", S.url, "--api-key=" + S.key]
+        for args in ([*g, "jobs", "list"], ["jobs", *g, "list"], [*g, "files", "list"],
+                     ["files", *g, "list", "--json"], [*g, "models", "list"],
+                     ["models", *g, "list"]):
+            with self.subTest(args=args):
+                r = cli(*args, env=bare)
+                self.assertEqual(r.returncode, OK, r.stderr)
+        r = cli("models", *g, "list", env=bare, check=OK)
+        self.assertRegex(r.stdout, TINY_ID + r"\s+base")  # the API's listing, not --admin
+
+    def test_floats_are_printed_as_the_server_prints_them(self):
+        """0.0002, not 0.00020000000000000001, in `jobs get` and --json.
+        About 3 s."""
+        f = cli("files", "upload", write("lr.jsonl", TRAIN_ROWS), check=OK).stdout.strip()
+        jid = cli("jobs", "create", "--model", TINY_ID, "--training-file", f, "--learning-rate", "0.0002",
+                  "--max-steps", "100000", *FAST, check=OK).stdout.strip()
+        try:
+            st, _, api = S.api("GET", "/v1/fine_tuning/jobs/" + jid)
+            self.assertEqual(st, 200, api)
+            for args in (("jobs", "get", jid), ("jobs", "get", jid, "--json"),
+                         ("jobs", "list", "--json")):
+                with self.subTest(args=args):
+                    out = cli(*args, check=OK).stdout
+                    self.assertIn("0.0002", out)
+                    self.assertNotIn("0.00020000000000000001", out)
+                    self.assertNotRegex(out, r"\d\.\d{16,}")
+                    if args[1] == "get":  # the same document (progress may move on)
+                        self.assertEqual(json.loads(out)["method"], api["method"])
+                        self.assertEqual(json.loads(out)["hyperparameters"],
+                                         api["hyperparameters"])
+            pretty = cli("jobs", "get", jid, check=OK).stdout
+            self.assertTrue(pretty.startswith('{\n  "'), pretty[:80])
+        finally:
+            cli("jobs", "cancel", jid)
+        S.wait_job(jid, {"cancelled"}, timeout=120)
+
+    def test_column_widths_follow_the_content(self):
+        """jobs/files/models list pad each column to its widest cell, not a
+        fixed width. About 10 s (shares the trained job)."""
+        job = succeeded_job()
+        r = cli("jobs", "list", check=OK)
+        self.assertIn(job["id"], r.stdout)
+        gaps_follow_content(self, r.stdout, ["ID", "STATUS", "STEP", "MODEL"])
+        r = cli("files", "list", check=OK)
+        gaps_follow_content(self, r.stdout, ["ID", "STATUS"])
+        r = cli("models", "list", check=OK)
+        self.assertIn(job["fine_tuned_model"], r.stdout)
+        gaps_follow_content(self, r.stdout, ["ID", "KIND", "OWNER"])
+
+    def test_readme_curl_examples_run(self):
+        """The README's curl block (upload scripts/demo-data.jsonl, create a
+        job on it) runs as written against the stack, the model swapped for
+        the tiny one. About 3 s."""
+        import re
+        with open(os.path.join(ROOT, "README.md")) as fh:
+            block = [b for b in re.findall(r"```sh\n(.*?)```", fh.read(), re.S)
+                     if "demo-data.jsonl" in b and "/v1/fine_tuning/jobs" in b]
+        self.assertEqual(len(block), 1, "one curl block with upload and job creation")
+        work = tempfile.mkdtemp(prefix="readme-", dir=TMP)
+        os.symlink(os.path.join(ROOT, "scripts"), os.path.join(work, "scripts"))
+        script = "set -e\n" + block[0].replace("SmolLM2-135M-Instruct", TINY_ID)
+        r = subprocess.run(["bash", "-c", script], env=S.env, cwd=work, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        job = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertTrue(job.get("id", "").startswith("ftjob-"), r.stdout)
+        with open(os.path.join(work, "file.json")) as fh:
+            self.assertEqual(job["training_file"], json.load(fh)["id"])
+        cli("jobs", "cancel", job["id"])
+        S.wait_job(job["id"], {"cancelled", "failed", "succeeded"}, timeout=120)
+
+    def test_delete_commands_have_help(self):
+        """About 1 s."""
+        for args in (("files", "delete"), ("models", "delete")):
+            r = cli(*args, "--help", check=OK)
+            self.assertIn("usage: deltatune " + " ".join(args), r.stdout)
+            self.assertIn("409", r.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -150,6 +150,16 @@ class BadInput(StackTest):
                 e = self.job(self.base(method=m), None)
                 self.assertTrue(e["param"].startswith("method"), e)
 
+    def test_integrations_are_refused_naming_the_field(self):
+        """A wandb (or any) integration is a 400 naming `integrations`, not
+        silently dropped: the service makes no outbound connections. About 1 s."""
+        for integ in ([{"type": "wandb", "wandb": {"project": "p"}}], [{}],
+                      [{"type": "wandb"}, {"type": "other"}]):
+            with self.subTest(integrations=integ):
+                e = self.job(self.base(integrations=integ), "integrations")
+                self.assertIn("integrations", e["message"], e)
+                self.assertEqual(e["type"], "invalid_request_error", e)
+
     def test_hyperparameters_out_of_range(self):
         for name, values in HP_BAD.items():
             for v in values:
