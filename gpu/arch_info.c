@@ -157,5 +157,8 @@ int dt_arch_info_read(const char *path, dt_arch_info *a, char *err)
     memset(a, 0, sizeof *a);
     if (stat(path, &st))
         return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
-    return S_ISDIR(st.st_mode) ? read_dir(path, a, err) : read_gguf(path, a, err);
+    int rc = S_ISDIR(st.st_mode) ? read_dir(path, a, err) : read_gguf(path, a, err);
+    if (rc)
+        memset(a, 0, sizeof *a);
+    return rc;
 }

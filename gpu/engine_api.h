@@ -99,7 +99,7 @@ typedef struct dt_arch_info {
 } dt_arch_info;
 
 /* Reads the info of the model at path (directory or .gguf). DT_EIO /
- * DT_EFORMAT with detail in err. */
+ * DT_EFORMAT with detail in err (and *a zeroed). */
 int dt_arch_info_read(const char *path, dt_arch_info *a, char *err);
 
 #endif
