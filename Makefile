@@ -53,6 +53,7 @@ ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/da
               gpu/model.c gpu/model_pass.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
+ENGINE_SRC += gpu/arch_info.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend compiles wherever nvcc and cuBLAS exist (-Werror). cuBLAS

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gpu/engine_api.h"
 #include "gpu/model.h"
 #include "gpu/tokenizer.h"
 #include "api/auth.h"
@@ -260,6 +261,11 @@ static int models_add(opts *o, db **d, char *err)
         return 1;
     }
     dt_tokenizer_free(tok);
+    dt_arch_info ai;
+    if (!dt_arch_info_read(abs, &ai, err))
+        fprintf(stderr, "models add: %s: family %s, context length %lld, %s\n", abs,
+                ai.family[0] ? ai.family : "unknown", ai.context_length,
+                ai.chat_template ? "chat template" : "no chat template");
     if (connect_db(o, d)) return 1;
     db_model m;
     memset(&m, 0, sizeof m);

@@ -84,4 +84,22 @@ void dt_mem_human(long long bytes, char *buf, size_t n);
 int dt_dataset_validate_lines(const char *path, int max_report, long max_line_bytes,
                               char **report, long *nlines, char *err);
 
+/* ---- what a user sees of a model (arch_info.c) --------------------------- */
+
+/* A base model's family (config.json "model_type" or GGUF
+ * "general.architecture": "gpt2", "llama", "qwen2", ...; "" unknown), its
+ * context length (max_position_embeddings / n_positions / n_ctx or GGUF
+ * "<arch>.context_length"; 0 unknown) and whether it ships a chat template
+ * (chat_template.jinja, tokenizer_config.json "chat_template", GGUF
+ * "tokenizer.chat_template"). Metadata only: no weights, no tokenizer. */
+typedef struct dt_arch_info {
+    char family[64];
+    long long context_length;
+    int chat_template;
+} dt_arch_info;
+
+/* Reads the info of the model at path (directory or .gguf). DT_EIO /
+ * DT_EFORMAT with detail in err (and *a zeroed). */
+int dt_arch_info_read(const char *path, dt_arch_info *a, char *err);
+
 #endif

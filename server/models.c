@@ -20,6 +20,7 @@
 #include "api/auth.h"
 #include "api/log.h"
 #include "api/objects.h"
+#include "gpu/engine_api.h"
 #include "handlers.h"
 
 typedef struct mfile {
@@ -104,6 +105,36 @@ static int load_model(req *r, db_model *m)
     return 0;
 }
 
+/* Adds what a user sees of the model's base (family, context_length,
+ * chat_template; a fine-tuned model or checkpoint inherits its base's) to
+ * the model object o. The base is found among the listed models ms (n) or,
+ * failing that, in the database; unknown facts are null (false for
+ * chat_template). */
+static json_t *with_info(req *r, json_t *o, const db_model *m, const db_model *ms, int n)
+{
+    db_model cur = *m, tmp;
+    char err[DT_ERR_LEN], root[PATH_MAX];
+    dt_arch_info a;
+    int found = !strcmp(cur.kind, "base");
+    for (int hop = 0; !found && hop < 4 && cur.base[0]; hop++) {
+        int k = -1;
+        for (int i = 0; i < n; i++)
+            if (!strcmp(ms[i].id, cur.base)) k = i;
+        if (k >= 0) tmp = ms[k];
+        else if (!r->d || db_model_get(r->d, r->owner, cur.base, &tmp, err)) break;
+        cur = tmp;
+        found = !strcmp(cur.kind, "base");
+    }
+    if (!found || config_artifact_path(&r->s->cfg, cur.path, root, sizeof root) ||
+        dt_arch_info_read(root, &a, err))
+        memset(&a, 0, sizeof a);
+    json_object_set_new(o, "family", a.family[0] ? json_string(a.family) : json_null());
+    json_object_set_new(o, "context_length", a.context_length > 0
+                        ? json_integer((json_int_t)a.context_length) : json_null());
+    json_object_set_new(o, "chat_template", json_boolean(a.chat_template));
+    return o;
+}
+
 void models_list(req *r)
 {
     char err[DT_ERR_LEN];
@@ -114,7 +145,7 @@ void models_list(req *r)
     int rc = db_model_list(d, r->owner, &ms, &n, err);
     if (rc) { reply_db(r, rc, err); return; }
     json_t *data = json_array();
-    for (int i = 0; i < n; i++) json_array_append_new(data, obj_model(&ms[i]));
+    for (int i = 0; i < n; i++) json_array_append_new(data, with_info(r, obj_model(&ms[i]), &ms[i], ms, n));
     free(ms);
     reply_json(r, 200, obj_list(data, false));
 }
@@ -123,7 +154,7 @@ void models_get(req *r)
 {
     db_model m;
     if (load_model(r, &m)) return;
-    reply_json(r, 200, obj_model(&m));
+    reply_json(r, 200, with_info(r, obj_model(&m), &m, NULL, 0));
 }
 
 static int rm_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
