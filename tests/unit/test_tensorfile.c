@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "base/dt.h"
+#include "gpu/chat_template.h"
 #include "gpu/export.h"
+#include "gpu/tokenizer.h"
 #include "gpu/model.h"
 #include "gpu/tensorfile.h"
 #include "base/file.h"
@@ -862,6 +864,58 @@ static void test_export_shards_with_index(void **s)
     dt_weights_free(&w);
 }
 
+/* The exported tokenizer carries the chat template training rendered with
+ * (the GGUF's tokenizer.chat_template): a conversation renders the same with
+ * the base's template and with the exported one, byte for byte, and the
+ * exported directory reads back as that template. About 1 s. */
+static void test_export_chat_template_matches_training(void **s)
+{
+    if (access(SMOLLM, R_OK) != 0) {
+        print_message("skipping: %s absent (run scripts/install-deps)\n",
+                      SMOLLM);
+        skip();
+    }
+    TSET(meta);
+    assert_int_equal(dt_gguf_load_meta(SMOLLM, &meta, g_err), 0);
+    dt_tokenizer *tok = dt_tokenizer_from_gguf(&meta, g_err);
+    assert_non_null(tok);
+    const char *train_tmpl = dt_tokenizer_chat_template(tok);
+    assert_non_null(train_tmpl);
+    dt_weights w;
+    memset(&w, 0, sizeof w);
+    w.ts = meta; /* metadata only: the tokenizer files are what is checked */
+    w.from_gguf = 1;
+    snprintf(w.prefix, sizeof w.prefix, "model.");
+    TSET(none);
+    const char *out = tmp_path("smollm_export");
+    assert_int_equal(dt_export_hf_opts(&w, &none, tok, out, NULL, g_err), 0);
+    dt_tokenizer *tok2 = dt_tokenizer_load_dir(out, g_err);
+    assert_non_null(tok2);
+    assert_string_equal(dt_tokenizer_chat_template(tok2), train_tmpl);
+    json_t *convs[2] = {
+        json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "role", "user", "content",
+                  "Hi", "role", "assistant", "content", "Hello!", "role",
+                  "user", "content", "2+2?"),
+        json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "role", "system",
+                  "content", "Be terse.", "role", "user", "content", "Hi",
+                  "role", "assistant", "content", "Hello!")};
+    for (int c = 0; c < 2; c++) {
+        dt_chat_out a, b;
+        assert_int_equal(dt_chat_render(train_tmpl, convs[c], NULL, NULL, 0,
+                                        &a, g_err), 0);
+        assert_int_equal(dt_chat_render(dt_tokenizer_chat_template(tok2),
+                                        convs[c], NULL, NULL, 0, &b, g_err), 0);
+        assert_int_equal(a.len, b.len);
+        assert_memory_equal(a.text, b.text, a.len);
+        dt_chat_out_free(&a);
+        dt_chat_out_free(&b);
+        json_decref(convs[c]);
+    }
+    dt_tokenizer_free(tok2);
+    dt_tokenizer_free(tok);
+    dt_tensorset_free(&meta);
+}
+
 static void test_peft_gpt2_qv_slices_become_one_c_attn(void **s)
 {
     const char *dir = tmp_path("gpt2p"), *out = tmp_path("peft");
@@ -951,6 +1005,7 @@ int main(void)
         cmocka_unit_test(test_export_hf_roundtrip_keeps_layout),
         cmocka_unit_test(test_export_dtype_rounds_to_nearest_even),
         cmocka_unit_test(test_export_shards_with_index),
+        cmocka_unit_test(test_export_chat_template_matches_training),
         cmocka_unit_test(test_peft_gpt2_qv_slices_become_one_c_attn),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
