@@ -190,6 +190,8 @@ typedef struct db_job {
     int64_t created_at, started_at, finished_at, updated_at; /* 0 = not yet */
     char *metadata;             /* JSON object text, malloc'd; NULL = {} */
     int max_runtime_seconds;    /* per attempt; 0 = the worker's DELTATUNE_MAX_RUNTIME_SECONDS */
+    char export_dtype[16];      /* float32 | bfloat16 | float16; "" = auto (the base's,
+                                 * bfloat16 for a GGUF base) */
 } db_job;
 
 /* Frees j->metadata (the struct itself is caller storage). */

@@ -24,7 +24,7 @@ int db_job_status_index(const char *status)
     return -1;
 }
 
-/* Reads the 53 JOB_COLS of db_sql.c. */
+/* Reads the 54 JOB_COLS of db_sql.c. */
 static int job_row(const PGresult *r, int i, db_job *j)
 {
     int c = 0;
@@ -82,6 +82,7 @@ static int job_row(const PGresult *r, int i, db_job *j)
     j->finished_at = dbr_int(r, i, c++);
     j->updated_at = dbr_int(r, i, c++);
     j->max_runtime_seconds = (int)dbr_int(r, i, c++);
+    dbr_str(r, i, c++, j->export_dtype, sizeof j->export_dtype);
     return (PQgetisnull(r, i, 47) || j->metadata) ? 0 : DT_ENOMEM;
 }
 
@@ -151,6 +152,7 @@ static int job_create_tx(db *d, void *arg, char *err)
     dbp_str(&p, j->output_dir);
     dbp_str(&p, j->metadata);
     dbp_int(&p, j->max_runtime_seconds > 0 ? j->max_runtime_seconds : 0);
+    dbp_str(&p, j->export_dtype);
     int rc = db_exec(d, STMT_JOB_CREATE, &p, NULL, err);
     if (rc) return rc;
     char msg[512];

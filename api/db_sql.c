@@ -17,7 +17,7 @@
 
 #define MODEL_COLS "id, kind, owner, base, job_id, step, path, " T("created_at")
 
-/* 52 columns; db_jobs.c: job_row() reads them in this order. */
+/* 53 columns; db_jobs.c: job_row() reads them in this order. */
 #define JOB_COLS "id, owner, model, training_file, validation_file, suffix, status, " \
     "method, method_input, n_epochs, batch_size, learning_rate, rank, alpha, " \
     "lambda, start_step, target_modules, seq_len, warmup_steps, weight_decay, " \
@@ -27,7 +27,7 @@
     "error_param, output_dir, fine_tuned_model, step, total_steps, epoch, " \
     "train_loss, valid_loss, tokens_per_second, eta_seconds, trained_tokens, " \
     "metadata::text, " T("created_at") ", " T("started_at") ", " T("finished_at") \
-    ", " T("updated_at") ", max_runtime_seconds"
+    ", " T("updated_at") ", max_runtime_seconds, export_dtype"
 
 #define EVENT_COLS "seq, job_id, " T("created_at") ", level, type, message, data::text"
 
@@ -204,10 +204,11 @@ const db_sql db_sql_table[] = {
                        "learning_rate, rank, alpha, lambda, start_step, target_modules, "
                        "seq_len, warmup_steps, weight_decay, max_grad_norm, lr_scheduler, "
                        "grad_accum, max_steps, checkpoint_interval, eval_interval, seed, "
-                       "max_attempts, output_dir, metadata, max_runtime_seconds) VALUES ($1, $2, "
+                       "max_attempts, output_dir, metadata, max_runtime_seconds, export_dtype) "
+                       "VALUES ($1, $2, "
                        "$3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15, "
                        "$16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, "
-                       "coalesce($29::jsonb, '{}'::jsonb), $30)"},
+                       "coalesce($29::jsonb, '{}'::jsonb), $30, $31)"},
     [STMT_JOB_GET] =
         {"job_get", "SELECT " JOB_COLS " FROM jobs WHERE id = $1 AND "
                     "($2::text IS NULL OR owner = $2)"},

@@ -12,7 +12,7 @@
 #include "base/hparams.h"
 
 enum { M_FULL = 1, M_LORA = 2, M_DELTA = 4, M_ALL = 7 };
-enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED };
+enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED, H_XDTYPE };
 
 /* How the API reads each hyperparameter; its limits are base/hparams.c's. */
 typedef struct hparam {
@@ -43,6 +43,7 @@ static const hparam hparams[] = {
     {DT_HP_CHECKPOINT_INTERVAL, H_INT, O(checkpoint_interval), M_ALL},
     {DT_HP_EVAL_INTERVAL, H_INT, O(eval_interval), M_ALL},
     {DT_HP_SEED, H_SEED, O(seed), M_ALL},
+    {DT_HP_EXPORT_DTYPE, H_XDTYPE, O(export_dtype), M_ALL},
 };
 #define NHP (int)(sizeof hparams / sizeof hparams[0])
 
@@ -209,6 +210,15 @@ static int parse_hparams(json_t *h, const char *prefix, unsigned method, db_job 
                 return api_errorf(e, 400, "invalid_value", path,
                                   "%s must be \"linear\", \"cosine\" or \"constant\"", path);
             snprintf(j->lr_scheduler, sizeof j->lr_scheduler, "%s", s);
+            break;
+        }
+        case H_XDTYPE: {
+            const char *s = json_string_value(v);
+            if (!s || (strcmp(s, "float32") && strcmp(s, "bfloat16") && strcmp(s, "float16")))
+                return api_errorf(e, 400, "invalid_value", path,
+                                  "%s must be \"float32\", \"bfloat16\", \"float16\" or "
+                                  "\"auto\"", path);
+            snprintf(j->export_dtype, sizeof j->export_dtype, "%s", s);
             break;
         }
         case H_TARGETS: {

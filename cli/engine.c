@@ -4,6 +4,8 @@
 #include "engine.h"
 
 #include <stdatomic.h>
+#include <errno.h>
+#include <strings.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
@@ -71,6 +73,14 @@ static const char train_usage[] =
 "  --eval-interval N       validation every N steps (default: at the end)\n"
 "  --checkpoint-interval N checkpoint every N steps (default: at the end)\n"
 "  --init-adapter DIR      start A and B from a PEFT LoRA adapter\n"
+"  --export-dtype D        merged model's dtype: float32 | bfloat16 | float16\n"
+"                          (default: the input's; bfloat16 for a GGUF input;\n"
+"                          the merge is computed in fp32 and rounded once,\n"
+"                          round-to-nearest-even)\n"
+"  --export-shard-size N   merged model: bytes per safetensors file, above\n"
+"                          which it is sharded with model.safetensors.index.json\n"
+"                          (default 5000000000, as transformers; suffixes\n"
+"                          KB MB GB)\n"
 "  --resume                continue from the newest complete checkpoint\n"
 "  --json                  JSON lines progress (default when not a terminal)\n"
 "  --estimate              print the run's peak memory (bytes; weights,\n"
@@ -139,13 +149,35 @@ static int print_estimate(const dt_train_opts *o, int json)
     return 0;
 }
 
+/* "N", "N KB|MB|GB" (decimal, as transformers' "5GB") -> *out > 0. */
+static int parse_bytes(const char *s, long long *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v > 0))
+        return -1;
+    while (*end == ' ')
+        end++;
+    double mul = 1;
+    if (!strcasecmp(end, "kb")) mul = 1e3;
+    else if (!strcasecmp(end, "mb")) mul = 1e6;
+    else if (!strcasecmp(end, "gb")) mul = 1e9;
+    else if (*end) return -1;
+    v *= mul;
+    if (v < 1 || v > 9e18)
+        return -1;
+    *out = (long long)v;
+    return 0;
+}
+
 int dt_cmd_train(int argc, char **argv)
 {
     enum { O_MODEL = 256, O_DATA, O_VALID, O_OUT, O_METHOD, O_RANK, O_ALPHA,
            O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
            O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP,
-           O_MDROP, O_LDROP, O_LSMOOTH };
+           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
         {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
@@ -161,7 +193,8 @@ int dt_cmd_train(int argc, char **argv)
         {"init-adapter", 1, 0, O_INIT}, {"resume", 0, 0, O_RESUME},
         {"json", 0, 0, O_JSON}, {"estimate", 0, 0, O_ESTIMATE}, {"help", 0, 0, O_HELP},
         {"model-dropout", 1, 0, O_MDROP}, {"lora-dropout", 1, 0, O_LDROP},
-        {"label-smoothing", 1, 0, O_LSMOOTH}, {0, 0, 0, 0}};
+        {"label-smoothing", 1, 0, O_LSMOOTH}, {"export-dtype", 1, 0, O_XDTYPE},
+        {"export-shard-size", 1, 0, O_XSHARD}, {0, 0, 0, 0}};
     dt_train_opts o;
     dt_train_defaults(&o);
     o.json = !isatty(STDERR_FILENO);
@@ -224,6 +257,15 @@ int dt_cmd_train(int argc, char **argv)
         case O_EVAL: bad |= parse_i(optarg, &o.eval_interval, "--eval-interval"); break;
         case O_CKPT: bad |= parse_i(optarg, &o.ckpt_interval, "--checkpoint-interval"); break;
         case O_INIT: o.init_adapter = optarg; break;
+        case O_XDTYPE: o.export_dtype = optarg; break;
+        case O_XSHARD:
+            if (parse_bytes(optarg, &o.export_shard_size) != 0) {
+                fprintf(stderr, "deltatune train: --export-shard-size must be "
+                        "a positive byte count (e.g. 2000000000, 500MB, 2GB), "
+                        "got \"%s\"\n", optarg);
+                bad = 1;
+            }
+            break;
         case O_RESUME: o.resume = 1; break;
         case O_JSON: o.json = 1; json_flag = 1; break;
         case O_ESTIMATE: estimate = 1; break;

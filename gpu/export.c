@@ -82,9 +82,9 @@ static json_t *id_or_null(int64_t id)
     return id >= 0 ? json_integer(id) : json_null();
 }
 
-/* config.json for a GGUF input: a LlamaForCausalLM in float32. */
+/* config.json for a GGUF input: a LlamaForCausalLM in the export dtype. */
 static int write_llama_config(const dt_weights *w, const dt_tokenizer *tok,
-                              const char *path, char *err)
+                              dt_dtype dtype, const char *path, char *err)
 {
     const dt_config *c = &w->cfg;
     int64_t bos, eos;
@@ -115,7 +115,8 @@ static int write_llama_config(const dt_weights *w, const dt_tokenizer *tok,
     json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tied));
     json_object_set_new(j, "bos_token_id", id_or_null(bos));
     json_object_set_new(j, "eos_token_id", id_or_null(eos));
-    json_object_set_new(j, "torch_dtype", json_string("float32"));
+    json_object_set_new(j, "torch_dtype",
+                        json_string(dt_export_dtype_name(dtype)));
     int rc = write_json(path, j, err);
     json_decref(j);
     return rc;
@@ -206,9 +207,156 @@ static int copy_tokenizer_files(const char *src, const char *dst,
     return DT_OK;
 }
 
+void dt_export_opts_default(dt_export_opts *o)
+{
+    o->dtype = -1;
+    o->shard_size = DT_EXPORT_SHARD_DEFAULT;
+}
+
+const char *dt_export_dtype_name(dt_dtype d)
+{
+    return d == DT_F16 ? "float16" : d == DT_BF16 ? "bfloat16" : "float32";
+}
+
+dt_dtype dt_export_dtype_default(const dt_weights *w)
+{
+    return w->from_gguf ? DT_BF16 : w->dtype;
+}
+
+int dt_export_dtype_parse(const char *s, dt_dtype *d, const char *what,
+                          char *err)
+{
+    static const struct { const char *name; dt_dtype d; } names[] = {
+        {"float32", DT_F32}, {"fp32", DT_F32}, {"f32", DT_F32},
+        {"bfloat16", DT_BF16}, {"bf16", DT_BF16},
+        {"float16", DT_F16}, {"fp16", DT_F16}, {"f16", DT_F16},
+    };
+    for (size_t i = 0; s && i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(s, names[i].name) == 0) {
+            *d = names[i].d;
+            return DT_OK;
+        }
+    return dt_errf(err, DT_EINVAL, "%s must be float32, bfloat16 or float16, "
+                   "got \"%s\"", what, s ? s : "");
+}
+
+/* The input's config.json with torch_dtype (and dtype, newer transformers'
+ * name, when the input has it) set to the export's dtype; byte for byte the
+ * input's when it already says so. */
+static int write_hf_config(const char *config_json, dt_dtype dtype,
+                           const char *path, char *err)
+{
+    const char *name = dt_export_dtype_name(dtype);
+    json_error_t je;
+    json_t *j = json_loads(config_json, 0, &je);
+    if (!json_is_object(j)) {
+        json_decref(j);
+        return dt_errf(err, DT_EFORMAT, "%s: config.json is not a JSON "
+                       "object: %s", path, je.text);
+    }
+    const char *td = json_string_value(json_object_get(j, "torch_dtype"));
+    json_t *dv = json_object_get(j, "dtype");
+    int same = td && strcmp(td, name) == 0 &&
+               (!dv || (json_is_string(dv) &&
+                        strcmp(json_string_value(dv), name) == 0));
+    int rc;
+    if (same) {
+        rc = dt_write_file_atomic(path, config_json, strlen(config_json), err);
+    } else {
+        json_object_set_new(j, "torch_dtype", json_string(name));
+        if (dv)
+            json_object_set_new(j, "dtype", json_string(name));
+        rc = write_json(path, j, err);
+    }
+    json_decref(j);
+    return rc;
+}
+
+static int64_t entry_bytes(const dt_st_entry *e)
+{
+    int64_t numel = 1;
+    for (int d = 0; d < e->ndim; d++)
+        numel *= e->shape[d];
+    return numel * (e->dtype == DT_F32 ? 4 : 2);
+}
+
+int dt_export_write_sharded(const char *outdir, const dt_st_entry *e, int n,
+                            long long shard_size, int *nshards, char *err)
+{
+    char path[4096];
+    const char *meta = "{\"format\":\"pt\"}";
+    if (shard_size <= 0)
+        shard_size = DT_EXPORT_SHARD_DEFAULT;
+    int64_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += entry_bytes(&e[i]);
+    if (nshards)
+        *nshards = 1;
+    if (total <= shard_size) {
+        snprintf(path, sizeof path, "%s/model.safetensors", outdir);
+        return dt_safetensors_write(path, e, n, meta, err);
+    }
+    /* first[k]: index of shard k's first tensor; first[ns] = n */
+    int *first = dt_calloc((size_t)n + 2, sizeof *first);
+    if (!first)
+        return dt_errf(err, DT_ENOMEM, "%s: out of memory", outdir);
+    int ns = 0;
+    int64_t cur = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t b = entry_bytes(&e[i]);
+        if (i == 0 || (cur > 0 && cur + b > shard_size)) {
+            first[ns++] = i;
+            cur = 0;
+        }
+        cur += b;
+    }
+    first[ns] = n;
+    json_t *idx = json_object(), *md = json_object(), *wm = json_object();
+    json_object_set_new(md, "total_size", json_integer(total));
+    json_object_set_new(idx, "metadata", md);
+    json_object_set_new(idx, "weight_map", wm);
+    int rc = DT_OK;
+    for (int k = 0; k < ns && !rc; k++) {
+        char file[64];
+        snprintf(file, sizeof file, "model-%05d-of-%05d.safetensors", k + 1,
+                 ns);
+        snprintf(path, sizeof path, "%s/%s", outdir, file);
+        rc = dt_safetensors_write(path, e + first[k], first[k + 1] - first[k],
+                                  meta, err);
+        for (int i = first[k]; i < first[k + 1] && !rc; i++)
+            json_object_set_new(wm, e[i].name, json_string(file));
+    }
+    if (!rc) {
+        snprintf(path, sizeof path, "%s/model.safetensors.index.json",
+                 outdir);
+        rc = write_json(path, idx, err);
+    }
+    json_decref(idx);
+    free(first);
+    if (!rc && nshards)
+        *nshards = ns;
+    return rc;
+}
+
 int dt_export_hf(const dt_weights *w, const dt_tensorset *merged,
                  const dt_tokenizer *tok, const char *outdir, char *err)
 {
+    return dt_export_hf_opts(w, merged, tok, outdir, NULL, err);
+}
+
+int dt_export_hf_opts(const dt_weights *w, const dt_tensorset *merged,
+                      const dt_tokenizer *tok, const char *outdir,
+                      const dt_export_opts *xo, char *err)
+{
+    dt_export_opts dxo;
+    if (!xo) {
+        dt_export_opts_default(&dxo);
+        xo = &dxo;
+    }
+    dt_dtype dtype = xo->dtype == DT_F32 || xo->dtype == DT_F16 ||
+                             xo->dtype == DT_BF16
+                         ? (dt_dtype)xo->dtype
+                         : dt_export_dtype_default(w);
     int rc = dt_mkdirs(outdir, err);
     if (rc)
         return rc;
@@ -237,7 +385,7 @@ int dt_export_hf(const dt_weights *w, const dt_tensorset *merged,
         e[n].name = names[n];
         e[n].ndim = t->ndim;
         e[n].data = t->data;
-        e[n].dtype = w->dtype;
+        e[n].dtype = dtype;
         memcpy(shapes[n], t->shape, sizeof shapes[n]);
         if (is_conv1d(w, t->name) && t->ndim == 2) {
             /* canonical (out, in) -> Conv1D (in, out) */
@@ -259,15 +407,14 @@ int dt_export_hf(const dt_weights *w, const dt_tensorset *merged,
         n++;
     }
     char path[4096];
-    snprintf(path, sizeof path, "%s/model.safetensors", outdir);
-    if ((rc = dt_safetensors_write(path, e, n, "{\"format\":\"pt\"}", err)))
+    if ((rc = dt_export_write_sharded(outdir, e, n, xo->shard_size, NULL,
+                                      err)))
         goto out;
     snprintf(path, sizeof path, "%s/config.json", outdir);
     if (w->config_json)
-        rc = dt_write_file_atomic(path, w->config_json,
-                                  strlen(w->config_json), err);
+        rc = write_hf_config(w->config_json, dtype, path, err);
     else
-        rc = write_llama_config(w, tok, path, err);
+        rc = write_llama_config(w, tok, dtype, path, err);
     if (rc)
         goto out;
     if (w->from_gguf) {

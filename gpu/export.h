@@ -15,6 +15,38 @@
 int dt_export_hf(const dt_weights *w, const dt_tensorset *merged,
                  const dt_tokenizer *tok, const char *outdir, char *err);
 
+/* The merged model's output: dtype (the merge is computed in fp32 and
+ * rounded once, round-to-nearest-even) and the shard size. */
+#define DT_EXPORT_SHARD_DEFAULT 5000000000LL /* 5 GB, as transformers */
+typedef struct dt_export_opts {
+    int dtype;            /* a dt_dtype, or -1: the input's dtype for a Hugging
+                           * Face input, bf16 for a GGUF input */
+    long long shard_size; /* bytes of tensor data per file; <= 0: 5 GB. Above
+                           * it: model-0000i-of-0000n.safetensors plus
+                           * model.safetensors.index.json (transformers'
+                           * format: metadata.total_size, weight_map) */
+} dt_export_opts;
+void dt_export_opts_default(dt_export_opts *o);
+int dt_export_hf_opts(const dt_weights *w, const dt_tensorset *merged,
+                      const dt_tokenizer *tok, const char *outdir,
+                      const dt_export_opts *xo, char *err);
+/* "float32" | "bfloat16" | "float16" (also "fp32", "bf16", "fp16", "f32",
+ * "f16") -> *d; DT_EINVAL naming `what` otherwise. */
+int dt_export_dtype_parse(const char *s, dt_dtype *d, const char *what,
+                          char *err);
+/* The torch name of a dtype: "float32", "bfloat16", "float16". */
+const char *dt_export_dtype_name(dt_dtype d);
+/* The dtype an export of w takes by default (see dt_export_opts). */
+dt_dtype dt_export_dtype_default(const dt_weights *w);
+
+/* Writes the tensors as model.safetensors, or, when their data exceeds
+ * shard_size bytes (<= 0: 5 GB), as model-0000i-of-0000n.safetensors shards
+ * (tensors in order, a new shard before the one that would overflow) and
+ * model.safetensors.index.json. *nshards receives the file count (may be
+ * NULL). */
+int dt_export_write_sharded(const char *outdir, const dt_st_entry *e, int n,
+                            long long shard_size, int *nshards, char *err);
+
 /* One LoRA factor pair in canonical terms, for the PEFT adapter. */
 typedef struct dt_adapter_entry {
     const char *wname;   /* canonical weight name, e.g. "h.0.attn.c_attn.weight" */

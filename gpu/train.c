@@ -187,8 +187,17 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     dt_model_free(m);
     *mp = NULL;
     snprintf(dir, sizeof dir, "%s/merged", o->out);
+    dt_export_opts xo;
+    dt_export_opts_default(&xo);
+    if (o->export_shard_size > 0)
+        xo.shard_size = o->export_shard_size;
+    dt_dtype xd;
+    if (!rc && o->export_dtype &&
+        !(rc = dt_export_dtype_parse(o->export_dtype, &xd, "--export-dtype",
+                                     err)))
+        xo.dtype = xd;
     if (!rc)
-        rc = dt_export_hf(w, &merged, tok, dir, err);
+        rc = dt_export_hf_opts(w, &merged, tok, dir, &xo, err);
     dt_tensorset_free(&merged);
     if (!rc && o->method == DT_LORA) {
         snprintf(dir, sizeof dir, "%s/adapter", o->out);
@@ -232,6 +241,10 @@ static int check_limits(const dt_train_opts *o, char *err)
     if (!(o->model_dropout < 1.0f) || (o->model_dropout < 0.0f && o->model_dropout != -1.0f))
         return dt_errf(err, DT_EINVAL, "--model-dropout must be in [0, 1), got %g",
                        (double)o->model_dropout);
+    dt_dtype xdt;
+    if (o->export_dtype &&
+        dt_export_dtype_parse(o->export_dtype, &xdt, "--export-dtype", err))
+        return DT_EINVAL;
     if (!(o->lora_dropout >= 0.0f && o->lora_dropout < 1.0f))
         return dt_errf(err, DT_EINVAL, "--lora-dropout must be in [0, 1), got %g",
                        (double)o->lora_dropout);

@@ -114,6 +114,13 @@ typedef struct dt_train_opts {
      * (dt_train_estimate) exceeds it fails with DT_ENOMEM before the model
      * is loaded, naming the bytes needed, the limit and what to lower. */
     long long memory_limit;
+    /* The merged model's export (gpu/export.h): export_dtype "float32",
+     * "bfloat16" or "float16" (NULL: the input's dtype for a Hugging Face
+     * input, bfloat16 for GGUF); export_shard_size: bytes per safetensors
+     * file (<= 0: 5 GB) above which the weights are sharded with
+     * model.safetensors.index.json. */
+    const char *export_dtype;
+    long long export_shard_size;
 } dt_train_opts;
 
 void dt_train_defaults(dt_train_opts *o);

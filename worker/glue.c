@@ -80,6 +80,8 @@ int wk_job_opts(const db_job *j, long train_rows, dt_train_opts *o, char *err)
     /* Validation loss at every checkpoint, so each checkpoint's metrics
      * carry it. */
     o->eval_interval = j->eval_interval > 0 ? j->eval_interval : o->ckpt_interval;
+    if (j->export_dtype[0])
+        o->export_dtype = j->export_dtype;
     o->resume = 1;
     o->json = 0;
     return 0;
@@ -254,7 +256,8 @@ void wk_classify_error(int rc, const char *detail, const wk_run *r,
         {"--rank", "rank"}, {"--alpha", "alpha"}, {"--lambda", "lambda"},
         {"--start-step", "start_step"}, {"--target-modules", "target_modules"},
         {"--warmup-steps", "warmup_steps"}, {"--weight-decay", "weight_decay"},
-        {"--epochs", "n_epochs"}, {"--steps", "max_steps"}, {"--method", "method"}};
+        {"--epochs", "n_epochs"}, {"--steps", "max_steps"}, {"--method", "method"},
+        {"--export-dtype", "export_dtype"}};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         replace_all(a, sizeof a, b, flags[i][0], flags[i][1]);
         memcpy(b, a, sizeof b);

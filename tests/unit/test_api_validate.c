@@ -92,6 +92,7 @@ static void test_every_hyperparameter_out_of_range_names_its_path(void **s)
         {"lr_scheduler", "\"step\""}, {"gradient_accumulation_steps", "0"},
         {"max_steps", "-1"}, {"checkpoint_interval", "-1"}, {"eval_interval", "-1"},
         {"seed", "-1"}, {"no_such_knob", "1"},
+        {"export_dtype", "\"float64\""}, {"export_dtype", "16"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[512], param[128];
@@ -105,6 +106,30 @@ static void test_every_hyperparameter_out_of_range_names_its_path(void **s)
         snprintf(param, sizeof param, "hyperparameters.%s", cases[i].name);
         expect_400(body, param);
     }
+}
+
+/* hyperparameters.export_dtype: float32 | bfloat16 | float16 stored as
+ * given, "auto" (and absent) as "" (the base's dtype). Instant. */
+static void test_export_dtype_is_accepted(void **s)
+{
+    (void)s;
+    static const char *const ok[] = {"float32", "bfloat16", "float16"};
+    for (int i = 0; i < 3; i++) {
+        db_job j;
+        api_error e;
+        char body[256];
+        snprintf(body, sizeof body, "{\"model\":\"m\",\"training_file\":\"f\","
+                 "\"hyperparameters\":{\"export_dtype\":\"%s\"}}", ok[i]);
+        assert_int_equal(run(body, &j, &e), 0);
+        assert_string_equal(j.export_dtype, ok[i]);
+        db_job_clear(&j);
+    }
+    db_job j;
+    api_error e;
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\",\"hyperparameters\":"
+                         "{\"export_dtype\":\"auto\"}}", &j, &e), 0);
+    assert_string_equal(j.export_dtype, "");
+    db_job_clear(&j);
 }
 
 static void test_bounds_are_inclusive(void **s)
@@ -264,6 +289,7 @@ int main(void)
         cmocka_unit_test(test_auto_values_resolve_to_defaults),
         cmocka_unit_test(test_every_hyperparameter_out_of_range_names_its_path),
         cmocka_unit_test(test_bounds_are_inclusive),
+        cmocka_unit_test(test_export_dtype_is_accepted),
         cmocka_unit_test(test_method_specific_parameters_are_rejected_elsewhere),
         cmocka_unit_test(test_supervised_maps_to_delta_lora_and_multiplier_scales_lr),
         cmocka_unit_test(test_target_modules_are_normalized),

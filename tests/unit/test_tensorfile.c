@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #include "base/dt.h"
+#include "gpu/chat_template.h"
 #include "gpu/export.h"
+#include "gpu/tokenizer.h"
 #include "gpu/model.h"
 #include "gpu/tensorfile.h"
 #include "base/file.h"
@@ -706,6 +708,214 @@ static void test_export_hf_roundtrip_keeps_layout(void **s)
     dt_weights_free(&w);
 }
 
+static void rm_rf(const char *dir)
+{
+    nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static char *config_dtype(const char *out)
+{
+    char p[600];
+    snprintf(p, sizeof p, "%s/config.json", out);
+    json_t *j = json_load_file(p, 0, NULL);
+    assert_non_null(j);
+    char *r = strdup(json_string_value(json_object_get(j, "torch_dtype")));
+    json_decref(j);
+    return r;
+}
+
+/* export_dtype: the fp32 merge is rounded once, to nearest even, into the
+ * asked dtype (ties and just-above-ties of bf16 and f16), config.json's
+ * torch_dtype names it, and the default is the input's dtype. About 0.1 s. */
+static void test_export_dtype_rounds_to_nearest_even(void **s)
+{
+    const char *dir = tmp_path("gpt2d"), *out = tmp_path("gpt2d_out");
+    make_gpt2_dir(dir, "transformer.", 0, NULL);
+    dt_weights w;
+    assert_int_equal(dt_weights_load(dir, &w, g_err), 0);
+    const float u8 = ldexpf(1, -8), u11 = ldexpf(1, -11);
+    const float vals[8] = {1 + u8, 1 + 3 * u8, 1 + u8 + ldexpf(1, -16),
+                           -(1 + u8), 1 + u11, 1 + 3 * u11,
+                           1 + u11 + ldexpf(1, -20), 3};
+    const float want_bf16[8] = {1, 1 + ldexpf(1, -6), 1 + ldexpf(1, -7), -1,
+                                1, 1, 1, 3};
+    const float want_f16[8] = {1 + u8, 1 + 3 * u8, 1 + u8, -(1 + u8), 1,
+                               1 + ldexpf(1, -9), 1 + ldexpf(1, -10), 3};
+    dt_tensor *wte = dt_tensorset_find(&w.ts, "wte.weight");
+    assert_non_null(wte);
+    for (int64_t i = 0; i < wte->numel; i++)
+        wte->data[i] = vals[i % 8];
+    static const struct { int dtype; dt_dtype file; const char *name; } cases[] = {
+        {DT_BF16, DT_BF16, "bfloat16"}, {DT_F16, DT_F16, "float16"},
+        {DT_F32, DT_F32, "float32"}, {-1, DT_BF16, "bfloat16"} /* input's */};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        dt_export_opts xo;
+        dt_export_opts_default(&xo);
+        xo.dtype = cases[c].dtype;
+        rm_rf(out);
+        assert_int_equal(dt_export_hf_opts(&w, &w.ts, NULL, out, &xo, g_err), 0);
+        char p[600];
+        snprintf(p, sizeof p, "%s/model.safetensors", out);
+        TSET(b);
+        assert_int_equal(dt_safetensors_load(p, &b, g_err), 0);
+        for (int i = 0; i < b.n; i++)
+            assert_int_equal(b.t[i].src_dtype, cases[c].file);
+        dt_tensor *t = dt_tensorset_find(&b, "transformer.wte.weight");
+        assert_non_null(t);
+        for (int64_t i = 0; i < t->numel; i++) {
+            float want = cases[c].file == DT_BF16 ? want_bf16[i % 8]
+                       : cases[c].file == DT_F16  ? want_f16[i % 8]
+                                                  : vals[i % 8];
+            if (t->data[i] != want)
+                fail_msg("dtype %s: element %lld: %.9g, want %.9g",
+                         cases[c].name, (long long)i, (double)t->data[i],
+                         (double)want);
+        }
+        char *cd = config_dtype(out);
+        assert_string_equal(cd, cases[c].name);
+        free(cd);
+        dt_tensorset_free(&b);
+    }
+    dt_dtype d;
+    assert_int_equal(dt_export_dtype_parse("bfloat16", &d, "export_dtype", g_err), 0);
+    assert_int_equal(d, DT_BF16);
+    assert_int_equal(dt_export_dtype_parse("float64", &d, "export_dtype", g_err),
+                     DT_EINVAL);
+    assert_non_null(strstr(g_err, "export_dtype"));
+    w.from_gguf = 1; /* a GGUF input's default is bf16 */
+    assert_int_equal(dt_export_dtype_default(&w), DT_BF16);
+    w.from_gguf = 0;
+    dt_weights_free(&w);
+}
+
+/* Above the shard size the merged model is model-0000i-of-0000n.safetensors
+ * plus model.safetensors.index.json in transformers' format; it loads back
+ * the same. Below it: one model.safetensors, no index. About 0.1 s. */
+static void test_export_shards_with_index(void **s)
+{
+    const char *dir = tmp_path("gpt2s"), *out = tmp_path("gpt2s_out");
+    make_gpt2_dir(dir, "transformer.", 0, NULL);
+    dt_weights w, w2;
+    assert_int_equal(dt_weights_load(dir, &w, g_err), 0);
+    dt_export_opts xo;
+    dt_export_opts_default(&xo);
+    xo.dtype = DT_F32;
+    xo.shard_size = 1000; /* bytes */
+    assert_int_equal(dt_export_hf_opts(&w, &w.ts, NULL, out, &xo, g_err), 0);
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", out);
+    assert_int_not_equal(access(p, F_OK), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", out);
+    json_t *idx = json_load_file(p, 0, NULL);
+    assert_non_null(idx);
+    json_t *wm = json_object_get(idx, "weight_map");
+    json_int_t total = json_integer_value(json_object_get(
+        json_object_get(idx, "metadata"), "total_size"));
+    assert_int_equal(json_object_size(wm), (size_t)w.ts.n); /* untied GPT-2: all */
+    /* every shard file: its tensors are the ones the map gives it, its data
+     * at most the shard size unless it holds one tensor */
+    int nshards = 0;
+    char first[64] = "";
+    json_int_t sum = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(wm, key, v) {
+        const char *fn = json_string_value(v);
+        assert_non_null(fn);
+        if (!first[0])
+            snprintf(first, sizeof first, "%s", fn);
+        int k, n;
+        assert_int_equal(sscanf(fn, "model-%05d-of-%05d.safetensors", &k, &n), 2);
+        nshards = n;
+        snprintf(p, sizeof p, "%s/%s", out, fn);
+        TSET(sh);
+        assert_int_equal(dt_safetensors_load(p, &sh, g_err), 0);
+        assert_non_null(dt_tensorset_find(&sh, key));
+        int64_t bytes = 0;
+        for (int i = 0; i < sh.n; i++) {
+            bytes += sh.t[i].numel * 4;
+            assert_string_equal(json_string_value(json_object_get(
+                wm, sh.t[i].name)), fn);
+            if (!strcmp(sh.t[i].name, key))
+                sum += sh.t[i].numel * 4;
+        }
+        assert_true(bytes <= 1000 || sh.n == 1);
+        dt_tensorset_free(&sh);
+    }
+    assert_true(nshards > 1);
+    assert_int_equal(strncmp(first, "model-00001-of-", 15), 0);
+    assert_int_equal(sum, total);
+    json_decref(idx);
+    assert_int_equal(dt_weights_load(out, &w2, g_err), 0);
+    assert_int_equal(w2.ts.n, w.ts.n);
+    for (int i = 0; i < w.ts.n; i++) {
+        dt_tensor *t = dt_tensorset_find(&w2.ts, w.ts.t[i].name);
+        assert_non_null(t);
+        assert_memory_equal(t->data, w.ts.t[i].data, t->numel * 4);
+    }
+    dt_weights_free(&w2);
+    rm_rf(out); /* the default (5 GB): one file, no index */
+    xo.shard_size = 0;
+    assert_int_equal(dt_export_hf_opts(&w, &w.ts, NULL, out, &xo, g_err), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors", out);
+    assert_int_equal(access(p, R_OK), 0);
+    snprintf(p, sizeof p, "%s/model.safetensors.index.json", out);
+    assert_int_not_equal(access(p, F_OK), 0);
+    dt_weights_free(&w);
+}
+
+/* The exported tokenizer carries the chat template training rendered with
+ * (the GGUF's tokenizer.chat_template): a conversation renders the same with
+ * the base's template and with the exported one, byte for byte, and the
+ * exported directory reads back as that template. About 1 s. */
+static void test_export_chat_template_matches_training(void **s)
+{
+    if (access(SMOLLM, R_OK) != 0) {
+        print_message("skipping: %s absent (run scripts/install-deps)\n",
+                      SMOLLM);
+        skip();
+    }
+    TSET(meta);
+    assert_int_equal(dt_gguf_load_meta(SMOLLM, &meta, g_err), 0);
+    dt_tokenizer *tok = dt_tokenizer_from_gguf(&meta, g_err);
+    assert_non_null(tok);
+    const char *train_tmpl = dt_tokenizer_chat_template(tok);
+    assert_non_null(train_tmpl);
+    dt_weights w;
+    memset(&w, 0, sizeof w);
+    w.ts = meta; /* metadata only: the tokenizer files are what is checked */
+    w.from_gguf = 1;
+    snprintf(w.prefix, sizeof w.prefix, "model.");
+    TSET(none);
+    const char *out = tmp_path("smollm_export");
+    assert_int_equal(dt_export_hf_opts(&w, &none, tok, out, NULL, g_err), 0);
+    dt_tokenizer *tok2 = dt_tokenizer_load_dir(out, g_err);
+    assert_non_null(tok2);
+    assert_string_equal(dt_tokenizer_chat_template(tok2), train_tmpl);
+    json_t *convs[2] = {
+        json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "role", "user", "content",
+                  "Hi", "role", "assistant", "content", "Hello!", "role",
+                  "user", "content", "2+2?"),
+        json_pack("[{s:s,s:s},{s:s,s:s},{s:s,s:s}]", "role", "system",
+                  "content", "Be terse.", "role", "user", "content", "Hi",
+                  "role", "assistant", "content", "Hello!")};
+    for (int c = 0; c < 2; c++) {
+        dt_chat_out a, b;
+        assert_int_equal(dt_chat_render(train_tmpl, convs[c], NULL, NULL, 0,
+                                        &a, g_err), 0);
+        assert_int_equal(dt_chat_render(dt_tokenizer_chat_template(tok2),
+                                        convs[c], NULL, NULL, 0, &b, g_err), 0);
+        assert_int_equal(a.len, b.len);
+        assert_memory_equal(a.text, b.text, a.len);
+        dt_chat_out_free(&a);
+        dt_chat_out_free(&b);
+        json_decref(convs[c]);
+    }
+    dt_tokenizer_free(tok2);
+    dt_tokenizer_free(tok);
+    dt_tensorset_free(&meta);
+}
+
 static void test_peft_gpt2_qv_slices_become_one_c_attn(void **s)
 {
     const char *dir = tmp_path("gpt2p"), *out = tmp_path("peft");
@@ -793,6 +1003,9 @@ int main(void)
         cmocka_unit_test(test_unknown_architecture_is_enotsup),
         cmocka_unit_test(test_llama_untied_needs_lm_head),
         cmocka_unit_test(test_export_hf_roundtrip_keeps_layout),
+        cmocka_unit_test(test_export_dtype_rounds_to_nearest_even),
+        cmocka_unit_test(test_export_shards_with_index),
+        cmocka_unit_test(test_export_chat_template_matches_training),
         cmocka_unit_test(test_peft_gpt2_qv_slices_become_one_c_attn),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
