@@ -86,7 +86,8 @@ static int model_files(server *s, const db_model *m, mfile **out, int *n)
                 if (!g) { free(fs); fs = NULL; break; }
                 fs = g;
             }
-            snprintf(fs[k].name, sizeof fs[k].name, "%s%s", pre, e->d_name);
+            memcpy(fs[k].name, pre, pl); /* pl + nl < sizeof name: checked above */
+            memcpy(fs[k].name + pl, e->d_name, nl + 1);
             memcpy(fs[k].path, p, strlen(p) + 1);
             fill_stat(&fs[k], &st);
             k++;
