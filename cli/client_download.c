@@ -1,4 +1,5 @@
-/* client_download.c: `deltatune models download MODEL [FILE] [-o DIR]`.
+/* client_download.c: `deltatune models download MODEL [FILE] [-o DIR]
+ * [--adapter]`.
  *
  * Lists the model's files with their sizes and SHA-256
  * (GET /v1/models/{id}/files), then fetches each one (or the one named)
@@ -7,7 +8,9 @@
  * .part file; the next run asks only for the rest (Range: bytes=N-) and
  * hashes what is already there. A file already in place with the right
  * hash is not fetched again. On a terminal (stderr) a progress bar shows
- * the bytes, the rate and the ETA. */
+ * the bytes, the rate and the ETA. A fine-tune's PEFT adapter is listed as
+ * files under "adapter/": they land in DIR/adapter/, or, with --adapter,
+ * only they are fetched, into DIR itself (a directory PEFT loads). */
 #include "client_internal.h"
 #include "base/clock.h"
 
@@ -114,17 +117,18 @@ typedef struct dl_opts {
     cl_ctx *c;
     const char *out;
     curl_off_t rate;      /* bytes a second, 0 = no limit */
+    int adapter;          /* --adapter: only the adapter/ files */
 } dl_opts;
 
 /* Fetches one file. Returns 0 (ok, *how says "downloaded", "resumed" or
  * "present"), CL_EXIT_ERROR (printed). */
 static int fetch(dl_opts *o, const char *model_esc, const char *dir, const char *name,
-                 int64_t bytes, const char *sha, const char **how)
+                 const char *local, int64_t bytes, const char *sha, const char **how)
 {
     cl_ctx *c = o->c;
     char path[4200], part[4300], esc[1000], url[6000], got[65], range[64];
     struct stat st;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(path, sizeof path, "%s/%s", dir, local);
     snprintf(part, sizeof part, "%s.part", path);
     dl d = {.c = c, .name = name, .total = bytes, .md = EVP_MD_CTX_new(),
             .bar = !c->json && isatty(STDERR_FILENO)};
@@ -167,8 +171,10 @@ static int fetch(dl_opts *o, const char *model_esc, const char *dir, const char 
                 fprintf(stderr, "deltatune %s: %s: %s\n", c->cmd, part, strerror(errno));
                 goto out;
             }
-            snprintf(url, sizeof url, "%s/v1/models/%s/files/%s", c->url, model_esc,
-                     cl_esc(esc, sizeof esc, name));
+            /* "adapter/NAME": the prefix stays a path segment */
+            int ad = !strncmp(name, "adapter/", 8);
+            snprintf(url, sizeof url, "%s/v1/models/%s/files/%s%s", c->url, model_esc,
+                     ad ? "adapter/" : "", cl_esc(esc, sizeof esc, name + (ad ? 8 : 0)));
             struct curl_slist *h = NULL;
             if (d.have) {
                 snprintf(range, sizeof range, "Range: bytes=%lld-", (long long)d.have);
@@ -253,13 +259,17 @@ static int make_dirs(const char *dir)
     return mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
 }
 
-enum { O_OUT = 'o', O_RATE = CL_O_FIRST_OWN };
+enum { O_OUT = 'o', O_RATE = CL_O_FIRST_OWN, O_ADAPTER };
 
 static int dl_opt(void *ud, int id, const char *arg)
 {
     dl_opts *o = ud;
     if (id == O_OUT) {
         o->out = arg;
+        return 0;
+    }
+    if (id == O_ADAPTER) {
+        o->adapter = 1;
         return 0;
     }
     char *end;
@@ -289,13 +299,18 @@ static const char download_help[] =
     "  -o, --output DIR     where to write (default: the model id with ':' and '/'\n"
     "                       replaced by '_', in the current directory)\n"
     "  --limit-rate RATE    at most RATE bytes a second (suffix k or M)\n"
+    "  --adapter            only the fine-tune's PEFT adapter (the files listed\n"
+    "                       under adapter/), into DIR (default: the model's\n"
+    "                       directory above, then adapter/); without it they\n"
+    "                       land in DIR/adapter/\n"
     CL_COMMON_HELP;
 
 int cl_models_download(int argc, char **argv)
 {
     static const struct option opts[] = {
         CL_COMMON_OPTS, {"output", required_argument, 0, O_OUT},
-        {"limit-rate", required_argument, 0, O_RATE}, {0, 0, 0, 0}};
+        {"limit-rate", required_argument, 0, O_RATE},
+        {"adapter", no_argument, 0, O_ADAPTER}, {0, 0, 0, 0}};
     cl_ctx c;
     cl_init(&c, "models download");
     dl_opts o = {.c = &c};
@@ -314,6 +329,8 @@ int cl_models_download(int argc, char **argv)
         snprintf(dir, sizeof dir, "%s", model);
         for (char *s = dir; *s; s++)
             if (*s == ':' || *s == '/') *s = '_';
+        if (o.adapter && strlen(dir) + 8 < sizeof dir)
+            strcat(dir, "/adapter");
     }
     if ((rc = cl_connect(&c))) return rc;
     cl_esc(mesc, sizeof mesc, model);
@@ -326,9 +343,13 @@ int cl_models_download(int argc, char **argv)
     int found = 0;
     json_array_foreach(files, i, f) {
         const char *name = cl_str(f, "name");
-        if (only && strcmp(name, only)) continue;
+        int ad = !strncmp(name, "adapter/", 8);
+        const char *base = ad ? name + 8 : name, *local = o.adapter ? base : name;
+        if (only && strcmp(name, only) && !(o.adapter && !strcmp(base, only))) continue;
+        if (o.adapter && !ad) continue;
         found++;
-        if (!name[0] || name[0] == '.' || strchr(name, '/') || strlen(cl_str(f, "sha256")) != 64) {
+        if (!base[0] || base[0] == '.' || strchr(base, '/') ||
+            strlen(cl_str(f, "sha256")) != 64) {
             fprintf(stderr, "deltatune %s: the server lists an unusable file \"%s\"\n", c.cmd,
                     name);
             rc = CL_EXIT_ERROR;
@@ -339,13 +360,20 @@ int cl_models_download(int argc, char **argv)
             rc = CL_EXIT_ERROR;
             break;
         }
+        char sub[1100];
+        snprintf(sub, sizeof sub, "%s/adapter", dir);
+        if (ad && !o.adapter && make_dirs(sub)) {
+            fprintf(stderr, "deltatune %s: cannot create %s: %s\n", c.cmd, sub, strerror(errno));
+            rc = CL_EXIT_ERROR;
+            break;
+        }
         const char *how = "";
         int64_t bytes = (int64_t)cl_num(f, "bytes", 0);
-        if ((rc = fetch(&o, mesc, dir, name, bytes, cl_str(f, "sha256"), &how))) break;
+        if ((rc = fetch(&o, mesc, dir, name, local, bytes, cl_str(f, "sha256"), &how))) break;
         if (c.json) {
             json_t *r = json_pack("{s:s, s:I, s:s, s:s++, s:s}", "name", name, "bytes",
                                   (json_int_t)bytes, "sha256", cl_str(f, "sha256"), "path",
-                                  dir, "/", name, "status", how);
+                                  dir, "/", local, "status", how);
             cl_print_json(r, 0);
             json_decref(r);
         } else {
@@ -357,6 +385,9 @@ int cl_models_download(int argc, char **argv)
     if (!rc && !found) {
         if (only)
             fprintf(stderr, "deltatune %s: model %s has no file \"%s\"\n", c.cmd, model, only);
+        else if (o.adapter)
+            fprintf(stderr, "deltatune %s: model %s has no adapter (only lora and "
+                    "delta_lora fine-tunes have one)\n", c.cmd, model);
         else
             fprintf(stderr, "deltatune %s: model %s lists no files\n", c.cmd, model);
         rc = CL_EXIT_ERROR;

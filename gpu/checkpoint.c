@@ -143,7 +143,7 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     int np, nl;
     dt_param *ps = dt_model_params(m, &np);
     dt_lora *ls = dt_model_loras(m, &nl);
-    int cap = 3 * np + nl;
+    int cap = 3 * np + 3 * nl; /* + W, A_K, B_K per adapter */
     dt_st_entry *en = calloc((size_t)cap, sizeof *en);
     dt_st_entry *eo = calloc((size_t)cap, sizeof *eo);
     int nw = 0, no = 0;
@@ -195,6 +195,26 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
             OPS.download(be, bufs[n], dev, (size_t)cnt * sizeof(float));
             en[nw++] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
             n++;
+        }
+        /* A_K, B_K (the exact adapter's second half), once W has moved */
+        for (int i = 0; i < nl && opt->t > opt->start_step; i++) {
+            for (int k = 0; k < 2; k++) {
+                const char *an = k ? ls[i].B->name : ls[i].A->name;
+                float *dev;
+                long cnt;
+                snprintf(names[n], sizeof names[n], "%s_K", an);
+                if (dt_model_get_weight(m, names[n], &dev, &cnt))
+                    continue;
+                shapes[n][0] = cnt;
+                bufs[n] = malloc((size_t)cnt * sizeof(float));
+                if (!bufs[n]) {
+                    rc = dt_errf(err, DT_ENOMEM, "out of memory writing a checkpoint");
+                    goto done;
+                }
+                OPS.download(be, bufs[n], dev, (size_t)cnt * sizeof(float));
+                en[nw++] = (dt_st_entry){names[n], 1, shapes[n], bufs[n], DT_F32};
+                n++;
+            }
         }
     }
     if ((rc = OPS.sync(be, err)))

@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -614,6 +615,80 @@ out:
     free(shapes);
     free(st);
     free(group);
+    return rc;
+}
+
+int dt_export_peft_delta(const dt_weights *w, const dt_adapter_entry *e,
+                         const float *const *AK, const float *const *BK, int n,
+                         float alpha, float lambda, const char *base_model_name,
+                         const char *outdir, char *err)
+{
+    if (n <= 0)
+        return dt_errf(err, DT_EINVAL, "%s: no adapters to export", outdir);
+    dt_adapter_entry *e2 = dt_calloc((size_t)n, sizeof *e2);
+    float **bufs = dt_calloc((size_t)n * 2, sizeof *bufs);
+    char base[1200];
+    int rc = 0;
+    if (!e2 || !bufs) {
+        rc = dt_errf(err, DT_ENOMEM, "%s: out of memory", outdir);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        int r = e[i].rank, R = 2 * r, in = e[i].in, rows = e[i].rows;
+        /* W never moved: K = T, and (1+λ)·B·A − λ·B·A = B·A */
+        const float *ak = AK && AK[i] ? AK[i] : e[i].A;
+        const float *bk = BK && BK[i] ? BK[i] : e[i].B;
+        float *A = bufs[2 * i] = dt_calloc((size_t)R * in, sizeof(float));
+        float *B = bufs[2 * i + 1] = dt_calloc((size_t)rows * R, sizeof(float));
+        if (!A || !B) {
+            rc = dt_errf(err, DT_ENOMEM, "%s: out of memory", outdir);
+            goto out;
+        }
+        memcpy(A, e[i].A, (size_t)r * in * sizeof(float));
+        memcpy(A + (size_t)r * in, ak, (size_t)r * in * sizeof(float));
+        for (int row = 0; row < rows; row++)
+            for (int k = 0; k < r; k++) {
+                B[(size_t)row * R + k] = (1.0f + lambda) * e[i].B[(size_t)row * r + k];
+                B[(size_t)row * R + r + k] = -lambda * bk[(size_t)row * r + k];
+            }
+        e2[i] = e[i];
+        e2[i].rank = R;
+        e2[i].A = A;
+        e2[i].B = B;
+    }
+    const char *bn = base_model_name ? base_model_name : "";
+    if (w->from_gguf)
+        snprintf(base, sizeof base, "%s (dequantized to float32)", bn);
+    else
+        snprintf(base, sizeof base, "%s", bn);
+    rc = dt_export_peft(w, e2, n, 2.0f * alpha,
+                        base_model_name || w->from_gguf ? base : NULL, outdir, err);
+    if (!rc) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/README.md", outdir);
+        FILE *f = fopen(path, "w");
+        if (!f)
+            rc = dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
+        else {
+            fprintf(f, "# Delta-LoRA adapter\n\n"
+                    "This PEFT LoRA adapter reproduces the Delta-LoRA fine-tune exactly: "
+                    "merged = W_0 + s(1+lambda)*B_T*A_T - s*lambda*B_K*A_K, written with "
+                    "r' = 2r, A' = [A_T ; A_K], B' = [(1+lambda)*B_T , -lambda*B_K], "
+                    "lora_alpha' = 2*alpha (lambda = %g).\n\n", (double)lambda);
+            if (w->from_gguf)
+                fprintf(f, "It applies to the base as the engine read it: the GGUF file "
+                        "%s dequantized to float32 (not the quantized weights).\n", bn);
+            else
+                fprintf(f, "It applies to the base %s as stored (W_0).\n", bn);
+            if (fclose(f))
+                rc = dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
+        }
+    }
+out:
+    for (int i = 0; bufs && i < 2 * n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(e2);
     return rc;
 }
 

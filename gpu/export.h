@@ -63,6 +63,18 @@ int dt_export_peft(const dt_weights *w, const dt_adapter_entry *e, int n,
                    float alpha, const char *base_model_name,
                    const char *outdir, char *err);
 
+/* Delta-LoRA's exact adapter: after T steps with W moving from step K+1,
+ * merged = W_0 + s(1+λ)·B_T·A_T − s·λ·B_K·A_K, written as a PEFT LoRA with
+ * r' = 2r, A' = [A_T ; A_K], B' = [(1+λ)·B_T , −λ·B_K], lora_alpha' = 2α
+ * (s' = s). e holds A_T, B_T; AK[i], BK[i] the factors of e[i] just before
+ * W first moved, or NULL when W never moved (then the adapter is B_T·A_T).
+ * Also writes README.md: the adapter applies to the base as the engine read
+ * it (a GGUF base: its dequantized float32 weights). */
+int dt_export_peft_delta(const dt_weights *w, const dt_adapter_entry *e,
+                         const float *const *AK, const float *const *BK, int n,
+                         float alpha, float lambda, const char *base_model_name,
+                         const char *outdir, char *err);
+
 /* Reads a PEFT adapter directory (for --init-adapter): rank, alpha, target
  * module names and the A/B factors by canonical weight name. */
 typedef struct dt_peft_adapter {

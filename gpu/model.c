@@ -233,6 +233,16 @@ static int add_lora(dt_model *m, int layer, int lin, int off, int rows,
     if (m->lo.method == DT_DELTA_LORA) {
         a->catA = dalloc(m, (size_t)2 * r * in, fail);
         a->catB = dalloc(m, (size_t)rows * 2 * r, fail);
+        snprintf(name, sizeof name, "lora.%d.%s.A_K", layer, tname);
+        a->AK = dalloc(m, (size_t)r * in, fail);
+        if (a->AK)
+            m->be->i.memset0(m->be, a->AK, (size_t)r * in * sizeof(float));
+        add_named(m, name, a->AK, (long)r * in);
+        snprintf(name, sizeof name, "lora.%d.%s.B_K", layer, tname);
+        a->BK = dalloc(m, (size_t)rows * r, fail);
+        if (a->BK)
+            m->be->i.memset0(m->be, a->BK, (size_t)rows * r * sizeof(float));
+        add_named(m, name, a->BK, (long)rows * r);
     }
     L->lora[L->nlora++] = a;
     return 0;

@@ -107,6 +107,8 @@ typedef struct dt_lora {
     float *u;          /* (BT, r) saved x·Aᵀ for backward */
     float *catA;       /* (2r, in)   Delta-LoRA: [A ; A_old]   */
     float *catB;       /* (rows, 2r) Delta-LoRA: [B | -B_old]  */
+    float *AK, *BK;    /* Delta-LoRA: A_K (r, in), B_K (rows, r), the factors
+                        * just before W first moved (the exact adapter) */
 } dt_lora;
 
 typedef struct dt_model dt_model;
@@ -180,6 +182,9 @@ void dt_model_eval_mode(dt_model *m);
  * dimension 2r after it. */
 void dt_model_delta_snapshot(dt_model *m);
 void dt_model_delta_apply(dt_model *m, float lambda);
+/* Copies A, B into A_K, B_K (named "lora.<l>.<t>.A_K"/".B_K", kept in
+ * checkpoints): called right before W first moves. */
+void dt_model_delta_keep(dt_model *m);
 
 /* Downloads the merged weights (W + s·B·A for every adapter) into a new
  * host tensorset with canonical names. */

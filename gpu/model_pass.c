@@ -444,6 +444,16 @@ void dt_model_delta_snapshot(dt_model *m)
     }
 }
 
+void dt_model_delta_keep(dt_model *m)
+{
+    int r = m->lo.rank;
+    for (int i = 0; i < m->nloras; i++) {
+        dt_lora *a = &m->loras[i];
+        OPS.copy2d(m->be, a->AK, a->in, a->A->p, a->in, r, a->in, 1.0f);
+        OPS.copy2d(m->be, a->BK, r, a->B->p, r, a->rows, r, 1.0f);
+    }
+}
+
 void dt_model_delta_apply(dt_model *m, float lambda)
 {
     int r = m->lo.rank;

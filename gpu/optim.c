@@ -123,6 +123,8 @@ int dt_optim_step(dt_model *m, dt_optim *o, dt_method method, float lr,
     OPS.sumsq_multi(be, d_ss, ts, np);
     int64_t t = o->t + 1;
     int delta = method == DT_DELTA_LORA && t > o->start_step;
+    if (delta && t == o->start_step + 1)
+        dt_model_delta_keep(m); /* A_K, B_K: W moves for the first time */
     if (delta)
         dt_model_delta_snapshot(m);
     float bc1 = 1.0f - powf(o->b1, (float)t), bc2 = 1.0f - powf(o->b2, (float)t);

@@ -152,7 +152,7 @@ static int load_data(const char *path, const dt_tokenizer *tok, int seq_len,
  * that the export's host copy does not sit beside the device copy and the
  * activations), then writes DIR/merged and, for lora, DIR/adapter. */
 static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
-                      const dt_tokenizer *tok, char *err)
+                      const dt_tokenizer *tok, int moved, char *err)
 {
     dt_model *m = *mp;
     char dir[4200];
@@ -162,10 +162,11 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     if (rc)
         return rc;
     int nl = 0;
-    dt_lora *ls = o->method == DT_LORA ? dt_model_loras(m, &nl) : NULL;
+    dt_lora *ls = o->method != DT_FULL ? dt_model_loras(m, &nl) : NULL;
+    int delta = o->method == DT_DELTA_LORA;
     dt_backend *be = dt_model_backend(m);
     dt_adapter_entry *e = calloc((size_t)nl + 1, sizeof *e);
-    float **h = calloc((size_t)nl * 2 + 1, sizeof *h);
+    float **h = calloc((size_t)nl * 4 + 1, sizeof *h); /* A, B, A_K, B_K */
     char (*wn)[128] = calloc((size_t)nl + 1, sizeof *wn); /* outlives the model */
     if (!e || !h || !wn)
         rc = dt_errf(err, DT_ENOMEM, "out of memory");
@@ -179,6 +180,17 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
         }
         OPS.download(be, h[2 * i], ls[i].A->p, (size_t)ls[i].A->n * sizeof(float));
         OPS.download(be, h[2 * i + 1], ls[i].B->p, (size_t)ls[i].B->n * sizeof(float));
+        if (delta && moved) {
+            float **k = h + 2 * nl + 2 * i;
+            k[0] = malloc((size_t)ls[i].A->n * sizeof(float));
+            k[1] = malloc((size_t)ls[i].B->n * sizeof(float));
+            if (!k[0] || !k[1] || !ls[i].AK || !ls[i].BK) {
+                rc = dt_errf(err, DT_ENOMEM, "out of memory");
+                break;
+            }
+            OPS.download(be, k[0], ls[i].AK, (size_t)ls[i].A->n * sizeof(float));
+            OPS.download(be, k[1], ls[i].BK, (size_t)ls[i].B->n * sizeof(float));
+        }
         snprintf(wn[i], sizeof wn[i], "%s", ls[i].wname);
         e[i] = (dt_adapter_entry){wn[i], ls[i].row_off, ls[i].rows,
                                   (int)W->shape[0], ls[i].in, o->rank,
@@ -203,7 +215,21 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
         snprintf(dir, sizeof dir, "%s/adapter", o->out);
         rc = dt_export_peft(w, e, nl, o->alpha, o->model, dir, err);
     }
-    for (int i = 0; h && i < 2 * nl; i++)
+    if (!rc && delta) {
+        const float **ak = calloc((size_t)nl + 1, sizeof *ak);
+        const float **bk = calloc((size_t)nl + 1, sizeof *bk);
+        for (int i = 0; ak && bk && i < nl; i++) {
+            ak[i] = h[2 * nl + 2 * i];
+            bk[i] = h[2 * nl + 2 * i + 1];
+        }
+        snprintf(dir, sizeof dir, "%s/adapter", o->out);
+        rc = ak && bk ? dt_export_peft_delta(w, e, ak, bk, nl, o->alpha, o->lambda,
+                                             o->model, dir, err)
+                      : dt_errf(err, DT_ENOMEM, "out of memory");
+        free(ak);
+        free(bk);
+    }
+    for (int i = 0; h && i < 4 * nl; i++)
         free(h[i]);
     free(h);
     free(e);
@@ -572,7 +598,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
             goto fail;
         }
     }
-    rc = export_all(&m, &o, &w, tok, err);
+    rc = export_all(&m, &o, &w, tok, opt.t > opt.start_step, err);
 fail:
     free(ids);
     free(tgt);

@@ -57,6 +57,7 @@ void models_get(req *r);
 void models_delete(req *r);
 void models_files(req *r);
 void models_file(req *r);
+void models_adapter_file(req *r);
 void models_archive(req *r);
 
 /* ops.c. The metrics behind /metrics; main.c sets metrics_observe as the

@@ -68,25 +68,36 @@ static int model_files(server *s, const db_model *m, mfile **out, int *n)
     if (!dp) return -1;
     int cap = 16, k = 0;
     mfile *fs = calloc((size_t)cap, sizeof *fs);
-    for (struct dirent *e; fs && (e = readdir(dp));) {
-        size_t nl = strlen(e->d_name);
-        if (e->d_name[0] == '.' || nl >= sizeof fs->name ||
-            (nl > 4 && !strcmp(e->d_name + nl - 4, ".tmp")))
-            continue;
-        char p[PATH_MAX];
-        if (snprintf(p, sizeof p, "%s/%s", root, e->d_name) >= (int)sizeof p) continue;
-        if (stat(p, &st) || !S_ISREG(st.st_mode)) continue;
-        if (k == cap) {
-            mfile *g = realloc(fs, (size_t)(cap *= 2) * sizeof *fs);
-            if (!g) { free(fs); fs = NULL; break; }
-            fs = g;
+    /* pass 0: the model's directory; pass 1: its adapter/ (a fine-tune's
+     * PEFT adapter), listed as "adapter/<name>" */
+    char sub[PATH_MAX];
+    for (int pass = 0; pass < 2 && dp; pass++) {
+        const char *dir = pass ? sub : root, *pre = pass ? "adapter/" : "";
+        size_t pl = strlen(pre);
+        for (struct dirent *e; fs && (e = readdir(dp));) {
+            size_t nl = strlen(e->d_name);
+            if (e->d_name[0] == '.' || pl + nl >= sizeof fs->name ||
+                (nl > 4 && !strcmp(e->d_name + nl - 4, ".tmp")))
+                continue;
+            char p[PATH_MAX];
+            if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= (int)sizeof p) continue;
+            if (stat(p, &st) || !S_ISREG(st.st_mode)) continue;
+            if (k == cap) {
+                mfile *g = realloc(fs, (size_t)(cap *= 2) * sizeof *fs);
+                if (!g) { free(fs); fs = NULL; break; }
+                fs = g;
+            }
+            memcpy(fs[k].name, pre, pl); /* pl + nl < sizeof name: checked above */
+            memcpy(fs[k].name + pl, e->d_name, nl + 1);
+            memcpy(fs[k].path, p, strlen(p) + 1);
+            fill_stat(&fs[k], &st);
+            k++;
         }
-        memcpy(fs[k].name, e->d_name, nl + 1);
-        memcpy(fs[k].path, p, strlen(p) + 1);
-        fill_stat(&fs[k], &st);
-        k++;
+        closedir(dp);
+        dp = NULL;
+        if (!pass && snprintf(sub, sizeof sub, "%s/adapter", root) < (int)sizeof sub)
+            dp = opendir(sub);
     }
-    closedir(dp);
     if (!fs) return -1;
     qsort(fs, (size_t)k, sizeof *fs, cmp_mfile);
     *out = fs;
@@ -243,6 +254,20 @@ void models_files(req *r)
     }
     free(fs);
     reply_json(r, 200, obj_list(data, false));
+}
+
+/* GET /v1/models/{id}/files/adapter/{name}: a file of the adapter/ prefix
+ * (the route's {name} is one path segment). */
+void models_adapter_file(req *r)
+{
+    char name[ROUTE_PARAM_LEN];
+    if (snprintf(name, sizeof name, "adapter/%s", r->params[1]) >= (int)sizeof name) {
+        reply_error(r, 404, "not_found", NULL, "model %s has no file adapter/%.200s",
+                    r->params[0], r->params[1]);
+        return;
+    }
+    memcpy(r->params[1], name, strlen(name) + 1);
+    models_file(r);
 }
 
 void models_file(req *r)

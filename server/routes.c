@@ -26,6 +26,8 @@ const route server_routes[] = {
     ROUTE("DELETE", "/v1/models/{id}", "models.delete", models_delete, 0),
     ROUTE("GET", "/v1/models/{id}/files", "models.files", models_files, 0),
     ROUTE("GET", "/v1/models/{id}/files/{name}", "models.file", models_file, 0),
+    ROUTE("GET", "/v1/models/{id}/files/adapter/{name}", "models.adapter_file",
+          models_adapter_file, 0),
     ROUTE("GET", "/v1/models/{id}/archive", "models.archive", models_archive, 0),
 
     ROUTE("GET", "/v1/usage", "usage", usage_route, 0),

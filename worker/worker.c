@@ -552,6 +552,15 @@ static void run_job(worker *w)
                 (int)sizeof stored) {
             fail_job(w, "internal_error", NULL, "The model id or path is too long.");
         } else {
+            /* The PEFT adapter (lora, delta_lora) is published as files of
+             * the model under its adapter/ prefix (server/models.c). */
+            char ad[DB_PATH_LEN + 16], pub[DB_PATH_LEN + 32];
+            snprintf(ad, sizeof ad, "%s/adapter", out_dir);
+            snprintf(pub, sizeof pub, "%s/merged/adapter", out_dir);
+            struct stat ast;
+            if (!stat(ad, &ast) && S_ISDIR(ast.st_mode) && rename(ad, pub))
+                log_msg(DT_LOG_WARN, "job.adapter_publish_failed", "%s: %s -> %s: %s",
+                        w->job.id, ad, pub, strerror(errno));
             job_event(w, "info", "New fine-tuned model created: %s", model_id);
             db_finish f = {.status = "succeeded", .fine_tuned_model = model_id,
                            .model_path = stored, .final_status = final};

@@ -323,7 +323,8 @@ class Models(unittest.TestCase):
         r = cli("models", "download", job["fine_tuned_model"], "-o", out, check=OK)
         files = model_files(job["fine_tuned_model"])
         self.assertIn("model.safetensors", files)
-        self.assertEqual(sorted(os.listdir(out)), sorted(files))
+        got = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
+        self.assertEqual(sorted(got), sorted(files))
         for name, f in files.items():
             self.assertEqual(sha256_file(os.path.join(out, name)), f["sha256"], name)
             self.assertIn(name, r.stdout)

@@ -6,9 +6,11 @@ For each run directory (the --out of a `deltatune train` run):
 - RUN_DIR/merged loads with transformers' AutoModelForCausalLM as the base
   model's class (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, ...)
   with the same rope parameters, and its logits are finite;
-- when RUN_DIR/adapter exists (--method lora): PeftModel.from_pretrained on
-  the base model gives the same logits as the merged model (max abs diff
-  printed; must be < 1e-4).
+- for a run whose directory name ends in _lora or _delta_lora, RUN_DIR/adapter
+  must exist (delta_lora: the exact rank-2r adapter, r' = 2r,
+  lora_alpha' = 2*alpha), and PeftModel.from_pretrained on the base model
+  gives the same logits as the merged model (max abs diff printed; must be
+  < 1e-4, fp32 rounding).
 
 usage: check_exports.py --compare FP32_RUN RUN [RUN ...]
 
@@ -125,6 +127,10 @@ def main():
         print(f"{run}: merged loads in transformers, logits finite: {fin}")
         ok &= fin
         adapter = os.path.join(run, "adapter")
+        wants = os.path.basename(run.rstrip("/")).endswith(("_lora", "_delta_lora"))
+        if wants and not os.path.isdir(adapter):
+            print(f"{run}: no PEFT adapter in {adapter}")
+            ok = False
         if os.path.isdir(adapter):
             from peft import PeftModel
             base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
