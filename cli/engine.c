@@ -521,5 +521,5 @@ done:
     dt_tokenizer_free(tok);
     dt_weights_free(&w);
     dt_backend_free(be);
-    return rc;
+    return rc ? 1 : 0;
 }
