@@ -50,7 +50,7 @@ BASE_LIB := $(BUILD)/libdtbase.a
 ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/dataset_check.c \
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
               gpu/chat_template.c \
-              gpu/model.c gpu/model_pass.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
+              gpu/model.c gpu/model_pass.c gpu/generate.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
 ENGINE_SRC += gpu/arch_info.c
@@ -137,7 +137,7 @@ TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
 TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
-TEST_NAMES += test_dropout
+TEST_NAMES += test_dropout test_generate
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
 all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
@@ -146,7 +146,7 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 # machine without our Debian -dev packages can build (scripts/gpu-check).
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_template \
                 test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
-ENGINE_TESTS += test_dropout
+ENGINE_TESTS += test_dropout test_generate
 engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 
 $(BUILD)/%.o: %.c

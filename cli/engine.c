@@ -5,6 +5,7 @@
 
 #include <stdatomic.h>
 #include <errno.h>
+#include <jansson.h>
 #include <strings.h>
 #include <getopt.h>
 #include <math.h>
@@ -14,7 +15,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/dt.h"
+#include "gpu/generate.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
 
@@ -379,25 +382,107 @@ int dt_cmd_tokenize(int argc, char **argv)
 }
 
 /* xorshift for sampling */
-static double urand(uint64_t *s)
+/* Generates for one prompt with the KV-cached decoder; the text (malloc'd)
+ * in *text. */
+static int gen_one(dt_decoder *d, const dt_tokenizer *tok, const char *prompt,
+                   const dt_gen_opts *o, char **text, int *nprompt, int *nnew,
+                   const char **finish, char *err)
 {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return (double)(*s >> 11) / 9007199254740992.0;
+    int32_t *prompt_ids = NULL, *out = NULL;
+    int n = 0, k = 0;
+    *text = NULL;
+    if (dt_tokenizer_encode(tok, prompt, strlen(prompt), 1, &prompt_ids, &n,
+                            err))
+        return 1;
+    int rc = dt_generate(d, prompt_ids, n, o, &out, &k, finish, NULL, NULL,
+                         err);
+    free(prompt_ids);
+    if (rc)
+        return rc;
+    *text = dt_tokenizer_decode(tok, out, k);
+    free(out);
+    *nprompt = n;
+    *nnew = k;
+    if (!*text)
+        return dt_errf(err, DT_ENOMEM, "out of memory decoding the output");
+    return 0;
+}
+
+/* --prompts-file: one JSON string per line in, one JSON object per line out
+ * ({"text", "prompt_tokens", "completion_tokens", "finish_reason",
+ * "seconds"}), all with one model load. */
+static int gen_file(dt_decoder *d, const dt_tokenizer *tok, const char *path,
+                    const dt_gen_opts *o, char *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return dt_errf(err, DT_EIO, "--prompts-file %s: %s", path,
+                       strerror(errno));
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int lineno = 0, rc = 0;
+    while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        if (strspn(line, " \t\r\n") == (size_t)len)
+            continue;
+        json_error_t je;
+        json_t *j = json_loads(line, JSON_DECODE_ANY, &je);
+        if (!json_is_string(j)) {
+            json_decref(j);
+            rc = dt_errf(err, DT_EINVAL, "--prompts-file %s line %d: not a "
+                         "JSON string", path, lineno);
+            break;
+        }
+        char *text = NULL;
+        const char *finish = "length";
+        int np = 0, nn = 0;
+        double t0 = dt_now();
+        rc = gen_one(d, tok, json_string_value(j), o, &text, &np, &nn, &finish,
+                     err);
+        if (!rc) {
+            json_t *r = json_pack("{s:s, s:i, s:i, s:s, s:f}", "text", text,
+                                  "prompt_tokens", np, "completion_tokens", nn,
+                                  "finish_reason", finish, "seconds",
+                                  dt_now() - t0);
+            char *s = r ? json_dumps(r, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
+            if (s)
+                printf("%s\n", s);
+            else
+                rc = dt_errf(err, DT_ENOMEM, "out of memory");
+            fflush(stdout);
+            free(s);
+            json_decref(r);
+        } else {
+            char msg[DT_ERR_LEN];
+            snprintf(msg, sizeof msg, "%s", err);
+            dt_errf(err, DT_EINVAL, "--prompts-file %s line %d: %s", path,
+                    lineno, msg);
+        }
+        free(text);
+        json_decref(j);
+    }
+    free(line);
+    fclose(f);
+    return rc;
 }
 
 int dt_cmd_generate(int argc, char **argv)
 {
-    const char *model = NULL, *prompt = NULL, *device = "cpu";
+    const char *model = NULL, *prompt = NULL, *device = "cpu", *pfile = NULL;
     int max_tokens = 32, threads = 0, seed = 0;
-    float temperature = 0.0f;
+    float temperature = 0.0f, top_p = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            puts("usage: deltatune generate --model PATH --prompt TEXT [--max-tokens N]\n"
-                 "                          [--temperature T] [--seed S] [--device D]\n"
-                 "Greedy decoding unless --temperature > 0; stops at EOS.");
+            puts("usage: deltatune generate --model PATH (--prompt TEXT | --prompts-file FILE)\n"
+                 "                          [--max-tokens N] [--temperature T] [--top-p P]\n"
+                 "                          [--seed S] [--device D] [--threads N]\n"
+                 "Greedy decoding unless --temperature > 0; stops at EOS. A KV cache\n"
+                 "makes each new token one pass over one position.\n"
+                 "--prompts-file: one JSON string per line; prints one JSON line per\n"
+                 "prompt ({text, prompt_tokens, completion_tokens, finish_reason,\n"
+                 "seconds}), loading the model once.");
             return 0;
         }
         if (!v) {
@@ -407,19 +492,23 @@ int dt_cmd_generate(int argc, char **argv)
         i++;
         if (!strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--prompts-file")) pfile = v;
         else if (!strcmp(a, "--device")) device = v;
         else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--seed")) seed = atoi(v);
         else if (!strcmp(a, "--temperature")) temperature = (float)atof(v);
+        else if (!strcmp(a, "--top-p")) top_p = (float)atof(v);
         else {
             fprintf(stderr, "deltatune generate: unknown option %s\n", a);
             return 2;
         }
     }
-    if (!model || !prompt || max_tokens < 1 || max_tokens > 4096 || temperature < 0) {
-        fprintf(stderr, "deltatune generate: need --model, --prompt, 1 <= --max-tokens "
-                "<= 4096, --temperature >= 0\n");
+    if (!model || !prompt == !pfile || max_tokens < 1 || max_tokens > 4096 ||
+        temperature < 0 || !(top_p > 0 && top_p <= 1)) {
+        fprintf(stderr, "deltatune generate: need --model, one of --prompt or "
+                "--prompts-file, 1 <= --max-tokens <= 4096, --temperature >= 0, "
+                "0 < --top-p <= 1\n");
         return 2;
     }
     char err[DT_ERR_LEN] = "";
@@ -427,72 +516,52 @@ int dt_cmd_generate(int argc, char **argv)
     dt_weights w;
     dt_tokenizer *tok = NULL;
     dt_model *m = NULL;
-    int32_t *ids = NULL, *prompt_ids = NULL;
-    float *logits = NULL;
-    int n = 0, rc = 1;
+    dt_decoder *d = NULL;
+    int rc = 1;
     memset(&w, 0, sizeof w);
     if (!(be = dt_backend_new(device, threads, err)) || dt_weights_load(model, &w, err) ||
-        !(tok = dt_model_tokenizer(model, err)) ||
-        dt_tokenizer_encode(tok, prompt, strlen(prompt), 1, &prompt_ids, &n, err))
+        !(tok = dt_model_tokenizer(model, err)))
         goto done;
-    int T = n + max_tokens;
-    if (w.cfg.arch == DT_ARCH_GPT2 && T > w.cfg.max_pos)
-        T = w.cfg.max_pos;
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0};
-    if (n < 1 || n >= T) {
-        snprintf(err, sizeof err, "the prompt has %d tokens; the model takes %d", n, T);
-        goto done;
+    /* The cache holds the prompt and max_tokens (a --prompts-file: prompts
+     * of up to 2048 tokens), within GPT-2's positions; the model's own
+     * buffers only the chunks of a prefill pass. */
+    int ctx = max_tokens + 2048;
+    if (prompt) {
+        int32_t *pids = NULL;
+        int np = 0;
+        if (dt_tokenizer_encode(tok, prompt, strlen(prompt), 1, &pids, &np, err))
+            goto done;
+        free(pids);
+        ctx = np + max_tokens;
     }
-    ids = malloc((size_t)T * sizeof *ids);
-    logits = malloc((size_t)T * w.cfg.vocab * sizeof *logits);
-    if (!ids || !logits || dt_model_new(be, &w, &lo, 1, T, 0, &m, err))
+    if (w.cfg.arch == DT_ARCH_GPT2 && ctx > w.cfg.max_pos)
+        ctx = w.cfg.max_pos;
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0};
+    if (dt_model_new(be, &w, &lo, 1, ctx < 256 ? ctx : 256, 0, &m, err) ||
+        dt_decoder_new(m, ctx, &d, err))
         goto done;
     dt_weights_release_data(&w);
-    memcpy(ids, prompt_ids, (size_t)n * sizeof *ids);
-    uint64_t rs = 0x9E3779B97F4A7C15ull ^ (uint64_t)seed;
-    int32_t eos = dt_tokenizer_eos(tok);
-    int start = n;
-    while (n < T) {
-        /* No KV cache: the whole prefix is recomputed per token (fine for
-         * demos; training is what this engine is for). */
-        if (dt_model_forward(m, ids, NULL, 1, n, 0.0f, NULL, NULL, err) ||
-            dt_model_logits(m, logits, 1, n, err))
-            goto done;
-        const float *row = logits + (size_t)(n - 1) * w.cfg.vocab;
-        int best = 0;
-        for (int j = 1; j < w.cfg.vocab; j++)
-            if (row[j] > row[best])
-                best = j;
-        if (temperature > 0) {
-            double sum = 0, r;
-            for (int j = 0; j < w.cfg.vocab; j++)
-                sum += exp((row[j] - row[best]) / temperature);
-            r = urand(&rs) * sum;
-            for (int j = 0; j < w.cfg.vocab; j++) {
-                r -= exp((row[j] - row[best]) / temperature);
-                if (r <= 0) {
-                    best = j;
-                    break;
-                }
-            }
-        }
-        if (best == eos)
-            break;
-        ids[n++] = best;
+    dt_gen_opts o = {.max_tokens = max_tokens, .temperature = temperature,
+                     .top_p = top_p, .seed = (uint64_t)seed,
+                     .eos = dt_tokenizer_eos(tok)};
+    if (pfile) {
+        rc = gen_file(d, tok, pfile, &o, err);
+    } else {
+        char *text = NULL;
+        const char *finish = NULL;
+        int np = 0, nn = 0;
+        rc = gen_one(d, tok, prompt, &o, &text, &np, &nn, &finish, err);
+        if (!rc)
+            printf("%s%s\n", prompt, text);
+        free(text);
     }
-    char *text = dt_tokenizer_decode(tok, ids + start, n - start);
-    printf("%s%s\n", prompt, text ? text : "");
-    free(text);
-    rc = 0;
 done:
     if (rc)
         fprintf(stderr, "deltatune generate: %s\n", err);
-    free(ids);
-    free(prompt_ids);
-    free(logits);
+    dt_decoder_free(d);
     dt_model_free(m);
     dt_tokenizer_free(tok);
     dt_weights_free(&w);
     dt_backend_free(be);
-    return rc;
+    return rc ? 1 : 0;
 }

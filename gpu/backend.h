@@ -199,6 +199,18 @@ typedef struct dt_backend_i {
     void (*cross_entropy_smooth)(dt_backend *be, float *logits, float *losses,
                                  const int32_t *targets, int N, int V,
                                  float grad_scale, float eps);
+
+    /* ---- incremental decoding (gpu/generate.c) -------------------------- */
+    /* rope on x(T,H,D) at positions pos0..pos0+T-1 (one sequence). */
+    void (*rope_at)(dt_backend *be, float *x, int T, int H, int D,
+                    float theta, int pos0);
+    /* Causal attention of tq new query rows q(tq,NH,D) against a KV cache
+     * k, v(tk,NKV,D) whose last tq rows are theirs: query i sits at
+     * position tk - tq + i and sees keys 0..tk-tq+i. out(tq,NH,D). The same
+     * scale and softmax as attention_fwd; NH % NKV == 0. */
+    void (*attention_decode)(dt_backend *be, float *out, const float *q,
+                             const float *k, const float *v, int tq, int tk,
+                             int NH, int NKV, int D);
 } dt_backend_i;
 
 struct dt_backend {

@@ -436,6 +436,27 @@ static void cpu_rope(dt_backend *be, float *x, int B, int T, int H, int D,
     }
 }
 
+static void cpu_rope_at(dt_backend *be, float *x, int T, int H, int D,
+                        float theta, int pos0)
+{
+    /* the table grows in steps of 256 positions, not one per token */
+    const float *cs = cpu__rope_table(be, (pos0 + T + 255) / 256 * 256, D, theta);
+    if (!cs)
+        return;
+    int half = D / 2;
+    for (long r = 0; r < T; r++) {
+        float *row = x + r * H * D;
+        const float *ct = cs + 2 * (size_t)(pos0 + r) * half;
+        for (int i = 0; i < half; i++) {
+            float c = ct[2 * i], s = ct[2 * i + 1];
+            for (int h = 0; h < H; h++) {
+                float *v = row + (long)h * D;
+                dt_rope_apply(&v[i], &v[i + half], c, s, 0);
+            }
+        }
+    }
+}
+
 /* ---- bias / BLAS-1 ----------------------------------------------------------- */
 
 static void cpu_add_bias(dt_backend *be, float *y, const float *bias, int N,
@@ -576,6 +597,54 @@ static void cpu_attention_fwd(dt_backend *be, float *out, float *lse,
                               int B, int T, int NH, int NKV, int D)
 {
     cpu_attention_fwd_drop(be, out, lse, q, k, v, B, T, NH, NKV, D, 0.0f, 0);
+}
+
+/* One (query row, head) per iteration: scores over the visible keys,
+ * softmax with the row maximum, then the weighted sum of values. */
+static void cpu_attention_decode(dt_backend *be, float *out, const float *q,
+                                 const float *k, const float *v, int tq,
+                                 int tk, int NH, int NKV, int D)
+{
+    (void)be;
+    int grp = NH / NKV;
+    float scale = 1.0f / sqrtf((float)D);
+    long ldq = (long)NH * D, ldk = (long)NKV * D;
+#pragma omp parallel
+    {
+        float *S = malloc((size_t)tk * sizeof(float) + 1);
+#pragma omp for schedule(static)
+        for (long ih = 0; ih < (long)tq * NH; ih++) {
+            int i = (int)(ih / NH), h = (int)(ih % NH), g = h / grp;
+            int n = tk - tq + i + 1;
+            const float *qi = q + i * ldq + (long)h * D;
+            float *o = out + i * ldq + (long)h * D;
+            if (!S)
+                continue;
+            float mx = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                const float *kj = k + j * ldk + (long)g * D;
+                float s = 0.0f;
+                for (int d = 0; d < D; d++)
+                    s += qi[d] * kj[d];
+                S[j] = s * scale;
+                if (S[j] > mx)
+                    mx = S[j];
+            }
+            float sum = 0.0f;
+            for (int j = 0; j < n; j++) {
+                S[j] = expf(S[j] - mx);
+                sum += S[j];
+            }
+            memset(o, 0, (size_t)D * sizeof(float));
+            for (int j = 0; j < n; j++) {
+                const float *vj = v + j * ldk + (long)g * D;
+                float p = S[j] / sum;
+                for (int d = 0; d < D; d++)
+                    o[d] += p * vj[d];
+            }
+        }
+        free(S);
+    }
 }
 
 /* Backward of one (b, kv head): loops over its query heads in order, so dk
@@ -919,6 +988,8 @@ static const dt_backend_i cpu_iface = {
     /* .attention_fwd_drop = */ cpu_attention_fwd_drop,
     /* .attention_bwd_drop = */ cpu_attention_bwd_drop,
     /* .cross_entropy_smooth = */ cpu_cross_entropy_smooth,
+    /* .rope_at       = */ cpu_rope_at,
+    /* .attention_decode = */ cpu_attention_decode,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

@@ -841,6 +841,35 @@ static void cuda_rope(dt_backend *be, float *x, int B, int T, int H, int D,
     EW_LAUNCH(c, n, k_rope, x, cs, T, H, D, inverse, n);
 }
 
+/* rope on x(T,H,D) at positions pos0..: one thread per (t, h, pair i). */
+static __global__ void k_rope_at(float *x, const float *cs, int H, int D,
+                                 int pos0, long n)
+{
+    int half = D / 2;
+    GRID_STRIDE(j, n) {
+        int i = (int)(j % half);
+        long th = j / half;
+        long t = th / H;
+        float *v = x + th * D;
+        const float *p = cs + 2 * ((pos0 + t) * half + i);
+        dt_rope_apply(&v[i], &v[i + half], p[0], p[1], 0);
+    }
+}
+
+static void cuda_rope_at(dt_backend *be, float *x, int T, int H, int D,
+                         float theta, int pos0)
+{
+    long n = (long)T * H * (D / 2);
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || n <= 0)
+        return;
+    /* the table grows in steps of 256 positions, not one per token */
+    const float *cs = rope_table(be, (pos0 + T + 255) / 256 * 256, D, theta);
+    if (!cs)
+        return;
+    EW_LAUNCH(c, n, k_rope_at, x, cs, H, D, pos0, n);
+}
+
 static void cuda_add_bias(dt_backend *be, float *y, const float *bias, int N,
                           int C)
 {
@@ -1015,6 +1044,8 @@ static const dt_backend_i cuda_iface = {
     /* .attention_fwd_drop = */ cuda_attention_fwd_drop,
     /* .attention_bwd_drop = */ cuda_attention_bwd_drop,
     /* .cross_entropy_smooth = */ cuda_cross_entropy_smooth,
+    /* .rope_at = */ cuda_rope_at,
+    /* .attention_decode = */ cuda_attention_decode,
 };
 
 extern "C" int dt_backend_cuda_available(void)

@@ -258,3 +258,60 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
     permute(c, dq, w.dqp, B, T, NH, D, 0);
 }
 
+
+/* =========================================================================
+ * decode attention (gpu/generate.c)
+ * ========================================================================= */
+
+/* One thread per (query row i, head h), online softmax over the visible
+ * keys, accumulating into out directly (no scratch): the straightforward
+ * version, a few rows at a time is what decoding asks for. */
+static __global__ void k_attn_decode(float *out, const float *q,
+                                     const float *k, const float *v, int tq,
+                                     int tk, int NH, int NKV, int D,
+                                     float scale, long n)
+{
+    GRID_STRIDE(ih, n) {
+        int i = (int)(ih / NH), h = (int)(ih % NH), g = h / (NH / NKV);
+        int cnt = tk - tq + i + 1;
+        const float *qi = q + ((long)i * NH + h) * D;
+        float *o = out + ((long)i * NH + h) * D;
+        float mx = -INFINITY, l = 0.0f;
+        for (int d = 0; d < D; d++)
+            o[d] = 0.0f;
+        for (int j = 0; j < cnt; j++) {
+            const float *kj = k + ((long)j * NKV + g) * D;
+            const float *vj = v + ((long)j * NKV + g) * D;
+            float s = 0.0f;
+            for (int d = 0; d < D; d++)
+                s += qi[d] * kj[d];
+            s *= scale;
+            if (s > mx) {
+                float r = expf(mx - s);
+                l *= r;
+                for (int d = 0; d < D; d++)
+                    o[d] *= r;
+                mx = s;
+            }
+            float p = expf(s - mx);
+            l += p;
+            for (int d = 0; d < D; d++)
+                o[d] += p * vj[d];
+        }
+        for (int d = 0; d < D; d++)
+            o[d] /= l;
+    }
+}
+
+void cuda_attention_decode(dt_backend *be, float *out, const float *q,
+                           const float *k, const float *v, int tq, int tk,
+                           int NH, int NKV, int D)
+{
+    cuda_ctx *c = ctx_of(be);
+    long n = (long)tq * NH;
+    if (c->err || n <= 0 || attn_bad_shape(c, NH, NKV, D))
+        return;
+    DT_LAUNCH(k_attn_decode, blocks_for(n, 64), 64, 0, c->stream)(
+        out, q, k, v, tq, tk, NH, NKV, D, 1.0f / sqrtf((float)D), n);
+    LAUNCHED(c);
+}

@@ -109,6 +109,11 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                         const float *q, const float *k, const float *v, int B,
                         int T, int NH, int NKV, int D);
 
+/* Decode attention: tq new query rows against a KV cache of tk rows. */
+void cuda_attention_decode(dt_backend *be, float *out, const float *q,
+                           const float *k, const float *v, int tq, int tk,
+                           int NH, int NKV, int D);
+
 /* The same with attention dropout p keyed by key (backend.h). */
 void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
                              const float *q, const float *k, const float *v,

@@ -590,6 +590,43 @@ static void test_attention_matches_cpu(void **state)
     done();
 }
 
+/* The KV-cached decoder's ops (gpu/generate.c): rope_at at a position
+ * offset, and attention_decode of 1 and of 5 new query rows against a cache
+ * (GQA, multi-head, multi-query). */
+static void test_decode_ops_match_cpu(void **state)
+{
+    static const int rp[][4] = {{1, 8, 64, 37}, {5, 3, 96, 0}}; /* T H D pos0 */
+    for (int s = 0; s < 2; s++) {
+        int T = rp[s][0], H = rp[s][1], D = rp[s][2], p0 = rp[s][3];
+        char shape[64];
+        snprintf(shape, sizeof shape, "T=%d H=%d D=%d pos0=%d", T, H, D, p0);
+        dbuf x = buf_rand((long)T * H * D, 1.0f);
+        BOTH(be->i.rope_at(be, F(x), T, H, D, 10000.0f, p0));
+        check(&x, "rope_at", shape, TOL_EW);
+        buf_free(&x);
+    }
+    static const int ac[][5] = {{1, 40, 4, 2, 64}, {5, 37, 2, 2, 64},
+                                {5, 33, 4, 1, 32}, {1, 1, 4, 2, 64}};
+    for (int s = 0; s < 4; s++) { /* tq tk NH NKV D */
+        int tq = ac[s][0], tk = ac[s][1], NH = ac[s][2], NKV = ac[s][3], D = ac[s][4];
+        char shape[64];
+        snprintf(shape, sizeof shape, "tq=%d tk=%d NH=%d NKV=%d D=%d", tq, tk,
+                 NH, NKV, D);
+        dbuf qb = buf_rand((long)tq * NH * D, 1.0f);
+        dbuf kb = buf_rand((long)tk * NKV * D, 1.0f);
+        dbuf vb = buf_rand((long)tk * NKV * D, 1.0f);
+        dbuf out = buf_zero((long)tq * NH * D);
+        BOTH(be->i.attention_decode(be, F(out), F(qb), F(kb), F(vb), tq, tk, NH,
+                                    NKV, D));
+        check(&out, "attention_decode", shape, TOL_MM);
+        buf_free(&qb);
+        buf_free(&kb);
+        buf_free(&vb);
+        buf_free(&out);
+    }
+    done();
+}
+
 /* Attention with dropout p = 0.2 on the probabilities: the same mask
  * (dt_drop_keep, keyed per element) on both backends, in the forward pass
  * and regenerated in the backward pass. */
@@ -918,6 +955,7 @@ int main(void)
         cmocka_unit_test(test_rmsnorm_matches_cpu),
         cmocka_unit_test(test_activations_match_cpu),
         cmocka_unit_test(test_rope_matches_cpu),
+        cmocka_unit_test(test_decode_ops_match_cpu),
         cmocka_unit_test(test_blas1_and_bias_match_cpu),
         cmocka_unit_test(test_adamw_matches_cpu),
         cmocka_unit_test(test_cross_entropy_matches_cpu),

@@ -1,0 +1,334 @@
+/* generate.c: incremental decoding with a KV cache (see generate.h). The
+ * layer step mirrors model_pass.c's layer_fwd in eval mode (no dropout) for
+ * t new rows: the same ops in the same order, with the keys and values
+ * written into the cache and attention through attention_decode. */
+#include "generate.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/dt.h"
+#include "model_impl.h"
+
+#define OPS (d->be->i)
+
+struct dt_decoder {
+    dt_model *m;
+    dt_backend *be;
+    int maxT, len;
+    float **kc, **vc;      /* per layer (maxT, kvdim) */
+    float *x, *n, *mean, *rstd, *q, *att, *qkv, *h1, *h2, *act, *u, *logits;
+};
+
+static float *dalloc(dt_decoder *d, size_t nfloat, int *fail)
+{
+    float *p = d->be->i.alloc(d->be, nfloat * sizeof(float));
+    if (!p)
+        *fail = 1;
+    return p;
+}
+
+int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
+{
+    const dt_config *c = &m->c;
+    *out = NULL;
+    if (max_T < 1)
+        return dt_errf(err, DT_EINVAL, "decoder: max_T %d < 1", max_T);
+    if (c->arch == DT_ARCH_GPT2 && max_T > c->max_pos)
+        max_T = c->max_pos;
+    dt_decoder *d = calloc(1, sizeof *d);
+    if (!d || !(d->kc = calloc((size_t)c->n_layer, sizeof *d->kc)) ||
+        !(d->vc = calloc((size_t)c->n_layer, sizeof *d->vc))) {
+        if (d)
+            free(d->kc);
+        free(d);
+        return dt_errf(err, DT_ENOMEM, "decoder: out of memory");
+    }
+    d->m = m;
+    d->be = m->be;
+    d->maxT = max_T;
+    int fail = 0, C = c->d_model, F = c->d_ff, r = m->lo.rank > 0 ? m->lo.rank : 1;
+    size_t T = (size_t)max_T;
+    for (int l = 0; l < c->n_layer && !fail; l++) {
+        d->kc[l] = dalloc(d, T * m->kvdim, &fail);
+        d->vc[l] = dalloc(d, T * m->kvdim, &fail);
+    }
+    int widest = F > 3 * C ? F : 3 * C;
+    if (!fail) {
+        d->x = dalloc(d, T * C, &fail);
+        d->n = dalloc(d, T * C, &fail);
+        d->mean = dalloc(d, T, &fail);
+        d->rstd = dalloc(d, T, &fail);
+        d->q = dalloc(d, T * m->qdim, &fail);
+        d->att = dalloc(d, T * m->qdim, &fail);
+        d->qkv = dalloc(d, T * widest, &fail);
+        d->h1 = dalloc(d, T * F, &fail);
+        d->h2 = dalloc(d, T * F, &fail);
+        d->act = dalloc(d, T * F, &fail);
+        d->u = dalloc(d, T * r, &fail);
+        d->logits = dalloc(d, (size_t)c->vocab, &fail);
+    }
+    if (fail) {
+        dt_decoder_free(d);
+        return dt_errf(err, DT_ENOMEM, "decoder: out of device memory for a "
+                       "%d-position KV cache", max_T);
+    }
+    *out = d;
+    return 0;
+}
+
+void dt_decoder_free(dt_decoder *d)
+{
+    if (!d)
+        return;
+    dt_backend *be = d->be;
+    for (int l = 0; l < d->m->c.n_layer; l++) {
+        be->i.free(be, d->kc[l]);
+        be->i.free(be, d->vc[l]);
+    }
+    float *bufs[] = {d->x, d->n, d->mean, d->rstd, d->q, d->att, d->qkv,
+                     d->h1, d->h2, d->act, d->u, d->logits};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        be->i.free(be, bufs[i]);
+    free(d->kc);
+    free(d->vc);
+    free(d);
+}
+
+void dt_decoder_reset(dt_decoder *d) { d->len = 0; }
+int dt_decoder_len(const dt_decoder *d) { return d->len; }
+
+/* y(N,out) = acc*y + x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ per adapter (lin_fwd, eval). */
+static void lin(dt_decoder *d, dt_linear *L, const float *x, float *y, int N,
+                int acc)
+{
+    dt_model *m = d->m;
+    OPS.gemm(d->be, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in,
+             acc ? 1.0f : 0.0f, y, L->out);
+    if (L->b)
+        OPS.add_bias(d->be, y, L->b, N, L->out);
+    int r = m->lo.rank;
+    for (int i = 0; i < L->nlora; i++) {
+        dt_lora *a = L->lora[i];
+        OPS.gemm(d->be, 0, 1, N, r, L->in, 1.0f, x, L->in, a->A->p, L->in,
+                 0.0f, d->u, r);
+        OPS.gemm(d->be, 0, 1, N, a->rows, r, m->s, d->u, r, a->B->p, r, 1.0f,
+                 y + a->row_off, L->out);
+    }
+}
+
+static void norm(dt_decoder *d, float *out, const float *x, const float *w,
+                 const float *b, int N)
+{
+    const dt_config *c = &d->m->c;
+    if (c->arch == DT_ARCH_GPT2)
+        OPS.layernorm_fwd(d->be, out, d->mean, d->rstd, x, w, b, N,
+                          c->d_model, c->norm_eps);
+    else
+        OPS.rmsnorm_fwd(d->be, out, d->rstd, x, w, N, c->d_model, c->norm_eps);
+}
+
+/* Layer l on the t rows in d->x at positions p0.. (the residual in place). */
+static void layer_step(dt_decoder *d, int l, int p0, int t)
+{
+    dt_model *m = d->m;
+    const dt_config *c = &m->c;
+    dt_layer *Y = &m->L[l];
+    int C = c->d_model, F = c->d_ff, kvd = m->kvdim;
+    float *kc = d->kc[l] + (size_t)p0 * kvd, *vc = d->vc[l] + (size_t)p0 * kvd;
+    norm(d, d->n, d->x, Y->n1w, Y->n1b, t);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin(d, &Y->lin[G_QKV], d->n, d->qkv, t, 0);
+        OPS.copy2d(d->be, d->q, C, d->qkv, 3 * C, t, C, 1.0f);
+        OPS.copy2d(d->be, kc, C, d->qkv + C, 3 * C, t, C, 1.0f);
+        OPS.copy2d(d->be, vc, C, d->qkv + 2 * C, 3 * C, t, C, 1.0f);
+    } else {
+        lin(d, &Y->lin[L_Q], d->n, d->q, t, 0);
+        lin(d, &Y->lin[L_K], d->n, kc, t, 0);
+        lin(d, &Y->lin[L_V], d->n, vc, t, 0);
+        OPS.rope_at(d->be, d->q, t, c->n_head, c->head_dim, d->m->rope_key, p0);
+        OPS.rope_at(d->be, kc, t, c->n_kv_head, c->head_dim, d->m->rope_key, p0);
+    }
+    OPS.attention_decode(d->be, d->att, d->q, d->kc[l], d->vc[l], t, p0 + t,
+                         c->n_head, c->n_kv_head, c->head_dim);
+    lin(d, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], d->att, d->x, t, 1);
+    norm(d, d->n, d->x, Y->n2w, Y->n2b, t);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin(d, &Y->lin[G_FC], d->n, d->h1, t, 0);
+        OPS.gelu_fwd(d->be, d->act, d->h1, (long)t * F);
+        lin(d, &Y->lin[G_PROJ], d->act, d->x, t, 1);
+    } else {
+        lin(d, &Y->lin[L_GATE], d->n, d->h1, t, 0);
+        lin(d, &Y->lin[L_UP], d->n, d->h2, t, 0);
+        OPS.swiglu_fwd(d->be, d->act, d->h1, d->h2, (long)t * F);
+        lin(d, &Y->lin[L_DOWN], d->act, d->x, t, 1);
+    }
+}
+
+int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
+                    char *err)
+{
+    dt_model *m = d->m;
+    const dt_config *c = &m->c;
+    int C = c->d_model, V = c->vocab, p0 = d->len;
+    if (t < 1 || p0 + t > d->maxT)
+        return dt_errf(err, DT_EINVAL, "%d positions exceed the model's "
+                       "context of %d", p0 + t, d->maxT);
+    for (int i = 0; i < t; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)",
+                           ids[i], V);
+    if (!m->ids)
+        return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
+                       "were released");
+    /* m->ids holds m->N ids; the prompt is fed in chunks that fit. */
+    for (int c0 = 0; c0 < t; c0 += m->N) {
+        int n = t - c0 < m->N ? t - c0 : m->N, p = p0 + c0;
+        OPS.upload(d->be, m->ids, ids + c0, (size_t)n * sizeof(int32_t));
+        OPS.embedding_fwd(d->be, d->x, m->ids, m->wte,
+                          m->wpe ? m->wpe + (size_t)p * C : NULL, 1, n, C);
+        for (int l = 0; l < c->n_layer; l++)
+            layer_step(d, l, p, n);
+        d->len = p + n;
+        if (logits && c0 + n == t) {
+            const float *last = d->x + (size_t)(n - 1) * C;
+            norm(d, d->n, last, m->nfw, m->nfb, 1);
+            OPS.gemm(d->be, 0, 1, 1, V, C, 1.0f, d->n, C, m->head, C, 0.0f,
+                     d->logits, V);
+            OPS.download(d->be, logits, d->logits, (size_t)V * sizeof(float));
+        }
+    }
+    return OPS.sync(d->be, err);
+}
+
+static double urand(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return (double)(*s >> 11) / 9007199254740992.0;
+}
+
+typedef struct { float p; int32_t id; } prob_id;
+
+static int by_prob(const void *a, const void *b)
+{
+    const prob_id *x = a, *y = b;
+    if (x->p != y->p)
+        return x->p < y->p ? 1 : -1;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+int32_t dt_sample(float *logits, int V, float temperature, float top_p,
+                  uint64_t *rng)
+{
+    int best = 0;
+    for (int j = 1; j < V; j++)
+        if (logits[j] > logits[best])
+            best = j;
+    if (temperature <= 0.0f)
+        return best;
+    if (top_p <= 0.0f || top_p >= 1.0f) {
+        /* the sampler `deltatune generate` always had (same seed, same
+         * tokens) */
+        double sum = 0, r, mx = logits[best];
+        for (int j = 0; j < V; j++)
+            sum += exp((logits[j] - mx) / temperature);
+        r = urand(rng) * sum;
+        for (int j = 0; j < V; j++) {
+            r -= exp((logits[j] - mx) / temperature);
+            if (r <= 0)
+                return j;
+        }
+        return best;
+    }
+    prob_id *pi = malloc((size_t)V * sizeof *pi);
+    if (!pi)
+        return best;
+    double sum = 0, mx = logits[best];
+    for (int j = 0; j < V; j++) {
+        pi[j].p = (float)exp((logits[j] - mx) / temperature);
+        pi[j].id = j;
+        sum += pi[j].p;
+    }
+    qsort(pi, (size_t)V, sizeof *pi, by_prob);
+    double keep = 0;
+    int k = 0;
+    while (k < V && (k == 0 || keep < top_p * sum))
+        keep += pi[k++].p;
+    double r = urand(rng) * keep;
+    int32_t out = pi[k - 1].id;
+    for (int j = 0; j < k; j++) {
+        r -= pi[j].p;
+        if (r <= 0) {
+            out = pi[j].id;
+            break;
+        }
+    }
+    free(pi);
+    return out;
+}
+
+/* Whether the decoded text of out(n) contains a stop string. */
+static int hit_stop(const dt_gen_opts *o, const int32_t *out, int n)
+{
+    if (!o->stop || !o->tok || !o->stop[0])
+        return 0;
+    char *text = dt_tokenizer_decode(o->tok, out, n);
+    int hit = 0;
+    for (int i = 0; text && o->stop[i] && !hit; i++)
+        hit = o->stop[i][0] && strstr(text, o->stop[i]) != NULL;
+    free(text);
+    return hit;
+}
+
+int dt_generate(dt_decoder *d, const int32_t *prompt, int n,
+                const dt_gen_opts *o, int32_t **out, int *nout,
+                const char **finish, dt_gen_logits_fn fn, void *ud,
+                char *err)
+{
+    int V = d->m->c.vocab;
+    *out = NULL;
+    *nout = 0;
+    *finish = "length";
+    if (n < 1 || n >= d->maxT)
+        return dt_errf(err, DT_EINVAL, "the prompt has %d tokens; the model "
+                       "takes %d", n, d->maxT);
+    int cap = o->max_tokens < d->maxT - n ? o->max_tokens : d->maxT - n;
+    int32_t *ids = malloc((size_t)(cap > 0 ? cap : 1) * sizeof *ids);
+    float *logits = malloc((size_t)V * sizeof *logits);
+    if (!ids || !logits) {
+        free(ids);
+        free(logits);
+        return dt_errf(err, DT_ENOMEM, "generate: out of memory");
+    }
+    uint64_t rng = 0x9E3779B97F4A7C15ull ^ o->seed;
+    int k = 0, rc = 0;
+    dt_decoder_reset(d);
+    rc = dt_decoder_feed(d, prompt, n, logits, err);
+    while (!rc && k < cap) {
+        if (fn)
+            fn(ud, k, logits, V);
+        int32_t next = dt_sample(logits, V, o->temperature, o->top_p, &rng);
+        if (next == o->eos) {
+            *finish = "stop";
+            break;
+        }
+        ids[k++] = next;
+        if (hit_stop(o, ids, k)) {
+            *finish = "stop";
+            break;
+        }
+        if (k < cap)
+            rc = dt_decoder_feed(d, &next, 1, logits, err);
+    }
+    free(logits);
+    if (rc) {
+        free(ids);
+        return rc;
+    }
+    *out = ids;
+    *nout = k;
+    return 0;
+}

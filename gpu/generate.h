@@ -1,0 +1,54 @@
+/* generate.h: incremental decoding with a KV cache per layer. The prompt is
+ * prefilled in one pass, then each new token is one pass over one row that
+ * appends its keys and values to the cache; logits are computed for the
+ * last position only. Greedy (temperature 0) or temperature / top-p
+ * sampling from a seed; stops at EOS, a stop string or max tokens. */
+#ifndef DT_GENERATE_H
+#define DT_GENERATE_H
+
+#include <stdint.h>
+#include "model.h"
+
+typedef struct dt_decoder dt_decoder;
+
+/* A decoder for model m (borrowed; its weights and LoRA factors are used,
+ * its activations are not) holding up to max_T positions. */
+int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err);
+void dt_decoder_free(dt_decoder *d);
+/* Empties the cache (a new sequence). */
+void dt_decoder_reset(dt_decoder *d);
+/* Positions in the cache. */
+int dt_decoder_len(const dt_decoder *d);
+/* Runs t tokens at the next positions, appending to the cache, and writes
+ * the logits (V) of the last one to host memory when `logits` != NULL. */
+int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
+                    char *err);
+
+typedef struct dt_gen_opts {
+    int max_tokens;      /* new tokens at most */
+    float temperature;   /* 0: greedy (argmax, lowest id on ties) */
+    float top_p;         /* nucleus sampling, (0, 1]; 1 = off */
+    uint64_t seed;
+    int32_t eos;         /* -1: none */
+    const char *const *stop; /* NULL-terminated stop strings, or NULL */
+    const dt_tokenizer *tok; /* needed for stop strings */
+} dt_gen_opts;
+
+/* Generates after prompt ids(n) from an empty cache: *out (malloc'd, *nout
+ * ids, EOS not included), *finish = "stop" (EOS or a stop string) or
+ * "length". A stop string is cut from the output ids' text by the caller
+ * (the ids up to and including the token that completed it are returned).
+ * `step_logits`, when not NULL, is called with each step's logits. */
+typedef void (*dt_gen_logits_fn)(void *ud, int step, const float *logits,
+                                 int V);
+int dt_generate(dt_decoder *d, const int32_t *prompt, int n,
+                const dt_gen_opts *o, int32_t **out, int *nout,
+                const char **finish, dt_gen_logits_fn fn, void *ud,
+                char *err);
+
+/* Picks the next token from logits(V) (modified: turned into
+ * probabilities when sampling). rng: the sampler state. */
+int32_t dt_sample(float *logits, int V, float temperature, float top_p,
+                  uint64_t *rng);
+
+#endif
