@@ -52,7 +52,9 @@ def _setup():
     A.update(file=f["id"], job=j["id"], model=j["fine_tuned_model"],
              ckpt=ck["fine_tuned_model_checkpoint"], keyb=S.new_key("bob"))
     files = S.api("GET", f"/v1/models/{A['model']}/files")[2]["data"]
-    A["model_file"] = files[0]["name"] if isinstance(files[0], dict) and "name" in files[0] else "config.json"
+    # a top-level file: adapter/... files have a route of their own
+    top = [f["name"] for f in files if isinstance(f, dict) and "/" not in f.get("name", "/")]
+    A["model_file"] = top[0] if top else "config.json"
 
 
 def setUpModule():
