@@ -341,6 +341,9 @@ class PythonSDK(unittest.TestCase):
                 body = self.client.get(f"/models/{model}/files/{name}", cast_to=bytes)
                 self.assertEqual(len(body), meta["bytes"], name)
                 self.assertEqual(hashlib.sha256(body).hexdigest(), meta["sha256"], name)
+                # adapter/... files (a delta_lora fine-tune's PEFT adapter) go
+                # to their subdirectory, as `models download` puts them
+                os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
                 with open(os.path.join(d, name), "wb") as f:
                     f.write(body)
             with open(os.path.join(d, "config.json")) as f:
