@@ -54,7 +54,7 @@ static int read_config_json(const char *dir, dt_mem_model *m, char *err)
     if (!root)
         return dt_errf(err, DT_EFORMAT, "%s: %s", path, je.text);
     const char *mt = json_string_value(json_object_get(root, "model_type"));
-    long long L, C, H, KV, D, F, V, P;
+    long long L = 0, C = 0, H = 0, KV = 0, D = 0, F = 0, V = 0, P = 0;
     int bad;
     if (mt && !strcmp(mt, "gpt2")) {
         m->llama = 0;

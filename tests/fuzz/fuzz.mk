@@ -28,7 +28,7 @@ FUZZ_LDFLAGS := -fsanitize=fuzzer $(FUZZ_SAN)
 FUZZ_ENGINE_SRC := $(BASE_SRC) gpu/half.c gpu/tensorfile.c gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c \
                    gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c \
                    gpu/dataset.c gpu/dataset_check.c
-FUZZ_ENGINE_SRC += gpu/chat_template.c
+FUZZ_ENGINE_SRC += gpu/chat_template.c gpu/estimate.c gpu/arch_info.c
 FUZZ_ENGINE_OBJ := $(FUZZ_ENGINE_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_API_OBJ    := $(API_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_SERVER_OBJ := $(filter-out $(FUZZ_DIR)/obj/server/main.o,$(SERVER_SRC:%.c=$(FUZZ_DIR)/obj/%.o)) \
