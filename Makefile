@@ -14,7 +14,7 @@
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
 #   make check-exports  exports load in transformers / peft (needs the venv)
 #   make bench      CPU benchmark against PyTorch + PEFT
-#   make bench-e2e  SmolLM2 on E2E: full vs LoRA vs Delta-LoRA held-out loss
+#   make bench-e2e  SmolLM2 on E2E: Delta-LoRA vs LoRA and its controls, seeds, BLEU/ROUGE-L
 #   make bench-service  HTTP API under load (wrk): req/s, p50/p99, downloads
 #   make demo       the main job end to end (see README)
 #   make test-cli   the deltatune client commands (jobs, files, models) against a real stack
@@ -382,7 +382,10 @@ bench: all
 	@.venv/bin/python bench/engine_cpu.py
 
 bench-e2e: all
-	@python3 bench/e2e_smollm2.py
+	@scripts/install-deps
+	@[ -x .venv-e2e/bin/python ] && .venv-e2e/bin/python -c 'import numpy, sacrebleu, rouge_score, safetensors' 2>/dev/null || \
+	  { python3 -m venv .venv-e2e && .venv-e2e/bin/pip install -q numpy sacrebleu rouge-score safetensors; }
+	@.venv-e2e/bin/python bench/e2e_smollm2.py $(E2E_ARGS)
 
 bench-service: all
 	@BUILD=$(BUILD) python3 bench/service.py
