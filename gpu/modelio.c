@@ -97,6 +97,10 @@ static int build_spec(const dt_config *c, speclist *L)
             }
             if (c->o_bias)
                 ADD1(C, "layers.%d.self_attn.o_proj.bias", l);
+            if (c->qk_norm) {
+                ADD1(c->head_dim, "layers.%d.self_attn.q_norm.weight", l);
+                ADD1(c->head_dim, "layers.%d.self_attn.k_norm.weight", l);
+            }
             ADD1(C, "layers.%d.post_attention_layernorm.weight", l);
             ADD2(F, C, 0, "layers.%d.mlp.gate_proj.weight", l);
             ADD2(F, C, 0, "layers.%d.mlp.up_proj.weight", l);
@@ -349,10 +353,13 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
 {
     const char *mt = json_string_value(json_object_get(root, "model_type"));
     static const char *const llama_types[] = {"llama", "mistral", "qwen2",
-                                              "smollm", NULL};
+                                              "qwen3", "smollm", NULL};
+    int qwen3 = has_arch(root, "Qwen3ForCausalLM") ||
+                (mt && strcmp(mt, "qwen3") == 0);
+    int qwen = qwen3 || has_arch(root, "Qwen2ForCausalLM") ||
+               (mt && strcmp(mt, "qwen2") == 0);
     int is_llama = has_arch(root, "LlamaForCausalLM") ||
-                   has_arch(root, "MistralForCausalLM") ||
-                   has_arch(root, "Qwen2ForCausalLM");
+                   has_arch(root, "MistralForCausalLM") || qwen;
     for (int i = 0; mt && llama_types[i]; i++)
         is_llama |= strcmp(mt, llama_types[i]) == 0;
     int rc;
@@ -383,6 +390,7 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         c->attn_pdrop = js_num(root, "attn_pdrop", 0.1f);
     } else if (is_llama) {
         c->arch = DT_ARCH_LLAMA;
+        c->qk_norm = qwen3; /* per-head q_norm / k_norm */
         if ((rc = js_int(root, "num_hidden_layers", -1, &c->n_layer, path,
                          err)) ||
             (rc = js_int(root, "hidden_size", -1, &c->d_model, path, err)) ||
@@ -409,11 +417,10 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
                                err)) ||
             (rc = rope_scaling(path, "rope_parameters", rp, c, err)))
             return rc;
-        /* Mistral's sliding window (Qwen2's when use_sliding_window). */
+        /* Mistral's sliding window (Qwen 2/3's when use_sliding_window). */
         json_t *sw = json_object_get(root, "sliding_window");
         if (json_is_integer(sw) && json_integer_value(sw) > 0 &&
-            (!has_arch(root, "Qwen2ForCausalLM") ||
-             js_bool(root, "use_sliding_window", 0)))
+            (!qwen || js_bool(root, "use_sliding_window", 0)))
             c->sliding_window = json_integer_value(sw) > INT32_MAX
                                     ? INT32_MAX
                                     : (int)json_integer_value(sw);
@@ -430,7 +437,8 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         if (json_is_string(a0))
             return dt_errf(err, DT_ENOTSUP, "%s: unsupported architecture %s "
                            "(supported: GPT2LMHeadModel, LlamaForCausalLM, "
-                           "MistralForCausalLM, Qwen2ForCausalLM)", path,
+                           "MistralForCausalLM, Qwen2ForCausalLM, "
+                           "Qwen3ForCausalLM)", path,
                            json_string_value(a0));
         return dt_errf(err, DT_ENOTSUP, "%s: unknown architecture %s", path,
                        mt ? mt : "(none)");

@@ -7,7 +7,7 @@ Writes <root>/ref/: gpt2_model/, llama_model/ (tiny random HF models), one
 folder per training case (case.json, data.safetensors, init.safetensors,
 expected.safetensors) and smollm2/ (logits of the real GGUF model).
 --families writes only the model-family fixtures (llama3_*, qwen2_*,
-mistral_*: make_family_models).
+mistral_*, qwen3_*: make_family_models).
 --check64 additionally reruns every case in float64 and prints how far the
 float32 results are from it (nothing is written for that).
 
@@ -65,8 +65,13 @@ CASES = {
     "qwen2_delta": ("qwen2", "delta_lora", ["q_proj", "k_proj"], "q,k"),
     "mistral_lora": ("mistral", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
     "mistral_delta": ("mistral", "delta_lora", ["q_proj", "v_proj"], "q,v"),
+    # Qwen 3: per-head q_norm/k_norm (RMSNorm over head_dim before RoPE),
+    # head_dim 16 so that n_head*head_dim (64) != hidden_size (32)
+    "qwen3_full": ("qwen3", "full", None, ""),
+    "qwen3_lora": ("qwen3", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
+    "qwen3_delta": ("qwen3", "delta_lora", ["q_proj", "k_proj"], "q,k"),
 }
-FAMILIES = ("llama3", "qwen2", "mistral")
+FAMILIES = ("llama3", "qwen2", "mistral", "qwen3")
 SMOL_GGUF = ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_PROMPT = "The capital of France is"
 
@@ -117,7 +122,7 @@ def make_family_models(ref):
     """Tiny random models in each family's own config class."""
     from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig,
                               MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
     common = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=64, vocab_size=V,
                   rms_norm_eps=1e-5, attention_dropout=0.0, bos_token_id=0,
@@ -147,6 +152,15 @@ def make_family_models(ref):
         sliding_window=32, **common))
     perturb(m, 8001)
     m.save_pretrained(os.path.join(ref, "mistral_model"))
+    # Qwen 3: q_norm/k_norm weights (head_dim) perturbed like every norm,
+    # tied head as the small Qwen 3 models, no biases, no sliding window.
+    torch.manual_seed(9000)
+    m = Qwen3ForCausalLM(Qwen3Config(
+        max_position_embeddings=64, tie_word_embeddings=True, head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False, attention_bias=False, **common))
+    perturb(m, 9001)
+    m.save_pretrained(os.path.join(ref, "qwen3_model"))
 
 
 def make_data(seed):
