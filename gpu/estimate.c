@@ -3,8 +3,8 @@
  *
  * The sizes mirror what the engine allocates: dt_model_new's weights,
  * trainable tensors with their gradient and AdamW moments, LoRA factors and
- * Delta-LoRA's catA/catB (model.c), every activation buffer of alloc_acts
- * for B x T (T = min(seq_len, the longest row)), the backends' own scratch
+ * Delta-LoRA's catA/catB and A_K/B_K (model.c), every activation buffer of
+ * alloc_acts for B x T (T = min(seq_len, the longest row)), the backends' own scratch
  * (CPU attention blocks and RoPE table; CUDA attention workspace), and on
  * the CPU, where "device" memory is the process's memory, the host copies
  * of the phases after training: a checkpoint (every trainable tensor and its
@@ -77,6 +77,9 @@ static int read_config_json(const char *dir, dt_mem_model *m, char *err)
             bad = js_get(root, "num_key_value_heads", H, &KV) ||
                   js_get(root, "head_dim", C / H, &D);
         m->tied = json_is_true(json_object_get(root, "tie_word_embeddings"));
+        json_t *a0 = json_array_get(json_object_get(root, "architectures"), 0);
+        m->qk_norm = (mt && !strcmp(mt, "qwen3")) ||
+                     (json_is_string(a0) && !strcmp(json_string_value(a0), "Qwen3ForCausalLM"));
     }
     json_decref(root);
     if (bad)
@@ -222,6 +225,7 @@ static int read_gguf(const char *path, dt_mem_model *m, char *err)
     if (g.bad || ver < 2 || L <= 0 || C <= 0 || H <= 0 || F <= 0 || V <= 0)
         return dt_errf(err, DT_EFORMAT, "%s: GGUF header lacks the model's sizes", path);
     m->llama = strcmp(arch, "gpt2") != 0;
+    m->qk_norm = strcmp(arch, "qwen3") == 0;
     m->n_layer = (int)L; m->d_model = (int)C; m->n_head = (int)H;
     m->n_kv_head = (int)(KV > 0 ? KV : H);
     m->head_dim = (int)(rot > 0 ? rot : C / H);
@@ -293,7 +297,8 @@ static long long weight_floats(const dt_mem_model *c)
         n = V * C + (long long)c->max_pos * C + 2 * C +
             L * (4 * C + 3 * C * C + 3 * C + C * C + C + F * C + F + C * F + C);
     else
-        n = V * C + C + L * (2 * C + Q * C + 2 * K * C + C * Q + 3 * F * C);
+        n = V * C + C + L * (2 * C + Q * C + 2 * K * C + C * Q + 3 * F * C +
+                             (c->qk_norm ? 2LL * c->head_dim : 0));
     if (!c->tied)
         n += V * C;
     return n;
@@ -318,7 +323,8 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
     long long W = weight_floats(c);
 
     /* trainable tensors: p (LoRA factors; full: the weights themselves),
-     * g, m, v; Delta-LoRA's catA/catB; per adapter u(N, r). */
+     * g, m, v; Delta-LoRA's catA/catB (2r rows/columns) and A_K/B_K (r);
+     * per adapter u(N, r). */
     long long ptrain = 0, cat = 0, u = 0, moved = 0;
     if (j->method == 0) {
         ptrain = W;
@@ -335,7 +341,7 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
             int cnt[5] = {ncattn, nqkv, !!(t & T_O), !!(t & T_UP), !!(t & T_DOWN)};
             for (int i = 0; i < 5; i++) {
                 ptrain += L * cnt[i] * (r * ins[i] + rows[i] * r);
-                cat += L * cnt[i] * 2 * r * (ins[i] + rows[i]);
+                cat += L * cnt[i] * 3 * r * (ins[i] + rows[i]);
                 u += L * cnt[i] * N * r;
             }
             if (ncattn || nqkv)
@@ -348,7 +354,7 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
                 if (!(t & (1u << i)))
                     continue;
                 ptrain += L * (r * in7[i] + outs[i] * r);
-                cat += L * 2 * r * (in7[i] + outs[i]);
+                cat += L * 3 * r * (in7[i] + outs[i]);
                 u += L * N * r;
                 moved += L * outs[i] * in7[i];
             }
@@ -356,7 +362,8 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
         if (j->method != 2)
             cat = moved = 0;
     }
-    long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2 * 2;
+    /* + the squared gradient norm: one double, 2 floats (model.c) */
+    long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2;
 
     /* activations: alloc_acts (model.c), floats. */
     long long wide = qd > C ? qd : C;
@@ -368,6 +375,8 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
                      (c->llama ? L * N * F : 2 * N * 3 * C) + N * C + 2 * N +
                      head_rows * V + N + N * C + 2 * N * wide + N * qd + 2 * N * kd +
                      3 * N * F + N * (r > 0 ? r : 1) + u;
+    if (c->qk_norm) /* Qwen 3: q, k before their norms, and the norms' rstd */
+        acts += L * N * (qd + kd) + L * N * (c->n_head + c->n_kv_head);
 
     /* the backend's own buffers */
     long long work;

@@ -19,6 +19,8 @@
 #include <jansson.h>
 
 #include "gpu/backend.h"
+#include "gpu/engine_api.h"
+#include "gpu/model_impl.h" /* taken_bytes: what dt_model_new allocated */
 #include "base/dt.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
@@ -310,6 +312,52 @@ static void test_qwen3_loads_q_norm_k_norm(void **s)
     dt_weights_free(&w);
 }
 
+/* The memory estimate (gpu/estimate.c, from config.json only) counts what
+ * dt_model_new allocates: weights, trainable tensors with gradients and
+ * moments, and the activations, for each method on the Llama and Qwen 3
+ * models (Qwen 3: q_norm/k_norm and their kept inputs and rstd): the bytes
+ * dt_model_new requested (taken_bytes) equal the estimate's weights +
+ * trainable + activations. About 0.05 s. */
+static void test_estimate_counts_model_allocations(void **s)
+{
+    (void)s;
+    static const char *const models[] = {"llama_model", "qwen3_model"};
+    static const struct { dt_method m; int em; const char *t; } meths[] = {
+        {DT_FULL, 0, ""}, {DT_LORA, 1, "q,k,v,o,gate,up,down"},
+        {DT_DELTA_LORA, 2, "q,k"}};
+    for (size_t i = 0; i < 2; i++)
+        for (size_t k = 0; k < 3; k++) {
+            char err[DT_ERR_LEN] = "", path[256];
+            snprintf(path, sizeof path, REF "/%s", models[i]);
+            dt_mem_model mm;
+            assert_int_equal(dt_mem_model_read(path, &mm, err), 0);
+            dt_mem_job j = {.method = meths[k].em, .rank = 4, .targets = meths[k].t,
+                            .batch = 2, .seq_len = 16, .runtime_bytes = 1};
+            dt_mem_estimate e;
+            assert_int_equal(dt_mem_estimate_job(&mm, &j, &e, err), 0);
+            dt_weights w;
+            assert_int_equal(dt_weights_load(path, &w, err), 0);
+            dt_lora_opts lo = {meths[k].m, 0, 0, 0};
+            if (meths[k].m != DT_FULL) {
+                lo.rank = 4;
+                lo.alpha = 8.0f;
+                assert_int_equal(dt_parse_targets(meths[k].t, w.cfg.arch,
+                                                  &lo.targets, err), 0);
+            }
+            dt_backend *be = dt_backend_cpu_new(1, err);
+            assert_non_null(be);
+            dt_model *m;
+            assert_int_equal(dt_model_new(be, &w, &lo, 2, 16, 1, &m, err), 0);
+            long long want = e.weights + e.trainable + e.activations;
+            printf("  estimate %-12s method %d: %lld bytes, dt_model_new took %zu\n",
+                   models[i], meths[k].em, want, m->taken_bytes);
+            assert_int_equal(want, (long long)m->taken_bytes);
+            dt_model_free(m);
+            dt_backend_free(be);
+            dt_weights_free(&w);
+        }
+}
+
 /* Mistral's sliding window: a sequence longer than it is a clear error
  * naming sliding_window (no silent full attention); up to it is fine.
  * About 0.05 s. */
@@ -480,6 +528,7 @@ int main(void)
         cmocka_unit_test(test_mistral_lora_matches_peft),
         cmocka_unit_test(test_mistral_delta_lora_matches_reference),
         cmocka_unit_test(test_qwen3_loads_q_norm_k_norm),
+        cmocka_unit_test(test_estimate_counts_model_allocations),
         cmocka_unit_test(test_qwen3_qk_norm_full_matches_pytorch),
         cmocka_unit_test(test_qwen3_qk_norm_lora_matches_peft),
         cmocka_unit_test(test_qwen3_qk_norm_delta_lora_matches_reference),
