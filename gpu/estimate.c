@@ -175,7 +175,7 @@ static int read_gguf(const char *path, dt_mem_model *m, char *err)
     }
     uint32_t ver = (uint32_t)gg_u(&g, 4);
     uint64_t nt = gg_u(&g, 8), nkv = gg_u(&g, 8);
-    long long L = 0, C = 0, H = 0, KV = 0, F = 0, V = 0, P = 2048, rot = 0;
+    long long L = 0, C = 0, H = 0, KV = 0, F = 0, V = 0, P = 2048, rot = 0, kl = 0;
     char arch[32] = "llama";
     for (uint64_t i = 0; i < nkv && !g.bad && ver >= 2; i++) {
         char key[128], want[160];
@@ -203,6 +203,7 @@ static int read_gguf(const char *path, dt_mem_model *m, char *err)
         else if (!strcmp(want, "vocab_size")) V = iv;
         else if (!strcmp(want, "context_length")) P = iv;
         else if (!strcmp(want, "rope.dimension_count")) rot = iv;
+        else if (!strcmp(want, "attention.key_length")) kl = iv;
     }
     /* Tied head: no output.weight tensor. */
     m->tied = 1;
@@ -228,7 +229,8 @@ static int read_gguf(const char *path, dt_mem_model *m, char *err)
     m->qk_norm = strcmp(arch, "qwen3") == 0;
     m->n_layer = (int)L; m->d_model = (int)C; m->n_head = (int)H;
     m->n_kv_head = (int)(KV > 0 ? KV : H);
-    m->head_dim = (int)(rot > 0 ? rot : C / H);
+    /* as modelio.c: key_length, else the rotary dimension, else C / H */
+    m->head_dim = (int)(kl > 0 ? kl : rot > 0 ? rot : C / H);
     m->d_ff = (int)F; m->vocab = (int)V; m->max_pos = (int)P;
     return 0;
 }

@@ -24,6 +24,7 @@
 #include "base/dt.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
+#include "gpu/export.h"
 #include "base/file.h"
 
 #define REF "tests/fixtures/ref"
@@ -312,6 +313,93 @@ static void test_qwen3_loads_q_norm_k_norm(void **s)
     dt_weights_free(&w);
 }
 
+/* A Qwen 3 GGUF as llama.cpp names it (arch qwen3, attn_q_norm/attn_k_norm,
+ * Q/K rows unpermuted, head_dim 128 from qwen3.attention.key_length): the
+ * engine's logits equal those transformers computes on the same file, and
+ * the memory estimate and the model info read its family from the header.
+ * About 0.02 s. */
+static void test_qwen3_gguf_logits_match_transformers(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    const char *path = REF "/qwen3_gguf/model.gguf";
+    dt_weights w;
+    if (dt_weights_load(path, &w, err))
+        fail_msg("%s", err);
+    assert_int_equal(w.cfg.qk_norm, 1);
+    assert_int_equal(w.cfg.head_dim, 128);
+    assert_int_equal(w.cfg.n_head, 2);
+    assert_int_equal(w.cfg.n_kv_head, 1);
+    assert_true(w.cfg.tied);
+    assert_float_equal(w.cfg.rope_theta, 1e6f, 1.0f);
+    assert_non_null(dt_tensorset_find(&w.ts, "layers.1.self_attn.k_norm.weight"));
+    dt_mem_model mm;
+    assert_int_equal(dt_mem_model_read(path, &mm, err), 0);
+    assert_int_equal(mm.qk_norm, 1);
+    assert_int_equal(mm.head_dim, 128);
+    dt_arch_info ai; /* GET /v1/models: family and context from the header */
+    assert_int_equal(dt_arch_info_read(path, &ai, err), 0);
+    assert_string_equal(ai.family, "qwen3");
+    assert_int_equal(ai.context_length, 128);
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    dt_lora_opts lo = {DT_LORA, 0, 0, 0};
+    dt_model *m;
+    if (dt_model_new(be, &w, &lo, 2, 16, 0, &m, err))
+        fail_msg("%s", err);
+    int32_t *ids = ints(REF "/qwen3_gguf/data.safetensors", "ids", 32);
+    float *logits = malloc((size_t)32 * w.cfg.vocab * sizeof(float));
+    assert_int_equal(dt_model_forward(m, ids, NULL, 2, 16, 0.0f, NULL, NULL, err), 0);
+    assert_int_equal(dt_model_logits(m, logits, 2, 16, err), 0);
+    dt_tensorset exp;
+    dt_tensorset_init(&exp);
+    assert_int_equal(dt_safetensors_load(REF "/qwen3_gguf/expected.safetensors", &exp, err), 0);
+    dt_tensor *ref = dt_tensorset_find(&exp, "logits");
+    assert_non_null(ref);
+    double e = nerr(logits, ref->data, (long)32 * w.cfg.vocab);
+    printf("  qwen3 gguf logits err %.2e\n", e);
+    assert_true(e < 1e-4);
+    /* Its merged export (bf16, as for every GGUF input) is a
+     * Qwen3ForCausalLM config beside the weights, and loads back as Qwen 3. */
+    char dir[] = "/tmp/dt_qwen3_gguf_XXXXXX", cfgp[96];
+    assert_non_null(mkdtemp(dir));
+    dt_tokenizer *tok = dt_model_tokenizer(path, err);
+    if (!tok)
+        fail_msg("%s", err);
+    dt_tensorset merged;
+    assert_int_equal(dt_model_merged(m, &merged, err), 0);
+    if (dt_export_hf(&w, &merged, tok, dir, err))
+        fail_msg("%s", err);
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+    json_error_t je;
+    json_t *cfg = json_load_file(cfgp, 0, &je);
+    assert_non_null(cfg);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(cfg, "architectures"), 0)),
+                        "Qwen3ForCausalLM");
+    assert_string_equal(json_string_value(json_object_get(cfg, "model_type")), "qwen3");
+    assert_int_equal(json_integer_value(json_object_get(cfg, "head_dim")), 128);
+    json_decref(cfg);
+    dt_weights w2;
+    if (dt_weights_load(dir, &w2, err)) /* and it loads back as Qwen 3 */
+        fail_msg("%s", err);
+    assert_int_equal(w2.cfg.qk_norm, 1);
+    dt_weights_free(&w2);
+    static const char *const files[] = {"config.json", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(cfgp, sizeof cfgp, "%s/%s", dir, files[i]);
+        unlink(cfgp);
+    }
+    assert_int_equal(rmdir(dir), 0); /* nothing else was written */
+    dt_tensorset_free(&merged);
+    dt_tokenizer_free(tok);
+    free(ids);
+    free(logits);
+    dt_tensorset_free(&exp);
+    dt_model_free(m);
+    dt_backend_free(be);
+    dt_weights_free(&w);
+}
+
 /* The memory estimate (gpu/estimate.c, from config.json only) counts what
  * dt_model_new allocates: weights, trainable tensors with gradients and
  * moments, and the activations, for each method on the Llama and Qwen 3
@@ -529,6 +617,7 @@ int main(void)
         cmocka_unit_test(test_mistral_delta_lora_matches_reference),
         cmocka_unit_test(test_qwen3_loads_q_norm_k_norm),
         cmocka_unit_test(test_estimate_counts_model_allocations),
+        cmocka_unit_test(test_qwen3_gguf_logits_match_transformers),
         cmocka_unit_test(test_qwen3_qk_norm_full_matches_pytorch),
         cmocka_unit_test(test_qwen3_qk_norm_lora_matches_peft),
         cmocka_unit_test(test_qwen3_qk_norm_delta_lora_matches_reference),
