@@ -25,6 +25,7 @@
 #include "gpu/model.h"
 #include "gpu/train.h"
 #include "gpu/export.h"
+#include "gpu/tensorfile.h"
 #include "base/file.h"
 
 #define REF "tests/fixtures/ref"
@@ -400,6 +401,74 @@ static void test_qwen3_gguf_logits_match_transformers(void **s)
     dt_weights_free(&w);
 }
 
+/* dt_gguf_scan, the one GGUF header reader of the model info (arch_info.c)
+ * and the memory estimate (estimate.c): on the Qwen 3 GGUF it reports every
+ * key (strings, scalars, arrays with their count) and tensor name; the file
+ * cut anywhere inside its key/values is an error naming it for both readers,
+ * never a crash or a partial answer. About 0.05 s. */
+typedef struct scan_seen { int keys, tensors, arch, tokens, ctx, qnorm; } scan_seen;
+
+static void seen_kv(void *ud, const dt_gguf_kv *kv)
+{
+    scan_seen *z = ud;
+    z->keys++;
+    if (!strcmp(kv->key, "general.architecture"))
+        z->arch = kv->type == DT_META_STR && kv->len == 5 && !memcmp(kv->s, "qwen3", 5);
+    if (!strcmp(kv->key, "tokenizer.ggml.tokens"))
+        z->tokens = kv->type == DT_META_STR_ARR ? (int)kv->n : -1;
+    if (!strcmp(kv->key, "qwen3.context_length"))
+        z->ctx = kv->type == DT_META_INT ? (int)kv->i : -1;
+}
+
+static void seen_tensor(void *ud, const char *name)
+{
+    scan_seen *z = ud;
+    z->tensors++;
+    z->qnorm += !strcmp(name, "blk.0.attn_q_norm.weight");
+}
+
+static void test_gguf_header_scan(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    const char *path = REF "/qwen3_gguf/model.gguf";
+    scan_seen z = {0};
+    assert_int_equal(dt_gguf_scan(path, seen_kv, seen_tensor, &z, err), 0);
+    assert_true(z.keys >= 15);
+    assert_int_equal(z.tensors, 2 * 11 + 2);
+    assert_int_equal(z.arch, 1);
+    assert_int_equal(z.tokens, 96);
+    assert_int_equal(z.ctx, 128);
+    assert_int_equal(z.qnorm, 1);
+    char *buf;
+    size_t len;
+    assert_int_equal(dt_read_file(path, &buf, &len, err), 0);
+    char cut[] = "/tmp/dt_gguf_cut_XXXXXX";
+    int fd = mkstemp(cut);
+    assert_true(fd >= 0);
+    close(fd);
+    int cuts = 0;
+    for (size_t n = 0; n < len && n < 8192; n += n < 64 ? 1 : 37) {
+        FILE *f = fopen(cut, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(buf, 1, n, f), n);
+        fclose(f);
+        dt_arch_info ai;
+        dt_mem_model mm;
+        int ra = dt_arch_info_read(cut, &ai, err);
+        if (ra == 0) /* every key/value is there (arch_info reads no more) */
+            break;
+        assert_true(ra == DT_EFORMAT || ra == DT_EIO);
+        assert_non_null(strstr(err, cut));
+        assert_true(dt_mem_model_read(cut, &mm, err) != 0);
+        cuts++;
+    }
+    printf("  %d truncated headers refused\n", cuts);
+    assert_true(cuts > 100);
+    unlink(cut);
+    free(buf);
+}
+
 /* The memory estimate (gpu/estimate.c, from config.json only) counts what
  * dt_model_new allocates: weights, trainable tensors with gradients and
  * moments, and the activations, for each method on the Llama and Qwen 3
@@ -618,6 +687,7 @@ int main(void)
         cmocka_unit_test(test_qwen3_loads_q_norm_k_norm),
         cmocka_unit_test(test_estimate_counts_model_allocations),
         cmocka_unit_test(test_qwen3_gguf_logits_match_transformers),
+        cmocka_unit_test(test_gguf_header_scan),
         cmocka_unit_test(test_qwen3_qk_norm_full_matches_pytorch),
         cmocka_unit_test(test_qwen3_qk_norm_lora_matches_peft),
         cmocka_unit_test(test_qwen3_qk_norm_delta_lora_matches_reference),
