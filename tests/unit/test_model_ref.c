@@ -559,8 +559,9 @@ static int load_config(const char *cfg, char *err)
 }
 
 /* Configs whose math the engine does not implement are refused by name:
- * Gemma 3 and rope types other than default and llama3 (in either key); the
- * message lists what is supported, Qwen 3 among it. About 0.01 s. */
+ * Gemma 3 (config.json or GGUF) and rope types other than default and llama3
+ * (in either key); the message lists what is supported, Qwen 3 among it.
+ * About 0.01 s. */
 static void test_unsupported_families_and_rope_types_are_named(void **s)
 {
     (void)s;
@@ -570,6 +571,31 @@ static void test_unsupported_families_and_rope_types_are_named(void **s)
                      DT_ENOTSUP);
     assert_non_null(strstr(err, "unsupported architecture Gemma3ForCausalLM"));
     assert_non_null(strstr(err, "Qwen3ForCausalLM)"));
+    /* A GGUF of general.architecture gemma3 (a header with that one key). */
+    char gpath[] = "/tmp/dt_gemma3_XXXXXX";
+    int fd = mkstemp(gpath);
+    assert_true(fd >= 0);
+    unsigned char g[96] = {0}; /* padded to the 32-byte data alignment */
+    size_t n = 0;
+    uint32_t ver = 3, t8 = 8;
+    uint64_t nt = 0, nkv = 1, kl = 20, vl = 6;
+    memcpy(g, "GGUF", 4); n = 4;
+    memcpy(g + n, &ver, 4); n += 4;
+    memcpy(g + n, &nt, 8); n += 8;
+    memcpy(g + n, &nkv, 8); n += 8;
+    memcpy(g + n, &kl, 8); n += 8;
+    memcpy(g + n, "general.architecture", 20); n += 20;
+    memcpy(g + n, &t8, 4); n += 4;
+    memcpy(g + n, &vl, 8); n += 8;
+    memcpy(g + n, "gemma3", 6);
+    n = sizeof g;
+    assert_int_equal(write(fd, g, n), (ssize_t)n);
+    close(fd);
+    dt_weights w;
+    assert_int_equal(dt_weights_load(gpath, &w, err), DT_ENOTSUP);
+    assert_non_null(strstr(err, "unsupported architecture gemma3 (supported "
+                                "GGUF architectures: llama, qwen3)"));
+    unlink(gpath);
     const char *base = "{\"architectures\":[\"LlamaForCausalLM\"],"
                        "\"num_hidden_layers\":1,\"hidden_size\":8,"
                        "\"num_attention_heads\":2,\"intermediate_size\":8,"
