@@ -19,6 +19,7 @@ struct dt_decoder {
     int maxT, len;
     float **kc, **vc;      /* per layer (maxT, kvdim) */
     float *x, *n, *mean, *rstd, *q, *att, *qkv, *h1, *h2, *act, *u, *logits;
+    float *hr;             /* Qwen 3 q_norm/k_norm rstd (maxT, n_head) */
 };
 
 static float *dalloc(dt_decoder *d, size_t nfloat, int *fail)
@@ -55,6 +56,8 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->vc[l] = dalloc(d, T * m->kvdim, &fail);
     }
     int widest = F > 3 * C ? F : 3 * C;
+    if (m->qdim > widest) /* qk_norm: q before its norm in d->qkv */
+        widest = m->qdim;
     if (!fail) {
         d->x = dalloc(d, T * C, &fail);
         d->n = dalloc(d, T * C, &fail);
@@ -68,6 +71,8 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->act = dalloc(d, T * F, &fail);
         d->u = dalloc(d, T * r, &fail);
         d->logits = dalloc(d, (size_t)c->vocab, &fail);
+        if (c->qk_norm)
+            d->hr = dalloc(d, T * (size_t)c->n_head, &fail);
     }
     if (fail) {
         dt_decoder_free(d);
@@ -88,7 +93,7 @@ void dt_decoder_free(dt_decoder *d)
         be->i.free(be, d->vc[l]);
     }
     float *bufs[] = {d->x, d->n, d->mean, d->rstd, d->q, d->att, d->qkv,
-                     d->h1, d->h2, d->act, d->u, d->logits};
+                     d->h1, d->h2, d->act, d->u, d->logits, d->hr};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         be->i.free(be, bufs[i]);
     free(d->kc);
@@ -144,8 +149,15 @@ static void layer_step(dt_decoder *d, int l, int p0, int t)
         OPS.copy2d(d->be, kc, C, d->qkv + C, 3 * C, t, C, 1.0f);
         OPS.copy2d(d->be, vc, C, d->qkv + 2 * C, 3 * C, t, C, 1.0f);
     } else {
-        lin(d, &Y->lin[L_Q], d->n, d->q, t, 0);
-        lin(d, &Y->lin[L_K], d->n, kc, t, 0);
+        /* Qwen 3: q and k through d->qkv, then RMSNorm over each head. */
+        lin(d, &Y->lin[L_Q], d->n, Y->qnw ? d->qkv : d->q, t, 0);
+        if (Y->qnw)
+            OPS.rmsnorm_fwd(d->be, d->q, d->hr, d->qkv, Y->qnw, t * c->n_head,
+                            c->head_dim, c->norm_eps);
+        lin(d, &Y->lin[L_K], d->n, Y->knw ? d->qkv : kc, t, 0);
+        if (Y->knw)
+            OPS.rmsnorm_fwd(d->be, kc, d->hr, d->qkv, Y->knw,
+                            t * c->n_kv_head, c->head_dim, c->norm_eps);
         lin(d, &Y->lin[L_V], d->n, vc, t, 0);
         OPS.rope_at(d->be, d->q, t, c->n_head, c->head_dim, d->m->rope_key, p0);
         OPS.rope_at(d->be, kc, t, c->n_kv_head, c->head_dim, d->m->rope_key, p0);
