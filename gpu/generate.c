@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/dt.h"
+#include "chat_template.h"
 #include "model_impl.h"
 
 #define OPS (d->be->i)
@@ -331,4 +332,181 @@ int dt_generate(dt_decoder *d, const int32_t *prompt, int n,
     *out = ids;
     *nout = k;
     return 0;
+}
+
+/* ---- chat prompts ------------------------------------------------------------ */
+
+/* A growing id array. */
+typedef struct idbuf {
+    int32_t *v;
+    int n, cap;
+} idbuf;
+
+static int ids_push(idbuf *b, const int32_t *ids, int n)
+{
+    if (b->n + n > b->cap) {
+        int cap = b->cap ? b->cap : 256;
+        while (cap < b->n + n)
+            cap *= 2;
+        int32_t *v = realloc(b->v, (size_t)cap * sizeof *v);
+        if (!v)
+            return DT_ENOMEM;
+        b->v = v;
+        b->cap = cap;
+    }
+    memcpy(b->v + b->n, ids, (size_t)n * sizeof *ids);
+    b->n += n;
+    return 0;
+}
+
+/* Encodes text(len) (control tokens recognised when special) onto b. */
+static int ids_text(idbuf *b, const dt_tokenizer *tok, const char *text,
+                    size_t len, int special, char *err)
+{
+    int32_t *ids = NULL;
+    int n = 0;
+    if (!len)
+        return 0;
+    int rc = dt_tokenizer_encode(tok, text, len, special ? DT_TOK_SPECIAL : 0,
+                                 &ids, &n, err);
+    if (!rc && n && ids_push(b, ids, n))
+        rc = dt_errf(err, DT_ENOMEM, "out of memory");
+    free(ids);
+    return rc;
+}
+
+static int ids_str(idbuf *b, const dt_tokenizer *tok, const char *s, char *err)
+{
+    return ids_text(b, tok, s, strlen(s), 0, err);
+}
+
+static int ids_token(idbuf *b, int32_t id, char *err)
+{
+    if (id < 0)
+        return 0;
+    return ids_push(b, &id, 1) ? dt_errf(err, DT_ENOMEM, "out of memory") : 0;
+}
+
+static char *token_str(const dt_tokenizer *tok, int32_t id)
+{
+    return id >= 0 ? dt_tokenizer_decode(tok, &id, 1) : NULL;
+}
+
+/* The model's own template: template bytes (tag 0) may hold control
+ * tokens, message content (tag > 0) may not. */
+static int chat_by_template(idbuf *b, const dt_tokenizer *tok,
+                            const char *tmpl, const json_t *msgs, char *err)
+{
+    size_t nm = json_array_size(msgs);
+    int32_t *tags = malloc((nm ? nm : 1) * sizeof *tags);
+    char *bos = token_str(tok, dt_tokenizer_bos(tok));
+    char *eos = token_str(tok, dt_tokenizer_eos(tok));
+    json_t *vars = json_object();
+    dt_chat_out out = {0};
+    int rc = dt_errf(err, DT_ENOMEM, "out of memory");
+    if (!tags || !vars)
+        goto done;
+    for (size_t i = 0; i < nm; i++)
+        tags[i] = (int32_t)i + 1;
+    json_object_set_new(vars, "add_generation_prompt", json_true());
+    if (bos)
+        json_object_set_new(vars, "bos_token", json_string(bos));
+    if (eos)
+        json_object_set_new(vars, "eos_token", json_string(eos));
+    rc = dt_chat_render(tmpl, msgs, vars, tags, -1, &out, err);
+    if (rc) {
+        if (strncmp(err, "chat template", 13)) {
+            char m[DT_ERR_LEN - 16];
+            snprintf(m, sizeof m, "%s", err);
+            dt_errf(err, DT_EINVAL, "chat template: %s", m);
+        }
+        rc = DT_EINVAL;
+        goto done;
+    }
+    for (size_t k = 0; k < out.len && !rc;) {
+        size_t e = k + 1;
+        while (e < out.len && (out.tag[e] != 0) == (out.tag[k] != 0))
+            e++;
+        rc = ids_text(b, tok, out.text + k, e - k, out.tag[k] == 0, err);
+        k = e;
+    }
+done:
+    free(tags);
+    free(bos);
+    free(eos);
+    json_decref(vars);
+    dt_chat_out_free(&out);
+    return rc;
+}
+
+int dt_chat_prompt(const dt_tokenizer *tok, const json_t *messages,
+                   int32_t **ids, int *n, char *err)
+{
+    idbuf b = {0};
+    int rc = 0;
+    *ids = NULL;
+    *n = 0;
+    const char *tmpl = dt_tokenizer_chat_template(tok);
+    if (tmpl) {
+        rc = chat_by_template(&b, tok, tmpl, messages, err);
+    } else {
+        int32_t im_start = dt_tokenizer_token_id(tok, "<|im_start|>");
+        int32_t im_end = dt_tokenizer_token_id(tok, "<|im_end|>");
+        int32_t bos = dt_tokenizer_bos(tok), eos = dt_tokenizer_eos(tok);
+        int chatml = im_start >= 0 && im_end >= 0;
+        size_t i;
+        const json_t *m;
+        if (bos >= 0 && bos != eos)
+            rc = ids_token(&b, bos, err);
+        json_array_foreach(messages, i, m) {
+            const char *role = json_string_value(json_object_get(m, "role"));
+            const char *content = json_string_value(json_object_get(m, "content"));
+            if (!role || !content) {
+                rc = dt_errf(err, DT_EINVAL, "messages[%zu]: role and content must be "
+                             "strings", i);
+                break;
+            }
+            if (rc)
+                break;
+            if (chatml) {
+                if ((rc = ids_token(&b, im_start, err)) || (rc = ids_str(&b, tok, role, err)) ||
+                    (rc = ids_str(&b, tok, "\n", err)) || (rc = ids_str(&b, tok, content, err)) ||
+                    (rc = ids_token(&b, im_end, err)) || (rc = ids_str(&b, tok, "\n", err)))
+                    break;
+            } else {
+                const char *hdr = !strcmp(role, "system") ? "### System:\n"
+                                : !strcmp(role, "assistant") ? "### Assistant:\n"
+                                : "### User:\n";
+                if ((rc = ids_str(&b, tok, hdr, err)) || (rc = ids_str(&b, tok, content, err)))
+                    break;
+                if (!strcmp(role, "assistant") && (rc = ids_token(&b, eos, err)))
+                    break;
+                if ((rc = ids_str(&b, tok, "\n\n", err)))
+                    break;
+            }
+        }
+        if (!rc && chatml && !(rc = ids_token(&b, im_start, err)))
+            rc = ids_str(&b, tok, "assistant\n", err);
+        else if (!rc && !chatml)
+            rc = ids_str(&b, tok, "### Assistant:\n", err);
+    }
+    if (rc) {
+        free(b.v);
+        return rc;
+    }
+    *ids = b.v;
+    *n = b.n;
+    return 0;
+}
+
+int32_t dt_chat_end_token(const dt_tokenizer *tok)
+{
+    static const char *const ends[] = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>",
+                                       "<|end|>", NULL};
+    for (int k = 0; ends[k]; k++) {
+        int32_t id = dt_tokenizer_token_id(tok, ends[k]);
+        if (id >= 0)
+            return id;
+    }
+    return -1;
 }

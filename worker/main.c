@@ -10,6 +10,7 @@
 #include "api/log.h"
 #include "base/dt.h"
 #include "gpu/engine_api.h"
+#include "serve.h"
 #include "worker.h"
 
 static const char usage[] =
@@ -28,6 +29,14 @@ static const char usage[] =
 "                                              (default 0 = all cores)\n"
 "  --worker-id ID    DELTATUNE_WORKER_ID       unique name (default <host>-<pid>)\n"
 "  --max-jobs N                                exit after N jobs (tests)\n"
+"  --serve                                     serve chat and completion requests\n"
+"                                              (POST /v1/chat/completions,\n"
+"                                              /v1/completions) instead of training:\n"
+"                                              loaded models stay in memory, least\n"
+"                                              recently used first out, within\n"
+"                                              --memory-limit; run as many as you like,\n"
+"                                              on any host that reaches PostgreSQL,\n"
+"                                              Redis and the artifact store\n"
 "  --memory-limit BYTES  DELTATUNE_WORKER_MEMORY_LIMIT\n"
 "                                              memory this worker may use (8G,\n"
 "                                              512M, bytes); a job whose estimate\n"
@@ -92,6 +101,10 @@ int main(int argc, char **argv)
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--serve")) {
+            o.serve = 1;
+            continue;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             config_help(stdout);
@@ -143,5 +156,5 @@ int main(int argc, char **argv)
         snprintf(o.worker_id, sizeof o.worker_id, "%.96s-%d", host, (int)getpid());
     }
     log_init("worker", o.cfg.log_level);
-    return wk_main(&o);
+    return o.serve ? wk_serve(&o) : wk_main(&o);
 }
