@@ -37,6 +37,8 @@ static const char usage[] =
 "                                              --memory-limit; run as many as you like,\n"
 "                                              on any host that reaches PostgreSQL,\n"
 "                                              Redis and the artifact store\n"
+"  --token-delay-ms N                          --serve: pause N ms after each token (tests\n"
+"                                              and demos of streaming; default 0)\n"
 "  --memory-limit BYTES  DELTATUNE_WORKER_MEMORY_LIMIT\n"
 "                                              memory this worker may use (8G,\n"
 "                                              512M, bytes); a job whose estimate\n"
@@ -68,6 +70,9 @@ static int set_worker_opt(wk_opts *o, const char *name, const char *v)
         snprintf(o->worker_id, sizeof o->worker_id, "%s", v);
     } else if (!strcmp(name, "max-jobs")) {
         if ((o->max_jobs = parse_count(v)) < 0)
+            return -1;
+    } else if (!strcmp(name, "token-delay-ms")) {
+        if ((o->token_delay_ms = parse_count(v)) < 0)
             return -1;
     } else if (!strcmp(name, "memory-limit")) {
         if (dt_mem_parse_size(v, &o->memory_limit) || o->memory_limit < 1)
@@ -123,6 +128,7 @@ int main(int argc, char **argv)
                 int r = v ? set_worker_opt(&o, name, v) : 0;
                 if (r < 0 || (!v && (!strcmp(name, "device") || !strcmp(name, "threads") ||
                                      !strcmp(name, "worker-id") || !strcmp(name, "max-jobs") ||
+                                     !strcmp(name, "token-delay-ms") ||
                                      !strcmp(name, "memory-limit")))) {
                     fprintf(stderr, "deltatune-worker: --%s: bad or missing value\n", name);
                     return 2;

@@ -454,6 +454,7 @@ static void serve_one(sv *s, json_t *j)
             finish = "stop";
             break;
         }
+        if (s->o->token_delay_ms > 0) usleep((useconds_t)s->o->token_delay_ms * 1000u);
         if (!queue_cancel_get(s->q, r.id, &cancelled, err) && cancelled) break;
         if (k < max) rc = dt_decoder_feed(m->d, &next, 1, logits, err);
     }
