@@ -118,7 +118,7 @@ SERVER     := $(BUILD)/deltatune-server
 
 # ---- deltatune (cli/): engine, admin and client commands -------------------
 CLI_SRC := cli/main.c cli/engine.c cli/admin.c cli/client.c cli/client_http.c \
-           cli/client_follow.c cli/client_download.c
+           cli/client_follow.c cli/client_download.c cli/client_chat.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI     := $(BUILD)/deltatune
 # deltatune-train: the same main.c with the engine's commands only, linked
