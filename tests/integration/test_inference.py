@@ -418,5 +418,30 @@ class Inference(StackTest):
         self.serve()
 
 
+class UpStartsAServingWorker(unittest.TestCase):
+    def test_scripts_up_serves_chat_and_the_rate_limit_applies(self):
+        """scripts/up (make up) starts a serving worker beside the training
+        worker by default: chat works with no worker started by the test;
+        the per-key rate limit (1/s, burst 2 here) answers 429 beyond it."""
+        sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+        from stack import Stack
+        s = Stack(model="tiny", env={"DELTATUNE_SERVE_WORKERS": "1", "DELTATUNE_RATE_LIMIT": "1",
+                                     "DELTATUNE_RATE_BURST": "2"})
+        s.start()
+        try:
+            end = time.time() + 30
+            while s.psql("SELECT count(*) FROM workers WHERE kind = 'serve' AND "
+                         "status = 'serving'") != "1":
+                self.assertLess(time.time(), end, s.log("serve"))
+                time.sleep(0.3)
+            time.sleep(2.5)  # the bucket refills after the readiness checks
+            body = {"model": TINY_ID, "messages": MSGS, "max_tokens": 3}
+            codes = [s.api("POST", CHAT, body)[0] for _ in range(3)]
+            self.assertEqual(codes[:2], [200, 200], codes)
+            self.assertEqual(codes[2], 429, codes)
+        finally:
+            s.stop()
+
+
 if __name__ == "__main__":
     unittest.main()
