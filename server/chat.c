@@ -58,6 +58,8 @@ typedef struct infer {
     int registered;               /* in g.head */
     double queue_deadline;        /* dt_now() past which an untaken request is a 503 */
     double heard;                 /* dt_now() of the worker's last event */
+    double t0;                    /* dt_now() when it was queued */
+    int got_text;                 /* a text event came */
     int queue_wait_s, silence_s;
     /* non-stream: the text so far; stream: SSE text not yet sent, buf[off..len) */
     char *buf;
@@ -84,6 +86,8 @@ static struct {
     char redis_url[CONFIG_URL_LEN];
     /* counters for /metrics */
     uint64_t requests, tokens, cancelled, timeouts;
+    uint64_t taken, first_tokens;     /* requests a worker took; that got text */
+    double queue_wait_s, first_token_s; /* their sums, seconds */
 } g = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static int append(infer *f, const char *text, size_t n)
@@ -291,7 +295,11 @@ static void on_event(infer *f, json_t *ev, wakes *w)
     f->heard = dt_now();
     if (!t || f->phase == P_DONE) return;
     if (!strcmp(t, "start")) {
-        if (f->phase == P_QUEUED) f->phase = P_STARTED;
+        if (f->phase == P_QUEUED) {
+            f->phase = P_STARTED;
+            g.taken++;
+            g.queue_wait_s += f->heard - f->t0;
+        }
     } else if (!strcmp(t, "prompt")) {
         f->prompt_tokens = (int)json_integer_value(json_object_get(ev, "prompt_tokens"));
         if (f->stream && f->phase != P_STREAMING) stream_begin(f, w);
@@ -300,6 +308,11 @@ static void on_event(infer *f, json_t *ev, wakes *w)
         const char *text = json_string_value(json_object_get(ev, "text"));
         if (!text) return;
         g.tokens++;
+        if (!f->got_text) {
+            f->got_text = 1;
+            g.first_tokens++;
+            g.first_token_s += f->heard - f->t0;
+        }
         if (f->stream) {
             stream_chunk(f, text, NULL, 0, 0);
             wake(f, w);
@@ -473,6 +486,10 @@ void chat_counters(chat_stats *out)
     out->cancelled = g.cancelled;
     out->timeouts = g.timeouts;
     out->open = g.n;
+    out->started = g.taken;
+    out->first_tokens = g.first_tokens;
+    out->queue_wait_s = g.queue_wait_s;
+    out->first_token_s = g.first_token_s;
     pthread_mutex_unlock(&g.mu);
 }
 
@@ -570,7 +587,7 @@ static void handle(req *r, int chat)
     f->queue_wait_s = r->s->cfg.infer_queue_wait_s;
     f->silence_s = r->s->cfg.infer_silence_s;
     f->queue_deadline = dt_now() + f->queue_wait_s;
-    f->heard = dt_now();
+    f->heard = f->t0 = dt_now();
 
     json_object_set_new(cr.work, "id", json_string(f->id));
     json_object_set_new(cr.work, "model", json_string(m.path));

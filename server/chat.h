@@ -23,6 +23,10 @@ typedef struct chat_stats {
     uint64_t cancelled;          /* clients that went away before the end */
     uint64_t timeouts;           /* no worker in time, or a worker gone silent */
     int open;                    /* requests in flight now */
+    uint64_t started;            /* requests a worker took */
+    double queue_wait_s;         /* their waits for a worker, summed (seconds) */
+    uint64_t first_tokens;       /* requests that got text */
+    double first_token_s;        /* their times to the first text, summed (seconds) */
 } chat_stats;
 void chat_counters(chat_stats *out);
 

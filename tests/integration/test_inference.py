@@ -178,6 +178,37 @@ class Inference(StackTest):
         b = self.call("POST", COMPL, body)["choices"][0]["text"]
         self.assertEqual(a, b)
 
+    def metrics(self):
+        st, _, b = self.s.api("GET", "/metrics", key=False, raw=True)
+        self.assertEqual(st, 200)
+        out = {}
+        for line in b.decode().splitlines():
+            if line.startswith("deltatune_inference_"):
+                k, v = line.split()
+                out[k] = float(v)
+        return out
+
+    def test_metrics_count_requests_tokens_and_waits(self):
+        """/metrics: requests, tokens, queue wait and time to first token
+        grow with a served request; the open gauge is back to 0."""
+        self.serve()
+        m0 = self.metrics()
+        a = self.call("POST", COMPL, {"model": TINY_ID, "prompt": "name :", "temperature": 0,
+                                      "max_tokens": 10, "stop": "never"})
+        m1 = self.metrics()
+        self.assertEqual(m1["deltatune_inference_requests_total"],
+                         m0["deltatune_inference_requests_total"] + 1)
+        grown = m1["deltatune_inference_tokens_total"] - m0["deltatune_inference_tokens_total"]
+        self.assertGreaterEqual(grown, 1)
+        self.assertLessEqual(grown, a["usage"]["completion_tokens"])
+        for k in ("queue_wait_seconds", "time_to_first_token_seconds"):
+            self.assertEqual(m1[f"deltatune_inference_{k}_count"],
+                             m0[f"deltatune_inference_{k}_count"] + 1, k)
+            self.assertGreater(m1[f"deltatune_inference_{k}_sum"],
+                               m0[f"deltatune_inference_{k}_sum"], k)
+        self.wait_until("no request in flight",
+                        lambda: self.metrics()["deltatune_inference_open"] == 0, timeout=5)
+
     # ---- bad input -------------------------------------------------------------
     def test_bad_input_names_the_field(self):
         """Each bad field is a 400 naming it; no-op values are accepted."""
@@ -374,6 +405,7 @@ class Inference(StackTest):
         """A client that closes its stream after two chunks: the worker
         stops long before max_tokens (its log says after how many)."""
         self.serve(delay=40)
+        cancelled0 = self.metrics()["deltatune_inference_cancelled_total"]
         log0 = len(self.s.log("serve-1"))
         c, r = self.open_stream({"model": TINY_ID, "prompt": "name :", "max_tokens": 200,
                                  "temperature": 0})
@@ -392,6 +424,7 @@ class Inference(StackTest):
         n = int(line[0].split("cancelled after ")[1].split()[0])
         self.assertLess(n, 100, line)  # 200 tokens would take 8 s
         self.assertIn("chat.cancelled", self.s.log("server"))
+        self.assertEqual(self.metrics()["deltatune_inference_cancelled_total"], cancelled0 + 1)
 
     def test_worker_killed_mid_stream_gives_error_chunk(self):
         """SIGKILL of the serving worker mid-stream: the stream ends with an
