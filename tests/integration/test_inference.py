@@ -8,7 +8,9 @@ CPU; skipped with a message where .venv lacks torch); bad input on every
 field; owner isolation; no serving worker -> 503; no worker taking the
 request in time -> 503 with Retry-After; a client that disconnects cancels
 its request (the worker log says it stopped early); a serving worker killed
-mid-stream -> an error chunk, not a hang. About 60 s on this machine."""
+mid-stream -> an error chunk, not a hang; and SmolLM2-135M-Instruct's chat
+greedy output equals transformers' (apply_chat_template + generate). About
+3 minutes on this machine (SmolLM2 and transformers take 2 of them)."""
 import http.client
 import json
 import os
@@ -449,6 +451,66 @@ class Inference(StackTest):
         self.assertEqual(last["error"]["code"], "worker_lost", last)
         self.assertNotIn("[DONE]", events)
         self.serve()
+
+
+HF_CHAT = """import os, sys, json, torch, transformers as t
+torch.set_num_threads(1)
+path, msgs = sys.argv[1], json.loads(sys.argv[2])
+d, f = os.path.dirname(path), os.path.basename(path)
+tok = t.AutoTokenizer.from_pretrained(d, gguf_file=f)
+m = t.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, torch_dtype=torch.float32)
+ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+if not torch.is_tensor(ids):
+    ids = ids["input_ids"]
+out = m.generate(ids, max_new_tokens=32, do_sample=False, pad_token_id=tok.eos_token_id)
+new = out[0][ids.shape[1]:].tolist()
+if new and new[-1] == tok.eos_token_id:
+    new = new[:-1]
+print(json.dumps({"prompt_tokens": ids.shape[1], "n": len(new),
+                  "text": tok.decode(new, skip_special_tokens=True)}))
+"""
+
+
+class SmolLM2Greedy(unittest.TestCase):
+    def test_chat_greedy_equals_transformers_on_smollm2(self):
+        """SmolLM2-135M-Instruct (the GGUF, dequantized to fp32 by both):
+        the chat prompt has as many tokens as transformers'
+        apply_chat_template(add_generation_prompt=True), and 32 greedy
+        tokens are the same text as its greedy generate. 70-120 s here."""
+        sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+        from stack import Stack
+        s = Stack(model="smollm2")
+        if not os.path.exists(s.model_path):
+            self.skipTest(f"{s.model_path} is missing (scripts/install-deps)")
+        ok = os.path.exists(TORCH_PY) and subprocess.run(
+            [TORCH_PY, "-c", "import torch, transformers, gguf"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL).returncode == 0
+        if not ok:
+            self.skipTest(f"comparing with transformers needs {TORCH_PY} with torch, "
+                          "transformers and gguf (scripts/make-venv)")
+        msgs = [{"role": "system", "content": "You are a storyteller."},
+                {"role": "user", "content": "Tell me a long story about a cat and a boat."}]
+        s.start()
+        try:
+            s.start_worker("smol-serve", extra=("--serve",))
+            end = time.time() + 30
+            while s.psql("SELECT count(*) FROM workers WHERE kind = 'serve' AND "
+                         "status = 'serving'") != "1":
+                self.assertLess(time.time(), end, s.log("smol-serve"))
+                time.sleep(0.3)
+            st, _, a = s.api("POST", CHAT, {"model": s.model_id, "messages": msgs,
+                                            "temperature": 0, "max_tokens": 32}, timeout=300)
+            self.assertEqual(st, 200, a)
+        finally:
+            s.stop()
+        r = subprocess.run([TORCH_PY, "-c", HF_CHAT, s.model_path, json.dumps(msgs)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+        self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+        ref = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual(a["usage"]["prompt_tokens"], ref["prompt_tokens"])
+        self.assertEqual(a["usage"]["completion_tokens"], ref["n"])
+        self.assertEqual(ref["n"], 32, ref)
+        self.assertEqual(a["choices"][0]["message"]["content"], ref["text"])
 
 
 class UpStartsAServingWorker(unittest.TestCase):
