@@ -24,13 +24,17 @@
  *     started (it died, say): 503 before the stream began, or an error
  *     chunk ({"error":{...}}) that ends the stream.
  *
- * A client that goes away ends its connection (MHD notices when the next
- * chunk cannot be written); the request's ctx_cleanup then has the relay
- * set the cancel flag, and the worker stops before its next token. */
+ * A client that goes away cancels its request: while the reply is deferred
+ * the relay peeks at the suspended connection's socket (MHD does not watch
+ * it) and answers 499; once a stream runs, MHD notices when the next chunk
+ * cannot be written and the request's ctx_cleanup runs. Either way the
+ * relay sets the cancel flag, and the worker stops before its next token. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "api/log.h"
@@ -366,6 +370,19 @@ static void on_event(infer *f, json_t *ev, wakes *w)
 
 /* ---- the relay ------------------------------------------------------------------ */
 
+/* Whether the client of a deferred request closed its connection (g.mu
+ * held). MHD does not watch a suspended connection's socket, so the relay
+ * peeks at it: end of stream means the client went away. */
+static int client_gone(infer *f)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(f->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return 0;
+    char c;
+    ssize_t n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 static void *relay(void *arg)
 {
     queue *q = NULL;
@@ -427,6 +444,22 @@ static void *relay(void *arg)
         }
         double now = dt_now();
         for (infer *f = g.head; f; f = f->next) {
+            if (f->r && f->phase != P_DONE && client_gone(f)) {
+                /* nobody reads the answer: the worker stops, the reply
+                 * (499, as the framework counts a client gone) resumes
+                 * the connection so that MHD closes it */
+                log_msg(DT_LOG_INFO, "chat.cancelled", "%s: the client went away", f->id);
+                g.cancelled++;
+                answer_error(f, 499, "client_closed_request", NULL, "the client went away", &w);
+                f->phase = P_DONE;
+                cancel_id *c = calloc(1, sizeof *c);
+                if (c) {
+                    memcpy(c->id, f->id, sizeof c->id);
+                    c->next = g.cancels;
+                    g.cancels = c;
+                }
+                continue;
+            }
             if (f->phase == P_QUEUED && now > f->queue_deadline) {
                 char msg[256];
                 snprintf(msg, sizeof msg, "no serving worker took the request within %d s; "

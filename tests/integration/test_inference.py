@@ -428,6 +428,27 @@ class Inference(StackTest):
         self.assertIn("chat.cancelled", self.s.log("server"))
         self.assertEqual(self.metrics()["deltatune_inference_cancelled_total"], cancelled0 + 1)
 
+    def test_client_disconnect_cancels_a_non_streamed_request(self):
+        """A client that sends a (non-streamed) request and closes its
+        connection before the answer: the worker stops early too."""
+        self.serve(delay=40)
+        cancelled0 = self.metrics()["deltatune_inference_cancelled_total"]
+        log0 = len(self.s.log("serve-1"))
+        u = urllib.parse.urlparse(self.s.url)
+        c = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        c.request("POST", COMPL, json.dumps({"model": TINY_ID, "prompt": "name :",
+                                             "max_tokens": 200, "temperature": 0}),
+                  {"Authorization": "Bearer " + self.s.key, "Content-Type": "application/json"})
+        time.sleep(1)  # the worker is generating (8 s for 200 tokens)
+        c.sock.close()
+        c.close()
+        line = self.wait_until("the worker to stop the request",
+                               lambda: [l for l in self.s.log("serve-1")[log0:].splitlines()
+                                        if "serve.cancelled" in l], timeout=20)
+        n = int(line[0].split("cancelled after ")[1].split()[0])
+        self.assertLess(n, 100, line)
+        self.assertEqual(self.metrics()["deltatune_inference_cancelled_total"], cancelled0 + 1)
+
     def test_worker_killed_mid_stream_gives_error_chunk(self):
         """SIGKILL of the serving worker mid-stream: the stream ends with an
         error chunk within the silence timeout, not a hang."""
