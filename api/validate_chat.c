@@ -254,8 +254,9 @@ static int noop_fields(const json_t *body, int chat, api_error *e)
         if (chat ? !json_is_boolean(v) : !json_is_integer(v))
             return BAD("logprobs", chat ? "logprobs must be true or false"
                                         : "logprobs must be an integer");
-        if (chat ? json_is_true(v) : json_integer_value(v) != 0)
-            return UNSUPPORTED("logprobs", "logprobs are not supported yet");
+        if (!chat && json_integer_value(v) != 0)
+            return UNSUPPORTED("logprobs", "logprobs of completions are not supported (use "
+                               "/v1/chat/completions with logprobs: true)");
     }
     if (!chat) {
         if ((v = json_object_get(body, "echo")) && is_given(v)) {
@@ -272,9 +273,12 @@ static int noop_fields(const json_t *body, int chat, api_error *e)
         return 0;
     }
     if ((v = json_object_get(body, "top_logprobs")) && is_given(v)) {
-        if (!json_is_integer(v)) return BAD("top_logprobs", "top_logprobs must be an integer");
-        if (json_integer_value(v) != 0)
-            return UNSUPPORTED("top_logprobs", "top_logprobs are not supported yet");
+        if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+            json_integer_value(v) > CHAT_MAX_TOP_LOGPROBS)
+            return BAD("top_logprobs", "top_logprobs must be an integer between 0 and %d",
+                       CHAT_MAX_TOP_LOGPROBS);
+        if (json_integer_value(v) > 0 && !json_is_true(json_object_get(body, "logprobs")))
+            return BAD("top_logprobs", "top_logprobs needs logprobs: true");
     }
     if ((v = json_object_get(body, "tools")) && is_given(v)) {
         if (!json_is_array(v)) return BAD("tools", "tools must be a list");
@@ -390,6 +394,12 @@ int validate_chat(const json_t *body, int chat, int max_tokens_cap, chat_req *ou
                              top_p > 0 ? top_p : 1.0);
     if (!work) return api_errorf(e, 500, "internal_error", NULL, "out of memory");
     if (is_given(v)) json_object_set(work, "seed", (json_t *)v);
+    if (chat && json_is_true(json_object_get(body, "logprobs"))) {
+        const json_t *k = json_object_get(body, "top_logprobs");
+        json_object_set_new(work, "logprobs", json_true());
+        json_object_set_new(work, "top_logprobs",
+                            json_integer(json_is_integer(k) ? json_integer_value(k) : 0));
+    }
     rc = chat ? messages_field(body, work, e) : prompt_field(body, work, e);
     if (!rc) rc = stop_field(body, work, e);
     if (rc) {

@@ -4,7 +4,7 @@
  * Every field OpenAI defines is either supported, accepted because its
  * value changes nothing (user, store, metadata, service_tier,
  * frequency_penalty 0, presence_penalty 0, an empty logit_bias, n 1,
- * logprobs false, tools [], tool_choice "none", response_format text, ...),
+ * tools [], tool_choice "none", response_format text, ...),
  * or a 400 naming it when its value would change the output in a way that
  * is not supported; an unknown field is a 400 naming it. */
 #ifndef DT_API_VALIDATE_CHAT_H
@@ -17,6 +17,7 @@
 #define CHAT_MAX_MESSAGES 4096
 #define CHAT_MAX_STOP 4
 #define CHAT_MODEL_LEN 256
+#define CHAT_MAX_TOP_LOGPROBS 20
 
 typedef struct chat_req {
     int chat;                    /* 1: chat.completions, 0: completions */
@@ -25,7 +26,8 @@ typedef struct chat_req {
     int include_usage;           /* stream_options.include_usage */
     /* What the serving worker needs (new reference): kind, messages (every
      * content a string; "developer" as "system") or prompt, max_tokens (0:
-     * the default), temperature, top_p, seed (when given), stop (a list). */
+     * the default), temperature, top_p, seed (when given), stop (a list),
+     * logprobs and top_logprobs (chat, when logprobs is true). */
     json_t *work;
 } chat_req;
 

@@ -69,6 +69,8 @@ typedef struct infer {
     char *buf;
     size_t off, len, cap;
     int prompt_tokens, completion_tokens;
+    int logprobs;                 /* asked for: choices[].logprobs.content */
+    json_t *lp;                   /* entries not yet sent (stream) or all (not) */
     int suspended;                /* the stream's reader suspended the connection */
     int done;                     /* stream: end after the buffer */
     struct infer *next;
@@ -115,6 +117,7 @@ static int append(infer *f, const char *text, size_t n)
 static void unref(infer *f)
 {
     if (--f->refs > 0) return;
+    json_decref(f->lp);
     free(f->buf);
     free(f);
 }
@@ -197,6 +200,12 @@ static void stream_chunk(infer *f, const char *text, const char *finish, int fir
             if (text) json_object_set_new(delta, "content", json_string(text));
             ch = json_pack("{s:i, s:o, s:n, s:s?}", "index", 0, "delta", delta, "logprobs",
                            "finish_reason", finish);
+            if (ch && f->logprobs && json_array_size(f->lp)) {
+                /* the entries move to this chunk; f->lp starts again */
+                json_object_set_new(ch, "logprobs", json_pack("{s:o, s:n}", "content", f->lp,
+                                                              "refusal"));
+                f->lp = json_array();
+            }
         } else {
             ch = json_pack("{s:s, s:i, s:n, s:s?}", "text", text ? text : "", "index", 0,
                            "logprobs", "finish_reason", finish);
@@ -308,6 +317,9 @@ static void on_event(infer *f, json_t *ev, wakes *w)
         f->prompt_tokens = (int)json_integer_value(json_object_get(ev, "prompt_tokens"));
         if (f->stream && f->phase != P_STREAMING) stream_begin(f, w);
         else if (f->phase == P_QUEUED) f->phase = P_STARTED;
+    } else if (!strcmp(t, "lp")) {
+        json_t *entry = json_object_get(ev, "entry");
+        if (f->logprobs && entry) json_array_append(f->lp, entry);
     } else if (!strcmp(t, "text")) {
         const char *text = json_string_value(json_object_get(ev, "text"));
         if (!text) return;
@@ -347,6 +359,9 @@ static void on_event(infer *f, json_t *ev, wakes *w)
                                      (json_int_t)f->created, "model", f->model, "choices",
                                      choice, "usage", usage_json(f));
             if (body && f->chat) json_object_set_new(body, "system_fingerprint", json_null());
+            if (choice && f->logprobs)
+                json_object_set_new(choice, "logprobs", json_pack("{s:O, s:n}", "content",
+                                                                  f->lp, "refusal"));
             if (body) answer(f, 200, body, w);
             else answer_error(f, 500, "internal_error", NULL, "out of memory", w);
         }
@@ -615,6 +630,8 @@ static void handle(req *r, int chat)
     f->chat = chat;
     f->stream = cr.stream;
     f->include_usage = cr.include_usage;
+    f->logprobs = json_is_true(json_object_get(cr.work, "logprobs"));
+    f->lp = json_array();
     snprintf(f->model, sizeof f->model, "%s", cr.model);
     f->created = (int64_t)time(NULL);
     f->queue_wait_s = r->s->cfg.infer_queue_wait_s;
@@ -640,6 +657,7 @@ static void handle(req *r, int chat)
     pthread_mutex_unlock(&g.mu);
     if (why || !text) {
         free(text);
+        json_decref(f->lp);
         free(f);
         reply_error(r, 503, "service_unavailable", NULL, "%s; retry shortly",
                     why ? why : "out of memory");
@@ -648,6 +666,7 @@ static void handle(req *r, int chat)
     rc = queue_infer_push(r->s->q, text, err);
     free(text);
     if (rc) {
+        json_decref(f->lp);
         free(f);
         log_msg(DT_LOG_WARN, "chat.queue", "%s", err);
         reply_error(r, 503, "service_unavailable", NULL, "the request queue (Redis) is "

@@ -9,6 +9,9 @@
  *
  *   {"t":"start","worker":ID}                      taken (ends the queue wait)
  *   {"t":"prompt","prompt_tokens":N,"max_tokens":M} prompt ready, decoding
+ *   {"t":"lp","entry":{token, logprob, bytes, top_logprobs}}
+ *                                                  a token's log probability
+ *                                                  (logprobs asked), before its text
  *   {"t":"text","text":"..."}                      new text (valid UTF-8)
  *   {"t":"done","finish_reason":"stop"|"length","prompt_tokens":N,
  *    "completion_tokens":K}
@@ -279,6 +282,54 @@ fail:
     return NULL;
 }
 
+/* ---- log probabilities --------------------------------------------------------- */
+
+/* {"token", "logprob", "bytes"} of token id, whose logit is x, under a
+ * log-sum-exp of lse (new reference). The token's text is its decoded bytes
+ * made valid UTF-8; "bytes" are those bytes, as OpenAI gives them. */
+static json_t *lp_item(const dt_tokenizer *tok, int32_t id, float x, double lse)
+{
+    char *raw = dt_tokenizer_decode(tok, &id, 1);
+    size_t used, n = raw ? strlen(raw) : 0;
+    char *text = raw ? utf8_clean(raw, n, 1, &used) : NULL;
+    json_t *bytes = json_array();
+    for (size_t i = 0; i < n; i++) json_array_append_new(bytes, json_integer((unsigned char)raw[i]));
+    json_t *o = json_pack("{s:s, s:f, s:o}", "token", text ? text : "", "logprob",
+                          (double)x - lse, "bytes", bytes);
+    free(raw);
+    free(text);
+    return o;
+}
+
+/* The log-probability entry of the chosen token `next` from the raw logits
+ * (V) of its step: the model's own distribution (temperature 1), and the k
+ * most likely tokens (highest first, lowest id on ties). New reference. */
+static json_t *lp_entry(const dt_tokenizer *tok, const float *logits, int V, int32_t next,
+                        int k)
+{
+    float mx = logits[0];
+    for (int j = 1; j < V; j++) if (logits[j] > mx) mx = logits[j];
+    double sum = 0;
+    for (int j = 0; j < V; j++) sum += exp((double)logits[j] - mx);
+    double lse = mx + log(sum);
+    json_t *e = lp_item(tok, next, logits[next], lse);
+    json_t *top = json_array();
+    int32_t best[20];
+    int nb = 0;
+    for (int j = 0; j < V && k > 0; j++) {
+        /* insertion into the sorted best-k list */
+        int pos = nb;
+        while (pos > 0 && logits[best[pos - 1]] < logits[j]) pos--;
+        if (pos >= k) continue;
+        if (nb < k) nb++;
+        memmove(best + pos + 1, best + pos, (size_t)(nb - 1 - pos) * sizeof *best);
+        best[pos] = j;
+    }
+    for (int i = 0; i < nb; i++) json_array_append_new(top, lp_item(tok, best[i], logits[best[i]], lse));
+    json_object_set_new(e, "top_logprobs", top);
+    return e;
+}
+
 /* ---- one request ----------------------------------------------------------------- */
 
 typedef struct sv_req {
@@ -290,6 +341,7 @@ typedef struct sv_req {
     double temperature, top_p;
     uint64_t seed;
     const char *stop[5];         /* NULL-terminated */
+    int logprobs, top_logprobs;  /* chat: report each token's log probability */
 } sv_req;
 
 static uint64_t random_seed(void)
@@ -319,6 +371,10 @@ static int parse_request(json_t *j, sv_req *r)
     r->top_p = json_is_number(t) ? json_number_value(t) : 1.0;
     t = json_object_get(j, "seed");
     r->seed = json_is_integer(t) ? (uint64_t)json_integer_value(t) : random_seed();
+    r->logprobs = json_is_true(json_object_get(j, "logprobs"));
+    r->top_logprobs = (int)json_integer_value(json_object_get(j, "top_logprobs"));
+    if (r->top_logprobs < 0) r->top_logprobs = 0;
+    if (r->top_logprobs > 20) r->top_logprobs = 20;
     json_t *stop = json_object_get(j, "stop");
     for (size_t i = 0; i < json_array_size(stop) && i < 4; i++)
         r->stop[i] = json_string_value(json_array_get(stop, i));
@@ -380,7 +436,7 @@ static void serve_one(sv *s, json_t *j)
     }
     int32_t *prompt = NULL, *out = NULL;
     char *raw = NULL;
-    float *logits = NULL;
+    float *logits = NULL, *raw_logits = NULL;
     int np = 0, rc;
     int chat = !strcmp(r.kind, "chat");
     if (chat)
@@ -418,6 +474,10 @@ static void serve_one(sv *s, json_t *j)
     int V = dt_model_config(m->m)->vocab;
     int32_t eos = dt_tokenizer_eos(m->tok), eot = chat ? dt_chat_end_token(m->tok) : -1;
     logits = malloc((size_t)V * sizeof *logits);
+    if (r.logprobs && !(raw_logits = malloc((size_t)V * sizeof *raw_logits))) {
+        emit_error(s, r.id, 500, "internal_error", NULL, "out of memory");
+        goto done;
+    }
     out = malloc((size_t)max * sizeof *out);
     if (!logits || !out) {
         emit_error(s, r.id, 500, "internal_error", NULL, "out of memory");
@@ -431,11 +491,15 @@ static void serve_one(sv *s, json_t *j)
     dt_decoder_reset(m->d);
     rc = dt_decoder_feed(m->d, prompt, np, logits, err);
     while (!rc && k < max) {
+        if (raw_logits) memcpy(raw_logits, logits, (size_t)V * sizeof *logits);
         int32_t next = dt_sample(logits, V, (float)r.temperature, (float)r.top_p, &rng);
         if (next == eos || (eot >= 0 && next == eot)) {
             finish = "stop";
             break;
         }
+        if (raw_logits)
+            emit(s, r.id, json_pack("{s:s, s:o}", "t", "lp", "entry",
+                                    lp_entry(m->tok, raw_logits, V, next, r.top_logprobs)));
         out[k++] = next;
         if (!first) first = dt_now() - t0;
         free(raw);
@@ -484,6 +548,7 @@ done:
     free(raw);
     free(out);
     free(logits);
+    free(raw_logits);
     free(prompt);
 }
 

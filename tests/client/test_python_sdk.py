@@ -354,6 +354,11 @@ class PythonSDK(unittest.TestCase):
             text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
             self.assertEqual(text, c.choices[0].message.content)
             self.assertEqual(chunks[-1].usage.completion_tokens, c.usage.completion_tokens)
+        lp = strict(self.client.chat.completions.create(
+            model=TINY_ID, messages=msgs, temperature=0, max_tokens=4, logprobs=True,
+            top_logprobs=2))
+        self.assertEqual(len(lp.choices[0].logprobs.content), lp.usage.completion_tokens)
+        self.assertEqual(len(lp.choices[0].logprobs.content[0].top_logprobs), 2)
         with self.assertRaises(openai.BadRequestError) as e:
             self.client.chat.completions.create(model=TINY_ID, messages=msgs, n=2)
         self.assertEqual(e.exception.body["param"], "n")

@@ -88,6 +88,9 @@ static void check_chat(const json_t *body)
             CHECK(json_string_length(json_object_get(w, "prompt")) > 0);
         }
         CHECK(!cr.include_usage || cr.stream);
+        json_int_t k = json_integer_value(json_object_get(w, "top_logprobs"));
+        CHECK(k >= 0 && k <= CHAT_MAX_TOP_LOGPROBS);
+        CHECK(chat || !json_object_get(w, "logprobs"));
         chat_req_clear(&cr);
     }
 }

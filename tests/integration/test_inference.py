@@ -137,6 +137,36 @@ class Inference(StackTest):
         self.assertEqual(chunks[-1]["choices"], [], chunks[-1])
         self.assertEqual(chunks[-1]["usage"], u, chunks[-1])
 
+    def test_chat_logprobs_greedy_and_streamed(self):
+        """logprobs: true, top_logprobs 3: one entry per generated token,
+        its bytes joined are the answer; greedy picks the most likely
+        token (entry = its first top_logprob); top_logprobs sorted; the
+        streamed chunks carry the same entries."""
+        self.serve()
+        body = {"model": TINY_ID, "messages": MSGS, "temperature": 0, "max_tokens": 10,
+                "logprobs": True, "top_logprobs": 3}
+        a = self.call("POST", CHAT, body)
+        content = a["choices"][0]["logprobs"]["content"]
+        self.assertEqual(len(content), a["usage"]["completion_tokens"], a)
+        joined = b"".join(bytes(e["bytes"]) for e in content).decode("utf-8", "replace")
+        self.assertEqual(joined, a["choices"][0]["message"]["content"])
+        for e in content:
+            self.assertLessEqual(e["logprob"], 0)
+            top = e["top_logprobs"]
+            self.assertEqual(len(top), 3, e)
+            self.assertEqual([t["logprob"] for t in top],
+                             sorted((t["logprob"] for t in top), reverse=True))
+            self.assertEqual((e["token"], e["logprob"]), (top[0]["token"], top[0]["logprob"]))
+        st, _, ev = self.stream(CHAT, body)
+        self.assertEqual(st, 200, ev)
+        streamed = []
+        for c in (json.loads(x) for x in ev[:-1]):
+            lp = c["choices"][0]["logprobs"] if c["choices"] else None
+            streamed += lp["content"] if lp else []
+        self.assertEqual(streamed, content)
+        plain = self.call("POST", CHAT, dict(body, logprobs=False, top_logprobs=None))
+        self.assertIsNone(plain["choices"][0]["logprobs"], plain)
+
     def test_completions_non_stream_and_stream(self):
         """/v1/completions: text_completion, and the same text streamed."""
         self.serve()
@@ -244,8 +274,9 @@ class Inference(StackTest):
             (dict(base, stream="yes"), "stream"),
             (dict(base, stream_options={"include_usage": True}), "stream_options"),
             (dict(base, n=2), "n"),
-            (dict(base, logprobs=True), "logprobs"),
-            (dict(base, top_logprobs=3), "top_logprobs"),
+            (dict(base, logprobs="yes"), "logprobs"),
+            (dict(base, top_logprobs=3), "top_logprobs"),  # without logprobs: true
+            (dict(base, logprobs=True, top_logprobs=21), "top_logprobs"),
             (dict(base, frequency_penalty=0.5), "frequency_penalty"),
             (dict(base, presence_penalty=-1), "presence_penalty"),
             (dict(base, logit_bias={"50256": -100}), "logit_bias"),
