@@ -388,6 +388,44 @@ class Inference(StackTest):
         self.assertEqual(ref["n"], 32, ref)
         self.assertEqual(a["choices"][0]["text"], ref["text"])
 
+    def test_models_stay_loaded_least_recently_used_first_out(self):
+        """A serving worker whose --memory-limit holds one tiny model: the
+        base model, the fine-tuned one, the base again load in turn, each
+        evicting the other (its log says so); asked twice in a row, a model
+        is not loaded again. A limit below one model: 503 naming model."""
+        ft = self.fine_tuned()
+        self.stop_serving()
+        p = S.start_worker("serve-lru", extra=("--serve", "--memory-limit", "12M"))
+        try:
+            end = time.time() + 30
+            while S.psql("SELECT count(*) FROM workers WHERE id = 'serve-lru' AND "
+                         "status = 'serving'") != "1":
+                self.assertLess(time.time(), end, S.log("serve-lru"))
+                time.sleep(0.2)
+            for model in (TINY_ID, TINY_ID, ft, TINY_ID):
+                self.call("POST", COMPL, {"model": model, "prompt": "name :", "max_tokens": 2})
+            log = S.log("serve-lru")
+            loads = [l for l in log.splitlines() if '"serve.load"' in l]
+            evicts = [l for l in log.splitlines() if '"serve.evict"' in l]
+            self.assertEqual(len(loads), 3, log)   # the second base request reuses it
+            self.assertEqual(len(evicts), 2, log)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+        p = S.start_worker("serve-small", extra=("--serve", "--memory-limit", "2M"))
+        try:
+            end = time.time() + 30
+            while S.psql("SELECT count(*) FROM workers WHERE id = 'serve-small' AND "
+                         "status = 'serving'") != "1":
+                self.assertLess(time.time(), end, S.log("serve-small"))
+                time.sleep(0.2)
+            e = self.err("POST", CHAT, {"model": TINY_ID, "messages": MSGS}, 503, "model")
+            self.assertEqual(e["code"], "model_too_large", e)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+        self.serve()
+
     # ---- workers: none, busy, killed; clients that go away -------------------------------
     def test_no_serving_worker_is_503(self):
         """With no live serving worker: 503 saying so, with Retry-After."""
