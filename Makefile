@@ -53,7 +53,7 @@ ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/da
               gpu/model.c gpu/model_pass.c gpu/generate.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
-ENGINE_SRC += gpu/arch_info.c
+ENGINE_SRC += gpu/arch_info.c gpu/gguf_write.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend compiles wherever nvcc and cuBLAS exist (-Werror). cuBLAS
@@ -117,7 +117,7 @@ SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o \
 SERVER     := $(BUILD)/deltatune-server
 
 # ---- deltatune (cli/): engine, admin and client commands -------------------
-CLI_SRC := cli/main.c cli/engine.c cli/admin.c cli/client.c cli/client_http.c \
+CLI_SRC := cli/main.c cli/engine.c cli/export.c cli/admin.c cli/client.c cli/client_http.c \
            cli/client_follow.c cli/client_download.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI     := $(BUILD)/deltatune
@@ -215,7 +215,7 @@ $(BUILD)/cli/main_engine.o: cli/main.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DDT_CLI_ENGINE_ONLY -c $< -o $@
 
-$(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(LIB) $(BASE_LIB)
+$(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(BUILD)/cli/export.o $(LIB) $(BASE_LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)
