@@ -14,7 +14,7 @@
 static const char export_usage[] =
 "usage: deltatune export --gguf [--type f16|q8_0|q4_0] MODEL OUT.gguf\n"
 "Writes MODEL (a Hugging Face model directory or a .gguf file) as a GGUF v3\n"
-"file that llama.cpp and Ollama load: Llama-family models, with the\n"
+"file that llama.cpp and Ollama load: Llama-family and GPT-2 models, with the\n"
 "tokenizer and the chat template in the metadata.\n"
 "  --type T   tensor type of the matrices: f16 (default), q8_0, q4_0;\n"
 "             norms and biases stay f32; with q4_0 the output matrix is\n"

@@ -1,4 +1,4 @@
-/* gguf_write.c: a Llama-family model as GGUF v3 (see gguf_write.h).
+/* gguf_write.c: a Llama-family or GPT-2 model as GGUF v3 (see gguf_write.h).
  *
  * The header (metadata and tensor infos) is built in memory, then written,
  * padded to the alignment, then each tensor's data is converted and written
@@ -364,6 +364,33 @@ static int build_plan(const dt_config *c, dt_tensorset *ts, plan *P,
     int rc = DT_OK;
 #define ADD(cf, gf, l, perm) \
     if ((rc = plan_add(P, ts, cf, gf, l, perm, path, err))) return rc
+    if (c->arch == DT_ARCH_GPT2) { /* llama.cpp's gpt2 architecture */
+        static const char *const nm[][2] = {
+            {"ln_1.weight", "attn_norm.weight"}, {"ln_1.bias", "attn_norm.bias"},
+            {"attn.c_attn.weight", "attn_qkv.weight"},
+            {"attn.c_attn.bias", "attn_qkv.bias"},
+            {"attn.c_proj.weight", "attn_output.weight"},
+            {"attn.c_proj.bias", "attn_output.bias"},
+            {"ln_2.weight", "ffn_norm.weight"}, {"ln_2.bias", "ffn_norm.bias"},
+            {"mlp.c_fc.weight", "ffn_up.weight"}, {"mlp.c_fc.bias", "ffn_up.bias"},
+            {"mlp.c_proj.weight", "ffn_down.weight"},
+            {"mlp.c_proj.bias", "ffn_down.bias"},
+        };
+        ADD("wte.weight", "token_embd.weight", 0, 0);
+        ADD("wpe.weight", "position_embd.weight", 0, 0);
+        for (int l = 0; l < c->n_layer; l++)
+            for (size_t i = 0; i < sizeof nm / sizeof nm[0]; i++) {
+                char cf[64], gf[64];
+                snprintf(cf, sizeof cf, "h.%%d.%s", nm[i][0]);
+                snprintf(gf, sizeof gf, "blk.%%d.%s", nm[i][1]);
+                ADD(cf, gf, l, 0);
+            }
+        ADD("ln_f.weight", "output_norm.weight", 0, 0);
+        ADD("ln_f.bias", "output_norm.bias", 0, 0);
+        if (!c->tied)
+            ADD("lm_head.weight", "output.weight", 0, 0);
+        return DT_OK;
+    }
     ADD("embed_tokens.weight", "token_embd.weight", 0, 0);
     for (int l = 0; l < c->n_layer; l++) {
         ADD("layers.%d.input_layernorm.weight", "blk.%d.attn_norm.weight", l, 0);
@@ -406,8 +433,8 @@ static int build_plan(const dt_config *c, dt_tensorset *ts, plan *P,
 static int tensor_type(const wt *x, dt_gguf_type type, int tied)
 {
     const dt_tensor *t = x->t;
-    if (t->ndim < 2)
-        return GT_F32;
+    if (t->ndim < 2 || !strcmp(x->gname, "position_embd.weight"))
+        return GT_F32; /* as llama.cpp's converter keeps them */
     if (type == DT_GGUF_F16 || t->shape[t->ndim - 1] % 32 != 0)
         return DT_GGUF_F16;
     if (type == DT_GGUF_Q4_0 &&
@@ -499,10 +526,8 @@ out:
 /* Refuses what llama.cpp's llama loader (or this writer) cannot represent. */
 static int check_model(const dt_config *c, const char *path, char *err)
 {
-    if (c->arch != DT_ARCH_LLAMA)
-        return dt_errf(err, DT_ENOTSUP, "%s: GGUF export supports the Llama "
-                       "family only (this model's architecture is GPT-2)",
-                       path);
+    if (c->arch == DT_ARCH_GPT2)
+        return DT_OK;
     if (c->rope_factor != 0.0f)
         return dt_errf(err, DT_ENOTSUP, "%s: GGUF export of Llama 3 RoPE "
                        "scaling (rope_type llama3) is not supported", path);
@@ -563,28 +588,33 @@ int dt_gguf_write(const dt_weights *w, const dt_tensorset *tensors,
     /* Metadata. */
     char name[256];
     model_name(w->src_dir, name, sizeof name);
-    kv_str(&meta, &nkv, "general.architecture", "llama");
+    const char *arch = c->arch == DT_ARCH_GPT2 ? "gpt2" : "llama";
+    char key[96];
+#define AKEY(k) (snprintf(key, sizeof key, "%s." k, arch), key)
+    kv_str(&meta, &nkv, "general.architecture", arch);
     kv_str(&meta, &nkv, "general.name", name);
     kv_u32(&meta, &nkv, "general.alignment", GGUF_ALIGN);
     kv_u32(&meta, &nkv, "general.file_type",
            type == DT_GGUF_F16 ? 1 : type == DT_GGUF_Q8_0 ? 7 : 2);
     if (type != DT_GGUF_F16)
         kv_u32(&meta, &nkv, "general.quantization_version", 2);
-    kv_u32(&meta, &nkv, "llama.vocab_size", (uint32_t)c->vocab);
-    kv_u32(&meta, &nkv, "llama.context_length", (uint32_t)c->max_pos);
-    kv_u32(&meta, &nkv, "llama.embedding_length", (uint32_t)c->d_model);
-    kv_u32(&meta, &nkv, "llama.block_count", (uint32_t)c->n_layer);
-    kv_u32(&meta, &nkv, "llama.feed_forward_length", (uint32_t)c->d_ff);
-    kv_u32(&meta, &nkv, "llama.rope.dimension_count", (uint32_t)c->head_dim);
-    kv_u32(&meta, &nkv, "llama.attention.head_count", (uint32_t)c->n_head);
-    kv_u32(&meta, &nkv, "llama.attention.head_count_kv",
-           (uint32_t)c->n_kv_head);
-    kv_u32(&meta, &nkv, "llama.attention.key_length", (uint32_t)c->head_dim);
-    kv_u32(&meta, &nkv, "llama.attention.value_length",
-           (uint32_t)c->head_dim);
-    kv_f32(&meta, &nkv, "llama.attention.layer_norm_rms_epsilon",
-           c->norm_eps);
-    kv_f32(&meta, &nkv, "llama.rope.freq_base", c->rope_theta);
+    kv_u32(&meta, &nkv, AKEY("vocab_size"), (uint32_t)c->vocab);
+    kv_u32(&meta, &nkv, AKEY("context_length"), (uint32_t)c->max_pos);
+    kv_u32(&meta, &nkv, AKEY("embedding_length"), (uint32_t)c->d_model);
+    kv_u32(&meta, &nkv, AKEY("block_count"), (uint32_t)c->n_layer);
+    kv_u32(&meta, &nkv, AKEY("feed_forward_length"), (uint32_t)c->d_ff);
+    kv_u32(&meta, &nkv, AKEY("attention.head_count"), (uint32_t)c->n_head);
+    if (c->arch == DT_ARCH_GPT2) {
+        kv_f32(&meta, &nkv, AKEY("attention.layer_norm_epsilon"), c->norm_eps);
+    } else {
+        kv_u32(&meta, &nkv, AKEY("rope.dimension_count"), (uint32_t)c->head_dim);
+        kv_u32(&meta, &nkv, AKEY("attention.head_count_kv"), (uint32_t)c->n_kv_head);
+        kv_u32(&meta, &nkv, AKEY("attention.key_length"), (uint32_t)c->head_dim);
+        kv_u32(&meta, &nkv, AKEY("attention.value_length"), (uint32_t)c->head_dim);
+        kv_f32(&meta, &nkv, AKEY("attention.layer_norm_rms_epsilon"), c->norm_eps);
+        kv_f32(&meta, &nkv, AKEY("rope.freq_base"), c->rope_theta);
+    }
+#undef AKEY
     if ((rc = put_tokenizer(&meta, &nkv, w, tok, c->vocab, path, err)))
         goto fail;
 

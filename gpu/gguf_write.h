@@ -1,12 +1,19 @@
-/* gguf_write.h: writing a Llama-family model as a GGUF v3 file that
- * llama.cpp (and so Ollama) loads as it is.
+/* gguf_write.h: writing a Llama-family or GPT-2 model as a GGUF v3 file
+ * that llama.cpp (and so Ollama) loads as it is.
  *
  * What is written:
  * - general.architecture "llama" and llama.cpp's llama.* hyperparameters
  *   (context_length, embedding_length, block_count, feed_forward_length,
  *   rope.dimension_count, attention.head_count / head_count_kv /
  *   key_length / value_length / layer_norm_rms_epsilon, rope.freq_base,
- *   vocab_size), general.file_type, general.alignment 32.
+ *   vocab_size), general.file_type, general.alignment 32. A GPT-2 model is
+ *   llama.cpp's "gpt2" architecture: gpt2.context_length (positions),
+ *   embedding_length, block_count, feed_forward_length,
+ *   attention.head_count, attention.layer_norm_epsilon, vocab_size; tensors
+ *   token_embd, position_embd, blk.N.attn_norm / attn_qkv / attn_output /
+ *   ffn_norm / ffn_up / ffn_down (weights and biases), output_norm, and
+ *   output when the head is not tied; matrices as (out, in), the
+ *   orientation ggml multiplies with (Conv1D weights transposed).
  * - The tokenizer: tokenizer.ggml.model "gpt2" (byte-level BPE), .pre
  *   (llama.cpp's pre-tokenizer name: "gpt2", "llama-bpe", "qwen2",
  *   "smollm"), .tokens, .token_type (1 normal, 3 control for special added
@@ -21,7 +28,8 @@
  *
  * Tensor types (as llama.cpp's convert_hf_to_gguf.py --outtype and
  * llama-quantize choose them):
- * - 1-D tensors (norms, biases) stay F32 whatever the type.
+ * - 1-D tensors (norms, biases) and GPT-2's position_embd stay F32
+ *   whatever the type.
  * - f16: every 2-D tensor is F16.
  * - q8_0: every 2-D tensor is Q8_0, token_embd and output included.
  * - q4_0: every 2-D tensor is Q4_0 except output.weight, which llama-quantize
@@ -34,7 +42,10 @@
  * quantize_row_q4_0_ref): q8_0 d = max|x| / 127, q = round(x / d); q4_0
  * d = m / -8 for the m of largest magnitude, q = min(15, (int)(x / d + 8.5)).
  *
- * Refused (DT_ENOTSUP naming the reason): GPT-2 models, Llama 3 RoPE
+ * Our own reader (modelio.c) loads the llama files back; gpt2 files are
+ * for llama.cpp (the engine trains GPT-2 from Hugging Face directories).
+ *
+ * Refused (DT_ENOTSUP naming the reason): Llama 3 RoPE
  * scaling, sliding-window attention, tokenizers that are not byte-level BPE
  * (SentencePiece byte-fallback vocabularies) and pre-tokenizers llama.cpp has
  * no name for. */

@@ -24,6 +24,7 @@ BUILD = os.environ.get("BUILD", "build")
 CLI = os.path.join(ROOT, BUILD, "deltatune")
 REF = os.path.join(ROOT, "tests", "fixtures", "ref")
 SMOLLM = os.path.join(ROOT, ".cache", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+TINY_GPT2 = os.path.join(ROOT, ".cache", "tiny-gpt2")
 
 
 def load_safetensors(path):
@@ -209,11 +210,42 @@ class GGUFPackage(unittest.TestCase):
                            capture_output=True, text=True)
         self.assertEqual(p.returncode, 2)
         self.assertIn("--gguf is required", p.stderr)
-        p = subprocess.run([CLI, "export", "--gguf", os.path.join(REF, "gpt2_model"),
-                            os.path.join(self.tmp, "g.gguf")], capture_output=True, text=True)
+        d, _ = vocab_dir("llama3_model", self.tmp)
+        p = subprocess.run([CLI, "export", "--gguf", d, os.path.join(self.tmp, "g.gguf")],
+                           capture_output=True, text=True)
         self.assertEqual(p.returncode, 1)
-        self.assertIn("Llama family only", p.stderr)
+        self.assertIn("RoPE scaling", p.stderr)
+        self.assertIn(d, p.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, "g.gguf")))
+
+    @unittest.skipUnless(os.path.isdir(TINY_GPT2), "tiny GPT-2 missing (tests/harness/tiny_model.py)")
+    def test_gpt2(self):
+        """GPT-2 as llama.cpp's gpt2 architecture: hyperparameters, names,
+        position_embd f32, Conv1D weights written as (out, in)."""
+        out = os.path.join(self.tmp, "gpt2-f16.gguf")
+        export(TINY_GPT2, out, "f16")
+        with open(os.path.join(TINY_GPT2, "config.json")) as f:
+            cfg = json.load(f)
+        src = load_safetensors(os.path.join(TINY_GPT2, "model.safetensors"))
+        r = gguf.GGUFReader(out)
+        self.assertEqual(field(r, "general.architecture"), "gpt2")
+        self.assertEqual(field(r, "gpt2.block_count"), cfg["n_layer"])
+        self.assertEqual(field(r, "gpt2.context_length"), cfg["n_positions"])
+        self.assertEqual(field(r, "gpt2.embedding_length"), cfg["n_embd"])
+        self.assertEqual(field(r, "gpt2.attention.head_count"), cfg["n_head"])
+        self.assertEqual(field(r, "tokenizer.ggml.pre"), "gpt2")
+        self.assertEqual(len(field(r, "tokenizer.ggml.tokens")), cfg["vocab_size"])
+        t = {x.name: x for x in r.tensors}
+        self.assertEqual(t["position_embd.weight"].tensor_type, gguf.GGMLQuantizationType.F32)
+        self.assertEqual(t["blk.0.attn_qkv.weight"].tensor_type, gguf.GGMLQuantizationType.F16)
+        self.assertNotIn("output.weight", t)
+        key = lambda k: k if k in src else "transformer." + k
+        w = src[key("h.0.attn.c_attn.weight")]  # Conv1D (in, out)
+        got = gguf.quants.dequantize(t["blk.0.attn_qkv.weight"].data, t["blk.0.attn_qkv.weight"].tensor_type)
+        np.testing.assert_array_equal(got.reshape(w.T.shape), w.T.astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(
+            gguf.quants.dequantize(t["position_embd.weight"].data, t["position_embd.weight"].tensor_type)
+            .reshape(src[key("wpe.weight")].shape), src[key("wpe.weight")])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
  * error (f16: exactly the f16 rounding; q8_0 and q4_0: the block bounds),
  * the configuration and tokenizer read back the same, the engine's logits on
  * the f16 file equal those of the Hugging Face f16 export, and what cannot
- * be written is refused naming the reason. Fixtures: tests/fixtures/ref
+ * be written is refused naming the reason; GPT-2 is written as llama.cpp's
+ * gpt2 architecture. Fixtures: tests/fixtures/ref
  * tiny Llama and Qwen2 models (a byte-level vocabulary of 96 tokens is
  * written next to them), SmolLM2 and the tokenizers of .cache (skipped when
  * missing). */
@@ -448,10 +449,6 @@ static void test_refusals(void **s)
     assert_int_equal(t, DT_GGUF_Q4_0);
 
     snprintf(out, sizeof out, "%s/refused.gguf", g_tmp);
-    assert_int_equal(export_to(REF "/gpt2_model", DT_GGUF_F16, out, err),
-                     DT_ENOTSUP);
-    assert_non_null(strstr(err, "Llama family only"));
-    assert_non_null(strstr(err, "GPT-2"));
     model_dir("llama3_model", dir, sizeof dir);
     assert_int_equal(export_to(dir, DT_GGUF_F16, out, err), DT_ENOTSUP);
     assert_non_null(strstr(err, "RoPE scaling"));
@@ -481,6 +478,88 @@ static void test_refusals(void **s)
     assert_non_null(strstr(err, "/nonexistent-dir/x.gguf"));
 }
 
+/* GPT-2 as llama.cpp's gpt2 architecture, read back tensor by tensor with
+ * our GGUF reader (the model loader reads llama files only): llama.cpp's
+ * names, (out, in) matrices in the type (q4_0: a tied token_embd is q8_0),
+ * position_embd and 1-D tensors exactly f32, the gpt2.* hyperparameters. */
+static void test_gpt2(void **s)
+{
+    (void)s;
+    const char *src = ".cache/tiny-gpt2";
+    if (access(src, R_OK) != 0) {
+        printf("  SKIPPED: %s missing (python3 tests/harness/tiny_model.py)\n",
+               src);
+        skip();
+    }
+    char out[600], err[DT_ERR_LEN];
+    dt_weights w;
+    if (dt_weights_load(src, &w, err))
+        fail_msg("%s", err);
+    static const char *const nm[][2] = {
+        {"wte.weight", "token_embd.weight"},
+        {"wpe.weight", "position_embd.weight"},
+        {"h.1.ln_1.weight", "blk.1.attn_norm.weight"},
+        {"h.1.ln_1.bias", "blk.1.attn_norm.bias"},
+        {"h.1.attn.c_attn.weight", "blk.1.attn_qkv.weight"},
+        {"h.1.attn.c_attn.bias", "blk.1.attn_qkv.bias"},
+        {"h.1.attn.c_proj.weight", "blk.1.attn_output.weight"},
+        {"h.1.mlp.c_fc.weight", "blk.1.ffn_up.weight"},
+        {"h.1.mlp.c_proj.weight", "blk.1.ffn_down.weight"},
+        {"h.1.mlp.c_proj.bias", "blk.1.ffn_down.bias"},
+        {"ln_f.bias", "output_norm.bias"},
+    };
+    const dt_gguf_type types[] = {DT_GGUF_F16, DT_GGUF_Q4_0};
+    for (int k = 0; k < 2; k++) {
+        snprintf(out, sizeof out, "%s/gpt2-%s.gguf", g_tmp,
+                 dt_gguf_type_name(types[k]));
+        if (export_to(src, types[k], out, err))
+            fail_msg("%s", err);
+        dt_tensorset r;
+        dt_tensorset_init(&r);
+        if (dt_gguf_load(out, &r, err))
+            fail_msg("%s", err);
+        const dt_meta *m = dt_tensorset_meta(&r, "general.architecture");
+        assert_non_null(m);
+        assert_string_equal(m->s, "gpt2");
+        assert_int_equal(dt_tensorset_meta(&r, "gpt2.block_count")->i,
+                         w.cfg.n_layer);
+        assert_int_equal(dt_tensorset_meta(&r, "gpt2.context_length")->i,
+                         w.cfg.max_pos);
+        assert_int_equal(dt_tensorset_meta(&r, "gpt2.feed_forward_length")->i,
+                         w.cfg.d_ff);
+        assert_int_equal(dt_tensorset_meta(&r, "gpt2.attention.head_count")->i,
+                         w.cfg.n_head);
+        assert_float_equal(
+            dt_tensorset_meta(&r, "gpt2.attention.layer_norm_epsilon")->f,
+            w.cfg.norm_eps, 1e-12);
+        assert_string_equal(
+            dt_tensorset_meta(&r, "tokenizer.ggml.pre")->s, "gpt2");
+        assert_null(dt_tensorset_find(&r, "output.weight")); /* tied */
+        for (size_t i = 0; i < sizeof nm / sizeof nm[0]; i++) {
+            const dt_tensor *o = dt_tensorset_find(&w.ts, nm[i][0]);
+            const dt_tensor *t = dt_tensorset_find(&r, nm[i][1]);
+            if (!o || !t)
+                fail_msg("%s / %s missing", nm[i][0], nm[i][1]);
+            int ty = types[k];
+            if (!strcmp(nm[i][1], "position_embd.weight"))
+                ty = -1; /* f32: checked as a 1-D tensor would be */
+            else if (ty == DT_GGUF_Q4_0 &&
+                     !strcmp(nm[i][1], "token_embd.weight"))
+                ty = DT_GGUF_Q8_0;
+            if (ty == -1) {
+                assert_int_equal(o->numel, t->numel);
+                assert_memory_equal(o->data, t->data,
+                                    (size_t)o->numel * sizeof(float));
+                assert_int_equal(t->shape[0], o->shape[0]);
+            } else {
+                check_tensor(o, t, ty, nm[i][1]);
+            }
+        }
+        dt_tensorset_free(&r);
+    }
+    dt_weights_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -491,6 +570,7 @@ int main(void)
         cmocka_unit_test(test_tokenizer_smollm2),
         cmocka_unit_test(test_tokenizer_llama3),
         cmocka_unit_test(test_tokenizer_qwen3),
+        cmocka_unit_test(test_gpt2),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
