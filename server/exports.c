@@ -35,15 +35,16 @@ void exports_create(req *r)
     api_error e;
     db_export x;
     memset(&x, 0, sizeof x);
+    /* The model first: another owner's model is a 404 whatever the body. */
+    db *d = req_db(r);
+    if (!d) return;
+    db_model m;
+    if (export_model(r, d, &m)) return;
     json_t *body = req_json(r);
     if (!body) return;
     int rc = validate_export_create(body, &x, &e);
     json_decref(body);
     if (rc) { reply_apierr(r, &e); return; }
-    db *d = req_db(r);
-    if (!d) return;
-    db_model m;
-    if (export_model(r, d, &m)) return;
     struct stat st;
     if (!strcmp(m.kind, "base")) {
         reply_error(r, 400, "invalid_model", NULL,
