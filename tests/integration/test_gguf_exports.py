@@ -4,7 +4,8 @@ fine-tuned model's directory as model.gguf; when it has succeeded the file is
 listed by GET /v1/models/{id}/files with its sha256, downloads with that
 digest, is a GGUF v3 Llama file of the asked type, and counts toward the
 owner's storage. Bad format/type are 400s naming the field, another owner's
-model is a 404, a base model a 400, an owner over its storage a 413. About
+model is a 404, a base model a 400, an owner over its storage a 413, and an
+export the writer refuses ends failed naming the reason. About
 30 s (one stack, one short LoRA job on a tiny Llama)."""
 import os
 import struct
@@ -173,6 +174,33 @@ class GGUFExports(StackTest):
                      want=413, key=key)
         self.assertIn("max_storage", e["message"])
         self.assertEqual(self.count("model_exports", "owner = 'gguf-full'"), 0)
+
+    def test_d_failed_export_names_the_reason(self):
+        """A model the writer cannot write (here a directory whose
+        config.json names an architecture the engine does not know) ends
+        `failed` with the reason, without the server's paths, and lists no
+        model.gguf."""
+        d = os.path.join(TMP, "bad-model")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            f.write('{"model_type": "bert", "architectures": ["BertModel"]}')
+        owner = self.call("GET", "/v1/usage")["owner"]
+        self.s.psql(f"INSERT INTO models (id, kind, owner, base, job_id, path) VALUES "
+                    f"('ft:gguf-bad', 'fine_tuned', '{owner}', 'tiny-llama', '', '{d}')")
+        x = self.call("POST", self.export_path("ft:gguf-bad"), {"format": "gguf", "type": "q4_0"},
+                      want=202)
+
+        def done():
+            y = self.call("GET", f"{self.export_path('ft:gguf-bad')}/{x['id']}")
+            return y if y["status"] in ("succeeded", "failed") else None
+        y = self.wait_until("the export", done, timeout=60)
+        self.assertEqual(y["status"], "failed", y)
+        self.assertTrue(y["error"], y)
+        self.assertNotIn(d, y["error"], y)
+        self.assertIsNone(y["bytes"], y)
+        names = [f["name"] for f in self.call("GET", "/v1/models/ft:gguf-bad/files")["data"]]
+        self.assertNotIn("model.gguf", names)
+        print(f"\n  failed export: {y['error']}", file=sys.stderr)
 
 
 if __name__ == "__main__":
