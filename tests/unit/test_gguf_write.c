@@ -355,7 +355,7 @@ static void test_tokenizer_smollm2(void **s)
 
 /* A synthetic one-layer tied Llama whose vocabulary is the tokenizer's, so
  * that a real tokenizer directory can be written and read back. */
-static void synth_weights(dt_weights *w, int vocab, const char *src)
+static void synth_weights_ff(dt_weights *w, int vocab, const char *src, int dff)
 {
     memset(w, 0, sizeof *w);
     dt_tensorset_init(&w->ts);
@@ -366,7 +366,7 @@ static void synth_weights(dt_weights *w, int vocab, const char *src)
     c->n_head = 4;
     c->n_kv_head = 2;
     c->head_dim = 8;
-    c->d_ff = 64;
+    c->d_ff = dff;
     c->vocab = vocab;
     c->max_pos = 128;
     c->norm_eps = 1e-5f;
@@ -381,14 +381,15 @@ static void synth_weights(dt_weights *w, int vocab, const char *src)
         {"layers.0.self_attn.v_proj.weight", 16, 32},
         {"layers.0.self_attn.o_proj.weight", 32, 32},
         {"layers.0.post_attention_layernorm.weight", 32, 0},
-        {"layers.0.mlp.gate_proj.weight", 64, 32},
-        {"layers.0.mlp.up_proj.weight", 64, 32},
-        {"layers.0.mlp.down_proj.weight", 32, 64},
+        {"layers.0.mlp.gate_proj.weight", -2, 32},
+        {"layers.0.mlp.up_proj.weight", -2, 32},
+        {"layers.0.mlp.down_proj.weight", 32, -2},
         {"norm.weight", 32, 0},
     };
     char err[DT_ERR_LEN];
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        int64_t shape[2] = {t[i].r < 0 ? vocab : t[i].r, t[i].c};
+        int64_t shape[2] = {t[i].r == -1 ? vocab : t[i].r == -2 ? dff : t[i].r,
+                            t[i].c == -2 ? dff : t[i].c};
         int nd = t[i].c ? 2 : 1;
         int64_t n = shape[0] * (nd == 2 ? shape[1] : 1);
         float *d = malloc((size_t)n * sizeof(float));
@@ -397,6 +398,11 @@ static void synth_weights(dt_weights *w, int vocab, const char *src)
         assert_int_equal(dt_tensorset_add(&w->ts, t[i].n, nd, shape, d,
                                           DT_F32, err), 0);
     }
+}
+
+static void synth_weights(dt_weights *w, int vocab, const char *src)
+{
+    synth_weights_ff(w, vocab, src, 64);
 }
 
 static void tokenizer_dir_case(const char *name)
@@ -434,6 +440,36 @@ static void test_tokenizer_qwen3(void **s)
 {
     (void)s;
     tokenizer_dir_case("qwen3");
+}
+
+/* A matrix whose rows are not a multiple of 32 elements (down_proj with
+ * d_ff 40) falls back to f16 in a q4_0 file; the others are quantized. */
+static void test_row_not_multiple_of_32_is_f16(void **s)
+{
+    (void)s;
+    char dir[512], out[600], err[DT_ERR_LEN];
+    model_dir("llama_model", dir, sizeof dir);
+    dt_tokenizer *tok = dt_model_tokenizer(dir, err);
+    assert_non_null(tok);
+    dt_weights w, r;
+    synth_weights_ff(&w, 96, dir, 40);
+    snprintf(out, sizeof out, "%s/ff40.gguf", g_tmp);
+    if (dt_gguf_write(&w, NULL, tok, DT_GGUF_Q4_0, out, NULL, NULL, err))
+        fail_msg("%s", err);
+    if (dt_weights_load(out, &r, err))
+        fail_msg("%s", err);
+    const dt_tensor *o = dt_tensorset_find(&w.ts, "layers.0.mlp.down_proj.weight");
+    const dt_tensor *t = dt_tensorset_find(&r.ts, "layers.0.mlp.down_proj.weight");
+    assert_non_null(t);
+    assert_int_equal(t->src_dtype, DT_F16);
+    check_tensor(o, t, DT_GGUF_F16, o->name);
+    o = dt_tensorset_find(&w.ts, "layers.0.mlp.up_proj.weight");
+    t = dt_tensorset_find(&r.ts, "layers.0.mlp.up_proj.weight");
+    assert_int_equal(t->src_dtype, DT_F32); /* dequantized q4_0 */
+    check_tensor(o, t, DT_GGUF_Q4_0, o->name);
+    dt_weights_free(&r);
+    dt_weights_free(&w);
+    dt_tokenizer_free(tok);
 }
 
 /* What cannot be written is refused naming the reason, and nothing is left
@@ -571,6 +607,7 @@ int main(void)
         cmocka_unit_test(test_tokenizer_llama3),
         cmocka_unit_test(test_tokenizer_qwen3),
         cmocka_unit_test(test_gpt2),
+        cmocka_unit_test(test_row_not_multiple_of_32_is_f16),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
