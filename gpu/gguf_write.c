@@ -214,7 +214,7 @@ static const char *pre_name(const dt_tokenizer *t)
     if (regex == TS_LLAMA3 && !digits)
         return "llama-bpe";
     if (regex == TS_GPT2)
-        return digits ? "smollm" : "gpt2";
+        return digits ? "smollm" : "gpt-2";
     return NULL;
 }
 
@@ -252,7 +252,7 @@ static int put_tokenizer(buf *b, uint64_t *nkv, const dt_weights *w,
     const char *pre = pre_name(t);
     if (!pre)
         return dt_errf(err, DT_ENOTSUP, "%s: the tokenizer's pre-tokenizer "
-                       "has no llama.cpp name (gpt2, llama-bpe, qwen2 and "
+                       "has no llama.cpp name (gpt-2, llama-bpe, qwen2 and "
                        "smollm are exported)", path);
     if (t->n > V)
         return dt_errf(err, DT_EFORMAT, "%s: the tokenizer has %d ids but "

@@ -15,7 +15,7 @@
  *   output when the head is not tied; matrices as (out, in), the
  *   orientation ggml multiplies with (Conv1D weights transposed).
  * - The tokenizer: tokenizer.ggml.model "gpt2" (byte-level BPE), .pre
- *   (llama.cpp's pre-tokenizer name: "gpt2", "llama-bpe", "qwen2",
+ *   (llama.cpp's pre-tokenizer name: "gpt-2", "llama-bpe", "qwen2",
  *   "smollm"), .tokens, .token_type (1 normal, 3 control for special added
  *   tokens, 4 user-defined for other added tokens, 5 unused for the
  *   "[PADn]" ids that pad the vocabulary to the embedding's rows), .merges,

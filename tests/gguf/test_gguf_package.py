@@ -112,7 +112,7 @@ class GGUFPackage(unittest.TestCase):
             theta = cfg.get("rope_theta") or cfg["rope_parameters"]["rope_theta"]
             self.assertEqual(field(r, "llama.rope.freq_base"), theta)
             self.assertEqual(field(r, "tokenizer.ggml.model"), "gpt2")
-            self.assertEqual(field(r, "tokenizer.ggml.pre"), "gpt2")
+            self.assertEqual(field(r, "tokenizer.ggml.pre"), "gpt-2")
             toks = field(r, "tokenizer.ggml.tokens")
             self.assertEqual(toks, sorted(vocab, key=vocab.get))
             self.assertEqual(field(r, "tokenizer.ggml.merges"), ["\u0120 t"])
@@ -233,7 +233,7 @@ class GGUFPackage(unittest.TestCase):
         self.assertEqual(field(r, "gpt2.context_length"), cfg["n_positions"])
         self.assertEqual(field(r, "gpt2.embedding_length"), cfg["n_embd"])
         self.assertEqual(field(r, "gpt2.attention.head_count"), cfg["n_head"])
-        self.assertEqual(field(r, "tokenizer.ggml.pre"), "gpt2")
+        self.assertEqual(field(r, "tokenizer.ggml.pre"), "gpt-2")
         self.assertEqual(len(field(r, "tokenizer.ggml.tokens")), cfg["vocab_size"])
         t = {x.name: x for x in r.tensors}
         self.assertEqual(t["position_embd.weight"].tensor_type, gguf.GGMLQuantizationType.F32)

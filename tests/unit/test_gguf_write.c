@@ -220,6 +220,25 @@ static void roundtrip(const char *fixture)
                          ? DT_GGUF_Q8_0 : (int)types[k];
             check_tensor(o, t, ty, o->name);
         }
+        /* the tokenizer (pre-tokenizer "gpt-2") reads back and encodes the
+         * same */
+        dt_tokenizer *ta = dt_model_tokenizer(dir, err);
+        dt_tokenizer *tb = dt_model_tokenizer(out, err);
+        if (!ta || !tb)
+            fail_msg("%s", err);
+        const char *txt = "the cat sat on the mat, twice: 2x!";
+        int32_t *ia = NULL, *ib = NULL;
+        int na = 0, nb = 0;
+        assert_int_equal(dt_tokenizer_encode(ta, txt, strlen(txt), 0, &ia, &na,
+                                             err), 0);
+        assert_int_equal(dt_tokenizer_encode(tb, txt, strlen(txt), 0, &ib, &nb,
+                                             err), 0);
+        assert_int_equal(na, nb);
+        assert_memory_equal(ia, ib, (size_t)na * sizeof *ia);
+        free(ia);
+        free(ib);
+        dt_tokenizer_free(ta);
+        dt_tokenizer_free(tb);
         dt_weights_free(&r);
     }
     dt_weights_free(&w);
@@ -569,7 +588,7 @@ static void test_gpt2(void **s)
             dt_tensorset_meta(&r, "gpt2.attention.layer_norm_epsilon")->f,
             w.cfg.norm_eps, 1e-12);
         assert_string_equal(
-            dt_tensorset_meta(&r, "tokenizer.ggml.pre")->s, "gpt2");
+            dt_tensorset_meta(&r, "tokenizer.ggml.pre")->s, "gpt-2");
         assert_null(dt_tensorset_find(&r, "output.weight")); /* tied */
         for (size_t i = 0; i < sizeof nm / sizeof nm[0]; i++) {
             const dt_tensor *o = dt_tensorset_find(&w.ts, nm[i][0]);
