@@ -13,6 +13,7 @@
 #   make check-gpu  CUDA-vs-CPU op and training tests (needs a GPU)
 #   make fixtures   Python venv with PyTorch, regenerate reference fixtures
 #   make check-exports  exports load in transformers / peft (needs the venv)
+#   make check-gguf  GGUF exports read back with the gguf package (makes .venv-gguf)
 #   make bench      CPU benchmark against PyTorch + PEFT
 #   make bench-e2e  SmolLM2 on E2E: Delta-LoRA vs LoRA and its controls, seeds, BLEU/ROUGE-L
 #   make bench-service  HTTP API under load (wrk): req/s, p50/p99, downloads
@@ -53,7 +54,7 @@ ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/da
               gpu/model.c gpu/model_pass.c gpu/generate.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
-ENGINE_SRC += gpu/arch_info.c
+ENGINE_SRC += gpu/arch_info.c gpu/gguf_write.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 
 # The CUDA backend compiles wherever nvcc and cuBLAS exist (-Werror). cuBLAS
@@ -100,7 +101,7 @@ API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
             api/validate.c api/db_pool.c api/db_sql.c api/db_keys.c api/db_files.c \
             api/db_models.c api/db_idem.c api/db_workers.c api/db_jobs.c \
             api/db_events.c api/db_checkpoints.c api/queue.c api/sched.c \
-            api/db_owners.c api/validate_chat.c
+             api/db_owners.c api/validate_chat.c api/db_exports.c
 API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB  := $(BUILD)/libdtapi.a
 SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
@@ -110,14 +111,14 @@ CFLAGS   += -I$(PG_INC)
 SERVER_SRC := server/main.c server/http.c server/route.c server/routes.c \
               server/httputil.c server/files.c server/jobs.c server/models.c server/ops.c \
               server/ratelimit.c server/static.c server/sse.c server/jsonw.c \
-              server/results.c server/chat.c \
+              server/results.c server/chat.c server/exports.c \
               server/usage.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o \
               $(BUILD)/server/static_files.o
 SERVER     := $(BUILD)/deltatune-server
 
 # ---- deltatune (cli/): engine, admin and client commands -------------------
-CLI_SRC := cli/main.c cli/engine.c cli/admin.c cli/client.c cli/client_http.c \
+CLI_SRC := cli/main.c cli/engine.c cli/export.c cli/admin.c cli/client.c cli/client_http.c \
            cli/client_follow.c cli/client_download.c cli/client_chat.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI     := $(BUILD)/deltatune
@@ -137,7 +138,7 @@ TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
 TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
-TEST_NAMES += test_dropout test_generate
+TEST_NAMES += test_dropout test_generate test_gguf_write
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
 all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
@@ -146,7 +147,7 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 # machine without our Debian -dev packages can build (scripts/gpu-check).
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_template \
                 test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
-ENGINE_TESTS += test_dropout test_generate
+ENGINE_TESTS += test_dropout test_generate test_gguf_write
 engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
 
 $(BUILD)/%.o: %.c
@@ -215,7 +216,7 @@ $(BUILD)/cli/main_engine.o: cli/main.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DDT_CLI_ENGINE_ONLY -c $< -o $@
 
-$(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(LIB) $(BASE_LIB)
+$(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(BUILD)/cli/export.o $(LIB) $(BASE_LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)
@@ -264,7 +265,7 @@ up: deps
 down:
 	@scripts/down
 
-.PHONY: up down
+.PHONY: check-gguf up down
 
 # ---- workflows ------------------------------------------------------------------
 deps:
@@ -376,6 +377,13 @@ fixtures:
 check-exports: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/check-exports
+
+# GGUF exports (deltatune export --gguf) read back with llama.cpp's gguf
+# package: metadata, tokenizer, tensor names, types, shapes and values.
+check-gguf: all
+	@[ -x .venv-gguf/bin/python ] && .venv-gguf/bin/python -c 'import numpy, gguf' 2>/dev/null || \
+	  { python3 -m venv .venv-gguf && .venv-gguf/bin/pip install -q numpy gguf; }
+	@BUILD=$(BUILD) .venv-gguf/bin/python -m unittest discover -s tests/gguf -p 'test_*.py' -v
 
 bench: all
 	@scripts/make-venv

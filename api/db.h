@@ -369,6 +369,40 @@ int db_model_file_digest_put(db *d, const char *model_id, const char *name,
                              int64_t bytes, int64_t mtime_ns,
                              const char *sha256, char *err);
 
+/* ---- model exports (db_exports.c; migration 0008) ------------------------------ */
+
+/* A GGUF export of a model, built by a worker into the model's directory. */
+typedef struct db_export {
+    char id[DB_ID_LEN];              /* "export-<24 hex>" */
+    char owner[DB_OWNER_LEN];
+    char model_id[DB_MODEL_ID_LEN];
+    char format[16];                 /* gguf */
+    char type[16];                   /* f16 | q8_0 | q4_0 */
+    char status[16];                 /* queued | running | succeeded | failed */
+    char file[64];                   /* the file's name in the model's files */
+    int64_t bytes;                   /* the file's size once succeeded, else 0 */
+    char error[512];                 /* why it failed, else "" */
+    int64_t created_at, finished_at; /* Unix seconds (0: not yet) */
+    char model_path[DB_PATH_LEN];    /* the model's stored path (claim only) */
+} db_export;
+
+/* Queues an export (e->id, owner, model_id, format, type set); *e is
+ * refreshed from the row. DB_ECONFLICT while another export of the model is
+ * queued or running. */
+int db_export_create(db *d, db_export *e, char *err);
+int db_export_get(db *d, const char *owner, const char *model_id, const char *id,
+                  db_export *out, char *err);
+/* The owner's exports of a model, newest first (at most 100). */
+int db_export_list(db *d, const char *owner, const char *model_id, db_export **out,
+                   int *n, char *err);
+/* Takes the oldest queued export (or one worker_id left running) and marks
+ * it running; DB_ENOTFOUND when there is none. */
+int db_export_claim(db *d, const char *worker_id, db_export *out, char *err);
+/* Records the end of a running export: status succeeded (bytes) or failed
+ * (error). */
+int db_export_finish(db *d, const char *id, const char *status, int64_t bytes,
+                     const char *error, char *err);
+
 /* ---- idempotency ------------------------------------------------------------ */
 
 enum { DB_IDEM_NEW = 0, DB_IDEM_REPLAY = 1, DB_IDEM_MISMATCH = 2,

@@ -94,6 +94,12 @@ typedef enum db_stmt {
     STMT_OWNER_JOB_DIRS,
     STMT_OWNER_LOCK,
     STMT_OWNER_UNLOCK,
+    /* model exports (db_exports.c) */
+    STMT_EXPORT_CREATE,
+    STMT_EXPORT_GET,
+    STMT_EXPORT_LIST,
+    STMT_EXPORT_CLAIM,
+    STMT_EXPORT_FINISH,
     STMT__COUNT
 } db_stmt;
 

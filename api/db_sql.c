@@ -31,6 +31,9 @@
 
 #define EVENT_COLS "seq, job_id, " T("created_at") ", level, type, message, data::text"
 
+#define EXPORT_COLS "id, owner, model_id, format, type, status, file, coalesce(bytes, 0), " \
+    "coalesce(error, ''), " T("created_at") ", " T("finished_at")
+
 #define CKPT_COLS "id, job_id, model_id, step, " T("created_at") ", path, metrics::text"
 
 /* Statuses a user may still cancel without a worker's help. */
@@ -361,6 +364,32 @@ const db_sql db_sql_table[] = {
         {"owner_lock", "SELECT pg_advisory_lock(1684370997, hashtext($1))"},
     [STMT_OWNER_UNLOCK] =
         {"owner_unlock", "SELECT pg_advisory_unlock(1684370997, hashtext($1))"},
+
+    /* ---- model exports ---- */
+    /* exports_active (0008) makes a second active export of a model a
+     * unique violation: DB_ECONFLICT */
+    [STMT_EXPORT_CREATE] =
+        {"export_create", "INSERT INTO model_exports (id, owner, model_id, format, type) "
+                          "VALUES ($1, $2, $3, $4, $5) RETURNING " EXPORT_COLS},
+    [STMT_EXPORT_GET] =
+        {"export_get", "SELECT " EXPORT_COLS " FROM model_exports WHERE id = $1 AND "
+                       "model_id = $2 AND owner = $3"},
+    [STMT_EXPORT_LIST] =
+        {"export_list", "SELECT " EXPORT_COLS " FROM model_exports WHERE model_id = $1 AND "
+                        "owner = $2 ORDER BY created_at DESC, id LIMIT 100"},
+    /* the oldest queued export, or a running one whose worker stopped: this
+     * worker's own (same worker id), or any started over an hour ago */
+    [STMT_EXPORT_CLAIM] =
+        {"export_claim", "UPDATE model_exports e SET status = 'running', worker_id = $1, "
+                         "started_at = now() FROM models m WHERE m.id = e.model_id AND e.id = "
+                         "(SELECT id FROM model_exports WHERE status = 'queued' OR (status = "
+                         "'running' AND (worker_id = $1 OR started_at < now() - interval "
+                         "'1 hour')) ORDER BY created_at LIMIT 1 FOR "
+                         "UPDATE SKIP LOCKED) RETURNING e.id, e.owner, e.model_id, e.format, "
+                         "e.type, e.status, e.file, 0, '', 0, 0, m.path"},
+    [STMT_EXPORT_FINISH] =
+        {"export_finish", "UPDATE model_exports SET status = $2, bytes = $3, error = $4, "
+                          "finished_at = now() WHERE id = $1 AND status = 'running'"},
 };
 
 /* Every enum db_stmt has its slot. A slot given twice fails the build

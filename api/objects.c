@@ -209,6 +209,17 @@ json_t *obj_model(const db_model *m)
                      "step", m->step > 0 ? json_integer(m->step) : json_null());
 }
 
+json_t *obj_export(const db_export *x)
+{
+    int done = !strcmp(x->status, "succeeded");
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o, s:o, s:I, s:o}", "id", x->id,
+                     "object", "model.export", "model", x->model_id, "format", x->format,
+                     "type", x->type, "status", x->status, "file", x->file,
+                     "bytes", done ? json_integer(x->bytes) : json_null(),
+                     "error", str_or_null(x->error), "created_at", (json_int_t)x->created_at,
+                     "finished_at", time_or_null(x->finished_at));
+}
+
 json_t *obj_list(json_t *data, bool has_more)
 {
     size_t n = json_array_size(data);

@@ -48,6 +48,9 @@ json_t *obj_model(const db_model *m);
 
 /* {object:"list", data, has_more, first_id, last_id}; steals data (an
  * array of objects with "id"). */
+/* A model export: {id, object "model.export", model, format, type, status,
+ * file, bytes, error, created_at, finished_at}. */
+json_t *obj_export(const db_export *x);
 json_t *obj_list(json_t *data, bool has_more);
 
 /* Parses "ftevent-<n>" into n (> 0). DT_EINVAL otherwise. */

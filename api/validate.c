@@ -409,3 +409,37 @@ int validate_job_create(json_t *body, db_job *j, api_error *e)
     }
     return 0;
 }
+
+int validate_export_create(json_t *body, db_export *x, api_error *e)
+{
+    static const char *const types[] = {"f16", "q8_0", "q4_0"};
+    if (!json_is_object(body))
+        return api_errorf(e, 400, "invalid_type", NULL, "the body must be a JSON object");
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v) {
+        if (strcmp(k, "format") && strcmp(k, "type"))
+            return api_errorf(e, 400, "unknown_parameter", k,
+                              "unknown parameter %.64s (format, type)", k);
+    }
+    json_t *f = json_object_get(body, "format"), *t = json_object_get(body, "type");
+    if (!f)
+        return api_errorf(e, 400, "missing_required_parameter", "format",
+                          "format is required (\"gguf\")");
+    if (!json_is_string(f) || strcmp(json_string_value(f), "gguf"))
+        return api_errorf(e, 400, "invalid_value", "format",
+                          "format must be \"gguf\" (the one export format)");
+    snprintf(x->format, sizeof x->format, "gguf");
+    const char *ts = "f16";
+    if (t && !json_is_null(t)) {
+        ts = json_string_value(t);
+        int ok = 0;
+        for (size_t i = 0; ts && i < sizeof types / sizeof types[0]; i++)
+            ok |= !strcmp(ts, types[i]);
+        if (!ok)
+            return api_errorf(e, 400, "invalid_value", "type",
+                              "type must be f16, q8_0 or q4_0");
+    }
+    snprintf(x->type, sizeof x->type, "%s", ts);
+    return 0;
+}

@@ -57,4 +57,9 @@ int validate_job_create(json_t *body, db_job *j, api_error *e);
  * characters. param names the field path ("metadata" or "metadata.<key>"). */
 int validate_metadata(json_t *md, const char *param, api_error *e);
 
+/* POST /v1/models/{id}/exports: {"format": "gguf", "type": "f16" | "q8_0" |
+ * "q4_0"} ("type" defaults to "f16"; other keys are refused). Fills
+ * x->format and x->type; 400 naming the field otherwise. */
+int validate_export_create(json_t *body, db_export *x, api_error *e);
+
 #endif

@@ -7,5 +7,7 @@
 int dt_cmd_train(int argc, char **argv);
 int dt_cmd_tokenize(int argc, char **argv);
 int dt_cmd_generate(int argc, char **argv);
+/* export.c */
+int dt_cmd_export(int argc, char **argv);
 
 #endif

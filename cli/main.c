@@ -1,5 +1,5 @@
 /* main.c: `deltatune`, the command line: the engine's commands (train,
- * tokenize, generate; engine.c), the operator's database commands
+ * tokenize, generate; engine.c; export; export.c), the operator's database commands
  * (migrate, keys, owners, models add|list --admin; admin.c) and the client commands
  * that speak the HTTP API (jobs, files, models list|download|delete;
  * client*.c; --url and --api-key may come before the command).
@@ -40,6 +40,7 @@ static const command commands[] = {
     {"train", dt_cmd_train, 1, "fine-tune a model (full, lora, delta_lora)"},
     {"tokenize", dt_cmd_tokenize, 0, "print the token ids of stdin"},
     {"generate", dt_cmd_generate, 1, "complete a prompt with a model"},
+    {"export", dt_cmd_export, 0, "write a model as GGUF (f16, q8_0, q4_0)"},
 #ifndef DT_CLI_ENGINE_ONLY
     {"migrate", dt_admin_main, 0, "apply database migrations"},
     {"keys", dt_admin_main, 0, "create | list | revoke API keys"},

@@ -364,7 +364,9 @@ dt_tokenizer *dt_tokenizer_from_gguf(const dt_tensorset *ts, char *err)
                 "or invalid", src);
         return NULL;
     }
-    if (!digits && split < 0 && strcmp(pname, "gpt2")
+    /* "gpt-2" is llama.cpp's name for GPT-2's regex (what gguf_write.c
+     * writes); "gpt2" and "default" are read the same way. */
+    if (!digits && split < 0 && strcmp(pname, "gpt2") && strcmp(pname, "gpt-2")
         && strcmp(pname, "default")) {
         dt_errf(err, DT_ENOTSUP, "%s: pre-tokenizer \"%.64s\" is not supported",
                 src, pname);

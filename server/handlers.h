@@ -60,6 +60,12 @@ void models_file(req *r);
 void models_adapter_file(req *r);
 void models_archive(req *r);
 
+/* exports.c: POST /v1/models/{id}/exports (202 with the queued export),
+ * GET /v1/models/{id}/exports, GET /v1/models/{id}/exports/{export_id}. */
+void exports_create(req *r);
+void exports_list(req *r);
+void exports_get(req *r);
+
 /* ops.c. The metrics behind /metrics; main.c sets metrics_observe as the
  * server's on_complete with a metrics as its on_complete_cls. */
 typedef struct metrics metrics;

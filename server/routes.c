@@ -30,6 +30,9 @@ const route server_routes[] = {
     ROUTE("GET", "/v1/models/{id}/files/adapter/{name}", "models.adapter_file",
           models_adapter_file, 0),
     ROUTE("GET", "/v1/models/{id}/archive", "models.archive", models_archive, 0),
+    ROUTE("POST", "/v1/models/{id}/exports", "exports.create", exports_create, R_JSON),
+    ROUTE("GET", "/v1/models/{id}/exports", "exports.list", exports_list, 0),
+    ROUTE("GET", "/v1/models/{id}/exports/{export_id}", "exports.get", exports_get, 0),
 
     ROUTE("POST", "/v1/chat/completions", "chat.completions", chat_completions, R_JSON),
     ROUTE("POST", "/v1/completions", "completions", completions, R_JSON),

@@ -24,6 +24,7 @@
 #include "api/queue.h"
 #include "glue.h"
 #include "gpu/engine_api.h"
+#include "gpu/gguf_write.h"
 #include "base/clock.h"
 #include "api/sched.h"
 
@@ -745,6 +746,51 @@ static void *keeper_main(void *arg)
 
 /* ---- the main loop ---------------------------------------------------------------- */
 
+/* Builds one queued model export (server/exports.c), if there is one: the
+ * model's GGUF written into its directory as the export's file (atomically:
+ * the server lists no .tmp file), then the row marked succeeded with the
+ * size, or failed with the writer's message. Returns 1 when it took one. */
+static int run_export(worker *w)
+{
+    char err[DT_ERR_LEN] = "", model_path[DB_PATH_LEN], out[DB_PATH_LEN + 80];
+    db_export x;
+    int rc = db_export_claim(w->db, w->o->worker_id, &x, err);
+    if (rc == DB_ENOTFOUND)
+        return 0;
+    if (rc) {
+        log_msg(DT_LOG_WARN, "export.claim_failed", "%s", err);
+        return 0;
+    }
+    log_msg(DT_LOG_INFO, "export.claimed", "%s model=%s %s %s", x.id, x.model_id, x.format,
+            x.type);
+    dt_gguf_type type = DT_GGUF_F16;
+    struct stat st;
+    double t0 = dt_now();
+    if (config_artifact_path(&w->o->cfg, x.model_path, model_path, sizeof model_path) ||
+        snprintf(out, sizeof out, "%s/%s", model_path, x.file) >= (int)sizeof out) {
+        rc = dt_errf(err, DT_EINVAL, "the model's path is too long");
+    } else if ((rc = dt_gguf_type_parse(x.type, &type, "type", err)) == DT_OK) {
+        rc = dt_gguf_export(model_path, type, out, NULL, NULL, err);
+    }
+    if (!rc && stat(out, &st))
+        rc = dt_errf(err, DT_EIO, "%s vanished after it was written", x.file);
+    /* the user sees the reason without the server's paths */
+    const char *why = err;
+    if (rc && !strncmp(err, model_path, strlen(model_path)))
+        why = err + strlen(model_path);
+    char msg[DT_ERR_LEN];
+    snprintf(msg, sizeof msg, "%s%s", rc && why != err ? x.model_id : "", why);
+    if (db_export_finish(w->db, x.id, rc ? "failed" : "succeeded", rc ? 0 : st.st_size,
+                         rc ? msg : NULL, err))
+        log_msg(DT_LOG_WARN, "export.finish_failed", "%s: %s", x.id, err);
+    if (rc)
+        log_msg(DT_LOG_WARN, "export.failed", "%s: %s", x.id, msg);
+    else
+        log_msg(DT_LOG_INFO, "export.done", "%s: %s, %lld bytes in %.1f s", x.id, x.file,
+                (long long)st.st_size, dt_now() - t0);
+    return 1;
+}
+
 int wk_main(const wk_opts *o)
 {
     worker w;
@@ -829,6 +875,9 @@ int wk_main(const wk_opts *o)
             usleep((useconds_t)o->cfg.poll_interval_ms * 1000);
             continue;
         }
+        /* No job: a queued model export, if any. */
+        if (run_export(&w))
+            continue;
         /* Idle: a wake-up from Redis, or the poll interval. */
         rc = queue_wait(w.q, o->cfg.poll_interval_ms, hint, err);
         if (rc < 0)

@@ -12,6 +12,8 @@
  *     rescue interval and after a Redis reconnect;
  *   - keeps the workers row (idle / busy, heartbeat) fresh.
  * Redis only wakes the worker; it also polls PostgreSQL every poll interval.
+ * With no job to claim, the main thread builds one queued model export
+ * (a GGUF file written into the model's directory; server/exports.c).
  */
 #ifndef DT_WORKER_H
 #define DT_WORKER_H

@@ -31,6 +31,7 @@ PARAMS = {
     "job_id": ("job", "ftjob-000000000000000000000000"),
     "model_id": ("model", "ft:tiny-gpt2:nobody:000000000000"),
     "name": ("model_file", "config.json"),
+    "export_id": ("export", "export-000000000000000000000000"),
 }
 # Paths whose parameter is not owner-scoped (public to every caller).
 NOT_OWNED = {
@@ -55,6 +56,11 @@ def _setup():
     # a top-level file: adapter/... files have a route of their own
     top = [f["name"] for f in files if isinstance(f, dict) and "/" not in f.get("name", "/")]
     A["model_file"] = top[0] if top else "config.json"
+    # a model export of A's (the tiny GPT-2 fine-tune), for its routes
+    st, _, x = S.api("POST", f"/v1/models/{A['model']}/exports", {"format": "gguf"})
+    if st != 202:
+        raise RuntimeError(f"setup export: {st} {x}")
+    A["export"] = x["id"]
 
 
 def setUpModule():
