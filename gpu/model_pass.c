@@ -288,6 +288,81 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
              AT(m->n1m, l, 1), AT(m->n1r, l, 1), N);
 }
 
+/* The LM head over rows x(rows_total, C) with targets tgt (device, -100 =
+ * masked) in row chunks: logits, loss and (grad_scale != 0) their gradient,
+ * dx = dlogits·head and the head's own gradient, so that (N, V) logits never
+ * exist at once. Per-row losses go to m->losses. */
+static void head_chunks(dt_model *m, const float *x, const int32_t *tgt,
+                        float *dx, int rows_total, float grad_scale)
+{
+    dt_backend *be = m->be;
+    int C = m->c.d_model, V = m->c.vocab;
+    for (int r0 = 0; r0 < rows_total; r0 += m->head_rows) {
+        int rows = rows_total - r0 < m->head_rows ? rows_total - r0 : m->head_rows;
+        const float *xr = x + (size_t)r0 * C;
+        OPS.gemm(be, 0, 1, rows, V, C, 1.0f, xr, C, m->head, C, 0.0f, m->logits, V);
+        m->head_gemm_rows += rows;
+        if (m->ltrain && m->smoothing > 0.0f)
+            OPS.cross_entropy_smooth(be, m->logits, m->losses + r0, tgt + r0,
+                                     rows, V, grad_scale, m->smoothing);
+        else
+            OPS.cross_entropy(be, m->logits, m->losses + r0, tgt + r0, rows, V,
+                              grad_scale);
+        if (grad_scale == 0.0f)
+            continue;
+        OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
+                 dx + (size_t)r0 * C, C);
+        if (m->phead)
+            OPS.gemm(be, 1, 0, V, C, rows, 1.0f, m->logits, V, xr, C, 1.0f,
+                     m->phead->g, C);
+    }
+}
+
+/* The LM head of a forward pass on N rows, n of them predicted (target !=
+ * -100, host targets checked by the caller). Masked rows (prompt tokens,
+ * padding) cost nothing: the predicted rows of the final norm's output are
+ * gathered into m->datt (free until the backward pass), the head runs on
+ * those n rows alone, and dnf comes back through m->dres (free until
+ * dt_model_backward) scattered into m->dx, whose other rows are 0. The loss
+ * sum and every gradient are those of the head on all N rows: masked rows
+ * add 0 to each. With every row predicted (or m->head_all) the head runs on
+ * m->nf in place. */
+static void head_fwd(dt_model *m, const int32_t *targets, int N, int n,
+                     float grad_scale, double *loss_sum)
+{
+    dt_backend *be = m->be;
+    int C = m->c.d_model;
+    if (n == N || m->head_all) {
+        OPS.upload(be, m->tgt, targets, (size_t)N * sizeof(int32_t));
+        head_chunks(m, m->nf, m->tgt, m->dx, N, grad_scale);
+        if (loss_sum)
+            *loss_sum = OPS.sum(be, m->losses, N);
+        return;
+    }
+    if (grad_scale != 0.0f)
+        OPS.memset0(be, m->dx, (size_t)N * C * sizeof(float));
+    if (n == 0) {
+        if (loss_sum)
+            *loss_sum = 0.0;
+        return;
+    }
+    /* hrows: the predicted rows, then their targets (one upload each). */
+    int32_t *rows = m->hrows, *tg = m->hrows + N;
+    for (int i = 0, k = 0; i < N; i++)
+        if (targets[i] != -100) {
+            rows[k] = i;
+            tg[k++] = targets[i];
+        }
+    OPS.upload(be, m->rows, rows, (size_t)n * sizeof(int32_t));
+    OPS.upload(be, m->tgt, tg, (size_t)n * sizeof(int32_t));
+    OPS.gather_rows(be, m->datt, m->nf, m->rows, n, C);
+    head_chunks(m, m->datt, m->tgt, m->dres, n, grad_scale);
+    if (grad_scale != 0.0f)
+        OPS.scatter_rows(be, m->dx, m->dres, m->rows, n, C);
+    if (loss_sum)
+        *loss_sum = OPS.sum(be, m->losses, n);
+}
+
 int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                      int b, int t, float grad_scale, double *loss_sum,
                      long *ntok, char *err)
@@ -327,31 +402,7 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                                targets[i], V);
             n += targets[i] != -100;
         }
-        OPS.upload(be, m->tgt, targets, (size_t)N * sizeof(int32_t));
-        /* The LM head in row chunks: logits, loss and (training) their
-         * gradient, dnf = dlogits·head into m->dx and the head's own
-         * gradient, so that (N, V) logits never exist at once. */
-        for (int r0 = 0; r0 < N; r0 += m->head_rows) {
-            int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
-            const float *x = m->nf + (size_t)r0 * C;
-            OPS.gemm(be, 0, 1, rows, V, C, 1.0f, x, C, m->head, C, 0.0f, m->logits, V);
-            if (m->ltrain && m->smoothing > 0.0f)
-                OPS.cross_entropy_smooth(be, m->logits, m->losses + r0,
-                                         m->tgt + r0, rows, V, grad_scale,
-                                         m->smoothing);
-            else
-                OPS.cross_entropy(be, m->logits, m->losses + r0, m->tgt + r0,
-                                  rows, V, grad_scale);
-            if (grad_scale == 0.0f)
-                continue;
-            OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
-                     m->dx + (size_t)r0 * C, C);
-            if (m->phead)
-                OPS.gemm(be, 1, 0, V, C, rows, 1.0f, m->logits, V, x, C, 1.0f,
-                         m->phead->g, C);
-        }
-        if (loss_sum)
-            *loss_sum = OPS.sum(be, m->losses, N);
+        head_fwd(m, targets, N, (int)n, grad_scale, loss_sum);
     } else if (loss_sum) {
         *loss_sum = 0.0;
     }
