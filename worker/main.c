@@ -9,6 +9,7 @@
 #include "api/config.h"
 #include "api/log.h"
 #include "base/dt.h"
+#include "gpu/cpu_tune.h"
 #include "gpu/engine_api.h"
 #include "worker.h"
 
@@ -142,6 +143,13 @@ int main(int argc, char **argv)
         host[sizeof host - 1] = '\0';
         snprintf(o.worker_id, sizeof o.worker_id, "%.96s-%d", host, (int)getpid());
     }
+    /* The same BLAS kernels as `deltatune train` (gpu/cpu_tune.h): re-executes
+     * itself, before any thread starts, when OpenBLAS would run slower
+     * kernels than the CPU has. */
+    dt_cpu_tune_reexec(argv);
     log_init("worker", o.cfg.log_level);
+    const char *how, *core = dt_cpu_tune_core(&how);
+    log_msg(DT_LOG_INFO, "worker.blas", "OpenBLAS kernels %s (chosen by %s)", core,
+            how);
     return wk_main(&o);
 }
