@@ -155,6 +155,21 @@ static void norm_bwd(dt_model *m, float *dx, dt_param *pw, dt_param *pb,
                         m->c.d_model);
 }
 
+/* res = x + y and out = norm(res) in one pass (residual_norm_fwd): the
+ * residual add of a block and the norm of the next one. mean is unused
+ * by RMSNorm. */
+static void add_norm_fwd(dt_model *m, float *res, float *out, float *mean,
+                         float *rstd, const float *x, const float *y,
+                         const float *w, const float *b, int N)
+{
+    int rms = m->c.arch != DT_ARCH_GPT2;
+    OPS.residual_norm_fwd(m->be, res, NULL, out, rms ? NULL : mean, rstd, x, y,
+                          w, rms ? NULL : b, N, m->c.d_model, m->c.norm_eps, rms);
+}
+
+/* Layer l's forward pass. Its input's norm (A.n1) is the previous layer's
+ * work (layer 0: done here); it ends with the norm of its output, fused with
+ * the residual add: layer l+1's n1, or the final norm m->nf for the last. */
 static void layer_fwd(dt_model *m, int l, int b, int t)
 {
     const dt_config *c = &m->c;
@@ -164,8 +179,9 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     layer_acts A = layer_acts_at(m, l);
     float *next = AT(m->res, l + 1, C);
 
-    norm_fwd(m, A.n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), A.x, Y->n1w, Y->n1b,
-             N);
+    if (l == 0)
+        norm_fwd(m, A.n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), A.x, Y->n1w,
+                 Y->n1b, N);
     if (c->arch == DT_ARCH_GPT2) {
         lin_fwd(m, &Y->lin[G_QKV], A.n1, m->qkv, N, 0);
         OPS.copy2d(be, A.q, C, m->qkv, 3 * C, N, C, 1.0f);
@@ -186,36 +202,44 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     else
         OPS.attention_fwd(be, A.att, A.lse, A.q, A.k, A.v, b, t, c->n_head,
                           c->n_kv_head, c->head_dim);
-    OPS.copy(be, A.mid, A.x, (size_t)N * C * sizeof(float));
+    /* Each block's output goes to m->dx (free during the layers), GPT-2's
+     * resid_dropout is applied to it in place, and one pass adds it to the
+     * residual stream and norms the sum. */
     dt_linear *O = &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O];
-    if (pr > 0.0f) {
-        /* GPT-2's resid_dropout: the block's output in m->dx (free during
-         * the layers), dropped and added to the residual stream. */
-        lin_fwd(m, O, A.att, m->dx, N, 0);
-        OPS.dropout(be, A.mid, m->dx, (long)N * C, pr,
-                    drop_key(m, l, DT_DROP_RESID1), 1);
-    } else {
-        lin_fwd(m, O, A.att, A.mid, N, 1);
-    }
-    norm_fwd(m, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.mid, Y->n2w,
-             Y->n2b, N);
-    OPS.copy(be, next, A.mid, (size_t)N * C * sizeof(float));
+    lin_fwd(m, O, A.att, m->dx, N, 0);
+    if (pr > 0.0f)
+        OPS.dropout(be, m->dx, m->dx, (long)N * C, pr,
+                    drop_key(m, l, DT_DROP_RESID1), 0);
+    add_norm_fwd(m, A.mid, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.x, m->dx,
+                 Y->n2w, Y->n2b, N);
     if (c->arch == DT_ARCH_GPT2) {
-        lin_fwd(m, &Y->lin[G_FC], A.n2, A.h1, N, 0);
-        OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
-        if (pr > 0.0f) {
-            lin_fwd(m, &Y->lin[G_PROJ], m->act, m->dx, N, 0);
-            OPS.dropout(be, next, m->dx, (long)N * C, pr,
-                        drop_key(m, l, DT_DROP_RESID2), 1);
-        } else {
-            lin_fwd(m, &Y->lin[G_PROJ], m->act, next, N, 1);
-        }
+        /* c_fc without its bias, then bias + GELU in one pass (A.h1 keeps
+         * the pre-activation, bias included, for the backward pass). */
+        dt_linear fc = Y->lin[G_FC];
+        fc.b = NULL;
+        lin_fwd(m, &fc, A.n2, A.h1, N, 0);
+        if (Y->lin[G_FC].b)
+            OPS.bias_gelu_fwd(be, m->act, A.h1, Y->lin[G_FC].b, N, F);
+        else
+            OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
+        lin_fwd(m, &Y->lin[G_PROJ], m->act, m->dx, N, 0);
+        if (pr > 0.0f)
+            OPS.dropout(be, m->dx, m->dx, (long)N * C, pr,
+                        drop_key(m, l, DT_DROP_RESID2), 0);
     } else {
         float *h2 = AT(m->h2, l, F);
         lin_fwd(m, &Y->lin[L_GATE], A.n2, A.h1, N, 0);
         lin_fwd(m, &Y->lin[L_UP], A.n2, h2, N, 0);
         OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
-        lin_fwd(m, &Y->lin[L_DOWN], m->act, next, N, 1);
+        lin_fwd(m, &Y->lin[L_DOWN], m->act, m->dx, N, 0);
+    }
+    if (l + 1 < c->n_layer) {
+        dt_layer *Z = &m->L[l + 1];
+        add_norm_fwd(m, next, AT(m->n1, l + 1, C), AT(m->n1m, l + 1, 1),
+                     AT(m->n1r, l + 1, 1), A.mid, m->dx, Z->n1w, Z->n1b, N);
+    } else {
+        add_norm_fwd(m, next, m->nf, m->nfm, m->nfr, A.mid, m->dx, m->nfw,
+                     m->nfb, N);
     }
 }
 
@@ -388,10 +412,11 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
     if (pe > 0.0f) /* GPT-2's embd_pdrop, in place */
         OPS.dropout(be, m->res, m->res, (long)N * C, pe,
                     drop_key(m, 0, DT_DROP_EMBD), 0);
+    /* The final norm is the last layer's (fused with its residual add). */
     for (int l = 0; l < c->n_layer; l++)
         layer_fwd(m, l, b, t);
-    norm_fwd(m, m->nf, m->nfm, m->nfr, AT(m->res, c->n_layer, C), m->nfw,
-             m->nfb, N);
+    if (c->n_layer == 0)
+        norm_fwd(m, m->nf, m->nfm, m->nfr, m->res, m->nfw, m->nfb, N);
     m->last_b = b;
     m->last_t = t;
     long n = 0;

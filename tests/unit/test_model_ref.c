@@ -563,6 +563,101 @@ static void test_lm_head_runs_only_on_predicted_rows_llama_lora(void **s)
     head_case("llama_model", DT_LORA);
 }
 
+/* ---- fused ops in the forward pass ------------------------------------------ */
+
+static int n_resnorm, n_biasgelu, n_gelu, n_ln, n_rms;
+static void (*real_resnorm)(dt_backend *, float *, float *, float *, float *, float *,
+                            const float *, const float *, const float *, const float *,
+                            int, int, float, int);
+static void (*real_biasgelu)(dt_backend *, float *, float *, const float *, int, int);
+static void (*real_gelu)(dt_backend *, float *, const float *, long);
+static void (*real_ln)(dt_backend *, float *, float *, float *, const float *,
+                       const float *, const float *, int, int, float);
+static void (*real_rms)(dt_backend *, float *, float *, const float *, const float *,
+                        int, int, float);
+static void cnt_resnorm(dt_backend *be, float *res, float *copy, float *out, float *mean,
+                        float *rstd, const float *x, const float *y, const float *w,
+                        const float *b, int N, int C, float eps, int rms)
+{
+    n_resnorm++;
+    real_resnorm(be, res, copy, out, mean, rstd, x, y, w, b, N, C, eps, rms);
+}
+static void cnt_biasgelu(dt_backend *be, float *out, float *h, const float *bias, int N,
+                         int C)
+{
+    n_biasgelu++;
+    real_biasgelu(be, out, h, bias, N, C);
+}
+static void cnt_gelu(dt_backend *be, float *out, const float *inp, long n)
+{
+    n_gelu++;
+    real_gelu(be, out, inp, n);
+}
+static void cnt_ln(dt_backend *be, float *out, float *mean, float *rstd, const float *inp,
+                   const float *w, const float *b, int N, int C, float eps)
+{
+    n_ln++;
+    real_ln(be, out, mean, rstd, inp, w, b, N, C, eps);
+}
+static void cnt_rms(dt_backend *be, float *out, float *rstd, const float *inp,
+                    const float *w, int N, int C, float eps)
+{
+    n_rms++;
+    real_rms(be, out, rstd, inp, w, N, C, eps);
+}
+
+/* A forward pass adds each block's output to the residual stream and norms
+ * the sum in one op (2 per layer; the last one is the final norm), GPT-2's
+ * c_fc bias and GELU in one; the separate norm runs once (layer 0's input)
+ * and GELU never in the forward pass. */
+static void fused_case(const char *arch_dir)
+{
+    char err[DT_ERR_LEN], path[256];
+    dt_weights w;
+    snprintf(path, sizeof path, REF "/%s", arch_dir);
+    if (dt_weights_load(path, &w, err))
+        fail_msg("%s", err);
+    dt_backend *be = dt_backend_cpu_new(0, err);
+    assert_non_null(be);
+    real_resnorm = be->i.residual_norm_fwd;
+    real_biasgelu = be->i.bias_gelu_fwd;
+    real_gelu = be->i.gelu_fwd;
+    real_ln = be->i.layernorm_fwd;
+    real_rms = be->i.rmsnorm_fwd;
+    be->i.residual_norm_fwd = cnt_resnorm;
+    be->i.bias_gelu_fwd = cnt_biasgelu;
+    be->i.gelu_fwd = cnt_gelu;
+    be->i.layernorm_fwd = cnt_ln;
+    be->i.rmsnorm_fwd = cnt_rms;
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0};
+    dt_model *m;
+    if (dt_model_new(be, &w, &lo, 1, 8, 1, &m, err))
+        fail_msg("%s", err);
+    int32_t ids[8] = {1, 2, 3, 4, 5, 6, 7, 8}, tgt[8] = {2, 3, 4, 5, 6, 7, 8, 9};
+    n_resnorm = n_biasgelu = n_gelu = n_ln = n_rms = 0;
+    double ls;
+    long nt;
+    assert_int_equal(dt_model_forward(m, ids, tgt, 1, 8, 0.0f, &ls, &nt, err), 0);
+    int L = w.cfg.n_layer, gpt2 = w.cfg.arch == DT_ARCH_GPT2;
+    printf("  %-12s %d layers: residual_norm_fwd %d, bias_gelu_fwd %d, gelu_fwd %d, "
+           "layernorm_fwd %d, rmsnorm_fwd %d\n", arch_dir, L, n_resnorm, n_biasgelu,
+           n_gelu, n_ln, n_rms);
+    assert_int_equal(n_resnorm, 2 * L);
+    assert_int_equal(n_ln + n_rms, 1);
+    assert_int_equal(n_biasgelu, gpt2 ? L : 0);
+    assert_int_equal(n_gelu, 0);
+    dt_model_free(m);
+    dt_backend_free(be);
+    dt_weights_free(&w);
+}
+
+static void test_forward_uses_the_fused_residual_norm_and_bias_gelu(void **s)
+{
+    (void)s;
+    fused_case("gpt2_model");
+    fused_case("llama_model");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -585,6 +680,7 @@ int main(void)
         cmocka_unit_test(test_unsupported_families_and_rope_types_are_named),
         cmocka_unit_test(test_lm_head_runs_only_on_predicted_rows_gpt2_full),
         cmocka_unit_test(test_lm_head_runs_only_on_predicted_rows_llama_lora),
+        cmocka_unit_test(test_forward_uses_the_fused_residual_norm_and_bias_gelu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
