@@ -20,6 +20,7 @@
 #include "gpu/export.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
+#include "gpu/cpu_tune.h"
 #include "base/file.h"
 
 #define GPT2_FIX "tests/fixtures/ref/gpt2_model"
@@ -660,6 +661,21 @@ static void test_tokens_per_second_counts_real_tokens_not_padding(void **s)
     }
 }
 
+/* The BLAS kernel rule deltatune train and deltatune-worker share: SkylakeX
+ * only on an AVX-512 CPU where OpenBLAS chose its AVX2 (Haswell, Zen)
+ * kernels; any other choice is kept. */
+static void test_blas_kernel_rule(void **s)
+{
+    (void)s;
+    assert_string_equal(dt_cpu_tune_target("Haswell", 1), "SkylakeX");
+    assert_string_equal(dt_cpu_tune_target("ZEN", 1), "SkylakeX");
+    assert_null(dt_cpu_tune_target("Haswell", 0));
+    assert_null(dt_cpu_tune_target("Zen", 0));
+    assert_null(dt_cpu_tune_target("Cooperlake", 1));
+    assert_null(dt_cpu_tune_target("SkylakeX", 1));
+    assert_null(dt_cpu_tune_target(NULL, 1));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -677,6 +693,7 @@ int main(void)
         cmocka_unit_test(test_checkpoint_retention_keeps_the_last_n_states),
         cmocka_unit_test(test_resume_with_other_settings_is_refused),
         cmocka_unit_test(test_tokens_per_second_counts_real_tokens_not_padding),
+        cmocka_unit_test(test_blas_kernel_rule),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
