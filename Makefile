@@ -100,7 +100,7 @@ API_SRC  := api/config.c api/log.c api/errors.c api/auth.c api/objects.c \
             api/validate.c api/db_pool.c api/db_sql.c api/db_keys.c api/db_files.c \
             api/db_models.c api/db_idem.c api/db_workers.c api/db_jobs.c \
             api/db_events.c api/db_checkpoints.c api/queue.c api/sched.c \
-            api/db_owners.c
+            api/db_owners.c api/validate_chat.c
 API_OBJ  := $(API_SRC:%.c=$(BUILD)/%.o)
 API_LIB  := $(BUILD)/libdtapi.a
 SVC_LIBS := -lmicrohttpd -lpq -lhiredis -lcrypto
@@ -110,7 +110,7 @@ CFLAGS   += -I$(PG_INC)
 SERVER_SRC := server/main.c server/http.c server/route.c server/routes.c \
               server/httputil.c server/files.c server/jobs.c server/models.c server/ops.c \
               server/ratelimit.c server/static.c server/sse.c server/jsonw.c \
-              server/results.c \
+              server/results.c server/chat.c \
               server/usage.c
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o) $(BUILD)/server/openapi_json.o \
               $(BUILD)/server/static_files.o
@@ -118,7 +118,7 @@ SERVER     := $(BUILD)/deltatune-server
 
 # ---- deltatune (cli/): engine, admin and client commands -------------------
 CLI_SRC := cli/main.c cli/engine.c cli/admin.c cli/client.c cli/client_http.c \
-           cli/client_follow.c cli/client_download.c
+           cli/client_follow.c cli/client_download.c cli/client_chat.c
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 CLI     := $(BUILD)/deltatune
 # deltatune-train: the same main.c with the engine's commands only, linked
@@ -127,7 +127,7 @@ CLI     := $(BUILD)/deltatune
 TRAIN   := $(BUILD)/deltatune-train
 
 # ---- deltatune-worker (worker/): claim -> train -> checkpoint -> report ------
-WORKER_SRC := worker/main.c worker/worker.c worker/glue.c
+WORKER_SRC := worker/main.c worker/worker.c worker/glue.c worker/serve.c
 WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
 WORKER     := $(BUILD)/deltatune-worker
 

@@ -87,6 +87,14 @@ static const setting settings[] = {
     {"checkpoint-keep", "DELTATUNE_CHECKPOINT_KEEP", T_INT, F(checkpoint_keep), 0,
      "2", 1, 1000, "worker: checkpoints of a running job that keep their optimizer state "
      "(older ones and all of an ended job keep their weights only)"},
+    {"infer-queue-wait", "DELTATUNE_INFER_QUEUE_WAIT", T_INT, F(infer_queue_wait_s), 0,
+     "30", 1, 3600, "seconds a chat or completion request waits for a serving worker "
+     "(then 503 with Retry-After)"},
+    {"infer-silence", "DELTATUNE_INFER_SILENCE", T_INT, F(infer_silence_s), 0,
+     "60", 1, 3600, "seconds without a word from the serving worker (model load included) "
+     "that end a request with an error"},
+    {"infer-max-tokens", "DELTATUNE_INFER_MAX_TOKENS", T_INT, F(infer_max_tokens), 0,
+     "4096", 1, 1000000, "new tokens one chat or completion request may ask for"},
     {"log-level", "DELTATUNE_LOG_LEVEL", T_LEVEL, F(log_level), 0,
      "info", 0, 0, "debug | info | warn | error"},
 };

@@ -52,6 +52,11 @@ typedef struct api_config {
     int64_t owner_max_storage_bytes;    /* DELTATUNE_OWNER_MAX_STORAGE, bytes per owner (100 GiB) */
     int max_runtime_seconds;            /* DELTATUNE_MAX_RUNTIME_SECONDS, per job attempt (7 days) */
 
+    /* Inference (server): chat and completions handed to serving workers. */
+    int infer_queue_wait_s;             /* DELTATUNE_INFER_QUEUE_WAIT, seconds a request waits for a worker (30) */
+    int infer_silence_s;                /* DELTATUNE_INFER_SILENCE, seconds of worker silence that end a request (60) */
+    int infer_max_tokens;               /* DELTATUNE_INFER_MAX_TOKENS, new tokens per request at most (4096) */
+
     int log_level;                      /* DELTATUNE_LOG_LEVEL debug|info|warn|error */
 } api_config;
 

@@ -450,6 +450,15 @@ int db_worker_set_memory(db *d, const char *worker_id, const char *hostname,
 int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget,
                       char *err);
 
+/* A serving worker's heartbeat (deltatune-worker --serve, migration 0009):
+ * upserts its row with kind 'serve', status "serving" | "stopped" and its
+ * memory budget for loaded models (bytes). */
+int db_worker_serve_heartbeat(db *d, const char *worker_id, const char *hostname,
+                              const char *device, const char *status, int64_t limit,
+                              char *err);
+/* Live serving workers (not stopped, heartbeat within live_s seconds). */
+int db_workers_serving(db *d, int live_s, int *n, char *err);
+
 typedef struct db_worker {
     char id[128];
     char hostname[256];

@@ -61,6 +61,8 @@ typedef enum db_stmt {
     STMT_STATS_WORKERS,
     STMT_WORKER_MEMORY,
     STMT_WORKERS_MEMORY,
+    STMT_WORKER_SERVE_HB,
+    STMT_WORKERS_SERVING,
     /* jobs (db_jobs.c) */
     STMT_JOB_CREATE,
     STMT_JOB_GET,

@@ -191,7 +191,21 @@ const db_sql db_sql_table[] = {
         {"workers_memory", "SELECT count(*), coalesce(bool_or(memory_limit_bytes = 0), false), "
                            "coalesce(max(memory_limit_bytes - memory_base_bytes) FILTER (WHERE "
                            "memory_limit_bytes > 0), 0) FROM workers WHERE status <> 'stopped' "
-                           "AND heartbeat_at > now() - make_interval(secs => $1)"},
+                           "AND kind = 'train' AND heartbeat_at > now() - "
+                           "make_interval(secs => $1)"},
+    /* a serving worker's registration and heartbeat (0009): kind 'serve',
+     * status 'serving' | 'stopped', its memory budget for loaded models */
+    [STMT_WORKER_SERVE_HB] =
+        {"worker_serve_hb", "INSERT INTO workers (id, hostname, device, status, kind, "
+                            "memory_limit_bytes) VALUES ($1, $2, $3, $4, 'serve', $5) ON "
+                            "CONFLICT (id) DO UPDATE SET hostname = EXCLUDED.hostname, device = "
+                            "EXCLUDED.device, status = EXCLUDED.status, kind = 'serve', "
+                            "memory_limit_bytes = EXCLUDED.memory_limit_bytes, heartbeat_at = "
+                            "now()"},
+    /* live serving workers: not stopped, a heartbeat within $1 seconds */
+    [STMT_WORKERS_SERVING] =
+        {"workers_serving", "SELECT count(*) FROM workers WHERE kind = 'serve' AND status <> "
+                            "'stopped' AND heartbeat_at > now() - make_interval(secs => $1)"},
     [STMT_STATS_WORKERS] =
         {"stats_workers", "SELECT id, hostname, device, status, job_id, " T("heartbeat_at")
                           " FROM workers WHERE heartbeat_at > now() - interval '1 day' "

@@ -84,3 +84,28 @@ int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budge
     PQclear(r);
     return 0;
 }
+
+int db_worker_serve_heartbeat(db *d, const char *worker_id, const char *hostname,
+                              const char *device, const char *status, int64_t limit,
+                              char *err)
+{
+    db_params p = {0};
+    dbp_str(&p, worker_id);
+    dbp_str(&p, hostname ? hostname : "");
+    dbp_str(&p, device ? device : "");
+    dbp_str(&p, status);
+    dbp_int(&p, limit);
+    return db_exec(d, STMT_WORKER_SERVE_HB, &p, NULL, err);
+}
+
+int db_workers_serving(db *d, int live_s, int *n, char *err)
+{
+    db_params p = {0};
+    PGresult *r;
+    dbp_int(&p, live_s);
+    int rc = db_exec(d, STMT_WORKERS_SERVING, &p, &r, err);
+    if (rc) return rc;
+    *n = (int)dbr_int(r, 0, 0);
+    PQclear(r);
+    return 0;
+}

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/dt.h"
@@ -242,4 +243,147 @@ uint64_t queue_generation(queue *q)
     uint64_t g = q->generation;
     pthread_mutex_unlock(&q->mu);
     return g;
+}
+
+/* ---- inference requests and replies (see queue.h) ---------------------------- */
+
+int queue_infer_push(queue *q, const char *request, char *err)
+{
+    const char *a[] = {"LPUSH", QUEUE_INFER_KEY, request};
+    return command_locked(q, 3, a, NULL, err);
+}
+
+/* A blocking pop (BRPOP or BLPOP, argv a[argc], the timeout in seconds
+ * `secs` for the socket). 1 with the popped key and value (malloc'd) in
+ * *key and *value, 0 on timeout, DT_EIO. */
+static int blocking_pop(queue *q, int argc, const char **a, double secs, char **key,
+                        char **value, char *err)
+{
+    int rc = DT_EIO;
+    *value = NULL;
+    if (key) *key = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (ensure(q, err)) goto out;
+    /* The socket timeout must outlast the command's own. */
+    struct timeval tv = {(time_t)secs + 5, 0};
+    redisSetTimeout(q->c, tv);
+    redisReply *r = command(q, argc, a, err);
+    if (!r) goto out;
+    rc = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING &&
+        r->element[1]->type == REDIS_REPLY_STRING) {
+        *value = strndup(r->element[1]->str, r->element[1]->len);
+        if (key) *key = strndup(r->element[0]->str, r->element[0]->len);
+        if (!*value || (key && !*key)) {
+            free(*value);
+            if (key) free(*key);
+            *value = NULL;
+            if (key) *key = NULL;
+            rc = dt_errf(err, DT_ENOMEM, "out of memory");
+        } else {
+            rc = 1;
+        }
+    }
+    freeReplyObject(r);
+    if (q->c) {
+        struct timeval io = {2, 0};
+        redisSetTimeout(q->c, io);
+    }
+out:
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+int queue_infer_take(queue *q, int timeout_ms, char **request, char *err)
+{
+    int secs = (timeout_ms + 999) / 1000;
+    if (secs < 1) secs = 1;
+    char s[16];
+    snprintf(s, sizeof s, "%d", secs);
+    const char *a[] = {"BRPOP", QUEUE_INFER_KEY, s};
+    int rc = blocking_pop(q, 3, a, secs, NULL, request, err);
+    if (rc == DT_EIO) usleep((useconds_t)secs * 1000000u); /* don't spin while Redis is down */
+    return rc;
+}
+
+static int reply_key(char *out, size_t cap, const char *id, const char *suffix)
+{
+    int n = snprintf(out, cap, "deltatune:infer:%s%s", id, suffix);
+    return n < 0 || (size_t)n >= cap ? -1 : 0;
+}
+
+int queue_reply_push(queue *q, const char *id, const char *event, char *err)
+{
+    char key[128], ttl[16];
+    if (reply_key(key, sizeof key, id, ""))
+        return dt_errf(err, DT_EINVAL, "request id too long");
+    snprintf(ttl, sizeof ttl, "%d", QUEUE_REPLY_TTL);
+    const char *push[] = {"RPUSH", key, event};
+    const char *exp[] = {"EXPIRE", key, ttl};
+    int rc = command_locked(q, 3, push, NULL, err);
+    return rc ? rc : command_locked(q, 3, exp, NULL, err);
+}
+
+int queue_reply_wait(queue *q, const char *const *ids, int n, int timeout_ms,
+                     char *id_out, char **event, char *err)
+{
+    static const char prefix[] = "deltatune:infer:";
+    const char **a = calloc((size_t)n + 2, sizeof *a);
+    char (*keys)[128] = calloc((size_t)n, sizeof *keys);
+    char t[32], *key = NULL;
+    int rc = DT_ENOMEM;
+    *event = NULL;
+    id_out[0] = 0;
+    if (!a || !keys) {
+        dt_errf(err, DT_ENOMEM, "out of memory");
+        goto out;
+    }
+    a[0] = "BLPOP";
+    for (int i = 0; i < n; i++) {
+        if (reply_key(keys[i], sizeof keys[i], ids[i], "")) {
+            rc = dt_errf(err, DT_EINVAL, "request id too long");
+            goto out;
+        }
+        a[i + 1] = keys[i];
+    }
+    snprintf(t, sizeof t, "%.3f", timeout_ms / 1000.0);
+    a[n + 1] = t;
+    rc = blocking_pop(q, n + 2, a, timeout_ms / 1000.0, &key, event, err);
+    if (rc == 1)
+        snprintf(id_out, QUEUE_INFER_ID_LEN, "%s",
+                 strncmp(key, prefix, sizeof prefix - 1) ? key : key + sizeof prefix - 1);
+out:
+    free(key);
+    free(a);
+    free(keys);
+    return rc;
+}
+
+int queue_cancel_set(queue *q, const char *id, char *err)
+{
+    char key[128], ttl[16];
+    if (reply_key(key, sizeof key, id, ":cancel"))
+        return dt_errf(err, DT_EINVAL, "request id too long");
+    snprintf(ttl, sizeof ttl, "%d", QUEUE_REPLY_TTL);
+    const char *a[] = {"SET", key, "1", "EX", ttl};
+    return command_locked(q, 5, a, NULL, err);
+}
+
+int queue_cancel_get(queue *q, const char *id, int *set, char *err)
+{
+    char key[128];
+    int64_t n = 0;
+    if (reply_key(key, sizeof key, id, ":cancel"))
+        return dt_errf(err, DT_EINVAL, "request id too long");
+    const char *a[] = {"EXISTS", key};
+    int rc = command_locked(q, 2, a, &n, err);
+    *set = !rc && n > 0;
+    return rc;
+}
+
+int queue_infer_depth(queue *q, int64_t *depth, char *err)
+{
+    const char *a[] = {"LLEN", QUEUE_INFER_KEY};
+    return command_locked(q, 2, a, depth, err);
 }

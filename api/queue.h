@@ -48,4 +48,39 @@ int queue_ping(queue *q, char *err);
  * when it changes (Redis may have restarted empty). */
 uint64_t queue_generation(queue *q);
 
+/* ---- inference (chat and completions, served by deltatune-worker --serve)
+ *
+ * The server LPUSHes each request (a JSON text, see server/chat.c) on
+ * QUEUE_INFER_KEY; serving workers BRPOP it, so requests are taken oldest
+ * first and each by one worker. A worker RPUSHes the request's events (JSON
+ * texts) on its reply list "deltatune:infer:<id>" (expiring after
+ * QUEUE_REPLY_TTL seconds, so a reply nobody reads goes away), and the
+ * server BLPOPs every open request's reply list at once. The server sets
+ * "deltatune:infer:<id>:cancel" (same TTL) when a client goes away or waited
+ * too long; a worker checks it before it starts and between tokens. */
+#define QUEUE_INFER_KEY "deltatune:infer"
+#define QUEUE_REPLY_TTL 600
+#define QUEUE_INFER_ID_LEN 64
+
+/* LPUSH QUEUE_INFER_KEY request. 0 or DT_EIO. */
+int queue_infer_push(queue *q, const char *request, char *err);
+/* BRPOP QUEUE_INFER_KEY for up to timeout_ms (whole seconds, at least 1):
+ * 1 with *request (malloc'd, the caller frees), 0 on timeout, or DT_EIO
+ * (after sleeping out the timeout). */
+int queue_infer_take(queue *q, int timeout_ms, char **request, char *err);
+/* RPUSH one event on request id's reply list and renews its TTL. */
+int queue_reply_push(queue *q, const char *id, const char *event, char *err);
+/* BLPOP on the reply lists of ids[n] (n >= 1) for up to timeout_ms
+ * (milliseconds: Redis 6+ takes a fractional timeout): 1 with id_out
+ * (QUEUE_INFER_ID_LEN bytes) and *event (malloc'd) filled, 0 on timeout, or
+ * DT_EIO (without sleeping). */
+int queue_reply_wait(queue *q, const char *const *ids, int n, int timeout_ms,
+                     char *id_out, char **event, char *err);
+/* Sets request id's cancel flag (with the TTL). */
+int queue_cancel_set(queue *q, const char *id, char *err);
+/* *set = 1 when request id's cancel flag is set. 0 or DT_EIO. */
+int queue_cancel_get(queue *q, const char *id, int *set, char *err);
+/* LLEN QUEUE_INFER_KEY (requests no worker has taken yet, for /metrics). */
+int queue_infer_depth(queue *q, int64_t *depth, char *err);
+
 #endif

@@ -11,6 +11,11 @@
  * it failed, 4 when it was cancelled. */
 int dt_client_main(int argc, char **argv);
 
+/* `deltatune chat MODEL` (argv[0] == "chat"): chat over POST
+ * /v1/chat/completions, streamed; 0, or 1 on an API or network error, 2 on
+ * bad usage (client_chat.c). */
+int cl_cmd_chat(int argc, char **argv);
+
 /* Decides who answers `deltatune models ...` (argv[0] == "models"): the
  * client (returns 1) for `download` and `delete`, for `list` when an API key is given
  * (--api-key or $DELTATUNE_API_KEY) and for `--help`; the operator's

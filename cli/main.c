@@ -47,6 +47,7 @@ static const command commands[] = {
     {"models", models_main, 0, "list | download | delete (HTTP API); add | list --admin (database)"},
     {"jobs", dt_client_main, 0, "create | list | get | cancel | pause | resume | follow (HTTP API)"},
     {"files", dt_client_main, 0, "upload | list | delete (HTTP API)"},
+    {"chat", cl_cmd_chat, 0, "chat with a model, answers streamed (HTTP API)"},
 #endif
 };
 #define NCOMMANDS ((int)(sizeof commands / sizeof commands[0]))

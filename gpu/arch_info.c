@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "base/dt.h"
+#include "tensorfile.h"
 
 static long long pos_int(json_t *o, const char *key)
 {
@@ -53,102 +54,28 @@ static int read_dir(const char *dir, dt_arch_info *a, char *err)
     return 0;
 }
 
-/* ---- a GGUF file's metadata (keys and scalar values only) ---------------- */
+/* ---- a GGUF file's metadata (dt_gguf_scan, gpu/gguf.c) ------------------- */
 
-typedef struct ai_gg {
-    FILE *f;
-    int bad;
-} ai_gg;
-
-static uint64_t ai_u(ai_gg *g, int bytes)
+static void gguf_kv(void *ud, const dt_gguf_kv *kv)
 {
-    unsigned char b[8];
-    uint64_t v = 0;
-    if (g->bad || fread(b, 1, (size_t)bytes, g->f) != (size_t)bytes) {
-        g->bad = 1;
-        return 0;
+    dt_arch_info *a = ud;
+    size_t al = strlen(a->family);
+    if (kv->type == DT_META_STR && !strcmp(kv->key, "general.architecture")) {
+        int n = kv->len < sizeof a->family ? (int)kv->len : (int)sizeof a->family - 1;
+        snprintf(a->family, sizeof a->family, "%.*s", n, kv->s);
+    } else if (kv->type == DT_META_STR && !strcmp(kv->key, "tokenizer.chat_template")) {
+        a->chat_template = kv->len > 0;
+    } else if (kv->type == DT_META_INT && kv->i > 0 && al &&
+               !strncmp(kv->key, a->family, al) &&
+               !strcmp(kv->key + al, ".context_length")) {
+        /* general.architecture comes first in files llama.cpp writes */
+        a->context_length = kv->i;
     }
-    for (int i = bytes - 1; i >= 0; i--)
-        v = v << 8 | b[i];
-    return v;
-}
-
-/* A string into buf (cut to n-1 bytes, the rest skipped); *len its length. */
-static void ai_str(ai_gg *g, char *buf, size_t n, uint64_t *len)
-{
-    uint64_t l = ai_u(g, 8);
-    if (len) *len = l;
-    if (g->bad || l > (1ull << 30)) {
-        g->bad = 1;
-        return;
-    }
-    size_t take = l < n - 1 ? (size_t)l : n - 1;
-    if (fread(buf, 1, take, g->f) != take || fseek(g->f, (long)(l - take), SEEK_CUR))
-        g->bad = 1;
-    buf[take] = 0;
-}
-
-static int ai_size(uint32_t t)
-{
-    static const int sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
-    return t < 13 ? sz[t] : -1;
 }
 
 static int read_gguf(const char *path, dt_arch_info *a, char *err)
 {
-    ai_gg g = {fopen(path, "rb"), 0};
-    if (!g.f)
-        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
-    char magic[4];
-    if (fread(magic, 1, 4, g.f) != 4 || memcmp(magic, "GGUF", 4)) {
-        fclose(g.f);
-        return dt_errf(err, DT_EFORMAT, "%s: not a GGUF file", path);
-    }
-    uint32_t ver = (uint32_t)ai_u(&g, 4);
-    ai_u(&g, 8); /* tensor count */
-    uint64_t nkv = ai_u(&g, 8);
-    if (ver < 2) g.bad = 1;
-    for (uint64_t i = 0; i < nkv && !g.bad; i++) {
-        char key[160], tmp[8];
-        ai_str(&g, key, sizeof key, NULL);
-        uint32_t t = (uint32_t)ai_u(&g, 4);
-        if (t == 8) {
-            uint64_t len = 0;
-            if (!strcmp(key, "general.architecture")) {
-                ai_str(&g, a->family, sizeof a->family, NULL);
-            } else {
-                ai_str(&g, tmp, sizeof tmp, &len);
-                if (!strcmp(key, "tokenizer.chat_template") && len > 0)
-                    a->chat_template = 1;
-            }
-        } else if (t == 9) {
-            uint32_t et = (uint32_t)ai_u(&g, 4);
-            uint64_t n = ai_u(&g, 8);
-            if (et == 8) {
-                for (uint64_t k = 0; k < n && !g.bad; k++) {
-                    uint64_t l = ai_u(&g, 8);
-                    if (l > (1u << 24) || fseek(g.f, (long)l, SEEK_CUR)) g.bad = 1;
-                }
-            } else if (ai_size(et) > 0 && n < (1ull << 40)) {
-                if (fseek(g.f, (long)(n * (uint64_t)ai_size(et)), SEEK_CUR)) g.bad = 1;
-            } else {
-                g.bad = 1;
-            }
-        } else if (ai_size(t) > 0) {
-            uint64_t v = ai_u(&g, ai_size(t));
-            size_t al = strlen(a->family);
-            /* general.architecture comes first in files llama.cpp writes */
-            if (al && !strncmp(key, a->family, al) && !strcmp(key + al, ".context_length") &&
-                (t <= 5 || t == 10 || t == 11) && (long long)v > 0)
-                a->context_length = (long long)v;
-        } else {
-            g.bad = 1;
-        }
-    }
-    fclose(g.f);
-    if (g.bad)
-        return dt_errf(err, DT_EFORMAT, "%s: bad GGUF metadata", path);
-    return 0;
+    return dt_gguf_scan(path, gguf_kv, NULL, a, err);
 }
 
 int dt_arch_info_read(const char *path, dt_arch_info *a, char *err)

@@ -28,6 +28,7 @@ typedef struct dt_mem_model {
     int llama;            /* 0: GPT-2, 1: Llama family */
     int n_layer, d_model, n_head, n_kv_head, head_dim, d_ff, vocab, max_pos;
     int tied;             /* LM head shares the embedding */
+    int qk_norm;          /* Qwen 3: per-head q_norm / k_norm */
 } dt_mem_model;
 
 /* A job's settings. */

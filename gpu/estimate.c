@@ -3,8 +3,8 @@
  *
  * The sizes mirror what the engine allocates: dt_model_new's weights,
  * trainable tensors with their gradient and AdamW moments, LoRA factors and
- * Delta-LoRA's catA/catB (model.c), every activation buffer of alloc_acts
- * for B x T (T = min(seq_len, the longest row)), the backends' own scratch
+ * Delta-LoRA's catA/catB and A_K/B_K (model.c), every activation buffer of
+ * alloc_acts for B x T (T = min(seq_len, the longest row)), the backends' own scratch
  * (CPU attention blocks and RoPE table; CUDA attention workspace), and on
  * the CPU, where "device" memory is the process's memory, the host copies
  * of the phases after training: a checkpoint (every trainable tensor and its
@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 
 #include "base/dt.h"
+#include "tensorfile.h"
 
 /* ---- config numbers: config.json ------------------------------------------ */
 
@@ -77,6 +78,9 @@ static int read_config_json(const char *dir, dt_mem_model *m, char *err)
             bad = js_get(root, "num_key_value_heads", H, &KV) ||
                   js_get(root, "head_dim", C / H, &D);
         m->tied = json_is_true(json_object_get(root, "tie_word_embeddings"));
+        json_t *a0 = json_array_get(json_object_get(root, "architectures"), 0);
+        m->qk_norm = (mt && !strcmp(mt, "qwen3")) ||
+                     (json_is_string(a0) && !strcmp(json_string_value(a0), "Qwen3ForCausalLM"));
     }
     json_decref(root);
     if (bad)
@@ -86,146 +90,63 @@ static int read_config_json(const char *dir, dt_mem_model *m, char *err)
     return 0;
 }
 
-/* ---- config numbers: a GGUF header (metadata and tensor names only) ------- */
+/* ---- config numbers: a GGUF header (dt_gguf_scan, gpu/gguf.c) -------------- */
 
 typedef struct gg {
-    FILE *f;
-    int bad;
+    char arch[32];
+    long long L, C, H, KV, F, V, P, rot, kl;
+    int tied;
 } gg;
 
-static uint64_t gg_u(gg *g, int bytes)
+static void gg_kv(void *ud, const dt_gguf_kv *kv)
 {
-    uint64_t v = 0;
-    unsigned char b[8];
-    if (g->bad || fread(b, 1, (size_t)bytes, g->f) != (size_t)bytes) {
-        g->bad = 1;
-        return 0;
-    }
-    for (int i = bytes - 1; i >= 0; i--)
-        v = v << 8 | b[i];
-    return v;
-}
-
-/* Reads a GGUF string into buf (cut to n-1 bytes), skipping the rest. */
-static void gg_str(gg *g, char *buf, size_t n)
-{
-    uint64_t len = gg_u(g, 8);
-    if (g->bad || len > (1u << 24)) {
-        g->bad = 1;
+    gg *g = ud;
+    if (kv->type == DT_META_STR && !strcmp(kv->key, "general.architecture")) {
+        int n = kv->len < sizeof g->arch ? (int)kv->len : (int)sizeof g->arch - 1;
+        snprintf(g->arch, sizeof g->arch, "%.*s", n, kv->s);
         return;
     }
-    size_t take = len < n - 1 ? (size_t)len : n - 1;
-    if (fread(buf, 1, take, g->f) != take || fseek(g->f, (long)(len - take), SEEK_CUR))
-        g->bad = 1;
-    buf[take] = 0;
+    if (!strcmp(kv->key, "tokenizer.ggml.tokens") && !g->V)
+        g->V = (long long)kv->n;
+    size_t al = strlen(g->arch);
+    if (strncmp(kv->key, g->arch, al) || kv->key[al] != '.')
+        return;
+    const char *k = kv->key + al + 1;
+    long long iv = kv->type == DT_META_INT ? kv->i : 0;
+    if (!strcmp(k, "block_count")) g->L = iv;
+    else if (!strcmp(k, "embedding_length")) g->C = iv;
+    else if (!strcmp(k, "attention.head_count")) g->H = iv;
+    else if (!strcmp(k, "attention.head_count_kv")) g->KV = iv;
+    else if (!strcmp(k, "feed_forward_length")) g->F = iv;
+    else if (!strcmp(k, "vocab_size")) g->V = iv;
+    else if (!strcmp(k, "context_length")) g->P = iv;
+    else if (!strcmp(k, "rope.dimension_count")) g->rot = iv;
+    else if (!strcmp(k, "attention.key_length")) g->kl = iv;
 }
 
-static int gg_scalar_size(uint32_t t)
+/* Tied head: no output.weight tensor. */
+static void gg_tensor(void *ud, const char *name)
 {
-    static const int sz[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
-    return t < 13 ? sz[t] : -1;
-}
-
-/* Reads one value of type t: integers into *iv (else 0); *count is the
- * length of an array. */
-static void gg_value(gg *g, uint32_t t, long long *iv, uint64_t *count)
-{
-    *iv = 0;
-    *count = 0;
-    if (t == 8) {
-        char tmp[8];
-        gg_str(g, tmp, sizeof tmp);
-    } else if (t == 9) {
-        uint32_t et = (uint32_t)gg_u(g, 4);
-        uint64_t n = gg_u(g, 8);
-        *count = n;
-        if (et == 8) {
-            for (uint64_t i = 0; i < n && !g->bad; i++) {
-                uint64_t len = gg_u(g, 8);
-                if (len > (1u << 24) || fseek(g->f, (long)len, SEEK_CUR))
-                    g->bad = 1;
-            }
-        } else if (gg_scalar_size(et) > 0 && n < (1ull << 40)) {
-            if (fseek(g->f, (long)(n * (uint64_t)gg_scalar_size(et)), SEEK_CUR))
-                g->bad = 1;
-        } else {
-            g->bad = 1;
-        }
-    } else if (gg_scalar_size(t) > 0) {
-        uint64_t v = gg_u(g, gg_scalar_size(t));
-        if (t <= 5 || t == 10 || t == 11)
-            *iv = (long long)v;
-    } else {
-        g->bad = 1;
-    }
+    if (!strcmp(name, "output.weight"))
+        ((gg *)ud)->tied = 0;
 }
 
 static int read_gguf(const char *path, dt_mem_model *m, char *err)
 {
-    gg g = {fopen(path, "rb"), 0};
-    if (!g.f)
-        return dt_errf(err, DT_EIO, "%s: %s", path, strerror(errno));
-    char magic[4];
-    if (fread(magic, 1, 4, g.f) != 4 || memcmp(magic, "GGUF", 4)) {
-        fclose(g.f);
-        return dt_errf(err, DT_EFORMAT, "%s: not a GGUF file", path);
-    }
-    uint32_t ver = (uint32_t)gg_u(&g, 4);
-    uint64_t nt = gg_u(&g, 8), nkv = gg_u(&g, 8);
-    long long L = 0, C = 0, H = 0, KV = 0, F = 0, V = 0, P = 2048, rot = 0;
-    char arch[32] = "llama";
-    for (uint64_t i = 0; i < nkv && !g.bad && ver >= 2; i++) {
-        char key[128], want[160];
-        gg_str(&g, key, sizeof key);
-        uint32_t t = (uint32_t)gg_u(&g, 4);
-        if (t == 8 && !strcmp(key, "general.architecture")) {
-            gg_str(&g, arch, sizeof arch);
-            continue;
-        }
-        long long iv;
-        uint64_t cnt;
-        gg_value(&g, t, &iv, &cnt);
-        const char *k = key;
-        size_t al = strlen(arch);
-        if (!strcmp(k, "tokenizer.ggml.tokens") && !V)
-            V = (long long)cnt;
-        if (strncmp(k, arch, al) || k[al] != '.')
-            continue;
-        snprintf(want, sizeof want, "%s", k + al + 1);
-        if (!strcmp(want, "block_count")) L = iv;
-        else if (!strcmp(want, "embedding_length")) C = iv;
-        else if (!strcmp(want, "attention.head_count")) H = iv;
-        else if (!strcmp(want, "attention.head_count_kv")) KV = iv;
-        else if (!strcmp(want, "feed_forward_length")) F = iv;
-        else if (!strcmp(want, "vocab_size")) V = iv;
-        else if (!strcmp(want, "context_length")) P = iv;
-        else if (!strcmp(want, "rope.dimension_count")) rot = iv;
-    }
-    /* Tied head: no output.weight tensor. */
-    m->tied = 1;
-    for (uint64_t i = 0; i < nt && !g.bad && i < (1u << 20); i++) {
-        char name[128];
-        gg_str(&g, name, sizeof name);
-        uint32_t nd = (uint32_t)gg_u(&g, 4);
-        if (nd > 8) {
-            g.bad = 1;
-            break;
-        }
-        for (uint32_t d = 0; d < nd; d++)
-            gg_u(&g, 8);
-        gg_u(&g, 4);
-        gg_u(&g, 8);
-        if (!strcmp(name, "output.weight"))
-            m->tied = 0;
-    }
-    fclose(g.f);
-    if (g.bad || ver < 2 || L <= 0 || C <= 0 || H <= 0 || F <= 0 || V <= 0)
+    gg g = {.arch = "llama", .P = 2048, .tied = 1};
+    int rc = dt_gguf_scan(path, gg_kv, gg_tensor, &g, err);
+    if (rc)
+        return rc;
+    if (g.L <= 0 || g.C <= 0 || g.H <= 0 || g.F <= 0 || g.V <= 0)
         return dt_errf(err, DT_EFORMAT, "%s: GGUF header lacks the model's sizes", path);
-    m->llama = strcmp(arch, "gpt2") != 0;
-    m->n_layer = (int)L; m->d_model = (int)C; m->n_head = (int)H;
-    m->n_kv_head = (int)(KV > 0 ? KV : H);
-    m->head_dim = (int)(rot > 0 ? rot : C / H);
-    m->d_ff = (int)F; m->vocab = (int)V; m->max_pos = (int)P;
+    m->llama = strcmp(g.arch, "gpt2") != 0;
+    m->qk_norm = strcmp(g.arch, "qwen3") == 0;
+    m->tied = g.tied;
+    m->n_layer = (int)g.L; m->d_model = (int)g.C; m->n_head = (int)g.H;
+    m->n_kv_head = (int)(g.KV > 0 ? g.KV : g.H);
+    /* as modelio.c: key_length, else the rotary dimension, else C / H */
+    m->head_dim = (int)(g.kl > 0 ? g.kl : g.rot > 0 ? g.rot : g.C / g.H);
+    m->d_ff = (int)g.F; m->vocab = (int)g.V; m->max_pos = (int)g.P;
     return 0;
 }
 
@@ -293,7 +214,8 @@ static long long weight_floats(const dt_mem_model *c)
         n = V * C + (long long)c->max_pos * C + 2 * C +
             L * (4 * C + 3 * C * C + 3 * C + C * C + C + F * C + F + C * F + C);
     else
-        n = V * C + C + L * (2 * C + Q * C + 2 * K * C + C * Q + 3 * F * C);
+        n = V * C + C + L * (2 * C + Q * C + 2 * K * C + C * Q + 3 * F * C +
+                             (c->qk_norm ? 2LL * c->head_dim : 0));
     if (!c->tied)
         n += V * C;
     return n;
@@ -318,7 +240,8 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
     long long W = weight_floats(c);
 
     /* trainable tensors: p (LoRA factors; full: the weights themselves),
-     * g, m, v; Delta-LoRA's catA/catB; per adapter u(N, r). */
+     * g, m, v; Delta-LoRA's catA/catB (2r rows/columns) and A_K/B_K (r);
+     * per adapter u(N, r). */
     long long ptrain = 0, cat = 0, u = 0, moved = 0;
     if (j->method == 0) {
         ptrain = W;
@@ -335,7 +258,7 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
             int cnt[5] = {ncattn, nqkv, !!(t & T_O), !!(t & T_UP), !!(t & T_DOWN)};
             for (int i = 0; i < 5; i++) {
                 ptrain += L * cnt[i] * (r * ins[i] + rows[i] * r);
-                cat += L * cnt[i] * 2 * r * (ins[i] + rows[i]);
+                cat += L * cnt[i] * 3 * r * (ins[i] + rows[i]);
                 u += L * cnt[i] * N * r;
             }
             if (ncattn || nqkv)
@@ -348,7 +271,7 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
                 if (!(t & (1u << i)))
                     continue;
                 ptrain += L * (r * in7[i] + outs[i] * r);
-                cat += L * 2 * r * (in7[i] + outs[i]);
+                cat += L * 3 * r * (in7[i] + outs[i]);
                 u += L * N * r;
                 moved += L * outs[i] * in7[i];
             }
@@ -356,7 +279,8 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
         if (j->method != 2)
             cat = moved = 0;
     }
-    long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2 * 2;
+    /* + the squared gradient norm: one double, 2 floats (model.c) */
+    long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2;
 
     /* activations: alloc_acts (model.c), floats (ids, targets and the LM
      * head's predicted rows: 3N int32). */
@@ -369,6 +293,8 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
                      (c->llama ? L * N * F : 2 * N * 3 * C) + N * C + 2 * N +
                      head_rows * V + N + N * C + 2 * N * wide + N * qd + 2 * N * kd +
                      3 * N * F + N * (r > 0 ? r : 1) + u;
+    if (c->qk_norm) /* Qwen 3: q, k before their norms, and the norms' rstd */
+        acts += L * N * (qd + kd) + L * N * (c->n_head + c->n_kv_head);
 
     /* the backend's own buffers */
     long long work;

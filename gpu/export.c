@@ -83,7 +83,8 @@ static json_t *id_or_null(int64_t id)
     return id >= 0 ? json_integer(id) : json_null();
 }
 
-/* config.json for a GGUF input: a LlamaForCausalLM in the export dtype. */
+/* config.json for a GGUF input in the export dtype: a LlamaForCausalLM, or a
+ * Qwen3ForCausalLM for a qwen3 GGUF (q_norm/k_norm). */
 static int write_llama_config(const dt_weights *w, const dt_tokenizer *tok,
                               dt_dtype dtype, const char *path, char *err)
 {
@@ -96,9 +97,13 @@ static int write_llama_config(const dt_weights *w, const dt_tokenizer *tok,
     if (tok && dt_tokenizer_eos(tok) >= 0)
         eos = dt_tokenizer_eos(tok);
     json_t *j = json_object();
-    json_object_set_new(j, "architectures", json_pack("[s]",
-                                                      "LlamaForCausalLM"));
-    json_object_set_new(j, "model_type", json_string("llama"));
+    json_object_set_new(j, "architectures", json_pack("[s]", c->qk_norm
+                                                      ? "Qwen3ForCausalLM"
+                                                      : "LlamaForCausalLM"));
+    json_object_set_new(j, "model_type",
+                        json_string(c->qk_norm ? "qwen3" : "llama"));
+    if (c->qk_norm)
+        json_object_set_new(j, "use_sliding_window", json_false());
     json_object_set_new(j, "hidden_size", json_integer(c->d_model));
     json_object_set_new(j, "intermediate_size", json_integer(c->d_ff));
     json_object_set_new(j, "num_hidden_layers", json_integer(c->n_layer));

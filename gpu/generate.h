@@ -7,7 +7,10 @@
 #define DT_GENERATE_H
 
 #include <stdint.h>
+#include <jansson.h>
+
 #include "model.h"
+#include "tokenizer.h"
 
 typedef struct dt_decoder dt_decoder;
 
@@ -50,5 +53,22 @@ int dt_generate(dt_decoder *d, const int32_t *prompt, int n,
  * probabilities when sampling). rng: the sampler state. */
 int32_t dt_sample(float *logits, int V, float temperature, float top_p,
                   uint64_t *rng);
+
+/* The prompt ids of a chat for generation, rendered as training renders
+ * chat rows (dataset.c) with the assistant's turn opened: the model's own
+ * chat template with add_generation_prompt true (and bos_token /
+ * eos_token), template text encoded with control tokens recognised and
+ * message content without; else ChatML when the tokenizer has <|im_start|>
+ * and <|im_end|> ("<|im_start|>assistant\n" last); else the plain template
+ * ("### Assistant:\n" last). BOS first in the last two when the tokenizer
+ * has one distinct from its EOS. messages: an array of {"role", "content"}
+ * with string content (borrowed). *ids is malloc'd. DT_EINVAL names the
+ * template's error. */
+int dt_chat_prompt(const dt_tokenizer *tok, const json_t *messages,
+                   int32_t **ids, int *n, char *err);
+
+/* The token that ends an assistant turn besides EOS (<|im_end|>,
+ * <|eot_id|>, <end_of_turn>), or -1. */
+int32_t dt_chat_end_token(const dt_tokenizer *tok);
 
 #endif

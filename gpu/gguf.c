@@ -367,6 +367,35 @@ static int rd_tensor_info(rd *r, ginfo *g)
     return DT_OK;
 }
 
+/* The fixed header: magic, version (2 or 3) and the two counts, checked
+ * against the file's size. */
+static int rd_header(rd *r, uint64_t *nt, uint64_t *nkv)
+{
+    char magic[4];
+    uint32_t ver = 0;
+    *nt = *nkv = 0;
+    if (r->size < 24)
+        return dt_errf(r->err, DT_EFORMAT, "%s: file truncated (%llu bytes)",
+                       r->path, (unsigned long long)r->size);
+    rd_bytes(r, magic, 4, "magic");
+    if (memcmp(magic, "GGUF", 4) != 0)
+        return dt_errf(r->err, DT_EFORMAT, "%s: bad magic (not a GGUF file)",
+                       r->path);
+    rd_u32(r, &ver, "version");
+    if (ver != 2 && ver != 3)
+        return dt_errf(r->err, DT_ENOTSUP, "%s: GGUF version %u (2 or 3 "
+                       "only)", r->path, ver);
+    rd_u64(r, nt, "tensor count");
+    rd_u64(r, nkv, "metadata count");
+    /* A key/value takes at least 8 + 4 + 1 bytes, a tensor info 8+4+8+4+8. */
+    if (*nkv > (r->size - r->off) / 13 || *nt > (r->size - r->off) / 32)
+        return dt_errf(r->err, DT_EFORMAT,
+                       "%s: counts (%llu tensors, %llu keys) exceed the file",
+                       r->path, (unsigned long long)*nt,
+                       (unsigned long long)*nkv);
+    return DT_OK;
+}
+
 static int gguf_parse(const char *path, const unsigned char *p, uint64_t size,
                       dt_tensorset *ts, int meta_only, char *err)
 {
@@ -376,26 +405,8 @@ static int gguf_parse(const char *path, const unsigned char *p, uint64_t size,
     uint64_t nt = 0, nkv = 0;
     dt_meta m;
     memset(&m, 0, sizeof m);
-    char magic[4];
-    uint32_t ver = 0;
-    if (size < 24)
-        return dt_errf(err, DT_EFORMAT, "%s: file truncated (%llu bytes)",
-                       path, (unsigned long long)size);
-    rd_bytes(&r, magic, 4, "magic");
-    if (memcmp(magic, "GGUF", 4) != 0)
-        return dt_errf(err, DT_EFORMAT, "%s: bad magic (not a GGUF file)",
-                       path);
-    rd_u32(&r, &ver, "version");
-    if (ver != 2 && ver != 3)
-        return dt_errf(err, DT_ENOTSUP, "%s: GGUF version %u (2 or 3 only)",
-                       path, ver);
-    rd_u64(&r, &nt, "tensor count");
-    rd_u64(&r, &nkv, "metadata count");
-    /* A key/value takes at least 8 + 4 + 1 bytes, a tensor info 8+4+8+4+8. */
-    if (nkv > (size - r.off) / 13 || nt > (size - r.off) / 32)
-        return dt_errf(err, DT_EFORMAT,
-                       "%s: counts (%llu tensors, %llu keys) exceed the file",
-                       path, (unsigned long long)nt, (unsigned long long)nkv);
+    if ((rc = rd_header(&r, &nt, &nkv)))
+        return rc;
     uint64_t align = 32;
     for (uint64_t k = 0; k < nkv; k++) {
         uint32_t t = 0;
@@ -528,4 +539,85 @@ int dt_gguf_load(const char *path, dt_tensorset *ts, char *err)
 int dt_gguf_load_meta(const char *path, dt_tensorset *ts, char *err)
 {
     return gguf_open(path, ts, 1, err);
+}
+
+/* One key/value for dt_gguf_scan: kv->key already read. Strings point into
+ * the mapping; arrays are skipped, their count kept. */
+static int scan_value(rd *r, uint32_t t, dt_gguf_kv *kv)
+{
+    int rc, isf;
+    if (t >= GV_COUNT)
+        return dt_errf(r->err, DT_EFORMAT, "%s: key %s: unknown value type %u",
+                       r->path, kv->key, t);
+    if (t == GV_STR) {
+        uint64_t off;
+        if ((rc = rd_u64(r, &kv->len, kv->key)))
+            return rc;
+        off = r->off;
+        r->off -= 8;
+        if ((rc = rd_str(r, NULL, kv->key)))
+            return rc;
+        kv->type = DT_META_STR;
+        kv->s = (const char *)r->p + off;
+        return DT_OK;
+    }
+    if (t != GV_ARR) {
+        if ((rc = rd_scalar(r, t, &kv->i, &kv->f, &isf)))
+            return rc;
+        kv->type = isf ? DT_META_FLOAT : t == GV_BOOL ? DT_META_BOOL
+                                                      : DT_META_INT;
+        return DT_OK;
+    }
+    uint32_t et = 0;
+    if ((rc = rd_u32(r, &et, "array element type")) ||
+        (rc = rd_u64(r, &kv->n, "array length")))
+        return rc;
+    r->off -= 8; /* rd_skip_array reads the length again */
+    kv->type = et == GV_STR ? DT_META_STR_ARR
+               : et == GV_F32 || et == GV_F64 ? DT_META_FLOAT_ARR
+                                              : DT_META_INT_ARR;
+    return rd_skip_array(r, et, 1);
+}
+
+int dt_gguf_scan(const char *path, dt_gguf_kv_fn on_kv,
+                 dt_gguf_tensor_fn on_tensor, void *ud, char *err)
+{
+    dt_map map;
+    int rc = dt_file_map(path, 24, &map, err);
+    if (rc)
+        return rc;
+    rd r = {map.data, map.size, 0, path, err};
+    uint64_t nt, nkv;
+    char *key = NULL;
+    ginfo g;
+    memset(&g, 0, sizeof g);
+    if ((rc = rd_header(&r, &nt, &nkv)))
+        goto out;
+    for (uint64_t k = 0; k < nkv; k++) {
+        uint32_t t = 0;
+        dt_gguf_kv kv;
+        memset(&kv, 0, sizeof kv);
+        if ((rc = rd_str(&r, &key, "metadata key")) ||
+            (rc = rd_u32(&r, &t, "metadata type")))
+            goto out;
+        kv.key = key;
+        if ((rc = scan_value(&r, t, &kv)))
+            goto out;
+        if (on_kv)
+            on_kv(ud, &kv);
+        free(key);
+        key = NULL;
+    }
+    for (uint64_t i = 0; on_tensor && i < nt; i++) {
+        if ((rc = rd_tensor_info(&r, &g)))
+            goto out;
+        on_tensor(ud, g.name);
+        free(g.name);
+        g.name = NULL;
+    }
+out:
+    free(key);
+    free(g.name);
+    dt_file_unmap(&map);
+    return rc;
 }

@@ -308,6 +308,12 @@ static int build_layers(dt_model *m, uint64_t *rng, int *fail, char *err)
             Y->n1w = weight(m, n1, C, 0, &Y->pn1w, fail, err);
             snprintf(n1, sizeof n1, "layers.%d.post_attention_layernorm.weight", l);
             Y->n2w = weight(m, n1, C, 0, &Y->pn2w, fail, err);
+            if (c->qk_norm) { /* Qwen 3: trained under full, else frozen */
+                snprintf(n1, sizeof n1, "layers.%d.self_attn.q_norm.weight", l);
+                Y->qnw = weight(m, n1, c->head_dim, 0, &Y->pqnw, fail, err);
+                snprintf(n1, sizeof n1, "layers.%d.self_attn.k_norm.weight", l);
+                Y->knw = weight(m, n1, c->head_dim, 0, &Y->pknw, fail, err);
+            }
             Y->nlin = 7;
             for (int j = 0; j < 7; j++) {
                 snprintf(n1, sizeof n1, "layers.%d.%s.weight", l, lin[j]);
@@ -341,6 +347,12 @@ static int alloc_acts(dt_model *m, int *fail)
     m->q = dalloc(m, NL * N * qd, fail);
     m->k = dalloc(m, NL * N * kd, fail);
     m->v = dalloc(m, NL * N * kd, fail);
+    if (c->qk_norm) { /* the norms' inputs and rstd, for their backward */
+        m->qraw = dalloc(m, NL * N * qd, fail);
+        m->kraw = dalloc(m, NL * N * kd, fail);
+        m->qnr = dalloc(m, NL * N * (size_t)c->n_head, fail);
+        m->knr = dalloc(m, NL * N * (size_t)c->n_kv_head, fail);
+    }
     m->att = dalloc(m, NL * N * qd, fail);
     m->lse = dalloc(m, NL * N * (size_t)c->n_head, fail);
     m->h1 = dalloc(m, NL * N * F, fail);
@@ -478,7 +490,8 @@ void dt_model_release_activations(dt_model *m)
         m->n2, m->n1m, m->n1r, m->n2m, m->n2r, m->q, m->k, m->v, m->qkv,
         m->att, m->lse, m->h1, m->h2, m->act, m->nf, m->nfm, m->nfr,
         m->logits, m->losses, m->dres, m->dx, m->dq, m->dk,
-        m->dv, m->dqkv, m->datt, m->dh1, m->dh2, m->dact, m->du};
+        m->dv, m->dqkv, m->datt, m->dh1, m->dh2, m->dact, m->du, m->qraw,
+        m->kraw, m->qnr, m->knr};
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++)
         be->i.free(be, acts[i]);
     for (int i = 0; i < m->nloras; i++) {
@@ -490,6 +503,7 @@ void dt_model_release_activations(dt_model *m)
     m->q = m->k = m->v = m->qkv = m->att = m->lse = m->h1 = m->h2 = m->act = NULL;
     m->nf = m->nfm = m->nfr = m->logits = m->losses = m->dres = m->dx = NULL;
     m->dq = m->dk = m->dv = m->dqkv = m->datt = m->dh1 = m->dh2 = m->dact = m->du = NULL;
+    m->qraw = m->kraw = m->qnr = m->knr = NULL;
     m->B = m->T = 0; /* forward() now refuses every batch */
     be->i.free(be, m->xd); /* the LoRA dropout's scratch (model_pass.c) */
     be->i.free(be, m->xd2);

@@ -39,6 +39,8 @@ typedef struct dt_config {
     int attn_bias;  /* Llama family: q/k/v biases present (Qwen2) */
     int o_bias;     /* Llama family: o_proj bias present */
     int mlp_bias;   /* Llama family: MLP biases present */
+    int qk_norm;    /* Qwen 3: per-head RMSNorm of q and k (q_norm, k_norm,
+                       (head_dim) each) after the projections, before RoPE */
     /* Dropout probabilities of config.json, applied in training only (see
      * dt_model_set_dropout): GPT-2's resid_pdrop, embd_pdrop, attn_pdrop
      * (0.1 each when a key is missing, as transformers' GPT2Config); the

@@ -25,6 +25,8 @@ typedef struct dt_linear {
 typedef struct dt_layer {
     float *n1w, *n1b, *n2w, *n2b;       /* norms (b NULL for RMSNorm) */
     dt_param *pn1w, *pn1b, *pn2w, *pn2b;
+    float *qnw, *knw;                   /* Qwen 3 q_norm, k_norm (head_dim) */
+    dt_param *pqnw, *pknw;              /* or NULL */
     dt_linear lin[MAX_LIN];
     int nlin;
 } dt_layer;
@@ -72,6 +74,8 @@ struct dt_model {
     float *n1, *n1m, *n1r; /* norm 1 out (N,C), mean (N), rstd (N) */
     float *n2, *n2m, *n2r;
     float *q, *k, *v;      /* (N, qdim), (N, kvdim) x2, after RoPE */
+    float *qraw, *kraw;    /* qk_norm: q, k before their norm, and the */
+    float *qnr, *knr;      /* norms' rstd (N, n_head), (N, n_kv_head) */
     float *qkv;            /* GPT-2 only: (N, 3C) scratch, one layer */
     float *att, *lse;      /* (N, qdim), (B, NH, T) */
     float *h1, *h2;        /* GPT-2: fc out, -; Llama: gate, up */

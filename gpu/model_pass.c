@@ -155,6 +155,29 @@ static void norm_bwd(dt_model *m, float *dx, dt_param *pw, dt_param *pb,
                         m->c.d_model);
 }
 
+/* Qwen 3's q_norm / k_norm: RMSNorm over each head's head_dim, rows
+ * (N·heads, D), from the kept projection raw (N, heads·D) into out. */
+static void head_norm_fwd(dt_model *m, float *out, float *rstd,
+                          const float *raw, const float *w, int N, int heads)
+{
+    OPS.rmsnorm_fwd(m->be, out, rstd, raw, w, N * heads, m->c.head_dim,
+                    m->c.norm_eps);
+}
+
+/* Backward of head_norm_fwd: the gradient of the projection's output into
+ * m->datt (free once attention_bwd has run), which it returns; the norm
+ * weight's gradient when it trains. */
+static const float *head_norm_bwd(dt_model *m, dt_param *pw, const float *dout,
+                                  const float *raw, const float *w,
+                                  const float *rstd, int N, int heads)
+{
+    int D = m->c.head_dim;
+    OPS.memset0(m->be, m->datt, (size_t)N * heads * D * sizeof(float));
+    OPS.rmsnorm_bwd(m->be, m->datt, gptr(pw), dout, raw, w, rstd, N * heads,
+                    D);
+    return m->datt;
+}
+
 /* res = x + y and out = norm(res) in one pass (residual_norm_fwd): the
  * residual add of a block and the norm of the next one. mean is unused
  * by RMSNorm. */
@@ -188,9 +211,18 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
         OPS.copy2d(be, A.k, C, m->qkv + C, 3 * C, N, C, 1.0f);
         OPS.copy2d(be, A.v, C, m->qkv + 2 * C, 3 * C, N, C, 1.0f);
     } else {
-        lin_fwd(m, &Y->lin[L_Q], A.n1, A.q, N, 0);
-        lin_fwd(m, &Y->lin[L_K], A.n1, A.k, N, 0);
+        /* Qwen 3: the projections into qraw/kraw, normed per head. */
+        float *qr = Y->qnw ? AT(m->qraw, l, m->qdim) : A.q;
+        float *kr = Y->qnw ? AT(m->kraw, l, m->kvdim) : A.k;
+        lin_fwd(m, &Y->lin[L_Q], A.n1, qr, N, 0);
+        lin_fwd(m, &Y->lin[L_K], A.n1, kr, N, 0);
         lin_fwd(m, &Y->lin[L_V], A.n1, A.v, N, 0);
+        if (Y->qnw) {
+            head_norm_fwd(m, A.q, AT(m->qnr, l, c->n_head), qr, Y->qnw, N,
+                          c->n_head);
+            head_norm_fwd(m, A.k, AT(m->knr, l, c->n_kv_head), kr, Y->knw, N,
+                          c->n_kv_head);
+        }
         OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, m->rope_key, 0);
         OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, m->rope_key, 0);
     }
@@ -304,8 +336,16 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
     } else {
         OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, m->rope_key, 1);
         OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, m->rope_key, 1);
-        lin_bwd(m, &Y->lin[L_Q], m->dq, A.n1, m->dx, N, 0);
-        lin_bwd(m, &Y->lin[L_K], m->dk, A.n1, m->dx, N, 1);
+        const float *dq = m->dq, *dk = m->dk;
+        if (Y->qnw) /* Qwen 3's q_norm, k_norm; both use m->datt in turn */
+            dq = head_norm_bwd(m, Y->pqnw, m->dq, AT(m->qraw, l, m->qdim),
+                               Y->qnw, AT(m->qnr, l, c->n_head), N, c->n_head);
+        lin_bwd(m, &Y->lin[L_Q], dq, A.n1, m->dx, N, 0);
+        if (Y->qnw)
+            dk = head_norm_bwd(m, Y->pknw, m->dk, AT(m->kraw, l, m->kvdim),
+                               Y->knw, AT(m->knr, l, c->n_kv_head), N,
+                               c->n_kv_head);
+        lin_bwd(m, &Y->lin[L_K], dk, A.n1, m->dx, N, 1);
         lin_bwd(m, &Y->lin[L_V], m->dv, A.n1, m->dx, N, 1);
     }
     norm_bwd(m, m->dres, Y->pn1w, Y->pn1b, m->dx, A.x, Y->n1w,

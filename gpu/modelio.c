@@ -97,6 +97,10 @@ static int build_spec(const dt_config *c, speclist *L)
             }
             if (c->o_bias)
                 ADD1(C, "layers.%d.self_attn.o_proj.bias", l);
+            if (c->qk_norm) {
+                ADD1(c->head_dim, "layers.%d.self_attn.q_norm.weight", l);
+                ADD1(c->head_dim, "layers.%d.self_attn.k_norm.weight", l);
+            }
             ADD1(C, "layers.%d.post_attention_layernorm.weight", l);
             ADD2(F, C, 0, "layers.%d.mlp.gate_proj.weight", l);
             ADD2(F, C, 0, "layers.%d.mlp.up_proj.weight", l);
@@ -349,10 +353,13 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
 {
     const char *mt = json_string_value(json_object_get(root, "model_type"));
     static const char *const llama_types[] = {"llama", "mistral", "qwen2",
-                                              "smollm", NULL};
+                                              "qwen3", "smollm", NULL};
+    int qwen3 = has_arch(root, "Qwen3ForCausalLM") ||
+                (mt && strcmp(mt, "qwen3") == 0);
+    int qwen = qwen3 || has_arch(root, "Qwen2ForCausalLM") ||
+               (mt && strcmp(mt, "qwen2") == 0);
     int is_llama = has_arch(root, "LlamaForCausalLM") ||
-                   has_arch(root, "MistralForCausalLM") ||
-                   has_arch(root, "Qwen2ForCausalLM");
+                   has_arch(root, "MistralForCausalLM") || qwen;
     for (int i = 0; mt && llama_types[i]; i++)
         is_llama |= strcmp(mt, llama_types[i]) == 0;
     int rc;
@@ -383,6 +390,7 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         c->attn_pdrop = js_num(root, "attn_pdrop", 0.1f);
     } else if (is_llama) {
         c->arch = DT_ARCH_LLAMA;
+        c->qk_norm = qwen3; /* per-head q_norm / k_norm */
         if ((rc = js_int(root, "num_hidden_layers", -1, &c->n_layer, path,
                          err)) ||
             (rc = js_int(root, "hidden_size", -1, &c->d_model, path, err)) ||
@@ -409,11 +417,10 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
                                err)) ||
             (rc = rope_scaling(path, "rope_parameters", rp, c, err)))
             return rc;
-        /* Mistral's sliding window (Qwen2's when use_sliding_window). */
+        /* Mistral's sliding window (Qwen 2/3's when use_sliding_window). */
         json_t *sw = json_object_get(root, "sliding_window");
         if (json_is_integer(sw) && json_integer_value(sw) > 0 &&
-            (!has_arch(root, "Qwen2ForCausalLM") ||
-             js_bool(root, "use_sliding_window", 0)))
+            (!qwen || js_bool(root, "use_sliding_window", 0)))
             c->sliding_window = json_integer_value(sw) > INT32_MAX
                                     ? INT32_MAX
                                     : (int)json_integer_value(sw);
@@ -430,7 +437,8 @@ static int hf_config(const char *path, json_t *root, dt_config *c, char *err)
         if (json_is_string(a0))
             return dt_errf(err, DT_ENOTSUP, "%s: unsupported architecture %s "
                            "(supported: GPT2LMHeadModel, LlamaForCausalLM, "
-                           "MistralForCausalLM, Qwen2ForCausalLM)", path,
+                           "MistralForCausalLM, Qwen2ForCausalLM, "
+                           "Qwen3ForCausalLM)", path,
                            json_string_value(a0));
         return dt_errf(err, DT_ENOTSUP, "%s: unknown architecture %s", path,
                        mt ? mt : "(none)");
@@ -542,8 +550,9 @@ static float meta_float(const dt_tensorset *ts, const char *key, float def)
     return def;
 }
 
-/* Maps a llama GGUF tensor name to the canonical one; returns 0 when the
- * name is not a llama tensor. */
+/* Maps a llama or qwen3 GGUF tensor name to the canonical one; returns 0
+ * when the name is not one of theirs. *qk: 1 for attn_q, 2 for attn_k (rows
+ * that llama.cpp permutes for the llama architecture). */
 static int gguf_canon_name(const char *n, char *out, size_t cap, int *qk)
 {
     static const char *const top[][2] = {
@@ -557,6 +566,7 @@ static int gguf_canon_name(const char *n, char *out, size_t cap, int *qk)
         {"ffn_gate", "mlp.gate_proj"}, {"ffn_up", "mlp.up_proj"},
         {"ffn_down", "mlp.down_proj"}, {"attn_norm", "input_layernorm"},
         {"ffn_norm", "post_attention_layernorm"},
+        {"attn_q_norm", "self_attn.q_norm"}, {"attn_k_norm", "self_attn.k_norm"},
     };
     *qk = 0;
     for (size_t i = 0; i < sizeof top / sizeof top[0]; i++)
@@ -592,54 +602,61 @@ static int load_gguf(const char *path, dt_weights *w, char *err)
     dt_config *c = &w->cfg;
     memset(c, 0, sizeof *c);
     const dt_meta *am = dt_tensorset_meta(&raw, "general.architecture");
-    if (!am || am->type != DT_META_STR || strcmp(am->s, "llama") != 0) {
-        rc = dt_errf(err, DT_ENOTSUP, "%s: unknown architecture %s", path,
-                     am && am->type == DT_META_STR ? am->s : "(none)");
+    const char *an = am && am->type == DT_META_STR ? am->s : "(none)";
+    /* llama, or qwen3: the Llama layout plus attn_q_norm/attn_k_norm, its
+     * Q/K rows in Hugging Face order (llama.cpp permutes only llama's). */
+    int qwen3 = strcmp(an, "qwen3") == 0;
+    if (strcmp(an, "llama") != 0 && !qwen3) {
+        rc = dt_errf(err, DT_ENOTSUP, "%s: unsupported architecture %s "
+                     "(supported GGUF architectures: llama, qwen3)", path, an);
         goto out;
     }
     c->arch = DT_ARCH_LLAMA;
+    c->qk_norm = qwen3;
     const dt_meta *tok = dt_tensorset_meta(&raw, "tokenizer.ggml.tokens");
     int vocab_def = tok && tok->type == DT_META_STR_ARR && tok->n < (1 << 30)
                         ? (int)tok->n : -1;
     int rotdim = 0;
-    if ((rc = meta_int(&raw, "llama.block_count", -1, &c->n_layer, path,
-                       err)) ||
-        (rc = meta_int(&raw, "llama.embedding_length", -1, &c->d_model, path,
-                       err)) ||
-        (rc = meta_int(&raw, "llama.attention.head_count", -1, &c->n_head,
-                       path, err)) ||
-        (rc = meta_int(&raw, "llama.attention.head_count_kv", c->n_head,
-                       &c->n_kv_head, path, err)) ||
-        (rc = meta_int(&raw, "llama.attention.key_length",
-                       c->n_head ? c->d_model / c->n_head : 0, &c->head_dim,
-                       path, err)) ||
-        (rc = meta_int(&raw, "llama.rope.dimension_count", c->head_dim,
-                       &rotdim, path, err)) ||
-        (rc = meta_int(&raw, "llama.feed_forward_length", -1, &c->d_ff, path,
-                       err)) ||
-        (rc = meta_int(&raw, "llama.context_length", 2048, &c->max_pos, path,
-                       err)))
+    char k[8][64];
+    static const char *const keys[8] = {"block_count", "embedding_length",
+        "attention.head_count", "attention.head_count_kv",
+        "attention.key_length", "rope.dimension_count", "feed_forward_length",
+        "context_length"};
+    for (int i = 0; i < 8; i++)
+        snprintf(k[i], sizeof k[i], "%s.%s", an, keys[i]);
+    if ((rc = meta_int(&raw, k[0], -1, &c->n_layer, path, err)) ||
+        (rc = meta_int(&raw, k[1], -1, &c->d_model, path, err)) ||
+        (rc = meta_int(&raw, k[2], -1, &c->n_head, path, err)) ||
+        (rc = meta_int(&raw, k[3], c->n_head, &c->n_kv_head, path, err)) ||
+        (rc = meta_int(&raw, k[4], c->n_head ? c->d_model / c->n_head : 0,
+                       &c->head_dim, path, err)) ||
+        (rc = meta_int(&raw, k[5], c->head_dim, &rotdim, path, err)) ||
+        (rc = meta_int(&raw, k[6], -1, &c->d_ff, path, err)) ||
+        (rc = meta_int(&raw, k[7], 2048, &c->max_pos, path, err)))
         goto out;
-    /* The vocabulary is the token list; llama.vocab_size only without it. */
+    /* The vocabulary is the token list; <arch>.vocab_size only without it. */
+    char key[96];
+    snprintf(key, sizeof key, "%s.vocab_size", an);
     if (vocab_def >= 0)
         c->vocab = vocab_def;
-    else if ((rc = meta_int(&raw, "llama.vocab_size", -1, &c->vocab, path,
-                            err)))
+    else if ((rc = meta_int(&raw, key, -1, &c->vocab, path, err)))
         goto out;
     if (rotdim != c->head_dim) {
         rc = dt_errf(err, DT_ENOTSUP, "%s: partial rotary embeddings are not "
                      "supported", path);
         goto out;
     }
-    const dt_meta *rs = dt_tensorset_meta(&raw, "llama.rope.scaling.type");
+    snprintf(key, sizeof key, "%s.rope.scaling.type", an);
+    const dt_meta *rs = dt_tensorset_meta(&raw, key);
     if (rs && !(rs->type == DT_META_STR && strcmp(rs->s, "none") == 0)) {
         rc = dt_errf(err, DT_ENOTSUP, "%s: rope scaling is not supported",
                      path);
         goto out;
     }
-    c->norm_eps = meta_float(&raw, "llama.attention.layer_norm_rms_epsilon",
-                             1e-5f);
-    c->rope_theta = meta_float(&raw, "llama.rope.freq_base", 10000.0f);
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", an);
+    c->norm_eps = meta_float(&raw, key, 1e-5f);
+    snprintf(key, sizeof key, "%s.rope.freq_base", an);
+    c->rope_theta = meta_float(&raw, key, 10000.0f);
     c->tied = dt_tensorset_find(&raw, "output.weight") == NULL;
     c->attn_bias = dt_tensorset_find(&raw, "blk.0.attn_q.bias") != NULL;
     c->o_bias = dt_tensorset_find(&raw, "blk.0.attn_output.bias") != NULL;
@@ -663,7 +680,7 @@ static int load_gguf(const char *path, dt_weights *w, char *err)
         /* llama.cpp permutes Q/K biases like the weight rows, and
          * transformers un-permutes every ".attn_q."/".attn_k." tensor;
          * a bias is a 1-column matrix here. */
-        if (qk)
+        if (qk && !qwen3)
             spec_find(&L, cn)->perm_heads = qk == 1 ? c->n_head : c->n_kv_head;
     }
     /* Dequantized values are exact in F32 and would round in BF16, and the

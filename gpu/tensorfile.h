@@ -87,4 +87,28 @@ int dt_gguf_load(const char *path, dt_tensorset *ts, char *err);
 /* Same, metadata only (no tensor is read): for the tokenizer. */
 int dt_gguf_load_meta(const char *path, dt_tensorset *ts, char *err);
 
+/* One key/value of a GGUF header as dt_gguf_scan reports it. Scalars: type
+ * DT_META_INT / _BOOL (i) or DT_META_FLOAT (f). A string: DT_META_STR, s
+ * points at its len bytes inside the file's mapping (not NUL-terminated).
+ * Arrays are skipped: type DT_META_STR_ARR / _INT_ARR / _FLOAT_ARR (nested
+ * arrays: _INT_ARR) with only their element count n. Valid during the
+ * callback only. */
+typedef struct dt_gguf_kv {
+    const char *key;
+    int type;
+    int64_t i;
+    double f;
+    const char *s;
+    uint64_t len, n;
+} dt_gguf_kv;
+typedef void (*dt_gguf_kv_fn)(void *ud, const dt_gguf_kv *kv);
+typedef void (*dt_gguf_tensor_fn)(void *ud, const char *name);
+/* Reads a GGUF file's header without keeping or converting anything (the
+ * server's model info and memory estimate): calls on_kv for every key/value
+ * and then, when on_tensor is not NULL, on_tensor with every tensor's name.
+ * The same bounds checks as dt_gguf_load: a hostile header is DT_EFORMAT
+ * with detail in err, never a crash. */
+int dt_gguf_scan(const char *path, dt_gguf_kv_fn on_kv,
+                 dt_gguf_tensor_fn on_tensor, void *ud, char *err);
+
 #endif

@@ -609,6 +609,7 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char 
         return first_call(s, r);
     }
     if (r->queued) { *size = 0; return MHD_YES; }
+    if (r->deferred) return send_reply(r); /* resumed by whoever answered */
     if (*size) {
         enum MHD_Result ok = body_chunk(r, data, *size);
         *size = 0;
@@ -622,6 +623,13 @@ enum MHD_Result http_on_request(void *cls, struct MHD_Connection *c, const char 
     else if (!r->status)
         dispatch(r, rt);
     req_db_release(r);
+    if (r->on_defer && !r->status) {
+        /* suspended first: on_defer's thread may resume at once */
+        r->deferred = 1;
+        MHD_suspend_connection(c);
+        r->on_defer(r);
+        return MHD_YES;
+    }
     return send_reply(r);
 }
 

@@ -80,6 +80,16 @@ struct req {
     void *ctx;
     void (*ctx_cleanup)(req *r);
 
+    /* A handler that answers later (chat.c: when a serving worker has
+     * answered) sets on_defer and does not reply. Once the handler has
+     * returned, the framework suspends the connection and calls on_defer(r),
+     * which hands r to the thread that will answer; that thread makes one
+     * reply_* call and then MHD_resume_connection(r->conn), and the
+     * framework sends the reply when MHD calls it again. ctx_cleanup still
+     * runs however the request ends. */
+    void (*on_defer)(req *r);
+    int deferred;                 /* on_defer was called: the reply comes later */
+
     /* reply */
     int status;                   /* 0 until a reply_* call */
     json_t *json;                 /* JSON reply (owned) */

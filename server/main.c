@@ -20,6 +20,7 @@
 #include "handlers.h"
 #include "ratelimit.h"
 #include "sse.h"
+#include "chat.h"
 #include "api/sched.h"
 #include "base/clock.h"
 #include "base/file.h"
@@ -122,6 +123,13 @@ static void *bg_main(void *arg)
     return NULL;
 }
 
+/* before_stop: MHD must not stop with suspended connections. */
+static void stop_streams(server *s)
+{
+    sse_shutdown(s);
+    chat_shutdown(s);
+}
+
 int main(int argc, char **argv)
 {
     server s;
@@ -165,10 +173,11 @@ int main(int argc, char **argv)
         goto out;
     }
     /* the framework's hooks: request metrics (ops.c) and, before MHD
-     * stops, the end of every event stream (sse.c); auth stays the default
+     * stops, the end of every event stream (sse.c) and of every chat or
+     * completion request (chat.c); auth stays the default
      * (API keys in PostgreSQL) */
     s.on_complete = metrics_observe;
-    s.before_stop = sse_shutdown;
+    s.before_stop = stop_streams;
     if (!(s.on_complete_cls = metrics_new(s.nroutes)) ||
         db_pool_new(&s.pool, s.cfg.database_url, s.cfg.db_pool_size, err) ||
         queue_open(&s.q, s.cfg.redis_url, err)) {

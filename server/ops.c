@@ -13,6 +13,7 @@
 
 #include "api/auth.h"
 #include "api/db.h"
+#include "chat.h"
 #include "handlers.h"
 
 extern const char server_openapi_json[];
@@ -202,6 +203,37 @@ void ops_metrics(req *r)
         fprintf(f, "# HELP deltatune_queue_depth Wake-ups waiting in Redis.\n"
                    "# TYPE deltatune_queue_depth gauge\ndeltatune_queue_depth %lld\n",
                 (long long)depth);
+    chat_stats cs;
+    chat_counters(&cs);
+    fprintf(f, "# HELP deltatune_inference_requests_total Chat and completion requests handed "
+               "to serving workers.\n# TYPE deltatune_inference_requests_total counter\n"
+               "deltatune_inference_requests_total %llu\n"
+               "# HELP deltatune_inference_tokens_total Text pieces relayed from serving workers "
+               "(one per generated token that added text).\n"
+               "# TYPE deltatune_inference_tokens_total counter\n"
+               "deltatune_inference_tokens_total %llu\n"
+               "# HELP deltatune_inference_cancelled_total Requests whose client went away "
+               "first.\n# TYPE deltatune_inference_cancelled_total counter\n"
+               "deltatune_inference_cancelled_total %llu\n"
+               "# HELP deltatune_inference_timeouts_total Requests no worker took in time, or "
+               "whose worker went silent.\n# TYPE deltatune_inference_timeouts_total counter\n"
+               "deltatune_inference_timeouts_total %llu\n"
+               "# HELP deltatune_inference_open Requests in flight.\n"
+               "# TYPE deltatune_inference_open gauge\ndeltatune_inference_open %d\n"
+               "# HELP deltatune_inference_queue_wait_seconds Time from a request's arrival to "
+               "a serving worker taking it.\n"
+               "# TYPE deltatune_inference_queue_wait_seconds summary\n"
+               "deltatune_inference_queue_wait_seconds_sum %.6f\n"
+               "deltatune_inference_queue_wait_seconds_count %llu\n"
+               "# HELP deltatune_inference_time_to_first_token_seconds Time from a request's "
+               "arrival to its first text.\n"
+               "# TYPE deltatune_inference_time_to_first_token_seconds summary\n"
+               "deltatune_inference_time_to_first_token_seconds_sum %.6f\n"
+               "deltatune_inference_time_to_first_token_seconds_count %llu\n",
+            (unsigned long long)cs.requests, (unsigned long long)cs.tokens,
+            (unsigned long long)cs.cancelled, (unsigned long long)cs.timeouts, cs.open,
+            cs.queue_wait_s, (unsigned long long)cs.started, cs.first_token_s,
+            (unsigned long long)cs.first_tokens);
     db_stats st;
     memset(&st, 0, sizeof st);
     db *d = db_pool_acquire(r->s->pool, 1000);

@@ -1,6 +1,7 @@
 /* routes.c: the one route table of deltatune-server. Order matters only
  * where two patterns could match the same path (none do today). A route
  * that streams its body names its body hooks here (route.h). */
+#include "chat.h"
 #include "handlers.h"
 
 const route server_routes[] = {
@@ -29,6 +30,9 @@ const route server_routes[] = {
     ROUTE("GET", "/v1/models/{id}/files/adapter/{name}", "models.adapter_file",
           models_adapter_file, 0),
     ROUTE("GET", "/v1/models/{id}/archive", "models.archive", models_archive, 0),
+
+    ROUTE("POST", "/v1/chat/completions", "chat.completions", chat_completions, R_JSON),
+    ROUTE("POST", "/v1/completions", "completions", completions, R_JSON),
 
     ROUTE("GET", "/v1/usage", "usage", usage_route, 0),
 

@@ -11,6 +11,7 @@
 #include "base/dt.h"
 #include "gpu/cpu_tune.h"
 #include "gpu/engine_api.h"
+#include "serve.h"
 #include "worker.h"
 
 static const char usage[] =
@@ -33,6 +34,16 @@ static const char usage[] =
 "                                              (default 0 = all cores)\n"
 "  --worker-id ID    DELTATUNE_WORKER_ID       unique name (default <host>-<pid>)\n"
 "  --max-jobs N                                exit after N jobs (tests)\n"
+"  --serve                                     serve chat and completion requests\n"
+"                                              (POST /v1/chat/completions,\n"
+"                                              /v1/completions) instead of training:\n"
+"                                              loaded models stay in memory, least\n"
+"                                              recently used first out, within\n"
+"                                              --memory-limit; run as many as you like,\n"
+"                                              on any host that reaches PostgreSQL,\n"
+"                                              Redis and the artifact store\n"
+"  --token-delay-ms N                          --serve: pause N ms after each token (tests\n"
+"                                              and demos of streaming; default 0)\n"
 "  --memory-limit BYTES  DELTATUNE_WORKER_MEMORY_LIMIT\n"
 "                                              memory this worker may use (8G,\n"
 "                                              512M, bytes); a job whose estimate\n"
@@ -64,6 +75,9 @@ static int set_worker_opt(wk_opts *o, const char *name, const char *v)
         snprintf(o->worker_id, sizeof o->worker_id, "%s", v);
     } else if (!strcmp(name, "max-jobs")) {
         if ((o->max_jobs = parse_count(v)) < 0)
+            return -1;
+    } else if (!strcmp(name, "token-delay-ms")) {
+        if ((o->token_delay_ms = parse_count(v)) < 0)
             return -1;
     } else if (!strcmp(name, "memory-limit")) {
         if (dt_mem_parse_size(v, &o->memory_limit) || o->memory_limit < 1)
@@ -97,6 +111,10 @@ int main(int argc, char **argv)
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (!strcmp(a, "--serve")) {
+            o.serve = 1;
+            continue;
+        }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             fputs(usage, stdout);
             config_help(stdout);
@@ -115,6 +133,7 @@ int main(int argc, char **argv)
                 int r = v ? set_worker_opt(&o, name, v) : 0;
                 if (r < 0 || (!v && (!strcmp(name, "device") || !strcmp(name, "threads") ||
                                      !strcmp(name, "worker-id") || !strcmp(name, "max-jobs") ||
+                                     !strcmp(name, "token-delay-ms") ||
                                      !strcmp(name, "memory-limit")))) {
                     fprintf(stderr, "deltatune-worker: --%s: bad or missing value\n", name);
                     return 2;
@@ -155,5 +174,5 @@ int main(int argc, char **argv)
     const char *how, *core = dt_cpu_tune_core(&how);
     log_msg(DT_LOG_INFO, "worker.blas", "OpenBLAS kernels %s (chosen by %s)", core,
             how);
-    return wk_main(&o);
+    return o.serve ? wk_serve(&o) : wk_main(&o);
 }

@@ -24,6 +24,8 @@ typedef struct wk_opts {
     int threads;          /* CPU threads for training, 0 = all cores */
     char worker_id[128];  /* unique per worker; default "<hostname>-<pid>" */
     int max_jobs;         /* exit after this many jobs (0 = never; tests) */
+    int serve;            /* --serve: a serving worker (serve.h), not a training one */
+    int token_delay_ms;   /* --serve: pause after each token (tests: a slow stream) */
     long long memory_limit; /* bytes one job may take, the worker included
                                (0: default, 80 % of MemAvailable on the CPU,
                                of the device's memory on CUDA) */

@@ -602,5 +602,67 @@ class SmallerThings(unittest.TestCase):
             self.assertIn("409", r.stdout)
 
 
+class Chat(unittest.TestCase):
+    """`deltatune chat MODEL`: streamed answers from a serving worker."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.serving = S.start_worker("cli-serve", extra=("--serve",))
+        end = time.time() + 30
+        while S.psql("SELECT count(*) FROM workers WHERE kind = 'serve' AND "
+                     "status = 'serving'") != "1":
+            if time.time() > end:
+                raise AssertionError("the serving worker did not register")
+            time.sleep(0.2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.serving.send_signal(signal.SIGTERM)
+        cls.serving.wait(30)
+
+    def api_answer(self, messages, model=TINY_ID):
+        st, _, b = S.api("POST", "/v1/chat/completions", {
+            "model": model, "messages": messages, "temperature": 0, "max_tokens": 8})
+        self.assertEqual(st, 200, b)
+        return b["choices"][0]["message"]["content"]
+
+    def test_one_shot_prompt_prints_the_answer(self):
+        """--prompt: the greedy answer the API gives, on stdout, exit 0;
+        with --system the system message is sent first."""
+        msgs = [{"role": "user", "content": "name : Place 1"}]
+        r = cli("chat", TINY_ID, "--prompt", "name : Place 1", "--max-tokens", "8", check=OK)
+        self.assertEqual(r.stdout, self.api_answer(msgs) + "\n")
+        r = cli("chat", TINY_ID, "--system", "Be brief.", "--prompt", "name : Place 1",
+                "--max-tokens", "8", check=OK)
+        self.assertEqual(r.stdout, self.api_answer(
+            [{"role": "system", "content": "Be brief."}] + msgs) + "\n")
+        r = cli("chat", TINY_ID, "--prompt", "hi", "--max-tokens", "3", "--json", check=OK)
+        self.assertEqual(json.loads(r.stdout)["object"], "chat.completion")
+
+    def test_interactive_keeps_the_conversation(self):
+        """Lines on stdin are turns; the second is sent after the first
+        question and its answer, as the API would answer it."""
+        fine = succeeded_job()["fine_tuned_model"]
+        r = subprocess.run([CLI, "chat", fine, "--max-tokens", "8"], env=S.env, cwd=TMP,
+                           input="name : Place 1\nfood : French\n", stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=120)
+        self.assertEqual(r.returncode, OK, r.stderr)
+        a1 = self.api_answer([{"role": "user", "content": "name : Place 1"}], fine)
+        a2 = self.api_answer([{"role": "user", "content": "name : Place 1"},
+                              {"role": "assistant", "content": a1},
+                              {"role": "user", "content": "food : French"}], fine)
+        self.assertEqual(r.stdout, a1 + "\n" + a2 + "\n")
+
+    def test_errors_name_the_problem(self):
+        """An unknown model: exit 1 with the API's message; no model: usage."""
+        r = cli("chat", "no-such-model", "--prompt", "hi", check=ERROR)
+        self.assertIn("no-such-model", r.stderr)
+        self.assertIn("model", r.stderr)
+        r = cli("chat", check=USAGE)
+        self.assertIn("name the model", r.stderr)
+        r = cli("chat", TINY_ID, "--temperature", "9", check=USAGE)
+        self.assertIn("--temperature", r.stderr)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -25,6 +26,13 @@ SDK = os.path.join(NODE_DIR, "node_modules", "openai", "package.json")
 class NodeSDK(unittest.TestCase):
     def test_node_sdk_suite(self):
         with Stack(model="tiny") as s:
+            # one serving worker for chat and completions (issue 17)
+            s.start_worker("node-serve", extra=("--serve",))
+            end = time.time() + 30
+            while s.psql("SELECT count(*) FROM workers WHERE kind = 'serve' AND "
+                         "status = 'serving'") != "1":
+                self.assertLess(time.time(), end, "the serving worker did not register")
+                time.sleep(0.2)
             env = dict(os.environ, DT_URL=s.url, DT_KEY=s.key, DT_OTHER_KEY=s.new_key("client-node-other"),
                        DT_MODEL=TINY_ID, DT_TRAIN=TRAIN_ROWS)
             r = subprocess.run(["node", "--test", "--test-reporter=spec", "sdk.test.mjs"], cwd=NODE_DIR,

@@ -98,6 +98,14 @@ class PythonSDK(unittest.TestCase):
             method={"type": "delta_lora", "delta_lora": {"hyperparameters": {
                 "rank": 4, "alpha": 8, "lambda": 0.5, **SMALL}}})
         cls.done = wait(cls.client, cls.job.id, TERMINAL)
+        # One serving worker for chat and completions (issue 17).
+        s.start_worker("sdk-serve", extra=("--serve",))
+        end = time.time() + 30
+        while s.psql("SELECT count(*) FROM workers WHERE kind = 'serve' AND "
+                     "status = 'serving'") != "1":
+            if time.time() > end:
+                raise RuntimeError("the serving worker did not register")
+            time.sleep(0.2)
 
     @classmethod
     def tearDownClass(cls):
@@ -324,6 +332,58 @@ class PythonSDK(unittest.TestCase):
         with self.assertRaises(openai.BadRequestError) as cm:
             self.client.fine_tuning.jobs.create(model=TINY_ID, training_file="file-nope")
         self.assertEqual(cm.exception.param, "training_file")
+
+    def test_chat_completions_with_and_without_stream(self):
+        """client.chat.completions.create on the base model and the job's
+        fine-tuned model, plain and streamed: the SDK's own types, strictly;
+        greedy streamed text equals the plain answer; usage on request."""
+        for model in (TINY_ID, self.done.fine_tuned_model):
+            msgs = [{"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "name : Place 1 | food : French"}]
+            c = strict(self.client.chat.completions.create(
+                model=model, messages=msgs, temperature=0, max_tokens=8, seed=1, user="u"))
+            self.assertEqual(c.model, model)
+            self.assertEqual(c.choices[0].message.role, "assistant")
+            self.assertIn(c.choices[0].finish_reason, ("stop", "length"))
+            self.assertEqual(c.usage.total_tokens, c.usage.prompt_tokens + c.usage.completion_tokens)
+            chunks = list(self.client.chat.completions.create(
+                model=model, messages=msgs, temperature=0, max_tokens=8, stream=True,
+                stream_options={"include_usage": True}))
+            for ch in chunks:
+                strict(ch)
+            text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            self.assertEqual(text, c.choices[0].message.content)
+            self.assertEqual(chunks[-1].usage.completion_tokens, c.usage.completion_tokens)
+        lp = strict(self.client.chat.completions.create(
+            model=TINY_ID, messages=msgs, temperature=0, max_tokens=4, logprobs=True,
+            top_logprobs=2))
+        self.assertEqual(len(lp.choices[0].logprobs.content), lp.usage.completion_tokens)
+        self.assertEqual(len(lp.choices[0].logprobs.content[0].top_logprobs), 2)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.chat.completions.create(model=TINY_ID, messages=msgs, n=2)
+        self.assertEqual(e.exception.body["param"], "n")
+        with self.assertRaises(openai.NotFoundError):
+            self.other.chat.completions.create(model=self.done.fine_tuned_model, messages=msgs)
+
+    def test_completions_with_and_without_stream(self):
+        """client.completions.create, plain and streamed, base and fine-tuned."""
+        for model in (TINY_ID, self.done.fine_tuned_model):
+            c = strict(self.client.completions.create(model=model, prompt="name : Place",
+                                                      temperature=0, max_tokens=6))
+            self.assertEqual(c.object, "text_completion")
+            chunks = list(self.client.completions.create(model=model, prompt="name : Place",
+                                                         temperature=0, max_tokens=6,
+                                                         stream=True))
+            # The SDK types stream chunks as Completion, whose finish_reason
+            # is not nullable, though OpenAI's own chunks carry null until
+            # the last: only the last chunk is checked strictly.
+            strict(chunks[-1])
+            self.assertTrue(all(ch.object == "text_completion" for ch in chunks))
+            self.assertEqual(chunks[-1].choices[0].finish_reason, c.choices[0].finish_reason)
+            self.assertEqual("".join(ch.choices[0].text for ch in chunks), c.choices[0].text)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.client.completions.create(model=TINY_ID, prompt="x", echo=True)
+        self.assertEqual(e.exception.body["param"], "echo")
 
     def test_download_merged_model(self):
         model = self.done.fine_tuned_model

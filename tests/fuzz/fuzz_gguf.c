@@ -1,7 +1,9 @@
 /* fuzz_gguf: dt_gguf_load and dt_gguf_load_meta (gpu/gguf.c) on arbitrary
  * bytes (header, metadata key/values of every type, arrays, tensor infos,
  * alignment, quantized data), then dt_tokenizer_from_gguf on the metadata
- * (gpu/tokenizer_io.c) and one encode/decode with the result. */
+ * (gpu/tokenizer_io.c) and one encode/decode with the result; then the
+ * header scanner (dt_gguf_scan) through dt_arch_info_read and
+ * dt_mem_model_read. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +11,7 @@
 
 #include "base/dt.h"
 #include "fuzz_common.h"
+#include "gpu/engine_api.h"
 #include "gpu/tensorfile.h"
 #include "gpu/tokenizer.h"
 
@@ -54,6 +57,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     dt_tensorset_free(&ts);
+
+    /* the header scanner of the model info and the memory estimate */
+    dt_arch_info ai;
+    dt_mem_model mm;
+    err[0] = 0;
+    if (dt_arch_info_read(path, &ai, err) != DT_OK && !err[0])
+        abort();
+    err[0] = 0;
+    if (dt_mem_model_read(path, &mm, err) != DT_OK && !err[0])
+        abort();
     close(fd);
     return 0;
 }

@@ -5,7 +5,10 @@
  * "down" here (fuzz_http.h); then validate_job_create directly: a body it
  * accepts must resolve to values inside the documented ranges
  * (api/validate.h), metadata must re-parse as an object of <= 16 strings,
- * and the job must render (obj_job, as in the reply). */
+ * and the job must render (obj_job, as in the reply). The same bytes go
+ * through api/validate_chat.c's validate_chat as a chat and as a
+ * completion body: an accepted one must hold only in-range values and
+ * string contents. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,6 +18,7 @@
 #include "api/log.h"
 #include "api/objects.h"
 #include "api/validate.h"
+#include "api/validate_chat.h"
 #include "server/handlers.h"
 
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "fuzz_json: %s\n", #c); abort(); } } while (0)
@@ -47,6 +51,47 @@ static void check_job(const db_job *j)
         CHECK(json_is_object(md) && json_object_size(md) <= 16);
         CHECK(validate_metadata(md, "metadata", &e) == 0);
         json_decref(md);
+    }
+}
+
+static void check_chat(const json_t *body)
+{
+    for (int chat = 0; chat < 2; chat++) {
+        chat_req cr;
+        api_error e;
+        memset(&e, 0, sizeof e);
+        if (validate_chat(body, chat, 4096, &cr, &e)) {
+            CHECK(e.status == 400 && e.message[0]);
+            continue;
+        }
+        const json_t *w = cr.work;
+        CHECK(cr.model[0]);
+        CHECK(!strcmp(json_string_value(json_object_get(w, "kind")), chat ? "chat" : "completion"));
+        json_int_t mt = json_integer_value(json_object_get(w, "max_tokens"));
+        CHECK(mt >= 0 && mt <= 4096);
+        CHECK(in(json_number_value(json_object_get(w, "temperature")), 0, 2));
+        double p = json_number_value(json_object_get(w, "top_p"));
+        CHECK(p > 0 && p <= 1);
+        const json_t *stop = json_object_get(w, "stop");
+        CHECK(json_is_array(stop) && json_array_size(stop) <= CHAT_MAX_STOP);
+        size_t i;
+        const json_t *v;
+        json_array_foreach(stop, i, v) CHECK(json_is_string(v) && json_string_length(v));
+        if (chat) {
+            const json_t *msgs = json_object_get(w, "messages");
+            CHECK(json_array_size(msgs) >= 1 && json_array_size(msgs) <= CHAT_MAX_MESSAGES);
+            json_array_foreach(msgs, i, v) {
+                CHECK(json_is_string(json_object_get(v, "role")));
+                CHECK(json_is_string(json_object_get(v, "content")));
+            }
+        } else {
+            CHECK(json_string_length(json_object_get(w, "prompt")) > 0);
+        }
+        CHECK(!cr.include_usage || cr.stream);
+        json_int_t k = json_integer_value(json_object_get(w, "top_logprobs"));
+        CHECK(k >= 0 && k <= CHAT_MAX_TOP_LOGPROBS);
+        CHECK(chat || !json_object_get(w, "logprobs"));
+        chat_req_clear(&cr);
     }
 }
 
@@ -92,6 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(e.status == 400 && e.message[0]);
     }
     db_job_clear(&j);
+    check_chat(body);
     json_t *md = json_object_get(body, "metadata");
     validate_metadata(md ? md : body, "metadata", &e);
     json_decref(body);

@@ -53,6 +53,9 @@ class Stack:
                          "DELTATUNE_BASE_MODEL_ID": self.model_id,
                          "DELTATUNE_WORKER_THREADS": str(threads),
                          "DELTATUNE_POLL_INTERVAL_MS": "500",
+                         # serving workers are started by the tests that need
+                         # them (start_worker(..., extra=("--serve",)))
+                         "DELTATUNE_SERVE_WORKERS": "0",
                          "OMP_WAIT_POLICY": "passive"})
         self.env.update(env or {})
         self.n_workers = workers

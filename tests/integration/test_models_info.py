@@ -26,11 +26,14 @@ CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['con
           "{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
 
-def tiny_llama(out, model_type="llama", arch="LlamaForCausalLM", ctx=512, chat_template=True):
+def tiny_llama(out, model_type="llama", arch="LlamaForCausalLM", ctx=512, chat_template=True,
+               qk_norm=False):
     """A 2-layer random Llama-shaped HF directory (width 32, tied head) with
-    GPT-2's vocabulary; model_type/arch name the family in config.json."""
+    GPT-2's vocabulary; model_type/arch name the family in config.json.
+    qk_norm: Qwen 3's per-head q_norm/k_norm (head_dim 16, so n_head*head_dim
+    = 64 != width)."""
     vocab, d, layers, heads, kv, ff = 50257, 32, 2, 4, 2, 64
-    hd = d // heads
+    hd = 16 if qk_norm else d // heads
     os.makedirs(out)
     rng = random.Random(7)
     names = [("model.embed_tokens.weight", [vocab, d])]
@@ -39,6 +42,8 @@ def tiny_llama(out, model_type="llama", arch="LlamaForCausalLM", ctx=512, chat_t
         names += [(p + "input_layernorm.weight", [d]), (p + "self_attn.q_proj.weight", [heads * hd, d]),
                   (p + "self_attn.k_proj.weight", [kv * hd, d]), (p + "self_attn.v_proj.weight", [kv * hd, d]),
                   (p + "self_attn.o_proj.weight", [d, heads * hd]),
+                  *([(p + "self_attn.q_norm.weight", [hd]), (p + "self_attn.k_norm.weight", [hd])]
+                    if qk_norm else []),
                   (p + "post_attention_layernorm.weight", [d]), (p + "mlp.gate_proj.weight", [ff, d]),
                   (p + "mlp.up_proj.weight", [ff, d]), (p + "mlp.down_proj.weight", [d, ff])]
     names.append(("model.norm.weight", [d]))
@@ -64,6 +69,8 @@ def tiny_llama(out, model_type="llama", arch="LlamaForCausalLM", ctx=512, chat_t
            "intermediate_size": ff, "vocab_size": vocab, "max_position_embeddings": ctx,
            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
            "tie_word_embeddings": True, "bos_token_id": 50256, "eos_token_id": 50256}
+    if qk_norm:
+        cfg.update(head_dim=hd, use_sliding_window=False, sliding_window=None)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(cfg, f)
     for n in ("vocab.json", "merges.txt"):
@@ -124,6 +131,36 @@ class ModelsInfoTest(StackTest):
         for m in (self.model(ft), self.listed(ft)):
             self.assertEqual(m["parent"], "tiny-llama", m)
             self.assertEqual({k: m.get(k, "missing") for k in want}, want, m)
+
+    def test_qwen3_dir_add_and_train(self):
+        """A Qwen 3 directory (Qwen3ForCausalLM, per-head q_norm/k_norm) is
+        added by the CLI, shows family qwen3, and a delta_lora job on it
+        succeeds (about 6 s)."""
+        d = tiny_llama(os.path.join(self.tmp, "tiny-qwen3"), model_type="qwen3",
+                       arch="Qwen3ForCausalLM", ctx=1024, qk_norm=True)
+        r = self.s.cli("models", "add", "--id", "tiny-qwen3", "--path", d)
+        self.assertIn("family qwen3, context length 1024, chat template", r.stderr)
+        want = {"family": "qwen3", "context_length": 1024, "chat_template": True}
+        for m in (self.model("tiny-qwen3"), self.listed("tiny-qwen3")):
+            self.assertEqual({k: m.get(k, "missing") for k in want}, want, m)
+        f = self.s.upload(TRAIN_ROWS)[2]
+        job = self.call("POST", "/v1/fine_tuning/jobs",
+                        {"model": "tiny-qwen3", "training_file": f["id"],
+                         "method": hp("delta_lora", n_epochs=1)})
+        job = self.s.wait_job(job["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(job["status"], "succeeded", job)
+
+    def test_gemma3_refused_at_add_by_name(self):
+        """Gemma 3 is not implemented: `models add` refuses its directory with
+        "unsupported architecture Gemma3ForCausalLM" and the supported list,
+        and does not register it (about 3 s)."""
+        d = tiny_llama(os.path.join(self.tmp, "gemma3"), model_type="gemma3_text",
+                       arch="Gemma3ForCausalLM")
+        r = self.s.cli("models", "add", "--id", "tiny-gemma3", "--path", d, check=False)
+        self.assertNotEqual(r.returncode, 0, r.stderr)
+        self.assertIn("unsupported architecture Gemma3ForCausalLM (supported: ", r.stderr)
+        self.assertIn("Qwen3ForCausalLM", r.stderr)
+        self.err("GET", "/v1/models/tiny-gemma3", want=404)
 
     @unittest.skipUnless(os.path.exists(SMOLLM2_GGUF), "SmolLM2 GGUF not installed")
     def test_gguf_base_info(self):

@@ -12,6 +12,12 @@ For each run directory (the --out of a `deltatune train` run):
   gives the same logits as the merged model (max abs diff printed; must be
   < 1e-4, fp32 rounding).
 
+usage: check_exports.py --gguf BASE.gguf RUN_DIR [RUN_DIR ...]
+
+The same for runs trained on a GGUF file: the base is that file as
+transformers loads it (gguf_file=), its class and rope parameters what the
+merged model must have.
+
 usage: check_exports.py --compare FP32_RUN RUN [RUN ...]
 
 Each RUN is the same training as FP32_RUN exported with --export-dtype
@@ -30,6 +36,7 @@ import sys
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 
 def logits(model, ids):
@@ -106,14 +113,21 @@ def main():
     torch.manual_seed(0)
     if sys.argv[1] == "--compare":
         return compare(sys.argv[2], sys.argv[3:])
-    base_dir, runs = sys.argv[1], sys.argv[2:]
+    base_kw = {}
+    if sys.argv[1] == "--gguf":  # a GGUF base: its directory and file name
+        base_dir, gguf = os.path.split(os.path.abspath(sys.argv[2]))
+        base_kw, runs = {"gguf_file": gguf}, sys.argv[3:]
+    else:
+        base_dir, runs = sys.argv[1], sys.argv[2:]
     torch.manual_seed(0)
     ok = True
     for run in runs:
         merged = AutoModelForCausalLM.from_pretrained(os.path.join(run, "merged"),
                                                       dtype=torch.float32).eval()
-        base_cfg = AutoConfig.from_pretrained(base_dir)
-        want = base_cfg.architectures[0]
+        base_cfg = AutoConfig.from_pretrained(base_dir, **base_kw)
+        # a GGUF's config names no class: the one its model_type maps to
+        want = (base_cfg.architectures or
+                [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[base_cfg.model_type]])[0]
         same = (type(merged).__name__ == want and
                 getattr(merged.config, "rope_parameters", None) ==
                 getattr(base_cfg, "rope_parameters", None))
@@ -133,7 +147,8 @@ def main():
             ok = False
         if os.path.isdir(adapter):
             from peft import PeftModel
-            base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+            base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32,
+                                                        **base_kw)
             peft_model = PeftModel.from_pretrained(base, adapter).eval()
             diff = (logits(peft_model, ids) - lm).abs().max().item()
             print(f"{run}: PEFT adapter on the base model vs merged: max |diff| {diff:.2e}")

@@ -5,9 +5,10 @@ Usage:  .venv/bin/python tests/reference/make_fixtures.py tests/fixtures [--chec
 
 Writes <root>/ref/: gpt2_model/, llama_model/ (tiny random HF models), one
 folder per training case (case.json, data.safetensors, init.safetensors,
-expected.safetensors) and smollm2/ (logits of the real GGUF model).
+expected.safetensors), smollm2/ (logits of the real GGUF model) and
+qwen3_gguf/ (a tiny Qwen 3 GGUF and transformers' logits on it).
 --families writes only the model-family fixtures (llama3_*, qwen2_*,
-mistral_*: make_family_models).
+mistral_*, qwen3_*: make_family_models).
 --check64 additionally reruns every case in float64 and prints how far the
 float32 results are from it (nothing is written for that).
 
@@ -65,8 +66,13 @@ CASES = {
     "qwen2_delta": ("qwen2", "delta_lora", ["q_proj", "k_proj"], "q,k"),
     "mistral_lora": ("mistral", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
     "mistral_delta": ("mistral", "delta_lora", ["q_proj", "v_proj"], "q,v"),
+    # Qwen 3: per-head q_norm/k_norm (RMSNorm over head_dim before RoPE),
+    # head_dim 16 so that n_head*head_dim (64) != hidden_size (32)
+    "qwen3_full": ("qwen3", "full", None, ""),
+    "qwen3_lora": ("qwen3", "lora", LLAMA_ALL, "q,k,v,o,gate,up,down"),
+    "qwen3_delta": ("qwen3", "delta_lora", ["q_proj", "k_proj"], "q,k"),
 }
-FAMILIES = ("llama3", "qwen2", "mistral")
+FAMILIES = ("llama3", "qwen2", "mistral", "qwen3")
 SMOL_GGUF = ".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_PROMPT = "The capital of France is"
 
@@ -117,7 +123,7 @@ def make_family_models(ref):
     """Tiny random models in each family's own config class."""
     from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig,
                               MistralForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+                              Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
     common = dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
                   num_key_value_heads=2, intermediate_size=64, vocab_size=V,
                   rms_norm_eps=1e-5, attention_dropout=0.0, bos_token_id=0,
@@ -147,6 +153,15 @@ def make_family_models(ref):
         sliding_window=32, **common))
     perturb(m, 8001)
     m.save_pretrained(os.path.join(ref, "mistral_model"))
+    # Qwen 3: q_norm/k_norm weights (head_dim) perturbed like every norm,
+    # tied head as the small Qwen 3 models, no biases, no sliding window.
+    torch.manual_seed(9000)
+    m = Qwen3ForCausalLM(Qwen3Config(
+        max_position_embeddings=64, tie_word_embeddings=True, head_dim=16,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        use_sliding_window=False, attention_bias=False, **common))
+    perturb(m, 9001)
+    m.save_pretrained(os.path.join(ref, "qwen3_model"))
 
 
 def make_data(seed):
@@ -402,6 +417,92 @@ def write_smollm2(ref):
     print(f"smollm2: ids {ids}, top1 {logits.argmax(-1).tolist()}")
 
 
+GGUF_BLK = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+            "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+            "self_attn.o_proj": "attn_output",
+            "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+            "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate",
+            "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def write_qwen3_gguf(ref):
+    """qwen3_gguf/: a tiny random Qwen 3 written as an F32 GGUF the way
+    llama.cpp's converter names a Qwen 3 (arch "qwen3", attn_q_norm /
+    attn_k_norm, Q/K rows not permuted: Qwen uses NEOX RoPE), and the logits
+    transformers computes after loading that file (gguf_file=). head_dim is
+    128 because transformers' GGUF reader takes Qwen 3's head_dim from its
+    config default, not from qwen3.attention.key_length."""
+    import gguf
+    import numpy as np
+    from transformers import (AutoModelForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
+    torch.manual_seed(9100)
+    cfg = Qwen3Config(num_hidden_layers=2, hidden_size=32,
+                      num_attention_heads=2, num_key_value_heads=1,
+                      head_dim=128, intermediate_size=64, vocab_size=V,
+                      rms_norm_eps=1e-6, max_position_embeddings=128,
+                      rope_parameters={"rope_type": "default",
+                                       "rope_theta": 1000000.0},
+                      tie_word_embeddings=True, attention_dropout=0.0,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    m = Qwen3ForCausalLM(cfg)
+    perturb(m, 9101)
+    d = os.path.join(ref, "qwen3_gguf")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "model.gguf")
+    w = gguf.GGUFWriter(path, "qwen3")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("qwen2")
+    # a byte-level BPE vocabulary of V tokens: 94 printable ASCII bytes and
+    # two merges (the engine loads the GGUF's tokenizer to export it)
+    w.add_token_list([chr(33 + i) for i in range(V - 2)] + ["ab", "abc"])
+    w.add_token_types([1] * V)
+    w.add_token_merges(["a b", "ab c"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    top = {"embed_tokens.weight": "token_embd.weight",
+           "norm.weight": "output_norm.weight"}
+    for k, t in m.state_dict().items():
+        k = k[len("model."):] if k.startswith("model.") else k
+        if k == "lm_head.weight":
+            continue  # tied
+        if k in top:
+            n = top[k]
+        else:
+            _, layer, rest = k.split(".", 2)
+            mod, suf = rest.rsplit(".", 1)
+            n = f"blk.{layer}.{GGUF_BLK[mod]}.{suf}"
+        w.add_tensor(n, t.detach().numpy().astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    g = AutoModelForCausalLM.from_pretrained(
+        d, gguf_file="model.gguf", dtype=torch.float32,
+        attn_implementation="eager").eval()
+    assert type(g).__name__ == "Qwen3ForCausalLM"
+    ids, _ = make_data(4100)
+    with torch.no_grad():
+        lg = g(input_ids=ids.long()).logits.reshape(-1, V)
+        ref_lg = m.eval()(input_ids=ids.long()).logits.reshape(-1, V)
+    assert (lg - ref_lg).abs().max() < 1e-5, "GGUF round trip changed logits"
+    save_file({"logits": lg.float().contiguous()},
+              os.path.join(d, "expected.safetensors"))
+    save_file({"ids": ids}, os.path.join(d, "data.safetensors"))
+    print(f"qwen3_gguf: {os.path.getsize(path)} bytes, transformers loads it "
+          f"as {type(g).__name__}")
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -413,12 +514,14 @@ def main():
         for name in CASES:
             if CASES[name][0] in FAMILIES:
                 write_case(ref, name)
+        write_qwen3_gguf(ref)
         return
     make_models(ref)
     make_family_models(ref)
     for name in CASES:
         write_case(ref, name)
     write_smollm2(ref)
+    write_qwen3_gguf(ref)
     if "--check64" in sys.argv:
         for name in CASES:
             check64(ref, name)

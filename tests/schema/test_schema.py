@@ -53,6 +53,13 @@ class SchemathesisTest(unittest.TestCase):
             cls.s.stop()
             raise RuntimeError(f"upload failed: {st} {body}")
         cls.tmp = tempfile.mkdtemp(prefix="dt-schema-")
+        # a serving worker, so that chat and completion requests are answered
+        # (without one they are 503s, which not_a_server_error counts)
+        cls.s.start_worker("schema-serve", extra=("--serve",))
+        end = time.time() + 30
+        while cls.s.psql("SELECT count(*) FROM workers WHERE kind = 'serve' AND "
+                         "status = 'serving'") != "1" and time.time() < end:
+            time.sleep(0.2)
 
     @classmethod
     def tearDownClass(cls):

@@ -24,6 +24,7 @@
 #include "base/dt.h"
 #include "gpu/chat_template.h"
 #include "gpu/dataset.h"
+#include "gpu/generate.h"
 #include "gpu/tensorfile.h"
 #include "gpu/tokenizer_impl.h" /* to give the test tokenizer another template */
 
@@ -681,6 +682,107 @@ static void test_model_dir_chat_template_jinja_wins(void **state)
     rmdir(dir);
 }
 
+/* The prompt the serving worker generates from (dt_chat_prompt, the chat
+ * without its last assistant turn) is, token for token, the start of the
+ * row training makes of the whole chat, up to that turn's answer: for each
+ * model template (SmolLM2's tokenizer), for ChatML without a template and,
+ * with the tiny GPT-2's tokenizer, for the plain template. (Qwen 3 is left
+ * out: its template writes an empty <think> block into the last assistant
+ * turn of a training row, which transformers' generation prompt does not.) */
+static void check_prompt_is_row_prefix(dt_tokenizer *tok, const char *name, const char *dir)
+{
+    static const char *const convs[] = {
+        "[{\"role\": \"user\", \"content\": \"What is 2+2?\"}, "
+        "{\"role\": \"assistant\", \"content\": \"It is 4.\"}]",
+        "[{\"role\": \"user\", \"content\": \"Hi there\"}, "
+        "{\"role\": \"assistant\", \"content\": \"Hello!\"}, "
+        "{\"role\": \"user\", \"content\": \"Say 日本語\"}, "
+        "{\"role\": \"assistant\", \"content\": \"It is 4.\"}]",
+    };
+    char path[256], err[DT_ERR_LEN], *report = NULL;
+    snprintf(path, sizeof path, "%s/prompt.jsonl", dir);
+    for (size_t c = 0; c < sizeof convs / sizeof *convs; c++) {
+        FILE *f = fopen(path, "w");
+        fprintf(f, "{\"messages\": %s}\n", convs[c]);
+        fclose(f);
+        dt_dataset ds;
+        if (dt_dataset_load(path, tok, 4096, &ds, &report, err) != DT_OK)
+            fail_msg("%s: %s", name, report ? report : err);
+        json_t *msgs = json_loads(convs[c], 0, NULL);
+        json_array_remove(msgs, json_array_size(msgs) - 1);
+        int32_t *ids = NULL;
+        int n = 0;
+        if (dt_chat_prompt(tok, msgs, &ids, &n, err) != DT_OK)
+            fail_msg("%s: %s", name, err);
+        const dt_row *r = &ds.rows[0];
+        assert_true(n > 0 && n < r->n);
+        for (int i = 0; i < n; i++)
+            if (ids[i] != r->ids[i]) {
+                for (int q = i - 6; q < i + 3 && q < n; q++) {
+                    if (q < 0)
+                        continue;
+                    char *x = dt_tokenizer_decode(tok, &ids[q], 1);
+                    char *y = dt_tokenizer_decode(tok, &r->ids[q], 1);
+                    printf("%d: [%s] [%s]\n", q, x, y);
+                    free(x); free(y);
+                }
+                char *a = dt_tokenizer_decode(tok, ids, n);
+                char *b = dt_tokenizer_decode(tok, r->ids, r->n);
+                fail_msg("%s conv %zu: token %d differs (%d, %d; next %d %d)\nprompt: %s\nrow:    %s",
+                         name, c, i, ids[i], r->ids[i], i + 1 < n ? ids[i + 1] : -1,
+                         r->ids[i + 1], a, b);
+            }
+        /* what follows the prompt in the row is the answer, trained */
+        assert_int_not_equal(r->labels[n - 1], -100);
+        free(ids);
+        json_decref(msgs);
+        dt_dataset_free(&ds);
+    }
+}
+
+static void test_chat_prompt_is_the_training_row_up_to_the_answer(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"smollm2", "llama3_1", "gemma3", "llama2", "mistral",
+                                        "chatml_generation", NULL};
+    char dir[] = "/tmp/test_chat_prompt.XXXXXX", err[DT_ERR_LEN];
+    assert_non_null(mkdtemp(dir));
+    if (access(SMOL_GGUF, R_OK) == 0) {
+        dt_tokenizer *tok = smol_tokenizer();
+        for (int t = 0; names[t]; t++) {
+            use_template(tok, names[t]);
+            check_prompt_is_row_prefix(tok, names[t], dir);
+        }
+        free(tok->chat_template); /* no template: ChatML (the tokenizer has <|im_start|>) */
+        tok->chat_template = NULL;
+        check_prompt_is_row_prefix(tok, "chatml", dir);
+        dt_tokenizer_free(tok);
+    } else {
+        printf("SKIPPED: %s absent (run make deps)\n", SMOL_GGUF);
+    }
+    if (access(".cache/tiny-gpt2/vocab.json", R_OK) == 0) {
+        dt_tokenizer *gpt2 = dt_tokenizer_load_dir(".cache/tiny-gpt2", err);
+        if (!gpt2)
+            fail_msg("%s", err);
+        check_prompt_is_row_prefix(gpt2, "plain", dir);
+        int32_t *ids = NULL;
+        int n = 0;
+        json_t *msgs = json_loads("[{\"role\": \"user\", \"content\": \"hi\"}]", 0, NULL);
+        assert_int_equal(dt_chat_prompt(gpt2, msgs, &ids, &n, err), DT_OK);
+        char *text = dt_tokenizer_decode(gpt2, ids, n);
+        assert_string_equal(text, "### User:\nhi\n\n### Assistant:\n");
+        free(text);
+        free(ids);
+        json_decref(msgs);
+        dt_tokenizer_free(gpt2);
+    } else {
+        printf("SKIPPED: .cache/tiny-gpt2 absent (the integration tests write it)\n");
+    }
+    snprintf(err, sizeof err, "%s/prompt.jsonl", dir);
+    unlink(err);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -694,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_dataset_mask_matches_transformers_assistant_masks),
         cmocka_unit_test(test_dataset_reports_template_refusal_with_line),
         cmocka_unit_test(test_model_dir_chat_template_jinja_wins),
+        cmocka_unit_test(test_chat_prompt_is_the_training_row_up_to_the_answer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -150,6 +150,8 @@ static void test_llama_gqa_cached_greedy_equals_full_forward(void **s)
      * by the model's RoPE table and adds the biases as the forward pass does */
     run_case("llama3_model", 0, 1);
     run_case("qwen2_model", 0, 1);
+    /* Qwen 3: q_norm/k_norm per head before RoPE, head_dim·n_head != C */
+    run_case("qwen3_model", 0, 1);
 }
 
 static void test_lora_cached_greedy_equals_full_forward(void **s)

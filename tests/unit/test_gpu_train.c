@@ -305,6 +305,9 @@ static void test_llama_delta_lora_cuda_matches_cpu(void **s) { (void)s; compare_
 static void test_llama3_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("llama3_model", DT_LORA, "q,k,v,o,gate,up,down", "llama3_lora"); }
 static void test_qwen2_full_cuda_matches_cpu(void **s) { (void)s; compare_case("qwen2_model", DT_FULL, "", NULL); }
 static void test_mistral_delta_lora_cuda_matches_cpu(void **s) { (void)s; compare_case("mistral_model", DT_DELTA_LORA, "q,v", "mistral_delta"); }
+/* Qwen 3: q_norm/k_norm (rmsnorm over (N·heads, head_dim 16) rows), trained
+ * under full */
+static void test_qwen3_full_cuda_matches_cpu(void **s) { (void)s; compare_case("qwen3_model", DT_FULL, "", NULL); }
 
 int main(void)
 {
@@ -318,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_llama3_lora_cuda_matches_cpu),
         cmocka_unit_test(test_qwen2_full_cuda_matches_cpu),
         cmocka_unit_test(test_mistral_delta_lora_cuda_matches_cpu),
+        cmocka_unit_test(test_qwen3_full_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_full_with_dropout_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_lora_with_dropout_cuda_matches_cpu),
         cmocka_unit_test(test_llama_lora_with_dropout_cuda_matches_cpu),

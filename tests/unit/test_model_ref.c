@@ -19,10 +19,14 @@
 #include <jansson.h>
 
 #include "gpu/backend.h"
+#include "gpu/engine_api.h"
+#include "gpu/model_impl.h" /* taken_bytes: what dt_model_new allocated */
 #include "base/dt.h"
 #include "gpu/model.h"
 #include "gpu/model_impl.h" /* head_all, head_gemm_rows: the head's work */
 #include "gpu/train.h"
+#include "gpu/export.h"
+#include "gpu/tensorfile.h"
 #include "base/file.h"
 
 #define REF "tests/fixtures/ref"
@@ -273,6 +277,245 @@ static void test_qwen2_biases_delta_lora_matches_reference(void **s) { (void)s; 
 static void test_mistral_lora_matches_peft(void **s) { (void)s; run_case("mistral_lora"); }
 static void test_mistral_delta_lora_matches_reference(void **s) { (void)s; run_case("mistral_delta"); }
 
+/* Qwen 3: per-head q_norm / k_norm (RMSNorm over head_dim 16 before RoPE,
+ * weights 1 + 0.1·randn), head_dim·n_head 64 != hidden 32, tied head: in the
+ * forward pass (logits), the backward pass through both norms (every LoRA
+ * gradient of q and k, and under full the norms' own gradients, trained
+ * without weight decay as Trainer does). */
+static void test_qwen3_qk_norm_full_matches_pytorch(void **s) { (void)s; run_case("qwen3_full"); }
+static void test_qwen3_qk_norm_lora_matches_peft(void **s) { (void)s; run_case("qwen3_lora"); }
+static void test_qwen3_qk_norm_delta_lora_matches_reference(void **s) { (void)s; run_case("qwen3_delta"); }
+
+/* Qwen 3's config and norms are read: qk_norm set, q_norm/k_norm loaded
+ * with head_dim elements, and a checkpoint without them is refused naming
+ * the missing tensor. About 0.01 s. */
+static void test_qwen3_loads_q_norm_k_norm(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    dt_weights w;
+    assert_int_equal(dt_weights_load(REF "/qwen3_model", &w, err), 0);
+    assert_int_equal(w.cfg.qk_norm, 1);
+    assert_int_equal(w.cfg.head_dim, 16);
+    assert_int_equal(w.cfg.sliding_window, 0);
+    assert_true(w.cfg.tied);
+    for (int l = 0; l < 2; l++)
+        for (int k = 0; k < 2; k++) {
+            char name[96];
+            snprintf(name, sizeof name, "layers.%d.self_attn.%s_norm.weight", l,
+                     k ? "k" : "q");
+            dt_tensor *t = dt_tensorset_find(&w.ts, name);
+            assert_non_null(t);
+            assert_int_equal(t->numel, 16);
+        }
+    dt_weights_free(&w);
+    /* The same weights under a Qwen 2 config: q_norm is not a Qwen 2 tensor. */
+    assert_int_equal(dt_weights_load(REF "/qwen2_model", &w, err), 0);
+    assert_int_equal(w.cfg.qk_norm, 0);
+    dt_weights_free(&w);
+}
+
+/* A Qwen 3 GGUF as llama.cpp names it (arch qwen3, attn_q_norm/attn_k_norm,
+ * Q/K rows unpermuted, head_dim 128 from qwen3.attention.key_length): the
+ * engine's logits equal those transformers computes on the same file, and
+ * the memory estimate and the model info read its family from the header.
+ * About 0.02 s. */
+static void test_qwen3_gguf_logits_match_transformers(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    const char *path = REF "/qwen3_gguf/model.gguf";
+    dt_weights w;
+    if (dt_weights_load(path, &w, err))
+        fail_msg("%s", err);
+    assert_int_equal(w.cfg.qk_norm, 1);
+    assert_int_equal(w.cfg.head_dim, 128);
+    assert_int_equal(w.cfg.n_head, 2);
+    assert_int_equal(w.cfg.n_kv_head, 1);
+    assert_true(w.cfg.tied);
+    assert_float_equal(w.cfg.rope_theta, 1e6f, 1.0f);
+    assert_non_null(dt_tensorset_find(&w.ts, "layers.1.self_attn.k_norm.weight"));
+    dt_mem_model mm;
+    assert_int_equal(dt_mem_model_read(path, &mm, err), 0);
+    assert_int_equal(mm.qk_norm, 1);
+    assert_int_equal(mm.head_dim, 128);
+    dt_arch_info ai; /* GET /v1/models: family and context from the header */
+    assert_int_equal(dt_arch_info_read(path, &ai, err), 0);
+    assert_string_equal(ai.family, "qwen3");
+    assert_int_equal(ai.context_length, 128);
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    dt_lora_opts lo = {DT_LORA, 0, 0, 0};
+    dt_model *m;
+    if (dt_model_new(be, &w, &lo, 2, 16, 0, &m, err))
+        fail_msg("%s", err);
+    int32_t *ids = ints(REF "/qwen3_gguf/data.safetensors", "ids", 32);
+    float *logits = malloc((size_t)32 * w.cfg.vocab * sizeof(float));
+    assert_int_equal(dt_model_forward(m, ids, NULL, 2, 16, 0.0f, NULL, NULL, err), 0);
+    assert_int_equal(dt_model_logits(m, logits, 2, 16, err), 0);
+    dt_tensorset exp;
+    dt_tensorset_init(&exp);
+    assert_int_equal(dt_safetensors_load(REF "/qwen3_gguf/expected.safetensors", &exp, err), 0);
+    dt_tensor *ref = dt_tensorset_find(&exp, "logits");
+    assert_non_null(ref);
+    double e = nerr(logits, ref->data, (long)32 * w.cfg.vocab);
+    printf("  qwen3 gguf logits err %.2e\n", e);
+    assert_true(e < 1e-4);
+    /* Its merged export (bf16, as for every GGUF input) is a
+     * Qwen3ForCausalLM config beside the weights, and loads back as Qwen 3. */
+    char dir[] = "/tmp/dt_qwen3_gguf_XXXXXX", cfgp[96];
+    assert_non_null(mkdtemp(dir));
+    dt_tokenizer *tok = dt_model_tokenizer(path, err);
+    if (!tok)
+        fail_msg("%s", err);
+    dt_tensorset merged;
+    assert_int_equal(dt_model_merged(m, &merged, err), 0);
+    if (dt_export_hf(&w, &merged, tok, dir, err))
+        fail_msg("%s", err);
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+    json_error_t je;
+    json_t *cfg = json_load_file(cfgp, 0, &je);
+    assert_non_null(cfg);
+    assert_string_equal(json_string_value(json_array_get(json_object_get(cfg, "architectures"), 0)),
+                        "Qwen3ForCausalLM");
+    assert_string_equal(json_string_value(json_object_get(cfg, "model_type")), "qwen3");
+    assert_int_equal(json_integer_value(json_object_get(cfg, "head_dim")), 128);
+    json_decref(cfg);
+    dt_weights w2;
+    if (dt_weights_load(dir, &w2, err)) /* and it loads back as Qwen 3 */
+        fail_msg("%s", err);
+    assert_int_equal(w2.cfg.qk_norm, 1);
+    dt_weights_free(&w2);
+    static const char *const files[] = {"config.json", "model.safetensors",
+        "tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(cfgp, sizeof cfgp, "%s/%s", dir, files[i]);
+        unlink(cfgp);
+    }
+    assert_int_equal(rmdir(dir), 0); /* nothing else was written */
+    dt_tensorset_free(&merged);
+    dt_tokenizer_free(tok);
+    free(ids);
+    free(logits);
+    dt_tensorset_free(&exp);
+    dt_model_free(m);
+    dt_backend_free(be);
+    dt_weights_free(&w);
+}
+
+/* dt_gguf_scan, the one GGUF header reader of the model info (arch_info.c)
+ * and the memory estimate (estimate.c): on the Qwen 3 GGUF it reports every
+ * key (strings, scalars, arrays with their count) and tensor name; the file
+ * cut anywhere inside its key/values is an error naming it for both readers,
+ * never a crash or a partial answer. About 0.05 s. */
+typedef struct scan_seen { int keys, tensors, arch, tokens, ctx, qnorm; } scan_seen;
+
+static void seen_kv(void *ud, const dt_gguf_kv *kv)
+{
+    scan_seen *z = ud;
+    z->keys++;
+    if (!strcmp(kv->key, "general.architecture"))
+        z->arch = kv->type == DT_META_STR && kv->len == 5 && !memcmp(kv->s, "qwen3", 5);
+    if (!strcmp(kv->key, "tokenizer.ggml.tokens"))
+        z->tokens = kv->type == DT_META_STR_ARR ? (int)kv->n : -1;
+    if (!strcmp(kv->key, "qwen3.context_length"))
+        z->ctx = kv->type == DT_META_INT ? (int)kv->i : -1;
+}
+
+static void seen_tensor(void *ud, const char *name)
+{
+    scan_seen *z = ud;
+    z->tensors++;
+    z->qnorm += !strcmp(name, "blk.0.attn_q_norm.weight");
+}
+
+static void test_gguf_header_scan(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN] = "";
+    const char *path = REF "/qwen3_gguf/model.gguf";
+    scan_seen z = {0};
+    assert_int_equal(dt_gguf_scan(path, seen_kv, seen_tensor, &z, err), 0);
+    assert_true(z.keys >= 15);
+    assert_int_equal(z.tensors, 2 * 11 + 2);
+    assert_int_equal(z.arch, 1);
+    assert_int_equal(z.tokens, 96);
+    assert_int_equal(z.ctx, 128);
+    assert_int_equal(z.qnorm, 1);
+    char *buf;
+    size_t len;
+    assert_int_equal(dt_read_file(path, &buf, &len, err), 0);
+    char cut[] = "/tmp/dt_gguf_cut_XXXXXX";
+    int fd = mkstemp(cut);
+    assert_true(fd >= 0);
+    close(fd);
+    int cuts = 0;
+    for (size_t n = 0; n < len && n < 8192; n += n < 64 ? 1 : 37) {
+        FILE *f = fopen(cut, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(buf, 1, n, f), n);
+        fclose(f);
+        dt_arch_info ai;
+        dt_mem_model mm;
+        int ra = dt_arch_info_read(cut, &ai, err);
+        if (ra == 0) /* every key/value is there (arch_info reads no more) */
+            break;
+        assert_true(ra == DT_EFORMAT || ra == DT_EIO);
+        assert_non_null(strstr(err, cut));
+        assert_true(dt_mem_model_read(cut, &mm, err) != 0);
+        cuts++;
+    }
+    printf("  %d truncated headers refused\n", cuts);
+    assert_true(cuts > 100);
+    unlink(cut);
+    free(buf);
+}
+
+/* The memory estimate (gpu/estimate.c, from config.json only) counts what
+ * dt_model_new allocates: weights, trainable tensors with gradients and
+ * moments, and the activations, for each method on the Llama and Qwen 3
+ * models (Qwen 3: q_norm/k_norm and their kept inputs and rstd): the bytes
+ * dt_model_new requested (taken_bytes) equal the estimate's weights +
+ * trainable + activations. About 0.05 s. */
+static void test_estimate_counts_model_allocations(void **s)
+{
+    (void)s;
+    static const char *const models[] = {"llama_model", "qwen3_model"};
+    static const struct { dt_method m; int em; const char *t; } meths[] = {
+        {DT_FULL, 0, ""}, {DT_LORA, 1, "q,k,v,o,gate,up,down"},
+        {DT_DELTA_LORA, 2, "q,k"}};
+    for (size_t i = 0; i < 2; i++)
+        for (size_t k = 0; k < 3; k++) {
+            char err[DT_ERR_LEN] = "", path[256];
+            snprintf(path, sizeof path, REF "/%s", models[i]);
+            dt_mem_model mm;
+            assert_int_equal(dt_mem_model_read(path, &mm, err), 0);
+            dt_mem_job j = {.method = meths[k].em, .rank = 4, .targets = meths[k].t,
+                            .batch = 2, .seq_len = 16, .runtime_bytes = 1};
+            dt_mem_estimate e;
+            assert_int_equal(dt_mem_estimate_job(&mm, &j, &e, err), 0);
+            dt_weights w;
+            assert_int_equal(dt_weights_load(path, &w, err), 0);
+            dt_lora_opts lo = {meths[k].m, 0, 0, 0};
+            if (meths[k].m != DT_FULL) {
+                lo.rank = 4;
+                lo.alpha = 8.0f;
+                assert_int_equal(dt_parse_targets(meths[k].t, w.cfg.arch,
+                                                  &lo.targets, err), 0);
+            }
+            dt_backend *be = dt_backend_cpu_new(1, err);
+            assert_non_null(be);
+            dt_model *m;
+            assert_int_equal(dt_model_new(be, &w, &lo, 2, 16, 1, &m, err), 0);
+            long long want = e.weights + e.trainable + e.activations;
+            printf("  estimate %-12s method %d: %lld bytes, dt_model_new took %zu\n",
+                   models[i], meths[k].em, want, m->taken_bytes);
+            assert_int_equal(want, (long long)m->taken_bytes);
+            dt_model_free(m);
+            dt_backend_free(be);
+            dt_weights_free(&w);
+        }
+}
+
 /* Mistral's sliding window: a sequence longer than it is a clear error
  * naming sliding_window (no silent full attention); up to it is fine.
  * About 0.05 s. */
@@ -317,8 +560,9 @@ static int load_config(const char *cfg, char *err)
 }
 
 /* Configs whose math the engine does not implement are refused by name:
- * Gemma 3, Qwen 3 (q_norm/k_norm), and rope types other than default and
- * llama3 (in either key). About 0.01 s. */
+ * Gemma 3 (config.json or GGUF) and rope types other than default and llama3
+ * (in either key); the message lists what is supported, Qwen 3 among it.
+ * About 0.01 s. */
 static void test_unsupported_families_and_rope_types_are_named(void **s)
 {
     (void)s;
@@ -327,10 +571,32 @@ static void test_unsupported_families_and_rope_types_are_named(void **s)
                                  "\"model_type\":\"gemma3_text\"}", err),
                      DT_ENOTSUP);
     assert_non_null(strstr(err, "unsupported architecture Gemma3ForCausalLM"));
-    assert_int_equal(load_config("{\"architectures\":[\"Qwen3ForCausalLM\"],"
-                                 "\"model_type\":\"qwen3\"}", err),
-                     DT_ENOTSUP);
-    assert_non_null(strstr(err, "unsupported architecture Qwen3ForCausalLM"));
+    assert_non_null(strstr(err, "Qwen3ForCausalLM)"));
+    /* A GGUF of general.architecture gemma3 (a header with that one key). */
+    char gpath[] = "/tmp/dt_gemma3_XXXXXX";
+    int fd = mkstemp(gpath);
+    assert_true(fd >= 0);
+    unsigned char g[96] = {0}; /* padded to the 32-byte data alignment */
+    size_t n = 0;
+    uint32_t ver = 3, t8 = 8;
+    uint64_t nt = 0, nkv = 1, kl = 20, vl = 6;
+    memcpy(g, "GGUF", 4); n = 4;
+    memcpy(g + n, &ver, 4); n += 4;
+    memcpy(g + n, &nt, 8); n += 8;
+    memcpy(g + n, &nkv, 8); n += 8;
+    memcpy(g + n, &kl, 8); n += 8;
+    memcpy(g + n, "general.architecture", 20); n += 20;
+    memcpy(g + n, &t8, 4); n += 4;
+    memcpy(g + n, &vl, 8); n += 8;
+    memcpy(g + n, "gemma3", 6);
+    n = sizeof g;
+    assert_int_equal(write(fd, g, n), (ssize_t)n);
+    close(fd);
+    dt_weights w;
+    assert_int_equal(dt_weights_load(gpath, &w, err), DT_ENOTSUP);
+    assert_non_null(strstr(err, "unsupported architecture gemma3 (supported "
+                                "GGUF architectures: llama, qwen3)"));
+    unlink(gpath);
     const char *base = "{\"architectures\":[\"LlamaForCausalLM\"],"
                        "\"num_hidden_layers\":1,\"hidden_size\":8,"
                        "\"num_attention_heads\":2,\"intermediate_size\":8,"
@@ -676,6 +942,13 @@ int main(void)
         cmocka_unit_test(test_qwen2_biases_delta_lora_matches_reference),
         cmocka_unit_test(test_mistral_lora_matches_peft),
         cmocka_unit_test(test_mistral_delta_lora_matches_reference),
+        cmocka_unit_test(test_qwen3_loads_q_norm_k_norm),
+        cmocka_unit_test(test_estimate_counts_model_allocations),
+        cmocka_unit_test(test_qwen3_gguf_logits_match_transformers),
+        cmocka_unit_test(test_gguf_header_scan),
+        cmocka_unit_test(test_qwen3_qk_norm_full_matches_pytorch),
+        cmocka_unit_test(test_qwen3_qk_norm_lora_matches_peft),
+        cmocka_unit_test(test_qwen3_qk_norm_delta_lora_matches_reference),
         cmocka_unit_test(test_mistral_seq_len_over_sliding_window_is_refused),
         cmocka_unit_test(test_unsupported_families_and_rope_types_are_named),
         cmocka_unit_test(test_lm_head_runs_only_on_predicted_rows_gpt2_full),

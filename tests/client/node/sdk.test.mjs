@@ -218,6 +218,40 @@ test('models.list and models.retrieve', async () => {
   await rejects(other.models.retrieve(done.fine_tuned_model), OpenAI.NotFoundError);
 });
 
+test('chat.completions.create and completions.create, plain and streamed', async () => {
+  const messages = [{ role: 'user', content: 'name : Place 1 | food : French' }];
+  for (const model of [DT_MODEL, done.fine_tuned_model]) {
+    const c = await client.chat.completions.create({ model, messages, temperature: 0, max_tokens: 8 });
+    assert.equal(c.object, 'chat.completion');
+    assert.equal(c.model, model);
+    assert.equal(c.choices[0].message.role, 'assistant');
+    assert.ok(['stop', 'length'].includes(c.choices[0].finish_reason));
+    const stream = await client.chat.completions.create({
+      model, messages, temperature: 0, max_tokens: 8, stream: true, stream_options: { include_usage: true },
+    });
+    let text = '', usage = null;
+    for await (const chunk of stream) {
+      assert.equal(chunk.object, 'chat.completion.chunk');
+      if (chunk.choices.length) text += chunk.choices[0].delta.content ?? '';
+      if (chunk.usage) usage = chunk.usage;
+    }
+    assert.equal(text, c.choices[0].message.content);
+    assert.deepEqual(usage, c.usage);
+
+    const p = await client.completions.create({ model, prompt: 'name : Place', temperature: 0, max_tokens: 6 });
+    assert.equal(p.object, 'text_completion');
+    let ptext = '';
+    for await (const chunk of await client.completions.create({
+      model, prompt: 'name : Place', temperature: 0, max_tokens: 6, stream: true,
+    })) ptext += chunk.choices[0].text;
+    assert.equal(ptext, p.choices[0].text);
+  }
+  const br = await rejects(client.chat.completions.create({ model: DT_MODEL, messages, n: 2 }),
+    OpenAI.BadRequestError);
+  assert.equal(br.param, 'n');
+  await rejects(other.chat.completions.create({ model: done.fine_tuned_model, messages }), OpenAI.NotFoundError);
+});
+
 test('typed errors', async () => {
   const nf = await rejects(other.fineTuning.jobs.retrieve(job.id), OpenAI.NotFoundError);
   assert.equal(nf.status, 404);
