@@ -277,11 +277,13 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@BUILD=$(BUILD) scripts/test-all
 
-# The cmocka unit tests alone.
+# The cmocka unit tests alone, and the reference tests again with the BLAS
+# kernels deltatune picks forced on (scripts/run-tests-blas).
 test-unit: deps
 	@$(MAKE) --no-print-directory all
 	@scripts/check-layout $(BUILD)
 	@scripts/run-tests $(BUILD) $(TEST_NAMES)
+	@scripts/run-tests-blas $(BUILD)
 
 # HTTP integration tests (tests/integration/test_*.py): each module starts its
 # own stack (PostgreSQL, Redis, server, worker, tiny model) from $(BUILD).

@@ -211,6 +211,30 @@ typedef struct dt_backend_i {
     void (*attention_decode)(dt_backend *be, float *out, const float *q,
                              const float *k, const float *v, int tq, int tk,
                              int NH, int NKV, int D);
+
+    /* ---- row selection and fused ops (no wasted work) ------------------- */
+    /* dst(n,C) row i = src row idx[i]; idx(n) is a device int32 array of
+     * row numbers (the LM head's predicted rows). */
+    void (*gather_rows)(dt_backend *be, float *dst, const float *src,
+                        const int32_t *idx, int n, int C);
+    /* dst row idx[i] = src(n,C) row i; other rows of dst are untouched
+     * (idx holds distinct rows). */
+    void (*scatter_rows)(dt_backend *be, float *dst, const float *src,
+                         const int32_t *idx, int n, int C);
+    /* GPT-2's MLP: h(N,C) += bias(C) in place (h keeps the pre-activation
+     * for the backward pass), out = gelu(h); one pass instead of add_bias
+     * then gelu_fwd, bit-identical to them. */
+    void (*bias_gelu_fwd)(dt_backend *be, float *out, float *h,
+                          const float *bias, int N, int C);
+    /* The residual add and the norm that follows it in one pass over the
+     * rows: res = x + y (res may be x), copy = res when copy != NULL (the
+     * next block's residual input), out = norm(res) as layernorm_fwd
+     * (rms = 0; mean, rstd saved, b may be NULL) or rmsnorm_fwd (rms = 1;
+     * mean unused, may be NULL). Bit-identical to the separate ops. */
+    void (*residual_norm_fwd)(dt_backend *be, float *res, float *copy,
+                              float *out, float *mean, float *rstd,
+                              const float *x, const float *y, const float *w,
+                              const float *b, int N, int C, float eps, int rms);
 } dt_backend_i;
 
 struct dt_backend {

@@ -250,33 +250,42 @@ static void cpu_embedding_bwd(dt_backend *be, float *dwte, float *dwpe,
 
 /* ---- LayerNorm / RMSNorm ---------------------------------------------------- */
 
+/* One row of LayerNorm: out(C) from x(C); *mean, *rstd saved. Shared by
+ * layernorm_fwd and residual_norm_fwd so that the fused op is bit-identical
+ * to the separate ones. */
+static void cpu__layernorm_row(float *o, float *mean, float *rstd,
+                               const float *x, const float *w, const float *b,
+                               int C, float eps)
+{
+    double s = 0.0;
+    for (int c = 0; c < C; c++)
+        s += x[c];
+    float m = (float)(s / C);
+    double v = 0.0;
+    for (int c = 0; c < C; c++) {
+        double d = (double)x[c] - m;
+        v += d * d;
+    }
+    float rs = (float)(1.0 / sqrt(v / C + eps)); /* biased variance */
+    for (int c = 0; c < C; c++) {
+        float n = (x[c] - m) * rs;
+        o[c] = b ? n * w[c] + b[c] : n * w[c];
+    }
+    if (mean)
+        *mean = m;
+    if (rstd)
+        *rstd = rs;
+}
+
 static void cpu_layernorm_fwd(dt_backend *be, float *out, float *mean,
                               float *rstd, const float *inp, const float *w,
                               const float *b, int N, int C, float eps)
 {
 #pragma omp parallel for schedule(static)
-    for (int r = 0; r < N; r++) {
-        const float *x = inp + (long)r * C;
-        double s = 0.0;
-        for (int c = 0; c < C; c++)
-            s += x[c];
-        float m = (float)(s / C);
-        double v = 0.0;
-        for (int c = 0; c < C; c++) {
-            double d = (double)x[c] - m;
-            v += d * d;
-        }
-        float rs = (float)(1.0 / sqrt(v / C + eps)); /* biased variance */
-        float *o = out + (long)r * C;
-        for (int c = 0; c < C; c++) {
-            float n = (x[c] - m) * rs;
-            o[c] = b ? n * w[c] + b[c] : n * w[c];
-        }
-        if (mean)
-            mean[r] = m;
-        if (rstd)
-            rstd[r] = rs;
-    }
+    for (int r = 0; r < N; r++)
+        cpu__layernorm_row(out + (long)r * C, mean ? mean + r : NULL,
+                           rstd ? rstd + r : NULL, inp + (long)r * C, w, b, C,
+                           eps);
 }
 
 static void cpu_layernorm_bwd(dt_backend *be, float *dinp, float *dw,
@@ -309,22 +318,50 @@ static void cpu_layernorm_bwd(dt_backend *be, float *dinp, float *dw,
         cpu_colsum(db, dout, NULL, NULL, NULL, N, C, COLSUM_DY);
 }
 
+/* One row of RMSNorm (see cpu__layernorm_row). */
+static void cpu__rmsnorm_row(float *o, float *rstd, const float *x,
+                             const float *w, int C, float eps)
+{
+    double s = 0.0;
+    for (int c = 0; c < C; c++)
+        s += (double)x[c] * x[c];
+    float rs = (float)(1.0 / sqrt(s / C + eps));
+    for (int c = 0; c < C; c++)
+        o[c] = w[c] * (x[c] * rs); /* HF: weight * (x * rsqrt(..)) */
+    if (rstd)
+        *rstd = rs;
+}
+
 static void cpu_rmsnorm_fwd(dt_backend *be, float *out, float *rstd,
                             const float *inp, const float *w, int N, int C,
                             float eps)
 {
 #pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++)
+        cpu__rmsnorm_row(out + (long)r * C, rstd ? rstd + r : NULL,
+                         inp + (long)r * C, w, C, eps);
+}
+
+static void cpu_residual_norm_fwd(dt_backend *be, float *res, float *copy,
+                                  float *out, float *mean, float *rstd,
+                                  const float *x, const float *y,
+                                  const float *w, const float *b, int N, int C,
+                                  float eps, int rms)
+{
+#pragma omp parallel for schedule(static)
     for (int r = 0; r < N; r++) {
-        const float *x = inp + (long)r * C;
-        double s = 0.0;
+        float *o = res + (long)r * C;
+        const float *xr = x + (long)r * C, *yr = y + (long)r * C;
         for (int c = 0; c < C; c++)
-            s += (double)x[c] * x[c];
-        float rs = (float)(1.0 / sqrt(s / C + eps));
-        float *o = out + (long)r * C;
-        for (int c = 0; c < C; c++)
-            o[c] = w[c] * (x[c] * rs); /* HF: weight * (x * rsqrt(..)) */
-        if (rstd)
-            rstd[r] = rs;
+            o[c] = xr[c] + yr[c];
+        if (copy)
+            memcpy(copy + (long)r * C, o, (size_t)C * sizeof(float));
+        if (rms)
+            cpu__rmsnorm_row(out + (long)r * C, rstd ? rstd + r : NULL, o, w,
+                             C, eps);
+        else
+            cpu__layernorm_row(out + (long)r * C, mean ? mean + r : NULL,
+                               rstd ? rstd + r : NULL, o, w, b, C, eps);
     }
 }
 
@@ -455,6 +492,40 @@ static void cpu_rope_at(dt_backend *be, float *x, int T, int H, int D,
             }
         }
     }
+}
+
+/* Bias then GELU in one pass: h += bias, out = gelu(h). */
+static void cpu_bias_gelu_fwd(dt_backend *be, float *out, float *h,
+                              const float *bias, int N, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < N; r++) {
+        float *hr = h + (long)r * C, *o = out + (long)r * C;
+        for (int c = 0; c < C; c++) {
+            hr[c] += bias[c];
+            o[c] = dt_gelu_tanh(hr[c]);
+        }
+    }
+}
+
+/* ---- row selection ------------------------------------------------------------ */
+
+static void cpu_gather_rows(dt_backend *be, float *dst, const float *src,
+                            const int32_t *idx, int n, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (long)i * C, src + (long)idx[i] * C,
+               (size_t)C * sizeof(float));
+}
+
+static void cpu_scatter_rows(dt_backend *be, float *dst, const float *src,
+                             const int32_t *idx, int n, int C)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (long)idx[i] * C, src + (long)i * C,
+               (size_t)C * sizeof(float));
 }
 
 /* ---- bias / BLAS-1 ----------------------------------------------------------- */
@@ -990,6 +1061,10 @@ static const dt_backend_i cpu_iface = {
     /* .cross_entropy_smooth = */ cpu_cross_entropy_smooth,
     /* .rope_at       = */ cpu_rope_at,
     /* .attention_decode = */ cpu_attention_decode,
+    /* .gather_rows   = */ cpu_gather_rows,
+    /* .scatter_rows  = */ cpu_scatter_rows,
+    /* .bias_gelu_fwd = */ cpu_bias_gelu_fwd,
+    /* .residual_norm_fwd = */ cpu_residual_norm_fwd,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

@@ -1004,6 +1004,113 @@ static void cuda_destroy(dt_backend *be)
  * backend table
  * ========================================================================= */
 
+/* ---- row selection and fused ops ------------------------------------------- */
+
+/* dst row i = src row idx[i] (scatter = 0) or dst row idx[i] = src row i
+ * (scatter = 1), one thread per element. */
+static __global__ void k_rows(float *dst, const float *src, const int32_t *idx,
+                              int C, int scatter, long n)
+{
+    GRID_STRIDE(j, n) {
+        long i = j / C, c = j % C, r = idx[i];
+        if (scatter)
+            dst[r * C + c] = src[i * C + c];
+        else
+            dst[i * C + c] = src[r * C + c];
+    }
+}
+
+static void cuda_gather_rows(dt_backend *be, float *dst, const float *src,
+                             const int32_t *idx, int n, int C)
+{
+    long total = (long)n * C;
+    EW_LAUNCH(ctx_of(be), total, k_rows, dst, src, idx, C, 0, total);
+}
+
+static void cuda_scatter_rows(dt_backend *be, float *dst, const float *src,
+                              const int32_t *idx, int n, int C)
+{
+    long total = (long)n * C;
+    EW_LAUNCH(ctx_of(be), total, k_rows, dst, src, idx, C, 1, total);
+}
+
+/* h += bias; out = gelu(h): one read and two writes instead of two reads
+ * and two writes with add_bias then gelu_fwd. */
+static __global__ void k_bias_gelu(float *out, float *h, const float *bias,
+                                   int C, long n)
+{
+    GRID_STRIDE(i, n) {
+        float v = h[i] + bias[i % C];
+        h[i] = v;
+        out[i] = dt_gelu_tanh(v);
+    }
+}
+
+static void cuda_bias_gelu_fwd(dt_backend *be, float *out, float *h,
+                               const float *bias, int N, int C)
+{
+    long n = (long)N * C;
+    EW_LAUNCH(ctx_of(be), n, k_bias_gelu, out, h, bias, C, n);
+}
+
+/* res = x + y (copy = res), out = norm(res): one warp per row, the sums as
+ * k_layernorm_fwd / k_rmsnorm_fwd take them. Each lane reads back only the
+ * elements it wrote. */
+static __global__ void k_residual_norm(float *res, float *copy, float *out,
+                                       float *mean, float *rstd,
+                                       const float *x, const float *y,
+                                       const float *w, const float *b, int N,
+                                       int C, float eps, int rms)
+{
+    WARP_ROW(row, lane, N);
+    long off = (long)row * C;
+    float s = 0.0f, m = 0.0f;
+    for (int i = lane; i < C; i += 32) {
+        float v = x[off + i] + y[off + i];
+        res[off + i] = v;
+        if (copy)
+            copy[off + i] = v;
+        s += rms ? v * v : v;
+    }
+    float r;
+    if (rms) {
+        r = 1.0f / sqrtf(warp_sum(s) / C + eps);
+        for (int i = lane; i < C; i += 32)
+            out[off + i] = w[i] * (res[off + i] * r);
+    } else {
+        m = warp_sum(s) / C;
+        float v = 0.0f;
+        for (int i = lane; i < C; i += 32)
+            v += (res[off + i] - m) * (res[off + i] - m);
+        r = 1.0f / sqrtf(warp_sum(v) / C + eps);
+        for (int i = lane; i < C; i += 32) {
+            float o = (res[off + i] - m) * r * w[i];
+            out[off + i] = b ? o + b[i] : o;
+        }
+    }
+    if (lane == 0) {
+        if (mean && !rms)
+            mean[row] = m;
+        if (rstd)
+            rstd[row] = r;
+    }
+}
+
+static void cuda_residual_norm_fwd(dt_backend *be, float *res, float *copy,
+                                   float *out, float *mean, float *rstd,
+                                   const float *x, const float *y,
+                                   const float *w, const float *b, int N,
+                                   int C, float eps, int rms)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || N <= 0)
+        return;
+    DT_LAUNCH(k_residual_norm, row_blocks(N), 32 * ROWS_PER_BLOCK, 0,
+              c->stream)(res, copy, out, mean, rstd, x, y, w, b, N, C, eps,
+                         rms);
+    LAUNCHED(c);
+}
+
 static const dt_backend_i cuda_iface = {
     /* .name = */ "cuda",
     /* .alloc = */ cuda_alloc,
@@ -1046,6 +1153,10 @@ static const dt_backend_i cuda_iface = {
     /* .cross_entropy_smooth = */ cuda_cross_entropy_smooth,
     /* .rope_at = */ cuda_rope_at,
     /* .attention_decode = */ cuda_attention_decode,
+    /* .gather_rows = */ cuda_gather_rows,
+    /* .scatter_rows = */ cuda_scatter_rows,
+    /* .bias_gelu_fwd = */ cuda_bias_gelu_fwd,
+    /* .residual_norm_fwd = */ cuda_residual_norm_fwd,
 };
 
 extern "C" int dt_backend_cuda_available(void)

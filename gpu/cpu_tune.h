@@ -15,4 +15,16 @@
  * (doing nothing) in every other case, including a failed exec. */
 void dt_cpu_tune_reexec(char **argv);
 
+/* The core type dt_cpu_tune_reexec switches to for a CPU with (avx512 != 0)
+ * or without AVX-512 F/CD/BW/DQ/VL whose OpenBLAS chose kernels `core`:
+ * "SkylakeX" or NULL (keep OpenBLAS's choice). Pure: the rule itself. */
+const char *dt_cpu_tune_target(const char *core, int avx512);
+
+/* The kernels OpenBLAS runs in this process (openblas_get_corename) and how
+ * they were chosen: "re-executed" (dt_cpu_tune_reexec switched them),
+ * "OPENBLAS_CORETYPE" (set by the environment), "DT_NO_BLAS_TUNE" (tuning
+ * turned off) or "OpenBLAS" (its own choice, which the rule keeps). For
+ * the start-up logs of the programs that train. */
+const char *dt_cpu_tune_core(const char **how);
+
 #endif

@@ -282,12 +282,13 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
     /* + the squared gradient norm: one double, 2 floats (model.c) */
     long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2;
 
-    /* activations: alloc_acts (model.c), floats. */
+    /* activations: alloc_acts (model.c), floats (ids, targets and the LM
+     * head's predicted rows: 3N int32). */
     long long wide = qd > C ? qd : C;
     long long head_rows = N < (16LL << 20) / V ? N : (16LL << 20) / V;
     if (head_rows < 1)
         head_rows = 1;
-    long long acts = 2 * N + (L + 1) * N * C + 3 * L * N * C + 4 * L * N +
+    long long acts = 3 * N + (L + 1) * N * C + 3 * L * N * C + 4 * L * N +
                      L * N * (2 * qd + 2 * kd) + L * N * c->n_head + L * N * F + N * F +
                      (c->llama ? L * N * F : 2 * N * 3 * C) + N * C + 2 * N +
                      head_rows * V + N + N * C + 2 * N * wide + N * qd + 2 * N * kd +
@@ -309,11 +310,12 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
     long long peak = train;
     if (!j->cuda) {
         /* Host phases (CPU: the same memory). The batch's host ids/targets,
-         * the tokenized data. A checkpoint downloads every trainable tensor
+         * the model's host ids and the head's predicted rows (3N), the
+         * tokenized data. A checkpoint downloads every trainable tensor
          * and both moments (Delta-LoRA: and the moved W) while the
          * activations are held; the export holds the merged weights beside
          * the model, the activations freed. */
-        long long host = 2 * B * j->seq_len + N + (j->runtime_bytes ? 0 : 2 * j->data_tokens) +
+        long long host = 2 * B * j->seq_len + 3 * N + (j->runtime_bytes ? 0 : 2 * j->data_tokens) +
                          DT_MEM_CPU_THREAD_BUFS / 4;
         long long ckpt = train + 3 * ptrain + moved;
         long long exp = W + trainable + W;

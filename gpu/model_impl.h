@@ -62,6 +62,13 @@ struct dt_model {
     int32_t *ids, *tgt;    /* (N) */
     int32_t *hids;         /* (N) host copy of the last forward's ids, for
                               embedding_bwd (no copy back from the device) */
+    int32_t *rows;         /* (N) device: the rows whose target is predicted
+                              (!= -100), the LM head's compacted rows */
+    int32_t *hrows;        /* (2N) host: those rows, then their targets */
+    int head_all;          /* tests: run the LM head on every row (the
+                              uncompacted path) to compare against */
+    long head_gemm_rows;   /* rows through the head's logits GEMM, summed
+                              over forward passes (tests: work done) */
     float *res;            /* (n_layer+1, N, C) residual stream inputs */
     float *mid;            /* residual after attention */
     float *n1, *n1m, *n1r; /* norm 1 out (N,C), mean (N), rstd (N) */

@@ -178,6 +178,21 @@ static const float *head_norm_bwd(dt_model *m, dt_param *pw, const float *dout,
     return m->datt;
 }
 
+/* res = x + y and out = norm(res) in one pass (residual_norm_fwd): the
+ * residual add of a block and the norm of the next one. mean is unused
+ * by RMSNorm. */
+static void add_norm_fwd(dt_model *m, float *res, float *out, float *mean,
+                         float *rstd, const float *x, const float *y,
+                         const float *w, const float *b, int N)
+{
+    int rms = m->c.arch != DT_ARCH_GPT2;
+    OPS.residual_norm_fwd(m->be, res, NULL, out, rms ? NULL : mean, rstd, x, y,
+                          w, rms ? NULL : b, N, m->c.d_model, m->c.norm_eps, rms);
+}
+
+/* Layer l's forward pass. Its input's norm (A.n1) is the previous layer's
+ * work (layer 0: done here); it ends with the norm of its output, fused with
+ * the residual add: layer l+1's n1, or the final norm m->nf for the last. */
 static void layer_fwd(dt_model *m, int l, int b, int t)
 {
     const dt_config *c = &m->c;
@@ -187,8 +202,9 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     layer_acts A = layer_acts_at(m, l);
     float *next = AT(m->res, l + 1, C);
 
-    norm_fwd(m, A.n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), A.x, Y->n1w, Y->n1b,
-             N);
+    if (l == 0)
+        norm_fwd(m, A.n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), A.x, Y->n1w,
+                 Y->n1b, N);
     if (c->arch == DT_ARCH_GPT2) {
         lin_fwd(m, &Y->lin[G_QKV], A.n1, m->qkv, N, 0);
         OPS.copy2d(be, A.q, C, m->qkv, 3 * C, N, C, 1.0f);
@@ -218,36 +234,44 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     else
         OPS.attention_fwd(be, A.att, A.lse, A.q, A.k, A.v, b, t, c->n_head,
                           c->n_kv_head, c->head_dim);
-    OPS.copy(be, A.mid, A.x, (size_t)N * C * sizeof(float));
+    /* Each block's output goes to m->dx (free during the layers), GPT-2's
+     * resid_dropout is applied to it in place, and one pass adds it to the
+     * residual stream and norms the sum. */
     dt_linear *O = &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O];
-    if (pr > 0.0f) {
-        /* GPT-2's resid_dropout: the block's output in m->dx (free during
-         * the layers), dropped and added to the residual stream. */
-        lin_fwd(m, O, A.att, m->dx, N, 0);
-        OPS.dropout(be, A.mid, m->dx, (long)N * C, pr,
-                    drop_key(m, l, DT_DROP_RESID1), 1);
-    } else {
-        lin_fwd(m, O, A.att, A.mid, N, 1);
-    }
-    norm_fwd(m, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.mid, Y->n2w,
-             Y->n2b, N);
-    OPS.copy(be, next, A.mid, (size_t)N * C * sizeof(float));
+    lin_fwd(m, O, A.att, m->dx, N, 0);
+    if (pr > 0.0f)
+        OPS.dropout(be, m->dx, m->dx, (long)N * C, pr,
+                    drop_key(m, l, DT_DROP_RESID1), 0);
+    add_norm_fwd(m, A.mid, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.x, m->dx,
+                 Y->n2w, Y->n2b, N);
     if (c->arch == DT_ARCH_GPT2) {
-        lin_fwd(m, &Y->lin[G_FC], A.n2, A.h1, N, 0);
-        OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
-        if (pr > 0.0f) {
-            lin_fwd(m, &Y->lin[G_PROJ], m->act, m->dx, N, 0);
-            OPS.dropout(be, next, m->dx, (long)N * C, pr,
-                        drop_key(m, l, DT_DROP_RESID2), 1);
-        } else {
-            lin_fwd(m, &Y->lin[G_PROJ], m->act, next, N, 1);
-        }
+        /* c_fc without its bias, then bias + GELU in one pass (A.h1 keeps
+         * the pre-activation, bias included, for the backward pass). */
+        dt_linear fc = Y->lin[G_FC];
+        fc.b = NULL;
+        lin_fwd(m, &fc, A.n2, A.h1, N, 0);
+        if (Y->lin[G_FC].b)
+            OPS.bias_gelu_fwd(be, m->act, A.h1, Y->lin[G_FC].b, N, F);
+        else
+            OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
+        lin_fwd(m, &Y->lin[G_PROJ], m->act, m->dx, N, 0);
+        if (pr > 0.0f)
+            OPS.dropout(be, m->dx, m->dx, (long)N * C, pr,
+                        drop_key(m, l, DT_DROP_RESID2), 0);
     } else {
         float *h2 = AT(m->h2, l, F);
         lin_fwd(m, &Y->lin[L_GATE], A.n2, A.h1, N, 0);
         lin_fwd(m, &Y->lin[L_UP], A.n2, h2, N, 0);
         OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
-        lin_fwd(m, &Y->lin[L_DOWN], m->act, next, N, 1);
+        lin_fwd(m, &Y->lin[L_DOWN], m->act, m->dx, N, 0);
+    }
+    if (l + 1 < c->n_layer) {
+        dt_layer *Z = &m->L[l + 1];
+        add_norm_fwd(m, next, AT(m->n1, l + 1, C), AT(m->n1m, l + 1, 1),
+                     AT(m->n1r, l + 1, 1), A.mid, m->dx, Z->n1w, Z->n1b, N);
+    } else {
+        add_norm_fwd(m, next, m->nf, m->nfm, m->nfr, A.mid, m->dx, m->nfw,
+                     m->nfb, N);
     }
 }
 
@@ -328,6 +352,81 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
              AT(m->n1m, l, 1), AT(m->n1r, l, 1), N);
 }
 
+/* The LM head over rows x(rows_total, C) with targets tgt (device, -100 =
+ * masked) in row chunks: logits, loss and (grad_scale != 0) their gradient,
+ * dx = dlogits·head and the head's own gradient, so that (N, V) logits never
+ * exist at once. Per-row losses go to m->losses. */
+static void head_chunks(dt_model *m, const float *x, const int32_t *tgt,
+                        float *dx, int rows_total, float grad_scale)
+{
+    dt_backend *be = m->be;
+    int C = m->c.d_model, V = m->c.vocab;
+    for (int r0 = 0; r0 < rows_total; r0 += m->head_rows) {
+        int rows = rows_total - r0 < m->head_rows ? rows_total - r0 : m->head_rows;
+        const float *xr = x + (size_t)r0 * C;
+        OPS.gemm(be, 0, 1, rows, V, C, 1.0f, xr, C, m->head, C, 0.0f, m->logits, V);
+        m->head_gemm_rows += rows;
+        if (m->ltrain && m->smoothing > 0.0f)
+            OPS.cross_entropy_smooth(be, m->logits, m->losses + r0, tgt + r0,
+                                     rows, V, grad_scale, m->smoothing);
+        else
+            OPS.cross_entropy(be, m->logits, m->losses + r0, tgt + r0, rows, V,
+                              grad_scale);
+        if (grad_scale == 0.0f)
+            continue;
+        OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
+                 dx + (size_t)r0 * C, C);
+        if (m->phead)
+            OPS.gemm(be, 1, 0, V, C, rows, 1.0f, m->logits, V, xr, C, 1.0f,
+                     m->phead->g, C);
+    }
+}
+
+/* The LM head of a forward pass on N rows, n of them predicted (target !=
+ * -100, host targets checked by the caller). Masked rows (prompt tokens,
+ * padding) cost nothing: the predicted rows of the final norm's output are
+ * gathered into m->datt (free until the backward pass), the head runs on
+ * those n rows alone, and dnf comes back through m->dres (free until
+ * dt_model_backward) scattered into m->dx, whose other rows are 0. The loss
+ * sum and every gradient are those of the head on all N rows: masked rows
+ * add 0 to each. With every row predicted (or m->head_all) the head runs on
+ * m->nf in place. */
+static void head_fwd(dt_model *m, const int32_t *targets, int N, int n,
+                     float grad_scale, double *loss_sum)
+{
+    dt_backend *be = m->be;
+    int C = m->c.d_model;
+    if (n == N || m->head_all) {
+        OPS.upload(be, m->tgt, targets, (size_t)N * sizeof(int32_t));
+        head_chunks(m, m->nf, m->tgt, m->dx, N, grad_scale);
+        if (loss_sum)
+            *loss_sum = OPS.sum(be, m->losses, N);
+        return;
+    }
+    if (grad_scale != 0.0f)
+        OPS.memset0(be, m->dx, (size_t)N * C * sizeof(float));
+    if (n == 0) {
+        if (loss_sum)
+            *loss_sum = 0.0;
+        return;
+    }
+    /* hrows: the predicted rows, then their targets (one upload each). */
+    int32_t *rows = m->hrows, *tg = m->hrows + N;
+    for (int i = 0, k = 0; i < N; i++)
+        if (targets[i] != -100) {
+            rows[k] = i;
+            tg[k++] = targets[i];
+        }
+    OPS.upload(be, m->rows, rows, (size_t)n * sizeof(int32_t));
+    OPS.upload(be, m->tgt, tg, (size_t)n * sizeof(int32_t));
+    OPS.gather_rows(be, m->datt, m->nf, m->rows, n, C);
+    head_chunks(m, m->datt, m->tgt, m->dres, n, grad_scale);
+    if (grad_scale != 0.0f)
+        OPS.scatter_rows(be, m->dx, m->dres, m->rows, n, C);
+    if (loss_sum)
+        *loss_sum = OPS.sum(be, m->losses, n);
+}
+
 int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                      int b, int t, float grad_scale, double *loss_sum,
                      long *ntok, char *err)
@@ -353,10 +452,11 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
     if (pe > 0.0f) /* GPT-2's embd_pdrop, in place */
         OPS.dropout(be, m->res, m->res, (long)N * C, pe,
                     drop_key(m, 0, DT_DROP_EMBD), 0);
+    /* The final norm is the last layer's (fused with its residual add). */
     for (int l = 0; l < c->n_layer; l++)
         layer_fwd(m, l, b, t);
-    norm_fwd(m, m->nf, m->nfm, m->nfr, AT(m->res, c->n_layer, C), m->nfw,
-             m->nfb, N);
+    if (c->n_layer == 0)
+        norm_fwd(m, m->nf, m->nfm, m->nfr, m->res, m->nfw, m->nfb, N);
     m->last_b = b;
     m->last_t = t;
     long n = 0;
@@ -367,31 +467,7 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                                targets[i], V);
             n += targets[i] != -100;
         }
-        OPS.upload(be, m->tgt, targets, (size_t)N * sizeof(int32_t));
-        /* The LM head in row chunks: logits, loss and (training) their
-         * gradient, dnf = dlogits·head into m->dx and the head's own
-         * gradient, so that (N, V) logits never exist at once. */
-        for (int r0 = 0; r0 < N; r0 += m->head_rows) {
-            int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
-            const float *x = m->nf + (size_t)r0 * C;
-            OPS.gemm(be, 0, 1, rows, V, C, 1.0f, x, C, m->head, C, 0.0f, m->logits, V);
-            if (m->ltrain && m->smoothing > 0.0f)
-                OPS.cross_entropy_smooth(be, m->logits, m->losses + r0,
-                                         m->tgt + r0, rows, V, grad_scale,
-                                         m->smoothing);
-            else
-                OPS.cross_entropy(be, m->logits, m->losses + r0, m->tgt + r0,
-                                  rows, V, grad_scale);
-            if (grad_scale == 0.0f)
-                continue;
-            OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
-                     m->dx + (size_t)r0 * C, C);
-            if (m->phead)
-                OPS.gemm(be, 1, 0, V, C, rows, 1.0f, m->logits, V, x, C, 1.0f,
-                         m->phead->g, C);
-        }
-        if (loss_sum)
-            *loss_sum = OPS.sum(be, m->losses, N);
+        head_fwd(m, targets, N, (int)n, grad_scale, loss_sum);
     } else if (loss_sum) {
         *loss_sum = 0.0;
     }

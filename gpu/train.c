@@ -504,7 +504,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         rc = dt_errf(err, DT_ENOMEM, "out of memory");
         goto fail;
     }
-    batcher bt = {&ds, o.seed, perm, -1, ids, tgt, o.batch, o.seq_len};
+    batcher bt = {&ds, o.seed, perm, -1, ids, tgt, o.batch, o.seq_len, 0};
     double t0 = dt_now();
     int64_t first = opt.t;
     long tok_run = 0;
@@ -512,11 +512,12 @@ int dt_train(const dt_train_opts *o_in, char *err)
         int64_t step = opt.t; /* 0-based index of this step */
         long pos = (long)step * rows_per_step;
         /* tokens of the whole optimizer step, so the loss is their mean */
-        long nstep = 0, nt;
+        long nstep = 0, nt, real = 0;
         int tt, halt = 0;
         for (int g = 0; g < o.accum; g++) {
             tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
             nstep += nt;
+            real += bt.real;
         }
         dt_model_zero_grad(m);
         double loss = 0.0;
@@ -565,9 +566,9 @@ int dt_train(const dt_train_opts *o_in, char *err)
         if ((rc = dt_optim_step(m, &opt, o.method, lr, &gn, err)))
             goto fail;
         trained += nstep;
-        tok_run += nstep;
+        tok_run += real;
         dt_progress p = {opt.t, total, (double)(pos + rows_per_step) / ds.nrows, loss,
-                         NAN, 0, 0, lr, gn, trained, 0, 0};
+                         NAN, 0, 0, lr, gn, trained, 0, 0, tok_run};
         double el = dt_now() - t0;
         p.tokens_per_sec = el > 0 ? tok_run / el : 0;
         p.eta_sec = el / (double)(opt.t - first) * (double)(total - opt.t);

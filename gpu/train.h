@@ -44,12 +44,18 @@ typedef struct dt_progress {
     double epoch;
     double train_loss;      /* mean over the step's tokens */
     double valid_loss;      /* NaN when not evaluated this step */
-    double tokens_per_sec;
+    double tokens_per_sec;  /* run_tokens per second of this run: real
+                               tokens (prompt and completion), no padding */
     double eta_sec;
     double lr, grad_norm;
-    long trained_tokens;
+    long trained_tokens;    /* tokens with a loss (predicted targets), summed
+                               over every step */
     int ckpt_due;           /* 1: a checkpoint is written after this step */
     size_t peak_device_bytes; /* the backend's peak_bytes so far (backend.h) */
+    long run_tokens;        /* tokens processed since this run (or resume)
+                               began: every token of every row, prompt
+                               included, padding not; tokens_per_sec is
+                               run_tokens per second */
 } dt_progress;
 
 /* on_progress returns 0 to go on, DT_PROGRESS_STOP (or any other non-zero

@@ -45,9 +45,11 @@ int tr_batch_at(batcher *bt, long pos, int *t_out, long *ntok)
     if (t > bt->T)
         t = bt->T;
     long cnt = 0;
+    bt->real = 0;
     for (int i = 0; i < bt->B; i++) {
         const dt_row *r = &ds->rows[rows[i]];
         int n = r->n - 1 < t ? r->n - 1 : t;
+        bt->real += n;
         for (int j = 0; j < t; j++) {
             bt->ids[i * t + j] = j < n ? r->ids[j] : 0;
             bt->tgt[i * t + j] = j < n ? r->labels[j] : -100;

@@ -20,10 +20,13 @@ typedef struct batcher {
     long perm_epoch;
     int32_t *ids, *tgt; /* (B, T) host */
     int B, T;
+    long real;          /* tokens of the last batch that are not padding */
 } batcher;
 
 /* Fills rows [pos, pos+B) of the stream into bt->ids/tgt, padded to the
- * longest row (at most T); *t_out = positions, *ntok = unmasked targets. */
+ * longest row (at most T); *t_out = positions, *ntok = unmasked targets,
+ * bt->real = positions holding a token of a row (prompt and completion),
+ * the rest being padding. */
 int tr_batch_at(batcher *bt, long pos, int *t_out, long *ntok);
 
 /* Mean loss over every row of ds (no gradient) into *out. */

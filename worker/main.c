@@ -9,6 +9,7 @@
 #include "api/config.h"
 #include "api/log.h"
 #include "base/dt.h"
+#include "gpu/cpu_tune.h"
 #include "gpu/engine_api.h"
 #include "serve.h"
 #include "worker.h"
@@ -22,6 +23,10 @@ static const char usage[] =
 "in progress between two micro-batches and hand it back to the queue: the\n"
 "step in progress is dropped, the job resumes from its last checkpoint, and\n"
 "the worker exits (within a micro-batch and a few database writes).\n"
+"At start it picks the BLAS kernels `deltatune train` picks: on a CPU with\n"
+"AVX-512 where OpenBLAS chose its AVX2 kernels it re-executes itself with\n"
+"OPENBLAS_CORETYPE=SkylakeX (not when OPENBLAS_CORETYPE or DT_NO_BLAS_TUNE\n"
+"is set) and logs the kernels in use (event worker.blas).\n"
 "\n"
 "worker options (flag, environment variable):\n"
 "  --device D        DELTATUNE_DEVICE          cpu | cuda:N | auto (default cpu)\n"
@@ -161,6 +166,13 @@ int main(int argc, char **argv)
         host[sizeof host - 1] = '\0';
         snprintf(o.worker_id, sizeof o.worker_id, "%.96s-%d", host, (int)getpid());
     }
+    /* The same BLAS kernels as `deltatune train` (gpu/cpu_tune.h): re-executes
+     * itself, before any thread starts, when OpenBLAS would run slower
+     * kernels than the CPU has. */
+    dt_cpu_tune_reexec(argv);
     log_init("worker", o.cfg.log_level);
+    const char *how, *core = dt_cpu_tune_core(&how);
+    log_msg(DT_LOG_INFO, "worker.blas", "OpenBLAS kernels %s (chosen by %s)", core,
+            how);
     return o.serve ? wk_serve(&o) : wk_main(&o);
 }

@@ -372,6 +372,115 @@ static void test_rmsnorm_matches_cpu(void **state)
     done();
 }
 
+/* The fused residual add + norm against the CUDA kernel and, on the CPU,
+ * bit for bit against the separate ops it replaces (add, copy, norm). */
+static void test_residual_norm_matches_cpu(void **state)
+{
+    for (int s = 0; s < 3; s++)
+        for (int rms = 0; rms < 2; rms++) {
+            int N = norm_shapes[s][0], C = norm_shapes[s][1];
+            char shape[64];
+            snprintf(shape, sizeof shape, "N=%d C=%d %s", N, C, rms ? "rms" : "ln");
+            dbuf x = buf_rand((long)N * C, 2.0f), y = buf_rand((long)N * C, 2.0f);
+            dbuf w = buf_rand(C, 1.0f), b = buf_rand(C, 1.0f);
+            dbuf res = buf_zero((long)N * C), cp = buf_zero((long)N * C);
+            dbuf out = buf_zero((long)N * C), mean = buf_zero(N), rstd = buf_zero(N);
+            BOTH(be->i.residual_norm_fwd(be, F(res), F(cp), F(out), F(mean), F(rstd),
+                                         F(x), F(y), F(w), rms ? NULL : F(b), N, C,
+                                         1e-5f, rms));
+            check(&res, "residual_norm/res", shape, TOL_EW);
+            check(&cp, "residual_norm/copy", shape, TOL_EW);
+            check(&out, "residual_norm/out", shape, TOL_EW);
+            if (!rms)
+                check(&mean, "residual_norm/mean", shape, TOL_EW);
+            check(&rstd, "residual_norm/rstd", shape, TOL_EW);
+            /* The CPU's separate ops give the same bits. */
+            dt_backend *cpu = be2[0];
+            long n = (long)N * C;
+            float *sum = cpu->i.alloc(cpu, (size_t)n * sizeof(float));
+            float *o2 = cpu->i.alloc(cpu, (size_t)n * sizeof(float));
+            float *m2 = cpu->i.alloc(cpu, (size_t)N * sizeof(float));
+            float *r2 = cpu->i.alloc(cpu, (size_t)N * sizeof(float));
+            cpu->i.copy(cpu, sum, x.d[0], (size_t)n * sizeof(float));
+            cpu->i.axpy(cpu, n, 1.0f, y.d[0], sum);
+            if (rms)
+                cpu->i.rmsnorm_fwd(cpu, o2, r2, sum, w.d[0], N, C, 1e-5f);
+            else
+                cpu->i.layernorm_fwd(cpu, o2, m2, r2, sum, w.d[0], b.d[0], N, C, 1e-5f);
+            assert_memory_equal(sum, res.d[0], (size_t)n * sizeof(float));
+            assert_memory_equal(sum, cp.d[0], (size_t)n * sizeof(float));
+            assert_memory_equal(o2, out.d[0], (size_t)n * sizeof(float));
+            assert_memory_equal(r2, rstd.d[0], (size_t)N * sizeof(float));
+            if (!rms)
+                assert_memory_equal(m2, mean.d[0], (size_t)N * sizeof(float));
+            /* In place (res = x) and without a copy. */
+            BOTH(be->i.residual_norm_fwd(be, F(x), NULL, F(out), NULL, F(rstd), F(x),
+                                         F(y), F(w), rms ? NULL : F(b), N, C, 1e-5f,
+                                         rms));
+            check(&x, "residual_norm/inplace", shape, TOL_EW);
+            check(&out, "residual_norm/inplace_out", shape, TOL_EW);
+            assert_memory_equal(sum, x.d[0], (size_t)n * sizeof(float));
+            cpu->i.free(cpu, sum);
+            cpu->i.free(cpu, o2);
+            cpu->i.free(cpu, m2);
+            cpu->i.free(cpu, r2);
+            dbuf *all[] = {&x, &y, &w, &b, &res, &cp, &out, &mean, &rstd};
+            for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+                buf_free(all[i]);
+        }
+    done();
+}
+
+/* Bias + GELU against CUDA and against add_bias then gelu_fwd (bitwise on
+ * the CPU); gather_rows / scatter_rows exactly (memory ops). */
+static void test_bias_gelu_and_row_selection_match_cpu(void **state)
+{
+    int N = SZ(67, 19), C = SZ(301, 45);
+    char shape[64];
+    snprintf(shape, sizeof shape, "N=%d C=%d", N, C);
+    long n = (long)N * C;
+    dbuf h = buf_rand(n, 3.0f), bias = buf_rand(C, 1.0f), out = buf_zero(n);
+    dt_backend *cpu = be2[0];
+    float *h2 = cpu->i.alloc(cpu, (size_t)n * sizeof(float));
+    float *o2 = cpu->i.alloc(cpu, (size_t)n * sizeof(float));
+    cpu->i.copy(cpu, h2, h.d[0], (size_t)n * sizeof(float));
+    BOTH(be->i.bias_gelu_fwd(be, F(out), F(h), F(bias), N, C));
+    check(&h, "bias_gelu_fwd/h", shape, TOL_EW);
+    check(&out, "bias_gelu_fwd/out", shape, TOL_EW);
+    cpu->i.add_bias(cpu, h2, bias.d[0], N, C);
+    cpu->i.gelu_fwd(cpu, o2, h2, n);
+    assert_memory_equal(h2, h.d[0], (size_t)n * sizeof(float));
+    assert_memory_equal(o2, out.d[0], (size_t)n * sizeof(float));
+    cpu->i.free(cpu, h2);
+    cpu->i.free(cpu, o2);
+
+    /* Every third row, and the last, selected. */
+    int32_t idx[64];
+    int nsel = 0;
+    for (int r = 0; r < N; r++)
+        if (r % 3 == 1 || r == N - 1)
+            idx[nsel++] = r;
+    dbuf ib = buf_from(idx, (size_t)nsel * sizeof(int32_t));
+    dbuf src = buf_rand(n, 1.0f), packed = buf_zero((long)nsel * C);
+    dbuf dst = buf_rand(n, 1.0f);
+    BOTH(be->i.gather_rows(be, F(packed), F(src), I(ib), nsel, C));
+    check(&packed, "gather_rows", shape, 0.0);
+    BOTH(be->i.scatter_rows(be, F(dst), F(packed), I(ib), nsel, C));
+    check(&dst, "scatter_rows", shape, 0.0);
+    float *p = fetch(&packed, 0), *sr = fetch(&src, 0), *d = fetch(&dst, 0);
+    for (int i = 0; i < nsel; i++) {
+        assert_memory_equal(p + (long)i * C, sr + (long)idx[i] * C, (size_t)C * sizeof(float));
+        assert_memory_equal(d + (long)idx[i] * C, sr + (long)idx[i] * C, (size_t)C * sizeof(float));
+    }
+    free(p);
+    free(sr);
+    free(d);
+    dbuf *all[] = {&h, &bias, &out, &ib, &src, &packed, &dst};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        buf_free(all[i]);
+    done();
+}
+
 /* ---- elementwise ---------------------------------------------------------------------------- */
 
 static void test_activations_match_cpu(void **state)
@@ -969,6 +1078,8 @@ int main(void)
         cmocka_unit_test(test_dropout_matches_cpu),
         cmocka_unit_test(test_attention_dropout_matches_cpu),
         cmocka_unit_test(test_cross_entropy_smooth_matches_cpu),
+        cmocka_unit_test(test_residual_norm_matches_cpu),
+        cmocka_unit_test(test_bias_gelu_and_row_selection_match_cpu),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     dt_backend_free(be2[0]);

@@ -23,6 +23,7 @@
 #include "gpu/model_impl.h" /* taken_bytes: what dt_model_new allocated */
 #include "base/dt.h"
 #include "gpu/model.h"
+#include "gpu/model_impl.h" /* head_all, head_gemm_rows: the head's work */
 #include "gpu/train.h"
 #include "gpu/export.h"
 #include "gpu/tensorfile.h"
@@ -692,6 +693,237 @@ static void test_smollm2_gguf_logits_match_transformers(void **s)
     (void)path;
 }
 
+/* ---- the LM head runs only on predicted rows ------------------------------ */
+
+/* One forward + backward of `arch_dir` (full fine-tuning, or LoRA on every
+ * module) on a 2 x 16 batch with `masked` of its targets -100, the head on
+ * every row (head_all) or compacted. Returns the head's GEMM rows; the loss
+ * sum, the count, every trainable tensor's gradient (concatenated into *g,
+ * malloc'd) and dnf (m->dx, N x C) come back. */
+static long head_pass(const char *arch_dir, dt_method method, int head_all,
+                      const int32_t *tgt, double *ls, long *ntok, float **g,
+                      long *gn, float **dx, int *Cout)
+{
+    char err[DT_ERR_LEN], path[256];
+    dt_weights w;
+    snprintf(path, sizeof path, REF "/%s", arch_dir);
+    if (dt_weights_load(path, &w, err))
+        fail_msg("%s", err);
+    dt_backend *be = dt_backend_cpu_new(0, err);
+    assert_non_null(be);
+    dt_lora_opts lo = {method, 0, 0, 0};
+    if (method != DT_FULL) {
+        lo.rank = 4;
+        lo.alpha = 8;
+        assert_int_equal(dt_parse_targets(w.cfg.arch == DT_ARCH_GPT2 ? "c_attn,o,up,down"
+                                          : "q,k,v,o,gate,up,down",
+                                          w.cfg.arch, &lo.targets, err), 0);
+    }
+    int B = 2, T = 16, N = B * T, C = w.cfg.d_model;
+    *Cout = C;
+    dt_model *m;
+    if (dt_model_new(be, &w, &lo, B, T, 3, &m, err))
+        fail_msg("%s", err);
+    /* LoRA's B starts at 0: give it values so that every gradient flows. */
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    for (int i = 0; i < np; i++) {
+        float *h = malloc((size_t)ps[i].n * sizeof *h);
+        be->i.download(be, h, ps[i].p, (size_t)ps[i].n * sizeof *h);
+        for (long j = 0; j < ps[i].n; j++)
+            if (h[j] == 0.0f)
+                h[j] = 0.01f * (float)((j * 7919 + i) % 13 - 6);
+        be->i.upload(be, ps[i].p, h, (size_t)ps[i].n * sizeof *h);
+        free(h);
+    }
+    int32_t ids[32];
+    for (int i = 0; i < N; i++)
+        ids[i] = (i * 37 + 11) % w.cfg.vocab;
+    m->head_all = head_all;
+    m->head_gemm_rows = 0;
+    dt_model_zero_grad(m);
+    assert_int_equal(dt_model_forward(m, ids, tgt, B, T, 0.25f, ls, ntok, err), 0);
+    long rows = m->head_gemm_rows;
+    *dx = malloc((size_t)N * C * sizeof(float));
+    be->i.download(be, *dx, m->dx, (size_t)N * C * sizeof(float));
+    assert_int_equal(dt_model_backward(m, err), 0);
+    *gn = 0;
+    for (int i = 0; i < np; i++)
+        *gn += ps[i].n;
+    *g = malloc((size_t)*gn * sizeof(float));
+    long off = 0;
+    for (int i = 0; i < np; i++) {
+        be->i.download(be, *g + off, ps[i].g, (size_t)ps[i].n * sizeof(float));
+        off += ps[i].n;
+    }
+    dt_model_free(m);
+    dt_backend_free(be);
+    dt_weights_free(&w);
+    return rows;
+}
+
+static void head_case(const char *arch_dir, dt_method method)
+{
+    int N = 32;
+    int32_t tgt[32];
+    long n = 0;
+    /* A prompt of 9 tokens and 3 tokens of padding per row. */
+    for (int i = 0; i < N; i++) {
+        int t = i % 16;
+        tgt[i] = t < 9 || t >= 13 ? -100 : (i * 53 + 5) % 97;
+        n += tgt[i] != -100;
+    }
+    double ls_all, ls_c;
+    long nt_all, nt_c, gn_all, gn_c;
+    float *g_all, *g_c, *dx_all, *dx_c;
+    int C;
+    long rows_all = head_pass(arch_dir, method, 1, tgt, &ls_all, &nt_all, &g_all,
+                              &gn_all, &dx_all, &C);
+    long rows_c = head_pass(arch_dir, method, 0, tgt, &ls_c, &nt_c, &g_c, &gn_c,
+                            &dx_c, &C);
+    printf("  %-12s head rows: all %ld, compacted %ld (predicted %ld); loss "
+           "%.9g vs %.9g\n", arch_dir, rows_all, rows_c, n, ls_all, ls_c);
+    /* The work is proportional to the predicted rows. */
+    assert_int_equal(rows_all, N);
+    assert_int_equal(rows_c, n);
+    assert_int_equal(nt_all, n);
+    assert_int_equal(nt_c, n);
+    /* The same sums: OpenBLAS picks its kernels by the GEMM's row count, so
+     * 8 rows round differently from 32 in the last bits (fp32 rounding,
+     * about 1e-8); nothing else differs. */
+    assert_true(fabs(ls_all - ls_c) <= 1e-6 * fabs(ls_all));
+    /* dnf: masked rows exactly 0 (as the head on every row leaves them),
+     * predicted rows those of the head on every row. */
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++)
+            if (tgt[i] == -100 && (dx_c[(long)i * C + c] != 0.0f ||
+                                   dx_all[(long)i * C + c] != 0.0f))
+                fail_msg("dnf row %d (masked) column %d is %g, not 0", i, c,
+                         dx_c[(long)i * C + c]);
+    double ed = nerr(dx_c, dx_all, (long)N * C);
+    printf("  %-12s dnf normalized error %.2e\n", arch_dir, ed);
+    assert_true(ed <= 1e-6);
+    assert_int_equal(gn_all, gn_c);
+    long same = 0;
+    for (long i = 0; i < gn_all; i++)
+        same += memcmp(&g_all[i], &g_c[i], sizeof(float)) == 0;
+    double e = nerr(g_c, g_all, gn_all);
+    printf("  %-12s gradients: %ld of %ld bit-identical, normalized error %.2e\n",
+           arch_dir, same, gn_all, e);
+    assert_true(e <= 1e-6);
+    free(g_all);
+    free(g_c);
+    free(dx_all);
+    free(dx_c);
+}
+
+static void test_lm_head_runs_only_on_predicted_rows_gpt2_full(void **s)
+{
+    (void)s;
+    head_case("gpt2_model", DT_FULL);
+}
+
+static void test_lm_head_runs_only_on_predicted_rows_llama_lora(void **s)
+{
+    (void)s;
+    head_case("llama_model", DT_LORA);
+}
+
+/* ---- fused ops in the forward pass ------------------------------------------ */
+
+static int n_resnorm, n_biasgelu, n_gelu, n_ln, n_rms;
+static void (*real_resnorm)(dt_backend *, float *, float *, float *, float *, float *,
+                            const float *, const float *, const float *, const float *,
+                            int, int, float, int);
+static void (*real_biasgelu)(dt_backend *, float *, float *, const float *, int, int);
+static void (*real_gelu)(dt_backend *, float *, const float *, long);
+static void (*real_ln)(dt_backend *, float *, float *, float *, const float *,
+                       const float *, const float *, int, int, float);
+static void (*real_rms)(dt_backend *, float *, float *, const float *, const float *,
+                        int, int, float);
+static void cnt_resnorm(dt_backend *be, float *res, float *copy, float *out, float *mean,
+                        float *rstd, const float *x, const float *y, const float *w,
+                        const float *b, int N, int C, float eps, int rms)
+{
+    n_resnorm++;
+    real_resnorm(be, res, copy, out, mean, rstd, x, y, w, b, N, C, eps, rms);
+}
+static void cnt_biasgelu(dt_backend *be, float *out, float *h, const float *bias, int N,
+                         int C)
+{
+    n_biasgelu++;
+    real_biasgelu(be, out, h, bias, N, C);
+}
+static void cnt_gelu(dt_backend *be, float *out, const float *inp, long n)
+{
+    n_gelu++;
+    real_gelu(be, out, inp, n);
+}
+static void cnt_ln(dt_backend *be, float *out, float *mean, float *rstd, const float *inp,
+                   const float *w, const float *b, int N, int C, float eps)
+{
+    n_ln++;
+    real_ln(be, out, mean, rstd, inp, w, b, N, C, eps);
+}
+static void cnt_rms(dt_backend *be, float *out, float *rstd, const float *inp,
+                    const float *w, int N, int C, float eps)
+{
+    n_rms++;
+    real_rms(be, out, rstd, inp, w, N, C, eps);
+}
+
+/* A forward pass adds each block's output to the residual stream and norms
+ * the sum in one op (2 per layer; the last one is the final norm), GPT-2's
+ * c_fc bias and GELU in one; the separate norm runs once (layer 0's input)
+ * and GELU never in the forward pass. */
+static void fused_case(const char *arch_dir)
+{
+    char err[DT_ERR_LEN], path[256];
+    dt_weights w;
+    snprintf(path, sizeof path, REF "/%s", arch_dir);
+    if (dt_weights_load(path, &w, err))
+        fail_msg("%s", err);
+    dt_backend *be = dt_backend_cpu_new(0, err);
+    assert_non_null(be);
+    real_resnorm = be->i.residual_norm_fwd;
+    real_biasgelu = be->i.bias_gelu_fwd;
+    real_gelu = be->i.gelu_fwd;
+    real_ln = be->i.layernorm_fwd;
+    real_rms = be->i.rmsnorm_fwd;
+    be->i.residual_norm_fwd = cnt_resnorm;
+    be->i.bias_gelu_fwd = cnt_biasgelu;
+    be->i.gelu_fwd = cnt_gelu;
+    be->i.layernorm_fwd = cnt_ln;
+    be->i.rmsnorm_fwd = cnt_rms;
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0};
+    dt_model *m;
+    if (dt_model_new(be, &w, &lo, 1, 8, 1, &m, err))
+        fail_msg("%s", err);
+    int32_t ids[8] = {1, 2, 3, 4, 5, 6, 7, 8}, tgt[8] = {2, 3, 4, 5, 6, 7, 8, 9};
+    n_resnorm = n_biasgelu = n_gelu = n_ln = n_rms = 0;
+    double ls;
+    long nt;
+    assert_int_equal(dt_model_forward(m, ids, tgt, 1, 8, 0.0f, &ls, &nt, err), 0);
+    int L = w.cfg.n_layer, gpt2 = w.cfg.arch == DT_ARCH_GPT2;
+    printf("  %-12s %d layers: residual_norm_fwd %d, bias_gelu_fwd %d, gelu_fwd %d, "
+           "layernorm_fwd %d, rmsnorm_fwd %d\n", arch_dir, L, n_resnorm, n_biasgelu,
+           n_gelu, n_ln, n_rms);
+    assert_int_equal(n_resnorm, 2 * L);
+    assert_int_equal(n_ln + n_rms, 1);
+    assert_int_equal(n_biasgelu, gpt2 ? L : 0);
+    assert_int_equal(n_gelu, 0);
+    dt_model_free(m);
+    dt_backend_free(be);
+    dt_weights_free(&w);
+}
+
+static void test_forward_uses_the_fused_residual_norm_and_bias_gelu(void **s)
+{
+    (void)s;
+    fused_case("gpt2_model");
+    fused_case("llama_model");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +951,9 @@ int main(void)
         cmocka_unit_test(test_qwen3_qk_norm_delta_lora_matches_reference),
         cmocka_unit_test(test_mistral_seq_len_over_sliding_window_is_refused),
         cmocka_unit_test(test_unsupported_families_and_rope_types_are_named),
+        cmocka_unit_test(test_lm_head_runs_only_on_predicted_rows_gpt2_full),
+        cmocka_unit_test(test_lm_head_runs_only_on_predicted_rows_llama_lora),
+        cmocka_unit_test(test_forward_uses_the_fused_residual_norm_and_bias_gelu),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,7 @@
 #include "gpu/export.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
+#include "gpu/cpu_tune.h"
 #include "base/file.h"
 
 #define GPT2_FIX "tests/fixtures/ref/gpt2_model"
@@ -602,6 +603,79 @@ static void test_target_names_map_per_architecture(void **s)
     assert_int_equal(dt_parse_targets("c_attn,q", DT_ARCH_GPT2, &m, err), DT_EINVAL);
 }
 
+/* tokens_per_second counts real tokens: every token of every row, its
+ * masked prompt included, never the padding of a batch. Six rows of 5..10
+ * tokens whose first 4 labels are -100, all six in each step (batch 6):
+ * each step processes sum(n - 1) = 39 tokens in 6 x 9 = 54 positions, 21 of
+ * them with a loss. */
+static long g_run_tokens[4], g_trained[4];
+static double g_tps[4];
+static int record_tokens(void *ud, const dt_progress *p)
+{
+    (void)ud;
+    if (p->step >= 1 && p->step <= 3) {
+        g_run_tokens[p->step] = p->run_tokens;
+        g_trained[p->step] = p->trained_tokens;
+        g_tps[p->step] = p->tokens_per_sec;
+    }
+    return 0;
+}
+
+static void test_tokens_per_second_counts_real_tokens_not_padding(void **s)
+{
+    (void)s;
+    char out[300], model[300], data[300], err[DT_ERR_LEN];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/out_tps", g_dir);
+    opts(&o, out, model, data);
+    snprintf(data, 300, "%s/prompts.jsonl", g_dir);
+    FILE *f = fopen(data, "w");
+    assert_non_null(f);
+    long real = 0, trained = 0;
+    for (int row = 0; row < 6; row++) {
+        int n = 5 + row;
+        fputs("{\"input_ids\": [", f);
+        for (int i = 0; i < n; i++)
+            fprintf(f, i ? ", %d" : "%d", (row * 31 + i * 7) % 96);
+        fputs("], \"labels\": [", f);
+        for (int i = 0; i < n; i++)
+            fprintf(f, i ? ", %d" : "%d", i < 4 ? -100 : (row * 31 + i * 7) % 96);
+        fputs("]}\n", f);
+        real += n - 1;            /* positions 0..n-2, each predicting the next */
+        trained += n - 4;         /* targets 3..n-2 have labels */
+    }
+    fclose(f);
+    o.batch = 6;
+    o.steps = 3;
+    o.method = DT_LORA;
+    o.on_progress = record_tokens;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    printf("  per step: %ld real tokens, %ld trained, 54 positions; after 3 steps "
+           "run_tokens %ld, trained_tokens %ld, %.0f tok/s\n", real, trained,
+           g_run_tokens[3], g_trained[3], g_tps[3]);
+    for (int k = 1; k <= 3; k++) {
+        assert_int_equal(g_run_tokens[k], k * real);
+        assert_int_equal(g_trained[k], k * trained);
+        assert_true(g_tps[k] > 0);
+    }
+}
+
+/* The BLAS kernel rule deltatune train and deltatune-worker share: SkylakeX
+ * only on an AVX-512 CPU where OpenBLAS chose its AVX2 (Haswell, Zen)
+ * kernels; any other choice is kept. */
+static void test_blas_kernel_rule(void **s)
+{
+    (void)s;
+    assert_string_equal(dt_cpu_tune_target("Haswell", 1), "SkylakeX");
+    assert_string_equal(dt_cpu_tune_target("ZEN", 1), "SkylakeX");
+    assert_null(dt_cpu_tune_target("Haswell", 0));
+    assert_null(dt_cpu_tune_target("Zen", 0));
+    assert_null(dt_cpu_tune_target("Cooperlake", 1));
+    assert_null(dt_cpu_tune_target("SkylakeX", 1));
+    assert_null(dt_cpu_tune_target(NULL, 1));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -618,6 +692,8 @@ int main(void)
         cmocka_unit_test(test_stop_between_micro_batches_drops_the_step),
         cmocka_unit_test(test_checkpoint_retention_keeps_the_last_n_states),
         cmocka_unit_test(test_resume_with_other_settings_is_refused),
+        cmocka_unit_test(test_tokens_per_second_counts_real_tokens_not_padding),
+        cmocka_unit_test(test_blas_kernel_rule),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
