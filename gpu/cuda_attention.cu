@@ -4,8 +4,10 @@
  * naive version, kept as the reference and for every other head dim:
  * cuBLAS strided-batched GEMMs plus row kernels.
  *
- * DT_ATTENTION=naive (environment, read at each call) forces the naive
- * version for every head dim; any other value, or none, is the default.
+ * DT_ATTENTION (environment, read at each call): "naive" forces the naive
+ * version for every head dim; "bf16" runs the fused forward on bf16 tensor
+ * cores (the backward stays fp32); any other value, or none, is the
+ * default (the fused fp32 kernels where they apply).
  *
  * The naive version: scores go to a (NH, T, T) workspace per batch
  * row, so memory grows with T^2 and masked entries are still multiplied.
@@ -164,6 +166,13 @@ static int attn_use_flash(int D)
     return cuda_flash_supports(D) && !(e && strcmp(e, "naive") == 0);
 }
 
+/* 1 when the fused forward runs on bf16 tensor cores (DT_ATTENTION=bf16). */
+static int attn_flash_bf16(void)
+{
+    const char *e = getenv("DT_ATTENTION");
+    return e && strcmp(e, "bf16") == 0;
+}
+
 static void permute(cuda_ctx *c, float *dst, const float *src, int B, int T,
                     int H, int D, int to_heads)
 {
@@ -195,7 +204,8 @@ void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
         return;
     if (attn_use_flash(D)) {
-        cuda_flash_fwd(c, out, lse, q, k, v, B, T, NH, NKV, D, thr, dscale, key);
+        cuda_flash_fwd(c, out, lse, q, k, v, B, T, NH, NKV, D, thr, dscale, key,
+                       attn_flash_bf16());
         return;
     }
     if (attn_ws_get(c, &w, B, T, NH, D, 0) != 0)

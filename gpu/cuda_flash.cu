@@ -24,11 +24,18 @@
  * naive path's mask: dt_dropout keyed on ((b*NH + h)*T + i)*T + j
  * (backend.h), applied to P for the output and regenerated in the backward.
  *
+ * A forward variant on tensor cores (bf16 wmma, fp32 accumulation) runs
+ * with DT_ATTENTION=bf16: wider tolerance (about 1e-2 relative), see
+ * k_flash_fwd_bf16.
+ *
  * Head dims 64 and 128 are compiled (cuda_flash_supports); the caller falls
  * back to the naive kernels for other head dims. Every tile is padded to
  * D + 1 floats per row in shared memory, so the rows a warp reads at once
  * fall in different banks. Static shared memory stays under 48 KiB. */
 #include "cuda_internal.cuh"
+
+#include <cuda_bf16.h>
+#include <mma.h>
 
 /* Full unrolling where a loop indexes a register array; partial (8) for the
  * dot products, whose full unrolling at D = 128 spills registers. */
@@ -315,6 +322,141 @@ static __global__ void k_flash_bwd_q(float *dq, const float *dout,
         qrow[TPR * x] = aq[x] * scale;
 }
 
+/* Forward on tensor cores: bf16 wmma tiles (16 x 16 x 16) with fp32
+ * accumulation, chosen by DT_ATTENTION=bf16 (head dims 64 and 128; the
+ * backward stays the fp32 kernels above). Q, K and V are rounded to bf16 in
+ * shared memory and P to bf16 for P V; scores, the online softmax, its
+ * running max and sum and the output rows stay fp32. Block: 4 warps, each
+ * 16 query rows (64 rows), key tiles of 32. Lane l of a warp owns row l / 2
+ * of the warp's rows and, in each 16-wide column block, the 8 columns
+ * (l % 2) * 8 .. + 7 (its output) or, of the score tile, columns
+ * (l % 2) * 16 .. + 15. Fragments go through shared memory (wmma's register
+ * layout is opaque): scores to ss, each 16 x 16 block of P V to the warp's
+ * scratch, from which the lanes rescale and add into their registers. */
+#define FLB_BM 64
+#define FLB_BN 32
+template <int D>
+static __global__ void k_flash_fwd_bf16(float *out, float *lse, const float *q,
+                                        const float *k, const float *v, int T,
+                                        int NH, int NKV, float scale,
+                                        uint64_t key, uint32_t thr, float dscale)
+{
+    using namespace nvcuda;
+    constexpr int BM = FLB_BM, BN = FLB_BN, NC = D / 16;
+    /* Leading dimensions: multiples of 8 bf16 / 4 floats (wmma), padded
+     * against bank conflicts; 16-row steps stay 32-byte aligned. */
+    constexpr int LQ = D + 8, LS = BN + 4, LP = BN + 8, LR = 20;
+    alignas(32) __shared__ __nv_bfloat16 sq[BM * LQ];  /* the query tile */
+    alignas(32) __shared__ __nv_bfloat16 skv[BN * LQ]; /* keys, then values */
+    alignas(32) __shared__ float ss[BM * LS];          /* scores (fp32) */
+    alignas(32) __shared__ __nv_bfloat16 sp[BM * LP];  /* P (dropout applied) */
+    alignas(32) __shared__ float sr[4 * 16 * LR];      /* per warp: a P V block */
+    int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
+    int i0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    int w = threadIdx.x / 32, lane = threadIdx.x & 31, half = lane & 1;
+    int rw = w * 16 + lane / 2, i = i0 + rw; /* this lane's query row */
+    uint64_t rowkey = (((uint64_t)b * NH + h) * T + i) * T; /* + j: dropout */
+    float o[NC][8], m = -INFINITY, l = 0.0f;
+    FL_UNROLL
+    for (int n = 0; n < NC; n++)
+        FL_UNROLL
+        for (int e = 0; e < 8; e++)
+            o[n][e] = 0.0f;
+    for (int x = threadIdx.x; x < BM * D; x += FL_THREADS) {
+        int r = x / D, d = x % D, t = i0 + r;
+        sq[r * LQ + d] = __float2bfloat16(t < T ? q[(((long)b * T + t) * NH + h) * D + d] : 0.0f);
+    }
+    float *scr = sr + w * 16 * LR;
+    int jend = min(T, i0 + BM);
+    for (int j0 = 0; j0 < jend; j0 += BN) {
+        __syncthreads(); /* sq stored; the last tile's reads of skv done */
+        for (int x = threadIdx.x; x < BN * D; x += FL_THREADS) {
+            int r = x / D, d = x % D, t = j0 + r;
+            skv[r * LQ + d] = __float2bfloat16(t < T ? k[(((long)b * T + t) * NKV + g) * D + d] : 0.0f);
+        }
+        __syncthreads();
+        /* The warp's scores S (16 x BN) = Q_w K^T. */
+        FL_UNROLL
+        for (int nb = 0; nb < BN / 16; nb++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+            FL_UNROLL
+            for (int kk = 0; kk < D / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+                wmma::load_matrix_sync(fa, sq + w * 16 * LQ + kk * 16, LQ);
+                wmma::load_matrix_sync(fb, skv + nb * 16 * LQ + kk * 16, LQ);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(ss + w * 16 * LS + nb * 16, acc, LS, wmma::mem_row_major);
+        }
+        __syncwarp();
+        float s[16], mt = -INFINITY;
+        FL_UNROLL
+        for (int x = 0; x < 16; x++) {
+            int c = half * 16 + x;
+            s[x] = j0 + c <= i ? ss[rw * LS + c] * scale : -INFINITY;
+            mt = fmaxf(mt, s[x]);
+        }
+        /* The first tile holds key 0 <= i, so m is finite from then on. */
+        float mn = fmaxf(m, fl_group_max<2>(mt));
+        float corr = expf(m - mn), ps = 0.0f;
+        FL_UNROLL
+        for (int x = 0; x < 16; x++) {
+            int c = half * 16 + x;
+            float p = expf(s[x] - mn);
+            ps += p;
+            if (thr)
+                p = dt_dropout(p, key, rowkey + j0 + c, thr, dscale);
+            sp[rw * LP + c] = __float2bfloat16(p);
+        }
+        l = l * corr + fl_group_sum<2>(ps);
+        m = mn;
+        FL_UNROLL
+        for (int n = 0; n < NC; n++)
+            FL_UNROLL
+            for (int e = 0; e < 8; e++)
+                o[n][e] *= corr;
+        __syncthreads(); /* sp written; every warp's reads of the keys done */
+        for (int x = threadIdx.x; x < BN * D; x += FL_THREADS) {
+            int r = x / D, d = x % D, t = j0 + r;
+            skv[r * LQ + d] = __float2bfloat16(t < T ? v[(((long)b * T + t) * NKV + g) * D + d] : 0.0f);
+        }
+        __syncthreads();
+        /* O_w += P_w V, one 16-wide column block at a time. */
+        FL_UNROLL
+        for (int n = 0; n < NC; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            wmma::fill_fragment(acc, 0.0f);
+            FL_UNROLL
+            for (int kk = 0; kk < BN / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+                wmma::load_matrix_sync(fa, sp + w * 16 * LP + kk * 16, LP);
+                wmma::load_matrix_sync(fb, skv + kk * 16 * LQ + n * 16, LQ);
+                wmma::mma_sync(acc, fa, fb, acc);
+            }
+            wmma::store_matrix_sync(scr, acc, LR, wmma::mem_row_major);
+            __syncwarp();
+            FL_UNROLL
+            for (int e = 0; e < 8; e++)
+                o[n][e] += scr[(lane / 2) * LR + half * 8 + e];
+            __syncwarp(); /* read before the next block overwrites it */
+        }
+    }
+    if (i >= T)
+        return;
+    float inv = 1.0f / l;
+    float *orow = out + (((long)b * T + i) * NH + h) * D + half * 8;
+    FL_UNROLL
+    for (int n = 0; n < NC; n++)
+        FL_UNROLL
+        for (int e = 0; e < 8; e++)
+            orow[n * 16 + e] = o[n][e] * inv;
+    if (half == 0)
+        lse[((long)b * NH + h) * T + i] = m + logf(l);
+}
+
 /* =========================================================================
  * launchers
  * ========================================================================= */
@@ -341,6 +483,18 @@ static void flash_fwd(cuda_ctx *c, float *out, float *lse, const float *q,
     LAUNCHED(c);
 }
 
+template <int D>
+static void flash_fwd_bf16(cuda_ctx *c, float *out, float *lse, const float *q,
+                           const float *k, const float *v, int B, int T, int NH,
+                           int NKV, float scale, uint64_t key, uint32_t thr,
+                           float dscale)
+{
+    dim3 grid(tiles(T, FLB_BM), NH, B);
+    DT_LAUNCH(k_flash_fwd_bf16<D>, grid, FL_THREADS, 0, c->stream)(
+        out, lse, q, k, v, T, NH, NKV, scale, key, thr, dscale);
+    LAUNCHED(c);
+}
+
 template <int D, int KBN, int KBM, int QBM, int QBN>
 static void flash_bwd(cuda_ctx *c, float *dq, float *dk, float *dv,
                       const float *dout, const float *lse, const float *drow,
@@ -360,10 +514,17 @@ static void flash_bwd(cuda_ctx *c, float *dq, float *dk, float *dv,
 
 void cuda_flash_fwd(cuda_ctx *c, float *out, float *lse, const float *q,
                     const float *k, const float *v, int B, int T, int NH,
-                    int NKV, int D, uint32_t thr, float dscale, uint64_t key)
+                    int NKV, int D, uint32_t thr, float dscale, uint64_t key,
+                    int bf16)
 {
     float scale = 1.0f / sqrtf((float)D);
-    if (D == 64)
+    if (bf16 && D == 64)
+        flash_fwd_bf16<64>(c, out, lse, q, k, v, B, T, NH, NKV, scale, key,
+                           thr, dscale);
+    else if (bf16 && D == 128)
+        flash_fwd_bf16<128>(c, out, lse, q, k, v, B, T, NH, NKV, scale, key,
+                            thr, dscale);
+    else if (D == 64)
         flash_fwd<64, 32, 32>(c, out, lse, q, k, v, B, T, NH, NKV, scale, key,
                               thr, dscale);
     else if (D == 128)

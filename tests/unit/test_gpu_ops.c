@@ -745,6 +745,38 @@ static void test_flash_attention_matches_cpu(void **state)
     done();
 }
 
+/* The fused forward on bf16 tensor cores (DT_ATTENTION=bf16): Q, K, V and
+ * P rounded to bf16, fp32 accumulation and softmax. Against the fp32 CPU
+ * backend within TOL_BF16 = 1e-2 (bf16 keeps 8 significant bits: about 4e-3
+ * relative per element), T not a multiple of the 64-row tile, GQA,
+ * dropout. */
+#define TOL_BF16 1e-2
+static void test_flash_bf16_forward_matches_cpu(void **state)
+{
+    static const flash_case cases[] = {
+        {2, 1, 2, 1, 64, 0.0f},  {2, 17, 6, 2, 128, 0.0f},
+        {1, 100, 3, 1, 64, 0.1f}, {1, 130, 2, 2, 128, 0.1f},
+    };
+    setenv("DT_ATTENTION", "bf16", 1);
+    for (size_t s = 0; s < sizeof cases / sizeof *cases; s++) {
+        const flash_case *f = &cases[s];
+        attn_case c = {f->B, f->T, f->NH, f->NKV, f->D};
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d p=%g", f->B,
+                 f->T, f->NH, f->NKV, f->D, f->p);
+        attn_bufs a;
+        attn_alloc(&a, &c);
+        BOTH(be->i.attention_fwd_drop(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), f->B, f->T, f->NH, f->NKV, f->D,
+                                      f->p, 0xb16ull + s));
+        check(&a.out, "flash_bf16/out", shape, TOL_BF16);
+        check(&a.lse, "flash_bf16/lse", shape, TOL_BF16);
+        attn_free(&a);
+    }
+    unsetenv("DT_ATTENTION");
+    done();
+}
+
 /* The naive kernels stay the reference: DT_ATTENTION=naive forces them for
  * head dim 64 too, and they still match the CPU backend, with and without
  * dropout. */
@@ -1138,6 +1170,7 @@ int main(void)
         cmocka_unit_test(test_attention_dropout_matches_cpu),
         cmocka_unit_test(test_flash_attention_matches_cpu),
         cmocka_unit_test(test_naive_attention_still_matches_cpu),
+        cmocka_unit_test(test_flash_bf16_forward_matches_cpu),
         cmocka_unit_test(test_flash_attention_has_no_score_buffer),
         cmocka_unit_test(test_cross_entropy_smooth_matches_cpu),
     };
