@@ -64,7 +64,7 @@ ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)
 # without CUDA".
 CUBLAS_HOME ?= $(firstword $(foreach d,$(CUDA_HOME) $(CURDIR)/.cache/cublas/nvidia/cu13,\
                  $(if $(wildcard $(d)/include/cublas_v2.h),$(d))))
-CUDA_SRC := gpu/backend_cuda.cu gpu/cuda_attention.cu gpu/cuda_optim.cu
+CUDA_SRC := gpu/backend_cuda.cu gpu/cuda_attention.cu gpu/cuda_flash.cu gpu/cuda_optim.cu
 # CUDA_EMU=1 compiles the same .cu files with g++ against the CUDA emulator's
 # headers (tests/cuda-emu/) and links its runtime: the CUDA backend then runs
 # on the CPU (make test-cuda-emu).

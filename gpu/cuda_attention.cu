@@ -1,7 +1,15 @@
 /* cuda_attention.cu: causal grouped-query attention for the CUDA backend,
- * forward and backward, on cuBLAS strided-batched GEMMs plus row kernels.
+ * forward and backward: the entry points of the backend table, which pick
+ * the fused kernels of cuda_flash.cu for head dims 64 and 128, and the
+ * naive version, kept as the reference and for every other head dim:
+ * cuBLAS strided-batched GEMMs plus row kernels.
  *
- * The straightforward version: scores go to a (NH, T, T) workspace per batch
+ * DT_ATTENTION (environment, read at each call): "naive" forces the naive
+ * version for every head dim; "bf16" runs the fused forward on bf16 tensor
+ * cores (the backward stays fp32); any other value, or none, is the
+ * default (the fused fp32 kernels where they apply).
+ *
+ * The naive version: scores go to a (NH, T, T) workspace per batch
  * row, so memory grows with T^2 and masked entries are still multiplied.
  * lse(B,NH,T) is saved so the backward pass recomputes P instead of keeping
  * it. No atomics: dK and dV of a kv head are summed over its query heads
@@ -151,6 +159,20 @@ static int attn_bad_shape(cuda_ctx *c, int NH, int NKV, int D)
     return 1;
 }
 
+/* 1 when the fused kernels (cuda_flash.cu) run for head dim D. */
+static int attn_use_flash(int D)
+{
+    const char *e = getenv("DT_ATTENTION");
+    return cuda_flash_supports(D) && !(e && strcmp(e, "naive") == 0);
+}
+
+/* 1 when the fused forward runs on bf16 tensor cores (DT_ATTENTION=bf16). */
+static int attn_flash_bf16(void)
+{
+    const char *e = getenv("DT_ATTENTION");
+    return e && strcmp(e, "bf16") == 0;
+}
+
 static void permute(cuda_ctx *c, float *dst, const float *src, int B, int T,
                     int H, int D, int to_heads)
 {
@@ -179,8 +201,14 @@ void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
     float dscale = pdrop > 0.0f ? 1.0f / (1.0f - pdrop) : 1.0f;
     cuda_ctx *c = ctx_of(be);
     attn_ws w;
-    if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D) ||
-        attn_ws_get(c, &w, B, T, NH, D, 0) != 0)
+    if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
+        return;
+    if (attn_use_flash(D)) {
+        cuda_flash_fwd(c, out, lse, q, k, v, B, T, NH, NKV, D, thr, dscale, key,
+                       attn_flash_bf16());
+        return;
+    }
+    if (attn_ws_get(c, &w, B, T, NH, D, 0) != 0)
         return;
     int rep = NH / NKV, ldk = NKV * D;
     long sq = (long)rep * T * D, ss = (long)rep * T * T;
@@ -222,8 +250,23 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
     float dscale = pdrop > 0.0f ? 1.0f / (1.0f - pdrop) : 1.0f;
     cuda_ctx *c = ctx_of(be);
     attn_ws w;
-    if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D) ||
-        attn_ws_get(c, &w, B, T, NH, D, 1) != 0)
+    if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
+        return;
+    long allrows = (long)B * NH * T;
+    if (attn_use_flash(D)) {
+        /* The only workspace: Drow (B,NH,T). */
+        float *drow = (float *)ws_get(c, (size_t)allrows * sizeof(float));
+        if (!drow)
+            return;
+        DT_LAUNCH(k_attn_drow, row_blocks(allrows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
+            drow, dout, out, T, NH, D, allrows);
+        if (LAUNCHED(c) != 0)
+            return;
+        cuda_flash_bwd(c, dq, dk, dv, dout, lse, drow, q, k, v, B, T, NH, NKV,
+                       D, thr, dscale, key);
+        return;
+    }
+    if (attn_ws_get(c, &w, B, T, NH, D, 1) != 0)
         return;
     int rep = NH / NKV, ldk = NKV * D;
     long sq = (long)rep * T * D, ss = (long)rep * T * T, rows = (long)NH * T;
@@ -231,7 +274,6 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
     float *dop = w.op; /* dout in (B,NH,T,D) */
     permute(c, w.qp, q, B, T, NH, D, 1);
     permute(c, dop, dout, B, T, NH, D, 1);
-    long allrows = (long)B * NH * T;
     DT_LAUNCH(k_attn_drow, row_blocks(allrows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
         w.drow, dout, out, T, NH, D, allrows);
     LAUNCHED(c);

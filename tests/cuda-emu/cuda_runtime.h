@@ -117,6 +117,12 @@ static inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 3
     return r;
 }
 
+/* Every lane of the mask meets here: a shuffle that exchanges nothing. */
+static inline void __syncwarp(unsigned mask = 0xffffffffu)
+{
+    (void)emu_shfl_xor(mask, 0, 0, 32);
+}
+
 /* ---- launches ---------------------------------------------------------------- */
 
 /* Checks the configuration (cudaErrorInvalidConfiguration for the next

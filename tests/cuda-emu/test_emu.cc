@@ -84,6 +84,16 @@ static __global__ void k_warp_sum(float *out, const float *in)
     out[threadIdx.x] = v;
 }
 
+/* __syncwarp: each lane publishes, then reads its neighbour's slot. */
+static __global__ void k_syncwarp(float *out)
+{
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31;
+    sh[lane] = (float)(lane + 1);
+    __syncwarp();
+    out[lane] = sh[(lane + 1) & 31];
+}
+
 /* A race: thread 0 publishes, the others read without a barrier. */
 static __global__ void k_racy(float *out)
 {
@@ -213,6 +223,14 @@ int main(void)
     for (int i = 0; i < 32; i++)
         same &= w[i] == ws;
     check(same, "__shfl_xor_sync butterfly gives every lane the warp's sum");
+    for (int i = 0; i < 32; i++)
+        w[i] = 0.0f;
+    DT_LAUNCH(k_syncwarp, 1, 32, 0, 0)(out);
+    cudaMemcpy(w, out, sizeof w, cudaMemcpyDeviceToHost);
+    same = 1;
+    for (int i = 0; i < 32; i++)
+        same &= w[i] == (float)(((i + 1) & 31) + 1);
+    check(same, "__syncwarp: every lane's store is seen by the others after it");
 
     /* a missing barrier: under EMU_ORDER=skew warp 0 reads warp 1's slot
      * before warp 1 wrote it (NaN-poisoned static shared memory is not

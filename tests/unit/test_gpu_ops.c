@@ -172,6 +172,32 @@ static double check(const dbuf *b, const char *op, const char *shape,
     return check_err(e, op, shape, tol);
 }
 
+/* The same, normalized by the CPU copy of another buffer (`scale`) instead:
+ * for outputs that are zero in exact arithmetic, where both backends hold
+ * rounding noise. */
+static double check_against(const dbuf *b, const dbuf *scale, const char *op,
+                            const char *shape, double tol)
+{
+    char err[DT_ERR_LEN] = "";
+    int rc = be2[1]->i.sync(be2[1], err);
+    if (rc != 0)
+        fail_msg("%s: CUDA sync failed: %s", op, err);
+    float *ref = fetch(b, 0), *got = fetch(b, 1), *sc = fetch(scale, 0);
+    long n = (long)(b->bytes / sizeof(float)), ns = (long)(scale->bytes / sizeof(float));
+    double dd = 0.0, rr = 0.0;
+    for (long i = 0; i < n; i++) {
+        double d = (double)got[i] - ref[i];
+        dd += d * d;
+    }
+    for (long i = 0; i < ns; i++)
+        rr += (double)sc[i] * sc[i];
+    double e = rr > 0 ? sqrt(dd / rr) : sqrt(dd);
+    free(ref);
+    free(got);
+    free(sc);
+    return check_err(e, op, shape, tol);
+}
+
 /* Bitwise equality of two device buffers on CUDA. */
 static int same_bits(const dbuf *a, const dbuf *b)
 {
@@ -766,6 +792,180 @@ static void test_attention_dropout_matches_cpu(void **state)
     done();
 }
 
+/* The fused kernels (gpu/cuda_flash.cu, head dims 64 and 128) against the
+ * CPU backend: T of 1, 17, 100, 128 and 1024 (17 and 100 leave a partial
+ * tile at the end), head dims 64 and 128, GQA ratios 1 and 3, dropout off
+ * and at p = 0.1: out, lse, dq, dk and dv. T = 1024 with few heads, to keep
+ * the emulated time sane; the small shapes cut it to 160. */
+typedef struct flash_case {
+    int B, T, NH, NKV, D;
+    float p;
+} flash_case;
+
+static const flash_case flash_big[] = {
+    {2, 1, 3, 1, 64, 0.0f},      {2, 1, 2, 2, 128, 0.1f},
+    {2, 17, 6, 2, 128, 0.0f},    {2, 17, 4, 4, 64, 0.1f},
+    {1, 128, 6, 2, 64, 0.1f},    {1, 128, 2, 2, 128, 0.0f},
+    {2, 100, 3, 1, 128, 0.1f},   {1, 1024, 3, 1, 64, 0.0f},
+    {1, 1024, 1, 1, 128, 0.1f},
+};
+static const flash_case flash_little[] = {
+    {2, 1, 3, 1, 64, 0.0f},      {2, 1, 2, 2, 128, 0.1f},
+    {2, 17, 6, 2, 128, 0.0f},    {2, 17, 4, 4, 64, 0.1f},
+    {1, 128, 3, 1, 64, 0.1f},    {1, 100, 2, 2, 128, 0.0f},
+    {1, 160, 3, 1, 64, 0.0f},    {1, 160, 1, 1, 128, 0.1f},
+};
+
+static void test_flash_attention_matches_cpu(void **state)
+{
+    const flash_case *cases = small ? flash_little : flash_big;
+    size_t n = small ? sizeof flash_little / sizeof *flash_little
+                     : sizeof flash_big / sizeof *flash_big;
+    for (size_t s = 0; s < n; s++) {
+        const flash_case *f = &cases[s];
+        attn_case c = {f->B, f->T, f->NH, f->NKV, f->D};
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d p=%g", f->B,
+                 f->T, f->NH, f->NKV, f->D, f->p);
+        attn_bufs a;
+        attn_alloc(&a, &c);
+        uint64_t key = 0x5eed0000ull + s;
+        BOTH(be->i.attention_fwd_drop(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), f->B, f->T, f->NH, f->NKV, f->D,
+                                      f->p, key));
+        check(&a.out, "flash_fwd/out", shape, TOL_MM);
+        check(&a.lse, "flash_fwd/lse", shape, TOL_MM);
+        BOTH(be->i.attention_bwd_drop(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout),
+                                      F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), f->B, f->T, f->NH, f->NKV, f->D,
+                                      f->p, key));
+        if (f->T > 1) {
+            check(&a.dq, "flash_bwd/dq", shape, TOL_MM);
+            check(&a.dk, "flash_bwd/dk", shape, TOL_MM);
+        } else {
+            /* One key: the softmax is constant, dq = dk = 0 up to rounding
+             * on both backends; the noise is measured against dout. */
+            check_against(&a.dq, &a.dout, "flash_bwd/dq~0", shape, TOL_MM);
+            check_against(&a.dk, &a.dout, "flash_bwd/dk~0", shape, TOL_MM);
+        }
+        check(&a.dv, "flash_bwd/dv", shape, TOL_MM);
+        attn_free(&a);
+    }
+    done();
+}
+
+/* The fused forward on bf16 tensor cores (DT_ATTENTION=bf16): Q, K, V and
+ * P rounded to bf16, fp32 accumulation and softmax. Against the fp32 CPU
+ * backend within TOL_BF16 = 1e-2 (bf16 keeps 8 significant bits: about 4e-3
+ * relative per element), T not a multiple of the 64-row tile, GQA,
+ * dropout. */
+#define TOL_BF16 1e-2
+static void test_flash_bf16_forward_matches_cpu(void **state)
+{
+    static const flash_case cases[] = {
+        {2, 1, 2, 1, 64, 0.0f},  {2, 17, 6, 2, 128, 0.0f},
+        {1, 100, 3, 1, 64, 0.1f}, {1, 130, 2, 2, 128, 0.1f},
+    };
+    setenv("DT_ATTENTION", "bf16", 1);
+    for (size_t s = 0; s < sizeof cases / sizeof *cases; s++) {
+        const flash_case *f = &cases[s];
+        attn_case c = {f->B, f->T, f->NH, f->NKV, f->D};
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d p=%g", f->B,
+                 f->T, f->NH, f->NKV, f->D, f->p);
+        attn_bufs a;
+        attn_alloc(&a, &c);
+        BOTH(be->i.attention_fwd_drop(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), f->B, f->T, f->NH, f->NKV, f->D,
+                                      f->p, 0xb16ull + s));
+        check(&a.out, "flash_bf16/out", shape, TOL_BF16);
+        check(&a.lse, "flash_bf16/lse", shape, TOL_BF16);
+        attn_free(&a);
+    }
+    unsetenv("DT_ATTENTION");
+    done();
+}
+
+/* The naive kernels stay the reference: DT_ATTENTION=naive forces them for
+ * head dim 64 too, and they still match the CPU backend, with and without
+ * dropout. */
+static void test_naive_attention_still_matches_cpu(void **state)
+{
+    const attn_case *c = &attn_cases[0]; /* GQA, D = 64 */
+    char shape[64];
+    snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d naive", c->B,
+             c->T, c->NH, c->NKV, c->D);
+    setenv("DT_ATTENTION", "naive", 1);
+    for (int d = 0; d < 2; d++) {
+        float p = d ? 0.2f : 0.0f;
+        attn_bufs a;
+        attn_alloc(&a, c);
+        BOTH(be->i.attention_fwd_drop(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), c->B, c->T, c->NH, c->NKV, c->D,
+                                      p, 99));
+        check(&a.out, d ? "naive_drop/out" : "naive_fwd/out", shape, TOL_MM);
+        check(&a.lse, d ? "naive_drop/lse" : "naive_fwd/lse", shape, TOL_MM);
+        BOTH(be->i.attention_bwd_drop(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout),
+                                      F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), c->B, c->T, c->NH, c->NKV, c->D,
+                                      p, 99));
+        check(&a.dq, d ? "naive_drop/dq" : "naive_bwd/dq", shape, TOL_MM);
+        check(&a.dk, d ? "naive_drop/dk" : "naive_bwd/dk", shape, TOL_MM);
+        check(&a.dv, d ? "naive_drop/dv" : "naive_bwd/dv", shape, TOL_MM);
+        attn_free(&a);
+    }
+    unsetenv("DT_ATTENTION");
+    done();
+}
+
+/* The fused kernels keep no (T, T) buffer in device memory: attention at
+ * head dim 64 on a fresh backend raises the peak by less than one head's
+ * T x T scores, and only by Drow (B,NH,T) in the backward; the naive
+ * kernels (DT_ATTENTION=naive) need NH*T*T floats and more. */
+static void test_flash_attention_has_no_score_buffer(void **state)
+{
+    int B = 1, T = SZ(512, 160), NH = 4, D = 64;
+    size_t x = (size_t)B * T * NH * D, st = (size_t)T * T * sizeof(float);
+    size_t grow[2];
+    for (int naive = 0; naive < 2; naive++) {
+        if (naive)
+            setenv("DT_ATTENTION", "naive", 1);
+        char err[DT_ERR_LEN] = "";
+        dt_backend *be = dt_backend_cuda_new(0, err);
+        assert_non_null(be);
+        float *t[9];
+        for (int i = 0; i < 9; i++) {
+            t[i] = be->i.alloc(be, x * sizeof(float));
+            assert_non_null(t[i]);
+        }
+        float *lse = be->i.alloc(be, (size_t)B * NH * T * sizeof(float));
+        assert_non_null(lse);
+        float *h = malloc(x * sizeof(float));
+        assert_non_null(h);
+        for (size_t i = 0; i < x; i++)
+            h[i] = frand();
+        for (int i = 0; i < 4; i++) /* q, k, v, dout */
+            be->i.upload(be, t[i], h, x * sizeof(float));
+        free(h);
+        size_t before = be->peak_bytes;
+        be->i.attention_fwd(be, t[4], lse, t[0], t[1], t[2], B, T, NH, NH, D);
+        be->i.attention_bwd(be, t[5], t[6], t[7], t[3], t[4], lse, t[0], t[1],
+                            t[2], B, T, NH, NH, D);
+        assert_int_equal(be->i.sync(be, err), 0);
+        grow[naive] = be->peak_bytes - before;
+        for (int i = 0; i < 9; i++)
+            be->i.free(be, t[i]);
+        be->i.free(be, lse);
+        dt_backend_free(be);
+        unsetenv("DT_ATTENTION");
+    }
+    printf("%-18s T=%-4d NH=%d D=%d: flash +%zu bytes, naive +%zu (T*T*4 = %zu)\n",
+           "attn_workspace", T, NH, D, grow[0], grow[1], st);
+    assert_true(grow[0] < st);
+    assert_true(grow[0] >= (size_t)B * NH * T * sizeof(float)); /* Drow */
+    assert_true(grow[1] >= (size_t)NH * st);
+}
+
 /* The dropout op: the same mask and scale on both backends (in place, into
  * another buffer, accumulated), with n not a multiple of the block. */
 static void test_dropout_matches_cpu(void **state)
@@ -1077,6 +1277,10 @@ int main(void)
         cmocka_unit_test(test_multi_tensor_optimizer_ops_match_per_tensor),
         cmocka_unit_test(test_dropout_matches_cpu),
         cmocka_unit_test(test_attention_dropout_matches_cpu),
+        cmocka_unit_test(test_flash_attention_matches_cpu),
+        cmocka_unit_test(test_naive_attention_still_matches_cpu),
+        cmocka_unit_test(test_flash_bf16_forward_matches_cpu),
+        cmocka_unit_test(test_flash_attention_has_no_score_buffer),
         cmocka_unit_test(test_cross_entropy_smooth_matches_cpu),
         cmocka_unit_test(test_residual_norm_matches_cpu),
         cmocka_unit_test(test_bias_gelu_and_row_selection_match_cpu),
