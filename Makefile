@@ -148,7 +148,8 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_template \
                 test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
 ENGINE_TESTS += test_dropout test_generate test_gguf_write
-engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%)
+BENCH_ATTN := $(BUILD)/bench_attention
+engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%) $(BENCH_ATTN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -217,6 +218,10 @@ $(BUILD)/cli/main_engine.o: cli/main.c
 	$(CC) $(CFLAGS) -DDT_CLI_ENGINE_ONLY -c $< -o $@
 
 $(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(BUILD)/cli/export.o $(LIB) $(BASE_LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# Attention timing on a GPU (bench/attention_gpu.c; scripts/gpu-check runs it).
+$(BENCH_ATTN): $(BUILD)/bench/attention_gpu.o $(LIB) $(BASE_LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)
