@@ -192,6 +192,8 @@ typedef struct db_job {
     int max_runtime_seconds;    /* per attempt; 0 = the worker's DELTATUNE_MAX_RUNTIME_SECONDS */
     char export_dtype[16];      /* float32 | bfloat16 | float16; "" = auto (the base's,
                                  * bfloat16 for a GGUF base) */
+    char precision[8];          /* fp32 | tf32 | bf16; "" = auto (bf16 on a GPU of compute
+                                 * capability 8.0 or more, fp32 elsewhere) */
 } db_job;
 
 /* Frees j->metadata (the struct itself is caller storage). */

@@ -83,6 +83,7 @@ static int job_row(const PGresult *r, int i, db_job *j)
     j->updated_at = dbr_int(r, i, c++);
     j->max_runtime_seconds = (int)dbr_int(r, i, c++);
     dbr_str(r, i, c++, j->export_dtype, sizeof j->export_dtype);
+    dbr_str(r, i, c++, j->precision, sizeof j->precision);
     return (PQgetisnull(r, i, 47) || j->metadata) ? 0 : DT_ENOMEM;
 }
 
@@ -153,6 +154,7 @@ static int job_create_tx(db *d, void *arg, char *err)
     dbp_str(&p, j->metadata);
     dbp_int(&p, j->max_runtime_seconds > 0 ? j->max_runtime_seconds : 0);
     dbp_str(&p, j->export_dtype);
+    dbp_str(&p, j->precision);
     int rc = db_exec(d, STMT_JOB_CREATE, &p, NULL, err);
     if (rc) return rc;
     char msg[512];

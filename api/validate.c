@@ -12,7 +12,7 @@
 #include "base/hparams.h"
 
 enum { M_FULL = 1, M_LORA = 2, M_DELTA = 4, M_ALL = 7 };
-enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED, H_XDTYPE };
+enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED, H_XDTYPE, H_PREC };
 
 /* How the API reads each hyperparameter; its limits are base/hparams.c's. */
 typedef struct hparam {
@@ -44,6 +44,7 @@ static const hparam hparams[] = {
     {DT_HP_EVAL_INTERVAL, H_INT, O(eval_interval), M_ALL},
     {DT_HP_SEED, H_SEED, O(seed), M_ALL},
     {DT_HP_EXPORT_DTYPE, H_XDTYPE, O(export_dtype), M_ALL},
+    {DT_HP_PRECISION, H_PREC, O(precision), M_ALL},
 };
 #define NHP (int)(sizeof hparams / sizeof hparams[0])
 
@@ -219,6 +220,15 @@ static int parse_hparams(json_t *h, const char *prefix, unsigned method, db_job 
                                   "%s must be \"float32\", \"bfloat16\", \"float16\" or "
                                   "\"auto\"", path);
             snprintf(j->export_dtype, sizeof j->export_dtype, "%s", s);
+            break;
+        }
+        case H_PREC: {
+            const char *s = json_string_value(v);
+            if (!s || (strcmp(s, "fp32") && strcmp(s, "tf32") && strcmp(s, "bf16")))
+                return api_errorf(e, 400, "invalid_value", path,
+                                  "%s must be \"fp32\", \"tf32\", \"bf16\" or \"auto\"",
+                                  path);
+            snprintf(j->precision, sizeof j->precision, "%s", s);
             break;
         }
         case H_TARGETS: {

@@ -32,6 +32,7 @@ const dt_hparam_limit dt_hparam_limits[DT_HP_COUNT] = {
     [DT_HP_EVAL_INTERVAL] = {"eval_interval", "--eval-interval", DT_HPK_INT, 0, 1e7, 0},
     [DT_HP_SEED] = {"seed", "--seed", DT_HPK_INT, 0, 9007199254740992.0, 0},
     [DT_HP_EXPORT_DTYPE] = {"export_dtype", "--export-dtype", DT_HPK_STR, 0, 0, 0},
+    [DT_HP_PRECISION] = {"precision", "--precision", DT_HPK_STR, 0, 0, 0},
 };
 
 const dt_hparam_limit *dt_hparam_find(const char *name)

@@ -93,6 +93,7 @@ static void test_every_hyperparameter_out_of_range_names_its_path(void **s)
         {"max_steps", "-1"}, {"checkpoint_interval", "-1"}, {"eval_interval", "-1"},
         {"seed", "-1"}, {"no_such_knob", "1"},
         {"export_dtype", "\"float64\""}, {"export_dtype", "16"},
+        {"precision", "\"fp16\""}, {"precision", "\"BF16\""}, {"precision", "32"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[512], param[128];
@@ -129,6 +130,33 @@ static void test_export_dtype_is_accepted(void **s)
     assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\",\"hyperparameters\":"
                          "{\"export_dtype\":\"auto\"}}", &j, &e), 0);
     assert_string_equal(j.export_dtype, "");
+    db_job_clear(&j);
+}
+
+/* hyperparameters.precision: fp32 | tf32 | bf16 stored as given, "auto"
+ * (and absent) as "" (the worker's device decides). Instant. */
+static void test_precision_is_accepted(void **s)
+{
+    (void)s;
+    static const char *const ok[] = {"fp32", "tf32", "bf16"};
+    for (int i = 0; i < 3; i++) {
+        db_job j;
+        api_error e;
+        char body[256];
+        snprintf(body, sizeof body, "{\"model\":\"m\",\"training_file\":\"f\","
+                 "\"hyperparameters\":{\"precision\":\"%s\"}}", ok[i]);
+        assert_int_equal(run(body, &j, &e), 0);
+        assert_string_equal(j.precision, ok[i]);
+        db_job_clear(&j);
+    }
+    db_job j;
+    api_error e;
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\",\"hyperparameters\":"
+                         "{\"precision\":\"auto\"}}", &j, &e), 0);
+    assert_string_equal(j.precision, "");
+    db_job_clear(&j);
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\"}", &j, &e), 0);
+    assert_string_equal(j.precision, "");
     db_job_clear(&j);
 }
 
@@ -290,6 +318,7 @@ int main(void)
         cmocka_unit_test(test_every_hyperparameter_out_of_range_names_its_path),
         cmocka_unit_test(test_bounds_are_inclusive),
         cmocka_unit_test(test_export_dtype_is_accepted),
+        cmocka_unit_test(test_precision_is_accepted),
         cmocka_unit_test(test_method_specific_parameters_are_rejected_elsewhere),
         cmocka_unit_test(test_supervised_maps_to_delta_lora_and_multiplier_scales_lr),
         cmocka_unit_test(test_target_modules_are_normalized),
