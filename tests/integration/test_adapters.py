@@ -8,10 +8,12 @@ machine.
 
     BUILD=build python3 -m unittest tests.integration.test_adapters -v
 """
+import io
 import json
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import unittest
 
@@ -101,6 +103,7 @@ class Adapters(StackTest):
         m = self.train("full")
         files = [x["name"] for x in self.call("GET", f"/v1/models/{m}/files")["data"]]
         self.assertFalse([n for n in files if n.startswith("adapter/")], files)
+        self.err("GET", f"/v1/models/{m}/archive?part=adapter", want=404, param="part")
         r = self.s.cli("models", "download", m, "--adapter", "-o", "/nonexistent-dir", check=False)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("no adapter", r.stderr)
@@ -134,6 +137,17 @@ class Adapters(StackTest):
             self.assertEqual((cfg["peft_type"], cfg["r"], cfg["lora_alpha"]), ("LORA", 16, 32))
             shas[c["step_number"]] = files["adapter/adapter_model.safetensors"]["sha256"]
         self.assertEqual(shas[4], fin["adapter/adapter_model.safetensors"]["sha256"])
+        # the archive's parts: the checkpoint's adapter alone, its training
+        # state without the adapter; an unknown part is a 400 naming it
+        mid = cks[0]["fine_tuned_model_checkpoint"]
+        for part, want in (("adapter", {"adapter_config.json", "adapter_model.safetensors"}),
+                           ("merged", {"weights.safetensors"})):
+            b = self.call("GET", f"/v1/models/{mid}/archive?part={part}", raw=True)[1]
+            with tarfile.open(fileobj=io.BytesIO(b)) as tf:
+                names = {m.name.split("/", 1)[1] for m in tf.getmembers() if m.isfile()}
+            self.assertTrue(want <= names, (part, names))
+            self.assertEqual(any(n.startswith("adapter") for n in names), part == "adapter", names)
+        self.err("GET", f"/v1/models/{mid}/archive?part=gguf", param="part")
         self.assertNotEqual(shas[2], shas[4])
         out = tempfile.mkdtemp(prefix="dt_ckpt_adapter_dl_")
         try:
