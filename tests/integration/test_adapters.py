@@ -137,6 +137,14 @@ class Adapters(StackTest):
             self.assertEqual((cfg["peft_type"], cfg["r"], cfg["lora_alpha"]), ("LORA", 16, 32))
             shas[c["step_number"]] = files["adapter/adapter_model.safetensors"]["sha256"]
         self.assertEqual(shas[4], fin["adapter/adapter_model.safetensors"]["sha256"])
+        # GET /v1/models lists the fine-tune, not its checkpoints (as OpenAI);
+        # a checkpoint answers by id
+        listed = [m["id"] for m in self.call("GET", "/v1/models")["data"]]
+        self.assertIn(final, listed)
+        for c in cks:
+            self.assertNotIn(c["fine_tuned_model_checkpoint"], listed)
+            self.assertEqual(self.call("GET", f"/v1/models/{c['fine_tuned_model_checkpoint']}")["id"],
+                             c["fine_tuned_model_checkpoint"])
         # the archive's parts: the checkpoint's adapter alone, its training
         # state without the adapter; an unknown part is a 400 naming it
         mid = cks[0]["fine_tuned_model_checkpoint"]
