@@ -118,8 +118,11 @@ const db_sql db_sql_table[] = {
         {"model_get", "SELECT " MODEL_COLS " FROM models WHERE id = $1 AND ($2::text IS NULL "
                       "OR kind = 'base' OR owner = $2)"},
     [STMT_MODEL_LIST] =
-        {"model_list", "SELECT " MODEL_COLS " FROM models WHERE $1::text IS NULL OR "
-                       "kind = 'base' OR owner = $1 ORDER BY kind <> 'base', created_at, id"},
+        /* Checkpoints are not listed (as OpenAI): reachable by id and by the
+         * job's checkpoints. */
+        {"model_list", "SELECT " MODEL_COLS " FROM models WHERE ($1::text IS NULL OR "
+                       "kind = 'base' OR owner = $1) AND kind <> 'checkpoint' "
+                       "ORDER BY kind <> 'base', created_at, id"},
     /* jobs_model_active (0005) keeps this O(unfinished jobs) */
     [STMT_MODEL_IN_USE] =
         {"model_in_use", "SELECT id, status FROM jobs WHERE model = $1 AND status NOT IN "

@@ -10,10 +10,40 @@
 #include "auth.h"
 #include "validate.h"
 
+int obj_ft_original_base(const char *id, char *out, size_t outlen)
+{
+    size_t len = strlen(id);
+    const char *start = id;
+    if (!strncmp(id, "ft:", 3)) {
+        size_t end = len;
+        /* An optional ":ckpt-step-<digits>" tail. */
+        const char *t = strstr(id, ":ckpt-step-");
+        if (t && t[11] && strspn(t + 11, "0123456789") == strlen(t + 11))
+            end = (size_t)(t - id);
+        /* Then the job id, suffix and owner, from the right. */
+        int fields = 0;
+        size_t i = end, job = 0;
+        while (i > 3 && fields < 3)
+            if (id[--i] == ':' && ++fields == 1)
+                job = i + 1;
+        if (fields == 3 && i > 3 && !strncmp(id + job, "ftjob-", 6)) {
+            start = id + 3;
+            len = i - 3;
+        }
+    }
+    if (len + 1 > outlen) return DT_EINVAL;
+    memcpy(out, start, len);
+    out[len] = '\0';
+    return 0;
+}
+
 int obj_ft_model_id(const char *base, const char *owner, const char *suffix,
                     const char *job_id, long step, char *out, size_t outlen)
 {
     int n;
+    char orig[DB_MODEL_ID_LEN];
+    if (obj_ft_original_base(base, orig, sizeof orig)) return DT_EINVAL;
+    base = orig;
     if (step > 0)
         n = snprintf(out, outlen, "ft:%s:%s:%s:%s:ckpt-step-%ld", base, owner,
                      suffix ? suffix : "", job_id, step);

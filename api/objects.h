@@ -15,9 +15,19 @@
 
 /* "ft:<base>:<owner>:<suffix>:<job_id>" and, for step > 0,
  * "...:ckpt-step-<step>". suffix may be "" (two colons in a row, as
- * OpenAI writes it). DT_EINVAL if out (DB_MODEL_ID_LEN) is too short. */
+ * OpenAI writes it). When base is itself a fine-tuned model or checkpoint
+ * id ("ft:..."), <base> is its original base (obj_ft_original_base), so a
+ * continued fine-tune reads "ft:<original>:..." and never "ft:ft:...".
+ * DT_EINVAL if out (DB_MODEL_ID_LEN) is too short. */
 int obj_ft_model_id(const char *base, const char *owner, const char *suffix,
                     const char *job_id, long step, char *out, size_t outlen);
+
+/* The original base named by a model id: id itself unless it has the
+ * shape "ft:<base>:<owner>:<suffix>:<job_id>[:ckpt-step-<n>]", then <base>
+ * (owner, suffix and job id never hold ':', so the fields are taken from
+ * the right and a base with ':' in its name stays whole). Writes into out;
+ * DT_EINVAL if outlen is too short. */
+int obj_ft_original_base(const char *id, char *out, size_t outlen);
 
 /* The id of a job's results file (its step metrics as CSV, served by the
  * server from the job's metrics events): "ftjob-<hex>" -> "file-<hex>".

@@ -136,7 +136,7 @@ static void rm_tree(const char *dir)
 /* The tensors a checkpoint holds: every trainable tensor and the W that
  * Delta-LoRA moves (weights.safetensors), the AdamW moments of the
  * trainable ones (optimizer.safetensors: dropped by retention). */
-int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
+int tr_ckpt_save(dt_model *m, const dt_train_opts *o, dt_weights *w, const dt_optim *opt,
                  int64_t total, unsigned targets, long trained_tokens, char *err)
 {
     dt_backend *be = dt_model_backend(m);
@@ -255,6 +255,12 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
     free(js);
     if (rc)
         goto done;
+    /* The checkpoint as a model: its PEFT adapter, from the weights above. */
+    if (o->method == DT_LORA || o->method == DT_DELTA_LORA) {
+        snprintf(path, sizeof path, "%s/adapter", tmp);
+        if ((rc = tr_adapter_write(m, o, w, opt->t > opt->start_step, path, err)))
+            goto done;
+    }
     char cmd[8600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir); /* a stale incomplete one */
     if (access(dir, F_OK) == 0 && system(cmd) != 0) {

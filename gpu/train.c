@@ -148,27 +148,19 @@ static int load_data(const char *path, const dt_tokenizer *tok, int seq_len,
     return rc;
 }
 
-/* Downloads the merged weights and the adapter factors, frees the model (so
- * that the export's host copy does not sit beside the device copy and the
- * activations), then writes DIR/merged and, for lora, DIR/adapter. */
-static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
-                      const dt_tokenizer *tok, int moved, char *err)
+int tr_adapter_write(dt_model *m, const dt_train_opts *o, dt_weights *w, int moved,
+                     const char *dir, char *err)
 {
-    dt_model *m = *mp;
-    char dir[4200];
-    dt_tensorset merged;
-    dt_model_release_activations(m);
-    int rc = dt_model_merged(m, &merged, err);
-    if (rc)
-        return rc;
     int nl = 0;
-    dt_lora *ls = o->method != DT_FULL ? dt_model_loras(m, &nl) : NULL;
+    dt_lora *ls = dt_model_loras(m, &nl);
     int delta = o->method == DT_DELTA_LORA;
     dt_backend *be = dt_model_backend(m);
     dt_adapter_entry *e = calloc((size_t)nl + 1, sizeof *e);
     float **h = calloc((size_t)nl * 4 + 1, sizeof *h); /* A, B, A_K, B_K */
-    char (*wn)[128] = calloc((size_t)nl + 1, sizeof *wn); /* outlives the model */
-    if (!e || !h || !wn)
+    const float **ak = calloc((size_t)nl + 1, sizeof *ak);
+    const float **bk = calloc((size_t)nl + 1, sizeof *bk);
+    int rc = 0;
+    if (!e || !h || !ak || !bk)
         rc = dt_errf(err, DT_ENOMEM, "out of memory");
     for (int i = 0; i < nl && !rc; i++) {
         dt_tensor *W = dt_tensorset_find(&w->ts, ls[i].wname);
@@ -190,12 +182,47 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
             }
             OPS.download(be, k[0], ls[i].AK, (size_t)ls[i].A->n * sizeof(float));
             OPS.download(be, k[1], ls[i].BK, (size_t)ls[i].B->n * sizeof(float));
+            ak[i] = k[0];
+            bk[i] = k[1];
         }
-        snprintf(wn[i], sizeof wn[i], "%s", ls[i].wname);
-        e[i] = (dt_adapter_entry){wn[i], ls[i].row_off, ls[i].rows,
+        e[i] = (dt_adapter_entry){ls[i].wname, ls[i].row_off, ls[i].rows,
                                   (int)W->shape[0], ls[i].in, o->rank,
                                   h[2 * i], h[2 * i + 1]};
     }
+    if (!rc)
+        rc = OPS.sync(be, err);
+    if (!rc && o->method == DT_LORA)
+        rc = dt_export_peft(w, e, nl, o->alpha, o->model, dir, err);
+    else if (!rc && delta)
+        rc = dt_export_peft_delta(w, e, ak, bk, nl, o->alpha, o->lambda, o->model, dir, err);
+    for (int i = 0; h && i < 4 * nl; i++)
+        free(h[i]);
+    free(h);
+    free(e);
+    free(ak);
+    free(bk);
+    return rc;
+}
+
+/* Writes DIR/adapter for lora and delta_lora (tr_adapter_write: the same
+ * code writes each checkpoint's adapter), then downloads the merged
+ * weights, frees the model (so that the export's host copy does not sit
+ * beside the device copy and the activations) and writes DIR/merged. */
+static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
+                      const dt_tokenizer *tok, int moved, char *err)
+{
+    dt_model *m = *mp;
+    char dir[4200];
+    dt_tensorset merged;
+    dt_model_release_activations(m);
+    int rc = 0;
+    if (o->method == DT_LORA || o->method == DT_DELTA_LORA) {
+        snprintf(dir, sizeof dir, "%s/adapter", o->out);
+        if ((rc = tr_adapter_write(m, o, w, moved, dir, err)))
+            return rc;
+    }
+    if ((rc = dt_model_merged(m, &merged, err)))
+        return rc;
     dt_model_free(m);
     *mp = NULL;
     snprintf(dir, sizeof dir, "%s/merged", o->out);
@@ -204,36 +231,12 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     if (o->export_shard_size > 0)
         xo.shard_size = o->export_shard_size;
     dt_dtype xd;
-    if (!rc && o->export_dtype &&
-        !(rc = dt_export_dtype_parse(o->export_dtype, &xd, "--export-dtype",
-                                     err)))
+    if (o->export_dtype &&
+        !(rc = dt_export_dtype_parse(o->export_dtype, &xd, "--export-dtype", err)))
         xo.dtype = xd;
     if (!rc)
         rc = dt_export_hf_opts(w, &merged, tok, dir, &xo, err);
     dt_tensorset_free(&merged);
-    if (!rc && o->method == DT_LORA) {
-        snprintf(dir, sizeof dir, "%s/adapter", o->out);
-        rc = dt_export_peft(w, e, nl, o->alpha, o->model, dir, err);
-    }
-    if (!rc && delta) {
-        const float **ak = calloc((size_t)nl + 1, sizeof *ak);
-        const float **bk = calloc((size_t)nl + 1, sizeof *bk);
-        for (int i = 0; ak && bk && i < nl; i++) {
-            ak[i] = h[2 * nl + 2 * i];
-            bk[i] = h[2 * nl + 2 * i + 1];
-        }
-        snprintf(dir, sizeof dir, "%s/adapter", o->out);
-        rc = ak && bk ? dt_export_peft_delta(w, e, ak, bk, nl, o->alpha, o->lambda,
-                                             o->model, dir, err)
-                      : dt_errf(err, DT_ENOMEM, "out of memory");
-        free(ak);
-        free(bk);
-    }
-    for (int i = 0; h && i < 4 * nl; i++)
-        free(h[i]);
-    free(h);
-    free(e);
-    free(wn);
     return rc;
 }
 
@@ -543,7 +546,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         }
         if (halt) {
             if (opt.t > 0 && opt.t != ckpt_at &&
-                (rc = tr_ckpt_save(m, &o, &opt, total, lo.targets, trained, err)))
+                (rc = tr_ckpt_save(m, &o, &w, &opt, total, lo.targets, trained, err)))
                 goto fail;
             if (opt.t > 0 && opt.t != ckpt_at)
                 prune(&o);
@@ -588,7 +591,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         if (o.stop && atomic_load(o.stop))
             stop = 1;
         if (p.ckpt_due || stop) {
-            if ((rc = tr_ckpt_save(m, &o, &opt, total, lo.targets, trained, err)))
+            if ((rc = tr_ckpt_save(m, &o, &w, &opt, total, lo.targets, trained, err)))
                 goto fail;
             ckpt_at = opt.t;
             prune(&o);

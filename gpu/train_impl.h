@@ -32,11 +32,19 @@ int tr_batch_at(batcher *bt, long pos, int *t_out, long *ntok);
 /* Mean loss over every row of ds (no gradient) into *out. */
 int tr_eval_loss(dt_model *m, const dt_dataset *ds, int B, int T, double *out, char *err);
 
+/* Writes the PEFT adapter of a lora or delta_lora model as it is now into
+ * dir (for delta_lora the exact rank-2r adapter; moved: W has moved, so
+ * A_K, B_K exist). The final export and every checkpoint use it. */
+int tr_adapter_write(dt_model *m, const dt_train_opts *o, dt_weights *w, int moved,
+                     const char *dir, char *err);
+
 /* Writes checkpoint step-<opt->t> under o->out/checkpoints (temp dir,
  * fsync, rename, DONE): weights.safetensors (every trainable tensor and
- * every W that Delta-LoRA moves) and optimizer.safetensors (their AdamW
- * moments). A failure leaves the previous one newest. */
-int tr_ckpt_save(dt_model *m, const dt_train_opts *o, const dt_optim *opt,
+ * every W that Delta-LoRA moves), optimizer.safetensors (their AdamW
+ * moments) and, for lora and delta_lora, adapter/ (tr_adapter_write: the
+ * checkpoint as a PEFT adapter on the base w). A failure leaves the
+ * previous one newest. */
+int tr_ckpt_save(dt_model *m, const dt_train_opts *o, dt_weights *w, const dt_optim *opt,
                  int64_t total, unsigned targets, long trained_tokens, char *err);
 
 /* A resume must share the settings that shape the run: method, rank, α, λ,

@@ -451,12 +451,44 @@ void models_archive(req *r)
     t->fd = -1;
     t->cur = -1;
     t->head_of = -1;
+    /* part: all files (default), "merged" (the model without adapter/) or
+     * "adapter" (only adapter/, as a directory PEFT loads). */
+    const char *part = req_query(r, "part");
+    int want = 0;
+    if (part && !strcmp(part, "merged")) want = 1;
+    else if (part && !strcmp(part, "adapter")) want = 2;
+    else if (part && *part) {
+        tar_free(t);
+        reply_error(r, 400, "invalid_value", "part", "part must be merged or adapter");
+        return;
+    }
     if (model_files(r->s, &m, &t->fs, &t->n)) {
         tar_free(t);
         reply_error(r, 404, "not_found", NULL, "the files of %s are not available", m.id);
         return;
     }
+    if (want) {
+        int k = 0;
+        for (int i = 0; i < t->n; i++)
+            if ((strncmp(t->fs[i].name, "adapter/", 8) == 0) == (want == 2)) {
+                t->fs[k] = t->fs[i];
+                if (want == 2) /* the adapter's files at the top of its directory */
+                    memmove(t->fs[k].name, t->fs[k].name + 8, strlen(t->fs[k].name + 8) + 1);
+                k++;
+            }
+        t->n = k;
+        if (!k) {
+            tar_free(t);
+            reply_error(r, 404, "not_found", "part", "model %s has no %s files", m.id,
+                        want == 2 ? "adapter" : "merged model");
+            return;
+        }
+    }
     archive_dir(m.id, t->prefix, sizeof t->prefix);
+    if (want == 2) {
+        size_t pl = strlen(t->prefix);
+        snprintf(t->prefix + pl, sizeof t->prefix - pl, "-adapter");
+    }
     t->start = calloc((size_t)t->n + 1, sizeof *t->start);
     t->hlen = calloc((size_t)t->n + 1, sizeof *t->hlen);
     if (!t->start || !t->hlen) {

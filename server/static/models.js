@@ -58,6 +58,14 @@ function modelFiles(modelId, signal) {
       fill(box,
         el('div', {className: 'row'}, el('button', {type: 'button', className: 'primary', text: 'Download all (.tar)',
           onclick: (ev) => download(`${base}/archive`, `${archiveName(modelId)}.tar`, ev.currentTarget)}),
+        /* A fine-tune or checkpoint with a PEFT adapter: the merged model
+         * and the adapter, each as its own .tar. */
+        ...(r.data.some((f) => f.name.startsWith('adapter/')) ? [
+          r.data.some((f) => !f.name.startsWith('adapter/')) ? el('button', {type: 'button', 'data-part': 'merged', text: 'Merged (.tar)',
+            onclick: (ev) => download(`${base}/archive?part=merged`, `${archiveName(modelId)}-merged.tar`, ev.currentTarget)}) : null,
+          el('button', {type: 'button', 'data-part': 'adapter', text: 'Adapter (.tar)',
+            onclick: (ev) => download(`${base}/archive?part=adapter`, `${archiveName(modelId)}-adapter.tar`, ev.currentTarget)}),
+        ].filter(Boolean) : []),
         el('span', {className: 'small muted', text: `${r.data.length} files, ${fmtBytes(total)}`})),
         el('table', {className: 'stack files-table'},
           el('thead', {}, el('tr', {}, ['File', 'Size', 'SHA-256', ''].map((c) => el('th', {scope: 'col', text: c})))),

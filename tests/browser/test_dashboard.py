@@ -6,11 +6,13 @@ go to $BUILD/browser-artifacts/. Every page is checked for console errors;
 the only ones allowed are the HTTP errors a step provokes on purpose (a
 refused key, another owner's job, a refused event stream).
 """
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
+import tarfile
 import time
 import unittest
 import urllib.request
@@ -462,6 +464,21 @@ class Dashboard(unittest.TestCase):
         st, _, want = s.api("GET", f"/v1/models/{model}/files/config.json", raw=True)
         self.assertEqual(st, 200)
         self.assertEqual(got, want)
+        # "merged" and "adapter" downloads (a delta_lora job has both): the
+        # merged .tar holds the model without adapter/, the adapter .tar only
+        # the adapter's files, at the top of its directory, sha256 as listed
+        for part in ("merged", "adapter"):
+            with page.expect_download() as dl:
+                page.locator(f"#model-files button[data-part='{part}']").click()
+            self.assertTrue(dl.value.suggested_filename.endswith(f"-{part}.tar"),
+                            dl.value.suggested_filename)
+            with tarfile.open(dl.value.path()) as tf:
+                got = {m.name.split("/", 1)[1]: hashlib.sha256(tf.extractfile(m).read()).hexdigest()
+                       for m in tf.getmembers() if m.isfile()}
+            want = {n[len("adapter/"):] if part == "adapter" else n: f["sha256"]
+                    for n, f in files.items() if n.startswith("adapter/") == (part == "adapter")}
+            self.assertEqual(got, want, part)
+            self.assertIn("adapter_config.json" if part == "adapter" else "config.json", got)
         self.shot(page, "09-job-succeeded-files")
         self.no_console_errors()
 

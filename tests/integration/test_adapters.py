@@ -2,14 +2,18 @@
 `delta_lora` job's exact rank-2r adapter are files of the fine-tuned model
 under the prefix adapter/, listed by GET /v1/models/{id}/files with sha256,
 served one by one, and `deltatune models download ID --adapter` fetches only
-them. The module takes about 25 s on this machine.
+them. Checkpoints of lora / delta_lora jobs hold their adapter the same
+way, counted in the owner's storage. The module takes about 25 s on this
+machine.
 
     BUILD=build python3 -m unittest tests.integration.test_adapters -v
 """
+import io
 import json
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
 import unittest
 
@@ -27,6 +31,17 @@ def setUpModule():
 def tearDownModule():
     if S:
         S.stop()
+
+
+def dir_bytes(path):
+    """Bytes of the plain files under path (links not followed)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                total += os.path.getsize(p)
+    return total
 
 
 class Adapters(StackTest):
@@ -88,9 +103,90 @@ class Adapters(StackTest):
         m = self.train("full")
         files = [x["name"] for x in self.call("GET", f"/v1/models/{m}/files")["data"]]
         self.assertFalse([n for n in files if n.startswith("adapter/")], files)
+        self.err("GET", f"/v1/models/{m}/archive?part=adapter", want=404, param="part")
         r = self.s.cli("models", "download", m, "--adapter", "-o", "/nonexistent-dir", check=False)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("no adapter", r.stderr)
+
+    def test_checkpoints_are_adapters_and_ids_stay_readable(self):
+        """Each checkpoint of a delta_lora job (GET /v1/fine_tuning/jobs/{id}/checkpoints,
+        fine_tuned_model_checkpoint) lists its exact adapter as adapter/ files
+        with sha256, downloadable by the CLI; the last one's adapter is the
+        job's adapter byte for byte. A job on the fine-tuned model gets an id
+        naming the original base (no ft:ft:). About 20 s."""
+        f = self.upload_ok()
+        j = self.create_job(f["id"], method=hp("delta_lora", max_steps=4, rank=4, alpha=8,
+                                               start_step=1, checkpoint_interval=2))
+        j = self.wait(j["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j["status"], "succeeded", j)
+        final = j["fine_tuned_model"]
+        cks = self.call("GET", f"/v1/fine_tuning/jobs/{j['id']}/checkpoints")["data"]
+        self.assertEqual(sorted(c["step_number"] for c in cks), [2, 4], cks)
+        fin = {x["name"]: x for x in self.call("GET", f"/v1/models/{final}/files")["data"]}
+        shas = {}
+        for c in cks:
+            mid = c["fine_tuned_model_checkpoint"]
+            self.assertTrue(mid.endswith(f":ckpt-step-{c['step_number']}"), mid)
+            files = {x["name"]: x for x in self.call("GET", f"/v1/models/{mid}/files")["data"]}
+            for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+                self.assertIn(name, files, sorted(files))
+                b = self.call("GET", f"/v1/models/{mid}/files/{name}", raw=True)[1]
+                self.assertEqual(sha256(b), files[name]["sha256"], name)
+            cfg = json.loads(self.call("GET", f"/v1/models/{mid}/files/adapter/adapter_config.json",
+                                       raw=True)[1])
+            self.assertEqual((cfg["peft_type"], cfg["r"], cfg["lora_alpha"]), ("LORA", 16, 32))
+            shas[c["step_number"]] = files["adapter/adapter_model.safetensors"]["sha256"]
+        self.assertEqual(shas[4], fin["adapter/adapter_model.safetensors"]["sha256"])
+        # GET /v1/models lists the fine-tune, not its checkpoints (as OpenAI);
+        # a checkpoint answers by id
+        listed = [m["id"] for m in self.call("GET", "/v1/models")["data"]]
+        self.assertIn(final, listed)
+        for c in cks:
+            self.assertNotIn(c["fine_tuned_model_checkpoint"], listed)
+            self.assertEqual(self.call("GET", f"/v1/models/{c['fine_tuned_model_checkpoint']}")["id"],
+                             c["fine_tuned_model_checkpoint"])
+        # the archive's parts: the checkpoint's adapter alone, its training
+        # state without the adapter; an unknown part is a 400 naming it
+        mid = cks[0]["fine_tuned_model_checkpoint"]
+        for part, want in (("adapter", {"adapter_config.json", "adapter_model.safetensors"}),
+                           ("merged", {"weights.safetensors"})):
+            b = self.call("GET", f"/v1/models/{mid}/archive?part={part}", raw=True)[1]
+            with tarfile.open(fileobj=io.BytesIO(b)) as tf:
+                names = {m.name.split("/", 1)[1] for m in tf.getmembers() if m.isfile()}
+            self.assertTrue(want <= names, (part, names))
+            self.assertEqual(any(n.startswith("adapter") for n in names), part == "adapter", names)
+        self.err("GET", f"/v1/models/{mid}/archive?part=gguf", param="part")
+        self.assertNotEqual(shas[2], shas[4])
+        out = tempfile.mkdtemp(prefix="dt_ckpt_adapter_dl_")
+        try:
+            mid = [c for c in cks if c["step_number"] == 2][0]["fine_tuned_model_checkpoint"]
+            self.s.cli("models", "download", mid, "--adapter", "-o", out, "--json")
+            self.assertIn("adapter_model.safetensors", os.listdir(out))
+            with open(os.path.join(out, "adapter_model.safetensors"), "rb") as fh:
+                self.assertEqual(sha256(fh.read()), shas[2])
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        # storage: the checkpoints' adapters are on disk in the job's
+        # directory, and /v1/usage counts the owner's job directories whole
+        root = self.s.env["DELTATUNE_ARTIFACT_ROOT"]
+        ad = [os.path.join(root, "jobs", j["id"], "checkpoints", f"step-{n:08d}", "adapter")
+              for n in (2, 4)]
+        ad_bytes = sum(dir_bytes(d) for d in ad)
+        self.assertGreater(ad_bytes, 0)
+        ids = self.s.psql(f"SELECT id FROM jobs WHERE owner = (SELECT owner FROM jobs "
+                          f"WHERE id = '{j['id']}')").split()
+        on_disk = sum(dir_bytes(os.path.join(root, "jobs", i)) for i in ids)
+        self.assertEqual(self.call("GET", "/v1/usage")["job_bytes"], on_disk)
+        self.assertGreaterEqual(on_disk, ad_bytes + dir_bytes(os.path.join(root, "jobs",
+                                                                              j["id"], "adapter")))
+        # readable ids: continuing from the fine-tune names the original base
+        j2 = self.create_job(f["id"], method=hp("lora", max_steps=2, rank=4, alpha=8), model=final)
+        j2 = self.wait(j2["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j2["status"], "succeeded", j2)
+        base = final.split(":")[1]
+        self.assertTrue(j2["fine_tuned_model"].startswith(f"ft:{base}:"), j2["fine_tuned_model"])
+        self.assertNotIn("ft:ft:", j2["fine_tuned_model"])
+        self.assertTrue(j2["fine_tuned_model"].endswith(":" + j2["id"]), j2["fine_tuned_model"])
 
 
 if __name__ == "__main__":

@@ -202,6 +202,34 @@ static void test_ids(void **s)
     assert_int_not_equal(obj_ft_model_id("base", "alice", "x", "ftjob-1", 30, m, 10), 0);
 }
 
+/* Continuing from a fine-tuned model or checkpoint names the original
+ * base: no "ft:ft:..." chains. */
+static void test_ft_model_id_readable(void **s)
+{
+    (void)s;
+    char m[DB_MODEL_ID_LEN], b[DB_MODEL_ID_LEN];
+    assert_int_equal(obj_ft_model_id("ft:base:alice:x:ftjob-1", "bob", "y", "ftjob-2", 0,
+                                     m, sizeof m), 0);
+    assert_string_equal(m, "ft:base:bob:y:ftjob-2");
+    assert_int_equal(obj_ft_model_id("ft:base:alice::ftjob-1:ckpt-step-30", "bob", "",
+                                     "ftjob-2", 5, m, sizeof m), 0);
+    assert_string_equal(m, "ft:base:bob::ftjob-2:ckpt-step-5");
+    /* A chain of three stays one level deep. */
+    assert_int_equal(obj_ft_model_id(m, "carol", "z", "ftjob-3", 0, m, sizeof m), 0);
+    assert_string_equal(m, "ft:base:carol:z:ftjob-3");
+    /* A base whose name holds ':' stays whole. */
+    assert_int_equal(obj_ft_original_base("ft:org:model:q4:alice:x:ftjob-1", b, sizeof b), 0);
+    assert_string_equal(b, "org:model:q4");
+    /* Ids without the fine-tuned shape are their own base. */
+    assert_int_equal(obj_ft_original_base("SmolLM2-135M", b, sizeof b), 0);
+    assert_string_equal(b, "SmolLM2-135M");
+    assert_int_equal(obj_ft_original_base("ft:odd:name", b, sizeof b), 0);
+    assert_string_equal(b, "ft:odd:name");
+    assert_int_equal(obj_ft_original_base("ft:a:b:c:notajob", b, sizeof b), 0);
+    assert_string_equal(b, "ft:a:b:c:notajob");
+    assert_int_not_equal(obj_ft_original_base("SmolLM2-135M", b, 4), 0);
+}
+
 static void test_error_body_shape(void **s)
 {
     (void)s;
@@ -277,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_event_and_checkpoint_shapes),
         cmocka_unit_test(test_file_and_model_shapes),
         cmocka_unit_test(test_ids),
+        cmocka_unit_test(test_ft_model_id_readable),
         cmocka_unit_test(test_error_body_shape),
         cmocka_unit_test(test_error_body_with_invalid_utf8),
         cmocka_unit_test(test_every_statement_has_a_unique_name_and_sql),

@@ -549,6 +549,55 @@ static void test_checkpoint_retention_keeps_the_last_n_states(void **s)
     assert_int_equal(access(p, F_OK), 0);
 }
 
+/* Every lora / delta_lora checkpoint is a model: it holds its PEFT adapter,
+ * written from the checkpoint's weights by the code of the final export, so
+ * the last checkpoint's adapter is byte-identical to the job's adapter and
+ * an earlier one loads and differs; a full fine-tune's checkpoints have none. */
+static void test_checkpoints_hold_their_adapter(void **s)
+{
+    (void)s;
+    static const dt_method methods[] = {DT_LORA, DT_DELTA_LORA, DT_FULL};
+    for (int k = 0; k < 3; k++) {
+        char err[DT_ERR_LEN], out[300], model[300], data[300], p[500], q[500];
+        dt_train_opts o;
+        snprintf(out, sizeof out, "%s/ckad%d", g_dir, k);
+        opts(&o, out, model, data);
+        o.method = methods[k];
+        o.ckpt_interval = 3;
+        if (dt_train(&o, err))
+            fail_msg("%s", err);
+        snprintf(p, sizeof p, "%s/checkpoints/step-00000003/adapter", out);
+        if (o.method == DT_FULL) {
+            assert_int_not_equal(access(p, F_OK), 0);
+            continue;
+        }
+        dt_weights w;
+        assert_int_equal(dt_weights_load(model, &w, err), 0);
+        dt_peft_adapter ad;
+        if (dt_peft_load(p, &w, &ad, err))
+            fail_msg("%s", err);
+        dt_peft_free(&ad);
+        dt_weights_free(&w);
+        static const char *const files[] = {"adapter_model.safetensors",
+                                            "adapter_config.json"};
+        for (int f = 0; f < 2; f++) {
+            size_t n6, nf, n3;
+            snprintf(p, sizeof p, "%s/checkpoints/step-00000006/adapter/%s", out, files[f]);
+            snprintf(q, sizeof q, "%s/adapter/%s", out, files[f]);
+            char *a6 = slurp(p, &n6), *af = slurp(q, &nf);
+            assert_int_equal(n6, nf);
+            assert_memory_equal(a6, af, nf);
+            snprintf(p, sizeof p, "%s/checkpoints/step-00000003/adapter/%s", out, files[f]);
+            char *a3 = slurp(p, &n3);
+            if (f == 0)
+                assert_true(n3 != n6 || memcmp(a3, a6, n6) != 0);
+            free(a3);
+            free(a6);
+            free(af);
+        }
+    }
+}
+
 /* Resuming with settings that shape the run changed is refused before the
  * model is built, naming the setting (before: α, λ, K and the step count
  * were taken silently, shifting K and the LR schedule, and a changed rank
@@ -691,6 +740,7 @@ int main(void)
         cmocka_unit_test(test_total_steps_past_int_max_do_not_wrap),
         cmocka_unit_test(test_stop_between_micro_batches_drops_the_step),
         cmocka_unit_test(test_checkpoint_retention_keeps_the_last_n_states),
+        cmocka_unit_test(test_checkpoints_hold_their_adapter),
         cmocka_unit_test(test_resume_with_other_settings_is_refused),
         cmocka_unit_test(test_tokens_per_second_counts_real_tokens_not_padding),
         cmocka_unit_test(test_blas_kernel_rule),
