@@ -158,7 +158,15 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     char dir[4200];
     dt_tensorset merged;
     dt_model_release_activations(m);
-    int rc = dt_model_merged(m, &merged, err);
+    int rc = 0;
+    /* bf16: the frozen weights were released after upload in bf16; the
+     * merged model is computed from the fp32 base, read again. */
+    if (dt_model_bf16(m)) {
+        dt_weights_free(w);
+        if ((rc = dt_weights_load(o->model, w, err)))
+            return rc;
+    }
+    rc = dt_model_merged(m, &merged, err);
     if (rc)
         return rc;
     int nl = 0;
@@ -430,7 +438,11 @@ int dt_train(const dt_train_opts *o_in, char *err)
         goto fail;
     }
 
-    dt_lora_opts lo = {o.method, o.rank, o.alpha, 0};
+    dt_precision prec;
+    if ((rc = dt_precision_resolve(o.precision, be, &prec, err)))
+        goto fail;
+    dt_lora_opts lo = {o.method, o.rank, o.alpha, 0, prec, o.delta_lowrank,
+                       o.lambda};
     if (o.init_adapter && o.method != DT_FULL) {
         if ((rc = dt_peft_load(o.init_adapter, &w, &ad, err)))
             goto fail;
@@ -492,6 +504,9 @@ int dt_train(const dt_train_opts *o_in, char *err)
             if ((rc = tr_ckpt_load(m, dir, &opt, &trained, err)))
                 goto fail;
             ckpt_at = opt.t;
+            /* the low-rank form: A_K, B_K came back with the checkpoint */
+            dt_model_delta_set_moved(m, o.method == DT_DELTA_LORA &&
+                                            opt.t > opt.start_step);
             if (!o.json)
                 fprintf(stderr, "resuming from %s (step %lld)\n", dir, (long long)opt.t);
         }

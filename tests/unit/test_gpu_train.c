@@ -169,7 +169,7 @@ static void compare_case(const char *arch_dir, dt_method method, const char *tar
     snprintf(path, sizeof path, REF "/%s", arch_dir);
     if (dt_weights_load(path, &w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {method, 0, 0, 0};
+    dt_lora_opts lo = {method, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
     dt_tensorset init;
     dt_tensorset_init(&init);
     if (method != DT_FULL) {

@@ -92,7 +92,7 @@ static void run_case(const char *name)
     if (rc)
         fail_msg("%s", err);
 
-    dt_lora_opts lo = {DT_FULL, 0, 0, 0};
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
     if (!strcmp(method, "lora") || !strcmp(method, "delta_lora")) {
         lo.method = !strcmp(method, "lora") ? DT_LORA : DT_DELTA_LORA;
         lo.rank = (int)json_integer_value(json_object_get(cs, "rank"));
@@ -284,7 +284,7 @@ static void test_mistral_seq_len_over_sliding_window_is_refused(void **s)
     dt_weights w;
     assert_int_equal(dt_weights_load(REF "/mistral_model", &w, err), 0);
     assert_int_equal(w.cfg.sliding_window, 32);
-    dt_lora_opts lo = {DT_FULL, 0, 0, 0};
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
     dt_model *m = NULL;
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 33, 1, &m, err), DT_ENOTSUP);
     assert_null(m);
@@ -395,7 +395,7 @@ static void test_smollm2_gguf_logits_match_transformers(void **s)
                                    r->data[a * cols + b], 1e-6);
     }
     dt_backend *be = dt_backend_cpu_new(0, err);
-    dt_lora_opts lo = {DT_LORA, 0, 0, 0};
+    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
     dt_model *m;
     int T = (int)json_array_size(json_object_get(cs, "ids"));
     if (dt_model_new(be, &w, &lo, 1, T, 0, &m, err))

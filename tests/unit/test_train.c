@@ -250,7 +250,7 @@ static dt_model *tiny(dt_backend *be, dt_weights *w, dt_method method, int B, in
     char err[DT_ERR_LEN];
     if (dt_weights_load(GPT2_FIX, w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {method, 4, 8.0f, 0};
+    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
     if (method != DT_FULL)
         assert_int_equal(dt_parse_targets("q,v", DT_ARCH_GPT2, &lo.targets, err), 0);
     dt_model *m;
