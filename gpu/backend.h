@@ -265,5 +265,9 @@ dt_backend *dt_backend_cpu_new(int threads, char *err);
  * nvcc. */
 dt_backend *dt_backend_cuda_new(int device, char *err);
 int dt_backend_cuda_available(void);
+/* 1 when CUDA device `device` has bf16 tensor cores (compute capability >=
+ * 8.0), as dt_backend.bf16_fast says once created; 0 otherwise or without
+ * CUDA. For the memory estimate, before any backend exists. */
+int dt_backend_cuda_bf16(int device);
 
 #endif

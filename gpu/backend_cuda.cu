@@ -1109,6 +1109,18 @@ extern "C" int dt_backend_cuda_available(void)
     return n > 0;
 }
 
+extern "C" int dt_backend_cuda_bf16(int device)
+{
+    int major = 0;
+    if (!dt_backend_cuda_available() ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                               device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return major >= 8;
+}
+
 /* Size in bytes of the last alloc() that returned NULL (0 if none). */
 extern "C" size_t dt_backend_cuda_oom_bytes(dt_backend *be)
 {

@@ -328,7 +328,14 @@ static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
                     toks, cuda,
                     o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
                     dt_mem_self_rss()};
-    return dt_mem_estimate_job(&mm, &j, e, err);
+    /* the precision dt_train resolves (dt_precision_resolve) */
+    int bf16 = o->precision == DT_PREC_BF16;
+    if (o->precision == DT_PREC_AUTO && cuda) {
+        const char *tf32 = getenv("DT_TF32");
+        bf16 = !(tf32 && !strcmp(tf32, "1")) &&
+               dt_backend_cuda_bf16(dev[4] == ':' ? atoi(dev + 5) : 0);
+    }
+    return dt_mem_estimate_job_prec(&mm, &j, bf16, e, err);
 }
 
 /* DT_ENOMEM naming the bytes, the limit and the settings to lower when the
