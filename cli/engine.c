@@ -74,6 +74,15 @@ static const char train_usage[] =
 "  --seed S                seed for data order and LoRA init (default 42)\n"
 "  --threads N             CPU threads (default: all cores)\n"
 "  --device D              cpu (default) | cuda[:N] | auto\n"
+"  --precision P           auto (default) | fp32 | tf32 | bf16. auto: bf16 on\n"
+"                          CUDA devices of compute capability >= 8.0, fp32\n"
+"                          elsewhere. bf16: frozen linear weights in bf16 on\n"
+"                          the device, bf16 GEMMs with fp32 accumulation;\n"
+"                          LoRA factors, norms, softmax, loss and AdamW stay\n"
+"                          fp32; Delta-LoRA never rounds W (its update is two\n"
+"                          low-rank terms, docs/DELTA-LORA.md); full keeps\n"
+"                          fp32 weights. tf32: CUDA only (DT_TF32=1 is its\n"
+"                          alias when --precision is not given)\n"
 "  --eval-interval N       validation every N steps (default: at the end)\n"
 "  --checkpoint-interval N checkpoint every N steps (default: at the end)\n"
 "  --init-adapter DIR      start A and B from a PEFT LoRA adapter\n"
@@ -181,7 +190,7 @@ int dt_cmd_train(int argc, char **argv)
            O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
            O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP,
-           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD };
+           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD, O_PREC };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
         {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
@@ -198,7 +207,8 @@ int dt_cmd_train(int argc, char **argv)
         {"json", 0, 0, O_JSON}, {"estimate", 0, 0, O_ESTIMATE}, {"help", 0, 0, O_HELP},
         {"model-dropout", 1, 0, O_MDROP}, {"lora-dropout", 1, 0, O_LDROP},
         {"label-smoothing", 1, 0, O_LSMOOTH}, {"export-dtype", 1, 0, O_XDTYPE},
-        {"export-shard-size", 1, 0, O_XSHARD}, {0, 0, 0, 0}};
+        {"export-shard-size", 1, 0, O_XSHARD}, {"precision", 1, 0, O_PREC},
+        {0, 0, 0, 0}};
     dt_train_opts o;
     dt_train_defaults(&o);
     o.json = !isatty(STDERR_FILENO);
@@ -258,6 +268,17 @@ int dt_cmd_train(int argc, char **argv)
         case O_SEED: bad |= parse_i(optarg, &seed, "--seed"); o.seed = (uint64_t)seed; break;
         case O_THREADS: bad |= parse_i(optarg, &o.threads, "--threads"); break;
         case O_DEVICE: o.device = optarg; break;
+        case O_PREC: {
+            int p = dt_precision_parse(optarg);
+            if (p < 0) {
+                fprintf(stderr, "deltatune train: --precision %s: use auto, fp32, "
+                        "tf32 or bf16\n", optarg);
+                bad = 1;
+            } else {
+                o.precision = (dt_precision)p;
+            }
+            break;
+        }
         case O_EVAL: bad |= parse_i(optarg, &o.eval_interval, "--eval-interval"); break;
         case O_CKPT: bad |= parse_i(optarg, &o.ckpt_interval, "--checkpoint-interval"); break;
         case O_INIT: o.init_adapter = optarg; break;
@@ -472,12 +493,17 @@ int dt_cmd_generate(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *device = "cpu", *pfile = NULL;
     int max_tokens = 32, threads = 0, seed = 0;
     float temperature = 0.0f, top_p = 1.0f;
+    dt_precision gprec = DT_PREC_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             puts("usage: deltatune generate --model PATH (--prompt TEXT | --prompts-file FILE)\n"
                  "                          [--max-tokens N] [--temperature T] [--top-p P]\n"
                  "                          [--seed S] [--device D] [--threads N]\n"
+                 "                          [--precision auto|fp32|tf32|bf16]\n"
+                 "--precision: bf16 keeps the weights of the linear layers in bf16 on\n"
+                 "the device (auto: bf16 on CUDA devices of compute capability >= 8.0,\n"
+                 "fp32 elsewhere; tf32 needs CUDA).\n"
                  "Greedy decoding unless --temperature > 0; stops at EOS. A KV cache\n"
                  "makes each new token one pass over one position.\n"
                  "--prompts-file: one JSON string per line; prints one JSON line per\n"
@@ -494,6 +520,15 @@ int dt_cmd_generate(int argc, char **argv)
         else if (!strcmp(a, "--prompt")) prompt = v;
         else if (!strcmp(a, "--prompts-file")) pfile = v;
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--precision")) {
+            int p = dt_precision_parse(v);
+            if (p < 0) {
+                fprintf(stderr, "deltatune generate: --precision %s: use auto, "
+                        "fp32, tf32 or bf16\n", v);
+                return 2;
+            }
+            gprec = (dt_precision)p;
+        }
         else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
         else if (!strcmp(a, "--seed")) seed = atoi(v);
@@ -536,7 +571,9 @@ int dt_cmd_generate(int argc, char **argv)
     }
     if (w.cfg.arch == DT_ARCH_GPT2 && ctx > w.cfg.max_pos)
         ctx = w.cfg.max_pos;
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0};
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f};
+    if (dt_precision_resolve(gprec, be, &lo.precision, err))
+        goto done;
     if (dt_model_new(be, &w, &lo, 1, ctx < 256 ? ctx : 256, 0, &m, err) ||
         dt_decoder_new(m, ctx, &d, err))
         goto done;

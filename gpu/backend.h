@@ -235,6 +235,21 @@ typedef struct dt_backend_i {
                               float *out, float *mean, float *rstd,
                               const float *x, const float *y, const float *w,
                               const float *b, int N, int C, float eps, int rms);
+    /* ---- bf16 mixed precision (gpu/model_pass.c, --precision bf16) ------- */
+    /* C(M,N) = alpha * op(bf16(A)) * op(W) + beta * C with W a bf16 matrix
+     * (uint16_t bit patterns, row-major, leading dimension ldw) and A fp32,
+     * rounded to bf16 (round to nearest even, dt_f32_to_bf16) before the
+     * product; products and sums in fp32. The CUDA backend converts A into
+     * a scratch buffer and calls cublasGemmEx (CUDA_R_16BF inputs,
+     * CUBLAS_COMPUTE_32F); the CPU backend rounds both to fp32 copies and
+     * calls sgemm, so the two agree to fp32 summation order. */
+    void (*gemm_bf16w)(dt_backend *be, int ta, int tw, int M, int N, int K,
+                       float alpha, const float *A, int lda, const uint16_t *W,
+                       int ldw, float beta, float *C, int ldc);
+    /* The math mode of the fp32 GEMMs: tf32 = 1 lets the CUDA backend use
+     * TF32 tensor cores (--precision tf32); the CPU backend has none and
+     * ignores it. */
+    void (*set_tf32)(dt_backend *be, int tf32);
 } dt_backend_i;
 
 struct dt_backend {
@@ -246,6 +261,8 @@ struct dt_backend {
      * free, context and workspaces included) after each allocation. */
     size_t live_bytes, peak_bytes;
     size_t total_bytes; /* CUDA: the device's memory (0: unknown, CPU) */
+    int bf16_fast;      /* 1: the device has bf16 tensor cores (CUDA compute
+                           capability >= 8.0): --precision defaults to bf16 */
 };
 
 /* Creates the backend named by `device`: "cpu", "cuda", "cuda:N" or "auto"
@@ -271,5 +288,9 @@ dt_backend *dt_backend_cpu_new(int threads, char *err);
  * nvcc. */
 dt_backend *dt_backend_cuda_new(int device, char *err);
 int dt_backend_cuda_available(void);
+/* 1 when CUDA device `device` has bf16 tensor cores (compute capability >=
+ * 8.0), as dt_backend.bf16_fast says once created; 0 otherwise or without
+ * CUDA. For the memory estimate, before any backend exists. */
+int dt_backend_cuda_bf16(int device);
 
 #endif

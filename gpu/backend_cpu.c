@@ -12,6 +12,7 @@
 #include "backend.h"
 #include "base/dt.h"
 #include "dt_math.h"
+#include "half.h"
 
 #include <cblas.h>
 #include <malloc.h>
@@ -146,6 +147,45 @@ static void cpu_gemm(dt_backend *be, int ta, int tb, int M, int N, int K,
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
                 beta, C, ldc);
+}
+
+/* gemm_bf16w on the CPU: the oracle of the CUDA backend's bf16 path. Both
+ * operands are rounded to bf16 into fp32 copies (A with dt_f32_to_bf16, the
+ * rounding the CUDA conversion kernel does) and multiplied by sgemm. */
+static void cpu_gemm_bf16w(dt_backend *be, int ta, int tw, int M, int N,
+                           int K, float alpha, const float *A, int lda,
+                           const uint16_t *W, int ldw, float beta, float *C,
+                           int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    long arows = ta ? K : M, wrows = tw ? N : K;
+    size_t na = (size_t)arows * lda, nw = (size_t)wrows * ldw;
+    float *a = malloc(na * sizeof(float)), *w = malloc(nw * sizeof(float));
+    if (!a || !w) {
+        free(a);
+        free(w);
+        char msg[128];
+        snprintf(msg, sizeof msg, "gemm_bf16w: out of memory for %zu bytes "
+                 "of scratch", (na + nw) * sizeof(float));
+        cpu__fail(be, DT_ENOMEM, msg);
+        return;
+    }
+#pragma omp parallel for if (na > 65536)
+    for (long i = 0; i < (long)na; i++)
+        a[i] = dt_bf16_to_f32(dt_f32_to_bf16(A[i]));
+#pragma omp parallel for if (nw > 65536)
+    for (long i = 0; i < (long)nw; i++)
+        w[i] = dt_bf16_to_f32(W[i]);
+    cpu_gemm(be, ta, tw, M, N, K, alpha, a, lda, w, ldw, beta, C, ldc);
+    free(a);
+    free(w);
+}
+
+static void cpu_set_tf32(dt_backend *be, int tf32)
+{
+    (void)be;
+    (void)tf32;
 }
 
 static void cpu_gemm_batched(dt_backend *be, int ta, int tb, int M, int N,
@@ -1065,6 +1105,8 @@ static const dt_backend_i cpu_iface = {
     /* .scatter_rows  = */ cpu_scatter_rows,
     /* .bias_gelu_fwd = */ cpu_bias_gelu_fwd,
     /* .residual_norm_fwd = */ cpu_residual_norm_fwd,
+    /* .gemm_bf16w    = */ cpu_gemm_bf16w,
+    /* .set_tf32      = */ cpu_set_tf32,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

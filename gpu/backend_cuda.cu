@@ -22,8 +22,12 @@
  * id on the host (stable; the caller passes the host's ids) and adds them in
  * token order; attention sums the
  * query heads of a kv group inside one GEMM (K = rep*T). Results are bitwise
- * repeatable on one device. TF32 is used only when DT_TF32=1. */
+ * repeatable on one device. The fp32 GEMMs use TF32 only when asked
+ * (set_tf32: --precision tf32, or DT_TF32=1 from creation on, its alias);
+ * bf16 GEMMs (gemm_bf16w) accumulate in fp32. */
 #include "cuda_internal.cuh"
+
+#include <cuda_bf16.h>
 
 extern "C" size_t dt_backend_cuda_oom_bytes(dt_backend *be);
 
@@ -340,6 +344,12 @@ static __global__ void k_rope(float *x, const float *cs, int T, int H, int D,
 static __global__ void k_add_bias(float *y, const float *bias, int C, long n)
 {
     GRID_STRIDE(i, n) y[i] += bias[i % C];
+}
+
+/* y = bf16(x), round to nearest even (as dt_f32_to_bf16 on the host). */
+static __global__ void k_to_bf16(__nv_bfloat16 *y, const float *x, long n)
+{
+    GRID_STRIDE(i, n) y[i] = __float2bfloat16(x[i]);
 }
 
 static __global__ void k_axpy(long n, float a, const float *x, float *y)
@@ -883,6 +893,44 @@ static void cuda_bias_bwd(dt_backend *be, float *dbias, const float *dy, int N,
     colsum(ctx_of(be), dbias, dy, NULL, NULL, NULL, N, C, 0);
 }
 
+/* gemm_bf16w (backend.h): A rounded to bf16 into a scratch buffer kept by
+ * the context (grown, never shrunk), then one cublasGemmEx with bf16 inputs
+ * and fp32 accumulation and output, operands swapped as in gemm_rm. */
+static void cuda_gemm_bf16w(dt_backend *be, int ta, int tw, int M, int N,
+                            int K, float alpha, const float *A, int lda,
+                            const uint16_t *W, int ldw, float beta, float *C,
+                            int ldc)
+{
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || M <= 0 || N <= 0)
+        return;
+    long na = (long)(ta ? K : M) * lda;
+    size_t bytes = (size_t)na * sizeof(__nv_bfloat16);
+    if (bytes > c->bf16_ws_bytes) {
+        if (c->bf16_ws)
+            CU(c, cudaFree(c->bf16_ws));
+        c->bf16_ws = NULL;
+        c->bf16_ws_bytes = 0;
+        if (dev_malloc(c, &c->bf16_ws, bytes) != 0)
+            return;
+        c->bf16_ws_bytes = bytes;
+    }
+    __nv_bfloat16 *a = (__nv_bfloat16 *)c->bf16_ws;
+    EW_LAUNCH(c, na, k_to_bf16, a, A, na);
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opw = tw ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS(c, cublasGemmEx(c->blas, opw, opa, N, M, K, &alpha, W, CUDA_R_16BF,
+                           ldw, a, CUDA_R_16BF, lda, &beta, C, CUDA_R_32F, ldc,
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void cuda_set_tf32(dt_backend *be, int tf32)
+{
+    cuda_ctx *c = ctx_of(be);
+    CUBLAS(c, cublasSetMathMode(c->blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                              : CUBLAS_DEFAULT_MATH));
+}
+
 static void cuda_axpy(dt_backend *be, long n, float a, const float *x, float *y)
 {
     EW_LAUNCH(ctx_of(be), n, k_axpy, n, a, x, y);
@@ -988,6 +1036,7 @@ static void cuda_destroy(dt_backend *be)
         cudaFree(c->ws);
         cudaFree(c->red);
         cudaFree(c->rope);
+        cudaFree(c->bf16_ws);
         cudaFree(c->opt_dev);
         free(c->opt_host);
         if (c->blas)
@@ -1157,6 +1206,8 @@ static const dt_backend_i cuda_iface = {
     /* .scatter_rows = */ cuda_scatter_rows,
     /* .bias_gelu_fwd = */ cuda_bias_gelu_fwd,
     /* .residual_norm_fwd = */ cuda_residual_norm_fwd,
+    /* .gemm_bf16w = */ cuda_gemm_bf16w,
+    /* .set_tf32 = */ cuda_set_tf32,
 };
 
 extern "C" int dt_backend_cuda_available(void)
@@ -1167,6 +1218,18 @@ extern "C" int dt_backend_cuda_available(void)
         return 0;
     }
     return n > 0;
+}
+
+extern "C" int dt_backend_cuda_bf16(int device)
+{
+    int major = 0;
+    if (!dt_backend_cuda_available() ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                               device) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return major >= 8;
 }
 
 /* Size in bytes of the last alloc() that returned NULL (0 if none). */
@@ -1215,6 +1278,12 @@ extern "C" dt_backend *dt_backend_cuda_new(int device, char *err)
         size_t fr = 0, tot = 0;
         if (cudaMemGetInfo(&fr, &tot) == cudaSuccess)
             be->total_bytes = tot;
+        int major = 0;
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor,
+                                   device) == cudaSuccess)
+            be->bf16_fast = major >= 8;
+        else
+            (void)cudaGetLastError();
     }
     if (c->err) {
         dt_errf(err, DT_EDEVICE, "CUDA device %d unavailable: %s", device,

@@ -39,6 +39,8 @@ typedef struct cuda_ctx {
     int opt_count, opt_cap;
     int *hbuf;               /* host scratch for embedding_bwd */
     size_t hbuf_n;           /* ints in hbuf */
+    void *bf16_ws;           /* gemm_bf16w: the fp32 operand in bf16 (device) */
+    size_t bf16_ws_bytes;
 } cuda_ctx;
 
 #define CUDA_RED_BLOCKS 1024 /* fixed, so sums do not depend on the device */

@@ -60,6 +60,12 @@ int dt_mem_model_read(const char *path, dt_mem_model *m, char *err);
 /* The job's peak memory (bytes). DT_EINVAL on impossible settings. */
 int dt_mem_estimate_job(const dt_mem_model *m, const dt_mem_job *j, dt_mem_estimate *e,
                     char *err);
+/* The same with the precision: bf16 = 1 counts --precision bf16 (the frozen
+ * linear weights at 2 bytes for lora and delta_lora, Delta-LoRA's low-rank
+ * form without the concatenated factors, the bf16 GEMMs' scratch);
+ * dt_mem_estimate_job is bf16 = 0 (fp32, an upper bound). */
+int dt_mem_estimate_job_prec(const dt_mem_model *m, const dt_mem_job *j, int bf16,
+                             dt_mem_estimate *e, char *err);
 /* This process's resident memory (VmRSS) and the machine's MemAvailable,
  * in bytes; 0 when unknown. */
 long long dt_mem_self_rss(void);

@@ -221,8 +221,24 @@ static long long weight_floats(const dt_mem_model *c)
     return n;
 }
 
+/* The linear layers' weights (what bf16 stores at 2 bytes). */
+static long long linear_floats(const dt_mem_model *c)
+{
+    long long C = c->d_model, F = c->d_ff, L = c->n_layer;
+    long long Q = (long long)c->n_head * c->head_dim, K = (long long)c->n_kv_head * c->head_dim;
+    if (!c->llama)
+        return L * (3 * C * C + C * C + F * C + C * F);
+    return L * (Q * C + 2 * K * C + C * Q + 3 * F * C);
+}
+
 int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estimate *e,
                     char *err)
+{
+    return dt_mem_estimate_job_prec(c, j, 0, e, err);
+}
+
+int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf16,
+                             dt_mem_estimate *e, char *err)
 {
     memset(e, 0, sizeof *e);
     if (j->batch < 1 || j->seq_len < 1)
@@ -238,6 +254,10 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
     long long qd = (long long)c->n_head * c->head_dim, kd = (long long)c->n_kv_head * c->head_dim;
     long long r = j->method ? j->rank : 0;
     long long W = weight_floats(c);
+    /* bf16 (not for full): the frozen linear weights at 2 bytes; Wd is the
+     * device's weights in floats, W stays the fp32 model (export). */
+    int half = bf16 && j->method != 0;
+    long long Wd = half ? W - linear_floats(c) / 2 : W;
 
     /* trainable tensors: p (LoRA factors; full: the weights themselves),
      * g, m, v; Delta-LoRA's catA/catB (2r rows/columns) and A_K/B_K (r);
@@ -278,6 +298,10 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
         }
         if (j->method != 2)
             cat = moved = 0;
+        if (half && j->method == 2) { /* the low-rank form: no catA/catB */
+            cat /= 3;                 /* (2r), A_K/B_K (r) stay; no W in */
+            moved = 0;                /* checkpoints */
+        }
     }
     /* + the squared gradient norm: one double, 2 floats (model.c) */
     long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2;
@@ -306,7 +330,13 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
         long long blk = T < 256 ? T : 256;
         work = 2 * blk * T * nt + T * D;
     }
-    long long train = W + trainable + acts + work;
+    if (half) { /* gemm_bf16w's scratch: the widest input in bf16 (CUDA);
+                 * fp32 copies of the input and the weight (CPU) */
+        long long win = F > C ? F : C;
+        win = qd > win ? qd : win;
+        work += j->cuda ? N * win / 2 : N * win + win * (F > C ? F : 3 * C);
+    }
+    long long train = Wd + trainable + acts + work;
     long long peak = train;
     if (!j->cuda) {
         /* Host phases (CPU: the same memory). The batch's host ids/targets,
@@ -318,7 +348,7 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
         long long host = 2 * B * j->seq_len + 3 * N + (j->runtime_bytes ? 0 : 2 * j->data_tokens) +
                          DT_MEM_CPU_THREAD_BUFS / 4;
         long long ckpt = train + 3 * ptrain + moved;
-        long long exp = W + trainable + W;
+        long long exp = Wd + trainable + W;
         train += host;
         peak = train;
         if (ckpt + host > peak)
@@ -326,10 +356,10 @@ int dt_mem_estimate_job(const dt_mem_model *c, const dt_mem_job *j, dt_mem_estim
         if (exp > peak)
             peak = exp;
     }
-    e->weights = 4 * W;
+    e->weights = 4 * Wd;
     e->trainable = 4 * trainable;
     e->activations = 4 * acts;
-    e->workspace = 4 * (peak - W - trainable - acts);
+    e->workspace = 4 * (peak - Wd - trainable - acts);
     e->runtime = j->cuda ? 0 : j->runtime_bytes;
     e->total = e->weights + e->trainable + e->activations + e->workspace + e->runtime;
     return 0;

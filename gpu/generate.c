@@ -110,8 +110,12 @@ static void lin(dt_decoder *d, dt_linear *L, const float *x, float *y, int N,
                 int acc)
 {
     dt_model *m = d->m;
-    OPS.gemm(d->be, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in,
-             acc ? 1.0f : 0.0f, y, L->out);
+    if (L->Wh) /* --precision bf16: the frozen weight in bf16 */
+        OPS.gemm_bf16w(d->be, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->Wh,
+                       L->in, acc ? 1.0f : 0.0f, y, L->out);
+    else
+        OPS.gemm(d->be, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in,
+                 acc ? 1.0f : 0.0f, y, L->out);
     if (L->b)
         OPS.add_bias(d->be, y, L->b, N, L->out);
     int r = m->lo.rank;

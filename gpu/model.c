@@ -15,6 +15,7 @@
 
 #include "base/dt.h"
 #include "base/random.h"
+#include "half.h"
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -84,6 +85,56 @@ static float *upload_w(dt_model *m, const char *name, long n, int *fail,
         t->data = NULL;
     }
     add_named(m, name, p, n);
+    return p;
+}
+
+/* Uploads the canonical host tensor `name` (numel n) as bf16 (round to
+ * nearest even) for a frozen linear weight in bf16 mode: converted in
+ * chunks of 1 M elements, so no second full host copy exists, and not
+ * registered as a named fp32 tensor (checkpoints skip it; export reads the
+ * fp32 base again). */
+static uint16_t *upload_w_bf16(dt_model *m, const char *name, long n,
+                               int *fail, char *err)
+{
+    dt_tensor *t = dt_tensorset_find(&m->w->ts, name);
+    if (!t || t->numel != n || !t->data) {
+        if (!*fail)
+            dt_errf(err, DT_EFORMAT, "tensor %s missing or not %ld elements",
+                    name, n);
+        *fail = 1;
+        return NULL;
+    }
+    if (*fail)
+        return NULL;
+    size_t bytes = (size_t)n * sizeof(uint16_t);
+    uint16_t *p = m->be->i.alloc(m->be, bytes);
+    enum { CHUNK = 1 << 20 };
+    uint16_t *h = p ? malloc(CHUNK * sizeof *h) : NULL;
+    if (!p || !h) {
+        m->be->i.free(m->be, p);
+        free(h);
+        *fail = 1;
+        m->fail_bytes = bytes;
+        return NULL;
+    }
+    m->taken_bytes += bytes;
+    for (long i0 = 0; i0 < n; i0 += CHUNK) {
+        long k = n - i0 < CHUNK ? n - i0 : CHUNK;
+        for (long i = 0; i < k; i++)
+            h[i] = dt_f32_to_bf16(t->data[i0 + i]);
+        m->be->i.upload(m->be, p + i0, h, (size_t)k * sizeof *h);
+        /* upload() may be asynchronous: the next chunk reuses h */
+        char why[DT_ERR_LEN];
+        if (m->be->i.sync(m->be, why)) {
+            *fail = 1;
+            break;
+        }
+    }
+    free(h);
+    if (m->w->release_on_upload) {
+        free(t->data);
+        t->data = NULL;
+    }
     return p;
 }
 
@@ -231,8 +282,10 @@ static int add_lora(dt_model *m, int layer, int lin, int off, int rows,
     add_named(m, name, B, (long)rows * r);
     a->u = dalloc(m, (size_t)m->N * r, fail);
     if (m->lo.method == DT_DELTA_LORA) {
-        a->catA = dalloc(m, (size_t)2 * r * in, fail);
-        a->catB = dalloc(m, (size_t)rows * 2 * r, fail);
+        if (!m->lowrank) { /* the explicit W update's concatenations */
+            a->catA = dalloc(m, (size_t)2 * r * in, fail);
+            a->catB = dalloc(m, (size_t)rows * 2 * r, fail);
+        }
         snprintf(name, sizeof name, "lora.%d.%s.A_K", layer, tname);
         a->AK = dalloc(m, (size_t)r * in, fail);
         if (a->AK)
@@ -254,7 +307,14 @@ static void linear(dt_model *m, dt_linear *L, const char *wname,
 {
     L->out = out;
     L->in = in;
-    L->W = weight(m, wname, out, in, &L->pW, fail, err);
+    snprintf(L->wname, sizeof L->wname, "%s", wname);
+    L->W = NULL;
+    L->Wh = NULL;
+    L->pW = NULL;
+    if (m->bf16 && m->lo.method != DT_FULL)
+        L->Wh = upload_w_bf16(m, wname, (long)out * in, fail, err);
+    else
+        L->W = weight(m, wname, out, in, &L->pW, fail, err);
     L->b = bname ? opt_weight(m, bname, out, &L->pb, fail, err) : NULL;
 }
 
@@ -412,6 +472,11 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     m->c = *c;
     m->lo = *lo;
     m->s = lo->method == DT_FULL ? 0.0f : lo->alpha / (float)lo->rank;
+    m->bf16 = lo->precision == DT_PREC_BF16 && lo->method != DT_FULL;
+    m->lowrank = lo->method == DT_DELTA_LORA &&
+                 (lo->delta_lowrank || lo->precision == DT_PREC_BF16);
+    if (be->i.set_tf32)
+        be->i.set_tf32(be, lo->precision == DT_PREC_TF32);
     m->B = B;
     m->T = T;
     m->N = B * T;
@@ -526,6 +591,9 @@ void dt_model_free(dt_model *m)
         be->i.free(be, m->loras[i].catA);
         be->i.free(be, m->loras[i].catB);
     }
+    for (int l = 0; m->L && l < m->c.n_layer; l++)
+        for (int j = 0; j < m->L[l].nlin; j++)
+            be->i.free(be, m->L[l].lin[j].Wh);
     dt_model_release_activations(m);
     be->i.free(be, m->gnorm2);
     free(m->opt);
@@ -547,6 +615,41 @@ void dt_weights_release_data(dt_weights *w)
 }
 
 const dt_config *dt_model_config(const dt_model *m) { return &m->c; }
+int dt_model_delta_lowrank(const dt_model *m) { return m->lowrank; }
+int dt_model_bf16(const dt_model *m) { return m->bf16; }
+void dt_model_delta_set_moved(dt_model *m, int moved) { m->moved = moved; }
+
+int dt_precision_parse(const char *s)
+{
+    static const char *names[] = {"auto", "fp32", "tf32", "bf16"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+int dt_precision_resolve(dt_precision p, const dt_backend *be,
+                         dt_precision *out, char *err)
+{
+    if (p == DT_PREC_AUTO) {
+        const char *tf32 = getenv("DT_TF32");
+        if (tf32 && !strcmp(tf32, "1") && strcmp(be->i.name, "cpu"))
+            p = DT_PREC_TF32;
+        else
+            p = be->bf16_fast ? DT_PREC_BF16 : DT_PREC_FP32;
+    }
+    if (p == DT_PREC_TF32 && !strcmp(be->i.name, "cpu"))
+        return dt_errf(err, DT_EINVAL, "--precision tf32 needs a CUDA device "
+                       "(the CPU backend computes in fp32 or bf16)");
+    *out = p;
+    return 0;
+}
+
+const char *dt_precision_name(dt_precision p)
+{
+    static const char *names[] = {"auto", "fp32", "tf32", "bf16"};
+    return (unsigned)p < 4 ? names[p] : "?";
+}
 dt_backend *dt_model_backend(const dt_model *m) { return m->be; }
 float dt_model_lora_scale(const dt_model *m) { return m->s; }
 

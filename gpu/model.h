@@ -82,12 +82,38 @@ enum {
 int dt_parse_targets(const char *list, dt_arch arch, unsigned *mask,
                      char *err);
 
+/* Precision of the linear layers' GEMMs (--precision). AUTO resolves to
+ * BF16 on a CUDA device with bf16 tensor cores (compute capability >= 8.0)
+ * and FP32 elsewhere (dt_precision_resolve). */
+typedef enum {
+    DT_PREC_AUTO = 0, DT_PREC_FP32, DT_PREC_TF32, DT_PREC_BF16
+} dt_precision;
+
 typedef struct dt_lora_opts {
     dt_method method;
     int rank;          /* r */
     float alpha;       /* scaling s = alpha / r */
     unsigned targets;  /* DT_T_* bits */
+    /* BF16: the frozen linear weights (every layer's W except for `full`)
+     * live on the device in bf16 and their GEMMs are gemm_bf16w; TF32: the
+     * fp32 GEMMs may use TF32; AUTO / FP32: fp32. */
+    dt_precision precision;
+    /* Delta-LoRA: 1 keeps W at W_0 and applies λ·s·(B·A − B_K·A_K) as two
+     * low-rank terms of the forward pass (docs/DELTA-LORA.md); forced on in
+     * bf16 (a bf16 W would round the update away). 0: W += the update. */
+    int delta_lowrank;
+    float lambda;      /* Delta-LoRA λ, for the low-rank form */
 } dt_lora_opts;
+
+/* "fp32", "tf32", "bf16" or "auto" to dt_precision; -1 if none. */
+int dt_precision_parse(const char *s);
+const char *dt_precision_name(dt_precision p);
+/* AUTO on backend be: TF32 when the environment has DT_TF32=1 (the old
+ * switch, kept as an alias of --precision tf32), BF16 when be->bf16_fast,
+ * else FP32. Other values are checked: TF32 on the CPU backend is
+ * DT_EINVAL (it has no TF32). Writes the resolved value to *out. */
+int dt_precision_resolve(dt_precision p, const dt_backend *be,
+                         dt_precision *out, char *err);
 
 /* One trainable tensor with its gradient and AdamW moments (device). */
 typedef struct dt_param {
@@ -187,9 +213,21 @@ void dt_model_delta_apply(dt_model *m, float lambda);
 /* Copies A, B into A_K, B_K (named "lora.<l>.<t>.A_K"/".B_K", kept in
  * checkpoints): called right before W first moves. */
 void dt_model_delta_keep(dt_model *m);
+/* The low-rank form (dt_lora_opts.delta_lowrank): 1 when W has started
+ * moving (A_K, B_K hold the kept factors): set by dt_model_delta_keep, and
+ * by the caller after resuming from a checkpoint past step K. */
+void dt_model_delta_set_moved(dt_model *m, int moved);
+/* 1 when the model applies Delta-LoRA in the low-rank form; 1 when frozen
+ * weights are bf16 on the device (dt_model_merged then needs the fp32 base
+ * weights on the host: reload them into the model's dt_weights). */
+int dt_model_delta_lowrank(const dt_model *m);
+int dt_model_bf16(const dt_model *m);
 
-/* Downloads the merged weights (W + s·B·A for every adapter) into a new
- * host tensorset with canonical names. */
+/* Downloads the merged weights (W + s·B·A for every adapter; in the
+ * low-rank Delta-LoRA form W_0 + s(1+λ)·B·A − λs·B_K·A_K, in fp32) into a
+ * new host tensorset with canonical names. bf16 frozen weights are taken
+ * from the model's dt_weights (fp32, as loaded): DT_EINVAL when their data
+ * was released. */
 int dt_model_merged(dt_model *m, dt_tensorset *out, char *err);
 /* Downloads / uploads one device tensor by canonical name (weights and
  * LoRA factors), for checkpoints. */

@@ -15,7 +15,10 @@ enum { G_QKV = 0, G_O = 1, G_FC = 2, G_PROJ = 3 };                  /* GPT-2 */
 enum { L_Q = 0, L_K = 1, L_V = 2, L_O = 3, L_GATE = 4, L_UP = 5, L_DOWN = 6 }; /* Llama */
 
 typedef struct dt_linear {
-    float *W, *b;          /* (out, in), (out) or NULL; device */
+    float *W, *b;          /* (out, in), (out) or NULL; device. W is NULL
+                              when the weight is frozen in bf16 (Wh) */
+    uint16_t *Wh;          /* (out, in) bf16 bit patterns, device, or NULL */
+    char wname[128];       /* canonical name of W */
     dt_param *pW, *pb;     /* full fine-tuning: trainable params, else NULL */
     int out, in;
     dt_lora *lora[MAX_SLICES];
@@ -44,6 +47,9 @@ struct dt_model {
     dt_config c;
     dt_lora_opts lo;
     float s;               /* alpha / r */
+    int bf16;              /* frozen linear weights are bf16 (L->Wh) */
+    int lowrank;           /* Delta-LoRA in the low-rank form (no W write) */
+    int moved;             /* low-rank form: A_K, B_K are in use */
     int B, T, N;           /* allocated batch, sequence, B*T */
     int qdim, kvdim;       /* NH*D, NKV*D */
     float rope_key;        /* the ops' theta: dt_rope_key(config's RoPE) */

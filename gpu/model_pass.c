@@ -41,43 +41,77 @@ static const float *lora_input(dt_model *m, dt_linear *L, const float *x, int N)
     return m->xd;
 }
 
+/* y(N,out) = beta*y + x(N,in)·op(W), W (out,in): the bf16 weight through
+ * gemm_bf16w when the layer has one, else the fp32 GEMM. tw = 1: x·Wᵀ
+ * (forward), 0: dy·W (backward, x = dy). */
+static void lin_w(dt_model *m, dt_linear *L, int tw, const float *x, float *y,
+                  int N, float beta)
+{
+    int M = tw ? L->out : L->in, K = tw ? L->in : L->out;
+    if (L->Wh)
+        OPS.gemm_bf16w(m->be, 0, tw, N, M, K, 1.0f, x, K, L->Wh, L->in, beta,
+                       y, M);
+    else
+        OPS.gemm(m->be, 0, tw, N, M, K, 1.0f, x, K, L->W, L->in, beta, y, M);
+}
+
+/* The adapter's scale in the forward pass: s, or s·(1+λ) in the low-rank
+ * Delta-LoRA form once W has moved. */
+static float lora_fwd_scale(const dt_model *m)
+{
+    return m->lowrank && m->moved ? m->s * (1.0f + m->lo.lambda) : m->s;
+}
+
 /* y(N,out) = acc*y + x(N,in)·Wᵀ + b, plus s·(x̃·Aᵀ)·Bᵀ on each adapter's rows,
  * x̃ = x or its LoRA dropout. Saves u = x̃·Aᵀ per adapter for the backward
- * pass. */
+ * pass. In the low-rank Delta-LoRA form, once W has moved, W stays W_0 and
+ * the layer computes what the explicit update would give,
+ *   W_t = W_0 + λs·(B·A − B_K·A_K):
+ *   y = x·W_0ᵀ + s(1+λ)·(x·Aᵀ)·Bᵀ − λs·(x·A_Kᵀ)·B_Kᵀ,
+ * the last term through m->du (free in the forward pass). */
 static void lin_fwd(dt_model *m, dt_linear *L, const float *x, float *y, int N,
                     int acc)
 {
     dt_backend *be = m->be;
-    OPS.gemm(be, 0, 1, N, L->out, L->in, 1.0f, x, L->in, L->W, L->in,
-             acc ? 1.0f : 0.0f, y, L->out);
+    lin_w(m, L, 1, x, y, N, acc ? 1.0f : 0.0f);
     if (L->b)
         OPS.add_bias(be, y, L->b, N, L->out);
     int r = m->lo.rank;
+    float sf = lora_fwd_scale(m);
     const float *xa = lora_input(m, L, x, N);
     for (int i = 0; i < L->nlora; i++) {
         dt_lora *a = L->lora[i];
         OPS.gemm(be, 0, 1, N, r, L->in, 1.0f, xa, L->in, a->A->p, L->in, 0.0f,
                  a->u, r);
-        OPS.gemm(be, 0, 1, N, a->rows, r, m->s, a->u, r, a->B->p, r, 1.0f,
+        OPS.gemm(be, 0, 1, N, a->rows, r, sf, a->u, r, a->B->p, r, 1.0f,
                  y + a->row_off, L->out);
+        if (m->lowrank && m->moved) {
+            OPS.gemm(be, 0, 1, N, r, L->in, 1.0f, x, L->in, a->AK, L->in,
+                     0.0f, m->du, r);
+            OPS.gemm(be, 0, 1, N, a->rows, r, -m->lo.lambda * m->s, m->du, r,
+                     a->BK, r, 1.0f, y + a->row_off, L->out);
+        }
     }
 }
 
 /* Backward of lin_fwd given dy(N,out) and its input x(N,in):
- * dx = acc*dx + dy·W (+ adapters), and gradients of trainable tensors. */
+ * dx = acc*dx + dy·W (+ adapters), and gradients of trainable tensors.
+ * The low-rank Delta-LoRA form: A and B get the gradient of the s-term only
+ * (the paper's W has none), dx that of all three terms. */
 static void lin_bwd(dt_model *m, dt_linear *L, const float *dy, const float *x,
                     float *dx, int N, int acc)
 {
     dt_backend *be = m->be;
     int r = m->lo.rank;
     if (dx)
-        OPS.gemm(be, 0, 0, N, L->in, L->out, 1.0f, dy, L->out, L->W, L->in,
-                 acc ? 1.0f : 0.0f, dx, L->in);
+        lin_w(m, L, 0, dy, dx, N, acc ? 1.0f : 0.0f);
     if (L->pW)
         OPS.gemm(be, 1, 0, L->out, L->in, N, 1.0f, dy, L->out, x, L->in, 1.0f,
                  L->pW->g, L->in);
     if (L->pb)
         OPS.bias_bwd(be, L->pb->g, dy, N, L->out);
+    int low = m->lowrank && m->moved;
+    float dxs = low ? 1.0f + m->lo.lambda : 1.0f;
     /* With LoRA dropout the branch saw x̃ = Z∘x: dA takes x̃ and the
      * branch's dx is Z∘(Σ du·A), summed in m->xd2 and masked once. */
     const float *xa = lora_input(m, L, x, N);
@@ -85,6 +119,12 @@ static void lin_bwd(dt_model *m, dt_linear *L, const float *dy, const float *x,
     for (int i = 0; i < L->nlora; i++) {
         dt_lora *a = L->lora[i];
         const float *dys = dy + a->row_off;
+        if (dx && low) { /* dx -= λs·(dys·B_K)·A_K */
+            OPS.gemm(be, 0, 0, N, r, a->rows, -m->lo.lambda * m->s, dys,
+                     L->out, a->BK, r, 0.0f, m->du, r);
+            OPS.gemm(be, 0, 0, N, L->in, r, 1.0f, m->du, r, a->AK, L->in,
+                     1.0f, dx, L->in);
+        }
         /* dB(rows,r) += s·dysᵀ·u ; du(N,r) = s·dys·B ; dA(r,in) += duᵀ·x̃ */
         OPS.gemm(be, 1, 0, a->rows, r, N, m->s, dys, L->out, a->u, r, 1.0f,
                  a->B->g, r);
@@ -93,7 +133,7 @@ static void lin_bwd(dt_model *m, dt_linear *L, const float *dy, const float *x,
         OPS.gemm(be, 1, 0, r, L->in, N, 1.0f, m->du, r, xa, L->in, 1.0f,
                  a->A->g, L->in);
         if (dx && !dropped)
-            OPS.gemm(be, 0, 0, N, L->in, r, 1.0f, m->du, r, a->A->p, L->in,
+            OPS.gemm(be, 0, 0, N, L->in, r, dxs, m->du, r, a->A->p, L->in,
                      1.0f, dx, L->in);
         else if (dx)
             OPS.gemm(be, 0, 0, N, L->in, r, 1.0f, m->du, r, a->A->p, L->in,
@@ -551,6 +591,8 @@ void dt_model_eval_mode(dt_model *m) { m->train = 0; }
 void dt_model_delta_snapshot(dt_model *m)
 {
     int r = m->lo.rank;
+    if (m->lowrank) /* nothing to snapshot: W is never written */
+        return;
     for (int i = 0; i < m->nloras; i++) {
         dt_lora *a = &m->loras[i];
         /* catA rows r..2r = A_old ; catB columns r..2r = -B_old */
@@ -568,11 +610,17 @@ void dt_model_delta_keep(dt_model *m)
         OPS.copy2d(m->be, a->AK, a->in, a->A->p, a->in, r, a->in, 1.0f);
         OPS.copy2d(m->be, a->BK, r, a->B->p, r, a->rows, r, 1.0f);
     }
+    m->moved = 1;
 }
 
 void dt_model_delta_apply(dt_model *m, float lambda)
 {
     int r = m->lo.rank;
+    if (m->lowrank) { /* the forward pass applies λ·s·(B·A − B_K·A_K) */
+        m->lo.lambda = lambda;
+        m->moved = 1;
+        return;
+    }
     for (int i = 0; i < m->nloras; i++) {
         dt_lora *a = &m->loras[i];
         dt_linear *L = &m->L[a->layer].lin[a->lin];
@@ -584,6 +632,32 @@ void dt_model_delta_apply(dt_model *m, float lambda)
                  2 * r, a->catA, a->in, 1.0f, L->W + (size_t)a->row_off * a->in,
                  a->in);
     }
+}
+
+/* The bf16 frozen weights' fp32 bases into `out`, taken over from the
+ * model's dt_weights (their data is NULL afterwards; the caller reloads them
+ * when they were released after upload). */
+static int merged_bf16_bases(dt_model *m, dt_tensorset *out, char *err)
+{
+    for (int l = 0; l < m->c.n_layer; l++) {
+        for (int j = 0; j < m->L[l].nlin; j++) {
+            dt_linear *L = &m->L[l].lin[j];
+            if (!L->Wh)
+                continue;
+            dt_tensor *src = dt_tensorset_find(&m->w->ts, L->wname);
+            if (!src || !src->data)
+                return dt_errf(err, DT_EINVAL, "exporting %s: the fp32 base "
+                               "weights were released after upload (reload "
+                               "the model's weights first)", L->wname);
+            float *h = src->data; /* taken over: one host copy at a time */
+            src->data = NULL;
+            int rc = dt_tensorset_add(out, L->wname, src->ndim, src->shape, h,
+                                      src->src_dtype, err);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
 }
 
 int dt_model_merged(dt_model *m, dt_tensorset *out, char *err)
@@ -609,32 +683,56 @@ int dt_model_merged(dt_model *m, dt_tensorset *out, char *err)
             return rc;
         }
     }
+    int rc0;
+    if (m->bf16 && (rc0 = merged_bf16_bases(m, out, err))) {
+        dt_tensorset_free(out);
+        return rc0;
+    }
     int r = m->lo.rank;
+    int low = m->lowrank && m->moved;
     for (int i = 0; i < m->nloras; i++) {
         dt_lora *a = &m->loras[i];
         dt_tensor *W = dt_tensorset_find(out, a->wname);
-        float *A = malloc((size_t)r * a->in * sizeof(float));
-        float *B = malloc((size_t)a->rows * r * sizeof(float));
-        if (!W || !A || !B) {
+        size_t na = (size_t)r * a->in, nb = (size_t)a->rows * r;
+        float *A = malloc(na * sizeof(float)), *B = malloc(nb * sizeof(float));
+        float *AK = low ? malloc(na * sizeof(float)) : NULL;
+        float *BK = low ? malloc(nb * sizeof(float)) : NULL;
+        if (!W || !A || !B || (low && (!AK || !BK))) {
             free(A);
             free(B);
+            free(AK);
+            free(BK);
             dt_tensorset_free(out);
             return dt_errf(err, DT_ENOMEM, "out of memory merging %s", a->wname);
         }
-        OPS.download(be, A, a->A->p, (size_t)r * a->in * sizeof(float));
-        OPS.download(be, B, a->B->p, (size_t)a->rows * r * sizeof(float));
-        /* W[off + i, :] += s · B[i, :] · A */
+        OPS.download(be, A, a->A->p, na * sizeof(float));
+        OPS.download(be, B, a->B->p, nb * sizeof(float));
+        if (low) {
+            OPS.download(be, AK, a->AK, na * sizeof(float));
+            OPS.download(be, BK, a->BK, nb * sizeof(float));
+        }
+        /* W[off + i, :] += s·B[i, :]·A; low-rank Delta-LoRA form:
+         * s(1+λ)·B[i, :]·A − λs·B_K[i, :]·A_K */
+        float sf = low ? m->s * (1.0f + m->lo.lambda) : m->s;
         for (int row = 0; row < a->rows; row++) {
             float *w = W->data + (size_t)(a->row_off + row) * a->in;
             for (int kk = 0; kk < r; kk++) {
-                float bs = m->s * B[(size_t)row * r + kk];
+                float bs = sf * B[(size_t)row * r + kk];
                 const float *ar = A + (size_t)kk * a->in;
                 for (int j = 0; j < a->in; j++)
                     w[j] += bs * ar[j];
+                if (!low)
+                    continue;
+                float bk = -m->lo.lambda * m->s * BK[(size_t)row * r + kk];
+                const float *ak = AK + (size_t)kk * a->in;
+                for (int j = 0; j < a->in; j++)
+                    w[j] += bk * ak[j];
             }
         }
         free(A);
         free(B);
+        free(AK);
+        free(BK);
     }
     return OPS.sync(be, err);
 }

@@ -216,6 +216,13 @@ static int export_all(dt_model **mp, const dt_train_opts *o, dt_weights *w,
     dt_tensorset merged;
     dt_model_release_activations(m);
     int rc = 0;
+    /* bf16: the frozen weights were released after upload in bf16; the
+     * merged model is computed from the fp32 base, read again. */
+    if (dt_model_bf16(m)) {
+        dt_weights_free(w);
+        if ((rc = dt_weights_load(o->model, w, err)))
+            return rc;
+    }
     if (o->method == DT_LORA || o->method == DT_DELTA_LORA) {
         snprintf(dir, sizeof dir, "%s/adapter", o->out);
         if ((rc = tr_adapter_write(m, o, w, moved, dir, err)))
@@ -323,7 +330,14 @@ static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
                     toks, cuda,
                     o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
                     dt_mem_self_rss()};
-    return dt_mem_estimate_job(&mm, &j, e, err);
+    /* the precision dt_train resolves (dt_precision_resolve) */
+    int bf16 = o->precision == DT_PREC_BF16;
+    if (o->precision == DT_PREC_AUTO && cuda) {
+        const char *tf32 = getenv("DT_TF32");
+        bf16 = !(tf32 && !strcmp(tf32, "1")) &&
+               dt_backend_cuda_bf16(dev[4] == ':' ? atoi(dev + 5) : 0);
+    }
+    return dt_mem_estimate_job_prec(&mm, &j, bf16, e, err);
 }
 
 /* DT_ENOMEM naming the bytes, the limit and the settings to lower when the
@@ -433,7 +447,11 @@ int dt_train(const dt_train_opts *o_in, char *err)
         goto fail;
     }
 
-    dt_lora_opts lo = {o.method, o.rank, o.alpha, 0};
+    dt_precision prec;
+    if ((rc = dt_precision_resolve(o.precision, be, &prec, err)))
+        goto fail;
+    dt_lora_opts lo = {o.method, o.rank, o.alpha, 0, prec, o.delta_lowrank,
+                       o.lambda};
     if (o.init_adapter && o.method != DT_FULL) {
         if ((rc = dt_peft_load(o.init_adapter, &w, &ad, err)))
             goto fail;
@@ -495,6 +513,9 @@ int dt_train(const dt_train_opts *o_in, char *err)
             if ((rc = tr_ckpt_load(m, dir, &opt, &trained, err)))
                 goto fail;
             ckpt_at = opt.t;
+            /* the low-rank form: A_K, B_K came back with the checkpoint */
+            dt_model_delta_set_moved(m, o.method == DT_DELTA_LORA &&
+                                            opt.t > opt.start_step);
             if (!o.json)
                 fprintf(stderr, "resuming from %s (step %lld)\n", dir, (long long)opt.t);
         }

@@ -127,6 +127,13 @@ typedef struct dt_train_opts {
      * model.safetensors.index.json. */
     const char *export_dtype;
     long long export_shard_size;
+    /* --precision (model.h): AUTO is bf16 on a CUDA device with compute
+     * capability >= 8.0, fp32 elsewhere. The job hyperparameter `precision`
+     * maps onto it. */
+    dt_precision precision;
+    /* Delta-LoRA's low-rank form in fp32 too (always on in bf16): W stays
+     * W_0, the update is applied as two low-rank terms (docs/DELTA-LORA.md). */
+    int delta_lowrank;
 } dt_train_opts;
 
 void dt_train_defaults(dt_train_opts *o);

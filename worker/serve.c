@@ -265,7 +265,7 @@ static sv_model *model_get(sv *s, const char *stored, int *status, char *err)
         model_unload(&s->models[lru]);
         s->models[lru] = s->models[--s->nmodels];
     }
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0};
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f}; /* as deltatune generate */
     w->release_on_upload = 1; /* no second host copy while uploading */
     if (dt_model_new(s->be, w, &lo, 1, nm.ctx < 256 ? nm.ctx : 256, 0, &nm.m, err) ||
         dt_decoder_new(nm.m, nm.ctx, &nm.d, err))

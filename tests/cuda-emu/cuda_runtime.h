@@ -79,6 +79,13 @@ cudaError_t cudaGetDeviceCount(int *n);
 cudaError_t cudaSetDevice(int d);
 cudaError_t cudaGetDevice(int *d);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
+/* The two attributes the engine asks for: the emulated device reports
+ * compute capability 9.0 (an H100/H200), so bf16 is its default precision. */
+enum cudaDeviceAttr {
+    cudaDevAttrComputeCapabilityMajor = 75,
+    cudaDevAttrComputeCapabilityMinor = 76,
+};
+cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device);
 
 /* ---- the device side ------------------------------------------------------ */
 

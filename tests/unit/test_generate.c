@@ -65,7 +65,7 @@ static void run_case(const char *dir, int lora, int threads)
     if (dt_weights_load(path, &w, err))
         fail_msg("%s: %s (run make fixtures)", path, err);
     int V = w.cfg.vocab, T = w.cfg.max_pos;
-    dt_lora_opts lo = {DT_LORA, lora ? 4 : 0, 8.0f, 0};
+    dt_lora_opts lo = {DT_LORA, lora ? 4 : 0, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
     if (lora && dt_parse_targets("all", w.cfg.arch, &lo.targets, err))
         fail_msg("%s", err);
     dt_model *m = NULL;
@@ -171,7 +171,7 @@ static void test_limits_and_eos(void **s)
     dt_weights w;
     memset(&w, 0, sizeof w);
     assert_int_equal(dt_weights_load(REF "/llama_model", &w, err), 0);
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0};
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f};
     dt_model *m = NULL;
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 8, 0, &m, err), 0);
     dt_decoder *d = NULL;

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "gpu/backend.h"
+#include "gpu/half.h"
 #include "base/dt.h"
 #include "gpu_seat.h"
 
@@ -277,6 +278,69 @@ static void test_gemm_matches_cpu(void **state)
             buf_free(&A);
             buf_free(&B);
             buf_free(&C);
+        }
+    done();
+}
+
+/* gemm_bf16w: cublasGemmEx on bf16 inputs (A rounded by the conversion
+ * kernel) against the CPU's rounding + sgemm: the same products, summed in
+ * another order (TOL_MM). The same call against an fp32 GEMM of the
+ * unrounded A shows the rounding is there (about 2^-9 relative). */
+static void test_gemm_bf16w_matches_cpu(void **state)
+{
+    static const int big[][3] = {{64, 48, 32}, {37, 91, 53}, {128, 256, 200}};
+    static const int little[][3] = {{32, 16, 8}, {13, 21, 11}, {37, 45, 19}};
+    const int(*shapes)[3] = small ? little : big;
+    for (int s = 0; s < 3; s++)
+        for (int t = 0; t < 4; t++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+            int ta = t & 1, tw = t >> 1;
+            int lda = (ta ? M : K) + 3, ldw = (tw ? K : N) + 1, ldc = N + 2;
+            long nw = (long)(tw ? N : K) * ldw;
+            uint16_t *hw = malloc((size_t)nw * sizeof *hw);
+            float *hwf = malloc((size_t)nw * sizeof *hwf);
+            assert_true(hw && hwf);
+            for (long i = 0; i < nw; i++) {
+                hw[i] = dt_f32_to_bf16(frand());
+                hwf[i] = dt_bf16_to_f32(hw[i]);
+            }
+            dbuf A = buf_rand((long)(ta ? K : M) * lda, 1.0f);
+            dbuf W = buf_from(hw, (size_t)nw * sizeof *hw);
+            dbuf Wf = buf_from(hwf, (size_t)nw * sizeof *hwf);
+            dbuf C = buf_rand((long)M * ldc, 1.0f);
+            dbuf C32 = buf_zero((long)M * ldc);
+            BOTH(be->i.copy(be, F(C32), F(C), C.bytes));
+            BOTH(be->i.gemm_bf16w(be, ta, tw, M, N, K, 0.7f, F(A), lda,
+                                  (const uint16_t *)W.d[k], ldw, 0.3f, F(C),
+                                  ldc));
+            BOTH(be->i.gemm(be, ta, tw, M, N, K, 0.7f, F(A), lda, F(Wf), ldw,
+                            0.3f, F(C32), ldc));
+            char shape[64];
+            snprintf(shape, sizeof shape, "%dx%dx%d ta=%d tw=%d", M, N, K, ta,
+                     tw);
+            check(&C, "gemm_bf16w", shape, TOL_MM);
+            /* CUDA's bf16 result against the CPU's fp32 one: apart */
+            float *got = fetch(&C, 1), *f32 = fetch(&C32, 0);
+            double dd = 0, rr = 0;
+            for (long i = 0; i < (long)M * ldc; i++) {
+                dd += ((double)got[i] - f32[i]) * ((double)got[i] - f32[i]);
+                rr += (double)f32[i] * f32[i];
+            }
+            double e = sqrt(dd / rr);
+            int apart = e > 3 * TOL_MM && e < 1e-2;
+            printf("%-18s %-30s %.3e  (A rounded: 3e-4 .. 1e-2)  %s\n",
+                   "bf16w vs fp32", shape, e, apart ? "PASS" : "FAIL");
+            if (!apart)
+                failures++;
+            free(got);
+            free(f32);
+            free(hw);
+            free(hwf);
+            buf_free(&A);
+            buf_free(&W);
+            buf_free(&Wf);
+            buf_free(&C);
+            buf_free(&C32);
         }
     done();
 }
@@ -1259,6 +1323,7 @@ int main(void)
         cmocka_unit_test(test_alloc_of_1tb_returns_null),
         cmocka_unit_test(test_gemm_matches_cpu),
         cmocka_unit_test(test_gemm_batched_matches_cpu),
+        cmocka_unit_test(test_gemm_bf16w_matches_cpu),
         cmocka_unit_test(test_embedding_matches_cpu),
         cmocka_unit_test(test_layernorm_matches_cpu),
         cmocka_unit_test(test_rmsnorm_matches_cpu),

@@ -251,7 +251,7 @@ static dt_model *tiny(dt_backend *be, dt_weights *w, dt_method method, int B, in
     char err[DT_ERR_LEN];
     if (dt_weights_load(GPT2_FIX, w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {method, 4, 8.0f, 0};
+    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
     if (method != DT_FULL)
         assert_int_equal(dt_parse_targets("q,v", DT_ARCH_GPT2, &lo.targets, err), 0);
     dt_model *m;
@@ -725,9 +725,46 @@ static void test_blas_kernel_rule(void **s)
     assert_null(dt_cpu_tune_target(NULL, 1));
 }
 
+/* The memory estimate in bf16 (dt_mem_estimate_job_prec): lora and
+ * delta_lora count the frozen linear weights at 2 bytes (GPT-2 small's
+ * 4·C² + 2·C·F per layer), delta_lora drops its concatenated factors (the
+ * low-rank form), full is unchanged (fp32 masters), and bf16 = 0 is
+ * dt_mem_estimate_job. */
+static void test_estimate_counts_bf16_weights_at_two_bytes(void **s)
+{
+    (void)s;
+    dt_mem_model g = {0, 12, 768, 12, 12, 64, 3072, 50257, 1024, 1, 0};
+    const long long C = 768, F = 3072, L = 12;
+    const long long lin = L * (4 * C * C + 2 * C * F);
+    char err[DT_ERR_LEN];
+    for (int method = 0; method < 3; method++) {
+        for (int cuda = 0; cuda < 2; cuda++) {
+            dt_mem_job j = {method, 8, "c_attn", 4, 256, 0, 0, cuda, 1, 0};
+            dt_mem_estimate a, a0, b;
+            assert_int_equal(dt_mem_estimate_job(&g, &j, &a, err), 0);
+            assert_int_equal(dt_mem_estimate_job_prec(&g, &j, 0, &a0, err), 0);
+            assert_int_equal(dt_mem_estimate_job_prec(&g, &j, 1, &b, err), 0);
+            assert_true(a.total == a0.total && a.weights == a0.weights);
+            if (method == 0) {
+                assert_true(b.weights == a.weights && b.total == a.total);
+                continue;
+            }
+            /* 4 bytes -> 2 bytes per linear weight */
+            assert_true(a.weights - b.weights == 2 * lin);
+            if (method == 2) /* catA (2r, in) and catB (rows, 2r) are gone;
+                              * A_K (r, in) and B_K (rows, r) stay */
+                assert_true(a.trainable - b.trainable == 4 * L * 2 * 8 * (C + 3 * C));
+            else
+                assert_true(a.trainable == b.trainable);
+            assert_true(b.total < a.total);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_estimate_counts_bf16_weights_at_two_bytes),
         cmocka_unit_test(test_interrupted_and_resumed_run_is_byte_identical),
         cmocka_unit_test(test_resumed_run_with_dropout_is_byte_identical),
         cmocka_unit_test(test_lora_run_writes_a_peft_adapter),
