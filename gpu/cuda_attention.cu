@@ -5,9 +5,15 @@
  * cuBLAS strided-batched GEMMs plus row kernels.
  *
  * DT_ATTENTION (environment, read at each call): "naive" forces the naive
- * version for every head dim; "bf16" runs the fused forward on bf16 tensor
- * cores (the backward stays fp32); any other value, or none, is the
- * default (the fused fp32 kernels where they apply).
+ * version for every head dim; "flash" the fused fp32 kernels where they
+ * apply; "bf16" the fused forward on bf16 tensor cores (the backward stays
+ * fp32). Unset (or any other value): the naive version while its score
+ * workspace, NH * T * T floats, stays within ATTN_NAIVE_MAX_BYTES, the fused
+ * kernels beyond (where they apply). Measured on an H200 (2026-12-04,
+ * bench/results/gpu-check.md), the naive version on cuBLAS is 1.4-2.1x
+ * faster forward and 2-4x faster backward than the fused fp32 kernels,
+ * which have no tensor-core tiling yet: it stays the default until they
+ * beat it, and the fused kernels keep long sequences in memory.
  *
  * The naive version: scores go to a (NH, T, T) workspace per batch
  * row, so memory grows with T^2 and masked entries are still multiplied.
@@ -159,11 +165,20 @@ static int attn_bad_shape(cuda_ctx *c, int NH, int NKV, int D)
     return 1;
 }
 
-/* 1 when the fused kernels (cuda_flash.cu) run for head dim D. */
-static int attn_use_flash(int D)
+/* The largest naive score workspace (one batch row's NH x T x T floats)
+ * the default choice accepts: 1 GiB (T = 4096 at 16 heads). */
+#define ATTN_NAIVE_MAX_BYTES (1ull << 30)
+
+/* 1 when the fused kernels (cuda_flash.cu) run for head dim D (see the
+ * top of this file). */
+static int attn_use_flash(int D, int NH, int T)
 {
     const char *e = getenv("DT_ATTENTION");
-    return cuda_flash_supports(D) && !(e && strcmp(e, "naive") == 0);
+    if (!cuda_flash_supports(D) || (e && strcmp(e, "naive") == 0))
+        return 0;
+    if (e && (strcmp(e, "flash") == 0 || strcmp(e, "bf16") == 0))
+        return 1;
+    return (unsigned long long)NH * T * T * sizeof(float) > ATTN_NAIVE_MAX_BYTES;
 }
 
 /* 1 when the fused forward runs on bf16 tensor cores (DT_ATTENTION=bf16). */
@@ -203,7 +218,7 @@ void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
     attn_ws w;
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
         return;
-    if (attn_use_flash(D)) {
+    if (attn_use_flash(D, NH, T)) {
         cuda_flash_fwd(c, out, lse, q, k, v, B, T, NH, NKV, D, thr, dscale, key,
                        attn_flash_bf16());
         return;
@@ -253,7 +268,7 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
         return;
     long allrows = (long)B * NH * T;
-    if (attn_use_flash(D)) {
+    if (attn_use_flash(D, NH, T)) {
         /* The only workspace: Drow (B,NH,T). */
         float *drow = (float *)ws_get(c, (size_t)allrows * sizeof(float));
         if (!drow)
