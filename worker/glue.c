@@ -82,6 +82,10 @@ int wk_job_opts(const db_job *j, long train_rows, dt_train_opts *o, char *err)
     o->eval_interval = j->eval_interval > 0 ? j->eval_interval : o->ckpt_interval;
     if (j->export_dtype[0])
         o->export_dtype = j->export_dtype;
+    /* hyperparameters.precision ("" = auto: bf16 on a GPU that has it, fp32
+     * on the CPU); the API accepted only names the engine knows. */
+    if (j->precision[0] && dt_precision_parse(j->precision) > 0)
+        o->precision = (dt_precision)dt_precision_parse(j->precision);
     o->resume = 1;
     o->json = 0;
     return 0;
@@ -257,7 +261,7 @@ void wk_classify_error(int rc, const char *detail, const wk_run *r,
         {"--start-step", "start_step"}, {"--target-modules", "target_modules"},
         {"--warmup-steps", "warmup_steps"}, {"--weight-decay", "weight_decay"},
         {"--epochs", "n_epochs"}, {"--steps", "max_steps"}, {"--method", "method"},
-        {"--export-dtype", "export_dtype"}};
+        {"--export-dtype", "export_dtype"}, {"--precision", "precision"}};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         replace_all(a, sizeof a, b, flags[i][0], flags[i][1]);
         memcpy(b, a, sizeof b);

@@ -129,6 +129,25 @@ static void test_job_opts_max_steps_and_empty_scheduler(void **s)
     assert_int_equal(o.eval_interval, 10);
 }
 
+/* hyperparameters.precision reaches the engine: "" is auto (the device
+ * decides), fp32 / tf32 / bf16 as named. */
+static void test_job_opts_precision(void **s)
+{
+    (void)s;
+    static const char *const names[] = {"", "fp32", "tf32", "bf16"};
+    static const dt_precision want[] = {DT_PREC_AUTO, DT_PREC_FP32, DT_PREC_TF32,
+                                        DT_PREC_BF16};
+    for (int i = 0; i < 4; i++) {
+        db_job j;
+        dt_train_opts o;
+        char err[DT_ERR_LEN] = "";
+        job_defaults(&j);
+        snprintf(j.precision, sizeof j.precision, "%s", names[i]);
+        assert_int_equal(wk_job_opts(&j, 100, &o, err), 0);
+        assert_int_equal(o.precision, want[i]);
+    }
+}
+
 static void test_job_opts_rejects_unknown_method_and_scheduler(void **s)
 {
     (void)s;
@@ -272,6 +291,7 @@ int main(void)
         cmocka_unit_test(test_job_opts_maps_every_delta_lora_hyperparameter),
         cmocka_unit_test(test_job_opts_lora_keeps_lambda_out_and_full_keeps_lora_defaults),
         cmocka_unit_test(test_job_opts_max_steps_and_empty_scheduler),
+        cmocka_unit_test(test_job_opts_precision),
         cmocka_unit_test(test_job_opts_rejects_unknown_method_and_scheduler),
         cmocka_unit_test(test_total_steps_rounds_up_and_max_steps_wins),
         cmocka_unit_test(test_default_checkpoint_interval_is_bounded),
