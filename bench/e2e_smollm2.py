@@ -329,7 +329,9 @@ def report(a, runs, base, facts, refs, missing, started, minutes):
          f"- Rank: numerical rank (singular values above 1e-4 of the largest and above fp32 "
          "rounding, 64·eps·‖W₀‖₂) of the merged "
          f"model's change to `{WNAME}` against the base exported the same way; "
-         "\"change\" is ‖ΔW‖/‖W₀‖.", "",
+         "\"change\" is ‖ΔW‖/‖W₀‖.",
+         "- \"train s/run\" is wall time on the machine as it was (runs may share it with "
+         "other work, niced): indicative only; losses and scores do not depend on it.", "",
          "## Results (mean ± sd over seeds)", "",
          "| condition | what | seeds | held-out loss | BLEU | ROUGE-L | chrF | rank of ΔW | "
          "change | train s/run |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -375,6 +377,11 @@ def report(a, runs, base, facts, refs, missing, started, minutes):
     else:
         L.append("Not enough runs yet to compare Delta-LoRA with its controls "
                  "(run the bench to completion).")
+    todo = [f"{c} ({n - len(by[c])} of {n})" for c, (_, _, n, _) in CONDITIONS.items()
+            if len(by[c]) < n]
+    if todo:
+        L += ["", "**Runs still to do** (run `make bench-e2e`; cached runs are kept): "
+              + ", ".join(todo) + "."]
     if missing:
         L += ["", f"**Incomplete**: {len(missing)} run(s) not done yet: "
               + ", ".join(f"{c} seed {s}" for c, s in missing)
