@@ -121,11 +121,14 @@ class Lifecycle(StackTest):
         self.assertEqual(models[model]["kind"], "fine_tuned")
         self.assertEqual(models[model]["owned_by"], owner)
         self.assertEqual(models[model]["job"], j["id"])
-        self.assertIn(f"{model}:ckpt-step-10", models)
+        # As with OpenAI, checkpoints are not in the list ...
+        self.assertNotIn(f"{model}:ckpt-step-10", models)
         m = self.call("GET", f"/v1/models/{model}")
         self.assertEqual((m["id"], m["object"], m["parent"]), (model, "model", TINY_ID))
         self.check_model_files(model)
-        # A checkpoint is a model too.
+        # ... but a checkpoint answers by its id, with its files.
+        self.assertEqual(self.call("GET", f"/v1/models/{model}:ckpt-step-10")["id"],
+                         f"{model}:ckpt-step-10")
         files = self.call("GET", f"/v1/models/{model}:ckpt-step-10/files")["data"]
         self.assertTrue(files)
 
