@@ -240,8 +240,9 @@ static char *token_text(const dt_tokenizer *tok, int32_t id)
     return id >= 0 ? dt_tokenizer_decode(tok, &id, 1) : NULL;
 }
 
-/* Bytes of the end-of-turn marker at s (after optional spaces), or 0. */
-static size_t end_marker_at(const char *eos, const char *s, size_t n)
+/* Bytes of the end-of-turn marker at s (after optional spaces), or 0
+ * (dataset_impl.h). */
+size_t ds_end_marker_at(const char *eos, const char *s, size_t n)
 {
     size_t sp = 0;
     while (sp < n && s[sp] == ' ')
@@ -259,7 +260,7 @@ static size_t end_marker_at(const char *eos, const char *s, size_t n)
 /* Widens a span start back over the reasoning block opener a template puts
  * right before the turn's text (Qwen 3: "<think>\n" before the reasoning,
  * or the empty "<think>\n\n</think>\n\n" before the answer). */
-static size_t think_start(const dt_chat_out *o, size_t a)
+size_t ds_think_start(const dt_chat_out *o, size_t a)
 {
     static const char *const openers[] = {"<think>\n\n</think>\n\n", "<think>\n",
                                           NULL};
@@ -359,8 +360,8 @@ static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl
                 continue; /* the template did not render this turn */
             while (a > 0 && out.text[a - 1] == ' ' && out.tag[a - 1] == 0)
                 a--;
-            a = think_start(&out, a);
-            z += end_marker_at(eos, out.text + z, n - z);
+            a = ds_think_start(&out, a);
+            z += ds_end_marker_at(eos, out.text + z, n - z);
             memset(loss + a, 1, z - a);
         }
     }

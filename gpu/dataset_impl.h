@@ -6,6 +6,7 @@
 #include <jansson.h>
 
 #include "base/dt.h"
+#include "chat_template.h"
 #include "dataset.h"
 
 #define DS_MAX_REPORT_DEFAULT 100
@@ -50,5 +51,13 @@ typedef int (*row_fn)(void *ctx, const json_t *obj, int shape, char *msg);
  * set. */
 int ds_scan_file(const char *path, long vocab, long max_line, problems *p, long *nrows,
                  row_fn on_row, void *ctx, char *err);
+
+/* The edges of a chat turn's loss span (dataset.c): the end-of-turn marker
+ * at s (after optional spaces; eos, or one of the known markers), its
+ * length or 0; and a span start a widened back over a reasoning opener
+ * ("<think>\n", Qwen 3). generate.c's chat prompts use the same two, so a
+ * served prompt ends exactly where training's row continues. */
+size_t ds_end_marker_at(const char *eos, const char *s, size_t n);
+size_t ds_think_start(const dt_chat_out *o, size_t a);
 
 #endif

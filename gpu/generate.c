@@ -10,6 +10,7 @@
 
 #include "base/dt.h"
 #include "chat_template.h"
+#include "dataset_impl.h"
 #include "model_impl.h"
 
 #define OPS (d->be->i)
@@ -458,41 +459,6 @@ static char *token_str(const dt_tokenizer *tok, int32_t id)
     return id >= 0 ? dt_tokenizer_decode(tok, &id, 1) : NULL;
 }
 
-/* The end-of-turn markers and reasoning openers training's loss spans
- * cover (dataset.c: end_markers, think_start). */
-static const char *const chat_end_markers[] = {"<|im_end|>", "<|eot_id|>", "<|eom_id|>",
-    "<end_of_turn>", "<|end|>", "</s>", "<|endoftext|>", NULL};
-
-static size_t end_marker_len(const char *eos, const char *s, size_t n)
-{
-    size_t sp = 0;
-    while (sp < n && s[sp] == ' ')
-        sp++;
-    if (eos && eos[0] && n - sp >= strlen(eos) && !memcmp(s + sp, eos, strlen(eos)))
-        return sp + strlen(eos);
-    for (int k = 0; chat_end_markers[k]; k++) {
-        size_t l = strlen(chat_end_markers[k]);
-        if (n - sp >= l && !memcmp(s + sp, chat_end_markers[k], l))
-            return sp + l;
-    }
-    return 0;
-}
-
-static size_t think_opener_start(const dt_chat_out *o, size_t a)
-{
-    static const char *const openers[] = {"<think>\n\n</think>\n\n", "<think>\n", NULL};
-    for (int k = 0; openers[k]; k++) {
-        size_t l = strlen(openers[k]), j;
-        if (a < l || memcmp(o->text + a - l, openers[k], l) != 0)
-            continue;
-        for (j = a - l; j < a && o->tag[j] == 0; j++)
-            ;
-        if (j == a)
-            return a - l;
-    }
-    return a;
-}
-
 /* The model's own template: earlier assistant turns are trained spans
  * (widened as training widens them), message content holding control-token
  * strings is encoded with them as text, the rest together. */
@@ -550,8 +516,8 @@ static int chat_by_template(pbuild *b, const char *tmpl, const json_t *msgs)
             continue;
         while (a > 0 && out.text[a - 1] == ' ' && out.tag[a - 1] == 0)
             a--;
-        a = think_opener_start(&out, a);
-        z += end_marker_len(eos, out.text + z, n - z);
+        a = ds_think_start(&out, a);
+        z += ds_end_marker_at(eos, out.text + z, n - z);
         memset(loss + a, 1, z - a);
     }
     for (size_t k = 0; k < n && !rc;) {
