@@ -254,9 +254,10 @@ static int noop_fields(const json_t *body, int chat, api_error *e)
         if (chat ? !json_is_boolean(v) : !json_is_integer(v))
             return BAD("logprobs", chat ? "logprobs must be true or false"
                                         : "logprobs must be an integer");
-        if (!chat && json_integer_value(v) != 0)
-            return UNSUPPORTED("logprobs", "logprobs of completions are not supported (use "
-                               "/v1/chat/completions with logprobs: true)");
+        if (!chat && (json_integer_value(v) < 0 ||
+                      json_integer_value(v) > COMPLETION_MAX_LOGPROBS))
+            return BAD("logprobs", "logprobs must be an integer between 0 and %d",
+                       COMPLETION_MAX_LOGPROBS);
     }
     if (!chat) {
         if ((v = json_object_get(body, "echo")) && is_given(v)) {
@@ -399,6 +400,12 @@ int validate_chat(const json_t *body, int chat, int max_tokens_cap, chat_req *ou
         json_object_set_new(work, "logprobs", json_true());
         json_object_set_new(work, "top_logprobs",
                             json_integer(json_is_integer(k) ? json_integer_value(k) : 0));
+    } else if (!chat && json_is_integer(json_object_get(body, "logprobs"))) {
+        /* the legacy form: logprobs = N asks for the chosen token's and the N
+         * most likely; the worker reports both as for chat */
+        json_object_set_new(work, "logprobs", json_true());
+        json_object_set_new(work, "top_logprobs",
+                            json_integer(json_integer_value(json_object_get(body, "logprobs"))));
     }
     rc = chat ? messages_field(body, work, e) : prompt_field(body, work, e);
     if (!rc) rc = stop_field(body, work, e);

@@ -18,6 +18,8 @@
 #define CHAT_MAX_STOP 4
 #define CHAT_MODEL_LEN 256
 #define CHAT_MAX_TOP_LOGPROBS 20
+/* /v1/completions: logprobs = N, at most this (OpenAI's limit) */
+#define COMPLETION_MAX_LOGPROBS 5
 
 typedef struct chat_req {
     int chat;                    /* 1: chat.completions, 0: completions */

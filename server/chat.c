@@ -69,7 +69,8 @@ typedef struct infer {
     char *buf;
     size_t off, len, cap;
     int prompt_tokens, completion_tokens;
-    int logprobs;                 /* asked for: choices[].logprobs.content */
+    int logprobs;                 /* asked for: choices[].logprobs(.content) */
+    size_t text_offset;           /* completions: characters before the next token */
     json_t *lp;                   /* entries not yet sent (stream) or all (not) */
     int suspended;                /* the stream's reader suspended the connection */
     int done;                     /* stream: end after the buffer */
@@ -183,6 +184,46 @@ static json_t *usage_json(const infer *f)
                      f->prompt_tokens + f->completion_tokens);
 }
 
+/* Characters (UTF-8 code points) in s. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* The legacy completions form of the worker's entries (new reference):
+ * {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset},
+ * offsets counted on from f->text_offset. */
+static json_t *legacy_logprobs(infer *f, const json_t *entries)
+{
+    json_t *toks = json_array(), *lps = json_array(), *tops = json_array(),
+           *offs = json_array();
+    size_t i;
+    const json_t *e;
+    json_array_foreach(entries, i, e) {
+        const char *tok = json_string_value(json_object_get(e, "token"));
+        if (!tok) tok = "";
+        json_array_append_new(toks, json_string(tok));
+        json_array_append_new(lps, json_real(json_number_value(json_object_get(e, "logprob"))));
+        json_t *top = json_object();
+        size_t k;
+        const json_t *t;
+        json_array_foreach(json_object_get(e, "top_logprobs"), k, t) {
+            const char *tt = json_string_value(json_object_get(t, "token"));
+            /* two tokens may decode alike; the likelier (listed first) stays */
+            if (tt && !json_object_get(top, tt))
+                json_object_set_new(top, tt,
+                                    json_real(json_number_value(json_object_get(t, "logprob"))));
+        }
+        json_array_append_new(tops, top);
+        json_array_append_new(offs, json_integer((json_int_t)f->text_offset));
+        f->text_offset += utf8_chars(tok);
+    }
+    return json_pack("{s:o, s:o, s:o, s:o}", "tokens", toks, "token_logprobs", lps,
+                     "top_logprobs", tops, "text_offset", offs);
+}
+
 /* One SSE chunk: data: <chunk JSON>. choice NULL: no choices (usage). */
 static void stream_chunk(infer *f, const char *text, const char *finish, int first,
                          int usage_only)
@@ -209,6 +250,10 @@ static void stream_chunk(infer *f, const char *text, const char *finish, int fir
         } else {
             ch = json_pack("{s:s, s:i, s:n, s:s?}", "text", text ? text : "", "index", 0,
                            "logprobs", "finish_reason", finish);
+            if (ch && f->logprobs && json_array_size(f->lp)) {
+                json_object_set_new(ch, "logprobs", legacy_logprobs(f, f->lp));
+                json_array_clear(f->lp);
+            }
         }
         if (!finish && ch) json_object_set_new(ch, "finish_reason", json_null());
         json_array_append_new(choices, ch);
@@ -360,8 +405,9 @@ static void on_event(infer *f, json_t *ev, wakes *w)
                                      choice, "usage", usage_json(f));
             if (body && f->chat) json_object_set_new(body, "system_fingerprint", json_null());
             if (choice && f->logprobs)
-                json_object_set_new(choice, "logprobs", json_pack("{s:O, s:n}", "content",
-                                                                  f->lp, "refusal"));
+                json_object_set_new(choice, "logprobs",
+                                    f->chat ? json_pack("{s:O, s:n}", "content", f->lp, "refusal")
+                                            : legacy_logprobs(f, f->lp));
             if (body) answer(f, 200, body, w);
             else answer_error(f, 500, "internal_error", NULL, "out of memory", w);
         }
@@ -631,6 +677,8 @@ static void handle(req *r, int chat)
     f->stream = cr.stream;
     f->include_usage = cr.include_usage;
     f->logprobs = json_is_true(json_object_get(cr.work, "logprobs"));
+    if (!chat && json_is_string(json_object_get(cr.work, "prompt")))
+        f->text_offset = utf8_chars(json_string_value(json_object_get(cr.work, "prompt")));
     f->lp = json_array();
     snprintf(f->model, sizeof f->model, "%s", cr.model);
     f->created = (int64_t)time(NULL);

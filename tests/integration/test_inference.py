@@ -167,6 +167,46 @@ class Inference(StackTest):
         plain = self.call("POST", CHAT, dict(body, logprobs=False, top_logprobs=None))
         self.assertIsNone(plain["choices"][0]["logprobs"], plain)
 
+    def test_completions_logprobs_legacy_form(self):
+        """/v1/completions logprobs = N: OpenAI's legacy form (tokens,
+        token_logprobs, top_logprobs as {token: logprob} with N entries,
+        text_offset counted from the prompt's start); the tokens joined are
+        the text; greedy picks the most likely; streamed chunks carry the
+        same; logprobs 0 gives the chosen tokens only; absent gives null."""
+        self.serve()
+        prompt = "name : Place 2 | food :"
+        body = {"model": TINY_ID, "prompt": prompt, "temperature": 0, "max_tokens": 8,
+                "logprobs": 2}
+        a = self.call("POST", COMPL, body)
+        ch = a["choices"][0]
+        lp = ch["logprobs"]
+        n = a["usage"]["completion_tokens"]
+        self.assertTrue(n > 0, a)
+        for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+            self.assertEqual(len(lp[k]), n, (k, lp))
+        self.assertEqual("".join(lp["tokens"]), ch["text"])
+        off = len(prompt)
+        for tok, x, top, o in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                  lp["text_offset"]):
+            self.assertEqual(o, off)
+            off += len(tok)
+            self.assertLessEqual(x, 0)
+            self.assertTrue(1 <= len(top) <= 2, top)
+            self.assertAlmostEqual(max(top.values()), x, places=5)
+        st, _, ev = self.stream(COMPL, body)
+        self.assertEqual(st, 200, ev)
+        merged = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+        for c in (json.loads(x) for x in ev[:-1]):
+            part = c["choices"][0]["logprobs"] if c["choices"] else None
+            for k in merged:
+                merged[k] += part[k] if part else []
+        self.assertEqual(merged, lp)
+        zero = self.call("POST", COMPL, dict(body, logprobs=0))["choices"][0]["logprobs"]
+        self.assertEqual(zero["tokens"], lp["tokens"])
+        self.assertEqual(zero["top_logprobs"], [{}] * n)
+        plain = self.call("POST", COMPL, dict(body, logprobs=None))
+        self.assertIsNone(plain["choices"][0]["logprobs"], plain)
+
     def test_completions_non_stream_and_stream(self):
         """/v1/completions: text_completion, and the same text streamed."""
         self.serve()
@@ -296,7 +336,9 @@ class Inference(StackTest):
                             (dict(pbase, echo=True), "echo"),
                             (dict(pbase, suffix="x"), "suffix"),
                             (dict(pbase, best_of=3), "best_of"),
-                            (dict(pbase, logprobs=2), "logprobs"),
+                            (dict(pbase, logprobs=6), "logprobs"),
+                            (dict(pbase, logprobs=-1), "logprobs"),
+                            (dict(pbase, logprobs=True), "logprobs"),
                             (dict(pbase, messages=MSGS), "messages")]:
             with self.subTest(param=param, body=body):
                 self.err("POST", COMPL, body, 400, param)
