@@ -480,11 +480,12 @@ int db_worker_heartbeat(db *d, const char *worker_id, const char *hostname,
  * memory when idle (bytes). */
 int db_worker_set_memory(db *d, const char *worker_id, const char *hostname,
                          const char *device, int64_t limit, int64_t base, char *err);
-/* Live workers (not stopped, heartbeat within live_s seconds): *n of them;
- * *unlimited when one has no recorded limit; *budget the largest
- * limit - base among the others (bytes one job may take). */
-int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget,
-                      char *err);
+/* Live training workers (not stopped, heartbeat within live_s seconds): *n
+ * of them; *unlimited when one has no recorded limit; *budget_cpu and
+ * *budget_gpu the largest limit - base among the others on a CPU and on a
+ * CUDA device (bytes one job may take; 0: none of that kind). */
+int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget_cpu,
+                      int64_t *budget_gpu, char *err);
 
 /* A serving worker's heartbeat (deltatune-worker --serve, migration 0009):
  * upserts its row with kind 'serve', status "serving" | "stopped" and its

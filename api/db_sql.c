@@ -196,9 +196,11 @@ const db_sql db_sql_table[] = {
     [STMT_WORKERS_MEMORY] =
         {"workers_memory", "SELECT count(*), coalesce(bool_or(memory_limit_bytes = 0), false), "
                            "coalesce(max(memory_limit_bytes - memory_base_bytes) FILTER (WHERE "
-                           "memory_limit_bytes > 0), 0) FROM workers WHERE status <> 'stopped' "
-                           "AND kind = 'train' AND heartbeat_at > now() - "
-                           "make_interval(secs => $1)"},
+                           "memory_limit_bytes > 0 AND device NOT LIKE 'cuda%'), 0), "
+                           "coalesce(max(memory_limit_bytes - memory_base_bytes) FILTER (WHERE "
+                           "memory_limit_bytes > 0 AND device LIKE 'cuda%'), 0) FROM workers "
+                           "WHERE status <> 'stopped' AND kind = 'train' AND heartbeat_at > "
+                           "now() - make_interval(secs => $1)"},
     /* a serving worker's registration and heartbeat (0009): kind 'serve',
      * status 'serving' | 'stopped', its memory budget for loaded models */
     [STMT_WORKER_SERVE_HB] =

@@ -70,8 +70,8 @@ int db_worker_set_memory(db *d, const char *worker_id, const char *hostname,
     return db_exec(d, STMT_WORKER_MEMORY, &p, NULL, err);
 }
 
-int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget,
-                      char *err)
+int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budget_cpu,
+                      int64_t *budget_gpu, char *err)
 {
     db_params p = {0};
     PGresult *r;
@@ -80,7 +80,8 @@ int db_workers_memory(db *d, int live_s, int *n, bool *unlimited, int64_t *budge
     if (rc) return rc;
     *n = (int)dbr_int(r, 0, 0);
     *unlimited = dbr_bool(r, 0, 1);
-    *budget = dbr_int(r, 0, 2);
+    *budget_cpu = dbr_int(r, 0, 2);
+    *budget_gpu = dbr_int(r, 0, 3);
     PQclear(r);
     return 0;
 }

@@ -91,17 +91,21 @@ static int check_limits(req *r, db_job *j, long rows, const char *hp)
  * could hold the job's estimate. The estimate reads only the model's config
  * numbers (gpu/engine_api.h) and sizes activations by seq_len: the data's
  * longest row is not known here, so this is the larger bound; the worker
- * checks again with the data. No worker registered, one without a recorded
- * limit, or a model whose header cannot be read: the job is accepted (it
- * queues, as before). Returns -1 after replying. */
+ * checks again with the data. Each kind of device is estimated as it would
+ * train the job: on a CUDA worker with the precision the job resolves to
+ * there (bf16 frozen weights for "bf16" and "auto", as on an sm_80+ GPU; a
+ * worker on an older GPU checks again), on a CPU worker in fp32 unless the
+ * job asks for bf16. No worker registered, one without a recorded limit, or
+ * a model whose header cannot be read: the job is accepted (it queues, as
+ * before). Returns -1 after replying. */
 static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
 {
     char err[DT_ERR_LEN] = "", path[DB_PATH_LEN];
     int n = 0;
     bool unlimited = false;
-    int64_t budget = 0;
+    int64_t budget_cpu = 0, budget_gpu = 0;
     int live_s = r->s->cfg.lease_seconds * 2 > 30 ? r->s->cfg.lease_seconds * 2 : 30;
-    int rc = db_workers_memory(d, live_s, &n, &unlimited, &budget, err);
+    int rc = db_workers_memory(d, live_s, &n, &unlimited, &budget_cpu, &budget_gpu, err);
     if (rc) {
         log_msg(DT_LOG_WARN, "jobs.admission", "%s (job accepted unchecked)", err);
         return 0;
@@ -119,27 +123,43 @@ static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
     int seq = j->seq_len;
     if (!mm.llama && mm.max_pos > 0 && seq > mm.max_pos)
         seq = mm.max_pos; /* the worker trains a GPT-2 at most at its positions */
-    dt_mem_job mj = {method, j->rank, j->target_modules[0] ? j->target_modules : NULL,
-                     j->batch_size, seq, 0, 0, 0, 1, 0};
-    dt_mem_estimate e;
-    if (dt_mem_estimate_job(&mm, &mj, &e, err))
-        return 0; /* impossible settings: validation answered those */
-    if (e.total <= budget)
+    int asks_bf16 = !strcmp(j->precision, "bf16");
+    int auto_prec = !j->precision[0] || !strcmp(j->precision, "auto");
+    /* [0] a CPU worker, [1] a CUDA worker */
+    int64_t budget[2] = {budget_cpu, budget_gpu}, need = 0, have = 0;
+    for (int gpu = 0; gpu < 2; gpu++) {
+        if (budget[gpu] <= 0)
+            continue;
+        dt_mem_job mj = {method, j->rank, j->target_modules[0] ? j->target_modules : NULL,
+                         j->batch_size, seq, 0, 0, gpu, 1, 0};
+        dt_mem_estimate e;
+        if (dt_mem_estimate_job_prec(&mm, &mj, asks_bf16 || (gpu && auto_prec), &e, err))
+            return 0; /* impossible settings: validation answered those */
+        if (e.total <= budget[gpu])
+            return 0;
+        if (!need || budget[gpu] > have) {
+            need = e.total;
+            have = budget[gpu];
+        }
+    }
+    if (!need)
         return 0;
-    char param[128], need[32], have[32];
+    char param[128], hneed[32], hhave[32];
     const char *t = j->method_input[0] ? j->method_input : j->method;
     snprintf(param, sizeof param, "method.%s.hyperparameters.batch_size", t);
     if (!j->method_input[0] && !t[0])
         snprintf(param, sizeof param, "hyperparameters.batch_size");
-    dt_mem_human(e.total, need, sizeof need);
-    dt_mem_human(budget, have, sizeof have);
+    dt_mem_human(need, hneed, sizeof hneed);
+    dt_mem_human(have, hhave, sizeof hhave);
     reply_error(r, 400, "insufficient_memory", param,
                 "%s: the job needs about %lld bytes (%s) of memory for batch_size %d x "
                 "seq_len %d, more than any registered worker can hold (the largest holds "
-                "%lld bytes, %s); lower hyperparameters.batch_size or seq_len%s",
-                param, e.total, need, j->batch_size, seq, (long long)budget, have,
+                "%lld bytes, %s); lower hyperparameters.batch_size or seq_len%s%s",
+                param, (long long)need, hneed, j->batch_size, seq, (long long)have, hhave,
                 method == 0 ? ", or use method lora instead of full"
-                            : ", rank or target_modules");
+                            : ", rank or target_modules",
+                budget_gpu > 0 && !asks_bf16 && !auto_prec
+                    ? ", or use precision bf16 (frozen weights at 2 bytes)" : "");
     return -1;
 }
 

@@ -130,6 +130,61 @@ class Admission(StackTest):
         body = {"model": self.s.model_id, "training_file": self.fid, "method": h}
         return self.call("POST", "/v1/fine_tuning/jobs", body, want=want, **kw)
 
+    def test_server_estimates_each_device_kind_at_its_precision(self):
+        """Admission estimates a job as each kind of worker would train it:
+        on a CUDA worker "bf16" and "auto" hold the frozen weights at 2
+        bytes (dt_mem_estimate_job_prec), so with a CUDA budget between
+        the bf16 and the fp32 estimate an fp32 job is a 400 that suggests
+        bf16 while bf16 and auto jobs queue; the same budget on a CPU
+        worker refuses auto (fp32 there). The default worker's limit is
+        lifted for the test and put back. About 3 s."""
+        s = self.s
+        self.fid = self.upload_ok(SHORT_ROWS)["id"]
+        q = "UPDATE workers SET memory_limit_bytes = {} WHERE id <> 'gpu-admission'"
+        s.psql(q.format(1))  # the live CPU worker: no longer "unlimited"
+        created = []
+
+        def post(prec, want):
+            body = {"model": s.model_id, "training_file": self.fid,
+                    "method": hp("lora", batch_size=1, seq_len=32, n_epochs=1,
+                                 precision=prec)}
+            if want == 200:
+                created.append(self.create(body["method"])["id"])
+                return None
+            return self.err("POST", "/v1/fine_tuning/jobs", body, want=want)
+
+        def need(e):
+            return int(e["message"].split("needs about ")[1].split(" ")[0])
+
+        try:
+            s.psql("INSERT INTO workers (id, hostname, device, memory_limit_bytes, "
+                   "memory_base_bytes) VALUES ('gpu-admission', 'h', 'cuda:0', 1, 0)")
+            fp32, bf16 = need(post("fp32", 400)), need(post("bf16", 400))
+            self.assertLess(bf16, fp32)
+            self.assertEqual(need(post("auto", 400)), bf16)
+            mid = (bf16 + fp32) // 2
+            s.psql(f"UPDATE workers SET memory_limit_bytes = {mid}, heartbeat_at = now() "
+                   "WHERE id = 'gpu-admission'")
+            e = post("fp32", 400)
+            self.assertEqual(e["code"], "insufficient_memory", e)
+            self.assertIn("precision bf16", e["message"], e)
+            self.assertIn(str(mid), e["message"], e)
+            post("bf16", 200)
+            post("auto", 200)
+            s.psql("UPDATE workers SET device = 'cpu', heartbeat_at = now() "
+                   "WHERE id = 'gpu-admission'")
+            # a CPU worker's estimate has its own runtime terms; auto is
+            # fp32 there
+            e = post("auto", 400)
+            self.assertGreater(need(e), mid, e)
+            self.assertNotIn("precision bf16", e["message"], e)
+            self.assertEqual(need(post("fp32", 400)), need(e))
+        finally:
+            s.psql("DELETE FROM workers WHERE id = 'gpu-admission'")
+            s.psql(q.format(0))
+            for jid in created:
+                self.call("POST", f"/v1/fine_tuning/jobs/{jid}/cancel", {})
+
     def test_worker_refuses_what_does_not_fit_and_server_rejects(self):
         """The issue's repro (batch 32 x seq_len 1024, long rows) on a worker
         whose --memory-limit lies between the estimates of that job and of a
