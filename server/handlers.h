@@ -52,6 +52,9 @@ int usage_admit_job(req *r, db *d);
 void usage_route(req *r);
 
 /* models.c */
+/* Reads of model files for GET /v1/models' base info so far (the rest
+ * come from models.c's cache; /metrics shows it). */
+uint64_t models_info_reads(void);
 void models_list(req *r);
 void models_get(req *r);
 void models_delete(req *r);

@@ -11,6 +11,7 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,91 @@ static int load_model(req *r, db_model *m)
     return 0;
 }
 
+/* ---- the base models' info, cached ---------------------------------------------
+ * GET /v1/models shows each base's family, context length and template,
+ * which dt_arch_info_read finds in config.json or the GGUF header (a GGUF's
+ * metadata holds its whole vocabulary: megabytes). The answers are kept
+ * per path and read again only when the path (and, for a directory, its
+ * config.json and tokenizer_config.json) changed: size, mtime or inode. */
+#define INFO_SLOTS 64
+
+typedef struct info_slot {
+    char path[PATH_MAX];
+    int64_t stamp[3];             /* the path's, config.json's, tokenizer_config.json's */
+    dt_arch_info a;
+    int ok;                       /* the read succeeded (else a is zero) */
+    uint64_t used;
+} info_slot;
+
+static struct {
+    pthread_mutex_t mu;
+    info_slot slot[INFO_SLOTS];
+    uint64_t tick, reads;
+} infos = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static int64_t file_stamp(const char *dir, const char *name)
+{
+    char p[PATH_MAX + 64];
+    struct stat st;
+    if (snprintf(p, sizeof p, "%s%s%s", dir, name[0] ? "/" : "", name) >= (int)sizeof p ||
+        stat(p, &st))
+        return -1;
+    /* one number that moves when any of them does */
+    return (int64_t)st.st_mtim.tv_sec * 1000000007LL + st.st_mtim.tv_nsec +
+           (int64_t)st.st_size * 31 + (int64_t)st.st_ino * 1000003LL;
+}
+
+uint64_t models_info_reads(void)
+{
+    pthread_mutex_lock(&infos.mu);
+    uint64_t n = infos.reads;
+    pthread_mutex_unlock(&infos.mu);
+    return n;
+}
+
+/* dt_arch_info_read through the cache. */
+static int arch_info(const char *root, dt_arch_info *a, char *err)
+{
+    int64_t stamp[3] = {file_stamp(root, ""), file_stamp(root, "config.json"),
+                        file_stamp(root, "tokenizer_config.json")};
+    if (stamp[0] < 0)
+        return dt_arch_info_read(root, a, err); /* gone: the reader says how */
+    pthread_mutex_lock(&infos.mu);
+    info_slot *hit = NULL, *old = &infos.slot[0];
+    for (int i = 0; i < INFO_SLOTS; i++) {
+        info_slot *sl = &infos.slot[i];
+        if (sl->path[0] && !strcmp(sl->path, root)) hit = sl;
+        if (sl->used < old->used) old = sl;
+    }
+    if (hit && !memcmp(hit->stamp, stamp, sizeof stamp)) {
+        hit->used = ++infos.tick;
+        *a = hit->a;
+        int ok = hit->ok;
+        pthread_mutex_unlock(&infos.mu);
+        return ok ? 0 : dt_errf(err, DT_EFORMAT, "%s: unreadable model info", root);
+    }
+    infos.reads++;
+    pthread_mutex_unlock(&infos.mu);
+    /* read outside the lock: two requests may both read; the last one stays */
+    int rc = dt_arch_info_read(root, a, err);
+    if (rc) memset(a, 0, sizeof *a);
+    pthread_mutex_lock(&infos.mu);
+    info_slot *sl = hit ? hit : old;
+    if (!hit) {
+        for (int i = 0; i < INFO_SLOTS; i++)   /* a racing request may have added it */
+            if (!strcmp(infos.slot[i].path, root)) sl = &infos.slot[i];
+    }
+    if (strlen(root) < sizeof sl->path) {
+        snprintf(sl->path, sizeof sl->path, "%s", root);
+        memcpy(sl->stamp, stamp, sizeof stamp);
+        sl->a = *a;
+        sl->ok = !rc;
+        sl->used = ++infos.tick;
+    }
+    pthread_mutex_unlock(&infos.mu);
+    return rc;
+}
+
 /* Adds what a user sees of the model's base (family, context_length,
  * chat_template; a fine-tuned model or checkpoint inherits its base's) to
  * the model object o. The base is found among the listed models ms (n) or,
@@ -137,7 +223,7 @@ static json_t *with_info(req *r, json_t *o, const db_model *m, const db_model *m
         found = !strcmp(cur.kind, "base");
     }
     if (!found || config_artifact_path(&r->s->cfg, cur.path, root, sizeof root) ||
-        dt_arch_info_read(root, &a, err))
+        arch_info(root, &a, err))
         memset(&a, 0, sizeof a);
     json_object_set_new(o, "family", a.family[0] ? json_string(a.family) : json_null());
     json_object_set_new(o, "context_length", a.context_length > 0

@@ -234,6 +234,11 @@ void ops_metrics(req *r)
             (unsigned long long)cs.cancelled, (unsigned long long)cs.timeouts, cs.open,
             cs.queue_wait_s, (unsigned long long)cs.started, cs.first_token_s,
             (unsigned long long)cs.first_tokens);
+    fprintf(f, "# HELP deltatune_model_info_reads_total Model files read for the base "
+               "models' family, context length and template (the rest came from the "
+               "cache).\n# TYPE deltatune_model_info_reads_total counter\n"
+               "deltatune_model_info_reads_total %llu\n",
+            (unsigned long long)models_info_reads());
     db_stats st;
     memset(&st, 0, sizeof st);
     db *d = db_pool_acquire(r->s->pool, 1000);

@@ -13,7 +13,9 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
+import tempfile
 import threading
 import time
 import sys
@@ -56,6 +58,40 @@ class Ops(StackTest):
         self.assertEqual(st, 200, b)
         st, _, b = self.s.api("GET", "/readyz", key=False)
         self.assertEqual(st, 200, b)
+
+    def test_model_info_read_once_per_change(self):
+        """GET /v1/models shows each base's family and context length from
+        its files; they are read once and again only when they change
+        (deltatune_model_info_reads_total counts the reads). Under 1 s."""
+        def reads():
+            st, _, b = self.s.api("GET", "/metrics", key=False, raw=True, headers=OPS)
+            self.assertEqual(st, 200)
+            m = re.search(r"^deltatune_model_info_reads_total (\d+)$", b.decode(), re.M)
+            self.assertTrue(m, "no deltatune_model_info_reads_total")
+            return int(m.group(1))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            d = os.path.join(tmp, "tiny-copy")
+            shutil.copytree(os.path.join(ROOT, ".cache", "tiny-gpt2"), d)
+            self.s.cli("models", "add", "--id", "tiny-info-copy", "--path", d)
+            self.call("GET", "/v1/models")
+            r0 = reads()
+            for _ in range(3):
+                got = [m for m in self.call("GET", "/v1/models")["data"]
+                       if m["id"] == "tiny-info-copy"]
+                self.assertEqual(got[0]["context_length"], 256, got)
+            self.assertEqual(self.call("GET", "/v1/models/tiny-info-copy")["family"], "gpt2")
+            self.assertEqual(reads(), r0, "the unchanged base was read again")
+            cfg = os.path.join(d, "config.json")
+            c = json.load(open(cfg))
+            c["n_positions"] = 128
+            with open(cfg + ".tmp", "w") as f:
+                json.dump(c, f)
+            os.replace(cfg + ".tmp", cfg)
+            m = self.call("GET", "/v1/models/tiny-info-copy")
+            self.assertEqual(m["context_length"], 128, m)
+            self.assertEqual(reads(), r0 + 1)
+            self.s.psql("DELETE FROM models WHERE id = 'tiny-info-copy'")
 
     def test_metrics(self):
         """A request is counted before its reply is queued, so one scrape right
