@@ -27,7 +27,7 @@ concurrent streams (all new tokens / wall time from the first request sent to th
 last token received, prefill and queueing included). Each side runs in its own
 process, one after the other, so they do not share the CPU.
 
-Usage: python3 bench/inference.py [--threads N] [--max-tokens 128] [--prompts 4]
+Usage: python3 bench/inference.py [--threads N] [--max-tokens 64] [--prompts 4]
        [--streams 1,4,16] [--no-llama] [--omp-wait-policy passive|active] [--quick]
        [--out bench/results/inference.md]
 The parent needs only Python's standard library; the transformers side runs in
@@ -47,6 +47,8 @@ import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from service import loadavg, machine_busy_s, pids_cpu_s, stack_pids  # noqa: E402
 BUILD = os.path.join(ROOT, os.environ.get("BUILD", "build"))
 GGUF = os.path.join(ROOT, ".cache", "smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 SCRATCH = os.path.join(ROOT, ".cache", "bench")
@@ -79,31 +81,33 @@ PROMPTS = [
 
 # ---- shared helpers -------------------------------------------------------------------
 
-def loadavg():
-    with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
 
 
-def machine_busy_s():
-    """CPU seconds the whole machine spent (all cores, not idle/iowait)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+def own_cpu_s(pids):
+    """CPU seconds of this process, its waited-for children and the processes pids."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system + pids_cpu_s(pids)
 
 
 class Watch:
-    """Load average before and after, and how many cores the machine as a whole was
-    busy meanwhile (this side's own processes included)."""
+    """Load average before, and the cores this side used (this process, its children,
+    the processes pids: the stack) and the cores every other process on the machine
+    used meanwhile (/proc/stat), as bench/service.py reports them."""
+    def __init__(self, pids=()):
+        self.pids = set(pids)
+
     def __enter__(self):
         self.la0, self.b0, self.t0 = loadavg(), machine_busy_s(), time.time()
+        self.o0 = own_cpu_s(self.pids)
         return self
 
     def __exit__(self, *exc):
-        self.la1 = loadavg()
-        self.busy = (machine_busy_s() - self.b0) / max(1e-9, time.time() - self.t0)
+        dt = max(1e-9, time.time() - self.t0)
+        self.own = (own_cpu_s(self.pids) - self.o0) / dt
+        self.other = max(0.0, (machine_busy_s() - self.b0) / dt - self.own)
 
     def info(self):
-        return {"load_before": self.la0, "load_after": self.la1, "machine_busy_cores": self.busy}
+        return {"load_before": self.la0, "own_cores": self.own, "other_cores": self.other}
 
 
 def median(xs):
@@ -205,7 +209,8 @@ def run_deltatune(a, prompts, ids):
         t = time.time()
         stream_completion(s.url, s.key, s.model_id, prompts[0], 4)  # loads the model
         res["load_s"] = time.time() - t
-        with Watch() as w:
+        pids = stack_pids(s) | {p.pid for p in s.workers.values()}
+        with Watch(pids) as w:
             runs = []
             for i in range(a.prompts):
                 r = stream_completion(s.url, s.key, s.model_id, prompts[i], a.max_tokens)
@@ -222,7 +227,7 @@ def run_deltatune(a, prompts, ids):
         res["texts"] = [r["text"] for r in runs]
         res["agg"] = {}
         for c in a.streams:
-            with Watch() as w:
+            with Watch(pids) as w:
                 rs = concurrent(lambda i: stream_completion(
                     s.url, s.key, s.model_id, prompts[i % len(prompts)], a.max_tokens), c)
             toks = sum(r["usage"]["completion_tokens"] for r in rs)
@@ -330,15 +335,20 @@ def llama_child(cfg):
         load = time.time() - t
         N = cfg["max_tokens"]
 
+        V = llm.n_vocab()
+
+        def argmax():  # the last position's logits (eval keeps them only with logits_all)
+            return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(V,))))
+
         def decode(ids):
             llm.reset()
             t0 = time.perf_counter()
             llm.eval(ids)
-            y = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]  # EOS is not special here
+            y = [argmax()]  # EOS is not special here: N tokens every time
             t1 = time.perf_counter()
             while len(y) < N:
                 llm.eval([y[-1]])
-                y.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                y.append(argmax())
             return y, t1 - t0, time.perf_counter() - t1
         decode(cfg["ids"][0][:8])  # warm-up
         runs, texts = [], []
@@ -399,6 +409,10 @@ def common_prefix(a, b):
     return n
 
 
+def cores(w):
+    return f"{w['own_cores']:.2f} / {w['other_cores']:.2f}" if "own_cores" in w else ""
+
+
 def fmt(x, unit=""):
     return "—" if x is None or x != x else f"{x:,.1f}{unit}"
 
@@ -426,20 +440,22 @@ def write_report(a, m, res, out):
          if hf else "- transformers: not run (.venv lacks torch: scripts/make-venv)",
          f"- llama-cpp-python {ll['version']}" if ll and "version" in ll else
          f"- llama.cpp: {res.get('llama_note', 'not run')}",
-         f"- load average at the start {res['load_start']}; the machine is shared "
-         "(other sessions' builds and a long niced benchmark), so figures are lower bounds: "
-         "see the load and busy cores per row", "",
+         f"- load average at the start {res['load_start']}. The machine is shared (other "
+         "sessions' builds and a long niced benchmark): each row gives the CPU cores this "
+         "side used and those every other process used meanwhile (/proc/stat); where the "
+         "latter is well above 0 the row's rates are lower bounds. The transformers and "
+         "llama.cpp rows count their whole child process (model load included).", "",
          "## Single stream", "",
          f"Median over {a.prompts} prompts. Time to first token: from sending the request "
          "(deltatune: HTTP, Redis, the worker's prefill, the relay) or calling `generate` / "
          "`eval` to the first new token. Decode: (n − 1) new tokens / time from the first to "
          "the last.", "",
          "| engine | decode tok/s | time to first token | new tokens | load avg before | "
-         "busy cores (machine) |", "|---|---|---|---|---|---|"]
+         "CPU cores: this side / other processes |", "|---|---|---|---|---|---|"]
     def row(name, s):
         return (f"| {name} | {fmt(s['decode_tok_s'])} | {fmt(s['ttft_s'] * 1000, ' ms')} | "
                 f"{', '.join(map(str, s['tokens']))} | {s.get('load_before', '')} | "
-                f"{fmt(s.get('machine_busy_cores'))} |")
+                f"{cores(s)} |")
     L.append(row("deltatune (HTTP, serving worker)", dt["single"]))
     if hf:
         L.append(row("transformers generate", hf["single"]))
@@ -451,12 +467,13 @@ def write_report(a, m, res, out):
           "streamed requests to one serving worker; transformers: one `generate` on a "
           "left-padded batch of that many prompts.", "",
           "| streams | deltatune tok/s | its median time to first token | transformers tok/s "
-          "| deltatune / transformers | load avg before (deltatune) |", "|---|---|---|---|---|---|"]
+          "| deltatune / transformers | deltatune: load avg before, CPU cores this side / "
+          "other processes |", "|---|---|---|---|---|---|"]
     for c in a.streams:
         d, h = dt["agg"][c], (hf["agg"].get(str(c)) if hf else None)
         L.append(f"| {c} | {fmt(d['tok_s'])} | {fmt(d['ttft_s'] * 1000, ' ms')} | "
                  f"{fmt(h['tok_s']) if h else '—'} | {ratio(d['tok_s'], h and h['tok_s'])} | "
-                 f"{d['load_before']} |")
+                 f"{d['load_before']}; {cores(d)} |")
     top = max(a.streams)
     hs = hf["single"]["decode_tok_s"] if hf else None
     hagg = hf["agg"].get(str(top), {}).get("tok_s") if hf else None
@@ -504,7 +521,7 @@ def write_report(a, m, res, out):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=4, help="single-stream prompts")
     ap.add_argument("--streams", default="1,4,16")
     ap.add_argument("--no-llama", action="store_true")
