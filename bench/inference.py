@@ -507,6 +507,14 @@ def write_report(a, m, res, out):
                  f"{', '.join(str(len(x)) for x in dt['texts'])})")
     L.append(f"- model load: deltatune worker {dt['load_s']:.1f} s (first request)"
              + (f", transformers {hf['load_s']:.1f} s" if hf else ""))
+    rows = [dt["single"], *dt["agg"].values()] + ([hf["single"]] if hf else []) + \
+        list((ll or {}).get("types", {}).values())
+    other = [r["other_cores"] for r in rows if "other_cores" in r]
+    if other and max(other) > 0.25 * a.threads:
+        L += ["", f"**Other processes used {min(other):.2f}–{max(other):.2f} cores of the "
+              f"machine's {m['cores']} while the rows ran**: these rates are below the "
+              "engines' speeds on an idle machine, and since the sides ran one after the "
+              "other under different loads their ratios are indicative only."]
     L += ["", "Today's serving worker decodes one request at a time (docs/ARCHITECTURE.md, "
           "Inference): concurrent streams queue behind each other, so deltatune's aggregate "
           "throughput stays at its single-stream rate and its time to first token grows with "
@@ -573,7 +581,10 @@ def main():
                                  1800)
         for s in res["llama"]["types"].values():
             s.update(w.info())
-    write_report(a, machine(a.threads), res, a.out)
+    res["machine"] = machine(a.threads)
+    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:  # the raw figures
+        json.dump(res, f, indent=1)
+    write_report(a, res["machine"], res, a.out)
     return 0
 
 
