@@ -465,7 +465,8 @@ def write_report(a, m, res, out):
           "All new tokens / wall time from the first request sent to the last token "
           "received (prefill and queueing included). deltatune: that many concurrent "
           "streamed requests to one serving worker; transformers: one `generate` on a "
-          "left-padded batch of that many prompts.", "",
+          "left-padded batch of that many prompts. llama.cpp is not in this table: "
+          "llama-cpp-python's API decodes one sequence at a time.", "",
           "| streams | deltatune tok/s | its median time to first token | transformers tok/s "
           "| deltatune / transformers | deltatune: load avg before, CPU cores this side / "
           "other processes |", "|---|---|---|---|---|---|"]
