@@ -17,6 +17,7 @@
 #   make bench      CPU benchmark against PyTorch + PEFT
 #   make bench-e2e  SmolLM2 on E2E: Delta-LoRA vs LoRA and its controls, seeds, BLEU/ROUGE-L
 #   make bench-service  HTTP API under load (wrk): req/s, p50/p99, downloads
+#   make bench-inference  SmolLM2 served (tokens/s, time to first token) vs transformers, llama.cpp
 #   make demo       the main job end to end (see README)
 #   make test-cli   the deltatune client commands (jobs, files, models) against a real stack
 #   make test-client  the official openai SDKs (Python + Node) against a real stack
@@ -405,13 +406,31 @@ bench-e2e: all
 bench-service: all
 	@BUILD=$(BUILD) python3 bench/service.py
 
+# Inference (bench/inference.py): streamed completions from a serving worker
+# against transformers' generate (.venv) and llama.cpp (.venv-llama: builds
+# llama-cpp-python from PyPI, 15-30 min on 2 cores; LLAMA=0 skips llama.cpp).
+# BENCH_ARGS="--quick" for a smoke run.
+LLAMA ?= 1
+LLAMA_CMAKE := -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+               -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF
+bench-inference: all
+	@scripts/install-deps
+	@scripts/make-venv
+	@if [ "$(LLAMA)" != 0 ]; then \
+	  [ -x .venv-llama/bin/python ] && .venv-llama/bin/python -c 'import numpy, llama_cpp' 2>/dev/null || \
+	  { echo "bench-inference: building llama-cpp-python into .venv-llama (15-30 min; LLAMA=0 skips)"; \
+	    python3 -m venv .venv-llama && .venv-llama/bin/pip install -q numpy && \
+	    CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	      .venv-llama/bin/pip install -q llama-cpp-python==0.3.36; }; fi
+	@BUILD=$(BUILD) python3 bench/inference.py $(if $(filter 0,$(LLAMA)),--no-llama) $(BENCH_ARGS)
+
 demo: deps all
 	@scripts/demo
 
 clean:
 	rm -rf $(BUILD) build-asan build-emu build-emu-asan
 
-.PHONY: check-layout test-cuda-emu test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service demo clean
+.PHONY: check-layout test-cuda-emu test-asan-integration test-unit test-cli test-fault test-valgrind test-client test-browser test-schema check-exports all engine deps test test-integration asan check-gpu fixtures bench bench-e2e bench-service bench-inference demo clean
 
 # libFuzzer targets (clang, ASan + UBSan): make fuzz-build | fuzz-brief | fuzz-long
 include tests/fuzz/fuzz.mk
