@@ -1,0 +1,263 @@
+/* test_packing.c: packing several rows into one sequence (--packing) gives
+ * each row the loss and gradients it has when the rows run unpacked, padded
+ * to the longest row: attention stays within each row (block-diagonal
+ * causal mask), positions restart at 0 for each row (RoPE, GPT-2's learned
+ * positions), the loss covers each row's predicted tokens only.
+ *
+ * On the tiny GPT-2 and Llama reference models (tests/fixtures/ref), full
+ * fine-tuning (every weight's gradient, GPT-2's wpe included) and LoRA,
+ * on the CPU backend and on the backend in the CUDA seat (gpu_seat.h: the
+ * CUDA device, the emulated one under `make test-cuda-emu`, or a CPU
+ * stand-in under DT_GPU_SELFTEST; skipped, saying so, without one). */
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "base/dt.h"
+#include "gpu/backend.h"
+#include "gpu/model.h"
+#include "gpu_seat.h"
+
+#define REF "tests/fixtures/ref"
+
+/* Three rows (input positions each, the first `prompt` of them masked) and
+ * how they are packed: sequence 0 holds rows 0 and 1, sequence 1 row 2
+ * and padding. */
+#define NROW 3
+static const int row_len[NROW] = {5, 9, 6};
+static const int row_prompt[NROW] = {2, 0, 3};
+#define PT 14 /* packed length: 5 + 9 */
+#define UT 9  /* unpacked: the longest row */
+
+static int32_t tok(int r, int j) { return (int32_t)((r * 31 + j * 17 + 5) % 96); }
+static int32_t lab(int r, int j)
+{
+    return j < row_prompt[r] ? -100 : (int32_t)((r * 13 + j * 7 + 3) % 96);
+}
+
+static void unpacked(int32_t *ids, int32_t *tgt)
+{
+    for (int r = 0; r < NROW; r++)
+        for (int j = 0; j < UT; j++) {
+            ids[r * UT + j] = j < row_len[r] ? tok(r, j) : 0;
+            tgt[r * UT + j] = j < row_len[r] ? lab(r, j) : -100;
+        }
+}
+
+static void packed(int32_t *ids, int32_t *tgt, int32_t *pos)
+{
+    const int seq_of[NROW] = {0, 0, 1}, start[NROW] = {0, 5, 0};
+    for (int i = 0; i < 2 * PT; i++) {
+        ids[i] = 0;
+        tgt[i] = -100;
+        pos[i] = 0; /* padding: a row of its own */
+    }
+    for (int r = 0; r < NROW; r++)
+        for (int j = 0; j < row_len[r]; j++) {
+            int i = seq_of[r] * PT + start[r] + j;
+            ids[i] = tok(r, j);
+            tgt[i] = lab(r, j);
+            pos[i] = j;
+        }
+}
+
+static dt_model *model(dt_backend *be, dt_weights *w, const char *dir,
+                       dt_method method, int B, int T)
+{
+    char err[DT_ERR_LEN];
+    if (dt_weights_load(dir, w, err))
+        fail_msg("%s", err);
+    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    if (method != DT_FULL)
+        assert_int_equal(dt_parse_targets("q,k,v,o", w->cfg.arch, &lo.targets, err), 0);
+    dt_model *m;
+    if (dt_model_new(be, w, &lo, B, T, 7, &m, err))
+        fail_msg("%s", err);
+    /* B != 0, so that A receives gradient: the same values in both models */
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    for (int i = 0; i < np; i++) {
+        float *h = malloc((size_t)ps[i].n * sizeof(float));
+        be->i.download(be, h, ps[i].p, (size_t)ps[i].n * sizeof(float));
+        for (long j = 0; j < ps[i].n; j++)
+            h[j] += 0.01f * (float)((j * 2654435761u) % 1000) / 1000.0f;
+        be->i.upload(be, ps[i].p, h, (size_t)ps[i].n * sizeof(float));
+        free(h);
+    }
+    return m;
+}
+
+/* Every trainable tensor's gradient, concatenated (new array). */
+static float *grads(dt_backend *be, dt_model *m, long *total)
+{
+    int np;
+    dt_param *ps = dt_model_params(m, &np);
+    long n = 0;
+    for (int i = 0; i < np; i++)
+        n += ps[i].n;
+    float *out = malloc((size_t)n * sizeof(float)), *p = out;
+    for (int i = 0; i < np; i++) {
+        be->i.download(be, p, ps[i].g, (size_t)ps[i].n * sizeof(float));
+        p += ps[i].n;
+    }
+    *total = n;
+    return out;
+}
+
+static void compare(dt_backend *be, const char *dir, dt_method method)
+{
+    char err[DT_ERR_LEN];
+    dt_weights w1, w2;
+    dt_model *mu = model(be, &w1, dir, method, NROW, UT);
+    dt_model *mp = model(be, &w2, dir, method, 2, PT);
+    int32_t uids[NROW * UT], utgt[NROW * UT], pids[2 * PT], ptgt[2 * PT], pos[2 * PT];
+    unpacked(uids, utgt);
+    packed(pids, ptgt, pos);
+    double lu, lp;
+    long nu, np;
+    dt_model_zero_grad(mu);
+    assert_int_equal(dt_model_forward(mu, uids, utgt, NROW, UT, 1.0f / 15, &lu, &nu, err), 0);
+    assert_int_equal(dt_model_backward(mu, err), 0);
+    dt_model_zero_grad(mp);
+    assert_int_equal(dt_model_forward_packed(mp, pids, ptgt, pos, 2, PT, 1.0f / 15, &lp, &np,
+                                             err), 0);
+    assert_int_equal(dt_model_backward(mp, err), 0);
+    assert_int_equal(nu, 15); /* 3 + 9 + 3 predicted tokens */
+    assert_int_equal(np, nu);
+    printf("%s %s on %s: loss unpacked %.9g packed %.9g\n", dir,
+           method == DT_FULL ? "full" : "lora", be->i.name, lu, lp);
+    assert_true(fabs(lu - lp) <= 1e-5 * fabs(lu));
+    long n1, n2;
+    float *g1 = grads(be, mu, &n1), *g2 = grads(be, mp, &n2);
+    assert_int_equal(n1, n2);
+    double d = 0, r = 0;
+    for (long i = 0; i < n1; i++) {
+        d += (g1[i] - g2[i]) * (double)(g1[i] - g2[i]);
+        r += g1[i] * (double)g1[i];
+    }
+    printf("  gradients: %ld floats, normalized difference %.3g\n", n1, sqrt(d / r));
+    assert_true(r > 0);
+    assert_true(sqrt(d / r) < 1e-5);
+    free(g1);
+    free(g2);
+    dt_model_free(mu);
+    dt_model_free(mp);
+    dt_weights_free(&w1);
+    dt_weights_free(&w2);
+}
+
+/* The same batch packed but with every position counted from the start of
+ * the sequence (one long row): the loss differs, so the mask and the
+ * positions are what make the comparison above hold. */
+static void test_packing_without_segments_differs(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN];
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    dt_weights w;
+    dt_model *m = model(be, &w, REF "/llama_model", DT_LORA, 2, PT);
+    int32_t ids[2 * PT], tgt[2 * PT], pos[2 * PT];
+    packed(ids, tgt, pos);
+    double a, b;
+    long n;
+    assert_int_equal(dt_model_forward_packed(m, ids, tgt, pos, 2, PT, 0.0f, &a, &n, err), 0);
+    assert_int_equal(dt_model_forward(m, ids, tgt, 2, PT, 0.0f, &b, &n, err), 0);
+    assert_true(fabs(a - b) > 1e-3 * fabs(a));
+    dt_model_free(m);
+    dt_weights_free(&w);
+    dt_backend_free(be);
+}
+
+static void test_bad_positions_are_refused(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN];
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    dt_weights w;
+    dt_model *m = model(be, &w, REF "/gpt2_model", DT_LORA, 2, PT);
+    int32_t ids[2 * PT], tgt[2 * PT], pos[2 * PT];
+    packed(ids, tgt, pos);
+    pos[3] = 4; /* column 3 cannot be position 4 of its row */
+    double l;
+    long n;
+    assert_int_equal(dt_model_forward_packed(m, ids, tgt, pos, 2, PT, 0.0f, &l, &n, err),
+                     DT_EINVAL);
+    assert_non_null(strstr(err, "position 4"));
+    dt_model_free(m);
+    dt_weights_free(&w);
+    dt_backend_free(be);
+}
+
+static void on_cpu(const char *dir, dt_method method)
+{
+    char err[DT_ERR_LEN];
+    dt_backend *be = dt_backend_cpu_new(1, err);
+    assert_non_null(be);
+    compare(be, dir, method);
+    dt_backend_free(be);
+}
+
+static void on_gpu(const char *dir, dt_method method)
+{
+    char err[DT_ERR_LEN];
+    dt_backend *be = gpu_seat_backend(err);
+    if (!be) {
+        if (getenv("DT_REQUIRE_GPU") && atoi(getenv("DT_REQUIRE_GPU")))
+            fail_msg("DT_REQUIRE_GPU=1 but %s", err);
+        printf("test_packing: SKIPPED on the GPU: no CUDA device (%s)\n", err);
+        skip();
+    }
+    compare(be, dir, method);
+    dt_backend_free(be);
+}
+
+static void test_gpt2_full_packed_equals_unpacked_cpu(void **s)
+{
+    (void)s;
+    on_cpu(REF "/gpt2_model", DT_FULL);
+}
+static void test_gpt2_lora_packed_equals_unpacked_cpu(void **s)
+{
+    (void)s;
+    on_cpu(REF "/gpt2_model", DT_LORA);
+}
+static void test_llama_full_packed_equals_unpacked_cpu(void **s)
+{
+    (void)s;
+    on_cpu(REF "/llama_model", DT_FULL);
+}
+static void test_llama_lora_packed_equals_unpacked_cpu(void **s)
+{
+    (void)s;
+    on_cpu(REF "/llama_model", DT_LORA);
+}
+static void test_gpt2_full_packed_equals_unpacked_gpu(void **s)
+{
+    (void)s;
+    on_gpu(REF "/gpt2_model", DT_FULL);
+}
+static void test_llama_full_packed_equals_unpacked_gpu(void **s)
+{
+    (void)s;
+    on_gpu(REF "/llama_model", DT_FULL);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gpt2_full_packed_equals_unpacked_cpu),
+        cmocka_unit_test(test_gpt2_lora_packed_equals_unpacked_cpu),
+        cmocka_unit_test(test_llama_full_packed_equals_unpacked_cpu),
+        cmocka_unit_test(test_llama_lora_packed_equals_unpacked_cpu),
+        cmocka_unit_test(test_packing_without_segments_differs),
+        cmocka_unit_test(test_bad_positions_are_refused),
+        cmocka_unit_test(test_gpt2_full_packed_equals_unpacked_gpu),
+        cmocka_unit_test(test_llama_full_packed_equals_unpacked_gpu),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
