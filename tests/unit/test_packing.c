@@ -8,7 +8,11 @@
  * fine-tuning (every weight's gradient, GPT-2's wpe included) and LoRA,
  * on the CPU backend and on the backend in the CUDA seat (gpu_seat.h: the
  * CUDA device, the emulated one under `make test-cuda-emu`, or a CPU
- * stand-in under DT_GPU_SELFTEST; skipped, saying so, without one). */
+ * stand-in under DT_GPU_SELFTEST; skipped, saying so, without one).
+ * And the training loop with --packing: a run stopped and resumed is
+ * byte-identical to an uninterrupted one (the data position is saved in
+ * the checkpoint), batch_size counts packed sequences, and a checkpoint
+ * written without packing is not resumed with it. */
 #include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,14 +20,20 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "base/dt.h"
 #include "gpu/backend.h"
 #include "gpu/model.h"
+#include "gpu/train.h"
+#include "base/file.h"
 #include "gpu_seat.h"
 
 #define REF "tests/fixtures/ref"
+#define GPT2_TOK ".cache/gpt2-tokenizer"
 
 /* Three rows (input positions each, the first `prompt` of them masked) and
  * how they are packed: sequence 0 holds rows 0 and 1, sequence 1 row 2
@@ -247,6 +257,169 @@ static void test_llama_full_packed_equals_unpacked_gpu(void **s)
     on_gpu(REF "/llama_model", DT_FULL);
 }
 
+/* ---- the training loop ------------------------------------------------ */
+
+static char g_dir[256];
+
+/* A model dir = the GPT-2 fixture's weights + the GPT-2 tokenizer; 24 rows
+ * of 10..16 pre-tokenized ids (2 or 3 fit a 32-position sequence). */
+static int setup(void **s)
+{
+    (void)s;
+    char cwd[1024], a[1400], b[1400];
+    snprintf(g_dir, sizeof g_dir, "/tmp/dt_pack_XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(b, sizeof b, "%s/model", g_dir);
+    mkdir(b, 0755);
+    const char *files[] = {REF "/gpt2_model/config.json", REF "/gpt2_model/model.safetensors",
+                           GPT2_TOK "/vocab.json", GPT2_TOK "/merges.txt"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(a, sizeof a, "%s/%s", cwd, files[i]);
+        snprintf(b, sizeof b, "%s/model/%s", g_dir, strrchr(files[i], '/') + 1);
+        assert_int_equal(symlink(a, b), 0);
+    }
+    snprintf(b, sizeof b, "%s/data.jsonl", g_dir);
+    FILE *f = fopen(b, "w");
+    uint32_t r = 12345;
+    for (int row = 0; row < 24; row++) {
+        int n = 10 + row % 7;
+        fputs("{\"input_ids\": [", f);
+        for (int i = 0; i < n; i++) {
+            r = r * 1664525u + 1013904223u;
+            fprintf(f, i ? ", %u" : "%u", (r >> 8) % 96);
+        }
+        fputs("]}\n", f);
+    }
+    fclose(f);
+    return 0;
+}
+
+static int teardown(void **s)
+{
+    (void)s;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void opts(dt_train_opts *o, const char *out, char *model, char *data)
+{
+    dt_train_defaults(o);
+    snprintf(model, 300, "%s/model", g_dir);
+    snprintf(data, 300, "%s/data.jsonl", g_dir);
+    o->model = model;
+    o->data = data;
+    o->out = out;
+    o->method = DT_DELTA_LORA;
+    o->rank = 4;
+    o->alpha = 8;
+    o->start_step = 2;
+    o->targets = "q,v";
+    o->lr = 1e-2f;
+    o->batch = 3;
+    o->accum = 2;
+    o->seq_len = 32;
+    o->steps = 6;
+    o->threads = 2;
+    o->json = 1;
+    o->model_dropout = 0.1f; /* attention dropout under the packed mask too */
+    o->packing = 1;
+}
+
+static int stop_at_3(void *ud, const dt_progress *p)
+{
+    (void)ud;
+    return p->step == 3;
+}
+
+static int64_t g_total;
+static int note_total(void *ud, const dt_progress *p)
+{
+    (void)ud;
+    g_total = p->total_steps;
+    return 0;
+}
+
+static char *slurp(const char *path, size_t *len)
+{
+    char *buf, err[DT_ERR_LEN];
+    if (dt_read_file(path, &buf, len, err))
+        fail_msg("%s", err);
+    return buf;
+}
+
+static void test_packed_run_resumed_is_byte_identical(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out1[300], out2[300], model[300], data[300], p1[400], p2[400];
+    dt_train_opts o;
+    snprintf(out1, sizeof out1, "%s/run1", g_dir);
+    snprintf(out2, sizeof out2, "%s/run2", g_dir);
+    opts(&o, out1, model, data);
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    opts(&o, out2, model, data);
+    o.on_progress = stop_at_3;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL);
+    /* 3 steps of 2 x 3 packed sequences took more rows than 18 unpacked */
+    snprintf(p2, sizeof p2, "%s/checkpoints/step-00000003/state.json", out2);
+    json_t *st = json_load_file(p2, 0, NULL);
+    assert_non_null(st);
+    long dp = (long)json_integer_value(json_object_get(st, "data_pos"));
+    json_decref(st);
+    printf("data position after 3 packed steps: %ld rows\n", dp);
+    assert_true(dp > 3 * 2 * 3 + 6);
+    o.on_progress = NULL;
+    o.resume = 1;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    snprintf(p1, sizeof p1, "%s/merged/model.safetensors", out1);
+    snprintf(p2, sizeof p2, "%s/merged/model.safetensors", out2);
+    size_t n1, n2;
+    char *a = slurp(p1, &n1), *b = slurp(p2, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(a, b, n1);
+    free(a);
+    free(b);
+}
+
+/* --epochs with packing: batch_size counts packed sequences, so one epoch
+ * of 24 rows at 2-3 rows per sequence takes fewer than ceil(24 / 3) steps. */
+static void test_packed_epoch_counts_packed_sequences(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/epoch", g_dir);
+    opts(&o, out, model, data);
+    o.accum = 1;
+    o.steps = 0;
+    o.epochs = 1;
+    o.on_progress = note_total;
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    printf("one packed epoch: %lld steps (unpacked: 8)\n", (long long)g_total);
+    assert_true(g_total >= 3 && g_total <= 4); /* 24 rows / (3 x 2..3 rows) */
+}
+
+static void test_unpacked_checkpoint_is_not_resumed_packed(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], out[300], model[300], data[300];
+    dt_train_opts o;
+    snprintf(out, sizeof out, "%s/mixed", g_dir);
+    opts(&o, out, model, data);
+    o.packing = 0;
+    o.on_progress = stop_at_3;
+    assert_int_equal(dt_train(&o, err), DT_ECANCEL);
+    o.on_progress = NULL;
+    o.packing = 1;
+    o.resume = 1;
+    assert_int_equal(dt_train(&o, err), DT_EINVAL);
+    assert_non_null(strstr(err, "--packing"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -258,6 +431,12 @@ int main(void)
         cmocka_unit_test(test_bad_positions_are_refused),
         cmocka_unit_test(test_gpt2_full_packed_equals_unpacked_gpu),
         cmocka_unit_test(test_llama_full_packed_equals_unpacked_gpu),
+        cmocka_unit_test_setup_teardown(test_packed_run_resumed_is_byte_identical, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_packed_epoch_counts_packed_sequences, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_unpacked_checkpoint_is_not_resumed_packed, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
