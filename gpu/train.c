@@ -329,7 +329,7 @@ static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
                     o->batch, o->seq_len, (lr > lv ? lr : lv) > 0 ? (lr > lv ? lr : lv) : 1,
                     toks, cuda,
                     o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
-                    dt_mem_self_rss()};
+                    dt_mem_self_rss(), o->packing};
     /* the precision dt_train resolves (dt_precision_resolve) */
     int bf16 = o->precision == DT_PREC_BF16;
     if (o->precision == DT_PREC_AUTO && cuda) {

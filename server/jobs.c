@@ -120,7 +120,7 @@ static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
     if (!mm.llama && mm.max_pos > 0 && seq > mm.max_pos)
         seq = mm.max_pos; /* the worker trains a GPT-2 at most at its positions */
     dt_mem_job mj = {method, j->rank, j->target_modules[0] ? j->target_modules : NULL,
-                     j->batch_size, seq, 0, 0, 0, 1, 0};
+                     j->batch_size, seq, 0, 0, 0, 1, 0, j->packing};
     dt_mem_estimate e;
     if (dt_mem_estimate_job(&mm, &mj, &e, err))
         return 0; /* impossible settings: validation answered those */

@@ -29,6 +29,7 @@
 #include "gpu/backend.h"
 #include "gpu/model.h"
 #include "gpu/train.h"
+#include "gpu/engine_api.h"
 #include "base/file.h"
 #include "gpu_seat.h"
 
@@ -257,6 +258,40 @@ static void test_llama_full_packed_equals_unpacked_gpu(void **s)
     on_gpu(REF "/llama_model", DT_FULL);
 }
 
+/* The CUDA memory estimate follows cuda_attention.cu's choice: the naive
+ * score workspace (S and dP, NH·T² floats each) while NH·T²·4 bytes is at
+ * most 1 GiB, none beyond (the fused kernels), and always with packing
+ * (the fused kernels have no segments), which also sizes by seq_len. */
+static void test_estimate_counts_the_naive_score_workspace(void **s)
+{
+    (void)s;
+    /* a 1B Llama shape: 32 heads of 64 */
+    dt_mem_model g = {1, 16, 2048, 32, 8, 64, 8192, 128256, 131072, 1, 0};
+    char err[DT_ERR_LEN];
+    const long long NH = 32;
+    struct { int T, packing, longest; int naive; } cs[] = {
+        {2048, 0, 0, 1},    /* 32·2048²·4 = 512 MiB: naive */
+        {8192, 0, 0, 0},    /* 8 GiB: fused */
+        {8192, 1, 0, 1},    /* packing: naive at any T */
+        {8192, 1, 100, 1},  /* packing sizes by seq_len, not the longest row */
+    };
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        dt_mem_job j = {.method = 1, .rank = 8, .targets = "q,v", .batch = 2,
+                        .seq_len = cs[i].T, .longest_row = cs[i].longest, .cuda = 1,
+                        .threads = 1, .packing = cs[i].packing};
+        dt_mem_estimate e;
+        assert_int_equal(dt_mem_estimate_job(&g, &j, &e, err), 0);
+        long long T = cs[i].T, scores = 2 * NH * T * T * 4;
+        printf("T=%d packing=%d: workspace %lld bytes, S+dP %lld\n", cs[i].T,
+               cs[i].packing, e.workspace, scores);
+        assert_int_equal(e.seq_eff, cs[i].T);
+        if (cs[i].naive)
+            assert_true(e.workspace >= scores + scores / 4);
+        else
+            assert_true(e.workspace < NH * T * T * 4 / 8);
+    }
+}
+
 /* ---- the training loop ------------------------------------------------ */
 
 static char g_dir[256];
@@ -429,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_llama_lora_packed_equals_unpacked_cpu),
         cmocka_unit_test(test_packing_without_segments_differs),
         cmocka_unit_test(test_bad_positions_are_refused),
+        cmocka_unit_test(test_estimate_counts_the_naive_score_workspace),
         cmocka_unit_test(test_gpt2_full_packed_equals_unpacked_gpu),
         cmocka_unit_test(test_llama_full_packed_equals_unpacked_gpu),
         cmocka_unit_test_setup_teardown(test_packed_run_resumed_is_byte_identical, setup,
