@@ -1,6 +1,6 @@
 /* train_impl.h: what the training loop (train.c) shares with its data
  * order (train_data.c) and checkpoints (checkpoint.c). Not for use outside
- * gpu/train*.c and gpu/checkpoint.c. */
+ * gpu/train*.c, gpu/checkpoint.c and the unit tests of the batcher. */
 #ifndef DT_TRAIN_IMPL_H
 #define DT_TRAIN_IMPL_H
 

@@ -30,6 +30,7 @@
 #include "gpu/model.h"
 #include "gpu/train.h"
 #include "gpu/engine_api.h"
+#include "gpu/train_impl.h" /* the batcher: tr_batch_at, tr_batch_packed */
 #include "base/file.h"
 #include "gpu_seat.h"
 
@@ -292,6 +293,69 @@ static void test_estimate_counts_the_naive_score_workspace(void **s)
     }
 }
 
+/* The batcher on 5 rows of 4, 7, 3, 9, 2 tokens (3, 6, 2, 8, 1 input
+ * positions), one epoch in row order (seed whose permutation is checked):
+ * unpacked, a micro-batch is padded to its longest row, not to T; packed,
+ * rows go in while they fit T, positions restart per row, padding is
+ * masked at position 0, and the rows taken are returned. */
+static void test_batches_pad_to_the_longest_row_and_pack_rows(void **s)
+{
+    (void)s;
+    static const int len[5] = {4, 7, 3, 9, 2};
+    int32_t ids[5][9], labels[5][9];
+    dt_row rows[5];
+    for (int r = 0; r < 5; r++) {
+        for (int j = 0; j < len[r]; j++) {
+            ids[r][j] = 10 * r + j;
+            labels[r][j] = j == 0 ? -100 : 10 * r + j + 1;
+        }
+        rows[r] = (dt_row){ids[r], labels[r], len[r]};
+    }
+    dt_dataset ds = {rows, 5, 0};
+    int perm[5];
+    int32_t bi[2 * 16], bt_[2 * 16], bp[2 * 16];
+    batcher b = {&ds, 1, perm, -1, bi, bt_, 2, 16, 0, bp};
+    int t;
+    long nt;
+    /* the stream's first rows under this seed, to know what to expect */
+    tr_batch_at(&b, 0, &t, &nt);
+    int r0 = perm[0], r1 = perm[1];
+    int want = len[r0] - 1 > len[r1] - 1 ? len[r0] - 1 : len[r1] - 1;
+    assert_int_equal(t, want); /* the longest of the two rows, not T = 16 */
+    assert_int_equal(b.real, len[r0] - 1 + len[r1] - 1);
+    /* packed: greedy in stream order within T = 16 */
+    long took = tr_batch_packed(&b, 0, &t, &nt);
+    long p = 0, real = 0, cnt = 0;
+    int longest = 0;
+    for (int q = 0; q < 2; q++) {
+        int at = 0;
+        for (int k = 0;; k++) {
+            int r = perm[p % 5], n = len[r] - 1;
+            if (k > 0 && at + n > 16)
+                break;
+            for (int j = 0; j < n; j++) {
+                assert_int_equal(bi[q * t + at + j], ids[r][j]);
+                assert_int_equal(bt_[q * t + at + j], labels[r][j]);
+                assert_int_equal(bp[q * t + at + j], j);
+                cnt += labels[r][j] != -100;
+            }
+            at += n;
+            p++;
+        }
+        real += at;
+        longest = at > longest ? at : longest;
+        for (int j = at; j < t; j++) {
+            assert_int_equal(bt_[q * t + j], -100);
+            assert_int_equal(bp[q * t + j], 0);
+        }
+    }
+    assert_int_equal(took, p);
+    assert_true(took > 2); /* more rows than sequences */
+    assert_int_equal(t, longest);
+    assert_int_equal(b.real, real);
+    assert_int_equal(nt, cnt);
+}
+
 /* ---- the training loop ------------------------------------------------ */
 
 static char g_dir[256];
@@ -465,6 +529,7 @@ int main(void)
         cmocka_unit_test(test_packing_without_segments_differs),
         cmocka_unit_test(test_bad_positions_are_refused),
         cmocka_unit_test(test_estimate_counts_the_naive_score_workspace),
+        cmocka_unit_test(test_batches_pad_to_the_longest_row_and_pack_rows),
         cmocka_unit_test(test_gpt2_full_packed_equals_unpacked_gpu),
         cmocka_unit_test(test_llama_full_packed_equals_unpacked_gpu),
         cmocka_unit_test_setup_teardown(test_packed_run_resumed_is_byte_identical, setup,
