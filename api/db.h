@@ -194,6 +194,7 @@ typedef struct db_job {
                                  * bfloat16 for a GGUF base) */
     char precision[8];          /* fp32 | tf32 | bf16; "" = auto (bf16 on a GPU of compute
                                  * capability 8.0 or more, fp32 elsewhere) */
+    bool packing;               /* several rows packed into each sequence (migration 0012) */
 } db_job;
 
 /* Frees j->metadata (the struct itself is caller storage). */

@@ -84,6 +84,7 @@ static int job_row(const PGresult *r, int i, db_job *j)
     j->max_runtime_seconds = (int)dbr_int(r, i, c++);
     dbr_str(r, i, c++, j->export_dtype, sizeof j->export_dtype);
     dbr_str(r, i, c++, j->precision, sizeof j->precision);
+    j->packing = dbr_bool(r, i, c++);
     return (PQgetisnull(r, i, 47) || j->metadata) ? 0 : DT_ENOMEM;
 }
 
@@ -155,6 +156,7 @@ static int job_create_tx(db *d, void *arg, char *err)
     dbp_int(&p, j->max_runtime_seconds > 0 ? j->max_runtime_seconds : 0);
     dbp_str(&p, j->export_dtype);
     dbp_str(&p, j->precision);
+    dbp_bool(&p, j->packing);
     int rc = db_exec(d, STMT_JOB_CREATE, &p, NULL, err);
     if (rc) return rc;
     char msg[512];

@@ -27,7 +27,7 @@
     "error_param, output_dir, fine_tuned_model, step, total_steps, epoch, " \
     "train_loss, valid_loss, tokens_per_second, eta_seconds, trained_tokens, " \
     "metadata::text, " T("created_at") ", " T("started_at") ", " T("finished_at") \
-    ", " T("updated_at") ", max_runtime_seconds, export_dtype, precision"
+    ", " T("updated_at") ", max_runtime_seconds, export_dtype, precision, packing"
 
 #define EVENT_COLS "seq, job_id, " T("created_at") ", level, type, message, data::text"
 
@@ -227,11 +227,11 @@ const db_sql db_sql_table[] = {
                        "seq_len, warmup_steps, weight_decay, max_grad_norm, lr_scheduler, "
                        "grad_accum, max_steps, checkpoint_interval, eval_interval, seed, "
                        "max_attempts, output_dir, metadata, max_runtime_seconds, export_dtype, "
-                       "precision) "
+                       "precision, packing) "
                        "VALUES ($1, $2, "
                        "$3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12, $13, $14, $15, "
                        "$16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, "
-                       "coalesce($29::jsonb, '{}'::jsonb), $30, $31, $32)"},
+                       "coalesce($29::jsonb, '{}'::jsonb), $30, $31, $32, $33)"},
     [STMT_JOB_GET] =
         {"job_get", "SELECT " JOB_COLS " FROM jobs WHERE id = $1 AND "
                     "($2::text IS NULL OR owner = $2)"},

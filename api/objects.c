@@ -116,6 +116,7 @@ static json_t *job_hparams(const db_job *j)
     json_object_set_new(h, "export_dtype",
                         json_string(j->export_dtype[0] ? j->export_dtype : "auto"));
     json_object_set_new(h, "precision", json_string(j->precision[0] ? j->precision : "auto"));
+    json_object_set_new(h, "packing", json_boolean(j->packing));
     if (strcmp(j->method, "full")) {
         json_object_set_new(h, "rank", json_integer(j->rank));
         json_object_set_new(h, "alpha", json_real(j->alpha));

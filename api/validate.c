@@ -12,7 +12,7 @@
 #include "base/hparams.h"
 
 enum { M_FULL = 1, M_LORA = 2, M_DELTA = 4, M_ALL = 7 };
-enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED, H_XDTYPE, H_PREC };
+enum { H_INT, H_NUM, H_LRM, H_SCHED, H_TARGETS, H_SEED, H_XDTYPE, H_PREC, H_BOOL };
 
 /* How the API reads each hyperparameter; its limits are base/hparams.c's. */
 typedef struct hparam {
@@ -45,6 +45,7 @@ static const hparam hparams[] = {
     {DT_HP_SEED, H_SEED, O(seed), M_ALL},
     {DT_HP_EXPORT_DTYPE, H_XDTYPE, O(export_dtype), M_ALL},
     {DT_HP_PRECISION, H_PREC, O(precision), M_ALL},
+    {DT_HP_PACKING, H_BOOL, O(packing), M_ALL},
 };
 #define NHP (int)(sizeof hparams / sizeof hparams[0])
 
@@ -231,6 +232,12 @@ static int parse_hparams(json_t *h, const char *prefix, unsigned method, db_job 
             snprintf(j->precision, sizeof j->precision, "%s", s);
             break;
         }
+        case H_BOOL:
+            if (!json_is_boolean(v))
+                return api_errorf(e, 400, "invalid_type", path,
+                                  "%s must be true, false or \"auto\"", path);
+            *(bool *)field = json_is_true(v);
+            break;
         case H_TARGETS: {
             int rc = parse_targets(v, path, j->target_modules, sizeof j->target_modules, e);
             if (rc) return rc;

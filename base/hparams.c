@@ -33,6 +33,8 @@ const dt_hparam_limit dt_hparam_limits[DT_HP_COUNT] = {
     [DT_HP_SEED] = {"seed", "--seed", DT_HPK_INT, 0, 9007199254740992.0, 0},
     [DT_HP_EXPORT_DTYPE] = {"export_dtype", "--export-dtype", DT_HPK_STR, 0, 0, 0},
     [DT_HP_PRECISION] = {"precision", "--precision", DT_HPK_STR, 0, 0, 0},
+    /* a boolean: no numeric limits (DT_HPK_STR's "no number") */
+    [DT_HP_PACKING] = {"packing", "--packing", DT_HPK_STR, 0, 0, 0},
 };
 
 const dt_hparam_limit *dt_hparam_find(const char *name)

@@ -31,6 +31,7 @@ typedef enum dt_hp {
     DT_HP_SEED,
     DT_HP_EXPORT_DTYPE,
     DT_HP_PRECISION,
+    DT_HP_PACKING,
     DT_HP_COUNT
 } dt_hp;
 

@@ -67,9 +67,15 @@ static const char train_usage[] =
 "                          delta_lora, whose paper removes it)\n"
 "  --label-smoothing E     label smoothing of the training loss, as torch's\n"
 "                          CrossEntropyLoss(label_smoothing=E) (default 0)\n"
-"  --batch-size B          rows per micro-batch (default 4)\n"
+"  --batch-size B          rows per micro-batch (default 4); with --packing,\n"
+"                          packed sequences per micro-batch\n"
 "  --grad-accum G          micro-batches per optimizer step (default 1)\n"
 "  --seq-len T             max predicted tokens per row (default 256)\n"
+"  --packing               pack several rows into each sequence of up to\n"
+"                          --seq-len positions (attention and positions kept\n"
+"                          within each row, loss on each row's predicted\n"
+"                          tokens; default off: one row per sequence, padded\n"
+"                          to the batch's longest row)\n"
 "  --epochs E | --steps N  training length (default 1 epoch)\n"
 "  --seed S                seed for data order and LoRA init (default 42)\n"
 "  --threads N             CPU threads (default: all cores)\n"
@@ -190,7 +196,7 @@ int dt_cmd_train(int argc, char **argv)
            O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
            O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP,
-           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD, O_PREC };
+           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD, O_PREC, O_PACK };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
         {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
@@ -208,7 +214,7 @@ int dt_cmd_train(int argc, char **argv)
         {"model-dropout", 1, 0, O_MDROP}, {"lora-dropout", 1, 0, O_LDROP},
         {"label-smoothing", 1, 0, O_LSMOOTH}, {"export-dtype", 1, 0, O_XDTYPE},
         {"export-shard-size", 1, 0, O_XSHARD}, {"precision", 1, 0, O_PREC},
-        {0, 0, 0, 0}};
+        {"packing", 0, 0, O_PACK}, {0, 0, 0, 0}};
     dt_train_opts o;
     dt_train_defaults(&o);
     o.json = !isatty(STDERR_FILENO);
@@ -292,6 +298,7 @@ int dt_cmd_train(int argc, char **argv)
             }
             break;
         case O_RESUME: o.resume = 1; break;
+        case O_PACK: o.packing = 1; break;
         case O_JSON: o.json = 1; json_flag = 1; break;
         case O_ESTIMATE: estimate = 1; break;
         case O_HELP: case 'h': fputs(train_usage, stdout); return 0;

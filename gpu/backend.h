@@ -250,6 +250,28 @@ typedef struct dt_backend_i {
      * TF32 tensor cores (--precision tf32); the CPU backend has none and
      * ignores it. */
     void (*set_tf32)(dt_backend *be, int tf32);
+
+    /* ---- packing: several rows in one sequence (--packing) -------------- */
+    /* pos(B*T) is a device int32 array: the position of each token within
+     * its own row (0 at a row's first token, and at padding). Query i of a
+     * sequence sees keys i - pos[i] .. i: causal within its row, keys of
+     * the rows before it masked (a block-diagonal causal mask). */
+    /* rope with the positions pos instead of 0..T-1. */
+    void (*rope_pos)(dt_backend *be, float *x, const int32_t *pos, int B,
+                     int T, int H, int D, float theta, int inverse);
+    /* attention_fwd_drop / attention_bwd_drop under that mask (dropout as
+     * there; p = 0: none). The CUDA backend runs its naive kernels for it
+     * (the fused ones have no segments). */
+    void (*attention_fwd_seg)(dt_backend *be, float *out, float *lse,
+                              const float *q, const float *k, const float *v,
+                              const int32_t *pos, int B, int T, int NH,
+                              int NKV, int D, float p, uint64_t key);
+    void (*attention_bwd_seg)(dt_backend *be, float *dq, float *dk, float *dv,
+                              const float *dout, const float *out,
+                              const float *lse, const float *q,
+                              const float *k, const float *v,
+                              const int32_t *pos, int B, int T, int NH,
+                              int NKV, int D, float p, uint64_t key);
 } dt_backend_i;
 
 struct dt_backend {

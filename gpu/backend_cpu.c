@@ -513,6 +513,30 @@ static void cpu_rope(dt_backend *be, float *x, int B, int T, int H, int D,
     }
 }
 
+/* rope at the positions pos(B*T) (packing): pos[r] < T, so the table of
+ * T positions covers them. */
+static void cpu_rope_pos(dt_backend *be, float *x, const int32_t *pos, int B,
+                         int T, int H, int D, float theta, int inverse)
+{
+    const float *cs = cpu__rope_table(be, T, D, theta);
+    if (!cs)
+        return;
+    long BT = (long)B * T;
+    int half = D / 2;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < BT; r++) {
+        float *row = x + r * H * D;
+        const float *ct = cs + 2 * (size_t)pos[r] * half;
+        for (int i = 0; i < half; i++) {
+            float c = ct[2 * i], s = ct[2 * i + 1];
+            for (int h = 0; h < H; h++) {
+                float *v = row + (long)h * D;
+                dt_rope_apply(&v[i], &v[i + half], c, s, inverse);
+            }
+        }
+    }
+}
+
 static void cpu_rope_at(dt_backend *be, float *x, int T, int H, int D,
                         float theta, int pos0)
 {
@@ -640,33 +664,37 @@ static att_drop att__drop(float p, uint64_t key)
 /* One (b, h) of the forward pass. Q rows at stride NH*D, K/V rows at NKV*D. */
 static void att__fwd_head(float *o, float *lse, const float *q, const float *k,
                           const float *v, int T, int ldq, int ldk, int D,
-                          float scale, float *S, const att_drop *dr, long bh)
+                          float scale, float *S, const att_drop *dr, long bh,
+                          const int32_t *pos)
 {
+    /* pos(T) or NULL: query i sees keys lo = i - pos[i] .. i (packing) */
     for (int i0 = 0; i0 < T; i0 += ATT_BLK) {
         int nb = T - i0 < ATT_BLK ? T - i0 : ATT_BLK;
         int nk = i0 + nb; /* keys 0..nk-1 */
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nk, D, scale,
                     q + (long)i0 * ldq, ldq, k, ldk, 0.0f, S, nk);
         for (int r = 0; r < nb; r++) {
-            int i = i0 + r;
+            int i = i0 + r, lo = pos ? i - pos[i] : 0;
             float *s = S + (long)r * nk;
             float mx = -INFINITY;
-            for (int j = 0; j <= i; j++)
+            for (int j = lo; j <= i; j++)
                 mx = s[j] > mx ? s[j] : mx;
             double sum = 0.0;
-            for (int j = 0; j <= i; j++) {
+            for (int j = lo; j <= i; j++) {
                 float e = dt_expf(s[j] - mx);
                 s[j] = e;
                 sum += e;
             }
             float inv = (float)(1.0 / sum);
-            for (int j = 0; j <= i; j++)
+            for (int j = lo; j <= i; j++)
                 s[j] *= inv;
             if (dr->p > 0.0f) {
                 uint64_t base = ((uint64_t)bh * T + i) * T;
-                for (int j = 0; j <= i; j++)
+                for (int j = lo; j <= i; j++)
                     s[j] = dt_dropout(s[j], dr->key, base + j, dr->thr, dr->scale);
             }
+            for (int j = 0; j < lo; j++)
+                s[j] = 0.0f;
             for (int j = i + 1; j < nk; j++)
                 s[j] = 0.0f;
             lse[i] = mx + (float)log(sum);
@@ -676,10 +704,11 @@ static void att__fwd_head(float *o, float *lse, const float *q, const float *k,
     }
 }
 
-static void cpu_attention_fwd_drop(dt_backend *be, float *out, float *lse,
-                                   const float *q, const float *k,
-                                   const float *v, int B, int T, int NH,
-                                   int NKV, int D, float p, uint64_t key)
+static void cpu_attention_fwd_seg(dt_backend *be, float *out, float *lse,
+                                  const float *q, const float *k,
+                                  const float *v, const int32_t *pos, int B,
+                                  int T, int NH, int NKV, int D, float p,
+                                  uint64_t key)
 {
     att_drop dr = att__drop(p, key);
     int nt = omp_get_max_threads();
@@ -699,8 +728,18 @@ static void cpu_attention_fwd_drop(dt_backend *be, float *out, float *lse,
         long qoff = (long)b * T * ldq + (long)h * D;
         long koff = (long)b * T * ldk + (long)kh * D;
         att__fwd_head(out + qoff, lse + (long)bh * T, q + qoff, k + koff,
-                      v + koff, T, ldq, ldk, D, scale, S, &dr, bh);
+                      v + koff, T, ldq, ldk, D, scale, S, &dr, bh,
+                      pos ? pos + (long)b * T : NULL);
     }
+}
+
+static void cpu_attention_fwd_drop(dt_backend *be, float *out, float *lse,
+                                   const float *q, const float *k,
+                                   const float *v, int B, int T, int NH,
+                                   int NKV, int D, float p, uint64_t key)
+{
+    cpu_attention_fwd_seg(be, out, lse, q, k, v, NULL, B, T, NH, NKV, D, p,
+                          key);
 }
 
 static void cpu_attention_fwd(dt_backend *be, float *out, float *lse,
@@ -765,8 +804,10 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
                             const float *out, const float *lse, const float *q,
                             const float *k, const float *v, int T, int grp,
                             int ldq, int ldk, int D, float scale, int blk,
-                            float *S, float *dP, const att_drop *dr, long bh0)
+                            float *S, float *dP, const att_drop *dr, long bh0,
+                            const int32_t *pos)
 {
+    /* pos(T) or NULL: query i sees keys i - pos[i] .. i (packing) */
     for (int t = 0; t < T; t++) {
         memset(dk + (long)t * ldk, 0, (size_t)D * sizeof(float));
         memset(dv + (long)t * ldk, 0, (size_t)D * sizeof(float));
@@ -787,7 +828,7 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, nk, D,
                         1.0f, dob, ldq, v, ldk, 0.0f, dP, nk);
             for (int r = 0; r < nb; r++) {
-                int i = i0 + r;
+                int i = i0 + r, lo = pos ? i - pos[i] : 0;
                 float *s = S + (long)r * nk, *dp = dP + (long)r * nk;
                 const float *orow = oh + (long)i * ldq;
                 const float *drow = doh + (long)i * ldq;
@@ -799,7 +840,7 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
                     /* out = (P∘Z) V, Z = mask/(1-p): dV takes P∘Z, and
                      * dS = P ∘ (dP∘Z - rowsum(dO∘O)). */
                     uint64_t base = ((uint64_t)(bh0 + g) * T + i) * T;
-                    for (int j = 0; j <= i; j++) {
+                    for (int j = lo; j <= i; j++) {
                         float p = dt_expf(s[j] - l);
                         float z = dt_dropout(1.0f, dr->key, base + j, dr->thr,
                                              dr->scale);
@@ -807,12 +848,14 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
                         dp[j] = p * (dp[j] * z - di);
                     }
                 } else {
-                    for (int j = 0; j <= i; j++) {
+                    for (int j = lo; j <= i; j++) {
                         float p = dt_expf(s[j] - l);
                         s[j] = p;
                         dp[j] = p * (dp[j] - di); /* dS */
                     }
                 }
+                for (int j = 0; j < lo; j++)
+                    s[j] = dp[j] = 0.0f;
                 for (int j = i + 1; j < nk; j++)
                     s[j] = dp[j] = 0.0f;
             }
@@ -829,12 +872,13 @@ static void att__bwd_kvhead(float *dq, float *dk, float *dv, const float *dout,
     }
 }
 
-static void cpu_attention_bwd_drop(dt_backend *be, float *dq, float *dk,
-                                   float *dv, const float *dout,
-                                   const float *out, const float *lse,
-                                   const float *q, const float *k,
-                                   const float *v, int B, int T, int NH,
-                                   int NKV, int D, float p, uint64_t key)
+static void cpu_attention_bwd_seg(dt_backend *be, float *dq, float *dk,
+                                  float *dv, const float *dout,
+                                  const float *out, const float *lse,
+                                  const float *q, const float *k,
+                                  const float *v, const int32_t *pos, int B,
+                                  int T, int NH, int NKV, int D, float p,
+                                  uint64_t key)
 {
     att_drop dr = att__drop(p, key);
     int nt = omp_get_max_threads();
@@ -863,8 +907,20 @@ static void cpu_attention_bwd_drop(dt_backend *be, float *dq, float *dk,
         att__bwd_kvhead(dq + qoff, dk + koff, dv + koff, dout + qoff,
                         out + qoff, l, q + qoff, k + koff, v + koff, T, grp,
                         ldq, ldk, D, scale, blk, S, S + (size_t)blk * T, &dr,
-                        (long)b * NH + (long)kh * grp);
+                        (long)b * NH + (long)kh * grp,
+                        pos ? pos + (long)b * T : NULL);
     }
+}
+
+static void cpu_attention_bwd_drop(dt_backend *be, float *dq, float *dk,
+                                   float *dv, const float *dout,
+                                   const float *out, const float *lse,
+                                   const float *q, const float *k,
+                                   const float *v, int B, int T, int NH,
+                                   int NKV, int D, float p, uint64_t key)
+{
+    cpu_attention_bwd_seg(be, dq, dk, dv, dout, out, lse, q, k, v, NULL, B, T,
+                          NH, NKV, D, p, key);
 }
 
 static void cpu_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
@@ -1107,6 +1163,9 @@ static const dt_backend_i cpu_iface = {
     /* .residual_norm_fwd = */ cpu_residual_norm_fwd,
     /* .gemm_bf16w    = */ cpu_gemm_bf16w,
     /* .set_tf32      = */ cpu_set_tf32,
+    /* .rope_pos      = */ cpu_rope_pos,
+    /* .attention_fwd_seg = */ cpu_attention_fwd_seg,
+    /* .attention_bwd_seg = */ cpu_attention_bwd_seg,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

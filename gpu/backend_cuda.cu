@@ -341,6 +341,23 @@ static __global__ void k_rope(float *x, const float *cs, int T, int H, int D,
     }
 }
 
+/* k_rope at the positions pos(B*T) (packing): one thread per (b, t, h,
+ * pair i). */
+static __global__ void k_rope_pos(float *x, const float *cs,
+                                  const int32_t *pos, int H, int D,
+                                  int inverse, long n)
+{
+    int half = D / 2;
+    GRID_STRIDE(j, n) {
+        int i = (int)(j % half);
+        long bth = j / half;
+        long t = pos[bth / H];
+        float *v = x + bth * D;
+        const float *p = cs + 2 * (t * half + i);
+        dt_rope_apply(&v[i], &v[i + half], p[0], p[1], inverse);
+    }
+}
+
 static __global__ void k_add_bias(float *y, const float *bias, int C, long n)
 {
     GRID_STRIDE(i, n) y[i] += bias[i % C];
@@ -851,6 +868,21 @@ static void cuda_rope(dt_backend *be, float *x, int B, int T, int H, int D,
     EW_LAUNCH(c, n, k_rope, x, cs, T, H, D, inverse, n);
 }
 
+/* pos[r] < T (a position within a row of the sequence): the table of T
+ * positions covers them. */
+static void cuda_rope_pos(dt_backend *be, float *x, const int32_t *pos, int B,
+                          int T, int H, int D, float theta, int inverse)
+{
+    long n = (long)B * T * H * (D / 2);
+    cuda_ctx *c = ctx_of(be);
+    if (c->err || n <= 0)
+        return;
+    const float *cs = rope_table(be, T, D, theta);
+    if (!cs)
+        return;
+    EW_LAUNCH(c, n, k_rope_pos, x, cs, pos, H, D, inverse, n);
+}
+
 /* rope on x(T,H,D) at positions pos0..: one thread per (t, h, pair i). */
 static __global__ void k_rope_at(float *x, const float *cs, int H, int D,
                                  int pos0, long n)
@@ -1208,6 +1240,9 @@ static const dt_backend_i cuda_iface = {
     /* .residual_norm_fwd = */ cuda_residual_norm_fwd,
     /* .gemm_bf16w = */ cuda_gemm_bf16w,
     /* .set_tf32 = */ cuda_set_tf32,
+    /* .rope_pos = */ cuda_rope_pos,
+    /* .attention_fwd_seg = */ cuda_attention_fwd_seg,
+    /* .attention_bwd_seg = */ cuda_attention_bwd_seg,
 };
 
 extern "C" int dt_backend_cuda_available(void)

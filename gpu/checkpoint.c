@@ -137,7 +137,8 @@ static void rm_tree(const char *dir)
  * Delta-LoRA moves (weights.safetensors), the AdamW moments of the
  * trainable ones (optimizer.safetensors: dropped by retention). */
 int tr_ckpt_save(dt_model *m, const dt_train_opts *o, dt_weights *w, const dt_optim *opt,
-                 int64_t total, unsigned targets, long trained_tokens, char *err)
+                 int64_t total, unsigned targets, long trained_tokens, long data_pos,
+                 char *err)
 {
     dt_backend *be = dt_model_backend(m);
     int np, nl;
@@ -241,8 +242,13 @@ int tr_ckpt_save(dt_model *m, const dt_train_opts *o, dt_weights *w, const dt_op
         "target_mask", (json_int_t)targets, "batch_size", o->batch,
         "grad_accum", o->accum, "seed", (json_int_t)o->seed,
         "threads", be->threads);
-    if (st)
+    if (st) {
         json_object_set_new(st, "trained_tokens", json_integer(trained_tokens));
+        /* the data position: with packing a step takes a varying number of
+         * rows, so a resume cannot derive it from the step */
+        json_object_set_new(st, "data_pos", json_integer(data_pos));
+        json_object_set_new(st, "packing", json_integer(o->packing ? 1 : 0));
+    }
     char *js = st ? json_dumps(st, JSON_COMPACT) : NULL;
     json_decref(st);
     if (!js) {
@@ -319,6 +325,7 @@ int tr_ckpt_check(const char *dir, const dt_train_opts *o, int64_t K, int64_t to
         {"total_steps", "--steps/--epochs (total optimizer steps)", (double)total, 1},
         {"batch_size", "--batch-size", o->batch, 1},
         {"grad_accum", "--grad-accum", o->accum, 1},
+        {"packing", "--packing (1) or none (0)", o->packing ? 1 : 0, 1},
     };
     int rc = DT_OK;
     for (size_t i = 0; i < sizeof s / sizeof s[0] && !rc; i++) {
@@ -349,7 +356,7 @@ int tr_ckpt_check(const char *dir, const dt_train_opts *o, int64_t K, int64_t to
 }
 
 int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
-                     long *trained_tokens, char *err)
+                     long *trained_tokens, long *data_pos, char *err)
 {
     dt_backend *be = dt_model_backend(m);
     char path[4600];
@@ -362,6 +369,8 @@ int tr_ckpt_load(dt_model *m, const char *dir, dt_optim *opt,
     }
     opt->t = (int64_t)json_integer_value(json_object_get(js, "step"));
     *trained_tokens = (long)json_integer_value(json_object_get(js, "trained_tokens"));
+    json_t *dp = json_object_get(js, "data_pos");
+    *data_pos = json_is_integer(dp) ? (long)json_integer_value(dp) : -1;
     /* CPU results are bitwise reproducible for one thread count only (the
      * OpenMP reductions and OpenBLAS split work by thread). */
     int th = (int)json_integer_value(json_object_get(js, "threads"));

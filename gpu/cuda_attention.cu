@@ -14,6 +14,10 @@
  * faster forward and 2-4x faster backward than the fused fp32 kernels,
  * which have no tensor-core tiling yet: it stays the default until they
  * beat it, and the fused kernels keep long sequences in memory.
+ * Packing (attention_fwd_seg / _bwd_seg: a block-diagonal causal mask, keys
+ * of the rows before a query's own masked) always runs the naive version:
+ * the fused kernels have no segments, so a packed sequence's score
+ * workspace is NH * T * T floats whatever T.
  *
  * The naive version: scores go to a (NH, T, T) workspace per batch
  * row, so memory grows with T^2 and masked entries are still multiplied.
@@ -49,24 +53,27 @@ static __global__ void k_permute_bthd(float *dst, const float *src, int T,
  * row i is query position i % T. Saves lse = max + log(sum). */
 static __global__ void k_attn_softmax(float *S, float *lse, long rows, int T,
                                       uint64_t key, uint32_t thr, float dscale,
-                                      uint64_t base)
+                                      uint64_t base, const int32_t *pos)
 {
     long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (row >= rows)
         return;
     int t = (int)(row % T);
+    /* pos(T) of this batch row or NULL: keys lo..t (packing's segments) */
+    int lo = pos ? t - pos[t] : 0;
     float *s = S + row * T;
     float m = -INFINITY, sum = 0.0f;
-    for (int j = lane; j <= t; j += 32)
+    for (int j = lo + lane; j <= t; j += 32)
         m = fmaxf(m, s[j]);
     m = warp_max(m);
-    for (int j = lane; j <= t; j += 32)
+    for (int j = lo + lane; j <= t; j += 32)
         sum += expf(s[j] - m);
     sum = warp_sum(sum);
     for (int j = lane; j < T; j += 32) {
-        float p = j <= t ? expf(s[j] - m) / sum : 0.0f;
-        if (thr && j <= t) /* attention dropout on P (dt_dropout) */
+        int in = j >= lo && j <= t;
+        float p = in ? expf(s[j] - m) / sum : 0.0f;
+        if (thr && in) /* attention dropout on P (dt_dropout) */
             p = dt_dropout(p, key, base + (uint64_t)row * T + j, thr, dscale);
         s[j] = p;
     }
@@ -99,24 +106,26 @@ static __global__ void k_attn_drow(float *drow, const float *dout,
 static __global__ void k_attn_dscore(float *S, float *dP, const float *lse,
                                      const float *drow, long rows, int T,
                                      uint64_t key, uint32_t thr, float dscale,
-                                     uint64_t base)
+                                     uint64_t base, const int32_t *pos)
 {
     long row = (long)blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
     int lane = threadIdx.x & 31;
     if (row >= rows)
         return;
     int t = (int)(row % T);
+    int lo = pos ? t - pos[t] : 0; /* as in k_attn_softmax */
     float l = lse[row], dr = drow[row];
     float *s = S + row * T, *dp = dP + row * T;
     for (int j = lane; j < T; j += 32) {
-        float p = j <= t ? expf(s[j] - l) : 0.0f;
+        int in = j >= lo && j <= t;
+        float p = in ? expf(s[j] - l) : 0.0f;
         /* With dropout, out = (P∘Z) V: dV takes P∘Z and
          * dS = P ∘ (dP∘Z - Drow), Z = mask / (1 - p). */
-        float z = thr && j <= t ? dt_dropout(1.0f, key, base + (uint64_t)row * T + j,
-                                              thr, dscale)
-                                : 1.0f;
+        float z = thr && in ? dt_dropout(1.0f, key, base + (uint64_t)row * T + j,
+                                         thr, dscale)
+                            : 1.0f;
         s[j] = p * z;
-        dp[j] = j <= t ? p * (dp[j] * z - dr) : 0.0f;
+        dp[j] = in ? p * (dp[j] * z - dr) : 0.0f;
     }
 }
 
@@ -207,10 +216,9 @@ void cuda_attention_fwd(dt_backend *be, float *out, float *lse,
 /* The mask of element (b, h, i, j) is keyed on ((b*NH + h)*T + i)*T + j;
  * S of batch row b is (NH, T, T) with row h*T + i, so the index is
  * b*NH*T*T + row*T + j. */
-void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
-                             const float *q, const float *k, const float *v,
-                             int B, int T, int NH, int NKV, int D, float pdrop,
-                             uint64_t key)
+static void attn_fwd(dt_backend *be, float *out, float *lse, const float *q,
+                     const float *k, const float *v, const int32_t *pos, int B,
+                     int T, int NH, int NKV, int D, float pdrop, uint64_t key)
 {
     uint32_t thr = pdrop > 0.0f ? dt_drop_thresh(pdrop) : 0;
     float dscale = pdrop > 0.0f ? 1.0f / (1.0f - pdrop) : 1.0f;
@@ -218,7 +226,7 @@ void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
     attn_ws w;
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
         return;
-    if (attn_use_flash(D, NH, T)) {
+    if (!pos && attn_use_flash(D, NH, T)) {
         cuda_flash_fwd(c, out, lse, q, k, v, B, T, NH, NKV, D, thr, dscale, key,
                        attn_flash_bf16());
         return;
@@ -237,12 +245,28 @@ void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
         long rows = (long)NH * T;
         DT_LAUNCH(k_attn_softmax, row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
             w.S, lse + (long)b * NH * T, rows, T, key, thr, dscale,
-            (uint64_t)b * NH * T * T);
+            (uint64_t)b * NH * T * T, pos ? pos + (long)b * T : NULL);
         LAUNCHED(c);
         gemm_rm(c, 0, 0, rep * T, D, T, 1.0f, w.S, T, ss, vb, ldk, D, 0.0f, ob,
                 D, sq, NKV);
     }
     permute(c, out, w.op, B, T, NH, D, 0);
+}
+
+void cuda_attention_fwd_drop(dt_backend *be, float *out, float *lse,
+                             const float *q, const float *k, const float *v,
+                             int B, int T, int NH, int NKV, int D, float pdrop,
+                             uint64_t key)
+{
+    attn_fwd(be, out, lse, q, k, v, NULL, B, T, NH, NKV, D, pdrop, key);
+}
+
+void cuda_attention_fwd_seg(dt_backend *be, float *out, float *lse,
+                            const float *q, const float *k, const float *v,
+                            const int32_t *pos, int B, int T, int NH, int NKV,
+                            int D, float pdrop, uint64_t key)
+{
+    attn_fwd(be, out, lse, q, k, v, pos, B, T, NH, NKV, D, pdrop, key);
 }
 
 void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
@@ -255,11 +279,11 @@ void cuda_attention_bwd(dt_backend *be, float *dq, float *dk, float *dv,
                             NKV, D, 0.0f, 0);
 }
 
-void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
-                             const float *dout, const float *out,
-                             const float *lse, const float *q, const float *k,
-                             const float *v, int B, int T, int NH, int NKV,
-                             int D, float pdrop, uint64_t key)
+static void attn_bwd(dt_backend *be, float *dq, float *dk, float *dv,
+                     const float *dout, const float *out, const float *lse,
+                     const float *q, const float *k, const float *v,
+                     const int32_t *pos, int B, int T, int NH, int NKV, int D,
+                     float pdrop, uint64_t key)
 {
     uint32_t thr = pdrop > 0.0f ? dt_drop_thresh(pdrop) : 0;
     float dscale = pdrop > 0.0f ? 1.0f / (1.0f - pdrop) : 1.0f;
@@ -268,7 +292,7 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
     if (c->err || B <= 0 || T <= 0 || attn_bad_shape(c, NH, NKV, D))
         return;
     long allrows = (long)B * NH * T;
-    if (attn_use_flash(D, NH, T)) {
+    if (!pos && attn_use_flash(D, NH, T)) {
         /* The only workspace: Drow (B,NH,T). */
         float *drow = (float *)ws_get(c, (size_t)allrows * sizeof(float));
         if (!drow)
@@ -302,7 +326,8 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
                 w.dP, T, ss, NKV);
         DT_LAUNCH(k_attn_dscore, row_blocks(rows), 32 * ROWS_PER_BLOCK, 0, c->stream)(
             w.S, w.dP, lse + (long)b * NH * T, w.drow + (long)b * NH * T, rows,
-            T, key, thr, dscale, (uint64_t)b * NH * T * T);
+            T, key, thr, dscale, (uint64_t)b * NH * T * T,
+            pos ? pos + (long)b * T : NULL);
         LAUNCHED(c);
         /* dV_g = P_g^T dO_g, dQ_g = scale dS_g K_g, dK_g = scale dS_g^T Q_g. */
         gemm_rm(c, 1, 0, T, D, rep * T, 1.0f, w.S, T, ss, dob, D, sq, 0.0f,
@@ -313,6 +338,26 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
                 dk + ko, ldk, D, NKV);
     }
     permute(c, dq, w.dqp, B, T, NH, D, 0);
+}
+
+void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
+                             const float *dout, const float *out,
+                             const float *lse, const float *q, const float *k,
+                             const float *v, int B, int T, int NH, int NKV,
+                             int D, float pdrop, uint64_t key)
+{
+    attn_bwd(be, dq, dk, dv, dout, out, lse, q, k, v, NULL, B, T, NH, NKV, D,
+             pdrop, key);
+}
+
+void cuda_attention_bwd_seg(dt_backend *be, float *dq, float *dk, float *dv,
+                            const float *dout, const float *out,
+                            const float *lse, const float *q, const float *k,
+                            const float *v, const int32_t *pos, int B, int T,
+                            int NH, int NKV, int D, float pdrop, uint64_t key)
+{
+    attn_bwd(be, dq, dk, dv, dout, out, lse, q, k, v, pos, B, T, NH, NKV, D,
+             pdrop, key);
 }
 
 

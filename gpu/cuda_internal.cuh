@@ -127,6 +127,18 @@ void cuda_attention_bwd_drop(dt_backend *be, float *dq, float *dk, float *dv,
                              const float *v, int B, int T, int NH, int NKV,
                              int D, float p, uint64_t key);
 
+/* The same under packing's block-diagonal causal mask (pos: backend.h);
+ * always the naive kernels (the fused ones have no segments). */
+void cuda_attention_fwd_seg(dt_backend *be, float *out, float *lse,
+                            const float *q, const float *k, const float *v,
+                            const int32_t *pos, int B, int T, int NH, int NKV,
+                            int D, float p, uint64_t key);
+void cuda_attention_bwd_seg(dt_backend *be, float *dq, float *dk, float *dv,
+                            const float *dout, const float *out,
+                            const float *lse, const float *q, const float *k,
+                            const float *v, const int32_t *pos, int B, int T,
+                            int NH, int NKV, int D, float p, uint64_t key);
+
 /* Fused (flash) causal attention (cuda_flash.cu), the kernels behind the
  * attention ops when cuda_flash_supports(D) (1 for D = 64 and 128). thr and
  * dscale are dropout's threshold and scale (thr 0: no dropout), key its

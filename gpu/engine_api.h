@@ -44,6 +44,9 @@ typedef struct dt_mem_job {
     int threads;          /* CPU threads (attention scratch); 0: 1 */
     long long runtime_bytes; /* CPU: the process's own resident memory
                                 (code, libraries, tokenizer): dt_mem_self_rss() */
+    int packing;          /* 1: --packing: sequences of seq_len (longest_row
+                             is not the bound) and, on CUDA, the naive
+                             attention whatever T (no fused segments) */
 } dt_mem_job;
 
 /* Bytes at the peak, by kind; total is their sum. On the CPU, workspace

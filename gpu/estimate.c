@@ -246,7 +246,7 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
     if (j->method != 0 && j->rank < 1)
         return dt_errf(err, DT_EINVAL, "rank must be >= 1 for LoRA");
     long long T = j->seq_len;
-    if (j->longest_row > 0 && j->longest_row < T)
+    if (j->longest_row > 0 && j->longest_row < T && !j->packing)
         T = j->longest_row;
     e->seq_eff = (int)T;
     long long B = j->batch, N = B * T;
@@ -307,12 +307,12 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
     long long trainable = (j->method == 0 ? 3 : 4) * ptrain + cat + 2;
 
     /* activations: alloc_acts (model.c), floats (ids, targets and the LM
-     * head's predicted rows: 3N int32). */
+     * head's predicted rows, packing's positions: 4N int32). */
     long long wide = qd > C ? qd : C;
     long long head_rows = N < (16LL << 20) / V ? N : (16LL << 20) / V;
     if (head_rows < 1)
         head_rows = 1;
-    long long acts = 3 * N + (L + 1) * N * C + 3 * L * N * C + 4 * L * N +
+    long long acts = 4 * N + (L + 1) * N * C + 3 * L * N * C + 4 * L * N +
                      L * N * (2 * qd + 2 * kd) + L * N * c->n_head + L * N * F + N * F +
                      (c->llama ? L * N * F : 2 * N * 3 * C) + N * C + 2 * N +
                      head_rows * V + N + N * C + 2 * N * wide + N * qd + 2 * N * kd +
@@ -324,7 +324,17 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
     long long work;
     long long nh = c->n_head, D = c->head_dim;
     if (j->cuda) {
-        work = 3 * B * nh * T * D + 2 * nh * T * T + B * nh * T + T * D;
+        /* cuda_attention.cu's choice (docs/GPU.md): the naive version while
+         * its score workspace, NH·T² floats per batch row, is at most 1 GiB
+         * (always with packing, and for head dims the fused kernels do not
+         * take), its backward holding qp, dout, dq (B,NH,T,D), S and dP
+         * (NH,T,T) and Drow (B,NH,T); the fused kernels beyond it, whose
+         * backward's only workspace is Drow. One workspace buffer, grown to
+         * 1.25 times the largest request (ws_get), plus the RoPE table. */
+        int naive = j->packing || (D != 64 && D != 128) ||
+                    4 * nh * T * T <= (1LL << 30);
+        long long ws = naive ? 3 * B * nh * T * D + 2 * nh * T * T + B * nh * T : B * nh * T;
+        work = ws + ws / 4 + T * D;
     } else {
         int nt = j->threads > 0 ? j->threads : 1;
         long long blk = T < 256 ? T : 256;

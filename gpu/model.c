@@ -396,6 +396,7 @@ static int alloc_acts(dt_model *m, int *fail)
     m->ids = (int32_t *)dalloc(m, N, fail);
     m->tgt = (int32_t *)dalloc(m, N, fail);
     m->rows = (int32_t *)dalloc(m, N, fail); /* the LM head's predicted rows */
+    m->pos = (int32_t *)dalloc(m, N, fail);  /* packing's positions */
     m->res = dalloc(m, (NL + 1) * N * C, fail);
     m->mid = dalloc(m, NL * N * C, fail);
     m->n1 = dalloc(m, NL * N * C, fail);
@@ -518,7 +519,8 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     if (!fail) {
         m->hids = malloc((size_t)m->N * sizeof *m->hids);
         m->hrows = malloc(2 * (size_t)m->N * sizeof *m->hrows);
-        if (!m->hids || !m->hrows)
+        m->hpos = malloc((size_t)m->N * sizeof *m->hpos);
+        if (!m->hids || !m->hrows || !m->hpos)
             fail = 1;
         m->opt = calloc((size_t)(m->nparams ? m->nparams : 1), sizeof *m->opt);
         m->gnorm2 = (double *)dalloc(m, 2, &fail);
@@ -551,7 +553,7 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
 void dt_model_release_activations(dt_model *m)
 {
     dt_backend *be = m->be;
-    float *acts[] = {(float *)m->ids, (float *)m->tgt, (float *)m->rows, m->res, m->mid, m->n1,
+    float *acts[] = {(float *)m->ids, (float *)m->tgt, (float *)m->rows, (float *)m->pos, m->res, m->mid, m->n1,
         m->n2, m->n1m, m->n1r, m->n2m, m->n2r, m->q, m->k, m->v, m->qkv,
         m->att, m->lse, m->h1, m->h2, m->act, m->nf, m->nfm, m->nfr,
         m->logits, m->losses, m->dres, m->dx, m->dq, m->dk,
@@ -563,7 +565,7 @@ void dt_model_release_activations(dt_model *m)
         be->i.free(be, m->loras[i].u);
         m->loras[i].u = NULL;
     }
-    m->ids = m->tgt = m->rows = NULL;
+    m->ids = m->tgt = m->rows = m->pos = NULL;
     m->res = m->mid = m->n1 = m->n2 = m->n1m = m->n1r = m->n2m = m->n2r = NULL;
     m->q = m->k = m->v = m->qkv = m->att = m->lse = m->h1 = m->h2 = m->act = NULL;
     m->nf = m->nfm = m->nfr = m->logits = m->losses = m->dres = m->dx = NULL;
@@ -598,6 +600,7 @@ void dt_model_free(dt_model *m)
     be->i.free(be, m->gnorm2);
     free(m->opt);
     free(m->hids);
+    free(m->hpos);
     free(m->hrows);
     free(m->named);
     free(m->params);

@@ -174,6 +174,17 @@ float dt_model_lora_scale(const dt_model *m);
 int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                      int b, int t, float grad_scale, double *loss_sum,
                      long *ntok, char *err);
+/* dt_model_forward on packed sequences (--packing): each of the b
+ * sequences holds several rows one after another; pos(b*t), host, is the
+ * position of each token within its own row (0 at a row's first token and
+ * at padding; pos[i] <= i % t). Attention stays within each row (a query
+ * sees keys i - pos[i] .. i), RoPE and GPT-2's learned positions take pos,
+ * so each row's loss and gradients are those of the row run alone (within
+ * fp32 rounding). pos NULL is dt_model_forward. */
+int dt_model_forward_packed(dt_model *m, const int32_t *ids,
+                            const int32_t *targets, const int32_t *pos, int b,
+                            int t, float grad_scale, double *loss_sum,
+                            long *ntok, char *err);
 /* Backward pass of the last forward: accumulates into the params' g. */
 int dt_model_backward(dt_model *m, char *err);
 /* Zeroes every gradient. */

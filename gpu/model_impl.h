@@ -68,6 +68,10 @@ struct dt_model {
     int32_t *ids, *tgt;    /* (N) */
     int32_t *hids;         /* (N) host copy of the last forward's ids, for
                               embedding_bwd (no copy back from the device) */
+    int32_t *pos;          /* (N) device: packing's positions within each
+                              row (dt_model_forward_packed) */
+    int32_t *hpos;         /* (N) host copy of them, for embedding_bwd */
+    int packed;            /* the last forward pass was packed (pos set) */
     int32_t *rows;         /* (N) device: the rows whose target is predicted
                               (!= -100), the LM head's compacted rows */
     int32_t *hrows;        /* (2N) host: those rows, then their targets */

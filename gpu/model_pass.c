@@ -263,11 +263,22 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
             head_norm_fwd(m, A.k, AT(m->knr, l, c->n_kv_head), kr, Y->knw, N,
                           c->n_kv_head);
         }
-        OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, m->rope_key, 0);
-        OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, m->rope_key, 0);
+        if (m->packed) {
+            OPS.rope_pos(be, A.q, m->pos, b, t, c->n_head, c->head_dim,
+                         m->rope_key, 0);
+            OPS.rope_pos(be, A.k, m->pos, b, t, c->n_kv_head, c->head_dim,
+                         m->rope_key, 0);
+        } else {
+            OPS.rope(be, A.q, b, t, c->n_head, c->head_dim, m->rope_key, 0);
+            OPS.rope(be, A.k, b, t, c->n_kv_head, c->head_dim, m->rope_key, 0);
+        }
     }
     float pa = drop_p(m, m->drop.attn), pr = drop_p(m, m->drop.resid);
-    if (pa > 0.0f)
+    if (m->packed)
+        OPS.attention_fwd_seg(be, A.att, A.lse, A.q, A.k, A.v, m->pos, b, t,
+                              c->n_head, c->n_kv_head, c->head_dim, pa,
+                              pa > 0.0f ? drop_key(m, l, DT_DROP_ATTN) : 0);
+    else if (pa > 0.0f)
         OPS.attention_fwd_drop(be, A.att, A.lse, A.q, A.k, A.v, b, t,
                                c->n_head, c->n_kv_head, c->head_dim, pa,
                                drop_key(m, l, DT_DROP_ATTN));
@@ -361,7 +372,12 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
     }
     lin_bwd(m, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], datt_out, A.att,
             m->datt, N, 0);
-    if (pa > 0.0f)
+    if (m->packed)
+        OPS.attention_bwd_seg(be, m->dq, m->dk, m->dv, m->datt, A.att, A.lse,
+                              A.q, A.k, A.v, m->pos, b, t, c->n_head,
+                              c->n_kv_head, c->head_dim, pa,
+                              pa > 0.0f ? drop_key(m, l, DT_DROP_ATTN) : 0);
+    else if (pa > 0.0f)
         OPS.attention_bwd_drop(be, m->dq, m->dk, m->dv, m->datt, A.att, A.lse,
                                A.q, A.k, A.v, b, t, c->n_head, c->n_kv_head,
                                c->head_dim, pa, drop_key(m, l, DT_DROP_ATTN));
@@ -374,8 +390,15 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
         OPS.copy2d(be, m->dqkv + 2 * C, 3 * C, m->dv, C, N, C, 1.0f);
         lin_bwd(m, &Y->lin[G_QKV], m->dqkv, A.n1, m->dx, N, 0);
     } else {
-        OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, m->rope_key, 1);
-        OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, m->rope_key, 1);
+        if (m->packed) {
+            OPS.rope_pos(be, m->dq, m->pos, b, t, c->n_head, c->head_dim,
+                         m->rope_key, 1);
+            OPS.rope_pos(be, m->dk, m->pos, b, t, c->n_kv_head, c->head_dim,
+                         m->rope_key, 1);
+        } else {
+            OPS.rope(be, m->dq, b, t, c->n_head, c->head_dim, m->rope_key, 1);
+            OPS.rope(be, m->dk, b, t, c->n_kv_head, c->head_dim, m->rope_key, 1);
+        }
         const float *dq = m->dq, *dk = m->dk;
         if (Y->qnw) /* Qwen 3's q_norm, k_norm; both use m->datt in turn */
             dq = head_norm_bwd(m, Y->pqnw, m->dq, AT(m->qraw, l, m->qdim),
@@ -471,6 +494,15 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
                      int b, int t, float grad_scale, double *loss_sum,
                      long *ntok, char *err)
 {
+    return dt_model_forward_packed(m, ids, targets, NULL, b, t, grad_scale,
+                                   loss_sum, ntok, err);
+}
+
+int dt_model_forward_packed(dt_model *m, const int32_t *ids,
+                            const int32_t *targets, const int32_t *pos, int b,
+                            int t, float grad_scale, double *loss_sum,
+                            long *ntok, char *err)
+{
     const dt_config *c = &m->c;
     dt_backend *be = m->be;
     if (b < 1 || t < 1 || b > m->B || t > m->T)
@@ -481,13 +513,30 @@ int dt_model_forward(dt_model *m, const int32_t *ids, const int32_t *targets,
         if (ids[i] < 0 || ids[i] >= V)
             return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)",
                            ids[i], V);
+    for (int i = 0; pos && i < N; i++)
+        if (pos[i] < 0 || pos[i] > i % t)
+            return dt_errf(err, DT_EINVAL, "position %d of token %d (column %d) "
+                           "is outside its sequence", pos[i], i, i % t);
     OPS.upload(be, m->ids, ids, (size_t)N * sizeof(int32_t));
     memcpy(m->hids, ids, (size_t)N * sizeof(int32_t)); /* for embedding_bwd */
+    m->packed = pos != NULL;
+    if (pos) {
+        OPS.upload(be, m->pos, pos, (size_t)N * sizeof(int32_t));
+        memcpy(m->hpos, pos, (size_t)N * sizeof(int32_t));
+    }
     /* this pass's mode, step and micro-batch, for its backward pass too */
     m->ltrain = m->train;
     m->lstep = m->step;
     m->lmicro = m->micro;
-    OPS.embedding_fwd(be, m->res, m->ids, m->wte, m->wpe, b, t, C);
+    if (pos && m->wpe) {
+        /* learned positions at pos: wte[ids], then wpe[pos] (through m->dx,
+         * free until the first layer) added; the same single float add. */
+        OPS.embedding_fwd(be, m->res, m->ids, m->wte, NULL, b, t, C);
+        OPS.embedding_fwd(be, m->dx, m->pos, m->wpe, NULL, b, t, C);
+        OPS.axpy(be, (long)N * C, 1.0f, m->dx, m->res);
+    } else {
+        OPS.embedding_fwd(be, m->res, m->ids, m->wte, m->wpe, b, t, C);
+    }
     float pe = drop_p(m, m->drop.embd);
     if (pe > 0.0f) /* GPT-2's embd_pdrop, in place */
         OPS.dropout(be, m->res, m->res, (long)N * C, pe,
@@ -533,9 +582,14 @@ int dt_model_backward(dt_model *m, char *err)
     if (m->pwte && pe > 0.0f)
         OPS.dropout(be, m->dres, m->dres, (long)N * C, pe,
                     drop_key(m, 0, DT_DROP_EMBD), 0);
-    if (m->pwte)
+    if (m->pwte && m->packed) {
+        OPS.embedding_bwd(be, m->pwte->g, NULL, m->dres, m->hids, b, t, C);
+        if (m->pwpe) /* dwpe[pos] += dout */
+            OPS.embedding_bwd(be, m->pwpe->g, NULL, m->dres, m->hpos, b, t, C);
+    } else if (m->pwte) {
         OPS.embedding_bwd(be, m->pwte->g, m->pwpe ? m->pwpe->g : NULL, m->dres,
                           m->hids, b, t, C);
+    }
     return OPS.sync(be, err);
 }
 

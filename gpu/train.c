@@ -329,7 +329,7 @@ static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
                     o->batch, o->seq_len, (lr > lv ? lr : lv) > 0 ? (lr > lv ? lr : lv) : 1,
                     toks, cuda,
                     o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
-                    dt_mem_self_rss()};
+                    dt_mem_self_rss(), o->packing};
     /* the precision dt_train resolves (dt_precision_resolve) */
     int bf16 = o->precision == DT_PREC_BF16;
     if (o->precision == DT_PREC_AUTO && cuda) {
@@ -400,7 +400,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
     dt_model *m = NULL;
     dt_peft_adapter ad;
     int have_ad = 0, rc;
-    int32_t *ids = NULL, *tgt = NULL;
+    int32_t *ids = NULL, *tgt = NULL, *pos = NULL;
     int *perm = NULL;
     memset(&w, 0, sizeof w);
 
@@ -425,8 +425,8 @@ int dt_train(const dt_train_opts *o_in, char *err)
     int T = o.seq_len, longest = longest_row(&ds);
     if (longest_row(&vs) > longest)
         longest = longest_row(&vs);
-    if (longest >= 1 && longest < T)
-        T = longest;
+    if (longest >= 1 && longest < T && !o.packing)
+        T = longest; /* packing fills sequences up to seq_len */
     if (o.memory_limit > 0) {
         dt_mem_estimate est;
         char why[DT_ERR_LEN] = "";
@@ -463,8 +463,22 @@ int dt_train(const dt_train_opts *o_in, char *err)
     if (o.method != DT_FULL && (rc = dt_parse_targets(o.targets, w.cfg.arch, &lo.targets, err)))
         goto fail;
 
+    ids = malloc((size_t)o.batch * o.seq_len * sizeof *ids);
+    tgt = malloc((size_t)o.batch * o.seq_len * sizeof *tgt);
+    pos = malloc((size_t)o.batch * o.seq_len * sizeof *pos);
+    perm = malloc((size_t)ds.nrows * sizeof *perm);
+    if (!ids || !tgt || !pos || !perm) {
+        rc = dt_errf(err, DT_ENOMEM, "out of memory");
+        goto fail;
+    }
+    batcher bt = {&ds, o.seed, perm, -1, NULL, NULL, o.batch, o.seq_len, 0, NULL};
     long rows_per_step = (long)o.batch * o.accum;
     int64_t total = dt_train_total_steps(o.steps, o.epochs, ds.nrows, o.batch, o.accum);
+    if (o.packing && o.steps <= 0) /* batch counts packed sequences */
+        total = tr_packed_total_steps(&bt, o.epochs, o.accum);
+    bt.ids = ids;
+    bt.tgt = tgt;
+    bt.pos = pos;
     int64_t K = o.start_step >= 0 ? o.start_step : (int64_t)((double)total * DT_DELTA_START_FRAC);
     if (o.method == DT_DELTA_LORA && K >= total)
         fprintf(stderr, "warning: --start-step %lld >= total steps %lld: W never moves "
@@ -506,12 +520,20 @@ int dt_train(const dt_train_opts *o_in, char *err)
     opt.lambda = o.lambda;
     opt.start_step = K;
     long trained = 0;
+    long data_pos = 0;    /* stream rows taken by the completed steps */
     int64_t ckpt_at = -1; /* the step of the newest checkpoint on disk */
     if (o.resume) {
         char dir[4400];
         if (dt_ckpt_latest(o.out, dir, sizeof dir) > 0) {
-            if ((rc = tr_ckpt_load(m, dir, &opt, &trained, err)))
+            if ((rc = tr_ckpt_load(m, dir, &opt, &trained, &data_pos, err)))
                 goto fail;
+            if (data_pos < 0 && o.packing) {
+                rc = dt_errf(err, DT_EFORMAT, "cannot resume from %s with --packing: it "
+                             "has no data position", dir);
+                goto fail;
+            }
+            if (!o.packing) /* the position follows from the step */
+                data_pos = (long)opt.t * rows_per_step;
             ckpt_at = opt.t;
             /* the low-rank form: A_K, B_K came back with the checkpoint */
             dt_model_delta_set_moved(m, o.method == DT_DELTA_LORA &&
@@ -521,40 +543,41 @@ int dt_train(const dt_train_opts *o_in, char *err)
         }
     }
 
-    ids = malloc((size_t)o.batch * o.seq_len * sizeof *ids);
-    tgt = malloc((size_t)o.batch * o.seq_len * sizeof *tgt);
-    perm = malloc((size_t)ds.nrows * sizeof *perm);
-    if (!ids || !tgt || !perm) {
-        rc = dt_errf(err, DT_ENOMEM, "out of memory");
-        goto fail;
-    }
-    batcher bt = {&ds, o.seed, perm, -1, ids, tgt, o.batch, o.seq_len, 0};
     double t0 = dt_now();
     int64_t first = opt.t;
     long tok_run = 0;
     while (opt.t < total) {
         int64_t step = opt.t; /* 0-based index of this step */
-        long pos = (long)step * rows_per_step;
-        /* tokens of the whole optimizer step, so the loss is their mean */
-        long nstep = 0, nt, real = 0;
+        /* tokens of the whole optimizer step, so the loss is their mean;
+         * next: the stream position after this step */
+        long nstep = 0, nt, real = 0, next = data_pos;
         int tt, halt = 0;
         for (int g = 0; g < o.accum; g++) {
-            tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            if (o.packing) {
+                next += tr_batch_packed(&bt, next, &tt, &nt);
+            } else {
+                tr_batch_at(&bt, data_pos + (long)g * o.batch, &tt, &nt);
+                next += o.batch;
+            }
             nstep += nt;
             real += bt.real;
         }
         dt_model_zero_grad(m);
         double loss = 0.0;
+        long at = data_pos; /* packing: the next micro-batch's first row */
         for (int g = 0; g < o.accum && nstep > 0; g++) {
             double ls;
             /* A stop request between micro-batches drops the partial
              * accumulation: the model is still at step opt.t. */
             if (g > 0 && (halt = micro_stop(&o, step, g)))
                 break;
-            tr_batch_at(&bt, pos + (long)g * o.batch, &tt, &nt);
+            if (o.packing)
+                at += tr_batch_packed(&bt, at, &tt, &nt);
+            else
+                tr_batch_at(&bt, data_pos + (long)g * o.batch, &tt, &nt);
             dt_model_train_mode(m, o.seed, step, g); /* dropout masks' key */
-            if ((rc = dt_model_forward(m, ids, tgt, o.batch, tt, 1.0f / nstep, &ls,
-                                       &nt, err)) ||
+            if ((rc = dt_model_forward_packed(m, ids, tgt, o.packing ? pos : NULL, o.batch,
+                                              tt, 1.0f / nstep, &ls, &nt, err)) ||
                 (rc = dt_model_backward(m, err)))
                 goto fail;
             loss += ls;
@@ -567,7 +590,8 @@ int dt_train(const dt_train_opts *o_in, char *err)
         }
         if (halt) {
             if (opt.t > 0 && opt.t != ckpt_at &&
-                (rc = tr_ckpt_save(m, &o, &w, &opt, total, lo.targets, trained, err)))
+                (rc = tr_ckpt_save(m, &o, &w, &opt, total, lo.targets, trained, data_pos,
+                                   err)))
                 goto fail;
             if (opt.t > 0 && opt.t != ckpt_at)
                 prune(&o);
@@ -591,7 +615,8 @@ int dt_train(const dt_train_opts *o_in, char *err)
             goto fail;
         trained += nstep;
         tok_run += real;
-        dt_progress p = {opt.t, total, (double)(pos + rows_per_step) / ds.nrows, loss,
+        data_pos = next;
+        dt_progress p = {opt.t, total, (double)data_pos / ds.nrows, loss,
                          NAN, 0, 0, lr, gn, trained, 0, 0, tok_run};
         double el = dt_now() - t0;
         p.tokens_per_sec = el > 0 ? tok_run / el : 0;
@@ -612,7 +637,8 @@ int dt_train(const dt_train_opts *o_in, char *err)
         if (o.stop && atomic_load(o.stop))
             stop = 1;
         if (p.ckpt_due || stop) {
-            if ((rc = tr_ckpt_save(m, &o, &w, &opt, total, lo.targets, trained, err)))
+            if ((rc = tr_ckpt_save(m, &o, &w, &opt, total, lo.targets, trained, data_pos,
+                                   err)))
                 goto fail;
             ckpt_at = opt.t;
             prune(&o);
@@ -627,6 +653,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
 fail:
     free(ids);
     free(tgt);
+    free(pos);
     free(perm);
     if (have_ad)
         dt_peft_free(&ad);

@@ -89,6 +89,11 @@ typedef struct dt_train_opts {
     float lora_dropout;      /* lora only: PEFT's lora_dropout (default 0) */
     float label_smoothing;   /* training loss; 0 = plain cross-entropy */
     int batch, accum, seq_len, epochs, steps;
+    /* --packing: several rows packed into each sequence of up to seq_len
+     * positions (attention and positions kept within each row); batch then
+     * counts packed sequences. Off by default (model.h,
+     * dt_model_forward_packed). */
+    int packing;
     uint64_t seed;
     int threads;
     int eval_interval, ckpt_interval;
@@ -147,7 +152,8 @@ int dt_train(const dt_train_opts *o, char *err);
 int dt_train_estimate(const dt_train_opts *o, dt_mem_estimate *e, char *err);
 
 /* Optimizer steps of a run: steps, or ceil(epochs * rows / (batch *
- * accum)), in 64 bits (21.5 M rows x 100 epochs does not fit an int). */
+ * accum)), in 64 bits (21.5 M rows x 100 epochs does not fit an int).
+ * With packing dt_train counts the packed sequences instead. */
 int64_t dt_train_total_steps(int steps, int epochs, long rows, int batch, int accum);
 
 /* Checkpoints: <out>/checkpoints/step-NNNNNNNN/{weights.safetensors,

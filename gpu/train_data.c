@@ -61,6 +61,87 @@ int tr_batch_at(batcher *bt, long pos, int *t_out, long *ntok)
     return 0;
 }
 
+/* The dataset row at position p of the stream. */
+static const dt_row *stream_row(batcher *bt, long p)
+{
+    const dt_dataset *ds = bt->ds;
+    long e = p / ds->nrows;
+    if (e != bt->perm_epoch) {
+        epoch_perm(bt->perm, ds->nrows, bt->seed, e);
+        bt->perm_epoch = e;
+    }
+    return &ds->rows[bt->perm[p % ds->nrows]];
+}
+
+/* Input positions of a row: its tokens but the last, at most T. */
+static int row_inputs(const dt_row *r, int T)
+{
+    int n = r->n - 1;
+    return n < 0 ? 0 : n > T ? T : n;
+}
+
+long tr_batch_packed(batcher *bt, long pos, int *t_out, long *ntok)
+{
+    long p = pos, cnt = 0;
+    int t = 1;
+    int nrow[1024];
+    long first[1024];
+    bt->real = 0;
+    for (int i = 0; i < bt->B; i++) {
+        int len = 0, k = 0;
+        first[i] = p;
+        for (;;) {
+            int n = row_inputs(stream_row(bt, p), bt->T);
+            if (k > 0 && len + n > bt->T)
+                break;
+            len += n;
+            k++;
+            p++;
+        }
+        nrow[i] = k;
+        if (len > t)
+            t = len;
+        bt->real += len;
+    }
+    for (int i = 0; bt->ids && i < bt->B; i++) {
+        int32_t *ids = bt->ids + (long)i * t, *tgt = bt->tgt + (long)i * t;
+        int32_t *ps = bt->pos + (long)i * t;
+        int at = 0;
+        for (int r = 0; r < nrow[i]; r++) {
+            const dt_row *row = stream_row(bt, first[i] + r);
+            int n = row_inputs(row, bt->T);
+            for (int j = 0; j < n; j++, at++) {
+                ids[at] = row->ids[j];
+                tgt[at] = row->labels[j];
+                ps[at] = j;
+                cnt += row->labels[j] != -100;
+            }
+        }
+        for (; at < t; at++) { /* padding: a row of one position each */
+            ids[at] = 0;
+            tgt[at] = -100;
+            ps[at] = 0;
+        }
+    }
+    *t_out = t;
+    *ntok = cnt;
+    return p - pos;
+}
+
+int64_t tr_packed_total_steps(batcher *bt, int epochs, int accum)
+{
+    long end = (long)(epochs > 0 ? epochs : 1) * bt->ds->nrows, p = 0;
+    int64_t steps = 0;
+    int t;
+    long nt;
+    while (p < end) {
+        for (int g = 0; g < accum; g++)
+            p += tr_batch_packed(bt, p, &t, &nt);
+        steps++;
+    }
+    return steps;
+}
+
 /* Mean loss over every row of ds (no gradient). */
 int tr_eval_loss(dt_model *m, const dt_dataset *ds, int B, int T,
                      double *out, char *err)

@@ -131,7 +131,7 @@ static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
         if (budget[gpu] <= 0)
             continue;
         dt_mem_job mj = {method, j->rank, j->target_modules[0] ? j->target_modules : NULL,
-                         j->batch_size, seq, 0, 0, gpu, 1, 0};
+                         j->batch_size, seq, 0, 0, gpu, 1, 0, j->packing};
         dt_mem_estimate e;
         if (dt_mem_estimate_job_prec(&mm, &mj, asks_bf16 || (gpu && auto_prec), &e, err))
             return 0; /* impossible settings: validation answered those */

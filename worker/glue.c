@@ -86,6 +86,7 @@ int wk_job_opts(const db_job *j, long train_rows, dt_train_opts *o, char *err)
      * on the CPU); the API accepted only names the engine knows. */
     if (j->precision[0] && dt_precision_parse(j->precision) > 0)
         o->precision = (dt_precision)dt_precision_parse(j->precision);
+    o->packing = j->packing; /* hyperparameters.packing */
     o->resume = 1;
     o->json = 0;
     return 0;
@@ -261,7 +262,8 @@ void wk_classify_error(int rc, const char *detail, const wk_run *r,
         {"--start-step", "start_step"}, {"--target-modules", "target_modules"},
         {"--warmup-steps", "warmup_steps"}, {"--weight-decay", "weight_decay"},
         {"--epochs", "n_epochs"}, {"--steps", "max_steps"}, {"--method", "method"},
-        {"--export-dtype", "export_dtype"}, {"--precision", "precision"}};
+        {"--export-dtype", "export_dtype"}, {"--precision", "precision"},
+        {"--packing", "packing"}};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) {
         replace_all(a, sizeof a, b, flags[i][0], flags[i][1]);
         memcpy(b, a, sizeof b);

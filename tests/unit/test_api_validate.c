@@ -94,6 +94,7 @@ static void test_every_hyperparameter_out_of_range_names_its_path(void **s)
         {"seed", "-1"}, {"no_such_knob", "1"},
         {"export_dtype", "\"float64\""}, {"export_dtype", "16"},
         {"precision", "\"fp16\""}, {"precision", "\"BF16\""}, {"precision", "32"},
+        {"packing", "1"}, {"packing", "\"yes\""}, {"packing", "\"true\""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char body[512], param[128];
@@ -157,6 +158,31 @@ static void test_precision_is_accepted(void **s)
     db_job_clear(&j);
     assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\"}", &j, &e), 0);
     assert_string_equal(j.precision, "");
+    db_job_clear(&j);
+}
+
+/* hyperparameters.packing: true or false; "auto" (and absent) is false.
+ * Instant. */
+static void test_packing_is_accepted(void **s)
+{
+    (void)s;
+    db_job j;
+    api_error e;
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\",\"method\":{\"type\":"
+                         "\"lora\",\"lora\":{\"hyperparameters\":{\"packing\":true}}}}", &j, &e),
+                     0);
+    assert_true(j.packing);
+    db_job_clear(&j);
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\",\"hyperparameters\":"
+                         "{\"packing\":false}}", &j, &e), 0);
+    assert_false(j.packing);
+    db_job_clear(&j);
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\",\"hyperparameters\":"
+                         "{\"packing\":\"auto\"}}", &j, &e), 0);
+    assert_false(j.packing);
+    db_job_clear(&j);
+    assert_int_equal(run("{\"model\":\"m\",\"training_file\":\"f\"}", &j, &e), 0);
+    assert_false(j.packing);
     db_job_clear(&j);
 }
 
@@ -319,6 +345,7 @@ int main(void)
         cmocka_unit_test(test_bounds_are_inclusive),
         cmocka_unit_test(test_export_dtype_is_accepted),
         cmocka_unit_test(test_precision_is_accepted),
+        cmocka_unit_test(test_packing_is_accepted),
         cmocka_unit_test(test_method_specific_parameters_are_rejected_elsewhere),
         cmocka_unit_test(test_supervised_maps_to_delta_lora_and_multiplier_scales_lr),
         cmocka_unit_test(test_target_modules_are_normalized),

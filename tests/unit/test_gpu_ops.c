@@ -856,6 +856,72 @@ static void test_attention_dropout_matches_cpu(void **state)
     done();
 }
 
+/* Packing's positions pos(B*T): each sequence split into rows of varying
+ * lengths (a row may be 1 token), positions restarting at 0 for each. */
+static dbuf buf_pos(int B, int T, int seed)
+{
+    int32_t *h = malloc((size_t)B * T * sizeof *h);
+    assert_non_null(h);
+    for (int b = 0; b < B; b++) {
+        int left = 0, p = 0;
+        for (int t = 0; t < T; t++) {
+            if (left == 0) {
+                left = 1 + (t * 7 + b * 13 + seed) % 23;
+                p = 0;
+            }
+            h[b * T + t] = p++;
+            left--;
+        }
+    }
+    dbuf d = buf_from(h, (size_t)B * T * sizeof *h);
+    free(h);
+    return d;
+}
+
+/* Packing: attention under the block-diagonal causal mask (with and without
+ * dropout; the CUDA backend's naive kernels, also for head dim 64 where the
+ * fused ones would otherwise be asked for) and RoPE at per-token
+ * positions, against the CPU backend. */
+static void test_packed_attention_and_rope_match_cpu(void **state)
+{
+    for (size_t s = 0; s < N_ATTN_CASES; s++) {
+        const attn_case *c = &attn_cases[s];
+        for (int drop = 0; drop < 2; drop++) {
+            float p = drop ? 0.1f : 0.0f;
+            char shape[80];
+            snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d p=%g packed",
+                     c->B, c->T, c->NH, c->NKV, c->D, p);
+            attn_bufs a;
+            attn_alloc(&a, c);
+            dbuf pos = buf_pos(c->B, c->T, (int)s);
+            uint64_t key = 0x5eedull + s;
+            BOTH(be->i.attention_fwd_seg(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                         F(a.v), I(pos), c->B, c->T, c->NH, c->NKV,
+                                         c->D, p, key));
+            check(&a.out, "attention_fwd_seg/out", shape, TOL_MM);
+            check(&a.lse, "attention_fwd_seg/lse", shape, TOL_MM);
+            BOTH(be->i.attention_bwd_seg(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout),
+                                         F(a.out), F(a.lse), F(a.q), F(a.k),
+                                         F(a.v), I(pos), c->B, c->T, c->NH,
+                                         c->NKV, c->D, p, key));
+            check(&a.dq, "attention_bwd_seg/dq", shape, TOL_MM);
+            check(&a.dk, "attention_bwd_seg/dk", shape, TOL_MM);
+            check(&a.dv, "attention_bwd_seg/dv", shape, TOL_MM);
+            if (!drop) {
+                BOTH(be->i.rope_pos(be, F(a.q), I(pos), c->B, c->T, c->NH, c->D,
+                                    10000.0f, 0));
+                check(&a.q, "rope_pos", shape, TOL_EW);
+                BOTH(be->i.rope_pos(be, F(a.k), I(pos), c->B, c->T, c->NKV, c->D,
+                                    500000.0f, 1));
+                check(&a.k, "rope_pos/inverse", shape, TOL_EW);
+            }
+            buf_free(&pos);
+            attn_free(&a);
+        }
+    }
+    done();
+}
+
 /* The fused kernels (gpu/cuda_flash.cu, head dims 64 and 128) against the
  * CPU backend: T of 1, 17, 100, 128 and 1024 (17 and 100 leave a partial
  * tile at the end), head dims 64 and 128, GQA ratios 1 and 3, dropout off
@@ -1351,6 +1417,7 @@ int main(void)
         cmocka_unit_test(test_multi_tensor_optimizer_ops_match_per_tensor),
         cmocka_unit_test(test_dropout_matches_cpu),
         cmocka_unit_test(test_attention_dropout_matches_cpu),
+        cmocka_unit_test(test_packed_attention_and_rope_match_cpu),
         cmocka_unit_test(test_flash_attention_matches_cpu),
         cmocka_unit_test(test_naive_attention_still_matches_cpu),
         cmocka_unit_test(test_flash_bf16_forward_matches_cpu),

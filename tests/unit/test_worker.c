@@ -64,6 +64,10 @@ static void test_job_opts_maps_every_delta_lora_hyperparameter(void **s)
     dt_train_opts o;
     char err[DT_ERR_LEN] = "";
     assert_int_equal(wk_job_opts(&j, 100, &o, err), 0);
+    assert_int_equal(o.packing, 0); /* off by default */
+    j.packing = true;
+    assert_int_equal(wk_job_opts(&j, 100, &o, err), 0);
+    assert_int_equal(o.packing, 1);
     assert_int_equal(o.method, DT_DELTA_LORA);
     assert_int_equal(o.epochs, 2);
     assert_int_equal(o.steps, 0);
