@@ -84,7 +84,7 @@ function pgLayout(v) {
   const form = el('form', {className: 'card', id: 'pg-form', novalidate: true},
     el('div', {className: 'field'},
       el('label', {for: 'pg-input', text: 'Message'}), v.input,
-      el('p', {className: 'hint', id: 'pg-input-hint', text: 'Enter sends; Shift+Enter starts a new line.'}),
+      el('p', {className: 'hint', id: 'pg-input-hint', text: 'Enter sends; Shift+Enter starts a new line; Esc stops the answer.'}),
       el('p', {className: 'error', id: 'pg-input-error', role: 'alert'})),
     el('div', {className: 'row'}, v.send, v.stop, v.clear));
   return [
@@ -179,6 +179,7 @@ function pgWire(v) {
   v.input.form.addEventListener('submit', (ev) => { ev.preventDefault(); pgSend(v); });
   v.input.addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); pgSend(v); }
+    if (ev.key === 'Escape' && v.busy) { ev.preventDefault(); pgStop(v); }
   });
   v.stop.addEventListener('click', () => pgStop(v));
   v.clear.addEventListener('click', () => {

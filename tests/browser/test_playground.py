@@ -12,10 +12,12 @@ request at temperature 0; Stop cancels the generation on the server (its
 cancel counter grows); compare mode defaults to the fine-tuned model and
 its base and shows both answers, each equal to its model's API answer; a
 job's and the models page's "Try it" links open their model; a
-checkpoint named in the link is offered and answers as the API does; Enter
-sends, Shift+Enter does not; every control has a label; no sideways
+checkpoint named in the link is offered and answers as the API does; the
+history goes with the next message; Enter sends, Shift+Enter does not, Esc
+stops; every control has a label; no sideways
 scrolling at phone width. About 40 s on this machine.
 """
+import json
 import os
 import re
 import signal
@@ -213,7 +215,16 @@ class Playground(BrowserCase):
         # ---- Stop: the answer ends where it was, the server cancels ----
         cancelled = self.cancelled_total()
         page.fill("#pg-max_tokens", "150")  # 4.5 s of tokens; the context is 256
-        self.send(page, "Tell me more.")
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith(CHAT)) as req:
+            self.send(page, "Tell me more.")
+        # the conversation so far goes with the next message
+        self.assertEqual(json.loads(req.value.post_data), {
+            "model": self.ft, "stream": True, "stream_options": {"include_usage": True},
+            "temperature": 0, "max_tokens": 150,
+            "messages": [{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": PROMPT},
+                         {"role": "assistant", "content": final},
+                         {"role": "user", "content": "Tell me more."}]})
         streaming = page.locator("#pg-panel-a li.assistant[data-state=streaming] .text")
         expect(streaming).not_to_have_text("")
         page.click("#pg-stop")
@@ -226,6 +237,12 @@ class Playground(BrowserCase):
             self.assertLess(time.time(), end, "the server did not cancel the stopped request")
             time.sleep(0.2)
         self.assertIn("serve.cancelled", self.serve_logs())
+        # Esc in the message box stops too
+        self.send(page, "And more.")
+        expect(streaming).not_to_have_text("")
+        page.keyboard.press("Escape")
+        expect(stopped).to_have_count(2)
+        expect(page.locator("#pg-stop")).to_be_disabled()
         self.no_console_errors()
 
         # ---- compare: the fine-tuned model and its base, side by side ----
