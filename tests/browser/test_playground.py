@@ -15,7 +15,7 @@ job's and the models page's "Try it" links open their model; a
 checkpoint named in the link is offered and answers as the API does; the
 history goes with the next message; Enter sends, Shift+Enter does not, Esc
 stops; every control has a label; no sideways
-scrolling at phone width. About 40 s on this machine.
+scrolling at phone width. About 25 s on this machine.
 """
 import json
 import os
