@@ -1,7 +1,7 @@
 /* deltatune dashboard: plain JavaScript, no dependencies, no build step.
  * app.js (loaded last) is the router: hash routes #/signin, #/jobs
  * (jobs.js), #/jobs/<id> (job.js, live.js), #/new (new.js), #/models
- * (models.js); the sign-in page; the start. Helpers are in util.js, the API
+ * (models.js), #/playground (playground.js); the sign-in page; the start. Helpers are in util.js, the API
  * in api.js, charts in chart.js. */
 'use strict';
 
@@ -55,6 +55,7 @@ function route() {
   if (r === 'jobs' || !r) return renderJobs(query);
   if (r === 'new') return renderNew();
   if (r === 'models') return renderModels();
+  if (r === 'playground') return renderPlayground(query);
   setPage('Not found');
   main.append(el('h1', {text: 'Not found'}), el('p', {}, 'No such page. ', el('a', {href: '#/jobs', text: 'Jobs'})));
 }

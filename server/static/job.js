@@ -1,6 +1,7 @@
 /* job.js: one job's page (#/jobs/<id>): the header with its actions (pause,
  * resume, cancel), progress, hyperparameters, the loss and learning-rate
- * charts, the event log, checkpoints and the fine-tuned model's files.
+ * charts, the event log, checkpoints and the fine-tuned model's files
+ * (with "Try it": the playground, playground.js).
  * Every part is drawn from one view object (jobView) by its own function;
  * live.js keeps the view up to date (the event stream, or polling). */
 'use strict';
@@ -232,7 +233,10 @@ async function jobRefreshCheckpoints(v) {
   fill(v.ckpts, checkpointsTable(r.data));
 }
 
-/* Checkpoints (step, losses, model id) with a .tar download each. */
+/* Checkpoints (step, losses, model id) with a .tar download each. No "Try
+ * it" yet: a serving worker cannot load a checkpoint's directory (training
+ * state, no merged model), so chat answers 500 for one; the playground
+ * takes a checkpoint's id in its link all the same. */
 function checkpointsTable(list) {
   return el('table', {className: 'stack', id: 'checkpoints-table'},
     el('thead', {}, el('tr', {}, ['Step', 'Training loss', 'Validation loss', 'Model', 'Created', '']
@@ -248,7 +252,8 @@ function checkpointsTable(list) {
           `${archiveName(c.fine_tuned_model_checkpoint)}.tar`, ev.currentTarget)}))))));
 }
 
-/* The fine-tuned model's files once there is one (drawn once per model). */
+/* The fine-tuned model once there is one (drawn once per model): "Try it"
+ * (the playground) and its files. */
 function jobRefreshFiles(v) {
   const model = v.job.fine_tuned_model;
   if (!model) {
@@ -258,7 +263,8 @@ function jobRefreshFiles(v) {
   }
   if (v.filesShown === model) return;
   v.filesShown = model;
-  fill(v.files, el('p', {className: 'mono', text: model}), modelFiles(model, v.ctl.signal));
+  fill(v.files, el('div', {className: 'row spread'}, el('p', {className: 'mono', text: model}), tryItLink(model)),
+    modelFiles(model, v.ctl.signal));
 }
 
 /* ---- actions -------------------------------------------------------------------- */

@@ -1,4 +1,5 @@
-/* models.js: the models page (#/models) and the file list of one model
+/* models.js: the models page (#/models: "Try it" opens one in the
+ * playground, playground.js) and the file list of one model
  * (name, size, sha256, download; the whole model as a tar), which the job
  * page shows for its fine-tuned model too. */
 'use strict';
@@ -38,7 +39,7 @@ function renderModels() {
           el('td', {'data-label': 'Owner', text: m.owned_by}),
           el('td', {'data-label': 'Job'}, m.job ? el('a', {href: `#/jobs/${encodeURIComponent(m.job)}`, className: 'mono', text: m.job}) : '—'),
           el('td', {'data-label': 'Created', text: fmtTime(m.created)}),
-          el('td', {'data-label': ''}, btn)), filesRow];
+          el('td', {'data-label': ''}, el('div', {className: 'row'}, tryItLink(m.id), btn))), filesRow];
       }))));
   })();
   focusMain();

@@ -4,7 +4,7 @@
  * bars. Loaded first; the dashboard's scripts share one global scope (plain
  * scripts, no modules, no build step) and index.html loads them in order:
  * util.js, api.js, chart.js, models.js, jobs.js, job.js, live.js, new.js,
- * app.js. */
+ * playground.js, app.js. */
 'use strict';
 
 const TERMINAL = ['succeeded', 'failed', 'cancelled'];

@@ -1,8 +1,9 @@
 """Browser tests of the dashboard (server/static/) against a real stack.
 
 Headless Debian chromium driven by Playwright for Python (tests/browser/setup
-installs both; `make test-browser` runs this file). Screenshots of every page
-go to $BUILD/browser-artifacts/. Every page is checked for console errors;
+installs both; `make test-browser` runs the tests/browser/test_*.py files;
+browser_case.py is their shared base). Screenshots of every page go to
+$BUILD/browser-artifacts/. Every page is checked for console errors;
 the only ones allowed are the HTTP errors a step provokes on purpose (a
 refused key, another owner's job, a refused event stream).
 """
@@ -18,19 +19,9 @@ import unittest
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "tests", "harness"))
-from stack import TRAIN_ROWS, Stack  # noqa: E402
-
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover
-    sync_playwright = None
-
-CHROMIUM = os.environ.get("DELTATUNE_CHROMIUM", "/usr/bin/chromium")
-BUILD = os.path.abspath(os.environ.get("BUILD", os.path.join(ROOT, "build")))
-ART = os.path.join(BUILD, "browser-artifacts")
-T = 90_000  # ms: generous; the machine is shared
+sys.path.insert(0, HERE)
+from browser_case import ART, T, BrowserCase, expect  # noqa: E402
+from stack import TRAIN_ROWS  # noqa: E402
 
 BAD_ROWS = ('{"prompt": "a", "completion": "b"}\n'
             '{"prompt": 5, "completion": "b"}\n'
@@ -79,68 +70,13 @@ def numeric(doc, schema):
     return None
 
 
-@unittest.skipIf(sync_playwright is None, "playwright is not installed: run tests/browser/setup")
-@unittest.skipUnless(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM}: run tests/browser/setup")
-class Dashboard(unittest.TestCase):
+class Dashboard(BrowserCase):
     @classmethod
     def setUpClass(cls):
-        expect.set_options(timeout=T)
         shutil.rmtree(ART, ignore_errors=True)
-        os.makedirs(ART, exist_ok=True)
-        cls.s = Stack(build=BUILD)
-        cls.s.start()
-        try:
-            cls.pw = sync_playwright().start()
-            cls.browser = cls.pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-        except Exception:
-            cls.s.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.browser.close()
-            cls.pw.stop()
-        finally:
-            cls.s.stop()
+        super().setUpClass()
 
     # ---- helpers ---------------------------------------------------------------
-    def open(self, signed_in=True, **ctx):
-        """A fresh context and page; console errors collected in self.errors."""
-        context = self.browser.new_context(accept_downloads=True, **ctx)
-        self.addCleanup(context.close)
-        page = context.new_page()
-        page.set_default_timeout(T)
-        self.errors = []
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
-        # Air-gapped: every request the page makes goes to the server itself.
-        origin = self.s.url.rstrip("/")
-        page.on("request", lambda r: r.url.startswith(("http:", "https:", "ws:", "wss:"))
-                and not r.url.startswith(origin + "/")
-                and self.errors.append(f"request off the server's origin: {r.url}"))
-        if signed_in:
-            page.goto(self.s.url + "/")
-            page.fill("#key", self.s.key)
-            page.click("button[type=submit]")
-            expect(page.locator("#jobs-table, #no-jobs")).to_be_visible()
-        return page
-
-    def shot(self, page, name):
-        page.screenshot(path=os.path.join(ART, name + ".png"), full_page=True)
-
-    def no_console_errors(self, allowed=()):
-        bad = [e for e in self.errors if not any(re.search(a, e) for a in allowed)]
-        self.assertEqual(bad, [], "console errors")
-        self.errors.clear()
-
-    def assert_focus_visible(self, page):
-        style, width = page.evaluate(
-            "() => { const c = getComputedStyle(document.activeElement);"
-            " return [c.outlineStyle, parseFloat(c.outlineWidth)]; }")
-        self.assertNotEqual(style, "none", "the focused element shows no focus ring")
-        self.assertGreater(width, 0)
-
     def status_badge(self, page, status):
         expect(page.locator("#job-status .badge")).to_have_text(status.replace("_", " "), timeout=T)
 
