@@ -21,7 +21,11 @@ struct dt_decoder {
     int maxT, len;
     float **kc, **vc;      /* per layer (maxT, kvdim) */
     float *x, *n, *mean, *rstd, *q, *att, *qkv, *h1, *h2, *act, *u, *logits;
-    float *hr;             /* Qwen 3 q_norm/k_norm rstd (maxT, n_head) */
+    float *hr;             /* Qwen 3 q_norm/k_norm rstd (rows, n_head) */
+    int rows;              /* rows of the activation buffers: min(maxT, m->N),
+                            * since feeds run in chunks of m->N */
+    float *blogits;        /* (bcap, V): logits of a batched step */
+    int bcap;
 };
 
 static float *dalloc(dt_decoder *d, size_t nfloat, int *fail)
@@ -57,6 +61,10 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->kc[l] = dalloc(d, T * m->kvdim, &fail);
         d->vc[l] = dalloc(d, T * m->kvdim, &fail);
     }
+    /* Activations hold one chunk of a feed (m->N rows at most), not the
+     * whole context: a long cache costs its keys and values only. */
+    d->rows = max_T < m->N ? max_T : m->N;
+    T = (size_t)d->rows;
     int widest = F > 3 * C ? F : 3 * C;
     if (m->qdim > widest) /* qk_norm: q before its norm in d->qkv */
         widest = m->qdim;
@@ -95,7 +103,7 @@ void dt_decoder_free(dt_decoder *d)
         be->i.free(be, d->vc[l]);
     }
     float *bufs[] = {d->x, d->n, d->mean, d->rstd, d->q, d->att, d->qkv,
-                     d->h1, d->h2, d->act, d->u, d->logits, d->hr};
+                     d->h1, d->h2, d->act, d->u, d->logits, d->hr, d->blogits};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         be->i.free(be, bufs[i]);
     free(d->kc);
@@ -218,6 +226,132 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
         }
     }
     return OPS.sync(d->be, err);
+}
+
+/* ---- batched decode step ---------------------------------------------------
+ *
+ * One new token for each of n sequences, each with its own cache and
+ * length: the linears run once over the n rows (the scratch decoder S's
+ * buffers), while embedding positions, RoPE, the cache writes and attention
+ * go per sequence. Row i of S's buffers is sequence ds[i]. */
+
+/* Layer l for the n rows in S->x, row i at position ds[i]->len. */
+static void layer_step_batch(dt_decoder *S, dt_decoder *const *ds, int n, int l)
+{
+    dt_decoder *d = S; /* OPS */
+    dt_model *m = S->m;
+    const dt_config *c = &m->c;
+    dt_layer *Y = &m->L[l];
+    int C = c->d_model, F = c->d_ff, kvd = m->kvdim, qd = m->qdim;
+    norm(S, S->n, S->x, Y->n1w, Y->n1b, n);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin(S, &Y->lin[G_QKV], S->n, S->qkv, n, 0);
+        OPS.copy2d(S->be, S->q, C, S->qkv, 3 * C, n, C, 1.0f);
+        for (int i = 0; i < n; i++) {
+            size_t at = (size_t)ds[i]->len * kvd;
+            const float *row = S->qkv + (size_t)i * 3 * C;
+            OPS.copy2d(S->be, ds[i]->kc[l] + at, C, row + C, 3 * C, 1, C, 1.0f);
+            OPS.copy2d(S->be, ds[i]->vc[l] + at, C, row + 2 * C, 3 * C, 1, C, 1.0f);
+        }
+    } else {
+        lin(S, &Y->lin[L_Q], S->n, Y->qnw ? S->qkv : S->q, n, 0);
+        if (Y->qnw)
+            OPS.rmsnorm_fwd(S->be, S->q, S->hr, S->qkv, Y->qnw, n * c->n_head,
+                            c->head_dim, c->norm_eps);
+        /* k in S->qkv (then S->att after its norm), roped per row, copied
+         * into each cache; then v the same way through S->qkv */
+        float *k = Y->knw ? S->att : S->qkv;
+        lin(S, &Y->lin[L_K], S->n, S->qkv, n, 0);
+        if (Y->knw)
+            OPS.rmsnorm_fwd(S->be, S->att, S->hr, S->qkv, Y->knw,
+                            n * c->n_kv_head, c->head_dim, c->norm_eps);
+        for (int i = 0; i < n; i++) {
+            int p = ds[i]->len;
+            OPS.rope_at(S->be, S->q + (size_t)i * qd, 1, c->n_head, c->head_dim,
+                        m->rope_key, p);
+            OPS.rope_at(S->be, k + (size_t)i * kvd, 1, c->n_kv_head, c->head_dim,
+                        m->rope_key, p);
+            OPS.copy2d(S->be, ds[i]->kc[l] + (size_t)p * kvd, kvd, k + (size_t)i * kvd,
+                       kvd, 1, kvd, 1.0f);
+        }
+        lin(S, &Y->lin[L_V], S->n, S->qkv, n, 0);
+        for (int i = 0; i < n; i++)
+            OPS.copy2d(S->be, ds[i]->vc[l] + (size_t)ds[i]->len * kvd, kvd,
+                       S->qkv + (size_t)i * kvd, kvd, 1, kvd, 1.0f);
+    }
+    for (int i = 0; i < n; i++)
+        OPS.attention_decode(S->be, S->att + (size_t)i * qd, S->q + (size_t)i * qd,
+                             ds[i]->kc[l], ds[i]->vc[l], 1, ds[i]->len + 1,
+                             c->n_head, c->n_kv_head, c->head_dim);
+    lin(S, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], S->att, S->x, n, 1);
+    norm(S, S->n, S->x, Y->n2w, Y->n2b, n);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin(S, &Y->lin[G_FC], S->n, S->h1, n, 0);
+        OPS.gelu_fwd(S->be, S->act, S->h1, (long)n * F);
+        lin(S, &Y->lin[G_PROJ], S->act, S->x, n, 1);
+    } else {
+        lin(S, &Y->lin[L_GATE], S->n, S->h1, n, 0);
+        lin(S, &Y->lin[L_UP], S->n, S->h2, n, 0);
+        OPS.swiglu_fwd(S->be, S->act, S->h1, S->h2, (long)n * F);
+        lin(S, &Y->lin[L_DOWN], S->act, S->x, n, 1);
+    }
+}
+
+int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
+                          float *logits, char *err)
+{
+    if (n < 1)
+        return dt_errf(err, DT_EINVAL, "decoder batch: no sequences");
+    dt_decoder *S = ds[0], *d = ds[0]; /* S: the scratch with the most rows */
+    dt_model *m = S->m;
+    const dt_config *c = &m->c;
+    int C = c->d_model, V = c->vocab;
+    for (int i = 0; i < n; i++) {
+        if (ds[i]->m != m)
+            return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d runs another "
+                           "model", i);
+        if (ds[i]->len < 1 || ds[i]->len + 1 > ds[i]->maxT)
+            return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d: %d positions "
+                           "exceed its context of %d", i, ds[i]->len + 1, ds[i]->maxT);
+        if (ids[i] < 0 || ids[i] >= V)
+            return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)", ids[i], V);
+        for (int j = 0; j < i; j++)
+            if (ds[j] == ds[i])
+                return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d appears "
+                               "twice", i);
+        if (ds[i]->rows > S->rows)
+            S = ds[i];
+    }
+    if (!m->ids)
+        return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
+                       "were released");
+    int chunk = S->rows < m->N ? S->rows : m->N;
+    if (S->bcap < chunk) {
+        OPS.free(S->be, S->blogits);
+        S->bcap = 0;
+        if (!(S->blogits = OPS.alloc(S->be, (size_t)chunk * V * sizeof(float))))
+            return dt_errf(err, DT_ENOMEM, "decoder batch: out of device memory "
+                           "for %d rows of logits", chunk);
+        S->bcap = chunk;
+    }
+    for (int b0 = 0; b0 < n; b0 += chunk) {
+        int nb = n - b0 < chunk ? n - b0 : chunk;
+        dt_decoder *const *bs = ds + b0;
+        OPS.upload(S->be, m->ids, ids + b0, (size_t)nb * sizeof(int32_t));
+        for (int i = 0; i < nb; i++)
+            OPS.embedding_fwd(S->be, S->x + (size_t)i * C, m->ids + i, m->wte,
+                              m->wpe ? m->wpe + (size_t)bs[i]->len * C : NULL, 1, 1, C);
+        for (int l = 0; l < c->n_layer; l++)
+            layer_step_batch(S, bs, nb, l);
+        for (int i = 0; i < nb; i++)
+            bs[i]->len++;
+        norm(S, S->n, S->x, m->nfw, m->nfb, nb);
+        OPS.gemm(S->be, 0, 1, nb, V, C, 1.0f, S->n, C, m->head, C, 0.0f, S->blogits, V);
+        if (logits)
+            OPS.download(S->be, logits + (size_t)b0 * V, S->blogits,
+                         (size_t)nb * V * sizeof(float));
+    }
+    return OPS.sync(S->be, err);
 }
 
 static double urand(uint64_t *s)

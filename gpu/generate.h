@@ -27,6 +27,17 @@ int dt_decoder_len(const dt_decoder *d);
 int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
                     char *err);
 
+/* One decode step for n sequences at once (continuous batching): ids[i]
+ * is the next token of ds[i] (each a decoder of the same model with at
+ * least one position in its cache, each at most once), fed at its own next
+ * position; the linear layers run as one GEMM over the n rows, attention
+ * per sequence over its own cache. logits (n, V) in host memory when not
+ * NULL: row i is ds[i]'s, as dt_decoder_feed(ds[i], &ids[i], 1) gives it
+ * up to rounding. The activations of the decoder with the most rows serve
+ * as scratch; larger batches run in chunks of them. */
+int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
+                          float *logits, char *err);
+
 typedef struct dt_gen_opts {
     int max_tokens;      /* new tokens at most */
     float temperature;   /* 0: greedy (argmax, lowest id on ties) */
