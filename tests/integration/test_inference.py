@@ -250,6 +250,87 @@ class Inference(StackTest):
         b = self.call("POST", COMPL, body)["choices"][0]["text"]
         self.assertEqual(a, b)
 
+    # ---- continuous batching ------------------------------------------------------
+    def serve_log_done(self, since):
+        """The serve.done records of serve-1's log after offset `since`."""
+        out = []
+        for line in self.s.log("serve-1")[since:].splitlines():
+            if '"serve.done"' in line:
+                rec = json.loads(line)
+                out.append(rec.get("fields", rec))
+        return out
+
+    def concurrent(self, bodies):
+        """The bodies streamed at once (threads); [(path, body, text, finish)]."""
+        import threading
+        res = [None] * len(bodies)
+
+        def one(i, path, body):
+            st, _, ev = self.stream(path, body)
+            res[i] = (st, ev)
+        ts = [threading.Thread(target=one, args=(i, p, b)) for i, (p, b) in enumerate(bodies)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        out = []
+        for (path, body), (st, ev) in zip(bodies, res):
+            self.assertEqual(st, 200, ev)
+            if path == CHAT:
+                text, finish, _ = self.chat_text(ev)
+            else:
+                self.assertEqual(ev[-1], "[DONE]", ev)
+                chunks = [json.loads(e) for e in ev[:-1]]
+                text = "".join(c["choices"][0]["text"] for c in chunks)
+                finish = chunks[-1]["choices"][0]["finish_reason"]
+            out.append((text, finish))
+        return out
+
+    def test_concurrent_streams_are_batched_and_equal_sequential(self):
+        """Four streaming requests at once (prompts of different lengths,
+        chat and completions, greedy and seeded sampling) finish with the
+        answers each gives alone, and the worker decoded them together: its
+        serve.done records say each ran in a batch of more than one, one of
+        four."""
+        self.serve(delay=30)
+        bodies = [
+            (CHAT, {"model": TINY_ID, "messages": MSGS, "temperature": 0, "max_tokens": 20}),
+            (COMPL, {"model": TINY_ID, "prompt": "name :", "temperature": 0,
+                     "max_tokens": 24}),
+            (COMPL, {"model": TINY_ID, "prompt": "name : Place 7 | food : Indian | area :",
+                     "temperature": 0, "max_tokens": 16}),
+            (COMPL, {"model": TINY_ID, "prompt": "name : Place 2", "temperature": 1.2,
+                     "top_p": 0.9, "seed": 11, "max_tokens": 20}),
+        ]
+        alone = [self.concurrent([b])[0] for b in bodies]
+        for text, _ in alone:
+            self.assertTrue(text, alone)
+        log0 = len(self.s.log("serve-1"))
+        together = self.concurrent(bodies)
+        self.assertEqual(together, alone)
+        done = self.wait_until("four serve.done records",
+                               lambda: (lambda d: d if len(d) == 4 else None)(
+                                   self.serve_log_done(log0)), timeout=10)
+        sizes = sorted(d["max_batch"] for d in done)
+        self.assertGreaterEqual(sizes[0], 2, done)
+        self.assertEqual(sizes[-1], 4, done)
+
+    def test_concurrent_requests_on_two_models_each_batched_per_model(self):
+        """Requests on the base and the fine-tuned model at once: each group
+        is decoded on its own model (the answers equal those given alone)
+        and both groups finish."""
+        ft = self.fine_tuned()
+        self.serve(delay=20)
+        bodies = [(COMPL, {"model": m, "prompt": p, "temperature": 0, "max_tokens": 12})
+                  for m in (TINY_ID, ft) for p in ("name :", "name : Place 4 | food :")]
+        alone = [self.concurrent([b])[0] for b in bodies]
+        log0 = len(self.s.log("serve-1"))
+        self.assertEqual(self.concurrent(bodies), alone)
+        done = self.wait_until("four serve.done records",
+                               lambda: (lambda d: d if len(d) == 4 else None)(
+                                   self.serve_log_done(log0)), timeout=10)
+        self.assertTrue(all(d["max_batch"] <= 2 for d in done), done)
+
     def metrics(self):
         st, _, b = self.s.api("GET", "/metrics", key=False, raw=True)
         self.assertEqual(st, 200)
