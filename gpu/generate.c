@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/dt.h"
+#include "export.h"
 #include "model_impl.h"
 
 #define OPS (d->be->i)
@@ -24,6 +25,23 @@ struct dt_decoder {
                             * since feeds run in chunks of m->N */
     float *blogits;        /* (bcap, V): logits of a batched step */
     int bcap;
+    const dt_decoder_adapter *ad; /* this sequence's adapter (borrowed) or NULL */
+    /* while this decoder's buffers run a pass: the adapter of every row
+     * (ad1), or of row i (adr[i], a batched step) */
+    const dt_decoder_adapter *ad1;
+    const dt_decoder_adapter **adr; /* (rows) host */
+    int adany;             /* whether any row of the pass has an adapter */
+    float *au;             /* (rows, aurank) x·Aᵀ of an adapter */
+    int aurank;
+};
+
+/* Low-rank terms over a shared base model (generate.h). */
+struct dt_decoder_adapter {
+    dt_model *m;           /* borrowed */
+    float **A, **B;        /* per slot l*MAX_LIN + j: (rank, in), (out, rank) device or NULL */
+    int rank;
+    float s;               /* lora_alpha / r */
+    long long bytes;       /* device bytes of the factors */
 };
 
 static float *dalloc(dt_decoder *d, size_t nfloat, int *fail)
@@ -81,6 +99,8 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->logits = dalloc(d, (size_t)c->vocab, &fail);
         if (c->qk_norm)
             d->hr = dalloc(d, T * (size_t)c->n_head, &fail);
+        if (!(d->adr = calloc(T, sizeof *d->adr)))
+            fail = 1;
     }
     if (fail) {
         dt_decoder_free(d);
@@ -101,9 +121,11 @@ void dt_decoder_free(dt_decoder *d)
         be->i.free(be, d->vc[l]);
     }
     float *bufs[] = {d->x, d->n, d->mean, d->rstd, d->q, d->att, d->qkv,
-                     d->h1, d->h2, d->act, d->u, d->logits, d->hr, d->blogits};
+                     d->h1, d->h2, d->act, d->u, d->logits, d->hr, d->blogits,
+                     d->au};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         be->i.free(be, bufs[i]);
+    free(d->adr);
     free(d->kc);
     free(d->vc);
     free(d);
@@ -111,6 +133,30 @@ void dt_decoder_free(dt_decoder *d)
 
 void dt_decoder_reset(dt_decoder *d) { d->len = 0; }
 int dt_decoder_len(const dt_decoder *d) { return d->len; }
+
+/* The adapters' terms y += s·(x·Aᵀ)·Bᵀ of linear L, over runs of rows
+ * that share an adapter (d->ad1 for all rows, or d->adr[i] per row). */
+static void lin_adapters(dt_decoder *d, dt_linear *L, const float *x, float *y,
+                         int N)
+{
+    dt_model *m = d->m;
+    size_t l = (size_t)((const char *)L - (const char *)m->L) / sizeof *m->L;
+    int slot = (int)l * MAX_LIN + (int)(L - m->L[l].lin);
+    for (int i0 = 0; i0 < N;) {
+        const dt_decoder_adapter *a = d->ad1 ? d->ad1 : d->adr[i0];
+        int i1 = i0 + 1;
+        while (!d->ad1 && i1 < N && d->adr[i1] == a)
+            i1++;
+        if (a && a->A[slot]) {
+            int r = a->rank, n = i1 - i0;
+            OPS.gemm(d->be, 0, 1, n, r, L->in, 1.0f, x + (size_t)i0 * L->in, L->in,
+                     a->A[slot], L->in, 0.0f, d->au, r);
+            OPS.gemm(d->be, 0, 1, n, L->out, r, a->s, d->au, r, a->B[slot], r, 1.0f,
+                     y + (size_t)i0 * L->out, L->out);
+        }
+        i0 = i1;
+    }
+}
 
 /* y(N,out) = acc*y + x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ per adapter (lin_fwd, eval). */
 static void lin(dt_decoder *d, dt_linear *L, const float *x, float *y, int N,
@@ -133,6 +179,8 @@ static void lin(dt_decoder *d, dt_linear *L, const float *x, float *y, int N,
         OPS.gemm(d->be, 0, 1, N, a->rows, r, m->s, d->u, r, a->B->p, r, 1.0f,
                  y + a->row_off, L->out);
     }
+    if (d->adany)
+        lin_adapters(d, L, x, y, N);
 }
 
 static void norm(dt_decoder *d, float *out, const float *x, const float *w,
@@ -190,12 +238,26 @@ static void layer_step(dt_decoder *d, int l, int p0, int t)
     }
 }
 
+/* d->au holds d->rows rows of rank r. */
+static int au_ensure(dt_decoder *d, int r, char *err)
+{
+    if (d->aurank >= r)
+        return 0;
+    OPS.free(d->be, d->au);
+    d->aurank = 0;
+    if (!(d->au = OPS.alloc(d->be, (size_t)d->rows * r * sizeof(float))))
+        return dt_errf(err, DT_ENOMEM, "decoder: out of device memory for a "
+                       "rank-%d adapter", r);
+    d->aurank = r;
+    return 0;
+}
+
 int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
                     char *err)
 {
     dt_model *m = d->m;
     const dt_config *c = &m->c;
-    int C = c->d_model, V = c->vocab, p0 = d->len;
+    int C = c->d_model, V = c->vocab, p0 = d->len, rc;
     if (t < 1 || p0 + t > d->maxT)
         return dt_errf(err, DT_EINVAL, "%d positions exceed the model's "
                        "context of %d", p0 + t, d->maxT);
@@ -206,6 +268,10 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
     if (!m->ids)
         return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
                        "were released");
+    if (d->ad && (rc = au_ensure(d, d->ad->rank, err)))
+        return rc;
+    d->ad1 = d->ad;
+    d->adany = d->ad != NULL;
     /* m->ids holds m->N ids; the prompt is fed in chunks that fit. */
     for (int c0 = 0; c0 < t; c0 += m->N) {
         int n = t - c0 < m->N ? t - c0 : m->N, p = p0 + c0;
@@ -323,7 +389,13 @@ int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
     if (!m->ids)
         return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
                        "were released");
-    int chunk = S->rows < m->N ? S->rows : m->N;
+    int chunk = S->rows < m->N ? S->rows : m->N, r = 0, rc;
+    for (int i = 0; i < n; i++)
+        if (ds[i]->ad && ds[i]->ad->rank > r)
+            r = ds[i]->ad->rank;
+    if (r && (rc = au_ensure(S, r, err)))
+        return rc;
+    S->ad1 = NULL;
     if (S->bcap < chunk) {
         OPS.free(S->be, S->blogits);
         S->bcap = 0;
@@ -335,6 +407,11 @@ int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
     for (int b0 = 0; b0 < n; b0 += chunk) {
         int nb = n - b0 < chunk ? n - b0 : chunk;
         dt_decoder *const *bs = ds + b0;
+        S->adany = 0;
+        for (int i = 0; i < nb; i++) {
+            S->adr[i] = bs[i]->ad;
+            S->adany |= bs[i]->ad != NULL;
+        }
         OPS.upload(S->be, m->ids, ids + b0, (size_t)nb * sizeof(int32_t));
         for (int i = 0; i < nb; i++)
             OPS.embedding_fwd(S->be, S->x + (size_t)i * C, m->ids + i, m->wte,
@@ -349,7 +426,104 @@ int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
             OPS.download(S->be, logits + (size_t)b0 * V, S->blogits,
                          (size_t)nb * V * sizeof(float));
     }
+    S->adany = 0;
     return OPS.sync(S->be, err);
+}
+
+/* ---- adapters over a shared base ------------------------------------------- */
+
+void dt_decoder_set_adapter(dt_decoder *d, const dt_decoder_adapter *a)
+{
+    d->ad = a;
+}
+
+int dt_decoder_adapter_load(dt_model *m, const dt_weights *w, const char *dir,
+                            dt_decoder_adapter **out, char *err)
+{
+    dt_backend *be = m->be;
+    const dt_config *c = &m->c;
+    dt_peft_adapter pa;
+    *out = NULL;
+    int rc = dt_peft_load(dir, w, &pa, err);
+    if (rc)
+        return rc;
+    int nslot = c->n_layer * MAX_LIN, used = 0;
+    dt_decoder_adapter *a = calloc(1, sizeof *a);
+    if (!a || !(a->A = calloc((size_t)nslot, sizeof *a->A)) ||
+        !(a->B = calloc((size_t)nslot, sizeof *a->B))) {
+        rc = dt_errf(err, DT_ENOMEM, "adapter: out of memory");
+        goto fail;
+    }
+    a->m = m;
+    a->rank = pa.rank;
+    a->s = pa.alpha / (float)pa.rank;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int j = 0; j < m->L[l].nlin; j++) {
+            dt_linear *L = &m->L[l].lin[j];
+            char base[160], name[200];
+            snprintf(base, sizeof base, "%s", L->wname);
+            char *dot = strstr(base, ".weight");
+            if (dot)
+                *dot = 0;
+            snprintf(name, sizeof name, "%s.lora_A", base);
+            dt_tensor *tA = dt_tensorset_find(&pa.ts, name);
+            snprintf(name, sizeof name, "%s.lora_B", base);
+            dt_tensor *tB = dt_tensorset_find(&pa.ts, name);
+            if (!tA && !tB)
+                continue;
+            if (!tA || !tB || tA->numel != (int64_t)pa.rank * L->in ||
+                tB->numel != (int64_t)L->out * pa.rank) {
+                rc = dt_errf(err, DT_EFORMAT, "%s: the adapter of %s needs lora_A "
+                             "(%d, %d) and lora_B (%d, %d)", dir, L->wname, pa.rank,
+                             L->in, L->out, pa.rank);
+                goto fail;
+            }
+            int slot = l * MAX_LIN + j;
+            size_t nA = (size_t)tA->numel, nB = (size_t)tB->numel;
+            if (!(a->A[slot] = be->i.alloc(be, nA * sizeof(float))) ||
+                !(a->B[slot] = be->i.alloc(be, nB * sizeof(float)))) {
+                rc = dt_errf(err, DT_ENOMEM, "adapter: out of device memory");
+                goto fail;
+            }
+            be->i.upload(be, a->A[slot], tA->data, nA * sizeof(float));
+            be->i.upload(be, a->B[slot], tB->data, nB * sizeof(float));
+            a->bytes += (long long)(nA + nB) * (long long)sizeof(float);
+            used += 2;
+        }
+    if (used != pa.ts.n) {
+        rc = dt_errf(err, DT_EFORMAT, "%s: %d of the adapter's %d tensors match no "
+                     "linear of the model", dir, pa.ts.n - used, pa.ts.n);
+        goto fail;
+    }
+    if ((rc = be->i.sync(be, err)))
+        goto fail;
+    dt_peft_free(&pa);
+    *out = a;
+    return 0;
+fail:
+    dt_decoder_adapter_free(a);
+    dt_peft_free(&pa);
+    return rc;
+}
+
+void dt_decoder_adapter_free(dt_decoder_adapter *a)
+{
+    if (!a)
+        return;
+    dt_backend *be = a->m ? a->m->be : NULL;
+    int nslot = a->m ? a->m->c.n_layer * MAX_LIN : 0;
+    for (int i = 0; i < nslot && a->A && a->B; i++) {
+        be->i.free(be, a->A[i]);
+        be->i.free(be, a->B[i]);
+    }
+    free(a->A);
+    free(a->B);
+    free(a);
+}
+
+long long dt_decoder_adapter_bytes(const dt_decoder_adapter *a)
+{
+    return a ? a->bytes : 0;
 }
 
 static double urand(uint64_t *s)
