@@ -46,6 +46,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,14 +73,20 @@
 #define SV_DEFAULT_BATCH 16      /* requests decoded together at most (--max-batch) */
 #define SV_MAX_BATCH 256
 
-/* One loaded model. */
+/* One loaded model: its own weights, or a fine-tune's adapter over a loaded
+ * base whose weights it shares (base, ad). */
 typedef struct sv_model {
-    char key[DB_PATH_LEN];       /* the stored path it was asked by */
-    dt_model *m;
+    char key[DB_PATH_LEN];       /* its resolved path */
+    dt_model *m;                 /* own, or the base's (borrowed) */
     dt_tokenizer *tok;
-    dt_weights w;                /* names and config (host data released) */
-    int ctx;                     /* positions of the decoder's cache */
-    long long bytes;             /* weights + cache + activations, estimated */
+    dt_weights w;                /* names and config (host data released); empty
+                                    for an adapter */
+    struct sv_model *base;       /* the base an adapter runs on, or NULL */
+    dt_decoder_adapter *ad;      /* the adapter over base, or NULL */
+    int refs;                    /* adapters loaded on this model (it stays while > 0) */
+    int ctx;                     /* positions a request's cache may hold */
+    long long bytes;             /* weights + one full cache + activations, or the
+                                    adapter's factors, estimated */
     double used;                 /* dt_now() of the last request */
 } sv_model;
 
@@ -88,7 +95,7 @@ typedef struct sv {
     char hostname[256];
     dt_backend *be;
     queue *q;
-    sv_model models[SV_MAX_MODELS];
+    sv_model *models[SV_MAX_MODELS]; /* malloc'd each: pointers stay valid */
     int nmodels;
     long long limit;             /* memory budget for loaded models (bytes) */
     /* continuous batching: requests taken from Redis wait in `pending`
@@ -235,80 +242,204 @@ static char *utf8_clean(const char *raw, size_t n, int final, size_t *used)
 
 /* ---- models ---------------------------------------------------------------------- */
 
-static void model_unload(sv_model *m)
+static long long resident(const sv *s)
 {
-    dt_model_free(m->m);
-    dt_tokenizer_free(m->tok);
-    dt_weights_free(&m->w);
-    memset(m, 0, sizeof *m);
+    long long held = 0;
+    for (int i = 0; i < s->nmodels; i++) held += s->models[i]->bytes;
+    return held;
 }
 
-/* The loaded model for a stored path, loading it (and evicting the least
- * recently used ones that leave it no room) when needed. NULL with err set
- * (*status: 400 for a model that cannot be served, 503 when it does not fit). */
-static sv_model *model_get(sv *s, const char *stored, int *status, char *err)
+/* Unloads models[i] (an adapter, or a model no adapter uses). */
+static void model_unload(sv *s, int i)
+{
+    sv_model *m = s->models[i];
+    if (m->base) m->base->refs--;
+    else dt_model_free(m->m);
+    dt_decoder_adapter_free(m->ad);
+    dt_tokenizer_free(m->tok);
+    dt_weights_free(&m->w);
+    free(m);
+    s->models[i] = s->models[--s->nmodels];
+}
+
+static sv_model *model_find(sv *s, const char *path)
 {
     for (int i = 0; i < s->nmodels; i++)
-        if (!strcmp(s->models[i].key, stored)) {
-            s->models[i].used = dt_now();
-            return &s->models[i];
+        if (!strcmp(s->models[i]->key, path)) return s->models[i];
+    return NULL;
+}
+
+/* Unloads least recently used models until `need` more bytes (and a slot)
+ * fit in the budget: never a base that adapters use, nor `keep`. */
+static void make_room(sv *s, long long need, const sv_model *keep)
+{
+    for (;;) {
+        int lru = -1;
+        for (int i = 0; i < s->nmodels; i++) {
+            sv_model *m = s->models[i];
+            if (m->refs > 0 || m == keep) continue;
+            if (lru < 0 || m->used < s->models[lru]->used) lru = i;
         }
-    char path[DB_PATH_LEN];
-    *status = 500;
-    if (config_artifact_path(&s->o->cfg, stored, path, sizeof path)) {
-        dt_errf(err, DT_EINVAL, "model path too long");
+        if (lru < 0 || (resident(s) + need <= s->limit && s->nmodels < SV_MAX_MODELS)) return;
+        log_msg(DT_LOG_INFO, "serve.evict", "%s: unloaded (least recently used)",
+                s->models[lru]->key);
+        model_unload(s, lru);
+    }
+}
+
+static void log_load(const sv *s, const sv_model *m, double t0)
+{
+    log_json(DT_LOG_INFO, "serve.load",
+             json_pack("{s:s, s:s?, s:I, s:I, s:i, s:f}", "model", m->key, "base",
+                       m->base ? m->base->key : NULL, "bytes", (json_int_t)m->bytes,
+                       "resident_bytes", (json_int_t)resident(s), "context", m->ctx,
+                       "seconds", dt_now() - t0));
+}
+
+/* Loads the model at path with its own weights. */
+static sv_model *model_load_full(sv *s, const char *path, int *status, char *err)
+{
+    sv_model *nm = calloc(1, sizeof *nm);
+    if (!nm) {
+        dt_errf(err, DT_ENOMEM, "out of memory");
         return NULL;
     }
-    sv_model nm;
-    memset(&nm, 0, sizeof nm);
-    dt_weights *w = &nm.w;
+    dt_weights *w = &nm->w;
     double t0 = dt_now();
     if (dt_weights_load(path, w, err)) goto fail;
-    if (!(nm.tok = dt_model_tokenizer(path, err))) goto fail;
-    nm.ctx = w->cfg.max_pos > 0 && w->cfg.max_pos < SV_MAX_CTX ? w->cfg.max_pos : SV_MAX_CTX;
+    if (!(nm->tok = dt_model_tokenizer(path, err))) goto fail;
+    nm->ctx = w->cfg.max_pos > 0 && w->cfg.max_pos < SV_MAX_CTX ? w->cfg.max_pos : SV_MAX_CTX;
     long long weights = 0;
     for (int i = 0; i < w->ts.n; i++) weights += w->ts.t[i].numel * 4;
-    long long kv = 2LL * w->cfg.n_layer * nm.ctx * w->cfg.n_kv_head * w->cfg.head_dim * 4;
+    long long kv = 2LL * w->cfg.n_layer * nm->ctx * w->cfg.n_kv_head * w->cfg.head_dim * 4;
     long long act = 256LL * (w->cfg.d_model * 8 + w->cfg.d_ff * 3) * 4 + (long long)w->cfg.vocab * 8;
-    nm.bytes = weights + kv + act;
-    if (nm.bytes > s->limit) {
+    nm->bytes = weights + kv + act;
+    if (nm->bytes > s->limit) {
         char need[32], lim[32];
-        dt_mem_human(nm.bytes, need, sizeof need);
+        dt_mem_human(nm->bytes, need, sizeof need);
         dt_mem_human(s->limit, lim, sizeof lim);
         dt_errf(err, DT_ENOMEM, "the model needs %s, more than this serving worker's "
                 "memory limit of %s", need, lim);
         *status = 503;
         goto fail;
     }
-    /* Room first: the least recently used models go. */
-    for (;;) {
-        long long held = 0;
-        int lru = -1;
-        for (int i = 0; i < s->nmodels; i++) {
-            held += s->models[i].bytes;
-            if (lru < 0 || s->models[i].used < s->models[lru].used) lru = i;
-        }
-        if (lru < 0 || (held + nm.bytes <= s->limit && s->nmodels < SV_MAX_MODELS)) break;
-        log_msg(DT_LOG_INFO, "serve.evict", "%s: unloaded (least recently used)",
-                s->models[lru].key);
-        model_unload(&s->models[lru]);
-        s->models[lru] = s->models[--s->nmodels];
-    }
+    make_room(s, nm->bytes, NULL);
     dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f}; /* as deltatune generate */
     w->release_on_upload = 1; /* no second host copy while uploading */
-    if (dt_model_new(s->be, w, &lo, 1, nm.ctx < SV_MODEL_ROWS ? nm.ctx : SV_MODEL_ROWS, 0, &nm.m,
-                     err))
+    if (dt_model_new(s->be, w, &lo, 1, nm->ctx < SV_MODEL_ROWS ? nm->ctx : SV_MODEL_ROWS, 0,
+                     &nm->m, err))
         goto fail;
     dt_weights_release_data(w);
-    snprintf(nm.key, sizeof nm.key, "%s", stored);
-    nm.used = dt_now();
-    s->models[s->nmodels] = nm;
-    log_msg(DT_LOG_INFO, "serve.load", "%s: loaded in %.2f s (%lld bytes, context %d)", stored,
-            dt_now() - t0, nm.bytes, nm.ctx);
-    return &s->models[s->nmodels++];
+    snprintf(nm->key, sizeof nm->key, "%s", path);
+    nm->used = dt_now();
+    s->models[s->nmodels++] = nm;
+    log_load(s, nm, t0);
+    return nm;
 fail:
-    model_unload(&nm);
+    dt_model_free(nm->m);
+    dt_tokenizer_free(nm->tok);
+    dt_weights_free(w);
+    free(nm);
     return NULL;
+}
+
+/* The base a fine-tune at path was trained from, when its PEFT adapter
+ * (path/adapter, lora and delta_lora) makes it base + adapter exactly: the
+ * adapter's base_model_name_or_path, an existing model of the same shape.
+ * 0 with base[] filled, or -1 (load the merged weights). */
+static int adapter_base(sv *s, const char *path, char *base, size_t cap)
+{
+    char p[DB_PATH_LEN + 40], err[DT_ERR_LEN];
+    snprintf(p, sizeof p, "%s/adapter/adapter_config.json", path);
+    json_t *cfg = json_load_file(p, 0, NULL);
+    const char *b = json_string_value(json_object_get(cfg, "base_model_name_or_path"));
+    int rc = -1;
+    dt_mem_model mf, mb;
+    if (b && !config_artifact_path(&s->o->cfg, b, base, cap) && access(base, R_OK) == 0 &&
+        strcmp(base, path) && !dt_mem_model_read(path, &mf, err) &&
+        !dt_mem_model_read(base, &mb, err) && mf.llama == mb.llama &&
+        mf.n_layer == mb.n_layer && mf.d_model == mb.d_model && mf.n_head == mb.n_head &&
+        mf.n_kv_head == mb.n_kv_head && mf.head_dim == mb.head_dim && mf.d_ff == mb.d_ff &&
+        mf.vocab == mb.vocab && mf.tied == mb.tied && mf.qk_norm == mb.qk_norm)
+        rc = 0;
+    json_decref(cfg);
+    return rc;
+}
+
+/* Loads the fine-tune at path as its adapter over the base at base_path
+ * (loaded once for all its fine-tunes). NULL with err set. */
+static sv_model *model_load_adapter(sv *s, const char *path, const char *base_path,
+                                    int *status, char *err)
+{
+    double t0 = dt_now();
+    sv_model *base = model_find(s, base_path);
+    if (!base && !(base = model_load_full(s, base_path, status, err))) return NULL;
+    base->used = dt_now();
+    char dir[DB_PATH_LEN + 16], st[DB_PATH_LEN + 48];
+    snprintf(dir, sizeof dir, "%s/adapter", path);
+    snprintf(st, sizeof st, "%s/adapter_model.safetensors", dir);
+    struct stat sb;
+    make_room(s, stat(st, &sb) ? 0 : (long long)sb.st_size, base);
+    sv_model *nm = calloc(1, sizeof *nm);
+    if (!nm) {
+        dt_errf(err, DT_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (!(nm->tok = dt_model_tokenizer(path, err)) ||
+        dt_decoder_adapter_load(base->m, &base->w, dir, &nm->ad, err)) {
+        dt_tokenizer_free(nm->tok);
+        free(nm);
+        return NULL;
+    }
+    nm->m = base->m;
+    nm->base = base;
+    base->refs++;
+    nm->ctx = base->ctx;
+    nm->bytes = dt_decoder_adapter_bytes(nm->ad);
+    snprintf(nm->key, sizeof nm->key, "%s", path);
+    nm->used = dt_now();
+    s->models[s->nmodels++] = nm;
+    log_load(s, nm, t0);
+    return nm;
+}
+
+/* The loaded model for a stored path, loading it (and evicting the least
+ * recently used ones that leave it no room) when needed: a fine-tune with
+ * an exact adapter as that adapter over its shared base, any other model
+ * with its own weights. Called with no request active (admit()), so no
+ * active request's model is evicted. NULL with err set (*status: 500 for a
+ * model that cannot be served, 503 when it does not fit). */
+static sv_model *model_get(sv *s, const char *stored, int *status, char *err)
+{
+    char path[DB_PATH_LEN], base[DB_PATH_LEN];
+    *status = 500;
+    if (config_artifact_path(&s->o->cfg, stored, path, sizeof path)) {
+        dt_errf(err, DT_EINVAL, "model path too long");
+        return NULL;
+    }
+    sv_model *m = model_find(s, path);
+    if (!m && !adapter_base(s, path, base, sizeof base)) {
+        m = model_load_adapter(s, path, base, status, err);
+        if (!m) { /* the merged weights serve as well, at their full size */
+            log_msg(DT_LOG_WARN, "serve.adapter_failed", "%s: %s; loading the merged model",
+                    path, err);
+            *status = 500;
+        }
+    }
+    if (!m) m = model_load_full(s, path, status, err);
+    if (m) {
+        m->used = dt_now();
+        if (m->base) m->base->used = m->used;
+    }
+    return m;
+}
+
+/* The loaded model a stored path names, or NULL (nothing is loaded). */
+static sv_model *model_peek(sv *s, const char *stored)
+{
+    char path[DB_PATH_LEN];
+    return stored && !config_artifact_path(&s->o->cfg, stored, path, sizeof path)
+               ? model_find(s, path) : NULL;
 }
 
 /* ---- log probabilities --------------------------------------------------------- */
@@ -476,7 +607,7 @@ static void act_free(sv *s, sv_act *a)
  * positions, activations of one feed chunk. */
 static long long act_estimate(const sv_model *m, int positions)
 {
-    const dt_config *c = &m->w.cfg;
+    const dt_config *c = dt_model_config(m->m);
     int rows = positions < SV_MODEL_ROWS ? positions : SV_MODEL_ROWS;
     long long kv = 2LL * c->n_layer * positions * c->n_kv_head * c->head_dim * 4;
     return kv + (long long)rows * (c->d_model * 8 + c->d_ff * 3) * 4 + (long long)c->vocab * 8;
@@ -560,7 +691,7 @@ static sv_act *act_start(sv *s, json_t *j, int *defer)
     a->bytes = act_estimate(m, a->np + a->max);
     if (s->nact > 0) {
         long long held = s->act_bytes + a->bytes;
-        for (int i = 0; i < s->nmodels; i++) held += s->models[i].bytes;
+        held += resident(s);
         if (held > s->limit) {
             a->j = NULL; /* not stolen: it waits for room */
             *defer = 1;
@@ -582,7 +713,9 @@ static sv_act *act_start(sv *s, json_t *j, int *defer)
     }
     a->rng = 0x9E3779B97F4A7C15ull ^ r->seed;
     a->finish = "length";
-    if (dt_decoder_new(m->m, a->np + a->max, &a->d, err) ||
+    if (!dt_decoder_new(m->m, a->np + a->max, &a->d, err))
+        dt_decoder_set_adapter(a->d, m->ad);
+    if (!a->d ||
         dt_decoder_feed(a->d, a->prompt, a->np, a->logits, err)) {
         log_msg(DT_LOG_WARN, "serve.failed", "%s: %s", r->id, err);
         emit_error(s, r->id, 500, "generation_failed", NULL, err);
@@ -650,14 +783,15 @@ static void act_finish(sv *s, sv_act *a)
         if (text && *text) emit(s, r->id, json_pack("{s:s, s:s}", "t", "text", "text", text));
         free(text);
     }
-    emit(s, r->id, json_pack("{s:s, s:s, s:i, s:i, s:i}", "t", "done", "finish_reason",
-                             a->finish, "prompt_tokens", a->np, "completion_tokens", a->k,
-                             "batch", a->max_batch));
+    /* logged first: a client that has its answer finds the record */
     log_json(DT_LOG_INFO, "serve.done",
              json_pack("{s:s, s:s, s:i, s:i, s:s, s:f, s:f, s:i}", "id", r->id, "model",
                        r->model, "prompt_tokens", a->np, "completion_tokens", a->k,
                        "finish_reason", a->finish, "first_token_seconds", a->first,
                        "seconds", dt_now() - a->t0, "max_batch", a->max_batch));
+    emit(s, r->id, json_pack("{s:s, s:s, s:i, s:i, s:i}", "t", "done", "finish_reason",
+                             a->finish, "prompt_tokens", a->np, "completion_tokens", a->k,
+                             "batch", a->max_batch));
 }
 
 /* ---- continuous batching ---------------------------------------------------------- */
@@ -671,8 +805,10 @@ static void admit(sv *s)
     while (s->npending > 0 && s->nact < s->max_batch) {
         json_t *j = s->pending[0];
         const char *model = json_string_value(json_object_get(j, "model"));
-        if (s->nact > 0 && (!model || strcmp(model, s->act[0]->r.model)))
-            break;
+        if (s->nact > 0) { /* the active base: its own requests and its adapters' */
+            sv_model *pm = model_peek(s, model);
+            if (!pm || pm->m != s->act[0]->m->m) break;
+        }
         int defer = 0;
         sv_act *a = act_start(s, j, &defer);
         if (defer) break;
@@ -829,7 +965,11 @@ int wk_serve(const wk_opts *o)
     pthread_mutex_unlock(&s.mu);
     pthread_join(hb, NULL);
 fail_thread:
-    for (int i = 0; i < s.nmodels; i++) model_unload(&s.models[i]);
+    while (s.nmodels > 0) { /* adapters before their bases */
+        int i = 0;
+        while (i < s.nmodels - 1 && s.models[i]->refs > 0) i++;
+        model_unload(&s, i);
+    }
     free(s.blogits);
     queue_free(s.q);
 fail_q:
