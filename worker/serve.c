@@ -37,7 +37,10 @@
  * request is active, so an active group's model is never evicted). Each
  * admitted request gets its own decoder (KV cache of prompt + max_tokens
  * positions); one that does not fit in the budget next to the active ones
- * waits for them. Between tokens the worker looks at each request's cancel
+ * waits for them. A LoRA or Delta-LoRA fine-tune (merged/adapter/ holds its
+ * exact PEFT adapter) loads as that adapter over its base, which is loaded
+ * once for all its fine-tunes; full fine-tunes, and fine-tunes whose base
+ * is not found, load their merged weights. Between tokens the worker looks at each request's cancel
  * flag (set by the server when the client went away or waited too long)
  * and retires it. */
 #include "serve.h"
