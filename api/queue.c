@@ -307,6 +307,34 @@ int queue_infer_take(queue *q, int timeout_ms, char **request, char *err)
     return rc;
 }
 
+int queue_infer_try(queue *q, char **request, char *err)
+{
+    const char *a[] = {"RPOP", QUEUE_INFER_KEY};
+    int rc = DT_EIO;
+    *request = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (ensure(q, err)) goto out;
+    redisReply *r = command(q, 2, a, err);
+    if (!r) goto out;
+    rc = 0;
+    if (r->type == REDIS_REPLY_STRING) {
+        if ((*request = strndup(r->str, r->len)))
+            rc = 1;
+        else
+            rc = dt_errf(err, DT_ENOMEM, "out of memory");
+    }
+    freeReplyObject(r);
+out:
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+int queue_infer_requeue(queue *q, const char *request, char *err)
+{
+    const char *a[] = {"RPUSH", QUEUE_INFER_KEY, request};
+    return command_locked(q, 3, a, NULL, err);
+}
+
 static int reply_key(char *out, size_t cap, const char *id, const char *suffix)
 {
     int n = snprintf(out, cap, "deltatune:infer:%s%s", id, suffix);

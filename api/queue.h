@@ -68,6 +68,13 @@ int queue_infer_push(queue *q, const char *request, char *err);
  * 1 with *request (malloc'd, the caller frees), 0 on timeout, or DT_EIO
  * (after sleeping out the timeout). */
 int queue_infer_take(queue *q, int timeout_ms, char **request, char *err);
+/* RPOP QUEUE_INFER_KEY without waiting (a serving worker that is decoding
+ * admits newcomers between steps): 1 with *request (malloc'd), 0 when the
+ * queue is empty, or DT_EIO. */
+int queue_infer_try(queue *q, char **request, char *err);
+/* RPUSH QUEUE_INFER_KEY request: a request taken but not started goes
+ * back to the head of the queue (a serving worker that stops). */
+int queue_infer_requeue(queue *q, const char *request, char *err);
 /* RPUSH one event on request id's reply list and renews its TTL. */
 int queue_reply_push(queue *q, const char *id, const char *event, char *err);
 /* BLPOP on the reply lists of ids[n] (n >= 1) for up to timeout_ms

@@ -55,7 +55,7 @@ int ds_scan_file(const char *path, long vocab, long max_line, problems *p, long 
 /* The edges of a chat turn's loss span (dataset.c): the end-of-turn marker
  * at s (after optional spaces; eos, or one of the known markers), its
  * length or 0; and a span start a widened back over a reasoning opener
- * ("<think>\n", Qwen 3). generate.c's chat prompts use the same two, so a
+ * ("<think>\n", Qwen 3). chat_prompt.c's chat prompts use the same two, so a
  * served prompt ends exactly where training's row continues. */
 size_t ds_end_marker_at(const char *eos, const char *s, size_t n);
 size_t ds_think_start(const dt_chat_out *o, size_t a);

@@ -9,8 +9,7 @@
 #include <string.h>
 
 #include "base/dt.h"
-#include "chat_template.h"
-#include "dataset_impl.h"
+#include "export.h"
 #include "model_impl.h"
 
 #define OPS (d->be->i)
@@ -21,7 +20,28 @@ struct dt_decoder {
     int maxT, len;
     float **kc, **vc;      /* per layer (maxT, kvdim) */
     float *x, *n, *mean, *rstd, *q, *att, *qkv, *h1, *h2, *act, *u, *logits;
-    float *hr;             /* Qwen 3 q_norm/k_norm rstd (maxT, n_head) */
+    float *hr;             /* Qwen 3 q_norm/k_norm rstd (rows, n_head) */
+    int rows;              /* rows of the activation buffers: min(maxT, m->N),
+                            * since feeds run in chunks of m->N */
+    float *blogits;        /* (bcap, V): logits of a batched step */
+    int bcap;
+    const dt_decoder_adapter *ad; /* this sequence's adapter (borrowed) or NULL */
+    /* while this decoder's buffers run a pass: the adapter of every row
+     * (ad1), or of row i (adr[i], a batched step) */
+    const dt_decoder_adapter *ad1;
+    const dt_decoder_adapter **adr; /* (rows) host */
+    int adany;             /* whether any row of the pass has an adapter */
+    float *au;             /* (rows, aurank) x·Aᵀ of an adapter */
+    int aurank;
+};
+
+/* Low-rank terms over a shared base model (generate.h). */
+struct dt_decoder_adapter {
+    dt_model *m;           /* borrowed */
+    float **A, **B;        /* per slot l*MAX_LIN + j: (rank, in), (out, rank) device or NULL */
+    int rank;
+    float s;               /* lora_alpha / r */
+    long long bytes;       /* device bytes of the factors */
 };
 
 static float *dalloc(dt_decoder *d, size_t nfloat, int *fail)
@@ -57,6 +77,10 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->kc[l] = dalloc(d, T * m->kvdim, &fail);
         d->vc[l] = dalloc(d, T * m->kvdim, &fail);
     }
+    /* Activations hold one chunk of a feed (m->N rows at most), not the
+     * whole context: a long cache costs its keys and values only. */
+    d->rows = max_T < m->N ? max_T : m->N;
+    T = (size_t)d->rows;
     int widest = F > 3 * C ? F : 3 * C;
     if (m->qdim > widest) /* qk_norm: q before its norm in d->qkv */
         widest = m->qdim;
@@ -75,6 +99,8 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->logits = dalloc(d, (size_t)c->vocab, &fail);
         if (c->qk_norm)
             d->hr = dalloc(d, T * (size_t)c->n_head, &fail);
+        if (!(d->adr = calloc(T, sizeof *d->adr)))
+            fail = 1;
     }
     if (fail) {
         dt_decoder_free(d);
@@ -95,9 +121,11 @@ void dt_decoder_free(dt_decoder *d)
         be->i.free(be, d->vc[l]);
     }
     float *bufs[] = {d->x, d->n, d->mean, d->rstd, d->q, d->att, d->qkv,
-                     d->h1, d->h2, d->act, d->u, d->logits, d->hr};
+                     d->h1, d->h2, d->act, d->u, d->logits, d->hr, d->blogits,
+                     d->au};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         be->i.free(be, bufs[i]);
+    free(d->adr);
     free(d->kc);
     free(d->vc);
     free(d);
@@ -105,6 +133,30 @@ void dt_decoder_free(dt_decoder *d)
 
 void dt_decoder_reset(dt_decoder *d) { d->len = 0; }
 int dt_decoder_len(const dt_decoder *d) { return d->len; }
+
+/* The adapters' terms y += s·(x·Aᵀ)·Bᵀ of linear L, over runs of rows
+ * that share an adapter (d->ad1 for all rows, or d->adr[i] per row). */
+static void lin_adapters(dt_decoder *d, dt_linear *L, const float *x, float *y,
+                         int N)
+{
+    dt_model *m = d->m;
+    size_t l = (size_t)((const char *)L - (const char *)m->L) / sizeof *m->L;
+    int slot = (int)l * MAX_LIN + (int)(L - m->L[l].lin);
+    for (int i0 = 0; i0 < N;) {
+        const dt_decoder_adapter *a = d->ad1 ? d->ad1 : d->adr[i0];
+        int i1 = i0 + 1;
+        while (!d->ad1 && i1 < N && d->adr[i1] == a)
+            i1++;
+        if (a && a->A[slot]) {
+            int r = a->rank, n = i1 - i0;
+            OPS.gemm(d->be, 0, 1, n, r, L->in, 1.0f, x + (size_t)i0 * L->in, L->in,
+                     a->A[slot], L->in, 0.0f, d->au, r);
+            OPS.gemm(d->be, 0, 1, n, L->out, r, a->s, d->au, r, a->B[slot], r, 1.0f,
+                     y + (size_t)i0 * L->out, L->out);
+        }
+        i0 = i1;
+    }
+}
 
 /* y(N,out) = acc*y + x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ per adapter (lin_fwd, eval). */
 static void lin(dt_decoder *d, dt_linear *L, const float *x, float *y, int N,
@@ -127,6 +179,8 @@ static void lin(dt_decoder *d, dt_linear *L, const float *x, float *y, int N,
         OPS.gemm(d->be, 0, 1, N, a->rows, r, m->s, d->u, r, a->B->p, r, 1.0f,
                  y + a->row_off, L->out);
     }
+    if (d->adany)
+        lin_adapters(d, L, x, y, N);
 }
 
 static void norm(dt_decoder *d, float *out, const float *x, const float *w,
@@ -184,12 +238,26 @@ static void layer_step(dt_decoder *d, int l, int p0, int t)
     }
 }
 
+/* d->au holds d->rows rows of rank r. */
+static int au_ensure(dt_decoder *d, int r, char *err)
+{
+    if (d->aurank >= r)
+        return 0;
+    OPS.free(d->be, d->au);
+    d->aurank = 0;
+    if (!(d->au = OPS.alloc(d->be, (size_t)d->rows * r * sizeof(float))))
+        return dt_errf(err, DT_ENOMEM, "decoder: out of device memory for a "
+                       "rank-%d adapter", r);
+    d->aurank = r;
+    return 0;
+}
+
 int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
                     char *err)
 {
     dt_model *m = d->m;
     const dt_config *c = &m->c;
-    int C = c->d_model, V = c->vocab, p0 = d->len;
+    int C = c->d_model, V = c->vocab, p0 = d->len, rc;
     if (t < 1 || p0 + t > d->maxT)
         return dt_errf(err, DT_EINVAL, "%d positions exceed the model's "
                        "context of %d", p0 + t, d->maxT);
@@ -200,6 +268,10 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
     if (!m->ids)
         return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
                        "were released");
+    if (d->ad && (rc = au_ensure(d, d->ad->rank, err)))
+        return rc;
+    d->ad1 = d->ad;
+    d->adany = d->ad != NULL;
     /* m->ids holds m->N ids; the prompt is fed in chunks that fit. */
     for (int c0 = 0; c0 < t; c0 += m->N) {
         int n = t - c0 < m->N ? t - c0 : m->N, p = p0 + c0;
@@ -218,6 +290,240 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
         }
     }
     return OPS.sync(d->be, err);
+}
+
+/* ---- batched decode step ---------------------------------------------------
+ *
+ * One new token for each of n sequences, each with its own cache and
+ * length: the linears run once over the n rows (the scratch decoder S's
+ * buffers), while embedding positions, RoPE, the cache writes and attention
+ * go per sequence. Row i of S's buffers is sequence ds[i]. */
+
+/* Layer l for the n rows in S->x, row i at position ds[i]->len. */
+static void layer_step_batch(dt_decoder *S, dt_decoder *const *ds, int n, int l)
+{
+    dt_decoder *d = S; /* OPS */
+    dt_model *m = S->m;
+    const dt_config *c = &m->c;
+    dt_layer *Y = &m->L[l];
+    int C = c->d_model, F = c->d_ff, kvd = m->kvdim, qd = m->qdim;
+    norm(S, S->n, S->x, Y->n1w, Y->n1b, n);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin(S, &Y->lin[G_QKV], S->n, S->qkv, n, 0);
+        OPS.copy2d(S->be, S->q, C, S->qkv, 3 * C, n, C, 1.0f);
+        for (int i = 0; i < n; i++) {
+            size_t at = (size_t)ds[i]->len * kvd;
+            const float *row = S->qkv + (size_t)i * 3 * C;
+            OPS.copy2d(S->be, ds[i]->kc[l] + at, C, row + C, 3 * C, 1, C, 1.0f);
+            OPS.copy2d(S->be, ds[i]->vc[l] + at, C, row + 2 * C, 3 * C, 1, C, 1.0f);
+        }
+    } else {
+        lin(S, &Y->lin[L_Q], S->n, Y->qnw ? S->qkv : S->q, n, 0);
+        if (Y->qnw)
+            OPS.rmsnorm_fwd(S->be, S->q, S->hr, S->qkv, Y->qnw, n * c->n_head,
+                            c->head_dim, c->norm_eps);
+        /* k in S->qkv (then S->att after its norm), roped per row, copied
+         * into each cache; then v the same way through S->qkv */
+        float *k = Y->knw ? S->att : S->qkv;
+        lin(S, &Y->lin[L_K], S->n, S->qkv, n, 0);
+        if (Y->knw)
+            OPS.rmsnorm_fwd(S->be, S->att, S->hr, S->qkv, Y->knw,
+                            n * c->n_kv_head, c->head_dim, c->norm_eps);
+        for (int i = 0; i < n; i++) {
+            int p = ds[i]->len;
+            OPS.rope_at(S->be, S->q + (size_t)i * qd, 1, c->n_head, c->head_dim,
+                        m->rope_key, p);
+            OPS.rope_at(S->be, k + (size_t)i * kvd, 1, c->n_kv_head, c->head_dim,
+                        m->rope_key, p);
+            OPS.copy2d(S->be, ds[i]->kc[l] + (size_t)p * kvd, kvd, k + (size_t)i * kvd,
+                       kvd, 1, kvd, 1.0f);
+        }
+        lin(S, &Y->lin[L_V], S->n, S->qkv, n, 0);
+        for (int i = 0; i < n; i++)
+            OPS.copy2d(S->be, ds[i]->vc[l] + (size_t)ds[i]->len * kvd, kvd,
+                       S->qkv + (size_t)i * kvd, kvd, 1, kvd, 1.0f);
+    }
+    for (int i = 0; i < n; i++)
+        OPS.attention_decode(S->be, S->att + (size_t)i * qd, S->q + (size_t)i * qd,
+                             ds[i]->kc[l], ds[i]->vc[l], 1, ds[i]->len + 1,
+                             c->n_head, c->n_kv_head, c->head_dim);
+    lin(S, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], S->att, S->x, n, 1);
+    norm(S, S->n, S->x, Y->n2w, Y->n2b, n);
+    if (c->arch == DT_ARCH_GPT2) {
+        lin(S, &Y->lin[G_FC], S->n, S->h1, n, 0);
+        OPS.gelu_fwd(S->be, S->act, S->h1, (long)n * F);
+        lin(S, &Y->lin[G_PROJ], S->act, S->x, n, 1);
+    } else {
+        lin(S, &Y->lin[L_GATE], S->n, S->h1, n, 0);
+        lin(S, &Y->lin[L_UP], S->n, S->h2, n, 0);
+        OPS.swiglu_fwd(S->be, S->act, S->h1, S->h2, (long)n * F);
+        lin(S, &Y->lin[L_DOWN], S->act, S->x, n, 1);
+    }
+}
+
+int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
+                          float *logits, char *err)
+{
+    if (n < 1)
+        return dt_errf(err, DT_EINVAL, "decoder batch: no sequences");
+    dt_decoder *S = ds[0], *d = ds[0]; /* S: the scratch with the most rows */
+    dt_model *m = S->m;
+    const dt_config *c = &m->c;
+    int C = c->d_model, V = c->vocab;
+    for (int i = 0; i < n; i++) {
+        if (ds[i]->m != m)
+            return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d runs another "
+                           "model", i);
+        if (ds[i]->len < 1 || ds[i]->len + 1 > ds[i]->maxT)
+            return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d: %d positions "
+                           "exceed its context of %d", i, ds[i]->len + 1, ds[i]->maxT);
+        if (ids[i] < 0 || ids[i] >= V)
+            return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)", ids[i], V);
+        for (int j = 0; j < i; j++)
+            if (ds[j] == ds[i])
+                return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d appears "
+                               "twice", i);
+        if (ds[i]->rows > S->rows)
+            S = ds[i];
+    }
+    if (!m->ids)
+        return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
+                       "were released");
+    int chunk = S->rows < m->N ? S->rows : m->N, r = 0, rc;
+    for (int i = 0; i < n; i++)
+        if (ds[i]->ad && ds[i]->ad->rank > r)
+            r = ds[i]->ad->rank;
+    if (r && (rc = au_ensure(S, r, err)))
+        return rc;
+    S->ad1 = NULL;
+    if (S->bcap < chunk) {
+        OPS.free(S->be, S->blogits);
+        S->bcap = 0;
+        if (!(S->blogits = OPS.alloc(S->be, (size_t)chunk * V * sizeof(float))))
+            return dt_errf(err, DT_ENOMEM, "decoder batch: out of device memory "
+                           "for %d rows of logits", chunk);
+        S->bcap = chunk;
+    }
+    for (int b0 = 0; b0 < n; b0 += chunk) {
+        int nb = n - b0 < chunk ? n - b0 : chunk;
+        dt_decoder *const *bs = ds + b0;
+        S->adany = 0;
+        for (int i = 0; i < nb; i++) {
+            S->adr[i] = bs[i]->ad;
+            S->adany |= bs[i]->ad != NULL;
+        }
+        OPS.upload(S->be, m->ids, ids + b0, (size_t)nb * sizeof(int32_t));
+        for (int i = 0; i < nb; i++)
+            OPS.embedding_fwd(S->be, S->x + (size_t)i * C, m->ids + i, m->wte,
+                              m->wpe ? m->wpe + (size_t)bs[i]->len * C : NULL, 1, 1, C);
+        for (int l = 0; l < c->n_layer; l++)
+            layer_step_batch(S, bs, nb, l);
+        for (int i = 0; i < nb; i++)
+            bs[i]->len++;
+        norm(S, S->n, S->x, m->nfw, m->nfb, nb);
+        OPS.gemm(S->be, 0, 1, nb, V, C, 1.0f, S->n, C, m->head, C, 0.0f, S->blogits, V);
+        if (logits)
+            OPS.download(S->be, logits + (size_t)b0 * V, S->blogits,
+                         (size_t)nb * V * sizeof(float));
+    }
+    S->adany = 0;
+    return OPS.sync(S->be, err);
+}
+
+/* ---- adapters over a shared base ------------------------------------------- */
+
+void dt_decoder_set_adapter(dt_decoder *d, const dt_decoder_adapter *a)
+{
+    d->ad = a;
+}
+
+int dt_decoder_adapter_load(dt_model *m, const dt_weights *w, const char *dir,
+                            dt_decoder_adapter **out, char *err)
+{
+    dt_backend *be = m->be;
+    const dt_config *c = &m->c;
+    dt_peft_adapter pa;
+    *out = NULL;
+    int rc = dt_peft_load(dir, w, &pa, err);
+    if (rc)
+        return rc;
+    int nslot = c->n_layer * MAX_LIN, used = 0;
+    dt_decoder_adapter *a = calloc(1, sizeof *a);
+    if (!a || !(a->A = calloc((size_t)nslot, sizeof *a->A)) ||
+        !(a->B = calloc((size_t)nslot, sizeof *a->B))) {
+        rc = dt_errf(err, DT_ENOMEM, "adapter: out of memory");
+        goto fail;
+    }
+    a->m = m;
+    a->rank = pa.rank;
+    a->s = pa.alpha / (float)pa.rank;
+    for (int l = 0; l < c->n_layer; l++)
+        for (int j = 0; j < m->L[l].nlin; j++) {
+            dt_linear *L = &m->L[l].lin[j];
+            char base[160], name[200];
+            snprintf(base, sizeof base, "%s", L->wname);
+            char *dot = strstr(base, ".weight");
+            if (dot)
+                *dot = 0;
+            snprintf(name, sizeof name, "%s.lora_A", base);
+            dt_tensor *tA = dt_tensorset_find(&pa.ts, name);
+            snprintf(name, sizeof name, "%s.lora_B", base);
+            dt_tensor *tB = dt_tensorset_find(&pa.ts, name);
+            if (!tA && !tB)
+                continue;
+            if (!tA || !tB || tA->numel != (int64_t)pa.rank * L->in ||
+                tB->numel != (int64_t)L->out * pa.rank) {
+                rc = dt_errf(err, DT_EFORMAT, "%s: the adapter of %s needs lora_A "
+                             "(%d, %d) and lora_B (%d, %d)", dir, L->wname, pa.rank,
+                             L->in, L->out, pa.rank);
+                goto fail;
+            }
+            int slot = l * MAX_LIN + j;
+            size_t nA = (size_t)tA->numel, nB = (size_t)tB->numel;
+            if (!(a->A[slot] = be->i.alloc(be, nA * sizeof(float))) ||
+                !(a->B[slot] = be->i.alloc(be, nB * sizeof(float)))) {
+                rc = dt_errf(err, DT_ENOMEM, "adapter: out of device memory");
+                goto fail;
+            }
+            be->i.upload(be, a->A[slot], tA->data, nA * sizeof(float));
+            be->i.upload(be, a->B[slot], tB->data, nB * sizeof(float));
+            a->bytes += (long long)(nA + nB) * (long long)sizeof(float);
+            used += 2;
+        }
+    if (used != pa.ts.n) {
+        rc = dt_errf(err, DT_EFORMAT, "%s: %d of the adapter's %d tensors match no "
+                     "linear of the model", dir, pa.ts.n - used, pa.ts.n);
+        goto fail;
+    }
+    if ((rc = be->i.sync(be, err)))
+        goto fail;
+    dt_peft_free(&pa);
+    *out = a;
+    return 0;
+fail:
+    dt_decoder_adapter_free(a);
+    dt_peft_free(&pa);
+    return rc;
+}
+
+void dt_decoder_adapter_free(dt_decoder_adapter *a)
+{
+    if (!a)
+        return;
+    dt_backend *be = a->m ? a->m->be : NULL;
+    int nslot = a->m ? a->m->c.n_layer * MAX_LIN : 0;
+    for (int i = 0; i < nslot && a->A && a->B; i++) {
+        be->i.free(be, a->A[i]);
+        be->i.free(be, a->B[i]);
+    }
+    free(a->A);
+    free(a->B);
+    free(a);
+}
+
+long long dt_decoder_adapter_bytes(const dt_decoder_adapter *a)
+{
+    return a ? a->bytes : 0;
 }
 
 static double urand(uint64_t *s)
@@ -349,292 +655,4 @@ int dt_generate(dt_decoder *d, const int32_t *prompt, int n,
     *out = ids;
     *nout = k;
     return 0;
-}
-
-/* ---- chat prompts ------------------------------------------------------------
- *
- * The prompt must be, token for token, what training makes of the same
- * chat up to the answer (dataset.c's builder), so the tokenization below
- * follows the builder's rules: text that is not trained accumulates and is
- * encoded in one piece until a control token, a trained span or a change of
- * "control-token strings recognised" interrupts it; each trained span (an
- * earlier assistant turn with its end-of-turn marker) is encoded on its own.
- * test_chat_template's test_chat_prompt_is_the_training_row_up_to_the_answer
- * holds the two together. */
-
-typedef struct pbuild {
-    const dt_tokenizer *tok;
-    int32_t *ids;
-    int n, cap;
-    char *pend;                  /* untrained text not yet encoded */
-    size_t plen, pcap;
-    int allow;                   /* control-token strings recognised */
-    char *err;
-} pbuild;
-
-static int pb_push(pbuild *b, const int32_t *ids, int n)
-{
-    if (b->n + n > b->cap) {
-        int cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n)
-            cap *= 2;
-        int32_t *v = realloc(b->ids, (size_t)cap * sizeof *v);
-        if (!v)
-            return dt_errf(b->err, DT_ENOMEM, "out of memory");
-        b->ids = v;
-        b->cap = cap;
-    }
-    memcpy(b->ids + b->n, ids, (size_t)n * sizeof *ids);
-    b->n += n;
-    return 0;
-}
-
-static int pb_encode(pbuild *b, const char *s, size_t len)
-{
-    int32_t *ids = NULL;
-    int n = 0;
-    if (!len)
-        return 0;
-    int rc = dt_tokenizer_encode(b->tok, s, len, b->allow ? DT_TOK_SPECIAL : 0, &ids, &n,
-                                 b->err);
-    if (!rc && n)
-        rc = pb_push(b, ids, n);
-    free(ids);
-    return rc;
-}
-
-static int pb_flush(pbuild *b)
-{
-    int rc = pb_encode(b, b->pend, b->plen);
-    b->plen = 0;
-    return rc;
-}
-
-/* Untrained text waits; trained text is encoded on its own. */
-static int pb_text(pbuild *b, const char *s, size_t len, int trained)
-{
-    if (trained) {
-        int rc = pb_flush(b);
-        return rc ? rc : pb_encode(b, s, len);
-    }
-    if (b->plen + len + 1 > b->pcap) {
-        size_t cap = b->pcap ? b->pcap : 256;
-        while (cap < b->plen + len + 1)
-            cap *= 2;
-        char *p = realloc(b->pend, cap);
-        if (!p)
-            return dt_errf(b->err, DT_ENOMEM, "out of memory");
-        b->pend = p;
-        b->pcap = cap;
-    }
-    memcpy(b->pend + b->plen, s, len);
-    b->plen += len;
-    return 0;
-}
-
-static int pb_str(pbuild *b, const char *s, int trained)
-{
-    return pb_text(b, s, strlen(s), trained);
-}
-
-static int pb_token(pbuild *b, int32_t id)
-{
-    if (id < 0)
-        return 0;
-    int rc = pb_flush(b);
-    return rc ? rc : pb_push(b, &id, 1);
-}
-
-static int pb_allow(pbuild *b, int allow)
-{
-    if (allow == b->allow)
-        return 0;
-    int rc = pb_flush(b);
-    b->allow = allow;
-    return rc;
-}
-
-static char *token_str(const dt_tokenizer *tok, int32_t id)
-{
-    return id >= 0 ? dt_tokenizer_decode(tok, &id, 1) : NULL;
-}
-
-/* The model's own template: earlier assistant turns are trained spans
- * (widened as training widens them), message content holding control-token
- * strings is encoded with them as text, the rest together. */
-static int chat_by_template(pbuild *b, const char *tmpl, const json_t *msgs)
-{
-    const dt_tokenizer *tok = b->tok;
-    char *err = b->err;
-    size_t nm = json_array_size(msgs);
-    int32_t *tags = malloc((nm ? nm : 1) * sizeof *tags);
-    char *bos = token_str(tok, dt_tokenizer_bos(tok));
-    char *eos = token_str(tok, dt_tokenizer_eos(tok));
-    json_t *vars = json_object();
-    dt_chat_out out = {0};
-    uint8_t *loss = NULL, *plain = NULL;
-    int rc = dt_errf(err, DT_ENOMEM, "out of memory");
-    if (!tags || !vars)
-        goto done;
-    for (size_t i = 0; i < nm; i++) {
-        const char *role = json_string_value(json_object_get(json_array_get(msgs, i), "role"));
-        tags[i] = role && !strcmp(role, "assistant") ? (int32_t)i + 1 : -(int32_t)i - 1;
-    }
-    json_object_set_new(vars, "add_generation_prompt", json_true());
-    if (bos)
-        json_object_set_new(vars, "bos_token", json_string(bos));
-    if (eos)
-        json_object_set_new(vars, "eos_token", json_string(eos));
-    rc = dt_chat_render(tmpl, msgs, vars, tags, -1, &out, err);
-    if (rc) {
-        if (strncmp(err, "chat template", 13)) {
-            char m[DT_ERR_LEN - 16];
-            snprintf(m, sizeof m, "%s", err);
-            dt_errf(err, DT_EINVAL, "chat template: %s", m);
-        }
-        rc = DT_EINVAL;
-        goto done;
-    }
-    size_t n = out.len;
-    loss = calloc(n + 1, 1);
-    plain = calloc(n + 1, 1);
-    if (!loss || !plain) {
-        rc = dt_errf(err, DT_ENOMEM, "out of memory");
-        goto done;
-    }
-    for (size_t i = 0; i < nm; i++) {
-        if (tags[i] <= 0)
-            continue;
-        size_t a = n, z = 0;
-        for (size_t k = 0; k < n; k++)
-            if (out.tag[k] == tags[i]) {
-                if (a == n)
-                    a = k;
-                z = k + 1;
-            }
-        if (a == n)
-            continue;
-        while (a > 0 && out.text[a - 1] == ' ' && out.tag[a - 1] == 0)
-            a--;
-        a = ds_think_start(&out, a);
-        z += ds_end_marker_at(eos, out.text + z, n - z);
-        memset(loss + a, 1, z - a);
-    }
-    for (size_t k = 0; k < n && !rc;) {
-        size_t e = k + 1;
-        while (e < n && out.tag[e] == out.tag[k])
-            e++;
-        if (out.tag[k] != 0) {
-            int32_t *x = NULL, *y = NULL;
-            int nx = 0, ny = 0;
-            rc = dt_tokenizer_encode(tok, out.text + k, e - k, DT_TOK_SPECIAL, &x, &nx, err);
-            if (!rc)
-                rc = dt_tokenizer_encode(tok, out.text + k, e - k, 0, &y, &ny, err);
-            if (!rc && (nx != ny || memcmp(x, y, (size_t)nx * sizeof *x)))
-                memset(plain + k, 1, e - k);
-            free(x);
-            free(y);
-        }
-        k = e;
-    }
-    b->allow = 1;
-    for (size_t k = 0; k < n && !rc;) {
-        size_t e = k + 1;
-        while (e < n && loss[e] == loss[k] && plain[e] == plain[k])
-            e++;
-        if (!(rc = pb_allow(b, !plain[k])))
-            rc = pb_text(b, out.text + k, e - k, loss[k]);
-        k = e;
-    }
-    if (!rc)
-        rc = pb_flush(b);
-done:
-    free(loss);
-    free(plain);
-    free(tags);
-    free(bos);
-    free(eos);
-    json_decref(vars);
-    dt_chat_out_free(&out);
-    return rc;
-}
-
-/* ChatML or the plain template, as dataset.c's render_chat writes them. */
-static int chat_fallback(pbuild *b, const json_t *msgs)
-{
-    const dt_tokenizer *tok = b->tok;
-    int32_t im_start = dt_tokenizer_token_id(tok, "<|im_start|>");
-    int32_t im_end = dt_tokenizer_token_id(tok, "<|im_end|>");
-    int32_t bos = dt_tokenizer_bos(tok), eos = dt_tokenizer_eos(tok);
-    int chatml = im_start >= 0 && im_end >= 0, rc = 0;
-    size_t i;
-    const json_t *m;
-    b->allow = 0;
-    if (bos >= 0 && bos != eos && (rc = pb_token(b, bos)))
-        return rc;
-    json_array_foreach(msgs, i, m) {
-        const char *role = json_string_value(json_object_get(m, "role"));
-        const char *content = json_string_value(json_object_get(m, "content"));
-        if (!role || !content)
-            return dt_errf(b->err, DT_EINVAL, "messages[%zu]: role and content must be "
-                           "strings", i);
-        int asst = !strcmp(role, "assistant");
-        if (chatml) {
-            if ((rc = pb_token(b, im_start)) || (rc = pb_str(b, role, 0)) ||
-                (rc = pb_str(b, "\n", 0)) || (rc = pb_str(b, content, asst)))
-                return rc;
-            if (asst) { /* trained: <|im_end|> after the flush */
-                if ((rc = pb_flush(b)) || (rc = pb_push(b, &im_end, 1)))
-                    return rc;
-            } else if ((rc = pb_token(b, im_end))) {
-                return rc;
-            }
-            if ((rc = pb_str(b, "\n", 0)))
-                return rc;
-        } else {
-            const char *hdr = !strcmp(role, "system") ? "### System:\n"
-                            : asst ? "### Assistant:\n" : "### User:\n";
-            if ((rc = pb_str(b, hdr, 0)) || (rc = pb_str(b, content, asst)))
-                return rc;
-            if (asst && (rc = pb_token(b, eos)))
-                return rc;
-            if ((rc = pb_str(b, "\n\n", 0)))
-                return rc;
-        }
-    }
-    if (chatml && !(rc = pb_token(b, im_start)))
-        rc = pb_str(b, "assistant\n", 0);
-    else if (!chatml)
-        rc = pb_str(b, "### Assistant:\n", 0);
-    return rc ? rc : pb_flush(b);
-}
-
-int dt_chat_prompt(const dt_tokenizer *tok, const json_t *messages,
-                   int32_t **ids, int *n, char *err)
-{
-    pbuild b = {.tok = tok, .err = err};
-    *ids = NULL;
-    *n = 0;
-    const char *tmpl = dt_tokenizer_chat_template(tok);
-    int rc = tmpl ? chat_by_template(&b, tmpl, messages) : chat_fallback(&b, messages);
-    free(b.pend);
-    if (rc) {
-        free(b.ids);
-        return rc;
-    }
-    *ids = b.ids;
-    *n = b.n;
-    return 0;
-}
-
-int32_t dt_chat_end_token(const dt_tokenizer *tok)
-{
-    static const char *const ends[] = {"<|im_end|>", "<|eot_id|>", "<end_of_turn>",
-                                       "<|end|>", NULL};
-    for (int k = 0; ends[k]; k++) {
-        int32_t id = dt_tokenizer_token_id(tok, ends[k]);
-        if (id >= 0)
-            return id;
-    }
-    return -1;
 }

@@ -27,6 +27,36 @@ int dt_decoder_len(const dt_decoder *d);
 int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
                     char *err);
 
+/* One decode step for n sequences at once (continuous batching): ids[i]
+ * is the next token of ds[i] (each a decoder of the same model with at
+ * least one position in its cache, each at most once), fed at its own next
+ * position; the linear layers run as one GEMM over the n rows, attention
+ * per sequence over its own cache. logits (n, V) in host memory when not
+ * NULL: row i is ds[i]'s, as dt_decoder_feed(ds[i], &ids[i], 1) gives it
+ * up to rounding. The activations of the decoder with the most rows serve
+ * as scratch; larger batches run in chunks of them. */
+int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
+                          float *logits, char *err);
+
+/* A LoRA adapter applied while decoding over a base model that stays
+ * shared: y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ in each adapted linear, s = lora_alpha / r,
+ * so that several fine-tunes of one base (lora, and delta_lora's exact
+ * rank-2r adapter) hold the base's weights once. Each decoder may carry its
+ * own adapter; a batched step may mix adapters over one base. */
+typedef struct dt_decoder_adapter dt_decoder_adapter;
+/* Loads the PEFT adapter in dir (adapter_config.json,
+ * adapter_model.safetensors; gpu/export.h dt_peft_load) onto the device for
+ * model m (borrowed, loaded from w: names and config). DT_EFORMAT when a
+ * tensor matches no linear of m or has the wrong shape. */
+int dt_decoder_adapter_load(dt_model *m, const dt_weights *w, const char *dir,
+                            dt_decoder_adapter **out, char *err);
+void dt_decoder_adapter_free(dt_decoder_adapter *a);
+/* Device bytes of the adapter's factors. */
+long long dt_decoder_adapter_bytes(const dt_decoder_adapter *a);
+/* The adapter d's sequence runs with from its next feed or step (borrowed;
+ * NULL: the base alone). Adapter and decoder belong to the same model. */
+void dt_decoder_set_adapter(dt_decoder *d, const dt_decoder_adapter *a);
+
 typedef struct dt_gen_opts {
     int max_tokens;      /* new tokens at most */
     float temperature;   /* 0: greedy (argmax, lowest id on ties) */

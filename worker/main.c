@@ -39,11 +39,16 @@ static const char usage[] =
 "                                              /v1/completions) instead of training:\n"
 "                                              loaded models stay in memory, least\n"
 "                                              recently used first out, within\n"
-"                                              --memory-limit; run as many as you like,\n"
+"                                              --memory-limit (LoRA fine-tunes as\n"
+"                                              adapters over their shared base);\n"
+"                                              run as many as you like,\n"
 "                                              on any host that reaches PostgreSQL,\n"
 "                                              Redis and the artifact store\n"
-"  --token-delay-ms N                          --serve: pause N ms after each token (tests\n"
-"                                              and demos of streaming; default 0)\n"
+"  --token-delay-ms N                          --serve: pause N ms after each decode step\n"
+"                                              (tests and demos of streaming; default 0)\n"
+"  --max-batch N                               --serve: concurrent requests on one model\n"
+"                                              decoded together, at most (1-256, default\n"
+"                                              16; continuous batching)\n"
 "  --memory-limit BYTES  DELTATUNE_WORKER_MEMORY_LIMIT\n"
 "                                              memory this worker may use (8G,\n"
 "                                              512M, bytes); a job whose estimate\n"
@@ -78,6 +83,9 @@ static int set_worker_opt(wk_opts *o, const char *name, const char *v)
             return -1;
     } else if (!strcmp(name, "token-delay-ms")) {
         if ((o->token_delay_ms = parse_count(v)) < 0)
+            return -1;
+    } else if (!strcmp(name, "max-batch")) {
+        if ((o->max_batch = parse_count(v)) < 1 || o->max_batch > 256)
             return -1;
     } else if (!strcmp(name, "memory-limit")) {
         if (dt_mem_parse_size(v, &o->memory_limit) || o->memory_limit < 1)
@@ -134,6 +142,7 @@ int main(int argc, char **argv)
                 if (r < 0 || (!v && (!strcmp(name, "device") || !strcmp(name, "threads") ||
                                      !strcmp(name, "worker-id") || !strcmp(name, "max-jobs") ||
                                      !strcmp(name, "token-delay-ms") ||
+                                     !strcmp(name, "max-batch") ||
                                      !strcmp(name, "memory-limit")))) {
                     fprintf(stderr, "deltatune-worker: --%s: bad or missing value\n", name);
                     return 2;

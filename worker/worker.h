@@ -27,7 +27,8 @@ typedef struct wk_opts {
     char worker_id[128];  /* unique per worker; default "<hostname>-<pid>" */
     int max_jobs;         /* exit after this many jobs (0 = never; tests) */
     int serve;            /* --serve: a serving worker (serve.h), not a training one */
-    int token_delay_ms;   /* --serve: pause after each token (tests: a slow stream) */
+    int token_delay_ms;   /* --serve: pause after each decode step (tests: a slow stream) */
+    int max_batch;        /* --serve: requests decoded together at most (0: 16) */
     long long memory_limit; /* bytes one job may take, the worker included
                                (0: default, 80 % of MemAvailable on the CPU,
                                of the device's memory on CUDA) */

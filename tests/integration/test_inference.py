@@ -250,6 +250,104 @@ class Inference(StackTest):
         b = self.call("POST", COMPL, body)["choices"][0]["text"]
         self.assertEqual(a, b)
 
+    # ---- continuous batching ------------------------------------------------------
+    def serve_log_done(self, since):
+        """The serve.done records of serve-1's log after offset `since`."""
+        out = []
+        for line in self.s.log("serve-1")[since:].splitlines():
+            if '"serve.done"' in line:
+                rec = json.loads(line)
+                out.append(rec.get("fields", rec))
+        return out
+
+    def concurrent(self, bodies):
+        """The bodies streamed at once (threads); [(path, body, text, finish)]."""
+        import threading
+        res = [None] * len(bodies)
+
+        def one(i, path, body):
+            st, _, ev = self.stream(path, body)
+            res[i] = (st, ev)
+        ts = [threading.Thread(target=one, args=(i, p, b)) for i, (p, b) in enumerate(bodies)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        out = []
+        for (path, body), (st, ev) in zip(bodies, res):
+            self.assertEqual(st, 200, ev)
+            if path == CHAT:
+                text, finish, _ = self.chat_text(ev)
+            else:
+                self.assertEqual(ev[-1], "[DONE]", ev)
+                chunks = [json.loads(e) for e in ev[:-1]]
+                text = "".join(c["choices"][0]["text"] for c in chunks)
+                finish = chunks[-1]["choices"][0]["finish_reason"]
+            out.append((text, finish))
+        return out
+
+    def test_concurrent_streams_are_batched_and_equal_sequential(self):
+        """Four streaming requests at once (prompts of different lengths,
+        chat and completions, greedy and seeded sampling) finish with the
+        answers each gives alone, and the worker decoded them together: its
+        serve.done records say each ran in a batch of more than one, one of
+        four."""
+        self.serve(delay=30)
+        bodies = [
+            (CHAT, {"model": TINY_ID, "messages": MSGS, "temperature": 0, "max_tokens": 20}),
+            (COMPL, {"model": TINY_ID, "prompt": "name :", "temperature": 0,
+                     "max_tokens": 24}),
+            (COMPL, {"model": TINY_ID, "prompt": "name : Place 7 | food : Indian | area :",
+                     "temperature": 0, "max_tokens": 16}),
+            (COMPL, {"model": TINY_ID, "prompt": "name : Place 2", "temperature": 1.2,
+                     "top_p": 0.9, "seed": 11, "max_tokens": 20}),
+        ]
+        alone = [self.concurrent([b])[0] for b in bodies]
+        for text, _ in alone:
+            self.assertTrue(text, alone)
+        log0 = len(self.s.log("serve-1"))
+        together = self.concurrent(bodies)
+        self.assertEqual(together, alone)
+        done = self.wait_until("four serve.done records",
+                               lambda: (lambda d: d if len(d) == 4 else None)(
+                                   self.serve_log_done(log0)), timeout=10)
+        sizes = sorted(d["max_batch"] for d in done)
+        self.assertGreaterEqual(sizes[0], 2, done)
+        self.assertEqual(sizes[-1], 4, done)
+
+    def test_concurrent_requests_on_two_models_each_batched_per_model(self):
+        """Requests on the base and a full fine-tune (its own weights) at
+        once: each group is decoded on its own model (the answers equal
+        those given alone, no batch holds more than its group) and both
+        groups finish."""
+        ft = self.fully_fine_tuned()
+        self.serve(delay=20)
+        bodies = [(COMPL, {"model": m, "prompt": p, "temperature": 0, "max_tokens": 12})
+                  for m in (TINY_ID, ft) for p in ("name :", "name : Place 4 | food :")]
+        alone = [self.concurrent([b])[0] for b in bodies]
+        log0 = len(self.s.log("serve-1"))
+        self.assertEqual(self.concurrent(bodies), alone)
+        done = self.wait_until("four serve.done records",
+                               lambda: (lambda d: d if len(d) == 4 else None)(
+                                   self.serve_log_done(log0)), timeout=10)
+        self.assertTrue(all(d["max_batch"] <= 2 for d in done), done)
+
+    def test_base_and_its_adapter_fine_tune_batch_together(self):
+        """Requests on the base and its Delta-LoRA fine-tune (an adapter over
+        the shared base) at once run in one batch that mixes them, each with
+        the answer it gives alone."""
+        ft = self.fine_tuned()
+        self.serve(delay=20)
+        bodies = [(COMPL, {"model": m, "prompt": p, "temperature": 0, "max_tokens": 12})
+                  for m in (TINY_ID, ft) for p in ("name :", "name : Place 4 | food :")]
+        alone = [self.concurrent([b])[0] for b in bodies]
+        log0 = len(self.s.log("serve-1"))
+        self.assertEqual(self.concurrent(bodies), alone)
+        done = self.wait_until("four serve.done records",
+                               lambda: (lambda d: d if len(d) == 4 else None)(
+                                   self.serve_log_done(log0)), timeout=10)
+        self.assertEqual(max(d["max_batch"] for d in done), 4, done)
+
     def metrics(self):
         st, _, b = self.s.api("GET", "/metrics", key=False, raw=True)
         self.assertEqual(st, 200)
@@ -368,6 +466,100 @@ class Inference(StackTest):
         type(self).ft = j["fine_tuned_model"]
         return type(self).ft
 
+    def fully_fine_tuned(self):
+        if getattr(type(self), "full", None):
+            return type(self).full
+        f = self.upload_ok()
+        j = self.create_job(f["id"], hp("full", max_steps=2, export_dtype="float32"))
+        j = self.wait(j["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j["status"], "succeeded", j)
+        type(self).full = j["fine_tuned_model"]
+        return type(self).full
+
+    def lora_fine_tuned(self):
+        """A LoRA fine-tune trained hard enough to change the greedy text."""
+        if getattr(type(self), "lora", None):
+            return type(self).lora
+        f = self.upload_ok()
+        j = self.create_job(f["id"], hp("lora", max_steps=8, learning_rate=0.05,
+                                        export_dtype="float32"))
+        j = self.wait(j["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j["status"], "succeeded", j)
+        type(self).lora = j["fine_tuned_model"]
+        return type(self).lora
+
+    def test_fine_tuned_model_shares_the_base_weights(self):
+        """A Delta-LoRA and a LoRA fine-tune load as their adapters beside
+        their base, which stays loaded once: the worker's serve.load records
+        say each fine-tune runs on the base, holds only the adapter's bytes,
+        and the resident total is the base plus the adapters. Their greedy
+        answers are the merged models' (deltatune generate on the downloaded
+        merged directory), and a full fine-tune (no adapter) loads its own
+        weights."""
+        ft = self.fine_tuned()
+        lora = self.lora_fine_tuned()
+        full = self.fully_fine_tuned()
+        self.stop_serving()
+        p = S.start_worker("serve-share", extra=("--serve",))
+        try:
+            end = time.time() + 30
+            while S.psql("SELECT count(*) FROM workers WHERE id = 'serve-share' AND "
+                         "status = 'serving'") != "1":
+                self.assertLess(time.time(), end, S.log("serve-share"))
+                time.sleep(0.2)
+            prompt = "name : Place 5 | food : Thai\n"
+            answers = {}
+            for model in (TINY_ID, ft, lora, full):
+                answers[model] = self.call("POST", COMPL, {"model": model, "prompt": prompt,
+                                                           "temperature": 0, "logprobs": 0,
+                                                           "max_tokens": 24})
+            log = S.log("serve-share")
+            loads = [json.loads(l) for l in log.splitlines() if '"serve.load"' in l]
+            self.assertEqual(len(loads), 4, log)
+            base, ad1, ad2, own = loads
+            self.assertIsNone(base.get("base"), base)
+            for ad in (ad1, ad2):
+                self.assertEqual(ad["base"], base["model"], ad)
+                self.assertLess(ad["bytes"] * 20, base["bytes"], ad)
+            self.assertEqual(ad2["resident_bytes"], base["bytes"] + ad1["bytes"] + ad2["bytes"])
+            self.assertIsNone(own.get("base"), own)
+            self.assertGreater(own["bytes"], ad1["bytes"] * 20, own)
+            self.assertNotIn("serve.adapter_failed", log)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+        for m in (ft, lora):
+            ref = self.merged_greedy(m, prompt)
+            a = answers[m]
+            self.assertEqual(a["choices"][0]["text"], ref["text"], (m, a, ref))
+            self.assertEqual(a["usage"]["completion_tokens"], ref["completion_tokens"])
+            # the adapter acts (3 Delta-LoRA steps move the tiny model's
+            # probabilities, if not its greedy text; the LoRA run its text)
+            self.assertNotEqual(a["choices"][0]["logprobs"]["token_logprobs"],
+                                answers[TINY_ID]["choices"][0]["logprobs"]["token_logprobs"])
+        self.assertNotEqual(answers[lora]["choices"][0]["text"],
+                            answers[TINY_ID]["choices"][0]["text"])
+        self.serve()
+
+    def merged_greedy(self, model, prompt):
+        """deltatune generate's greedy answer on model's downloaded merged files."""
+        with tempfile.TemporaryDirectory() as d:
+            for f in self.call("GET", f"/v1/models/{model}/files")["data"]:
+                if "/" in f["name"]:
+                    continue
+                _, blob = self.call("GET", f"/v1/models/{model}/files/{f['name']}", raw=True)
+                with open(os.path.join(d, f["name"]), "wb") as out:
+                    out.write(blob)
+            pf = os.path.join(d, "prompts.jsonl")
+            with open(pf, "w") as out:
+                out.write(json.dumps(prompt) + "\n")
+            r = subprocess.run([os.path.join(S.build, "deltatune"), "generate", "--model", d,
+                                "--prompts-file", pf, "--max-tokens", "24", "--threads", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            return json.loads(r.stdout.strip().splitlines()[-1])
+
     def test_fine_tuned_model_both_endpoints_and_owner_isolation(self):
         """The ft: model answers chat and completions, stream and not;
         another owner gets 404 naming model."""
@@ -432,10 +624,13 @@ class Inference(StackTest):
 
     def test_models_stay_loaded_least_recently_used_first_out(self):
         """A serving worker whose --memory-limit holds one tiny model: the
-        base model, the fine-tuned one, the base again load in turn, each
-        evicting the other (its log says so); asked twice in a row, a model
-        is not loaded again. A limit below one model: 503 naming model."""
+        base model, its Delta-LoRA fine-tune (an adapter beside the base:
+        nothing evicted), a full fine-tune (its own weights: the adapter and
+        then the base go), the base again (the full fine-tune goes); the log
+        says so; asked twice in a row, a model is not loaded again. A limit
+        below one model: 503 naming model."""
         ft = self.fine_tuned()
+        full = self.fully_fine_tuned()
         self.stop_serving()
         p = S.start_worker("serve-lru", extra=("--serve", "--memory-limit", "12M"))
         try:
@@ -444,13 +639,16 @@ class Inference(StackTest):
                          "status = 'serving'") != "1":
                 self.assertLess(time.time(), end, S.log("serve-lru"))
                 time.sleep(0.2)
-            for model in (TINY_ID, TINY_ID, ft, TINY_ID):
+            for model in (TINY_ID, TINY_ID, ft, full, TINY_ID):
                 self.call("POST", COMPL, {"model": model, "prompt": "name :", "max_tokens": 2})
             log = S.log("serve-lru")
-            loads = [l for l in log.splitlines() if '"serve.load"' in l]
+            loads = [json.loads(l) for l in log.splitlines() if '"serve.load"' in l]
             evicts = [l for l in log.splitlines() if '"serve.evict"' in l]
-            self.assertEqual(len(loads), 3, log)   # the second base request reuses it
-            self.assertEqual(len(evicts), 2, log)
+            # the second base request reuses it
+            self.assertEqual(len(loads), 4, log)
+            self.assertEqual([bool(x.get("base")) for x in loads], [False, True, False, False],
+                             log)
+            self.assertEqual(len(evicts), 3, log)
         finally:
             p.send_signal(signal.SIGTERM)
             p.wait(30)
