@@ -51,7 +51,7 @@ BASE_LIB := $(BUILD)/libdtbase.a
 ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/dataset_check.c \
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
               gpu/chat_template.c \
-              gpu/model.c gpu/model_pass.c gpu/generate.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
+              gpu/model.c gpu/model_pass.c gpu/generate.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c gpu/ckpt_export.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
 ENGINE_SRC += gpu/arch_info.c gpu/gguf_write.c
