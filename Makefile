@@ -128,7 +128,7 @@ CLI     := $(BUILD)/deltatune
 TRAIN   := $(BUILD)/deltatune-train
 
 # ---- deltatune-worker (worker/): claim -> train -> checkpoint -> report ------
-WORKER_SRC := worker/main.c worker/worker.c worker/glue.c worker/serve.c
+WORKER_SRC := worker/main.c worker/worker.c worker/glue.c worker/serve.c worker/models.c
 WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
 WORKER     := $(BUILD)/deltatune-worker
 
