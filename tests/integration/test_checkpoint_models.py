@@ -244,6 +244,23 @@ class CheckpointModels(StackTest):
             p.send_signal(signal.SIGTERM)
             p.wait(30)
 
+    def test_e_full_checkpoint_is_its_weights(self):
+        """A full job's last checkpoint merges to the job's final model
+        exactly (its weights are the model's), in the asked dtype."""
+        j = self.create_job(self.file, method=hp("full", max_steps=2, checkpoint_interval=2))
+        j = self.wait(j["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j["status"], "succeeded", j)
+        c = self.call("GET", f"/v1/fine_tuning/jobs/{j['id']}/checkpoints")["data"][0]
+        mid = c["fine_tuned_model_checkpoint"]
+        self.hf_export(mid, type="float32")
+        got = tensors(self.file_blob(mid, "merged/model.safetensors"))
+        want = tensors(self.file_blob(j["fine_tuned_model"], "model.safetensors"))
+        self.assertEqual(sorted(got), sorted(want))
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+        cfg = json.loads(self.file_blob(mid, "merged/config.json"))
+        self.assertEqual(cfg["torch_dtype"], "float32")
+
 
 if __name__ == "__main__":
     unittest.main()
