@@ -122,7 +122,7 @@ out:
 }
 
 int dt_ckpt_export(const char *base, const char *ckpt, const char *outdir,
-                   const char *dtype, char *err)
+                   const char *dtype, long long shard_size, char *err)
 {
     dt_weights w;
     dt_tensorset merged;
@@ -133,6 +133,8 @@ int dt_ckpt_export(const char *base, const char *ckpt, const char *outdir,
     memset(&w, 0, sizeof w);
     dt_tensorset_init(&merged);
     dt_export_opts_default(&xo);
+    if (shard_size > 0)
+        xo.shard_size = shard_size;
     int method = ckpt_method(ckpt, err);
     if (method < 0)
         return method;

@@ -175,8 +175,9 @@ int dt_ckpt_prune(const char *out, int keep, char *err);
  * ckpt_export.c); full: the checkpoint's weights. dtype: "float32",
  * "bfloat16", "float16", or NULL / "auto" for the export's default.
  * Written beside outdir and renamed into place (an older outdir is
- * replaced). Only DONE checkpoints are complete; the caller checks. */
+ * replaced). shard_size: as dt_train_opts' export_shard_size. Only DONE
+ * checkpoints are complete; the caller checks. */
 int dt_ckpt_export(const char *base, const char *ckpt, const char *outdir,
-                   const char *dtype, char *err);
+                   const char *dtype, long long shard_size, char *err);
 
 #endif

@@ -51,7 +51,7 @@ static int model_dir(db *d, const api_config *cfg, const char *id, const char *d
                                             "checkpoint %s no longer exists", m.base, id)
                                   : rc;
     double t0 = dt_now();
-    if ((rc = dt_ckpt_export(base, ckpt, out, dtype, err)))
+    if ((rc = dt_ckpt_export(base, ckpt, out, dtype, cfg->export_shard_size, err)))
         return rc;
     log_msg(DT_LOG_INFO, "model.merged", "%s: merged model built in %.1f s", id,
             dt_now() - t0);

@@ -537,6 +537,7 @@ static void run_job(worker *w)
         .ud = w,
         .stop = &w->stop,
         .ckpt_keep = o->cfg.checkpoint_keep,
+        .export_shard_size = o->cfg.export_shard_size,
         .memory_limit = w->memory_limit,
     };
     char final[16] = ""; /* the status db_job_finish set, "" when none */
