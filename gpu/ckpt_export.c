@@ -163,20 +163,25 @@ int dt_ckpt_export(const char *base, const char *ckpt, const char *outdir,
     made = 1;
     if ((rc = dt_export_hf_opts(&w, method == DT_FULL ? &w.ts : &merged, tok, tmp, &xo, err)))
         goto out;
-    int had = access(outdir, F_OK) == 0;
-    if (had && rename(outdir, old)) {
-        rc = dt_errf(err, DT_EIO, "%s: cannot replace: %s", outdir, strerror(errno));
-        goto out;
+    /* An older outdir is moved aside first; another writer of the same
+     * checkpoint may swap at the same time, so a vanished or reappeared
+     * outdir is tried again. */
+    for (int tries = 0;; tries++) {
+        int had = access(outdir, F_OK) == 0;
+        if (had && rename(outdir, old) && errno != ENOENT) {
+            rc = dt_errf(err, DT_EIO, "%s: cannot replace: %s", outdir, strerror(errno));
+            goto out;
+        }
+        if (rename(tmp, outdir) == 0) {
+            made = 0;
+            rm_tree(old);
+            break;
+        }
+        if ((errno != ENOTEMPTY && errno != EEXIST) || tries >= 3) {
+            rc = dt_errf(err, DT_EIO, "%s: rename: %s", outdir, strerror(errno));
+            goto out;
+        }
     }
-    if (rename(tmp, outdir)) {
-        rc = dt_errf(err, DT_EIO, "%s: rename: %s", outdir, strerror(errno));
-        if (had)
-            rename(old, outdir);
-        goto out;
-    }
-    made = 0;
-    if (had)
-        rm_tree(old);
 out:
     if (made)
         rm_tree(tmp);

@@ -51,8 +51,15 @@ static int model_dir(db *d, const api_config *cfg, const char *id, const char *d
                                             "checkpoint %s no longer exists", m.base, id)
                                   : rc;
     double t0 = dt_now();
-    if ((rc = dt_ckpt_export(base, ckpt, out, dtype, cfg->export_shard_size, err)))
-        return rc;
+    if ((rc = dt_ckpt_export(base, ckpt, out, dtype, cfg->export_shard_size, err))) {
+        /* the user's words: the checkpoint's id, not the server's paths */
+        char why[DT_ERR_LEN];
+        size_t cl = strlen(ckpt), bl = strlen(base);
+        const char *w = !strncmp(err, ckpt, cl) ? err + cl : !strncmp(err, base, bl) ? err + bl
+                                                                                     : err;
+        snprintf(why, sizeof why, "%s", w);
+        return dt_errf(err, rc, "checkpoint %s cannot be merged (%s)", id, why);
+    }
     log_msg(DT_LOG_INFO, "model.merged", "%s: merged model built in %.1f s", id,
             dt_now() - t0);
     return 0;
