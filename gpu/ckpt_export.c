@@ -93,7 +93,7 @@ static int merge_adapter(dt_weights *w, const char *ckpt, dt_tensorset *merged, 
     snprintf(dir, sizeof dir, "%s/adapter", ckpt);
     if (access(dir, F_OK))
         return dt_errf(err, DT_ENOTSUP, "%s: the checkpoint has no adapter/ (written by an "
-                       "older version): it cannot be merged", ckpt);
+                       "older version)", ckpt);
     dt_peft_adapter ad;
     memset(&ad, 0, sizeof ad);
     dt_backend *be = NULL;

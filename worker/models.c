@@ -57,8 +57,9 @@ static int model_dir(db *d, const api_config *cfg, const char *id, const char *d
         size_t cl = strlen(ckpt), bl = strlen(base);
         const char *w = !strncmp(err, ckpt, cl) ? err + cl : !strncmp(err, base, bl) ? err + bl
                                                                                      : err;
+        w += strspn(w, ": /");
         snprintf(why, sizeof why, "%s", w);
-        return dt_errf(err, rc, "checkpoint %s cannot be merged (%s)", id, why);
+        return dt_errf(err, rc, "checkpoint %s cannot be merged: %s", id, why);
     }
     log_msg(DT_LOG_INFO, "model.merged", "%s: merged model built in %.1f s", id,
             dt_now() - t0);

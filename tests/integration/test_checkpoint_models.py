@@ -261,6 +261,40 @@ class CheckpointModels(StackTest):
         cfg = json.loads(self.file_blob(mid, "merged/config.json"))
         self.assertEqual(cfg["torch_dtype"], "float32")
 
+    def test_f_a_checkpoint_that_cannot_be_merged_fails_clearly(self):
+        """A lora checkpoint without its adapter/ (as older versions wrote
+        them): the hf export ends failed and a job on it fails
+        model_unavailable naming `model`, both saying why with the
+        checkpoint's id and none of the server's paths."""
+        j = self.create_job(self.file, method=hp("lora", max_steps=2, rank=4, alpha=8,
+                                                 checkpoint_interval=2))
+        j = self.wait(j["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j["status"], "succeeded", j)
+        mid = self.call("GET", f"/v1/fine_tuning/jobs/{j['id']}/checkpoints")["data"][0][
+            "fine_tuned_model_checkpoint"]
+        root = self.s.env["DELTATUNE_ARTIFACT_ROOT"]
+        shutil.rmtree(os.path.join(root, "jobs", j["id"], "checkpoints", "step-00000002",
+                                   "adapter"))
+        x = self.call("POST", f"/v1/models/{mid}/exports", {"format": "hf"}, want=202)
+
+        def done():
+            y = self.call("GET", f"/v1/models/{mid}/exports/{x['id']}")
+            return y if y["status"] in ("succeeded", "failed") else None
+        y = self.wait_until("the hf export", done, timeout=120)
+        self.assertEqual(y["status"], "failed", y)
+        self.assertIn(mid, y["error"])
+        self.assertIn("adapter", y["error"])
+        self.assertNotIn(root, y["error"])
+        j2 = self.create_job(self.file, method=hp("lora", max_steps=1), model=mid)
+        j2 = self.wait(j2["id"], {"succeeded", "failed", "cancelled"})
+        self.assertEqual(j2["status"], "failed", j2)
+        self.assertEqual((j2["error"]["code"], j2["error"]["param"]), ("model_unavailable", "model"),
+                         j2)
+        self.assertIn("adapter", j2["error"]["message"])
+        self.assertNotIn(root, j2["error"]["message"])
+        print(f"\n  failed merge: {y['error']}\n  failed job: {j2['error']['message']}",
+              file=sys.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
