@@ -212,6 +212,14 @@ class CheckpointModels(StackTest):
             np.testing.assert_allclose(got[k], ck[k], rtol=0, atol=1e-6, err_msg=k)
             moved = max(moved, float(np.abs(ck[k] - base[k]).max()))
         self.assertGreater(moved, 1e-4)
+        # the new job's own checkpoint merges on its base, the checkpoint's
+        # merged model (a chain of bases): it is the new job's final model
+        c = self.call("GET", f"/v1/fine_tuning/jobs/{j['id']}/checkpoints")["data"][0]
+        self.assertEqual(c["step_number"], 1, c)
+        self.hf_export(c["fine_tuned_model_checkpoint"])
+        cc = tensors(self.file_blob(c["fine_tuned_model_checkpoint"], "merged/model.safetensors"))
+        for k in got:
+            np.testing.assert_allclose(cc[k], got[k], rtol=0, atol=1e-6, err_msg=k)
         x = self.call("POST", f"/v1/models/{c2}/exports", {"format": "gguf"}, want=202)
 
         def done():
