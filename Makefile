@@ -53,6 +53,7 @@ ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/da
               gpu/gguf.c gpu/tokenizer.c gpu/tokenizer_io.c gpu/dataset.c gpu/modelio.c \
               gpu/chat_template.c \
               gpu/model.c gpu/model_pass.c gpu/generate.c gpu/chat_prompt.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
+              gpu/ckpt_export.c \
               gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
 ENGINE_SRC += gpu/arch_info.c gpu/gguf_write.c
@@ -129,7 +130,7 @@ CLI     := $(BUILD)/deltatune
 TRAIN   := $(BUILD)/deltatune-train
 
 # ---- deltatune-worker (worker/): claim -> train -> checkpoint -> report ------
-WORKER_SRC := worker/main.c worker/worker.c worker/glue.c worker/serve.c
+WORKER_SRC := worker/main.c worker/worker.c worker/glue.c worker/serve.c worker/models.c
 WORKER_OBJ := $(WORKER_SRC:%.c=$(BUILD)/%.o)
 WORKER     := $(BUILD)/deltatune-worker
 

@@ -87,6 +87,9 @@ static const setting settings[] = {
     {"checkpoint-keep", "DELTATUNE_CHECKPOINT_KEEP", T_INT, F(checkpoint_keep), 0,
      "2", 1, 1000, "worker: checkpoints of a running job that keep their optimizer state "
      "(older ones and all of an ended job keep their weights only)"},
+    {"export-shard-size", "DELTATUNE_EXPORT_SHARD_SIZE", T_BYTES, F(export_shard_size), 0,
+     "5000000000", 1, INT64_MAX, "worker: bytes per safetensors file of a merged model; above "
+     "it the weights are sharded with model.safetensors.index.json (transformers' 5 GB)"},
     {"infer-queue-wait", "DELTATUNE_INFER_QUEUE_WAIT", T_INT, F(infer_queue_wait_s), 0,
      "30", 1, 3600, "seconds a chat or completion request waits for a serving worker "
      "(then 503 with Retry-After)"},

@@ -45,6 +45,8 @@ typedef struct api_config {
     int poll_interval_ms;               /* DELTATUNE_POLL_INTERVAL_MS, worker DB poll / queue wait */
     int rescue_interval_s;              /* DELTATUNE_RESCUE_INTERVAL, rescuer + reconciler period */
     int checkpoint_keep;                /* DELTATUNE_CHECKPOINT_KEEP, resumable checkpoints per job (2) */
+    int64_t export_shard_size;          /* DELTATUNE_EXPORT_SHARD_SIZE, bytes per safetensors
+                                           file of a merged model (5 GB, as transformers) */
 
     /* Per-owner defaults (server) and the runtime limit (server and worker);
      * `deltatune owners set` overrides the owner ones. 0 = no limit. */

@@ -374,13 +374,16 @@ int db_model_file_digest_put(db *d, const char *model_id, const char *name,
 
 /* ---- model exports (db_exports.c; migration 0008) ------------------------------ */
 
-/* A GGUF export of a model, built by a worker into the model's directory. */
+/* An export of a model, built by a worker into the model's directory: a
+ * GGUF file (format gguf), or a checkpoint's merged Hugging Face directory
+ * (format hf, file "merged": the prefix of its files). */
 typedef struct db_export {
     char id[DB_ID_LEN];              /* "export-<24 hex>" */
     char owner[DB_OWNER_LEN];
     char model_id[DB_MODEL_ID_LEN];
-    char format[16];                 /* gguf */
-    char type[16];                   /* f16 | q8_0 | q4_0 */
+    char format[16];                 /* gguf | hf */
+    char type[16];                   /* gguf: f16 | q8_0 | q4_0; hf: auto | float32 |
+                                        bfloat16 | float16 */
     char status[16];                 /* queued | running | succeeded | failed */
     char file[64];                   /* the file's name in the model's files */
     int64_t bytes;                   /* the file's size once succeeded, else 0 */
@@ -389,7 +392,8 @@ typedef struct db_export {
     char model_path[DB_PATH_LEN];    /* the model's stored path (claim only) */
 } db_export;
 
-/* Queues an export (e->id, owner, model_id, format, type set); *e is
+/* Queues an export (e->id, owner, model_id, format, type, file ("": the
+ * default model.gguf) set); *e is
  * refreshed from the row. DB_ECONFLICT while another export of the model is
  * queued or running. */
 int db_export_create(db *d, db_export *e, char *err);

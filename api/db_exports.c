@@ -31,6 +31,7 @@ int db_export_create(db *d, db_export *e, char *err)
     dbp_str(&p, e->model_id);
     dbp_str(&p, e->format);
     dbp_str(&p, e->type);
+    dbp_str(&p, e->file[0] ? e->file : "model.gguf");
     int rc = db_exec(d, STMT_EXPORT_CREATE, &p, &r, err);
     if (rc == DB_ECONFLICT)
         return dt_errf(err, DB_ECONFLICT, "an export of model %s is already queued or "

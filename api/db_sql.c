@@ -375,8 +375,8 @@ const db_sql db_sql_table[] = {
     /* exports_active (0008) makes a second active export of a model a
      * unique violation: DB_ECONFLICT */
     [STMT_EXPORT_CREATE] =
-        {"export_create", "INSERT INTO model_exports (id, owner, model_id, format, type) "
-                          "VALUES ($1, $2, $3, $4, $5) RETURNING " EXPORT_COLS},
+        {"export_create", "INSERT INTO model_exports (id, owner, model_id, format, type, "
+                          "file) VALUES ($1, $2, $3, $4, $5, $6) RETURNING " EXPORT_COLS},
     [STMT_EXPORT_GET] =
         {"export_get", "SELECT " EXPORT_COLS " FROM model_exports WHERE id = $1 AND "
                        "model_id = $2 AND owner = $3"},

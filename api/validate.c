@@ -429,7 +429,8 @@ int validate_job_create(json_t *body, db_job *j, api_error *e)
 
 int validate_export_create(json_t *body, db_export *x, api_error *e)
 {
-    static const char *const types[] = {"f16", "q8_0", "q4_0"};
+    static const char *const gguf_types[] = {"f16", "q8_0", "q4_0", NULL};
+    static const char *const hf_types[] = {"auto", "float32", "bfloat16", "float16", NULL};
     if (!json_is_object(body))
         return api_errorf(e, 400, "invalid_type", NULL, "the body must be a JSON object");
     const char *k;
@@ -442,20 +443,29 @@ int validate_export_create(json_t *body, db_export *x, api_error *e)
     json_t *f = json_object_get(body, "format"), *t = json_object_get(body, "type");
     if (!f)
         return api_errorf(e, 400, "missing_required_parameter", "format",
-                          "format is required (\"gguf\")");
-    if (!json_is_string(f) || strcmp(json_string_value(f), "gguf"))
+                          "format is required (\"gguf\" or \"hf\")");
+    const char *fs = json_string_value(f);
+    if (!fs || (strcmp(fs, "gguf") && strcmp(fs, "hf")))
         return api_errorf(e, 400, "invalid_value", "format",
-                          "format must be \"gguf\" (the one export format)");
-    snprintf(x->format, sizeof x->format, "gguf");
-    const char *ts = "f16";
+                          "format must be \"gguf\" (a GGUF file for llama.cpp) or \"hf\" "
+                          "(a checkpoint's merged Hugging Face directory)");
+    int hf = !strcmp(fs, "hf");
+    snprintf(x->format, sizeof x->format, "%s", fs);
+    /* hf: the directory's prefix among the model's files; gguf: the file */
+    snprintf(x->file, sizeof x->file, "%s", hf ? "merged" : "model.gguf");
+    const char *const *types = hf ? hf_types : gguf_types;
+    const char *ts = types[0];
     if (t && !json_is_null(t)) {
         ts = json_string_value(t);
         int ok = 0;
-        for (size_t i = 0; ts && i < sizeof types / sizeof types[0]; i++)
+        for (size_t i = 0; ts && types[i]; i++)
             ok |= !strcmp(ts, types[i]);
         if (!ok)
-            return api_errorf(e, 400, "invalid_value", "type",
-                              "type must be f16, q8_0 or q4_0");
+            return api_errorf(e, 400, "invalid_value", "type", hf
+                              ? "type of format hf must be auto, float32, bfloat16 or float16 "
+                                "(the merged model's dtype; auto: the base's, bfloat16 for a "
+                                "GGUF base)"
+                              : "type must be f16, q8_0 or q4_0");
     }
     snprintf(x->type, sizeof x->type, "%s", ts);
     return 0;

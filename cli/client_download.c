@@ -1,5 +1,5 @@
 /* client_download.c: `deltatune models download MODEL [FILE] [-o DIR]
- * [--adapter]`.
+ * [--adapter | --merged]`.
  *
  * Lists the model's files with their sizes and SHA-256
  * (GET /v1/models/{id}/files), then fetches each one (or the one named)
@@ -118,7 +118,16 @@ typedef struct dl_opts {
     const char *out;
     curl_off_t rate;      /* bytes a second, 0 = no limit */
     int adapter;          /* --adapter: only the adapter/ files */
+    int merged;           /* --merged: only the merged/ files (a checkpoint's) */
 } dl_opts;
+
+/* The directory prefix of a listed file: "adapter/" (a PEFT adapter),
+ * "merged/" (a checkpoint's merged model) or "" (the model's own). */
+static const char *prefix_of(const char *name)
+{
+    return !strncmp(name, "adapter/", 8) ? "adapter/" : !strncmp(name, "merged/", 7) ? "merged/"
+                                                                                     : "";
+}
 
 /* Fetches one file. Returns 0 (ok, *how says "downloaded", "resumed" or
  * "present"), CL_EXIT_ERROR (printed). */
@@ -171,10 +180,10 @@ static int fetch(dl_opts *o, const char *model_esc, const char *dir, const char 
                 fprintf(stderr, "deltatune %s: %s: %s\n", c->cmd, part, strerror(errno));
                 goto out;
             }
-            /* "adapter/NAME": the prefix stays a path segment */
-            int ad = !strncmp(name, "adapter/", 8);
+            /* "adapter/NAME", "merged/NAME": the prefix stays a path segment */
+            const char *pre = prefix_of(name);
             snprintf(url, sizeof url, "%s/v1/models/%s/files/%s%s", c->url, model_esc,
-                     ad ? "adapter/" : "", cl_esc(esc, sizeof esc, name + (ad ? 8 : 0)));
+                     pre, cl_esc(esc, sizeof esc, name + strlen(pre)));
             struct curl_slist *h = NULL;
             if (d.have) {
                 snprintf(range, sizeof range, "Range: bytes=%lld-", (long long)d.have);
@@ -259,7 +268,7 @@ static int make_dirs(const char *dir)
     return mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
 }
 
-enum { O_OUT = 'o', O_RATE = CL_O_FIRST_OWN, O_ADAPTER };
+enum { O_OUT = 'o', O_RATE = CL_O_FIRST_OWN, O_ADAPTER, O_MERGED };
 
 static int dl_opt(void *ud, int id, const char *arg)
 {
@@ -268,8 +277,13 @@ static int dl_opt(void *ud, int id, const char *arg)
         o->out = arg;
         return 0;
     }
-    if (id == O_ADAPTER) {
-        o->adapter = 1;
+    if (id == O_ADAPTER || id == O_MERGED) {
+        *(id == O_ADAPTER ? &o->adapter : &o->merged) = 1;
+        if (o->adapter && o->merged) {
+            fprintf(stderr, "deltatune %s: --adapter and --merged exclude each other\n",
+                    o->c->cmd);
+            return -1;
+        }
         return 0;
     }
     char *end;
@@ -303,6 +317,12 @@ static const char download_help[] =
     "                       under adapter/), into DIR (default: the model's\n"
     "                       directory above, then adapter/); without it they\n"
     "                       land in DIR/adapter/\n"
+    "  --merged             only a checkpoint's merged model (the files listed\n"
+    "                       under merged/, built by POST /v1/models/MODEL/exports\n"
+    "                       {\"format\": \"hf\"}), into DIR as the Hugging Face\n"
+    "                       directory transformers loads (default: the model's\n"
+    "                       directory above, then merged/); without it they land\n"
+    "                       in DIR/merged/\n"
     CL_COMMON_HELP;
 
 int cl_models_download(int argc, char **argv)
@@ -310,7 +330,8 @@ int cl_models_download(int argc, char **argv)
     static const struct option opts[] = {
         CL_COMMON_OPTS, {"output", required_argument, 0, O_OUT},
         {"limit-rate", required_argument, 0, O_RATE},
-        {"adapter", no_argument, 0, O_ADAPTER}, {0, 0, 0, 0}};
+        {"adapter", no_argument, 0, O_ADAPTER}, {"merged", no_argument, 0, O_MERGED},
+        {0, 0, 0, 0}};
     cl_ctx c;
     cl_init(&c, "models download");
     dl_opts o = {.c = &c};
@@ -331,6 +352,8 @@ int cl_models_download(int argc, char **argv)
             if (*s == ':' || *s == '/') *s = '_';
         if (o.adapter && strlen(dir) + 8 < sizeof dir)
             strcat(dir, "/adapter");
+        if (o.merged && strlen(dir) + 7 < sizeof dir)
+            strcat(dir, "/merged");
     }
     if ((rc = cl_connect(&c))) return rc;
     cl_esc(mesc, sizeof mesc, model);
@@ -343,10 +366,12 @@ int cl_models_download(int argc, char **argv)
     int found = 0;
     json_array_foreach(files, i, f) {
         const char *name = cl_str(f, "name");
-        int ad = !strncmp(name, "adapter/", 8);
-        const char *base = ad ? name + 8 : name, *local = o.adapter ? base : name;
-        if (only && strcmp(name, only) && !(o.adapter && !strcmp(base, only))) continue;
-        if (o.adapter && !ad) continue;
+        /* --adapter / --merged: the files under that prefix, into DIR */
+        const char *pre = prefix_of(name), *want = o.adapter ? "adapter/" : o.merged ? "merged/"
+                                                                                   : NULL;
+        const char *base = name + strlen(pre), *local = want ? base : name;
+        if (only && strcmp(name, only) && !(want && !strcmp(base, only))) continue;
+        if (want && strcmp(pre, want)) continue;
         found++;
         if (!base[0] || base[0] == '.' || strchr(base, '/') ||
             strlen(cl_str(f, "sha256")) != 64) {
@@ -361,8 +386,8 @@ int cl_models_download(int argc, char **argv)
             break;
         }
         char sub[1100];
-        snprintf(sub, sizeof sub, "%s/adapter", dir);
-        if (ad && !o.adapter && make_dirs(sub)) {
+        snprintf(sub, sizeof sub, "%s/%s", dir, pre);
+        if (pre[0] && !want && make_dirs(sub)) {
             fprintf(stderr, "deltatune %s: cannot create %s: %s\n", c.cmd, sub, strerror(errno));
             rc = CL_EXIT_ERROR;
             break;
@@ -388,6 +413,11 @@ int cl_models_download(int argc, char **argv)
         else if (o.adapter)
             fprintf(stderr, "deltatune %s: model %s has no adapter (only lora and "
                     "delta_lora fine-tunes have one)\n", c.cmd, model);
+        else if (o.merged)
+            fprintf(stderr, "deltatune %s: model %s lists no merged/ files: a checkpoint's "
+                    "merged model is built by POST /v1/models/%s/exports {\"format\": "
+                    "\"hf\"} (a fine-tuned model is a merged directory: download it "
+                    "without --merged)\n", c.cmd, model, model);
         else
             fprintf(stderr, "deltatune %s: model %s lists no files\n", c.cmd, model);
         rc = CL_EXIT_ERROR;

@@ -65,7 +65,7 @@ static int micro_stop(const dt_train_opts *o, int64_t step, int micro)
     return v == DT_PROGRESS_ABORT ? DT_PROGRESS_ABORT : v ? DT_PROGRESS_STOP : 0;
 }
 
-static int load_init_adapter(dt_model *m, const dt_peft_adapter *ad, char *err)
+int tr_load_adapter(dt_model *m, const dt_peft_adapter *ad, char *err)
 {
     dt_backend *be = dt_model_backend(m);
     int nl;
@@ -494,7 +494,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
     w.release_on_upload = 1; /* peak host memory: one copy of the weights */
     if ((rc = dt_model_new(be, &w, &lo, o.batch, T, o.seed, &m, err)))
         goto fail;
-    if (have_ad && (rc = load_init_adapter(m, &ad, err)))
+    if (have_ad && (rc = tr_load_adapter(m, &ad, err)))
         goto fail;
     dt_weights_release_data(&w);
     {

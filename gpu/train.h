@@ -173,4 +173,17 @@ int64_t dt_ckpt_latest(const char *out, char *dir, size_t dirlen);
  * DT_E* code with err set (err may be NULL). */
 int dt_ckpt_prune(const char *out, int keep, char *err);
 
+/* A checkpoint as a model: writes the merged weights of checkpoint
+ * directory `ckpt` (a step-N of a run on the model at `base`) as a Hugging
+ * Face directory `outdir` that `transformers` loads, as the run's final
+ * export would have (config, tokenizer files, chat template of the base).
+ * lora / delta_lora: the base plus the checkpoint's adapter/ (exact, see
+ * ckpt_export.c); full: the checkpoint's weights. dtype: "float32",
+ * "bfloat16", "float16", or NULL / "auto" for the export's default.
+ * Written beside outdir and renamed into place (an older outdir is
+ * replaced). shard_size: as dt_train_opts' export_shard_size. Only DONE
+ * checkpoints are complete; the caller checks. */
+int dt_ckpt_export(const char *base, const char *ckpt, const char *outdir,
+                   const char *dtype, long long shard_size, char *err);
+
 #endif

@@ -46,6 +46,12 @@ int64_t tr_packed_total_steps(batcher *bt, int epochs, int accum);
 /* Mean loss over every row of ds (no gradient) into *out. */
 int tr_eval_loss(dt_model *m, const dt_dataset *ds, int B, int T, double *out, char *err);
 
+/* Uploads a PEFT adapter's factors (dt_peft_load) into the model's LoRA
+ * A and B (--init-adapter; a checkpoint's merge): the model was built with
+ * the adapter's rank, alpha and targets. */
+struct dt_peft_adapter;
+int tr_load_adapter(dt_model *m, const struct dt_peft_adapter *ad, char *err);
+
 /* Writes the PEFT adapter of a lora or delta_lora model as it is now into
  * dir (for delta_lora the exact rank-2r adapter; moved: W has moved, so
  * A_K, B_K exist). The final export and every checkpoint use it. */

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -652,6 +653,23 @@ static void handle(req *r, int chat)
     if (rc) {
         reply_db(r, rc, err);
         goto out;
+    }
+    /* A checkpoint serves through its merged model (an hf export, or built
+     * when a job trained on it). */
+    if (!strcmp(m.kind, "checkpoint")) {
+        char full[DB_PATH_LEN + 32];
+        struct stat st;
+        size_t pl = strlen(m.path);
+        if (pl + 8 >= sizeof m.path ||
+            config_artifact_path(&r->s->cfg, m.path, full, sizeof full - 32) ||
+            (strcat(full, "/merged/config.json"), stat(full, &st))) {
+            reply_error(r, 400, "model_not_ready", "model", "checkpoint %.200s has no merged "
+                        "model yet: build it with POST /v1/models/{id}/exports "
+                        "{\"format\": \"hf\"} and try again when the export has succeeded",
+                        cr.model);
+            goto out;
+        }
+        memcpy(m.path + pl, "/merged", 8);
     }
     int live = 0;
     if ((rc = db_workers_serving(d, CHAT_WORKER_LIVE_S, &live, err))) {

@@ -1,12 +1,16 @@
 /* exports.c: /v1/models/{id}/exports: a GGUF file of one of the owner's
- * fine-tuned models or checkpoints, built on request by a worker
- * (worker/worker.c, gpu/gguf_write.h) into the model's own directory as
- * model.gguf. PostgreSQL's model_exports (migration 0008) is the truth;
- * Redis only wakes a worker. When the export has succeeded the file is
- * listed by GET /v1/models/{id}/files with its sha256 and downloaded like
- * every model file; it lies under the job's directory, so it counts toward
- * the owner's storage. Base models are exported with the command line
- * (`deltatune export --gguf`), not here: their files are shared. */
+ * fine-tuned models or checkpoints (format gguf), or a checkpoint's merged
+ * Hugging Face directory (format hf, migration 0011), built on request by a
+ * worker (worker/worker.c, gpu/gguf_write.h, gpu/ckpt_export.c) into the
+ * model's own directory as model.gguf or merged/. PostgreSQL's
+ * model_exports (migration 0008) is the truth; Redis only wakes a worker.
+ * When the export has succeeded its files are listed by
+ * GET /v1/models/{id}/files with their sha256 and downloaded like every
+ * model file (a checkpoint's merged/ as a directory by
+ * GET /v1/models/{id}/archive?part=merged); they lie under the job's
+ * directory, so they count toward the owner's storage. Base models are
+ * exported with the command line (`deltatune export --gguf`), not here:
+ * their files are shared. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,6 +55,13 @@ void exports_create(req *r)
                     "model %.200s is a base model: exports are built for fine-tuned models "
                     "and checkpoints (a base model's files are shared; export one with "
                     "`deltatune export --gguf`)", m.id);
+        return;
+    }
+    if (!strcmp(x.format, "hf") && strcmp(m.kind, "checkpoint")) {
+        reply_error(r, 400, "invalid_value", "format",
+                    "format hf builds a checkpoint's merged model; %.200s is a fine-tuned "
+                    "model, a merged Hugging Face directory already (GET "
+                    "/v1/models/{id}/archive?part=merged)", m.id);
         return;
     }
     if (config_artifact_path(&r->s->cfg, m.path, root, sizeof root) || stat(root, &st) ||

@@ -61,6 +61,7 @@ void models_delete(req *r);
 void models_files(req *r);
 void models_file(req *r);
 void models_adapter_file(req *r);
+void models_merged_file(req *r);
 void models_archive(req *r);
 
 /* exports.c: POST /v1/models/{id}/exports (202 with the queued export),

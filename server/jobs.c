@@ -181,21 +181,36 @@ void jobs_create(req *r)
     db *d = req_db(r);
     if (!d) goto out;
     db_model m;
+    /* Scoped to the owner: another owner's model (checkpoints included)
+     * reads as one that does not exist. A checkpoint trains from its merged
+     * model, which the worker builds (worker/models.c). */
     rc = db_model_get(d, r->owner, j.model, &m, err);
-    if (rc == DB_ENOTFOUND || (!rc && !strcmp(m.kind, "checkpoint"))) {
+    if (rc == DB_ENOTFOUND) {
         reply_error(r, 400, "model_not_found", "model",
-                    rc ? "model %.200s does not exist; GET /v1/models lists the models"
-                       : "model %.200s is a checkpoint; fine-tune a base or fine-tuned model",
-                    j.model);
+                    "model %.200s does not exist; GET /v1/models lists the models", j.model);
         goto out;
     }
     if (rc) { reply_db(r, rc, err); goto out; }
+    /* The memory estimate reads the architecture: a checkpoint has its
+     * base's. */
+    db_model arch = m;
+    for (int hop = 0; hop < 16 && !strcmp(arch.kind, "checkpoint"); hop++) {
+        char up[sizeof arch.base];
+        snprintf(up, sizeof up, "%s", arch.base);
+        rc = db_model_get(d, r->owner, up, &arch, err);
+        if (rc == DB_ENOTFOUND) {
+            reply_error(r, 400, "model_not_found", "model", "the base model %.200s of "
+                        "checkpoint %.200s no longer exists", up, j.model);
+            goto out;
+        }
+        if (rc) { reply_db(r, rc, err); goto out; }
+    }
     long rows = 0;
     if (check_file(r, d, j.training_file, "training_file", &rows)) goto out;
     if (j.validation_file[0] && check_file(r, d, j.validation_file, "validation_file", NULL))
         goto out;
     if (check_limits(r, &j, rows, hp)) goto out;
-    if (check_memory(r, d, &j, &m)) goto out;
+    if (check_memory(r, d, &j, &arch)) goto out;
     snprintf(j.owner, sizeof j.owner, "%s", r->owner);
     if (dt_id_new("ftjob-", j.id, sizeof j.id)) {
         reply_error(r, 500, "internal_error", NULL, "no randomness");

@@ -69,13 +69,15 @@ static int model_files(server *s, const db_model *m, mfile **out, int *n)
     if (!dp) return -1;
     int cap = 16, k = 0;
     mfile *fs = calloc((size_t)cap, sizeof *fs);
-    /* pass 0: the model's directory; pass 1: its adapter/ (a fine-tune's
-     * PEFT adapter), listed as "adapter/<name>" */
+    /* pass 0: the model's directory; then its adapter/ (the PEFT adapter of
+     * a fine-tune or checkpoint) and merged/ (a checkpoint's merged model,
+     * an hf export), listed as "adapter/<name>" and "merged/<name>" */
+    static const char *const pres[] = {"", "adapter/", "merged/"};
     char sub[PATH_MAX];
-    for (int pass = 0; pass < 2 && dp; pass++) {
-        const char *dir = pass ? sub : root, *pre = pass ? "adapter/" : "";
+    for (int pass = 0; pass < 3; pass++) {
+        const char *dir = pass ? sub : root, *pre = pres[pass];
         size_t pl = strlen(pre);
-        for (struct dirent *e; fs && (e = readdir(dp));) {
+        for (struct dirent *e; fs && dp && (e = readdir(dp));) {
             size_t nl = strlen(e->d_name);
             if (e->d_name[0] == '.' || pl + nl >= sizeof fs->name ||
                 (nl > 4 && !strcmp(e->d_name + nl - 4, ".tmp")))
@@ -94,9 +96,12 @@ static int model_files(server *s, const db_model *m, mfile **out, int *n)
             fill_stat(&fs[k], &st);
             k++;
         }
-        closedir(dp);
+        if (dp)
+            closedir(dp);
         dp = NULL;
-        if (!pass && snprintf(sub, sizeof sub, "%s/adapter", root) < (int)sizeof sub)
+        if (pass < 2 && snprintf(sub, sizeof sub, "%s/%.*s", root,
+                                 (int)strlen(pres[pass + 1]) - 1, pres[pass + 1]) <
+                            (int)sizeof sub)
             dp = opendir(sub);
     }
     if (!fs) return -1;
@@ -356,6 +361,20 @@ void models_adapter_file(req *r)
     models_file(r);
 }
 
+/* GET /v1/models/{id}/files/merged/{name}: a file of a checkpoint's merged
+ * model (an hf export). */
+void models_merged_file(req *r)
+{
+    char name[ROUTE_PARAM_LEN];
+    if (snprintf(name, sizeof name, "merged/%s", r->params[1]) >= (int)sizeof name) {
+        reply_error(r, 404, "not_found", NULL, "model %s has no file merged/%.200s",
+                    r->params[0], r->params[1]);
+        return;
+    }
+    memcpy(r->params[1], name, strlen(name) + 1);
+    models_file(r);
+}
+
 void models_file(req *r)
 {
     db_model m;
@@ -537,8 +556,10 @@ void models_archive(req *r)
     t->fd = -1;
     t->cur = -1;
     t->head_of = -1;
-    /* part: all files (default), "merged" (the model without adapter/) or
-     * "adapter" (only adapter/, as a directory PEFT loads). */
+    /* part: all files (default), "merged" (the model without adapter/; a
+     * checkpoint's merged/, built by an hf export, as the directory
+     * transformers loads) or "adapter" (only adapter/, as a directory PEFT
+     * loads). */
     const char *part = req_query(r, "part");
     int want = 0;
     if (part && !strcmp(part, "merged")) want = 1;
@@ -553,20 +574,31 @@ void models_archive(req *r)
         reply_error(r, 404, "not_found", NULL, "the files of %s are not available", m.id);
         return;
     }
+    int ckpt = !strcmp(m.kind, "checkpoint");
     if (want) {
+        /* the prefix kept, at the top of the archive's directory */
+        const char *pre = want == 2 ? "adapter/" : ckpt ? "merged/" : NULL;
+        size_t pl = pre ? strlen(pre) : 0;
         int k = 0;
-        for (int i = 0; i < t->n; i++)
-            if ((strncmp(t->fs[i].name, "adapter/", 8) == 0) == (want == 2)) {
-                t->fs[k] = t->fs[i];
-                if (want == 2) /* the adapter's files at the top of its directory */
-                    memmove(t->fs[k].name, t->fs[k].name + 8, strlen(t->fs[k].name + 8) + 1);
-                k++;
-            }
+        for (int i = 0; i < t->n; i++) {
+            int keep = pre ? !strncmp(t->fs[i].name, pre, pl)
+                           : strncmp(t->fs[i].name, "adapter/", 8) != 0;
+            if (!keep) continue;
+            t->fs[k] = t->fs[i];
+            memmove(t->fs[k].name, t->fs[k].name + pl, strlen(t->fs[k].name + pl) + 1);
+            k++;
+        }
         t->n = k;
         if (!k) {
             tar_free(t);
-            reply_error(r, 404, "not_found", "part", "model %s has no %s files", m.id,
-                        want == 2 ? "adapter" : "merged model");
+            if (want == 1 && ckpt)
+                reply_error(r, 404, "not_found", "part", "checkpoint %s has no merged model "
+                            "yet: build it with POST /v1/models/{id}/exports "
+                            "{\"format\": \"hf\"} and download it when the export has "
+                            "succeeded", m.id);
+            else
+                reply_error(r, 404, "not_found", "part", "model %s has no %s files", m.id,
+                            want == 2 ? "adapter" : "merged model");
             return;
         }
     }

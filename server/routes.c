@@ -29,6 +29,8 @@ const route server_routes[] = {
     ROUTE("GET", "/v1/models/{id}/files/{name}", "models.file", models_file, 0),
     ROUTE("GET", "/v1/models/{id}/files/adapter/{name}", "models.adapter_file",
           models_adapter_file, 0),
+    ROUTE("GET", "/v1/models/{id}/files/merged/{name}", "models.merged_file",
+          models_merged_file, 0),
     ROUTE("GET", "/v1/models/{id}/archive", "models.archive", models_archive, 0),
     ROUTE("POST", "/v1/models/{id}/exports", "exports.create", exports_create, R_JSON),
     ROUTE("GET", "/v1/models/{id}/exports", "exports.list", exports_list, 0),

@@ -176,6 +176,7 @@ int wk_train(const wk_run *r, char *err)
     o.memory_limit = r->memory_limit;
     if (r->ckpt_keep > 0)
         o.ckpt_keep = r->ckpt_keep;
+    o.export_shard_size = r->export_shard_size;
     return dt_train(&o, err);
 }
 

@@ -43,6 +43,7 @@ typedef struct wk_run {
      * SIGTERM): the step in progress is dropped. */
     atomic_int *stop;
     int ckpt_keep;           /* checkpoints that keep their optimizer state */
+    long long export_shard_size; /* bytes per safetensors file of the merged model (<= 0: 5 GB) */
     long long memory_limit;  /* bytes a run may take (0: none): a job whose
                                 estimate exceeds it is refused before loading */
 } wk_run;

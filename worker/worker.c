@@ -374,18 +374,22 @@ static int resolve_inputs(worker *w, char *model_path, char *train_path,
                           char *valid_path, char *out_dir, long *rows)
 {
     const api_config *cfg = &w->o->cfg;
-    db_model m;
     char err[DT_ERR_LEN] = "";
-    int rc = db_model_get(w->db, NULL, w->job.model, &m, err);
+    /* A checkpoint as the base: its merged model, built here if no job or
+     * export built it before. */
+    int rc = wk_model_dir(w->db, cfg, w->job.model, NULL, 0, model_path, DB_PATH_LEN, err);
     if (rc == DB_ENOTFOUND) {
         fail_job(w, "model_not_found", "model", "The base model %s no longer exists. "
                  "Choose one from GET /v1/models and create the job again.", w->job.model);
         return 1;
     }
-    if (rc)
+    if (rc <= DB_ENOTFOUND)
         goto db_error;
-    if (config_artifact_path(cfg, m.path, model_path, DB_PATH_LEN))
-        return fail_path_too_long(w);
+    if (rc) {
+        fail_job(w, "model_unavailable", "model", "The base model %s could not be "
+                 "loaded: %s. Choose another model from GET /v1/models.", w->job.model, err);
+        return 1;
+    }
     rc = resolve_file(w, "training", w->job.training_file, train_path, rows, err);
     if (rc < 0)
         goto db_error;
@@ -533,6 +537,7 @@ static void run_job(worker *w)
         .ud = w,
         .stop = &w->stop,
         .ckpt_keep = o->cfg.checkpoint_keep,
+        .export_shard_size = o->cfg.export_shard_size,
         .memory_limit = w->memory_limit,
     };
     char final[16] = ""; /* the status db_job_finish set, "" when none */
@@ -746,10 +751,32 @@ static void *keeper_main(void *arg)
 
 /* ---- the main loop ---------------------------------------------------------------- */
 
+/* Bytes of the regular files under a directory (an hf export's size). */
+static int64_t g_dir_bytes;
+
+static int add_bytes(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)p;
+    (void)f;
+    if (flag == FTW_F && S_ISREG(st->st_mode))
+        g_dir_bytes += st->st_size;
+    return 0;
+}
+
+static int64_t dir_bytes(const char *dir)
+{
+    g_dir_bytes = 0; /* the main thread's alone */
+    nftw(dir, add_bytes, 16, FTW_PHYS);
+    return g_dir_bytes;
+}
+
 /* Builds one queued model export (server/exports.c), if there is one: the
  * model's GGUF written into its directory as the export's file (atomically:
- * the server lists no .tmp file), then the row marked succeeded with the
- * size, or failed with the writer's message. Returns 1 when it took one. */
+ * the server lists no .tmp file; a checkpoint's from its merged model), or
+ * for format "hf" a checkpoint's merged Hugging Face directory
+ * <checkpoint>/merged in the asked dtype (wk_model_dir), then the row marked
+ * succeeded with the size, or failed with the writer's message. Returns 1
+ * when it took one. */
 static int run_export(worker *w)
 {
     char err[DT_ERR_LEN] = "", model_path[DB_PATH_LEN], out[DB_PATH_LEN + 80];
@@ -766,28 +793,41 @@ static int run_export(worker *w)
     dt_gguf_type type = DT_GGUF_F16;
     struct stat st;
     double t0 = dt_now();
+    int64_t bytes = 0;
+    char src[DB_PATH_LEN];
+    int hf = !strcmp(x.format, "hf");
     if (config_artifact_path(&w->o->cfg, x.model_path, model_path, sizeof model_path) ||
         snprintf(out, sizeof out, "%s/%s", model_path, x.file) >= (int)sizeof out) {
         rc = dt_errf(err, DT_EINVAL, "the model's path is too long");
-    } else if ((rc = dt_gguf_type_parse(x.type, &type, "type", err)) == DT_OK) {
-        rc = dt_gguf_export(model_path, type, out, NULL, NULL, err);
+    } else if (hf) {
+        /* A checkpoint's merged directory (model_path/merged), in the asked dtype. */
+        rc = wk_model_dir(w->db, &w->o->cfg, x.model_id, x.type, 1, src, sizeof src, err);
+        if (!rc)
+            bytes = dir_bytes(out);
+    } else if ((rc = dt_gguf_type_parse(x.type, &type, "type", err)) == DT_OK &&
+               /* a checkpoint: from its merged model */
+               (rc = wk_model_dir(w->db, &w->o->cfg, x.model_id, NULL, 0, src, sizeof src,
+                                  err)) == DT_OK) {
+        rc = dt_gguf_export(src, type, out, NULL, NULL, err);
     }
-    if (!rc && stat(out, &st))
+    if (!rc && !hf && stat(out, &st))
         rc = dt_errf(err, DT_EIO, "%s vanished after it was written", x.file);
+    if (!rc && !hf)
+        bytes = st.st_size;
     /* the user sees the reason without the server's paths */
     const char *why = err;
     if (rc && !strncmp(err, model_path, strlen(model_path)))
         why = err + strlen(model_path);
     char msg[DT_ERR_LEN];
     snprintf(msg, sizeof msg, "%s%s", rc && why != err ? x.model_id : "", why);
-    if (db_export_finish(w->db, x.id, rc ? "failed" : "succeeded", rc ? 0 : st.st_size,
+    if (db_export_finish(w->db, x.id, rc ? "failed" : "succeeded", rc ? 0 : bytes,
                          rc ? msg : NULL, err))
         log_msg(DT_LOG_WARN, "export.finish_failed", "%s: %s", x.id, err);
     if (rc)
         log_msg(DT_LOG_WARN, "export.failed", "%s: %s", x.id, msg);
     else
         log_msg(DT_LOG_INFO, "export.done", "%s: %s, %lld bytes in %.1f s", x.id, x.file,
-                (long long)st.st_size, dt_now() - t0);
+                (long long)bytes, dt_now() - t0);
     return 1;
 }
 

@@ -19,6 +19,7 @@
 #define DT_WORKER_H
 
 #include "api/config.h"
+#include "api/db.h"
 
 typedef struct wk_opts {
     api_config cfg;        /* database, Redis, artifact root, lease, intervals */
@@ -39,5 +40,16 @@ typedef struct wk_opts {
  * is dropped) and goes back to the queue for another worker, which resumes
  * it from its last checkpoint. Returns a process exit status. */
 int wk_main(const wk_opts *o);
+
+/* The directory the engine loads for model `id` (any owner's: the caller
+ * checked access), resolved under cfg's artifact root into out (n bytes):
+ * a base or fine-tuned model's stored path; a checkpoint's merged Hugging
+ * Face directory <checkpoint>/merged, built with dt_ckpt_export from its
+ * base's directory (resolved the same way) when missing, or always when
+ * `rebuild` (dtype: as dt_ckpt_export's). Returns 0, a DB_E* code (<= -100:
+ * DB_ENOTFOUND when the model does not exist) or a DT_E* code with err set
+ * (the checkpoint cannot be merged: the job or export fails). worker/models.c. */
+int wk_model_dir(db *d, const api_config *cfg, const char *id, const char *dtype,
+                 int rebuild, char *out, size_t n, char *err);
 
 #endif

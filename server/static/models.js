@@ -48,25 +48,53 @@ function renderModels() {
 /* A model id as a file name: ':' and '/' become '_' (as in the archive). */
 function archiveName(modelId) { return modelId.replace(/[:/]/g, '_'); }
 
-/* The files of a model (name, size, sha256, download) and its archive. */
+/* The files of a model (name, size, sha256, download) and its archive. A
+ * checkpoint's merged model (merged/ files) is built on request: an export
+ * of format hf, followed until it ends, then the list is drawn again. */
 function modelFiles(modelId, signal) {
   const box = el('div', {className: 'model-files'}, el('p', {className: 'muted', text: 'Loading files…'}));
-  (async () => {
+  const base = `/v1/models/${encodeURIComponent(modelId)}`;
+  const ckpt = /:ckpt-step-\d+$/.test(modelId);
+  const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
+  async function buildMerged(btn) {
+    btn.disabled = true;
+    btn.textContent = 'Building merged model…';
+    try {
+      let x = await api('POST', `${base}/exports`, {json: {format: 'hf'}, signal});
+      while (x.status === 'queued' || x.status === 'running') {
+        await sleep(1000);
+        x = await api('GET', `${base}/exports/${encodeURIComponent(x.id)}`, {signal});
+      }
+      if (x.status !== 'succeeded') throw new ApiError(0, {error: {message: `the merged model could not be built: ${x.error || x.status}`}});
+      load();
+    } catch (e) {
+      if (e.name !== 'AbortError') box.append(errorBox(e));
+      btn.disabled = false;
+      btn.textContent = 'Build merged model';
+    }
+  }
+  async function load() {
     try {
       const r = await api('GET', `/v1/models/${encodeURIComponent(modelId)}/files`, {signal});
-      const base = `/v1/models/${encodeURIComponent(modelId)}`;
       const total = r.data.reduce((s, f) => s + f.bytes, 0);
+      const hasAdapter = r.data.some((f) => f.name.startsWith('adapter/'));
+      /* the merged model: a checkpoint's merged/ files, a fine-tune's
+       * files beside its adapter/ */
+      const hasMerged = ckpt ? r.data.some((f) => f.name.startsWith('merged/'))
+        : hasAdapter && r.data.some((f) => !f.name.startsWith('adapter/'));
+      const mergedBtn = hasMerged ? el('button', {type: 'button', 'data-part': 'merged', text: 'Merged (.tar)',
+        onclick: (ev) => download(`${base}/archive?part=merged`, `${archiveName(modelId)}-merged.tar`, ev.currentTarget)})
+        : ckpt ? el('button', {type: 'button', 'data-part': 'build-merged', text: 'Build merged model',
+          title: 'A worker builds the checkpoint as a Hugging Face directory (POST exports {"format": "hf"})',
+          onclick: (ev) => buildMerged(ev.currentTarget)}) : null;
       fill(box,
         el('div', {className: 'row'}, el('button', {type: 'button', className: 'primary', text: 'Download all (.tar)',
           onclick: (ev) => download(`${base}/archive`, `${archiveName(modelId)}.tar`, ev.currentTarget)}),
         /* A fine-tune or checkpoint with a PEFT adapter: the merged model
          * and the adapter, each as its own .tar. */
-        ...(r.data.some((f) => f.name.startsWith('adapter/')) ? [
-          r.data.some((f) => !f.name.startsWith('adapter/')) ? el('button', {type: 'button', 'data-part': 'merged', text: 'Merged (.tar)',
-            onclick: (ev) => download(`${base}/archive?part=merged`, `${archiveName(modelId)}-merged.tar`, ev.currentTarget)}) : null,
-          el('button', {type: 'button', 'data-part': 'adapter', text: 'Adapter (.tar)',
-            onclick: (ev) => download(`${base}/archive?part=adapter`, `${archiveName(modelId)}-adapter.tar`, ev.currentTarget)}),
-        ].filter(Boolean) : []),
+        ...[mergedBtn, hasAdapter ? el('button', {type: 'button', 'data-part': 'adapter', text: 'Adapter (.tar)',
+          onclick: (ev) => download(`${base}/archive?part=adapter`, `${archiveName(modelId)}-adapter.tar`, ev.currentTarget)}) : null,
+        ].filter(Boolean),
         el('span', {className: 'small muted', text: `${r.data.length} files, ${fmtBytes(total)}`})),
         el('table', {className: 'stack files-table'},
           el('thead', {}, el('tr', {}, ['File', 'Size', 'SHA-256', ''].map((c) => el('th', {scope: 'col', text: c})))),
@@ -80,6 +108,7 @@ function modelFiles(modelId, signal) {
     } catch (e) {
       if (e.name !== 'AbortError') fill(box, errorBox(e));
     }
-  })();
+  }
+  load();
   return box;
 }

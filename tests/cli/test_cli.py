@@ -332,6 +332,46 @@ class Models(unittest.TestCase):
         r = cli("models", "download", job["fine_tuned_model"], "-o", out, "--json", check=OK)
         self.assertEqual({x["status"] for x in json_lines(r.stdout)}, {"present"})
 
+    def test_download_of_a_checkpoint_and_its_merged_model(self):
+        """A checkpoint with an hf export lists merged/ and adapter/ files:
+        a whole download puts them in DIR/merged/ and DIR/adapter/;
+        --merged fetches only the merged model, into DIR, as the directory
+        transformers loads. Before the export --merged says how to build
+        it. About 5 s."""
+        job = succeeded_job()
+        st, _, b = S.api("GET", f"/v1/fine_tuning/jobs/{job['id']}/checkpoints")
+        self.assertEqual(st, 200, b)
+        ck = b["data"][0]["fine_tuned_model_checkpoint"]
+        r = cli("models", "download", ck, "--merged", "-o", os.path.join(TMP, "nope"),
+                check=ERROR)
+        self.assertIn('"format": "hf"', r.stderr)
+        st, _, x = S.api("POST", f"/v1/models/{urlq(ck)}/exports", {"format": "hf"})
+        self.assertEqual(st, 202, x)
+        end = time.time() + 120
+        while x["status"] not in ("succeeded", "failed"):
+            self.assertLess(time.time(), end, x)
+            time.sleep(0.2)
+            st, _, x = S.api("GET", f"/v1/models/{urlq(ck)}/exports/{x['id']}")
+        self.assertEqual(x["status"], "succeeded", x)
+        files = model_files(ck)
+        merged = {n for n in files if n.startswith("merged/")}
+        self.assertIn("merged/model.safetensors", merged)
+        out = os.path.join(TMP, "dl-ckpt")
+        cli("models", "download", ck, "-o", out, check=OK)
+        got = [os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs]
+        self.assertEqual(sorted(got), sorted(files))
+        for name, f in files.items():
+            self.assertEqual(sha256_file(os.path.join(out, name)), f["sha256"], name)
+        out = os.path.join(TMP, "dl-ckpt-merged")
+        r = cli("models", "download", ck, "--merged", "-o", out, "--json", check=OK)
+        self.assertEqual(sorted(x["name"] for x in json_lines(r.stdout)), sorted(merged))
+        self.assertEqual(sorted(os.listdir(out)), sorted(n[len("merged/"):] for n in merged))
+        for n in merged:
+            self.assertEqual(sha256_file(os.path.join(out, n[len("merged/"):])),
+                             files[n]["sha256"], n)
+        r = cli("models", "download", ck, "--merged", "--adapter", "-o", out, check=USAGE)
+        self.assertIn("--merged", r.stderr)
+
     def test_download_resumes_after_the_process_is_killed(self):
         job = succeeded_job()
         out = os.path.join(TMP, "dl-kill")
