@@ -516,10 +516,10 @@ def write_report(a, m, res, out):
               f"machine's {m['cores']} while the rows ran**: these rates are below the "
               "engines' speeds on an idle machine, and since the sides ran one after the "
               "other under different loads their ratios are indicative only."]
-    L += ["", "Today's serving worker decodes one request at a time (docs/ARCHITECTURE.md, "
-          "Inference): concurrent streams queue behind each other, so deltatune's aggregate "
-          "throughput stays at its single-stream rate and its time to first token grows with "
-          "the queue. Rerun after continuous batching lands.", "",
+    L += ["", "The serving worker batches concurrent requests on one model into one decode "
+          "step (continuous batching, up to `--max-batch`, default 16; docs/ARCHITECTURE.md): "
+          "its aggregate throughput grows with the streams, while a request arriving during "
+          "a step waits for the next one.", "",
           "## Rerun", "", "```sh", "make bench-inference     # BENCH_ARGS=\"--quick\" for a "
           "smoke run; LLAMA=0 skips building llama-cpp-python", "```"]
     with open(out, "w") as f:
