@@ -144,6 +144,13 @@ static void cpu_gemm(dt_backend *be, int ta, int tb, int M, int N, int K,
 {
     if (M <= 0 || N <= 0)
         return;
+    if (M == 1 && K > 0) {
+        /* one row (a decode step): y = op(B)·x as a matrix-vector product,
+         * which streams B once; sgemm would pack it first */
+        cblas_sgemv(CblasRowMajor, tb ? CblasNoTrans : CblasTrans, tb ? N : K, tb ? K : N,
+                    alpha, B, ldb, A, ta ? lda : 1, beta, C, 1);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
                 beta, C, ldc);

@@ -184,11 +184,13 @@ static void ref_gemm(int ta, int tb, int M, int N, int K, double alpha,
         }
 }
 
+/* M = 1 (a decode step) runs as sgemv: every transpose, with strides
+ * (op(A)'s one row is a column of A when ta, elements lda apart). */
 static void test_gemm_matches_reference_all_transposes_and_leading_dims(
     void **state)
 {
-    int M = 5, N = 7, K = 3;
-    for (int ta = 0; ta < 2; ta++)
+    for (int M = 5; M >= 1; M -= 4)
+    for (int N = 7, K = 3, ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             int lda = (ta ? M : K) + 2, ldb = (tb ? K : N) + 3, ldc = N + 1;
             long na = (long)(ta ? K : M) * lda, nb = (long)(tb ? N : K) * ldb;
