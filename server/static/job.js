@@ -1,7 +1,7 @@
 /* job.js: one job's page (#/jobs/<id>): the header with its actions (pause,
  * resume, cancel), progress, hyperparameters, the loss and learning-rate
  * charts, the event log, checkpoints and the fine-tuned model's files
- * (with "Try it": the playground, playground.js).
+ * (each with "Try it": the playground, playground.js).
  * Every part is drawn from one view object (jobView) by its own function;
  * live.js keeps the view up to date (the event stream, or polling). */
 'use strict';
@@ -233,10 +233,9 @@ async function jobRefreshCheckpoints(v) {
   fill(v.ckpts, checkpointsTable(r.data));
 }
 
-/* Checkpoints (step, losses, model id) with a .tar download each. No "Try
- * it" yet: a serving worker cannot load a checkpoint's directory (training
- * state, no merged model), so chat answers 500 for one; the playground
- * takes a checkpoint's id in its link all the same. */
+/* Checkpoints (step, losses, model id), each with "Try it" (the playground
+ * with the checkpoint chosen; it offers to build the merged model a
+ * checkpoint is served through) and a .tar download. */
 function checkpointsTable(list) {
   return el('table', {className: 'stack', id: 'checkpoints-table'},
     el('thead', {}, el('tr', {}, ['Step', 'Training loss', 'Validation loss', 'Model', 'Created', '']
@@ -247,9 +246,11 @@ function checkpointsTable(list) {
       el('td', {'data-label': 'Validation loss', text: fmtNum(c.metrics.valid_loss)}),
       el('td', {'data-label': 'Model', className: 'mono small', text: c.fine_tuned_model_checkpoint}),
       el('td', {'data-label': 'Created', text: fmtTime(c.created_at)}),
-      el('td', {'data-label': ''}, el('button', {type: 'button', text: 'Download (.tar)',
-        onclick: (ev) => download(`/v1/models/${encodeURIComponent(c.fine_tuned_model_checkpoint)}/archive`,
-          `${archiveName(c.fine_tuned_model_checkpoint)}.tar`, ev.currentTarget)}))))));
+      el('td', {'data-label': ''}, el('div', {className: 'row'}, tryItLink(c.fine_tuned_model_checkpoint),
+        el('button', {type: 'button', text: 'Download (.tar)',
+          'aria-label': `Download ${c.fine_tuned_model_checkpoint} (.tar)`,
+          onclick: (ev) => download(`/v1/models/${encodeURIComponent(c.fine_tuned_model_checkpoint)}/archive`,
+            `${archiveName(c.fine_tuned_model_checkpoint)}.tar`, ev.currentTarget)})))))));
 }
 
 /* The fine-tuned model once there is one (drawn once per model): "Try it"

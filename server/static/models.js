@@ -48,23 +48,43 @@ function renderModels() {
 /* A model id as a file name: ':' and '/' become '_' (as in the archive). */
 function archiveName(modelId) { return modelId.replace(/[:/]/g, '_'); }
 
+/* Has a worker build checkpoint modelId's merged model (the directory chat
+ * and downloads use): POSTs an export of format hf, or follows the one
+ * already under way (409: one export of a model at a time), polling it
+ * every second and calling onStatus(export) while it is queued or running.
+ * Resolves to the ended export (succeeded, or failed with its error);
+ * rejects with an ApiError or the AbortError of signal. */
+async function buildMergedModel(modelId, signal, onStatus) {
+  const base = `/v1/models/${encodeURIComponent(modelId)}`;
+  let x;
+  try {
+    x = await api('POST', `${base}/exports`, {json: {format: 'hf'}, signal});
+  } catch (e) {
+    if (e.status !== 409) throw e;
+    const r = await api('GET', `${base}/exports`, {signal});
+    x = r.data.find((y) => y.format === 'hf' && (y.status === 'queued' || y.status === 'running'));
+    if (!x) throw e; /* a GGUF export is under way */
+  }
+  while (x.status === 'queued' || x.status === 'running') {
+    if (onStatus) onStatus(x);
+    await new Promise((res) => setTimeout(res, 1000));
+    x = await api('GET', `${base}/exports/${encodeURIComponent(x.id)}`, {signal});
+  }
+  return x;
+}
+
 /* The files of a model (name, size, sha256, download) and its archive. A
- * checkpoint's merged model (merged/ files) is built on request: an export
- * of format hf, followed until it ends, then the list is drawn again. */
+ * checkpoint's merged model (merged/ files) is built on request
+ * (buildMergedModel), then the list is drawn again. */
 function modelFiles(modelId, signal) {
   const box = el('div', {className: 'model-files'}, el('p', {className: 'muted', text: 'Loading files…'}));
   const base = `/v1/models/${encodeURIComponent(modelId)}`;
   const ckpt = /:ckpt-step-\d+$/.test(modelId);
-  const sleep = (ms) => new Promise((res) => setTimeout(res, ms));
   async function buildMerged(btn) {
     btn.disabled = true;
     btn.textContent = 'Building merged model…';
     try {
-      let x = await api('POST', `${base}/exports`, {json: {format: 'hf'}, signal});
-      while (x.status === 'queued' || x.status === 'running') {
-        await sleep(1000);
-        x = await api('GET', `${base}/exports/${encodeURIComponent(x.id)}`, {signal});
-      }
+      const x = await buildMergedModel(modelId, signal);
       if (x.status !== 'succeeded') throw new ApiError(0, {error: {message: `the merged model could not be built: ${x.error || x.status}`}});
       load();
     } catch (e) {

@@ -11,7 +11,10 @@
  * Models come from GET /v1/models (base and fine-tuned); a model named in
  * the link that the list lacks (a checkpoint: a job page's "Try it") is
  * added from GET /v1/models/{id}. Errors of the API (a 503 "no serving
- * worker", a 400 naming a field) are shown where they belong. */
+ * worker", a 400 naming a field) are shown where they belong. A checkpoint
+ * answers 400 model_not_ready until its merged model is built: the answer's
+ * entry then offers "Build merged model" (an hf export, followed), and
+ * sends the message again once it is built (pgNotReady). */
 'use strict';
 
 /* The playground's link with model chosen (and other beside it). */
@@ -305,6 +308,9 @@ async function pgAsk(v, p, messages, s) {
     if (e.name === 'AbortError') {
       li.dataset.state = 'stopped';
       meta.textContent = st.text ? 'Stopped.' : 'Stopped before the first token.';
+    } else if (e.status === 400 && e.code === 'model_not_ready') {
+      li.dataset.state = 'not_ready';
+      pgNotReady(v, p, li, e, messages, s);
     } else {
       li.dataset.state = 'error';
       li.append(el('div', {className: 'alert', role: 'alert',
@@ -316,6 +322,71 @@ async function pgAsk(v, p, messages, s) {
     pgScroll(p.log);
   }
   return {text: st.text, state: li.dataset.state};
+}
+
+/* A checkpoint without its merged model yet (400 model_not_ready) in entry
+ * li of panel p: the API's message and a "Build merged model" button that
+ * has a worker build it (buildMergedModel of models.js), saying how far the
+ * export is; once it has succeeded the same request (messages, settings s)
+ * goes again (pgResend). A failed export shows its error, and the button
+ * tries again. */
+function pgNotReady(v, p, li, e, messages, s) {
+  const model = li.dataset.model;
+  const status = el('p', {className: 'build-status small muted', role: 'status'});
+  const btn = el('button', {type: 'button', 'data-action': 'build-merged', text: 'Build merged model',
+    'aria-label': `Build the merged model of ${model}`,
+    title: 'A worker builds the checkpoint as a Hugging Face directory (POST exports {"format": "hf"})'});
+  btn.addEventListener('click', async () => {
+    btn.disabled = true;
+    li.querySelectorAll('.build-failed').forEach((n) => n.remove());
+    status.textContent = 'Building the merged model: starting…';
+    let why;
+    try {
+      const x = await buildMergedModel(model, v.ctl.signal,
+        (y) => { status.textContent = `Building the merged model: ${y.status}…`; });
+      if (x.status === 'succeeded') {
+        status.textContent = 'Built; sending the message again…';
+        pgResend(v, p, li, status, messages, s);
+        return;
+      }
+      why = x.error || x.status;
+    } catch (err) {
+      if (err.name === 'AbortError') return;
+      why = `${err.status ? `HTTP ${err.status}: ` : ''}${err.message}`;
+    }
+    status.textContent = '';
+    li.append(el('div', {className: 'alert build-failed', role: 'alert',
+      text: `The merged model could not be built: ${why}`}));
+    btn.disabled = false;
+  });
+  li.append(el('div', {className: 'alert', role: 'alert', text: `HTTP ${e.status}: ${e.message}`}),
+    el('div', {className: 'row build'}, btn, status));
+}
+
+/* Sends a not-ready entry's request again, in its place, when nothing has
+ * happened since: it is still its panel's last entry, on screen, for the
+ * panel's model. Otherwise the entry only says the model is ready. */
+async function pgResend(v, p, li, status, messages, s) {
+  if (!li.isConnected || p.log.lastElementChild !== li || p.select.value !== li.dataset.model ||
+      !pgActive(v).includes(p)) {
+    status.textContent = 'Built: the model is ready; send the message again.';
+    return;
+  }
+  const content = messages[messages.length - 1].content;
+  /* focus left with the entry, or with its button when it was disabled:
+   * the message box takes it */
+  const a = document.activeElement;
+  const lost = !a || a === document.body || li.contains(a);
+  li.remove();
+  pgSetBusy(v, v.busy + 1);
+  if (lost) v.input.focus();
+  const r = await pgAsk(v, p, messages, s);
+  if (r.text) {
+    p.history.push({role: 'user', content}, {role: 'assistant', content: r.text});
+    /* the message kept to try again has gone */
+    if (v.input.value === content) v.input.value = '';
+  }
+  pgSetBusy(v, v.busy - 1);
 }
 
 /* "12 tokens · 0.35 s to the first · 40.1 tokens/s · stop". */

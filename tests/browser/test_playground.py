@@ -12,10 +12,14 @@ request at temperature 0; Stop cancels the generation on the server (its
 cancel counter grows); compare mode defaults to the fine-tuned model and
 its base and shows both answers, each equal to its model's API answer; a
 job's and the models page's "Try it" links open their model; a
-checkpoint named in the link is offered and answers as the API does; the
-history goes with the next message; Enter sends, Shift+Enter does not, Esc
-stops; every control has a label; no sideways
-scrolling at phone width. About 25 s on this machine.
+checkpoint's "Try it" on the job page opens it, its 400 model_not_ready is
+shown with "Build merged model", which (pressed from the keyboard) starts
+the hf export, shows its progress and re-sends the message once, whose
+answer streams and equals the API's; an export that fails (a checkpoint
+whose DONE marker is hidden) shows the worker's reason and sends nothing;
+the history goes with the next message; Enter sends, Shift+Enter does not,
+Esc stops; every control has a label; no sideways scrolling at phone
+width. About 25 s on this machine.
 """
 import json
 import os
@@ -24,6 +28,7 @@ import signal
 import sys
 import time
 import unittest
+from urllib.parse import unquote
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -281,31 +286,113 @@ class Playground(BrowserCase):
         page.wait_for_url(re.compile(r"#/playground\?"))
         expect(page.locator("#pg-model")).to_have_value(self.ft)
         expect(page.locator("#pg-panel-b")).to_be_hidden()
-        # a checkpoint named in the link is offered as a checkpoint; the
-        # page shows what the API makes of it: its answer, or its error
+        self.no_console_errors()
+
+        # ---- a checkpoint's "Try it": not ready, then Build, then the answer ----
         st, _, cks = s.api("GET", f"/v1/fine_tuning/jobs/{self.job['id']}/checkpoints")
         self.assertEqual(st, 200, cks)
-        self.assertTrue(cks["data"], "the job has no checkpoint")
-        ck = cks["data"][-1]["fine_tuned_model_checkpoint"]
-        page.goto(f"{s.url}/#/playground?model={ck}")
+        by_step = sorted(cks["data"], key=lambda c: c["step_number"])
+        self.assertEqual(len(by_step), 2, cks)
+        ck, bad = (c["fine_tuned_model_checkpoint"] for c in by_step)
+        chats = []
+        page.on("request", lambda r: r.method == "POST" and r.url.endswith(CHAT)
+                and chats.append(json.loads(r.post_data)))
+        # the later checkpoint cannot be merged (its DONE marker is gone): its
+        # export fails, and the page says why
+        ckdir = os.path.join(s.run, "artifacts", s.psql(f"SELECT path FROM models WHERE id = '{bad}'"))
+        os.rename(os.path.join(ckdir, "DONE"), os.path.join(ckdir, "DONE.hidden"))
+        self.addCleanup(os.rename, os.path.join(ckdir, "DONE.hidden"), os.path.join(ckdir, "DONE"))
+        page.goto(f"{s.url}/#/jobs/{self.job['id']}")
+        expect(page.locator("#checkpoints-table a[data-try]")).to_have_count(2)
+        page.click(f"#checkpoints-table a[data-try='{bad}']")
+        page.wait_for_url(re.compile(r"#/playground\?"))
+        expect(page.locator("#pg-model")).to_have_value(bad)
+        self.send(page, PROMPT)
+        not_ready = page.locator("#pg-panel-a li.assistant[data-state=not_ready]")
+        build = not_ready.locator("button[data-action=build-merged]")
+        expect(build).to_be_enabled()
+        build.click()
+        failed = not_ready.locator(".build-failed[role=alert]")
+        expect(failed).to_contain_text(f"The merged model could not be built: checkpoint {bad} is not complete")
+        expect(build).to_be_enabled()
+        expect(not_ready).to_have_count(1)
+        expect(page.locator("#pg-panel-a li.assistant[data-state=done]")).to_have_count(0)
+        self.assertEqual(len(chats), 1, "a failed export re-sent the message")
+        self.shot(page, "pg-05-checkpoint-build-failed")
+
+        # the earlier one: its "Try it" on the job's page opens it in the
+        # playground; the API's 400 model_not_ready is shown with a Build
+        # button, which (by keyboard) starts the hf export, shows its
+        # progress and re-sends the message, whose answer streams and equals
+        # the API's for the built checkpoint
+        page.goto(f"{s.url}/#/jobs/{self.job['id']}")
+        try_ck = page.locator(f"#checkpoints-table a[data-try='{ck}']")
+        expect(try_ck).to_have_attribute("aria-label", f"Try {ck} in the playground")
+        try_ck.click()
+        page.wait_for_url(re.compile(r"#/playground\?"))
         expect(page.locator("#pg-model")).to_have_value(ck)
         expect(page.locator("#pg-model optgroup[label=Checkpoints] option")).to_have_count(1)
         page.fill("#pg-system", SYSTEM)
         page.fill("#pg-temperature", "0")
-        page.fill("#pg-max_tokens", "8")
-        self.send(page, PROMPT)
+        page.fill("#pg-max_tokens", "12")
         st, _, b = s.api("POST", CHAT, {
-            "model": ck, "temperature": 0, "max_tokens": 8,
+            "model": ck, "temperature": 0, "max_tokens": 12,
             "messages": [{"role": "system", "content": SYSTEM},
                          {"role": "user", "content": PROMPT}]}, timeout=60)
-        if st == 200:
-            expect(page.locator("#pg-panel-a li.assistant[data-state=done]")).to_have_count(1)
-            self.assertEqual(self.answer(page), b["choices"][0]["message"]["content"])
-        else:
-            alert = page.locator("#pg-panel-a li.assistant[data-state=error] [role=alert]")
-            expect(alert).to_have_text(f"HTTP {st}: {b['error']['message']}")
-        self.shot(page, "pg-05-checkpoint")
-        self.no_console_errors(allowed=[r"status of [45]\d\d"])
+        self.assertEqual((st, b["error"]["code"]), (400, "model_not_ready"), b)
+        page.evaluate(OBSERVE)
+        # every text the build's status line shows, in order (read from the
+        # mutation records: the last one is replaced by the answer at once)
+        page.evaluate("""() => {
+          window.__build = [];
+          new MutationObserver((records) => {
+            for (const m of records)
+              if (m.target.classList && m.target.classList.contains('build-status'))
+                for (const n of m.addedNodes) window.__build.push(n.textContent);
+          }).observe(document.getElementById('pg-panels'), {subtree: true, childList: true});
+        }""")
+        chats.clear()
+        self.send(page, PROMPT)
+        expect(not_ready.locator("[role=alert]")).to_have_text(f"HTTP 400: {b['error']['message']}")
+        expect(build).to_have_text("Build merged model")
+        expect(build).to_have_attribute("aria-label", f"Build the merged model of {ck}")
+        expect(page.locator("#pg-input")).to_have_value(PROMPT)
+        self.shot(page, "pg-06-checkpoint-not-ready")
+        build.focus()
+        self.assert_focus_visible(page)
+        with page.expect_request(lambda r: r.method == "POST" and "/exports" in r.url) as req:
+            page.keyboard.press("Enter")
+        self.assertEqual(unquote(req.value.url), f"{s.url.rstrip('/')}/v1/models/{ck}/exports")
+        self.assertEqual(json.loads(req.value.post_data), {"format": "hf"})
+        done = page.locator("#pg-panel-a li.assistant[data-state=done]")
+        expect(done).to_have_count(1)
+        expect(not_ready).to_have_count(0)
+        progress = page.evaluate("window.__build")
+        self.assertTrue(any(re.match(r"Building the merged model: (queued|running)", t) for t in progress),
+                        progress)
+        self.assertEqual(progress[-1], "Built; sending the message again…", progress)
+        st, _, xs = s.api("GET", f"/v1/models/{ck}/exports")
+        self.assertEqual(st, 200, xs)
+        self.assertEqual([(x["format"], x["status"]) for x in xs["data"]], [("hf", "succeeded")], xs)
+        # the same request again, once
+        self.assertEqual(len(chats), 2, chats)
+        self.assertEqual(chats[0], chats[1])
+        final = self.answer(page)
+        self.assertTrue(final, "an empty answer")
+        self.assert_grew(page.evaluate("window.__seen.a"), final, "checkpoint")
+        self.assertEqual(final, self.api_answer(ck, 12))
+        expect(page.locator("#pg-panel-a li.user")).to_have_count(1)
+        expect(page.locator("#pg-input")).to_have_value("")
+        expect(page.locator("#pg-input")).to_be_focused()
+        # the answer is in the history of the next message
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith(CHAT)) as req:
+            self.send(page, "Tell me more.")
+        self.assertEqual(json.loads(req.value.post_data)["messages"][1:], [
+            {"role": "user", "content": PROMPT}, {"role": "assistant", "content": final},
+            {"role": "user", "content": "Tell me more."}])
+        expect(done).to_have_count(2)
+        self.shot(page, "pg-07-checkpoint-built")
+        self.no_console_errors(allowed=[r"status of 400"])
         # the models page offers "Try it" for base and fine-tuned models
         page.click("nav a[data-nav=models]")
         page.click(f"tr[data-model='{s.model_id}'] a[data-try]")
