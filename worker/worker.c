@@ -819,7 +819,7 @@ static int run_export(worker *w)
     if (rc && !strncmp(err, model_path, strlen(model_path)))
         why = err + strlen(model_path);
     char msg[DT_ERR_LEN];
-    snprintf(msg, sizeof msg, "%s%s", rc && why != err ? x.model_id : "", why);
+    snprintf(msg, sizeof msg, "%.160s%.340s", rc && why != err ? x.model_id : "", why);
     if (db_export_finish(w->db, x.id, rc ? "failed" : "succeeded", rc ? 0 : bytes,
                          rc ? msg : NULL, err))
         log_msg(DT_LOG_WARN, "export.finish_failed", "%s: %s", x.id, err);

@@ -90,7 +90,11 @@ static void check_chat(const json_t *body)
         CHECK(!cr.include_usage || cr.stream);
         json_int_t k = json_integer_value(json_object_get(w, "top_logprobs"));
         CHECK(k >= 0 && k <= CHAT_MAX_TOP_LOGPROBS);
-        CHECK(chat || !json_object_get(w, "logprobs"));
+        /* completions: logprobs = N asks for them, with N (at most 5) top ones */
+        CHECK(chat || !json_object_get(w, "logprobs") ||
+              (json_is_integer(json_object_get(body, "logprobs")) &&
+               k == json_integer_value(json_object_get(body, "logprobs")) &&
+               k <= COMPLETION_MAX_LOGPROBS));
         chat_req_clear(&cr);
     }
 }
