@@ -54,7 +54,7 @@ ENGINE_SRC := gpu/half.c gpu/backend.c gpu/backend_cpu.c gpu/tensorfile.c gpu/da
               gpu/chat_template.c \
               gpu/model.c gpu/model_pass.c gpu/generate.c gpu/chat_prompt.c gpu/optim.c gpu/train_data.c gpu/checkpoint.c \
               gpu/ckpt_export.c \
-              gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/estimate.c
+              gpu/train.c gpu/export.c gpu/cpu_tune.c gpu/cpu_gemm_small.c gpu/estimate.c
 ENGINE_SRC += gpu/tokenizer_text.c gpu/tokenizer_hf.c gpu/tokenizer_decode.c
 ENGINE_SRC += gpu/arch_info.c gpu/gguf_write.c
 ENGINE_OBJ := $(ENGINE_SRC:%.c=$(BUILD)/%.o)

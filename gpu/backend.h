@@ -272,6 +272,16 @@ typedef struct dt_backend_i {
                               const float *k, const float *v,
                               const int32_t *pos, int B, int T, int NH,
                               int NKV, int D, float p, uint64_t key);
+    /* Optional (NULL: callers loop over attention_decode): one new query
+     * row for each of n sequences at once, q and out (n,NH,D); row i
+     * attends to its own cache k[i], v[i] (tk[i],NKV,D; host arrays of
+     * device pointers and lengths), its query at position tk[i] - 1. Row i
+     * equals attention_decode(out_i, q_i, k[i], v[i], 1, tk[i], ...)
+     * bitwise: the batched decode step's attention without one launch per
+     * sequence. */
+    void (*attention_decode_batch)(dt_backend *be, float *out, const float *q,
+                                   const float *const *k, const float *const *v,
+                                   const int *tk, int n, int NH, int NKV, int D);
 } dt_backend_i;
 
 struct dt_backend {

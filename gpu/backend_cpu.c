@@ -11,6 +11,7 @@
  * the calling thread, which the attention ops rely on. */
 #include "backend.h"
 #include "base/dt.h"
+#include "cpu_gemm_small.h"
 #include "dt_math.h"
 #include "half.h"
 
@@ -151,6 +152,10 @@ static void cpu_gemm(dt_backend *be, int ta, int tb, int M, int N, int K,
                     alpha, B, ldb, A, ta ? lda : 1, beta, C, 1);
         return;
     }
+    /* a few rows against a weight (a batched decode step): no packing */
+    if (!ta && tb && M <= DT_GEMM_SMALL_MAX_M &&
+        dt_cpu_gemm_nt_small(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+        return;
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
                 tb ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb,
                 beta, C, ldc);
@@ -758,6 +763,50 @@ static void cpu_attention_fwd(dt_backend *be, float *out, float *lse,
 
 /* One (query row, head) per iteration: scores over the visible keys,
  * softmax with the row maximum, then the weighted sum of values. */
+/* One query row qi (head h's D values) against keys and values 0..n-1 of
+ * the cache k, v (rows ldk apart, head g at g·D): o = softmax(qi·kᵀ·scale)·v.
+ * S: n floats of scratch. */
+static void att__decode_row(float *o, const float *qi, const float *k,
+                            const float *v, int n, long ldk, int g, int D,
+                            float scale, float *S)
+{
+    float mx = -INFINITY;
+    int j = 0;
+    /* 8 keys at a time: 8 independent sums (each over d in order, so the
+     * same floats as one key at a time) instead of one dependent chain */
+    for (; j + 8 <= n; j += 8) {
+        const float *kj = k + j * ldk + (long)g * D;
+        float s[8] = {0};
+        for (int d = 0; d < D; d++)
+            for (int u = 0; u < 8; u++)
+                s[u] += qi[d] * kj[u * ldk + d];
+        for (int u = 0; u < 8; u++)
+            S[j + u] = s[u] * scale;
+    }
+    for (; j < n; j++) {
+        const float *kj = k + j * ldk + (long)g * D;
+        float s = 0.0f;
+        for (int d = 0; d < D; d++)
+            s += qi[d] * kj[d];
+        S[j] = s * scale;
+    }
+    for (j = 0; j < n; j++)
+        if (S[j] > mx)
+            mx = S[j];
+    float sum = 0.0f;
+    for (int j = 0; j < n; j++) {
+        S[j] = expf(S[j] - mx);
+        sum += S[j];
+    }
+    memset(o, 0, (size_t)D * sizeof(float));
+    for (int j = 0; j < n; j++) {
+        const float *vj = v + j * ldk + (long)g * D;
+        float p = S[j] / sum;
+        for (int d = 0; d < D; d++)
+            o[d] += p * vj[d];
+    }
+}
+
 static void cpu_attention_decode(dt_backend *be, float *out, const float *q,
                                  const float *k, const float *v, int tq,
                                  int tk, int NH, int NKV, int D)
@@ -771,35 +820,41 @@ static void cpu_attention_decode(dt_backend *be, float *out, const float *q,
         float *S = malloc((size_t)tk * sizeof(float) + 1);
 #pragma omp for schedule(static)
         for (long ih = 0; ih < (long)tq * NH; ih++) {
-            int i = (int)(ih / NH), h = (int)(ih % NH), g = h / grp;
-            int n = tk - tq + i + 1;
-            const float *qi = q + i * ldq + (long)h * D;
-            float *o = out + i * ldq + (long)h * D;
-            if (!S)
-                continue;
-            float mx = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                const float *kj = k + j * ldk + (long)g * D;
-                float s = 0.0f;
-                for (int d = 0; d < D; d++)
-                    s += qi[d] * kj[d];
-                S[j] = s * scale;
-                if (S[j] > mx)
-                    mx = S[j];
-            }
-            float sum = 0.0f;
-            for (int j = 0; j < n; j++) {
-                S[j] = expf(S[j] - mx);
-                sum += S[j];
-            }
-            memset(o, 0, (size_t)D * sizeof(float));
-            for (int j = 0; j < n; j++) {
-                const float *vj = v + j * ldk + (long)g * D;
-                float p = S[j] / sum;
-                for (int d = 0; d < D; d++)
-                    o[d] += p * vj[d];
-            }
+            int i = (int)(ih / NH), h = (int)(ih % NH);
+            if (S)
+                att__decode_row(out + i * ldq + (long)h * D, q + i * ldq + (long)h * D,
+                                k, v, tk - tq + i + 1, ldk, h / grp, D, scale, S);
         }
+        if (!S)
+#pragma omp critical(dt_cpu_fail)
+            cpu__fail(be, DT_ENOMEM, "attention_decode: out of memory for scores");
+        free(S);
+    }
+}
+
+static void cpu_attention_decode_batch(dt_backend *be, float *out, const float *q,
+                                       const float *const *k, const float *const *v,
+                                       const int *tk, int n, int NH, int NKV, int D)
+{
+    int grp = NH / NKV, tmax = 1;
+    float scale = 1.0f / sqrtf((float)D);
+    long ld = (long)NH * D, ldk = (long)NKV * D;
+    for (int i = 0; i < n; i++)
+        if (tk[i] > tmax)
+            tmax = tk[i];
+#pragma omp parallel
+    {
+        float *S = malloc((size_t)tmax * sizeof(float));
+#pragma omp for schedule(static)
+        for (long ih = 0; ih < (long)n * NH; ih++) {
+            int i = (int)(ih / NH), h = (int)(ih % NH);
+            if (S)
+                att__decode_row(out + i * ld + (long)h * D, q + i * ld + (long)h * D,
+                                k[i], v[i], tk[i], ldk, h / grp, D, scale, S);
+        }
+        if (!S)
+#pragma omp critical(dt_cpu_fail)
+            cpu__fail(be, DT_ENOMEM, "attention_decode: out of memory for scores");
         free(S);
     }
 }
@@ -1173,6 +1228,7 @@ static const dt_backend_i cpu_iface = {
     /* .rope_pos      = */ cpu_rope_pos,
     /* .attention_fwd_seg = */ cpu_attention_fwd_seg,
     /* .attention_bwd_seg = */ cpu_attention_bwd_seg,
+    /* .attention_decode_batch = */ cpu_attention_decode_batch,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

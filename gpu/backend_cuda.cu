@@ -1243,6 +1243,7 @@ static const dt_backend_i cuda_iface = {
     /* .rope_pos = */ cuda_rope_pos,
     /* .attention_fwd_seg = */ cuda_attention_fwd_seg,
     /* .attention_bwd_seg = */ cuda_attention_bwd_seg,
+    /* .attention_decode_batch = */ NULL, /* generate.c loops over attention_decode */
 };
 
 extern "C" int dt_backend_cuda_available(void)

@@ -30,6 +30,8 @@ struct dt_decoder {
      * (ad1), or of row i (adr[i], a batched step) */
     const dt_decoder_adapter *ad1;
     const dt_decoder_adapter **adr; /* (rows) host */
+    const float **bk, **bv; /* (rows) host: a batched step's caches of one layer */
+    int *btk;              /* (rows) host: their lengths */
     int adany;             /* whether any row of the pass has an adapter */
     float *au;             /* (rows, aurank) x·Aᵀ of an adapter */
     int aurank;
@@ -99,7 +101,8 @@ int dt_decoder_new(dt_model *m, int max_T, dt_decoder **out, char *err)
         d->logits = dalloc(d, (size_t)c->vocab, &fail);
         if (c->qk_norm)
             d->hr = dalloc(d, T * (size_t)c->n_head, &fail);
-        if (!(d->adr = calloc(T, sizeof *d->adr)))
+        if (!(d->adr = calloc(T, sizeof *d->adr)) || !(d->bk = calloc(T, sizeof *d->bk)) ||
+            !(d->bv = calloc(T, sizeof *d->bv)) || !(d->btk = calloc(T, sizeof *d->btk)))
             fail = 1;
     }
     if (fail) {
@@ -126,6 +129,9 @@ void dt_decoder_free(dt_decoder *d)
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         be->i.free(be, bufs[i]);
     free(d->adr);
+    free(d->bk);
+    free(d->bv);
+    free(d->btk);
     free(d->kc);
     free(d->vc);
     free(d);
@@ -343,10 +349,20 @@ static void layer_step_batch(dt_decoder *S, dt_decoder *const *ds, int n, int l)
             OPS.copy2d(S->be, ds[i]->vc[l] + (size_t)ds[i]->len * kvd, kvd,
                        S->qkv + (size_t)i * kvd, kvd, 1, kvd, 1.0f);
     }
-    for (int i = 0; i < n; i++)
-        OPS.attention_decode(S->be, S->att + (size_t)i * qd, S->q + (size_t)i * qd,
-                             ds[i]->kc[l], ds[i]->vc[l], 1, ds[i]->len + 1,
-                             c->n_head, c->n_kv_head, c->head_dim);
+    if (OPS.attention_decode_batch) {
+        for (int i = 0; i < n; i++) {
+            S->bk[i] = ds[i]->kc[l];
+            S->bv[i] = ds[i]->vc[l];
+            S->btk[i] = ds[i]->len + 1;
+        }
+        OPS.attention_decode_batch(S->be, S->att, S->q, S->bk, S->bv, S->btk, n,
+                                   c->n_head, c->n_kv_head, c->head_dim);
+    } else {
+        for (int i = 0; i < n; i++)
+            OPS.attention_decode(S->be, S->att + (size_t)i * qd, S->q + (size_t)i * qd,
+                                 ds[i]->kc[l], ds[i]->vc[l], 1, ds[i]->len + 1,
+                                 c->n_head, c->n_kv_head, c->head_dim);
+    }
     lin(S, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], S->att, S->x, n, 1);
     norm(S, S->n, S->x, Y->n2w, Y->n2b, n);
     if (c->arch == DT_ARCH_GPT2) {

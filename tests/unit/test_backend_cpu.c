@@ -229,6 +229,46 @@ static void test_gemm_batched_matches_reference(void **state)
         }
 }
 
+/* A·Wᵀ with 2-16 rows of A runs without packing (gpu/cpu_gemm_small.c):
+ * every edge of its 4x4 blocks and of its 16-float K chunks, strides,
+ * alpha and beta (beta 0 ignores C, NaN included), against the reference;
+ * and since each element is one thread's dot product, the same bits with
+ * 1 and 2 threads. */
+static void test_gemm_few_rows_matches_reference_and_is_thread_independent(
+    void **state)
+{
+    static const int Ms[] = {2, 3, 4, 5, 8, 13, 16}, Ns[] = {1, 3, 4, 5, 8, 67},
+                     Ks[] = {1, 15, 16, 17, 64, 100};
+    for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++)
+    for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
+    for (size_t ik = 0; ik < sizeof Ks / sizeof *Ks; ik++)
+    for (int zb = 0; zb < 2; zb++) {
+        int M = Ms[im], N = Ns[in], K = Ks[ik];
+        int lda = K + 3, ldw = K + 1, ldc = N + 2;
+        long nc = (long)M * ldc;
+        float *A = randv((long)M * lda, 1), *W = randv((long)N * ldw, 1);
+        float *C = randv(nc, 1), *C1 = falloc(nc);
+        double *R = todouble(C, nc);
+        float beta = zb ? 0.0f : 0.3f;
+        ref_gemm(0, 1, M, N, K, 0.7, A, lda, W, ldw, beta, C, R, ldc);
+        if (zb)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++)
+                    C[(long)i * ldc + j] = NAN; /* beta 0: never read */
+        memcpy(C1, C, (size_t)nc * sizeof *C);
+        omp_set_num_threads(1);
+        be->i.gemm(be, 0, 1, M, N, K, 0.7f, A, lda, W, ldw, beta, C1, ldc);
+        omp_set_num_threads(2);
+        be->i.gemm(be, 0, 1, M, N, K, 0.7f, A, lda, W, ldw, beta, C, ldc);
+        if (nerr(C, R, nc) >= TOL_FWD)
+            fail_msg("M=%d N=%d K=%d beta=%g: normalized error %.3g", M, N, K,
+                     (double)beta, nerr(C, R, nc));
+        if (memcmp(C, C1, (size_t)nc * sizeof *C))
+            fail_msg("M=%d N=%d K=%d: 1 and 2 threads differ", M, N, K);
+        free(A), free(W), free(C), free(C1), free(R);
+    }
+}
+
 /* ---- embedding ---------------------------------------------------------------- */
 
 static void test_embedding_fwd_adds_token_and_position_rows(void **state)
@@ -645,6 +685,56 @@ static void check_attention_fwd(int B, int T, int NH, int NKV, int D)
     free(a.q), free(a.k), free(a.v), free(a.out), free(a.lse);
 }
 
+/* The batched decode step's attention: one query row per sequence, each
+ * against its own cache (lengths around the 8-key blocks of the scores
+ * loop), the same bits as attention_decode of each row alone, which matches
+ * the reference (test_gpu_ops checks it against the CUDA backend too). */
+static void test_attention_decode_batch_equals_one_row_at_a_time(void **state)
+{
+    enum { n = 6, NH = 6, NKV = 2, D = 16 };
+    static const int tk[n] = {1, 7, 8, 9, 17, 30};
+    const float *kp[n], *vp[n];
+    float *kc[n], *vc[n], *q = randv((long)n * NH * D, 1);
+    float *out = falloc((long)n * NH * D), *one = falloc((long)NH * D);
+    for (int i = 0; i < n; i++) {
+        kp[i] = kc[i] = randv((long)tk[i] * NKV * D, 1);
+        vp[i] = vc[i] = randv((long)tk[i] * NKV * D, 1);
+    }
+    assert_non_null(be->i.attention_decode_batch);
+    be->i.attention_decode_batch(be, out, q, kp, vp, tk, n, NH, NKV, D);
+    char err[DT_ERR_LEN];
+    assert_int_equal(be->i.sync(be, err), 0);
+    for (int i = 0; i < n; i++) {
+        be->i.attention_decode(be, one, q + (long)i * NH * D, kc[i], vc[i], 1,
+                               tk[i], NH, NKV, D);
+        if (memcmp(one, out + (long)i * NH * D, sizeof(float) * NH * D))
+            fail_msg("sequence %d (%d keys): batched and one-row results differ",
+                     i, tk[i]);
+        /* against softmax(q·kᵀ/√D)·v in double */
+        for (int h = 0; h < NH; h++) {
+            const float *qh = q + ((long)i * NH + h) * D;
+            int g = h / (NH / NKV);
+            double sc[30], mx = -1e300, sum = 0, o[D] = {0};
+            for (int j = 0; j < tk[i]; j++) {
+                double s = 0;
+                for (int d = 0; d < D; d++)
+                    s += (double)qh[d] * kc[i][((long)j * NKV + g) * D + d];
+                sc[j] = s / sqrt((double)D);
+                mx = sc[j] > mx ? sc[j] : mx;
+            }
+            for (int j = 0; j < tk[i]; j++)
+                sum += sc[j] = exp(sc[j] - mx);
+            for (int j = 0; j < tk[i]; j++)
+                for (int d = 0; d < D; d++)
+                    o[d] += sc[j] / sum * vc[i][((long)j * NKV + g) * D + d];
+            assert_close(one + (long)h * D, o, D, TOL_FWD);
+        }
+    }
+    for (int i = 0; i < n; i++)
+        free(kc[i]), free(vc[i]);
+    free(q), free(out), free(one);
+}
+
 static void test_attention_fwd_matches_naive_softmax_attention(void **state)
 {
     check_attention_fwd(2, 7, 2, 2, 8);
@@ -994,6 +1084,7 @@ int main(void)
         cmocka_unit_test(
             test_gemm_matches_reference_all_transposes_and_leading_dims),
         cmocka_unit_test(test_gemm_batched_matches_reference),
+        cmocka_unit_test(test_gemm_few_rows_matches_reference_and_is_thread_independent),
         cmocka_unit_test(test_embedding_fwd_adds_token_and_position_rows),
         cmocka_unit_test(test_embedding_bwd_accumulates_repeated_ids),
         cmocka_unit_test(test_layernorm_fwd_matches_reference),
@@ -1013,6 +1104,7 @@ int main(void)
         cmocka_unit_test(test_bias_bwd_accumulates_column_sums),
         cmocka_unit_test(test_axpy_scale_copy2d_match_reference),
         cmocka_unit_test(test_attention_fwd_matches_naive_softmax_attention),
+        cmocka_unit_test(test_attention_decode_batch_equals_one_row_at_a_time),
         cmocka_unit_test(test_attention_fwd_gqa_shares_kv_heads),
         cmocka_unit_test(test_attention_fwd_long_sequence_spans_row_blocks),
         cmocka_unit_test(test_attention_bwd_matches_finite_differences),
