@@ -66,30 +66,17 @@
 #include <string.h>
 
 /* ---------------------------------------------------------------------------
- * Rendering rows to tokens. Masked text is gathered in `pend` and encoded in
- * one piece when a trained segment or special token follows, so masked
- * template text tokenizes as one string would. */
-
-typedef struct builder {
-    const dt_tokenizer *tok;
-    int allow_special;
-    int32_t *ids;  /* (n) */
-    uint8_t *loss; /* (n) 1: token j is a trained target (predicted at j-1) */
-    int n, cap;
-    int limit;     /* tokens kept (seq_len + 1); later ones are dropped */
-    size_t maxb;   /* bytes of the tokenizer's longest token */
-    int cut;       /* text or tokens were dropped at the limit */
-    char *pend;    /* masked text not yet encoded */
-    size_t plen, pcap;
-    char err[DT_ERR_LEN];
-} builder;
+ * Rendering rows to tokens (ds_builder, dataset_impl.h). Masked text is
+ * gathered in `pend` and encoded in one piece when a trained segment or
+ * special token follows, so masked template text tokenizes as one string
+ * would. */
 
 /* Bytes of text still worth tokenizing: every token covers at most maxb
  * bytes, so (tokens still wanted + 1) * maxb bytes give at least one token
  * more than the row keeps (the last one may end where the text was cut, and
  * is dropped). Text beyond it is never copied nor tokenized, so a 200 MB
  * "text" costs the bytes of its JSON line, not ~26 bytes per byte. */
-static size_t b_room(const builder *b, size_t pending)
+static size_t b_room(const ds_builder *b, size_t pending)
 {
     if (b->n >= b->limit)
         return 0;
@@ -97,7 +84,7 @@ static size_t b_room(const builder *b, size_t pending)
     return want > pending ? want - pending : 0;
 }
 
-static int b_push(builder *b, int32_t id, int loss)
+static int b_push(ds_builder *b, int32_t id, int loss)
 {
     if (b->n >= b->limit) { /* beyond the row's truncation */
         b->cut = 1;
@@ -120,7 +107,7 @@ static int b_push(builder *b, int32_t id, int loss)
     return DT_OK;
 }
 
-static int b_encode(builder *b, const char *s, size_t len, int loss)
+static int b_encode(ds_builder *b, const char *s, size_t len, int loss)
 {
     if (len == 0)
         return DT_OK;
@@ -147,7 +134,7 @@ static int b_encode(builder *b, const char *s, size_t len, int loss)
     return rc;
 }
 
-static int b_flush(builder *b)
+static int b_flush(ds_builder *b)
 {
     int rc = b_encode(b, b->pend, b->plen, 0);
     b->plen = 0;
@@ -155,7 +142,7 @@ static int b_flush(builder *b)
 }
 
 /* Appends text; trained text is encoded on its own for an exact boundary. */
-static int b_text(builder *b, const char *s, size_t len, int loss)
+static int b_text(ds_builder *b, const char *s, size_t len, int loss)
 {
     if (loss) {
         int rc = b_flush(b);
@@ -183,18 +170,18 @@ static int b_text(builder *b, const char *s, size_t len, int loss)
     return DT_OK;
 }
 
-static int b_str(builder *b, const char *s, int loss)
+static int b_str(ds_builder *b, const char *s, int loss)
 {
     return b_text(b, s, strlen(s), loss);
 }
 
-static int b_json(builder *b, const json_t *str, int loss)
+static int b_json(ds_builder *b, const json_t *str, int loss)
 {
     return b_text(b, json_string_value(str), json_string_length(str), loss);
 }
 
 /* Appends a special token (skipped when id < 0). */
-static int b_token(builder *b, int32_t id, int loss)
+static int b_token(ds_builder *b, int32_t id, int loss)
 {
     if (id < 0)
         return DT_OK;
@@ -240,9 +227,8 @@ static char *token_text(const dt_tokenizer *tok, int32_t id)
     return id >= 0 ? dt_tokenizer_decode(tok, &id, 1) : NULL;
 }
 
-/* Bytes of the end-of-turn marker at s (after optional spaces), or 0
- * (dataset_impl.h). */
-size_t ds_end_marker_at(const char *eos, const char *s, size_t n)
+/* Bytes of the end-of-turn marker at s (after optional spaces), or 0. */
+static size_t end_marker_at(const char *eos, const char *s, size_t n)
 {
     size_t sp = 0;
     while (sp < n && s[sp] == ' ')
@@ -260,7 +246,7 @@ size_t ds_end_marker_at(const char *eos, const char *s, size_t n)
 /* Widens a span start back over the reasoning block opener a template puts
  * right before the turn's text (Qwen 3: "<think>\n" before the reasoning,
  * or the empty "<think>\n\n</think>\n\n" before the answer). */
-size_t ds_think_start(const dt_chat_out *o, size_t a)
+static size_t think_start(const dt_chat_out *o, size_t a)
 {
     static const char *const openers[] = {"<think>\n\n</think>\n\n", "<think>\n",
                                           NULL};
@@ -277,7 +263,7 @@ size_t ds_think_start(const dt_chat_out *o, size_t a)
 }
 
 /* Does encoding s with and without special-token matching differ? */
-static int has_specials(builder *b, const char *s, size_t len, int *out)
+static int has_specials(ds_builder *b, const char *s, size_t len, int *out)
 {
     int32_t *x = NULL, *y = NULL;
     int nx = 0, ny = 0;
@@ -290,7 +276,17 @@ static int has_specials(builder *b, const char *s, size_t len, int *out)
     return rc;
 }
 
-static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl)
+/* Is message m a trained turn? An assistant message, unless it has
+ * "weight": 0; for a prompt (dt_chat_prompt) every assistant message, as
+ * the prompt builder has always taken them (served chats carry no weight). */
+static int trained_turn(const json_t *m, int prompt)
+{
+    const char *role = json_string_value(json_object_get(m, "role"));
+    return role && ds_role_of(role) == ROLE_ASSISTANT && (prompt || ds_message_weight(m));
+}
+
+static int render_chat_template(ds_builder *b, const json_t *msgs, const char *tmpl,
+                                int prompt)
 {
     const dt_tokenizer *tok = b->tok;
     size_t nm = json_array_size(msgs);
@@ -305,12 +301,10 @@ static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl
         (dt_tokenizer_eos(tok) >= 0 && !eos))
         goto done;
     for (size_t i = 0; i < nm; i++) {
-        const json_t *m = json_array_get(msgs, i);
-        int trained = ds_role_of(json_string_value(json_object_get(m, "role"))) ==
-                      ROLE_ASSISTANT && ds_message_weight(m);
+        int trained = trained_turn(json_array_get(msgs, i), prompt);
         tags[i] = trained ? (int32_t)i + 1 : -(int32_t)i - 1;
     }
-    json_object_set_new(vars, "add_generation_prompt", json_false());
+    json_object_set_new(vars, "add_generation_prompt", json_boolean(prompt));
     if (bos)
         json_object_set_new(vars, "bos_token", json_string(bos));
     if (eos)
@@ -325,6 +319,8 @@ static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl
             m[l] = 0;
             snprintf(b->err, sizeof b->err, "chat template: %s", m);
         }
+        if (prompt) /* a chat the template refuses is the request's fault */
+            rc = DT_EINVAL;
         goto done;
     }
     rc = DT_ENOMEM;
@@ -333,7 +329,9 @@ static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl
     plain = calloc(n + 1, 1); /* 1: content whose special strings stay text */
     if (!loss || !plain)
         goto done;
-    if (out.ngen > 0) {
+    /* a prompt's spans are its assistant turns' content (only where its text
+     * is split matters there), {% generation %} blocks or not */
+    if (out.ngen > 0 && !prompt) {
         for (int g = 0; g < out.ngen; g++) {
             int masked = 0;
             for (size_t k = out.gen[g][0]; k < out.gen[g][1]; k++) {
@@ -360,8 +358,8 @@ static int render_chat_template(builder *b, const json_t *msgs, const char *tmpl
                 continue; /* the template did not render this turn */
             while (a > 0 && out.text[a - 1] == ' ' && out.tag[a - 1] == 0)
                 a--;
-            a = ds_think_start(&out, a);
-            z += ds_end_marker_at(eos, out.text + z, n - z);
+            a = think_start(&out, a);
+            z += end_marker_at(eos, out.text + z, n - z);
             memset(loss + a, 1, z - a);
         }
     }
@@ -413,15 +411,16 @@ done:
     return rc;
 }
 
-static int render_chat(builder *b, const json_t *msgs)
+/* ChatML or the plain template (see the file's header); a prompt ends with
+ * the assistant's turn opened. A row's roles were checked before (system,
+ * user, assistant); any other role in a prompt is written as a user's. */
+static int render_chat(ds_builder *b, const json_t *msgs, int prompt)
 {
     const dt_tokenizer *tok = b->tok;
     int32_t im_start = dt_tokenizer_token_id(tok, "<|im_start|>");
     int32_t im_end = dt_tokenizer_token_id(tok, "<|im_end|>");
     int32_t eos = dt_tokenizer_eos(tok);
     int chatml = im_start >= 0 && im_end >= 0;
-    static const char *const plain_hdr[] = {"### System:\n", "### User:\n",
-                                            "### Assistant:\n"};
     size_t i;
     const json_t *m;
     int rc = DT_OK;
@@ -429,28 +428,56 @@ static int render_chat(builder *b, const json_t *msgs)
     json_array_foreach(msgs, i, m) {
         const char *role = json_string_value(json_object_get(m, "role"));
         const json_t *content = json_object_get(m, "content");
-        int r = ds_role_of(role);
-        int loss = r == ROLE_ASSISTANT && ds_message_weight(m);
+        if (!role || !json_is_string(content))
+            return dt_errf(b->err, DT_EINVAL, "messages[%zu]: role and content must be "
+                           "strings", i);
+        int asst = ds_role_of(role) == ROLE_ASSISTANT;
+        int loss = trained_turn(m, prompt);
         if (chatml) {
             if ((rc = b_token(b, im_start, 0)) || (rc = b_str(b, role, 0)) ||
                 (rc = b_str(b, "\n", 0)) || (rc = b_json(b, content, loss)) ||
                 (rc = b_token(b, im_end, loss)) || (rc = b_str(b, "\n", 0)))
                 return rc;
-        } else if (r == ROLE_ASSISTANT) {
-            if ((rc = b_str(b, plain_hdr[r], 0)) ||
-                (rc = b_json(b, content, loss)) ||
-                (rc = b_token(b, eos, loss)) || (rc = b_str(b, "\n\n", 0)))
-                return rc;
         } else {
-            if ((rc = b_str(b, plain_hdr[r], 0)) ||
-                (rc = b_json(b, content, 0)) || (rc = b_str(b, "\n\n", 0)))
+            const char *hdr = ds_role_of(role) == ROLE_SYSTEM ? "### System:\n"
+                            : asst ? "### Assistant:\n" : "### User:\n";
+            if ((rc = b_str(b, hdr, 0)) || (rc = b_json(b, content, loss)) ||
+                (asst && (rc = b_token(b, eos, loss))) || (rc = b_str(b, "\n\n", 0)))
                 return rc;
         }
     }
+    if (prompt && chatml && ((rc = b_token(b, im_start, 0)) || (rc = b_str(b, "assistant\n", 0))))
+        return rc;
+    if (prompt && !chatml && (rc = b_str(b, "### Assistant:\n", 0)))
+        return rc;
     return b_flush(b);
 }
 
-static int render_row(builder *b, const json_t *obj, int shape)
+int ds_render_chat(ds_builder *b, const json_t *msgs, int prompt)
+{
+    const dt_tokenizer *tok = b->tok;
+    const char *tmpl = dt_tokenizer_chat_template(tok);
+    b->allow_special = 1; /* template text: its control tokens are tokens */
+    if (tmpl)
+        return render_chat_template(b, msgs, tmpl, prompt);
+    int32_t bos = dt_tokenizer_bos(tok), eos = dt_tokenizer_eos(tok);
+    int rc = bos >= 0 && bos != eos ? b_push(b, bos, 0) : DT_OK;
+    return rc ? rc : render_chat(b, msgs, prompt);
+}
+
+void ds_builder_free(ds_builder *b)
+{
+    free(b->ids);
+    free(b->loss);
+    free(b->pend);
+    b->ids = NULL;
+    b->loss = NULL;
+    b->pend = NULL;
+    b->n = b->cap = 0;
+    b->plen = b->pcap = 0;
+}
+
+static int render_row(ds_builder *b, const json_t *obj, int shape)
 {
     const dt_tokenizer *tok = b->tok;
     int32_t bos = dt_tokenizer_bos(tok), eos = dt_tokenizer_eos(tok);
@@ -467,9 +494,8 @@ static int render_row(builder *b, const json_t *obj, int shape)
                 return rc;
         return DT_OK;
     }
-    if (shape == SHAPE_CHAT && dt_tokenizer_chat_template(tok))
-        return render_chat_template(b, json_object_get(obj, "messages"),
-                                    dt_tokenizer_chat_template(tok));
+    if (shape == SHAPE_CHAT)
+        return ds_render_chat(b, json_object_get(obj, "messages"), 0);
     if (bos >= 0 && bos != eos && (rc = b_push(b, bos, 0)))
         return rc;
     switch (shape) {
@@ -482,14 +508,12 @@ static int render_row(builder *b, const json_t *obj, int shape)
             (rc = b_json(b, json_object_get(obj, "completion"), 1)))
             return rc;
         break;
-    case SHAPE_CHAT:
-        return render_chat(b, json_object_get(obj, "messages"));
     }
     return b_token(b, eos, 1);
 }
 
 typedef struct load_ctx {
-    builder b;
+    ds_builder b;
     int seq_len;
     dt_dataset *ds;
     int rows_cap;
@@ -498,7 +522,7 @@ typedef struct load_ctx {
 static int load_row(void *vctx, const json_t *obj, int shape, char *msg)
 {
     load_ctx *c = vctx;
-    builder *b = &c->b;
+    ds_builder *b = &c->b;
     b->err[0] = 0;
     int rc = render_row(b, obj, shape);
     if (rc == DT_ENOMEM) {
@@ -580,9 +604,7 @@ int dt_dataset_load(const char *path, const dt_tokenizer *tok, int seq_len,
                   .seq_len = seq_len, .ds = ds};
     long nlines;
     int rc = ds_scan_file(path, vocab > 0 ? vocab : 0, 0, &p, &nlines, load_row, &c, err);
-    free(c.b.ids);
-    free(c.b.loss);
-    free(c.b.pend);
+    ds_builder_free(&c.b);
     if (rc == DT_OK && p.total == 0 && ds->nrows == 0)
         rc = ds_problems_add(&p, "%s: no training rows", path);
     if (rc == DT_OK && p.total > 0) {

@@ -1,9 +1,12 @@
-/* dataset_impl.h: what dataset.c (rendering) and dataset_check.c (checks,
- * scanner, upload validation) share. Not for use outside gpu/dataset*.c. */
+/* dataset_impl.h: what dataset.c (rendering), dataset_check.c (checks,
+ * scanner, upload validation) and chat_prompt.c (chat prompts rendered as
+ * training renders chat rows) share. Not for use outside gpu/. */
 #ifndef DT_DATASET_IMPL_H
 #define DT_DATASET_IMPL_H
 
 #include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "base/dt.h"
 #include "chat_template.h"
@@ -52,12 +55,36 @@ typedef int (*row_fn)(void *ctx, const json_t *obj, int shape, char *msg);
 int ds_scan_file(const char *path, long vocab, long max_line, problems *p, long *nrows,
                  row_fn on_row, void *ctx, char *err);
 
-/* The edges of a chat turn's loss span (dataset.c): the end-of-turn marker
- * at s (after optional spaces; eos, or one of the known markers), its
- * length or 0; and a span start a widened back over a reasoning opener
- * ("<think>\n", Qwen 3). chat_prompt.c's chat prompts use the same two, so a
- * served prompt ends exactly where training's row continues. */
-size_t ds_end_marker_at(const char *eos, const char *s, size_t n);
-size_t ds_think_start(const dt_chat_out *o, size_t a);
+/* Tokens of a row (or a chat prompt) being rendered (dataset.c). Text
+ * without loss waits in pend and is encoded in one piece when a trained
+ * span or a control token follows; trained text is encoded on its own, so
+ * its boundary is exact. Zero-initialise, set tok, limit and maxb; free with
+ * ds_builder_free. */
+typedef struct ds_builder {
+    const dt_tokenizer *tok;
+    int allow_special; /* control-token strings recognised in text */
+    int32_t *ids;      /* (n) */
+    uint8_t *loss;     /* (n) 1: token j is a trained target (predicted at j-1) */
+    int n, cap;
+    int limit;         /* tokens kept (seq_len + 1); later ones are dropped */
+    size_t maxb;       /* bytes of the tokenizer's longest token
+                          (dt_tokenizer_max_token_bytes; DT_TOK_NO_BOUND: text
+                          is never cut) */
+    int cut;           /* text or tokens were dropped at the limit */
+    char *pend;        /* masked text not yet encoded */
+    size_t plen, pcap;
+    char err[DT_ERR_LEN];
+} ds_builder;
+
+/* Appends a chat (messages, borrowed) to b: the model's chat template when
+ * the tokenizer has one, else ChatML or the plain template with a [BOS]
+ * (dataset.c's header). prompt 0: a training row, with its loss mask.
+ * prompt 1: dt_chat_prompt's prompt: the generation prompt added, every
+ * assistant message a trained span (so the prompt is, token for token,
+ * training's row up to the answer) and a template's refusal DT_EINVAL.
+ * DT_OK or a DT_E* code with b->err set (empty for DT_ENOMEM). */
+int ds_render_chat(ds_builder *b, const json_t *msgs, int prompt);
+/* Frees b's buffers; b can be used again. */
+void ds_builder_free(ds_builder *b);
 
 #endif

@@ -138,7 +138,8 @@ function jobRenderHp(v) {
     ['K (start step)', h.start_step], ['Learning rate', h.learning_rate !== undefined ? fmtLr(h.learning_rate) : undefined],
     ['LR schedule', h.lr_scheduler], ['Warm-up steps', h.warmup_steps], ['Epochs', h.n_epochs], ['Batch size', h.batch_size],
     ['Gradient accumulation', h.gradient_accumulation_steps], ['Sequence length', h.seq_len], ['Target modules', h.target_modules],
-    ['Weight decay', h.weight_decay], ['Max grad norm', h.max_grad_norm], ['Max steps', h.max_steps], ['Seed', h.seed]];
+    ['Weight decay', h.weight_decay], ['Max grad norm', h.max_grad_norm], ['Max steps', h.max_steps], ['Seed', h.seed],
+    ['Packing', h.packing]];
   fill(v.hp, el('h2', {text: 'Hyperparameters'}),
     el('table', {className: 'kv', id: 'hyperparameters'}, el('tbody', {},
       rows.filter((r) => r[1] !== undefined && r[1] !== null).map(([k, val]) =>

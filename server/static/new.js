@@ -8,7 +8,9 @@
 
 /* The hyperparameter fields: labels, defaults (the documented ones) and
  * hints only. methods: the methods a field applies to (all if absent);
- * auto: empty means "auto"; list: comma-separated names; choices: a select. */
+ * auto: empty means "auto"; list: comma-separated names; choices: a select;
+ * bool: a checkbox, sent as true when checked and left out (the default,
+ * false) when not. */
 const HP = [
   {k: 'n_epochs', label: 'Epochs', def: 3},
   {k: 'batch_size', label: 'Batch size', def: 4},
@@ -30,6 +32,9 @@ const HP = [
   {k: 'checkpoint_interval', label: 'Checkpoint every', def: 0, hint: 'steps; 0 = the worker chooses'},
   {k: 'eval_interval', label: 'Evaluate every', def: 0, hint: 'steps; 0 = the worker chooses'},
   {k: 'seed', label: 'Seed', def: 42},
+  {k: 'packing', label: 'Pack rows into sequences', def: false, bool: true,
+    hint: 'several rows in each sequence of up to Sequence length tokens, attention kept within ' +
+      'each row: less padding, fewer steps; Batch size then counts packed sequences'},
 ];
 const METHODS = [['delta_lora', 'Delta-LoRA'], ['lora', 'LoRA'], ['full', 'Full fine-tuning']];
 
@@ -136,8 +141,26 @@ function setErr(f, msg) {
   if (msg) f.input.setAttribute('aria-invalid', 'true'); else f.input.removeAttribute('aria-invalid');
 }
 
+/* A checkbox with its label beside it, its hint and its error line:
+ * {wrap, input, err}. */
+function checkboxField(id, label, input, hint) {
+  const err = el('p', {className: 'error', id: `${id}-error`, 'aria-live': 'polite'});
+  input.id = id;
+  input.setAttribute('aria-describedby', [`${id}-error`, hint ? `${id}-hint` : ''].filter(Boolean).join(' '));
+  return {wrap: el('div', {className: 'field wide', id: `${id}-field`},
+    el('label', {className: 'check', for: id}, input, label),
+    hint ? el('p', {className: 'hint', id: `${id}-hint`, text: hint}) : null, err), input, err, range: null};
+}
+
 /* One hyperparameter's field; f.limit() is its limit for the chosen method. */
 function hpField(h, limitOf) {
+  if (h.bool) {
+    const f = checkboxField(`hp-${h.k}`, h.label, el('input', {type: 'checkbox', name: h.k, checked: h.def}), h.hint);
+    f.h = h;
+    f.limit = () => null;
+    f.input.addEventListener('change', () => setErr(f, ''));
+    return f;
+  }
   const input = h.choices
     ? el('select', {name: h.k}, h.choices.map((c) => el('option', {value: c, text: c, selected: c === h.def})))
     : el('input', {name: h.k, value: String(h.def), inputmode: h.list ? 'text' : 'decimal',
@@ -300,6 +323,7 @@ async function newJobSubmit(form) {
   fail(suffix, /^[A-Za-z0-9_-]{0,64}$/.test(sfx) ? '' : 'suffix: up to 64 letters, digits, _ or -');
   for (const f of hps) {
     if (f.h.methods && !f.h.methods.includes(m)) { setErr(f, ''); continue; }
+    if (f.h.bool) { setErr(f, ''); if (f.input.checked) hpOut[f.h.k] = true; continue; }
     const [v, err] = checkField(f.h, f.limit(), f.input.value);
     fail(f, err);
     if (!err) hpOut[f.h.k] = v;

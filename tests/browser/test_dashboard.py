@@ -251,6 +251,43 @@ class Dashboard(BrowserCase):
         self.shot(page, "15-new-job-without-contract")
         self.no_console_errors(allowed=[r"status of 503", r"status of 400"])
 
+    def test_new_job_with_packing(self):
+        """The form's packing checkbox (off by default, for every method):
+        checked, the request carries hyperparameters.packing true, and the
+        job object and the job page say packing is on."""
+        s = self.s
+        st, _, f = s.upload(TRAIN_ROWS)
+        self.assertEqual(st, 200, f)
+        page = self.open()
+        page.goto(s.url + "/#/new")
+        expect(page.locator("#new-job")).to_have_attribute("data-limits", "contract")
+        box = page.locator("#hp-packing")
+        expect(box).not_to_be_checked()
+        expect(page.locator("#hp-packing-hint")).to_contain_text("within each row")
+        expect(page.locator("#training_file")).to_contain_text(f["id"])
+        page.select_option("#training_file", f["id"])
+        expect(page.locator("#model")).to_have_value(s.model_id)
+        page.select_option("#method", "lora")
+        expect(page.locator("#hp-packing-field")).to_be_visible()
+        page.fill("#hp-max_steps", "3")
+        page.fill("#hp-batch_size", "2")
+        page.fill("#hp-seq_len", "32")
+        page.click("label[for=hp-packing]")  # the label toggles the box
+        expect(box).to_be_checked()
+        self.shot(page, "16-new-job-packing")
+        with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/v1/fine_tuning/jobs")) as req:
+            page.click("#new-job button[type=submit]")
+        sent = req.value.post_data_json
+        self.assertIs(sent["method"]["lora"]["hyperparameters"]["packing"], True, sent)
+        page.wait_for_url(re.compile(r"#/jobs/ftjob-"))
+        job = page.url.split("#/jobs/")[1]
+        st, _, j = s.api("GET", f"/v1/fine_tuning/jobs/{job}")
+        self.assertEqual(st, 200, j)
+        self.assertIs(j["method"]["lora"]["hyperparameters"]["packing"], True, j)
+        expect(page.locator("#hyperparameters tr", has_text="Packing").locator("td")).to_have_text("true")
+        self.no_console_errors()
+        s.api("POST", f"/v1/fine_tuning/jobs/{job}/cancel")  # free the worker (409 if it is done)
+
     def test_dashboard_end_to_end(self):
         s = self.s
         page = self.open()
@@ -307,6 +344,8 @@ class Dashboard(BrowserCase):
         self.status_badge(page, "running")
         expect(page.locator("#hyperparameters")).to_contain_text("delta_lora")
         expect(page.locator("#hyperparameters")).to_contain_text("1.00e-3")
+        # the box left unchecked: the job has the default, packing false
+        expect(page.locator("#hyperparameters tr", has_text="Packing").locator("td")).to_have_text("false")
         n1 = self.wait_points(page, 1)
         n2 = self.wait_points(page, n1)
         self.assertGreater(n2, n1)

@@ -40,6 +40,19 @@ def start_stack(env=None):
     return Stack(model="tiny", env=env, build=build).start()
 
 
+def setUpModule():
+    """The module fixture of a test module whose tests share one stack on the
+    tiny model: `from common import setUpModule, tearDownModule` (unittest
+    and pytest look the two names up on the test module)."""
+    StackTest.s = start_stack()
+
+
+def tearDownModule():
+    if StackTest.s:
+        StackTest.s.stop()
+        StackTest.s = None
+
+
 class StackTest(unittest.TestCase):
     """Base class: self.s is the module's stack (set by the module)."""
     s = None

@@ -18,19 +18,8 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import StackTest, hp, sha256, start_stack  # noqa: E402
-
-S = None
-
-
-def setUpModule():
-    global S
-    S = StackTest.s = start_stack()
-
-
-def tearDownModule():
-    if S:
-        S.stop()
+from common import StackTest, hp, sha256  # noqa: E402
+from common import setUpModule, tearDownModule  # noqa: E402,F401 (one stack for the module)
 
 
 def dir_bytes(path):

@@ -17,7 +17,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, StackTest, start_stack, hp  # noqa: E402
+from common import ROOT, StackTest, hp  # noqa: E402
+from common import setUpModule, tearDownModule  # noqa: E402,F401 (one stack for the module)
 
 BUILD = os.path.abspath(os.environ.get("BUILD", os.path.join(ROOT, "build")))
 TINY = os.path.join(ROOT, ".cache", "tiny-gpt2")
@@ -28,14 +29,6 @@ LONG_ROWS = "".join(json.dumps({"text": " ".join(WORDS[(i + k) % 10] for k in ra
                     for i in range(8))
 SHORT_ROWS = "".join(json.dumps({"text": " ".join(WORDS[(i + k) % 10] for k in range(10))}) + "\n"
                      for i in range(8))
-
-
-def setUpModule():
-    StackTest.s = start_stack()
-
-
-def tearDownModule():
-    StackTest.s.stop()
 
 
 def write(tmp, name, text):

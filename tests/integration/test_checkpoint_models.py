@@ -26,20 +26,10 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, StackTest, TINY_ID, hp, sha256, start_stack  # noqa: E402
+from common import ROOT, StackTest, TINY_ID, hp, sha256  # noqa: E402
+from common import setUpModule, tearDownModule  # noqa: E402,F401 (one stack for the module)
 
-S = None
 TORCH_PY = os.path.join(ROOT, ".venv", "bin", "python")
-
-
-def setUpModule():
-    global S
-    S = StackTest.s = start_stack()
-
-
-def tearDownModule():
-    if S:
-        S.stop()
 
 
 def tensors(blob):

@@ -12,21 +12,9 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import StackTest, start_stack, hp, sha256, TRAIN_ROWS, TINY_ID  # noqa: E402
+from common import StackTest, hp, sha256, TRAIN_ROWS, TINY_ID  # noqa: E402
+from common import setUpModule, tearDownModule  # noqa: E402,F401 (one stack for the module)
 import tiny_model  # noqa: E402
-
-S = None
-
-
-def setUpModule():
-    global S
-    S = start_stack()
-    StackTest.s = S
-
-
-def tearDownModule():
-    if S:
-        S.stop()
 
 
 class Lifecycle(StackTest):

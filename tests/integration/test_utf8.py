@@ -6,20 +6,8 @@ parse error quoting the raw byte). Now: a 400 with the error envelope, or
 the bytes replaced in what is stored."""
 import unittest
 
-from common import StackTest, start_stack
-
-S = None
-
-
-def setUpModule():
-    global S
-    S = start_stack()
-    StackTest.s = S
-
-
-def tearDownModule():
-    if S:
-        S.stop()
+from common import StackTest
+from common import setUpModule, tearDownModule  # noqa: E402,F401 (one stack for the module)
 
 
 def multipart(filename):

@@ -33,9 +33,9 @@
 #include "gpu/train_impl.h" /* the batcher: tr_batch_at, tr_batch_packed */
 #include "base/file.h"
 #include "gpu_seat.h"
+#include "train_fixture.h"
 
 #define REF "tests/fixtures/ref"
-#define GPT2_TOK ".cache/gpt2-tokenizer"
 
 /* Three rows (input positions each, the first `prompt` of them masked) and
  * how they are packed: sequence 0 holds rows 0 and 1, sequence 1 row 2
@@ -78,55 +78,12 @@ static void packed(int32_t *ids, int32_t *tgt, int32_t *pos)
         }
 }
 
-static dt_model *model(dt_backend *be, dt_weights *w, const char *dir,
-                       dt_method method, int B, int T)
-{
-    char err[DT_ERR_LEN];
-    if (dt_weights_load(dir, w, err))
-        fail_msg("%s", err);
-    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
-    if (method != DT_FULL)
-        assert_int_equal(dt_parse_targets("q,k,v,o", w->cfg.arch, &lo.targets, err), 0);
-    dt_model *m;
-    if (dt_model_new(be, w, &lo, B, T, 7, &m, err))
-        fail_msg("%s", err);
-    /* B != 0, so that A receives gradient: the same values in both models */
-    int np;
-    dt_param *ps = dt_model_params(m, &np);
-    for (int i = 0; i < np; i++) {
-        float *h = malloc((size_t)ps[i].n * sizeof(float));
-        be->i.download(be, h, ps[i].p, (size_t)ps[i].n * sizeof(float));
-        for (long j = 0; j < ps[i].n; j++)
-            h[j] += 0.01f * (float)((j * 2654435761u) % 1000) / 1000.0f;
-        be->i.upload(be, ps[i].p, h, (size_t)ps[i].n * sizeof(float));
-        free(h);
-    }
-    return m;
-}
-
-/* Every trainable tensor's gradient, concatenated (new array). */
-static float *grads(dt_backend *be, dt_model *m, long *total)
-{
-    int np;
-    dt_param *ps = dt_model_params(m, &np);
-    long n = 0;
-    for (int i = 0; i < np; i++)
-        n += ps[i].n;
-    float *out = malloc((size_t)n * sizeof(float)), *p = out;
-    for (int i = 0; i < np; i++) {
-        be->i.download(be, p, ps[i].g, (size_t)ps[i].n * sizeof(float));
-        p += ps[i].n;
-    }
-    *total = n;
-    return out;
-}
-
 static void compare(dt_backend *be, const char *dir, dt_method method)
 {
     char err[DT_ERR_LEN];
     dt_weights w1, w2;
-    dt_model *mu = model(be, &w1, dir, method, NROW, UT);
-    dt_model *mp = model(be, &w2, dir, method, 2, PT);
+    dt_model *mu = tf_model(be, &w1, dir, "q,k,v,o", method, NROW, UT);
+    dt_model *mp = tf_model(be, &w2, dir, "q,k,v,o", method, 2, PT);
     int32_t uids[NROW * UT], utgt[NROW * UT], pids[2 * PT], ptgt[2 * PT], pos[2 * PT];
     unpacked(uids, utgt);
     packed(pids, ptgt, pos);
@@ -145,7 +102,7 @@ static void compare(dt_backend *be, const char *dir, dt_method method)
            method == DT_FULL ? "full" : "lora", be->i.name, lu, lp);
     assert_true(fabs(lu - lp) <= 1e-5 * fabs(lu));
     long n1, n2;
-    float *g1 = grads(be, mu, &n1), *g2 = grads(be, mp, &n2);
+    float *g1 = tf_grads(be, mu, &n1), *g2 = tf_grads(be, mp, &n2);
     assert_int_equal(n1, n2);
     double d = 0, r = 0;
     for (long i = 0; i < n1; i++) {
@@ -172,7 +129,7 @@ static void test_packing_without_segments_differs(void **s)
     char err[DT_ERR_LEN];
     dt_backend *be = dt_backend_cpu_new(1, err);
     dt_weights w;
-    dt_model *m = model(be, &w, REF "/llama_model", DT_LORA, 2, PT);
+    dt_model *m = tf_model(be, &w, REF "/llama_model", "q,k,v,o", DT_LORA, 2, PT);
     int32_t ids[2 * PT], tgt[2 * PT], pos[2 * PT];
     packed(ids, tgt, pos);
     double a, b;
@@ -191,7 +148,7 @@ static void test_bad_positions_are_refused(void **s)
     char err[DT_ERR_LEN];
     dt_backend *be = dt_backend_cpu_new(1, err);
     dt_weights w;
-    dt_model *m = model(be, &w, REF "/gpt2_model", DT_LORA, 2, PT);
+    dt_model *m = tf_model(be, &w, REF "/gpt2_model", "q,k,v,o", DT_LORA, 2, PT);
     int32_t ids[2 * PT], tgt[2 * PT], pos[2 * PT];
     packed(ids, tgt, pos);
     pos[3] = 4; /* column 3 cannot be position 4 of its row */
@@ -358,78 +315,15 @@ static void test_batches_pad_to_the_longest_row_and_pack_rows(void **s)
 
 /* ---- the training loop ------------------------------------------------ */
 
-static char g_dir[256];
-
-/* A model dir = the GPT-2 fixture's weights + the GPT-2 tokenizer; 24 rows
- * of 10..16 pre-tokenized ids (2 or 3 fit a 32-position sequence). */
-static int setup(void **s)
-{
-    (void)s;
-    char cwd[1024], a[1400], b[1400];
-    snprintf(g_dir, sizeof g_dir, "/tmp/dt_pack_XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
-    assert_non_null(getcwd(cwd, sizeof cwd));
-    snprintf(b, sizeof b, "%s/model", g_dir);
-    mkdir(b, 0755);
-    const char *files[] = {REF "/gpt2_model/config.json", REF "/gpt2_model/model.safetensors",
-                           GPT2_TOK "/vocab.json", GPT2_TOK "/merges.txt"};
-    for (int i = 0; i < 4; i++) {
-        snprintf(a, sizeof a, "%s/%s", cwd, files[i]);
-        snprintf(b, sizeof b, "%s/model/%s", g_dir, strrchr(files[i], '/') + 1);
-        assert_int_equal(symlink(a, b), 0);
-    }
-    snprintf(b, sizeof b, "%s/data.jsonl", g_dir);
-    FILE *f = fopen(b, "w");
-    uint32_t r = 12345;
-    for (int row = 0; row < 24; row++) {
-        int n = 10 + row % 7;
-        fputs("{\"input_ids\": [", f);
-        for (int i = 0; i < n; i++) {
-            r = r * 1664525u + 1013904223u;
-            fprintf(f, i ? ", %u" : "%u", (r >> 8) % 96);
-        }
-        fputs("]}\n", f);
-    }
-    fclose(f);
-    return 0;
-}
-
-static int teardown(void **s)
-{
-    (void)s;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
+/* test_train's fixture (train_fixture.h) with seq_len 32 (2 or 3 rows fit
+ * a sequence), 2 micro-batches a step, dropout and packing. */
 static void opts(dt_train_opts *o, const char *out, char *model, char *data)
 {
-    dt_train_defaults(o);
-    snprintf(model, 300, "%s/model", g_dir);
-    snprintf(data, 300, "%s/data.jsonl", g_dir);
-    o->model = model;
-    o->data = data;
-    o->out = out;
-    o->method = DT_DELTA_LORA;
-    o->rank = 4;
-    o->alpha = 8;
-    o->start_step = 2;
-    o->targets = "q,v";
-    o->lr = 1e-2f;
-    o->batch = 3;
+    tf_opts(o, out, model, data);
     o->accum = 2;
     o->seq_len = 32;
-    o->steps = 6;
-    o->threads = 2;
-    o->json = 1;
     o->model_dropout = 0.1f; /* attention dropout under the packed mask too */
     o->packing = 1;
-}
-
-static int stop_at_3(void *ud, const dt_progress *p)
-{
-    (void)ud;
-    return p->step == 3;
 }
 
 static int64_t g_total;
@@ -440,18 +334,10 @@ static int note_total(void *ud, const dt_progress *p)
     return 0;
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    char *buf, err[DT_ERR_LEN];
-    if (dt_read_file(path, &buf, len, err))
-        fail_msg("%s", err);
-    return buf;
-}
-
 static void test_packed_run_resumed_is_byte_identical(void **s)
 {
     (void)s;
-    char err[DT_ERR_LEN], out1[300], out2[300], model[300], data[300], p1[400], p2[400];
+    char err[DT_ERR_LEN], out1[300], out2[300], model[300], data[300], p2[400];
     dt_train_opts o;
     snprintf(out1, sizeof out1, "%s/run1", g_dir);
     snprintf(out2, sizeof out2, "%s/run2", g_dir);
@@ -459,7 +345,7 @@ static void test_packed_run_resumed_is_byte_identical(void **s)
     if (dt_train(&o, err))
         fail_msg("%s", err);
     opts(&o, out2, model, data);
-    o.on_progress = stop_at_3;
+    o.on_progress = tf_stop_at_3;
     assert_int_equal(dt_train(&o, err), DT_ECANCEL);
     /* 3 steps of 2 x 3 packed sequences took more rows than 18 unpacked */
     snprintf(p2, sizeof p2, "%s/checkpoints/step-00000003/state.json", out2);
@@ -473,14 +359,7 @@ static void test_packed_run_resumed_is_byte_identical(void **s)
     o.resume = 1;
     if (dt_train(&o, err))
         fail_msg("%s", err);
-    snprintf(p1, sizeof p1, "%s/merged/model.safetensors", out1);
-    snprintf(p2, sizeof p2, "%s/merged/model.safetensors", out2);
-    size_t n1, n2;
-    char *a = slurp(p1, &n1), *b = slurp(p2, &n2);
-    assert_int_equal(n1, n2);
-    assert_memory_equal(a, b, n1);
-    free(a);
-    free(b);
+    tf_assert_same_merged(out1, out2);
 }
 
 /* --epochs with packing: batch_size counts packed sequences, so one epoch
@@ -510,7 +389,7 @@ static void test_unpacked_checkpoint_is_not_resumed_packed(void **s)
     snprintf(out, sizeof out, "%s/mixed", g_dir);
     opts(&o, out, model, data);
     o.packing = 0;
-    o.on_progress = stop_at_3;
+    o.on_progress = tf_stop_at_3;
     assert_int_equal(dt_train(&o, err), DT_ECANCEL);
     o.on_progress = NULL;
     o.packing = 1;
@@ -532,12 +411,12 @@ int main(void)
         cmocka_unit_test(test_batches_pad_to_the_longest_row_and_pack_rows),
         cmocka_unit_test(test_gpt2_full_packed_equals_unpacked_gpu),
         cmocka_unit_test(test_llama_full_packed_equals_unpacked_gpu),
-        cmocka_unit_test_setup_teardown(test_packed_run_resumed_is_byte_identical, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_packed_epoch_counts_packed_sequences, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_unpacked_checkpoint_is_not_resumed_packed, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_packed_run_resumed_is_byte_identical, tf_setup,
+                                        tf_teardown),
+        cmocka_unit_test_setup_teardown(test_packed_epoch_counts_packed_sequences, tf_setup,
+                                        tf_teardown),
+        cmocka_unit_test_setup_teardown(test_unpacked_checkpoint_is_not_resumed_packed, tf_setup,
+                                        tf_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,108 +22,22 @@
 #include "gpu/train.h"
 #include "gpu/cpu_tune.h"
 #include "base/file.h"
-
-#define GPT2_FIX "tests/fixtures/ref/gpt2_model"
-#define GPT2_TOK ".cache/gpt2-tokenizer"
-
-static char g_dir[256];
-
-/* A model dir = the fixture's weights + the GPT-2 tokenizer; data rows of
- * pre-tokenized ids below the tiny vocabulary (96). */
-static int setup(void **s)
-{
-    (void)s;
-    char cwd[1024], a[1400], b[1400];
-    snprintf(g_dir, sizeof g_dir, "/tmp/dt_train_XXXXXX");
-    assert_non_null(mkdtemp(g_dir));
-    assert_non_null(getcwd(cwd, sizeof cwd));
-    snprintf(b, sizeof b, "%s/model", g_dir);
-    mkdir(b, 0755);
-    const char *files[] = {"config.json", "model.safetensors"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(a, sizeof a, "%s/" GPT2_FIX "/%s", cwd, files[i]);
-        snprintf(b, sizeof b, "%s/model/%s", g_dir, files[i]);
-        assert_int_equal(symlink(a, b), 0);
-    }
-    const char *tok[] = {"vocab.json", "merges.txt"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(a, sizeof a, "%s/" GPT2_TOK "/%s", cwd, tok[i]);
-        snprintf(b, sizeof b, "%s/model/%s", g_dir, tok[i]);
-        assert_int_equal(symlink(a, b), 0);
-    }
-    snprintf(b, sizeof b, "%s/data.jsonl", g_dir);
-    FILE *f = fopen(b, "w");
-    uint32_t r = 12345;
-    for (int row = 0; row < 24; row++) {
-        int n = 10 + row % 7;
-        fputs("{\"input_ids\": [", f);
-        for (int i = 0; i < n; i++) {
-            r = r * 1664525u + 1013904223u;
-            fprintf(f, i ? ", %u" : "%u", (r >> 8) % 96);
-        }
-        fputs("]}\n", f);
-    }
-    fclose(f);
-    return 0;
-}
-
-static int teardown(void **s)
-{
-    (void)s;
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
-}
-
-static void opts(dt_train_opts *o, const char *out, char *model, char *data)
-{
-    dt_train_defaults(o);
-    snprintf(model, 300, "%s/model", g_dir);
-    snprintf(data, 300, "%s/data.jsonl", g_dir);
-    o->model = model;
-    o->data = data;
-    o->out = out;
-    o->method = DT_DELTA_LORA;
-    o->rank = 4;
-    o->alpha = 8;
-    o->start_step = 2;
-    o->targets = "q,v";
-    o->lr = 1e-2f;
-    o->batch = 3;
-    o->seq_len = 16;
-    o->steps = 6;
-    o->threads = 2;
-    o->json = 1;
-}
-
-static int stop_at_3(void *ud, const dt_progress *p)
-{
-    (void)ud;
-    return p->step == 3;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    char *buf, err[DT_ERR_LEN];
-    if (dt_read_file(path, &buf, len, err))
-        fail_msg("%s", err);
-    return buf;
-}
+#include "train_fixture.h"
 
 static void test_interrupted_and_resumed_run_is_byte_identical(void **s)
 {
     (void)s;
-    char err[DT_ERR_LEN], out1[300], out2[300], model[300], data[300], p1[400], p2[400];
+    char err[DT_ERR_LEN], out1[300], out2[300], model[300], data[300], p2[400];
     dt_train_opts o;
     snprintf(out1, sizeof out1, "%s/run1", g_dir);
     snprintf(out2, sizeof out2, "%s/run2", g_dir);
-    opts(&o, out1, model, data);
+    tf_opts(&o, out1, model, data);
     int rc = dt_train(&o, err);
     if (rc)
         fail_msg("%s", err);
 
-    opts(&o, out2, model, data);
-    o.on_progress = stop_at_3;
+    tf_opts(&o, out2, model, data);
+    o.on_progress = tf_stop_at_3;
     assert_int_equal(dt_train(&o, err), DT_ECANCEL);
     snprintf(p2, sizeof p2, "%s/checkpoints/step-00000003/DONE", out2);
     assert_int_equal(access(p2, F_OK), 0);
@@ -134,14 +48,7 @@ static void test_interrupted_and_resumed_run_is_byte_identical(void **s)
     rc = dt_train(&o, err);
     if (rc)
         fail_msg("%s", err);
-
-    snprintf(p1, sizeof p1, "%s/merged/model.safetensors", out1);
-    size_t n1, n2;
-    char *a = slurp(p1, &n1), *b = slurp(p2, &n2);
-    assert_int_equal(n1, n2);
-    assert_memory_equal(a, b, n1);
-    free(a);
-    free(b);
+    tf_assert_same_merged(out1, out2);
 }
 
 /* The same with dropout on (every GPT-2 site at 0.1, LoRA dropout for lora),
@@ -158,13 +65,13 @@ static void resume_with_dropout(dt_method method, float lora_dropout)
     snprintf(out0, sizeof out0, "%s/drop-%s-0", g_dir, tag);
     snprintf(out1, sizeof out1, "%s/drop-%s-1", g_dir, tag);
     snprintf(out2, sizeof out2, "%s/drop-%s-2", g_dir, tag);
-    opts(&o, out0, model, data);
+    tf_opts(&o, out0, model, data);
     o.method = method;
     o.accum = 2;
     o.model_dropout = 0.0f;
     if (dt_train(&o, err))
         fail_msg("%s", err);
-    opts(&o, out1, model, data);
+    tf_opts(&o, out1, model, data);
     o.method = method;
     o.accum = 2;
     o.model_dropout = 0.1f;
@@ -173,7 +80,7 @@ static void resume_with_dropout(dt_method method, float lora_dropout)
     if (dt_train(&o, err))
         fail_msg("%s", err);
     o.out = out2;
-    o.on_progress = stop_at_3;
+    o.on_progress = tf_stop_at_3;
     assert_int_equal(dt_train(&o, err), DT_ECANCEL);
     o.on_progress = NULL;
     o.resume = 1;
@@ -183,7 +90,7 @@ static void resume_with_dropout(dt_method method, float lora_dropout)
     snprintf(p1, sizeof p1, "%s/merged/model.safetensors", out1);
     snprintf(p2, sizeof p2, "%s/merged/model.safetensors", out2);
     size_t n0, n1, n2;
-    char *a = slurp(p1, &n1), *b = slurp(p2, &n2), *c = slurp(p0, &n0);
+    char *a = tf_slurp(p1, &n1), *b = tf_slurp(p2, &n2), *c = tf_slurp(p0, &n0);
     assert_int_equal(n1, n2);
     assert_memory_equal(a, b, n1);
     assert_int_equal(n0, n1);
@@ -208,7 +115,7 @@ static void test_lora_run_writes_a_peft_adapter(void **s)
     char err[DT_ERR_LEN], out[300], model[300], data[300], path[400];
     dt_train_opts o;
     snprintf(out, sizeof out, "%s/lora", g_dir);
-    opts(&o, out, model, data);
+    tf_opts(&o, out, model, data);
     o.method = DT_LORA;
     o.steps = 2;
     if (dt_train(&o, err))
@@ -234,7 +141,7 @@ static void test_bad_data_fails_before_any_step(void **s)
     char err[DT_ERR_LEN], out[300], model[300], data[300], path[400];
     dt_train_opts o;
     snprintf(out, sizeof out, "%s/bad", g_dir);
-    opts(&o, out, model, data);
+    tf_opts(&o, out, model, data);
     snprintf(data, sizeof data, "%s/bad.jsonl", g_dir);
     FILE *f = fopen(data, "w");
     fputs("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": \"x\"}\nnot json\n", f);
@@ -245,53 +152,14 @@ static void test_bad_data_fails_before_any_step(void **s)
     assert_int_not_equal(access(path, F_OK), 0);
 }
 
-/* Model-level helpers on the fixture weights, no tokenizer needed. */
-static dt_model *tiny(dt_backend *be, dt_weights *w, dt_method method, int B, int T)
-{
-    char err[DT_ERR_LEN];
-    if (dt_weights_load(GPT2_FIX, w, err))
-        fail_msg("%s", err);
-    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
-    if (method != DT_FULL)
-        assert_int_equal(dt_parse_targets("q,v", DT_ARCH_GPT2, &lo.targets, err), 0);
-    dt_model *m;
-    if (dt_model_new(be, w, &lo, B, T, 7, &m, err))
-        fail_msg("%s", err);
-    /* non-zero B so that A receives gradient */
-    int np;
-    dt_param *ps = dt_model_params(m, &np);
-    for (int i = 0; i < np; i++) {
-        float *h = malloc((size_t)ps[i].n * sizeof(float));
-        be->i.download(be, h, ps[i].p, (size_t)ps[i].n * sizeof(float));
-        for (long j = 0; j < ps[i].n; j++)
-            h[j] += 0.01f * (float)((j * 2654435761u) % 1000) / 1000.0f;
-        be->i.upload(be, ps[i].p, h, (size_t)ps[i].n * sizeof(float));
-        free(h);
-    }
-    return m;
-}
-
-static float *grads(dt_backend *be, dt_model *m, long *total)
-{
-    int np;
-    dt_param *ps = dt_model_params(m, &np);
-    long n = 0;
-    for (int i = 0; i < np; i++)
-        n += ps[i].n;
-    float *out = malloc((size_t)n * sizeof(float)), *p = out;
-    for (int i = 0; i < np; i++, p += ps[i - 1].n)
-        be->i.download(be, p, ps[i].g, (size_t)ps[i].n * sizeof(float));
-    *total = n;
-    return out;
-}
-
 static void test_grad_accumulation_matches_one_big_batch(void **s)
 {
     (void)s;
     char err[DT_ERR_LEN];
     dt_backend *be = dt_backend_cpu_new(1, err);
     dt_weights w1, w2;
-    dt_model *big = tiny(be, &w1, DT_LORA, 2, 8), *small = tiny(be, &w2, DT_LORA, 1, 8);
+    dt_model *big = tf_model(be, &w1, TF_GPT2_FIX, "q,v", DT_LORA, 2, 8);
+    dt_model *small = tf_model(be, &w2, TF_GPT2_FIX, "q,v", DT_LORA, 1, 8);
     int32_t ids[16], tgt[16];
     for (int i = 0; i < 16; i++) {
         ids[i] = (i * 37 + 5) % 96;
@@ -310,7 +178,7 @@ static void test_grad_accumulation_matches_one_big_batch(void **s)
         assert_int_equal(dt_model_backward(small, err), 0);
     }
     long n1, n2;
-    float *g1 = grads(be, big, &n1), *g2 = grads(be, small, &n2);
+    float *g1 = tf_grads(be, big, &n1), *g2 = tf_grads(be, small, &n2);
     assert_int_equal(n1, n2);
     double d = 0, r = 0;
     for (long i = 0; i < n1; i++) {
@@ -342,7 +210,7 @@ static void check_w_rule(dt_method method)
     char err[DT_ERR_LEN];
     dt_backend *be = dt_backend_cpu_new(1, err);
     dt_weights w;
-    dt_model *m = tiny(be, &w, method, 2, 8);
+    dt_model *m = tf_model(be, &w, TF_GPT2_FIX, "q,v", method, 2, 8);
     int32_t ids[16], tgt[16];
     for (int i = 0; i < 16; i++) {
         ids[i] = (i * 7 + 1) % 96;
@@ -441,7 +309,7 @@ static void test_total_steps_past_int_max_do_not_wrap(void **s)
     char err[DT_ERR_LEN], out[300], model[300], data[300];
     dt_train_opts o;
     snprintf(out, sizeof out, "%s/huge", g_dir);
-    opts(&o, out, model, data);
+    tf_opts(&o, out, model, data);
     o.steps = 0;
     o.epochs = 300000000;
     o.on_progress = abort_at_1;
@@ -474,14 +342,14 @@ static void test_stop_between_micro_batches_drops_the_step(void **s)
     snprintf(out1, sizeof out1, "%s/accum1", g_dir);
     snprintf(out2, sizeof out2, "%s/accum2", g_dir);
     snprintf(out3, sizeof out3, "%s/accum3", g_dir);
-    opts(&o, out1, model, data);
+    tf_opts(&o, out1, model, data);
     o.accum = 4;
     o.batch = 2;
     if (dt_train(&o, err))
         fail_msg("%s", err);
 
     /* pause-like: stop in micro-batch 2 of step 4 (0-based 3) */
-    opts(&o, out2, model, data);
+    tf_opts(&o, out2, model, data);
     o.accum = 4;
     o.batch = 2;
     o.on_micro = stop_in_step;
@@ -496,19 +364,11 @@ static void test_stop_between_micro_batches_drops_the_step(void **s)
     o.resume = 1;
     if (dt_train(&o, err))
         fail_msg("%s", err);
-    size_t n1, n2;
-    snprintf(p, sizeof p, "%s/merged/model.safetensors", out1);
-    char *a = slurp(p, &n1);
-    snprintf(p, sizeof p, "%s/merged/model.safetensors", out2);
-    char *b = slurp(p, &n2);
-    assert_int_equal(n1, n2);
-    assert_memory_equal(a, b, n1);
-    free(a);
-    free(b);
+    tf_assert_same_merged(out1, out2);
 
     /* SIGTERM-like: abort in step 4 with checkpoints every 2 steps: the
      * newest checkpoint stays step 2, nothing else is written */
-    opts(&o, out3, model, data);
+    tf_opts(&o, out3, model, data);
     o.accum = 4;
     o.batch = 2;
     o.ckpt_interval = 2;
@@ -529,7 +389,7 @@ static void test_checkpoint_retention_keeps_the_last_n_states(void **s)
     char err[DT_ERR_LEN], out[300], model[300], data[300], p[500];
     dt_train_opts o;
     snprintf(out, sizeof out, "%s/keep", g_dir);
-    opts(&o, out, model, data);
+    tf_opts(&o, out, model, data);
     o.method = DT_FULL;
     o.ckpt_interval = 1;
     o.ckpt_keep = 2;
@@ -561,7 +421,7 @@ static void test_checkpoints_hold_their_adapter(void **s)
         char err[DT_ERR_LEN], out[300], model[300], data[300], p[500], q[500];
         dt_train_opts o;
         snprintf(out, sizeof out, "%s/ckad%d", g_dir, k);
-        opts(&o, out, model, data);
+        tf_opts(&o, out, model, data);
         o.method = methods[k];
         o.ckpt_interval = 3;
         if (dt_train(&o, err))
@@ -584,11 +444,11 @@ static void test_checkpoints_hold_their_adapter(void **s)
             size_t n6, nf, n3;
             snprintf(p, sizeof p, "%s/checkpoints/step-00000006/adapter/%s", out, files[f]);
             snprintf(q, sizeof q, "%s/adapter/%s", out, files[f]);
-            char *a6 = slurp(p, &n6), *af = slurp(q, &nf);
+            char *a6 = tf_slurp(p, &n6), *af = tf_slurp(q, &nf);
             assert_int_equal(n6, nf);
             assert_memory_equal(a6, af, nf);
             snprintf(p, sizeof p, "%s/checkpoints/step-00000003/adapter/%s", out, files[f]);
-            char *a3 = slurp(p, &n3);
+            char *a3 = tf_slurp(p, &n3);
             if (f == 0)
                 assert_true(n3 != n6 || memcmp(a3, a6, n6) != 0);
             free(a3);
@@ -608,14 +468,14 @@ static void test_resume_with_other_settings_is_refused(void **s)
     char err[DT_ERR_LEN], out[300], model[300], data[300];
     dt_train_opts o;
     snprintf(out, sizeof out, "%s/resume_check", g_dir);
-    opts(&o, out, model, data);
-    o.on_progress = stop_at_3;
+    tf_opts(&o, out, model, data);
+    o.on_progress = tf_stop_at_3;
     assert_int_equal(dt_train(&o, err), DT_ECANCEL);
     const char *const cases[] = {"--alpha", "--lambda", "--start-step", "--rank",
                                  "--target-modules", "--method", "total optimizer steps",
                                  "--batch-size", "--grad-accum"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        opts(&o, out, model, data);
+        tf_opts(&o, out, model, data);
         o.resume = 1;
         switch (i) {
         case 0: o.alpha = 16; break;
@@ -632,7 +492,7 @@ static void test_resume_with_other_settings_is_refused(void **s)
         if (rc != DT_EINVAL || !strstr(err, cases[i]) || !strstr(err, "cannot resume"))
             fail_msg("%s: rc %d, %s", cases[i], rc, err);
     }
-    opts(&o, out, model, data);
+    tf_opts(&o, out, model, data);
     o.resume = 1;
     if (dt_train(&o, err))
         fail_msg("%s", err);
@@ -676,7 +536,7 @@ static void test_tokens_per_second_counts_real_tokens_not_padding(void **s)
     char out[300], model[300], data[300], err[DT_ERR_LEN];
     dt_train_opts o;
     snprintf(out, sizeof out, "%s/out_tps", g_dir);
-    opts(&o, out, model, data);
+    tf_opts(&o, out, model, data);
     snprintf(data, 300, "%s/prompts.jsonl", g_dir);
     FILE *f = fopen(data, "w");
     assert_non_null(f);
@@ -782,5 +642,5 @@ int main(void)
         cmocka_unit_test(test_tokens_per_second_counts_real_tokens_not_padding),
         cmocka_unit_test(test_blas_kernel_rule),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, tf_setup, tf_teardown);
 }
