@@ -229,7 +229,7 @@ static void test_gemm_batched_matches_reference(void **state)
         }
 }
 
-/* A·Wᵀ with 2-16 rows of A runs without packing (gpu/cpu_gemm_small.c):
+/* A·Wᵀ with 2-32 rows of A runs without packing (gpu/cpu_gemm_small.c):
  * every edge of its 4x4 blocks and of its 16-float K chunks, strides,
  * alpha and beta (beta 0 ignores C, NaN included), against the reference;
  * and since each element is one thread's dot product, the same bits with
@@ -237,7 +237,7 @@ static void test_gemm_batched_matches_reference(void **state)
 static void test_gemm_few_rows_matches_reference_and_is_thread_independent(
     void **state)
 {
-    static const int Ms[] = {2, 3, 4, 5, 8, 13, 16}, Ns[] = {1, 3, 4, 5, 8, 67},
+    static const int Ms[] = {2, 3, 4, 5, 8, 13, 16, 29, 32}, Ns[] = {1, 3, 4, 5, 8, 67},
                      Ks[] = {1, 15, 16, 17, 64, 100};
     for (size_t im = 0; im < sizeof Ms / sizeof *Ms; im++)
     for (size_t in = 0; in < sizeof Ns / sizeof *Ns; in++)
