@@ -251,7 +251,7 @@ static dt_model *tiny(dt_backend *be, dt_weights *w, dt_method method, int B, in
     char err[DT_ERR_LEN];
     if (dt_weights_load(GPT2_FIX, w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (method != DT_FULL)
         assert_int_equal(dt_parse_targets("q,v", DT_ARCH_GPT2, &lo.targets, err), 0);
     dt_model *m;
@@ -739,7 +739,7 @@ static void test_estimate_counts_bf16_weights_at_two_bytes(void **s)
     char err[DT_ERR_LEN];
     for (int method = 0; method < 3; method++) {
         for (int cuda = 0; cuda < 2; cuda++) {
-            dt_mem_job j = {method, 8, "c_attn", 4, 256, 0, 0, cuda, 1, 0, 0};
+            dt_mem_job j = {method, 8, "c_attn", 4, 256, 0, 0, cuda, 1, 0, 0, 0};
             dt_mem_estimate a, a0, b;
             assert_int_equal(dt_mem_estimate_job(&g, &j, &a, err), 0);
             assert_int_equal(dt_mem_estimate_job_prec(&g, &j, 0, &a0, err), 0);
