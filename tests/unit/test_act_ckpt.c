@@ -288,6 +288,71 @@ static int record(void *ud, const dt_progress *p)
     return 0;
 }
 
+static void run_opts(dt_train_opts *o, int mode, dt_method method, char *model,
+                     char *data, char *out)
+{
+    dt_train_defaults(o);
+    snprintf(model, 300, "%s/model", g_dir);
+    snprintf(data, 300, "%s/data.jsonl", g_dir);
+    o->model = model;
+    o->data = data;
+    o->out = out;
+    o->method = method;
+    o->rank = 4;
+    o->alpha = 8;
+    o->targets = "c_attn,o,up,down";
+    o->batch = 192;
+    o->seq_len = 16;
+    o->steps = 1;
+    o->threads = 2;
+    o->json = 1;
+    o->act_ckpt = mode;
+}
+
+/* The worker's case: a --memory-limit between the estimates with and
+ * without checkpointing turns it on (AUTO), and the run trains; a limit
+ * above both leaves it off. */
+static void test_memory_limit_decides_auto(void **s)
+{
+    (void)s;
+    char err[DT_ERR_LEN], model[300], data[300], out[300];
+    dt_train_opts o;
+    dt_mem_estimate e;
+    int on;
+    long long off, budget;
+    snprintf(out, sizeof out, "%s/limit", g_dir);
+    run_opts(&o, DT_ACT_CKPT_ON, DT_LORA, model, data, out);
+    assert_int_equal(dt_train_estimate_ckpt(&o, &e, &on, &off, &budget, err), 0);
+    assert_int_equal(on, 1);
+    long long gap = off - e.total;
+    printf("estimate: %lld bytes without checkpointing, %lld with (%lld less)\n", off,
+           e.total, gap);
+    assert_true(gap > 4000000); /* well above the process's own drift */
+    trace t;
+    o.act_ckpt = DT_ACT_CKPT_AUTO;
+    o.on_progress = record;
+    o.ud = &t;
+    o.memory_limit = off - gap / 2;
+    memset(&t, 0, sizeof t);
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    assert_int_equal(t.n, 1);
+    assert_int_equal(t.ckpt, 1);
+    /* the estimate as the run would choose it says the same */
+    assert_int_equal(dt_train_estimate_ckpt(&o, &e, &on, NULL, &budget, err), 0);
+    assert_int_equal(on, 1);
+    assert_int_equal(budget, o.memory_limit);
+    o.memory_limit = off + gap;
+    memset(&t, 0, sizeof t);
+    if (dt_train(&o, err))
+        fail_msg("%s", err);
+    assert_int_equal(t.ckpt, 0);
+    /* below both: refused, naming the bytes of the checkpointed estimate */
+    o.memory_limit = e.total - gap;
+    assert_int_equal(dt_train(&o, err), DT_ENOMEM);
+    assert_non_null(strstr(err, "memory limit"));
+}
+
 static void train_run(int mode, dt_method method, trace *t, char *out)
 {
     char err[DT_ERR_LEN], model[300], data[300];
@@ -491,6 +556,7 @@ int main(void)
         cmocka_unit_test(test_whole_run_lora_identical_losses),
         cmocka_unit_test(test_whole_run_delta_lora_identical_losses),
         cmocka_unit_test(test_bad_mode_is_refused_by_name),
+        cmocka_unit_test(test_memory_limit_decides_auto),
         cmocka_unit_test(test_estimate_saving_matches_the_allocation),
         cmocka_unit_test(test_auto_flips_at_the_budget),
         cmocka_unit_test(test_llama3_8b_fits_141gb),
