@@ -4,7 +4,8 @@
  * The sizes mirror what the engine allocates: dt_model_new's weights,
  * trainable tensors with their gradient and AdamW moments, LoRA factors and
  * Delta-LoRA's catA/catB and A_K/B_K (model.c), every activation buffer of
- * alloc_acts for B x T (T = min(seq_len, the longest row)), the backends' own scratch
+ * alloc_acts for B x T (T = min(seq_len, the longest row); with activation
+ * checkpointing one layer's, besides every layer's input), the backends' own scratch
  * (CPU attention blocks and RoPE table; CUDA attention workspace), and on
  * the CPU, where "device" memory is the process's memory, the host copies
  * of the phases after training: a checkpoint (every trainable tensor and its
