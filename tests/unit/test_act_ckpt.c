@@ -204,7 +204,7 @@ static void test_gradients_bitwise_equal_cpu(void **s)
 {
     (void)s;
     char err[DT_ERR_LEN];
-    dt_backend *be = dt_backend_cpu_new(2, err);
+    dt_backend *be = dt_backend_cpu_new(1, err);
     assert_non_null(be);
     for (int i = 0; i < NCASES; i++)
         compare(be, &cases[i]);
