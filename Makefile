@@ -140,7 +140,7 @@ TEST_NAMES := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_
 API_TEST_NAMES := test_api_validate test_api_objects test_api_auth test_api_http
 TEST_NAMES += $(API_TEST_NAMES)
 TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
-TEST_NAMES += test_dropout test_generate test_gguf_write test_packing
+TEST_NAMES += test_dropout test_generate test_gguf_write test_packing test_act_ckpt
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
 all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
@@ -149,7 +149,7 @@ all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
 # machine without our Debian -dev packages can build (scripts/gpu-check).
 ENGINE_TESTS := test_dt test_backend_cpu test_tensorfile test_tokenizer test_chat_template \
                 test_dataset test_model_ref test_train test_delta_lora test_gpu_ops test_gpu_train
-ENGINE_TESTS += test_dropout test_generate test_gguf_write test_packing
+ENGINE_TESTS += test_dropout test_generate test_gguf_write test_packing test_act_ckpt
 BENCH_ATTN := $(BUILD)/bench_attention
 engine: $(LIB) $(TRAIN) $(ENGINE_TESTS:%=$(BUILD)/tests/%) $(BENCH_ATTN)
 
@@ -363,7 +363,7 @@ check-layout: all
 # The CUDA backend on the CPU under the emulator (tests/cuda-emu/run): the
 # op and training tests against the CPU backend in two thread orders, the op
 # test under ASan + UBSan, and out-of-memory injection. A few minutes.
-EMU_TESTS := test_gpu_ops test_gpu_train test_packing
+EMU_TESTS := test_gpu_ops test_gpu_train test_packing test_act_ckpt
 test-cuda-emu: deps
 	@$(MAKE) --no-print-directory BUILD=build-emu CUDA_EMU=1 \
 	  $(EMU_TESTS:%=build-emu/tests/%) build-emu/deltatune-train \

@@ -145,6 +145,9 @@ typedef struct db_progress {
     double tokens_per_second;
     double eta_seconds;        /* NaN = unknown */
     int64_t trained_tokens;
+    /* reported in the metrics events, not stored in the job row: */
+    int64_t peak_device_bytes; /* the engine's peak device memory so far */
+    int act_ckpt;              /* 1: activation checkpointing is on */
 } db_progress;
 
 typedef struct db_job {

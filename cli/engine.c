@@ -89,6 +89,16 @@ static const char train_usage[] =
 "                          low-rank terms, docs/DELTA-LORA.md); full keeps\n"
 "                          fp32 weights. tf32: CUDA only (DT_TF32=1 is its\n"
 "                          alias when --precision is not given)\n"
+"  --activation-checkpointing M\n"
+"                          auto (default) | on | off. on: keep only each\n"
+"                          layer's input through the forward pass and\n"
+"                          recompute the layer's activations before its\n"
+"                          backward pass (same gradients, bit for bit; one\n"
+"                          more forward pass of compute; the activations of\n"
+"                          one layer held instead of every layer's). auto:\n"
+"                          on only when the memory estimate without it\n"
+"                          exceeds the budget (the CUDA device's memory,\n"
+"                          else this machine's available memory)\n"
 "  --eval-interval N       validation every N steps (default: at the end)\n"
 "  --checkpoint-interval N checkpoint every N steps (default: at the end)\n"
 "  --init-adapter DIR      start A and B from a PEFT LoRA adapter\n"
@@ -104,7 +114,9 @@ static const char train_usage[] =
 "  --json                  JSON lines progress (default when not a terminal)\n"
 "  --estimate              print the run's peak memory (bytes; weights,\n"
 "                          trainable + optimizer, activations, workspace,\n"
-"                          runtime) and exit without training; --out not needed\n"
+"                          runtime) and exit without training; --out not needed;\n"
+"                          says whether activation checkpointing is on and\n"
+"                          the estimate without it\n"
 "\n"
 "Ctrl-C writes a checkpoint and exits; rerun with --resume to continue.\n";
 
@@ -137,7 +149,9 @@ static int print_estimate(const dt_train_opts *o, int json)
 {
     char err[DT_ERR_LEN] = "";
     dt_mem_estimate e;
-    int rc = dt_train_estimate(o, &e, err);
+    int ckpt = 0;
+    long long off = 0, budget = 0;
+    int rc = dt_train_estimate_ckpt(o, &e, &ckpt, &off, &budget, err);
     if (rc) {
         fprintf(stderr, "deltatune train: %s\n", err[0] ? err : dt_strerror(rc));
         return 1;
@@ -147,9 +161,12 @@ static int print_estimate(const dt_train_opts *o, int json)
         printf("{\"type\":\"estimate\",\"total_bytes\":%lld,\"weights_bytes\":%lld,"
                "\"trainable_bytes\":%lld,\"activations_bytes\":%lld,"
                "\"workspace_bytes\":%lld,\"runtime_bytes\":%lld,\"batch_size\":%d,"
-               "\"seq_len\":%d,\"activation_seq_len\":%d,\"device\":\"%s\"}\n",
+               "\"seq_len\":%d,\"activation_seq_len\":%d,\"device\":\"%s\","
+               "\"activation_checkpointing\":%s,\"activation_checkpointing_mode\":\"%s\","
+               "\"total_bytes_without_checkpointing\":%lld,\"budget_bytes\":%lld}\n",
                e.total, e.weights, e.trainable, e.activations, e.workspace, e.runtime,
-               o->batch, o->seq_len, e.seq_eff, dev);
+               o->batch, o->seq_len, e.seq_eff, dev, ckpt ? "true" : "false",
+               dt_act_ckpt_name(o->act_ckpt), off, budget);
         return 0;
     }
     const struct { const char *what; long long n; } rows[] = {
@@ -165,6 +182,14 @@ static int print_estimate(const dt_train_opts *o, int json)
         dt_mem_human(rows[i].n, h, sizeof h);
         printf("  %-24s %14lld bytes  %10s\n", rows[i].what, rows[i].n, h);
     }
+    char hoff[32], hb[32];
+    dt_mem_human(off, hoff, sizeof hoff);
+    dt_mem_human(budget, hb, sizeof hb);
+    printf("activation checkpointing: %s (%s); without it %lld bytes (%s)", ckpt ? "on" : "off",
+           dt_act_ckpt_name(o->act_ckpt), off, hoff);
+    if (o->act_ckpt == DT_ACT_CKPT_AUTO)
+        printf(", budget %lld bytes (%s)", budget, hb);
+    printf("\n");
     return 0;
 }
 
@@ -196,7 +221,8 @@ int dt_cmd_train(int argc, char **argv)
            O_LAMBDA, O_K, O_TARGETS, O_LR, O_SCHED, O_WARMUP, O_WD, O_CLIP, O_EPS,
            O_BATCH, O_ACCUM, O_SEQ, O_EPOCHS, O_STEPS, O_SEED, O_THREADS,
            O_DEVICE, O_EVAL, O_CKPT, O_INIT, O_RESUME, O_JSON, O_ESTIMATE, O_HELP,
-           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD, O_PREC, O_PACK };
+           O_MDROP, O_LDROP, O_LSMOOTH, O_XDTYPE, O_XSHARD, O_PREC, O_PACK,
+           O_ACKPT };
     static const struct option opts[] = {
         {"model", 1, 0, O_MODEL}, {"data", 1, 0, O_DATA}, {"valid", 1, 0, O_VALID},
         {"out", 1, 0, O_OUT}, {"method", 1, 0, O_METHOD}, {"rank", 1, 0, O_RANK},
@@ -214,7 +240,8 @@ int dt_cmd_train(int argc, char **argv)
         {"model-dropout", 1, 0, O_MDROP}, {"lora-dropout", 1, 0, O_LDROP},
         {"label-smoothing", 1, 0, O_LSMOOTH}, {"export-dtype", 1, 0, O_XDTYPE},
         {"export-shard-size", 1, 0, O_XSHARD}, {"precision", 1, 0, O_PREC},
-        {"packing", 0, 0, O_PACK}, {0, 0, 0, 0}};
+        {"packing", 0, 0, O_PACK}, {"activation-checkpointing", 1, 0, O_ACKPT},
+        {0, 0, 0, 0}};
     dt_train_opts o;
     dt_train_defaults(&o);
     o.json = !isatty(STDERR_FILENO);
@@ -299,6 +326,17 @@ int dt_cmd_train(int argc, char **argv)
             break;
         case O_RESUME: o.resume = 1; break;
         case O_PACK: o.packing = 1; break;
+        case O_ACKPT: {
+            int a = dt_act_ckpt_parse(optarg);
+            if (a < 0) {
+                fprintf(stderr, "deltatune train: --activation-checkpointing %s: use "
+                        "auto, on or off\n", optarg);
+                bad = 1;
+            } else {
+                o.act_ckpt = a;
+            }
+            break;
+        }
         case O_JSON: o.json = 1; json_flag = 1; break;
         case O_ESTIMATE: estimate = 1; break;
         case O_HELP: case 'h': fputs(train_usage, stdout); return 0;
@@ -578,7 +616,7 @@ int dt_cmd_generate(int argc, char **argv)
     }
     if (w.cfg.arch == DT_ARCH_GPT2 && ctx > w.cfg.max_pos)
         ctx = w.cfg.max_pos;
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f, 0};
     if (dt_precision_resolve(gprec, be, &lo.precision, err))
         goto done;
     if (dt_model_new(be, &w, &lo, 1, ctx < 256 ? ctx : 256, 0, &m, err) ||

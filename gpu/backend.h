@@ -324,5 +324,8 @@ int dt_backend_cuda_available(void);
  * 8.0), as dt_backend.bf16_fast says once created; 0 otherwise or without
  * CUDA. For the memory estimate, before any backend exists. */
 int dt_backend_cuda_bf16(int device);
+/* The memory of CUDA device `device` in bytes (0 without CUDA), for the
+ * estimate's budget before any backend exists. */
+size_t dt_backend_cuda_total(int device);
 
 #endif

@@ -1268,6 +1268,17 @@ extern "C" int dt_backend_cuda_bf16(int device)
     return major >= 8;
 }
 
+extern "C" size_t dt_backend_cuda_total(int device)
+{
+    size_t fr = 0, tot = 0;
+    if (!dt_backend_cuda_available() || cudaSetDevice(device) != cudaSuccess ||
+        cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return tot;
+}
+
 /* Size in bytes of the last alloc() that returned NULL (0 if none). */
 extern "C" size_t dt_backend_cuda_oom_bytes(dt_backend *be)
 {

@@ -101,7 +101,7 @@ static int merge_adapter(dt_weights *w, const char *ckpt, dt_tensorset *merged, 
     int rc = dt_peft_load(dir, w, &ad, err);
     if (rc)
         return rc;
-    dt_lora_opts lo = {DT_LORA, ad.rank, ad.alpha, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, ad.rank, ad.alpha, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if ((rc = dt_parse_targets(ad.targets, w->cfg.arch, &lo.targets, err)))
         goto out;
     if (!(be = dt_backend_new("cpu", 0, err))) {

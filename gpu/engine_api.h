@@ -47,6 +47,9 @@ typedef struct dt_mem_job {
     int packing;          /* 1: --packing: sequences of seq_len (longest_row
                              is not the bound) and, on CUDA, the naive
                              attention whatever T (no fused segments) */
+    int act_ckpt;         /* 1: activation checkpointing (model.h): one
+                             layer's activations besides every layer's
+                             input */
 } dt_mem_job;
 
 /* Bytes at the peak, by kind; total is their sum. On the CPU, workspace
@@ -69,6 +72,13 @@ int dt_mem_estimate_job(const dt_mem_model *m, const dt_mem_job *j, dt_mem_estim
  * dt_mem_estimate_job is bf16 = 0 (fp32, an upper bound). */
 int dt_mem_estimate_job_prec(const dt_mem_model *m, const dt_mem_job *j, int bf16,
                              dt_mem_estimate *e, char *err);
+/* Activation checkpointing's automatic choice: estimates j without it
+ * (j->act_ckpt = 0) and, when that total exceeds budget (bytes; <= 0: no
+ * budget, never on), with it. Leaves the choice in j->act_ckpt and its
+ * estimate in *e; *off (may be NULL) gets the total without it. */
+int dt_mem_estimate_auto_ckpt(const dt_mem_model *m, dt_mem_job *j, int bf16,
+                              long long budget, dt_mem_estimate *e,
+                              long long *off, char *err);
 /* This process's resident memory (VmRSS) and the machine's MemAvailable,
  * in bytes; 0 when unknown. */
 long long dt_mem_self_rss(void);

@@ -4,7 +4,8 @@
  * The sizes mirror what the engine allocates: dt_model_new's weights,
  * trainable tensors with their gradient and AdamW moments, LoRA factors and
  * Delta-LoRA's catA/catB and A_K/B_K (model.c), every activation buffer of
- * alloc_acts for B x T (T = min(seq_len, the longest row)), the backends' own scratch
+ * alloc_acts for B x T (T = min(seq_len, the longest row); with activation
+ * checkpointing one layer's, besides every layer's input), the backends' own scratch
  * (CPU attention blocks and RoPE table; CUDA attention workspace), and on
  * the CPU, where "device" memory is the process's memory, the host copies
  * of the phases after training: a checkpoint (every trainable tensor and its
@@ -312,13 +313,17 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
     long long head_rows = N < (16LL << 20) / V ? N : (16LL << 20) / V;
     if (head_rows < 1)
         head_rows = 1;
-    long long acts = 4 * N + (L + 1) * N * C + 3 * L * N * C + 4 * L * N +
-                     L * N * (2 * qd + 2 * kd) + L * N * c->n_head + L * N * F + N * F +
-                     (c->llama ? L * N * F : 2 * N * 3 * C) + N * C + 2 * N +
+    /* Lk: the layers whose activations are held at once: every layer, or
+     * one with activation checkpointing (the residual stream, (L + 1)·N·C,
+     * keeps every layer's input either way) */
+    long long Lk = j->act_ckpt ? 1 : L;
+    long long acts = 4 * N + (L + 1) * N * C + 3 * Lk * N * C + 4 * Lk * N +
+                     Lk * N * (2 * qd + 2 * kd) + Lk * N * c->n_head + Lk * N * F + N * F +
+                     (c->llama ? Lk * N * F : 2 * N * 3 * C) + N * C + 2 * N +
                      head_rows * V + N + N * C + 2 * N * wide + N * qd + 2 * N * kd +
                      3 * N * F + N * (r > 0 ? r : 1) + u;
     if (c->qk_norm) /* Qwen 3: q, k before their norms, and the norms' rstd */
-        acts += L * N * (qd + kd) + L * N * (c->n_head + c->n_kv_head);
+        acts += Lk * N * (qd + kd) + Lk * N * (c->n_head + c->n_kv_head);
 
     /* the backend's own buffers */
     long long work;
@@ -373,6 +378,22 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
     e->runtime = j->cuda ? 0 : j->runtime_bytes;
     e->total = e->weights + e->trainable + e->activations + e->workspace + e->runtime;
     return 0;
+}
+
+int dt_mem_estimate_auto_ckpt(const dt_mem_model *c, dt_mem_job *j, int bf16,
+                              long long budget, dt_mem_estimate *e,
+                              long long *off, char *err)
+{
+    j->act_ckpt = 0;
+    int rc = dt_mem_estimate_job_prec(c, j, bf16, e, err);
+    if (rc)
+        return rc;
+    if (off)
+        *off = e->total;
+    if (budget <= 0 || e->total <= budget)
+        return 0;
+    j->act_ckpt = 1;
+    return dt_mem_estimate_job_prec(c, j, bf16, e, err);
 }
 
 long long dt_mem_self_rss(void)

@@ -4,8 +4,11 @@
  * Layout: every linear weight is W(out, in) and y = x·Wᵀ (+ b). A LoRA
  * adapter covers rows [off, off+rows) of one W and adds s·(x·Aᵀ)·Bᵀ to those
  * output columns; with no dropout in the branch (Delta-LoRA's rule, and our
- * LoRA too). Every activation the backward pass needs is kept per layer
- * (no recomputation), so memory grows with n_layer·B·T·(C + F). */
+ * LoRA too). Every activation the backward pass needs is kept per layer, so
+ * memory grows with n_layer·B·T·(C + F); with activation checkpointing
+ * (dt_lora_opts.act_ckpt) only each layer's input is kept per layer
+ * (n_layer·B·T·C) and the rest is one layer's, recomputed per layer in the
+ * backward pass. */
 #include "model_impl.h"
 
 #include <math.h>
@@ -391,13 +394,16 @@ static int alloc_acts(dt_model *m, int *fail)
 {
     const dt_config *c = &m->c;
     size_t N = (size_t)m->N, C = (size_t)c->d_model, F = (size_t)c->d_ff;
-    size_t NL = (size_t)c->n_layer, V = (size_t)c->vocab;
+    size_t NR = (size_t)c->n_layer, V = (size_t)c->vocab;
     size_t qd = (size_t)m->qdim, kd = (size_t)m->kvdim;
+    /* per-layer buffers: one layer's with activation checkpointing (the
+     * residual stream res keeps every layer's input either way) */
+    size_t NL = m->ckpt ? 1 : NR;
     m->ids = (int32_t *)dalloc(m, N, fail);
     m->tgt = (int32_t *)dalloc(m, N, fail);
     m->rows = (int32_t *)dalloc(m, N, fail); /* the LM head's predicted rows */
     m->pos = (int32_t *)dalloc(m, N, fail);  /* packing's positions */
-    m->res = dalloc(m, (NL + 1) * N * C, fail);
+    m->res = dalloc(m, (NR + 1) * N * C, fail);
     m->mid = dalloc(m, NL * N * C, fail);
     m->n1 = dalloc(m, NL * N * C, fail);
     m->n2 = dalloc(m, NL * N * C, fail);
@@ -474,6 +480,7 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     m->lo = *lo;
     m->s = lo->method == DT_FULL ? 0.0f : lo->alpha / (float)lo->rank;
     m->bf16 = lo->precision == DT_PREC_BF16 && lo->method != DT_FULL;
+    m->ckpt = lo->act_ckpt != 0;
     m->lowrank = lo->method == DT_DELTA_LORA &&
                  (lo->delta_lowrank || lo->precision == DT_PREC_BF16);
     if (be->i.set_tf32)
@@ -620,6 +627,7 @@ void dt_weights_release_data(dt_weights *w)
 const dt_config *dt_model_config(const dt_model *m) { return &m->c; }
 int dt_model_delta_lowrank(const dt_model *m) { return m->lowrank; }
 int dt_model_bf16(const dt_model *m) { return m->bf16; }
+int dt_model_act_ckpt(const dt_model *m) { return m->ckpt; }
 void dt_model_delta_set_moved(dt_model *m, int moved) { m->moved = moved; }
 
 int dt_precision_parse(const char *s)

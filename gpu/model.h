@@ -103,6 +103,14 @@ typedef struct dt_lora_opts {
      * bf16 (a bf16 W would round the update away). 0: W += the update. */
     int delta_lowrank;
     float lambda;      /* Delta-LoRA λ, for the low-rank form */
+    /* Activation checkpointing: 1 keeps only each layer's input (the
+     * residual stream, n_layer + 1 slices of (B·T, C)) through the forward
+     * pass, every other per-layer activation in one layer's buffers, and
+     * the backward pass recomputes layer l's forward pass from its input
+     * before its backward pass (dropout masks are keyed, so the same masks):
+     * gradients bitwise those of 0 (model_pass.c), one more forward pass of
+     * compute. dt_train chooses it (--activation-checkpointing). */
+    int act_ckpt;
 } dt_lora_opts;
 
 /* "fp32", "tf32", "bf16" or "auto" to dt_precision; -1 if none. */
@@ -233,6 +241,8 @@ void dt_model_delta_set_moved(dt_model *m, int moved);
  * weights on the host: reload them into the model's dt_weights). */
 int dt_model_delta_lowrank(const dt_model *m);
 int dt_model_bf16(const dt_model *m);
+/* 1 when the model recomputes activations (dt_lora_opts.act_ckpt). */
+int dt_model_act_ckpt(const dt_model *m);
 
 /* Downloads the merged weights (W + s·B·A for every adapter; in the
  * low-rank Delta-LoRA form W_0 + s(1+λ)·B·A − λs·B_K·A_K, in fp32) into a

@@ -49,6 +49,9 @@ struct dt_model {
     float s;               /* alpha / r */
     int bf16;              /* frozen linear weights are bf16 (L->Wh) */
     int lowrank;           /* Delta-LoRA in the low-rank form (no W write) */
+    int ckpt;              /* activation checkpointing (dt_lora_opts): the
+                              per-layer buffers below hold one layer; the
+                              backward pass recomputes each from res[l] */
     int moved;             /* low-rank form: A_K, B_K are in use */
     int B, T, N;           /* allocated batch, sequence, B*T */
     int qdim, kvdim;       /* NH*D, NKV*D */

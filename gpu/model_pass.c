@@ -94,6 +94,21 @@ static void lin_fwd(dt_model *m, dt_linear *L, const float *x, float *y, int N,
     }
 }
 
+/* The part of lin_fwd that the backward pass reads back: u = x̃·Aᵀ of each
+ * adapter, by the same GEMM (so bitwise the same u), without the layer's
+ * own product. Activation checkpointing's recomputation of a block's last
+ * linear, whose output the backward pass does not need. */
+static void lin_fwd_u(dt_model *m, dt_linear *L, const float *x, int N)
+{
+    int r = m->lo.rank;
+    const float *xa = lora_input(m, L, x, N);
+    for (int i = 0; i < L->nlora; i++) {
+        dt_lora *a = L->lora[i];
+        OPS.gemm(m->be, 0, 1, N, r, L->in, 1.0f, xa, L->in, a->A->p, L->in,
+                 0.0f, a->u, r);
+    }
+}
+
 /* Backward of lin_fwd given dy(N,out) and its input x(N,in):
  * dx = acc*dx + dy·W (+ adapters), and gradients of trainable tensors.
  * The low-rank Delta-LoRA form: A and B get the gradient of the s-term only
@@ -150,6 +165,11 @@ static float *gptr(dt_param *p) { return p ? p->g : NULL; }
 
 /* Per-layer activation slices, at the allocated stride m->N. */
 #define AT(buf, l, width) ((buf) + (size_t)(l) * m->N * (size_t)(width))
+/* Layer l's slice of a buffer the backward pass needs: with activation
+ * checkpointing every layer shares slot 0 (the backward pass recomputes
+ * them from the kept layer input, the residual stream m->res, which keeps
+ * its n_layer + 1 slices). */
+#define LA(buf, l, width) AT(buf, m->ckpt ? 0 : (l), width)
 
 /* Layer l's slices of the activations the forward pass keeps for the
  * backward pass (N = m->N rows each, C = d_model, F = d_ff). */
@@ -166,11 +186,11 @@ static layer_acts layer_acts_at(const dt_model *m, int l)
     const dt_config *c = &m->c;
     int C = c->d_model, F = c->d_ff;
     return (layer_acts){
-        .x = AT(m->res, l, C), .mid = AT(m->mid, l, C),
-        .n1 = AT(m->n1, l, C), .n2 = AT(m->n2, l, C),
-        .q = AT(m->q, l, m->qdim), .k = AT(m->k, l, m->kvdim),
-        .v = AT(m->v, l, m->kvdim), .att = AT(m->att, l, m->qdim),
-        .lse = AT(m->lse, l, c->n_head), .h1 = AT(m->h1, l, F)};
+        .x = AT(m->res, l, C), .mid = LA(m->mid, l, C),
+        .n1 = LA(m->n1, l, C), .n2 = LA(m->n2, l, C),
+        .q = LA(m->q, l, m->qdim), .k = LA(m->k, l, m->kvdim),
+        .v = LA(m->v, l, m->kvdim), .att = LA(m->att, l, m->qdim),
+        .lse = LA(m->lse, l, c->n_head), .h1 = LA(m->h1, l, F)};
 }
 
 static void norm_fwd(dt_model *m, float *out, float *mean, float *rstd,
@@ -232,8 +252,17 @@ static void add_norm_fwd(dt_model *m, float *res, float *out, float *mean,
 
 /* Layer l's forward pass. Its input's norm (A.n1) is the previous layer's
  * work (layer 0: done here); it ends with the norm of its output, fused with
- * the residual add: layer l+1's n1, or the final norm m->nf for the last. */
-static void layer_fwd(dt_model *m, int l, int b, int t)
+ * the residual add: layer l+1's n1, or the final norm m->nf for the last.
+ *
+ * recompute = 1 (activation checkpointing, before layer l's backward pass):
+ * the same pass again from the kept input res[l], which rebuilds every
+ * activation the backward pass reads, bitwise as the forward pass made
+ * them (the same ops in the same order, dropout masks regenerated from
+ * their (seed, step, micro-batch, layer, site) keys): A.n1 from res[l]
+ * (residual_norm_fwd's norm is the separate norm's, bit for bit), and
+ * neither the block's last product (only its adapters' u) nor the next
+ * layer's input, which are kept or not needed. */
+static void layer_fwd(dt_model *m, int l, int b, int t, int recompute)
 {
     const dt_config *c = &m->c;
     dt_backend *be = m->be;
@@ -242,8 +271,8 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     layer_acts A = layer_acts_at(m, l);
     float *next = AT(m->res, l + 1, C);
 
-    if (l == 0)
-        norm_fwd(m, A.n1, AT(m->n1m, l, 1), AT(m->n1r, l, 1), A.x, Y->n1w,
+    if (l == 0 || recompute)
+        norm_fwd(m, A.n1, LA(m->n1m, l, 1), LA(m->n1r, l, 1), A.x, Y->n1w,
                  Y->n1b, N);
     if (c->arch == DT_ARCH_GPT2) {
         lin_fwd(m, &Y->lin[G_QKV], A.n1, m->qkv, N, 0);
@@ -252,15 +281,15 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
         OPS.copy2d(be, A.v, C, m->qkv + 2 * C, 3 * C, N, C, 1.0f);
     } else {
         /* Qwen 3: the projections into qraw/kraw, normed per head. */
-        float *qr = Y->qnw ? AT(m->qraw, l, m->qdim) : A.q;
-        float *kr = Y->qnw ? AT(m->kraw, l, m->kvdim) : A.k;
+        float *qr = Y->qnw ? LA(m->qraw, l, m->qdim) : A.q;
+        float *kr = Y->qnw ? LA(m->kraw, l, m->kvdim) : A.k;
         lin_fwd(m, &Y->lin[L_Q], A.n1, qr, N, 0);
         lin_fwd(m, &Y->lin[L_K], A.n1, kr, N, 0);
         lin_fwd(m, &Y->lin[L_V], A.n1, A.v, N, 0);
         if (Y->qnw) {
-            head_norm_fwd(m, A.q, AT(m->qnr, l, c->n_head), qr, Y->qnw, N,
+            head_norm_fwd(m, A.q, LA(m->qnr, l, c->n_head), qr, Y->qnw, N,
                           c->n_head);
-            head_norm_fwd(m, A.k, AT(m->knr, l, c->n_kv_head), kr, Y->knw, N,
+            head_norm_fwd(m, A.k, LA(m->knr, l, c->n_kv_head), kr, Y->knw, N,
                           c->n_kv_head);
         }
         if (m->packed) {
@@ -293,7 +322,7 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
     if (pr > 0.0f)
         OPS.dropout(be, m->dx, m->dx, (long)N * C, pr,
                     drop_key(m, l, DT_DROP_RESID1), 0);
-    add_norm_fwd(m, A.mid, A.n2, AT(m->n2m, l, 1), AT(m->n2r, l, 1), A.x, m->dx,
+    add_norm_fwd(m, A.mid, A.n2, LA(m->n2m, l, 1), LA(m->n2r, l, 1), A.x, m->dx,
                  Y->n2w, Y->n2b, N);
     if (c->arch == DT_ARCH_GPT2) {
         /* c_fc without its bias, then bias + GELU in one pass (A.h1 keeps
@@ -305,21 +334,29 @@ static void layer_fwd(dt_model *m, int l, int b, int t)
             OPS.bias_gelu_fwd(be, m->act, A.h1, Y->lin[G_FC].b, N, F);
         else
             OPS.gelu_fwd(be, m->act, A.h1, (long)N * F);
+        if (recompute) {
+            lin_fwd_u(m, &Y->lin[G_PROJ], m->act, N);
+            return;
+        }
         lin_fwd(m, &Y->lin[G_PROJ], m->act, m->dx, N, 0);
         if (pr > 0.0f)
             OPS.dropout(be, m->dx, m->dx, (long)N * C, pr,
                         drop_key(m, l, DT_DROP_RESID2), 0);
     } else {
-        float *h2 = AT(m->h2, l, F);
+        float *h2 = LA(m->h2, l, F);
         lin_fwd(m, &Y->lin[L_GATE], A.n2, A.h1, N, 0);
         lin_fwd(m, &Y->lin[L_UP], A.n2, h2, N, 0);
         OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
+        if (recompute) {
+            lin_fwd_u(m, &Y->lin[L_DOWN], m->act, N);
+            return;
+        }
         lin_fwd(m, &Y->lin[L_DOWN], m->act, m->dx, N, 0);
     }
     if (l + 1 < c->n_layer) {
         dt_layer *Z = &m->L[l + 1];
-        add_norm_fwd(m, next, AT(m->n1, l + 1, C), AT(m->n1m, l + 1, 1),
-                     AT(m->n1r, l + 1, 1), A.mid, m->dx, Z->n1w, Z->n1b, N);
+        add_norm_fwd(m, next, LA(m->n1, l + 1, C), LA(m->n1m, l + 1, 1),
+                     LA(m->n1r, l + 1, 1), A.mid, m->dx, Z->n1w, Z->n1b, N);
     } else {
         add_norm_fwd(m, next, m->nf, m->nfm, m->nfr, A.mid, m->dx, m->nfw,
                      m->nfb, N);
@@ -355,7 +392,7 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
         OPS.gelu_bwd(be, m->dh1, A.h1, m->dact, (long)N * F);
         lin_bwd(m, &Y->lin[G_FC], m->dh1, A.n2, m->dx, N, 0);
     } else {
-        float *h2 = AT(m->h2, l, F);
+        float *h2 = LA(m->h2, l, F);
         OPS.swiglu_fwd(be, m->act, A.h1, h2, (long)N * F);
         lin_bwd(m, &Y->lin[L_DOWN], dmlp, m->act, m->dact, N, 0);
         OPS.swiglu_bwd(be, m->dh1, m->dh2, m->dact, A.h1, h2, (long)N * F);
@@ -363,7 +400,7 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
         lin_bwd(m, &Y->lin[L_UP], m->dh2, A.n2, m->dx, N, 1);
     }
     norm_bwd(m, m->dres, Y->pn2w, Y->pn2b, m->dx, A.mid, Y->n2w,
-             AT(m->n2m, l, 1), AT(m->n2r, l, 1), N);
+             LA(m->n2m, l, 1), LA(m->n2r, l, 1), N);
     const float *datt_out = m->dres;
     if (pr > 0.0f) {
         OPS.dropout(be, m->dx, m->dres, (long)N * C, pr,
@@ -401,18 +438,18 @@ static void layer_bwd(dt_model *m, int l, int b, int t)
         }
         const float *dq = m->dq, *dk = m->dk;
         if (Y->qnw) /* Qwen 3's q_norm, k_norm; both use m->datt in turn */
-            dq = head_norm_bwd(m, Y->pqnw, m->dq, AT(m->qraw, l, m->qdim),
-                               Y->qnw, AT(m->qnr, l, c->n_head), N, c->n_head);
+            dq = head_norm_bwd(m, Y->pqnw, m->dq, LA(m->qraw, l, m->qdim),
+                               Y->qnw, LA(m->qnr, l, c->n_head), N, c->n_head);
         lin_bwd(m, &Y->lin[L_Q], dq, A.n1, m->dx, N, 0);
         if (Y->qnw)
-            dk = head_norm_bwd(m, Y->pknw, m->dk, AT(m->kraw, l, m->kvdim),
-                               Y->knw, AT(m->knr, l, c->n_kv_head), N,
+            dk = head_norm_bwd(m, Y->pknw, m->dk, LA(m->kraw, l, m->kvdim),
+                               Y->knw, LA(m->knr, l, c->n_kv_head), N,
                                c->n_kv_head);
         lin_bwd(m, &Y->lin[L_K], dk, A.n1, m->dx, N, 1);
         lin_bwd(m, &Y->lin[L_V], m->dv, A.n1, m->dx, N, 1);
     }
     norm_bwd(m, m->dres, Y->pn1w, Y->pn1b, m->dx, A.x, Y->n1w,
-             AT(m->n1m, l, 1), AT(m->n1r, l, 1), N);
+             LA(m->n1m, l, 1), LA(m->n1r, l, 1), N);
 }
 
 /* The LM head over rows x(rows_total, C) with targets tgt (device, -100 =
@@ -543,7 +580,7 @@ int dt_model_forward_packed(dt_model *m, const int32_t *ids,
                     drop_key(m, 0, DT_DROP_EMBD), 0);
     /* The final norm is the last layer's (fused with its residual add). */
     for (int l = 0; l < c->n_layer; l++)
-        layer_fwd(m, l, b, t);
+        layer_fwd(m, l, b, t, 0);
     if (c->n_layer == 0)
         norm_fwd(m, m->nf, m->nfm, m->nfr, m->res, m->nfw, m->nfb, N);
     m->last_b = b;
@@ -576,8 +613,11 @@ int dt_model_backward(dt_model *m, char *err)
     OPS.memset0(be, m->dres, (size_t)N * C * sizeof(float));
     norm_bwd(m, m->dres, m->pnfw, m->pnfb, m->dx, AT(m->res, c->n_layer, C),
              m->nfw, m->nfm, m->nfr, N);
-    for (int l = c->n_layer - 1; l >= 0; l--)
+    for (int l = c->n_layer - 1; l >= 0; l--) {
+        if (m->ckpt) /* activation checkpointing: layer l's activations */
+            layer_fwd(m, l, b, t, 1);
         layer_bwd(m, l, b, t);
+    }
     float pe = drop_p(m, m->drop.embd);
     if (m->pwte && pe > 0.0f)
         OPS.dropout(be, m->dres, m->dres, (long)N * C, pe,

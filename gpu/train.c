@@ -114,9 +114,10 @@ static void print_progress(const dt_train_opts *o, const dt_progress *p)
         if (isfinite(p->valid_loss))
             printf("\"valid_loss\":%.6f,", p->valid_loss);
         printf("\"lr\":%.6g,\"grad_norm\":%.6g,\"tokens_per_second\":%.1f,"
-               "\"eta_seconds\":%.1f,\"trained_tokens\":%ld,\"peak_device_bytes\":%zu}\n",
+               "\"eta_seconds\":%.1f,\"trained_tokens\":%ld,\"peak_device_bytes\":%zu,"
+               "\"activation_checkpointing\":%s}\n",
                p->lr, p->grad_norm, p->tokens_per_sec, p->eta_sec, p->trained_tokens,
-               p->peak_device_bytes);
+               p->peak_device_bytes, p->act_ckpt ? "true" : "false");
         fflush(stdout);
         return;
     }
@@ -309,9 +310,57 @@ static int longest_row(const dt_dataset *ds)
     return n;
 }
 
-/* The estimate of a run whose data is loaded (valid may be empty). */
+int dt_act_ckpt_parse(const char *s)
+{
+    if (!s)
+        return -1;
+    if (!strcmp(s, "auto"))
+        return DT_ACT_CKPT_AUTO;
+    if (!strcmp(s, "on"))
+        return DT_ACT_CKPT_ON;
+    if (!strcmp(s, "off"))
+        return DT_ACT_CKPT_OFF;
+    return -1;
+}
+
+const char *dt_act_ckpt_name(int mode)
+{
+    return mode == DT_ACT_CKPT_ON ? "on" : mode == DT_ACT_CKPT_OFF ? "off" : "auto";
+}
+
+/* 1 when the run's device is a CUDA device. */
+static int run_cuda(const dt_train_opts *o)
+{
+    const char *dev = o->device ? o->device : "cpu";
+    return !strncmp(dev, "cuda", 4) || (!strcmp(dev, "auto") && dt_backend_cuda_available());
+}
+
+/* The memory AUTO checkpointing compares the estimate with: the run's
+ * memory_limit; else the CUDA device's memory (be's, or asked of the
+ * device when there is no backend yet); else, on the CPU, what this
+ * process holds plus what the machine has available (the estimate counts
+ * the process's own memory). 0: unknown. */
+static long long ckpt_budget(const dt_train_opts *o, const dt_backend *be)
+{
+    if (o->memory_limit > 0)
+        return o->memory_limit;
+    if (be ? be->total_bytes > 0 : run_cuda(o)) {
+        if (be)
+            return (long long)be->total_bytes;
+        const char *dev = o->device ? o->device : "cuda";
+        return (long long)dt_backend_cuda_total(dev[4] == ':' ? atoi(dev + 5) : 0);
+    }
+    long long avail = dt_mem_available();
+    return avail > 0 ? avail + dt_mem_self_rss() : 0;
+}
+
+/* The estimate of a run whose data is loaded (valid may be empty), with
+ * activation checkpointing as o->act_ckpt says (AUTO: compared with
+ * budget, dt_mem_estimate_auto_ckpt); the choice in *act_ckpt, the total
+ * without it in *off (either may be NULL). */
 static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
-                        const dt_dataset *vs, dt_mem_estimate *e, char *err)
+                        const dt_dataset *vs, long long budget, int *act_ckpt,
+                        long long *off, dt_mem_estimate *e, char *err)
 {
     dt_mem_model mm;
     int rc = dt_mem_model_read(o->model, &mm, err);
@@ -324,12 +373,12 @@ static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
     for (int i = 0; i < vs->nrows; i++)
         toks += vs->rows[i].n;
     const char *dev = o->device ? o->device : "cpu";
-    int cuda = !strncmp(dev, "cuda", 4) || (!strcmp(dev, "auto") && dt_backend_cuda_available());
+    int cuda = run_cuda(o);
     dt_mem_job j = {o->method, o->rank, o->method == DT_FULL ? NULL : o->targets,
                     o->batch, o->seq_len, (lr > lv ? lr : lv) > 0 ? (lr > lv ? lr : lv) : 1,
                     toks, cuda,
                     o->threads > 0 ? o->threads : (int)sysconf(_SC_NPROCESSORS_ONLN),
-                    dt_mem_self_rss(), o->packing};
+                    dt_mem_self_rss(), o->packing, o->act_ckpt == DT_ACT_CKPT_ON};
     /* the precision dt_train resolves (dt_precision_resolve) */
     int bf16 = o->precision == DT_PREC_BF16;
     if (o->precision == DT_PREC_AUTO && cuda) {
@@ -337,7 +386,20 @@ static int run_estimate(const dt_train_opts *o, const dt_dataset *ds,
         bf16 = !(tf32 && !strcmp(tf32, "1")) &&
                dt_backend_cuda_bf16(dev[4] == ':' ? atoi(dev + 5) : 0);
     }
-    return dt_mem_estimate_job_prec(&mm, &j, bf16, e, err);
+    if (o->act_ckpt == DT_ACT_CKPT_AUTO)
+        rc = dt_mem_estimate_auto_ckpt(&mm, &j, bf16, budget, e, off, err);
+    else
+        rc = dt_mem_estimate_job_prec(&mm, &j, bf16, e, err);
+    if (!rc && off && o->act_ckpt != DT_ACT_CKPT_AUTO) {
+        dt_mem_job j0 = j;
+        dt_mem_estimate e0;
+        j0.act_ckpt = 0;
+        rc = dt_mem_estimate_job_prec(&mm, &j0, bf16, &e0, err);
+        *off = e0.total;
+    }
+    if (act_ckpt)
+        *act_ckpt = j.act_ckpt;
+    return rc;
 }
 
 /* DT_ENOMEM naming the bytes, the limit and the settings to lower when the
@@ -360,6 +422,13 @@ static int check_memory(const dt_train_opts *o, const dt_mem_estimate *e, char *
 
 int dt_train_estimate(const dt_train_opts *o, dt_mem_estimate *e, char *err)
 {
+    return dt_train_estimate_ckpt(o, e, NULL, NULL, NULL, err);
+}
+
+int dt_train_estimate_ckpt(const dt_train_opts *o, dt_mem_estimate *e,
+                           int *act_ckpt, long long *off, long long *budget,
+                           char *err)
+{
     dt_tokenizer *tok = NULL;
     dt_dataset ds = {0}, vs = {0};
     int rc;
@@ -373,8 +442,11 @@ int dt_train_estimate(const dt_train_opts *o, dt_mem_estimate *e, char *err)
     rc = load_data(o->data, tok, o->seq_len, &ds, "--data", err);
     if (!rc && o->valid)
         rc = load_data(o->valid, tok, o->seq_len, &vs, "--valid", err);
+    long long bud = o->act_ckpt == DT_ACT_CKPT_AUTO ? ckpt_budget(o, NULL) : 0;
+    if (budget)
+        *budget = bud;
     if (!rc)
-        rc = run_estimate(o, &ds, &vs, e, err);
+        rc = run_estimate(o, &ds, &vs, bud, act_ckpt, off, e, err);
     dt_dataset_free(&ds);
     dt_dataset_free(&vs);
     dt_tokenizer_free(tok);
@@ -427,10 +499,22 @@ int dt_train(const dt_train_opts *o_in, char *err)
         longest = longest_row(&vs);
     if (longest >= 1 && longest < T && !o.packing)
         T = longest; /* packing fills sequences up to seq_len */
-    if (o.memory_limit > 0) {
+    /* Activation checkpointing: on, off, or (AUTO) on only when the
+     * estimate without it exceeds the budget (ckpt_budget). */
+    int act_ckpt = o.act_ckpt == DT_ACT_CKPT_ON;
+    if (o.memory_limit > 0 || o.act_ckpt == DT_ACT_CKPT_AUTO) {
         dt_mem_estimate est;
         char why[DT_ERR_LEN] = "";
-        if (run_estimate(&o, &ds, &vs, &est, why) == 0) {
+        long long budget = ckpt_budget(&o, be), off = 0;
+        if (run_estimate(&o, &ds, &vs, budget, &act_ckpt, &off, &est, why) == 0) {
+            if (o.act_ckpt == DT_ACT_CKPT_AUTO && act_ckpt) {
+                char hoff[32], hon[32], hb[32];
+                dt_mem_human(off, hoff, sizeof hoff);
+                dt_mem_human(est.total, hon, sizeof hon);
+                dt_mem_human(budget, hb, sizeof hb);
+                fprintf(stderr, "activation checkpointing on (auto): the run needs about "
+                        "%s without it, above the %s budget; %s with it\n", hoff, hb, hon);
+            }
             if ((rc = check_memory(&o, &est, err)))
                 goto fail;
         } else {
@@ -451,7 +535,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
     if ((rc = dt_precision_resolve(o.precision, be, &prec, err)))
         goto fail;
     dt_lora_opts lo = {o.method, o.rank, o.alpha, 0, prec, o.delta_lowrank,
-                       o.lambda};
+                       o.lambda, act_ckpt};
     if (o.init_adapter && o.method != DT_FULL) {
         if ((rc = dt_peft_load(o.init_adapter, &w, &ad, err)))
             goto fail;
@@ -617,7 +701,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
         tok_run += real;
         data_pos = next;
         dt_progress p = {opt.t, total, (double)data_pos / ds.nrows, loss,
-                         NAN, 0, 0, lr, gn, trained, 0, 0, tok_run};
+                         NAN, 0, 0, lr, gn, trained, 0, 0, tok_run, act_ckpt};
         double el = dt_now() - t0;
         p.tokens_per_sec = el > 0 ? tok_run / el : 0;
         p.eta_sec = el / (double)(opt.t - first) * (double)(total - opt.t);

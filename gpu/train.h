@@ -56,7 +56,20 @@ typedef struct dt_progress {
                                began: every token of every row, prompt
                                included, padding not; tokens_per_sec is
                                run_tokens per second */
+    int act_ckpt;           /* 1: the run recomputes activations
+                               (dt_train_opts.act_ckpt as chosen) */
 } dt_progress;
+
+/* Activation checkpointing (--activation-checkpointing, model.h's
+ * dt_lora_opts.act_ckpt). AUTO turns it on only when the run's estimate
+ * without it exceeds the budget: memory_limit when set, else the CUDA
+ * device's memory, else the host's available memory (CPU). */
+typedef enum {
+    DT_ACT_CKPT_AUTO = 0, DT_ACT_CKPT_ON, DT_ACT_CKPT_OFF
+} dt_act_ckpt_mode;
+/* "auto", "on", "off" to the mode; -1 if none. */
+int dt_act_ckpt_parse(const char *s);
+const char *dt_act_ckpt_name(int mode);
 
 /* on_progress returns 0 to go on, DT_PROGRESS_STOP (or any other non-zero
  * value) to stop after writing a checkpoint, or DT_PROGRESS_ABORT to stop
@@ -139,6 +152,8 @@ typedef struct dt_train_opts {
     /* Delta-LoRA's low-rank form in fp32 too (always on in bf16): W stays
      * W_0, the update is applied as two low-rank terms (docs/DELTA-LORA.md). */
     int delta_lowrank;
+    /* dt_act_ckpt_mode (default AUTO). */
+    int act_ckpt;
 } dt_train_opts;
 
 void dt_train_defaults(dt_train_opts *o);
@@ -150,6 +165,14 @@ int dt_train(const dt_train_opts *o, char *err);
  * weights are not), o's method, rank, targets, batch, seq_len and device;
  * runtime is this process's resident memory once the data is loaded. */
 int dt_train_estimate(const dt_train_opts *o, dt_mem_estimate *e, char *err);
+/* dt_train_estimate with activation checkpointing as the run would choose
+ * it: *act_ckpt 1 when on; *off (may be NULL) the total without it;
+ * *budget (may be NULL) the budget AUTO compared it with (0: none). The
+ * budget without a memory_limit: this machine's available memory, or for
+ * a CUDA device its memory (dt_backend_cuda_total). */
+int dt_train_estimate_ckpt(const dt_train_opts *o, dt_mem_estimate *e,
+                           int *act_ckpt, long long *off, long long *budget,
+                           char *err);
 
 /* Optimizer steps of a run: steps, or ceil(epochs * rows / (batch *
  * accum)), in 64 bits (21.5 M rows x 100 epochs does not fit an int).

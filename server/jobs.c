@@ -97,7 +97,9 @@ static int check_limits(req *r, db_job *j, long rows, const char *hp)
  * worker on an older GPU checks again), on a CPU worker in fp32 unless the
  * job asks for bf16. No worker registered, one without a recorded limit, or
  * a model whose header cannot be read: the job is accepted (it queues, as
- * before). Returns -1 after replying. */
+ * before). Activation checkpointing counts as the worker chooses it by
+ * default (auto): on when the job does not fit a worker otherwise. Returns -1
+ * after replying. */
 static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
 {
     char err[DT_ERR_LEN] = "", path[DB_PATH_LEN];
@@ -131,9 +133,12 @@ static int check_memory(req *r, db *d, const db_job *j, const db_model *m)
         if (budget[gpu] <= 0)
             continue;
         dt_mem_job mj = {method, j->rank, j->target_modules[0] ? j->target_modules : NULL,
-                         j->batch_size, seq, 0, 0, gpu, 1, 0, j->packing};
+                         j->batch_size, seq, 0, 0, gpu, 1, 0, j->packing, 0};
         dt_mem_estimate e;
-        if (dt_mem_estimate_job_prec(&mm, &mj, asks_bf16 || (gpu && auto_prec), &e, err))
+        /* the worker's default: activation checkpointing when the job does
+         * not fit the worker otherwise (--activation-checkpointing auto) */
+        if (dt_mem_estimate_auto_ckpt(&mm, &mj, asks_bf16 || (gpu && auto_prec), budget[gpu],
+                                      &e, NULL, err))
             return 0; /* impossible settings: validation answered those */
         if (e.total <= budget[gpu])
             return 0;

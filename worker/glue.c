@@ -135,6 +135,8 @@ static int on_progress(void *ud, const dt_progress *p)
         .tokens_per_second = p->tokens_per_sec,
         .eta_seconds = p->eta_sec,
         .trained_tokens = p->trained_tokens,
+        .peak_device_bytes = (int64_t)p->peak_device_bytes,
+        .act_ckpt = p->act_ckpt,
     };
     int rc = r->on_progress ? r->on_progress(r->ud, &dp, p->lr, p->grad_norm) : 0;
     if (rc == WK_ABORT)

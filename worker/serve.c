@@ -327,7 +327,7 @@ static sv_model *model_load_full(sv *s, const char *path, int *status, char *err
         goto fail;
     }
     make_room(s, nm->bytes, NULL);
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f}; /* as deltatune generate */
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f, 0}; /* as deltatune generate */
     w->release_on_upload = 1; /* no second host copy while uploading */
     if (dt_model_new(s->be, w, &lo, 1, nm->ctx < SV_MODEL_ROWS ? nm->ctx : SV_MODEL_ROWS, 0,
                      &nm->m, err))

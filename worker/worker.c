@@ -181,6 +181,8 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
             json_num(d, "tokens_per_second", p->tokens_per_second);
             json_num(d, "eta_seconds", p->eta_seconds);
             json_object_set_new(d, "trained_tokens", json_integer(p->trained_tokens));
+            json_object_set_new(d, "peak_device_bytes", json_integer(p->peak_device_bytes));
+            json_object_set_new(d, "activation_checkpointing", json_boolean(p->act_ckpt));
             char *data = json_dumps(d, JSON_COMPACT);
             json_decref(d);
             char msg[256];
@@ -195,6 +197,16 @@ static int cb_progress(void *ud, const db_progress *p, double lr, double gn)
             if (rc == DB_ELEASE) {
                 flag_set(&w->lease_lost);
                 return WK_ABORT;
+            }
+            /* Once per attempt, after its first step: how it fits. */
+            if (!rc && p->step == w->started_step + 1) {
+                char pk[32];
+                dt_mem_human(p->peak_device_bytes, pk, sizeof pk);
+                job_event(w, "info", "Activation checkpointing %s; peak device memory "
+                          "after the first step: %lld bytes (%s)",
+                          p->act_ckpt ? "on (the job does not fit the worker's memory "
+                                        "without it)" : "off",
+                          (long long)p->peak_device_bytes, pk);
             }
         }
     }

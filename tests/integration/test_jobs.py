@@ -76,8 +76,14 @@ class Lifecycle(StackTest):
             self.assertIsInstance(last[k], (int, float), (k, last))
         self.assertGreater(last["tokens_per_second"], 0)
         self.assertEqual(last["trained_tokens"], j["trained_tokens"])
+        # How the job fits: the engine's peak device memory and whether the
+        # worker's estimate turned activation checkpointing on (it fits).
+        self.assertGreater(last["peak_device_bytes"], 0, last)
+        self.assertIs(last["activation_checkpointing"], False, last)
         msgs = [e["message"] for e in events if e["type"] == "message"]
         self.assertTrue(any(model in m for m in msgs), msgs)
+        self.assertTrue(any(m.startswith("Activation checkpointing off; peak device memory")
+                            for m in msgs), msgs)
         for e in events:
             self.assertEqual(e["object"], "fine_tuning.job.event")
             self.assertIn(e["level"], ("info", "warn", "error"))

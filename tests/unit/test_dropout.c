@@ -177,7 +177,7 @@ static void gradcheck(const gcase *c)
     snprintf(path, sizeof path, REF "/%s", c->dir);
     if (dt_weights_load(path, &w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {c->method, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {c->method, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (c->method != DT_FULL) {
         lo.rank = 4;
         lo.alpha = 8;

@@ -71,7 +71,7 @@ static void run_case(const char *dir, int lora, int threads)
     if (dt_weights_load(path, &w, err))
         fail_msg("%s: %s (run make fixtures)", path, err);
     int V = w.cfg.vocab, T = w.cfg.max_pos;
-    dt_lora_opts lo = {DT_LORA, lora ? 4 : 0, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, lora ? 4 : 0, 8.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (lora && dt_parse_targets("all", w.cfg.arch, &lo.targets, err))
         fail_msg("%s", err);
     dt_model *m = NULL;
@@ -177,7 +177,7 @@ static void test_limits_and_eos(void **s)
     dt_weights w;
     memset(&w, 0, sizeof w);
     assert_int_equal(dt_weights_load(REF "/llama_model", &w, err), 0);
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m = NULL;
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 8, 0, &m, err), 0);
     dt_decoder *d = NULL;
@@ -253,7 +253,7 @@ static void run_batch_case(const char *dir, int lora, int rows, int nseq)
     if (dt_weights_load(path, &w, err))
         fail_msg("%s: %s (run make fixtures)", path, err);
     int V = w.cfg.vocab;
-    dt_lora_opts lo = {DT_LORA, lora ? 4 : 0, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, lora ? 4 : 0, 8.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (lora && dt_parse_targets("all", w.cfg.arch, &lo.targets, err))
         fail_msg("%s", err);
     dt_model *m = NULL;
@@ -364,7 +364,7 @@ static void test_batched_step_refuses_bad_batches(void **s)
     dt_weights w;
     memset(&w, 0, sizeof w);
     assert_int_equal(dt_weights_load(REF "/llama_model", &w, err), 0);
-    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m1 = NULL, *m2 = NULL;
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 8, 0, &m1, err), 0);
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 8, 0, &m2, err), 0);
@@ -440,7 +440,7 @@ static void run_adapter_case(const char *dir, int delta)
         fail_msg("%s: %s (run make fixtures)", path, err);
     int V = w.cfg.vocab, r = 4;
     float alpha = 8.0f, lambda = 0.5f, s = alpha / (float)r;
-    dt_lora_opts lo = {DT_LORA, r, alpha, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, r, alpha, 0, DT_PREC_FP32, 0, 0.0f, 0};
     assert_int_equal(dt_parse_targets("all", w.cfg.arch, &lo.targets, err), 0);
     dt_model *mt = NULL;
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 16, 7, &mt, err), 0);
@@ -500,7 +500,7 @@ static void run_adapter_case(const char *dir, int delta)
         dt_peft_free(&pa);
     }
 
-    dt_lora_opts plain = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts plain = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *mm = NULL, *mb = NULL;
     assert_int_equal(dt_model_new(be, &mw, &plain, 1, 16, 0, &mm, err), 0);
     assert_int_equal(dt_model_new(be, &bw, &plain, 1, 16, 0, &mb, err), 0);
@@ -620,7 +620,7 @@ static void test_adapter_for_another_model_is_refused(void **s)
     float *A = calloc((size_t)2 * in, sizeof *A), *B = calloc((size_t)out * 2, sizeof *B);
     dt_adapter_entry e = {"h.0.attn.c_proj.weight", 0, out, out, in, 2, A, B};
     assert_int_equal(dt_export_peft(&g, &e, 1, 4.0f, NULL, tmp, err), 0);
-    dt_lora_opts plain = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts plain = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m = NULL;
     assert_int_equal(dt_model_new(be, &l, &plain, 1, 8, 0, &m, err), 0);
     dt_decoder_adapter *ad = NULL;

@@ -116,7 +116,7 @@ static float *logits_of(dt_weights *w, const int32_t *ids, int T)
     char err[DT_ERR_LEN];
     dt_backend *be = dt_backend_cpu_new(1, err);
     assert_non_null(be);
-    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m;
     if (dt_model_new(be, w, &lo, 1, T, 0, &m, err))
         fail_msg("%s", err);

@@ -175,7 +175,7 @@ static void compare_case(const char *arch_dir, dt_method method, const char *tar
     snprintf(path, sizeof path, REF "/%s", arch_dir);
     if (dt_weights_load(path, &w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {method, 0, 0, 0, g_prec, 0, 0.0f};
+    dt_lora_opts lo = {method, 0, 0, 0, g_prec, 0, 0.0f, 0};
     dt_tensorset init;
     dt_tensorset_init(&init);
     if (method != DT_FULL) {

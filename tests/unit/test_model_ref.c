@@ -97,7 +97,7 @@ static void run_case(const char *name)
     if (rc)
         fail_msg("%s", err);
 
-    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (!strcmp(method, "lora") || !strcmp(method, "delta_lora")) {
         lo.method = !strcmp(method, "lora") ? DT_LORA : DT_DELTA_LORA;
         lo.rank = (int)json_integer_value(json_object_get(cs, "rank"));
@@ -344,7 +344,7 @@ static void test_qwen3_gguf_logits_match_transformers(void **s)
     assert_string_equal(ai.family, "qwen3");
     assert_int_equal(ai.context_length, 128);
     dt_backend *be = dt_backend_cpu_new(1, err);
-    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m;
     if (dt_model_new(be, &w, &lo, 2, 16, 0, &m, err))
         fail_msg("%s", err);
@@ -495,7 +495,7 @@ static void test_estimate_counts_model_allocations(void **s)
             assert_int_equal(dt_mem_estimate_job(&mm, &j, &e, err), 0);
             dt_weights w;
             assert_int_equal(dt_weights_load(path, &w, err), 0);
-            dt_lora_opts lo = {meths[k].m, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+            dt_lora_opts lo = {meths[k].m, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
             if (meths[k].m != DT_FULL) {
                 lo.rank = 4;
                 lo.alpha = 8.0f;
@@ -528,7 +528,7 @@ static void test_mistral_seq_len_over_sliding_window_is_refused(void **s)
     dt_weights w;
     assert_int_equal(dt_weights_load(REF "/mistral_model", &w, err), 0);
     assert_int_equal(w.cfg.sliding_window, 32);
-    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m = NULL;
     assert_int_equal(dt_model_new(be, &w, &lo, 1, 33, 1, &m, err), DT_ENOTSUP);
     assert_null(m);
@@ -662,7 +662,7 @@ static void test_smollm2_gguf_logits_match_transformers(void **s)
                                    r->data[a * cols + b], 1e-6);
     }
     dt_backend *be = dt_backend_cpu_new(0, err);
-    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_LORA, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m;
     int T = (int)json_array_size(json_object_get(cs, "ids"));
     if (dt_model_new(be, &w, &lo, 1, T, 0, &m, err))
@@ -711,7 +711,7 @@ static long head_pass(const char *arch_dir, dt_method method, int head_all,
         fail_msg("%s", err);
     dt_backend *be = dt_backend_cpu_new(0, err);
     assert_non_null(be);
-    dt_lora_opts lo = {method, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {method, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (method != DT_FULL) {
         lo.rank = 4;
         lo.alpha = 8;
@@ -895,7 +895,7 @@ static void fused_case(const char *arch_dir)
     be->i.gelu_fwd = cnt_gelu;
     be->i.layernorm_fwd = cnt_ln;
     be->i.rmsnorm_fwd = cnt_rms;
-    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {DT_FULL, 0, 0, 0, DT_PREC_FP32, 0, 0.0f, 0};
     dt_model *m;
     if (dt_model_new(be, &w, &lo, 1, 8, 1, &m, err))
         fail_msg("%s", err);

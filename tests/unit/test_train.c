@@ -599,7 +599,7 @@ static void test_estimate_counts_bf16_weights_at_two_bytes(void **s)
     char err[DT_ERR_LEN];
     for (int method = 0; method < 3; method++) {
         for (int cuda = 0; cuda < 2; cuda++) {
-            dt_mem_job j = {method, 8, "c_attn", 4, 256, 0, 0, cuda, 1, 0, 0};
+            dt_mem_job j = {method, 8, "c_attn", 4, 256, 0, 0, cuda, 1, 0, 0, 0};
             dt_mem_estimate a, a0, b;
             assert_int_equal(dt_mem_estimate_job(&g, &j, &a, err), 0);
             assert_int_equal(dt_mem_estimate_job_prec(&g, &j, 0, &a0, err), 0);

@@ -137,7 +137,7 @@ static dt_model *tf_model(dt_backend *be, dt_weights *w, const char *dir, const 
     char err[DT_ERR_LEN];
     if (dt_weights_load(dir, w, err))
         fail_msg("%s", err);
-    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f};
+    dt_lora_opts lo = {method, 4, 8.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
     if (method != DT_FULL)
         assert_int_equal(dt_parse_targets(targets, w->cfg.arch, &lo.targets, err), 0);
     dt_model *m;
