@@ -13,6 +13,7 @@
 #include "model_impl.h"
 
 #define OPS (d->be->i)
+#define OPS_(x) ((x)->be->i)
 
 struct dt_decoder {
     dt_model *m;
@@ -305,51 +306,58 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
  * buffers), while embedding positions, RoPE, the cache writes and attention
  * go per sequence. Row i of S's buffers is sequence ds[i]. */
 
-/* Layer l for the n rows in S->x, row i at position ds[i]->len. */
-static void layer_step_batch(dt_decoder *S, dt_decoder *const *ds, int n, int l)
+/* Layer l for n sequences whose rows are stacked in S->x: sequence i has
+ * t[i] rows (t NULL: one each) at positions ds[i]->len.., starting at row
+ * off[i] (NULL: row i). */
+static void layer_step_batch(dt_decoder *S, dt_decoder *const *ds, int n, int l,
+                             const int *t, const int *off)
 {
     dt_decoder *d = S; /* OPS */
     dt_model *m = S->m;
     const dt_config *c = &m->c;
     dt_layer *Y = &m->L[l];
-    int C = c->d_model, F = c->d_ff, kvd = m->kvdim, qd = m->qdim;
-    norm(S, S->n, S->x, Y->n1w, Y->n1b, n);
+    int C = c->d_model, F = c->d_ff, kvd = m->kvdim, qd = m->qdim, rows = 0;
+    for (int i = 0; i < n; i++)
+        rows += t ? t[i] : 1;
+#define T_(i) (t ? t[i] : 1)
+#define O_(i) ((size_t)(off ? off[i] : i))
+    norm(S, S->n, S->x, Y->n1w, Y->n1b, rows);
     if (c->arch == DT_ARCH_GPT2) {
-        lin(S, &Y->lin[G_QKV], S->n, S->qkv, n, 0);
-        OPS.copy2d(S->be, S->q, C, S->qkv, 3 * C, n, C, 1.0f);
+        lin(S, &Y->lin[G_QKV], S->n, S->qkv, rows, 0);
+        OPS.copy2d(S->be, S->q, C, S->qkv, 3 * C, rows, C, 1.0f);
         for (int i = 0; i < n; i++) {
             size_t at = (size_t)ds[i]->len * kvd;
-            const float *row = S->qkv + (size_t)i * 3 * C;
-            OPS.copy2d(S->be, ds[i]->kc[l] + at, C, row + C, 3 * C, 1, C, 1.0f);
-            OPS.copy2d(S->be, ds[i]->vc[l] + at, C, row + 2 * C, 3 * C, 1, C, 1.0f);
+            const float *row = S->qkv + O_(i) * 3 * C;
+            OPS.copy2d(S->be, ds[i]->kc[l] + at, C, row + C, 3 * C, T_(i), C, 1.0f);
+            OPS.copy2d(S->be, ds[i]->vc[l] + at, C, row + 2 * C, 3 * C, T_(i), C, 1.0f);
         }
     } else {
-        lin(S, &Y->lin[L_Q], S->n, Y->qnw ? S->qkv : S->q, n, 0);
+        lin(S, &Y->lin[L_Q], S->n, Y->qnw ? S->qkv : S->q, rows, 0);
         if (Y->qnw)
-            OPS.rmsnorm_fwd(S->be, S->q, S->hr, S->qkv, Y->qnw, n * c->n_head,
+            OPS.rmsnorm_fwd(S->be, S->q, S->hr, S->qkv, Y->qnw, rows * c->n_head,
                             c->head_dim, c->norm_eps);
-        /* k in S->qkv (then S->att after its norm), roped per row, copied
-         * into each cache; then v the same way through S->qkv */
+        /* k in S->qkv (then S->att after its norm), roped per sequence,
+         * copied into each cache; then v the same way through S->qkv */
         float *k = Y->knw ? S->att : S->qkv;
-        lin(S, &Y->lin[L_K], S->n, S->qkv, n, 0);
+        lin(S, &Y->lin[L_K], S->n, S->qkv, rows, 0);
         if (Y->knw)
             OPS.rmsnorm_fwd(S->be, S->att, S->hr, S->qkv, Y->knw,
-                            n * c->n_kv_head, c->head_dim, c->norm_eps);
+                            rows * c->n_kv_head, c->head_dim, c->norm_eps);
         for (int i = 0; i < n; i++) {
             int p = ds[i]->len;
-            OPS.rope_at(S->be, S->q + (size_t)i * qd, 1, c->n_head, c->head_dim,
+            OPS.rope_at(S->be, S->q + O_(i) * qd, T_(i), c->n_head, c->head_dim,
                         m->rope_key, p);
-            OPS.rope_at(S->be, k + (size_t)i * kvd, 1, c->n_kv_head, c->head_dim,
+            OPS.rope_at(S->be, k + O_(i) * kvd, T_(i), c->n_kv_head, c->head_dim,
                         m->rope_key, p);
-            OPS.copy2d(S->be, ds[i]->kc[l] + (size_t)p * kvd, kvd, k + (size_t)i * kvd,
-                       kvd, 1, kvd, 1.0f);
+            OPS.copy2d(S->be, ds[i]->kc[l] + (size_t)p * kvd, kvd, k + O_(i) * kvd,
+                       kvd, T_(i), kvd, 1.0f);
         }
-        lin(S, &Y->lin[L_V], S->n, S->qkv, n, 0);
+        lin(S, &Y->lin[L_V], S->n, S->qkv, rows, 0);
         for (int i = 0; i < n; i++)
             OPS.copy2d(S->be, ds[i]->vc[l] + (size_t)ds[i]->len * kvd, kvd,
-                       S->qkv + (size_t)i * kvd, kvd, 1, kvd, 1.0f);
+                       S->qkv + O_(i) * kvd, kvd, T_(i), kvd, 1.0f);
     }
-    if (OPS.attention_decode_batch) {
+    if (!t && OPS.attention_decode_batch) {
         for (int i = 0; i < n; i++) {
             S->bk[i] = ds[i]->kc[l];
             S->bv[i] = ds[i]->vc[l];
@@ -359,22 +367,155 @@ static void layer_step_batch(dt_decoder *S, dt_decoder *const *ds, int n, int l)
                                    c->n_head, c->n_kv_head, c->head_dim);
     } else {
         for (int i = 0; i < n; i++)
-            OPS.attention_decode(S->be, S->att + (size_t)i * qd, S->q + (size_t)i * qd,
-                                 ds[i]->kc[l], ds[i]->vc[l], 1, ds[i]->len + 1,
+            OPS.attention_decode(S->be, S->att + O_(i) * qd, S->q + O_(i) * qd,
+                                 ds[i]->kc[l], ds[i]->vc[l], T_(i), ds[i]->len + T_(i),
                                  c->n_head, c->n_kv_head, c->head_dim);
     }
-    lin(S, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], S->att, S->x, n, 1);
-    norm(S, S->n, S->x, Y->n2w, Y->n2b, n);
+#undef T_
+#undef O_
+    lin(S, &Y->lin[c->arch == DT_ARCH_GPT2 ? G_O : L_O], S->att, S->x, rows, 1);
+    norm(S, S->n, S->x, Y->n2w, Y->n2b, rows);
     if (c->arch == DT_ARCH_GPT2) {
-        lin(S, &Y->lin[G_FC], S->n, S->h1, n, 0);
-        OPS.gelu_fwd(S->be, S->act, S->h1, (long)n * F);
-        lin(S, &Y->lin[G_PROJ], S->act, S->x, n, 1);
+        lin(S, &Y->lin[G_FC], S->n, S->h1, rows, 0);
+        OPS.gelu_fwd(S->be, S->act, S->h1, (long)rows * F);
+        lin(S, &Y->lin[G_PROJ], S->act, S->x, rows, 1);
     } else {
-        lin(S, &Y->lin[L_GATE], S->n, S->h1, n, 0);
-        lin(S, &Y->lin[L_UP], S->n, S->h2, n, 0);
-        OPS.swiglu_fwd(S->be, S->act, S->h1, S->h2, (long)n * F);
-        lin(S, &Y->lin[L_DOWN], S->act, S->x, n, 1);
+        lin(S, &Y->lin[L_GATE], S->n, S->h1, rows, 0);
+        lin(S, &Y->lin[L_UP], S->n, S->h2, rows, 0);
+        OPS.swiglu_fwd(S->be, S->act, S->h1, S->h2, (long)rows * F);
+        lin(S, &Y->lin[L_DOWN], S->act, S->x, rows, 1);
     }
+}
+
+/* Checks a batch of decoders of one model: distinct, same model, each
+ * with room for t[i] (t NULL: 1) more positions and at least `minlen` in its
+ * cache. Returns the scratch (the decoder with the most rows) or NULL with
+ * err. */
+static dt_decoder *batch_check(dt_decoder *const *ds, int n, const int *t, int minlen,
+                               char *err)
+{
+    dt_decoder *S = ds[0];
+    for (int i = 0; i < n; i++) {
+        int ti = t ? t[i] : 1;
+        if (ds[i]->m != S->m) {
+            dt_errf(err, DT_EINVAL, "decoder batch: sequence %d runs another model", i);
+            return NULL;
+        }
+        if (ti < 1 || ds[i]->len < minlen || ds[i]->len + ti > ds[i]->maxT) {
+            dt_errf(err, DT_EINVAL, "decoder batch: sequence %d: %d positions exceed its "
+                    "context of %d", i, ds[i]->len + ti, ds[i]->maxT);
+            return NULL;
+        }
+        for (int j = 0; j < i; j++)
+            if (ds[j] == ds[i]) {
+                dt_errf(err, DT_EINVAL, "decoder batch: sequence %d appears twice", i);
+                return NULL;
+            }
+        if (ds[i]->rows > S->rows)
+            S = ds[i];
+    }
+    if (!S->m->ids) {
+        dt_errf(err, DT_EINVAL, "decoder: the model's activations were released");
+        return NULL;
+    }
+    return S;
+}
+
+/* S's adapter scratch for the widest adapter of ds, and logits for `rows`
+ * rows. */
+static int batch_prepare(dt_decoder *S, dt_decoder *const *ds, int n, int rows, char *err)
+{
+    int r = 0, rc, V = S->m->c.vocab;
+    for (int i = 0; i < n; i++)
+        if (ds[i]->ad && ds[i]->ad->rank > r)
+            r = ds[i]->ad->rank;
+    if (r && (rc = au_ensure(S, r, err)))
+        return rc;
+    S->ad1 = NULL;
+    if (S->bcap < rows) {
+        OPS_(S).free(S->be, S->blogits);
+        S->bcap = 0;
+        if (!(S->blogits = OPS_(S).alloc(S->be, (size_t)rows * V * sizeof(float))))
+            return dt_errf(err, DT_ENOMEM, "decoder batch: out of device memory "
+                           "for %d rows of logits", rows);
+        S->bcap = rows;
+    }
+    return 0;
+}
+
+int dt_decoder_feed_batch(dt_decoder *const *ds, int n, const int32_t *const *ids,
+                          const int *t, float *logits, char *err)
+{
+    if (n < 1)
+        return dt_errf(err, DT_EINVAL, "decoder batch: no sequences");
+    dt_decoder *S = batch_check(ds, n, t, 0, err), *d = S;
+    if (!S)
+        return DT_EINVAL;
+    dt_model *m = S->m;
+    const dt_config *c = &m->c;
+    int C = c->d_model, V = c->vocab, rc;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < t[i]; j++)
+            if (ids[i][j] < 0 || ids[i][j] >= V)
+                return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)",
+                               ids[i][j], V);
+    int chunk = S->rows < m->N ? S->rows : m->N;
+    if ((rc = batch_prepare(S, ds, n, chunk, err)))
+        return rc;
+    int32_t *cat = malloc((size_t)chunk * sizeof *cat);
+    int *off = malloc((size_t)n * sizeof *off);
+    if (!cat || !off) {
+        free(cat);
+        free(off);
+        return dt_errf(err, DT_ENOMEM, "decoder batch: out of memory");
+    }
+    for (int g0 = 0; g0 < n && !rc;) {
+        if (t[g0] > chunk) { /* longer than a chunk: alone, in chunks */
+            rc = dt_decoder_feed(ds[g0], ids[g0], t[g0], logits ? logits + (size_t)g0 * V
+                                                                 : NULL, err);
+            g0++;
+            continue;
+        }
+        /* whole prompts, as many as fit in a chunk of rows */
+        int g1 = g0, rows = 0;
+        while (g1 < n && t[g1] <= chunk && rows + t[g1] <= chunk) {
+            off[g1 - g0] = rows;
+            memcpy(cat + rows, ids[g1], (size_t)t[g1] * sizeof *cat);
+            for (int j = 0; j < t[g1]; j++)
+                S->adr[rows + j] = ds[g1]->ad;
+            rows += t[g1++];
+        }
+        int ng = g1 - g0;
+        dt_decoder *const *gs = ds + g0;
+        S->ad1 = NULL; /* a feed alone may have set it */
+        S->adany = 0;
+        for (int i = 0; i < ng; i++)
+            S->adany |= gs[i]->ad != NULL;
+        OPS.upload(S->be, m->ids, cat, (size_t)rows * sizeof(int32_t));
+        for (int i = 0; i < ng; i++)
+            OPS.embedding_fwd(S->be, S->x + (size_t)off[i] * C, m->ids + off[i], m->wte,
+                              m->wpe ? m->wpe + (size_t)gs[i]->len * C : NULL, 1,
+                              t[g0 + i], C);
+        for (int l = 0; l < c->n_layer; l++)
+            layer_step_batch(S, gs, ng, l, t + g0, off);
+        for (int i = 0; i < ng; i++) {
+            gs[i]->len += t[g0 + i];
+            norm(S, S->n + (size_t)i * C, S->x + (size_t)(off[i] + t[g0 + i] - 1) * C,
+                 m->nfw, m->nfb, 1);
+        }
+        if (logits) {
+            OPS.gemm(S->be, 0, 1, ng, V, C, 1.0f, S->n, C, m->head, C, 0.0f, S->blogits, V);
+            OPS.download(S->be, logits + (size_t)g0 * V, S->blogits,
+                         (size_t)ng * V * sizeof(float));
+        }
+        g0 = g1;
+    }
+    S->adany = 0;
+    free(cat);
+    free(off);
+    if (rc)
+        return rc;
+    return OPS.sync(S->be, err);
 }
 
 int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
@@ -382,44 +523,18 @@ int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
 {
     if (n < 1)
         return dt_errf(err, DT_EINVAL, "decoder batch: no sequences");
-    dt_decoder *S = ds[0], *d = ds[0]; /* S: the scratch with the most rows */
+    dt_decoder *S = batch_check(ds, n, NULL, 1, err), *d = S;
+    if (!S)
+        return DT_EINVAL;
     dt_model *m = S->m;
     const dt_config *c = &m->c;
-    int C = c->d_model, V = c->vocab;
-    for (int i = 0; i < n; i++) {
-        if (ds[i]->m != m)
-            return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d runs another "
-                           "model", i);
-        if (ds[i]->len < 1 || ds[i]->len + 1 > ds[i]->maxT)
-            return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d: %d positions "
-                           "exceed its context of %d", i, ds[i]->len + 1, ds[i]->maxT);
+    int C = c->d_model, V = c->vocab, rc;
+    for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= V)
             return dt_errf(err, DT_EINVAL, "token id %d out of range [0, %d)", ids[i], V);
-        for (int j = 0; j < i; j++)
-            if (ds[j] == ds[i])
-                return dt_errf(err, DT_EINVAL, "decoder batch: sequence %d appears "
-                               "twice", i);
-        if (ds[i]->rows > S->rows)
-            S = ds[i];
-    }
-    if (!m->ids)
-        return dt_errf(err, DT_EINVAL, "decoder: the model's activations "
-                       "were released");
-    int chunk = S->rows < m->N ? S->rows : m->N, r = 0, rc;
-    for (int i = 0; i < n; i++)
-        if (ds[i]->ad && ds[i]->ad->rank > r)
-            r = ds[i]->ad->rank;
-    if (r && (rc = au_ensure(S, r, err)))
+    int chunk = S->rows < m->N ? S->rows : m->N;
+    if ((rc = batch_prepare(S, ds, n, chunk, err)))
         return rc;
-    S->ad1 = NULL;
-    if (S->bcap < chunk) {
-        OPS.free(S->be, S->blogits);
-        S->bcap = 0;
-        if (!(S->blogits = OPS.alloc(S->be, (size_t)chunk * V * sizeof(float))))
-            return dt_errf(err, DT_ENOMEM, "decoder batch: out of device memory "
-                           "for %d rows of logits", chunk);
-        S->bcap = chunk;
-    }
     for (int b0 = 0; b0 < n; b0 += chunk) {
         int nb = n - b0 < chunk ? n - b0 : chunk;
         dt_decoder *const *bs = ds + b0;
@@ -433,7 +548,7 @@ int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
             OPS.embedding_fwd(S->be, S->x + (size_t)i * C, m->ids + i, m->wte,
                               m->wpe ? m->wpe + (size_t)bs[i]->len * C : NULL, 1, 1, C);
         for (int l = 0; l < c->n_layer; l++)
-            layer_step_batch(S, bs, nb, l);
+            layer_step_batch(S, bs, nb, l, NULL, NULL);
         for (int i = 0; i < nb; i++)
             bs[i]->len++;
         norm(S, S->n, S->x, m->nfw, m->nfb, nb);

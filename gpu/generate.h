@@ -37,6 +37,14 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
  * as scratch; larger batches run in chunks of them. */
 int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
                           float *logits, char *err);
+/* Prefills n sequences at once: ids[i] (t[i] tokens) are fed to ds[i] at
+ * its next positions, as dt_decoder_feed(ds[i], ids[i], t[i]) would (up to
+ * rounding), with whole prompts stacked into chunks of rows so that the
+ * linears read each weight once per chunk, not once per prompt (a prompt
+ * longer than a chunk runs alone). logits (n, V) in host memory when not
+ * NULL: row i is the logits of ds[i]'s last new position. */
+int dt_decoder_feed_batch(dt_decoder *const *ds, int n, const int32_t *const *ids,
+                          const int *t, float *logits, char *err);
 
 /* A LoRA adapter applied while decoding over a base model that stays
  * shared: y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ in each adapted linear, s = lora_alpha / r,

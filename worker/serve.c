@@ -616,7 +616,7 @@ static long long act_estimate(const sv_model *m, int positions)
     return kv + (long long)rows * (c->d_model * 8 + c->d_ff * 3) * 4 + (long long)c->vocab * 8;
 }
 
-/* Starts request j (steals it): model, prompt, prefill. Returns the
+/* Starts request j (steals it): model, prompt, decoder. Returns the
  * admitted request, or NULL when it ended here (answered with an error,
  * cancelled before it started) or, with *defer set, when it does not fit in
  * memory next to the active ones yet (j is not stolen then). */
@@ -716,15 +716,13 @@ static sv_act *act_start(sv *s, json_t *j, int *defer)
     }
     a->rng = 0x9E3779B97F4A7C15ull ^ r->seed;
     a->finish = "length";
-    if (!dt_decoder_new(m->m, a->np + a->max, &a->d, err))
-        dt_decoder_set_adapter(a->d, m->ad);
-    if (!a->d ||
-        dt_decoder_feed(a->d, a->prompt, a->np, a->logits, err)) {
+    if (dt_decoder_new(m->m, a->np + a->max, &a->d, err)) {
         log_msg(DT_LOG_WARN, "serve.failed", "%s: %s", r->id, err);
         emit_error(s, r->id, 500, "generation_failed", NULL, err);
         goto end;
     }
-    return a;
+    dt_decoder_set_adapter(a->d, m->ad);
+    return a; /* prefilled by admit(), with the others admitted with it */
 end:
     act_free(s, a);
     return NULL;
@@ -803,8 +801,51 @@ static void act_finish(sv *s, sv_act *a)
  * for the active group's model (any model when none is active). The first
  * one for another model stops admission, so that group runs next, when
  * this one has drained: no model waits behind a stream of another's. */
+/* Prefills the requests admitted together, act[first..nact-1] (one model),
+ * in one dt_decoder_feed_batch: the prompts share each pass over the
+ * weights. On failure each of them gets the error. */
+static void prefill(sv *s, int first)
+{
+    char err[DT_ERR_LEN] = "";
+    int n = s->nact - first;
+    if (n <= 0) return;
+    int V = dt_model_config(s->act[first]->m->m)->vocab, rc = DT_ENOMEM;
+    dt_decoder **ds = malloc((size_t)n * sizeof *ds);
+    const int32_t **ids = malloc((size_t)n * sizeof *ids);
+    int *t = malloc((size_t)n * sizeof *t);
+    float *lg = malloc((size_t)n * V * sizeof *lg);
+    if (ds && ids && t && lg) {
+        for (int i = 0; i < n; i++) {
+            sv_act *a = s->act[first + i];
+            ds[i] = a->d;
+            ids[i] = a->prompt;
+            t[i] = a->np;
+        }
+        rc = dt_decoder_feed_batch(ds, n, ids, t, lg, err);
+    } else {
+        snprintf(err, sizeof err, "out of memory");
+    }
+    for (int i = 0; i < n; i++) {
+        sv_act *a = s->act[first + i];
+        if (!rc) {
+            memcpy(a->logits, lg + (size_t)i * V, (size_t)V * sizeof *lg);
+            continue;
+        }
+        log_msg(DT_LOG_WARN, "serve.failed", "%s: %s", a->r.id, err);
+        emit_error(s, a->r.id, 500, "generation_failed", NULL, err);
+        act_free(s, a);
+        s->served++;
+    }
+    if (rc) s->nact = first;
+    free(ds);
+    free(ids);
+    free(t);
+    free(lg);
+}
+
 static void admit(sv *s)
 {
+    int first = s->nact;
     while (s->npending > 0 && s->nact < s->max_batch) {
         json_t *j = s->pending[0];
         const char *model = json_string_value(json_object_get(j, "model"));
@@ -819,6 +860,7 @@ static void admit(sv *s)
         if (a) s->act[s->nact++] = a;
         else s->served++;
     }
+    prefill(s, first);
 }
 
 /* One step of every active request: each samples its next token from its

@@ -277,21 +277,36 @@ static void run_batch_case(const char *dir, int lora, int rows, int nseq)
     int steps[MAXS], done[MAXS];
     float *lb = malloc((size_t)MAXS * V * sizeof(float));
     float *lo1 = malloc((size_t)V * sizeof(float));
+    /* the prompts: the batch's prefilled together (dt_decoder_feed_batch:
+     * whole prompts stacked into chunks of `rows` rows, one longer than a
+     * chunk alone), the others one by one */
+    int32_t pids[MAXS][16];
+    const int32_t *pp[MAXS];
+    int plens[MAXS];
     for (int i = 0; i < nseq; i++) {
         int plen = 1 + (i * 5) % 13, maxT = plen + STEPS + 2;
         /* caches of different sizes: the scratch is the one with most rows */
         assert_int_equal(dt_decoder_new(m, maxT + i, &bat[i], err), 0);
         assert_int_equal(dt_decoder_new(m, maxT, &one[i], err), 0);
-        int32_t ids[16];
         for (int k = 0; k < plen; k++)
-            ids[k] = (int32_t)(rng_next(&rs) % (uint64_t)V);
-        assert_int_equal(dt_decoder_feed(bat[i], ids, plen, lb, err), 0);
-        next_b[i] = argmax(lb, V);
-        assert_int_equal(dt_decoder_feed(one[i], ids, plen, lo1, err), 0);
-        next_o[i] = argmax(lo1, V);
-        assert_int_equal(next_b[i], next_o[i]);
+            pids[i][k] = (int32_t)(rng_next(&rs) % (uint64_t)V);
+        pp[i] = pids[i];
+        plens[i] = plen;
         steps[i] = STEPS - (i % 4) * 5; /* retire at different steps */
         done[i] = 0;
+    }
+    if (dt_decoder_feed_batch(bat, nseq, pp, plens, lb, err))
+        fail_msg("feed_batch: %s", err);
+    for (int i = 0; i < nseq; i++) {
+        assert_int_equal(dt_decoder_feed(one[i], pids[i], plens[i], lo1, err), 0);
+        double e = nerr(lb + (size_t)i * V, lo1, V);
+        if (e > 1e-5)
+            fail_msg("%s lora=%d seq %d (%d prompt tokens, chunks of %d rows): prefill "
+                     "logits differ by %g", dir, lora, i, plens[i], rows, e);
+        next_b[i] = argmax(lb + (size_t)i * V, V);
+        next_o[i] = argmax(lo1, V);
+        assert_int_equal(next_b[i], next_o[i]);
+        assert_int_equal(dt_decoder_len(bat[i]), plens[i]);
     }
     int batched_max = 0;
     for (int s = 0; s < STEPS + 3; s++) {
