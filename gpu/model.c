@@ -89,7 +89,8 @@ static float *upload_w(dt_model *m, const char *name, long n, int *fail,
 }
 
 /* Uploads the canonical host tensor `name` (numel n) as bf16 (round to
- * nearest even) for a frozen linear weight in bf16 mode: converted in
+ * nearest even) for a frozen linear weight, the embedding table or the LM
+ * head in bf16 mode: converted in
  * chunks of 1 M elements, so no second full host copy exists, and not
  * registered as a named fp32 tensor (checkpoints skip it; export reads the
  * fp32 base again). */

@@ -47,7 +47,8 @@ struct dt_model {
     dt_config c;
     dt_lora_opts lo;
     float s;               /* alpha / r */
-    int bf16;              /* frozen linear weights are bf16 (L->Wh) */
+    int bf16;              /* frozen linear weights (L->Wh), the embedding
+                              table and the LM head (wteh, headh) are bf16 */
     int lowrank;           /* Delta-LoRA in the low-rank form (no W write) */
     int moved;             /* low-rank form: A_K, B_K are in use */
     int B, T, N;           /* allocated batch, sequence, B*T */
