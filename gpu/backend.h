@@ -282,6 +282,15 @@ typedef struct dt_backend_i {
     void (*attention_decode_batch)(dt_backend *be, float *out, const float *q,
                                    const float *const *k, const float *const *v,
                                    const int *tk, int n, int NH, int NKV, int D);
+    /* ---- bf16 embedding table (--precision bf16, lora / delta_lora) ----- */
+    /* embedding_fwd with the table wte(V,C) in bf16 (uint16_t bit patterns,
+     * the frozen table of bf16 mode): out(BT,C) = fp32(wte[ids]) (+ wpe[t]
+     * when wpe != NULL, fp32); each element exact (bf16 widens to fp32
+     * exactly), then one float add, so the CPU and CUDA backends agree
+     * bitwise. */
+    void (*embedding_fwd_bf16)(dt_backend *be, float *out, const int32_t *ids,
+                               const uint16_t *wte, const float *wpe, int B,
+                               int T, int C);
 } dt_backend_i;
 
 struct dt_backend {

@@ -227,6 +227,23 @@ static void cpu_embedding_fwd(dt_backend *be, float *out, const int32_t *ids,
     }
 }
 
+/* embedding_fwd over a bf16 table (backend.h). */
+static void cpu_embedding_fwd_bf16(dt_backend *be, float *out,
+                                   const int32_t *ids, const uint16_t *wte,
+                                   const float *wpe, int B, int T, int C)
+{
+    (void)be;
+    long BT = (long)B * T;
+#pragma omp parallel for schedule(static)
+    for (long r = 0; r < BT; r++) {
+        const uint16_t *e = wte + (long)ids[r] * C;
+        const float *p = wpe ? wpe + (r % T) * C : NULL;
+        float *o = out + r * C;
+        for (int c = 0; c < C; c++)
+            o[c] = p ? dt_bf16_to_f32(e[c]) + p[c] : dt_bf16_to_f32(e[c]);
+    }
+}
+
 /* Column block width for reductions over rows: each thread owns whole column
  * blocks and adds rows in order, so the result is deterministic. */
 #define CPU_COLBLK 64
@@ -1229,6 +1246,7 @@ static const dt_backend_i cpu_iface = {
     /* .attention_fwd_seg = */ cpu_attention_fwd_seg,
     /* .attention_bwd_seg = */ cpu_attention_bwd_seg,
     /* .attention_decode_batch = */ cpu_attention_decode_batch,
+    /* .embedding_fwd_bf16 = */ cpu_embedding_fwd_bf16,
 };
 
 dt_backend *dt_backend_cpu_new(int threads, char *err)

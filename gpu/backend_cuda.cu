@@ -144,6 +144,23 @@ static __global__ void k_embedding_fwd(float *out, const int32_t *ids,
     }
 }
 
+/* k_embedding_fwd over a bf16 table: the bf16 bits widened to fp32
+ * (exact), as dt_bf16_to_f32 does on the host. */
+static __global__ void k_embedding_fwd_bf16(float *out, const int32_t *ids,
+                                            const __nv_bfloat16 *wte,
+                                            const float *wpe, int T, int C,
+                                            long n)
+{
+    GRID_STRIDE(i, n) {
+        long bt = i / C;
+        int c = (int)(i % C), t = (int)(bt % T), id = ids[bt];
+        float v = id >= 0 ? __bfloat162float(wte[(long)id * C + c]) : 0.0f;
+        if (wpe)
+            v += wpe[(long)t * C + c];
+        out[i] = v;
+    }
+}
+
 /* One block column per distinct id (seg), one thread per channel: adds the
  * tokens of that id in token order, as a sequential loop would. */
 static __global__ void k_embedding_bwd_wte(float *dwte, const float *dout,
@@ -629,6 +646,19 @@ static void cuda_embedding_fwd(dt_backend *be, float *out, const int32_t *ids,
         return;
     DT_LAUNCH(k_embedding_fwd, blocks_for(n, EW_THREADS), EW_THREADS, 0, c->stream)(
         out, ids, wte, wpe, T, C, n);
+    LAUNCHED(c);
+}
+
+static void cuda_embedding_fwd_bf16(dt_backend *be, float *out,
+                                    const int32_t *ids, const uint16_t *wte,
+                                    const float *wpe, int B, int T, int C)
+{
+    cuda_ctx *c = ctx_of(be);
+    long n = (long)B * T * C;
+    if (c->err || n <= 0)
+        return;
+    DT_LAUNCH(k_embedding_fwd_bf16, blocks_for(n, EW_THREADS), EW_THREADS, 0,
+              c->stream)(out, ids, (const __nv_bfloat16 *)wte, wpe, T, C, n);
     LAUNCHED(c);
 }
 
@@ -1244,6 +1274,7 @@ static const dt_backend_i cuda_iface = {
     /* .attention_fwd_seg = */ cuda_attention_fwd_seg,
     /* .attention_bwd_seg = */ cuda_attention_bwd_seg,
     /* .attention_decode_batch = */ NULL, /* generate.c loops over attention_decode */
+    /* .embedding_fwd_bf16 = */ cuda_embedding_fwd_bf16,
 };
 
 extern "C" int dt_backend_cuda_available(void)

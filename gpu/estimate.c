@@ -255,10 +255,12 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
     long long qd = (long long)c->n_head * c->head_dim, kd = (long long)c->n_kv_head * c->head_dim;
     long long r = j->method ? j->rank : 0;
     long long W = weight_floats(c);
-    /* bf16 (not for full): the frozen linear weights at 2 bytes; Wd is the
-     * device's weights in floats, W stays the fp32 model (export). */
+    /* bf16 (not for full): the frozen linear weights, the embedding table
+     * and an untied LM head at 2 bytes (hb of them); Wd is the device's
+     * weights in floats, W stays the fp32 model (export). */
     int half = bf16 && j->method != 0;
-    long long Wd = half ? W - linear_floats(c) / 2 : W;
+    long long hb = half ? linear_floats(c) + (c->tied ? 1 : 2) * V * C : 0;
+    long long Wd = W - hb / 2;
 
     /* trainable tensors: p (LoRA factors; full: the weights themselves),
      * g, m, v; Delta-LoRA's catA/catB (2r rows/columns) and A_K/B_K (r);
@@ -346,10 +348,14 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
         work = 2 * blk * T * nt + T * D;
     }
     if (half) { /* gemm_bf16w's scratch: the widest input in bf16 (CUDA);
-                 * fp32 copies of the input and the weight (CPU) */
+                 * fp32 copies of the input and the weight (CPU). The LM
+                 * head's backward GEMM takes a chunk of logit gradients
+                 * (head_rows, V) as its input, against the (V, C) head. */
         long long win = F > C ? F : C;
         win = qd > win ? qd : win;
-        work += j->cuda ? N * win / 2 : N * win + win * (F > C ? F : 3 * C);
+        long long lin = j->cuda ? N * win : N * win + win * (F > C ? F : 3 * C);
+        long long head = j->cuda ? head_rows * V : head_rows * V + V * C;
+        work += j->cuda ? (lin > head ? lin : head) / 2 : (lin > head ? lin : head);
     }
     long long train = Wd + trainable + acts + work;
     long long peak = train;
@@ -371,7 +377,7 @@ int dt_mem_estimate_job_prec(const dt_mem_model *c, const dt_mem_job *j, int bf1
         if (exp > peak)
             peak = exp;
     }
-    e->weights = 4 * Wd;
+    e->weights = 4 * (W - hb) + 2 * hb; /* exact: hb may be odd */
     e->trainable = 4 * trainable;
     e->activations = 4 * acts;
     e->workspace = 4 * (peak - Wd - trainable - acts);

@@ -283,16 +283,15 @@ int dt_decoder_feed(dt_decoder *d, const int32_t *ids, int t, float *logits,
     for (int c0 = 0; c0 < t; c0 += m->N) {
         int n = t - c0 < m->N ? t - c0 : m->N, p = p0 + c0;
         OPS.upload(d->be, m->ids, ids + c0, (size_t)n * sizeof(int32_t));
-        OPS.embedding_fwd(d->be, d->x, m->ids, m->wte,
-                          m->wpe ? m->wpe + (size_t)p * C : NULL, 1, n, C);
+        dt_model_embed(m, d->x, m->ids, m->wpe ? m->wpe + (size_t)p * C : NULL,
+                       1, n);
         for (int l = 0; l < c->n_layer; l++)
             layer_step(d, l, p, n);
         d->len = p + n;
         if (logits && c0 + n == t) {
             const float *last = d->x + (size_t)(n - 1) * C;
             norm(d, d->n, last, m->nfw, m->nfb, 1);
-            OPS.gemm(d->be, 0, 1, 1, V, C, 1.0f, d->n, C, m->head, C, 0.0f,
-                     d->logits, V);
+            dt_model_head_gemm(m, 1, d->n, d->logits, 1, 0.0f);
             OPS.download(d->be, logits, d->logits, (size_t)V * sizeof(float));
         }
     }
@@ -493,9 +492,8 @@ int dt_decoder_feed_batch(dt_decoder *const *ds, int n, const int32_t *const *id
             S->adany |= gs[i]->ad != NULL;
         OPS.upload(S->be, m->ids, cat, (size_t)rows * sizeof(int32_t));
         for (int i = 0; i < ng; i++)
-            OPS.embedding_fwd(S->be, S->x + (size_t)off[i] * C, m->ids + off[i], m->wte,
-                              m->wpe ? m->wpe + (size_t)gs[i]->len * C : NULL, 1,
-                              t[g0 + i], C);
+            dt_model_embed(m, S->x + (size_t)off[i] * C, m->ids + off[i],
+                           m->wpe ? m->wpe + (size_t)gs[i]->len * C : NULL, 1, t[g0 + i]);
         for (int l = 0; l < c->n_layer; l++)
             layer_step_batch(S, gs, ng, l, t + g0, off);
         for (int i = 0; i < ng; i++) {
@@ -504,7 +502,7 @@ int dt_decoder_feed_batch(dt_decoder *const *ds, int n, const int32_t *const *id
                  m->nfw, m->nfb, 1);
         }
         if (logits) {
-            OPS.gemm(S->be, 0, 1, ng, V, C, 1.0f, S->n, C, m->head, C, 0.0f, S->blogits, V);
+            dt_model_head_gemm(m, 1, S->n, S->blogits, ng, 0.0f);
             OPS.download(S->be, logits + (size_t)g0 * V, S->blogits,
                          (size_t)ng * V * sizeof(float));
         }
@@ -545,14 +543,14 @@ int dt_decoder_step_batch(dt_decoder *const *ds, int n, const int32_t *ids,
         }
         OPS.upload(S->be, m->ids, ids + b0, (size_t)nb * sizeof(int32_t));
         for (int i = 0; i < nb; i++)
-            OPS.embedding_fwd(S->be, S->x + (size_t)i * C, m->ids + i, m->wte,
-                              m->wpe ? m->wpe + (size_t)bs[i]->len * C : NULL, 1, 1, C);
+            dt_model_embed(m, S->x + (size_t)i * C, m->ids + i,
+                           m->wpe ? m->wpe + (size_t)bs[i]->len * C : NULL, 1, 1);
         for (int l = 0; l < c->n_layer; l++)
             layer_step_batch(S, bs, nb, l, NULL, NULL);
         for (int i = 0; i < nb; i++)
             bs[i]->len++;
         norm(S, S->n, S->x, m->nfw, m->nfb, nb);
-        OPS.gemm(S->be, 0, 1, nb, V, C, 1.0f, S->n, C, m->head, C, 0.0f, S->blogits, V);
+        dt_model_head_gemm(m, 1, S->n, S->blogits, nb, 0.0f);
         if (logits)
             OPS.download(S->be, logits + (size_t)b0 * V, S->blogits,
                          (size_t)nb * V * sizeof(float));

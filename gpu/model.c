@@ -92,7 +92,8 @@ static float *upload_w(dt_model *m, const char *name, long n, int *fail,
 }
 
 /* Uploads the canonical host tensor `name` (numel n) as bf16 (round to
- * nearest even) for a frozen linear weight in bf16 mode: converted in
+ * nearest even) for a frozen linear weight, the embedding table or the LM
+ * head in bf16 mode: converted in
  * chunks of 1 M elements, so no second full host copy exists, and not
  * registered as a named fp32 tensor (checkpoints skip it; export reads the
  * fp32 base again). */
@@ -504,16 +505,24 @@ int dt_model_new(dt_backend *be, dt_weights *w, const dt_lora_opts *lo,
     int fail = 0;
     uint64_t rng = seed ^ 0x6a09e667f3bcc909ull;
     int C = c->d_model;
+    const char *wte_name = c->arch == DT_ARCH_GPT2 ? "wte.weight" : "embed_tokens.weight";
+    if (!m->bf16) /* bf16: uploaded in bf16 below */
+        m->wte = weight(m, wte_name, c->vocab, C, &m->pwte, &fail, err);
     if (c->arch == DT_ARCH_GPT2) {
-        m->wte = weight(m, "wte.weight", c->vocab, C, &m->pwte, &fail, err);
         m->wpe = weight(m, "wpe.weight", c->max_pos, C, &m->pwpe, &fail, err);
         m->nfw = weight(m, "ln_f.weight", C, 0, &m->pnfw, &fail, err);
         m->nfb = weight(m, "ln_f.bias", C, 0, &m->pnfb, &fail, err);
     } else {
-        m->wte = weight(m, "embed_tokens.weight", c->vocab, C, &m->pwte, &fail, err);
         m->nfw = weight(m, "norm.weight", C, 0, &m->pnfw, &fail, err);
     }
-    if (!fail && c->tied) {
+    if (!fail && m->bf16) {
+        /* bf16 (lora, delta_lora): the frozen table and head in bf16 only,
+         * no fp32 device copy; a tied head is the same table. */
+        long vc = (long)c->vocab * C;
+        m->wteh = upload_w_bf16(m, wte_name, vc, &fail, err);
+        m->headh = c->tied ? m->wteh
+                           : upload_w_bf16(m, "lm_head.weight", vc, &fail, err);
+    } else if (!fail && c->tied) {
         m->head = m->wte;
         m->phead = m->pwte;
     } else if (!fail) {
@@ -603,6 +612,9 @@ void dt_model_free(dt_model *m)
     for (int l = 0; m->L && l < m->c.n_layer; l++)
         for (int j = 0; j < m->L[l].nlin; j++)
             be->i.free(be, m->L[l].lin[j].Wh);
+    if (m->headh != m->wteh)
+        be->i.free(be, m->headh);
+    be->i.free(be, m->wteh);
     dt_model_release_activations(m);
     be->i.free(be, m->gnorm2);
     free(m->opt);

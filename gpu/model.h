@@ -94,8 +94,9 @@ typedef struct dt_lora_opts {
     int rank;          /* r */
     float alpha;       /* scaling s = alpha / r */
     unsigned targets;  /* DT_T_* bits */
-    /* BF16: the frozen linear weights (every layer's W except for `full`)
-     * live on the device in bf16 and their GEMMs are gemm_bf16w; TF32: the
+    /* BF16: the frozen linear weights (every layer's W), the embedding
+     * table and the LM head (except for `full`) live on the device in bf16
+     * and their GEMMs are gemm_bf16w; TF32: the
      * fp32 GEMMs may use TF32; AUTO / FP32: fp32. */
     dt_precision precision;
     /* Delta-LoRA: 1 keeps W at W_0 and applies λ·s·(B·A − B_K·A_K) as two

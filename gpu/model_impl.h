@@ -47,7 +47,8 @@ struct dt_model {
     dt_config c;
     dt_lora_opts lo;
     float s;               /* alpha / r */
-    int bf16;              /* frozen linear weights are bf16 (L->Wh) */
+    int bf16;              /* frozen linear weights (L->Wh), the embedding
+                              table and the LM head (wteh, headh) are bf16 */
     int lowrank;           /* Delta-LoRA in the low-rank form (no W write) */
     int ckpt;              /* activation checkpointing (dt_lora_opts): the
                               per-layer buffers below hold one layer; the
@@ -59,6 +60,10 @@ struct dt_model {
 
     float *wte, *wpe, *nfw, *nfb, *head; /* head == wte when tied */
     dt_param *pwte, *pwpe, *pnfw, *pnfb, *phead;
+    /* bf16 mode: the frozen embedding table and LM head in bf16 only
+     * (wte, head NULL; headh == wteh when tied); else NULL. Read through
+     * dt_model_embed / dt_model_head_gemm. */
+    uint16_t *wteh, *headh;
     dt_layer *L;
 
     dt_param *params; int nparams, capparams;
@@ -117,5 +122,16 @@ struct dt_model {
     int lmicro;
     float *xd, *xd2;       /* LoRA dropout: (N, widest input) scratch each */
 };
+
+/* out(b*t, C) = wte[ids] (+ wpe rows when wpe != NULL, as embedding_fwd):
+ * the fp32 or the bf16 table (model_pass.c). */
+void dt_model_embed(dt_model *m, float *out, const int32_t *ids,
+                    const float *wpe, int b, int t);
+/* The LM head's GEMMs, fp32 or bf16 (gemm_bf16w, fp32 accumulation):
+ * tw = 1: y(rows, V) = beta*y + x(rows, C)·headᵀ (logits);
+ * tw = 0: y(rows, C) = beta*y + x(rows, V)·head (the hidden states'
+ * gradient). Leading dimensions are the widths. */
+void dt_model_head_gemm(dt_model *m, int tw, const float *x, float *y,
+                        int rows, float beta);
 
 #endif

@@ -55,6 +55,28 @@ static void lin_w(dt_model *m, dt_linear *L, int tw, const float *x, float *y,
         OPS.gemm(m->be, 0, tw, N, M, K, 1.0f, x, K, L->W, L->in, beta, y, M);
 }
 
+void dt_model_embed(dt_model *m, float *out, const int32_t *ids,
+                    const float *wpe, int b, int t)
+{
+    if (m->wteh)
+        OPS.embedding_fwd_bf16(m->be, out, ids, m->wteh, wpe, b, t,
+                               m->c.d_model);
+    else
+        OPS.embedding_fwd(m->be, out, ids, m->wte, wpe, b, t, m->c.d_model);
+}
+
+void dt_model_head_gemm(dt_model *m, int tw, const float *x, float *y,
+                        int rows, float beta)
+{
+    int C = m->c.d_model, V = m->c.vocab;
+    int N = tw ? V : C, K = tw ? C : V;
+    if (m->headh)
+        OPS.gemm_bf16w(m->be, 0, tw, rows, N, K, 1.0f, x, K, m->headh, C,
+                       beta, y, N);
+    else
+        OPS.gemm(m->be, 0, tw, rows, N, K, 1.0f, x, K, m->head, C, beta, y, N);
+}
+
 /* The adapter's scale in the forward pass: s, or s·(1+λ) in the low-rank
  * Delta-LoRA form once W has moved. */
 static float lora_fwd_scale(const dt_model *m)
@@ -464,7 +486,7 @@ static void head_chunks(dt_model *m, const float *x, const int32_t *tgt,
     for (int r0 = 0; r0 < rows_total; r0 += m->head_rows) {
         int rows = rows_total - r0 < m->head_rows ? rows_total - r0 : m->head_rows;
         const float *xr = x + (size_t)r0 * C;
-        OPS.gemm(be, 0, 1, rows, V, C, 1.0f, xr, C, m->head, C, 0.0f, m->logits, V);
+        dt_model_head_gemm(m, 1, xr, m->logits, rows, 0.0f);
         m->head_gemm_rows += rows;
         if (m->ltrain && m->smoothing > 0.0f)
             OPS.cross_entropy_smooth(be, m->logits, m->losses + r0, tgt + r0,
@@ -474,8 +496,7 @@ static void head_chunks(dt_model *m, const float *x, const int32_t *tgt,
                               grad_scale);
         if (grad_scale == 0.0f)
             continue;
-        OPS.gemm(be, 0, 0, rows, C, V, 1.0f, m->logits, V, m->head, C, 0.0f,
-                 dx + (size_t)r0 * C, C);
+        dt_model_head_gemm(m, 0, m->logits, dx + (size_t)r0 * C, rows, 0.0f);
         if (m->phead)
             OPS.gemm(be, 1, 0, V, C, rows, 1.0f, m->logits, V, xr, C, 1.0f,
                      m->phead->g, C);
@@ -568,11 +589,11 @@ int dt_model_forward_packed(dt_model *m, const int32_t *ids,
     if (pos && m->wpe) {
         /* learned positions at pos: wte[ids], then wpe[pos] (through m->dx,
          * free until the first layer) added; the same single float add. */
-        OPS.embedding_fwd(be, m->res, m->ids, m->wte, NULL, b, t, C);
+        dt_model_embed(m, m->res, m->ids, NULL, b, t);
         OPS.embedding_fwd(be, m->dx, m->pos, m->wpe, NULL, b, t, C);
         OPS.axpy(be, (long)N * C, 1.0f, m->dx, m->res);
     } else {
-        OPS.embedding_fwd(be, m->res, m->ids, m->wte, m->wpe, b, t, C);
+        dt_model_embed(m, m->res, m->ids, m->wpe, b, t);
     }
     float pe = drop_p(m, m->drop.embd);
     if (pe > 0.0f) /* GPT-2's embd_pdrop, in place */
@@ -642,8 +663,7 @@ int dt_model_logits(dt_model *m, float *host, int b, int t, char *err)
     int N = b * t, C = m->c.d_model, V = m->c.vocab;
     for (int r0 = 0; r0 < N; r0 += m->head_rows) {
         int rows = N - r0 < m->head_rows ? N - r0 : m->head_rows;
-        OPS.gemm(m->be, 0, 1, rows, V, C, 1.0f, m->nf + (size_t)r0 * C, C,
-                 m->head, C, 0.0f, m->logits, V);
+        dt_model_head_gemm(m, 1, m->nf + (size_t)r0 * C, m->logits, rows, 0.0f);
         OPS.download(m->be, host + (size_t)r0 * V, m->logits,
                      (size_t)rows * V * sizeof(float));
     }
@@ -731,23 +751,36 @@ void dt_model_delta_apply(dt_model *m, float lambda)
 /* The bf16 frozen weights' fp32 bases into `out`, taken over from the
  * model's dt_weights (their data is NULL afterwards; the caller reloads them
  * when they were released after upload). */
+static int take_bf16_base(dt_model *m, const char *name, dt_tensorset *out,
+                          char *err)
+{
+    dt_tensor *src = dt_tensorset_find(&m->w->ts, name);
+    if (!src || !src->data)
+        return dt_errf(err, DT_EINVAL, "exporting %s: the fp32 base "
+                       "weights were released after upload (reload "
+                       "the model's weights first)", name);
+    float *h = src->data; /* taken over: one host copy at a time */
+    src->data = NULL;
+    return dt_tensorset_add(out, name, src->ndim, src->shape, h,
+                            src->src_dtype, err);
+}
+
 static int merged_bf16_bases(dt_model *m, dt_tensorset *out, char *err)
 {
+    int rc;
+    /* the embedding table and an untied LM head (wteh, headh) */
+    if (m->wteh && (rc = take_bf16_base(m, m->c.arch == DT_ARCH_GPT2
+                                               ? "wte.weight"
+                                               : "embed_tokens.weight",
+                                        out, err)))
+        return rc;
+    if (m->headh && m->headh != m->wteh &&
+        (rc = take_bf16_base(m, "lm_head.weight", out, err)))
+        return rc;
     for (int l = 0; l < m->c.n_layer; l++) {
         for (int j = 0; j < m->L[l].nlin; j++) {
             dt_linear *L = &m->L[l].lin[j];
-            if (!L->Wh)
-                continue;
-            dt_tensor *src = dt_tensorset_find(&m->w->ts, L->wname);
-            if (!src || !src->data)
-                return dt_errf(err, DT_EINVAL, "exporting %s: the fp32 base "
-                               "weights were released after upload (reload "
-                               "the model's weights first)", L->wname);
-            float *h = src->data; /* taken over: one host copy at a time */
-            src->data = NULL;
-            int rc = dt_tensorset_add(out, L->wname, src->ndim, src->shape, h,
-                                      src->src_dtype, err);
-            if (rc)
+            if (L->Wh && (rc = take_bf16_base(m, L->wname, out, err)))
                 return rc;
         }
     }

@@ -400,6 +400,63 @@ static void test_embedding_matches_cpu(void **state)
     done();
 }
 
+/* embedding_fwd_bf16 (--precision bf16: the frozen table in bf16): on each
+ * backend bit for bit embedding_fwd on the table widened to fp32 (a bf16
+ * value is exact in fp32, then the same one add of wpe), so CUDA equals the
+ * CPU oracle exactly, with and without positions. */
+static void test_embedding_bf16_table_matches_cpu(void **state)
+{
+    static const int big[][4] = {{2, 37, 70, 11}, {4, 64, 128, 500}}; /* B T C V */
+    static const int little[][4] = {{2, 9, 20, 5}, {1, 33, 140, 50}};
+    const int(*shapes)[4] = small ? little : big;
+    for (int s = 0; s < 2; s++) {
+        int B = shapes[s][0], T = shapes[s][1], C = shapes[s][2], V = shapes[s][3];
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d C=%d V=%d", B, T, C, V);
+        long nw = (long)V * C;
+        uint16_t *hw = malloc((size_t)nw * sizeof *hw);
+        float *hwf = malloc((size_t)nw * sizeof *hwf);
+        assert_true(hw && hwf);
+        for (long i = 0; i < nw; i++) {
+            hw[i] = dt_f32_to_bf16(frand());
+            hwf[i] = dt_bf16_to_f32(hw[i]);
+        }
+        dbuf ids = buf_ids((long)B * T, V);
+        dbuf w16 = buf_from(hw, (size_t)nw * sizeof *hw);
+        dbuf w32 = buf_from(hwf, (size_t)nw * sizeof *hwf);
+        dbuf wpe = buf_rand((long)T * C, 1.0f);
+        dbuf o16 = buf_zero((long)B * T * C), o32 = buf_zero((long)B * T * C);
+        dbuf n16 = buf_zero((long)B * T * C), n32 = buf_zero((long)B * T * C);
+        BOTH(be->i.embedding_fwd_bf16(be, F(o16), I(ids), (const uint16_t *)w16.d[k],
+                                      F(wpe), B, T, C));
+        BOTH(be->i.embedding_fwd_bf16(be, F(n16), I(ids), (const uint16_t *)w16.d[k],
+                                      NULL, B, T, C));
+        BOTH(be->i.embedding_fwd(be, F(o32), I(ids), F(w32), F(wpe), B, T, C));
+        BOTH(be->i.embedding_fwd(be, F(n32), I(ids), F(w32), NULL, B, T, C));
+        check(&o16, "embedding_fwd_bf16", shape, 0.0);
+        check(&n16, "embedding_fwd_bf16/nopos", shape, 0.0);
+        for (int k = 0; k < 2; k++) {
+            dbuf *pairs[2][2] = {{&o16, &o32}, {&n16, &n32}};
+            for (int p = 0; p < 2; p++) {
+                float *a = fetch(pairs[p][0], k), *b = fetch(pairs[p][1], k);
+                int same = !memcmp(a, b, pairs[p][0]->bytes);
+                printf("%-18s %-30s %s  = embedding_fwd of the widened table  %s\n",
+                       "embedding_bf16", shape, k ? "cuda" : "cpu ", same ? "PASS" : "FAIL");
+                if (!same)
+                    failures++;
+                free(a);
+                free(b);
+            }
+        }
+        dbuf *all[] = {&ids, &w16, &w32, &wpe, &o16, &o32, &n16, &n32};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+            buf_free(all[i]);
+        free(hw);
+        free(hwf);
+    }
+    done();
+}
+
 /* ---- normalization --------------------------------------------------------------------- */
 
 static const int norm_big[][2] = {{77, 200}, {64, 768}, {5, 33}};
@@ -1400,6 +1457,7 @@ int main(void)
         cmocka_unit_test(test_gemm_batched_matches_cpu),
         cmocka_unit_test(test_gemm_bf16w_matches_cpu),
         cmocka_unit_test(test_embedding_matches_cpu),
+        cmocka_unit_test(test_embedding_bf16_table_matches_cpu),
         cmocka_unit_test(test_layernorm_matches_cpu),
         cmocka_unit_test(test_rmsnorm_matches_cpu),
         cmocka_unit_test(test_activations_match_cpu),

@@ -75,6 +75,9 @@ static float g_smooth;
  * relative), so those cases allow 10x the fp32 ones. */
 static dt_precision g_prec = DT_PREC_FP32;
 static double g_tol = 1.0;
+/* The final tensors' factor (default g_tol): see the GPT-2 delta_lora bf16
+ * case. */
+static double g_tol_final = 0.0;
 
 static void run_steps(run *R, dt_weights *w, const dt_lora_opts *lo,
                       const dt_tensorset *init, const int32_t *ids,
@@ -268,9 +271,10 @@ static void compare_case(const char *arch_dir, dt_method method, const char *tar
         double e = nerr_masked(hg, hc, mask, nc);
         if (e > worst)
             worst = e;
-        if (e >= 1e-3 * g_tol)
+        double tf = g_tol_final > 0 ? g_tol_final : g_tol;
+        if (e >= 1e-3 * tf)
             printf("  %s: %s err %.2e\n", arch_dir, name, e);
-        assert_true(e < 1e-3 * g_tol);
+        assert_true(e < 1e-3 * tf);
         free(mask);
         free(hc);
         free(hg);
@@ -300,8 +304,10 @@ static void test_gpt2_full_with_dropout_cuda_matches_cpu(void **s) { (void)s; wi
 static void test_gpt2_lora_with_dropout_cuda_matches_cpu(void **s) { (void)s; with_dropout("gpt2_model", DT_LORA, "c_attn", "gpt2_lora"); }
 static void test_llama_lora_with_dropout_cuda_matches_cpu(void **s) { (void)s; with_dropout("llama_model", DT_LORA, "q,k,v,o,gate,up,down", "llama_lora"); }
 
-/* --precision bf16 on both: gemm_bf16w on the frozen weights, Delta-LoRA
- * in the low-rank form (W is never written), full in fp32. */
+/* --precision bf16 on both: gemm_bf16w on the frozen weights, the LM head
+ * included (GPT-2's tied to the one bf16 table, Llama's untied), the
+ * embedding through embedding_fwd_bf16, Delta-LoRA in the low-rank form (W
+ * is never written), full in fp32. */
 static void in_bf16(const char *arch_dir, dt_method method, const char *targets,
                     const char *init_case)
 {
@@ -313,7 +319,23 @@ static void in_bf16(const char *arch_dir, dt_method method, const char *targets,
 }
 
 static void test_gpt2_lora_bf16_cuda_matches_cpu(void **s) { (void)s; in_bf16("gpt2_model", DT_LORA, "c_attn", "gpt2_lora"); }
-static void test_gpt2_delta_lora_bf16_cuda_matches_cpu(void **s) { (void)s; in_bf16("gpt2_model", DT_DELTA_LORA, "q,v", "gpt2_delta_qv"); }
+/* GPT-2 delta_lora on q,v in bf16: q's A gets gradients of about 1e-7
+ * (test_delta_lora.c), so AdamW's normalised steps turn rounding into a
+ * different trajectory. With the LM head in bf16 its logit gradients are
+ * rounded to bf16 too (rows x V of them), and an fp32 difference of
+ * summation order upstream flips some of those roundings: the first
+ * gradients still agree within the bf16 tolerance (3e-4 against 1e-2),
+ * the losses within 3e-5, but q's A after 10 steps differs by 2.6e-2
+ * (the emulator and the perturbed CPU self-test alike; 1.5e-3 with the
+ * head in fp32), so this case's final tensors allow 4e-2. */
+static void test_gpt2_delta_lora_bf16_cuda_matches_cpu(void **s)
+{
+    (void)s;
+    g_tol_final = 40.0;
+    in_bf16("gpt2_model", DT_DELTA_LORA, "q,v", "gpt2_delta_qv");
+    g_tol_final = 0.0;
+}
+static void test_llama_lora_bf16_cuda_matches_cpu(void **s) { (void)s; in_bf16("llama_model", DT_LORA, "q,k,v,o,gate,up,down", "llama_lora"); }
 static void test_llama_delta_lora_bf16_cuda_matches_cpu(void **s) { (void)s; in_bf16("llama_model", DT_DELTA_LORA, "q,v", "llama_delta"); }
 static void test_llama_full_bf16_cuda_matches_cpu(void **s) { (void)s; in_bf16("llama_model", DT_FULL, "", NULL); }
 
@@ -338,6 +360,7 @@ int main(void)
         cmocka_unit_test(test_gpt2_full_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_lora_bf16_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_delta_lora_bf16_cuda_matches_cpu),
+        cmocka_unit_test(test_llama_lora_bf16_cuda_matches_cpu),
         cmocka_unit_test(test_llama_delta_lora_bf16_cuda_matches_cpu),
         cmocka_unit_test(test_llama_full_bf16_cuda_matches_cpu),
         cmocka_unit_test(test_gpt2_lora_cuda_matches_cpu),

@@ -586,16 +586,26 @@ static void test_blas_kernel_rule(void **s)
 }
 
 /* The memory estimate in bf16 (dt_mem_estimate_job_prec): lora and
- * delta_lora count the frozen linear weights at 2 bytes (GPT-2 small's
- * 4·C² + 2·C·F per layer), delta_lora drops its concatenated factors (the
- * low-rank form), full is unchanged (fp32 masters), and bf16 = 0 is
- * dt_mem_estimate_job. */
+ * delta_lora count the frozen linear weights (GPT-2 small's 4·C² + 2·C·F
+ * per layer) and the embedding table (V·C, the tied head is the same table)
+ * at 2 bytes, delta_lora drops its concatenated factors (the low-rank
+ * form), full is unchanged (fp32 masters), and bf16 = 0 is
+ * dt_mem_estimate_job. An untied head (GPT-2's shape, untied) is a second
+ * V·C at 2 bytes. */
 static void test_estimate_counts_bf16_weights_at_two_bytes(void **s)
 {
     (void)s;
     dt_mem_model g = {0, 12, 768, 12, 12, 64, 3072, 50257, 1024, 1, 0};
-    const long long C = 768, F = 3072, L = 12;
-    const long long lin = L * (4 * C * C + 2 * C * F);
+    const long long C = 768, F = 3072, L = 12, V = 50257;
+    const long long lin = L * (4 * C * C + 2 * C * F) + V * C;
+    char err0[DT_ERR_LEN];
+    dt_mem_model gu = g;
+    gu.tied = 0;
+    dt_mem_job ju = {1, 8, "c_attn", 4, 256, 0, 0, 1, 1, 0, 0, 0};
+    dt_mem_estimate u32, u16;
+    assert_int_equal(dt_mem_estimate_job_prec(&gu, &ju, 0, &u32, err0), 0);
+    assert_int_equal(dt_mem_estimate_job_prec(&gu, &ju, 1, &u16, err0), 0);
+    assert_true(u32.weights - u16.weights == 2 * (lin + V * C));
     char err[DT_ERR_LEN];
     for (int method = 0; method < 3; method++) {
         for (int cuda = 0; cuda < 2; cuda++) {
@@ -609,7 +619,7 @@ static void test_estimate_counts_bf16_weights_at_two_bytes(void **s)
                 assert_true(b.weights == a.weights && b.total == a.total);
                 continue;
             }
-            /* 4 bytes -> 2 bytes per linear weight */
+            /* 4 bytes -> 2 bytes per linear weight and table element */
             assert_true(a.weights - b.weights == 2 * lin);
             if (method == 2) /* catA (2r, in) and catB (rows, 2r) are gone;
                               * A_K (r, in) and B_K (rows, r) stay */
