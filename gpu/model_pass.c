@@ -739,10 +739,13 @@ static int merged_bf16_bases(dt_model *m, dt_tensorset *out, char *err)
             if (!L->Wh)
                 continue;
             dt_tensor *src = dt_tensorset_find(&m->w->ts, L->wname);
-            if (!src || !src->data)
+            /* lazy weights not yet released: converted from the file now */
+            if (!src || (!src->data && !src->raw))
                 return dt_errf(err, DT_EINVAL, "exporting %s: the fp32 base "
                                "weights were released after upload (reload "
                                "the model's weights first)", L->wname);
+            if (!dt_weights_data(m->w, src, err))
+                return DT_ENOMEM;
             float *h = src->data; /* taken over: one host copy at a time */
             src->data = NULL;
             int rc = dt_tensorset_add(out, L->wname, src->ndim, src->shape, h,
