@@ -577,7 +577,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
             goto fail;
     }
 
-    w.release_on_upload = 1; /* peak host memory: one copy of the weights */
+    w.release_on_upload = 1; /* one tensor converted on the host at a time */
     if ((rc = dt_model_new(be, &w, &lo, o.batch, T, o.seed, &m, err)))
         goto fail;
     if (have_ad && (rc = tr_load_adapter(m, &ad, err)))
