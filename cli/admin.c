@@ -247,7 +247,7 @@ static int models_add(opts *o, db **d, char *err)
     }
     dt_weights w;
     memset(&w, 0, sizeof w);
-    if (dt_weights_load(abs, &w, err)) {
+    if (dt_weights_open(abs, &w, err)) { /* every check, nothing converted */
         fprintf(stderr, "deltatune models add: %s does not load: %s\n", abs, err);
         return 1;
     }

@@ -601,7 +601,7 @@ int dt_cmd_generate(int argc, char **argv)
     dt_decoder *d = NULL;
     int rc = 1;
     memset(&w, 0, sizeof w);
-    if (!(be = dt_backend_new(device, threads, err)) || dt_weights_load(model, &w, err) ||
+    if (!(be = dt_backend_new(device, threads, err)) || dt_weights_open(model, &w, err) ||
         !(tok = dt_model_tokenizer(model, err)))
         goto done;
     /* The cache holds the prompt and max_tokens (a --prompts-file: prompts
@@ -621,6 +621,7 @@ int dt_cmd_generate(int argc, char **argv)
     dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_AUTO, 0, 0.0f, 0};
     if (dt_precision_resolve(gprec, be, &lo.precision, err))
         goto done;
+    w.release_on_upload = 1; /* one tensor converted on the host at a time */
     if (dt_model_new(be, &w, &lo, 1, ctx < 256 ? ctx : 256, 0, &m, err) ||
         dt_decoder_new(m, ctx, &d, err))
         goto done;

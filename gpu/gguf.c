@@ -332,6 +332,28 @@ static void dequant(const unsigned char *src, uint32_t type, int64_t numel,
     }
 }
 
+void dt_raw_to_f32(const unsigned char *src, int raw_type, int64_t numel,
+                   float *dst)
+{
+    static const uint32_t gt[] = {GT_F32, GT_F32, GT_F16, GT_BF16, GT_Q8_0,
+                                  GT_Q4_0, GT_Q4_1};
+    dequant(src, gt[raw_type > 0 && raw_type <= DT_RAW_Q4_1 ? raw_type : 1],
+            numel, dst);
+}
+
+/* The raw type of a supported GGUF type. */
+static int gt_raw(uint32_t t)
+{
+    switch (t) {
+    case GT_F16: return DT_RAW_F16;
+    case GT_BF16: return DT_RAW_BF16;
+    case GT_Q8_0: return DT_RAW_Q8_0;
+    case GT_Q4_0: return DT_RAW_Q4_0;
+    case GT_Q4_1: return DT_RAW_Q4_1;
+    default: return DT_RAW_F32;
+    }
+}
+
 /* Reads one tensor info and checks it (not yet against the data section). */
 static int rd_tensor_info(rd *r, ginfo *g)
 {
@@ -397,7 +419,7 @@ static int rd_header(rd *r, uint64_t *nt, uint64_t *nkv)
 }
 
 static int gguf_parse(const char *path, const unsigned char *p, uint64_t size,
-                      dt_tensorset *ts, int meta_only, char *err)
+                      dt_tensorset *ts, int meta_only, int lazy, char *err)
 {
     rd r = {p, size, 0, path, err};
     int rc, n0 = ts->n, m0 = ts->nmeta;
@@ -481,13 +503,16 @@ static int gguf_parse(const char *path, const unsigned char *p, uint64_t size,
     }
     for (uint64_t i = 0; i < nt; i++) {
         ginfo *g = &gi[i];
-        float *buf = malloc((size_t)(g->numel ? g->numel : 1) * sizeof(float));
-        if (!buf) {
-            rc = dt_errf(err, DT_ENOMEM, "%s: out of memory for tensor %s",
-                         path, g->name);
-            goto fail;
+        float *buf = NULL;
+        if (!lazy) {
+            buf = malloc((size_t)(g->numel ? g->numel : 1) * sizeof(float));
+            if (!buf) {
+                rc = dt_errf(err, DT_ENOMEM, "%s: out of memory for tensor "
+                             "%s", path, g->name);
+                goto fail;
+            }
+            dequant(p + data0 + g->offset, g->type, g->numel, buf);
         }
-        dequant(p + data0 + g->offset, g->type, g->numel, buf);
         dt_dtype sd = g->type == GT_F16 ? DT_F16
                       : g->type == GT_BF16 ? DT_BF16 : DT_F32;
         if ((rc = dt_tensorset_add(ts, g->name, g->ndim, g->shape, buf, sd,
@@ -497,6 +522,11 @@ static int gguf_parse(const char *path, const unsigned char *p, uint64_t size,
             if (err)
                 memcpy(err, tmp, DT_ERR_LEN);
             goto fail;
+        }
+        if (lazy) {
+            dt_tensor *t = &ts->t[ts->n - 1];
+            t->raw = p + data0 + g->offset;
+            t->raw_type = gt_raw(g->type);
         }
     }
     for (uint64_t i = 0; i < nt; i++)
@@ -519,26 +549,47 @@ fail:
     return rc;
 }
 
-static int gguf_open(const char *path, dt_tensorset *ts, int meta_only,
-                     char *err)
+static int gguf_read(const char *path, dt_tensorset *ts, int meta_only,
+                     int lazy, char *err)
 {
     dt_map map;
     int rc = dt_file_map(path, 24, &map, err);
     if (rc)
         return rc;
-    rc = gguf_parse(path, map.data, map.size, ts, meta_only, err);
+    int n0 = ts->n, m0 = ts->nmeta;
+    rc = gguf_parse(path, map.data, map.size, ts, meta_only, lazy, err);
+    if (!rc && lazy) {
+        dt_map *a = realloc(ts->maps, (size_t)(ts->nmaps + 1) * sizeof *a);
+        if (a) {
+            ts->maps = a;
+            ts->maps[ts->nmaps++] = map; /* ts keeps the mapping */
+            return DT_OK;
+        }
+        while (ts->n > n0) {
+            ts->n--;
+            free(ts->t[ts->n].name);
+        }
+        while (ts->nmeta > m0)
+            meta_clear(&ts->meta[--ts->nmeta]);
+        rc = dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
+    }
     dt_file_unmap(&map);
     return rc;
 }
 
 int dt_gguf_load(const char *path, dt_tensorset *ts, char *err)
 {
-    return gguf_open(path, ts, 0, err);
+    return gguf_read(path, ts, 0, 0, err);
+}
+
+int dt_gguf_open(const char *path, dt_tensorset *ts, char *err)
+{
+    return gguf_read(path, ts, 0, 1, err);
 }
 
 int dt_gguf_load_meta(const char *path, dt_tensorset *ts, char *err)
 {
-    return gguf_open(path, ts, 1, err);
+    return gguf_read(path, ts, 1, 0, err);
 }
 
 /* One key/value for dt_gguf_scan: kv->key already read. Strings point into

@@ -82,11 +82,18 @@ static float *upload_w(dt_model *m, const char *name, long n, int *fail,
                     name, n * 4);
         return NULL;
     }
-    m->be->i.upload(m->be, p, t->data, (size_t)n * sizeof(float));
-    if (m->w->release_on_upload) {
-        free(t->data);
-        t->data = NULL;
+    float *h = dt_weights_upload_begin(m->w, t, err); /* err: why not */
+    if (!h) {
+        m->be->i.free(m->be, p);
+        m->taken_bytes -= (size_t)n * sizeof(float);
+        *fail = 1;
+        return NULL;
     }
+    m->be->i.upload(m->be, p, h, (size_t)n * sizeof(float));
+    /* upload() may be asynchronous: h is freed next */
+    if (m->w->release_on_upload && m->be->i.sync(m->be, err))
+        *fail = 1;
+    dt_weights_upload_end(m->w, t, h);
     add_named(m, name, p, n);
     return p;
 }
@@ -101,7 +108,7 @@ static uint16_t *upload_w_bf16(dt_model *m, const char *name, long n,
                                int *fail, char *err)
 {
     dt_tensor *t = dt_tensorset_find(&m->w->ts, name);
-    if (!t || t->numel != n || !t->data) {
+    if (!t || t->numel != n || (!t->data && !t->raw)) {
         if (!*fail)
             dt_errf(err, DT_EFORMAT, "tensor %s missing or not %ld elements",
                     name, n);
@@ -114,9 +121,15 @@ static uint16_t *upload_w_bf16(dt_model *m, const char *name, long n,
     uint16_t *p = m->be->i.alloc(m->be, bytes);
     enum { CHUNK = 1 << 20 };
     uint16_t *h = p ? malloc(CHUNK * sizeof *h) : NULL;
-    if (!p || !h) {
+    float *src = p && h ? dt_weights_upload_begin(m->w, t, err) : NULL;
+    if (!p || !h || !src) {
+        int conv = p && h; /* the conversion failed: err says why */
         m->be->i.free(m->be, p);
         free(h);
+        if (conv) {
+            *fail = 1;
+            return NULL;
+        }
         *fail = 1;
         m->fail_bytes = bytes;
         return NULL;
@@ -125,7 +138,7 @@ static uint16_t *upload_w_bf16(dt_model *m, const char *name, long n,
     for (long i0 = 0; i0 < n; i0 += CHUNK) {
         long k = n - i0 < CHUNK ? n - i0 : CHUNK;
         for (long i = 0; i < k; i++)
-            h[i] = dt_f32_to_bf16(t->data[i0 + i]);
+            h[i] = dt_f32_to_bf16(src[i0 + i]);
         m->be->i.upload(m->be, p + i0, h, (size_t)k * sizeof *h);
         /* upload() may be asynchronous: the next chunk reuses h */
         char why[DT_ERR_LEN];
@@ -135,10 +148,7 @@ static uint16_t *upload_w_bf16(dt_model *m, const char *name, long n,
         }
     }
     free(h);
-    if (m->w->release_on_upload) {
-        free(t->data);
-        t->data = NULL;
-    }
+    dt_weights_upload_end(m->w, t, src);
     return p;
 }
 
@@ -634,6 +644,7 @@ void dt_weights_release_data(dt_weights *w)
         free(w->ts.t[i].data);
         w->ts.t[i].data = NULL;
     }
+    dt_tensorset_drop_sources(&w->ts);
 }
 
 const dt_config *dt_model_config(const dt_model *m) { return &m->c; }

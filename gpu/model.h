@@ -51,18 +51,43 @@ typedef struct dt_config {
 /* Where the weights came from, so that export writes the same layout. */
 typedef struct dt_weights {
     dt_config cfg;
-    dt_tensorset ts;     /* canonical names, fp32 */
+    dt_tensorset ts;     /* canonical names, fp32 (dt_weights_open: lazy,
+                            each converted from the mapped file on demand) */
     char prefix[32];     /* "transformer.", "model." or "" as in the input */
     dt_dtype dtype;      /* dtype to export (the input's) */
     int from_gguf;
     char *config_json;   /* the input's config.json text (NULL for GGUF) */
     char src_dir[1024];  /* input directory (to copy tokenizer files) */
     int release_on_upload; /* dt_model_new frees each host tensor once it is
-                              on the device (see dt_weights_release_data) */
+                              on the device (see dt_weights_release_data);
+                              a lazy one is converted, uploaded and freed
+                              one at a time */
+    int64_t host_peak;   /* dt_weights_host_peak */
 } dt_weights;
 
-/* Loads a Hugging Face directory or a .gguf file. */
+/* Loads a Hugging Face directory or a .gguf file: every tensor converted to
+ * its canonical fp32 form in host memory. */
 int dt_weights_load(const char *path, dt_weights *w, char *err);
+/* The same checks (config, every tensor's presence, shape and dtype), but
+ * the file stays mapped and no tensor is converted: each tensor's data is
+ * NULL until dt_weights_data (or dt_model_new's upload) converts it. With
+ * release_on_upload, dt_model_new converts, uploads and frees one tensor at
+ * a time: the host holds about the largest tensor in fp32 at once, besides
+ * the mapping (page cache). dt_weights_release_data unmaps the file. */
+int dt_weights_open(const char *path, dt_weights *w, char *err);
+/* t's fp32 host data (t a tensor of w->ts), converted from the file and kept
+ * in t->data when not held yet. NULL (DT_EINVAL in err) once released. */
+float *dt_weights_data(dt_weights *w, dt_tensor *t, char *err);
+/* For an upload: t's fp32 values, converted into a buffer of their own when
+ * t is lazy and release_on_upload is set (else dt_weights_data);
+ * dt_weights_upload_end then frees what release_on_upload says to free. */
+float *dt_weights_upload_begin(dt_weights *w, dt_tensor *t, char *err);
+void dt_weights_upload_end(dt_weights *w, dt_tensor *t, float *h);
+/* The most bytes of converted fp32 tensors that w held on the host at once
+ * (a conversion for an upload counted while it lives): the whole model for
+ * dt_weights_load, one tensor for dt_weights_open + a release_on_upload
+ * dt_model_new. */
+int64_t dt_weights_host_peak(const dt_weights *w);
 void dt_weights_free(dt_weights *w);
 /* Loads the tokenizer that belongs to the model at path. */
 dt_tokenizer *dt_model_tokenizer(const char *path, char *err);
@@ -160,8 +185,9 @@ void dt_model_free(dt_model *m);
  * weights and factors are needed then). Forward passes fail afterwards. */
 void dt_model_release_activations(dt_model *m);
 /* Frees the host copies of the weights once a model holds them on its
- * device (names, shapes and dtypes stay: export needs those). Halves the
- * host memory of CPU training. */
+ * device (names, shapes and dtypes stay: export needs those), and unmaps
+ * the file of lazy weights (their data cannot be converted again). Halves
+ * the host memory of CPU training. */
 void dt_weights_release_data(dt_weights *w);
 
 const dt_config *dt_model_config(const dt_model *m);

@@ -755,10 +755,13 @@ static int take_bf16_base(dt_model *m, const char *name, dt_tensorset *out,
                           char *err)
 {
     dt_tensor *src = dt_tensorset_find(&m->w->ts, name);
-    if (!src || !src->data)
+    /* lazy weights not yet released: converted from the file now */
+    if (!src || (!src->data && !src->raw))
         return dt_errf(err, DT_EINVAL, "exporting %s: the fp32 base "
                        "weights were released after upload (reload "
                        "the model's weights first)", name);
+    if (!dt_weights_data(m->w, src, err))
+        return DT_ENOMEM;
     float *h = src->data; /* taken over: one host copy at a time */
     src->data = NULL;
     return dt_tensorset_add(out, name, src->ndim, src->shape, h,

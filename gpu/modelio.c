@@ -138,30 +138,11 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *s)
         snprintf(buf + k, n - (size_t)k, ")");
 }
 
-/* Undoes llama.cpp's Q/K permutation for its interleaved RoPE, as
- * transformers' GGUF loader does (_reverse_permute_weights):
- * W.reshape(n_head, rows/n_head/2, 2, in).swapaxes(1, 2).reshape(rows, in),
- * i.e. new row h*2d + j*d + i = old row h*2d + 2*i + j. */
-static int unpermute_rows(float *w, int64_t rows, int64_t in, int n_head)
-{
-    int64_t hd = rows / n_head, half = hd / 2;
-    float *tmp = malloc((size_t)(hd * in) * sizeof(float));
-    if (!tmp)
-        return DT_ENOMEM;
-    for (int h = 0; h < n_head; h++) {
-        float *blk = w + (int64_t)h * hd * in;
-        for (int j = 0; j < 2; j++)
-            for (int64_t i = 0; i < half; i++)
-                memcpy(tmp + (j * half + i) * in, blk + (2 * i + j) * in,
-                       (size_t)in * sizeof(float));
-        memcpy(blk, tmp, (size_t)(hd * in) * sizeof(float));
-    }
-    free(tmp);
-    return DT_OK;
-}
-
-/* Moves the matched raw tensors into w->ts in spec order, checking shapes,
- * transposing Conv1D weights and un-permuting GGUF Q/K. */
+/* Adds the matched raw tensors to w->ts in spec order, checking shapes:
+ * lazy tensors (no data) that point into the raw set's mappings, which w->ts
+ * takes over, with their canonical shape and the conversion that makes it
+ * (GPT-2 Conv1D transposed, GGUF Q/K un-permuted), done by
+ * dt_tensor_convert when a tensor is needed. */
 static int canon_finish(const char *path, dt_tensorset *raw, speclist *L,
                         dt_weights *w, char *err)
 {
@@ -184,34 +165,26 @@ static int canon_finish(const char *path, dt_tensorset *raw, speclist *L,
         }
     }
     w->dtype = L->n ? raw->t[L->s[0].src].src_dtype : DT_F32;
+    if (dt_tensorset_take_maps(&w->ts, raw))
+        return dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
     for (int i = 0; i < L->n; i++) {
         tspec *s = &L->s[i];
         dt_tensor *t = &raw->t[s->src];
-        float *data = t->data;
         int64_t shape[2] = {s->shape[0], s->shape[1]};
-        if (s->conv1d) {
-            int64_t in = s->shape[0], out = s->shape[1];
-            float *tr = malloc((size_t)(in * out) * sizeof(float));
-            if (!tr)
-                return dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
-#pragma omp parallel for if (in * out > (1 << 16)) schedule(static)
-            for (int64_t o = 0; o < out; o++)
-                for (int64_t k = 0; k < in; k++)
-                    tr[o * in + k] = data[k * out + o];
-            shape[0] = out;
-            shape[1] = in;
-            data = tr;
-            free(t->data);
-        } else if (s->perm_heads > 0) {
-            int64_t in = s->ndim == 2 ? s->shape[1] : 1; /* bias: 1 column */
-            if (unpermute_rows(data, s->shape[0], in, s->perm_heads))
-                return dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
+        if (s->conv1d) { /* file (in, out) -> canonical (out, in) */
+            shape[0] = s->shape[1];
+            shape[1] = s->shape[0];
         }
-        t->data = NULL; /* now owned by w->ts */
-        int rc = dt_tensorset_add(&w->ts, s->name, s->ndim, shape, data,
+        int rc = dt_tensorset_add(&w->ts, s->name, s->ndim, shape, NULL,
                                   t->src_dtype, err);
         if (rc)
             return rc;
+        dt_tensor *c = &w->ts.t[w->ts.n - 1];
+        c->raw = t->raw;
+        c->raw_type = t->raw_type;
+        c->xform = s->conv1d ? DT_XF_TRANSPOSE
+                   : s->perm_heads > 0 ? DT_XF_UNPERMUTE : DT_XF_NONE;
+        c->xform_arg = s->perm_heads;
     }
     return DT_OK;
 }
@@ -475,7 +448,7 @@ static int load_hf(const char *dir, dt_weights *w, char *err)
     dt_tensorset raw;
     dt_tensorset_init(&raw);
     speclist L = {0};
-    if ((rc = dt_hf_weights_load(dir, &raw, err)))
+    if ((rc = dt_hf_weights_open(dir, &raw, err)))
         goto out;
     dt_config *c = &w->cfg;
     const char *pfx = c->arch == DT_ARCH_GPT2 ? "transformer." : "model.";
@@ -596,9 +569,11 @@ static int load_gguf(const char *path, dt_weights *w, char *err)
     dt_tensorset raw;
     dt_tensorset_init(&raw);
     speclist L = {0};
-    int rc = dt_gguf_load(path, &raw, err);
-    if (rc)
+    int rc = dt_gguf_open(path, &raw, err);
+    if (rc) {
+        dt_tensorset_free(&raw);
         return rc;
+    }
     dt_config *c = &w->cfg;
     memset(c, 0, sizeof *c);
     const dt_meta *am = dt_tensorset_meta(&raw, "general.architecture");
@@ -717,7 +692,7 @@ static int is_gguf_path(const char *path)
     return ok;
 }
 
-int dt_weights_load(const char *path, dt_weights *w, char *err)
+int dt_weights_open(const char *path, dt_weights *w, char *err)
 {
     memset(w, 0, sizeof *w);
     dt_tensorset_init(&w->ts);
@@ -739,6 +714,91 @@ int dt_weights_load(const char *path, dt_weights *w, char *err)
     if (rc)
         dt_weights_free(w);
     return rc;
+}
+
+/* The fp32 bytes of w's tensors held on the host now, plus `extra` (a
+ * conversion in flight), into the high-water mark. */
+static void host_note(dt_weights *w, int64_t extra)
+{
+    int64_t now = extra;
+    for (int i = 0; i < w->ts.n; i++)
+        if (w->ts.t[i].data)
+            now += w->ts.t[i].numel * (int64_t)sizeof(float);
+    if (now > w->host_peak)
+        w->host_peak = now;
+}
+
+/* A new buffer with t's canonical fp32 values, converted from the file. */
+static float *convert_new(dt_tensor *t, char *err)
+{
+    float *h = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+    if (!h) {
+        dt_errf(err, DT_ENOMEM, "out of host memory converting %s (%lld "
+                "bytes)", t->name, (long long)t->numel * 4);
+        return NULL;
+    }
+    if (dt_tensor_convert(t, h, err)) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+float *dt_weights_data(dt_weights *w, dt_tensor *t, char *err)
+{
+    if (t->data)
+        return t->data;
+    if (!t->raw) {
+        dt_errf(err, DT_EINVAL, "tensor %s: its host data was released",
+                t->name);
+        return NULL;
+    }
+    host_note(w, t->numel * (int64_t)sizeof(float));
+    t->data = convert_new(t, err);
+    return t->data;
+}
+
+float *dt_weights_upload_begin(dt_weights *w, dt_tensor *t, char *err)
+{
+    if (t->data || !w->release_on_upload)
+        return dt_weights_data(w, t, err);
+    if (!t->raw) {
+        dt_errf(err, DT_EINVAL, "tensor %s: its host data was released",
+                t->name);
+        return NULL;
+    }
+    host_note(w, t->numel * (int64_t)sizeof(float));
+    float *h = convert_new(t, err);
+    dt_tensor_drop_pages(t); /* read once: out of the resident set */
+    return h;
+}
+
+void dt_weights_upload_end(dt_weights *w, dt_tensor *t, float *h)
+{
+    if (!w->release_on_upload)
+        return;
+    if (h == t->data)
+        t->data = NULL;
+    free(h);
+}
+
+int64_t dt_weights_host_peak(const dt_weights *w)
+{
+    return w->host_peak;
+}
+
+int dt_weights_load(const char *path, dt_weights *w, char *err)
+{
+    int rc = dt_weights_open(path, w, err);
+    for (int i = 0; !rc && i < w->ts.n; i++)
+        if (!dt_weights_data(w, &w->ts.t[i], err))
+            rc = DT_ENOMEM;
+    if (rc) {
+        dt_weights_free(w);
+        return rc;
+    }
+    dt_tensorset_drop_sources(&w->ts); /* all in memory: the file is done */
+    return DT_OK;
 }
 
 void dt_weights_free(dt_weights *w)

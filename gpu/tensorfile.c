@@ -57,7 +57,135 @@ void dt_tensorset_free(dt_tensorset *ts)
     for (int i = 0; i < ts->nmeta; i++)
         meta_free(&ts->meta[i]);
     free(ts->meta);
+    for (int i = 0; i < ts->nmaps; i++)
+        dt_file_unmap(&ts->maps[i]);
+    free(ts->maps);
     dt_tensorset_init(ts);
+}
+
+void dt_tensorset_drop_sources(dt_tensorset *ts)
+{
+    for (int i = 0; i < ts->n; i++) {
+        ts->t[i].raw = NULL;
+        ts->t[i].raw_type = DT_RAW_NONE;
+    }
+    for (int i = 0; i < ts->nmaps; i++)
+        dt_file_unmap(&ts->maps[i]);
+    free(ts->maps);
+    ts->maps = NULL;
+    ts->nmaps = 0;
+}
+
+/* Appends one mapping to ts (which then owns it). */
+static int tensorset_add_map(dt_tensorset *ts, const dt_map *m)
+{
+    dt_map *a = realloc(ts->maps, (size_t)(ts->nmaps + 1) * sizeof *a);
+    if (!a)
+        return DT_ENOMEM;
+    ts->maps = a;
+    ts->maps[ts->nmaps++] = *m;
+    return DT_OK;
+}
+
+int dt_tensorset_take_maps(dt_tensorset *dst, dt_tensorset *src)
+{
+    while (src->nmaps > 0) {
+        if (tensorset_add_map(dst, &src->maps[0]))
+            return DT_ENOMEM;
+        memmove(src->maps, src->maps + 1,
+                (size_t)(src->nmaps - 1) * sizeof *src->maps);
+        src->nmaps--;
+    }
+    free(src->maps);
+    src->maps = NULL;
+    return DT_OK;
+}
+
+/* Undoes llama.cpp's Q/K permutation for its interleaved RoPE, as
+ * transformers' GGUF loader does (_reverse_permute_weights):
+ * W.reshape(n_head, rows/n_head/2, 2, in).swapaxes(1, 2).reshape(rows, in),
+ * i.e. new row h*2d + j*d + i = old row h*2d + 2*i + j. One head's rows of
+ * scratch. */
+static int unpermute_rows(float *w, int64_t rows, int64_t in, int n_head)
+{
+    int64_t hd = rows / n_head, half = hd / 2;
+    float *tmp = malloc((size_t)(hd * in > 0 ? hd * in : 1) * sizeof(float));
+    if (!tmp)
+        return DT_ENOMEM;
+    for (int h = 0; h < n_head; h++) {
+        float *blk = w + (int64_t)h * hd * in;
+        for (int j = 0; j < 2; j++)
+            for (int64_t i = 0; i < half; i++)
+                memcpy(tmp + (j * half + i) * in, blk + (2 * i + j) * in,
+                       (size_t)in * sizeof(float));
+        memcpy(blk, tmp, (size_t)(hd * in) * sizeof(float));
+    }
+    free(tmp);
+    return DT_OK;
+}
+
+/* Bytes of n elements of a raw type (quantized: n a multiple of 32). */
+static int64_t raw_bytes(int raw_type, int64_t n)
+{
+    switch (raw_type) {
+    case DT_RAW_F32: return n * 4;
+    case DT_RAW_F16: case DT_RAW_BF16: return n * 2;
+    case DT_RAW_Q8_0: return n / 32 * 34;
+    case DT_RAW_Q4_0: return n / 32 * 18;
+    default: return n / 32 * 20; /* Q4_1 */
+    }
+}
+
+void dt_tensor_drop_pages(const dt_tensor *t)
+{
+    if (!t->raw)
+        return;
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->raw;
+    uintptr_t e = a + (uintptr_t)raw_bytes(t->raw_type, t->numel);
+    uintptr_t a0 = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    uintptr_t e0 = e & ~((uintptr_t)pg - 1);
+    /* Whole pages inside the tensor only; a read-only file mapping faults
+     * them in again from the page cache if they are read later. */
+    if (pg > 0 && e0 > a0)
+        madvise((void *)a0, e0 - a0, MADV_DONTNEED);
+}
+
+int dt_tensor_convert(const dt_tensor *t, float *dst, char *err)
+{
+    if (!t->raw || t->raw_type == DT_RAW_NONE)
+        return dt_errf(err, DT_EINVAL, "tensor %s: no file data to read (its "
+                       "weights were released)", t->name);
+    if (t->xform == DT_XF_TRANSPOSE) {
+        /* The file holds (in, out) = (shape[1], shape[0]); dst is (out, in).
+         * File rows are converted a block at a time into a small scratch
+         * and scattered: no second full-size buffer. */
+        int64_t out = t->shape[0], in = t->shape[1];
+        const int64_t RB = 64;
+        float *tmp = malloc((size_t)(RB * out > 0 ? RB * out : 1) * sizeof(float));
+        if (!tmp)
+            return dt_errf(err, DT_ENOMEM, "tensor %s: out of memory",
+                           t->name);
+        for (int64_t k0 = 0; k0 < in; k0 += RB) {
+            int64_t kn = in - k0 < RB ? in - k0 : RB;
+            dt_raw_to_f32(t->raw + raw_bytes(t->raw_type, k0 * out),
+                          t->raw_type, kn * out, tmp);
+#pragma omp parallel for if (kn * out > (1 << 16)) schedule(static)
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t k = 0; k < kn; k++)
+                    dst[o * in + k0 + k] = tmp[k * out + o];
+        }
+        free(tmp);
+        return DT_OK;
+    }
+    dt_raw_to_f32(t->raw, t->raw_type, t->numel, dst);
+    if (t->xform == DT_XF_UNPERMUTE) {
+        int64_t in = t->ndim == 2 ? t->shape[1] : 1; /* bias: 1 column */
+        if (unpermute_rows(dst, t->shape[0], in, t->xform_arg))
+            return dt_errf(err, DT_ENOMEM, "tensor %s: out of memory",
+                           t->name);
+    }
+    return DT_OK;
 }
 
 dt_tensor *dt_tensorset_find(dt_tensorset *ts, const char *name)
@@ -262,7 +390,8 @@ static void convert_to_f32(const unsigned char *src, dt_dtype dtype,
 }
 
 static int st_parse_and_load(const char *path, const unsigned char *map,
-                             uint64_t size, dt_tensorset *ts, char *err)
+                             uint64_t size, dt_tensorset *ts, int lazy,
+                             char *err)
 {
     if (size < 8)
         return dt_errf(err, DT_EFORMAT, "%s: file truncated (%llu bytes)",
@@ -338,16 +467,26 @@ static int st_parse_and_load(const char *path, const unsigned char *map,
     int n0 = ts->n;
     for (size_t i = 0; i < n; i++) {
         st_info *si = &info[i];
-        float *buf = malloc((size_t)(si->numel ? si->numel : 1) * sizeof(float));
-        if (!buf) {
-            rc = dt_errf(err, DT_ENOMEM, "%s: out of memory for tensor %s",
-                         path, si->name);
-            tensorset_truncate(ts, n0);
-            goto done;
+        float *buf = NULL;
+        if (!lazy) {
+            buf = malloc((size_t)(si->numel ? si->numel : 1) * sizeof(float));
+            if (!buf) {
+                rc = dt_errf(err, DT_ENOMEM, "%s: out of memory for tensor "
+                             "%s", path, si->name);
+                tensorset_truncate(ts, n0);
+                goto done;
+            }
+            convert_to_f32(data + si->begin, si->dtype, si->numel, buf);
         }
-        convert_to_f32(data + si->begin, si->dtype, si->numel, buf);
         rc = dt_tensorset_add(ts, si->name, si->ndim, si->shape, buf,
                               si->dtype, err);
+        if (!rc && lazy) {
+            dt_tensor *t = &ts->t[ts->n - 1];
+            t->raw = data + si->begin;
+            t->raw_type = si->dtype == DT_F32   ? DT_RAW_F32
+                          : si->dtype == DT_F16 ? DT_RAW_F16
+                                                : DT_RAW_BF16;
+        }
         if (rc) {
             char tmp[DT_ERR_LEN];
             snprintf(tmp, sizeof tmp, "%s: %s", path, err ? err : "");
@@ -364,15 +503,32 @@ done:
     return rc;
 }
 
-int dt_safetensors_load(const char *path, dt_tensorset *ts, char *err)
+static int st_load(const char *path, dt_tensorset *ts, int lazy, char *err)
 {
     dt_map map;
     int rc = dt_file_map(path, 8, &map, err);
     if (rc)
         return rc;
-    rc = st_parse_and_load(path, map.data, map.size, ts, err);
+    int n0 = ts->n;
+    rc = st_parse_and_load(path, map.data, map.size, ts, lazy, err);
+    if (!rc && lazy) {
+        if (tensorset_add_map(ts, &map) == DT_OK)
+            return DT_OK; /* ts keeps the mapping */
+        tensorset_truncate(ts, n0);
+        rc = dt_errf(err, DT_ENOMEM, "%s: out of memory", path);
+    }
     dt_file_unmap(&map);
     return rc;
+}
+
+int dt_safetensors_load(const char *path, dt_tensorset *ts, char *err)
+{
+    return st_load(path, ts, 0, err);
+}
+
+int dt_safetensors_open(const char *path, dt_tensorset *ts, char *err)
+{
+    return st_load(path, ts, 1, err);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -384,12 +540,12 @@ static int file_exists(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-int dt_hf_weights_load(const char *dir, dt_tensorset *ts, char *err)
+static int hf_weights(const char *dir, dt_tensorset *ts, int lazy, char *err)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (file_exists(path))
-        return dt_safetensors_load(path, ts, err);
+        return st_load(path, ts, lazy, err);
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     if (!file_exists(path))
         return dt_errf(err, DT_EINVAL,
@@ -425,7 +581,7 @@ int dt_hf_weights_load(const char *dir, dt_tensorset *ts, char *err)
                          dir, shard, path);
             goto out;
         }
-        rc = dt_safetensors_load(sp, ts, err);
+        rc = st_load(sp, ts, lazy, err);
         if (rc)
             goto out;
         json_object_set_new(done, shard, json_true());
@@ -439,10 +595,20 @@ int dt_hf_weights_load(const char *dir, dt_tensorset *ts, char *err)
     }
 out:
     if (rc)
-        tensorset_truncate(ts, n0);
+        tensorset_truncate(ts, n0); /* mappings stay until ts is freed */
     json_decref(done);
     json_decref(root);
     return rc;
+}
+
+int dt_hf_weights_load(const char *dir, dt_tensorset *ts, char *err)
+{
+    return hf_weights(dir, ts, 0, err);
+}
+
+int dt_hf_weights_open(const char *dir, dt_tensorset *ts, char *err)
+{
+    return hf_weights(dir, ts, 1, err);
 }
 
 /* ------------------------------------------------------------------------ */

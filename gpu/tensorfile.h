@@ -10,18 +10,38 @@
 
 #include <stdint.h>
 #include <stddef.h>
+#include "base/file.h"
 
 #define DT_MAX_DIMS 4
 
 typedef enum { DT_F32 = 0, DT_F16 = 1, DT_BF16 = 2 } dt_dtype;
+
+/* How a tensor not yet converted is stored in its file (lazy tensors:
+ * dt_safetensors_open, dt_gguf_open). */
+typedef enum {
+    DT_RAW_NONE = 0, DT_RAW_F32, DT_RAW_F16, DT_RAW_BF16,
+    DT_RAW_Q8_0, DT_RAW_Q4_0, DT_RAW_Q4_1
+} dt_raw_type;
+
+/* What dt_tensor_convert does to the file's values after converting them:
+ * nothing; a 2-D transpose (the file holds shape[1] x shape[0], GPT-2's
+ * Conv1D); or llama.cpp's Q/K row permutation undone (xform_arg heads). */
+enum { DT_XF_NONE = 0, DT_XF_TRANSPOSE = 1, DT_XF_UNPERMUTE = 2 };
 
 typedef struct dt_tensor {
     char *name;              /* owned */
     int ndim;
     int64_t shape[DT_MAX_DIMS]; /* as stored in the file, outermost first */
     int64_t numel;
-    float *data;             /* owned, numel floats */
+    float *data;             /* owned, numel floats; NULL while a lazy
+                                tensor is not converted */
     dt_dtype src_dtype;      /* dtype in the source file (F32 for quantized) */
+    /* Lazy tensors: the file's bytes, inside a mapping that the set holds
+     * (dt_tensorset.maps), converted to fp32 on demand by dt_tensor_convert.
+     * raw NULL: no source (an eager tensor, or a released one). */
+    const unsigned char *raw;
+    int raw_type;            /* dt_raw_type */
+    int xform, xform_arg;    /* DT_XF_*, applied by dt_tensor_convert */
 } dt_tensor;
 
 /* GGUF metadata, kept as a flat list of key -> value. Arrays of strings (the
@@ -48,10 +68,29 @@ typedef struct dt_tensorset {
     int n, cap;
     dt_meta *meta;
     int nmeta, capmeta;
+    dt_map *maps;      /* the mappings lazy tensors point into (owned) */
+    int nmaps;
 } dt_tensorset;
 
 void dt_tensorset_init(dt_tensorset *ts);
 void dt_tensorset_free(dt_tensorset *ts); /* frees contents, not ts */
+/* Forgets every lazy tensor's source and unmaps the set's files (converted
+ * data stays). */
+void dt_tensorset_drop_sources(dt_tensorset *ts);
+/* Moves src's mappings into dst (src keeps none). DT_ENOMEM on failure. */
+int dt_tensorset_take_maps(dt_tensorset *dst, dt_tensorset *src);
+/* Converts lazy tensor t from its file into dst (numel floats, t's shape,
+ * its xform applied). DT_EINVAL naming the tensor when it has no source,
+ * DT_ENOMEM when a scratch buffer cannot be had. Reads only the mapping. */
+int dt_tensor_convert(const dt_tensor *t, float *dst, char *err);
+/* Drops the whole pages of lazy tensor t's file bytes from the process's
+ * mapping (MADV_DONTNEED: they stay in the page cache, out of its resident
+ * set), once t was converted for an upload. */
+void dt_tensor_drop_pages(const dt_tensor *t);
+/* Converts numel elements of a raw type to fp32 (quantized types: numel a
+ * multiple of their 32-element blocks). */
+void dt_raw_to_f32(const unsigned char *src, int raw_type, int64_t numel,
+                   float *dst);
 /* Borrowed pointer or NULL. */
 dt_tensor *dt_tensorset_find(dt_tensorset *ts, const char *name);
 const dt_meta *dt_tensorset_meta(const dt_tensorset *ts, const char *key);
@@ -66,6 +105,12 @@ int dt_safetensors_load(const char *path, dt_tensorset *ts, char *err);
 /* Loads a Hugging Face model directory's weights: model.safetensors, or the
  * shards listed by model.safetensors.index.json. */
 int dt_hf_weights_load(const char *dir, dt_tensorset *ts, char *err);
+/* The same three, lazily: every check of the load, no tensor converted (data
+ * NULL, raw pointing into the file's mapping, which ts keeps until
+ * dt_tensorset_free or dt_tensorset_drop_sources). */
+int dt_safetensors_open(const char *path, dt_tensorset *ts, char *err);
+int dt_hf_weights_open(const char *dir, dt_tensorset *ts, char *err);
+int dt_gguf_open(const char *path, dt_tensorset *ts, char *err);
 
 /* Writes tensors as one .safetensors file in the given dtype, atomically.
  * `names` optionally renames (NULL: use t->name); metadata_json is an

@@ -521,7 +521,9 @@ int dt_train(const dt_train_opts *o_in, char *err)
             fprintf(stderr, "warning: no memory estimate (%s)\n", why);
         }
     }
-    if ((rc = dt_weights_load(o.model, &w, err)))
+    /* Mapped, not converted: dt_model_new converts, uploads and frees one
+     * tensor at a time (release_on_upload below). */
+    if ((rc = dt_weights_open(o.model, &w, err)))
         goto fail;
     /* seq_len is the contract, whatever the rows: a GPT-2 has no positions
      * beyond its table. */
@@ -575,7 +577,7 @@ int dt_train(const dt_train_opts *o_in, char *err)
             goto fail;
     }
 
-    w.release_on_upload = 1; /* peak host memory: one copy of the weights */
+    w.release_on_upload = 1; /* one tensor converted on the host at a time */
     if ((rc = dt_model_new(be, &w, &lo, o.batch, T, o.seed, &m, err)))
         goto fail;
     if (have_ad && (rc = tr_load_adapter(m, &ad, err)))

@@ -309,7 +309,7 @@ static sv_model *model_load_full(sv *s, const char *path, int *status, char *err
     }
     dt_weights *w = &nm->w;
     double t0 = dt_now();
-    if (dt_weights_load(path, w, err)) goto fail;
+    if (dt_weights_open(path, w, err)) goto fail; /* converted tensor by tensor at upload */
     if (!(nm->tok = dt_model_tokenizer(path, err))) goto fail;
     nm->ctx = w->cfg.max_pos > 0 && w->cfg.max_pos < SV_MAX_CTX ? w->cfg.max_pos : SV_MAX_CTX;
     long long weights = 0;

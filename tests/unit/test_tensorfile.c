@@ -968,6 +968,187 @@ static void test_peft_gpt2_qv_slices_become_one_c_attn(void **s)
     dt_weights_free(&w);
 }
 
+/* ------------------------------------------------------------------ */
+/* Streaming load: dt_weights_open + dt_model_new                      */
+
+/* Every device weight of m equals the fp32 tensor of the eager load. */
+static void assert_device_equals(dt_backend *be, dt_model *m,
+                                 const dt_weights *ref)
+{
+    for (int i = 0; i < ref->ts.n; i++) {
+        const dt_tensor *t = &ref->ts.t[i];
+        float *dev = NULL;
+        long n = 0;
+        if (dt_model_get_weight(m, t->name, &dev, &n) != 0)
+            fail_msg("%s not on the device", t->name);
+        assert_int_equal(n, t->numel);
+        float *h = malloc((size_t)n * sizeof(float));
+        be->i.download(be, h, dev, (size_t)n * sizeof(float));
+        if (memcmp(h, t->data, (size_t)n * sizeof(float)) != 0)
+            fail_msg("%s: uploaded values differ from dt_weights_load's",
+                     t->name);
+        free(h);
+    }
+}
+
+/* One Llama layer at C = V = F = 1024: nine 4 MiB matrices (embedding,
+ * q, k, v, o, gate, up, down, untied head) and three norms, in bf16. */
+enum { SC = 1024 };
+static int64_t make_big_llama(const char *dir)
+{
+    mkdir(dir, 0755);
+    const char *cfg = "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":"
+                      "\"llama\",\"num_hidden_layers\":1,\"hidden_size\":1024,"
+                      "\"num_attention_heads\":8,\"num_key_value_heads\":8,"
+                      "\"intermediate_size\":1024,\"vocab_size\":1024,"
+                      "\"tie_word_embeddings\":false}";
+    char p[600];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_bytes(p, cfg, strlen(cfg));
+    static const char *const names[] = {
+        "model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight",
+        "model.layers.0.self_attn.o_proj.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.mlp.down_proj.weight", "model.norm.weight",
+        "lm_head.weight"};
+    enum { N = sizeof names / sizeof names[0] };
+    dt_st_entry e[N];
+    int64_t shapes[N][2];
+    float *buf = malloc((size_t)SC * SC * sizeof(float));
+    for (int64_t i = 0; i < (int64_t)SC * SC; i++)
+        buf[i] = sinf(0.001f * (float)i) * 0.05f;
+    int64_t total = 0;
+    for (int i = 0; i < N; i++) {
+        int norm = strstr(names[i], "norm") != NULL;
+        shapes[i][0] = SC;
+        shapes[i][1] = norm ? 0 : SC;
+        e[i] = (dt_st_entry){names[i], norm ? 1 : 2, shapes[i], buf, DT_BF16};
+        total += (norm ? SC : (int64_t)SC * SC) * 4;
+    }
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    assert_int_equal(dt_safetensors_write(p, e, N, NULL, g_err), 0);
+    free(buf);
+    return total;
+}
+
+/* Issue 14: dt_model_new converts, uploads and frees one tensor at a time
+ * from the mapped file: the host never holds two 4 MiB tensors at once,
+ * where dt_weights_load holds all nine. The device gets the same bits. */
+static void test_open_streams_one_tensor_at_a_time(void **s)
+{
+    const char *dir = tmp_path("big_llama");
+    int64_t total = make_big_llama(dir);
+    const int64_t one = (int64_t)SC * SC * 4; /* the largest tensor */
+    dt_weights ref, w;
+    assert_int_equal(dt_weights_load(dir, &ref, g_err), 0);
+    assert_int_equal(dt_weights_host_peak(&ref), total); /* eager: all */
+    assert_true(total > 8 * one);
+
+    assert_int_equal(dt_weights_open(dir, &w, g_err), 0);
+    assert_int_equal(w.ts.n, ref.ts.n);
+    assert_int_equal(w.dtype, DT_BF16);
+    for (int i = 0; i < w.ts.n; i++)
+        assert_null(w.ts.t[i].data); /* nothing converted yet */
+    assert_int_equal(dt_weights_host_peak(&w), 0);
+    dt_backend *be = dt_backend_cpu_new(1, g_err);
+    assert_non_null(be);
+    dt_lora_opts lo = {DT_LORA, 0, 0.0f, 0, DT_PREC_FP32, 0, 0.0f, 0};
+    dt_model *m = NULL;
+    w.release_on_upload = 1;
+    assert_int_equal(dt_model_new(be, &w, &lo, 1, 4, 0, &m, g_err), 0);
+    int64_t peak = dt_weights_host_peak(&w);
+    printf("host fp32 peak at load: %lld bytes streamed, %lld eager (%d "
+           "tensors)\n", (long long)peak, (long long)total, w.ts.n);
+    assert_true(peak < 2 * one);
+    assert_int_equal(peak, one);
+    for (int i = 0; i < w.ts.n; i++)
+        assert_null(w.ts.t[i].data); /* none kept on the host */
+    assert_device_equals(be, m, &ref);
+    /* Released: the file is unmapped, nothing can be converted again. */
+    dt_weights_release_data(&w);
+    assert_null(dt_weights_data(&w, &w.ts.t[0], g_err));
+    assert_non_null(strstr(g_err, "released"));
+    assert_int_equal(w.ts.nmaps, 0);
+    dt_model_free(m);
+    dt_weights_free(&w);
+
+    /* Without release_on_upload the host keeps every tensor, as an eager
+     * load does after dt_model_new. */
+    assert_int_equal(dt_weights_open(dir, &w, g_err), 0);
+    assert_int_equal(dt_model_new(be, &w, &lo, 1, 4, 0, &m, g_err), 0);
+    for (int i = 0; i < w.ts.n; i++) {
+        assert_non_null(w.ts.t[i].data);
+        assert_memory_equal(w.ts.t[i].data, ref.ts.t[i].data,
+                            (size_t)ref.ts.t[i].numel * 4);
+    }
+    assert_int_equal(dt_weights_host_peak(&w), total);
+    dt_model_free(m);
+    dt_weights_free(&w);
+    dt_weights_free(&ref);
+    dt_backend_free(be);
+}
+
+/* The conversions that make the canonical form, done lazily at upload:
+ * GPT-2's Conv1D transposed (bf16), llama.cpp's Q/K rows un-permuted (f32
+ * GGUF) and SmolLM2's Q4_1 / Q8_0 blocks; the bf16 device path too. */
+static void stream_matches_load(const char *path, dt_precision prec)
+{
+    dt_weights ref, w;
+    assert_int_equal(dt_weights_load(path, &ref, g_err), 0);
+    assert_int_equal(dt_weights_open(path, &w, g_err), 0);
+    dt_backend *be = dt_backend_cpu_new(1, g_err);
+    dt_lora_opts lo = {DT_LORA, 4, 8.0f, DT_T_Q | DT_T_V, prec, 0, 0.0f, 0};
+    dt_model *m = NULL;
+    w.release_on_upload = 1;
+    assert_int_equal(dt_model_new(be, &w, &lo, 1, 4, 0, &m, g_err), 0);
+    int64_t big = 0;
+    for (int i = 0; i < ref.ts.n; i++)
+        if (ref.ts.t[i].numel * 4 > big)
+            big = ref.ts.t[i].numel * 4;
+    assert_true(dt_weights_host_peak(&w) <= big);
+    if (prec == DT_PREC_FP32) {
+        assert_device_equals(be, m, &ref);
+    } else {
+        /* bf16: the merged export converts the fp32 bases from the file
+         * again while the weights are not released... */
+        dt_tensorset merged;
+        assert_int_equal(dt_model_merged(m, &merged, g_err), 0);
+        for (int i = 0; i < ref.ts.n; i++) {
+            dt_tensor *t = dt_tensorset_find(&merged, ref.ts.t[i].name);
+            assert_non_null(t);
+            if (memcmp(t->data, ref.ts.t[i].data, (size_t)t->numel * 4))
+                fail_msg("%s: merged base differs", t->name);
+        }
+        dt_tensorset_free(&merged);
+        /* ...and refuses once they are */
+        dt_weights_release_data(&w);
+        assert_int_equal(dt_model_merged(m, &merged, g_err), DT_EINVAL);
+        assert_non_null(strstr(g_err, "released"));
+    }
+    dt_model_free(m);
+    dt_backend_free(be);
+    dt_weights_free(&w);
+    dt_weights_free(&ref);
+}
+
+static void test_open_conversions_match_load(void **s)
+{
+    const char *dir = tmp_path("gpt2_stream");
+    make_gpt2_dir(dir, "transformer.", 1, NULL);
+    stream_matches_load(dir, DT_PREC_FP32);
+    stream_matches_load(dir, DT_PREC_BF16);
+    stream_matches_load(FIX "tiny_llama.gguf", DT_PREC_FP32);
+    stream_matches_load(FIX "tiny_llama.gguf", DT_PREC_BF16);
+    if (access(SMOLLM, R_OK) == 0)
+        stream_matches_load(SMOLLM, DT_PREC_FP32);
+    else
+        printf("SmolLM2 GGUF not found (make deps): its Q4_1 case skipped\n");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1007,6 +1188,8 @@ int main(void)
         cmocka_unit_test(test_export_shards_with_index),
         cmocka_unit_test(test_export_chat_template_matches_training),
         cmocka_unit_test(test_peft_gpt2_qv_slices_become_one_c_attn),
+        cmocka_unit_test(test_open_streams_one_tensor_at_a_time),
+        cmocka_unit_test(test_open_conversions_match_load),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
