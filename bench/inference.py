@@ -290,6 +290,11 @@ def hf_child(cfg):
         runs.append({"ttft": c.t[1] - t0, "n": y.shape[1], "decode": c.t[-1] - c.t[1]})
         texts.append(tok.decode(y[0]))
     out["single"], out["texts"], out["agg"] = single_stats(runs), texts, {}
+    # the weights a decode step reads: every linear's, the LM head's included
+    # (tied or not, the head multiplies by the whole vocabulary x d_model)
+    out["linear_params"] = sum(x.weight.numel() for x in m.modules()
+                               if isinstance(x, torch.nn.Linear))
+    out["roofline"] = roofline(torch, cfg["threads"])
     for b in cfg["streams"]:
         batch = [ids[i % len(ids)] for i in range(b)]
         t0 = time.perf_counter()
@@ -299,6 +304,29 @@ def hf_child(cfg):
         print(f"bench: transformers batch {b}: {y.numel() / wall:.1f} tok/s", file=sys.stderr,
               flush=True)
     return out
+
+
+def roofline(torch, threads):
+    """This machine's limits for fp32 decoding, measured with torch (its own
+    threads): the read bandwidth of a 600 MB array (a sum, best of 3) and the
+    fp32 GEMM rate of a large product (1024 x 576 by 576 x 1536, best of 3)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(150_000_000, dtype=torch.float32)
+    bw = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x.sum()
+        bw = max(bw, x.numel() * 4 / (time.perf_counter() - t0))
+    del x
+    a, b = torch.randn(1024, 576), torch.randn(576, 1536)
+    torch.mm(a, b)
+    peak = 0.0
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            torch.mm(a, b)
+        peak = max(peak, 10 * 2 * 1024 * 576 * 1536 / (time.perf_counter() - t0))
+    return {"read_bytes_s": bw, "gemm_flop_s": peak}
 
 
 def make_f32(cfg):
@@ -499,6 +527,30 @@ def write_report(a, m, res, out):
                                                      s["decode_tok_s"]), 1 / 1.5))
     if not (ll or {}).get("types"):
         L.append(f"| within 1.5× of llama.cpp | not measured: {res.get('llama_note', '')} | — |")
+    rl, lp = (hf or {}).get("roofline"), (hf or {}).get("linear_params")
+    if rl and lp:
+        bw, pk, wb = rl["read_bytes_s"], rl["gemm_flop_s"], 4.0 * lp
+        one = bw / wb
+        many = min(top * bw / wb, pk / (2.0 * lp))
+        L += ["", "## Ceilings of this machine (fp32)", "",
+              f"Measured here with torch ({a.threads} threads): read bandwidth "
+              f"{bw / 1e9:.1f} GB/s (sum over a 600 MB array), fp32 GEMM {pk / 1e9:.0f} "
+              f"GFLOP/s (1024 x 576 by 576 x 1536). A decode step reads every linear "
+              f"weight once, the LM head included: {lp / 1e6:.1f} M fp32 weights, "
+              f"{wb / 1e6:.0f} MB, and does 2 FLOPs per weight per stream. So, attention "
+              "and every other cost left out:", "",
+              "| | ceiling | the goal needs | reachable |", "|---|---|---|---|"]
+        for name, ceil, need in (
+                ("single-stream decode (bandwidth / bytes per token)", one,
+                 2 * hs if hs else None),
+                (f"{top} streams (min of {top} x bandwidth / bytes, GEMM rate / FLOPs per "
+                 "token)", many, 4 * hagg if hagg else None)):
+            L.append(f"| {name} | {ceil:.0f} tok/s | "
+                     f"{'—' if need is None else f'{need:.0f} tok/s'} | "
+                     f"{'—' if need is None else ('yes' if ceil >= need else 'no')} |")
+        L += ["", "A goal whose need is above the ceiling cannot be met in fp32 on this "
+              "machine by any engine: the weights would have to be read faster than memory "
+              "delivers them, or multiplied faster than the cores' fp32 peak."]
     L += ["", "## Checks", ""]
     L += [f"- {c}" for c in dt["checks"]] or ["- the server's prompt_tokens equal "
                                               "`deltatune tokenize`'s ids for every prompt"]
