@@ -79,8 +79,9 @@ int dt_mem_estimate_job_prec(const dt_mem_model *m, const dt_mem_job *j, int bf1
 int dt_mem_estimate_auto_ckpt(const dt_mem_model *m, dt_mem_job *j, int bf16,
                               long long budget, dt_mem_estimate *e,
                               long long *off, char *err);
-/* This process's resident memory (VmRSS) and the machine's MemAvailable,
- * in bytes; 0 when unknown. */
+/* This process's resident memory (VmRSS; DT_SELF_RSS_BYTES, when set, in
+ * its place: tests pin it) and the machine's MemAvailable, in bytes; 0 when
+ * unknown. */
 long long dt_mem_self_rss(void);
 long long dt_mem_available(void);
 /* "8G", "512M", "1.5GiB", "1000000" -> bytes (K/M/G/T are powers of 1024).
