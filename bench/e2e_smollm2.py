@@ -32,7 +32,8 @@ bench/results/e2e-smollm2.svg (held-out loss against step, mean ± sd over seeds
     .venv-e2e/bin/python bench/e2e_smollm2.py --only lora,delta-0.5 --seeds 1
     .venv-e2e/bin/python bench/e2e_smollm2.py --quick   # a 1-minute smoke run, to /tmp
 """
-import argparse, hashlib, json, math, os, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, hashlib, json, math, os, resource, shutil, statistics, subprocess, sys, tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENGINE = os.path.join(ROOT, "build", "deltatune")
@@ -123,26 +124,33 @@ def train_cmd(s, paths, out):
     return c
 
 
+def child_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run_logged(cmd, log):
+    """(completed process, wall seconds, CPU seconds of the child). CPU seconds do not
+    grow when other work shares the machine, so they measure the run's cost."""
     log.write("$ " + " ".join(map(rel, cmd)) + "\n")
     log.flush()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), child_cpu_s()
     p = subprocess.run(cmd, capture_output=True, text=True)
     log.write(p.stdout)
     log.write(p.stderr)
     log.flush()
-    return p, time.perf_counter() - t0
+    return p, time.perf_counter() - t0, child_cpu_s() - c0
 
 
 def generate(model, paths, max_tokens, threads, log):
     cmd = [ENGINE, "generate", "--model", model, "--prompts-file", paths["prompts"],
            "--max-tokens", str(max_tokens), "--threads", str(threads)]
-    p, wall = run_logged(cmd, log)
+    p, wall, cpu = run_logged(cmd, log)
     if p.returncode:
         raise RuntimeError(f"generate failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
     outs = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
     # one line per completion: what follows the first newline is not part of it
-    return [o["text"].strip().split("\n")[0].strip() for o in outs], wall
+    return [o["text"].strip().split("\n")[0].strip() for o in outs], wall, cpu
 
 
 def scores(hyps, refs):
@@ -193,7 +201,7 @@ def one_run(a, cond, seed, paths, refs, base_merged, log):
     out = os.path.join(a.work, f"out-{cond}-s{seed}")
     shutil.rmtree(out, ignore_errors=True)
     cmd = train_cmd(s, paths, out)
-    p, wall = run_logged(cmd, log)
+    p, wall, cpu = run_logged(cmd, log)
     if p.returncode:
         raise RuntimeError(f"{cond} seed {seed}: train failed (exit {p.returncode}): "
                            f"{p.stderr.strip()[-800:]}")
@@ -202,10 +210,11 @@ def one_run(a, cond, seed, paths, refs, base_merged, log):
     curve = [[j["step"], j["valid_loss"]] for j in lines if "valid_loss" in j]
     train = [[j["step"], j["train_loss"]] for j in lines]
     merged = os.path.join(out, "merged")
-    hyps, gen_wall = generate(merged, paths, s["max_tokens"], s["threads"], log)
+    hyps, gen_wall, gen_cpu = generate(merged, paths, s["max_tokens"], s["threads"], log)
     r = dict(condition=cond, settings=s, key=settings_key(s), curve=curve, train=train,
              valid=curve[-1][1] if curve else None, hyps=hyps, **scores(hyps, refs),
              train_wall_s=round(wall, 1), generate_wall_s=round(gen_wall, 1),
+             cpu_s=round(cpu + gen_cpu, 1),
              command=" ".join(map(rel, cmd)), engine_commit=a.commit)
     if s["method"] != "full" and base_merged:
         r["rank"], r["rel_change"] = delta_rank(merged, base_merged)
@@ -220,12 +229,12 @@ def base_run(a, paths, refs, log):
     s.update(steps=1, lr=1e-9, eval_interval=1)
     out = os.path.join(a.work, "out-base")
     shutil.rmtree(out, ignore_errors=True)
-    p, _ = run_logged(train_cmd(s, paths, out), log)
+    p, _, _ = run_logged(train_cmd(s, paths, out), log)
     if p.returncode:
         raise RuntimeError(f"base: train failed (exit {p.returncode}): {p.stderr.strip()[-800:]}")
     lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
     valid = [j["valid_loss"] for j in lines if "valid_loss" in j][-1]
-    hyps, _ = generate(GGUF, paths, s["max_tokens"], s["threads"], log)
+    hyps, _, _ = generate(GGUF, paths, s["max_tokens"], s["threads"], log)
     return dict(valid=valid, hyps=hyps, **scores(hyps, refs)), os.path.join(out, "merged")
 
 
@@ -351,27 +360,31 @@ def report(a, runs, base, facts, refs, missing, started, minutes):
                  f"{ms([r['train_wall_s'] for r in rs], '.0f')} |")
     # conclusion, from the numbers
     L += ["", "## Conclusion", ""]
-    d5 = by.get("delta-0.5", [])
     concl = []
-    for ctrl in ("lora", "lora-alpha", "lora-lr"):
-        cr = by.get(ctrl, [])
-        if not d5 or not cr:
-            continue
-        for metric, better, fmt in (("valid", -1, ".4f"), ("bleu", 1, ".2f"),
-                                    ("rouge_l", 1, ".2f")):
-            dv, t = welch([r[metric] for r in d5], [r[metric] for r in cr])
-            if t is None:
-                verdict = "too few seeds to say"
-            elif abs(t) < 2:
-                verdict = "within seed noise (|t| < 2)"
-            else:
-                verdict = "better" if dv * better > 0 else "worse"
-            concl.append(f"| delta-0.5 vs {ctrl} | {metric} | {dv:+{fmt}} | "
-                         f"{'–' if t is None else f'{t:+.2f}'} | {verdict} |")
+    for dc in ("delta-0.5", "delta-2"):
+        dr = by.get(dc, [])
+        for ctrl in ("lora", "lora-alpha", "lora-lr"):
+            cr = by.get(ctrl, [])
+            if not dr or not cr:
+                continue
+            for metric, better, fmt in (("valid", -1, ".4f"), ("bleu", 1, ".2f"),
+                                        ("rouge_l", 1, ".2f")):
+                dv, t = welch([r[metric] for r in dr], [r[metric] for r in cr])
+                if t is None:
+                    verdict = "too few seeds to say"
+                elif abs(t) < 2:
+                    verdict = "within seed noise (|t| < 2)"
+                else:
+                    verdict = "better" if dv * better > 0 else "worse"
+                concl.append(f"| {dc} vs {ctrl} | {metric} | {dv:+{fmt}} | "
+                             f"{'–' if t is None else f'{t:+.2f}'} | {verdict} |")
     if concl:
-        L += ["Delta-LoRA (λ = 0.5) against each LoRA run, difference of means "
+        L += ["Each Delta-LoRA condition against each LoRA run, difference of means "
               "(Delta-LoRA minus control; lower loss and higher BLEU/ROUGE-L are better) and "
-              "Welch's t over seeds:", "",
+              "Welch's t over seeds. The controls match λ = 0.5 (LoRA with α·1.5 or "
+              "lr·1.5); Delta-LoRA with λ = 2 takes steps like LoRA with α·3 (plus a frozen "
+              "offset from step K), a step size none of the controls has, so a gain of "
+              "delta-2 over them is not separated from its larger effective step:", "",
               "| comparison | metric | difference | t | reading |", "|---|---|---|---|---|"] + concl
         L += ["", "In words: " + plain_words(by)]
     else:
@@ -386,6 +399,7 @@ def report(a, runs, base, facts, refs, missing, started, minutes):
         L += ["", f"**Incomplete**: {len(missing)} run(s) not done yet: "
               + ", ".join(f"{c} seed {s}" for c, s in missing)
               + ". Rerun the same command: cached runs are kept."]
+    L += cost_lines(a, runs, sum(n for _, _, n, _ in CONDITIONS.values()))
     L += ["", "![held-out loss vs step](e2e-smollm2.svg)", "",
           "## Held-out loss along the run (mean over seeds)", ""]
     steps = sorted({s for r in runs for s, _ in r["curve"]})
@@ -416,19 +430,51 @@ def report(a, runs, base, facts, refs, missing, started, minutes):
 def plain_words(by):
     def mean(c, k):
         return statistics.mean(r[k] for r in by[c]) if by.get(c) else None
-    d, l, la, lr = (mean(c, "valid") for c in ("delta-0.5", "lora", "lora-alpha", "lora-lr"))
-    parts = []
-    if d is not None and l is not None:
-        parts.append(f"at equal alpha and lr Delta-LoRA λ=0.5 has held-out loss {d:.4f} vs "
-                     f"LoRA's {l:.4f}")
+    l, la, lr = (mean(c, "valid") for c in ("lora", "lora-alpha", "lora-lr"))
     ctrls = [(n, v) for n, v in (("alpha·(1+λ)", la), ("lr·(1+λ)", lr)) if v is not None]
-    if d is not None and ctrls:
-        best = min(ctrls, key=lambda x: x[1])
-        parts.append(f"the best control (LoRA with {best[0]}) reaches {best[1]:.4f}, so "
-                     + ("Delta-LoRA does not beat its controls here"
-                        if d >= best[1] else "Delta-LoRA is lower than its best control")
-                     + "; the t column says whether each gap exceeds seed noise")
+    parts = []
+    for dc, lam in (("delta-0.5", "0.5"), ("delta-2", "2")):
+        d = mean(dc, "valid")
+        if d is None:
+            continue
+        if l is not None:
+            parts.append(f"at equal alpha and lr Delta-LoRA λ={lam} has held-out loss {d:.4f} "
+                         f"vs LoRA's {l:.4f}")
+        if ctrls:
+            best = min(ctrls, key=lambda x: x[1])
+            parts.append(f"the best λ = 0.5 control (LoRA with {best[0]}) reaches "
+                         f"{best[1]:.4f}, so Delta-LoRA λ={lam} "
+                         + ("does not beat it" if d >= best[1] else "is lower than it"))
+    if parts:
+        parts.append("the t column says whether each gap exceeds seed noise")
     return "; ".join(parts) + "." if parts else "no comparison yet."
+
+
+def cost_lines(a, runs, plan_n):
+    """What the bench costs: CPU seconds (not changed by other load) per run, and the
+    whole bench on a.threads idle cores."""
+    cpu = {}
+    for r in runs:
+        if r.get("cpu_s"):
+            cpu.setdefault(r["settings"]["method"], []).append(r["cpu_s"])
+    if not cpu:
+        return []
+    L = ["", "## Cost", "",
+         "CPU time per run (training, held-out evaluation and generation; user + system "
+         "seconds of the engine, which other work on the machine does not inflate), for the "
+         "runs that recorded it:", "", "| method | runs | CPU s/run | on "
+         f"{a.threads} idle cores |", "|---|---|---|---|"]
+    for m, xs in cpu.items():
+        L.append(f"| {m} | {len(xs)} | {statistics.mean(xs):.0f} | "
+                 f"{statistics.mean(xs) / a.threads / 60:.1f} min |")
+    allm = statistics.mean(x for xs in cpu.values() for x in xs)
+    per = {m: statistics.mean(xs) for m, xs in cpu.items()}
+    total = sum(per.get(CONDITIONS[c][0], allm) * n for c, (_, _, n, _) in CONDITIONS.items())
+    L += ["", f"The whole bench ({plan_n} runs) takes about {total / a.threads / 3600:.1f} h "
+          f"of {a.threads} idle cores by this measure (CPU seconds / threads; methods not yet "
+          "measured counted at the mean of the others). Wall times in the table above were "
+          "taken on a shared machine and are longer."]
+    return L
 
 
 # ---- main --------------------------------------------------------------------------------
