@@ -465,7 +465,8 @@ def report(a, res, extra, peaks, profiles, chat, chat_info, skips, started, elap
         L += ["## Summary", ""] + chat_summary(chat) + [""]
     L += chat_report(a, chat, chat_info, skips) if chat or skips else []
     if not res:
-        return "\n".join(L)
+        return "\n".join(L + ["## Command", "", "```", ".venv/bin/python bench/engine_cpu.py "
+                               + " ".join(sys.argv[1:]), "```", ""])
     L += ["## Random rows: setup", "",
           f"- {a.threads} threads both sides; B={a.batch}, T={a.seq} (rows of T+1 random ids, "
           f"seed {SEED}: {a.batch * a.seq} positions and targets per step on both sides); "
