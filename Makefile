@@ -143,7 +143,9 @@ TEST_NAMES += test_ratelimit test_jsonw test_worker test_hparams
 TEST_NAMES += test_dropout test_generate test_gguf_write test_packing test_act_ckpt
 TESTS      := $(TEST_NAMES:%=$(BUILD)/tests/%)
 
-all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS)
+# The token rows the trainer sees (bench/dataset_rows.c; bench/engine_cpu.py).
+BENCH_ROWS := $(BUILD)/bench_rows
+all: $(BASE_LIB) $(LIB) $(API_LIB) $(CLI) $(TRAIN) $(SERVER) $(WORKER) $(TESTS) $(BENCH_ROWS)
 
 # The engine and its tests alone (no HTTP/SQL/Redis libraries): what a GPU
 # machine without our Debian -dev packages can build (scripts/gpu-check).
@@ -224,6 +226,9 @@ $(TRAIN): $(BUILD)/cli/main_engine.o $(BUILD)/cli/engine.o $(BUILD)/cli/export.o
 
 # Attention timing on a GPU (bench/attention_gpu.c; scripts/gpu-check runs it).
 $(BENCH_ATTN): $(BUILD)/bench/attention_gpu.o $(LIB) $(BASE_LIB)
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BENCH_ROWS): $(BUILD)/bench/dataset_rows.o $(LIB) $(BASE_LIB)
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(WORKER): $(WORKER_OBJ) $(API_LIB) $(LIB) $(BASE_LIB)

@@ -57,13 +57,18 @@ def read_rows(path):
 
 
 def torch_step(model, loras, params, opt, x, method, gpt2):
-    """One training step on x (B, T+1) ids: cross-entropy of positions :-1 against
-    targets 1:, clipping, AdamW and for delta_lora the update of W. Returns the loss."""
+    """One training step on x: (B, T+1) ids, cross-entropy of positions :-1 against
+    targets 1:; or a dict of model inputs with "labels" (a Hugging Face batch: the
+    model shifts the labels and averages over those != -100). Then clipping, AdamW
+    and for delta_lora the update of W. Returns the loss."""
     import torch
-    logits = model(input_ids=x[:, :-1]).logits
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
-                                             x[:, 1:].reshape(-1))
-    del logits  # (B, T, V): not kept through backward
+    if isinstance(x, dict):
+        loss = model(**x).loss
+    else:
+        logits = model(input_ids=x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)),
+                                                 x[:, 1:].reshape(-1))
+        del logits  # (B, T, V): not kept through backward
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, CLIP)
     if method == "delta_lora":
@@ -80,6 +85,28 @@ def torch_step(model, loras, params, opt, x, method, gpt2):
                 (W.t() if gpt2 else W).addmm_(torch.cat([B, -B0], 1),
                                               torch.cat([A, A0], 0), alpha=k)
     return loss
+
+
+def _mix64(z):  # base/random.c dt_mix64 (splitmix64's finaliser)
+    M = (1 << 64) - 1
+    z = (z + 0x9E3779B97F4A7C15) & M
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M
+    return z ^ (z >> 31)
+
+
+def stream_order(nrows, seed, count):
+    """The engine's row order (gpu/train_data.c): the dataset row at stream positions
+    0 .. count-1, a seeded Fisher-Yates permutation per epoch."""
+    order = []
+    for e in range((count + nrows - 1) // nrows):
+        s, perm = _mix64(seed ^ _mix64(e + 1)), list(range(nrows))
+        for i in range(nrows - 1, 0, -1):
+            s = _mix64(s)
+            j = s % (i + 1)
+            perm[i], perm[j] = perm[j], perm[i]
+        order += perm
+    return order[:count]
 
 
 def flops_per_token(info, seq):
