@@ -606,7 +606,7 @@ static __global__ void k_flash_bwd_kv_bf16(float *dk, float *dv,
         long hrow = ((long)b * NH + h) * T; /* (b, h) in (B,NH,T) */
         /* Query rows below j0 see none of these keys (BM = BN). */
         for (int i0 = j0; i0 < T; i0 += BM) {
-            __syncthreads(); /* the last step's reads of every tile done */
+            __syncthreads(); /* every warp done with the last step's tiles */
             flb_load<D, BM, LQ>(sq, q, b, i0, T, NH, h);
             flb_load<D, BM, LQ>(sdo, dout, b, i0, T, NH, h);
             for (int x = threadIdx.x; x < BM; x += FL_THREADS) {
@@ -625,9 +625,9 @@ static __global__ void k_flash_bwd_kv_bf16(float *dk, float *dv,
                 float p = vis ? expf(s[e] * scale - sl[rr]) : 0.0f;
                 /* With dropout, out = (P∘Z) V: dV takes P∘Z and
                  * dS = P ∘ (dP∘Z - Drow), Z = mask / (1 - p). */
-                float z = thr && vis ? dt_dropout(1.0f, key, (uint64_t)(hrow + i) * T + j,
-                                                  thr, dscale)
-                                     : 1.0f;
+                float z = 1.0f;
+                if (thr && vis)
+                    z = dt_dropout(1.0f, key, (uint64_t)(hrow + i) * T + j, thr, dscale);
                 sp[c * LP + rr] = __float2bfloat16(p * z);
                 sds[c * LP + rr] = __float2bfloat16(p * (dp[e] * z - sd[rr]));
             }
@@ -686,9 +686,9 @@ static __global__ void k_flash_bwd_q_bf16(float *dq, const float *dout,
             int c = wc * 16 + (lane & 1) * 8 + e, j = j0 + c;
             int vis = i < T && j <= i;
             float p = vis ? expf(s[e] * scale - li) : 0.0f;
-            float z = thr && vis ? dt_dropout(1.0f, key, (uint64_t)(hrow + i) * T + j,
-                                              thr, dscale)
-                                 : 1.0f;
+            float z = 1.0f; /* dropout: the dK/dV kernels' mask */
+            if (thr && vis)
+                z = dt_dropout(1.0f, key, (uint64_t)(hrow + i) * T + j, thr, dscale);
             sds[rr * LP + c] = __float2bfloat16(p * (dp[e] * z - dr));
         }
         __syncthreads();
