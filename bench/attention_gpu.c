@@ -1,9 +1,10 @@
 /* attention_gpu.c: the CUDA backend's attention forward and backward timed at GPT-2 and
  * Llama-8B shapes, for each DT_ATTENTION mode: naive (cuBLAS GEMMs + a (T, T) score
  * buffer), flash (the fused fp32 kernels, the default for head dims 64 and 128) and
- * bf16 (the fused forward on bf16 tensor cores). Run by scripts/gpu-check (bench step)
- * on a lent GPU; built by `make engine` as $(BUILD)/bench_attention. Median-free: 2
- * warm-up calls, then the mean of 5 after a sync. TFLOP/s count the causal half:
+ * bf16 (the fused kernels on bf16 tensor cores, forward and backward). Run by
+ * scripts/gpu-check (bench step) on a lent GPU; built by `make engine` as
+ * $(BUILD)/bench_attention. Median-free: 2 warm-up calls, then the mean of 5
+ * after a sync. TFLOP/s count the causal half:
  * 2·B·NH·T²·D for the forward, 2.5 times that for the backward. */
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,8 +6,8 @@
  *
  * DT_ATTENTION (environment, read at each call): "naive" forces the naive
  * version for every head dim; "flash" the fused fp32 kernels where they
- * apply; "bf16" the fused forward on bf16 tensor cores (the backward stays
- * fp32). Unset (or any other value): the naive version while its score
+ * apply; "bf16" the fused kernels on bf16 tensor cores, forward and
+ * backward. Unset (or any other value): the naive version while its score
  * workspace, NH * T * T floats, stays within ATTN_NAIVE_MAX_BYTES, the fused
  * kernels beyond (where they apply). Measured on an H200 (2026-12-04,
  * bench/results/gpu-check.md), the naive version on cuBLAS is 1.4-2.1x
@@ -190,7 +190,7 @@ static int attn_use_flash(int D, int NH, int T)
     return (unsigned long long)NH * T * T * sizeof(float) > ATTN_NAIVE_MAX_BYTES;
 }
 
-/* 1 when the fused forward runs on bf16 tensor cores (DT_ATTENTION=bf16). */
+/* 1 when the fused kernels run on bf16 tensor cores (DT_ATTENTION=bf16). */
 static int attn_flash_bf16(void)
 {
     const char *e = getenv("DT_ATTENTION");
@@ -302,7 +302,7 @@ static void attn_bwd(dt_backend *be, float *dq, float *dk, float *dv,
         if (LAUNCHED(c) != 0)
             return;
         cuda_flash_bwd(c, dq, dk, dv, dout, lse, drow, q, k, v, B, T, NH, NKV,
-                       D, thr, dscale, key);
+                       D, thr, dscale, key, attn_flash_bf16());
         return;
     }
     if (attn_ws_get(c, &w, B, T, NH, D, 1) != 0)

@@ -24,14 +24,20 @@
  * naive path's mask: dt_dropout keyed on ((b*NH + h)*T + i)*T + j
  * (backend.h), applied to P for the output and regenerated in the backward.
  *
- * A forward variant on tensor cores (bf16 wmma, fp32 accumulation) runs
- * with DT_ATTENTION=bf16: wider tolerance (about 1e-2 relative), see
- * k_flash_fwd_bf16.
+ * Variants on tensor cores (bf16 wmma 16 x 16 x 16, fp32 accumulation) of
+ * the forward and of both backward kernels run with DT_ATTENTION=bf16:
+ * k_flash_fwd_bf16, k_flash_bwd_kv_bf16 and k_flash_bwd_q_bf16. Operands of
+ * the products (Q, K, V, dO, P, dS) are rounded to bf16; softmax, scores
+ * and accumulators stay fp32; same dropout mask, no atomics, the same
+ * causal tile skipping and in-place GQA. Tolerance against the fp32 CPU
+ * backend 1e-2 relative (measured under the emulator: out and lse up to
+ * 2.4e-3, dq and dk up to 3.7e-3, dv up to 2.4e-3).
  *
  * Head dims 64 and 128 are compiled (cuda_flash_supports); the caller falls
- * back to the naive kernels for other head dims. Every tile is padded to
- * D + 1 floats per row in shared memory, so the rows a warp reads at once
- * fall in different banks. Static shared memory stays under 48 KiB. */
+ * back to the naive kernels for other head dims. Every fp32 tile is padded
+ * to D + 1 floats per row in shared memory, so the rows a warp reads at once
+ * fall in different banks (bf16 tiles: D + 8, as wmma wants multiples of 8).
+ * Static shared memory stays under 48 KiB in every kernel. */
 #include "cuda_internal.cuh"
 
 #include <cuda_bf16.h>
@@ -324,11 +330,12 @@ static __global__ void k_flash_bwd_q(float *dq, const float *dout,
 
 /* Forward on tensor cores: bf16 wmma tiles (16 x 16 x 16) with fp32
  * accumulation, chosen by DT_ATTENTION=bf16 (head dims 64 and 128; the
- * backward stays the fp32 kernels above). Q, K and V are rounded to bf16 in
- * shared memory and P to bf16 for P V; scores, the online softmax, its
- * running max and sum and the output rows stay fp32. Block: 4 warps, each
- * 16 query rows (64 rows), key tiles of 32. Lane l of a warp owns row l / 2
- * of the warp's rows and, in each 16-wide column block, the 8 columns
+ * backward: k_flash_bwd_kv_bf16 and k_flash_bwd_q_bf16 below). Q, K and V
+ * are rounded to bf16 in shared memory and P to bf16 for P V; scores, the
+ * online softmax, its running max and sum and the output rows stay fp32.
+ * Block: 4 warps, each 16 query rows (64 rows), key tiles of 32. Lane l of
+ * a warp owns row l / 2 of the warp's rows and, in each 16-wide column
+ * block, the 8 columns
  * (l % 2) * 8 .. + 7 (its output) or, of the score tile, columns
  * (l % 2) * 16 .. + 15. Fragments go through shared memory (wmma's register
  * layout is opaque): scores to ss, each 16 x 16 block of P V to the warp's
@@ -457,6 +464,239 @@ static __global__ void k_flash_fwd_bf16(float *out, float *lse, const float *q,
         lse[((long)b * NH + h) * T + i] = m + logf(l);
 }
 
+/* Backward on tensor cores (DT_ATTENTION=bf16): the two kernels above with
+ * every product on bf16 wmma tiles (16 x 16 x 16, fp32 accumulation). Q, K,
+ * V and dO are rounded to bf16 in shared memory; S = Q K^T and dP = dO V^T
+ * are recomputed on tensor cores, P = exp(S * scale - lse) and
+ * dS = P ∘ (dP∘Z - Drow) in fp32, and P∘Z and dS rounded to bf16 for
+ * dV += (P∘Z)^T dO, dK += dS^T Q and dQ += dS K. Dropout's Z is the fp32
+ * kernels' (same mask, same key). No atomics: each block owns its output
+ * tile and accumulates it in a fixed order, so results are bitwise
+ * repeatable. Block: 4 warps; both kernels take tiles of 32 query rows by
+ * 32 keys, warp w the 16 x 16 score block (w / 2, w % 2) and, of the
+ * block's 32 x D output, rows 16 * (w / 2) .. + 15, columns
+ * (w % 2) * D / 2 .. + D / 2 - 1, held in accumulator fragments.
+ * Each warp's score blocks go through its 16 x 16 scratch in shared memory
+ * (wmma's register layout is opaque): lane l takes row l / 2, columns
+ * (l % 2) * 8 .. + 7. Static shared memory (D = 128 / 64): dK/dV 44 / 28
+ * KiB, dQ 41 / 26 KiB. */
+#define FLBB 32 /* query rows and keys per tile, both backward kernels */
+
+/* Rows r0 .. r0+R-1 of head h of batch row b of a (B,T,H,D) tensor into s
+ * (R, LQ) as bf16; rows at or past T are zeros. Every thread takes part;
+ * the caller places the barriers. */
+template <int D, int R, int LQ>
+static __device__ void flb_load(__nv_bfloat16 *s, const float *g, long b,
+                                int r0, int T, int H, int h)
+{
+    for (int x = threadIdx.x; x < R * D; x += FL_THREADS) {
+        int r = x / D, d = x % D, t = r0 + r;
+        s[r * LQ + d] = __float2bfloat16(t < T ? g[((b * T + t) * H + h) * D + d] : 0.0f);
+    }
+}
+
+/* The warp's 16 x 16 block of A B^T (A rows a, B rows bm, D columns, both
+ * bf16 with leading dimension LQ) into its scratch scr (ldm LR), and this
+ * lane's 8 values of it (row lane / 2, columns (lane % 2) * 8 ..) into o. */
+template <int D, int LQ, int LR>
+static __device__ inline void flb_abt(float o[8], const __nv_bfloat16 *a,
+                                      const __nv_bfloat16 *bm, float *scr)
+{
+    using namespace nvcuda;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    FL_UNROLL
+    for (int kk = 0; kk < D / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+        wmma::load_matrix_sync(fa, a + kk * 16, LQ);
+        wmma::load_matrix_sync(fb, bm + kk * 16, LQ);
+        wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(scr, acc, LR, wmma::mem_row_major);
+    __syncwarp();
+    int lane = threadIdx.x & 31;
+    FL_UNROLL
+    for (int e = 0; e < 8; e++)
+        o[e] = scr[(lane / 2) * LR + (lane & 1) * 8 + e];
+    __syncwarp(); /* read before the scratch is written again */
+}
+
+/* acc[n] += A B: A (16 x K, bf16, ldm la) times the 16-wide column blocks
+ * n of B (K x ..., bf16, ldm lb), n < NC. */
+template <int NC, int K>
+static __device__ inline void flb_acc(
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> *acc,
+    const __nv_bfloat16 *a, int la, const __nv_bfloat16 *bm, int lb)
+{
+    using namespace nvcuda;
+    FL_UNROLL
+    for (int n = 0; n < NC; n++)
+        FL_UNROLL
+        for (int kk = 0; kk < K / 16; kk++) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+            wmma::load_matrix_sync(fa, a + kk * 16, la);
+            wmma::load_matrix_sync(fb, bm + kk * 16 * lb + n * 16, lb);
+            wmma::mma_sync(acc[n], fa, fb, acc[n]);
+        }
+}
+
+/* Stores acc[n] * mul (the warp's rows row0 .. row0 + 15, column blocks
+ * col0 / 16 + n) into rows of a (B,T,H,D) tensor, through the scratch;
+ * rows at or past T are not written. */
+template <int D, int NC, int LR>
+static __device__ inline void flb_store(
+    float *g, const nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> *acc,
+    float *scr, float mul, long b, int row0, int col0, int T, int H, int h)
+{
+    using namespace nvcuda;
+    int lane = threadIdx.x & 31, t = row0 + lane / 2;
+    FL_UNROLL
+    for (int n = 0; n < NC; n++) {
+        wmma::store_matrix_sync(scr, acc[n], LR, wmma::mem_row_major);
+        __syncwarp();
+        if (t < T) {
+            float *grow = g + ((b * T + t) * H + h) * D + col0 + n * 16 + (lane & 1) * 8;
+            FL_UNROLL
+            for (int e = 0; e < 8; e++)
+                grow[e] = scr[(lane / 2) * LR + (lane & 1) * 8 + e] * mul;
+        }
+        __syncwarp(); /* read before the next block overwrites it */
+    }
+}
+
+/* Backward on tensor cores, dK and dV: FLBB keys of kv head blockIdx.y,
+ * batch row blockIdx.z; steps of FLBB query rows over every query head of
+ * the group, from the diagonal down. Scores are computed transposed,
+ * S^T = K Q^T and dP^T = V dO^T, so that P∘Z and dS land in shared memory
+ * as (key, query) tiles, the A operands of dV and dK. dk, dv (B,T,NKV,D). */
+template <int D>
+static __global__ void k_flash_bwd_kv_bf16(float *dk, float *dv,
+                                           const float *dout, const float *lse,
+                                           const float *drow, const float *q,
+                                           const float *k, const float *v,
+                                           int T, int NH, int NKV, float scale,
+                                           uint64_t key, uint32_t thr,
+                                           float dscale)
+{
+    using namespace nvcuda;
+    constexpr int BN = FLBB, BM = FLBB, NC = D / 32;
+    constexpr int LQ = D + 8, LP = BM + 8, LR = 20;
+    alignas(32) __shared__ __nv_bfloat16 sk[BN * LQ], sv[BN * LQ]; /* the keys */
+    alignas(32) __shared__ __nv_bfloat16 sq[BM * LQ], sdo[BM * LQ]; /* a step */
+    alignas(32) __shared__ __nv_bfloat16 sp[BN * LP];  /* P∘Z, (key, query) */
+    alignas(32) __shared__ __nv_bfloat16 sds[BN * LP]; /* dS, (key, query) */
+    alignas(32) __shared__ float sr[4 * 16 * LR];      /* per warp: a block */
+    __shared__ float sl[BM], sd[BM]; /* lse and Drow of the step's rows */
+    int b = blockIdx.z, g = blockIdx.y, rep = NH / NKV, j0 = blockIdx.x * BN;
+    int w = threadIdx.x / 32, lane = threadIdx.x & 31, wr = w / 2, wc = w % 2;
+    int c = wr * 16 + lane / 2, j = j0 + c; /* this lane's key */
+    float *scr = sr + w * 16 * LR;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> ak[NC], av[NC];
+    FL_UNROLL
+    for (int n = 0; n < NC; n++) {
+        wmma::fill_fragment(ak[n], 0.0f);
+        wmma::fill_fragment(av[n], 0.0f);
+    }
+    flb_load<D, BN, LQ>(sk, k, b, j0, T, NKV, g);
+    flb_load<D, BN, LQ>(sv, v, b, j0, T, NKV, g);
+    for (int hh = 0; hh < rep; hh++) {
+        int h = g * rep + hh;
+        long hrow = ((long)b * NH + h) * T; /* (b, h) in (B,NH,T) */
+        /* Query rows below j0 see none of these keys (BM = BN). */
+        for (int i0 = j0; i0 < T; i0 += BM) {
+            __syncthreads(); /* every warp done with the last step's tiles */
+            flb_load<D, BM, LQ>(sq, q, b, i0, T, NH, h);
+            flb_load<D, BM, LQ>(sdo, dout, b, i0, T, NH, h);
+            for (int x = threadIdx.x; x < BM; x += FL_THREADS) {
+                int ok = i0 + x < T;
+                sl[x] = ok ? lse[hrow + i0 + x] : 0.0f;
+                sd[x] = ok ? drow[hrow + i0 + x] : 0.0f;
+            }
+            __syncthreads();
+            float s[8], dp[8];
+            flb_abt<D, LQ, LR>(s, sk + wr * 16 * LQ, sq + wc * 16 * LQ, scr);
+            flb_abt<D, LQ, LR>(dp, sv + wr * 16 * LQ, sdo + wc * 16 * LQ, scr);
+            FL_UNROLL
+            for (int e = 0; e < 8; e++) {
+                int rr = wc * 16 + (lane & 1) * 8 + e, i = i0 + rr;
+                int vis = i < T && j <= i;
+                float p = vis ? expf(s[e] * scale - sl[rr]) : 0.0f;
+                /* With dropout, out = (P∘Z) V: dV takes P∘Z and
+                 * dS = P ∘ (dP∘Z - Drow), Z = mask / (1 - p). */
+                float z = 1.0f;
+                if (thr && vis)
+                    z = dt_dropout(1.0f, key, (uint64_t)(hrow + i) * T + j, thr, dscale);
+                sp[c * LP + rr] = __float2bfloat16(p * z);
+                sds[c * LP + rr] = __float2bfloat16(p * (dp[e] * z - sd[rr]));
+            }
+            __syncthreads();
+            /* The warp's rows of dV and dK, its half of the columns. */
+            flb_acc<NC, BM>(av, sp + wr * 16 * LP, LP, sdo + wc * (D / 2), LQ);
+            flb_acc<NC, BM>(ak, sds + wr * 16 * LP, LP, sq + wc * (D / 2), LQ);
+        }
+    }
+    flb_store<D, NC, LR>(dk, ak, scr, scale, b, j0 + wr * 16, wc * (D / 2), T, NKV, g);
+    flb_store<D, NC, LR>(dv, av, scr, 1.0f, b, j0 + wr * 16, wc * (D / 2), T, NKV, g);
+}
+
+/* Backward on tensor cores, dQ: FLBB query rows of head blockIdx.y, batch
+ * row blockIdx.z (last tile first), over the key tiles up to the diagonal.
+ * dq (B,T,NH,D). */
+template <int D>
+static __global__ void k_flash_bwd_q_bf16(float *dq, const float *dout,
+                                          const float *lse, const float *drow,
+                                          const float *q, const float *k,
+                                          const float *v, int T, int NH,
+                                          int NKV, float scale, uint64_t key,
+                                          uint32_t thr, float dscale)
+{
+    using namespace nvcuda;
+    constexpr int BM = FLBB, BN = FLBB, NC = D / 32;
+    constexpr int LQ = D + 8, LP = BN + 8, LR = 20;
+    alignas(32) __shared__ __nv_bfloat16 sq[BM * LQ], sdo[BM * LQ]; /* the rows */
+    alignas(32) __shared__ __nv_bfloat16 sk[BN * LQ], sv[BN * LQ];  /* a step */
+    alignas(32) __shared__ __nv_bfloat16 sds[BM * LP]; /* dS of the step */
+    alignas(32) __shared__ float sr[4 * 16 * LR];      /* per warp: a block */
+    int b = blockIdx.z, h = blockIdx.y, g = h / (NH / NKV);
+    int i0 = (gridDim.x - 1 - blockIdx.x) * BM;
+    int w = threadIdx.x / 32, lane = threadIdx.x & 31, wr = w / 2, wc = w % 2;
+    int rr = wr * 16 + lane / 2, i = i0 + rr; /* this lane's query row */
+    long hrow = ((long)b * NH + h) * T;
+    float li = i < T ? lse[hrow + i] : 0.0f, dr = i < T ? drow[hrow + i] : 0.0f;
+    float *scr = sr + w * 16 * LR;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> aq[NC];
+    FL_UNROLL
+    for (int n = 0; n < NC; n++)
+        wmma::fill_fragment(aq[n], 0.0f);
+    flb_load<D, BM, LQ>(sq, q, b, i0, T, NH, h);
+    flb_load<D, BM, LQ>(sdo, dout, b, i0, T, NH, h);
+    int jend = min(T, i0 + BM);
+    for (int j0 = 0; j0 < jend; j0 += BN) {
+        __syncthreads(); /* sq, sdo stored; the last step's reads done */
+        flb_load<D, BN, LQ>(sk, k, b, j0, T, NKV, g);
+        flb_load<D, BN, LQ>(sv, v, b, j0, T, NKV, g);
+        __syncthreads();
+        float s[8], dp[8];
+        flb_abt<D, LQ, LR>(s, sq + wr * 16 * LQ, sk + wc * 16 * LQ, scr);
+        flb_abt<D, LQ, LR>(dp, sdo + wr * 16 * LQ, sv + wc * 16 * LQ, scr);
+        FL_UNROLL
+        for (int e = 0; e < 8; e++) {
+            int c = wc * 16 + (lane & 1) * 8 + e, j = j0 + c;
+            int vis = i < T && j <= i;
+            float p = vis ? expf(s[e] * scale - li) : 0.0f;
+            float z = 1.0f; /* dropout: the dK/dV kernels' mask */
+            if (thr && vis)
+                z = dt_dropout(1.0f, key, (uint64_t)(hrow + i) * T + j, thr, dscale);
+            sds[rr * LP + c] = __float2bfloat16(p * (dp[e] * z - dr));
+        }
+        __syncthreads();
+        flb_acc<NC, BN>(aq, sds + wr * 16 * LP, LP, sk + wc * (D / 2), LQ);
+    }
+    flb_store<D, NC, LR>(dq, aq, scr, scale, b, i0 + wr * 16, wc * (D / 2), T, NH, h);
+}
+
 /* =========================================================================
  * launchers
  * ========================================================================= */
@@ -492,6 +732,24 @@ static void flash_fwd_bf16(cuda_ctx *c, float *out, float *lse, const float *q,
     dim3 grid(tiles(T, FLB_BM), NH, B);
     DT_LAUNCH(k_flash_fwd_bf16<D>, grid, FL_THREADS, 0, c->stream)(
         out, lse, q, k, v, T, NH, NKV, scale, key, thr, dscale);
+    LAUNCHED(c);
+}
+
+template <int D>
+static void flash_bwd_bf16(cuda_ctx *c, float *dq, float *dk, float *dv,
+                           const float *dout, const float *lse,
+                           const float *drow, const float *q, const float *k,
+                           const float *v, int B, int T, int NH, int NKV,
+                           float scale, uint64_t key, uint32_t thr,
+                           float dscale)
+{
+    dim3 gkv(tiles(T, FLBB), NKV, B), gq(tiles(T, FLBB), NH, B);
+    DT_LAUNCH(k_flash_bwd_kv_bf16<D>, gkv, FL_THREADS, 0, c->stream)(
+        dk, dv, dout, lse, drow, q, k, v, T, NH, NKV, scale, key, thr, dscale);
+    if (LAUNCHED(c) != 0)
+        return;
+    DT_LAUNCH(k_flash_bwd_q_bf16<D>, gq, FL_THREADS, 0, c->stream)(
+        dq, dout, lse, drow, q, k, v, T, NH, NKV, scale, key, thr, dscale);
     LAUNCHED(c);
 }
 
@@ -539,10 +797,16 @@ void cuda_flash_bwd(cuda_ctx *c, float *dq, float *dk, float *dv,
                     const float *dout, const float *lse, const float *drow,
                     const float *q, const float *k, const float *v, int B,
                     int T, int NH, int NKV, int D, uint32_t thr, float dscale,
-                    uint64_t key)
+                    uint64_t key, int bf16)
 {
     float scale = 1.0f / sqrtf((float)D);
-    if (D == 64)
+    if (bf16 && D == 64)
+        flash_bwd_bf16<64>(c, dq, dk, dv, dout, lse, drow, q, k, v, B, T, NH,
+                           NKV, scale, key, thr, dscale);
+    else if (bf16 && D == 128)
+        flash_bwd_bf16<128>(c, dq, dk, dv, dout, lse, drow, q, k, v, B, T, NH,
+                            NKV, scale, key, thr, dscale);
+    else if (D == 64)
         flash_bwd<64, 32, 32, 32, 32>(c, dq, dk, dv, dout, lse, drow, q, k, v,
                                       B, T, NH, NKV, scale, key, thr, dscale);
     else if (D == 128)

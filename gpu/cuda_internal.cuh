@@ -142,7 +142,7 @@ void cuda_attention_bwd_seg(dt_backend *be, float *dq, float *dk, float *dv,
 /* Fused (flash) causal attention (cuda_flash.cu), the kernels behind the
  * attention ops when cuda_flash_supports(D) (1 for D = 64 and 128). thr and
  * dscale are dropout's threshold and scale (thr 0: no dropout), key its
- * key; bf16 = 1: the forward on bf16 tensor cores. drow (B,NH,T) =
+ * key; bf16 = 1: on bf16 tensor cores (forward and backward). drow (B,NH,T) =
  * rowsum(dout * out). Errors are recorded in c. */
 int cuda_flash_supports(int D);
 void cuda_flash_fwd(cuda_ctx *c, float *out, float *lse, const float *q,
@@ -153,7 +153,7 @@ void cuda_flash_bwd(cuda_ctx *c, float *dq, float *dk, float *dv,
                     const float *dout, const float *lse, const float *drow,
                     const float *q, const float *k, const float *v, int B,
                     int T, int NH, int NKV, int D, uint32_t thr, float dscale,
-                    uint64_t key);
+                    uint64_t key, int bf16);
 
 /* The optimizer's multi-tensor ops of the table (cuda_optim.cu). */
 void cuda_sumsq_multi(dt_backend *be, double *out, const dt_opt_tensor *t,

@@ -209,6 +209,26 @@ static int same_bits(const dbuf *a, const dbuf *b)
     return same;
 }
 
+/* Normalized difference |a - b| / |a| (2-norms) of two buffers' CUDA
+ * copies. */
+static double cuda_apart(const dbuf *a, const dbuf *b)
+{
+    char err[DT_ERR_LEN] = "";
+    if (be2[1]->i.sync(be2[1], err) != 0)
+        fail_msg("CUDA sync failed: %s", err);
+    float *x = fetch(a, 1), *y = fetch(b, 1);
+    long n = (long)(a->bytes / sizeof(float));
+    double dd = 0.0, rr = 0.0;
+    for (long i = 0; i < n; i++) {
+        double d = (double)y[i] - x[i];
+        dd += d * d;
+        rr += (double)x[i] * x[i];
+    }
+    free(x);
+    free(y);
+    return rr > 0 ? sqrt(dd / rr) : sqrt(dd);
+}
+
 /* Ends a test: fails it if any comparison in it failed. */
 static void done(void)
 {
@@ -1077,6 +1097,90 @@ static void test_flash_bf16_forward_matches_cpu(void **state)
     done();
 }
 
+/* The fused backward on bf16 tensor cores (DT_ATTENTION=bf16, after the
+ * bf16 forward): S and dP recomputed from Q, K, V and dO rounded to bf16,
+ * P∘Z and dS rounded to bf16 for dV, dK and dQ, fp32 accumulation and
+ * softmax. dq, dk and dv against the fp32 CPU backend within TOL_BF16, for
+ * T of 1, 17 (a partial 32-row tile) and 128, head dims 64 and 128, GQA
+ * ratios 1 and 3, dropout at p = 0.1 in two cases (the fp32 kernels' mask);
+ * a second backward run bitwise equal to the first (no atomics); and dv
+ * apart from the fp32 fused backward's on the same inputs (the bf16 kernels
+ * ran, not the fp32 ones).
+ * DT_FLASH_BF16_T=n adds a case at T = n (D 64, GQA 3, dropout): the
+ * emulator takes minutes at T = 1024, a GPU none. */
+static void test_flash_bf16_backward_matches_cpu(void **state)
+{
+    static const flash_case cases[] = {
+        {2, 1, 3, 1, 64, 0.0f},   {2, 1, 2, 2, 128, 0.1f},
+        {2, 17, 6, 2, 128, 0.0f}, {2, 17, 4, 4, 64, 0.0f},
+        {1, 128, 6, 2, 64, 0.1f}, {1, 128, 2, 2, 128, 0.0f},
+        {1, 0, 3, 1, 64, 0.1f}, /* T from DT_FLASH_BF16_T, if set */
+    };
+    const char *te = getenv("DT_FLASH_BF16_T");
+    size_t n = sizeof cases / sizeof *cases - (te && atoi(te) > 0 ? 0 : 1);
+    setenv("DT_ATTENTION", "bf16", 1);
+    for (size_t s = 0; s < n; s++) {
+        flash_case f = cases[s];
+        if (f.T == 0)
+            f.T = atoi(te);
+        attn_case c = {f.B, f.T, f.NH, f.NKV, f.D};
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d T=%d NH=%d NKV=%d D=%d p=%g", f.B,
+                 f.T, f.NH, f.NKV, f.D, f.p);
+        attn_bufs a;
+        attn_alloc(&a, &c);
+        uint64_t key = 0xb16b00ull + s;
+        BOTH(be->i.attention_fwd_drop(be, F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), f.B, f.T, f.NH, f.NKV, f.D, f.p,
+                                      key));
+        BOTH(be->i.attention_bwd_drop(be, F(a.dq), F(a.dk), F(a.dv), F(a.dout),
+                                      F(a.out), F(a.lse), F(a.q), F(a.k),
+                                      F(a.v), f.B, f.T, f.NH, f.NKV, f.D, f.p,
+                                      key));
+        if (f.T > 1) {
+            check(&a.dq, "flash_bf16_bwd/dq", shape, TOL_BF16);
+            check(&a.dk, "flash_bf16_bwd/dk", shape, TOL_BF16);
+        } else {
+            /* One key: dq = dk = 0 up to rounding (see the fp32 test). */
+            check_against(&a.dq, &a.dout, "flash_bf16_bwd/dq~0", shape, TOL_BF16);
+            check_against(&a.dk, &a.dout, "flash_bf16_bwd/dk~0", shape, TOL_BF16);
+        }
+        check(&a.dv, "flash_bf16_bwd/dv", shape, TOL_BF16);
+        /* Run again into fresh buffers: the same bits. */
+        long nq = (long)f.B * f.T * f.NH * f.D, nk = (long)f.B * f.T * f.NKV * f.D;
+        dbuf dq2 = buf_zero(nq), dk2 = buf_zero(nk), dv2 = buf_zero(nk);
+        dt_backend *cu = be2[1];
+        cu->i.attention_bwd_drop(cu, dq2.d[1], dk2.d[1], dv2.d[1], a.dout.d[1],
+                                 a.out.d[1], a.lse.d[1], a.q.d[1], a.k.d[1],
+                                 a.v.d[1], f.B, f.T, f.NH, f.NKV, f.D, f.p, key);
+        int same = same_bits(&a.dq, &dq2) && same_bits(&a.dk, &dk2) &&
+                   same_bits(&a.dv, &dv2);
+        printf("%-18s %-30s %-9s  %-5s  %s\n", "flash_bf16_bwd/rep", shape, "bitwise",
+               "-", same ? "PASS" : "FAIL");
+        if (!same)
+            failures++;
+        /* The bf16 kernels ran: the fp32 fused backward on the same inputs
+         * gives a dv apart from theirs by bf16's rounding (above 1e-4;
+         * fp32 against fp32 is about 1e-6). */
+        setenv("DT_ATTENTION", "flash", 1);
+        cu->i.attention_bwd_drop(cu, dq2.d[1], dk2.d[1], dv2.d[1], a.dout.d[1],
+                                 a.out.d[1], a.lse.d[1], a.q.d[1], a.k.d[1],
+                                 a.v.d[1], f.B, f.T, f.NH, f.NKV, f.D, f.p, key);
+        setenv("DT_ATTENTION", "bf16", 1);
+        double e = cuda_apart(&dv2, &a.dv);
+        printf("%-18s %-30s %.3e  >1e-4  %s\n", "flash_bf16_bwd/vs32", shape, e,
+               e > 1e-4 ? "PASS" : "FAIL");
+        if (!(e > 1e-4))
+            failures++;
+        buf_free(&dq2);
+        buf_free(&dk2);
+        buf_free(&dv2);
+        attn_free(&a);
+    }
+    unsetenv("DT_ATTENTION");
+    done();
+}
+
 /* The naive kernels stay the reference: DT_ATTENTION=naive forces them for
  * head dim 64 too, and they still match the CPU backend, with and without
  * dropout. */
@@ -1479,11 +1583,17 @@ int main(void)
         cmocka_unit_test(test_flash_attention_matches_cpu),
         cmocka_unit_test(test_naive_attention_still_matches_cpu),
         cmocka_unit_test(test_flash_bf16_forward_matches_cpu),
+        cmocka_unit_test(test_flash_bf16_backward_matches_cpu),
         cmocka_unit_test(test_flash_attention_has_no_score_buffer),
         cmocka_unit_test(test_cross_entropy_smooth_matches_cpu),
         cmocka_unit_test(test_residual_norm_matches_cpu),
         cmocka_unit_test(test_bias_gelu_and_row_selection_match_cpu),
     };
+    /* DT_GPU_OPS_FILTER=pattern: only the tests whose names match (cmocka's
+     * filter: * and ? wildcards), to iterate on one under the emulator. */
+    const char *filter = getenv("DT_GPU_OPS_FILTER");
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     dt_backend_free(be2[0]);
     dt_backend_free(be2[1]);
