@@ -42,6 +42,7 @@ E2E = os.path.join(ROOT, "..", "shared", "data", "e2e", "valid.txt")
 WORK = os.path.join(ROOT, ".cache", "bench", "e2e")
 RESULTS = os.path.join(ROOT, "bench", "results")
 LAMBDA_CTRL = 0.5  # the λ whose controls are run
+IDLE_LOAD = 0.2  # cores other processes may use for a run to count as on an idle machine
 
 # name: (method, overrides, seeds, what it is)
 CONDITIONS = {
@@ -129,28 +130,37 @@ def child_cpu_s():
     return ru.ru_utime + ru.ru_stime
 
 
+def machine_busy_s():
+    """CPU seconds every process of the machine has used (/proc/stat)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
 def run_logged(cmd, log):
-    """(completed process, wall seconds, CPU seconds of the child). CPU seconds do not
-    grow when other work shares the machine, so they measure the run's cost."""
+    """(completed process, wall seconds, CPU seconds of the child, CPU seconds the rest
+    of the machine used meanwhile). OpenMP threads spin while they wait, so the child's
+    CPU seconds grow too when other work shares the cores: only a run with little other
+    load tells the bench's cost."""
     log.write("$ " + " ".join(map(rel, cmd)) + "\n")
     log.flush()
-    t0, c0 = time.perf_counter(), child_cpu_s()
+    t0, c0, m0 = time.perf_counter(), child_cpu_s(), machine_busy_s()
     p = subprocess.run(cmd, capture_output=True, text=True)
     log.write(p.stdout)
     log.write(p.stderr)
     log.flush()
-    return p, time.perf_counter() - t0, child_cpu_s() - c0
+    cpu = child_cpu_s() - c0
+    return p, time.perf_counter() - t0, cpu, max(0.0, machine_busy_s() - m0 - cpu)
 
 
 def generate(model, paths, max_tokens, threads, log):
     cmd = [ENGINE, "generate", "--model", model, "--prompts-file", paths["prompts"],
            "--max-tokens", str(max_tokens), "--threads", str(threads)]
-    p, wall, cpu = run_logged(cmd, log)
+    p, wall, cpu, other = run_logged(cmd, log)
     if p.returncode:
         raise RuntimeError(f"generate failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
     outs = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
     # one line per completion: what follows the first newline is not part of it
-    return [o["text"].strip().split("\n")[0].strip() for o in outs], wall, cpu
+    return [o["text"].strip().split("\n")[0].strip() for o in outs], wall, cpu, other
 
 
 def scores(hyps, refs):
@@ -201,7 +211,7 @@ def one_run(a, cond, seed, paths, refs, base_merged, log):
     out = os.path.join(a.work, f"out-{cond}-s{seed}")
     shutil.rmtree(out, ignore_errors=True)
     cmd = train_cmd(s, paths, out)
-    p, wall, cpu = run_logged(cmd, log)
+    p, wall, cpu, other = run_logged(cmd, log)
     if p.returncode:
         raise RuntimeError(f"{cond} seed {seed}: train failed (exit {p.returncode}): "
                            f"{p.stderr.strip()[-800:]}")
@@ -210,11 +220,13 @@ def one_run(a, cond, seed, paths, refs, base_merged, log):
     curve = [[j["step"], j["valid_loss"]] for j in lines if "valid_loss" in j]
     train = [[j["step"], j["train_loss"]] for j in lines]
     merged = os.path.join(out, "merged")
-    hyps, gen_wall, gen_cpu = generate(merged, paths, s["max_tokens"], s["threads"], log)
+    hyps, gen_wall, gen_cpu, gen_other = generate(merged, paths, s["max_tokens"], s["threads"], log)
     r = dict(condition=cond, settings=s, key=settings_key(s), curve=curve, train=train,
              valid=curve[-1][1] if curve else None, hyps=hyps, **scores(hyps, refs),
              train_wall_s=round(wall, 1), generate_wall_s=round(gen_wall, 1),
              cpu_s=round(cpu + gen_cpu, 1),
+             # cores the rest of the machine used, on average, while this run ran
+             other_load=round((other + gen_other) / (wall + gen_wall), 2),
              command=" ".join(map(rel, cmd)), engine_commit=a.commit)
     if s["method"] != "full" and base_merged:
         r["rank"], r["rel_change"] = delta_rank(merged, base_merged)
@@ -229,12 +241,12 @@ def base_run(a, paths, refs, log):
     s.update(steps=1, lr=1e-9, eval_interval=1)
     out = os.path.join(a.work, "out-base")
     shutil.rmtree(out, ignore_errors=True)
-    p, _, _ = run_logged(train_cmd(s, paths, out), log)
+    p, _, _, _ = run_logged(train_cmd(s, paths, out), log)
     if p.returncode:
         raise RuntimeError(f"base: train failed (exit {p.returncode}): {p.stderr.strip()[-800:]}")
     lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
     valid = [j["valid_loss"] for j in lines if "valid_loss" in j][-1]
-    hyps, _, _ = generate(GGUF, paths, s["max_tokens"], s["threads"], log)
+    hyps, _, _, _ = generate(GGUF, paths, s["max_tokens"], s["threads"], log)
     return dict(valid=valid, hyps=hyps, **scores(hyps, refs)), os.path.join(out, "merged")
 
 
@@ -451,29 +463,33 @@ def plain_words(by):
 
 
 def cost_lines(a, runs, plan_n):
-    """What the bench costs: CPU seconds (not changed by other load) per run, and the
-    whole bench on a.threads idle cores."""
-    cpu = {}
+    """What the bench costs: wall time per run (training, evaluation, generation) of the
+    runs that had the machine to themselves, and the whole bench from those."""
+    idle = {}
     for r in runs:
-        if r.get("cpu_s"):
-            cpu.setdefault(r["settings"]["method"], []).append(r["cpu_s"])
-    if not cpu:
-        return []
-    L = ["", "## Cost", "",
-         "CPU time per run (training, held-out evaluation and generation; user + system "
-         "seconds of the engine, which other work on the machine does not inflate), for the "
-         "runs that recorded it:", "", "| method | runs | CPU s/run | on "
-         f"{a.threads} idle cores |", "|---|---|---|---|"]
-    for m, xs in cpu.items():
-        L.append(f"| {m} | {len(xs)} | {statistics.mean(xs):.0f} | "
-                 f"{statistics.mean(xs) / a.threads / 60:.1f} min |")
-    allm = statistics.mean(x for xs in cpu.values() for x in xs)
-    per = {m: statistics.mean(xs) for m, xs in cpu.items()}
+        if r.get("other_load") is not None and r["other_load"] < IDLE_LOAD:
+            idle.setdefault(r["settings"]["method"], []).append(
+                r["train_wall_s"] + r["generate_wall_s"])
+    L = ["", "## Cost", ""]
+    if not idle:
+        return L + ["No run has yet recorded that it ran on an otherwise idle machine "
+                    f"(other load below {IDLE_LOAD} cores), so the bench's cost here is not "
+                    "measured yet."]
+    L += [f"Wall time per run (training with held-out evaluation, then generation) of the runs "
+          f"that ran with other processes using under {IDLE_LOAD} cores on average "
+          "(`other_load` in each run's JSON):", "",
+          "| method | idle runs | wall s/run |", "|---|---|---|"]
+    for m, xs in idle.items():
+        L.append(f"| {m} | {len(xs)} | {statistics.mean(xs):.0f} |")
+    allm = statistics.mean(x for xs in idle.values() for x in xs)
+    per = {m: statistics.mean(xs) for m, xs in idle.items()}
     total = sum(per.get(CONDITIONS[c][0], allm) * n for c, (_, _, n, _) in CONDITIONS.items())
-    L += ["", f"The whole bench ({plan_n} runs) takes about {total / a.threads / 3600:.1f} h "
-          f"of {a.threads} idle cores by this measure (CPU seconds / threads; methods not yet "
-          "measured counted at the mean of the others). Wall times in the table above were "
-          "taken on a shared machine and are longer."]
+    unmeasured = sorted({CONDITIONS[c][0] for c in CONDITIONS} - set(per))
+    L += ["", f"The whole bench ({plan_n} runs) takes about {total / 3600:.1f} h on this "
+          f"machine when it has it to itself"
+          + (f" ({', '.join(unmeasured)} counted at the mean of the measured methods)"
+             if unmeasured else "") + ". The \"train s/run\" column above includes runs "
+          "that shared the machine."]
     return L
 
 
