@@ -31,6 +31,7 @@ bench/results/e2e-smollm2.svg (held-out loss against step, mean ± sd over seeds
     make bench-e2e                               # everything (about 2 h on 2 idle cores)
     .venv-e2e/bin/python bench/e2e_smollm2.py --only lora,delta-0.5 --seeds 1
     .venv-e2e/bin/python bench/e2e_smollm2.py --quick   # a 1-minute smoke run, to /tmp
+    .venv-e2e/bin/python bench/e2e_smollm2.py --report-only   # the report from the cache
 """
 import argparse, hashlib, json, math, os, resource, shutil, statistics, subprocess, sys, tempfile
 import time
@@ -510,6 +511,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--only", default="", help="comma-separated conditions")
     ap.add_argument("--seeds", type=int, default=0, help="at most this many seeds each")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: the report from the cached runs (the rest listed as to do)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny steps and data, one seed, cache and report in /tmp")
     a = ap.parse_args()
@@ -522,6 +525,8 @@ def main():
         a.work, runs_dir, out_md = tmp, os.path.join(tmp, "runs"), os.path.join(tmp, "e2e.md")
         a.steps, a.start_step, a.eval_interval, a.train_lines, a.heldout_lines = 4, 1, 2, 40, 12
         a.max_tokens, a.seeds, a.seq_len = 8, min(a.seeds or 2, 2), 64
+    if a.report_only:  # a work folder of its own: a running bench's files stay untouched
+        a.work = tempfile.mkdtemp(prefix="e2e-report-")
     only = [c for c in a.only.split(",") if c]
     for c in only:
         if c not in CONDITIONS:
@@ -564,6 +569,8 @@ def main():
             if r.get("key") == key:
                 runs.append(r)
                 continue
+        if a.report_only:
+            continue
         if base is None:
             print("base model ...", flush=True)
             base, base_merged = base_run(a, paths, refs, log)
